@@ -1,0 +1,41 @@
+"""snncc: a compiler for spiking neural networks.
+
+    cm = snncc.compile(model, example_input, backend="jax")   # example_input: [T, B, ...]
+    y = cm(x)
+"""
+
+from snncc.errors import (
+    BackendError,
+    CheckpointError,
+    IRError,
+    ShapeError,
+    SnnccError,
+    UnsupportedError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BackendError",
+    "CheckpointError",
+    "IRError",
+    "ShapeError",
+    "SnnccError",
+    "UnsupportedError",
+    "compile",
+    "load",
+    "trace",
+]
+
+
+def __getattr__(name: str):
+    # Lazy: `import snncc` stays cheap (no torch/jax import) for the CLI's --help.
+    if name in ("compile", "load", "CompiledModel"):
+        from snncc import api
+
+        return getattr(api, name)
+    if name == "trace":
+        from snncc.frontend import trace
+
+        return trace
+    raise AttributeError(f"module 'snncc' has no attribute {name!r}")
