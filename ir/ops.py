@@ -13,6 +13,13 @@ input               program input ``attrs.index``
 output              program output ``attrs.index`` (identity on port 0)
 linear              ``x @ weight.T + bias`` over the last dim (torch.nn.Linear)
 conv1d, conv2d      torch conv; attrs stride, padding, dilation, groups
+                    linear/conv may carry a folded eval-mode BatchNorm (set by
+                    ``fold_batchnorm``): optional params bn_weight, bn_bias,
+                    bn_mean, bn_var and attr bn_eps. Backends fold them into
+                    weight/bias themselves (``s = bn_weight / sqrt(bn_var +
+                    bn_eps)``, ``W' = W * s`` per output channel, ``b' = (b -
+                    bn_mean) * s + bn_bias``) so parameters stay keyed by the
+                    source state_dict names and gradients reach the originals.
 batchnorm           torch batch_norm; attrs eps, momentum, training
                     (training=True normalises with batch statistics over T*B
                     for a multi-step source, over B for a single-step source:
@@ -61,15 +68,16 @@ class OpDef:
 
 
 _CONV_ATTRS = ("stride", "padding", "dilation", "groups")
+_BN_FOLD = ("bn_weight", "bn_bias", "bn_mean", "bn_var")
 
 OPS: dict[str, OpDef] = {
     op.name: op
     for op in [
         OpDef("input", 0, 0, ("index",)),
         OpDef("output", 1, 1, ("index",)),
-        OpDef("linear", 1, 1, (), ("weight",), ("bias",)),
-        OpDef("conv1d", 1, 1, _CONV_ATTRS, ("weight",), ("bias",)),
-        OpDef("conv2d", 1, 1, _CONV_ATTRS, ("weight",), ("bias",)),
+        OpDef("linear", 1, 1, (), ("weight",), ("bias", *_BN_FOLD)),
+        OpDef("conv1d", 1, 1, _CONV_ATTRS, ("weight",), ("bias", *_BN_FOLD)),
+        OpDef("conv2d", 1, 1, _CONV_ATTRS, ("weight",), ("bias", *_BN_FOLD)),
         OpDef(
             "batchnorm",
             1,
