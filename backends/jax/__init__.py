@@ -1,0 +1,69 @@
+"""The jax backend: render a readable jax module from Jinja2 templates and run it.
+
+``snncc.backends.get("jax")`` imports this module; without jax installed it
+raises one BackendError saying what to install, and never falls back to
+another backend.
+
+The generated module (``JaxProgram.source``, also written to the cache dir)
+defines ``forward(params, inputs, state)``: layer groups run once over the
+whole sequence reshaped to [T*B, ...]; each neuron or recurrent group is one
+``lax.scan`` over t. See :mod:`snncc.backends.jax.render`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from snncc.backends import register
+
+from snncc.errors import BackendError
+
+try:
+    import jax  # noqa: F401
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess test
+    raise BackendError(
+        f"the jax backend needs jax, which cannot be imported ({exc}); "
+        "install it with `pip install jax` (CPU) or `pip install 'jax[cuda12]'` (NVIDIA GPU)"
+    ) from exc
+
+from snncc.ir.graph import Graph
+
+from .program import JaxProgram, to_jax
+from .render import render
+
+__all__ = ["JaxBackend", "JaxProgram"]
+
+
+class JaxBackend:
+    """Lowers a scheduled graph to a :class:`JaxProgram`."""
+
+    name = "jax"
+    pipeline = (
+        "canonicalize",
+        "fold_batchnorm",
+        "drop_noops",
+        "fuse_elementwise",
+        "temporal_fusion",
+    )
+
+    def lower(self, graph: Graph, **options: Any) -> JaxProgram:
+        """Render the module for ``graph`` and load it.
+
+        Options: ``cache_dir`` (where the generated file is written; default
+        ``~/.cache/snncc/jax``), ``unroll`` (lax.scan unroll factor, default 1).
+        """
+        known = {"cache_dir", "unroll"}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise BackendError(
+                f"unknown jax backend option(s) {unknown}; supported: {sorted(known)}"
+            )
+        source = render(graph, **options)
+        return JaxProgram(graph, source, options)
+
+    def to_native(self, x: Any) -> Any:
+        """torch tensor / numpy array / jax array -> float32 jax array."""
+        return to_jax(x)
+
+
+register("jax", JaxBackend)

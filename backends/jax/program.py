@@ -1,0 +1,134 @@
+"""JaxProgram: the rendered module, loaded from disk, jitted once, run from any state."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+import tempfile
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from snncc.ir.graph import Graph
+
+from snncc.errors import BackendError, ShapeError
+
+
+def default_cache_dir() -> Path:
+    """Where generated modules are written unless ``cache_dir`` is given (readable by users)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "snncc" / "jax"
+
+
+def load_module(source: str, cache_dir: str | os.PathLike | None = None) -> tuple[ModuleType, Path]:
+    """Write ``source`` to ``<cache_dir>/model_<hash>.py`` (atomically) and import it.
+
+    Why from a file and not ``exec``: tracebacks, ``inspect`` and users all get
+    a real path to read, and the same source hashes to the same file.
+    """
+    digest = hashlib.sha256(source.encode()).hexdigest()[:20]
+    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"model_{digest}.py"
+        if not path.exists() or path.read_text() != source:
+            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".model_", suffix=".py.tmp")
+            with os.fdopen(fd, "w") as fh:
+                fh.write(source)
+            os.replace(tmp, path)
+    except OSError as exc:
+        raise BackendError(
+            f"cannot write the generated jax module to {folder} ({exc}); "
+            "pass cache_dir=... to a writable folder"
+        ) from exc
+    name = f"snncc_jax_generated_{digest}"
+    if name in sys.modules:
+        return sys.modules[name], path
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception:
+        del sys.modules[name]
+        raise
+    return module, path
+
+
+def to_jax(x: Any) -> jax.Array:
+    """torch tensor / numpy array / jax array / nested lists -> float32 jax array."""
+    if isinstance(x, jax.Array):
+        return x.astype(jnp.float32) if x.dtype != jnp.float32 else x
+    if type(x).__module__.startswith("torch"):
+        x = x.detach().cpu().numpy()
+    return jnp.asarray(np.asarray(x, dtype=np.float32))
+
+
+class JaxProgram:
+    """A scheduled graph lowered to a generated jax module (see ``files()``)."""
+
+    def __init__(self, graph: Graph, source: str, options: dict[str, Any]) -> None:
+        self.graph = graph
+        self._source = source
+        self.options = dict(options)
+        self.module, self.path = load_module(source, options.get("cache_dir"))
+        self.params: dict[str, jax.Array] = {
+            name: self._param(value) for name, value in graph.params.items()
+        }
+        self._n_inputs = len(graph.meta["inputs"])
+        self._n_outputs = len(graph.meta["outputs"])
+        self._jit_run = jax.jit(self.module.forward)
+
+    @staticmethod
+    def _param(value: Any) -> jax.Array:
+        arr = np.asarray(value)
+        if arr.dtype.kind == "f":
+            arr = arr.astype(np.float32)
+        return jnp.asarray(arr)
+
+    # ------------------------------------------------------------- protocol
+    @property
+    def source(self) -> str:
+        return self._source
+
+    def files(self) -> dict[str, str]:
+        return {"model.py": self._source}
+
+    def _inputs(self, x: Any) -> tuple[jax.Array, ...]:
+        xs = tuple(x) if isinstance(x, (tuple, list)) and self._n_inputs > 1 else (x,)
+        if len(xs) != self._n_inputs:
+            raise ShapeError(f"the model takes {self._n_inputs} inputs, got {len(xs)}")
+        out = tuple(to_jax(a) for a in xs)
+        for a in out:
+            if a.ndim < 2:
+                raise ShapeError(
+                    f"inputs are time-major [T, B, ...]; got an array of shape {tuple(a.shape)}"
+                )
+        return out
+
+    def _outputs(self, ys: tuple[jax.Array, ...]) -> Any:
+        return ys[0] if self._n_outputs == 1 else tuple(ys)
+
+    def run(self, x: Any, state: dict | None = None) -> tuple[Any, dict]:
+        """Run [T, B, ...] from ``state`` (None: fresh); returns (outputs, final state)."""
+        st = {} if state is None else {int(k): dict(v) for k, v in state.items()}
+        ys, new_state = self._jit_run(self.params, self._inputs(x), st)
+        return self._outputs(ys), new_state
+
+    def jax_fn(self, params: dict[str, Any], x: Any) -> Any:
+        """Pure ``(params, x) -> y`` from a fresh state: jit-able, differentiable in both."""
+        xs = tuple(x) if isinstance(x, (tuple, list)) and self._n_inputs > 1 else (x,)
+        ys, _ = self.module.forward(params, xs, {})
+        return self._outputs(ys)
+
+    def __call__(self, x: Any) -> Any:
+        return self.run(x)[0]
+
+    def __repr__(self) -> str:
+        return f"<snncc JaxProgram {len(self.graph)} nodes, source {self.path}>"

@@ -1,0 +1,653 @@
+"""Lower a scheduled graph to the text of a standalone jax module.
+
+The split of work (ARCHITECTURE.md, "habits"): this file decides *what* code
+each node needs (variable names, normalised attribute literals, which values
+cross a segment boundary, what a scan carries); the Jinja2 templates in
+``snncc.templates/jax`` decide *how* that code reads. Templates call no
+Python beyond the data handed to them.
+
+Execution model of the generated ``forward(params, inputs, state)``:
+
+- Every value crossing a segment boundary is time-major ``x<id>``: [T, B, ...].
+- A *flat* segment (a ``layer`` group) merges its inputs to [T*B, ...]
+  (``f<id>``), runs each op once over the whole sequence (one GEMM / conv
+  instead of T), and splits the values others need back to [T, B, ...].
+- A *scan* segment (a ``neuron`` or ``recurrent`` group) is one ``lax.scan``
+  over t whose step function runs every node of the group on [B, ...]
+  values (``s<id>``); it carries the neurons' membranes (``v<id>``) and the
+  delayed values of recurrent edges (``d<id>``).
+
+Naming: user-controlled strings (module paths, state_dict keys) reach the
+generated code only as ``repr()``'d string literals or sanitised comments.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+import jinja2
+import numpy as np
+from snncc.ir.graph import Edge, Graph
+from snncc.ir.neuron import CHARGE_FORMS, NeuronSpec
+from snncc.ir.ops import OPS
+
+from snncc.errors import IRError, UnsupportedError
+
+from . import runtime
+
+_SANITISE = re.compile(r"[^A-Za-z0-9_.\-\[\]/:()=,<>+* ]")
+
+
+def sanitise(text: Any, limit: int = 80) -> str:
+    """A string safe inside a ``#`` comment: no newlines, quotes or odd characters."""
+    out = _SANITISE.sub("_", str(text))
+    return out if len(out) <= limit else out[: limit - 3] + "..."
+
+
+def flt(value: Any) -> str:
+    """An exact Python literal for a float constant (``repr`` round-trips doubles)."""
+    v = float(value)
+    if math.isfinite(v):
+        return repr(v)
+    return f"float({str(v)!r})"
+
+
+def lit(value: Any) -> str:
+    """A Python literal for a normalised attribute (ints, bools, None, tuples thereof)."""
+    if isinstance(value, bool) or value is None:
+        return repr(value)
+    if isinstance(value, int):
+        return repr(int(value))
+    if isinstance(value, float):
+        return flt(value)
+    if isinstance(value, (list, tuple)):
+        inner = ", ".join(lit(v) for v in value)
+        return f"({inner},)" if len(value) == 1 else f"({inner})"
+    raise IRError(f"attribute value {value!r} has no literal form in generated code")
+
+
+def tup(items: Any) -> str:
+    """A Python tuple display of already-rendered expressions: ``()``, ``(a,)``, ``(a, b)``."""
+    items = [str(i) for i in items]
+    if len(items) == 1:
+        return f"({items[0]},)"
+    return "(" + ", ".join(items) + ")"
+
+
+@lru_cache(maxsize=1)
+def environment() -> jinja2.Environment:
+    """The template environment: StrictUndefined, templates loaded from the installed package."""
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("snncc.templates", "jax"),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+    env.filters["pyrepr"] = repr
+    env.filters["tup"] = tup
+    return env
+
+
+# ------------------------------------------------------------------- schedule
+@dataclass
+class Segment:
+    """A run of nodes compiled together: ``flat`` (whole sequence) or ``scan`` (over t)."""
+
+    kind: str
+    group: Any
+    group_kind: str
+    nodes: list[int] = field(default_factory=list)
+
+
+def default_groups(graph: Graph) -> list[dict[str, Any]]:
+    """Groups for a graph temporal fusion has not scheduled: SCCs, neurons, layers.
+
+    The same grouping rule temporal fusion applies, so a hand-built graph can be
+    lowered without running the pass pipeline.
+    """
+    comps = graph.recurrent_components()
+    comp_of = {n: i for i, c in enumerate(comps) for n in c}
+    order = graph.topo_order()
+    groups: list[dict[str, Any]] = []
+    placed: set[int] = set()
+    for n in order:
+        if n in placed or graph.op(n) in ("input", "output"):
+            continue
+        if n in comp_of:
+            members = [m for m in order if m in comps[comp_of[n]]]
+            groups.append({"id": len(groups), "kind": "recurrent", "nodes": members})
+            placed.update(members)
+            continue
+        kind = "neuron" if graph.op(n) == "neuron" else "layer"
+        if groups and groups[-1]["kind"] == kind and kind == "layer":
+            groups[-1]["nodes"].append(n)
+        else:
+            groups.append({"id": len(groups), "kind": kind, "nodes": [n]})
+        placed.add(n)
+    return groups
+
+
+def segments_of(graph: Graph) -> list[Segment]:
+    """Split the scheduled groups into flat and scan segments in execution order."""
+    groups = graph.meta.get("groups") or default_groups(graph)
+    order = {n: i for i, n in enumerate(graph.topo_order())}
+    segs: list[Segment] = []
+    seen: set[int] = set()
+    for g in groups:
+        kind = g.get("kind", "layer")
+        members = [n for n in g["nodes"] if graph.op(n) not in ("input", "output")]
+        for n in members:
+            if n not in graph:
+                raise IRError(f"group {g.get('id')!r} names node {n}, which is not in the graph")
+            if n in seen:
+                raise IRError(f"node {n} is in more than one group")
+            seen.add(n)
+        members.sort(key=order.__getitem__)
+        if kind in ("neuron", "recurrent"):
+            if members:
+                segs.append(Segment("scan", g.get("id"), kind, members))
+            continue
+        if kind != "layer":
+            raise IRError(f"group {g.get('id')!r} has unknown kind {kind!r}")
+        for n in members:  # a neuron in a layer group still needs its own scan
+            want = "scan" if graph.op(n) == "neuron" else "flat"
+            if not segs or segs[-1].kind != want or segs[-1].group != g.get("id") or want == "scan":
+                segs.append(Segment(want, g.get("id"), kind, []))
+            segs[-1].nodes.append(n)
+    missing = [n for n in graph.topo_order() if graph.op(n) not in ("input", "output")]
+    missing = [n for n in missing if n not in seen]
+    if missing:
+        raise IRError(f"nodes {missing} are in no group of graph.meta['groups']")
+    return segs
+
+
+# -------------------------------------------------------------------- render
+class Renderer:
+    """Builds the template context for one graph and renders the module text."""
+
+    def __init__(self, graph: Graph, options: dict[str, Any]) -> None:
+        self.g = graph
+        self.options = options
+        self.segs = segments_of(graph)
+        self.seg_of = {n: i for i, s in enumerate(self.segs) for n in s.nodes}
+        self.inputs = sorted(graph.meta["inputs"], key=lambda n: graph.attrs(n).get("index", 0))
+        self.outputs = sorted(graph.meta["outputs"], key=lambda n: graph.attrs(n).get("index", 0))
+        if not self.inputs:
+            raise IRError("the graph has no input node (graph.meta['inputs'] is empty)")
+        if not self.outputs:
+            raise IRError("the graph has no output node (graph.meta['outputs'] is empty)")
+        for n in self.inputs:
+            self.seg_of[n] = -1
+        # producers some consumer reads one step late: they keep a "delay" state
+        self.delayed: set[int] = set()
+        for n in graph.nx.nodes:
+            for e in graph.in_edges(n):
+                if e.delay not in (0, 1):
+                    raise UnsupportedError(
+                        f"edge %{e.src} -> %{e.dst} has delay {e.delay}; the jax backend "
+                        "supports delays of 0 and 1 steps"
+                    )
+                if e.delay == 1:
+                    self.delayed.add(e.src)
+        self.new_state: list[str] = []
+
+    # ---------------------------------------------------------------- helpers
+    def label(self, n: int) -> str:
+        d = self.g.node(n)
+        shape = d.get("shape")
+        shape_s = "" if shape is None else " : [" + ",".join(str(s) for s in shape) + "]"
+        name = f" {sanitise(d.get('name'))!s}" if d.get("name") else ""
+        return f"%{n} {d['op']}{name}{shape_s}"
+
+    def shape_expr(self, n: int) -> str | None:
+        """The per-step shape of node ``n`` as code (batch -> ``B``), or None if unknown."""
+        shape = self.g.node(n).get("shape")
+        if not shape:
+            return None
+        dims = []
+        for s in shape:
+            if s == "B":
+                dims.append("B")
+            elif isinstance(s, (int, np.integer)):
+                dims.append(str(int(s)))
+            else:
+                return None
+        return "(" + ", ".join(dims) + ("," if len(dims) == 1 else "") + ")"
+
+    def need_shape(self, n: int, why: str) -> str:
+        expr = self.shape_expr(n)
+        if expr is None:
+            raise IRError(
+                f"node %{n} ({sanitise(self.g.node(n).get('name'))}) has no per-step shape; "
+                f"the jax backend needs it to {why}"
+            )
+        return expr
+
+    def prev_expr(self, p: int, like: str | None) -> str:
+        """The producer's value at t = -1: from ``state`` or zeros."""
+        if like is not None:
+            return f'rt.fresh(state, {p}, "delay", {like}, 0.0)'
+        return f'rt.fresh_shape(state, {p}, "delay", {self.need_shape(p, "start its delay")}, 0.0)'
+
+    def users_outside(self, n: int, seg: int) -> bool:
+        """Whether ``n``'s value is read outside segment ``seg`` (or by an output)."""
+        for e in self.g.users(n):
+            if self.g.op(e.dst) == "output" or self.seg_of.get(e.dst) != seg:
+                return True
+        return False
+
+    # ------------------------------------------------------------ parameters
+    def param_ref(self, n: int, role: str) -> str | None:
+        name = self.g.node(n)["params"].get(role)
+        if name is None:
+            return None
+        if name not in self.g.params:
+            raise IRError(f"node %{n} param {role!r} names {name!r}, which is not in graph.params")
+        return f"params[{name!r}]"
+
+    def prepare(self, n: int) -> dict[str, Any] | None:
+        """How node ``n``'s parameters are prepared once per call (BN fold, PLIF k)."""
+        op = self.g.op(n)
+        refs = {r: self.param_ref(n, r) for r in self.g.node(n)["params"]}
+        if op in ("linear", "conv1d", "conv2d"):
+            fold = all(refs.get(r) for r in ("bn_mean", "bn_var"))
+            if any(r.startswith("bn_") for r in refs) and not fold:
+                raise IRError(
+                    f"node %{n} has a partial folded BatchNorm (needs bn_mean and bn_var)"
+                )
+            return {
+                "kind": "fold" if fold else "plain",
+                "id": n,
+                "label": self.label(n),
+                "w": refs["weight"],
+                "b": refs.get("bias") or "None",
+                "bn_weight": refs.get("bn_weight") or "None",
+                "bn_bias": refs.get("bn_bias") or "None",
+                "bn_mean": refs.get("bn_mean") or "None",
+                "bn_var": refs.get("bn_var") or "None",
+                "eps": flt(self.g.attrs(n).get("bn_eps", 1e-5)),
+            }
+        if op == "batchnorm":
+            return {
+                "kind": "batchnorm",
+                "id": n,
+                "label": self.label(n),
+                "mean": refs["running_mean"],
+                "var": refs["running_var"],
+                "weight": refs.get("weight") or "None",
+                "bias": refs.get("bias") or "None",
+            }
+        if op == "neuron" and self.spec(n).charge in ("sj_plif_decay_input", "sj_plif"):
+            if refs.get("w") is None:
+                raise IRError(f"PLIF neuron %{n} has no param 'w'")
+            return {"kind": "plif", "id": n, "label": self.label(n), "w": refs["w"]}
+        return None
+
+    # ----------------------------------------------------------------- nodes
+    def spec(self, n: int) -> NeuronSpec:
+        return NeuronSpec.from_dict(self.g.attrs(n)["neuron"])
+
+    def node_code(self, n: int, ins: list[str], out: str, mode: str) -> dict[str, Any]:
+        """The template data for one non-neuron node; ``mode`` is "flat" or "step"."""
+        op = self.g.op(n)
+        if op not in OPS:
+            raise IRError(f"node %{n} has unknown op {op!r}")
+        a = self.g.attrs(n)
+        d: dict[str, Any] = {"id": n, "op": op, "ins": ins, "out": out, "label": self.label(n)}
+        d["a"] = self._attrs(n, op, a, mode)
+        return d
+
+    def _attrs(self, n: int, op: str, a: dict[str, Any], mode: str) -> dict[str, str]:
+        where = f"node %{n} ({sanitise(self.g.node(n).get('name'))})"
+        if op in ("conv1d", "conv2d"):
+            nd = 1 if op == "conv1d" else 2
+            if a.get("padding_mode", "zeros") != "zeros":
+                raise UnsupportedError(
+                    f"{where}: conv padding_mode {a['padding_mode']!r} is not supported "
+                    "by the jax backend (only 'zeros')"
+                )
+            w = self.g.param(n, "weight")
+            kernel = tuple(int(k) for k in w.shape[2:])
+            dil = runtime._tuple(a["dilation"], nd)
+            return {
+                "stride": lit(runtime._tuple(a["stride"], nd)),
+                "padding": lit(tuple(runtime.conv_padding(a["padding"], kernel, dil))),
+                "dilation": lit(dil),
+                "groups": lit(int(a["groups"])),
+            }
+        if op == "batchnorm":
+            training = bool(a.get("training", False))
+            stats = a.get("stats", "sequence")
+            if stats not in ("sequence", "step"):
+                raise IRError(f"{where}: batchnorm stats {stats!r} is not 'sequence' or 'step'")
+            if training and stats == "sequence" and mode == "step":
+                raise UnsupportedError(
+                    f"{where}: a training-mode BatchNorm with statistics over the whole "
+                    "sequence cannot run inside a recurrent scan (one step at a time)"
+                )
+            groups = "T" if (training and stats == "step" and mode == "flat") else "1"
+            return {"eps": flt(a["eps"]), "training": lit(training), "groups": groups}
+        if op == "avgpool2d":
+            return {
+                "kernel": lit(runtime._tuple(a["kernel_size"], 2)),
+                "stride": lit(runtime._tuple(a.get("stride") or a["kernel_size"], 2)),
+                "padding": lit(runtime._tuple(a["padding"], 2)),
+                "ceil_mode": lit(bool(a.get("ceil_mode", False))),
+                "count_include_pad": lit(bool(a.get("count_include_pad", True))),
+                "divisor_override": lit(
+                    None if a.get("divisor_override") is None else int(a["divisor_override"])
+                ),
+            }
+        if op == "maxpool2d":
+            if a.get("return_indices"):
+                raise UnsupportedError(f"{where}: maxpool2d return_indices=True is not supported")
+            return {
+                "kernel": lit(runtime._tuple(a["kernel_size"], 2)),
+                "stride": lit(runtime._tuple(a.get("stride") or a["kernel_size"], 2)),
+                "padding": lit(runtime._tuple(a["padding"], 2)),
+                "dilation": lit(runtime._tuple(a.get("dilation", 1), 2)),
+                "ceil_mode": lit(bool(a.get("ceil_mode", False))),
+            }
+        if op == "adaptive_avgpool2d":
+            size = a["output_size"]
+            size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
+            return {"output_size": lit(tuple(None if s is None else int(s) for s in size))}
+        if op == "flatten":
+            start, end = int(a["start_dim"]), int(a["end_dim"])
+            if start == 0:
+                raise UnsupportedError(
+                    f"{where}: flatten(start_dim=0) folds the batch into the features; the "
+                    "jax backend keeps the batch dim (use start_dim >= 1)"
+                )
+            return {"start": lit(start), "end": lit(end)}
+        if op == "reshape":
+            shape = list(a["shape"])
+            if not shape or shape[0] not in (-1, "B"):
+                raise UnsupportedError(
+                    f"{where}: reshape to {shape!r} does not keep the batch as its first dim "
+                    "(written -1); the jax backend cannot run it"
+                )
+            return {"rest": lit(tuple(int(s) for s in shape[1:]))}
+        if op == "dropout":
+            if a.get("training", False) and float(a["p"]) > 0:
+                raise UnsupportedError(
+                    f"{where}: training-mode dropout (p={float(a['p']):g}) is not supported by "
+                    "the jax backend, which runs dropout in eval mode only (call model.eval() "
+                    "before compiling)"
+                )
+            return {}
+        if op == "scale":
+            if a["op"] not in ("mul", "div"):
+                raise IRError(f"{where}: scale op {a['op']!r} is not 'mul' or 'div'")
+            return {"sym": "*" if a["op"] == "mul" else "/", "value": flt(a["value"])}
+        if op == "cat":
+            dim = int(a["dim"])
+            if dim == 0:
+                return {"dim": "0", "batch": lit(True), "steps": "T" if mode == "flat" else "1"}
+            return {"dim": lit(dim), "batch": lit(False), "steps": "1"}
+        if op == "voting":
+            return {"size": lit(int(a["voting_size"]))}
+        return {}
+
+    def neuron_code(self, n: int, ins: list[str], out: str) -> dict[str, Any]:
+        """The template data for one neuron step (charge, fire, reset, prologue, epilogue)."""
+        spec = self.spec(n)
+        where = f"neuron %{n} ({sanitise(self.g.node(n).get('name'))})"
+        if spec.charge not in CHARGE_FORMS:
+            raise UnsupportedError(
+                f"{where}: charge form {spec.charge!r} is not supported by the jax backend; "
+                f"supported: {', '.join(CHARGE_FORMS)}"
+            )
+        if spec.fire_from != "updated":
+            raise UnsupportedError(
+                f"{where}: fire_from={spec.fire_from!r} is not supported for charge form "
+                f"{spec.charge!r} (only 'updated')"
+            )
+        if spec.charge in ("sj_lif_decay_input", "sj_lif", "snncc_li") and spec.tau is None:
+            raise UnsupportedError(f"{where}: charge form {spec.charge!r} needs tau")
+        if spec.surrogate not in runtime.SURROGATES:
+            raise UnsupportedError(
+                f"{where}: surrogate {spec.surrogate!r} is not supported; choose one of: "
+                f"{', '.join(runtime.SURROGATES)}"
+            )
+        a = self.g.attrs(n)
+        return {
+            "id": n,
+            "op": "neuron",
+            "label": self.label(n),
+            "summary": sanitise(spec.summary(), 120),
+            "x": ins[0],
+            "prologue": [self._fused(n, s, ins, where) for s in a.get("prologue", [])],
+            "epilogue": [self._fused(n, s, ins, where) for s in a.get("epilogue", [])],
+            "i": f"i{n}",
+            "h": f"h{n}",
+            "z": f"z{n}",
+            "v": f"v{n}",
+            "out": out,
+            "charge": spec.charge,
+            "tau": flt(spec.tau) if spec.tau is not None else "None",
+            "vr": flt(0.0 if spec.v_reset is None else spec.v_reset),
+            "th": flt(spec.v_threshold),
+            "reset": spec.reset,
+            "detach": spec.detach_reset,
+            "fire": "rt.spike" if spec.fire_cmp == ">=" else "rt.spike_gt",
+            "surrogate": repr(spec.surrogate),
+            "alpha": flt(spec.alpha),
+            "output": spec.output,
+            "k": f"k{n}",
+        }
+
+    def _fused(self, n: int, step: dict[str, Any], ins: list[str], where: str) -> dict[str, str]:
+        kind = step.get("kind")
+        if kind == "scale":
+            if step.get("op") not in ("mul", "div"):
+                raise IRError(f"{where}: fused scale op {step.get('op')!r} is not 'mul' or 'div'")
+            return {"sym": "*" if step["op"] == "mul" else "/", "operand": flt(step["value"])}
+        if kind == "add":
+            port = int(step["port"])
+            if not 1 <= port < len(ins):
+                raise IRError(
+                    f"{where}: fused add reads port {port}, the node has {len(ins)} inputs"
+                )
+            return {"sym": "+", "operand": ins[port]}
+        raise IRError(f"{where}: fused step kind {kind!r} is not 'scale' or 'add'")
+
+    # -------------------------------------------------------------- segments
+    def flat_segment(self, i: int, seg: Segment) -> dict[str, Any]:
+        pre: list[str] = []
+        merged: dict[tuple[int, int], str] = {}
+        nodes = []
+        inside = set(seg.nodes)
+        for n in seg.nodes:
+            node_pre: list[str] = []
+            ins = []
+            for e in self.g.in_edges(n):
+                key = (e.src, e.delay)
+                if key in merged:
+                    ins.append(merged[key])
+                    continue
+                if e.src in inside:
+                    if e.delay == 0:
+                        ins.append(f"f{e.src}")
+                        continue
+                    var = f"f{e.src}_d"
+                    node_pre.append(
+                        f"{var} = rt.merge_time(rt.delayed(rt.split_time(f{e.src}, T), "
+                        f"{self.prev_expr(e.src, f'f{e.src}[:B]')}))"
+                    )
+                else:
+                    self._check_available(e, i)
+                    if e.delay == 0:
+                        var = f"f{e.src}"
+                        pre.append(f"{var} = rt.merge_time(x{e.src})")
+                    else:
+                        var = f"f{e.src}_d"
+                        prev = self.prev_expr(e.src, f"x{e.src}[0]")
+                        pre.append(f"{var} = rt.merge_time(rt.delayed(x{e.src}, {prev}))")
+                merged[key] = var
+                ins.append(var)
+            if self.g.op(n) == "neuron":
+                raise IRError(f"neuron %{n} cannot run in a flat segment")
+            code = self.node_code(n, ins, f"f{n}", "flat")
+            code["pre"] = node_pre
+            nodes.append(code)
+        post = []
+        for n in seg.nodes:
+            if self.users_outside(n, i) or n in self.delayed:
+                post.append(f"x{n} = rt.split_time(f{n}, T)")
+                if n in self.delayed:
+                    self.new_state.append(f'new_state.setdefault({n}, {{}})["delay"] = x{n}[-1]')
+        return {
+            "kind": "flat",
+            "title": self._title(seg),
+            "pre": pre,
+            "nodes": nodes,
+            "post": post,
+        }
+
+    def scan_segment(self, i: int, seg: Segment) -> dict[str, Any]:
+        inside = set(seg.nodes)
+        xs: list[tuple[str, str]] = []  # (name inside the step, sequence outside)
+        carry: list[tuple[str, str, str]] = []  # (name read, init expr, name written)
+        state_out: list[tuple[int, str]] = []  # (node id, var) per carry slot
+        seen_xs: dict[tuple[int, int], str] = {}
+        nodes = []
+        prepared_neurons = []
+        for n in seg.nodes:
+            ins = []
+            for e in self.g.in_edges(n):
+                key = (e.src, e.delay)
+                if key in seen_xs:
+                    ins.append(seen_xs[key])
+                    continue
+                if e.src in inside:
+                    if e.delay == 0:
+                        ins.append(f"s{e.src}")
+                        continue
+                    name = f"d{e.src}"
+                    init = self.prev_expr(e.src, None)
+                    carry.append((name, init, f"s{e.src}"))
+                    state_out.append((e.src, "delay"))
+                else:
+                    self._check_available(e, i)
+                    if e.delay == 0:
+                        name = f"s{e.src}"
+                        xs.append((name, f"x{e.src}"))
+                    else:
+                        name = f"d{e.src}"
+                        prev = self.prev_expr(e.src, f"x{e.src}[0]")
+                        xs.append((name, f"rt.delayed(x{e.src}, {prev})"))
+                seen_xs[key] = name
+                ins.append(name)
+            if self.g.op(n) == "neuron":
+                code = self.neuron_code(n, ins, f"s{n}")
+                like = self._outer_like(n, xs)
+                if like is None:
+                    init = f'rt.fresh_shape(state, {n}, "v", {self.need_shape(n, "start its membrane")}, {flt(self.spec(n).v_init)})'
+                else:
+                    init = f'rt.fresh(state, {n}, "v", {like}, {flt(self.spec(n).v_init)})'
+                carry.append((f"v{n}", init, f"v{n}"))
+                state_out.append((n, "v"))
+                prepared_neurons.append(n)
+            else:
+                code = self.node_code(n, ins, f"s{n}", "step")
+            nodes.append(code)
+        ys = [n for n in seg.nodes if self.users_outside(n, i)]
+        # delayed producers whose consumers sit outside this scan need their last value too
+        for n in seg.nodes:
+            if n in self.delayed and not any(s == (n, "delay") for s in state_out):
+                if n not in ys:
+                    ys.append(n)
+                self.new_state.append(f'new_state.setdefault({n}, {{}})["delay"] = x{n}[-1]')
+        return {
+            "kind": "scan",
+            "title": self._title(seg),
+            "fn": f"step_{i}",
+            "carry_var": f"carry_{i}",
+            "xs_inner": [a for a, _ in xs],
+            "xs_outer": [b for _, b in xs],
+            "carry_read": [c[0] for c in carry],
+            "carry_init": [c[1] for c in carry],
+            "carry_write": [c[2] for c in carry],
+            "ys_inner": [f"s{n}" for n in ys],
+            "ys_outer": [f"x{n}" for n in ys],
+            "state_out": [(k, nid, var) for k, (nid, var) in enumerate(state_out)],
+            "nodes": nodes,
+            "unroll": lit(int(self.options.get("unroll", 1))),
+        }
+
+    def _outer_like(self, n: int, xs: list[tuple[str, str]]) -> str | None:
+        """An outer sequence whose step shape equals neuron ``n``'s (its port-0 input), if any."""
+        if self.shape_expr(n) is not None:
+            return None
+        e0 = self.g.in_edges(n)[0]
+        for name, outer in xs:
+            if name == f"s{e0.src}" and e0.delay == 0:
+                return f"{outer}[0]"
+        return None
+
+    def _check_available(self, e: Edge, seg: int) -> None:
+        src_seg = self.seg_of.get(e.src)
+        if src_seg is None:
+            raise IRError(f"node %{e.dst} reads %{e.src}, which is in no group")
+        if src_seg >= seg:
+            raise IRError(
+                f"node %{e.dst} (segment {seg}) reads %{e.src} (delay {e.delay}), which is "
+                f"scheduled later (segment {src_seg}); the schedule in graph.meta['groups'] "
+                "must put producers first"
+            )
+
+    def _title(self, seg: Segment) -> str:
+        how = "whole sequence as [T*B, ...]" if seg.kind == "flat" else "lax.scan over t"
+        return f"group {sanitise(seg.group)} ({seg.group_kind}, {len(seg.nodes)} nodes): {how}"
+
+    # ------------------------------------------------------------------ main
+    def context(self) -> dict[str, Any]:
+        prepare = []
+        for seg in self.segs:
+            for n in seg.nodes:
+                p = self.prepare(n)
+                if p is not None:
+                    prepare.append(p)
+        segments = []
+        for i, seg in enumerate(self.segs):
+            if seg.kind == "flat":
+                segments.append(self.flat_segment(i, seg))
+            else:
+                segments.append(self.scan_segment(i, seg))
+        outputs = []
+        for n in self.outputs:
+            (e,) = self.g.in_edges(n)
+            if e.src in self.inputs or e.src in self.seg_of:
+                src = f"x{e.src}"
+            else:
+                raise IRError(f"output %{n} reads %{e.src}, which is in no group")
+            if e.delay:
+                src = f"rt.delayed({src}, {self.prev_expr(e.src, f'x{e.src}[0]')})"
+            outputs.append({"id": n, "var": f"x{n}", "expr": src, "label": self.label(n)})
+        for n in self.inputs:
+            if n in self.delayed:
+                self.new_state.append(f'new_state.setdefault({n}, {{}})["delay"] = x{n}[-1]')
+        return {
+            "source": sanitise(self.g.meta.get("source", "unknown")),
+            "step_mode": sanitise(self.g.meta.get("step_mode", "m")),
+            "n_nodes": len(self.g),
+            "inputs": [{"id": n, "var": f"x{n}", "label": self.label(n)} for n in self.inputs],
+            "prepare": prepare,
+            "segments": segments,
+            "outputs": outputs,
+            "new_state": self.new_state,
+            "param_names": sorted(self.g.params),
+        }
+
+
+def render(graph: Graph, **options: Any) -> str:
+    """The generated module's source for a scheduled graph."""
+    ctx = Renderer(graph, options).context()
+    return environment().get_template("module.py.j2").render(**ctx)
