@@ -1,0 +1,17 @@
+"""Model -> IR: ``trace(model, example_input) -> Graph`` (torch.fx with framework leaf modules).
+
+Sources: torch.nn, SpikingJelly 2.0 ``activation_based`` (when installed) and
+snncc's own :mod:`snncc.nn`. :data:`SUPPORTED` lists every module, function
+and Tensor method a model may use; anything else stops tracing with one
+message naming where it is in the model and this list.
+"""
+
+from snncc.frontend.tracer import ensure_converters, supported, trace
+
+ensure_converters()
+
+#: {"modules": [...], "functions": [...], "methods": [...]}: public names, generated
+#: from the converter registry
+SUPPORTED: dict[str, list[str]] = supported()
+
+__all__ = ["SUPPORTED", "supported", "trace"]

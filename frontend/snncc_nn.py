@@ -1,0 +1,40 @@
+"""Converter for snncc's own neuron modules (:mod:`snncc.nn`).
+
+They describe themselves (``.spec()`` returns the NeuronSpec), are time-major
+(a model using them is multi-step, fed [T, B, ...]) and start from a fresh
+state on every forward, so there is nothing to reset and nothing to guess.
+"""
+
+from __future__ import annotations
+
+from snncc.frontend.torch_nn import one_input
+from snncc.frontend.tracer import Call, Framework, register_framework, register_module
+from torch import nn
+
+try:
+    from snncc import nn as snn
+except ImportError:  # pragma: no cover - snncc.nn is part of the package
+    snn = None
+
+
+def _owns(m: nn.Module) -> bool:
+    return type(m).__module__ == "snncc.nn"
+
+
+def _neuron(call: Call, m: nn.Module) -> int:
+    if call.view != "sequence":
+        raise call.unsupported(
+            "snncc.nn modules run the whole [T, B, ...] sequence themselves; they cannot sit "
+            "inside a per-step or SeqToANN container or in a single-step model"
+        )
+    spec = m.spec()
+    params = {role: call.param(m, role) for role in spec.learnable}
+    return call.emit("neuron", [one_input(call)], attrs={"neuron": spec.to_dict()}, params=params)
+
+
+if snn is not None:
+    register_framework(
+        Framework(name="snncc", owns=_owns, step_mode=lambda m: "m", source="snncc", priority=1)
+    )
+    for _cls in (snn.IF, snn.LIF, snn.ParametricLIF, snn.LI):
+        register_module(_cls, f"snncc.nn.{_cls.__name__}")(_neuron)

@@ -1,0 +1,291 @@
+"""Converters for SpikingJelly 2.0 ``activation_based`` modules.
+
+Read from the installed sources (``spikingjelly/activation_based``):
+
+- Neurons (``IFNode``, ``LIFNode``, ``ParametricLIFNode``) become one
+  ``neuron`` op each; their arithmetic is named by the NeuronSpec charge form.
+  ``v_reset=None`` is a soft reset and the membrane starts at 0, otherwise it
+  starts at ``v_reset``. A non-default neuron precision (``_neuron_precision``)
+  or a surrogate snncc cannot reproduce is refused.
+- ``layer.*`` wrappers are their torch.nn parents plus ``step_mode``. In 'm'
+  mode most fold the sequence into the batch (``seq_to_ann_forward``: the
+  wrapped module sees [T*B, ...], dims are per-step dims, training-mode
+  BatchNorm statistics run over T*B); ``layer.Linear`` has no forward of its
+  own (it sees [T, B, F]; only the last dim matters).
+- ``layer.Dropout`` is a MemoryModule: its mask is drawn once (from the first
+  step in 'm' mode, on the first call in 's' mode) and kept until
+  ``reset_net``, so within one sequence it is *shared over time* in both modes.
+- ``SeqToANNContainer`` runs its children on the folded [T*B, ...] sequence;
+  ``MultiStepContainer`` runs them once per step; ``StepModeContainer`` does
+  either (stateful -> per step). Their children convert as a chain.
+- ``VotingLayer``: ``avg_pool1d`` over the last dim with kernel = stride =
+  voting_size, per step.
+"""
+
+from __future__ import annotations
+
+from snncc.frontend import torch_nn as tnn
+from snncc.frontend.tracer import (
+    Call,
+    Chain,
+    Framework,
+    Value,
+    register_container,
+    register_framework,
+    register_module,
+)
+from snncc.ir.neuron import NeuronSpec
+from torch import nn
+
+try:  # SpikingJelly is optional: without it these converters are simply not registered
+    from spikingjelly.activation_based import base as sj_base
+    from spikingjelly.activation_based import functional as sj_functional
+    from spikingjelly.activation_based import layer as sj_layer
+    from spikingjelly.activation_based import neuron as sj_neuron
+except ImportError:  # pragma: no cover - exercised only without spikingjelly
+    sj_base = None
+
+_PREFIX = "spikingjelly.activation_based"
+
+
+def _owns(m: nn.Module) -> bool:
+    """Every SpikingJelly step module is a leaf; model-zoo networks are traced through."""
+    if isinstance(m, sj_base.StepModule):
+        return True
+    mod = type(m).__module__
+    return mod.startswith("spikingjelly") and not mod.startswith(f"{_PREFIX}.model")
+
+
+def _step_mode(m: nn.Module) -> str | None:
+    # layer.Linear has no forward of its own: identical in 's' and 'm', so it does not vote
+    if type(m) is sj_layer.Linear:
+        return None
+    return getattr(m, "step_mode", None)
+
+
+def _chain(m: nn.Module) -> Chain | None:
+    t = type(m)
+    if t is sj_layer.SeqToANNContainer:
+        view = "flat"
+    elif t is sj_layer.MultiStepContainer:
+        view = "step"
+    elif t is sj_layer.StepModeContainer:
+        view = "step" if (m.step_mode == "s" or m.stateful) else "flat"
+    else:
+        return None
+    return Chain(view=view, children=tuple(m.named_children()))
+
+
+def _reset(model: nn.Module) -> None:
+    if any(isinstance(m, sj_base.MemoryModule) for m in model.modules()):
+        sj_functional.reset_net(model)
+
+
+def _name(cls: type) -> str:
+    """Public name, e.g. ``spikingjelly.activation_based.layer.Conv2d``."""
+    pkg = cls.__module__.removeprefix(f"{_PREFIX}.").split(".")[0]
+    return f"{_PREFIX}.{pkg}.{cls.__name__}"
+
+
+def _wrapper_view(call: Call, m: nn.Module) -> Call:
+    """The view a ``layer.*`` wrapper's torch parent sees: 'm' mode folds T into the batch."""
+    if m.step_mode == "m":
+        if call.view != "sequence":
+            raise call.unsupported(
+                f"step_mode='m' inside a container that feeds it {call.view!r} inputs; "
+                "modules inside SpikingJelly containers must be step_mode='s'"
+            )
+        return _with_view(call, "flat")
+    if call.view == "sequence":  # only reachable for a lone 's' wrapper in an 'm' model
+        raise call.unsupported("step_mode='s' in a multi-step model; use step_mode='m'")
+    return call
+
+
+def _with_view(call: Call, view: str) -> Call:
+    x = call.inputs[0]
+    t = call.time_dims
+    # what the module sees once T is folded into the batch: [T*B, ...] (dims as per step)
+    fx = (x.fx_shape[0] * x.fx_shape[1], *x.fx_shape[2:]) if t else x.fx_shape
+    out = call.out_fx_shape
+    out_fx = (out[0] * out[1], *out[2:]) if t and out is not None else out
+    return call.sub(
+        path=call.path,
+        what=call.what,
+        inputs=[Value(x.id, tuple(fx), x.shape, x.dtype)],
+        out_fx_shape=out_fx,
+        view=view,
+    )
+
+
+# --------------------------------------------------------------------------- neurons
+
+
+def _surrogate(call: Call, m: nn.Module) -> tuple[str, float]:
+    from snncc.errors import UnsupportedError
+    from snncc.surrogate import from_spikingjelly
+
+    try:
+        return from_spikingjelly(m.surrogate_function)
+    except UnsupportedError as e:
+        raise call.unsupported(str(e)) from None
+
+
+def _check_neuron(call: Call, m: nn.Module) -> None:
+    if call.view == "flat":
+        raise call.unsupported(
+            "a neuron inside SeqToANNContainer sees the whole [T*B, ...] sequence as one step; "
+            "put neurons outside it (or in a MultiStepContainer)"
+        )
+    if getattr(m, "_neuron_precision", None) is not None:
+        raise call.unsupported(
+            f"neuron precision {m._neuron_precision!r} is not supported; supported: the "
+            "default (state and compute in the input dtype)"
+        )
+    if not isinstance(m.v_threshold, (int, float)) or isinstance(m.v_threshold, bool):
+        raise call.unsupported(f"v_threshold={m.v_threshold!r}; supported: a Python float")
+    if m.v_reset is not None and not isinstance(m.v_reset, (int, float)):
+        raise call.unsupported(f"v_reset={m.v_reset!r}; supported: a Python float or None")
+
+
+def _common(call: Call, m: nn.Module) -> dict:
+    _check_neuron(call, m)
+    name, alpha = _surrogate(call, m)
+    v_reset = None if m.v_reset is None else float(m.v_reset)
+    return {
+        "v_threshold": float(m.v_threshold),
+        "v_reset": v_reset,
+        "reset": "subtract" if v_reset is None else "hard",
+        "detach_reset": bool(m.detach_reset),
+        "fire_cmp": ">=",
+        "fire_from": "updated",
+        "output": "spike",
+        "surrogate": name,
+        "alpha": alpha,
+        # BaseNode registers memory v = v_reset, or 0.0 for a soft reset
+        "v_init": 0.0 if v_reset is None else v_reset,
+    }
+
+
+def _emit_neuron(call: Call, spec: NeuronSpec, params: dict[str, str] | None = None) -> int:
+    return call.emit(
+        "neuron", [tnn.one_input(call)], attrs={"neuron": spec.to_dict()}, params=params
+    )
+
+
+def _if(call: Call, m: nn.Module) -> int:
+    return _emit_neuron(call, NeuronSpec(model="if", charge="sj_if", **_common(call, m)))
+
+
+def _lif(call: Call, m: nn.Module) -> int:
+    c = _common(call, m)
+    if not isinstance(m.tau, (int, float)):
+        raise call.unsupported(f"tau={m.tau!r}; supported: a Python float")
+    charge = "sj_lif_decay_input" if m.decay_input else "sj_lif"
+    spec = NeuronSpec(
+        model="lif", charge=charge, tau=float(m.tau), decay_input=bool(m.decay_input), **c
+    )
+    return _emit_neuron(call, spec)
+
+
+def _plif(call: Call, m: nn.Module) -> int:
+    c = _common(call, m)
+    if m.w.numel() != 1:
+        raise call.unsupported(f"w of shape {list(m.w.shape)}; supported: a scalar w")
+    charge = "sj_plif_decay_input" if m.decay_input else "sj_plif"
+    spec = NeuronSpec(
+        model="plif", charge=charge, decay_input=bool(m.decay_input), learnable=("w",), **c
+    )
+    return _emit_neuron(call, spec, {"w": call.param(m, "w")})
+
+
+# --------------------------------------------------------------------------- wrappers
+
+
+def _linear(call: Call, m: nn.Module) -> int:
+    return tnn.convert_linear(call, m)  # sees [T, B, F] or [B, F]: last dim only
+
+
+def _conv1d(call: Call, m: nn.Module) -> int:
+    return tnn.convert_conv(_wrapper_view(call, m), m, 1)
+
+
+def _conv2d(call: Call, m: nn.Module) -> int:
+    return tnn.convert_conv(_wrapper_view(call, m), m, 2)
+
+
+def _bn1d(call: Call, m: nn.Module) -> int:
+    return tnn.convert_batchnorm(_wrapper_view(call, m), m, 1)
+
+
+def _bn2d(call: Call, m: nn.Module) -> int:
+    return tnn.convert_batchnorm(_wrapper_view(call, m), m, 2)
+
+
+def _avgpool2d(call: Call, m: nn.Module) -> int:
+    return tnn.convert_avgpool2d(_wrapper_view(call, m), m)
+
+
+def _maxpool2d(call: Call, m: nn.Module) -> int:
+    return tnn.convert_maxpool2d(_wrapper_view(call, m), m)
+
+
+def _adaptive_avgpool2d(call: Call, m: nn.Module) -> int:
+    return tnn.convert_adaptive_avgpool2d(_wrapper_view(call, m), m)
+
+
+def _flatten(call: Call, m: nn.Module) -> int:
+    return tnn.convert_flatten(_wrapper_view(call, m), m)
+
+
+def _dropout(call: Call, m: nn.Module) -> int:
+    call = _wrapper_view(call, m)
+    # the mask is a memory kept until reset_net: one mask for every step of a sequence,
+    # except inside SeqToANNContainer, where a single call covers all T*B rows
+    return tnn.convert_dropout(
+        call, m.p, shared_over_time=call.view != "flat" or m.step_mode == "m"
+    )
+
+
+def _voting(call: Call, m: nn.Module) -> int:
+    call = _wrapper_view(call, m)
+    x = tnn.one_input(call)
+    if len(x.shape) != 2:
+        raise call.unsupported(f"expects a per-step input [B, N], got per-step shape {x.shape}")
+    return call.emit("voting", [x], attrs={"voting_size": int(m.voting_size)})
+
+
+if sj_base is not None:
+    register_framework(
+        Framework(
+            name="spikingjelly",
+            owns=_owns,
+            step_mode=_step_mode,
+            reset=_reset,
+            chain=_chain,
+            source="spikingjelly",
+            priority=2,
+        )
+    )
+    for _cls, _fn, _per_step in [
+        (sj_neuron.IFNode, _if, False),
+        (sj_neuron.LIFNode, _lif, False),
+        (sj_neuron.ParametricLIFNode, _plif, False),
+        (sj_layer.Linear, _linear, False),
+        (sj_layer.Conv1d, _conv1d, False),
+        (sj_layer.Conv2d, _conv2d, False),
+        (sj_layer.BatchNorm1d, _bn1d, False),
+        (sj_layer.BatchNorm2d, _bn2d, False),
+        (sj_layer.AvgPool2d, _avgpool2d, False),
+        (sj_layer.MaxPool2d, _maxpool2d, False),
+        (sj_layer.AdaptiveAvgPool2d, _adaptive_avgpool2d, False),
+        (sj_layer.Flatten, _flatten, False),
+        (sj_layer.Dropout, _dropout, False),
+        (sj_layer.VotingLayer, _voting, False),
+    ]:
+        register_module(_cls, _name(_cls), per_step_only=_per_step)(_fn)
+    for _cls in (
+        sj_layer.SeqToANNContainer,
+        sj_layer.MultiStepContainer,
+        sj_layer.StepModeContainer,
+    ):
+        register_container(_cls, _name(_cls))

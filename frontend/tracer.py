@@ -1,0 +1,939 @@
+"""Model -> IR: the torch.fx tracer, the converter registry and the conversion driver.
+
+Why torch.fx with leaf modules: SNN neurons (and SpikingJelly's multi-step
+wrappers) hold state and shape-dependent Python control flow that fx cannot
+trace, but they are exactly the units the IR wants as single nodes. So every
+module a framework owns (torch.nn, SpikingJelly, snncc.nn, and other SNN
+libraries so they fail with a clear message) is a *leaf*; the user's own
+modules and plain ``nn.Sequential`` are traced through.
+
+Pipeline of :func:`trace`:
+
+1. fx-trace the model with :class:`SnnccTracer`;
+2. decide the model's step mode from the leaf modules it calls ("m": it is fed
+   ``[T, B, ...]`` and runs time itself; "s": it is a per-step network, traced
+   with ``example_input[0]`` and compiled as applied at each step);
+3. check that every module, function and method has a converter, *before*
+   running anything, so an unsupported model fails with one clear message;
+4. run the model once on the example input (an fx Interpreter) to record each
+   value's shape, leaving the model as it was (state reset, buffers, RNG);
+5. convert node by node into a :class:`snncc.ir.Graph` of per-step ops.
+
+Converters live in :mod:`snncc.frontend.torch_nn`, :mod:`.spikingjelly` and
+:mod:`.snncc_nn` and register themselves here; :data:`SUPPORTED` is generated
+from this registry, so error messages never go stale.
+"""
+
+from __future__ import annotations
+
+import builtins
+import importlib
+import operator
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from snncc.ir.graph import Graph
+from torch import fx, nn
+
+from snncc.errors import ShapeError, SnnccError, UnsupportedError
+
+# --------------------------------------------------------------------------- registry
+
+#: a module converter: (call, module) -> IR node id of the module's output
+ModuleConverter = Callable[["Call", nn.Module], int]
+#: a function / method converter: (call) -> IR node id of the result
+FunctionConverter = Callable[["Call"], int]
+
+
+@dataclass(frozen=True)
+class ModuleEntry:
+    """How one module class converts."""
+
+    name: str  # public name for messages, e.g. "torch.nn.Linear"
+    convert: ModuleConverter
+    #: the module interprets tensor dims itself (conv, BN, pooling): applied to a
+    #: whole [T, B, ...] sequence it would read T as the batch, so it is refused there
+    per_step_only: bool = False
+
+
+@dataclass(frozen=True)
+class FunctionEntry:
+    name: str  # public name, e.g. "torch.cat" or "Tensor.view"
+    convert: FunctionConverter
+
+
+MODULES: dict[type, ModuleEntry] = {}
+#: chain containers (their children are converted): class -> public name
+CONTAINERS: dict[type, str] = {}
+FUNCTIONS: dict[Any, FunctionEntry] = {}
+METHODS: dict[str, FunctionEntry] = {}
+
+
+def register_module(
+    cls: type, name: str, *, per_step_only: bool = False
+) -> Callable[[ModuleConverter], ModuleConverter]:
+    """Register a converter for exactly ``cls`` (subclasses may change semantics: not matched)."""
+
+    def deco(fn: ModuleConverter) -> ModuleConverter:
+        MODULES[cls] = ModuleEntry(name, fn, per_step_only)
+        return fn
+
+    return deco
+
+
+def register_container(cls: type, name: str) -> None:
+    """List a chain container (see :class:`Chain`) among the supported modules."""
+    CONTAINERS[cls] = name
+
+
+def register_function(
+    *targets: tuple[Any, str],
+) -> Callable[[FunctionConverter], FunctionConverter]:
+    """Register a converter for fx ``call_function`` targets, given as (callable, public name)."""
+
+    def deco(fn: FunctionConverter) -> FunctionConverter:
+        for target, name in targets:
+            FUNCTIONS[target] = FunctionEntry(name, fn)
+        return fn
+
+    return deco
+
+
+def register_method(*names: str) -> Callable[[FunctionConverter], FunctionConverter]:
+    """Register a converter for fx ``call_method`` targets (Tensor method names)."""
+
+    def deco(fn: FunctionConverter) -> FunctionConverter:
+        for name in names:
+            METHODS[name] = FunctionEntry(f"Tensor.{name}", fn)
+        return fn
+
+    return deco
+
+
+@dataclass(frozen=True)
+class Chain:
+    """A container that runs its children in sequence under one view of time.
+
+    ``view`` is what the children see: "flat" (the [T, B, ...] sequence folded
+    into a [T*B, ...] batch, SpikingJelly's ``seq_to_ann_forward``) or "step"
+    (called once per time step with [B, ...]). ``children`` are (name, module).
+    """
+
+    view: str
+    children: tuple[tuple[str, nn.Module], ...]
+
+
+@dataclass
+class Framework:
+    """What the tracer needs to know about one source framework's modules."""
+
+    name: str  # "torch", "spikingjelly", "snncc", ...
+    #: the module belongs to the framework: traced as a leaf
+    owns: Callable[[nn.Module], bool]
+    #: the step mode the module votes for ("s", "m") or None (no opinion)
+    step_mode: Callable[[nn.Module], str | None] = lambda m: None
+    #: reset the framework's neuron state in a model (before/after shape propagation)
+    reset: Callable[[nn.Module], None] | None = None
+    #: the container's chain, or None when the module is not a chain container
+    chain: Callable[[nn.Module], Chain | None] = lambda m: None
+    #: a source name for Graph.meta["source"] when this framework's modules are used
+    source: str | None = None
+    priority: int = 0  # higher wins as Graph.meta["source"]
+
+
+FRAMEWORKS: list[Framework] = []
+
+
+def register_framework(fw: Framework) -> None:
+    FRAMEWORKS[:] = [f for f in FRAMEWORKS if f.name != fw.name] + [fw]
+
+
+def framework_of(m: nn.Module) -> Framework | None:
+    for fw in FRAMEWORKS:
+        if fw.owns(m):
+            return fw
+    return None
+
+
+_CONVERTER_MODULES = (
+    "snncc.frontend.torch_nn",
+    "snncc.frontend.spikingjelly",
+    "snncc.frontend.snncc_nn",
+)
+
+
+def ensure_converters() -> None:
+    """Import the converter modules (each registers itself; optional frameworks skip quietly)."""
+    for mod in _CONVERTER_MODULES:
+        importlib.import_module(mod)
+
+
+def supported() -> dict[str, list[str]]:
+    """The public names of every supported module, function and method, sorted."""
+    ensure_converters()
+    return {
+        "modules": sorted({e.name for e in MODULES.values()} | set(CONTAINERS.values())),
+        "functions": sorted({e.name for e in FUNCTIONS.values()}),
+        "methods": sorted({e.name for e in METHODS.values()}),
+    }
+
+
+def supported_text() -> str:
+    s = supported()
+    return (
+        f"supported modules: {', '.join(s['modules'])}; "
+        f"supported functions: {', '.join(s['functions'])}; "
+        f"supported Tensor methods: {', '.join(s['methods'])}"
+    )
+
+
+def type_name(obj: Any) -> str:
+    """``module.Class`` of an object's class, for messages."""
+    cls = obj if isinstance(obj, type) else type(obj)
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+# --------------------------------------------------------------------------- fx tracing
+
+#: module-name prefixes of libraries whose modules are leaves (so they fail clearly
+#: instead of being traced into)
+_FOREIGN_PREFIXES = ("snntorch", "norse", "sinabs", "lava", "spyx", "rockpool")
+_TRACE_THROUGH = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+_HERE = str(Path(__file__).resolve().parent)
+
+
+class SnnccTracer(fx.Tracer):
+    """fx tracer whose leaves are framework modules; records the user source line of each node."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        if framework_of(m) is not None:
+            return True
+        if type(m) in _TRACE_THROUGH:
+            return False
+        mod = type(m).__module__
+        if mod.startswith(("torch.nn", "torch.ao.nn")):
+            return True
+        return mod.split(".")[0] in _FOREIGN_PREFIXES
+
+    def create_node(self, kind, target, args, kwargs, name=None, type_expr=None):  # type: ignore[override]
+        node = super().create_node(kind, target, args, kwargs, name, type_expr)
+        node.meta["snncc_src"] = _user_frame()
+        return node
+
+
+def _user_frame() -> str:
+    """``file:line: code`` of the innermost frame outside torch and snncc's frontend."""
+    torch_dir = str(Path(torch.__file__).resolve().parent)
+    for fr in reversed(traceback.extract_stack()):
+        fn = str(Path(fr.filename).resolve()) if fr.filename else ""
+        if fn.startswith((torch_dir, _HERE)) or fn.startswith("<"):
+            continue
+        return f"{Path(fr.filename).name}:{fr.lineno}: {(fr.line or '').strip()}"
+    return ""
+
+
+# --------------------------------------------------------------------------- values
+
+
+@dataclass(frozen=True)
+class Value:
+    """A tensor value during conversion: its IR node and shapes."""
+
+    id: int
+    fx_shape: tuple[int, ...]  # full shape as the model saw it (with T for "m")
+    shape: list  # per-step IR shape, batch as "B"
+    dtype: str
+
+
+@dataclass(frozen=True)
+class ShapeValue:
+    """A Python value computed from tensor shapes (``x.size(0)``, ``x.shape[1:]``)."""
+
+    value: Any
+
+
+def _has_tensor(value: Any) -> bool:
+    if isinstance(value, torch.Tensor):
+        return True
+    if isinstance(value, (tuple, list)):
+        return any(_has_tensor(v) for v in value)
+    return False
+
+
+def _dtype_name(dt: torch.dtype) -> str:
+    return str(dt).replace("torch.", "")
+
+
+# --------------------------------------------------------------------------- the call
+
+
+@dataclass
+class Call:
+    """Everything a converter needs about one module/function/method call.
+
+    ``view`` says how the callee sees time: "sequence" (it gets the whole
+    [T, B, ...] tensor; fx dims are per-step dims + 1), "flat" (it gets
+    [T*B, ...]: SpikingJelly seq_to_ann), "step" (it gets [B, ...] per step).
+    Converters only ever emit per-step ops; ``view`` decides how to translate
+    dims and what BatchNorm statistics / dropout masks mean.
+    """
+
+    ctx: Converter
+    path: str  # module path, or the enclosing module path for functions
+    what: str  # "module 'features.3' (torch.nn...Conv2d)" etc., for messages
+    target: Any
+    inputs: list[Value]
+    out_fx_shape: tuple[int, ...] | None
+    out_dtype: str
+    view: str
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    src: str = ""
+
+    # ---------------------------------------------------------------- facts
+    @property
+    def time_dims(self) -> int:
+        """Leading dims the callee sees in front of the per-step dims (1 for "sequence")."""
+        return 1 if self.view == "sequence" else 0
+
+    @property
+    def out_shape(self) -> list:
+        return self.ctx.step_shape(self.out_fx_shape, self.time_dims, self)
+
+    @property
+    def bn_stats(self) -> str:
+        """Training-mode BatchNorm statistics: over T*B ("sequence") or per step over B ("step")."""
+        return "sequence" if self.view in ("flat", "sequence") else "step"
+
+    # ---------------------------------------------------------------- helpers
+    def unsupported(self, why: str) -> UnsupportedError:
+        """An UnsupportedError naming this call (path and type) and ``why``."""
+        where = f" [{self.src}]" if self.src else ""
+        return UnsupportedError(f"{self.what}{where}: {why}")
+
+    def step_dim(self, dim: int, rank: int | None = None, *, allow_batch: bool = False) -> int:
+        """Translate ``dim`` as the callee sees it to a non-negative per-step dim.
+
+        Raises for the time dim (a per-step program cannot mix time steps) and,
+        unless ``allow_batch``, for the batch dim (the batch must stay intact).
+        """
+        if rank is None:
+            rank = len(self.inputs[0].fx_shape)
+        d = dim + rank if dim < 0 else dim
+        if not 0 <= d < rank:
+            raise self.unsupported(f"dim {dim} is out of range for a rank-{rank} tensor")
+        d -= self.time_dims
+        if d < 0:
+            raise self.unsupported(
+                f"dim {dim} is the time dim of the [T, B, ...] sequence; snncc programs map "
+                "[T, B, ...] to [T, B, ...] one step at a time, so reduce or mix over time "
+                "outside the model (e.g. on the compiled model's output)"
+            )
+        if d == 0 and not allow_batch:
+            raise self.unsupported(
+                f"dim {dim} is the batch dim; snncc keeps the batch dim intact in every op"
+            )
+        return d
+
+    def param(self, module: nn.Module, attr: str) -> str:
+        """Store ``module.attr`` under its state_dict name (path.attr) and return the name."""
+        name = f"{self.path}.{attr}" if self.path else attr
+        return self.ctx.add_param(name, getattr(module, attr))
+
+    def emit(
+        self,
+        op: str,
+        inputs: list[Value] | list[int] | None = None,
+        *,
+        attrs: dict[str, Any] | None = None,
+        params: dict[str, str] | None = None,
+        shape: list | None = None,
+    ) -> int:
+        """Add the IR node for this call (name = this call's path, shape = its output's)."""
+        ins = self.inputs if inputs is None else inputs
+        ids = [v.id if isinstance(v, Value) else v for v in ins]
+        return self.ctx.graph.add_node(
+            op,
+            ids,
+            attrs=attrs,
+            params=params,
+            shape=self.out_shape if shape is None else shape,
+            dtype=self.out_dtype,
+            name=self.path,
+        )
+
+    def arg(self, index: int, name: str, default: Any = ...) -> Any:
+        """Positional-or-keyword argument of a function call (Values for tensors)."""
+        if index < len(self.args):
+            return self.args[index]
+        if name in self.kwargs:
+            return self.kwargs[name]
+        if default is ...:
+            raise self.unsupported(f"missing argument {name!r}")
+        return default
+
+    def sub(self, *, path: str, what: str, inputs: list[Value], out_fx_shape, view: str) -> Call:
+        """A Call for a child module of a chain container."""
+        return replace(
+            self,
+            path=path,
+            what=what,
+            inputs=inputs,
+            out_fx_shape=out_fx_shape,
+            view=view,
+            args=(),
+            kwargs={},
+        )
+
+
+# --------------------------------------------------------------------------- conversion
+
+
+#: pure-Python functions allowed on shape values (``x.size(0) * x.size(1)``)
+_SHAPE_FUNCTIONS = {
+    operator.getitem,
+    operator.mul,
+    operator.add,
+    operator.sub,
+    operator.floordiv,
+    builtins.getattr,
+    builtins.len,
+    builtins.int,
+}
+_SHAPE_METHODS = {"size", "dim"}
+
+
+class Converter:
+    """Converts one fx-traced model into an IR Graph (one instance per :func:`trace`)."""
+
+    def __init__(self, model: nn.Module, gm: fx.GraphModule, step_mode: str, T: int, B: int):
+        self.model = model
+        self.gm = gm
+        self.step_mode = step_mode
+        self.T = T
+        self.B = B
+        self.graph = Graph()
+        self.env: dict[fx.Node, Any] = {}
+        self._param_ids: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ shapes
+    @property
+    def model_view(self) -> str:
+        return "sequence" if self.step_mode == "m" else "step"
+
+    def step_shape(
+        self, fx_shape: tuple[int, ...] | None, time_dims: int, call: Call | None
+    ) -> list:
+        """Per-step IR shape of a value the callee saw as ``fx_shape`` (batch -> "B")."""
+        if fx_shape is None:
+            raise UnsupportedError("internal: a value without a recorded shape")
+        shape = list(fx_shape[time_dims:])
+        if not shape:
+            what = call.what if call else "a value"
+            raise UnsupportedError(f"{what}: a value without a batch dim is not supported")
+        shape[0] = "B"
+        return shape
+
+    def add_param(self, name: str, tensor: Any) -> str:
+        """Store a parameter/buffer by state_dict name (copied: later training must not alias)."""
+        if tensor is None:
+            raise UnsupportedError(f"parameter {name!r} is None")
+        if name in self.graph.params:
+            return name
+        arr = tensor.detach().cpu().clone().numpy() if isinstance(tensor, torch.Tensor) else tensor
+        return self.graph.add_param(name, arr)
+
+    # ------------------------------------------------------------------ driver
+    def run(self) -> Graph:
+        for node in self.gm.graph.nodes:
+            if node.op == "placeholder":
+                self._placeholder(node)
+            elif node.op == "output":
+                self._output(node)
+            elif node.op == "call_module":
+                self.env[node] = self._call_module(node)
+            elif node.op in ("call_function", "call_method"):
+                self.env[node] = self._call_function(node)
+            else:  # get_attr
+                raise _unsupported_node(node, self.gm)
+        return self.graph
+
+    def _placeholder(self, node: fx.Node) -> None:
+        meta = node.meta["snncc_shape"]
+        index = len(self.graph.meta["inputs"])
+        shape = self.step_shape(meta.shape, 1 if self.step_mode == "m" else 0, None)
+        nid = self.graph.add_node(
+            "input", attrs={"index": index}, shape=shape, dtype=meta.dtype, name=node.name
+        )
+        self.env[node] = Value(nid, meta.shape, shape, meta.dtype)
+
+    def _output(self, node: fx.Node) -> None:
+        outs = node.args[0]
+        flat = list(outs) if isinstance(outs, (tuple, list)) else [outs]
+        for i, o in enumerate(flat):
+            v = self.env.get(o) if isinstance(o, fx.Node) else None
+            if not isinstance(v, Value):
+                raise UnsupportedError(
+                    f"model output {i} is {type(o).__name__}, not a tensor; snncc models return "
+                    "a tensor or a tuple of tensors"
+                )
+            name = "output" if len(flat) == 1 else f"output.{i}"
+            self.graph.add_node(
+                "output", [v.id], attrs={"index": i}, shape=v.shape, dtype=v.dtype, name=name
+            )
+
+    def _tensor_args(self, node: fx.Node) -> tuple[tuple, dict, list[Value]]:
+        """(args, kwargs) with fx nodes replaced by their Values/ShapeValues, plus the tensor Values."""
+        tensors: list[Value] = []
+
+        def sub(a: Any) -> Any:
+            if isinstance(a, fx.Node):
+                v = self.env[a]
+                if isinstance(v, Value):
+                    tensors.append(v)
+                return v
+            if isinstance(a, (list, tuple)):
+                return type(a)(sub(x) for x in a)
+            if isinstance(a, dict):
+                return {k: sub(x) for k, x in a.items()}
+            return a
+
+        args = tuple(sub(a) for a in node.args)
+        kwargs = {k: sub(a) for k, a in node.kwargs.items()}
+        return args, kwargs, tensors
+
+    def _call_module(self, node: fx.Node) -> Value:
+        module = self.gm.get_submodule(node.target)
+        args, kwargs, tensors = self._tensor_args(node)
+        meta = node.meta.get("snncc_shape")
+        if meta is None:
+            raise UnsupportedError(
+                f"{_describe(node, self.gm)} returned "
+                f"{type(node.meta.get('snncc_value')).__name__}, not a tensor"
+            )
+        call = Call(
+            ctx=self,
+            path=str(node.target),
+            what=f"module '{node.target}' ({type_name(module)})",
+            target=module,
+            inputs=tensors,
+            out_fx_shape=meta.shape,
+            out_dtype=meta.dtype,
+            view=self.model_view,
+            args=args,
+            kwargs=kwargs,
+            src=node.meta.get("snncc_src", ""),
+        )
+        if kwargs or len(tensors) != len(args):
+            raise call.unsupported("modules are supported with tensor positional inputs only")
+        nid = self.convert_module(call, module, chain_shapes=node.meta.get("snncc_chain"))
+        return Value(nid, meta.shape, call.out_shape, meta.dtype)
+
+    def convert_module(
+        self, call: Call, module: nn.Module, chain_shapes: dict | None = None
+    ) -> int:
+        """Convert one module call (a chain container converts its children in order)."""
+        fw = framework_of(module)
+        chain = fw.chain(module) if fw is not None else None
+        entry = MODULES.get(type(module))
+        if chain is not None and entry is None:
+            return self._convert_chain(call, chain, chain_shapes or {})
+        if entry is None:
+            raise call.unsupported(f"this module type is not supported; {supported_text()}")
+        if entry.per_step_only and call.view == "sequence":
+            raise call.unsupported(_SEQUENCE_HINT)
+        return entry.convert(call, module)
+
+    def _convert_chain(self, call: Call, chain: Chain, shapes: dict[str, tuple]) -> int:
+        if len(call.inputs) != 1:
+            raise call.unsupported("a container takes exactly one tensor input")
+        cur = call.inputs[0]
+        cur = Value(cur.id, tuple(shapes.get("", cur.fx_shape)), cur.shape, cur.dtype)
+        for name, child in _flatten_chain(chain.children):
+            path = f"{call.path}.{name}" if call.path else name
+            out = shapes.get(name)
+            sub = call.sub(
+                path=path,
+                what=f"module '{path}' ({type_name(child)})",
+                inputs=[cur],
+                out_fx_shape=out,
+                view=chain.view,
+            )
+            nid = self.convert_module(sub, child)
+            cur = Value(nid, out, sub.out_shape, cur.dtype)
+        return cur.id
+
+    def _call_function(self, node: fx.Node) -> Value | ShapeValue:
+        args, kwargs, tensors = self._tensor_args(node)
+        meta = node.meta.get("snncc_shape")
+        shape_op = node.target in (
+            _SHAPE_FUNCTIONS if node.op == "call_function" else _SHAPE_METHODS
+        )
+        if meta is None:
+            value = node.meta.get("snncc_value")
+            if shape_op and not _has_tensor(value):
+                # a Python value computed from shapes: consumers use the recorded shapes
+                return ShapeValue(value)
+            raise UnsupportedError(
+                f"{_describe(node, self.gm)} returns "
+                f"{type(node.meta.get('snncc_value')).__name__}, not a tensor; {supported_text()}"
+            )
+        entry = (FUNCTIONS if node.op == "call_function" else METHODS).get(node.target)
+        if entry is None:
+            raise _unsupported_node(node, self.gm, self.step_mode)
+        module_path = _enclosing_path(node)
+        call = Call(
+            ctx=self,
+            path=module_path,
+            what=f"{entry.name} in {_where(module_path)}",
+            target=node.target,
+            inputs=tensors,
+            out_fx_shape=meta.shape,
+            out_dtype=meta.dtype,
+            view=self.model_view,
+            args=args,
+            kwargs=kwargs,
+            src=node.meta.get("snncc_src", ""),
+        )
+        nid = entry.convert(call)
+        return Value(nid, meta.shape, call.out_shape, meta.dtype)
+
+
+_SEQUENCE_HINT = (
+    "this module interprets tensor dims itself, and in a multi-step model it receives the "
+    "whole [T, B, ...] sequence (T would be read as the batch); use the SpikingJelly "
+    "wrapper (spikingjelly.activation_based.layer.*, step_mode='m') or wrap it in "
+    "layer.SeqToANNContainer"
+)
+
+
+def _flatten_chain(children) -> Iterator[tuple[str, nn.Module]]:
+    """Children of a chain, with plain nn.Sequential children expanded (dotted names)."""
+    for name, child in children:
+        if type(child) is nn.Sequential:
+            yield from ((f"{name}.{n}", c) for n, c in _flatten_chain(child.named_children()))
+        else:
+            yield name, child
+
+
+def _enclosing_path(node: fx.Node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    last = list(stack.values())[-1]
+    return str(last[0]) if isinstance(last, tuple) else str(last)
+
+
+def _where(path: str) -> str:
+    return f"'{path}'" if path else "the model's forward"
+
+
+def _target_name(node: fx.Node) -> str:
+    if node.op == "call_method":
+        return f"Tensor.{node.target}"
+    t = node.target
+    mod = getattr(t, "__module__", None) or ""
+    qual = getattr(t, "__qualname__", None) or getattr(t, "__name__", None) or str(t)
+    if mod in ("_operator", "operator"):
+        return f"operator.{qual}"
+    if mod.startswith("torch") and hasattr(torch, qual) and getattr(torch, qual) is t:
+        return f"torch.{qual}"
+    return f"{mod}.{qual}" if mod else qual
+
+
+_REDUCTIONS = {"mean", "sum", "max", "min", "amax", "amin", "prod", "argmax", "std", "var"}
+
+
+def _unsupported_node(node: fx.Node, gm: fx.GraphModule, step_mode: str = "s") -> UnsupportedError:
+    """The one error for an fx node snncc has no converter for."""
+    src = node.meta.get("snncc_src", "")
+    where_src = f" [{src}]" if src else ""
+    path = _enclosing_path(node)
+    if node.op == "get_attr":
+        return UnsupportedError(
+            f"direct use of tensor attribute '{node.target}' in {_where(path)}{where_src} is not "
+            f"supported (parameters must belong to a supported module); {supported_text()}"
+        )
+    if node.op == "call_module":
+        module = gm.get_submodule(node.target)
+        return UnsupportedError(
+            f"module '{node.target}' ({type_name(module)}){where_src} is not supported; "
+            f"{supported_text()}"
+        )
+    name = _target_name(node)
+    hint = ""
+    base = (
+        str(node.target).split(".")[-1]
+        if node.op == "call_method"
+        else getattr(node.target, "__name__", "")
+    )
+    if step_mode == "m" and base in _REDUCTIONS:
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        if dim in (0, (0,), [0]):
+            hint = (
+                " It reduces over time (dim 0 of [T, B, ...]): snncc programs map [T, B, ...] "
+                "to [T, B, ...], so reduce over time outside the model "
+                "(e.g. compiled(x).mean(0))."
+            )
+    return UnsupportedError(
+        f"function {name} in {_where(path)}{where_src} is not supported.{hint} {supported_text()}"
+    )
+
+
+# --------------------------------------------------------------------------- shape propagation
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    shape: tuple[int, ...]
+    dtype: str
+
+
+class _ShapeRecorder(fx.Interpreter):
+    """Runs the traced model once, recording every tensor value's shape on its fx node.
+
+    Chain containers also record the shape after each child, by running the
+    children on the view they see (one step, or the T*B-folded sequence).
+    """
+
+    def __init__(self, gm: fx.GraphModule, model_view: str):
+        super().__init__(gm)
+        self.model_view = model_view
+
+    def run_node(self, n: fx.Node) -> Any:
+        try:
+            result = super().run_node(n)
+        except SnnccError:
+            raise
+        except Exception as e:  # noqa: BLE001 - re-raised with the node's location
+            raise ShapeError(
+                f"running the model on the example input failed at {_describe(n, self.module)}: "
+                f"{type(e).__name__}: {e}"
+            ) from e
+        if isinstance(result, torch.Tensor):
+            n.meta["snncc_shape"] = TensorMeta(tuple(result.shape), _dtype_name(result.dtype))
+        elif n.op in ("call_function", "call_method", "call_module"):
+            n.meta["snncc_value"] = result
+        if n.op == "call_module":
+            module = self.module.get_submodule(n.target)
+            fw = framework_of(module)
+            chain = fw.chain(module) if fw is not None else None
+            if chain is not None and MODULES.get(type(module)) is None:
+                x = self.env[n.args[0]] if n.args and isinstance(n.args[0], fx.Node) else None
+                if isinstance(x, torch.Tensor):
+                    n.meta["snncc_chain"] = _chain_shapes(chain, x, self.model_view)
+        return result
+
+
+def _chain_shapes(chain: Chain, x: torch.Tensor, outer_view: str) -> dict[str, tuple]:
+    """Shapes after each child of a chain, as the children see them (key "" = the input)."""
+    if outer_view == "sequence":
+        x = x.flatten(0, 1) if chain.view == "flat" else x[0]
+    shapes: dict[str, tuple] = {"": tuple(x.shape)}
+    for name, child in _flatten_chain(chain.children):
+        x = child(x)
+        if not isinstance(x, torch.Tensor):
+            break
+        shapes[name] = tuple(x.shape)
+    return shapes
+
+
+def _describe(n: fx.Node, gm: fx.GraphModule) -> str:
+    src = n.meta.get("snncc_src", "")
+    where_src = f" [{src}]" if src else ""
+    if n.op == "call_module":
+        return f"module '{n.target}' ({type_name(gm.get_submodule(n.target))}){where_src}"
+    if n.op in ("call_function", "call_method"):
+        return f"{_target_name(n)} in {_where(_enclosing_path(n))}{where_src}"
+    return f"{n.op} {n.name}"
+
+
+class _Restore:
+    """Leave the model as it was: reset neuron state before/after, restore buffers and RNG."""
+
+    def __init__(self, model: nn.Module, resets: list[Callable[[nn.Module], None]]):
+        self.model = model
+        self.resets = resets
+
+    def __enter__(self) -> _Restore:
+        self.buffers = {k: b.detach().clone() for k, b in self.model.named_buffers()}
+        self.rng = torch.random.get_rng_state()
+        for r in self.resets:
+            r(self.model)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for r in self.resets:
+            r(self.model)
+        with torch.no_grad():
+            for k, b in self.model.named_buffers():
+                if k in self.buffers and self.buffers[k].shape == b.shape:
+                    b.copy_(self.buffers[k])
+        torch.random.set_rng_state(self.rng)
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def _as_inputs(example_input: Any) -> tuple[torch.Tensor, ...]:
+    items = example_input if isinstance(example_input, (tuple, list)) else (example_input,)
+    out = []
+    for i, x in enumerate(items):
+        if not isinstance(x, torch.Tensor):
+            try:
+                x = torch.as_tensor(x)
+            except Exception as e:  # noqa: BLE001
+                raise ShapeError(f"example input {i} is a {type(x).__name__}, not a tensor") from e
+        if x.ndim < 2:
+            raise ShapeError(
+                f"example input {i} has shape {list(x.shape)}; snncc inputs are time-major "
+                "[T, B, ...] (at least 2 dims)"
+            )
+        out.append(x)
+    if not out:
+        raise ShapeError("no example input given")
+    Ts = {int(x.shape[0]) for x in out}
+    Bs = {int(x.shape[1]) for x in out}
+    if len(Ts) != 1 or len(Bs) != 1:
+        raise ShapeError(
+            f"example inputs disagree on T or B: {[list(x.shape) for x in out]}; all are [T, B, ...]"
+        )
+    return tuple(out)
+
+
+def _fx_trace(model: nn.Module) -> fx.GraphModule:
+    tracer = SnnccTracer()
+    try:
+        graph = tracer.trace(model)
+    except SnnccError:
+        raise
+    except Exception as e:  # noqa: BLE001 - fx raises many types; all mean "not traceable"
+        raise UnsupportedError(
+            f"torch.fx could not trace {type_name(model)}: {type(e).__name__}: {e}. snncc traces "
+            "the forward with torch.fx, keeping framework modules as leaves; Python control flow "
+            "on tensor values in your own modules is not supported"
+        ) from e
+    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+def _step_mode(gm: fx.GraphModule) -> tuple[str, str]:
+    """(step mode, source) voted by the leaf modules the model calls."""
+    votes: dict[str, list[str]] = {"s": [], "m": []}
+    sources: list[Framework] = []
+    for node in gm.graph.nodes:
+        if node.op != "call_module":
+            continue
+        module = gm.get_submodule(node.target)
+        fw = framework_of(module)
+        if fw is None:
+            continue
+        if fw.source:
+            sources.append(fw)
+        mode = fw.step_mode(module)
+        if mode in votes:
+            votes[mode].append(f"'{node.target}' ({type(module).__name__}, step_mode={mode!r})")
+    if votes["s"] and votes["m"]:
+        raise UnsupportedError(
+            "mixed step modes: multi-step modules "
+            + ", ".join(votes["m"])
+            + " and single-step modules "
+            + ", ".join(votes["s"])
+            + "; snncc compiles a model whose modules are all multi-step (fed [T, B, ...]) or "
+            "all single-step (applied at each step). For SpikingJelly, call "
+            "spikingjelly.activation_based.functional.set_step_mode(model, 'm') (or 's')"
+        )
+    mode = "m" if votes["m"] else "s"
+    source = max(sources, key=lambda f: f.priority).source if sources else "torch"
+    return mode, source
+
+
+def _precheck(gm: fx.GraphModule, step_mode: str) -> None:
+    """Refuse unsupported modules/functions before running anything (one clear message)."""
+    view = "sequence" if step_mode == "m" else "step"
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            raise _unsupported_node(node, gm)
+        if node.op == "call_module":
+            module = gm.get_submodule(node.target)
+            _precheck_module(node, module, str(node.target), view, gm)
+        elif node.op == "call_function":
+            if node.target not in FUNCTIONS and node.target not in _SHAPE_FUNCTIONS:
+                raise _unsupported_node(node, gm, step_mode)
+        elif node.op == "call_method":
+            if node.target not in METHODS and node.target not in _SHAPE_METHODS:
+                raise _unsupported_node(node, gm, step_mode)
+
+
+def _precheck_module(node: fx.Node, module: nn.Module, path: str, view: str, gm) -> None:
+    src = node.meta.get("snncc_src", "")
+    where_src = f" [{src}]" if src else ""
+    what = f"module '{path}' ({type_name(module)}){where_src}"
+    entry = MODULES.get(type(module))
+    fw = framework_of(module)
+    chain = fw.chain(module) if fw is not None else None
+    if entry is None and chain is not None:
+        for name, child in _flatten_chain(chain.children):
+            _precheck_module(node, child, f"{path}.{name}", chain.view, gm)
+        return
+    if entry is None:
+        raise UnsupportedError(f"{what} is not supported; {supported_text()}")
+    if entry.per_step_only and view == "sequence":
+        raise UnsupportedError(f"{what}: {_SEQUENCE_HINT}")
+
+
+def trace(model: nn.Module, example_input: Any) -> Graph:
+    """Trace ``model`` into a per-step IR Graph; ``example_input`` is time-major [T, B, ...].
+
+    A multi-step model (SpikingJelly step_mode 'm', snncc.nn) is run on the
+    example input as is; a single-step model (SpikingJelly step_mode 's', plain
+    torch) on ``example_input[0]``, and compiled as applied at every step. The
+    model is left as it was: SpikingJelly state reset, buffers (BatchNorm
+    running statistics) and the torch RNG restored, training/eval mode unchanged.
+    """
+    ensure_converters()
+    if not isinstance(model, nn.Module):
+        raise UnsupportedError(f"snncc compiles torch.nn.Module models, not {type_name(model)}")
+    xs = _as_inputs(example_input)
+    T, B = int(xs[0].shape[0]), int(xs[0].shape[1])
+    gm = _fx_trace(model)
+    n_placeholders = sum(1 for n in gm.graph.nodes if n.op == "placeholder")
+    if n_placeholders != len(xs):
+        raise ShapeError(
+            f"{type_name(model)}.forward takes {n_placeholders} inputs but {len(xs)} example "
+            "inputs were given"
+        )
+    step_mode, source = _step_mode(gm)
+    _precheck(gm, step_mode)
+
+    run_inputs = xs if step_mode == "m" else tuple(x[0] for x in xs)
+    resets = [fw.reset for fw in FRAMEWORKS if fw.reset is not None]
+    recorder = _ShapeRecorder(gm, "sequence" if step_mode == "m" else "step")
+    with _Restore(model, resets), torch.no_grad():
+        recorder.run(*run_inputs)
+
+    conv = Converter(model, gm, step_mode, T, B)
+    _check_layout(gm, step_mode, T, B)
+    graph = conv.run()
+    graph.meta["source"] = source
+    graph.meta["step_mode"] = step_mode
+    return graph
+
+
+def _check_layout(gm: fx.GraphModule, step_mode: str, T: int, B: int) -> None:
+    """Every tensor value must keep [T, B, ...] ("m") or [B, ...] ("s") in front."""
+    lead = (T, B) if step_mode == "m" else (B,)
+    want = "[T, B, ...]" if step_mode == "m" else "[B, ...]"
+    for n in gm.graph.nodes:
+        meta = n.meta.get("snncc_shape")
+        if meta is None:
+            continue
+        if tuple(meta.shape[: len(lead)]) != lead:
+            raise UnsupportedError(
+                f"the value of {_describe(n, gm)} has shape {list(meta.shape)}, but every value "
+                f"must keep {want} = {list(lead)} in front; an op that moves or merges the "
+                "time/batch dims is not supported"
+            )
