@@ -18,6 +18,7 @@ from snncc.errors import BackendError
 _KNOWN: dict[str, str] = {
     "reference": "snncc.backends.reference",
     "jax": "snncc.backends.jax",
+    "cpu": "snncc.backends.cpu",
 }
 _REGISTRY: dict[str, Callable[..., Any]] = {}
 

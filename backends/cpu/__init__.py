@@ -1,0 +1,59 @@
+"""The ``cpu`` backend: the CUDA kernel templates compiled by the host C++ compiler.
+
+Why it exists: it is the CPU deployment target, and the way CI checks the
+generated kernels' logic without a GPU (the neuron arithmetic is the same
+template text as the CUDA kernels; only the thread-index macro layer differs).
+Stateless ops run exactly as in the reference backend, so its spikes match the
+reference bit for bit; gradients flow through a ``torch.autograd.Function``
+over the compiled forward/backward kernels.
+
+    import snncc
+    cm = snncc.compile(model, x, backend="cpu")
+    y = cm(x)
+
+Options: ``cache_dir`` (compiled-kernel cache, default ``~/.cache/snncc/cpu``),
+``recompute`` (backward recomputes membranes instead of saving them), and the
+reference backend's ``requires_grad``, ``stateless_per_step``, ``training``.
+Needs a C++17 compiler with OpenMP (g++ by default; ``SNNCC_CXX``/``CXX``
+override it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from snncc.backends import register
+from snncc.backends.cpu.program import CpuProgram
+from snncc.backends.reference import ReferenceBackend
+from snncc.errors import UnsupportedError
+from snncc.ir.graph import Graph
+
+__all__ = ["CpuBackend", "CpuProgram"]
+
+_OPTIONS = ("cache_dir", "recompute", "requires_grad", "stateless_per_step", "training")
+
+
+class CpuBackend:
+    """Lower a scheduled graph to a :class:`CpuProgram` (neuron kernels compiled on lowering)."""
+
+    name = "cpu"
+    #: the reference pipeline plus fuse_elementwise, which is bit-exact (no
+    #: fold_batchnorm: folding changes the rounding, and the cpu backend
+    #: promises the reference's spikes bit for bit)
+    pipeline = ("canonicalize", "drop_noops", "fuse_elementwise", "temporal_fusion")
+
+    def lower(self, graph: Graph, **options: Any) -> CpuProgram:
+        """Compile every neuron layer's kernels and return the runnable program."""
+        unknown = sorted(set(options) - set(_OPTIONS))
+        if unknown:
+            raise UnsupportedError(
+                f"unknown cpu backend option(s) {unknown}; supported: {', '.join(_OPTIONS)}"
+            )
+        return CpuProgram(graph, **options)
+
+    def to_native(self, x: Any) -> Any:
+        """torch / numpy / jax arrays -> torch CPU tensors (as the reference backend)."""
+        return ReferenceBackend.to_native(self, x)
+
+
+register("cpu", CpuBackend)

@@ -1,0 +1,145 @@
+"""Compile generated C++ with the host compiler and load it with ctypes, through an on-disk cache.
+
+Why a cache keyed by source + compiler + flags: compiling a kernel takes about
+a second, and the same neuron form recurs across layers, runs and processes;
+the key changes whenever anything that could change the machine code changes.
+Why these flags: ``-ffp-contract=off`` (and no fast-math) keeps every fp32
+operation rounding once, as torch eager does, so spikes match bit for bit.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from functools import lru_cache
+from pathlib import Path
+
+from snncc.backends.kernels import HOST_EXACT_FLAGS
+from snncc.errors import BackendError
+
+#: compilers tried in order when neither SNNCC_CXX nor CXX names one
+CANDIDATES = ("g++", "c++", "clang++")
+BASE_FLAGS: tuple[str, ...] = ("-O3", "-std=c++17", "-shared", "-fPIC", *HOST_EXACT_FLAGS)
+OPENMP_FLAG = "-fopenmp"
+
+_lock = threading.Lock()
+_loaded: dict[str, ctypes.CDLL] = {}
+
+
+def default_cache_dir() -> Path:
+    """``$SNNCC_CACHE_DIR/cpu`` or ``~/.cache/snncc/cpu`` (XDG_CACHE_HOME respected)."""
+    root = os.environ.get("SNNCC_CACHE_DIR")
+    if root:
+        return Path(root) / "cpu"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "snncc" / "cpu"
+
+
+def find_compiler() -> str:
+    """The host C++ compiler: $SNNCC_CXX, $CXX, then g++, c++, clang++ on PATH."""
+    tried = []
+    for var in ("SNNCC_CXX", "CXX"):
+        name = os.environ.get(var)
+        if name:
+            tried.append(f"${var}={name}")
+            path = shutil.which(name)
+            if path:
+                return path
+    for name in CANDIDATES:
+        tried.append(name)
+        path = shutil.which(name)
+        if path:
+            return path
+    raise BackendError(
+        "the cpu backend needs a C++17 compiler with OpenMP and found none "
+        f"(tried {', '.join(tried)}); install one (Debian/Ubuntu: apt-get install g++; "
+        "Fedora: dnf install gcc-c++; macOS: brew install gcc, then set CXX=g++-14) "
+        "or point SNNCC_CXX at it"
+    )
+
+
+@lru_cache(maxsize=None)
+def compiler_identity(cxx: str) -> str:
+    """The compiler's ``--version`` first line: part of the cache key."""
+    try:
+        res = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as exc:
+        raise BackendError(f"cannot run the C++ compiler {cxx}: {exc}") from exc
+    return (res.stdout or res.stderr).splitlines()[0] if (res.stdout or res.stderr) else cxx
+
+
+@lru_cache(maxsize=None)
+def openmp_works(cxx: str) -> bool:
+    """Whether ``cxx -fopenmp`` builds a shared library (Apple clang does not without libomp)."""
+    src = '#include <omp.h>\nextern "C" int snncc_probe() { return omp_get_max_threads(); }\n'
+    with tempfile.TemporaryDirectory(prefix="snncc-omp-") as tmp:
+        c = Path(tmp) / "probe.cpp"
+        c.write_text(src)
+        res = subprocess.run(
+            [cxx, *BASE_FLAGS, OPENMP_FLAG, str(c), "-o", str(Path(tmp) / "probe.so")],
+            capture_output=True,
+            text=True,
+        )
+    return res.returncode == 0
+
+
+def compile_flags(cxx: str) -> list[str]:
+    """Flags for ``cxx``: :data:`BASE_FLAGS` plus OpenMP where it works (warned when not)."""
+    flags = list(BASE_FLAGS)
+    if openmp_works(cxx):
+        flags.append(OPENMP_FLAG)
+    else:
+        warnings.warn(
+            f"{cxx} cannot build with -fopenmp; the cpu backend's kernels run on one "
+            "thread (same results, slower). Install libomp / use GCC for parallel kernels.",
+            stacklevel=3,
+        )
+    return flags
+
+
+def build(source: str, cache_dir: str | os.PathLike | None = None) -> Path:
+    """Compile ``source`` to a shared library, or reuse the cached one; return its path.
+
+    The .cpp is kept next to the .so so users can read exactly what runs.
+    """
+    cxx = find_compiler()
+    flags = compile_flags(cxx)
+    key_text = "\0".join([source, cxx, compiler_identity(cxx), *flags])
+    key = hashlib.sha256(key_text.encode()).hexdigest()[:24]
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    so = root / f"snncc_{key}.so"
+    if so.exists():
+        return so
+    root.mkdir(parents=True, exist_ok=True)
+    cpp = root / f"snncc_{key}.cpp"
+    cpp.write_text(source)
+    fd, tmp_name = tempfile.mkstemp(prefix=f"snncc_{key}.", suffix=".so.tmp", dir=root)
+    os.close(fd)
+    cmd = [cxx, *flags, str(cpp), "-o", tmp_name, "-lm"]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise BackendError(
+            f"the C++ compiler failed on generated kernel {cpp} (command: {' '.join(cmd)}):\n"
+            f"{res.stderr.strip()[-4000:]}"
+        )
+    os.replace(tmp_name, so)  # atomic: concurrent builders never see a half-written .so
+    return so
+
+
+def load(source: str, cache_dir: str | os.PathLike | None = None) -> ctypes.CDLL:
+    """Build (or find in the cache) and load ``source``; one handle per library per process."""
+    path = build(source, cache_dir)
+    with _lock:
+        lib = _loaded.get(str(path))
+        if lib is None:
+            lib = ctypes.CDLL(str(path))
+            _loaded[str(path)] = lib
+    return lib

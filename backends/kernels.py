@@ -1,0 +1,491 @@
+"""Render the fused neuron kernels (templates/cuda/*.cu.j2) for CUDA or for the host CPU.
+
+Why one renderer for two targets: the cpu backend exists to run *the same
+kernel logic* as the GPU, so the neuron arithmetic is written once, in the
+templates, against a small macro layer (``common.cuh.j2``: ``SNNCC_KERNEL``,
+``SNNCC_FOR_EACH_NEURON``, ...) and only that layer differs between targets.
+
+Exactness contract (spikes bit for bit with torch eager fp32):
+
+- every operation keeps the order of ``snncc/neurons.py`` (SpikingJelly's);
+- constants are rendered as hexadecimal fp32 literals (``0x1.8p+1f``) of
+  ``float32(value)``, exactly the value torch uses when it multiplies an fp32
+  tensor by a Python scalar (torch casts the scalar to the tensor's dtype);
+  :func:`f32_literal` checks the round trip;
+- derived tensors (PLIF ``k = sigmoid(w)``) are computed by torch on the host and
+  passed as kernel arguments, so the kernels never re-derive them differently;
+- the code is compiled without fast-math and without FMA contraction
+  (:data:`NVCC_EXACT_FLAGS`, :data:`HOST_EXACT_FLAGS`).
+
+Generated code never contains user strings: kernel names come from a hash of
+the (validated) spec, and every value pasted into the source is a number this
+module formatted itself or a name from the fixed tables of ``snncc.ir.neuron``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from snncc.errors import UnsupportedError
+from snncc.ir.neuron import CHARGE_FORMS, NeuronSpec
+
+#: flags that keep nvcc / NVRTC from contracting a*b+c into an FMA (which rounds once)
+NVCC_EXACT_FLAGS: tuple[str, ...] = ("-fmad=false",)
+#: the same for the host compiler (GCC/Clang); never add -ffast-math / -Ofast
+HOST_EXACT_FLAGS: tuple[str, ...] = ("-ffp-contract=off", "-fno-fast-math")
+
+TARGETS = ("cuda", "cpu")
+#: charge forms the kernels implement (all of snncc.ir.neuron.CHARGE_FORMS)
+SUPPORTED_CHARGES = (
+    "sj_if",
+    "sj_lif_decay_input",
+    "sj_lif",
+    "sj_plif_decay_input",
+    "sj_plif",
+    "snncc_li",
+)
+PLIF_CHARGES = ("sj_plif_decay_input", "sj_plif")
+TAU_CHARGES = ("sj_lif_decay_input", "sj_lif", "snncc_li")
+#: every surrogate of snncc/surrogate.py (tests check the two lists agree)
+SUPPORTED_SURROGATES = (
+    "sigmoid",
+    "atan",
+    "piecewise_quadratic",
+    "piecewise_exp",
+    "soft_sign",
+    "sj_superspike",
+    "erf",
+    "rect",
+    "fast_sigmoid",
+    "superspike",
+    "triangle",
+)
+#: renderer options and their defaults
+DEFAULT_OPTIONS: dict[str, Any] = {
+    # dtype of stored spikes: "float32", or "uint8" (4x less traffic; spiking
+    # output without an epilogue only)
+    "spike_dtype": "float32",
+    # backward recomputes h from x instead of reading the h_seq the forward saved
+    "recompute": False,
+}
+#: bump when the generated code changes meaning, so caches keyed by name invalidate
+KERNEL_ABI_VERSION = 1
+
+_TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates" / "cuda"
+
+
+# --------------------------------------------------------------------- literals
+def f32_literal(value: float) -> str:
+    """An exact C/CUDA fp32 literal for ``float32(value)``, e.g. ``0x1.8p+1f`` for 3.0.
+
+    Hexadecimal so that no decimal-to-binary rounding (and no double rounding
+    through double) can change the value; negative values are parenthesised so
+    the literal is safe after any operator.
+    """
+    v = np.float32(value)
+    if not np.isfinite(v):
+        raise UnsupportedError(f"kernel constant {value!r} is not finite; only finite fp32 values")
+    f = float(v)
+    if f == 0.0:
+        text = "0.0f" if math.copysign(1.0, f) > 0 else "(-0.0f)"
+    else:
+        mant, exp = f.hex().split("p")
+        if "." in mant:
+            mant = mant.rstrip("0").rstrip(".")
+        text = f"{mant}p{exp}f"
+        if f < 0:
+            text = f"({text})"
+    back = float.fromhex(text.strip("()").rstrip("f"))
+    if np.float32(back) != v or back != f:
+        raise AssertionError(f"fp32 literal {text} does not round-trip {value!r}")
+    return text
+
+
+# ------------------------------------------------------------------------ views
+@dataclass(frozen=True)
+class NeuronView:
+    """Everything the templates need about a neuron form, pre-formatted (no logic in Jinja)."""
+
+    summary: str
+    charge: str
+    charge_formula: str
+    tau: str
+    vr: str  # the charge's reset potential (v_reset, or 0 for soft reset)
+    vr_reset: str  # the hard reset value
+    th: str
+    v_init: str
+    reset: str
+    detach_reset: bool
+    fire_cmp: str
+    fires: bool
+    spiking: bool
+    needs_surrogate: bool
+    needs_h: bool
+    learns_k: bool
+    surrogate: str
+    alpha_repr: str
+    #: the surrogate's constants as fp32 literals (see :func:`_surrogate_constants`)
+    sg: dict[str, str]
+
+
+@dataclass(frozen=True)
+class NeuronKernelInfo:
+    """How to call the rendered kernels: names, argument lists, what each needs.
+
+    ``forward_args`` / ``backward_args`` are ``(name, ctype)`` pairs in call
+    order; ctype is one of ``"const float*"``, ``"float*"``, ``"uint8*"``,
+    ``"double*"``, ``"float"``, ``"int"``, ``"int64"``. Pointer arguments the
+    kernel documents as nullable may be passed as NULL.
+    """
+
+    tag: str
+    forward_name: str
+    backward_name: str
+    #: input port of each add step, in a<j> order (prologue steps first)
+    add_ports: tuple[int, ...]
+    #: how many of the add steps belong to the prologue (the rest: epilogue)
+    n_prologue_adds: int
+    #: dtype of the forward kernel's ``out``: "float32" or "uint8"
+    out_dtype: str
+    #: the backward kernel reads h[t]: the forward must save h_seq unless recompute
+    needs_h: bool
+    #: the backward recomputes h from x (and the prologue add inputs)
+    recompute: bool
+    #: the backward reads x and the prologue add inputs
+    backward_reads_x: bool
+    #: the form has a PLIF decay k (gk is produced)
+    learns_k: bool
+    forward_args: tuple[tuple[str, str], ...]
+    backward_args: tuple[tuple[str, str], ...]
+
+
+def _as_spec(spec: NeuronSpec | Mapping[str, Any]) -> NeuronSpec:
+    return spec if isinstance(spec, NeuronSpec) else NeuronSpec.from_dict(dict(spec))
+
+
+def _check_spec(spec: NeuronSpec) -> None:
+    """Refuse, with one clear message, anything the kernels would not run faithfully."""
+    if spec.charge not in SUPPORTED_CHARGES:
+        raise UnsupportedError(
+            f"neuron charge form {spec.charge!r} has no fused kernel; supported: "
+            f"{', '.join(SUPPORTED_CHARGES)}"
+        )
+    if spec.fire_from != "updated":
+        raise UnsupportedError(
+            f"neuron fire_from={spec.fire_from!r} has no fused kernel; only 'updated'"
+        )
+    if spec.charge in TAU_CHARGES and spec.tau is None:
+        raise UnsupportedError(f"neuron charge {spec.charge!r} needs tau, got None")
+    if spec.surrogate not in SUPPORTED_SURROGATES and _needs_surrogate(spec):
+        raise UnsupportedError(
+            f"surrogate {spec.surrogate!r} has no kernel; supported: "
+            f"{', '.join(SUPPORTED_SURROGATES)}"
+        )
+    if _needs_surrogate(spec) and not (math.isfinite(spec.alpha) and spec.alpha > 0):
+        raise UnsupportedError(f"surrogate alpha must be finite and > 0, got {spec.alpha!r}")
+    if spec.extra:
+        raise UnsupportedError(
+            f"neuron extra constants {sorted(spec.extra)} mean nothing to the "
+            f"{spec.charge!r} kernels; refusing rather than ignoring them"
+        )
+    learnable = set(spec.learnable)
+    allowed = {"w"} if spec.charge in PLIF_CHARGES else set()
+    if learnable - allowed:
+        raise UnsupportedError(
+            f"learnable neuron params {sorted(learnable - allowed)} of charge "
+            f"{spec.charge!r} have no kernel gradient; supported: {sorted(allowed) or 'none'}"
+        )
+
+
+def _fires(spec: NeuronSpec) -> bool:
+    return spec.spiking or spec.reset != "none"
+
+
+def _needs_surrogate(spec: NeuronSpec) -> bool:
+    return spec.spiking or (spec.reset != "none" and not spec.detach_reset)
+
+
+def _summary(spec: NeuronSpec) -> str:
+    """A comment-safe summary built only from validated names and formatted numbers."""
+    parts = [spec.charge]
+    if spec.tau is not None:
+        parts.append(f"tau={float(spec.tau)!r}")
+    parts.append(f"th={float(spec.v_threshold)!r}")
+    if spec.reset == "hard":
+        parts.append(f"hard({float(spec.v_reset)!r})")
+    else:
+        parts.append(spec.reset)
+    if spec.detach_reset:
+        parts.append("detach_reset")
+    parts.append(f"fire{spec.fire_cmp}")
+    parts.append("out=spike" if spec.spiking else "out=membrane")
+    if _needs_surrogate(spec):
+        parts.append(f"{spec.surrogate}({float(spec.alpha)!r})")
+    return " ".join(parts)
+
+
+def neuron_view(spec: NeuronSpec) -> NeuronView:
+    """Pre-format one validated spec for the templates."""
+    _check_spec(spec)
+    vr = 0.0 if spec.v_reset is None else spec.v_reset
+    needs_sg = _needs_surrogate(spec)
+    learns_k = spec.charge in PLIF_CHARGES
+    alpha = float(spec.alpha)
+    return NeuronView(
+        summary=_summary(spec),
+        charge=spec.charge,
+        charge_formula=CHARGE_FORMS[spec.charge],
+        tau=f32_literal(spec.tau) if spec.tau is not None else "0.0f",
+        vr=f32_literal(vr),
+        vr_reset=f32_literal(vr),
+        th=f32_literal(spec.v_threshold),
+        v_init=f32_literal(spec.v_init),
+        reset=spec.reset,
+        detach_reset=bool(spec.detach_reset),
+        fire_cmp=spec.fire_cmp,
+        fires=_fires(spec),
+        spiking=spec.spiking,
+        needs_surrogate=needs_sg,
+        needs_h=needs_sg or spec.reset == "hard" or learns_k,
+        learns_k=learns_k,
+        surrogate=spec.surrogate,
+        alpha_repr=repr(alpha),
+        sg=_surrogate_constants(alpha),
+    )
+
+
+def _surrogate_constants(alpha: float) -> dict[str, str]:
+    """The surrogate formulas' Python-float subexpressions, each as torch rounds it to fp32.
+
+    snncc/surrogate.py evaluates e.g. ``math.pi / 2 * alpha`` in double and torch
+    casts the result to fp32 when it meets an fp32 tensor; so do these.
+    """
+    return {
+        "alpha": f32_literal(alpha),
+        "half_alpha": f32_literal(alpha / 2),
+        "pi_2_alpha": f32_literal(math.pi / 2 * alpha),
+        "alpha_sq": f32_literal(alpha * alpha),
+        "neg_alpha": f32_literal(-alpha),
+        "inv_alpha": f32_literal(1 / alpha),
+        "two_alpha": f32_literal(2 * alpha),
+        "alpha_rsqrt_pi": f32_literal(alpha / math.sqrt(math.pi)),
+        "half_inv_alpha": f32_literal(0.5 / alpha),
+    }
+
+
+def _steps(steps: Sequence[Mapping[str, Any]], where: str, first_add: int) -> list[dict]:
+    """Validate ir/ops.py prologue/epilogue steps and format them for the templates."""
+    out: list[dict] = []
+    j = first_add
+    for st in steps:
+        kind = st.get("kind")
+        if kind == "scale":
+            op = {"mul": "*", "div": "/"}.get(st.get("op"))
+            if op is None:
+                raise UnsupportedError(
+                    f"neuron {where} scale op {st.get('op')!r} is not 'mul' or 'div'"
+                )
+            out.append({"kind": "scale", "op": op, "value": f32_literal(float(st["value"]))})
+        elif kind == "add":
+            port = st.get("port")
+            if not isinstance(port, int) or isinstance(port, bool) or port < 1:
+                raise UnsupportedError(
+                    f"neuron {where} add step needs an int port >= 1, got {port!r}"
+                )
+            out.append({"kind": "add", "arg": f"a{j}", "port": port})
+            j += 1
+        else:
+            raise UnsupportedError(
+                f"neuron {where} step kind {kind!r} cannot be fused; supported: 'scale', 'add'"
+            )
+    return out
+
+
+def _options(options: Mapping[str, Any] | None) -> dict[str, Any]:
+    opts = dict(DEFAULT_OPTIONS)
+    for key, value in (options or {}).items():
+        if key not in DEFAULT_OPTIONS:
+            raise UnsupportedError(
+                f"unknown neuron kernel option {key!r}; supported: {', '.join(DEFAULT_OPTIONS)}"
+            )
+        opts[key] = value
+    if opts["spike_dtype"] not in ("float32", "uint8"):
+        raise UnsupportedError(
+            f"neuron kernel option spike_dtype={opts['spike_dtype']!r}; supported: 'float32', 'uint8'"
+        )
+    opts["recompute"] = bool(opts["recompute"])
+    return opts
+
+
+@dataclass(frozen=True)
+class _Plan:
+    spec: NeuronSpec
+    view: NeuronView
+    prologue: list[dict]
+    epilogue: list[dict]
+    options: dict[str, Any]
+    info: NeuronKernelInfo
+
+
+def _plan(
+    spec: NeuronSpec | Mapping[str, Any],
+    prologue: Sequence[Mapping[str, Any]],
+    epilogue: Sequence[Mapping[str, Any]],
+    options: Mapping[str, Any] | None,
+) -> _Plan:
+    spec = _as_spec(spec)
+    view = neuron_view(spec)
+    opts = _options(options)
+    pro = _steps(prologue, "prologue", 0)
+    n_pro = sum(st["kind"] == "add" for st in pro)
+    epi = _steps(epilogue, "epilogue", n_pro)
+    if opts["spike_dtype"] == "uint8" and (not spec.spiking or epi):
+        raise UnsupportedError(
+            "neuron kernel option spike_dtype='uint8' needs a spiking output without an "
+            "epilogue (the output must be exactly 0/1)"
+        )
+    recompute = opts["recompute"] and view.needs_h
+    key = json.dumps(
+        {
+            "abi": KERNEL_ABI_VERSION,
+            "spec": spec.to_dict(),
+            "prologue": pro,
+            "epilogue": epi,
+            "options": opts,
+        },
+        sort_keys=True,
+        default=repr,
+    )
+    tag = hashlib.sha256(key.encode()).hexdigest()[:16]
+    adds = [st for st in pro + epi if st["kind"] == "add"]
+    names = [st["arg"] for st in adds]
+    out_c = "uint8*" if opts["spike_dtype"] == "uint8" else "float*"
+    fwd_args = (
+        ("x", "const float*"),
+        *((a, "const float*") for a in names),
+        ("v0", "const float*"),
+        ("k", "float"),
+        ("out", out_c),
+        ("h_seq", "float*"),
+        ("v_last", "float*"),
+        ("T", "int"),
+        ("N", "int64"),
+    )
+    bwd_args = (
+        ("gy", "const float*"),
+        ("gv_last", "const float*"),
+        ("h_seq", "const float*"),
+        ("x", "const float*"),
+        *((a, "const float*") for a in names),
+        ("v0", "const float*"),
+        ("k", "float"),
+        ("gx", "float*"),
+        *((f"g{a}", "float*") for a in names),
+        ("gv0", "float*"),
+        ("gk", "double*"),
+        ("T", "int"),
+        ("N", "int64"),
+    )
+    info = NeuronKernelInfo(
+        tag=tag,
+        forward_name=f"snncc_fwd_{tag}",
+        backward_name=f"snncc_bwd_{tag}",
+        add_ports=tuple(st["port"] for st in adds),
+        n_prologue_adds=n_pro,
+        out_dtype=opts["spike_dtype"],
+        needs_h=view.needs_h,
+        recompute=recompute,
+        backward_reads_x=recompute or spec.charge == "sj_plif_decay_input",
+        learns_k=view.learns_k,
+        forward_args=fwd_args,
+        backward_args=bwd_args,
+    )
+    return _Plan(spec, view, pro, epi, opts, info)
+
+
+def neuron_kernel_info(
+    spec: NeuronSpec | Mapping[str, Any],
+    prologue: Sequence[Mapping[str, Any]] = (),
+    epilogue: Sequence[Mapping[str, Any]] = (),
+    options: Mapping[str, Any] | None = None,
+) -> NeuronKernelInfo:
+    """Names and calling convention of the kernels :func:`render_neuron_kernels` renders."""
+    return _plan(spec, prologue, epilogue, options).info
+
+
+# -------------------------------------------------------------------- rendering
+@lru_cache(maxsize=1)
+def _env():
+    import jinja2
+
+    return jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(_TEMPLATE_DIR)),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+def render_template(template: str, **context: Any) -> str:
+    """Render one template of templates/cuda by file name (StrictUndefined)."""
+    return _env().get_template(template).render(**context)
+
+
+def render_neuron_kernels(
+    spec: NeuronSpec | Mapping[str, Any],
+    prologue: Sequence[Mapping[str, Any]] = (),
+    epilogue: Sequence[Mapping[str, Any]] = (),
+    target: str = "cuda",
+    options: Mapping[str, Any] | None = None,
+    *,
+    backward: bool = True,
+) -> str:
+    """One translation unit with the forward (and backward) kernel of a neuron layer.
+
+    ``prologue``/``epilogue`` are the neuron node's ``attrs["prologue"]`` /
+    ``attrs["epilogue"]`` (ir/ops.py). ``target`` picks the macro layer:
+    ``"cuda"`` (nvcc/NVRTC) or ``"cpu"`` (a host C++ compiler with OpenMP). The
+    result is self-contained and can be concatenated with other neuron layers'
+    units (helpers are suffixed with the kernel tag, the macro layer is guarded).
+    """
+    if target not in TARGETS:
+        raise UnsupportedError(f"kernel target {target!r}; supported: {', '.join(TARGETS)}")
+    plan = _plan(spec, prologue, epilogue, options)
+    info = plan.info
+    adds = [st["arg"] for st in plan.prologue + plan.epilogue if st["kind"] == "add"]
+    ctx = {
+        "target": target,
+        "tag": info.tag,
+        "n": plan.view,
+        "prologue": plan.prologue,
+        "epilogue": plan.epilogue,
+        "adds": adds,
+        "out_type": "unsigned char" if info.out_dtype == "uint8" else "float",
+        "recompute": info.recompute,
+    }
+    parts = [
+        f"// snncc fused neuron kernels {info.tag} (target {target}); generated, do not edit.\n"
+        f"// {plan.view.summary}\n",
+        render_template("common.cuh.j2", **ctx),
+        render_template("neuron_step.cuh.j2", **ctx),
+        render_template("neuron_forward.cu.j2", name=info.forward_name, **ctx),
+    ]
+    if backward:
+        parts.append(render_template("neuron_backward.cu.j2", name=info.backward_name, **ctx))
+    return "\n".join(parts)
+
+
+def template_names() -> list[str]:
+    """The kernel template files (for tests and ``snncc compile --backend cuda``)."""
+    return sorted(p.name for p in _TEMPLATE_DIR.glob("*.j2"))
