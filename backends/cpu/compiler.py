@@ -17,10 +17,11 @@ import subprocess
 import tempfile
 import threading
 import warnings
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from snncc.backends.kernels import HOST_EXACT_FLAGS
+
 from snncc.errors import BackendError
 
 #: compilers tried in order when neither SNNCC_CXX nor CXX names one
@@ -65,7 +66,7 @@ def find_compiler() -> str:
     )
 
 
-@lru_cache(maxsize=None)
+@cache
 def compiler_identity(cxx: str) -> str:
     """The compiler's ``--version`` first line: part of the cache key."""
     try:
@@ -75,7 +76,7 @@ def compiler_identity(cxx: str) -> str:
     return (res.stdout or res.stderr).splitlines()[0] if (res.stdout or res.stderr) else cxx
 
 
-@lru_cache(maxsize=None)
+@cache
 def openmp_works(cxx: str) -> bool:
     """Whether ``cxx -fopenmp`` builds a shared library (Apple clang does not without libomp)."""
     src = '#include <omp.h>\nextern "C" int snncc_probe() { return omp_get_max_threads(); }\n'
