@@ -63,7 +63,8 @@ class _Spiking(_Neuron):
         self.v_threshold = float(v_threshold)
         self.v_reset = None if v_reset is None else float(v_reset)
         self.surrogate = surrogate
-        self.alpha = default_alpha(surrogate) if alpha is None else float(alpha)
+        default = default_alpha(surrogate)  # also rejects unknown names, naming the choices
+        self.alpha = default if alpha is None else float(alpha)
         self.detach_reset = bool(detach_reset)
 
     def _common(self) -> dict:

@@ -1,0 +1,119 @@
+"""snncc.surrogate against the installed frameworks' own surrogate code, bit for bit."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from spikingjelly._ops.surrogate import _SURROGATE_IDS, _surrogate_gradient
+from spikingjelly.activation_based import surrogate as sj
+
+from snncc.errors import UnsupportedError
+from snncc.surrogate import (
+    SPIKINGJELLY_SURROGATES,
+    SURROGATE_DEFAULTS,
+    from_spikingjelly,
+    spike,
+    spike_gt,
+    surrogate_grad,
+)
+
+
+def _x() -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(257, generator=g) * 1.5
+    x[:3] = torch.tensor([0.0, -0.0, 1e-8])
+    return x
+
+
+def _grad(fn, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    x = x.clone().requires_grad_()
+    y = fn(x)
+    y.backward(g)
+    return y.detach(), x.grad
+
+
+@pytest.mark.parametrize("name", sorted(SURROGATE_DEFAULTS))
+def test_forward_is_heaviside(name: str) -> None:
+    x = _x()
+    assert torch.equal(spike(x, name), (x >= 0).float())
+    assert torch.equal(spike_gt(x, name), (x > 0).float())
+    assert spike(x, name)[0] == 1.0 and spike_gt(x, name)[0] == 0.0
+
+
+@pytest.mark.parametrize(
+    "cls",
+    ["Sigmoid", "ATan", "PiecewiseQuadratic", "PiecewiseExp", "SoftSign", "SuperSpike", "Erf"],
+)
+@pytest.mark.parametrize("alpha", [None, 0.7, 3.0])
+def test_spikingjelly_neuron_surrogates_exact(cls: str, alpha: float | None) -> None:
+    """The backward SpikingJelly neurons run on CPU: _ops/surrogate.py, by class id."""
+    obj = getattr(sj, cls)() if alpha is None else getattr(sj, cls)(alpha=alpha)
+    name, a = from_spikingjelly(obj)
+    x, g = _x(), torch.rand(257) + 0.5
+    y, gx = _grad(lambda t: spike(t, name, a), x, g)
+    ref = g * _surrogate_gradient(x, a, _SURROGATE_IDS[cls])
+    assert torch.equal(y, (x >= 0).float())
+    assert torch.equal(gx, ref)
+
+
+def test_rect_matches_spikingjelly_module() -> None:
+    x, g = _x(), torch.rand(257) + 0.5
+    _, ref = _grad(sj.Rect(alpha=0.8), x, g)
+    _, got = _grad(lambda t: spike(t, "rect", 0.8), x, g)
+    assert torch.equal(got, ref)
+
+
+def test_snntorch_fast_sigmoid_and_atan() -> None:
+    from snntorch import surrogate as snn
+
+    x, g = _x(), torch.rand(257) + 0.5
+    y_ref, ref = _grad(snn.fast_sigmoid(slope=25), x, g)
+    y, got = _grad(lambda t: spike_gt(t, "fast_sigmoid", 25.0), x, g)
+    assert torch.equal(y, y_ref) and torch.equal(got, ref)
+    _, ref = _grad(snn.atan(alpha=2.0), x, g)
+    _, got = _grad(lambda t: spike_gt(t, "atan", 2.0), x, g)
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=0)
+
+
+def test_norse_superspike_and_triangle() -> None:
+    from norse.torch.functional.threshold import superspike_fn, triangle_fn
+
+    x, g = _x(), torch.rand(257) + 0.5
+    y_ref, ref = _grad(lambda t: superspike_fn(t, torch.as_tensor(100.0)), x, g)
+    y, got = _grad(lambda t: spike_gt(t, "superspike", 100.0), x, g)
+    assert torch.equal(y, y_ref) and torch.equal(got, ref)
+    y_ref, ref = _grad(lambda t: triangle_fn(t, 0.3), x, g)
+    y, got = _grad(lambda t: spike_gt(t, "triangle", 0.3), x, g)
+    assert torch.equal(y, y_ref) and torch.equal(got, ref)
+
+
+@pytest.mark.parametrize("name", sorted(SURROGATE_DEFAULTS))
+def test_surrogate_grad_is_the_backward(name: str) -> None:
+    x = _x()
+    _, gx = _grad(lambda t: spike(t, name), x, torch.ones_like(x))
+    assert torch.equal(surrogate_grad(x, name), gx)
+
+
+def test_default_alphas_match_spikingjelly() -> None:
+    for cls, name in SPIKINGJELLY_SURROGATES.items():
+        assert from_spikingjelly(getattr(sj, cls)()) == (name, SURROGATE_DEFAULTS[name])
+
+
+def test_from_spikingjelly_rejects_with_a_clear_message() -> None:
+    with pytest.raises(UnsupportedError, match=r"PiecewiseLeakyReLU.*surrogate\.Sigmoid"):
+        from_spikingjelly(sj.PiecewiseLeakyReLU())
+    with pytest.raises(UnsupportedError, match="spiking=False"):
+        from_spikingjelly(sj.Sigmoid(spiking=False))
+
+    class MySigmoid(sj.Sigmoid):
+        pass
+
+    with pytest.raises(UnsupportedError, match="MySigmoid"):
+        from_spikingjelly(MySigmoid())
+    with pytest.raises(UnsupportedError, match="alpha"):
+        from_spikingjelly(sj.Sigmoid(alpha=torch.tensor(4.0)))
+
+
+def test_unknown_surrogate_name() -> None:
+    with pytest.raises(UnsupportedError, match="choose one of: .*sigmoid"):
+        spike(torch.zeros(2), "nope")
