@@ -1,0 +1,1023 @@
+"""ONNX export with the time loop inside the graph.
+
+The exported model takes the whole input sequence ``x [T, B, ...]`` (``T`` and
+``B`` symbolic) and returns ``[T, B, ...]``, like every snncc Program. It is
+the layer-first schedule of temporal fusion written in standard ONNX:
+
+- stateless nodes run on the sequence reshaped to ``[T*B, ...]`` (one Gemm or
+  Conv for all steps, exactly the rows the reference backend feeds its row
+  ops), reshaped back to ``[T, B, ...]`` only where a Scan or an output needs
+  the time axis;
+- every neuron node is one ``Scan`` over axis 0 whose body is the neuron's
+  per-step update in :mod:`snncc.neurons`' exact operation order, so an ONNX
+  runtime computes the same float32 membranes and spikes as the reference
+  backend (see :func:`_neuron_step`);
+- a recurrent group (a strongly connected component closed by delay-1 edges)
+  is one Scan over all its nodes: the delayed values are Scan state.
+
+Two kinds of readers, two kinds of content. A plain ONNX runtime needs
+nothing but the graph. snncc's importer (:mod:`snncc.frontend.onnx_import`)
+restores the exact IR from metadata: ``metadata_props`` hold the IR format
+version (``snncc.ir_version``) and the IR structure without parameter arrays
+(``snncc.graph``), each neuron Scan's ``doc_string`` holds the NeuronSpec of
+the neurons it runs, and the initializers, named by the source model's
+``state_dict`` names, hold the parameters. The importer then re-exports the
+restored IR and requires the identical ONNX graph, so what it returns always
+computes exactly what the file computes.
+
+Exactness (measured in tests/test_onnx.py, onnxruntime CPU, fp32): the Scan
+bodies are bit-exact with the reference backend (element-wise IEEE ops in the
+same order); Gemm/MatMul with long reductions, Conv, BatchNormalization,
+AveragePool and GlobalAveragePool accumulate in a different order than torch
+and differ by a few ulps, which flips a spike only when a membrane lands
+within those ulps of the threshold.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import networkx as nx
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from snncc.errors import IRError, UnsupportedError
+from snncc.ir.graph import Edge, Graph
+from snncc.ir.neuron import NeuronSpec
+
+#: version of the metadata layout below; the importer refuses newer ones
+IR_FORMAT_VERSION = 1
+META_VERSION = "snncc.ir_version"
+META_GRAPH = "snncc.graph"
+#: key in a Scan's doc_string JSON that lists its neurons' specs
+DOC_NEURONS = "snncc_neurons"
+#: what ``snncc.graph`` holds in place of a neuron's spec (which lives on its Scan)
+SPEC_ON_SCAN = "@scan"
+
+DEFAULT_OPSET = 17
+#: Squeeze/Unsqueeze/Slice take tensors from 13 on; onnxruntime 1.17+ runs up to 21
+MIN_OPSET, MAX_OPSET = 13, 21
+
+#: charge forms the Scan body implements (all of snncc.neurons' forms)
+CHARGE_FORMS = (
+    "sj_if",
+    "sj_lif_decay_input",
+    "sj_lif",
+    "sj_plif_decay_input",
+    "sj_plif",
+    "snncc_li",
+)
+
+#: every ONNX op type to_onnx emits; the importer refuses any other
+ONNX_OPS = frozenset(
+    {
+        "Add",
+        "AveragePool",
+        "BatchNormalization",
+        "Cast",
+        "Concat",
+        "Constant",
+        "ConstantOfShape",
+        "Conv",
+        "Div",
+        "Exp",
+        "Flatten",
+        "Gemm",
+        "GlobalAveragePool",
+        "Greater",
+        "GreaterOrEqual",
+        "Identity",
+        "MatMul",
+        "MaxPool",
+        "Mul",
+        "Neg",
+        "ReduceSum",
+        "Reshape",
+        "Scan",
+        "Shape",
+        "Slice",
+        "Sqrt",
+        "Squeeze",
+        "Sub",
+        "Transpose",
+        "Unsqueeze",
+    }
+)
+
+_INT64_MAX = int(np.iinfo(np.int64).max)
+_SAFE = re.compile(r"[^A-Za-z0-9_.\-]")
+
+
+# ------------------------------------------------------------------ metadata codec
+def encode(value: Any) -> Any:
+    """A JSON-able form of an IR attr/meta value that :func:`decode` restores exactly.
+
+    Plain JSON would turn tuples into lists, numpy scalars into Python ones and
+    int dict keys into strings, and the restored IR would then print and
+    compare differently; those are tagged instead.
+    """
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, np.generic):
+        return {"__np__": value.dtype.str, "v": value.item()}
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, tuple):
+        return {"__tuple__": [encode(v) for v in value]}
+    if isinstance(value, list):
+        return [encode(v) for v in value]
+    if isinstance(value, (set, frozenset)):
+        return {"__set__": [encode(v) for v in sorted(value, key=repr)]}
+    if isinstance(value, np.ndarray):
+        return {"__ndarray__": value.dtype.str, "shape": list(value.shape), "v": value.tolist()}
+    if isinstance(value, dict):
+        if all(isinstance(k, str) and not k.startswith("__") for k in value):
+            return {k: encode(v) for k, v in value.items()}
+        return {"__items__": [[encode(k), encode(v)] for k, v in value.items()]}
+    raise UnsupportedError(
+        f"an IR value of type {type(value).__name__} ({value!r:.60}) cannot be stored in "
+        "ONNX metadata; supported: None, bool, int, float, str, list, tuple, dict, numpy"
+    )
+
+
+def decode(value: Any) -> Any:
+    """Invert :func:`encode`."""
+    if isinstance(value, list):
+        return [decode(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "__tuple__" in value:
+        return tuple(decode(v) for v in value["__tuple__"])
+    if "__set__" in value:
+        return {decode(v) for v in value["__set__"]}
+    if "__items__" in value:
+        return {_hashable(decode(k)): decode(v) for k, v in value["__items__"]}
+    if "__np__" in value:
+        return np.dtype(value["__np__"]).type(value["v"])
+    if "__ndarray__" in value:
+        arr = np.asarray(value["v"], dtype=np.dtype(value["__ndarray__"]))
+        return arr.reshape(value["shape"])
+    return {k: decode(v) for k, v in value.items()}
+
+
+def _hashable(key: Any) -> Any:
+    return tuple(_hashable(k) for k in key) if isinstance(key, list) else key
+
+
+def graph_metadata(graph: Graph) -> str:
+    """The IR's structure as JSON: nodes (neuron specs left out: they live on the Scans), edges, meta."""
+    nodes = []
+    for nid, data in graph.nx.nodes(data=True):
+        data = dict(data)
+        if data.get("op") == "neuron" and "neuron" in data.get("attrs", {}):
+            # a placeholder keeps the attr's position; the spec itself is on the Scan
+            data["attrs"] = {
+                k: (SPEC_ON_SCAN if k == "neuron" else v) for k, v in data["attrs"].items()
+            }
+        nodes.append({"id": nid, "data": encode(data)})
+    edges = [[u, v, encode(d)] for u, v, d in graph.nx.edges(data=True)]
+    doc = {
+        "format": "snncc-ir",
+        "version": IR_FORMAT_VERSION,
+        "next_id": graph._next_id,
+        "meta": encode(graph.meta),
+        "nodes": nodes,
+        "edges": edges,
+        "params": {name: list(np.shape(a)) for name, a in graph.params.items()},
+    }
+    return json.dumps(doc, separators=(",", ":"), allow_nan=True)
+
+
+# ------------------------------------------------------------------ helpers
+def _safe(text: str) -> str:
+    return _SAFE.sub("_", text)
+
+
+def _as_pair(value: Any) -> list[int]:
+    """torch's int-or-pair convention for 2-d pooling/conv attrs."""
+    if isinstance(value, (list, tuple)):
+        if len(value) == 1:
+            return [int(value[0])] * 2
+        return [int(v) for v in value]
+    return [int(value)] * 2
+
+
+def _as_n(value: Any, n: int) -> list[int]:
+    if isinstance(value, (list, tuple)):
+        vals = [int(v) for v in value]
+        return vals * n if len(vals) == 1 else vals
+    return [int(value)] * n
+
+
+def _vinfo(name: str, shape: list | None, elem: int = TensorProto.FLOAT) -> onnx.ValueInfoProto:
+    return helper.make_tensor_value_info(name, elem, shape)
+
+
+class _Names:
+    """Model-wide unique names: ONNX wants every value name unique, subgraphs included."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def fresh(self, prefix: str, base: str) -> str:
+        self.count += 1
+        return f"{prefix}/{base}_{self.count}"
+
+
+class _Scope:
+    """Collects the nodes of one ONNX graph (the main graph or a Scan body)."""
+
+    def __init__(self, names: _Names) -> None:
+        self.names = names
+        self.nodes: list[onnx.NodeProto] = []
+        self.prefix = ""
+
+    def op(
+        self,
+        op_type: str,
+        inputs: list[str],
+        n_out: int = 1,
+        out_names: list[str] | None = None,
+        doc: str = "",
+        **attrs: Any,
+    ) -> Any:
+        """Append one node; returns its output name (or the list of names when n_out > 1)."""
+        base = self.names.fresh(self.prefix, op_type)
+        outs = out_names or ([base] if n_out == 1 else [f"{base}:{i}" for i in range(n_out)])
+        node = helper.make_node(op_type, list(inputs), outs, name=base, **attrs)
+        if doc:
+            node.doc_string = doc
+        self.nodes.append(node)
+        return outs[0] if n_out == 1 else outs
+
+    def const(self, value: Any, dtype: Any = np.float32) -> str:
+        return self.op(
+            "Constant", [], value=numpy_helper.from_array(np.asarray(value, dtype=dtype))
+        )
+
+    def ints(self, values: list[int]) -> str:
+        return self.const(np.asarray(values, dtype=np.int64), np.int64)
+
+    def scalar(self, value: float) -> str:
+        return self.const(np.float32(value))
+
+
+def _node_ref(graph: Graph, nid: int) -> str:
+    data = graph.node(nid)
+    name = data.get("name") or ""
+    return f"node %{nid} ({data.get('op')}{' ' + repr(name) if name else ''})"
+
+
+def _unsupported(graph: Graph, nid: int, why: str) -> UnsupportedError:
+    return UnsupportedError(f"ONNX export: {_node_ref(graph, nid)}: {why}")
+
+
+# ------------------------------------------------------------------ exporter
+class _Exporter:
+    """One export: walks the execution units in schedule order and emits ONNX nodes."""
+
+    def __init__(self, graph: Graph, opset: int) -> None:
+        self.g = graph
+        self.opset = opset
+        self.names = _Names()
+        self.main = _Scope(self.names)
+        #: (nid, delay) -> name of the value as [T, B, ...] / as [T*B, ...] in the main graph
+        self.seq: dict[tuple[int, int], str] = {}
+        self.flat: dict[tuple[int, int], str] = {}
+        self.initializers: dict[str, onnx.TensorProto] = {}
+        self.inputs: list[onnx.ValueInfoProto] = []
+        self.outputs: list[onnx.ValueInfoProto] = []
+        self.tb = ""  # int64 [2]: (T, B) of the first input
+        #: neuron nid -> outer-scope names of per-sequence constants (PLIF: "k")
+        self.derived: dict[int, dict[str, str]] = {}
+
+    # ---------------------------------------------------------------- shapes
+    def shape(self, nid: int) -> list | None:
+        return self.g.node(nid).get("shape")
+
+    def rest(self, nid: int) -> list[int] | None:
+        """The static per-step dims after the batch, or None when unknown."""
+        shape = self.shape(nid)
+        if not shape or shape[0] not in ("B", -1):
+            return None
+        rest = shape[1:]
+        if all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in rest):
+            return [int(d) for d in rest]
+        return None
+
+    def step_shape(self, nid: int) -> list | None:
+        """The per-step ONNX shape (``["B", ...]``) for value infos, or None."""
+        rest = self.rest(nid)
+        return None if rest is None else ["B", *rest]
+
+    def in_edges(self, nid: int) -> list[Edge]:
+        edges = self.g.in_edges(nid)
+        for e in edges:
+            if e.delay not in (0, 1):
+                raise _unsupported(self.g, nid, f"edge delay {e.delay} (supported: 0 or 1)")
+        return edges
+
+    # ---------------------------------------------------------------- params
+    def param(self, nid: int, role: str) -> str | None:
+        """The initializer name (the state_dict name) playing ``role`` for ``nid``."""
+        name = self.g.node(nid)["params"].get(role)
+        if name is None:
+            return None
+        if name not in self.initializers:
+            if name not in self.g.params:
+                raise IRError(
+                    f"{_node_ref(self.g, nid)}: param {role}={name!r} is not in graph.params"
+                )
+            arr = np.asarray(self.g.params[name])
+            if arr.dtype != np.float32:
+                raise _unsupported(
+                    self.g, nid, f"param {name!r} has dtype {arr.dtype}; the export is float32 only"
+                )
+            self.initializers[name] = numpy_helper.from_array(arr, name)
+        return name
+
+    def param_shape(self, nid: int, role: str) -> tuple[int, ...]:
+        return tuple(np.shape(self.g.params[self.g.node(nid)["params"][role]]))
+
+    # ---------------------------------------------------------------- layouts
+    def seq_of(self, src: int, delay: int = 0) -> str:
+        """``src``'s value (``delay`` steps late) as a [T, B, ...] tensor of the main graph."""
+        key = (src, delay)
+        if key in self.seq:
+            return self.seq[key]
+        m = self.main
+        m.prefix = f"/n{src}"
+        if delay == 1:
+            s = self.seq_of(src, 0)
+            tail = m.op("Slice", [m.op("Shape", [s]), m.ints([1]), m.ints([_INT64_MAX])])
+            zeros = m.op(
+                "ConstantOfShape",
+                [m.op("Concat", [m.ints([1]), tail], axis=0)],
+                value=numpy_helper.from_array(np.zeros(1, np.float32)),
+            )
+            head = m.op("Slice", [s, m.ints([0]), m.ints([-1]), m.ints([0])])
+            self.seq[key] = m.op("Concat", [zeros, head], axis=0)
+            return self.seq[key]
+        flat = self.flat[key]
+        rest = self.rest(src)
+        if rest is not None:
+            tail = m.ints(rest)
+        else:
+            tail = m.op("Slice", [m.op("Shape", [flat]), m.ints([1]), m.ints([_INT64_MAX])])
+        self.seq[key] = m.op("Reshape", [flat, m.op("Concat", [self.tb, tail], axis=0)])
+        return self.seq[key]
+
+    def flat_of(self, src: int, delay: int = 0) -> str:
+        """``src``'s value (``delay`` steps late) as [T*B, ...] (the rows of the layer ops)."""
+        key = (src, delay)
+        if key in self.flat:
+            return self.flat[key]
+        s = self.seq_of(src, delay)
+        m = self.main
+        m.prefix = f"/n{src}"
+        rest = self.rest(src)
+        if rest is not None:
+            shape = m.ints([-1, *rest])
+        else:
+            tail = m.op("Slice", [m.op("Shape", [s]), m.ints([2]), m.ints([_INT64_MAX])])
+            shape = m.op("Concat", [m.ints([-1]), tail], axis=0)
+        self.flat[key] = m.op("Reshape", [s, shape])
+        return self.flat[key]
+
+    def batch_shape(self, nid: int, fallback_seq: str | None = None) -> str:
+        """int64 shape [B, ...] of node ``nid``'s per-step value (for initial states)."""
+        m = self.main
+        rest = self.rest(nid)
+        if rest is not None:
+            b = m.op("Slice", [self.tb, m.ints([1]), m.ints([2])])
+            return m.op("Concat", [b, m.ints(rest)], axis=0)
+        if fallback_seq is None:
+            raise _unsupported(
+                self.g, nid, f"needs a static per-step shape ['B', ints...], got {self.shape(nid)}"
+            )
+        return m.op("Slice", [m.op("Shape", [fallback_seq]), m.ints([1]), m.ints([_INT64_MAX])])
+
+    # ---------------------------------------------------------------- units
+    def units(self) -> Iterator[tuple[str, list[int]]]:
+        """(kind, nodes) in execution order: "scan" units (neurons, recurrent groups) or "node"."""
+        groups = self.g.meta.get("groups")
+        if groups:
+            seen: set[int] = set()
+            for grp in groups:
+                nodes = list(grp["nodes"])
+                seen.update(nodes)
+                if grp.get("kind") == "recurrent":
+                    yield "scan", nodes
+                    continue
+                for nid in nodes:
+                    yield ("scan" if self.g.op(nid) == "neuron" else "node"), [nid]
+            missing = set(self.g.nx.nodes) - seen
+            if missing:
+                raise IRError(f"meta['groups'] leaves out nodes {sorted(missing)}")
+            return
+        # No schedule yet: the same units temporal fusion would make, in a topological order.
+        cond = nx.condensation(self.g.nx)
+        order = nx.lexicographical_topological_sort(
+            cond, key=lambda c: min(cond.nodes[c]["members"])
+        )
+        for c in order:
+            members = sorted(cond.nodes[c]["members"])
+            nid = members[0]
+            if len(members) > 1 or self.g.nx.has_edge(nid, nid):
+                yield "scan", members
+            else:
+                yield ("scan" if self.g.op(nid) == "neuron" else "node"), members
+
+    # ---------------------------------------------------------------- driver
+    def run(self) -> onnx.ModelProto:
+        g = self.g
+        for nid in g.nx.nodes:
+            dtype = g.node(nid).get("dtype", "float32")
+            if dtype != "float32":
+                raise _unsupported(g, nid, f"dtype {dtype}; the ONNX export is float32 only")
+        ins = sorted(g.meta.get("inputs", []), key=lambda n: int(g.attrs(n).get("index", 0)))
+        if not ins:
+            raise IRError("the graph has no input node (meta['inputs'] is empty)")
+        for nid in ins:
+            name = f"input{int(g.attrs(nid).get('index', 0))}"
+            rest = self.rest(nid)
+            self.inputs.append(_vinfo(name, None if rest is None else ["T", "B", *rest]))
+            self.seq[(nid, 0)] = name
+        self.main.prefix = "/time_batch"
+        m = self.main
+        self.tb = m.op("Slice", [m.op("Shape", [self.seq[(ins[0], 0)]]), m.ints([0]), m.ints([2])])
+        for kind, nodes in self.units():
+            if kind == "scan":
+                self.emit_scan(nodes)
+            else:
+                self.emit_node(nodes[0])
+        if len(self.outputs) != len(g.meta.get("outputs", [])):
+            raise IRError("the output nodes and meta['outputs'] disagree")
+        self.outputs.sort(key=lambda v: int(v.name[len("output") :]))
+        graph = helper.make_graph(
+            self.main.nodes,
+            "snncc",
+            self.inputs,
+            self.outputs,
+            initializer=[self.initializers[k] for k in sorted(self.initializers)],
+            doc_string="snncc export: inputs and outputs are time-major [T, B, ...]",
+        )
+        opsets = [helper.make_opsetid("", self.opset)]
+        model = helper.make_model(
+            graph,
+            opset_imports=opsets,
+            ir_version=helper.find_min_ir_version_for(opsets),
+            producer_name="snncc",
+            producer_version=_snncc_version(),
+            doc_string="Spiking neural network exported by snncc; the time loop is inside (Scan).",
+        )
+        helper.set_model_props(
+            model, {META_VERSION: str(IR_FORMAT_VERSION), META_GRAPH: graph_metadata(g)}
+        )
+        return model
+
+    # ---------------------------------------------------------------- stateless nodes
+    def emit_node(self, nid: int) -> None:
+        op = self.g.op(nid)
+        if op == "input":
+            return
+        edges = self.in_edges(nid)
+        if op == "output":
+            (e,) = edges
+            src = self.seq_of(e.src, e.delay)
+            self.main.prefix = f"/n{nid}"
+            name = f"output{int(self.g.attrs(nid).get('index', 0))}"
+            self.main.op("Identity", [src], out_names=[name])
+            rest = self.rest(nid)
+            self.outputs.append(_vinfo(name, None if rest is None else ["T", "B", *rest]))
+            return
+        ins = [self.flat_of(e.src, e.delay) for e in edges]
+        self.main.prefix = f"/n{nid}" + (
+            f".{_safe(self.g.node(nid)['name'])}" if self.g.node(nid).get("name") else ""
+        )
+        self.flat[(nid, 0)] = self.stateless(self.main, nid, ins)
+
+    def stateless(self, sc: _Scope, nid: int, ins: list[str]) -> str:
+        """One stateless op on batch-first rows ([T*B, ...] outside a Scan, [B, ...] inside)."""
+        op = self.g.op(nid)
+        fn = getattr(self, f"op_{op}", None)
+        if fn is None:
+            raise _unsupported(self.g, nid, f"op {op!r} has no ONNX lowering")
+        return fn(sc, nid, self.g.attrs(nid), ins)
+
+    # Each op_* mirrors backends/reference/ops.py for the same op.
+    def _weight_bias(self, sc: _Scope, nid: int, attrs: dict[str, Any]) -> tuple[str, str | None]:
+        """weight/bias names, with a folded BatchNorm applied in-graph (reference fold_bn formula)."""
+        w = self.param(nid, "weight")
+        b = self.param(nid, "bias")
+        roles = self.g.node(nid)["params"]
+        if not any(r in roles for r in ("bn_weight", "bn_bias", "bn_mean", "bn_var")):
+            return w, b
+        mean, var = self.param(nid, "bn_mean"), self.param(nid, "bn_var")
+        if mean is None or var is None or "bn_eps" not in attrs:
+            raise IRError(
+                f"{_node_ref(self.g, nid)}: folded BatchNorm needs bn_mean, bn_var and bn_eps"
+            )
+        gamma = self.param(nid, "bn_weight")
+        beta = self.param(nid, "bn_bias")
+        (c,) = self.param_shape(nid, "bn_var")
+        if gamma is None:
+            gamma = sc.const(np.ones(c, np.float32))
+        if beta is None:
+            beta = sc.const(np.zeros(c, np.float32))
+        if b is None:
+            b = sc.const(np.zeros(c, np.float32))
+        s = sc.op(
+            "Div", [gamma, sc.op("Sqrt", [sc.op("Add", [var, sc.scalar(float(attrs["bn_eps"]))])])]
+        )
+        w_rank = len(self.param_shape(nid, "weight"))
+        s_col = sc.op("Reshape", [s, sc.ints([-1] + [1] * (w_rank - 1))])
+        w2 = sc.op("Mul", [w, s_col])
+        b2 = sc.op("Add", [sc.op("Mul", [sc.op("Sub", [b, mean]), s]), beta])
+        return w2, b2
+
+    def op_linear(self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str]) -> str:
+        w, b = self._weight_bias(sc, nid, attrs)
+        shape = self.shape(nid)
+        if shape is not None and len(shape) == 2:
+            # torch: addmm for 2-d input, the same contraction Gemm does
+            return sc.op("Gemm", [ins[0], w] + ([b] if b else []), transB=1)
+        y = sc.op("MatMul", [ins[0], sc.op("Transpose", [w], perm=[1, 0])])
+        return sc.op("Add", [y, b]) if b else y
+
+    def _conv(self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str], n: int) -> str:
+        if attrs.get("padding_mode", "zeros") != "zeros":
+            raise _unsupported(
+                self.g, nid, f"padding_mode {attrs['padding_mode']!r} (supported: 'zeros')"
+            )
+        w, b = self._weight_bias(sc, nid, attrs)
+        kernel = list(self.param_shape(nid, "weight")[2:])
+        stride = _as_n(attrs["stride"], n)
+        dilation = _as_n(attrs["dilation"], n)
+        padding = attrs["padding"]
+        if padding == "valid":
+            pads = [0] * n
+            ends = [0] * n
+        elif padding == "same":
+            total = [d * (k - 1) for d, k in zip(dilation, kernel)]
+            pads = [t // 2 for t in total]
+            ends = [t - t // 2 for t in total]
+        else:
+            pads = _as_n(padding, n)
+            ends = list(pads)
+        return sc.op(
+            "Conv",
+            [ins[0], w] + ([b] if b else []),
+            kernel_shape=kernel,
+            strides=stride,
+            dilations=dilation,
+            pads=pads + ends,
+            group=int(attrs["groups"]),
+        )
+
+    def op_conv1d(self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str]) -> str:
+        return self._conv(sc, nid, attrs, ins, 1)
+
+    def op_conv2d(self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str]) -> str:
+        return self._conv(sc, nid, attrs, ins, 2)
+
+    def op_batchnorm(self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str]) -> str:
+        if attrs.get("training"):
+            raise _unsupported(
+                self.g,
+                nid,
+                "batchnorm in training mode (batch statistics); export an eval-mode "
+                "model (model.eval()) so it uses its running statistics",
+            )
+        mean, var = self.param(nid, "running_mean"), self.param(nid, "running_var")
+        (c,) = self.param_shape(nid, "running_var")
+        w = self.param(nid, "weight") or sc.const(np.ones(c, np.float32))
+        b = self.param(nid, "bias") or sc.const(np.zeros(c, np.float32))
+        return sc.op("BatchNormalization", [ins[0], w, b, mean, var], epsilon=float(attrs["eps"]))
+
+    def _pool_geometry(
+        self, nid: int, attrs: dict[str, Any], dilation: list[int]
+    ) -> dict[str, Any]:
+        kernel = _as_pair(attrs["kernel_size"])
+        stride = attrs.get("stride")
+        stride = kernel if stride in (None, [], ()) else _as_pair(stride)
+        pad = _as_pair(attrs["padding"])
+        if attrs.get("ceil_mode"):
+            # torch and ONNX disagree on windows that start in the right padding; refuse
+            # unless ceil and floor give the same output size (then ceil_mode is moot).
+            src = self.g.inputs(nid)[0]
+            shape = self.shape(src)
+            hw = shape[-2:] if shape and len(shape) >= 3 else None
+            if hw is None or not all(isinstance(d, int) for d in hw):
+                raise _unsupported(self.g, nid, "ceil_mode=True needs a static input height/width")
+            for size, k, s, p, d in zip(hw, kernel, stride, pad, dilation):
+                if (size + 2 * p - d * (k - 1) - 1) % s:
+                    raise _unsupported(
+                        self.g,
+                        nid,
+                        "ceil_mode=True with a partial last window (torch and ONNX "
+                        "size it differently); use ceil_mode=False or an input size that fits",
+                    )
+        return {"kernel_shape": kernel, "strides": stride, "pads": pad + pad}
+
+    def op_avgpool2d(self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str]) -> str:
+        if attrs.get("divisor_override") is not None:
+            raise _unsupported(
+                self.g, nid, "avgpool2d divisor_override (ONNX AveragePool has none)"
+            )
+        geo = self._pool_geometry(nid, attrs, [1, 1])
+        return sc.op(
+            "AveragePool",
+            [ins[0]],
+            count_include_pad=int(bool(attrs.get("count_include_pad", True))),
+            **geo,
+        )
+
+    def op_maxpool2d(self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str]) -> str:
+        dilation = _as_pair(attrs.get("dilation", 1))
+        geo = self._pool_geometry(nid, attrs, dilation)
+        return sc.op("MaxPool", [ins[0]], dilations=dilation, **geo)
+
+    def op_adaptive_avgpool2d(
+        self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str]
+    ) -> str:
+        src = self.g.inputs(nid)[0]
+        shape = self.shape(src)
+        out = attrs["output_size"]
+        out = list(out) if isinstance(out, (list, tuple)) else [out, out]
+        if len(out) == 1:
+            out = out * 2
+        if out == [1, 1]:
+            return sc.op("GlobalAveragePool", [ins[0]])
+        hw = shape[-2:] if shape and len(shape) >= 3 else None
+        if hw is None or not all(isinstance(d, int) for d in hw):
+            raise _unsupported(
+                self.g, nid, f"adaptive pooling to {out} needs a static input height/width"
+            )
+        out = [h if o is None else int(o) for o, h in zip(out, hw)]
+        if all(h % o == 0 for h, o in zip(hw, out)):
+            kernel = [h // o for h, o in zip(hw, out)]
+            return sc.op("AveragePool", [ins[0]], kernel_shape=kernel, strides=kernel)
+        # Uneven windows: torch's bins [floor(i*H/o), ceil((i+1)*H/o)), each a sum / count.
+        rows = []
+        for i in range(out[0]):
+            r0, r1 = (i * hw[0]) // out[0], -((-(i + 1) * hw[0]) // out[0])
+            cells = []
+            for j in range(out[1]):
+                c0, c1 = (j * hw[1]) // out[1], -((-(j + 1) * hw[1]) // out[1])
+                win = sc.op(
+                    "Slice", [ins[0], sc.ints([r0, c0]), sc.ints([r1, c1]), sc.ints([-2, -1])]
+                )
+                total = sc.op("ReduceSum", [win, sc.ints([-2, -1])], keepdims=1)
+                cells.append(sc.op("Div", [total, sc.scalar(float((r1 - r0) * (c1 - c0)))]))
+            rows.append(sc.op("Concat", cells, axis=-1))
+        return sc.op("Concat", rows, axis=-2)
+
+    def op_flatten(self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str]) -> str:
+        src_shape = self.shape(self.g.inputs(nid)[0])
+        rank = len(src_shape) if src_shape else None
+        start, end = int(attrs["start_dim"]), int(attrs["end_dim"])
+        if rank is not None:
+            start, end = start % rank, end % rank
+        if start == 0:
+            raise _unsupported(
+                self.g, nid, "flatten over the batch dim (start_dim=0) mixes samples"
+            )
+        if start == 1 and rank is not None and end == rank - 1:
+            return sc.op("Flatten", [ins[0]], axis=1)
+        rest = self.rest(nid)
+        if rest is None:
+            raise _unsupported(
+                self.g, nid, f"flatten needs a static output shape, got {self.shape(nid)}"
+            )
+        return sc.op("Reshape", [ins[0], sc.ints([-1, *rest])])
+
+    def op_reshape(self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str]) -> str:
+        rest = self.rest(nid)
+        if rest is None:
+            target = list(attrs["shape"])
+            if not target or target[0] != -1 or -1 in target[1:]:
+                raise _unsupported(self.g, nid, f"reshape to {target} needs a static output shape")
+            rest = [int(d) for d in target[1:]]
+        return sc.op("Reshape", [ins[0], sc.ints([-1, *rest])])
+
+    def op_dropout(self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str]) -> str:
+        if attrs.get("training"):
+            raise _unsupported(self.g, nid, "dropout in training mode; export an eval-mode model")
+        return sc.op("Identity", [ins[0]])
+
+    def op_identity(self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str]) -> str:
+        return sc.op("Identity", [ins[0]])
+
+    def op_add(self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str]) -> str:
+        out = ins[0]
+        for x in ins[1:]:  # left to right, as the reference backend
+            out = sc.op("Add", [out, x])
+        return out
+
+    def op_mul(self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str]) -> str:
+        return sc.op("Mul", [ins[0], ins[1]])
+
+    def op_scale(self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str]) -> str:
+        return self._scale(sc, nid, attrs["op"], attrs["value"], ins[0])
+
+    def _scale(self, sc: _Scope, nid: int, op: str, value: Any, x: str) -> str:
+        if op not in ("mul", "div"):
+            raise IRError(f"{_node_ref(self.g, nid)}: scale op {op!r} is not 'mul' or 'div'")
+        # torch casts the Python float to float32 and keeps division as division
+        return sc.op("Mul" if op == "mul" else "Div", [x, sc.scalar(float(value))])
+
+    def op_cat(self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str]) -> str:
+        dim = int(attrs["dim"])
+        if dim == 0:
+            raise _unsupported(self.g, nid, "cat along the batch dim (dim=0) mixes samples")
+        return sc.op("Concat", ins, axis=dim)
+
+    def op_voting(self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str]) -> str:
+        k = int(attrs["voting_size"])
+        src_shape = self.shape(self.g.inputs(nid)[0])
+        if src_shape is not None and len(src_shape) == 2:
+            axis = sc.ints([1])
+            pooled = sc.op(
+                "AveragePool", [sc.op("Unsqueeze", [ins[0], axis])], kernel_shape=[k], strides=[k]
+            )
+            return sc.op("Squeeze", [pooled, axis])
+        rest = self.rest(nid)
+        src_rest = self.rest(self.g.inputs(nid)[0])
+        if rest is None or src_rest is None:
+            raise _unsupported(self.g, nid, "voting over a rank > 2 input needs static shapes")
+        x3 = sc.op("Reshape", [ins[0], sc.ints([-1, 1, src_rest[-1]])])
+        pooled = sc.op("AveragePool", [x3], kernel_shape=[k], strides=[k])
+        return sc.op("Reshape", [pooled, sc.ints([-1, *rest])])
+
+    # ---------------------------------------------------------------- neurons and scans
+    def spec(self, nid: int) -> NeuronSpec:
+        spec = NeuronSpec.from_dict(self.g.attrs(nid)["neuron"])
+        if spec.charge not in CHARGE_FORMS:
+            raise _unsupported(
+                self.g,
+                nid,
+                f"neuron charge form {spec.charge!r}; supported: {', '.join(CHARGE_FORMS)}",
+            )
+        if spec.fire_from != "updated":
+            raise _unsupported(
+                self.g, nid, f"neuron fire_from={spec.fire_from!r} (supported: 'updated')"
+            )
+        if spec.charge in ("sj_lif_decay_input", "sj_lif", "snncc_li") and spec.tau is None:
+            raise _unsupported(self.g, nid, f"neuron charge form {spec.charge!r} without tau")
+        return spec
+
+    def derive(self, nid: int, spec: NeuronSpec) -> dict[str, str]:
+        """Per-sequence constants in the main graph, computed once before the Scan.
+
+        PLIF's ``k = sigmoid(w)``: the reference computes ``w.sigmoid()`` on the
+        scalar w, i.e. ``1 / (1 + expf(-w))`` in float32. ONNX Runtime's
+        Sigmoid (and its float32 Exp) are polynomial approximations that
+        disagree with that in the last bit for most w; exp evaluated in
+        float64 and rounded to float32 is the correctly rounded expf, which
+        agrees with glibc's for all but a few w in 10^4 (measured).
+        """
+        if spec.charge not in ("sj_plif_decay_input", "sj_plif"):
+            return {}
+        w = self.param(nid, "w")
+        if w is None:
+            raise _unsupported(
+                self.g, nid, f"neuron charge form {spec.charge!r} needs the param 'w'"
+            )
+        m = self.main
+        m.prefix = f"/n{nid}"
+        wd = m.op("Cast", [w], to=TensorProto.DOUBLE)
+        e = m.op("Cast", [m.op("Exp", [m.op("Neg", [wd])])], to=TensorProto.FLOAT)
+        one = m.scalar(1.0)
+        return {"k": m.op("Div", [one, m.op("Add", [one, e])])}
+
+    def apply_steps(self, sc: _Scope, nid: int, key: str, x: str, ins: list[str]) -> str:
+        """A fused prologue/epilogue (reference apply_steps order)."""
+        for st in self.g.attrs(nid).get(key, []) or []:
+            kind = st.get("kind")
+            if kind == "scale":
+                x = self._scale(sc, nid, st["op"], st["value"], x)
+            elif kind == "add":
+                port = int(st["port"])
+                if not 1 <= port < len(ins):
+                    raise IRError(f"{_node_ref(self.g, nid)}: {key} add step reads port {port}")
+                x = sc.op("Add", [x, ins[port]])
+            else:
+                raise IRError(f"{_node_ref(self.g, nid)}: unknown {key} step kind {kind!r}")
+        return x
+
+    def neuron_step(self, sc: _Scope, nid: int, ins: list[str], v: str) -> tuple[str, str]:
+        """One step of snncc.neurons.step in its exact op order: (output, new membrane)."""
+        spec = self.spec(nid)
+        x = self.apply_steps(sc, nid, "prologue", ins[0], ins)
+        c = sc.scalar
+        vr = 0.0 if spec.v_reset is None else float(spec.v_reset)
+        form = spec.charge
+        if form == "sj_if":
+            h = sc.op("Add", [v, x])
+        elif form == "sj_lif_decay_input":  # v + (x - (v - vr)) / tau
+            h = sc.op(
+                "Add", [v, sc.op("Div", [sc.op("Sub", [x, sc.op("Sub", [v, c(vr)])]), c(spec.tau)])]
+            )
+        elif form == "sj_lif":  # v - (v - vr) / tau + x
+            h = sc.op(
+                "Add", [sc.op("Sub", [v, sc.op("Div", [sc.op("Sub", [v, c(vr)]), c(spec.tau)])]), x]
+            )
+        elif form == "sj_plif_decay_input":  # v + (x - (v - vr)) * k
+            k = self.derived[nid]["k"]
+            h = sc.op("Add", [v, sc.op("Mul", [sc.op("Sub", [x, sc.op("Sub", [v, c(vr)])]), k])])
+        elif form == "sj_plif":  # v - (v - vr) * k + x
+            k = self.derived[nid]["k"]
+            h = sc.op("Add", [sc.op("Sub", [v, sc.op("Mul", [sc.op("Sub", [v, c(vr)]), k])]), x])
+        else:  # snncc_li: v + (x - v) / tau
+            h = sc.op("Add", [v, sc.op("Div", [sc.op("Sub", [x, v]), c(spec.tau)])])
+        if spec.reset == "none" and not spec.spiking:
+            out, v_new = h, h
+        else:
+            # s = heaviside(h - v_threshold): ">= 0" (or "> 0"), as snncc.surrogate.spike
+            d = sc.op("Sub", [h, c(spec.v_threshold)])
+            cmp = "GreaterOrEqual" if spec.fire_cmp == ">=" else "Greater"
+            s = sc.op("Cast", [sc.op(cmp, [d, c(0.0)])], to=TensorProto.FLOAT)
+            if spec.reset == "none":
+                v_new = h
+            elif spec.reset == "subtract":  # h - s * v_threshold
+                v_new = sc.op("Sub", [h, sc.op("Mul", [s, c(spec.v_threshold)])])
+            else:  # hard: s * v_reset + (1.0 - s) * h
+                v_new = sc.op(
+                    "Add",
+                    [
+                        sc.op("Mul", [s, c(float(spec.v_reset))]),
+                        sc.op("Mul", [sc.op("Sub", [c(1.0), s]), h]),
+                    ],
+                )
+            out = s if spec.spiking else v_new
+        out = self.apply_steps(sc, nid, "epilogue", out, ins)
+        return out, v_new
+
+    def emit_scan(self, nodes: list[int]) -> None:
+        """One Scan over ``nodes`` (a neuron, or a recurrent group) stepping along axis 0."""
+        g, m = self.g, self.main
+        members = set(nodes)
+        order = [n for n in g.topo_order() if n in members]
+        head = order[0]
+        body = _Scope(self.names)
+        neurons = [n for n in order if g.op(n) == "neuron"]
+        specs = {n: self.spec(n) for n in neurons}
+        for n in neurons:
+            self.derived[n] = self.derive(n, specs[n])
+        local: dict[tuple[int, int], str] = {}
+        state_in: list[onnx.ValueInfoProto] = []
+        state_init: list[str] = []
+        scan_in: list[onnx.ValueInfoProto] = []
+        scan_outer: list[str] = []
+        membrane: dict[int, str] = {}
+        # states: each neuron's membrane, then each value a delay edge reads inside the group
+        for n in neurons:
+            body.prefix = f"/n{n}"
+            name = self.names.fresh(body.prefix, "v")
+            membrane[n] = name
+            state_in.append(_vinfo(name, self.step_shape(n)))
+            m.prefix = f"/n{n}"
+            x_edge = self.in_edges(n)[0]
+            fallback = self.seq_of(x_edge.src, x_edge.delay) if x_edge.src not in members else None
+            m.prefix = f"/n{n}"
+            shape = self.batch_shape(n, fallback)
+            value = numpy_helper.from_array(np.full(1, specs[n].v_init, np.float32))
+            state_init.append(m.op("ConstantOfShape", [shape], value=value))
+        delayed = sorted(
+            {e.src for n in order for e in self.in_edges(n) if e.delay and e.src in members}
+        )
+        for p in delayed:
+            body.prefix = f"/n{p}"
+            name = self.names.fresh(body.prefix, "prev")
+            local[(p, 1)] = name
+            state_in.append(_vinfo(name, self.step_shape(p)))
+            m.prefix = f"/n{p}"
+            zero = numpy_helper.from_array(np.zeros(1, np.float32))
+            state_init.append(m.op("ConstantOfShape", [self.batch_shape(p)], value=zero))
+        # scan inputs: every value produced outside the group, at the delay it is read
+        for n in order:
+            for e in self.in_edges(n):
+                key = (e.src, e.delay)
+                if e.src in members or key in local:
+                    continue
+                outer = self.seq_of(e.src, e.delay)
+                body.prefix = f"/n{e.src}"
+                name = self.names.fresh(body.prefix, "t" if e.delay == 0 else "t_prev")
+                local[key] = name
+                scan_in.append(_vinfo(name, self.step_shape(e.src)))
+                scan_outer.append(outer)
+        if not scan_in:  # Scan needs a scanned input to know T; the first model input serves
+            first = self.inputs[0].name
+            name = self.names.fresh(f"/n{head}", "clock")
+            scan_in.append(_vinfo(name, None))
+            scan_outer.append(first)
+        # the step itself
+        new_v: dict[int, str] = {}
+        for n in order:
+            body.prefix = f"/n{n}" + (
+                f".{_safe(g.node(n)['name'])}" if g.node(n).get("name") else ""
+            )
+            ins = [local[(e.src, e.delay)] for e in self.in_edges(n)]
+            if g.op(n) == "neuron":
+                out, new_v[n] = self.neuron_step(body, n, ins, membrane[n])
+            elif g.op(n) in ("input", "output"):
+                raise _unsupported(g, n, "an input/output node inside a recurrent group")
+            else:
+                out = self.stateless(body, n, ins)
+            local[(n, 0)] = out
+        # body outputs: new states, then the per-step values used after the group
+        exported = [n for n in order if any(u.dst not in members for u in g.users(n))]
+        body_inputs = {v.name for v in state_in + scan_in}
+        seen: set[str] = set()
+        out_infos: list[onnx.ValueInfoProto] = []
+
+        def body_output(value: str, nid: int) -> None:
+            if value in seen or value in body_inputs:
+                body.prefix = f"/n{nid}"
+                value = body.op("Identity", [value])
+            seen.add(value)
+            out_infos.append(_vinfo(value, self.step_shape(nid)))
+
+        for n in neurons:
+            body_output(new_v[n], n)
+        for p in delayed:
+            body_output(local[(p, 0)], p)
+        for n in exported:
+            body_output(local[(n, 0)], n)
+        body_graph = helper.make_graph(body.nodes, f"scan_n{head}", state_in + scan_in, out_infos)
+        m.prefix = f"/n{head}" + (
+            f".{_safe(g.node(head)['name'])}" if g.node(head).get("name") else ""
+        )
+        n_state = len(state_in)
+        doc = json.dumps(
+            {
+                "snncc_ir_version": IR_FORMAT_VERSION,
+                "nodes": order,
+                DOC_NEURONS: {str(n): encode(g.attrs(n)["neuron"]) for n in neurons},
+            },
+            separators=(",", ":"),
+        )
+        outs = m.op(
+            "Scan",
+            state_init + scan_outer,
+            n_out=n_state + len(exported),
+            doc=doc,
+            body=body_graph,
+            num_scan_inputs=len(scan_in),
+        )
+        for n, name in zip(exported, outs[n_state:]):
+            self.seq[(n, 0)] = name
+
+
+def _snncc_version() -> str:
+    try:
+        from snncc import __version__
+
+        return str(__version__)
+    except ImportError:  # pragma: no cover
+        return "0"
+
+
+def check_opset(opset: int) -> int:
+    if not isinstance(opset, int) or not MIN_OPSET <= opset <= MAX_OPSET:
+        raise UnsupportedError(
+            f"ONNX opset {opset!r} is not supported; choose {MIN_OPSET}..{MAX_OPSET}"
+        )
+    return opset
+
+
+def to_onnx(
+    graph: Graph, path: str | os.PathLike[str] | None = None, opset: int = DEFAULT_OPSET
+) -> onnx.ModelProto:
+    """Export ``graph`` (after the reference pipeline, or the jax one) as an ONNX model.
+
+    The model's inputs are ``input<i>`` of shape ``[T, B, ...]`` and its outputs
+    ``output<i>`` of shape ``[T, B, ...]`` (``i``: the IR input/output index);
+    ``T`` and ``B`` are symbolic. Parameters are initializers named by their
+    state_dict names. The model passes ``onnx.checker.check_model(full_check=True)``;
+    with ``path`` it is also written there.
+
+    Raises UnsupportedError (naming the IR node) for what ONNX cannot express
+    with the same results: training-mode batchnorm/dropout, avgpool
+    divisor_override, a partial last ceil_mode window, non-float32 graphs,
+    neuron charge forms other than :data:`CHARGE_FORMS`.
+    """
+    check_opset(opset)
+    model = _Exporter(graph, opset).run()
+    onnx.checker.check_model(model, full_check=True)
+    if path is not None:
+        path = Path(path)
+        onnx.save_model(model, str(path))
+    return model
+
+
+def reexport(graph: Graph, opset: int) -> onnx.ModelProto:
+    """Export without checking (the importer compares the result with the file it read)."""
+    return _Exporter(graph, opset).run()
