@@ -1,0 +1,225 @@
+"""Torch eager implementations of the stateless IR ops (the op table's executable meaning).
+
+Two kinds of op, because SpikingJelly's multi-step wrappers treat them two ways:
+
+- *row ops* (linear, conv, pooling, batchnorm, voting) see a batch of rows
+  ``[N, ...]``: one step's ``[B, ...]``, or the whole sequence flattened to
+  ``[T*B, ...]`` exactly like ``functional.seq_to_ann_forward``;
+- *lead ops* (flatten, reshape, cat, element-wise) are pure data movement or
+  element-wise, so they run on ``[*lead, B, ...]`` directly, with per-step dims
+  shifted by the number of leading dims (0 for one step, 1 for ``[T, B, ...]``).
+
+Each function takes ``(attrs, params, inputs)``; params are torch tensors by
+role, already resolved from the parameter store (and, for a linear/conv that
+carries a folded BatchNorm, already folded by :func:`fold_bn`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from snncc.errors import IRError, UnsupportedError
+
+Tensor = torch.Tensor
+Params = dict[str, Tensor]
+RowFn = Callable[[dict[str, Any], Params, list[Tensor]], Tensor]
+LeadFn = Callable[[dict[str, Any], Params, list[Tensor], int], Tensor]
+
+BN_FOLD_ROLES = ("bn_weight", "bn_bias", "bn_mean", "bn_var")
+
+
+def fold_bn(attrs: dict[str, Any], params: Params) -> Params:
+    """Fold a linear/conv's eval-mode BatchNorm params into weight and bias (ops.py's formula).
+
+    ``s = bn_weight / sqrt(bn_var + bn_eps)``, ``W' = W * s`` per output
+    channel, ``b' = (b - bn_mean) * s + bn_bias``. Computed with torch ops from
+    the original tensors, so gradients reach the source model's parameters.
+    """
+    if not any(r in params for r in BN_FOLD_ROLES):
+        return params
+    missing = [r for r in ("bn_mean", "bn_var") if r not in params]
+    if missing or "bn_eps" not in attrs:
+        raise IRError(
+            f"folded BatchNorm needs params bn_mean, bn_var and attr bn_eps; missing {missing or ['bn_eps']}"
+        )
+    w = params["weight"]
+    mean, var = params["bn_mean"], params["bn_var"]
+    gamma = params.get("bn_weight", torch.ones_like(var))
+    beta = params.get("bn_bias", torch.zeros_like(mean))
+    s = gamma / torch.sqrt(var + float(attrs["bn_eps"]))
+    bias = params.get("bias", torch.zeros_like(mean))
+    folded = {k: v for k, v in params.items() if k not in BN_FOLD_ROLES}
+    folded["weight"] = w * s.reshape(-1, *([1] * (w.dim() - 1)))
+    folded["bias"] = (bias - mean) * s + beta
+    return folded
+
+
+# ------------------------------------------------------------------ row ops
+def _linear(attrs: dict[str, Any], p: Params, ins: list[Tensor]) -> Tensor:
+    return F.linear(ins[0], p["weight"], p.get("bias"))
+
+
+def _conv_args(attrs: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "stride": attrs["stride"],
+        "padding": attrs["padding"],
+        "dilation": attrs["dilation"],
+        "groups": attrs["groups"],
+    }
+
+
+def _conv1d(attrs: dict[str, Any], p: Params, ins: list[Tensor]) -> Tensor:
+    return F.conv1d(ins[0], p["weight"], p.get("bias"), **_conv_args(attrs))
+
+
+def _conv2d(attrs: dict[str, Any], p: Params, ins: list[Tensor]) -> Tensor:
+    return F.conv2d(ins[0], p["weight"], p.get("bias"), **_conv_args(attrs))
+
+
+def batchnorm(attrs: dict[str, Any], p: Params, ins: list[Tensor], training: bool) -> Tensor:
+    """torch batch_norm; in training mode statistics are over the rows given, running stats updated in place."""
+    momentum = attrs["momentum"]
+    if training and momentum is None:
+        raise UnsupportedError(
+            "batchnorm with momentum=None (cumulative moving average) is not supported in "
+            "training mode; set a float momentum on the source BatchNorm"
+        )
+    return F.batch_norm(
+        ins[0],
+        p["running_mean"],
+        p["running_var"],
+        p.get("weight"),
+        p.get("bias"),
+        training=training,
+        momentum=0.0 if momentum is None else float(momentum),
+        eps=float(attrs["eps"]),
+    )
+
+
+def _avgpool2d(attrs: dict[str, Any], p: Params, ins: list[Tensor]) -> Tensor:
+    return F.avg_pool2d(
+        ins[0],
+        attrs["kernel_size"],
+        attrs.get("stride"),
+        attrs["padding"],
+        ceil_mode=attrs.get("ceil_mode", False),
+        count_include_pad=attrs.get("count_include_pad", True),
+        divisor_override=attrs.get("divisor_override"),
+    )
+
+
+def _maxpool2d(attrs: dict[str, Any], p: Params, ins: list[Tensor]) -> Tensor:
+    return F.max_pool2d(
+        ins[0],
+        attrs["kernel_size"],
+        attrs.get("stride"),
+        attrs["padding"],
+        dilation=attrs.get("dilation", 1),
+        ceil_mode=attrs.get("ceil_mode", False),
+    )
+
+
+def _adaptive_avgpool2d(attrs: dict[str, Any], p: Params, ins: list[Tensor]) -> Tensor:
+    return F.adaptive_avg_pool2d(ins[0], attrs["output_size"])
+
+
+def _voting(attrs: dict[str, Any], p: Params, ins: list[Tensor]) -> Tensor:
+    # SpikingJelly VotingLayer: avg_pool1d(x.unsqueeze(1), k, k).squeeze(1) on [N, C*k].
+    x = ins[0]
+    k = int(attrs["voting_size"])
+    if x.dim() == 2:
+        return F.avg_pool1d(x.unsqueeze(1), k, k).squeeze(1)
+    lead = x.shape[:-1]
+    y = F.avg_pool1d(x.reshape(-1, 1, x.shape[-1]), k, k)
+    return y.reshape(*lead, y.shape[-1])
+
+
+ROW_OPS: dict[str, RowFn] = {
+    "linear": _linear,
+    "conv1d": _conv1d,
+    "conv2d": _conv2d,
+    "avgpool2d": _avgpool2d,
+    "maxpool2d": _maxpool2d,
+    "adaptive_avgpool2d": _adaptive_avgpool2d,
+    "voting": _voting,
+}
+
+
+# ------------------------------------------------------------------ lead ops
+def _shift(dim: int, lead: int) -> int:
+    """A per-step dim (0 = batch) as a dim of a tensor with ``lead`` extra leading dims."""
+    return dim + lead if dim >= 0 else dim
+
+
+def _flatten(attrs: dict[str, Any], p: Params, ins: list[Tensor], lead: int) -> Tensor:
+    start, end = int(attrs["start_dim"]), int(attrs["end_dim"])
+    return torch.flatten(ins[0], _shift(start, lead), _shift(end, lead))
+
+
+def _reshape(attrs: dict[str, Any], p: Params, ins: list[Tensor], lead: int) -> Tensor:
+    x = ins[0]
+    return x.reshape(*x.shape[:lead], *attrs["shape"])
+
+
+def _cat(attrs: dict[str, Any], p: Params, ins: list[Tensor], lead: int) -> Tensor:
+    return torch.cat(ins, dim=_shift(int(attrs["dim"]), lead))
+
+
+def _identity(attrs: dict[str, Any], p: Params, ins: list[Tensor], lead: int) -> Tensor:
+    return ins[0]
+
+
+def _add(attrs: dict[str, Any], p: Params, ins: list[Tensor], lead: int) -> Tensor:
+    out = ins[0]
+    for x in ins[1:]:  # left to right, as ``a + b + c`` in the source
+        out = out + x
+    return out
+
+
+def _mul(attrs: dict[str, Any], p: Params, ins: list[Tensor], lead: int) -> Tensor:
+    return ins[0] * ins[1]
+
+
+def scale(x: Tensor, op: str, value: float) -> Tensor:
+    """``x * value`` or ``x / value`` (division kept as division: it rounds differently)."""
+    if op == "mul":
+        return x * value
+    if op == "div":
+        return x / value
+    raise IRError(f"scale op {op!r} is not 'mul' or 'div'")
+
+
+def _scale(attrs: dict[str, Any], p: Params, ins: list[Tensor], lead: int) -> Tensor:
+    return scale(ins[0], attrs["op"], float(attrs["value"]))
+
+
+LEAD_OPS: dict[str, LeadFn] = {
+    "flatten": _flatten,
+    "reshape": _reshape,
+    "cat": _cat,
+    "identity": _identity,
+    "output": _identity,
+    "add": _add,
+    "mul": _mul,
+    "scale": _scale,
+}
+
+
+def apply_steps(steps: list[dict[str, Any]], x: Tensor, ins: list[Tensor], where: str) -> Tensor:
+    """Apply a neuron's fused prologue/epilogue (``ins``: the node's inputs by port)."""
+    for st in steps:
+        kind = st.get("kind")
+        if kind == "scale":
+            x = scale(x, st["op"], float(st["value"]))
+        elif kind == "add":
+            port = int(st["port"])
+            if not 1 <= port < len(ins):
+                raise IRError(f"{where}: add step reads port {port}, node has {len(ins)} inputs")
+            x = x + ins[port]
+        else:
+            raise IRError(f"{where}: unknown step kind {kind!r}; known: 'scale', 'add'")
+    return x

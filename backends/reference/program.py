@@ -1,0 +1,448 @@
+"""ReferenceProgram: interpret a Graph with torch eager ops, layer by layer over the sequence.
+
+Execution model (the same schedule temporal fusion produces, derived here from
+the graph itself so a graph runs whether or not that pass ran):
+
+1. The graph (delay edges included) is condensed into strongly connected
+   components and these run in topological order (ties: smallest node id).
+2. A component of one node without a self-loop is a *layer*. A stateless
+   layer computes all T steps at once: row ops (linear, conv, pooling, BN,
+   voting) on ``[T*B, ...]`` exactly like SpikingJelly's multi-step wrappers
+   (``seq_to_ann_forward``), lead ops (flatten, reshape, cat, element-wise) on
+   ``[T, B, ...]``. A neuron layer loops over t with :func:`snncc.neurons.step`.
+3. A *recurrent* component (it holds a delay-1 edge back into itself) runs
+   step by step: at each t every member computes its one-step value in
+   same-step topological order; a delay edge reads the producer's value at
+   t-1 (at t = 0: the state's ``"delay"`` entry, or zeros).
+
+Graphs traced from a single-step source (``meta["step_mode"] == "s"``) run row
+ops one step at a time instead (option ``stateless_per_step``), as the source
+did, so no GEMM ever sees a different number of rows than in the source.
+
+State (backends/base.py): ``{node_id: {"v": membrane}}`` for neurons,
+``{node_id: {"delay": value at T-1}}`` for producers of delay edges and
+``{node_id: {"mask": mask}}`` for a training-mode dropout whose mask is shared
+over time, so ``run(x[:k])`` then ``run(x[k:], state)`` equals ``run(x)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import networkx as nx
+import numpy as np
+import torch
+import torch.nn.functional as F
+from snncc.ir.graph import Edge, Graph
+from snncc.ir.neuron import NeuronSpec
+from snncc.ir.ops import OPS
+
+from snncc import neurons
+from snncc.errors import IRError, ShapeError, UnsupportedError
+
+from .ops import LEAD_OPS, ROW_OPS, apply_steps, batchnorm, fold_bn
+
+Tensor = torch.Tensor
+
+#: roles whose arrays are trained (everything else, e.g. running stats, is a buffer)
+LEARNABLE_ROLES = frozenset({"weight", "bias", "bn_weight", "bn_bias"})
+
+_TORCH_DTYPES = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+    "float64": torch.float64,
+}
+
+
+def _to_tensor(value: Any) -> Tensor:
+    if isinstance(value, Tensor):
+        return value.detach().clone()
+    return torch.from_numpy(np.array(value, copy=True))
+
+
+class ReferenceProgram:
+    """A Graph interpreted with torch eager ops; differentiable wrt ``params`` and inputs.
+
+    Parameters
+    ----------
+    graph
+        The (scheduled or not) graph to run.
+    requires_grad
+        Make learnable params (weights, biases, BN affine, neuron ``learnable``
+        roles) leaf tensors with ``requires_grad=True`` so ``run`` can be
+        trained through.
+    stateless_per_step
+        Run row ops one step at a time; default: True exactly when the graph
+        came from a single-step source (``meta["step_mode"] == "s"``).
+    training
+        None honours each node's ``training`` attr (batchnorm, dropout);
+        True/False overrides them all, like ``module.train()`` / ``.eval()``.
+    """
+
+    def __init__(
+        self,
+        graph: Graph,
+        *,
+        requires_grad: bool = True,
+        stateless_per_step: bool | None = None,
+        training: bool | None = None,
+    ) -> None:
+        self.graph = graph
+        self.training = training
+        if stateless_per_step is None:
+            stateless_per_step = graph.meta.get("step_mode") == "s"
+        self.stateless_per_step = bool(stateless_per_step)
+        self._check_ops()
+        self._specs = {
+            n: NeuronSpec.from_dict(graph.attrs(n)["neuron"]) for n in graph.iter_ops("neuron")
+        }
+        for spec in self._specs.values():
+            neurons._check(spec)
+        learnable = self._learnable_names()
+        self.params: dict[str, Tensor] = {}
+        for name, value in graph.params.items():
+            t = _to_tensor(value)
+            if requires_grad and name in learnable and t.is_floating_point():
+                t.requires_grad_(True)
+            self.params[name] = t
+        self._topo = graph.topo_order()
+        self._pos = {n: i for i, n in enumerate(self._topo)}
+        self._units = self._schedule()
+
+    # ----------------------------------------------------------- lowering
+    def _check_ops(self) -> None:
+        for n in self.graph.nx.nodes:
+            op = self.graph.op(n)
+            if op not in OPS:
+                raise IRError(
+                    f"node %{n} ({self.graph.node(n).get('name') or '?'}): unknown op {op!r}"
+                )
+            if (
+                op not in ROW_OPS
+                and op not in LEAD_OPS
+                and op
+                not in (
+                    "input",
+                    "neuron",
+                    "batchnorm",
+                    "dropout",
+                )
+            ):
+                raise UnsupportedError(f"reference backend has no implementation of op {op!r}")
+        for e in self._all_edges():
+            if e.delay not in (0, 1):
+                raise UnsupportedError(
+                    f"edge %{e.src} -> %{e.dst} has delay {e.delay}; the reference backend runs delays 0 and 1"
+                )
+
+    def _all_edges(self) -> list[Edge]:
+        return [
+            Edge(u, v, d["port"], d.get("delay", 0)) for u, v, d in self.graph.nx.edges(data=True)
+        ]
+
+    def _learnable_names(self) -> set[str]:
+        names: set[str] = set()
+        for n in self.graph.nx.nodes:
+            roles = self.graph.node(n)["params"]
+            ok = set(self._specs[n].learnable) if n in self._specs else LEARNABLE_ROLES
+            names.update(name for role, name in roles.items() if role in ok)
+        return names
+
+    def _schedule(self) -> list[list[int]]:
+        """Execution units in order: each a list of node ids (one, or a recurrent SCC in step order)."""
+        g = nx.DiGraph()
+        g.add_nodes_from(self.graph.nx.nodes)
+        g.add_edges_from((u, v) for u, v in self.graph.nx.edges())
+        cond = nx.condensation(g)
+        members = {c: sorted(cond.nodes[c]["members"], key=self._pos.__getitem__) for c in cond}
+        order = nx.lexicographical_topological_sort(cond, key=lambda c: self._pos[members[c][0]])
+        units = [members[c] for c in order]
+        self._recurrent = {
+            n for unit in units for n in unit if len(unit) > 1 or self.graph.nx.has_edge(n, n)
+        }
+        return units
+
+    # ------------------------------------------------------------ listing
+    @property
+    def source(self) -> str:
+        """The graph listing (snncc.ir.printer) plus the schedule this interpreter follows."""
+        try:
+            from snncc.ir.printer import format_graph
+
+            text = format_graph(self.graph)
+        except ImportError:  # the printer is optional for the interpreter
+            text = (
+                "\n".join(
+                    f"%{n} = {self.graph.op(n)}({', '.join(f'%{s}' for s in self.graph.inputs(n))})"
+                    for n in self._topo
+                )
+                + "\n"
+            )
+        lines = ["# reference backend schedule (torch eager):"]
+        for i, unit in enumerate(self._units):
+            ids = " ".join(f"%{n}" for n in unit)
+            if unit[0] in self._recurrent:
+                kind = "recurrent, step by step"
+            elif self.graph.op(unit[0]) == "neuron":
+                kind = "neuron, loop over t"
+            elif self.graph.op(unit[0]) in ROW_OPS or self.graph.op(unit[0]) == "batchnorm":
+                kind = "per step" if self.stateless_per_step else "rows [T*B, ...]"
+            else:
+                kind = "sequence [T, B, ...]"
+            lines.append(f"#   {i:3d}: {ids}  ({kind})")
+        return text + "\n".join(lines) + "\n"
+
+    def files(self) -> dict[str, str]:
+        return {"program.txt": self.source}
+
+    # ------------------------------------------------------------ running
+    def run(self, x: Any, state: dict | None = None) -> tuple[Any, dict]:
+        """Run ``x`` [T, B, ...] (or a tuple, one per graph input) from ``state``; return (y, state)."""
+        inputs = self._check_inputs(x)
+        T, B = inputs[0].shape[:2]
+        ctx = _RunContext(self, T, B, dict(state or {}))
+        for unit in self._units:
+            if unit[0] in self._recurrent:
+                self._run_recurrent(ctx, unit)
+            else:
+                self._run_layer(ctx, unit[0], inputs)
+        outs = [ctx.values[o] for o in self.graph.meta["outputs"]]
+        return (outs[0] if len(outs) == 1 else tuple(outs)), ctx.new_state
+
+    def _check_inputs(self, x: Any) -> list[Tensor]:
+        ids = self.graph.meta["inputs"]
+        xs = list(x) if isinstance(x, (tuple, list)) else [x]
+        if len(xs) != len(ids):
+            raise ShapeError(f"the program takes {len(ids)} input(s); got {len(xs)}")
+        out = []
+        for nid, xi in zip(ids, xs):
+            if not isinstance(xi, Tensor):
+                xi = torch.as_tensor(np.asarray(xi))
+            node = self.graph.node(nid)
+            if xi.dim() < 2:
+                raise ShapeError(
+                    f"input %{nid} must be time-major [T, B, ...]; got shape {tuple(xi.shape)}"
+                )
+            shape = node.get("shape")
+            if shape is not None and len(shape) != xi.dim() - 1:
+                raise ShapeError(
+                    f"input %{nid} expects [T, {', '.join(map(str, shape))}]; got {tuple(xi.shape)}"
+                )
+            if shape is not None and any(
+                isinstance(d, int) and d != s for d, s in zip(shape[1:], xi.shape[2:])
+            ):
+                raise ShapeError(
+                    f"input %{nid} expects [T, {', '.join(map(str, shape))}]; got {tuple(xi.shape)}"
+                )
+            dtype = _TORCH_DTYPES.get(node.get("dtype", "float32"), torch.float32)
+            out.append(xi.to(dtype) if xi.dtype != dtype else xi)
+        if out and any(o.shape[:2] != out[0].shape[:2] for o in out):
+            raise ShapeError(f"inputs disagree on [T, B]: {[tuple(o.shape[:2]) for o in out]}")
+        if out and out[0].shape[0] == 0:
+            raise ShapeError("input has T = 0 steps")
+        return out
+
+    def _training(self, attrs: dict[str, Any]) -> bool:
+        return bool(attrs.get("training", False)) if self.training is None else self.training
+
+    # -- one layer over the whole sequence
+    def _run_layer(self, ctx: _RunContext, n: int, inputs: list[Tensor]) -> None:
+        op = self.graph.op(n)
+        if op == "input":
+            ctx.set_value(n, inputs[self.graph.meta["inputs"].index(n)])
+            return
+        ins = [ctx.seq_input(e) for e in self.graph.in_edges(n)]
+        attrs = self.graph.attrs(n)
+        if op == "neuron":
+            y = self._neuron_seq(ctx, n, ins)
+        elif op in LEAD_OPS:
+            y = LEAD_OPS[op](attrs, ctx.params(n), ins, 1)
+        elif op == "dropout":
+            y = self._dropout(ctx, n, ins[0], lead=1)
+        elif (
+            op == "batchnorm"
+            and self._training(attrs)
+            and (self.stateless_per_step or attrs.get("stats", "sequence") == "step")
+        ):
+            p = ctx.params(n)
+            y = torch.stack([batchnorm(attrs, p, [xt], True) for xt in ins[0]])
+        else:
+            y = self._rows(ctx, n, ins)
+        ctx.set_value(n, y)
+
+    def _rows(self, ctx: _RunContext, n: int, ins: list[Tensor]) -> Tensor:
+        """A row op on the whole sequence: flattened to [T*B, ...] (or per step for 's' sources)."""
+        if self.stateless_per_step:
+            return torch.stack([self._row_step(ctx, n, [x[t] for x in ins]) for t in range(ctx.T)])
+        T, B = ins[0].shape[:2]
+        y = self._row_step(ctx, n, [x.flatten(0, 1) for x in ins])
+        return y.unflatten(0, (T, B))
+
+    def _row_step(self, ctx: _RunContext, n: int, ins: list[Tensor]) -> Tensor:
+        op, attrs = self.graph.op(n), self.graph.attrs(n)
+        if op == "batchnorm":
+            return batchnorm(attrs, ctx.params(n), ins, self._training(attrs))
+        return ROW_OPS[op](attrs, ctx.params(n), ins)
+
+    def _dropout(self, ctx: _RunContext, n: int, x: Tensor, lead: int) -> Tensor:
+        attrs = self.graph.attrs(n)
+        if not self._training(attrs):
+            return x
+        p = float(attrs["p"])
+        if not attrs.get("shared_over_time", False):
+            return F.dropout(x, p, training=True)
+        mask = ctx.state.get(n, {}).get("mask")
+        step_shape = x.shape[lead:]
+        if mask is None or mask.shape != step_shape:
+            # SpikingJelly layer.Dropout: one mask per sequence, F.dropout(ones_like(x[0])).
+            mask = F.dropout(
+                torch.ones(step_shape, dtype=x.dtype, device=x.device), p, training=True
+            )
+        ctx.new_state.setdefault(n, {})["mask"] = mask
+        return x * mask
+
+    # -- neurons
+    def _neuron_x(self, n: int, ins: list[Tensor]) -> Tensor:
+        pro = self.graph.attrs(n).get("prologue") or []
+        return apply_steps(pro, ins[0], ins, f"neuron %{n} prologue")
+
+    def _neuron_out(self, n: int, y: Tensor, ins: list[Tensor]) -> Tensor:
+        epi = self.graph.attrs(n).get("epilogue") or []
+        return apply_steps(epi, y, ins, f"neuron %{n} epilogue")
+
+    def _neuron_state(self, ctx: _RunContext, n: int, x_step: Tensor) -> dict[str, Tensor]:
+        spec = self._specs[n]
+        given = ctx.state.get(n, {})
+        if "v" in given:
+            v = given["v"]
+            if tuple(v.shape) != tuple(x_step.shape):
+                raise ShapeError(
+                    f"state of neuron %{n} ({self.graph.node(n).get('name') or '?'}) has shape "
+                    f"{tuple(v.shape)}; this input needs {tuple(x_step.shape)}"
+                )
+            return {"v": v}
+        return neurons.init_state(spec, x_step.shape, x_step.dtype, x_step.device)
+
+    def _neuron_seq(self, ctx: _RunContext, n: int, ins: list[Tensor]) -> Tensor:
+        spec = self._specs[n]
+        x = self._neuron_x(n, ins)
+        st = self._neuron_state(ctx, n, x[0])
+        p = ctx.neuron_params(n)
+        outs = []
+        for xt in x:
+            out, st = neurons.step(spec, p, xt, st)
+            outs.append(out)
+        ctx.new_state.setdefault(n, {}).update(st)
+        return self._neuron_out(n, torch.stack(outs), ins)
+
+    # -- recurrent components, step by step
+    def _run_recurrent(self, ctx: _RunContext, unit: list[int]) -> None:
+        members = set(unit)
+        hist: dict[int, list[Tensor]] = {n: [] for n in unit}
+        nstate: dict[int, dict[str, Tensor]] = {}
+        for t in range(ctx.T):
+            for n in unit:
+                ins = [self._step_input(ctx, e, t, members, hist) for e in self.graph.in_edges(n)]
+                hist[n].append(self._step_node(ctx, n, ins, nstate))
+        for n in unit:
+            ctx.set_value(n, torch.stack(hist[n]))
+        for n, st in nstate.items():
+            ctx.new_state.setdefault(n, {}).update(st)
+
+    def _step_input(
+        self, ctx: _RunContext, e: Edge, t: int, members: set[int], hist: dict[int, list[Tensor]]
+    ) -> Tensor:
+        if e.src in members:
+            if e.delay == 0:
+                return hist[e.src][t]
+            return hist[e.src][t - 1] if t > 0 else ctx.initial_delay(e.src)
+        seq = ctx.values[e.src]
+        if e.delay == 0:
+            return seq[t]
+        return seq[t - 1] if t > 0 else ctx.initial_delay(e.src, like=seq[0])
+
+    def _step_node(
+        self, ctx: _RunContext, n: int, ins: list[Tensor], nstate: dict[int, dict[str, Tensor]]
+    ) -> Tensor:
+        op, attrs = self.graph.op(n), self.graph.attrs(n)
+        if op == "neuron":
+            x = self._neuron_x(n, ins)
+            if n not in nstate:
+                nstate[n] = self._neuron_state(ctx, n, x)
+            out, nstate[n] = neurons.step(self._specs[n], ctx.neuron_params(n), x, nstate[n])
+            return self._neuron_out(n, out, ins)
+        if op in LEAD_OPS:
+            return LEAD_OPS[op](attrs, ctx.params(n), ins, 0)
+        if op == "dropout":
+            return self._dropout(ctx, n, ins[0], lead=0)
+        if op == "input":
+            raise IRError(f"input %{n} cannot be part of a recurrent component")
+        return self._row_step(ctx, n, ins)
+
+
+class _RunContext:
+    """Everything one ``run`` call computes: sequence values, resolved params, the new state."""
+
+    def __init__(self, prog: ReferenceProgram, T: int, B: int, state: dict) -> None:
+        self.prog = prog
+        self.graph = prog.graph
+        self.T, self.B = T, B
+        self.state = state
+        self.new_state: dict[int, dict[str, Tensor]] = {}
+        self.values: dict[int, Tensor] = {}
+        self._params: dict[int, dict[str, Tensor]] = {}
+        self._nparams: dict[int, dict[str, Tensor]] = {}
+        self._delay_srcs = {e.src for e in prog._all_edges() if e.delay > 0}
+
+    def params(self, n: int) -> dict[str, Tensor]:
+        """Node ``n``'s params by role, BN-folded once per run (differentiable)."""
+        if n not in self._params:
+            roles = self.graph.node(n)["params"]
+            p = {role: self.prog.params[name] for role, name in roles.items()}
+            if self.graph.op(n) in ("linear", "conv1d", "conv2d"):
+                p = fold_bn(self.graph.attrs(n), p)
+            self._params[n] = p
+        return self._params[n]
+
+    def neuron_params(self, n: int) -> dict[str, Tensor]:
+        """A neuron's params plus its per-sequence constants (PLIF k = sigmoid(w), once per run)."""
+        if n not in self._nparams:
+            p = self.params(n)
+            self._nparams[n] = {**p, **neurons.derived_constants(self.prog._specs[n], p)}
+        return self._nparams[n]
+
+    def set_value(self, n: int, y: Tensor) -> None:
+        self.values[n] = y
+        if n in self._delay_srcs:
+            self.new_state.setdefault(n, {})["delay"] = y[-1]
+
+    def initial_delay(self, n: int, like: Tensor | None = None) -> Tensor:
+        """The value a delay edge from ``n`` reads at t = 0: the carried state, or zeros."""
+        given = self.state.get(n, {}).get("delay")
+        if given is not None:
+            return given
+        if like is not None:
+            return torch.zeros_like(like)
+        shape = self.graph.node(n).get("shape")
+        if shape is None:
+            raise IRError(
+                f"node %{n} feeds a delay edge inside a recurrent component but has no shape; "
+                "the reference backend needs it to build the t = 0 zeros"
+            )
+        dims = _concrete(shape, self.B)
+        dtype = _TORCH_DTYPES.get(self.graph.node(n).get("dtype", "float32"), torch.float32)
+        return torch.zeros(dims, dtype=dtype)
+
+    def seq_input(self, e: Edge) -> Tensor:
+        """The whole-sequence value an edge delivers (shifted one step for a delay edge)."""
+        seq = self.values[e.src]
+        if e.delay == 0:
+            return seq
+        first = self.initial_delay(e.src, like=seq[0])
+        return torch.cat([first.unsqueeze(0), seq[:-1]])
+
+
+def _concrete(shape: Sequence[Any], batch: int) -> tuple[int, ...]:
+    return tuple(batch if d == "B" else int(d) for d in shape)
