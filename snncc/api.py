@@ -1,0 +1,381 @@
+"""The public API: ``snncc.compile``, ``CompiledModel`` and ``snncc.load``.
+
+This module is glue on purpose: tracing, passes and code generation live in
+``snncc.frontend``, ``snncc.ir.passes`` and ``snncc.backends``. What it owns
+is the user-facing contract around them:
+
+- inputs are checked *before* they reach a backend, so a wrong shape or dtype
+  is one :class:`~snncc.errors.ShapeError` naming expected vs got, never a
+  matmul error from deep inside generated code;
+- results come back as the same kind of array the user passed in (torch,
+  numpy, or jax), while state stays in the backend's native kind;
+- an artifact directory (``save`` / ``load``) holds everything needed to run
+  again without the source model: the scheduled IR with its weights, a JSON
+  manifest, and the generated source for people to read and diff.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from snncc.errors import CheckpointError, ShapeError, SnnccError, UnsupportedError
+
+#: bumped when the artifact layout changes incompatibly
+ARTIFACT_FORMAT = 1
+MANIFEST = "snncc.json"
+IR_DIR = "ir"
+SOURCE_DIR = "source"
+
+
+# --------------------------------------------------------------------- arrays
+def _array_kind(x: Any) -> str | None:
+    """'torch', 'numpy' or 'jax' for the array kinds snncc accepts, else None.
+
+    Looks only at modules that are already imported, so checking a numpy
+    array never imports jax (and vice versa).
+    """
+    if isinstance(x, np.ndarray):
+        return "numpy"
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        return "torch"
+    jax = sys.modules.get("jax")
+    if jax is not None and isinstance(x, jax.Array):
+        return "jax"
+    return None
+
+
+def _dtype_name(x: Any) -> str:
+    dtype = x.dtype
+    if _array_kind(x) == "torch":
+        return str(dtype).removeprefix("torch.")
+    return np.dtype(dtype).name
+
+
+def _is_float(x: Any) -> bool:
+    if _array_kind(x) == "torch":
+        return bool(x.dtype.is_floating_point)
+    return np.issubdtype(np.dtype(x.dtype), np.floating)
+
+
+def _to_numpy(x: Any) -> np.ndarray:
+    if _array_kind(x) == "torch":
+        return x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _to_kind(y: Any, kind: str) -> Any:
+    """Convert one backend output to the user's array kind (no copy when it already is)."""
+    if isinstance(y, (tuple, list)):
+        return type(y)(_to_kind(v, kind) for v in y)
+    if _array_kind(y) == kind:
+        return y
+    arr = _to_numpy(y)
+    if kind == "numpy":
+        return arr
+    if kind == "torch":
+        import torch
+
+        return torch.from_numpy(np.array(arr, copy=True))
+    import jax.numpy as jnp
+
+    return jnp.asarray(arr)
+
+
+def _shape_str(shape: list | tuple) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _check_example_input(example_input: Any) -> Any:
+    """Validate compile()'s example input and return it as a torch tensor for tracing."""
+    import torch
+
+    kind = _array_kind(example_input)
+    if kind is None:
+        raise ShapeError(
+            "example_input must be a torch.Tensor or numpy.ndarray of shape [T, B, ...]; "
+            f"got {type(example_input).__name__}"
+        )
+    if not _is_float(example_input):
+        raise ShapeError(
+            f"example_input must be a float array; got dtype {_dtype_name(example_input)} "
+            "(SNN inputs are currents or spikes as float32)"
+        )
+    if len(example_input.shape) < 3:
+        raise ShapeError(
+            "example_input must be time-major [T, B, ...] (rank >= 3); got shape "
+            f"{_shape_str(example_input.shape)}; add the missing axis, e.g. x.unsqueeze(0) "
+            "for one time step"
+        )
+    if kind == "torch":
+        return example_input.detach()
+    return torch.from_numpy(np.array(_to_numpy(example_input), copy=True))
+
+
+def _check_model_dtype(model: Any, example: Any) -> None:
+    """A float64 example for a float32 model is a clear error here, not a matmul error later."""
+    params = getattr(model, "parameters", None)
+    if params is None:
+        return
+    first = next(iter(params()), None)
+    if first is not None and first.dtype != example.dtype:
+        raise ShapeError(
+            f"example_input has dtype {_dtype_name(example)} but the model's parameters are "
+            f"{str(first.dtype).removeprefix('torch.')}; convert the input (x.float() or "
+            "x.astype(numpy.float32))"
+        )
+
+
+# ---------------------------------------------------------------- the model
+class CompiledModel:
+    """A compiled SNN: call it like the source model on time-major inputs [T, B, ...].
+
+    ``cm(x)`` starts from a fresh state; ``cm.run(x, state)`` continues from
+    ``state`` (as returned by an earlier ``run``) so a long sequence can be
+    fed in chunks. State is in the backend's native array kind; pass it back
+    unchanged.
+    """
+
+    def __init__(
+        self,
+        program: Any,
+        backend: str,
+        input_spec: dict[str, Any],
+        options: dict[str, Any] | None = None,
+    ) -> None:
+        self._program = program
+        self._backend_name = backend
+        self._backend_obj: Any = None
+        #: per-step input shape (batch as "B") and dtype the model was traced with
+        self.input_spec = {"shape": list(input_spec["shape"]), "dtype": input_spec["dtype"]}
+        self.options = dict(options or {})
+
+    # ------------------------------------------------------------- properties
+    @property
+    def backend(self) -> str:
+        """The backend's registry name (e.g. ``"reference"``, ``"jax"``)."""
+        return self._backend_name
+
+    @property
+    def ir(self) -> Any:
+        """The scheduled :class:`snncc.ir.Graph` the program was lowered from."""
+        return self._program.graph
+
+    @property
+    def source(self) -> str:
+        """The generated source (or, for interpreters, a readable listing)."""
+        return self._program.source
+
+    @property
+    def params(self) -> dict[str, np.ndarray]:
+        """The weights as numpy arrays, keyed by the source model's ``state_dict`` names."""
+        return {name: _to_numpy(value) for name, value in self._program.params.items()}
+
+    @property
+    def program(self) -> Any:
+        """The backend's Program (see :mod:`snncc.backends.base`), for advanced use."""
+        return self._program
+
+    def files(self) -> dict[str, str]:
+        """Every generated file, name -> text (what ``save`` writes under ``source/``)."""
+        return dict(self._program.files())
+
+    # -------------------------------------------------------------- running
+    def __call__(self, x: Any) -> Any:
+        """Run ``x`` [T, B, ...] from a fresh state; returns outputs of the same array kind."""
+        return self.run(x)[0]
+
+    def run(self, x: Any, state: dict | None = None) -> tuple[Any, dict]:
+        """Run ``x`` [T, B, ...] from ``state`` (None: fresh); return (outputs, final state)."""
+        kind = self._check_input(x)
+        native = self._native_backend().to_native(x)
+        y, new_state = self._program.run(native, state)
+        return _to_kind(y, kind), new_state
+
+    def jax_fn(self, params: Any, x: Any) -> Any:
+        """The pure function ``(params, x) -> outputs`` for ``jax.grad`` / ``jax.jit`` (jax only)."""
+        fn = getattr(self._program, "jax_fn", None)
+        if fn is None:
+            raise UnsupportedError(
+                f"jax_fn is only available for backend 'jax'; this model was compiled for "
+                f"{self._backend_name!r} (use snncc.compile(..., backend='jax'))"
+            )
+        return fn(params, x)
+
+    def _native_backend(self) -> Any:
+        if self._backend_obj is None:
+            from snncc import backends
+
+            self._backend_obj = backends.get(self._backend_name)
+        return self._backend_obj
+
+    def _check_input(self, x: Any) -> str:
+        """Raise ShapeError unless ``x`` fits the traced per-step shape; return its array kind."""
+        kind = _array_kind(x)
+        allowed = "a torch.Tensor or numpy.ndarray" + (
+            " or jax.Array" if self._backend_name == "jax" else ""
+        )
+        if kind is None or (kind == "jax" and self._backend_name != "jax"):
+            raise ShapeError(f"input must be {allowed}; got {type(x).__name__}")
+        per_step = self.input_spec["shape"]  # e.g. ["B", 64]
+        expected = ["T", *per_step]
+        got = tuple(x.shape)
+        if len(got) != len(expected) or list(got[2:]) != list(per_step[1:]):
+            raise ShapeError(
+                f"input shape mismatch: expected {_shape_str(expected)} (time-major; T and B "
+                f"may vary), got {_shape_str(got)}"
+            )
+        if got[0] < 1 or got[1] < 1:
+            raise ShapeError(
+                f"input needs at least one time step and one sample; got {_shape_str(got)}"
+            )
+        dtype = _dtype_name(x)
+        if not _is_float(x) or dtype != self.input_spec["dtype"]:
+            raise ShapeError(
+                f"input dtype mismatch: expected {self.input_spec['dtype']}, got {dtype}"
+            )
+        return kind
+
+    # ------------------------------------------------------------ artifacts
+    def save(self, directory: str | Path) -> Path:
+        """Write an artifact directory: ``ir/`` (graph + weights), ``snncc.json``, ``source/``.
+
+        ``snncc.load(directory)`` lowers the saved IR again with the same
+        backend and options; the files under ``source/`` are for reading,
+        diffing and shipping.
+        """
+        from snncc import __version__
+        from snncc.ir import serde
+
+        out = Path(directory)
+        try:
+            json.dumps(self.options)
+        except TypeError as exc:
+            raise UnsupportedError(
+                f"cannot save: backend options must be JSON values to go into {MANIFEST}; "
+                f"got {self.options!r} ({exc})"
+            ) from None
+        files = self.files()
+        for name in files:
+            _check_relative(name)
+        out.mkdir(parents=True, exist_ok=True)
+        graph = self.ir.copy()
+        # Weights as the program holds them now, so in-place updates are saved too.
+        graph.params.update({k: v for k, v in self.params.items() if k in graph.params})
+        serde.save(graph, out / IR_DIR)
+        for name, text in files.items():
+            path = out / SOURCE_DIR / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        manifest = {
+            "format": "snncc-artifact",
+            "format_version": ARTIFACT_FORMAT,
+            "snncc_version": __version__,
+            "backend": self._backend_name,
+            "options": self.options,
+            "input": self.input_spec,
+            "ir": IR_DIR,
+            "source": sorted(f"{SOURCE_DIR}/{name}" for name in files),
+        }
+        (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+        return out
+
+    def __repr__(self) -> str:
+        shape = _shape_str(["T", *self.input_spec["shape"]])
+        return (
+            f"<snncc.CompiledModel backend={self._backend_name!r} input={shape} "
+            f"{self.input_spec['dtype']}, {len(self.ir)} IR nodes>"
+        )
+
+
+def _check_relative(name: str) -> None:
+    """Generated file names must stay inside the artifact's source/ folder."""
+    p = PurePosixPath(name)
+    if p.is_absolute() or ".." in p.parts or not p.parts:
+        raise UnsupportedError(f"generated file name {name!r} would leave the artifact directory")
+
+
+# ------------------------------------------------------------------ entry points
+def compile(  # noqa: A001 - the public name is snncc.compile, by design
+    model: Any,
+    example_input: Any,
+    backend: str = "reference",
+    dump_ir: str | Path | None = None,
+    **options: Any,
+) -> CompiledModel:
+    """Compile ``model`` for ``backend``, tracing it with ``example_input`` [T, B, ...].
+
+    ``dump_ir``: a directory that receives the IR after each pass
+    (``NN_<pass>.txt``). ``options`` go to the backend's ``lower``.
+    """
+    from snncc import backends
+    from snncc.frontend import trace
+    from snncc.ir.passes import run_pipeline
+
+    example = _check_example_input(example_input)
+    be = backends.get(backend)  # unknown names fail before the (slower) trace
+    _check_model_dtype(model, example)
+    graph = trace(model, example)
+    graph = run_pipeline(graph, be.pipeline, dump_dir=dump_ir)
+    program = be.lower(graph, **options)
+    spec = {"shape": ["B", *example.shape[2:]], "dtype": _dtype_name(example)}
+    return CompiledModel(program, backend, spec, options)
+
+
+def load(directory: str | Path) -> CompiledModel:
+    """Load an artifact written by :meth:`CompiledModel.save` and lower it again."""
+    from snncc import backends
+    from snncc.ir import serde
+
+    root = Path(directory)
+    if not root.is_dir():
+        raise CheckpointError(f"artifact directory {root} does not exist")
+    manifest = _read_manifest(root / MANIFEST)
+    be = backends.get(manifest["backend"])
+    ir_dir = root / manifest["ir"]
+    try:
+        graph = serde.load(ir_dir)
+    except SnnccError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"cannot read the IR in {ir_dir}: {exc}") from None
+    program = be.lower(graph, **manifest["options"])
+    return CompiledModel(program, manifest["backend"], manifest["input"], manifest["options"])
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """Parse and check snncc.json; every problem is a CheckpointError naming the file."""
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing: not an snncc artifact directory")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != "snncc-artifact":
+        raise CheckpointError(f"{path} is not an snncc artifact manifest")
+    if manifest.get("format_version") != ARTIFACT_FORMAT:
+        raise CheckpointError(
+            f"{path} has artifact format {manifest.get('format_version')!r}; this snncc "
+            f"reads format {ARTIFACT_FORMAT}"
+        )
+    checks = {
+        "backend": str,
+        "options": dict,
+        "ir": str,
+        "input": dict,
+    }
+    for key, typ in checks.items():
+        if not isinstance(manifest.get(key), typ):
+            raise CheckpointError(f"{path}: field {key!r} is missing or not a {typ.__name__}")
+    spec = manifest["input"]
+    if not isinstance(spec.get("shape"), list) or not isinstance(spec.get("dtype"), str):
+        raise CheckpointError(f"{path}: field 'input' needs a 'shape' list and a 'dtype' string")
+    ir = PurePosixPath(manifest["ir"])
+    if ir.is_absolute() or ".." in ir.parts:
+        raise CheckpointError(f"{path}: field 'ir' must name a folder inside the artifact")
+    return manifest

@@ -1,0 +1,449 @@
+"""The ``snncc`` command line: compile, ir, run, example.
+
+Every failure snncc knows about (:class:`~snncc.errors.SnnccError`) is printed
+as one line, ``snncc: error: ...``, with exit status 2 -- the same shape as
+argparse's own usage errors -- because a traceback tells a user of a
+*compiler* nothing they can act on. Heavy imports (torch, jax) happen inside
+the commands so ``snncc --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from snncc.errors import CheckpointError, SnnccError
+
+FORMATS = ("text", "json", "dot")
+
+
+class UsageError(SnnccError, ValueError):
+    """A model spec, file or argument the CLI cannot use (named in the message)."""
+
+
+# ------------------------------------------------------------------ helpers
+def parse_input_shape(text: str) -> tuple[int, ...]:
+    """``"8,1,64"`` -> (8, 1, 64): time-major [T, B, ...], every size a positive integer."""
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        dims = tuple(int(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a comma-separated list of integers, e.g. 8,1,64 for [T, B, features]"
+        ) from None
+    if len(dims) < 3:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} has {len(dims)} dimension(s); need time-major T,B,... with at least 3, "
+            "e.g. 8,1,64"
+        )
+    if any(d < 1 for d in dims):
+        raise argparse.ArgumentTypeError(f"{text!r}: every dimension must be >= 1")
+    return dims
+
+
+def load_factory(spec: str) -> Callable[[], Any]:
+    """Resolve ``path/file.py:factory`` or ``package.module:factory`` to the factory callable."""
+    target, sep, attr = spec.rpartition(":")
+    if not sep or not target:
+        raise UsageError(
+            f"model spec {spec!r} must be 'path/file.py:factory' or 'package.module:factory'"
+        )
+    if not attr.isidentifier():
+        raise UsageError(f"model spec {spec!r}: factory name {attr!r} is not a Python identifier")
+    if target.endswith(".py") or "/" in target or "\\" in target:
+        module = _import_file(Path(target))
+        where = str(target)
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ModuleNotFoundError as exc:
+            raise UsageError(
+                f"model spec {spec!r}: cannot import module {target!r} ({exc})"
+            ) from None
+        where = f"module {target}"
+    factory = getattr(module, attr, None)
+    if factory is None:
+        raise UsageError(f"model spec {spec!r}: {where} has no attribute {attr!r}")
+    if not callable(factory):
+        raise UsageError(f"model spec {spec!r}: {where}:{attr} is not callable")
+    return factory
+
+
+def _import_file(path: Path) -> Any:
+    """Execute a Python file as a fresh module; its folder is importable while it runs."""
+    if not path.is_file():
+        raise UsageError(f"model file {path} does not exist")
+    name = "_snncc_user_" + "".join(c if c.isalnum() else "_" for c in path.stem)
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise UsageError(f"model file {path} cannot be loaded as a Python module")
+    module = importlib.util.module_from_spec(module_spec)
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)
+    try:
+        module_spec.loader.exec_module(module)
+    except SnnccError:
+        raise
+    except Exception as exc:  # the user's file: report it in one line, naming the file
+        raise UsageError(f"importing {path} failed: {type(exc).__name__}: {exc}") from None
+    finally:
+        sys.path.remove(folder)
+    return module
+
+
+def build_model(spec: str, weights: str | None = None) -> Any:
+    """Call the spec's factory, check it gives an nn.Module, load weights, switch to eval mode."""
+    from torch import nn
+
+    factory = load_factory(spec)
+    try:
+        model = factory()
+    except SnnccError:
+        raise
+    except Exception as exc:
+        raise UsageError(f"calling {spec} failed: {type(exc).__name__}: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"{spec} returned {type(model).__name__}, expected a torch.nn.Module")
+    if weights is not None:
+        load_weights(model, Path(weights))
+    return model.eval()
+
+
+def load_weights(model: Any, path: Path) -> None:
+    """Load a state_dict (.pt via torch.load(weights_only=True), or .safetensors) strictly."""
+    import torch
+
+    if not path.is_file():
+        raise CheckpointError(f"weights file {path} does not exist")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt file, pickle with code, wrong format: all one message
+        raise CheckpointError(
+            f"cannot read weights file {path}: {type(exc).__name__}: {exc}"
+        ) from None
+    if not isinstance(state, Mapping) or not all(
+        isinstance(v, torch.Tensor) for v in state.values()
+    ):
+        raise CheckpointError(
+            f"weights file {path} does not hold a state_dict (a mapping of names to tensors)"
+        )
+    problems = _state_dict_mismatch(model.state_dict(), state)
+    if problems:
+        raise CheckpointError(f"weights file {path} does not fit the model: {problems}")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"weights file {path} does not fit the model: {exc}") from None
+
+
+def _state_dict_mismatch(expected: Mapping[str, Any], got: Mapping[str, Any]) -> str:
+    """Missing keys, unexpected keys and shape mismatches, in one line ('' if it fits)."""
+    parts = []
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    if missing:
+        parts.append("missing keys " + ", ".join(missing))
+    if unexpected:
+        parts.append("unexpected keys " + ", ".join(unexpected))
+    for key in sorted(set(expected) & set(got)):
+        want, have = tuple(expected[key].shape), tuple(got[key].shape)
+        if want != have:
+            parts.append(f"{key} has shape {list(have)} in the file, the model needs {list(want)}")
+    return "; ".join(parts)
+
+
+def example_input(shape: tuple[int, ...]) -> Any:
+    """The tracing input: float32 uniform [0, 1), seeded so runs are repeatable."""
+    import torch
+
+    return torch.rand(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float32)
+
+
+def format_ir(graph: Any, fmt: str) -> str:
+    """The graph as text (the numbered printer), JSON (node-link, as saved) or Graphviz dot."""
+    if fmt == "text":
+        from snncc.ir.printer import format_graph
+
+        return format_graph(graph)
+    if fmt == "json":
+        from snncc.ir.serde import to_json
+
+        return to_json(graph)
+    from snncc.ir.dot import to_dot
+
+    return to_dot(graph)
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms"
+
+
+def _best_of(fn: Callable[[], Any], repeat: int = 3) -> tuple[Any, float]:
+    """Run ``fn`` ``repeat`` times; return the last result and the fastest wall time."""
+    best, out = float("inf"), None
+    for _ in range(repeat):
+        start = time.perf_counter()
+        out = fn()
+        best = min(best, time.perf_counter() - start)
+    return out, best
+
+
+# ----------------------------------------------------------------- commands
+def cmd_compile(args: argparse.Namespace) -> int:
+    import snncc
+
+    model = build_model(args.spec, args.weights)
+    start = time.perf_counter()
+    cm = snncc.compile(
+        model, example_input(args.input_shape), backend=args.backend, dump_ir=args.dump_ir
+    )
+    elapsed = time.perf_counter() - start
+    out = cm.save(args.output)
+    groups = len(cm.ir.meta.get("groups", []))
+    print(
+        f"compiled {args.spec} for backend {cm.backend} in {elapsed:.2f} s: "
+        f"{len(cm.ir)} IR nodes, {groups} groups, {len(cm.params)} weight arrays"
+    )
+    print(f"wrote {out}/ (snncc.json, ir/, source/: {', '.join(sorted(cm.files()))})")
+    return 0
+
+
+def cmd_ir(args: argparse.Namespace) -> int:
+    from snncc import backends
+    from snncc.frontend import trace
+    from snncc.ir.passes import run_pipeline
+
+    backend = backends.get(args.backend)
+    model = build_model(args.spec)
+    graph = trace(model, example_input(args.input_shape))
+    graph = run_pipeline(graph, backend.pipeline, dump_dir=args.dump_ir)
+    text = format_ir(graph, args.format)
+    print(text, end="" if text.endswith("\n") else "\n")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    import snncc
+
+    cm = snncc.load(args.artifact)
+    path = Path(args.input)
+    if not path.is_file():
+        raise UsageError(f"input file {path} does not exist")
+    try:
+        x = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise UsageError(f"cannot read input file {path} as .npy: {exc}") from None
+    if not isinstance(x, np.ndarray):
+        raise UsageError(f"input file {path} holds several arrays; save one array with numpy.save")
+    start = time.perf_counter()
+    y = cm(x)
+    elapsed = time.perf_counter() - start
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(y, (tuple, list)):
+        if out.suffix != ".npz":
+            raise UsageError(f"this model has {len(y)} outputs: give an output file ending in .npz")
+        np.savez(out, **{f"output{i}": v for i, v in enumerate(y)})
+        shapes = ", ".join(f"output{i} {list(v.shape)}" for i, v in enumerate(y))
+    else:
+        with out.open("wb") as fh:  # open ourselves so numpy does not append ".npy"
+            np.save(fh, y)
+        shapes = f"{list(y.shape)} {y.dtype}"
+    print(f"ran {args.artifact} ({cm.backend}) on {path} {list(x.shape)} in {_ms(elapsed)}")
+    print(f"wrote {out}: {shapes}")
+    return 0
+
+
+def cmd_example(args: argparse.Namespace) -> int:
+    import numpy as np
+    import torch
+
+    import snncc
+    from snncc.examples import digits
+
+    model = digits.load_pretrained()
+    images, labels = digits.test_split()
+    x = digits.encode(images)
+    eager, t_eager = _best_of(lambda: digits.run_eager(model, images))
+    start = time.perf_counter()
+    cm = snncc.compile(model, x[:, :1], backend=args.backend)
+    t_compile = time.perf_counter() - start
+    with torch.no_grad():  # inference, as the eager run: no autograd graph for torch backends
+        start = time.perf_counter()
+        compiled = cm(x)  # the first call includes any JIT compilation
+        t_first = time.perf_counter() - start
+        compiled, t_run = _best_of(lambda: cm(x))
+    eager_np = eager.numpy()
+    compiled_np = np.asarray(compiled.detach() if hasattr(compiled, "detach") else compiled)
+    differ = int((eager_np != compiled_np).sum())
+    name = f"compiled ({cm.backend})"
+    print(
+        f"snncc example: SpikingJelly LIF MLP {digits.N_IN}-{digits.N_HIDDEN}-{digits.N_OUT} "
+        f"trained on scikit-learn digits, T={digits.T}, {len(labels)} test digits"
+    )
+    print(
+        f"  {'eager (SpikingJelly)':22s} accuracy {digits.accuracy(eager_np, labels):.4f}  "
+        f"run {_ms(t_eager)}"
+    )
+    print(
+        f"  {name:22s} accuracy {digits.accuracy(compiled_np, labels):.4f}  "
+        f"run {_ms(t_run)} (first call {_ms(t_first)}), compile {t_compile:.2f} s"
+    )
+    print(f"  output spikes that differ: {differ} of {eager_np.size}")
+    print("  (run times: best of 3, this machine's CPU)")
+    return 0
+
+
+# ------------------------------------------------------------------- parser
+_COMPILE_EPILOG = """\
+example:
+  snncc compile snncc.examples.digits:load_pretrained --input-shape 8,1,64 -o out/digits
+  # your own model file, trained weights, the jax backend, every pass's IR dumped:
+  snncc compile my_model.py:make_model --backend jax --input-shape 16,1,2,34,34 \\
+      --weights ckpt.pt -o out/mine --dump-ir out/mine-ir
+
+SPEC is path/file.py:factory or package.module:factory; the factory takes no
+arguments and returns a torch.nn.Module (put in eval mode before tracing).
+--weights: a state_dict saved with torch.save (read with weights_only=True) or
+a .safetensors file; it must fit the model exactly.
+"""
+
+_IR_EPILOG = """\
+example:
+  snncc ir snncc.examples.digits:digits_snn --input-shape 8,1,64 --format text
+  snncc ir snncc.examples.digits:digits_snn --input-shape 8,1,64 --format dot | dot -Tsvg > ir.svg
+"""
+
+_RUN_EPILOG = """\
+example:
+  snncc compile snncc.examples.digits:load_pretrained --input-shape 8,1,64 -o out/digits
+  python -c "import numpy as np; np.save('x.npy', np.random.rand(8, 4, 64).astype('float32'))"
+  snncc run out/digits --input x.npy -o y.npy
+
+The input is time-major [T, B, ...] float32 with the per-step shape the model was
+compiled for (T and B may differ from the compile-time shape).
+"""
+
+_EXAMPLE_EPILOG = """\
+example:
+  snncc example
+  snncc example --backend jax
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from snncc import __version__
+
+    backends = ("reference", "jax")  # the registry's names; kept literal so --help needs no import
+    parser = argparse.ArgumentParser(
+        prog="snncc",
+        description="snncc: compile spiking neural networks (PyTorch / SpikingJelly) into "
+        "fused, time-major programs.",
+        epilog="Run 'snncc COMMAND --help' for a working example of each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"snncc {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    raw = argparse.RawDescriptionHelpFormatter
+
+    p = sub.add_parser(
+        "compile",
+        help="compile a model into an artifact directory",
+        epilog=_COMPILE_EPILOG,
+        formatter_class=raw,
+    )
+    p.add_argument("spec", metavar="SPEC", help="path/file.py:factory or package.module:factory")
+    p.add_argument(
+        "--backend", default="reference", help=f"one of {', '.join(backends)} (default: reference)"
+    )
+    p.add_argument(
+        "--input-shape",
+        required=True,
+        type=parse_input_shape,
+        metavar="T,B,...",
+        help="shape of the example input used for tracing, time-major",
+    )
+    p.add_argument(
+        "--weights", metavar="FILE", help="state_dict (.pt / .safetensors) to load first"
+    )
+    p.add_argument(
+        "-o", "--output", required=True, metavar="DIR", help="artifact directory to write"
+    )
+    p.add_argument("--dump-ir", metavar="DIR", help="write the IR after each pass into DIR")
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser(
+        "ir", help="print a model's scheduled IR", epilog=_IR_EPILOG, formatter_class=raw
+    )
+    p.add_argument("spec", metavar="SPEC", help="path/file.py:factory or package.module:factory")
+    p.add_argument(
+        "--input-shape",
+        required=True,
+        type=parse_input_shape,
+        metavar="T,B,...",
+        help="shape of the example input used for tracing, time-major",
+    )
+    p.add_argument(
+        "--format", choices=FORMATS, default="text", help="output format (default: text)"
+    )
+    p.add_argument(
+        "--backend", default="reference", help="whose pass pipeline to run (default: reference)"
+    )
+    p.add_argument("--dump-ir", metavar="DIR", help="write the IR after each pass into DIR")
+    p.set_defaults(func=cmd_ir)
+
+    p = sub.add_parser(
+        "run",
+        help="run a compiled artifact on a .npy input",
+        epilog=_RUN_EPILOG,
+        formatter_class=raw,
+    )
+    p.add_argument("artifact", metavar="DIR", help="artifact directory written by 'snncc compile'")
+    p.add_argument("--input", required=True, metavar="X.npy", help="input array [T, B, ...]")
+    p.add_argument(
+        "-o", "--output", required=True, metavar="Y.npy", help="where to save the output"
+    )
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "example",
+        help="compile the bundled trained digits SNN and compare accuracy with eager",
+        epilog=_EXAMPLE_EPILOG,
+        formatter_class=raw,
+    )
+    p.add_argument(
+        "--backend", default="reference", help=f"one of {', '.join(backends)} (default: reference)"
+    )
+    p.set_defaults(func=cmd_example)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``snncc`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except SnnccError as exc:
+        message = " ".join(str(exc).split())  # one line, whatever the raiser formatted
+        print(f"snncc: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,202 @@
+"""snncc.compile / CompiledModel / snncc.load: behaviour users rely on.
+
+Every check compares real outputs with SpikingJelly's own eager run (reference
+backend: exactly; jax: within the project's spike tolerance).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from spikingjelly.activation_based import functional, layer, neuron, surrogate
+
+import snncc
+
+T, B, N_IN, N_HID, N_OUT = 6, 3, 16, 24, 5
+JAX_SPIKE_TOL = 1e-4  # share of spikes that may differ on the jax backend
+
+
+def make_model() -> torch.nn.Sequential:
+    """A small SpikingJelly multi-step MLP with two LIF layers, seeded weights."""
+    torch.manual_seed(1)
+    model = torch.nn.Sequential(
+        layer.Linear(N_IN, N_HID, step_mode="m"),
+        neuron.LIFNode(tau=2.0, surrogate_function=surrogate.ATan(), step_mode="m"),
+        layer.Linear(N_HID, N_OUT, step_mode="m"),
+        neuron.LIFNode(tau=2.0, surrogate_function=surrogate.ATan(), step_mode="m"),
+    ).eval()
+    with torch.no_grad():  # stronger weights, so both layers fire 15-30% of the time
+        model[0].weight.mul_(3.0)
+        model[2].weight.mul_(3.0)
+        model[2].bias.add_(1.5)
+    return model
+
+
+def make_input(t: int = T, b: int = B, seed: int = 0) -> torch.Tensor:
+    """Inputs in [0, 3): strong enough that both layers fire."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(t, b, N_IN, generator=g) * 3.0
+
+
+def eager(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    functional.reset_net(model)
+    with torch.no_grad():
+        y = model(x)
+    functional.reset_net(model)
+    return y
+
+
+@pytest.fixture(scope="module")
+def model() -> torch.nn.Sequential:
+    return make_model()
+
+
+@pytest.fixture(scope="module")
+def cm(model):
+    return snncc.compile(model, make_input(), backend="reference")
+
+
+@pytest.fixture(scope="module")
+def cm_jax(model):
+    pytest.importorskip("jax")
+    return snncc.compile(model, make_input(), backend="jax")
+
+
+def test_reference_matches_spikingjelly_and_fires(model, cm):
+    x = make_input(seed=3)
+    y = cm(x)
+    want = eager(model, x)
+    assert isinstance(y, torch.Tensor)
+    assert y.shape == (T, B, N_OUT)
+    assert 0 < want.sum() < want.numel()  # the comparison means something
+    assert torch.equal(y, want)
+
+
+def test_numpy_in_numpy_out(model, cm):
+    x = make_input(seed=4)
+    y = cm(x.numpy())
+    assert isinstance(y, np.ndarray)
+    np.testing.assert_array_equal(y, eager(model, x).numpy())
+
+
+def test_batch_and_time_may_differ_from_example(model, cm):
+    x = make_input(t=9, b=7, seed=5)
+    assert torch.equal(cm(x), eager(model, x))
+
+
+def test_call_starts_from_fresh_state(cm):
+    x = make_input(seed=6)
+    assert torch.equal(cm(x), cm(x))
+
+
+def test_run_in_chunks_equals_one_call(cm):
+    x = make_input(t=10, seed=7)
+    whole, _ = cm.run(x)
+    first, state = cm.run(x[:4])
+    second, _ = cm.run(x[4:], state)
+    assert torch.equal(torch.cat([first, second]), whole)
+    # ... and a fresh run of the second chunk differs, so the state really carried over
+    assert not torch.equal(cm(x[4:]), whole[4:])
+
+
+def test_properties(model, cm):
+    assert cm.backend == "reference"
+    from snncc.ir.graph import Graph
+
+    assert isinstance(cm.ir, Graph)
+    assert cm.ir.meta.get("groups"), "the reference pipeline ends with temporal fusion"
+    assert isinstance(cm.source, str) and cm.source
+    assert cm.input_spec == {"shape": ["B", N_IN], "dtype": "float32"}
+    assert "reference" in repr(cm)
+
+
+def test_params_keyed_by_state_dict_names(model, cm):
+    used = {name for n in cm.ir.nx.nodes for name in cm.ir.node(n)["params"].values()}
+    state = model.state_dict()
+    assert set(cm.params) == used == set(state)  # the MLP uses every state_dict entry
+    for name, value in cm.params.items():
+        assert isinstance(value, np.ndarray)
+        np.testing.assert_array_equal(value, state[name].numpy())
+
+
+def test_save_load_round_trip(tmp_path, cm):
+    out = cm.save(tmp_path / "art")
+    manifest = json.loads((out / "snncc.json").read_text())
+    assert manifest["backend"] == "reference"
+    assert manifest["snncc_version"] == snncc.__version__
+    assert manifest["input"] == {"shape": ["B", N_IN], "dtype": "float32"}
+    for rel in manifest["source"]:
+        assert (out / rel).is_file()
+    assert sorted(manifest["source"]) == sorted(f"source/{f}" for f in cm.files())
+
+    loaded = snncc.load(out)
+    assert loaded.backend == "reference"
+    x = make_input(t=7, seed=8)
+    assert torch.equal(loaded(x), cm(x))
+    assert set(loaded.params) == set(cm.params)
+    for name in cm.params:
+        np.testing.assert_array_equal(loaded.params[name], cm.params[name])
+
+
+def test_dump_ir_writes_one_file_per_pass(tmp_path, model):
+    dump = tmp_path / "dump"
+    snncc.compile(model, make_input(), dump_ir=dump)
+    names = sorted(p.name for p in dump.iterdir())
+    assert names and names[-1].endswith("temporal_fusion.txt")
+    assert all(n.endswith(".txt") for n in names)
+
+
+def test_trace_is_exported(model):
+    from snncc.ir.graph import Graph
+
+    g = snncc.trace(model, make_input())
+    assert isinstance(g, Graph)
+    assert sum(1 for _ in g.iter_ops("neuron")) == 2
+
+
+def test_jax_backend_types_in_same_type_out(model, cm_jax):
+    import jax
+    import jax.numpy as jnp
+
+    x = make_input(seed=9)
+    want = eager(model, x).numpy()
+    y_torch = cm_jax(x)
+    y_np = cm_jax(x.numpy())
+    y_jax = cm_jax(jnp.asarray(x.numpy()))
+    assert isinstance(y_torch, torch.Tensor)
+    assert isinstance(y_np, np.ndarray)
+    assert isinstance(y_jax, jax.Array)
+    for y in (y_torch.numpy(), y_np, np.asarray(y_jax)):
+        assert np.mean(y != want) <= JAX_SPIKE_TOL
+
+
+def test_jax_chunks_and_round_trip(tmp_path, cm_jax):
+    x = make_input(t=8, seed=10).numpy()
+    whole = cm_jax(x)
+    first, state = cm_jax.run(x[:3])
+    second, _ = cm_jax.run(x[3:], state)
+    np.testing.assert_array_equal(np.concatenate([first, second]), whole)
+    loaded = snncc.load(cm_jax.save(tmp_path / "jax_art"))
+    assert loaded.backend == "jax"
+    np.testing.assert_array_equal(loaded(x), whole)
+
+
+def test_jax_fn_gives_differentiable_function(cm_jax):
+    import jax
+    import jax.numpy as jnp
+
+    x = jnp.asarray(make_input(seed=11).numpy())
+    params = {k: jnp.asarray(v) for k, v in cm_jax.params.items()}
+    y = cm_jax.jax_fn(params, x)
+    np.testing.assert_array_equal(np.asarray(y), np.asarray(cm_jax(x)))
+    grads = jax.grad(lambda p: jnp.sum(cm_jax.jax_fn(p, x)))(params)
+    assert set(grads) == set(params)
+    assert any(float(jnp.abs(g).sum()) > 0 for g in grads.values())
+
+
+def test_jax_fn_on_reference_is_a_clear_error(cm):
+    with pytest.raises(snncc.UnsupportedError, match="backend 'jax'"):
+        cm.jax_fn({}, make_input())
