@@ -1,0 +1,319 @@
+"""Acceptance: SpikingJelly models compiled for the reference backend give EXACTLY SpikingJelly's spikes.
+
+Each test builds a SpikingJelly 2.0 model with random weights (and, for
+BatchNorm, random non-trivial running statistics, in eval mode), runs it with
+SpikingJelly on a random input on the CPU, runs ``snncc.compile(model, x,
+backend="reference")`` on the same input, and requires 0 mismatching
+elements. Multi-step ('m') models are fed [T, B, ...] at once; single-step
+('s') models are run by SpikingJelly one step at a time and compiled as
+applied at every step. Every check also requires the reference output to be
+non-trivial (some spikes, not all), so a model that never fires cannot pass.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import snncc
+
+sj = pytest.importorskip("spikingjelly.activation_based")
+from spikingjelly.activation_based import functional, layer, neuron, surrogate  # noqa: E402
+from spikingjelly.activation_based.model import parametric_lif_net  # noqa: E402
+
+
+# --------------------------------------------------------------------------- helpers
+
+_REPORT: list | None = None
+
+
+def _sj_run(model: nn.Module, x: torch.Tensor, mode: str) -> torch.Tensor:
+    """SpikingJelly's own output on x [T, B, ...] from a fresh state."""
+    functional.reset_net(model)
+    with torch.no_grad():
+        y = model(x) if mode == "m" else torch.stack([model(xt) for xt in x])
+    functional.reset_net(model)
+    return y
+
+
+def _randomise_bn(model: nn.Module, gen: torch.Generator) -> None:
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            with torch.no_grad():
+                m.running_mean.copy_(torch.randn(n, generator=gen) * 0.3)
+                m.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
+                if m.affine:
+                    m.weight.copy_(torch.rand(n, generator=gen) + 0.5)
+                    m.bias.copy_(torch.randn(n, generator=gen) * 0.2)
+
+
+def _randomise(model: nn.Module, seed: int, gain: float = 2.5) -> None:
+    """Weights large enough that neurons fire at moderate rates (default inits barely fire)."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+            fan_in = m.weight[0].numel()
+            with torch.no_grad():
+                m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * gain / fan_in**0.5)
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
+    _randomise_bn(model, gen)
+
+
+def _build(factory, mode: str, seed: int = 0, gain: float = 2.5) -> nn.Module:
+    torch.manual_seed(seed)
+    model = factory()
+    _randomise(model, seed + 1, gain)
+    functional.set_step_mode(model, mode)
+    return model.eval()
+
+
+def _input(shape: tuple[int, ...], seed: int = 1, scale: float = 2.0) -> torch.Tensor:
+    return torch.rand(shape, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+def _assert_exact(model: nn.Module, x: torch.Tensor, mode: str, *, binary: bool = True) -> None:
+    ref = _sj_run(model, x, mode)
+    if _REPORT is not None:
+        _REPORT.append(float(ref.mean()))
+    cm = snncc.compile(model, x, backend="reference")
+    y = cm(x)
+    assert y.shape == ref.shape, (y.shape, ref.shape)
+    assert y.dtype == ref.dtype
+    mismatches = int((y != ref).sum())
+    assert mismatches == 0, f"{mismatches} of {ref.numel()} outputs differ from SpikingJelly"
+    assert ref.abs().sum() > 0, "the reference output is all zero: the test would be vacuous"
+    if binary:
+        assert ref.mean() < 1, "every neuron fires every step: the test would be vacuous"
+    # compiling must not have disturbed the model: SpikingJelly still gives the same output
+    assert torch.equal(_sj_run(model, x, mode), ref)
+
+
+# --------------------------------------------------------------------------- neurons in MLPs
+
+NEURONS = {
+    "if_hard": lambda: neuron.IFNode(),
+    "if_soft": lambda: neuron.IFNode(v_reset=None),
+    "if_thr": lambda: neuron.IFNode(v_threshold=0.5, v_reset=-0.1, detach_reset=True),
+    "lif_decay_hard": lambda: neuron.LIFNode(tau=2.0, decay_input=True),
+    "lif_decay_soft": lambda: neuron.LIFNode(tau=3.0, decay_input=True, v_reset=None),
+    "lif_nodecay_hard": lambda: neuron.LIFNode(tau=2.0, decay_input=False),
+    "lif_nodecay_soft": lambda: neuron.LIFNode(
+        tau=1.5, decay_input=False, v_reset=None, surrogate_function=surrogate.ATan()
+    ),
+    "lif_reset_value": lambda: neuron.LIFNode(tau=4.0, v_threshold=0.8, v_reset=0.2),
+    "plif_decay_hard": lambda: neuron.ParametricLIFNode(init_tau=2.0),
+    "plif_decay_soft": lambda: neuron.ParametricLIFNode(init_tau=3.0, v_reset=None),
+    "plif_nodecay": lambda: neuron.ParametricLIFNode(init_tau=2.5, decay_input=False),
+}
+
+
+def _mlp(make_neuron):
+    return lambda: nn.Sequential(
+        layer.Linear(12, 32), make_neuron(), layer.Linear(32, 10), make_neuron()
+    )
+
+
+@pytest.mark.parametrize("mode", ["m", "s"])
+@pytest.mark.parametrize("kind", sorted(NEURONS))
+def test_mlp_neurons(kind: str, mode: str) -> None:
+    model = _build(_mlp(NEURONS[kind]), mode)
+    _assert_exact(model, _input((8, 3, 12)), mode)
+
+
+@pytest.mark.parametrize("T", [1, 4, 64])
+@pytest.mark.parametrize("mode", ["m", "s"])
+def test_mlp_time_lengths(T: int, mode: str) -> None:
+    model = _build(_mlp(NEURONS["lif_decay_hard"]), mode)
+    x = _input((T, 2, 12), scale=3.0)
+    if T == 1:  # one step: only the first layer's drive decides; make it fire surely
+        x = x + 1.0
+    _assert_exact(model, x, mode)
+
+
+def test_plif_trained_w() -> None:
+    """A PLIF whose w moved away from its init (as after training) uses the stored w."""
+    model = _build(_mlp(NEURONS["plif_decay_hard"]), "m")
+    with torch.no_grad():
+        model[1].w.fill_(0.7)
+        model[3].w.fill_(-1.3)
+    _assert_exact(model, _input((6, 2, 12)), "m")
+
+
+# --------------------------------------------------------------------------- conv nets
+
+
+def _convnet():
+    return nn.Sequential(
+        layer.Conv2d(2, 6, 3, padding=1, bias=False),
+        layer.BatchNorm2d(6),
+        neuron.LIFNode(tau=2.0),
+        layer.MaxPool2d(2, 2),
+        layer.Conv2d(6, 8, 3, padding=1),
+        layer.BatchNorm2d(8),
+        neuron.IFNode(v_reset=None),
+        layer.AvgPool2d(2),
+        layer.Flatten(),
+        layer.Dropout(0.5),
+        layer.Linear(8 * 2 * 2, 20),
+        neuron.ParametricLIFNode(init_tau=2.0, surrogate_function=surrogate.ATan()),
+        layer.VotingLayer(10),
+    )
+
+
+@pytest.mark.parametrize("T", [1, 4, 64])
+@pytest.mark.parametrize("mode", ["m", "s"])
+def test_convnet(mode: str, T: int) -> None:
+    # one step through three neuron layers (two of them halving their input) needs a stronger drive
+    model = _build(_convnet, mode, seed=3, gain=2.5 if T > 1 else 8.0)
+    B = 2 if T < 64 else 1
+    _assert_exact(model, _input((T, B, 2, 8, 8), scale=3.0), mode, binary=False)
+
+
+def _adaptive_net():
+    return nn.Sequential(
+        layer.Conv2d(1, 4, 3, stride=2),
+        neuron.LIFNode(decay_input=False),
+        layer.AdaptiveAvgPool2d((2, 2)),
+        layer.Flatten(),
+        layer.Linear(16, 6),
+        neuron.IFNode(),
+    )
+
+
+@pytest.mark.parametrize("mode", ["m", "s"])
+def test_adaptive_avgpool(mode: str) -> None:
+    model = _build(_adaptive_net, mode, seed=5)
+    _assert_exact(model, _input((5, 2, 1, 9, 9), scale=3.0), mode)
+
+
+def _conv1d_bn1d_net():
+    return nn.Sequential(
+        layer.Conv1d(3, 5, 3, padding=1),
+        layer.BatchNorm1d(5),
+        neuron.LIFNode(),
+        layer.Flatten(),
+        layer.Linear(5 * 7, 8),
+        layer.BatchNorm1d(8),
+        neuron.IFNode(v_reset=None),
+    )
+
+
+@pytest.mark.parametrize("mode", ["m", "s"])
+def test_conv1d_batchnorm1d(mode: str) -> None:
+    model = _build(_conv1d_bn1d_net, mode, seed=7)
+    _assert_exact(model, _input((6, 3, 3, 7), scale=3.0), mode)
+
+
+# --------------------------------------------------------------------------- residual, functions
+
+
+class ResidualNet(nn.Module):
+    """A spiking residual block (SEW-style ADD) plus scale/mul/cat/flatten/view in forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = layer.Conv2d(2, 4, 3, padding=1)
+        self.sn0 = neuron.IFNode()
+        self.conv = layer.Conv2d(4, 4, 3, padding=1)
+        self.bn = layer.BatchNorm2d(4)
+        self.sn1 = neuron.LIFNode(v_reset=None)
+        self.fc = layer.Linear(4 * 6 * 6 * 2, 10)
+        self.sn2 = neuron.LIFNode(decay_input=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.sn0(self.stem(x))
+        r = self.sn1(self.bn(self.conv(s)))
+        y = s + r  # residual add of spike maps
+        y = torch.cat([y * 0.5, s * r], dim=-3)  # scale, mul, cat over channels
+        if self.sn0.step_mode == "m":
+            y = y.flatten(2)
+        else:
+            y = torch.flatten(y, 1)
+        return self.sn2(self.fc(y) / 0.75)
+
+
+@pytest.mark.parametrize("mode", ["m", "s"])
+def test_residual_and_functions(mode: str) -> None:
+    model = _build(ResidualNet, mode, seed=11)
+    _assert_exact(model, _input((6, 2, 2, 6, 6), scale=2.5), mode)
+
+
+class ViewNet(nn.Module):
+    """Multi-step model that reshapes with view/reshape keeping [T, B] in front."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = layer.Linear(12, 24, step_mode="m")
+        self.sn1 = neuron.LIFNode(step_mode="m")
+        self.fc2 = layer.Linear(24, 6, step_mode="m")
+        self.sn2 = neuron.IFNode(step_mode="m")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        T, B = x.shape[0], x.shape[1]
+        h = self.sn1(self.fc1(x.reshape(T, B, -1)))
+        h = h.view(T, B, 4, 6).view(T, B, 24)
+        return self.sn2(self.fc2(h))
+
+
+def test_view_reshape_multistep() -> None:
+    torch.manual_seed(13)
+    model = ViewNet().eval()
+    _randomise(model, 14)
+    _assert_exact(model, _input((7, 3, 3, 4), scale=2.0), "m")
+
+
+# --------------------------------------------------------------------------- containers
+
+
+def _container_net():
+    return nn.Sequential(
+        layer.SeqToANNContainer(
+            nn.Conv2d(1, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), nn.MaxPool2d(2)
+        ),
+        neuron.LIFNode(step_mode="m"),
+        layer.SeqToANNContainer(nn.Flatten(), nn.Linear(4 * 4 * 4, 12)),
+        layer.MultiStepContainer(neuron.IFNode(v_reset=None)),
+        layer.SeqToANNContainer(nn.Linear(12, 20)),
+        neuron.ParametricLIFNode(step_mode="m"),
+        layer.VotingLayer(10, step_mode="m"),
+    )
+
+
+def test_containers() -> None:
+    torch.manual_seed(17)
+    model = _container_net()
+    _randomise(model, 18)
+    model.eval()
+    _assert_exact(model, _input((6, 2, 1, 8, 8), scale=3.0), "m", binary=False)
+
+
+def test_step_mode_container() -> None:
+    torch.manual_seed(19)
+    model = nn.Sequential(
+        layer.StepModeContainer(False, "m", nn.Linear(10, 16), nn.BatchNorm1d(16)),
+        layer.StepModeContainer(True, "m", neuron.LIFNode()),
+        layer.StepModeContainer(False, "m", nn.Linear(16, 4)),
+        neuron.IFNode(step_mode="m"),
+    )
+    _randomise(model, 20)
+    model.eval()
+    _assert_exact(model, _input((5, 3, 10), scale=3.0), "m")
+
+
+# --------------------------------------------------------------------------- model zoo
+
+
+@pytest.mark.parametrize("mode", ["m", "s"])
+def test_parametric_lif_mnistnet(mode: str) -> None:
+    """SpikingJelly's own MNISTNet (PLIF paper), at 4 channels."""
+
+    def factory():
+        return parametric_lif_net.MNISTNet(
+            channels=4, spiking_neuron=neuron.ParametricLIFNode, surrogate_function=surrogate.ATan()
+        )
+
+    model = _build(factory, mode, seed=23)
+    _assert_exact(model, _input((4, 2, 1, 28, 28), scale=3.0), mode, binary=False)
