@@ -183,7 +183,9 @@ class ReferenceProgram:
         lines = ["# reference backend schedule (torch eager):"]
         for i, unit in enumerate(self._units):
             ids = " ".join(f"%{n}" for n in unit)
-            if unit[0] in self._recurrent:
+            if self.graph.op(unit[0]) in ("input", "output"):
+                kind = self.graph.op(unit[0])
+            elif unit[0] in self._recurrent:
                 kind = "recurrent, step by step"
             elif self.graph.op(unit[0]) == "neuron":
                 kind = "neuron, loop over t"
