@@ -187,7 +187,8 @@ def save(graph: Graph, directory: str | os.PathLike[str], *, fmt: str = "safeten
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
     text = to_json(graph)
-    arrays = {k: np.ascontiguousarray(v) for k, v in graph.params.items()}
+    # np.asarray(order="C"), not ascontiguousarray: that one turns 0-d arrays into 1-d
+    arrays = {k: np.asarray(v, order="C") for k, v in graph.params.items()}
     weights = path / (SAFETENSORS_FILE if fmt == "safetensors" else NPZ_FILE)
     tmp = weights.with_name(weights.name + ".tmp")
     _write_weights(tmp, arrays, fmt)
