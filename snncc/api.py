@@ -264,6 +264,7 @@ class CompiledModel:
         for name in files:
             _check_relative(name)
         out.mkdir(parents=True, exist_ok=True)
+        _remove_old_sources(out)
         graph = self.ir.copy()
         # Weights as the program holds them now, so in-place updates are saved too.
         graph.params.update({k: v for k, v in self.params.items() if k in graph.params})
@@ -291,6 +292,22 @@ class CompiledModel:
             f"<snncc.CompiledModel backend={self._backend_name!r} input={shape} "
             f"{self.input_spec['dtype']}, {len(self.ir)} IR nodes>"
         )
+
+
+def _remove_old_sources(out: Path) -> None:
+    """Delete the generated files an earlier save listed, so source/ holds only this program's.
+
+    Only files the old manifest names inside ``source/`` are touched: a user
+    may point ``save`` at a folder that holds other things too.
+    """
+    try:
+        old = json.loads((out / MANIFEST).read_text()).get("source", [])
+    except (OSError, ValueError, AttributeError):
+        return
+    for rel in old if isinstance(old, list) else []:
+        p = PurePosixPath(str(rel))
+        if p.parts[:1] == (SOURCE_DIR,) and ".." not in p.parts and not p.is_absolute():
+            (out / p).unlink(missing_ok=True)
 
 
 def _check_relative(name: str) -> None:

@@ -200,3 +200,17 @@ def test_jax_fn_gives_differentiable_function(cm_jax):
 def test_jax_fn_on_reference_is_a_clear_error(cm):
     with pytest.raises(snncc.UnsupportedError, match="backend 'jax'"):
         cm.jax_fn({}, make_input())
+
+
+def test_save_over_an_older_artifact_leaves_no_stale_sources(tmp_path, cm, cm_jax):
+    out = tmp_path / "art"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's own file")
+    cm.save(out)
+    old_files = {f"source/{name}" for name in cm.files()}
+    cm_jax.save(out)
+    now = {str(p.relative_to(out)) for p in (out / "source").rglob("*") if p.is_file()}
+    assert now == {f"source/{name}" for name in cm_jax.files()}
+    assert old_files and old_files.isdisjoint(now)  # reference and jax file names differ
+    assert (out / "notes.txt").read_text() == "the user's own file"
+    assert snncc.load(out).backend == "jax"
