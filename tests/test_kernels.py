@@ -1,0 +1,286 @@
+"""The fused neuron kernel templates: rendering rules, exact literals, and nvcc compilation.
+
+Every generated CUDA kernel must compile for sm_80 and sm_90 (CI without a
+GPU still has nvcc); the kernels' numerics are checked on the host by
+tests/test_cpu_backend.py, which runs the very same template text.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from snncc.backends.kernels import (
+    NVCC_EXACT_FLAGS,
+    SUPPORTED_CHARGES,
+    SUPPORTED_SURROGATES,
+    f32_literal,
+    neuron_kernel_info,
+    render_neuron_kernels,
+    template_names,
+)
+from snncc.errors import UnsupportedError
+from snncc.ir.neuron import CHARGE_FORMS, NeuronSpec
+
+TAU_FORMS = ("sj_lif_decay_input", "sj_lif", "snncc_li")
+
+
+def make_spec(
+    charge: str,
+    reset: str = "hard",
+    detach: bool = False,
+    output: str = "spike",
+    fire_cmp: str = ">=",
+    surrogate: str = "sigmoid",
+    alpha: float = 4.0,
+    tau: float = 2.0,
+    v_threshold: float = 1.0,
+    v_reset: float = 0.0,
+) -> NeuronSpec:
+    """A spec of one charge form with the given knobs (v_reset None for a soft reset)."""
+    plif = charge in ("sj_plif_decay_input", "sj_plif")
+    return NeuronSpec(
+        model="plif" if plif else ("li" if charge == "snncc_li" else "lif"),
+        charge=charge,
+        tau=tau if charge in TAU_FORMS else None,
+        v_threshold=v_threshold,
+        v_reset=None if reset == "subtract" else v_reset,
+        reset=reset,
+        detach_reset=detach,
+        fire_cmp=fire_cmp,
+        output=output,
+        surrogate=surrogate,
+        alpha=alpha,
+        v_init=0.0 if reset == "subtract" else v_reset,
+        learnable=("w",) if plif else (),
+    )
+
+
+def form_matrix() -> list[tuple[NeuronSpec, list, list, dict]]:
+    """Every charge x reset x detach x output; the remaining knobs cycle through all values."""
+    cases = []
+    prologues = ([], [{"kind": "scale", "op": "div", "value": 3.0}], [{"kind": "add", "port": 1}])
+    epilogues = ([], [{"kind": "add", "port": 2}, {"kind": "scale", "op": "mul", "value": 0.5}])
+    combos = itertools.product(
+        SUPPORTED_CHARGES, ("hard", "subtract", "none"), (False, True), ("spike", "membrane")
+    )
+    for i, (charge, reset, detach, output) in enumerate(combos):
+        spec = make_spec(
+            charge,
+            reset,
+            detach,
+            output,
+            fire_cmp=(">=", ">")[i % 2],
+            surrogate=SUPPORTED_SURROGATES[i % len(SUPPORTED_SURROGATES)],
+            alpha=1.5 + (i % 4),
+        )
+        pro = prologues[i % 3]
+        epi = [dict(s, port=len(pro) + 1) if s["kind"] == "add" else s for s in epilogues[i % 2]]
+        opts = {"recompute": i % 4 >= 2}
+        if output == "spike" and not epi and i % 5 == 0:
+            opts["spike_dtype"] = "uint8"
+        cases.append((spec, pro, epi, opts))
+    return cases
+
+
+# ----------------------------------------------------------------- literals
+@pytest.mark.parametrize(
+    "value", [0.0, -0.0, 1.0, 2.0, -0.5, 0.1, 1 / 3, 2.0000001, 1e-40, 3.4e38, -7.77]
+)
+def test_f32_literal_round_trips_to_the_fp32_value_torch_uses(value: float) -> None:
+    text = f32_literal(value)
+    assert text.endswith("f") or text.endswith("f)")
+    parsed = (
+        float.fromhex(text.strip("()").rstrip("f")) if "0x" in text else float(text.strip("()f"))
+    )
+    assert np.float32(parsed) == np.float32(value)
+    assert parsed == float(np.float32(value))  # exactly representable: no double rounding
+    if value == 0.0:
+        assert np.signbit(np.float32(parsed)) == np.signbit(value)
+
+
+def test_f32_literal_refuses_non_finite() -> None:
+    with pytest.raises(UnsupportedError, match="not finite"):
+        f32_literal(float("inf"))
+
+
+def test_host_compiler_parses_literals_exactly(tmp_path: Path) -> None:
+    """g++ reads each rendered literal back as exactly float32(value)."""
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no host C++ compiler")
+    values = [0.1, 1 / 3, 2.0000001, -7.77, 1e-40, 0.7, 2.5e-3]
+    body = "".join(f'  std::printf("%a\\n", (double){f32_literal(v)});\n' for v in values)
+    src = tmp_path / "lit.cpp"
+    src.write_text(f"#include <cstdio>\nint main() {{\n{body}  return 0;\n}}\n")
+    exe = tmp_path / "lit"
+    subprocess.run([cxx, "-std=c++17", str(src), "-o", str(exe)], check=True)
+    out = subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.split()
+    assert [float.fromhex(o) for o in out] == [float(np.float32(v)) for v in values]
+
+
+# ---------------------------------------------------------------- rendering
+def test_surrogate_and_charge_tables_cover_the_ir() -> None:
+    from snncc.surrogate import SURROGATE_DEFAULTS
+
+    assert set(SUPPORTED_SURROGATES) == set(SURROGATE_DEFAULTS)
+    assert set(SUPPORTED_CHARGES) == set(CHARGE_FORMS)
+
+
+def test_templates_are_one_kernel_per_file() -> None:
+    names = template_names()
+    assert "neuron_forward.cu.j2" in names and "neuron_backward.cu.j2" in names
+    src = render_neuron_kernels(make_spec("sj_lif_decay_input"), target="cuda")
+    assert len(re.findall(r"SNNCC_KERNEL void ", src)) == 2
+
+
+def test_names_are_hashes_and_no_user_strings_reach_the_code() -> None:
+    spec = make_spec("sj_plif", "subtract")
+    info = neuron_kernel_info(spec)
+    assert re.fullmatch(r"snncc_fwd_[0-9a-f]{16}", info.forward_name)
+    assert re.fullmatch(r"snncc_bwd_[0-9a-f]{16}", info.backward_name)
+    src = render_neuron_kernels(spec, target="cpu")
+    assert info.forward_name in src and info.backward_name in src
+    # different forms, options or fused steps never share a name
+    other = neuron_kernel_info(spec, options={"recompute": True})
+    assert other.tag != info.tag
+    with pytest.raises(UnsupportedError, match="extra"):
+        render_neuron_kernels(spec.replace(extra={"note": '"; system("x"); //'}))
+
+
+def test_same_logic_for_both_targets() -> None:
+    """Everything after the macro layer is the same text for CUDA and CPU."""
+    spec = make_spec("sj_plif_decay_input", "hard", surrogate="atan")
+    steps = ([{"kind": "scale", "op": "mul", "value": 0.25}], [{"kind": "add", "port": 1}])
+    cuda = render_neuron_kernels(spec, *steps, target="cuda")
+    cpu = render_neuron_kernels(spec, *steps, target="cpu")
+    body = lambda s: s[s.index("// ---- neuron ") :]  # noqa: E731
+    assert body(cuda) == body(cpu)
+
+
+@pytest.mark.parametrize(
+    "spec, steps, options, match",
+    [
+        (make_spec("sj_lif").replace(charge="norse_lif"), ((), ()), {}, "no fused kernel"),
+        (make_spec("sj_lif").replace(fire_from="previous"), ((), ()), {}, "fire_from"),
+        (make_spec("sj_lif"), ((), ()), {"unroll": 4}, "unknown neuron kernel option"),
+        (make_spec("sj_lif"), ((), ()), {"spike_dtype": "int8"}, "spike_dtype"),
+        (
+            make_spec("sj_lif"),
+            ((), [{"kind": "scale", "op": "mul", "value": 2.0}]),
+            {"spike_dtype": "uint8"},
+            "uint8",
+        ),
+        (
+            make_spec("snncc_li", "none", output="membrane"),
+            ((), ()),
+            {"spike_dtype": "uint8"},
+            "uint8",
+        ),
+        (make_spec("sj_lif"), ([{"kind": "relu"}], ()), {}, "cannot be fused"),
+        (make_spec("sj_lif"), ([{"kind": "add", "port": 0}], ()), {}, "port >= 1"),
+        (make_spec("sj_lif").replace(surrogate="nope"), ((), ()), {}, "surrogate"),
+        (make_spec("sj_lif").replace(learnable=("tau",)), ((), ()), {}, "learnable"),
+    ],
+)
+def test_unsupported_inputs_are_refused_by_name(spec, steps, options, match) -> None:
+    with pytest.raises(UnsupportedError, match=match):
+        render_neuron_kernels(spec, *steps, target="cuda", options=options)
+
+
+def test_info_describes_the_calling_convention() -> None:
+    pro = [{"kind": "add", "port": 1}, {"kind": "scale", "op": "div", "value": 2.0}]
+    epi = [{"kind": "add", "port": 2}]
+    info = neuron_kernel_info(make_spec("sj_plif_decay_input"), pro, epi, {"recompute": True})
+    assert info.add_ports == (1, 2) and info.n_prologue_adds == 1
+    assert info.recompute and info.backward_reads_x and info.learns_k and info.needs_h
+    names = [a for a, _ in info.forward_args]
+    assert names == ["x", "a0", "a1", "v0", "k", "out", "h_seq", "v_last", "T", "N"]
+    # a non-spiking leaky integrator needs no saved membrane: its backward is linear
+    li = neuron_kernel_info(
+        make_spec("snncc_li", "none", output="membrane"), options={"recompute": True}
+    )
+    assert not li.needs_h and not li.recompute
+
+
+# ------------------------------------------------------------------- nvcc
+NVCC = shutil.which("nvcc")
+
+
+@pytest.fixture(scope="module")
+def matrix_cuda_source() -> str:
+    """All forms of :func:`form_matrix` in one translation unit (units are concatenable)."""
+    return "\n".join(render_neuron_kernels(s, p, e, "cuda", o) for s, p, e, o in form_matrix())
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not found (CUDA toolkit not installed)")
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_every_cuda_kernel_compiles_with_nvcc(
+    arch: str, matrix_cuda_source: str, tmp_path: Path
+) -> None:
+    cu = tmp_path / "kernels.cu"
+    cu.write_text(matrix_cuda_source)
+    cmd = [
+        NVCC,
+        f"-arch={arch}",
+        *NVCC_EXACT_FLAGS,
+        "--Werror",
+        "all-warnings",
+        "-c",
+        str(cu),
+        "-o",
+        str(tmp_path / "k.o"),
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-4000:]
+    n_forms = len(form_matrix())
+    assert matrix_cuda_source.count("SNNCC_KERNEL void ") == 2 * n_forms
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not found (CUDA toolkit not installed)")
+def test_forward_kernels_have_no_fused_multiply_add(
+    matrix_cuda_source: str, tmp_path: Path
+) -> None:
+    """With NVCC_EXACT_FLAGS no forward kernel contracts a*b+c (spikes stay bit-exact).
+
+    Backward kernels may contain fma: CUDA's own expf uses it internally.
+    """
+    cu = tmp_path / "kernels.cu"
+    cu.write_text(matrix_cuda_source)
+    ptx = tmp_path / "k.ptx"
+    cmd = [NVCC, "-arch=sm_90", *NVCC_EXACT_FLAGS, "-ptx", str(cu), "-o", str(ptx)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-4000:]
+    entries = re.split(r"\.entry ", ptx.read_text())[1:]
+    forward = [e for e in entries if e.startswith("snncc_fwd_")]
+    assert len(forward) == len(form_matrix())
+    assert not [e.split("(")[0] for e in forward if "fma." in e]
+    assert all("mul.rn.f32" in e or "mul.f32" not in e for e in forward)
+
+
+@pytest.mark.skipif(NVCC is None, reason="nvcc not found (CUDA toolkit not installed)")
+def test_a_single_unit_compiles_warning_free(tmp_path: Path) -> None:
+    """Helpers a form does not use must not trip --Werror (each unit also stands alone)."""
+    cu = tmp_path / "one.cu"
+    cu.write_text(
+        render_neuron_kernels(make_spec("sj_if", "none", output="membrane"), target="cuda")
+    )
+    cmd = [
+        NVCC,
+        "-arch=sm_80",
+        *NVCC_EXACT_FLAGS,
+        "--Werror",
+        "all-warnings",
+        "-c",
+        str(cu),
+        "-o",
+        str(tmp_path / "o.o"),
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-4000:]
