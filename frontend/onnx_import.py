@@ -30,8 +30,6 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import numpy_helper
-from snncc.ir.graph import Graph
-from snncc.ir.neuron import NeuronSpec
 
 from snncc.errors import CheckpointError, IRError, SnnccError, UnsupportedError
 from snncc.export.onnx import (
@@ -46,6 +44,8 @@ from snncc.export.onnx import (
     decode,
     reexport,
 )
+from snncc.ir.graph import Graph
+from snncc.ir.neuron import NeuronSpec
 
 __all__ = ["from_onnx"]
 

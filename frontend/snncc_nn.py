@@ -7,9 +7,10 @@ state on every forward, so there is nothing to reset and nothing to guess.
 
 from __future__ import annotations
 
+from torch import nn
+
 from snncc.frontend.torch_nn import one_input
 from snncc.frontend.tracer import Call, Framework, register_framework, register_module
-from torch import nn
 
 try:
     from snncc import nn as snn
@@ -21,12 +22,16 @@ def _owns(m: nn.Module) -> bool:
     return type(m).__module__ == "snncc.nn"
 
 
-def _neuron(call: Call, m: nn.Module) -> int:
-    if call.view != "sequence":
-        raise call.unsupported(
+def _problem(m: nn.Module, view: str) -> str | None:
+    if view != "sequence":
+        return (
             "snncc.nn modules run the whole [T, B, ...] sequence themselves; they cannot sit "
             "inside a per-step or SeqToANN container or in a single-step model"
         )
+    return None
+
+
+def _neuron(call: Call, m: nn.Module) -> int:
     spec = m.spec()
     params = {role: call.param(m, role) for role in spec.learnable}
     return call.emit("neuron", [one_input(call)], attrs={"neuron": spec.to_dict()}, params=params)
@@ -37,4 +42,4 @@ if snn is not None:
         Framework(name="snncc", owns=_owns, step_mode=lambda m: "m", source="snncc", priority=1)
     )
     for _cls in (snn.IF, snn.LIF, snn.ParametricLIF, snn.LI):
-        register_module(_cls, f"snncc.nn.{_cls.__name__}")(_neuron)
+        register_module(_cls, f"snncc.nn.{_cls.__name__}", check=_problem)(_neuron)

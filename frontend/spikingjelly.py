@@ -24,6 +24,8 @@ Read from the installed sources (``spikingjelly/activation_based``):
 
 from __future__ import annotations
 
+from torch import nn
+
 from snncc.frontend import torch_nn as tnn
 from snncc.frontend.tracer import (
     Call,
@@ -35,7 +37,6 @@ from snncc.frontend.tracer import (
     register_module,
 )
 from snncc.ir.neuron import NeuronSpec
-from torch import nn
 
 try:  # SpikingJelly is optional: without it these converters are simply not registered
     from spikingjelly.activation_based import base as sj_base
@@ -60,6 +61,10 @@ def _step_mode(m: nn.Module) -> str | None:
     # layer.Linear has no forward of its own: identical in 's' and 'm', so it does not vote
     if type(m) is sj_layer.Linear:
         return None
+    if isinstance(m, sj_base.StepModule):
+        modes = m.supported_step_mode()
+        if len(modes) == 1:  # MultiStepModule (containers) never set step_mode: 'm' by class
+            return modes[0]
     return getattr(m, "step_mode", None)
 
 
@@ -120,36 +125,41 @@ def _with_view(call: Call, view: str) -> Call:
 # --------------------------------------------------------------------------- neurons
 
 
-def _surrogate(call: Call, m: nn.Module) -> tuple[str, float]:
+def _neuron_problem(m: nn.Module, view: str) -> str | None:
+    """Why snncc cannot reproduce this neuron (checked before the model runs), or None."""
     from snncc.errors import UnsupportedError
     from snncc.surrogate import from_spikingjelly
 
-    try:
-        return from_spikingjelly(m.surrogate_function)
-    except UnsupportedError as e:
-        raise call.unsupported(str(e)) from None
-
-
-def _check_neuron(call: Call, m: nn.Module) -> None:
-    if call.view == "flat":
-        raise call.unsupported(
+    if view == "flat":
+        return (
             "a neuron inside SeqToANNContainer sees the whole [T*B, ...] sequence as one step; "
             "put neurons outside it (or in a MultiStepContainer)"
         )
     if getattr(m, "_neuron_precision", None) is not None:
-        raise call.unsupported(
+        return (
             f"neuron precision {m._neuron_precision!r} is not supported; supported: the "
             "default (state and compute in the input dtype)"
         )
     if not isinstance(m.v_threshold, (int, float)) or isinstance(m.v_threshold, bool):
-        raise call.unsupported(f"v_threshold={m.v_threshold!r}; supported: a Python float")
+        return f"v_threshold={m.v_threshold!r}; supported: a Python float"
     if m.v_reset is not None and not isinstance(m.v_reset, (int, float)):
-        raise call.unsupported(f"v_reset={m.v_reset!r}; supported: a Python float or None")
+        return f"v_reset={m.v_reset!r}; supported: a Python float or None"
+    if hasattr(m, "tau") and not isinstance(m.tau, (int, float)):
+        return f"tau={m.tau!r}; supported: a Python float"
+    if hasattr(m, "w") and m.w.numel() != 1:
+        return f"w of shape {list(m.w.shape)}; supported: a scalar w"
+    try:
+        from_spikingjelly(m.surrogate_function)
+    except UnsupportedError as e:
+        return str(e)
+    return None
 
 
 def _common(call: Call, m: nn.Module) -> dict:
-    _check_neuron(call, m)
-    name, alpha = _surrogate(call, m)
+    from snncc.surrogate import from_spikingjelly
+
+    # _neuron_problem already ran (as the registered check) before this converter
+    name, alpha = from_spikingjelly(m.surrogate_function)
     v_reset = None if m.v_reset is None else float(m.v_reset)
     return {
         "v_threshold": float(m.v_threshold),
@@ -178,8 +188,6 @@ def _if(call: Call, m: nn.Module) -> int:
 
 def _lif(call: Call, m: nn.Module) -> int:
     c = _common(call, m)
-    if not isinstance(m.tau, (int, float)):
-        raise call.unsupported(f"tau={m.tau!r}; supported: a Python float")
     charge = "sj_lif_decay_input" if m.decay_input else "sj_lif"
     spec = NeuronSpec(
         model="lif", charge=charge, tau=float(m.tau), decay_input=bool(m.decay_input), **c
@@ -189,8 +197,6 @@ def _lif(call: Call, m: nn.Module) -> int:
 
 def _plif(call: Call, m: nn.Module) -> int:
     c = _common(call, m)
-    if m.w.numel() != 1:
-        raise call.unsupported(f"w of shape {list(m.w.shape)}; supported: a scalar w")
     charge = "sj_plif_decay_input" if m.decay_input else "sj_plif"
     spec = NeuronSpec(
         model="plif", charge=charge, decay_input=bool(m.decay_input), learnable=("w",), **c
@@ -266,23 +272,26 @@ if sj_base is not None:
             priority=2,
         )
     )
-    for _cls, _fn, _per_step in [
-        (sj_neuron.IFNode, _if, False),
-        (sj_neuron.LIFNode, _lif, False),
-        (sj_neuron.ParametricLIFNode, _plif, False),
-        (sj_layer.Linear, _linear, False),
-        (sj_layer.Conv1d, _conv1d, False),
-        (sj_layer.Conv2d, _conv2d, False),
-        (sj_layer.BatchNorm1d, _bn1d, False),
-        (sj_layer.BatchNorm2d, _bn2d, False),
-        (sj_layer.AvgPool2d, _avgpool2d, False),
-        (sj_layer.MaxPool2d, _maxpool2d, False),
-        (sj_layer.AdaptiveAvgPool2d, _adaptive_avgpool2d, False),
-        (sj_layer.Flatten, _flatten, False),
-        (sj_layer.Dropout, _dropout, False),
-        (sj_layer.VotingLayer, _voting, False),
+    for _cls, _fn in [
+        (sj_neuron.IFNode, _if),
+        (sj_neuron.LIFNode, _lif),
+        (sj_neuron.ParametricLIFNode, _plif),
     ]:
-        register_module(_cls, _name(_cls), per_step_only=_per_step)(_fn)
+        register_module(_cls, _name(_cls), check=_neuron_problem)(_fn)
+    for _cls, _fn in [
+        (sj_layer.Linear, _linear),
+        (sj_layer.Conv1d, _conv1d),
+        (sj_layer.Conv2d, _conv2d),
+        (sj_layer.BatchNorm1d, _bn1d),
+        (sj_layer.BatchNorm2d, _bn2d),
+        (sj_layer.AvgPool2d, _avgpool2d),
+        (sj_layer.MaxPool2d, _maxpool2d),
+        (sj_layer.AdaptiveAvgPool2d, _adaptive_avgpool2d),
+        (sj_layer.Flatten, _flatten),
+        (sj_layer.Dropout, _dropout),
+        (sj_layer.VotingLayer, _voting),
+    ]:
+        register_module(_cls, _name(_cls))(_fn)
     for _cls in (
         sj_layer.SeqToANNContainer,
         sj_layer.MultiStepContainer,

@@ -18,6 +18,8 @@ import operator
 from typing import Any
 
 import torch
+from torch import nn
+
 from snncc.frontend.tracer import (
     Call,
     ShapeValue,
@@ -26,7 +28,6 @@ from snncc.frontend.tracer import (
     register_method,
     register_module,
 )
-from torch import nn
 
 # --------------------------------------------------------------------------- helpers
 

@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from snncc.ir.graph import Graph
 from torch import fx, nn
 
 from snncc.errors import ShapeError, SnnccError, UnsupportedError
+from snncc.ir.graph import Graph
 
 # --------------------------------------------------------------------------- registry
 
@@ -58,6 +58,8 @@ class ModuleEntry:
     #: the module interprets tensor dims itself (conv, BN, pooling): applied to a
     #: whole [T, B, ...] sequence it would read T as the batch, so it is refused there
     per_step_only: bool = False
+    #: early check before the model runs: (module, view) -> why it is unsupported, or None
+    check: Callable[[nn.Module, str], str | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -74,12 +76,21 @@ METHODS: dict[str, FunctionEntry] = {}
 
 
 def register_module(
-    cls: type, name: str, *, per_step_only: bool = False
+    cls: type,
+    name: str,
+    *,
+    per_step_only: bool = False,
+    check: Callable[[nn.Module, str], str | None] | None = None,
 ) -> Callable[[ModuleConverter], ModuleConverter]:
-    """Register a converter for exactly ``cls`` (subclasses may change semantics: not matched)."""
+    """Register a converter for exactly ``cls`` (subclasses may change semantics: not matched).
+
+    ``check(module, view)`` runs before the model is executed (so an option the
+    model cannot even run with on the CPU still gets snncc's message) and
+    returns the reason the module is unsupported, or None.
+    """
 
     def deco(fn: ModuleConverter) -> ModuleConverter:
-        MODULES[cls] = ModuleEntry(name, fn, per_step_only)
+        MODULES[cls] = ModuleEntry(name, fn, per_step_only, check)
         return fn
 
     return deco
@@ -229,8 +240,10 @@ def _user_frame() -> str:
     """``file:line: code`` of the innermost frame outside torch and snncc's frontend."""
     torch_dir = str(Path(torch.__file__).resolve().parent)
     for fr in reversed(traceback.extract_stack()):
-        fn = str(Path(fr.filename).resolve()) if fr.filename else ""
-        if fn.startswith((torch_dir, _HERE)) or fn.startswith("<"):
+        if not fr.filename or fr.filename.startswith("<"):
+            continue
+        fn = str(Path(fr.filename).resolve())
+        if fn.startswith((torch_dir, _HERE)):
             continue
         return f"{Path(fr.filename).name}:{fr.lineno}: {(fr.line or '').strip()}"
     return ""
@@ -546,6 +559,9 @@ class Converter:
             raise call.unsupported(f"this module type is not supported; {supported_text()}")
         if entry.per_step_only and call.view == "sequence":
             raise call.unsupported(_SEQUENCE_HINT)
+        why = entry.check(module, call.view) if entry.check else None
+        if why:
+            raise call.unsupported(why)
         return entry.convert(call, module)
 
     def _convert_chain(self, call: Call, chain: Chain, shapes: dict[str, tuple]) -> int:
@@ -636,12 +652,17 @@ def _target_name(node: fx.Node) -> str:
     if node.op == "call_method":
         return f"Tensor.{node.target}"
     t = node.target
+    name = getattr(t, "__name__", None) or str(t)
+    for prefix, namespace in (
+        ("torch", torch),
+        ("torch.nn.functional", torch.nn.functional),
+        ("operator", operator),
+        ("builtins", builtins),
+    ):
+        if getattr(namespace, name, None) is t:
+            return f"{prefix}.{name}"
     mod = getattr(t, "__module__", None) or ""
-    qual = getattr(t, "__qualname__", None) or getattr(t, "__name__", None) or str(t)
-    if mod in ("_operator", "operator"):
-        return f"operator.{qual}"
-    if mod.startswith("torch") and hasattr(torch, qual) and getattr(torch, qual) is t:
-        return f"torch.{qual}"
+    qual = getattr(t, "__qualname__", None) or name
     return f"{mod}.{qual}" if mod else qual
 
 
@@ -883,6 +904,9 @@ def _precheck_module(node: fx.Node, module: nn.Module, path: str, view: str, gm)
         raise UnsupportedError(f"{what} is not supported; {supported_text()}")
     if entry.per_step_only and view == "sequence":
         raise UnsupportedError(f"{what}: {_SEQUENCE_HINT}")
+    why = entry.check(module, view) if entry.check else None
+    if why:
+        raise UnsupportedError(f"{what}: {why}")
 
 
 def trace(model: nn.Module, example_input: Any) -> Graph:

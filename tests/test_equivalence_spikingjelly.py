@@ -22,7 +22,6 @@ sj = pytest.importorskip("spikingjelly.activation_based")
 from spikingjelly.activation_based import functional, layer, neuron, surrogate  # noqa: E402
 from spikingjelly.activation_based.model import parametric_lif_net  # noqa: E402
 
-
 # --------------------------------------------------------------------------- helpers
 
 _REPORT: list | None = None

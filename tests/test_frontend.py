@@ -1,0 +1,550 @@
+"""The frontend: structure of traced graphs (ops, shapes, params, neuron specs) and its errors.
+
+Numerical agreement with SpikingJelly is tested in test_equivalence_spikingjelly.py;
+here each test checks what ``trace`` builds, and that every unsupported model
+fails with one message naming the module path, its type and the supported list.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import snncc.nn as snn
+from snncc.errors import ShapeError, UnsupportedError
+from snncc.frontend import SUPPORTED, trace
+from snncc.ir.neuron import NeuronSpec
+
+sj = pytest.importorskip("spikingjelly.activation_based")
+from spikingjelly.activation_based import functional, layer, neuron, surrogate  # noqa: E402
+
+
+def ops(g) -> list[str]:
+    return [g.op(n) for n in g.topo_order()]
+
+
+def by_op(g, op: str) -> list[dict]:
+    return [g.node(n) for n in g.iter_ops(op)]
+
+
+def spec_of(d: dict) -> NeuronSpec:
+    return NeuronSpec.from_dict(d["attrs"]["neuron"])
+
+
+def mlp(mode: str) -> nn.Module:
+    net = nn.Sequential(
+        layer.Linear(8, 16),
+        neuron.LIFNode(
+            tau=3.0, decay_input=False, v_reset=None, surrogate_function=surrogate.ATan()
+        ),
+        layer.Linear(16, 4, bias=False),
+        neuron.IFNode(v_threshold=0.5, v_reset=0.25, detach_reset=True),
+    )
+    functional.set_step_mode(net, mode)
+    return net
+
+
+def convnet(mode: str) -> nn.Module:
+    net = nn.Sequential(
+        layer.Conv2d(2, 4, 3, padding=1, bias=False),
+        layer.BatchNorm2d(4),
+        neuron.ParametricLIFNode(init_tau=3.0),
+        layer.MaxPool2d(2, 2),
+        layer.AvgPool2d(2),
+        layer.Flatten(),
+        layer.Dropout(0.3),
+        layer.Linear(4 * 2 * 2, 20),
+        neuron.LIFNode(),
+        layer.VotingLayer(10),
+    )
+    functional.set_step_mode(net, mode)
+    return net
+
+
+# --------------------------------------------------------------------------- structure
+
+
+@pytest.mark.parametrize("mode", ["m", "s"])
+def test_mlp_structure(mode: str) -> None:
+    net = mlp(mode)
+    g = trace(net, torch.rand(5, 3, 8))
+    assert ops(g) == ["input", "linear", "neuron", "linear", "neuron", "output"]
+    assert g.meta["step_mode"] == mode
+    assert g.meta["source"] == "spikingjelly"
+    shapes = [g.node(n)["shape"] for n in g.topo_order()]
+    assert shapes == [["B", 8], ["B", 16], ["B", 16], ["B", 4], ["B", 4], ["B", 4]]
+    names = [g.node(n)["name"] for n in g.topo_order()][1:-1]
+    assert names == ["0", "1", "2", "3"]
+    lin0, lin1 = by_op(g, "linear")
+    assert lin0["params"] == {"weight": "0.weight", "bias": "0.bias"}
+    assert lin1["params"] == {"weight": "2.weight"}
+    sd = net.state_dict()
+    assert set(g.params) == {"0.weight", "0.bias", "2.weight"}
+    for k, v in g.params.items():
+        np.testing.assert_array_equal(v, sd[k].numpy())
+
+    lif, ifn = (spec_of(d) for d in by_op(g, "neuron"))
+    assert lif.model == "lif" and lif.charge == "sj_lif" and lif.tau == 3.0
+    assert not lif.decay_input
+    assert lif.reset == "subtract" and lif.v_reset is None and lif.v_init == 0.0
+    assert (lif.surrogate, lif.alpha) == ("atan", 2.0)
+    assert ifn.model == "if" and ifn.charge == "sj_if" and ifn.tau is None
+    assert ifn.v_threshold == 0.5 and ifn.reset == "hard" and ifn.v_reset == 0.25
+    assert ifn.v_init == 0.25 and ifn.detach_reset
+    assert (ifn.surrogate, ifn.alpha) == ("sigmoid", 4.0)
+    assert ifn.fire_cmp == ">=" and ifn.fire_from == "updated" and ifn.output == "spike"
+
+
+def test_params_are_copies() -> None:
+    """Graph.params must not alias the model's tensors (later training would change the IR)."""
+    net = mlp("m")
+    g = trace(net, torch.rand(2, 1, 8))
+    before = g.params["0.weight"].copy()
+    with torch.no_grad():
+        net[0].weight.add_(1.0)
+    np.testing.assert_array_equal(g.params["0.weight"], before)
+
+
+@pytest.mark.parametrize("mode", ["m", "s"])
+def test_convnet_structure(mode: str) -> None:
+    net = convnet(mode).eval()
+    g = trace(net, torch.rand(4, 2, 2, 8, 8))
+    assert ops(g) == [
+        "input", "conv2d", "batchnorm", "neuron", "maxpool2d", "avgpool2d",
+        "flatten", "dropout", "linear", "neuron", "voting", "output",
+    ]  # fmt: skip
+    shapes = {g.node(n)["name"]: g.node(n)["shape"] for n in g.topo_order()}
+    assert shapes["0"] == ["B", 4, 8, 8]
+    assert shapes["3"] == ["B", 4, 4, 4]
+    assert shapes["4"] == ["B", 4, 2, 2]
+    assert shapes["5"] == ["B", 16]
+    assert shapes["9"] == ["B", 2]
+    (conv,) = by_op(g, "conv2d")
+    assert conv["attrs"] == {"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "groups": 1}
+    assert conv["params"] == {"weight": "0.weight"}
+    (bn,) = by_op(g, "batchnorm")
+    assert bn["params"] == {
+        "running_mean": "1.running_mean",
+        "running_var": "1.running_var",
+        "weight": "1.weight",
+        "bias": "1.bias",
+    }
+    assert bn["attrs"] == {
+        "eps": 1e-5,
+        "momentum": 0.1,
+        "training": False,
+        "stats": "sequence" if mode == "m" else "step",
+    }
+    (mp,) = by_op(g, "maxpool2d")
+    assert mp["attrs"]["kernel_size"] == [2, 2] and mp["attrs"]["stride"] == [2, 2]
+    (ap,) = by_op(g, "avgpool2d")
+    assert ap["attrs"]["stride"] == [2, 2] and ap["attrs"]["count_include_pad"] is True
+    (fl,) = by_op(g, "flatten")
+    assert fl["attrs"] == {"start_dim": 1, "end_dim": 3}
+    (do,) = by_op(g, "dropout")
+    assert do["attrs"] == {"p": 0.3, "shared_over_time": True}  # SpikingJelly keeps its mask
+    (vote,) = by_op(g, "voting")
+    assert vote["attrs"] == {"voting_size": 10}
+    plif = by_op(g, "neuron")[0]
+    assert plif["params"] == {"w": "2.w"}
+    s = spec_of(plif)
+    assert s.model == "plif" and s.charge == "sj_plif_decay_input" and s.learnable == ("w",)
+    np.testing.assert_allclose(g.params["2.w"], -np.log(2.0), rtol=1e-6)
+    assert "1.num_batches_tracked" not in g.params
+
+
+def test_batchnorm_training_flag_and_torch_dropout() -> None:
+    net = nn.Sequential(
+        layer.SeqToANNContainer(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.Dropout(0.2)),
+        neuron.IFNode(step_mode="m"),
+        layer.MultiStepContainer(nn.BatchNorm1d(5), layer.Dropout(0.1)),
+    ).train()
+    g = trace(net, torch.rand(3, 4, 6))
+    assert ops(g) == [
+        "input", "linear", "batchnorm", "dropout", "neuron", "batchnorm", "dropout", "output",
+    ]  # fmt: skip
+    bn0, bn1 = by_op(g, "batchnorm")
+    assert bn0["name"] == "0.1" and bn0["params"]["running_mean"] == "0.1.running_mean"
+    assert bn0["attrs"]["training"] is True and bn0["attrs"]["stats"] == "sequence"
+    assert bn1["attrs"]["stats"] == "step"  # MultiStepContainer runs it once per step
+    d0, d1 = by_op(g, "dropout")
+    assert d0["attrs"] == {"p": 0.2, "shared_over_time": False}  # torch: a fresh mask per call
+    assert d1["attrs"] == {"p": 0.1, "shared_over_time": True}  # SpikingJelly memory mask
+
+
+def test_layer_dropout_inside_seq_to_ann_is_not_shared() -> None:
+    net = nn.Sequential(layer.SeqToANNContainer(layer.Dropout(0.5)), neuron.IFNode(step_mode="m"))
+    g = trace(net, torch.rand(3, 2, 4))
+    (d,) = by_op(g, "dropout")
+    assert d["attrs"]["shared_over_time"] is False
+
+
+def test_trace_leaves_model_untouched() -> None:
+    """Training mode, BatchNorm running stats, SpikingJelly state and the RNG stream are kept."""
+    net = nn.Sequential(
+        layer.Linear(6, 5, step_mode="m"),
+        layer.BatchNorm1d(5, step_mode="m"),
+        layer.Dropout(0.5, step_mode="m"),
+        neuron.LIFNode(step_mode="m"),
+    ).train()
+    stats = {k: v.clone() for k, v in net.state_dict().items()}
+    torch.manual_seed(0)
+    expected_rand = torch.rand(3)
+    torch.manual_seed(0)
+    trace(net, torch.rand(4, 3, 6) + 5.0)
+    torch.manual_seed(0)  # the trace must not have consumed or reseeded the global stream...
+    got = torch.rand(3)
+    assert torch.equal(got, expected_rand)
+    assert net.training and all(m.training for m in net.modules())
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, stats[k]), k
+    assert isinstance(net[3].v, float) and net[3].v == 0.0  # reset state
+    assert net[2].mask is None
+
+
+def test_rng_stream_not_advanced() -> None:
+    net = nn.Sequential(layer.Dropout(0.5, step_mode="m"), neuron.IFNode(step_mode="m")).train()
+    torch.manual_seed(3)
+    trace(net, torch.rand(2, 2, 4))
+    after_trace = torch.rand(4)
+    torch.manual_seed(3)
+    torch.rand(2, 2, 4)  # what the test itself drew for the example input
+    assert torch.equal(after_trace, torch.rand(4))
+
+
+def test_snncc_nn_structure() -> None:
+    net = nn.Sequential(
+        nn.Linear(8, 16),
+        snn.LIF(tau=4.0, decay_input=False),
+        nn.Linear(16, 12),
+        snn.ParametricLIF(init_tau=2.0, v_reset=None, surrogate="atan", alpha=None),
+        nn.Linear(12, 3),
+        snn.LI(tau=5.0),
+    )
+    g = trace(net, torch.rand(6, 2, 8))
+    assert ops(g) == [
+        "input", "linear", "neuron", "linear", "neuron", "linear", "neuron", "output",
+    ]  # fmt: skip
+    assert g.meta["step_mode"] == "m" and g.meta["source"] == "snncc"
+    lif, plif, li = by_op(g, "neuron")
+    assert spec_of(lif) == net[1].spec()
+    assert spec_of(plif) == net[3].spec()
+    assert spec_of(li) == net[5].spec()
+    assert plif["params"] == {"w": "3.w"} and lif["params"] == {}
+    assert li["shape"] == ["B", 3]
+    assert set(g.params) == {
+        "0.weight",
+        "0.bias",
+        "2.weight",
+        "2.bias",
+        "3.w",
+        "4.weight",
+        "4.bias",
+    }
+
+
+class Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.sn = snn.IF()
+        self.fc2 = nn.Linear(12, 4)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.sn(self.fc(x))
+        y = torch.add(s, x) * 2.0
+        y = torch.cat([y / 4, s * y], dim=2)
+        T, B = y.shape[0], y.size(1)
+        z = self.fc2(y).view(T, B, 2, 2).flatten(2)
+        return z, s
+
+
+def test_functions_and_multiple_outputs() -> None:
+    g = trace(Residual(), torch.rand(3, 2, 6))
+    assert ops(g) == [
+        "input", "linear", "neuron", "add", "scale", "scale", "mul", "cat", "linear",
+        "reshape", "flatten", "output", "output",
+    ]  # fmt: skip
+    scales = by_op(g, "scale")
+    assert [s["attrs"] for s in scales] == [
+        {"op": "mul", "value": 2.0},
+        {"op": "div", "value": 4.0},
+    ]
+    (cat,) = by_op(g, "cat")
+    assert cat["attrs"] == {"dim": 1} and cat["shape"] == ["B", 12]
+    (rs,) = by_op(g, "reshape")
+    assert rs["attrs"] == {"shape": [-1, 2, 2]} and rs["shape"] == ["B", 2, 2]
+    (fl,) = by_op(g, "flatten")
+    assert fl["attrs"] == {"start_dim": 1, "end_dim": 2}
+    assert len(g.meta["outputs"]) == 2
+    assert [g.node(o)["attrs"]["index"] for o in g.meta["outputs"]] == [0, 1]
+
+
+def test_pure_torch_model_is_single_step() -> None:
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.AdaptiveAvgPool2d((None, 1)))
+    g = trace(net.eval(), torch.rand(4, 2, 1, 6, 6))
+    assert g.meta["step_mode"] == "s" and g.meta["source"] == "torch"
+    (ap,) = by_op(g, "adaptive_avgpool2d")
+    assert ap["attrs"] == {"output_size": [4, 1]}  # None resolved from the recorded shape
+    (bn,) = by_op(g, "batchnorm")
+    assert bn["attrs"]["stats"] == "step"
+
+
+def test_conv_padding_forms() -> None:
+    net = nn.Sequential(
+        layer.Conv1d(2, 3, 5, padding="same", dilation=2), neuron.IFNode(), layer.Conv1d(3, 3, 3)
+    )
+    g = trace(net, torch.rand(2, 1, 2, 9))
+    c0, c1 = by_op(g, "conv1d")
+    assert c0["attrs"]["padding"] == [4] and c0["attrs"]["dilation"] == [2]
+    assert c1["attrs"]["padding"] == [0] and c1["shape"] == ["B", 3, 7]
+
+
+def test_digits_example_traces() -> None:
+    from snncc.examples import digits
+
+    g = trace(digits.digits_snn().eval(), torch.rand(digits.T, 2, digits.N_IN))
+    assert ops(g) == ["input", "linear", "neuron", "linear", "neuron", "output"]
+    assert g.meta["step_mode"] == "m"
+
+
+def test_supported_lists() -> None:
+    mods = SUPPORTED["modules"]
+    for name in (
+        "torch.nn.Linear",
+        "torch.nn.Conv2d",
+        "spikingjelly.activation_based.neuron.LIFNode",
+        "spikingjelly.activation_based.layer.SeqToANNContainer",
+        "spikingjelly.activation_based.layer.VotingLayer",
+        "snncc.nn.LIF",
+    ):
+        assert name in mods
+    assert "torch.cat" in SUPPORTED["functions"] and "Tensor.view" in SUPPORTED["methods"]
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def _error(model: nn.Module, x: torch.Tensor, exc: type = UnsupportedError) -> str:
+    with pytest.raises(exc) as info:
+        trace(model, x)
+    return str(info.value)
+
+
+class Encoder(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            layer.Linear(4, 8), neuron.IFNode(), layer.Linear(8, 8), nn.ReLU()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.features(x)
+
+
+def test_unsupported_module_names_path_type_and_list() -> None:
+    msg = _error(Encoder(), torch.rand(2, 1, 4))
+    assert "'features.3'" in msg
+    assert "torch.nn.modules.activation.ReLU" in msg
+    assert "torch.nn.Linear" in msg and "spikingjelly.activation_based.neuron.LIFNode" in msg
+    assert "torch.cat" in msg  # the function list too
+    assert msg.count("is not supported") == 1
+
+
+def test_unsupported_module_fails_before_running() -> None:
+    """A module that would crash when run still gets the 'not supported' message."""
+    net = nn.Sequential(layer.Linear(4, 4), nn.LSTM(3, 3))
+    msg = _error(net, torch.rand(2, 1, 4))
+    assert "'1'" in msg and "LSTM" in msg and "supported modules" in msg
+
+
+class Mean(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = layer.Linear(4, 3, step_mode="m")
+        self.sn = neuron.LIFNode(step_mode="m")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.sn(self.fc(x)).mean(0)
+
+
+def test_unsupported_function_reduce_over_time() -> None:
+    msg = _error(Mean(), torch.rand(3, 2, 4))
+    assert "Tensor.mean" in msg
+    assert "reduce over time outside the model" in msg
+    assert "test_frontend.py" in msg  # the user's source line
+    assert "supported functions" in msg
+
+
+class Sigmoid(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = nn.Sequential(layer.Linear(4, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.block(x))
+
+
+def test_unsupported_function() -> None:
+    msg = _error(Sigmoid(), torch.rand(3, 2, 4))
+    assert "function torch.sigmoid" in msg and "supported functions" in msg
+
+
+def test_mixed_step_modes() -> None:
+    net = nn.Sequential(
+        layer.Linear(4, 3), neuron.IFNode(step_mode="m"), neuron.LIFNode(step_mode="s")
+    )
+    msg = _error(net, torch.rand(3, 2, 4))
+    assert "mixed step modes" in msg
+    assert "'1' (IFNode, step_mode='m')" in msg and "'2' (LIFNode, step_mode='s')" in msg
+
+
+def test_mixed_snncc_and_single_step_spikingjelly() -> None:
+    net = nn.Sequential(nn.Linear(4, 3), snn.LIF(), neuron.IFNode())
+    msg = _error(net, torch.rand(3, 2, 4))
+    assert "mixed step modes" in msg and "'1' (LIF" in msg and "'2' (IFNode" in msg
+
+
+def test_plain_conv_in_multistep_model() -> None:
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), neuron.IFNode(step_mode="m"))
+    msg = _error(net, torch.rand(3, 2, 1, 5, 5))
+    assert "'0'" in msg and "Conv2d" in msg and "SeqToANNContainer" in msg
+
+
+def test_padding_mode() -> None:
+    net = nn.Sequential(layer.Conv2d(1, 2, 3, padding=1, padding_mode="reflect"), neuron.IFNode())
+    msg = _error(net, torch.rand(3, 2, 1, 5, 5))
+    assert "'0'" in msg and "padding_mode='reflect'" in msg and "'zeros'" in msg
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+def test_asymmetric_same_padding() -> None:
+    net = nn.Sequential(layer.Conv1d(1, 2, 4, padding="same"), neuron.IFNode())
+    msg = _error(net, torch.rand(3, 2, 1, 8))
+    assert "padding='same'" in msg
+
+
+def test_unsupported_surrogate() -> None:
+    net = nn.Sequential(
+        layer.Linear(4, 3), neuron.IFNode(surrogate_function=surrogate.PiecewiseLeakyReLU())
+    )
+    msg = _error(net, torch.rand(3, 2, 4))
+    assert "'1'" in msg and "IFNode" in msg and "PiecewiseLeakyReLU" in msg
+    assert "surrogate.Sigmoid" in msg
+
+
+def test_non_spiking_surrogate() -> None:
+    net = nn.Sequential(
+        layer.Linear(4, 3), neuron.LIFNode(surrogate_function=surrogate.Sigmoid(spiking=False))
+    )
+    assert "spiking=False" in _error(net, torch.rand(3, 2, 4))
+
+
+def test_neuron_precision() -> None:
+    sn = neuron.LIFNode(step_mode="m")
+    sn._neuron_precision = (torch.float16, "fp16", "fp32")
+    msg = _error(nn.Sequential(layer.Linear(4, 3), sn), torch.rand(3, 2, 4))
+    assert "'1'" in msg and "precision" in msg
+
+
+def test_unsupported_neuron_subclass() -> None:
+    """A subclass may change the maths: only the exact classes are accepted."""
+
+    class MyLIF(neuron.LIFNode):
+        pass
+
+    msg = _error(nn.Sequential(layer.Linear(4, 3), MyLIF()), torch.rand(3, 2, 4))
+    assert "'1'" in msg and "MyLIF" in msg and "supported modules" in msg
+
+
+def test_neuron_inside_seq_to_ann() -> None:
+    net = nn.Sequential(layer.SeqToANNContainer(nn.Linear(4, 3), neuron.IFNode()))
+    msg = _error(net, torch.rand(3, 2, 4))
+    assert "'0.1'" in msg and "SeqToANNContainer" in msg
+
+
+class Pick(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sn = snn.IF()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.sn(x)[-1]
+
+
+def test_indexing_time_is_unsupported() -> None:
+    msg = _error(Pick(), torch.rand(3, 2, 4))
+    assert "operator.getitem" in msg
+
+
+class FoldBatch(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sn = snn.IF()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.sn(x).view(-1, 4)
+
+
+def test_reshape_merging_time_and_batch() -> None:
+    msg = _error(FoldBatch(), torch.rand(3, 2, 4))
+    assert "Tensor.view" in msg and "[T, B, ...]" in msg
+
+
+def test_flatten_over_batch_is_unsupported() -> None:
+    net = nn.Sequential(
+        layer.Linear(4, 3, step_mode="m"), neuron.IFNode(step_mode="m"), nn.Flatten()
+    )
+    msg = _error(net, torch.rand(3, 2, 4))
+    assert "'2'" in msg and "batch dim" in msg
+
+
+class AddConst(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sn = snn.IF()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.sn(x) + 1.0
+
+
+def test_add_constant_is_unsupported() -> None:
+    assert "adding a constant" in _error(AddConst(), torch.rand(3, 2, 4))
+
+
+class Param(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sn = snn.IF()
+        self.gain = nn.Parameter(torch.ones(4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.sn(x) * self.gain
+
+
+def test_bare_parameter_is_unsupported() -> None:
+    msg = _error(Param(), torch.rand(3, 2, 4))
+    assert "'gain'" in msg and "supported modules" in msg
+
+
+class Branchy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sn = snn.IF()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.sn(x)
+        return y if y.sum() > 0 else -y
+
+
+def test_data_dependent_control_flow() -> None:
+    msg = _error(Branchy(), torch.rand(3, 2, 4))
+    assert "torch.fx could not trace" in msg and "Branchy" in msg
+
+
+def test_bad_example_input() -> None:
+    _error(mlp("m"), torch.rand(8), ShapeError)
+    msg = _error(mlp("m"), torch.rand(3, 2, 5), ShapeError)
+    assert "'0'" in msg  # names where running the example failed
