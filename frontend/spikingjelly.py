@@ -268,6 +268,7 @@ if sj_base is not None:
             step_mode=_step_mode,
             reset=_reset,
             chain=_chain,
+            stateful=lambda m: isinstance(m, sj_base.MemoryModule),
             source="spikingjelly",
             priority=2,
         )

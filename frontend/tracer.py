@@ -151,6 +151,8 @@ class Framework:
     reset: Callable[[nn.Module], None] | None = None
     #: the container's chain, or None when the module is not a chain container
     chain: Callable[[nn.Module], Chain | None] = lambda m: None
+    #: the module keeps state between calls (so calling it twice per step chains states)
+    stateful: Callable[[nn.Module], bool] = lambda m: False
     #: a source name for Graph.meta["source"] when this framework's modules are used
     source: str | None = None
     priority: int = 0  # higher wins as Graph.meta["source"]
@@ -875,6 +877,7 @@ def _step_mode(gm: fx.GraphModule) -> tuple[str, str]:
 def _precheck(gm: fx.GraphModule, step_mode: str) -> None:
     """Refuse unsupported modules/functions before running anything (one clear message)."""
     view = "sequence" if step_mode == "m" else "step"
+    _check_single_use(gm)
     for node in gm.graph.nodes:
         if node.op == "get_attr":
             raise _unsupported_node(node, gm)
@@ -887,6 +890,26 @@ def _precheck(gm: fx.GraphModule, step_mode: str) -> None:
         elif node.op == "call_method":
             if node.target not in METHODS and node.target not in _SHAPE_METHODS:
                 raise _unsupported_node(node, gm, step_mode)
+
+
+def _check_single_use(gm: fx.GraphModule) -> None:
+    """A module that keeps state between calls may be called once: a second call would continue
+    from the first call's state, which a per-step graph of independent nodes cannot express."""
+    seen: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op != "call_module":
+            continue
+        module = gm.get_submodule(node.target)
+        fw = framework_of(module)
+        if fw is None or not fw.stateful(module):
+            continue
+        seen[node.target] = seen.get(node.target, 0) + 1
+        if seen[node.target] == 2:
+            raise UnsupportedError(
+                f"module '{node.target}' ({type_name(module)}) is called more than once per "
+                "forward; it keeps state between calls, so each call would continue from the "
+                "previous call's state. Use a separate module instance for each call"
+            )
 
 
 def _precheck_module(node: fx.Node, module: nn.Module, path: str, view: str, gm) -> None:

@@ -548,3 +548,25 @@ def test_bad_example_input() -> None:
     _error(mlp("m"), torch.rand(8), ShapeError)
     msg = _error(mlp("m"), torch.rand(3, 2, 5), ShapeError)
     assert "'0'" in msg  # names where running the example failed
+
+
+class Twice(nn.Module):
+    def __init__(self, sn: nn.Module) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.sn = sn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.sn(self.fc(self.sn(x)))
+
+
+def test_stateful_module_called_twice() -> None:
+    msg = _error(Twice(neuron.IFNode(step_mode="m")), torch.rand(3, 2, 4))
+    assert "'sn'" in msg and "more than once" in msg
+
+
+def test_snncc_neuron_called_twice_is_fine() -> None:
+    """snncc.nn modules start from a fresh state on every call: two calls are two neurons."""
+    g = trace(Twice(snn.IF()), torch.rand(3, 2, 4))
+    assert ops(g) == ["input", "neuron", "linear", "neuron", "output"]
+    assert [g.node(n)["name"] for n in g.iter_ops("neuron")] == ["sn", "sn"]
