@@ -316,3 +316,36 @@ def test_parametric_lif_mnistnet(mode: str) -> None:
 
     model = _build(factory, mode, seed=23)
     _assert_exact(model, _input((4, 2, 1, 28, 28), scale=3.0), mode, binary=False)
+
+
+# --------------------------------------------------------------------------- training-mode BatchNorm
+
+
+def _bn_net():
+    return nn.Sequential(
+        layer.Conv2d(2, 4, 3, padding=1),
+        layer.BatchNorm2d(4),
+        neuron.LIFNode(),
+        layer.Flatten(),
+        layer.Linear(4 * 6 * 6, 10),
+        layer.BatchNorm1d(10),
+        neuron.IFNode(),
+    )
+
+
+@pytest.mark.parametrize("mode", ["m", "s"])
+def test_batchnorm_training_mode(mode: str) -> None:
+    """Batch statistics over T*B ('m': SpikingJelly folds T into the batch) or over B per step ('s')."""
+    model = _build(_bn_net, mode, seed=29).train()
+    _assert_exact(model, _input((5, 3, 2, 6, 6), scale=3.0), mode)
+
+
+def test_batchnorm_training_per_step_container() -> None:
+    """Inside MultiStepContainer a BatchNorm normalises each step on its own."""
+    torch.manual_seed(31)
+    model = nn.Sequential(
+        layer.SeqToANNContainer(nn.Linear(6, 5)),
+        layer.MultiStepContainer(nn.BatchNorm1d(5), neuron.IFNode()),
+    )
+    _randomise(model, 32)
+    _assert_exact(model.train(), _input((5, 4, 6), scale=3.0), "m")
