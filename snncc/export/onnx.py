@@ -97,7 +97,6 @@ ONNX_OPS = frozenset(
         "MaxPool",
         "Mul",
         "Neg",
-        "ReduceSum",
         "Reshape",
         "Scan",
         "Shape",
@@ -237,6 +236,7 @@ class _Scope:
         self.names = names
         self.nodes: list[onnx.NodeProto] = []
         self.prefix = ""
+        self.consts: dict[tuple[str, tuple[int, ...], bytes], str] = {}
 
     def op(
         self,
@@ -257,9 +257,12 @@ class _Scope:
         return outs[0] if n_out == 1 else outs
 
     def const(self, value: Any, dtype: Any = np.float32) -> str:
-        return self.op(
-            "Constant", [], value=numpy_helper.from_array(np.asarray(value, dtype=dtype))
-        )
+        """A Constant node, shared by every use of the same value in this graph."""
+        arr = np.asarray(value, dtype=dtype)
+        key = (arr.dtype.str, arr.shape, arr.tobytes())
+        if key not in self.consts:
+            self.consts[key] = self.op("Constant", [], value=numpy_helper.from_array(arr))
+        return self.consts[key]
 
     def ints(self, values: list[int]) -> str:
         return self.const(np.asarray(values, dtype=np.int64), np.int64)
@@ -347,23 +350,17 @@ class _Exporter:
 
     # ---------------------------------------------------------------- layouts
     def seq_of(self, src: int, delay: int = 0) -> str:
-        """``src``'s value (``delay`` steps late) as a [T, B, ...] tensor of the main graph."""
+        """``src``'s value as a [T, B, ...] tensor of the main graph (delay 0 only here)."""
         key = (src, delay)
         if key in self.seq:
             return self.seq[key]
         m = self.main
         m.prefix = f"/n{src}"
-        if delay == 1:
-            s = self.seq_of(src, 0)
-            tail = m.op("Slice", [m.op("Shape", [s]), m.ints([1]), m.ints([_INT64_MAX])])
-            zeros = m.op(
-                "ConstantOfShape",
-                [m.op("Concat", [m.ints([1]), tail], axis=0)],
-                value=numpy_helper.from_array(np.zeros(1, np.float32)),
+        if delay:
+            # verify() allows delay edges only inside recurrent components (one Scan each)
+            raise IRError(
+                f"{_node_ref(self.g, src)}: a delay edge from it leaves its recurrent component"
             )
-            head = m.op("Slice", [s, m.ints([0]), m.ints([-1]), m.ints([0])])
-            self.seq[key] = m.op("Concat", [zeros, head], axis=0)
-            return self.seq[key]
         flat = self.flat[key]
         rest = self.rest(src)
         if rest is not None:
@@ -647,6 +644,15 @@ class _Exporter:
     def op_adaptive_avgpool2d(
         self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str]
     ) -> str:
+        """torch's adaptive average pooling, reproduced operation for operation.
+
+        For output 1x1 torch takes ``mean`` over H, W: GlobalAveragePool (the
+        same on spikes, whose sums are exact; a few ulps on real values). Any
+        other size runs torch's kernel: each bin ``[floor(i*H/o),
+        ceil((i+1)*H/o))`` summed in row-major order, then ``/ kh / kw``.
+        ONNX AveragePool divides once by ``kh*kw``, which rounds differently
+        even on spikes, so the bins are built from Slice/Add/Div instead.
+        """
         src = self.g.inputs(nid)[0]
         shape = self.shape(src)
         out = attrs["output_size"]
@@ -661,21 +667,32 @@ class _Exporter:
                 self.g, nid, f"adaptive pooling to {out} needs a static input height/width"
             )
         out = [h if o is None else int(o) for o, h in zip(out, hw)]
+        x = ins[0]
         if all(h % o == 0 for h, o in zip(hw, out)):
-            kernel = [h // o for h, o in zip(hw, out)]
-            return sc.op("AveragePool", [ins[0]], kernel_shape=kernel, strides=kernel)
-        # Uneven windows: torch's bins [floor(i*H/o), ceil((i+1)*H/o)), each a sum / count.
+            # equal bins: element (a, b) of every bin at once, as one strided slice
+            kh, kw = (h // o for h, o in zip(hw, out))
+            big = sc.ints([_INT64_MAX, _INT64_MAX])
+            axes, steps = sc.ints([-2, -1]), sc.ints([kh, kw])
+            total = ""
+            for a in range(kh):
+                for b in range(kw):
+                    term = sc.op("Slice", [x, sc.ints([a, b]), big, axes, steps])
+                    total = sc.op("Add", [total, term]) if total else term
+            return sc.op("Div", [sc.op("Div", [total, sc.scalar(kh)]), sc.scalar(kw)])
+        axes = sc.ints([-2, -1])
         rows = []
         for i in range(out[0]):
             r0, r1 = (i * hw[0]) // out[0], -((-(i + 1) * hw[0]) // out[0])
             cells = []
             for j in range(out[1]):
                 c0, c1 = (j * hw[1]) // out[1], -((-(j + 1) * hw[1]) // out[1])
-                win = sc.op(
-                    "Slice", [ins[0], sc.ints([r0, c0]), sc.ints([r1, c1]), sc.ints([-2, -1])]
-                )
-                total = sc.op("ReduceSum", [win, sc.ints([-2, -1])], keepdims=1)
-                cells.append(sc.op("Div", [total, sc.scalar(float((r1 - r0) * (c1 - c0)))]))
+                total = ""
+                for r in range(r0, r1):
+                    for c in range(c0, c1):
+                        term = sc.op("Slice", [x, sc.ints([r, c]), sc.ints([r + 1, c + 1]), axes])
+                        total = sc.op("Add", [total, term]) if total else term
+                div = sc.op("Div", [total, sc.scalar(r1 - r0)])
+                cells.append(sc.op("Div", [div, sc.scalar(c1 - c0)]))
             rows.append(sc.op("Concat", cells, axis=-1))
         return sc.op("Concat", rows, axis=-2)
 
@@ -1010,6 +1027,9 @@ def to_onnx(
     neuron charge forms other than :data:`CHARGE_FORMS`.
     """
     check_opset(opset)
+    from snncc.ir.verify import verify
+
+    verify(graph)
     model = _Exporter(graph, opset).run()
     onnx.checker.check_model(model, full_check=True)
     if path is not None:
