@@ -27,6 +27,7 @@ import math
 from typing import Any
 
 import networkx as nx
+
 from snncc.ir.graph import Edge, Graph
 from snncc.ir.neuron import NeuronSpec
 from snncc.ir.ops import OPS

@@ -24,9 +24,9 @@ from typing import Any
 
 import networkx as nx
 import numpy as np
-from snncc.ir.graph import Graph
 
 from snncc.errors import CheckpointError, IRError
+from snncc.ir.graph import Graph
 
 FORMAT = "snncc-ir"
 VERSION = 1

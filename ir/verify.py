@@ -18,11 +18,11 @@ from collections import Counter
 from typing import Any
 
 import networkx as nx
+
+from snncc.errors import IRError
 from snncc.ir.graph import Graph
 from snncc.ir.neuron import NeuronSpec
 from snncc.ir.ops import OPS
-
-from snncc.errors import IRError
 
 #: group kind -> the node schedule temporal fusion gives its members
 GROUP_SCHEDULES = {"layer": "layer", "neuron": "scan", "recurrent": "step"}

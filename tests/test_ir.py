@@ -8,14 +8,14 @@ import zipfile
 
 import numpy as np
 import pytest
+
+from snncc.errors import CheckpointError, IRError
 from snncc.ir import Graph, NeuronSpec, serde
 from snncc.ir.dot import quote, to_dot
 from snncc.ir.graph import Edge
 from snncc.ir.passes import run_pipeline
 from snncc.ir.printer import format_graph, format_node
 from snncc.ir.verify import verify
-
-from snncc.errors import CheckpointError, IRError
 
 LIF = NeuronSpec(model="lif", charge="sj_lif_decay_input", tau=2.0).to_dict()
 

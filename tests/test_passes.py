@@ -16,6 +16,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
+from snncc import neurons
+from snncc.errors import IRError
 from snncc.ir import Graph, NeuronSpec
 from snncc.ir.passes import PASSES, run_pipeline
 from snncc.ir.passes.canonicalize import canonicalize
@@ -25,9 +28,6 @@ from snncc.ir.passes.fuse_elementwise import fuse_elementwise
 from snncc.ir.passes.temporal_fusion import temporal_fusion
 from snncc.ir.printer import format_graph
 from snncc.ir.verify import verify
-
-from snncc import neurons
-from snncc.errors import IRError
 
 T, B = 6, 3
 LIF = NeuronSpec(model="lif", charge="sj_lif_decay_input", tau=2.0).to_dict()

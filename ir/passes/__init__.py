@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from snncc.errors import IRError, SnnccError
 from snncc.ir.graph import Graph
 from snncc.ir.passes.canonicalize import canonicalize
 from snncc.ir.passes.drop_noops import drop_noops
@@ -24,8 +25,6 @@ from snncc.ir.passes.fuse_elementwise import fuse_elementwise
 from snncc.ir.passes.temporal_fusion import temporal_fusion
 from snncc.ir.printer import format_graph
 from snncc.ir.verify import verify
-
-from snncc.errors import IRError, SnnccError
 
 PASSES: dict[str, Callable[[Graph], Graph]] = {
     "canonicalize": canonicalize,

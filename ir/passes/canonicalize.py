@@ -29,11 +29,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
+from snncc.errors import IRError
 from snncc.ir.graph import Graph
 from snncc.ir.neuron import SURROGATES, NeuronSpec
 from snncc.ir.passes.temporal_fusion import clear_schedule
-
-from snncc.errors import IRError
 
 #: op -> (rank, attrs that are per-dimension windows)
 _WINDOW_ATTRS = {
