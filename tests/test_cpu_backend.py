@@ -1,0 +1,440 @@
+"""The cpu backend: compiled kernels == torch neuron maths == reference backend.
+
+Spikes and membranes must match bit for bit (same fp32 operation order, no
+FMA contraction); gradients within 1e-5 relative (max |a - b| / max |b| per
+tensor), since the kernels sum the surrogate chain in a different order than
+torch's autograd.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+import snncc
+from snncc import neurons
+from snncc import nn as snn
+from snncc.backends.cpu.neuron import NeuronKernel, run_neuron
+from snncc.backends.cpu.program import CpuProgram
+from snncc.backends.kernels import SUPPORTED_CHARGES, SUPPORTED_SURROGATES
+from snncc.backends.reference.ops import apply_steps
+from snncc.backends.reference.program import ReferenceProgram
+from snncc.errors import BackendError, ShapeError
+from snncc.ir.graph import Graph
+from snncc.ir.neuron import NeuronSpec
+from snncc.surrogate import default_alpha
+
+GRAD_RTOL = 1e-5
+TS = (1, 8, 64)
+TAU_FORMS = ("sj_lif_decay_input", "sj_lif", "snncc_li")
+PLIF_FORMS = ("sj_plif_decay_input", "sj_plif")
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b| (0 when both are all zero)."""
+    scale = b.abs().max().item()
+    diff = (a - b).abs().max().item()
+    return diff / scale if scale > 0 else diff
+
+
+def assert_grads_close(a: torch.Tensor, b: torch.Tensor, what: str, scale: float = 0.0) -> None:
+    """max |a - b| <= GRAD_RTOL * max(max |b|, scale).
+
+    ``scale`` is for gradients that are sums with cancellation (PLIF's scalar
+    w): the size of the summed terms, since fp32 summation error is relative to
+    them, not to the (possibly tiny) total.
+    """
+    assert a.shape == b.shape, what
+    assert torch.isfinite(a).all(), what
+    ref = max(b.abs().max().item(), scale)
+    err = (a - b).abs().max().item() / ref if ref > 0 else (a - b).abs().max().item()
+    assert err <= GRAD_RTOL, f"{what}: relative error {err:.3g} > {GRAD_RTOL}"
+
+
+def plif_w_grad_scale(spec, x, v0, w, gy, gv) -> float:
+    """sum over neurons and steps of |d loss / d k| * k (1 - k): the terms d loss / d w sums."""
+    k = w.detach().sigmoid()
+    k_full = (k * torch.ones(x.shape[1:])).requires_grad_()
+    st = {"v": v0.detach()}
+    outs = []
+    for xt in x:
+        o, st = neurons.step(spec, {"k": k_full}, xt, st)
+        outs.append(o)
+    loss = (torch.stack(outs) * gy).sum() + (st["v"] * gv).sum()
+    (g,) = torch.autograd.grad(loss, k_full)
+    return (g.abs().sum() * k * (1 - k)).item()
+
+
+# ------------------------------------------------------------------ forms
+def _forms() -> list[tuple[str, str, bool, str, str, str]]:
+    """charge x reset x detach x output; detach only where a reset exists; knobs cycle."""
+    out = []
+    combos = itertools.product(
+        SUPPORTED_CHARGES, ("hard", "subtract", "none"), (False, True), ("spike", "membrane")
+    )
+    i = 0
+    for charge, reset, detach, output in combos:
+        if reset == "none" and detach:
+            continue
+        cmp = (">=", ">")[i % 2]
+        sg = SUPPORTED_SURROGATES[i % len(SUPPORTED_SURROGATES)]
+        out.append((charge, reset, detach, output, cmp, sg))
+        i += 1
+    return out
+
+
+FORMS = _forms()
+
+
+def form_id(f: tuple) -> str:
+    charge, reset, detach, output, cmp, sg = f
+    return f"{charge}-{reset}{'-detach' if detach else ''}-{output}-{'ge' if cmp == '>=' else 'gt'}-{sg}"
+
+
+def spec_of(form: tuple) -> NeuronSpec:
+    charge, reset, detach, output, cmp, sg = form
+    v_reset = None if reset == "subtract" else -0.1  # not an fp32 value: tests literal rounding
+    return NeuronSpec(
+        model="plif" if charge in PLIF_FORMS else "lif",
+        charge=charge,
+        tau=1.7 if charge in TAU_FORMS else None,
+        v_threshold=0.7,
+        v_reset=v_reset,
+        reset=reset,
+        detach_reset=detach,
+        fire_cmp=cmp,
+        output=output,
+        surrogate=sg,
+        alpha=default_alpha(sg),
+        v_init=0.0 if v_reset is None else v_reset,
+        learnable=("w",) if charge in PLIF_FORMS else (),
+    )
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("snncc-cpu-cache"))
+
+
+_KERNELS: dict = {}
+
+
+def kernel_for(spec, cache_dir, pro=(), epi=(), **opts) -> NeuronKernel:
+    key = (repr(spec), repr(pro), repr(epi), repr(sorted(opts.items())))
+    if key not in _KERNELS:
+        _KERNELS[key] = NeuronKernel(spec, pro, epi, opts, cache_dir)
+    return _KERNELS[key]
+
+
+def _inputs(T: int, seed: int, shape=(3, 37)):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand((T, *shape), generator=g) * 1.6 - 0.3
+    v0 = torch.rand(shape, generator=g) * 0.8 - 0.2
+    w = torch.tensor(-math.log(2.5 - 1.0))  # PLIF init_tau = 2.5
+    gy = torch.randn((T, *shape), generator=g)
+    gv = torch.randn(shape, generator=g)
+    return x, v0, w, gy, gv
+
+
+def _torch_reference(spec, x, v0, w):
+    params = {"w": w} if spec.charge in PLIF_FORMS else {}
+    out, st = neurons.run_sequence(spec, params, x, {"v": v0})
+    return out, st["v"]
+
+
+@pytest.mark.parametrize("T", TS)
+@pytest.mark.parametrize("form", FORMS, ids=form_id)
+def test_kernel_matches_torch_neuron_maths(form, T, cache_dir) -> None:
+    spec = spec_of(form)
+    kernel = kernel_for(spec, cache_dir)
+    x, v0, w, gy, gv = _inputs(T, seed=T)
+    leaves_ref = [t.clone().requires_grad_() for t in (x, v0, w)]
+    leaves_cpu = [t.clone().requires_grad_() for t in (x, v0, w)]
+    out_ref, v_ref = _torch_reference(spec, *leaves_ref)
+    xk, v0k, wk = leaves_cpu
+    out, v_last = run_neuron(kernel, xk, (), v0k, wk.sigmoid())
+    # forward: bit for bit
+    assert torch.equal(out, out_ref), f"{(out != out_ref).sum().item()} outputs differ"
+    assert torch.equal(v_last, v_ref)
+    if spec.spiking:
+        assert 0 < out.sum().item() < out.numel() or T == 1  # the test exercises both branches
+    # backward: within GRAD_RTOL
+    loss_ref = (out_ref * gy).sum() + (v_ref * gv).sum()
+    loss = (out * gy).sum() + (v_last * gv).sum()
+    wanted = [0, 1, 2] if spec.charge in PLIF_FORMS else [0, 1]
+    g_ref = torch.autograd.grad(loss_ref, [leaves_ref[i] for i in wanted])
+    g_cpu = torch.autograd.grad(loss, [leaves_cpu[i] for i in wanted])
+    for name, a, b in zip(("x", "v0"), g_cpu, g_ref):
+        assert_grads_close(a, b, f"grad {name}")
+    if spec.charge in PLIF_FORMS:
+        scale = plif_w_grad_scale(spec, x, v0, w, gy, gv)
+        assert_grads_close(g_cpu[2], g_ref[2], "grad w", scale)
+
+
+def test_fresh_state_starts_at_v_init(cache_dir) -> None:
+    spec = spec_of(("sj_lif_decay_input", "hard", False, "spike", ">=", "sigmoid"))
+    x, *_ = _inputs(8, seed=1)
+    out, v_last = run_neuron(kernel_for(spec, cache_dir), x)
+    ref, st = neurons.run_sequence(spec, {}, x)
+    assert torch.equal(out, ref) and torch.equal(v_last, st["v"])
+
+
+@pytest.mark.parametrize(
+    "charge", ["sj_lif_decay_input", "sj_plif_decay_input", "sj_if", "snncc_li"]
+)
+def test_fused_prologue_and_epilogue_match_reference_steps(charge, cache_dir) -> None:
+    """scale/add steps fused into the kernel == the reference backend's apply_steps."""
+    output = "membrane" if charge == "snncc_li" else "spike"
+    reset = "none" if charge == "snncc_li" else "hard"
+    spec = spec_of((charge, reset, False, output, ">=", "atan"))
+    pro = [
+        {"kind": "add", "port": 1},
+        {"kind": "scale", "op": "div", "value": 3.0},
+        {"kind": "scale", "op": "mul", "value": 1.9},
+    ]
+    epi = [{"kind": "scale", "op": "mul", "value": 0.3}, {"kind": "add", "port": 2}]
+    kernel = kernel_for(spec, cache_dir, pro, epi)
+    T = 16
+    x, v0, w, gy, _ = _inputs(T, seed=5)
+    a1 = torch.rand_like(x)
+    a2 = torch.randn(x.shape[1:])  # broadcast over time: autograd reduces its gradient
+    ref_leaves = [t.clone().requires_grad_() for t in (x, a1, a2, w)]
+    cpu_leaves = [t.clone().requires_grad_() for t in (x, a1, a2, w)]
+    rx, ra1, ra2, rw = ref_leaves
+    ins = [rx, ra1, ra2.expand_as(rx)]
+    xin = apply_steps(pro, rx, ins, "test prologue")
+    params = {"w": rw} if charge in PLIF_FORMS else {}
+    y, _ = neurons.run_sequence(spec, params, xin, {"v": v0})
+    ref = apply_steps(epi, y, ins, "test epilogue")
+    cx, ca1, ca2, cw = cpu_leaves
+    out, _ = run_neuron(kernel, cx, (ca1, ca2), v0, cw.sigmoid())
+    assert torch.equal(out, ref)
+    wanted = [0, 1, 2, 3] if charge in PLIF_FORMS else [0, 1, 2]
+    g_ref = torch.autograd.grad((ref * gy).sum(), [ref_leaves[i] for i in wanted])
+    g_cpu = torch.autograd.grad((out * gy).sum(), [cpu_leaves[i] for i in wanted])
+    for name, a, b in zip(("x", "a1", "a2", "w"), g_cpu, g_ref):
+        assert_grads_close(a, b, f"grad {name}")
+
+
+@pytest.mark.parametrize("charge", ["sj_plif_decay_input", "sj_lif", "sj_if"])
+def test_recompute_gives_the_same_gradients_as_saved_membranes(charge, cache_dir) -> None:
+    spec = spec_of((charge, "hard", False, "spike", ">=", "sigmoid"))
+    pro = [{"kind": "scale", "op": "mul", "value": 1.25}, {"kind": "add", "port": 1}]
+    saved = kernel_for(spec, cache_dir, pro)
+    recomputed = kernel_for(spec, cache_dir, pro, recompute=True)
+    assert recomputed.info.recompute and not saved.info.recompute
+    x, v0, w, gy, gv = _inputs(24, seed=9)
+    a = torch.rand_like(x)
+    grads = []
+    for kernel in (saved, recomputed):
+        leaves = [t.clone().requires_grad_() for t in (x, a, v0, w)]
+        out, v_last = run_neuron(kernel, leaves[0], (leaves[1],), leaves[2], leaves[3].sigmoid())
+        loss = (out * gy).sum() + (v_last * gv).sum()
+        grads.append((out, torch.autograd.grad(loss, leaves, allow_unused=True)))
+    (o1, g1), (o2, g2) = grads
+    assert torch.equal(o1, o2)
+    assert (g1[3] is None) == (charge not in PLIF_FORMS)
+    for a_, b_ in zip(g1, g2):
+        # same arithmetic, only where h comes from differs
+        assert (a_ is None and b_ is None) or torch.equal(a_, b_)
+
+
+def test_uint8_spikes_equal_float_spikes(cache_dir) -> None:
+    spec = spec_of(("sj_lif_decay_input", "hard", False, "spike", ">=", "sigmoid"))
+    x, v0, *_ = _inputs(8, seed=3)
+    f32, _ = run_neuron(kernel_for(spec, cache_dir), x, (), v0)
+    u8, _ = run_neuron(kernel_for(spec, cache_dir, spike_dtype="uint8"), x, (), v0)
+    assert u8.dtype == torch.uint8 and torch.equal(u8.float(), f32)
+
+
+def test_wrong_inputs_are_refused(cache_dir) -> None:
+    spec = spec_of(("sj_plif", "hard", False, "spike", ">=", "sigmoid"))
+    kernel = kernel_for(spec, cache_dir)
+    x = torch.rand(4, 2, 3)
+    with pytest.raises(ShapeError, match="float32"):
+        run_neuron(kernel, x.double(), (), None, torch.tensor(0.5))
+    with pytest.raises(ShapeError, match="k = sigmoid"):
+        run_neuron(kernel, x)
+    with pytest.raises(ShapeError, match="add inputs"):
+        run_neuron(kernel, x, (x,), None, torch.tensor(0.5))
+
+
+def test_missing_compiler_is_a_clear_error(monkeypatch, tmp_path) -> None:
+    from snncc.backends.cpu import compiler
+
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.delenv("SNNCC_CXX", raising=False)
+    with pytest.raises(BackendError, match=r"tried .*g\+\+.*install"):
+        compiler.find_compiler()
+
+
+def test_compiled_kernels_are_cached_on_disk(tmp_path) -> None:
+    spec = spec_of(("sj_if", "subtract", True, "spike", ">", "rect"))
+    NeuronKernel(spec, cache_dir=str(tmp_path))
+    sos = list(tmp_path.glob("*.so"))
+    cpps = list(tmp_path.glob("*.cpp"))
+    assert len(sos) == 1 and len(cpps) == 1
+    mtime = sos[0].stat().st_mtime_ns
+    NeuronKernel(spec, cache_dir=str(tmp_path))
+    assert sos[0].stat().st_mtime_ns == mtime and len(list(tmp_path.glob("*.so"))) == 1
+
+
+# ------------------------------------------------------------------ graphs
+def _grads_by_name(prog, x: torch.Tensor, gy: torch.Tensor):
+    xin = x.clone().requires_grad_()
+    y, _ = prog.run(xin)
+    names = [n for n, p in prog.params.items() if p.requires_grad]
+    leaves = [prog.params[n] for n in names] + [xin]
+    grads = torch.autograd.grad((y * gy).sum(), leaves, allow_unused=True)
+    return y, dict(zip([*names, "<input>"], grads))
+
+
+def _compare_programs(ref, cpu, x: torch.Tensor) -> None:
+    gy = torch.randn(ref.run(x)[0].shape, generator=torch.Generator().manual_seed(0))
+    y_ref, g_ref = _grads_by_name(ref, x, gy)
+    y_cpu, g_cpu = _grads_by_name(cpu, x, gy)
+    assert torch.equal(y_cpu, y_ref), f"{(y_cpu != y_ref).sum().item()} outputs differ"
+    assert g_ref.keys() == g_cpu.keys()
+    for name in g_ref:
+        if g_ref[name] is None:
+            assert g_cpu[name] is None
+            continue
+        assert_grads_close(g_cpu[name], g_ref[name], f"grad {name}")
+
+
+def _compile_both(model: torch.nn.Module, x: torch.Tensor, cache_dir: str):
+    ref = snncc.compile(model, x, backend="reference")
+    cpu = snncc.compile(model, x, backend="cpu", cache_dir=cache_dir)
+    return ref, cpu
+
+
+class _Residual(torch.nn.Module):
+    """Scale and residual add around a neuron: fuse_elementwise makes them kernel steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(12, 12)
+        self.lif = snn.LIF(tau=1.5)
+        self.out = torch.nn.Linear(12, 5)
+        self.li = snn.LI(tau=3.0)
+
+    def forward(self, x):
+        s = self.lif(self.fc(x) / 2.0 + x)
+        return self.li(self.out(s * 0.5 + x))
+
+
+def _models():
+    torch.manual_seed(0)
+    return {
+        "mlp_lif_li": torch.nn.Sequential(
+            torch.nn.Linear(12, 32), snn.LIF(), torch.nn.Linear(32, 5), snn.LI()
+        ),
+        "mlp_if_soft_atan_plif": torch.nn.Sequential(
+            torch.nn.Linear(12, 24),
+            snn.IF(v_reset=None, surrogate="atan", alpha=2.0, detach_reset=True),
+            torch.nn.Linear(24, 16),
+            snn.ParametricLIF(init_tau=3.0, decay_input=False),
+            torch.nn.Linear(16, 5),
+        ),
+        "residual_fused": _Residual(),
+    }
+
+
+@pytest.mark.parametrize("T", TS)
+@pytest.mark.parametrize("name", ["mlp_lif_li", "mlp_if_soft_atan_plif", "residual_fused"])
+def test_cpu_backend_matches_reference_on_snncc_models(name, T, cache_dir) -> None:
+    model = _models()[name]
+    x = torch.rand(T, 4, 12, generator=torch.Generator().manual_seed(T)) * 1.5
+    ref, cpu = _compile_both(model, x, cache_dir)
+    if name == "residual_fused":
+        neuron_attrs = [cpu.ir.attrs(n) for n in cpu.ir.iter_ops("neuron")]
+        assert any(a.get("prologue") for a in neuron_attrs)
+        assert any(a.get("epilogue") for a in neuron_attrs)
+    _compare_programs(ref.program, cpu.program, x)
+
+
+@pytest.mark.parametrize("T", TS)
+def test_cpu_backend_matches_reference_on_spikingjelly_convnet(T, cache_dir) -> None:
+    from spikingjelly.activation_based import functional, layer, neuron, surrogate
+
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(
+        layer.Conv2d(1, 4, 3, padding=1),
+        layer.BatchNorm2d(4),
+        neuron.ParametricLIFNode(init_tau=2.0, surrogate_function=surrogate.ATan()),
+        layer.MaxPool2d(2),
+        layer.Flatten(),
+        layer.Linear(4 * 4 * 4, 10),
+        neuron.LIFNode(tau=2.0, detach_reset=True, v_reset=None),
+    )
+    functional.set_step_mode(net, "m")
+    net.eval()
+    x = torch.rand(T, 2, 1, 8, 8, generator=torch.Generator().manual_seed(T)) * 2
+    ref, cpu = _compile_both(net, x, cache_dir)
+    _compare_programs(ref.program, cpu.program, x)
+    # and the source framework agrees with both, bit for bit
+    functional.reset_net(net)
+    with torch.no_grad():
+        assert torch.equal(cpu(x).detach(), net(x))
+
+
+def test_streaming_run_continues_from_state(cache_dir) -> None:
+    model = _models()["mlp_lif_li"]
+    x = torch.rand(10, 3, 12, generator=torch.Generator().manual_seed(2)) * 1.5
+    ref, cpu = _compile_both(model, x, cache_dir)
+    y_full, st_full = cpu.program.run(x)
+    y1, st = cpu.program.run(x[:4])
+    y2, st2 = cpu.program.run(x[4:], st)
+    assert torch.equal(torch.cat([y1, y2]), y_full)
+    ry, rst = ref.program.run(x)
+    assert torch.equal(y_full, ry)
+    assert st_full.keys() == rst.keys()
+    for n in rst:
+        assert torch.equal(st2[n]["v"], rst[n]["v"])
+
+
+def _recurrent_graph() -> Graph:
+    """input -> add(input, W_rec @ s[t-1]) -> LIF -> output: a recurrent component."""
+    g = Graph()
+    g.meta.update(source="torch", step_mode="m")
+    inp = g.add_node("input", attrs={"index": 0}, shape=["B", 6], name="x")
+    lin = g.add_node("linear", [], params={"weight": "rec.weight"}, shape=["B", 6], name="rec")
+    add = g.add_node("add", [inp, lin], shape=["B", 6], name="add")
+    spec = NeuronSpec(model="lif", charge="sj_lif_decay_input", tau=2.0)
+    neu = g.add_node("neuron", [add], attrs={"neuron": spec.to_dict()}, shape=["B", 6], name="lif")
+    g.add_edge(neu, lin, 0, delay=1)
+    g.add_node("output", [neu], attrs={"index": 0}, shape=["B", 6], name="out")
+    w = torch.randn(6, 6, generator=torch.Generator().manual_seed(4)) * 0.8
+    g.add_param("rec.weight", w.numpy())
+    return g
+
+
+@pytest.mark.parametrize("T", TS)
+def test_cpu_backend_matches_reference_on_a_recurrent_graph(T, cache_dir) -> None:
+    g = _recurrent_graph()
+    x = torch.rand(T, 3, 6, generator=torch.Generator().manual_seed(T)) * 1.2
+    ref = ReferenceProgram(g)
+    cpu = CpuProgram(g, cache_dir=cache_dir)
+    _compare_programs(ref, cpu, x)
+    if T > 1:  # streaming across the recurrence: the delay state carries over
+        y, _ = cpu.run(x)
+        y1, st = cpu.run(x[:1])
+        y2, _ = cpu.run(x[1:], st)
+        assert torch.equal(torch.cat([y1, y2]), y)
+
+
+def test_cpu_backend_is_registered_and_lists_its_source(cache_dir) -> None:
+    from snncc import backends
+
+    assert "cpu" in backends.available()
+    model = _models()["mlp_lif_li"]
+    x = torch.rand(4, 2, 12)
+    cm = snncc.compile(model, x, backend="cpu", cache_dir=cache_dir)
+    assert "SNNCC_KERNEL void snncc_fwd_" in cm.source
+    assert "kernels.cpp" in cm.program.files()
+    with pytest.raises(snncc.UnsupportedError, match="unknown cpu backend option"):
+        snncc.compile(model, x, backend="cpu", unroll=4)
