@@ -34,9 +34,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from snncc.ir.neuron import CHARGE_FORMS, NeuronSpec
 
 from snncc.errors import UnsupportedError
+from snncc.ir.neuron import CHARGE_FORMS, NeuronSpec
 
 #: flags that keep nvcc / NVRTC from contracting a*b+c into an FMA (which rounds once)
 NVCC_EXACT_FLAGS: tuple[str, ...] = ("-fmad=false",)

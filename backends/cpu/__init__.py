@@ -25,9 +25,8 @@ from typing import Any
 from snncc.backends import register
 from snncc.backends.cpu.program import CpuProgram
 from snncc.backends.reference import ReferenceBackend
-from snncc.ir.graph import Graph
-
 from snncc.errors import UnsupportedError
+from snncc.ir.graph import Graph
 
 __all__ = ["CpuBackend", "CpuProgram"]
 

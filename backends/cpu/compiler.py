@@ -21,7 +21,6 @@ from functools import cache
 from pathlib import Path
 
 from snncc.backends.kernels import HOST_EXACT_FLAGS
-
 from snncc.errors import BackendError
 
 #: compilers tried in order when neither SNNCC_CXX nor CXX names one

@@ -16,15 +16,15 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+
 from snncc.backends.cpu import compiler
 from snncc.backends.kernels import (
     NeuronKernelInfo,
     neuron_kernel_info,
     render_neuron_kernels,
 )
-from snncc.ir.neuron import NeuronSpec
-
 from snncc.errors import ShapeError
+from snncc.ir.neuron import NeuronSpec
 
 _CTYPES = {
     "const float*": ctypes.c_void_p,

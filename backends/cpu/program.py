@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+
 from snncc.backends.cpu.neuron import NeuronKernel, run_neuron
 from snncc.backends.reference.program import ReferenceProgram
 from snncc.ir.graph import Graph
