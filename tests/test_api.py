@@ -87,6 +87,13 @@ def test_batch_and_time_may_differ_from_example(model, cm):
     assert torch.equal(cm(x), eager(model, x))
 
 
+def test_numpy_example_input_compiles_the_same(model, cm):
+    from_numpy = snncc.compile(model, make_input().numpy())
+    x = make_input(seed=12)
+    assert from_numpy.input_spec == cm.input_spec
+    assert torch.equal(from_numpy(x), cm(x))
+
+
 def test_call_starts_from_fresh_state(cm):
     x = make_input(seed=6)
     assert torch.equal(cm(x), cm(x))
