@@ -235,6 +235,7 @@ def cmd_ir(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     import numpy as np
+    import torch
 
     import snncc
 
@@ -249,7 +250,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not isinstance(x, np.ndarray):
         raise UsageError(f"input file {path} holds several arrays; save one array with numpy.save")
     start = time.perf_counter()
-    y = cm(x)
+    with torch.no_grad():  # inference only: torch backends need no autograd graph
+        y = cm(x)
     elapsed = time.perf_counter() - start
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
