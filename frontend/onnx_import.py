@@ -37,6 +37,7 @@ from snncc.export.onnx import (
     IR_FORMAT_VERSION,
     MAX_OPSET,
     META_GRAPH,
+    META_OPTIONS,
     META_VERSION,
     MIN_OPSET,
     ONNX_OPS,
@@ -300,9 +301,24 @@ def _first_difference(
     return None
 
 
-def _check_same(model: onnx.ModelProto, graph: Graph, opset: int, where: str) -> None:
+def _options(props: dict[str, str], where: str) -> dict[str, Any]:
+    """The export options recorded in the file (absent: the defaults)."""
     try:
-        want = reexport(graph, opset)
+        options = json.loads(props.get(META_OPTIONS, "{}"))
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{where}: metadata {META_OPTIONS!r} is not valid JSON ({e})") from e
+    if not isinstance(options, dict) or set(options) - {"state_io"}:
+        raise UnsupportedError(
+            f"{where}: export options {options!r} are not ones this snncc knows ('state_io')"
+        )
+    return {"state_io": bool(options.get("state_io", False))}
+
+
+def _check_same(
+    model: onnx.ModelProto, graph: Graph, opset: int, options: dict[str, Any], where: str
+) -> None:
+    try:
+        want = reexport(graph, opset, **options)
     except SnnccError as e:
         raise UnsupportedError(
             f"{where}: the IR in its metadata cannot be exported again: {e}"
@@ -332,5 +348,5 @@ def from_onnx(path_or_model: str | os.PathLike[str] | onnx.ModelProto) -> Graph:
     opset = _check_ops(model, where)
     doc = _structure(props[META_GRAPH], where)
     graph = _rebuild(model, doc, where)
-    _check_same(model, graph, opset, where)
+    _check_same(model, graph, opset, _options(props, where), where)
     return graph

@@ -5,14 +5,16 @@ runs ``onnx.checker.check_model(full_check=True)``), run whole-sequence in
 onnxruntime on [T, B, ...] inputs and compared with the reference backend on
 the same IR.
 
-Exactness (fp32 on both sides): the neuron Scans are bit-exact, so graphs
-whose stateless ops are exact in onnxruntime (short Gemm reductions, pooling
-of spikes, max pooling, reshapes, element-wise ops) give identical spikes and
-membranes. Conv/BatchNorm/long Gemms on real-valued inputs accumulate in
-another order than torch; measured on the conv net below: ~66-70% of those
-values differ, by at most 4e-6 absolute (a few ulps), and 0 spikes flipped.
-Those tests allow a spike mismatch fraction of 1e-4 and require everything
-else allclose(rtol=1e-5, atol=1e-5).
+Exactness (fp32 on both sides): the neuron Scans (every charge form, reset,
+comparison, fused prologue/epilogue) are bit-exact, and so are element-wise
+ops, reshapes, max pooling, adaptive pooling (explicit ops in torch's order)
+and any pooling of spikes: graphs made only of those must match to the bit.
+Gemm/MatMul, Conv, BatchNormalization and AveragePool/GlobalAveragePool on
+real values accumulate in another order than torch's kernels (which one
+depends on the shapes: even an 8-wide Gemm on 1-3 rows differs): measured
+here, up to ~70% of such values differ by a few ulps (max 4e-6 absolute) and
+0 spikes flipped. Graphs with those ops are held to a spike mismatch fraction
+of 1e-4 and allclose(rtol=1e-5, atol=1e-5) for every other value.
 """
 
 from __future__ import annotations
@@ -127,6 +129,24 @@ def add_linear(g: Graph, x: int, name: str, n_in: int, n_out: int, seed: int, bi
             f"{name}.bias", (rng.standard_normal(n_out) * 0.3).astype(np.float32)
         )
     return g.add_node("linear", [x], params=params, shape=["B", n_out], name=name)
+
+
+def neurons_graph(hidden: dict, w: float | None = None) -> Graph:
+    """x[B,16] -> hidden neuron -> output 0; x -> LI readout -> output 1 (membrane). No Gemm."""
+    g = Graph()
+    g.meta.update(source="snncc", step_mode="m")
+    x = g.add_node("input", attrs={"index": 0}, shape=["B", 16], name="x")
+    params = {}
+    if w is not None:
+        params["w"] = g.add_param("sn1.w", np.array(w, np.float32))
+    s = g.add_node(
+        "neuron", [x], attrs={"neuron": hidden}, params=params, shape=["B", 16], name="sn1"
+    )
+    li = spec(model="li", charge="snncc_li", tau=2.0, reset="none", output="membrane")
+    m = g.add_node("neuron", [x], attrs={"neuron": li}, shape=["B", 16], name="readout")
+    g.add_node("output", [s], attrs={"index": 0}, shape=["B", 16])
+    g.add_node("output", [m], attrs={"index": 1}, shape=["B", 16])
+    return run_pipeline(g, REFERENCE)
 
 
 def mlp(hidden: dict, w: float | None = None) -> Graph:
@@ -391,17 +411,25 @@ def sj_conv_ir() -> Graph:
 @pytest.mark.parametrize("name", list(HIDDEN))
 def test_neuron_scans_are_bit_exact(name: str) -> None:
     hidden, w = HIDDEN[name]
-    g = mlp(hidden, w)
+    g = neurons_graph(hidden, w)
     model = to_onnx(g)
     fired = []
     for t, b in SIZES:
-        x = randn((t, b, 12), seed=t + b)
+        x = randn((t, b, 16), seed=t + b)
         ys, rs = run_onnx(model, x), run_ref(g, x)
         assert_exact(ys, rs)
-        fired.append(float(rs[1].mean()) if NeuronSpec.from_dict(hidden).spiking else 0.5)
-    assert 0.0 < max(fired) < 1.0, (
-        "the hidden layer must fire sometimes (a silent net proves nothing)"
-    )
+        fired.append(float(rs[0].mean()) if NeuronSpec.from_dict(hidden).spiking else 0.5)
+    assert 0.0 < max(fired) < 1.0, "the neuron must fire sometimes (a silent one proves nothing)"
+
+
+@pytest.mark.parametrize("name", list(HIDDEN))
+def test_mlp_with_gemms_within_tolerance(name: str) -> None:
+    hidden, w = HIDDEN[name]
+    g = mlp(hidden, w)
+    model = to_onnx(g)
+    for t, b in SIZES:
+        x = randn((t, b, 12), seed=t + b)
+        assert_close(run_onnx(model, x), run_ref(g, x))
 
 
 def test_model_io_are_time_major_with_symbolic_dims() -> None:
@@ -433,7 +461,7 @@ def _scan_spec(node: onnx.NodeProto) -> dict:
 
 
 @pytest.mark.parametrize("with_linear", [True, False])
-def test_recurrent_group_is_one_exact_scan(with_linear: bool) -> None:
+def test_recurrent_group_is_one_scan(with_linear: bool) -> None:
     g = recurrent_graph(with_linear)
     assert [grp["kind"] for grp in g.meta["groups"]].count("recurrent") == 1
     model = to_onnx(g)
@@ -442,11 +470,35 @@ def test_recurrent_group_is_one_exact_scan(with_linear: bool) -> None:
     for t, b in SIZES:
         x = randn((t, b, 6), seed=10 + t, scale=3.0)
         rs = run_ref(g, x)
-        assert_exact(run_onnx(model, x), rs)
+        # spikes fed straight back are exact; through a Linear, within tolerance
+        (assert_close if with_linear else assert_exact)(run_onnx(model, x), rs)
     assert 0.0 < rs[0].mean() < 1.0
 
 
-def test_fused_prologue_epilogue_and_folded_batchnorm_are_exact() -> None:
+def test_fused_prologue_and_epilogue_are_exact() -> None:
+    """x / 3 + y -> LIF -> * 0.7, fused into one neuron by the jax pipeline."""
+    g = Graph()
+    g.meta.update(source="snncc", step_mode="m")
+    x = g.add_node("input", attrs={"index": 0}, shape=["B", 10], name="x")
+    y = g.add_node("input", attrs={"index": 1}, shape=["B", 10], name="y")
+    d = g.add_node("scale", [x], attrs={"op": "div", "value": 3.0}, shape=["B", 10])
+    a = g.add_node("add", [d, y], shape=["B", 10])
+    lif = spec(model="lif", charge="sj_lif_decay_input", tau=2.0)
+    n = g.add_node("neuron", [a], attrs={"neuron": lif}, shape=["B", 10], name="sn")
+    m = g.add_node("scale", [n], attrs={"op": "mul", "value": 0.7}, shape=["B", 10])
+    g.add_node("output", [m], attrs={"index": 0}, shape=["B", 10])
+    g = run_pipeline(g, JAX)
+    assert [g.op(i) for i in g.topo_order()] == ["input", "input", "neuron", "output"]
+    assert g.attrs(n)["prologue"] and g.attrs(n)["epilogue"]  # node ids survive the passes
+    model = to_onnx(g)
+    for t, b in SIZES:
+        xs = randn((t, b, 10), seed=30 + t), randn((t, b, 10), seed=31 + t)
+        ys, rs = run_onnx(model, *xs), run_ref(g, *xs)
+        assert_exact(ys, rs)
+    assert 0.0 < rs[0].mean() < 0.7
+
+
+def test_folded_batchnorm_and_fusion_within_tolerance() -> None:
     g = run_pipeline(fused_graph(), JAX)
     (n,) = [n for n in g.nx.nodes if g.op(n) == "neuron"]
     assert g.attrs(n).get("prologue") and g.attrs(n).get("epilogue")
@@ -454,7 +506,7 @@ def test_fused_prologue_epilogue_and_folded_batchnorm_are_exact() -> None:
     model = to_onnx(g)
     for t, b in SIZES:
         x = randn((t, b, 10), seed=30 + t)
-        assert_exact(run_onnx(model, x), run_ref(g, x))
+        assert_close(run_onnx(model, x), run_ref(g, x))
 
 
 def test_every_stateless_op_three_inputs() -> None:
@@ -463,19 +515,60 @@ def test_every_stateless_op_three_inputs() -> None:
     for t, b in SIZES:
         xs = [randn((t, b, 2, 8), 1), randn((t, b, 2, 8), 2), randn((t, b, 2, 6, 6), 3)]
         ys, rs = run_onnx(model, *xs), run_ref(g, *xs)
-        # pooling of real values: GlobalAveragePool and AveragePool sum in another order
-        assert_exact(ys[:5], rs[:5])
-        assert_close(ys[5:7], rs[5:7])
-        assert_exact(ys[7:], rs[7:])
+        assert_close(ys, rs)
+        # adaptive pooling (explicit ops) and max pooling are exact on any values
+        assert_exact([ys[3], ys[4], ys[7]], [rs[3], rs[4], rs[7]])
         spikes = (np.random.default_rng(t).random((t, b, 2, 6, 6)) < 0.4).astype(np.float32)
         ys, rs = run_onnx(model, xs[0], xs[1], spikes), run_ref(g, xs[0], xs[1], spikes)
-        assert_exact(ys, rs)  # on spikes every pooling is exact (integer sums)
+        assert_exact(ys[3:], rs[3:])  # on spikes every pooling is exact (integer sums)
     assert 0.0 < rs[0].mean() < 1.0
+
+
+@pytest.mark.parametrize("which", ["plif_mlp", "recurrent"])
+def test_state_io_streams_in_chunks_like_the_reference(which: str) -> None:
+    """state.<nid>.<var> in, next_state.<nid>.<var> out: two chunks equal one call."""
+    if which == "plif_mlp":
+        g, x = mlp(*HIDDEN["plif_tau3_soft"]), randn((12, 3, 12), seed=70)
+    else:
+        g, x = recurrent_graph(True), randn((12, 3, 6), seed=71, scale=3.0)
+    model = to_onnx(g, state_io=True)
+    sess = session(model)
+    state_names = [i.name for i in sess.get_inputs()][1:]
+    assert state_names and all(n.startswith("state.") for n in state_names)
+
+    def fresh(name: str) -> np.ndarray:
+        _, nid, var = name.split(".")
+        shape = (x.shape[1], *g.node(int(nid))["shape"][1:])
+        fill = NeuronSpec.from_dict(g.attrs(int(nid))["neuron"]).v_init if var == "v" else 0.0
+        return np.full(shape, fill, np.float32)
+
+    def call(xs: np.ndarray, state: dict[str, np.ndarray]) -> tuple[list, dict]:
+        outs = sess.run(None, {"input0": xs, **state})
+        n_out = len(g.meta["outputs"])
+        names = [o.name for o in sess.get_outputs()][n_out:]
+        return outs[:n_out], {
+            n.replace("next_state.", "state."): v for n, v in zip(names, outs[n_out:])
+        }
+
+    whole, end_state = call(x, {n: fresh(n) for n in state_names})
+    first, mid = call(x[:5], {n: fresh(n) for n in state_names})
+    second, end2 = call(x[5:], mid)
+    assert_exact([np.concatenate(p) for p in zip(first, second)], whole)
+    assert_exact(list(end2.values()), list(end_state.values()))
+    # the same values and final state as the reference backend (the graphs hold Gemms)
+    prog = ReferenceProgram(g, requires_grad=False)
+    ref, ref_state = prog.run(torch.from_numpy(x))
+    ref = ref if isinstance(ref, tuple) else (ref,)
+    assert_close(whole, [r.numpy() for r in ref])
+    names = list(end_state)
+    keys = [(int(n.split(".")[1]), n.split(".")[2]) for n in names]
+    assert_close([end_state[n] for n in names], [ref_state[k][v].numpy() for k, v in keys])
+    assert format_graph(from_onnx(model)) == format_graph(g)
 
 
 @pytest.mark.parametrize("opset", [MIN_OPSET, MAX_OPSET])
 def test_other_opsets(opset: int) -> None:
-    g = recurrent_graph(True)
+    g = recurrent_graph(False)
     model = to_onnx(g, opset=opset)
     assert model.opset_import[0].version == opset
     x = randn((8, 3, 6), seed=40, scale=3.0)
@@ -483,7 +576,7 @@ def test_other_opsets(opset: int) -> None:
     assert format_graph(from_onnx(model)) == format_graph(g)
 
 
-def test_spikingjelly_mlp_exact_at_other_sizes_than_traced() -> None:
+def test_spikingjelly_mlp_at_other_sizes_than_traced() -> None:
     pytest.importorskip("spikingjelly")
     cm = snncc.compile(sj_mlp_model(), torch.rand(8, 4, 4, 4) * 3, backend="reference")
     model = to_onnx(cm.ir)
@@ -491,7 +584,7 @@ def test_spikingjelly_mlp_exact_at_other_sizes_than_traced() -> None:
         x = (np.random.default_rng(t).random((t, b, 4, 4)) * 3).astype(np.float32)
         (y,) = run_onnx(model, x)
         r = cm(torch.from_numpy(x)).detach().numpy()
-        assert_exact([y], [r])
+        assert_close([y], [r])
     assert 0.0 < r.mean() < 1.0
 
 
@@ -565,7 +658,7 @@ def test_import_uses_edited_weights(tmp_path) -> None:
     back = from_onnx(model)
     assert np.array_equal(back.params["fc1.weight"], g.params["fc1.weight"] * np.float32(1.5))
     x = randn((8, 3, 12), seed=60)
-    assert_exact(run_onnx(model, x), run_ref(back, x))
+    assert_close(run_onnx(model, x), run_ref(back, x))
     assert not np.array_equal(run_ref(back, x)[1], run_ref(g, x)[1])
 
 

@@ -55,6 +55,8 @@ from snncc.ir.neuron import NeuronSpec
 IR_FORMAT_VERSION = 1
 META_VERSION = "snncc.ir_version"
 META_GRAPH = "snncc.graph"
+#: export options the importer needs to re-export identically (JSON)
+META_OPTIONS = "snncc.export_options"
 #: key in a Scan's doc_string JSON that lists its neurons' specs
 DOC_NEURONS = "snncc_neurons"
 #: what ``snncc.graph`` holds in place of a neuron's spec (which lives on its Scan)
@@ -285,9 +287,13 @@ def _unsupported(graph: Graph, nid: int, why: str) -> UnsupportedError:
 class _Exporter:
     """One export: walks the execution units in schedule order and emits ONNX nodes."""
 
-    def __init__(self, graph: Graph, opset: int) -> None:
+    def __init__(self, graph: Graph, opset: int, state_io: bool = False) -> None:
         self.g = graph
         self.opset = opset
+        self.state_io = state_io
+        #: with state_io: graph inputs/outputs carrying the Scan states (after the model's own)
+        self.state_inputs: list[onnx.ValueInfoProto] = []
+        self.state_outputs: list[onnx.ValueInfoProto] = []
         self.names = _Names()
         self.main = _Scope(self.names)
         #: (nid, delay) -> name of the value as [T, B, ...] / as [T*B, ...] in the main graph
@@ -460,8 +466,8 @@ class _Exporter:
         graph = helper.make_graph(
             self.main.nodes,
             "snncc",
-            self.inputs,
-            self.outputs,
+            self.inputs + self.state_inputs,
+            self.outputs + self.state_outputs,
             initializer=[self.initializers[k] for k in sorted(self.initializers)],
             doc_string="snncc export: inputs and outputs are time-major [T, B, ...]",
         )
@@ -474,9 +480,9 @@ class _Exporter:
             producer_version=_snncc_version(),
             doc_string="Spiking neural network exported by snncc; the time loop is inside (Scan).",
         )
-        helper.set_model_props(
-            model, {META_VERSION: str(IR_FORMAT_VERSION), META_GRAPH: graph_metadata(g)}
-        )
+        props = {META_VERSION: str(IR_FORMAT_VERSION), META_GRAPH: graph_metadata(g)}
+        props[META_OPTIONS] = json.dumps({"state_io": self.state_io})
+        helper.set_model_props(model, props)
         return model
 
     # ---------------------------------------------------------------- stateless nodes
@@ -877,6 +883,24 @@ class _Exporter:
         out = self.apply_steps(sc, nid, "epilogue", out, ins)
         return out, v_new
 
+    def initial_state(self, nid: int, var: str, fill: float, outer_x: str | None = None) -> str:
+        """The state ``var`` of ``nid`` at t=-1: ``fill`` everywhere, or with state_io the
+        graph input ``state.<nid>.<var>`` (and ``outer_x``, the neuron's input sequence,
+        gives the shape when the IR has no static one)."""
+        m = self.main
+        m.prefix = f"/n{nid}"
+        if not self.state_io:
+            value = numpy_helper.from_array(np.full(1, fill, np.float32))
+            return m.op("ConstantOfShape", [self.batch_shape(nid, outer_x)], value=value)
+        name = f"state.{nid}.{var}"
+        info = _vinfo(name, self.step_shape(nid))
+        info.doc_string = (
+            f"{var} of IR node %{nid} at t=-1, [B, ...] (fresh: filled with {fill!r}); "
+            f"output next_state.{nid}.{var} is its value after the last step"
+        )
+        self.state_inputs.append(info)
+        return name
+
     def emit_scan(self, nodes: list[int]) -> None:
         """One Scan over ``nodes`` (a neuron, or a recurrent group) stepping along axis 0."""
         g, m = self.g, self.main
@@ -897,27 +921,19 @@ class _Exporter:
         # states: each neuron's membrane, then each value a delay edge reads inside the group
         for n in neurons:
             body.prefix = f"/n{n}"
-            name = self.names.fresh(body.prefix, "v")
-            membrane[n] = name
-            state_in.append(_vinfo(name, self.step_shape(n)))
-            m.prefix = f"/n{n}"
+            membrane[n] = self.names.fresh(body.prefix, "v")
+            state_in.append(_vinfo(membrane[n], self.step_shape(n)))
             x_edge = self.in_edges(n)[0]
-            fallback = self.seq_of(x_edge.src, x_edge.delay) if x_edge.src not in members else None
-            m.prefix = f"/n{n}"
-            shape = self.batch_shape(n, fallback)
-            value = numpy_helper.from_array(np.full(1, specs[n].v_init, np.float32))
-            state_init.append(m.op("ConstantOfShape", [shape], value=value))
+            outer_x = None if x_edge.src in members else self.seq_of(x_edge.src)
+            state_init.append(self.initial_state(n, "v", specs[n].v_init, outer_x))
         delayed = sorted(
             {e.src for n in order for e in self.in_edges(n) if e.delay and e.src in members}
         )
         for p in delayed:
             body.prefix = f"/n{p}"
-            name = self.names.fresh(body.prefix, "prev")
-            local[(p, 1)] = name
-            state_in.append(_vinfo(name, self.step_shape(p)))
-            m.prefix = f"/n{p}"
-            zero = numpy_helper.from_array(np.zeros(1, np.float32))
-            state_init.append(m.op("ConstantOfShape", [self.batch_shape(p)], value=zero))
+            local[(p, 1)] = self.names.fresh(body.prefix, "prev")
+            state_in.append(_vinfo(local[(p, 1)], self.step_shape(p)))
+            state_init.append(self.initial_state(p, "delay", 0.0))
         # scan inputs: every value produced outside the group, at the delay it is read
         for n in order:
             for e in self.in_edges(n):
@@ -989,6 +1005,13 @@ class _Exporter:
             body=body_graph,
             num_scan_inputs=len(scan_in),
         )
+        if self.state_io:
+            keys = [(n, "v") for n in neurons] + [(p, "delay") for p in delayed]
+            for (n, var), name in zip(keys, outs[:n_state]):
+                m.prefix = f"/n{n}"
+                out = f"next_state.{n}.{var}"
+                m.op("Identity", [name], out_names=[out])
+                self.state_outputs.append(_vinfo(out, self.step_shape(n)))
         for n, name in zip(exported, outs[n_state:]):
             self.seq[(n, 0)] = name
 
@@ -1011,7 +1034,11 @@ def check_opset(opset: int) -> int:
 
 
 def to_onnx(
-    graph: Graph, path: str | os.PathLike[str] | None = None, opset: int = DEFAULT_OPSET
+    graph: Graph,
+    path: str | os.PathLike[str] | None = None,
+    opset: int = DEFAULT_OPSET,
+    *,
+    state_io: bool = False,
 ) -> onnx.ModelProto:
     """Export ``graph`` (after the reference pipeline, or the jax one) as an ONNX model.
 
@@ -1030,7 +1057,7 @@ def to_onnx(
     from snncc.ir.verify import verify
 
     verify(graph)
-    model = _Exporter(graph, opset).run()
+    model = _Exporter(graph, opset, state_io).run()
     onnx.checker.check_model(model, full_check=True)
     if path is not None:
         path = Path(path)
@@ -1038,6 +1065,6 @@ def to_onnx(
     return model
 
 
-def reexport(graph: Graph, opset: int) -> onnx.ModelProto:
+def reexport(graph: Graph, opset: int, state_io: bool = False) -> onnx.ModelProto:
     """Export without checking (the importer compares the result with the file it read)."""
-    return _Exporter(graph, opset).run()
+    return _Exporter(graph, opset, state_io).run()
