@@ -32,7 +32,8 @@ flatten             attrs start_dim, end_dim (per-step dims: 0 is batch)
 reshape             attrs shape (per-step, batch written as -1)
 dropout             attrs p, shared_over_time (train mode only; eval drops it)
 identity            copy
-add                 sum of all inputs (broadcasting as torch)
+add                 sum of all inputs, left to right in port order
+                    (((p0 + p1) + p2) ...; broadcasting as torch)
 mul                 product of two inputs (broadcasting as torch)
 scale               ``x * value`` or ``x / value``: attrs op ("mul"|"div"), value
 cat                 torch.cat along attrs dim (per-step)
