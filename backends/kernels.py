@@ -144,7 +144,14 @@ class NeuronKernelInfo:
     ``forward_args`` / ``backward_args`` are ``(name, ctype)`` pairs in call
     order; ctype is one of ``"const float*"``, ``"float*"``, ``"uint8*"``,
     ``"double*"``, ``"float"``, ``"int"``, ``"int64"``. Pointer arguments the
-    kernel documents as nullable may be passed as NULL.
+    kernel documents as nullable may be passed as NULL. Arrays are contiguous
+    and time-major: ``[T, N]`` with N = every per-step element (batch included).
+
+    Target differences (the only ones): ``gk`` is ``double[1]``, zeroed by the
+    caller and accumulated with one atomicAdd per warp, on CUDA (launch with
+    ``blockDim.x`` a multiple of 32: the warp reduction needs full warps; any
+    grid size works, the loop is grid-stride); on the CPU it is ``double[N]``,
+    one partial sum per neuron, summed by the host.
     """
 
     tag: str

@@ -284,3 +284,61 @@ def test_a_single_unit_compiles_warning_free(tmp_path: Path) -> None:
     ]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-4000:]
+
+
+# ------------------------------------------------------------------ NVRTC
+def _nvrtc():
+    """libnvrtc via ctypes (the CUDA backend's runtime compiler), or None."""
+    import ctypes
+    import ctypes.util
+
+    path = None
+    try:
+        from cuda.pathfinder import load_nvidia_dynamic_lib
+
+        path = load_nvidia_dynamic_lib("nvrtc").abs_path
+    except Exception:  # cuda-pathfinder missing, or no nvrtc in site-packages
+        path = ctypes.util.find_library("nvrtc")
+    if path is None:
+        return None
+    try:
+        return ctypes.CDLL(path)
+    except OSError:
+        return None
+
+
+def nvrtc_compile(lib, source: str, options: list[str]) -> tuple[int, str, str]:
+    """(result code, log, ptx) of compiling ``source`` with NVRTC."""
+    import ctypes
+
+    prog = ctypes.c_void_p()
+    assert lib.nvrtcCreateProgram(ctypes.byref(prog), source.encode(), b"k.cu", 0, None, None) == 0
+    opts = (ctypes.c_char_p * len(options))(*[o.encode() for o in options])
+    rc = lib.nvrtcCompileProgram(prog, len(options), opts)
+    size = ctypes.c_size_t()
+    lib.nvrtcGetProgramLogSize(prog, ctypes.byref(size))
+    log = ctypes.create_string_buffer(size.value)
+    lib.nvrtcGetProgramLog(prog, log)
+    ptx = ""
+    if rc == 0:
+        lib.nvrtcGetPTXSize(prog, ctypes.byref(size))
+        buf = ctypes.create_string_buffer(size.value)
+        lib.nvrtcGetPTX(prog, buf)
+        ptx = buf.value.decode()
+    lib.nvrtcDestroyProgram(ctypes.byref(prog))
+    return rc, log.value.decode(errors="replace"), ptx
+
+
+@pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
+def test_every_cuda_kernel_compiles_with_nvrtc(arch: str, matrix_cuda_source: str) -> None:
+    """NVRTC (no host headers, what the CUDA runtime uses) accepts every unit, FMA-free forward."""
+    lib = _nvrtc()
+    if lib is None:
+        pytest.skip("libnvrtc not found (pip install nvidia-cuda-nvrtc, or a CUDA toolkit)")
+    rc, log, ptx = nvrtc_compile(
+        lib, matrix_cuda_source, [f"--gpu-architecture={arch}", *NVCC_EXACT_FLAGS]
+    )
+    assert rc == 0, log[-4000:]
+    forward = [e for e in re.split(r"\.entry ", ptx)[1:] if e.startswith("snncc_fwd_")]
+    assert len(forward) == len(form_matrix())
+    assert not [e.split("(")[0] for e in forward if "fma." in e]

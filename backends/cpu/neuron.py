@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from snncc.backends.cpu import compiler
 from snncc.backends.kernels import (
@@ -173,6 +174,7 @@ class _NeuronFunction(torch.autograd.Function):
         return out, v_last
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, g_out, g_vlast):  # type: ignore[override]
         kernel: NeuronKernel = ctx.kernel
         h_seq, x, v0, *adds = ctx.saved_tensors
