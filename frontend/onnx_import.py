@@ -180,10 +180,10 @@ def _scan_specs(model: onnx.ModelProto, where: str) -> dict[int, dict[str, Any]]
                 f"reads up to {IR_FORMAT_VERSION}"
             )
         for key, spec in entries.items():
-            spec = decode(spec)
             try:
+                spec = decode(spec)
                 NeuronSpec.from_dict(spec)
-            except (IRError, TypeError) as e:
+            except (IRError, TypeError, ValueError) as e:
                 raise UnsupportedError(
                     f"{where}: {_node_label(node)}: neuron spec of IR node %{key} is invalid: {e}"
                 ) from e

@@ -628,23 +628,26 @@ def _assert_same_ir(a: Graph, b: Graph) -> None:
         assert a.params[k].dtype == b.params[k].dtype and np.array_equal(a.params[k], b.params[k])
 
 
-@pytest.mark.parametrize("which", ["plif_mlp", "recurrent", "fused", "sj_conv"])
+@pytest.mark.parametrize("which", ["plif_mlp", "recurrent", "fused", "ops", "sj_conv"])
 def test_round_trip_reproduces_ir_and_outputs(which: str, tmp_path, request) -> None:
     if which == "sj_conv":
         g = request.getfixturevalue("sj_conv_ir")
-        x = (np.random.default_rng(0).random((8, 2, 2, 16, 16)) * 2).astype(np.float32)
+        xs = [(np.random.default_rng(0).random((8, 2, 2, 16, 16)) * 2).astype(np.float32)]
+    elif which == "ops":
+        g = ops_graph()
+        xs = [randn((8, 3, 2, 8), 1), randn((8, 3, 2, 8), 2), randn((8, 3, 2, 6, 6), 3)]
     else:
         g, shape = {
             "plif_mlp": (mlp(*HIDDEN["plif_trained_w"]), (12,)),
             "recurrent": (recurrent_graph(True), (6,)),
             "fused": (run_pipeline(fused_graph(), JAX), (10,)),
         }[which]
-        x = randn((8, 3, *shape), seed=50)
+        xs = [randn((8, 3, *shape), seed=50)]
     path = tmp_path / "model.onnx"
     to_onnx(g, path)
     back = from_onnx(path)
     _assert_same_ir(g, back)
-    assert_exact(run_ref(back, x), run_ref(g, x))
+    assert_exact(run_ref(back, *xs), run_ref(g, *xs))
     # and the re-export is the same file content, metadata included
     assert to_onnx(back).SerializeToString() == onnx.load(str(path)).SerializeToString()
 
@@ -749,4 +752,14 @@ def test_export_refuses_pooling_torch_and_onnx_size_differently(op, change, why)
     nid = next(n for n in g.nx.nodes if g.op(n) == op)
     g.attrs(nid).update(change)
     with pytest.raises(UnsupportedError, match=rf"%{nid} \({op} '{op}'\).*{why}"):
+        to_onnx(g)
+
+
+def test_export_refuses_a_parameter_named_like_a_model_output() -> None:
+    g = recurrent_graph(False)
+    lin = next(n for n in g.nx.nodes if g.op(n) == "linear")
+    old = g.node(lin)["params"]["weight"]
+    g.params["output0"] = g.params.pop(old)
+    g.node(lin)["params"]["weight"] = "output0"
+    with pytest.raises(UnsupportedError, match="parameter 'output0' has the name of a model"):
         to_onnx(g)
