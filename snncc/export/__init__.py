@@ -16,9 +16,12 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 __all__ = ["to_onnx"]
 
 
-def to_onnx(graph: Graph, path: Any = None, opset: int | None = None) -> onnx.ModelProto:
+def to_onnx(
+    graph: Graph, path: Any = None, opset: int | None = None, *, state_io: bool = False
+) -> onnx.ModelProto:
     """Export a scheduled IR graph to ONNX (see :func:`snncc.export.onnx.to_onnx`)."""
     from snncc.export.onnx import DEFAULT_OPSET
     from snncc.export.onnx import to_onnx as _to_onnx
 
-    return _to_onnx(graph, path, opset=DEFAULT_OPSET if opset is None else opset)
+    opset = DEFAULT_OPSET if opset is None else opset
+    return _to_onnx(graph, path, opset=opset, state_io=state_io)

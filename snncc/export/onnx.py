@@ -11,9 +11,15 @@ the layer-first schedule of temporal fusion written in standard ONNX:
 - every neuron node is one ``Scan`` over axis 0 whose body is the neuron's
   per-step update in :mod:`snncc.neurons`' exact operation order, so an ONNX
   runtime computes the same float32 membranes and spikes as the reference
-  backend (see :func:`_neuron_step`);
+  backend (see :meth:`_Exporter.neuron_step`); PLIF's ``k = sigmoid(w)`` is
+  computed once, outside the Scan;
 - a recurrent group (a strongly connected component closed by delay-1 edges)
   is one Scan over all its nodes: the delayed values are Scan state.
+
+With ``state_io=True`` every Scan state is also a model input
+``state.<nid>.<var>`` (``v``: membrane, ``delay``: a delayed value) and output
+``next_state.<nid>.<var>``, the reference backend's state dict flattened, so a
+runtime can stream a sequence in chunks.
 
 Two kinds of readers, two kinds of content. A plain ONNX runtime needs
 nothing but the graph. snncc's importer (:mod:`snncc.frontend.onnx_import`)
@@ -25,12 +31,14 @@ the neurons it runs, and the initializers, named by the source model's
 restored IR and requires the identical ONNX graph, so what it returns always
 computes exactly what the file computes.
 
-Exactness (measured in tests/test_onnx.py, onnxruntime CPU, fp32): the Scan
-bodies are bit-exact with the reference backend (element-wise IEEE ops in the
-same order); Gemm/MatMul with long reductions, Conv, BatchNormalization,
-AveragePool and GlobalAveragePool accumulate in a different order than torch
-and differ by a few ulps, which flips a spike only when a membrane lands
-within those ulps of the threshold.
+Exactness (measured in tests/test_onnx.py, onnxruntime 1.32 CPU, fp32): the
+Scan bodies are bit-exact with the reference backend (element-wise IEEE ops in
+the same order), as are reshapes, max pooling, adaptive pooling (built from
+Slice/Add/Div in torch's summation order) and any pooling of spikes.
+Gemm/MatMul, Conv, BatchNormalization (torch fuses it into FMAs) and
+AveragePool/GlobalAveragePool on real values accumulate differently from
+torch's kernels and differ by a few ulps; a spike flips only when a membrane
+lands within those ulps of the threshold (0 flips in the tests).
 """
 
 from __future__ import annotations
@@ -1062,7 +1070,12 @@ def to_onnx(
     ``output<i>`` of shape ``[T, B, ...]`` (``i``: the IR input/output index);
     ``T`` and ``B`` are symbolic. Parameters are initializers named by their
     state_dict names. The model passes ``onnx.checker.check_model(full_check=True)``;
-    with ``path`` it is also written there.
+    with ``path`` it is also written there. ``opset``: MIN_OPSET..MAX_OPSET.
+
+    ``state_io=True`` adds, after those, one input ``state.<nid>.<var>`` per
+    Scan state (``[B, ...]``; a fresh state is the neuron's ``v_init``, or 0
+    for ``delay``) and the matching output ``next_state.<nid>.<var>``, so the
+    sequence can be streamed in chunks exactly like ``Program.run(x, state)``.
 
     Raises UnsupportedError (naming the IR node) for what ONNX cannot express
     with the same results: training-mode batchnorm/dropout, avgpool
