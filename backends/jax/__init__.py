@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Any
 
 from snncc.backends import register
-
 from snncc.errors import BackendError
 
 try:
@@ -58,6 +57,9 @@ class JaxBackend:
             raise BackendError(
                 f"unknown jax backend option(s) {unknown}; supported: {sorted(known)}"
             )
+        unroll = options.get("unroll", 1)
+        if isinstance(unroll, bool) or not isinstance(unroll, int) or unroll < 1:
+            raise BackendError(f"jax backend option unroll={unroll!r} must be an int >= 1")
         source = render(graph, **options)
         return JaxProgram(graph, source, options)
 

@@ -14,9 +14,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from snncc.ir.graph import Graph
 
 from snncc.errors import BackendError, ShapeError
+from snncc.ir.graph import Graph
 
 
 def default_cache_dir() -> Path:
@@ -112,12 +112,17 @@ class JaxProgram:
                 )
         return out
 
+    @staticmethod
+    def _state(state: dict) -> dict[int, dict[str, jax.Array]]:
+        """A state from any backend (torch, numpy or jax leaves) as jax arrays keyed by node id."""
+        return {int(k): {var: to_jax(val) for var, val in v.items()} for k, v in state.items()}
+
     def _outputs(self, ys: tuple[jax.Array, ...]) -> Any:
         return ys[0] if self._n_outputs == 1 else tuple(ys)
 
     def run(self, x: Any, state: dict | None = None) -> tuple[Any, dict]:
         """Run [T, B, ...] from ``state`` (None: fresh); returns (outputs, final state)."""
-        st = {} if state is None else {int(k): dict(v) for k, v in state.items()}
+        st = {} if state is None else self._state(state)
         ys, new_state = self._jit_run(self.params, self._inputs(x), st)
         return self._outputs(ys), new_state
 

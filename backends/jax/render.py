@@ -31,11 +31,11 @@ from typing import Any
 
 import jinja2
 import numpy as np
+
+from snncc.errors import IRError, UnsupportedError
 from snncc.ir.graph import Edge, Graph
 from snncc.ir.neuron import CHARGE_FORMS, NeuronSpec
 from snncc.ir.ops import OPS
-
-from snncc.errors import IRError, UnsupportedError
 
 from . import runtime
 
@@ -605,7 +605,8 @@ class Renderer:
 
     def _title(self, seg: Segment) -> str:
         how = "whole sequence as [T*B, ...]" if seg.kind == "flat" else "lax.scan over t"
-        return f"group {sanitise(seg.group)} ({seg.group_kind}, {len(seg.nodes)} nodes): {how}"
+        count = f"{len(seg.nodes)} node" + ("s" if len(seg.nodes) != 1 else "")
+        return f"group {sanitise(seg.group)} ({seg.group_kind}, {count}): {how}"
 
     # ------------------------------------------------------------------ main
     def context(self) -> dict[str, Any]:

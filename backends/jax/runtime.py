@@ -322,6 +322,8 @@ def max_pool2d(x, kernel, stride, padding, dilation=1, ceil_mode: bool = False) 
     """torch max_pool2d: -inf padding, dilation, ceil_mode; ties pass gradient to the first max."""
     k, s, _p, d, geo = _pool_params(x, kernel, stride, padding, dilation, ceil_mode)
     lead = x.ndim - 2
+    if d != (1, 1):
+        return _max_pool_patches(x, k, s, d, geo)
     return lax.reduce_window(
         x,
         -jnp.inf,
@@ -331,6 +333,28 @@ def max_pool2d(x, kernel, stride, padding, dilation=1, ceil_mode: bool = False) 
         [(0, 0)] * lead + [g[1] for g in geo],
         window_dilation=(1,) * lead + d,
     )
+
+
+def _max_pool_patches(x, k, s, d, geo) -> jax.Array:
+    """Dilated max pooling as an argmax over the k_h*k_w strided window taps.
+
+    jax has no VJP for a dilated ``reduce_window`` max; taking the first
+    maximum in row-major window order also routes the gradient of ties
+    (common with binary spikes) to the same element torch picks.
+    """
+    (oh, (ph, hh)), (ow, (pw, hw)) = geo
+    pad = [(0, 0)] * (x.ndim - 2) + [(ph, hh), (pw, hw)]
+    xp = jnp.pad(x, pad, constant_values=-jnp.inf)
+    taps = []
+    for i in range(k[0]):
+        for j in range(k[1]):
+            r0, c0 = i * d[0], j * d[1]
+            taps.append(
+                xp[..., r0 : r0 + (oh - 1) * s[0] + 1 : s[0], c0 : c0 + (ow - 1) * s[1] + 1 : s[1]]
+            )
+    patches = jnp.stack(taps, axis=-1)
+    first = jnp.argmax(patches, axis=-1)
+    return jnp.take_along_axis(patches, first[..., None], axis=-1)[..., 0]
 
 
 def _divisor(size: int, k: int, s: int, p: int, out: int, include_pad: bool) -> np.ndarray:
