@@ -720,6 +720,8 @@ SHAPE_OPS = [
     ),
     ("scale", [[4]], dict(op="div", value=3.0), lambda a: a / 3.0),
     ("mul", [[4], [4]], {}, lambda a, b: a * b),
+    ("identity", [[4]], {}, lambda a: a),
+    ("dropout", [[4]], {"p": 0.5, "training": False}, lambda a: a),
     ("add", [[4], [4], [4]], {}, lambda a, b, c: a + b + c),
 ]
 

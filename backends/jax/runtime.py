@@ -223,15 +223,12 @@ def fold_bn(
     Computed inside the traced function from the source parameters, so
     ``jax.grad`` reaches ``weight``/``bias``/``bn_weight``/``bn_bias`` themselves.
     """
-    s = 1.0 / jnp.sqrt(bn_var + eps)
-    if bn_weight is not None:
-        s = bn_weight * s
+    gamma = jnp.ones_like(bn_var) if bn_weight is None else bn_weight
+    beta = jnp.zeros_like(bn_mean) if bn_bias is None else bn_bias
+    s = gamma / jnp.sqrt(bn_var + eps)
     w2 = w * s.reshape((-1,) + (1,) * (w.ndim - 1))
     b0 = jnp.zeros_like(bn_mean) if b is None else b
-    b2 = (b0 - bn_mean) * s
-    if bn_bias is not None:
-        b2 = b2 + bn_bias
-    return w2, b2
+    return w2, (b0 - bn_mean) * s + beta
 
 
 def batch_norm(
