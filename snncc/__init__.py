@@ -23,6 +23,7 @@ __all__ = [
     "SnnccError",
     "UnsupportedError",
     "compile",
+    "compile_graph",
     "load",
     "trace",
 ]
@@ -30,7 +31,7 @@ __all__ = [
 
 def __getattr__(name: str):
     # Lazy: `import snncc` stays cheap (no torch/jax import) for the CLI's --help.
-    if name in ("compile", "load", "CompiledModel"):
+    if name in ("compile", "compile_graph", "load", "CompiledModel"):
         from snncc import api
 
         return getattr(api, name)

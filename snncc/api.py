@@ -332,15 +332,38 @@ def compile(  # noqa: A001 - the public name is snncc.compile, by design
     """
     from snncc import backends
     from snncc.frontend import trace
-    from snncc.ir.passes import run_pipeline
 
     example = _check_example_input(example_input)
-    be = backends.get(backend)  # unknown names fail before the (slower) trace
+    backends.get(backend)  # unknown names fail before the (slower) trace
     _check_model_dtype(model, example)
-    graph = trace(model, example)
+    return compile_graph(trace(model, example), backend, dump_ir=dump_ir, **options)
+
+
+def compile_graph(
+    graph: Any,
+    backend: str = "reference",
+    dump_ir: str | Path | None = None,
+    **options: Any,
+) -> CompiledModel:
+    """Compile an IR graph (traced, or imported from NIR/ONNX) for ``backend``.
+
+    The input spec comes from the graph's input node: its per-step shape and dtype.
+    """
+    from snncc import backends
+    from snncc.ir.passes import run_pipeline
+
+    be = backends.get(backend)
+    inputs = graph.meta.get("inputs", [])
+    if len(inputs) != 1:
+        raise UnsupportedError(
+            f"snncc compiles graphs with exactly one input; this graph has {len(inputs)}"
+        )
+    node = graph.node(inputs[0])
+    if node.get("shape") is None:
+        raise UnsupportedError("the graph's input node has no per-step shape")
+    spec = {"shape": ["B", *node["shape"][1:]], "dtype": node.get("dtype", "float32")}
     graph = run_pipeline(graph, be.pipeline, dump_dir=dump_ir)
     program = be.lower(graph, **options)
-    spec = {"shape": ["B", *example.shape[2:]], "dtype": _dtype_name(example)}
     return CompiledModel(program, backend, spec, options)
 
 

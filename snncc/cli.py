@@ -1,4 +1,4 @@
-"""The ``snncc`` command line: compile, ir, run, example.
+"""The ``snncc`` command line: compile, ir, run, export, import, example.
 
 Every failure snncc knows about (:class:`~snncc.errors.SnnccError`) is printed
 as one line, ``snncc: error: ...``, with exit status 2 -- the same shape as
@@ -21,6 +21,7 @@ from typing import Any
 from snncc.errors import CheckpointError, SnnccError
 
 FORMATS = ("text", "json", "dot")
+EXCHANGE_FORMATS = ("onnx", "nir")
 
 
 class UsageError(SnnccError, ValueError):
@@ -269,6 +270,75 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def load_graph(model: str, input_shape: tuple[int, ...] | None, weights: str | None) -> Any:
+    """The scheduled IR of MODEL: an artifact directory, or a SPEC traced at ``input_shape``."""
+    import snncc
+
+    if Path(model).is_dir():
+        return snncc.load(model).ir
+    if input_shape is None:
+        raise UsageError(
+            f"{model!r} is not an artifact directory; to trace a SPEC give --input-shape T,B,..."
+        )
+    cm = snncc.compile(build_model(model, weights), example_input(input_shape))
+    return cm.ir
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    graph = load_graph(args.model, args.input_shape, args.weights)
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.format == "onnx":
+        from snncc.export.onnx import to_onnx
+
+        to_onnx(graph, out)
+    else:
+        from snncc.export.nir import to_nir
+
+        to_nir(graph, out, dt=args.dt)
+    print(f"exported {args.model} as {args.format} to {out} ({out.stat().st_size} bytes)")
+    return 0
+
+
+def import_graph(path: Path, fmt: str | None, **nir_options: Any) -> Any:
+    """Read an ONNX or NIR file into the IR; the format comes from the suffix unless given."""
+    fmt = fmt or {".onnx": "onnx", ".nir": "nir", ".h5": "nir", ".hdf5": "nir"}.get(path.suffix)
+    if fmt is None:
+        raise UsageError(
+            f"cannot tell the format of {path} from its suffix; give --format "
+            f"({' or '.join(EXCHANGE_FORMATS)})"
+        )
+    if fmt == "onnx":
+        from snncc.frontend.onnx_import import from_onnx
+
+        return from_onnx(path)
+    from snncc.frontend.nir_import import from_nir
+
+    return from_nir(path, **nir_options)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    import snncc
+
+    nir_options = {
+        k: v
+        for k, v in (("dt", args.dt), ("reset", args.reset), ("accept", args.accept))
+        if v is not None
+    }
+    if args.format == "onnx" or Path(args.file).suffix == ".onnx":
+        if nir_options:
+            raise UsageError(f"--dt/--reset/--accept apply to NIR files, not {args.file}")
+    graph = import_graph(Path(args.file), args.format, **nir_options)
+    cm = snncc.compile_graph(graph, backend=args.backend)
+    out = cm.save(args.output)
+    print(
+        f"imported {args.file} for backend {cm.backend}: {len(cm.ir)} IR nodes, "
+        f"{len(cm.params)} weight arrays, input [T, {', '.join(map(str, cm.input_spec['shape']))}]"
+    )
+    print(f"wrote {out}/ (run it with: snncc run {out} --input x.npy -o y.npy)")
+    return 0
+
+
 def cmd_example(args: argparse.Namespace) -> int:
     import numpy as np
     import torch
@@ -338,6 +408,30 @@ example:
 
 The input is time-major [T, B, ...] float32 with the per-step shape the model was
 compiled for (T and B may differ from the compile-time shape).
+"""
+
+_EXPORT_EPILOG = """\
+example:
+  snncc compile snncc.examples.digits:load_pretrained --input-shape 8,1,64 -o out/digits
+  snncc export out/digits --format onnx -o out/digits.onnx
+  snncc export snncc.examples.digits:load_pretrained --input-shape 8,1,64 --format nir \\
+      --dt 1e-4 -o out/digits.nir
+
+MODEL is an artifact directory written by 'snncc compile', or a SPEC
+(path/file.py:factory or package.module:factory) traced at --input-shape.
+ONNX: the whole sequence [T, B, ...] in one graph, each neuron layer an ONNX
+Scan over time (T and B are symbolic); runs in onnxruntime.
+"""
+
+_IMPORT_EPILOG = """\
+example:
+  snncc import out/digits.onnx -o out/digits-from-onnx
+  snncc import model.nir --dt 1e-4 -o out/from-nir --backend jax
+  snncc run out/digits-from-onnx --input x.npy -o y.npy
+
+The file becomes an artifact directory like 'snncc compile' writes. NIR files
+describe continuous-time neurons: --dt (required) says how to discretise them;
+see the README for the conventions and what --accept allows.
 """
 
 _EXAMPLE_EPILOG = """\
@@ -420,6 +514,50 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", required=True, metavar="Y.npy", help="where to save the output"
     )
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "export",
+        help="export a compiled or traced model as ONNX or NIR",
+        epilog=_EXPORT_EPILOG,
+        formatter_class=raw,
+    )
+    p.add_argument("model", metavar="MODEL", help="artifact directory, or a SPEC")
+    p.add_argument("--format", required=True, choices=EXCHANGE_FORMATS, help="file format")
+    p.add_argument(
+        "--input-shape",
+        type=parse_input_shape,
+        metavar="T,B,...",
+        help="example input shape when MODEL is a SPEC",
+    )
+    p.add_argument("--weights", metavar="FILE", help="state_dict to load when MODEL is a SPEC")
+    p.add_argument(
+        "--dt", type=float, default=None, help="NIR: the time step the model's steps stand for"
+    )
+    p.add_argument("-o", "--output", required=True, metavar="FILE", help="file to write")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "import",
+        help="import an ONNX or NIR file into an artifact directory",
+        epilog=_IMPORT_EPILOG,
+        formatter_class=raw,
+    )
+    p.add_argument("file", metavar="FILE", help="a .onnx or .nir file")
+    p.add_argument("--format", choices=EXCHANGE_FORMATS, help="default: from the file suffix")
+    p.add_argument(
+        "--backend", default="reference", help=f"one of {', '.join(backends)} (default: reference)"
+    )
+    p.add_argument("--dt", type=float, default=None, help="NIR: discretisation time step")
+    p.add_argument("--reset", default=None, help="NIR: reset convention (see README)")
+    p.add_argument(
+        "--accept",
+        default=None,
+        help="NIR: comma-separated approximations to accept instead of refusing the file",
+    )
+    p.add_argument(
+        "-o", "--output", required=True, metavar="DIR", help="artifact directory to write"
+    )
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser(
         "example",

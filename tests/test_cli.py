@@ -111,7 +111,44 @@ def test_ir_package_spec(capsys):
     assert "f32[B,128]" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("command", ["compile", "ir", "run", "example"])
+def test_export_onnx_then_import_round_trip(tmp_path, capsys, model_spec):
+    """compile -> export onnx -> import (jax) -> run gives the compiled model's spikes."""
+    pytest.importorskip("onnxruntime")
+    spec, ckpt, model = model_spec
+    art, onnx_file, back = tmp_path / "art", tmp_path / "m.onnx", tmp_path / "back"
+    assert (
+        main(["compile", spec, "--input-shape", "5,1,12", "--weights", ckpt, "-o", str(art)]) == 0
+    )
+    assert main(["export", str(art), "--format", "onnx", "-o", str(onnx_file)]) == 0
+    assert main(["import", str(onnx_file), "-o", str(back)]) == 0
+    assert "imported" in capsys.readouterr().out
+
+    x = np.random.default_rng(1).uniform(0, 3, size=(6, 2, 12)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    for name in ("art", "back"):
+        argv = ["run", str(tmp_path / name), "--input", str(tmp_path / "x.npy")]
+        assert main([*argv, "-o", str(tmp_path / f"{name}.npy")]) == 0
+    functional.reset_net(model)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    assert 0 < want.sum() < want.size
+    np.testing.assert_array_equal(np.load(tmp_path / "back.npy"), want)
+
+
+def test_export_spec_needs_input_shape(capsys, model_spec):
+    spec, _, _ = model_spec
+    assert main(["export", spec, "--format", "onnx", "-o", "unused.onnx"]) == 2
+    assert "--input-shape" in capsys.readouterr().err
+
+
+def test_import_unknown_suffix(tmp_path, capsys):
+    path = tmp_path / "model.bin"
+    path.write_bytes(b"junk")
+    assert main(["import", str(path), "-o", str(tmp_path / "out")]) == 2
+    assert "--format" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["compile", "ir", "run", "export", "import", "example"])
 def test_every_command_help_shows_an_example(capsys, command):
     with pytest.raises(SystemExit) as exc:
         main([command, "--help"])
