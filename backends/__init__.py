@@ -19,6 +19,7 @@ _KNOWN: dict[str, str] = {
     "reference": "snncc.backends.reference",
     "jax": "snncc.backends.jax",
     "cpu": "snncc.backends.cpu",
+    "cuda": "snncc.backends.cuda",
 }
 _REGISTRY: dict[str, Callable[..., Any]] = {}
 

@@ -1,0 +1,82 @@
+"""The ``cuda`` backend: fused neuron kernels generated from the shared templates, run through CuPy.
+
+    import snncc
+    cm = snncc.compile(model, x, backend="cuda")          # renders CUDA C; no GPU needed yet
+    y = cm(x.cuda())                                       # compiles (NVRTC, cached) and runs
+    cm = snncc.compile(model, x, backend="cuda", cuda_graph=True, precision="tf32")
+
+Each neuron layer is one kernel over all T steps (state in registers); the
+forward and backward kernels are the templates in ``templates/cuda`` rendered
+for the ``cuda`` target -- the same text the ``cpu`` backend compiles for the
+host, which is how CI checks their logic without a GPU. Stateless ops run as
+torch CUDA ops (cuBLAS GEMMs, cuDNN convolutions) in the reference
+interpreter's schedule, so fp32 spikes equal the reference backend's run on
+the same GPU bit for bit. Training goes through a ``torch.autograd.Function``
+over the kernels.
+
+Options: ``cache_dir`` (default ``~/.cache/snncc/cuda``: the ``.cu`` sources and
+their cubins), ``device`` ("cuda" / "cuda:N"), ``precision`` ("fp32" | "tf32" |
+"bf16"), ``cuda_graph`` (capture inference in CUDA graphs), ``spike_dtype``
+("float32" | "uint8" for spikes that only feed outputs), ``recompute``,
+``block_size``, and the reference backend's ``requires_grad``,
+``stateless_per_step``, ``training``.
+
+Running needs CuPy (``pip install "snncc[cuda12]"`` or ``"snncc[cuda13]"``) and
+a CUDA GPU; without them lowering and rendering work and running raises a
+BackendError saying so. There is never a silent fallback to another backend.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from snncc.backends import register
+from snncc.backends.cpu import CpuBackend
+from snncc.backends.cuda import runtime
+from snncc.backends.cuda.program import CudaProgram
+from snncc.backends.reference import ReferenceBackend
+from snncc.errors import UnsupportedError
+from snncc.ir.graph import Graph
+
+__all__ = ["CudaBackend", "CudaProgram"]
+
+_OPTIONS = (
+    "cache_dir",
+    "recompute",
+    "device",
+    "precision",
+    "cuda_graph",
+    "spike_dtype",
+    "block_size",
+    "requires_grad",
+    "stateless_per_step",
+    "training",
+)
+
+
+class CudaBackend:
+    """Lower a scheduled graph to a :class:`CudaProgram` (kernels rendered now, compiled on first run)."""
+
+    name = "cuda"
+    #: the cpu backend's pipeline: bit-exact rewrites only (no BatchNorm folding)
+    pipeline = CpuBackend.pipeline
+
+    def lower(self, graph: Graph, **options: Any) -> CudaProgram:
+        """Render every neuron layer's kernels; needs no GPU."""
+        unknown = sorted(set(options) - set(_OPTIONS))
+        if unknown:
+            raise UnsupportedError(
+                f"unknown cuda backend option(s) {unknown}; supported: {', '.join(_OPTIONS)}"
+            )
+        return CudaProgram(graph, **options)
+
+    def to_native(self, x: Any) -> Any:
+        """torch / numpy / jax arrays -> torch tensors; the program moves them to its GPU.
+
+        Raises BackendError (what to install) when CuPy or a GPU is missing.
+        """
+        runtime.require()
+        return ReferenceBackend.to_native(self, x)
+
+
+register("cuda", CudaBackend)

@@ -1,0 +1,322 @@
+"""CudaProgram: the cpu backend's program with CUDA kernels and torch CUDA tensors.
+
+Why a subclass of :class:`~snncc.backends.cpu.program.CpuProgram`: the host
+side of a compiled SNN is identical on both targets -- the reference
+interpreter's schedule runs the stateless ops with torch (on the GPU that is
+cuBLAS for GEMMs and cuDNN for convolutions, batch norm and pooling) and every
+neuron layer is one call of a fused kernel over all T steps. What differs is
+small data: which kernel class renders/launches (CUDA via NVRTC + CuPy instead
+of C++ via the host compiler), where the tensors live, and GPU-only options
+(CUDA graphs, GEMM precision, uint8 spikes, time-chunked long sequences).
+
+Nothing here needs a GPU until ``run``: lowering renders the kernel sources
+(``files()``, ``source``), so ``snncc compile --backend cuda`` works anywhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from snncc.backends.cpu.program import CpuProgram
+from snncc.backends.cuda import cache as kcache
+from snncc.backends.cuda import runtime
+from snncc.backends.cuda.neuron import CudaNeuronKernel, KCache, run_neuron
+from snncc.backends.reference.program import ReferenceProgram
+from snncc.errors import UnsupportedError
+from snncc.ir.graph import Graph
+
+Tensor = torch.Tensor
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+SPIKE_DTYPES = ("float32", "uint8")
+
+
+class CudaProgram(CpuProgram):
+    """A graph whose neuron layers run as generated CUDA kernels and everything else as torch CUDA ops.
+
+    Parameters
+    ----------
+    graph
+        The scheduled graph.
+    cache_dir
+        Kernel cache (default ``~/.cache/snncc/cuda``): generated ``.cu`` files
+        and the cubins NVRTC made of them.
+    recompute
+        Backward recomputes each neuron's charged membrane instead of saving it.
+    device
+        ``"cuda"`` (the current device) or ``"cuda:N"``.
+    precision
+        ``"fp32"`` (default; true fp32 GEMMs and convolutions, TF32 off),
+        ``"tf32"`` (TF32 tensor cores for GEMMs and convolutions) or
+        ``"bf16"`` (stateless ops under bf16 autocast; neurons stay fp32).
+        Spikes are exact only in fp32 (the others change GEMM rounding).
+    cuda_graph
+        Capture inference runs (grad disabled, fresh state) in a CUDA graph per
+        input shape and replay it: one launch instead of one per op. The
+        outputs are the graph's static tensors, overwritten by the next call
+        of the same shape (clone them to keep them).
+    spike_dtype
+        ``"uint8"``: in inference, spiking layers whose only consumers are
+        program outputs store spikes as uint8 (4x less traffic); those outputs
+        are then uint8 tensors of 0/1. Default ``"float32"``.
+    block_size
+        Threads per block for the neuron kernels (default: chosen per layer).
+    **reference_options
+        ``requires_grad``, ``stateless_per_step``, ``training``: as the reference backend.
+    """
+
+    def __init__(
+        self,
+        graph: Graph,
+        *,
+        cache_dir: str | None = None,
+        recompute: bool = False,
+        device: str | int | None = None,
+        precision: str = "fp32",
+        cuda_graph: bool = False,
+        spike_dtype: str = "float32",
+        block_size: int | None = None,
+        **reference_options: Any,
+    ) -> None:
+        # CpuProgram.__init__ would compile host kernels: only the interpreter's part is shared.
+        ReferenceProgram.__init__(self, graph, **reference_options)
+        _check_choice("precision", precision, PRECISIONS)
+        _check_choice("spike_dtype", spike_dtype, SPIKE_DTYPES)
+        if block_size is not None and (
+            not isinstance(block_size, int) or block_size <= 0 or block_size % 32
+        ):
+            raise UnsupportedError(
+                f"cuda backend option block_size={block_size!r}: a positive multiple of 32"
+            )
+        self.cache_dir = cache_dir
+        self.precision = precision
+        self.cuda_graph = bool(cuda_graph)
+        self.spike_dtype = spike_dtype
+        self._device_spec = device
+        self.device: torch.device | None = None
+        self.kernels: dict[int, CudaNeuronKernel] = {}
+        self.u8_kernels: dict[int, CudaNeuronKernel] = {}
+        for n, spec in self._specs.items():
+            attrs = graph.attrs(n)
+            pro, epi = attrs.get("prologue") or [], attrs.get("epilogue") or []
+            self.kernels[n] = CudaNeuronKernel(
+                spec, pro, epi, {"recompute": recompute}, cache_dir, block=block_size
+            )
+            if spike_dtype == "uint8" and self._u8_eligible(n, spec.spiking, epi):
+                self.u8_kernels[n] = CudaNeuronKernel(
+                    spec,
+                    pro,
+                    epi,
+                    {"spike_dtype": "uint8"},
+                    cache_dir,
+                    backward=False,
+                    block=block_size,
+                )
+        self._kcache = KCache()
+        self._graphs: dict[Any, tuple] = {}
+        if torch.cuda.is_available():  # params live on the GPU from the start when there is one
+            self._place(runtime.resolve_device(device))
+
+    # ------------------------------------------------------------ lowering
+    def _u8_eligible(self, n: int, spiking: bool, epilogue: list) -> bool:
+        """uint8 spikes only where nothing but a program output reads them (exactly 0/1)."""
+        if not spiking or epilogue or n in self._recurrent:
+            return False
+        users = self.graph.users(n)
+        return bool(users) and all(self.graph.op(e.dst) == "output" and e.delay == 0 for e in users)
+
+    def _units_by_tag(self) -> dict[str, tuple[CudaNeuronKernel, list[int]]]:
+        """One translation unit per distinct kernel (identical layers share one), with its nodes."""
+        units: dict[str, tuple[CudaNeuronKernel, list[int]]] = {}
+        for table in (self.kernels, self.u8_kernels):
+            for n, kernel in table.items():
+                units.setdefault(kernel.info.tag, (kernel, []))[1].append(n)
+        return units
+
+    @property
+    def kernel_source(self) -> str:
+        """Every distinct generated CUDA unit, concatenated (one file that compiles as a whole)."""
+        parts = []
+        for tag, (kernel, nodes) in self._units_by_tag().items():
+            used = ", ".join(f"%{n}" for n in nodes)
+            parts.append(f"// ==== kernels {tag}: nodes {used} ====\n{kernel.source}")
+        return "\n".join(parts)
+
+    def files(self) -> dict[str, str]:
+        return {"kernels.cu": self.kernel_source, "program.txt": ReferenceProgram.source.fget(self)}
+
+    def build(self, arch: str | None = None) -> list:
+        """Compile every kernel unit into the cache and return the binaries' paths.
+
+        ``arch`` ("sm_80", "sm_90", "compute_90") builds without a GPU (ahead of
+        time, or to check the generated code); None builds for this
+        program's device (needs a GPU).
+        """
+        if arch is None:
+            dev = self._ready()
+            cap = runtime.device_info(dev.index).capability
+            return [
+                kcache.build(k.source, cap, self.cache_dir)
+                for k, _ in self._units_by_tag().values()
+            ]
+        return [
+            kcache.build(k.source, cache_dir=self.cache_dir, arch=arch)
+            for k, _ in self._units_by_tag().values()
+        ]
+
+    # ------------------------------------------------------------ devices
+    def _place(self, device: torch.device) -> None:
+        """Move every param to ``device`` once, keeping learnable ones leaf tensors."""
+        self.device = device
+        for name, t in list(self.params.items()):
+            if t.device != device:
+                moved = t.detach().to(device)
+                self.params[name] = moved.requires_grad_(t.requires_grad)
+
+    def _ready(self) -> torch.device:
+        """CuPy + GPU present (else BackendError saying what to install); params on the device."""
+        dev = runtime.require(self._device_spec if self.device is None else self.device)
+        if self.device != dev:
+            self._place(dev)
+        return dev
+
+    # ------------------------------------------------------------ running
+    def run(self, x: Any, state: dict | None = None) -> tuple[Any, dict]:
+        """Run ``x`` [T, B, ...] on the GPU from ``state``; return (outputs, final state)."""
+        dev = self._ready()
+        xs = list(x) if isinstance(x, (tuple, list)) else [x]
+        xs = [torch.as_tensor(t).to(dev) if not _on(t, dev) else t for t in xs]
+        x = xs if isinstance(x, (tuple, list)) else xs[0]
+        if self.cuda_graph and state is None and not self._grad_needed(xs):
+            return self._graph_run(xs)
+        with self._precision():
+            y, new_state = ReferenceProgram.run(self, x, state)
+        if self.precision == "bf16":  # autocast may leave bf16 outputs: results are fp32
+            y = _widen(y)
+        return y, new_state
+
+    def _grad_needed(self, xs: list[Tensor]) -> bool:
+        if not torch.is_grad_enabled():
+            return False
+        return any(t.requires_grad for t in xs) or any(
+            p.requires_grad for p in self.params.values()
+        )
+
+    @contextlib.contextmanager
+    def _precision(self) -> Iterator[None]:
+        """GEMM/convolution precision for this run only; the global flags are restored after."""
+        tf32 = self.precision == "tf32"
+        with _fp32_precision("tf32" if tf32 else "ieee"):
+            if self.precision == "bf16":
+                with torch.autocast("cuda", dtype=torch.bfloat16):
+                    yield
+            else:
+                yield
+
+    def _graph_key(self, xs: list[Tensor]) -> tuple:
+        """Shapes plus every param's storage and version: any change re-captures."""
+        return (
+            tuple((tuple(t.shape), t.dtype) for t in xs),
+            tuple((t.data_ptr(), t._version) for t in self.params.values()),
+        )
+
+    def _graph_run(self, xs: list[Tensor]) -> tuple[Any, dict]:
+        key = self._graph_key(xs)
+        entry = self._graphs.get(key)
+        if entry is None:
+            entry = self._capture(xs)
+            self._graphs = {key: entry}  # keep one: old captures hold stale params
+        graph, static_in, y, state = entry
+        for s, t in zip(static_in, xs):
+            s.copy_(t)
+        graph.replay()
+        return y, state
+
+    def _capture(self, xs: list[Tensor]) -> tuple:
+        dev = self.device
+        static_in = [t.clone() for t in xs]
+        arg = static_in if len(static_in) > 1 else static_in[0]
+        side = torch.cuda.Stream(dev)
+        side.wait_stream(torch.cuda.current_stream(dev))
+        with torch.cuda.stream(side), self._precision():
+            # warm-up: loads kernels, caches PLIF decays, creates cuBLAS/cuDNN handles
+            for _ in range(2):
+                ReferenceProgram.run(self, arg, None)
+        torch.cuda.current_stream(dev).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), self._precision():
+            y, state = ReferenceProgram.run(self, arg, None)
+            if self.precision == "bf16":
+                y = _widen(y)
+        return graph, static_in, y, state
+
+    # ------------------------------------------------------------ neurons
+    def _kernel_call(
+        self, ctx: Any, n: int, ins: list[Tensor], x: Tensor, v0: Tensor | None, lead: bool
+    ) -> tuple[Tensor, Tensor]:
+        """Node n's kernel on x (lead=False: one step of a recurrent component)."""
+        kernel = self.kernels[n]
+        adds = [ins[p] for p in kernel.info.add_ports]
+        if not lead:
+            x = x.unsqueeze(0)
+            adds = [a.unsqueeze(0) for a in adds]
+        k = k_value = None
+        if kernel.info.learns_k:
+            p = ctx.neuron_params(n)
+            k = p["k"]
+            k_value = self._kcache.value(n, p.get("w"), k)
+        if n in self.u8_kernels and lead and not _any_grad(x, v0, k, *adds):
+            kernel = self.u8_kernels[n]
+        out, v_last = run_neuron(kernel, x, adds, v0, k, k_value)
+        return (out if lead else out[0]), v_last
+
+    def _step_input(self, ctx: Any, e: Any, t: int, members: set, hist: dict) -> Tensor:
+        # the interpreter's t = 0 zeros of a delay edge inside a component are made on the CPU
+        v = super()._step_input(ctx, e, t, members, hist)
+        return v if self.device is None or v.device == self.device else v.to(self.device)
+
+
+def _widen(y: Any) -> Any:
+    if isinstance(y, tuple):
+        return tuple(_widen(v) for v in y)
+    return y.float() if y.dtype == torch.bfloat16 else y
+
+
+def _on(t: Any, dev: torch.device) -> bool:
+    return isinstance(t, Tensor) and t.device == dev
+
+
+def _any_grad(*ts: Tensor | None) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
+
+
+def _check_choice(option: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UnsupportedError(
+            f"cuda backend option {option}={value!r}; supported: {', '.join(map(repr, choices))}"
+        )
+
+
+@contextlib.contextmanager
+def _fp32_precision(mode: str) -> Iterator[None]:
+    """Set torch's fp32 GEMM and cuDNN convolution precision ("ieee" or "tf32"), then restore it."""
+    matmul = torch.backends.cuda.matmul
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if hasattr(matmul, "fp32_precision") and conv is not None:
+        saved = (matmul.fp32_precision, conv.fp32_precision)
+        matmul.fp32_precision, conv.fp32_precision = mode, mode
+        try:
+            yield
+        finally:
+            matmul.fp32_precision, conv.fp32_precision = saved
+    else:  # torch < 2.9
+        saved = (matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = mode == "tf32"
+        try:
+            yield
+        finally:
+            matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

@@ -1,0 +1,185 @@
+"""The cuda backend's host runtime: what it needs (CuPy, a GPU), loading kernels, launching them.
+
+Why CuPy only loads and launches: kernels are compiled to cubins by our NVRTC
+binding into a readable on-disk cache (:mod:`snncc.backends.cuda.cache`);
+CuPy's ``RawModule(path=...)`` loads them and its ``RawKernel`` launches them.
+Tensors stay torch tensors: a kernel receives their raw device pointers (the
+zero-copy sharing DLPack would give, without building CuPy arrays per launch)
+and runs on torch's *current* stream, so it is ordered with the torch ops
+around it and can be captured in a ``torch.cuda.CUDAGraph``.
+
+Without CuPy or without a GPU every entry point that would run something
+raises one :class:`~snncc.errors.BackendError` saying what to install;
+rendering the CUDA sources never needs either.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from snncc.backends.cuda import cache as kcache
+from snncc.errors import BackendError
+
+INSTALL_HINT = (
+    'pip install "snncc[cuda12]" (CuPy for CUDA 12.x drivers) or '
+    'pip install "snncc[cuda13]" (CuPy for CUDA 13.x drivers)'
+)
+_NEEDS = "the cuda backend runs its kernels through CuPy on a CUDA GPU"
+_RENDER_NOTE = (
+    "rendering the CUDA sources needs neither (snncc compile SPEC --backend cuda -o DIR "
+    "writes them on any machine)"
+)
+
+_lock = threading.Lock()
+_modules: dict[tuple[str, int], Any] = {}
+_streams: dict[int, Any] = {}
+
+
+def import_cupy() -> Any:
+    """The cupy module, or BackendError naming what to install."""
+    try:
+        import cupy
+    except ImportError as exc:
+        raise BackendError(
+            f"{_NEEDS}, and CuPy is not installed ({exc}); install it with {INSTALL_HINT}. "
+            f"A CUDA GPU is required to run; {_RENDER_NOTE}."
+        ) from None
+    return cupy
+
+
+def require(device: torch.device | str | int | None = None) -> torch.device:
+    """Check that CuPy and a CUDA GPU are usable for ``device``; return it as a torch.device."""
+    import_cupy()
+    if not torch.cuda.is_available():
+        raise BackendError(
+            f"{_NEEDS}, and no CUDA GPU is visible to torch (torch.cuda.is_available() is "
+            f"False; torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none: a CPU-only build'}). "
+            f"A CUDA GPU, its driver and a CUDA build of torch are required, with CuPy "
+            f"({INSTALL_HINT}); {_RENDER_NOTE}."
+        )
+    dev = resolve_device(device)
+    if dev.index >= torch.cuda.device_count():
+        raise BackendError(
+            f"cuda backend option device={str(dev)!r}: only {torch.cuda.device_count()} CUDA "
+            f"device(s) are visible (cuda:0 .. cuda:{torch.cuda.device_count() - 1})"
+        )
+    return dev
+
+
+def resolve_device(device: torch.device | str | int | None) -> torch.device:
+    """``None``/"cuda" -> the current CUDA device (cuda:N); anything not CUDA is an error."""
+    if device is None:
+        device = "cuda"
+    dev = torch.device(f"cuda:{device}" if isinstance(device, int) else device)
+    if dev.type != "cuda":
+        raise BackendError(
+            f"cuda backend option device={str(device)!r} is not a CUDA device; use 'cuda' or "
+            "'cuda:N' (or the 'cpu' backend for the CPU)"
+        )
+    if dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
+    return dev
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    index: int
+    name: str
+    #: compute capability as an int, e.g. 90 for 9.0
+    capability: int
+    sm_count: int
+
+
+@cache
+def device_info(index: int) -> DeviceInfo:
+    props = torch.cuda.get_device_properties(index)
+    return DeviceInfo(
+        index=index,
+        name=props.name,
+        capability=props.major * 10 + props.minor,
+        sm_count=props.multi_processor_count,
+    )
+
+
+def load_function(source: str, name: str, device: torch.device, cache_dir: str | None) -> Any:
+    """Kernel ``name`` of ``source``, compiled for ``device`` (cached on disk) and loaded by CuPy."""
+    cupy = import_cupy()
+    info = device_info(device.index)
+    path: Path = kcache.build(source, info.capability, cache_dir)
+    key = (str(path), device.index)
+    with _lock:
+        module = _modules.get(key)
+        if module is None:
+            with cupy.cuda.Device(device.index):
+                module = cupy.RawModule(path=str(path))
+            _modules[key] = module
+    with cupy.cuda.Device(device.index):
+        return module.get_function(name)
+
+
+def _external_stream(ptr: int) -> Any:
+    stream = _streams.get(ptr)
+    if stream is None:
+        stream = import_cupy().cuda.ExternalStream(ptr)
+        _streams[ptr] = stream
+    return stream
+
+
+def launch_config(n: int, sm_count: int, block: int | None = None) -> tuple[int, int]:
+    """(grid, block) for a one-thread-per-neuron kernel with a grid-stride loop.
+
+    Large layers: 256-thread blocks, at most 32 blocks per SM (the loop strides
+    over the rest). Small layers (fewer than two 256-thread blocks per SM):
+    smaller blocks, a multiple of 32 and at least 64, so the same warps spread
+    over every SM instead of crowding a few.
+    """
+    if block is None:
+        block = 256
+        if n < 2 * sm_count * block:
+            block = max(64, 32 * math.ceil(n / (2 * sm_count * 32)))
+            block = min(block, 256)
+    if block % 32:
+        raise BackendError(f"cuda kernel block size {block} is not a multiple of 32")
+    grid = max(1, min(math.ceil(n / block), 32 * sm_count))
+    return grid, block
+
+
+_PACK = {
+    "const float*": np.uint64,
+    "float*": np.uint64,
+    "uint8*": np.uint64,
+    "double*": np.uint64,
+    "float": np.float32,
+    "int": np.int32,
+    "int64": np.int64,
+}
+
+
+def pack_args(signature: tuple[tuple[str, str], ...], values: dict[str, Any]) -> tuple:
+    """Kernel arguments in signature order: tensors -> device pointers (None -> NULL), scalars typed."""
+    out = []
+    for name, ctype in signature:
+        v = values[name]
+        if ctype.endswith("*"):
+            v = 0 if v is None else v.data_ptr()
+        out.append(_PACK[ctype](v))
+    return tuple(out)
+
+
+def launch(fn: Any, n: int, args: tuple, device: torch.device, block: int | None = None) -> None:
+    """Launch ``fn`` over ``n`` neurons on torch's current stream of ``device``."""
+    if n == 0:
+        return
+    cupy = import_cupy()
+    grid, blk = launch_config(n, device_info(device.index).sm_count, block)
+    stream = _external_stream(torch.cuda.current_stream(device).cuda_stream)
+    with cupy.cuda.Device(device.index), stream:
+        fn((grid,), (blk,), args)
