@@ -314,7 +314,7 @@ def run_neuron(
         raise ShapeError("a PLIF neuron kernel needs k = sigmoid(w)")
     k_arg = k.float() if (k is not None and learns_k) else None
     if k_value is None:
-        k_value = float(k_arg) if k_arg is not None else 0.0
+        k_value = float(k_arg.detach()) if k_arg is not None else 0.0
     x_flat = x.reshape(T, N)
     grad = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (v0_flat, k_arg, x_flat, *flat_adds)

@@ -113,7 +113,9 @@ class CudaProgram(CpuProgram):
                     epi,
                     {"spike_dtype": "uint8"},
                     cache_dir,
-                    backward=False,
+                    # forward-only would do, but then the unit's surrogate helper is unused
+                    # and nvcc --Werror rejects it (templates/cuda: needs [[maybe_unused]])
+                    backward=True,
                     block=block_size,
                 )
         self._kcache = KCache()

@@ -1,0 +1,815 @@
+"""The cuda backend: rendering, compiling and error paths everywhere; numerics on a GPU.
+
+Two tiers:
+
+- without a GPU (CI): the backend lowers traced SpikingJelly / snncc.nn models
+  and writes their CUDA sources (API and CLI), every generated ``kernels.cu``
+  compiles with nvcc for sm_80 and sm_90 and with the backend's own NVRTC path
+  into its on-disk cubin cache, running says exactly what to install, the
+  device-generic autograd wrapper gives the cpu kernels' exact results, and
+  ``to_torch`` trains the reference and cpu backends' programs;
+- with a GPU (``-m gpu``; skipped cleanly without CuPy or a GPU): cuda ==
+  reference backend on the same GPU (spikes/membranes bit for bit in fp32,
+  gradients within 1e-4 relative) on the equivalence models and every neuron
+  form, CUDA-graph replay, uint8 spikes, precision options, and a training
+  loop on the bundled digits example against eager SpikingJelly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import snncc
+from snncc import neurons
+from snncc import nn as snn
+from snncc.backends.cuda import cache as kcache
+from snncc.backends.cuda import runtime
+from snncc.backends.cuda.neuron import KCache, run_neuron
+from snncc.backends.cuda.program import CudaProgram, _fp32_precision
+from snncc.backends.cuda.torch_module import to_torch
+from snncc.backends.kernels import NVCC_EXACT_FLAGS, SUPPORTED_CHARGES, SUPPORTED_SURROGATES
+from snncc.backends.reference.program import ReferenceProgram
+from snncc.errors import BackendError, UnsupportedError
+from snncc.ir.graph import Graph
+from snncc.ir.neuron import NeuronSpec
+from snncc.surrogate import default_alpha
+
+sj = pytest.importorskip("spikingjelly.activation_based")
+from spikingjelly.activation_based import functional, layer, neuron, surrogate  # noqa: E402
+
+GRAD_RTOL = 1e-4
+NVCC = shutil.which("nvcc")
+
+
+def _gpu_ready() -> bool:
+    return importlib.util.find_spec("cupy") is not None and torch.cuda.is_available()
+
+
+#: GPU tests carry ``@pytest.mark.gpu`` (select with ``-m gpu``) and this skip
+needs_gpu = pytest.mark.skipif(not _gpu_ready(), reason="needs CuPy and a CUDA GPU")
+
+
+# ------------------------------------------------------------------ models
+def _randomise(model: nn.Module, seed: int, gain: float = 2.5) -> nn.Module:
+    """Weights strong enough to fire at moderate rates, non-trivial BN statistics."""
+    gen = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, (nn.Linear, nn.Conv2d)):
+            with torch.no_grad():
+                m.weight.copy_(
+                    torch.randn(m.weight.shape, generator=gen) * gain / m.weight[0].numel() ** 0.5
+                )
+                if m.bias is not None:
+                    m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.1)
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            with torch.no_grad():
+                m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.3)
+                m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=gen) * 0.2)
+    return model
+
+
+def sj_mlp() -> nn.Module:
+    """LIF (hard), IF (soft, detached), PLIF (no decay_input): three kernel forms, one model."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        layer.Linear(12, 32),
+        neuron.LIFNode(tau=2.0, surrogate_function=surrogate.ATan()),
+        layer.Linear(32, 24),
+        neuron.IFNode(v_reset=None, detach_reset=True),
+        layer.Linear(24, 10),
+        neuron.ParametricLIFNode(init_tau=2.5, decay_input=False),
+    )
+    functional.set_step_mode(net, "m")
+    return _randomise(net, 1).eval()
+
+
+def sj_convnet() -> nn.Module:
+    """Conv + BN + PLIF + max pool + LIF: cuDNN convolutions around the kernels."""
+    torch.manual_seed(1)
+    net = nn.Sequential(
+        layer.Conv2d(1, 4, 3, padding=1),
+        layer.BatchNorm2d(4),
+        neuron.ParametricLIFNode(init_tau=2.0, surrogate_function=surrogate.ATan()),
+        layer.MaxPool2d(2),
+        layer.Flatten(),
+        layer.Linear(4 * 4 * 4, 10),
+        neuron.LIFNode(tau=2.0, detach_reset=True, v_reset=None),
+    )
+    functional.set_step_mode(net, "m")
+    return _randomise(net, 2).eval()
+
+
+class Residual(nn.Module):
+    """Scale and residual adds around neurons: fuse_elementwise makes them kernel steps."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(12, 12)
+        self.lif = snn.LIF(tau=1.5)
+        self.out = nn.Linear(12, 5)
+        self.li = snn.LI(tau=3.0)
+
+    def forward(self, x):
+        s = self.lif(self.fc(x) / 2.0 + x)
+        return self.li(self.out(s * 0.5 + x))
+
+
+def residual() -> nn.Module:
+    torch.manual_seed(2)
+    return _randomise(Residual(), 3)
+
+
+def recurrent_graph() -> Graph:
+    """input -> add(input, W_rec @ s[t-1]) -> LIF -> output: a recurrent component."""
+    g = Graph()
+    g.meta.update(source="torch", step_mode="m")
+    inp = g.add_node("input", attrs={"index": 0}, shape=["B", 6], name="x")
+    lin = g.add_node("linear", [], params={"weight": "rec.weight"}, shape=["B", 6], name="rec")
+    add = g.add_node("add", [inp, lin], shape=["B", 6], name="add")
+    spec = NeuronSpec(model="lif", charge="sj_lif_decay_input", tau=2.0)
+    neu = g.add_node("neuron", [add], attrs={"neuron": spec.to_dict()}, shape=["B", 6], name="lif")
+    g.add_edge(neu, lin, 0, delay=1)
+    g.add_node("output", [neu], attrs={"index": 0}, shape=["B", 6], name="out")
+    w = torch.randn(6, 6, generator=torch.Generator().manual_seed(4)) * 0.8
+    g.add_param("rec.weight", w.numpy())
+    return g
+
+
+MODELS = {
+    "sj_mlp": (sj_mlp, (12,)),
+    "sj_convnet": (sj_convnet, (1, 8, 8)),
+    "residual": (residual, (12,)),
+}
+
+
+def _input(name: str, T: int, B: int, seed: int = 0) -> torch.Tensor:
+    shape = MODELS[name][1]
+    return torch.rand((T, B, *shape), generator=torch.Generator().manual_seed(seed)) * 1.5
+
+
+def _compile(name: str, T: int = 4, B: int = 2, **options):
+    model = MODELS[name][0]()
+    x = _input(name, T, B)
+    return model, x, snncc.compile(model, x, backend="cuda", **options)
+
+
+@pytest.fixture
+def cache_dir(tmp_path) -> str:
+    return str(tmp_path / "cuda-cache")
+
+
+# ======================================================= tier 1: no GPU needed
+def test_cuda_backend_is_registered_and_lowers_without_a_gpu(cache_dir) -> None:
+    assert "cuda" in snncc.backends.available()
+    model, x, cm = _compile("sj_mlp", cache_dir=cache_dir)
+    prog = cm.program
+    assert isinstance(prog, CudaProgram)
+    files = cm.files()
+    assert set(files) == {"kernels.cu", "program.txt"}
+    cu = files["kernels.cu"]
+    # one unit per distinct neuron form, each with its forward and backward kernel
+    tags = {k.info.tag for k in prog.kernels.values()}
+    assert len(tags) == 3
+    for kernel in prog.kernels.values():
+        assert f"SNNCC_KERNEL void {kernel.info.forward_name}(" in cu
+        assert f"SNNCC_KERNEL void {kernel.info.backward_name}(" in cu
+    assert '#define SNNCC_KERNEL extern "C" __global__' in cu
+    assert cm.source.startswith("// ==== kernels")
+    assert not Path(cache_dir).exists(), "lowering must not compile or write the cache"
+
+
+def test_identical_layers_share_one_unit(cache_dir) -> None:
+    from snncc.examples import digits
+
+    m = digits.load_pretrained()
+    x = digits.encode(digits.test_split()[0][:2])
+    cm = snncc.compile(m, x, backend="cuda", cache_dir=cache_dir)
+    assert len(cm.program.kernels) == 2
+    cu = cm.files()["kernels.cu"]
+    assert cu.count("SNNCC_KERNEL void snncc_fwd_") == 1  # both LIF layers: one tag
+
+
+def test_cli_compile_writes_cuda_sources_without_a_gpu(tmp_path, capsys) -> None:
+    from snncc.cli import main
+
+    out = tmp_path / "digits-cuda"
+    rc = main(
+        [
+            "compile",
+            "snncc.examples.digits:load_pretrained",
+            "--backend",
+            "cuda",
+            "--input-shape",
+            "8,1,64",
+            "-o",
+            str(out),
+        ]
+    )
+    assert rc == 0, capsys.readouterr().err
+    cu = (out / "source" / "kernels.cu").read_text()
+    assert "__global__" in cu and "snncc_bwd_" in cu
+    manifest = json.loads((out / "snncc.json").read_text())
+    assert manifest["backend"] == "cuda"
+    if not _gpu_ready():  # running the artifact needs the GPU: one clear line, exit 2
+        import numpy as np
+
+        np.save(tmp_path / "x.npy", np.random.rand(8, 2, 64).astype("float32"))
+        capsys.readouterr()
+        rc = main(
+            ["run", str(out), "--input", str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy")]
+        )
+        err = capsys.readouterr().err
+        assert rc == 2 and "snncc[cuda12]" in err and "GPU" in err
+
+
+@pytest.mark.skipif(_gpu_ready(), reason="checks the message shown where CuPy or a GPU is missing")
+def test_running_without_cupy_or_gpu_says_what_to_install(cache_dir) -> None:
+    model, x, cm = _compile("sj_mlp", cache_dir=cache_dir)
+    with pytest.raises(BackendError) as err:
+        cm(x)
+    msg = str(err.value)
+    assert 'pip install "snncc[cuda12]"' in msg and '"snncc[cuda13]"' in msg
+    assert "GPU" in msg and "--backend cuda" in msg
+    with pytest.raises(BackendError):  # the program itself refuses too: never a CPU fallback
+        cm.program.run(x)
+
+
+def test_missing_gpu_with_cupy_present_names_the_gpu(monkeypatch, cache_dir) -> None:
+    monkeypatch.setitem(sys.modules, "cupy", types.ModuleType("cupy"))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    model, x, cm = _compile("sj_mlp", cache_dir=cache_dir)
+    with pytest.raises(BackendError, match=r"no CUDA GPU is visible to torch.*CUDA build of torch"):
+        cm.program.run(x)
+
+
+def test_options_are_checked_by_name() -> None:
+    model = sj_mlp()
+    x = _input("sj_mlp", 2, 1)
+    with pytest.raises(UnsupportedError, match="unknown cuda backend option"):
+        snncc.compile(model, x, backend="cuda", unroll=4)
+    with pytest.raises(UnsupportedError, match="precision='fp16'.*'fp32', 'tf32', 'bf16'"):
+        snncc.compile(model, x, backend="cuda", precision="fp16")
+    with pytest.raises(UnsupportedError, match="block_size=100"):
+        snncc.compile(model, x, backend="cuda", block_size=100)
+    with pytest.raises(UnsupportedError, match="spike_dtype"):
+        snncc.compile(model, x, backend="cuda", spike_dtype="int8")
+
+
+def test_uint8_spikes_only_where_outputs_read_them(cache_dir) -> None:
+    model, x, cm = _compile("sj_mlp", cache_dir=cache_dir, spike_dtype="uint8")
+    prog = cm.program
+    neuron_ids = list(prog.kernels)
+    last = max(neuron_ids, key=lambda n: prog._pos[n])
+    assert set(prog.u8_kernels) == {last}  # hidden layers feed a Linear: float spikes there
+    assert prog.u8_kernels[last].info.out_dtype == "uint8"
+    assert "unsigned char* SNNCC_RESTRICT out" in cm.files()["kernels.cu"]
+
+
+def test_launch_config_fills_the_gpu() -> None:
+    grid, block = runtime.launch_config(1 << 20, 132)
+    assert block == 256 and grid == 4096
+    grid, block = runtime.launch_config(16384, 132)  # L2: 16k neurons on 132 SMs
+    assert block % 32 == 0 and 64 <= block <= 256 and grid >= 132
+    grid, block = runtime.launch_config(10, 132)
+    assert (grid, block) == (1, 64)
+    assert runtime.launch_config(1 << 30, 132)[0] == 32 * 132  # grid-stride beyond that
+    with pytest.raises(BackendError, match="multiple of 32"):
+        runtime.launch_config(100, 132, block=48)
+
+
+def test_kernel_arguments_are_packed_in_signature_order() -> None:
+    import numpy as np
+
+    t = torch.zeros(4)
+    sig = (
+        ("x", "const float*"),
+        ("v0", "const float*"),
+        ("k", "float"),
+        ("T", "int"),
+        ("N", "int64"),
+    )
+    args = runtime.pack_args(sig, {"x": t, "v0": None, "k": 0.5, "T": 3, "N": 4})
+    assert [type(a) for a in args] == [np.uint64, np.uint64, np.float32, np.int32, np.int64]
+    assert int(args[0]) == t.data_ptr() and int(args[1]) == 0 and float(args[2]) == 0.5
+
+
+# -- generated code compiles: nvcc (the toolkit) and NVRTC (what the backend runs)
+@pytest.mark.skipif(NVCC is None, reason="nvcc not found (CUDA toolkit not installed)")
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_generated_kernels_compile_with_nvcc(arch: str, tmp_path, cache_dir) -> None:
+    for name in MODELS:  # each artifact's kernels.cu compiles on its own
+        cu = tmp_path / f"{name}.cu"
+        cu.write_text(
+            _compile(name, cache_dir=cache_dir, spike_dtype="uint8")[2].files()["kernels.cu"]
+        )
+        cmd = [
+            NVCC,
+            f"-arch={arch}",
+            *NVCC_EXACT_FLAGS,
+            "--Werror",
+            "all-warnings",
+            "-c",
+            str(cu),
+            "-o",
+            str(tmp_path / f"{name}.o"),
+        ]
+        res = subprocess.run(cmd, capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr[-4000:]
+
+
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_backend_builds_cubins_into_a_readable_cache(arch: str, cache_dir) -> None:
+    from snncc.backends.cuda import nvrtc
+
+    try:
+        nvrtc.library()
+    except BackendError as exc:
+        pytest.skip(str(exc))
+    _, _, cm = _compile("sj_convnet", cache_dir=cache_dir, spike_dtype="uint8")
+    paths = cm.program.build(arch)
+    assert len(paths) == len(cm.program._units_by_tag())
+    for p in paths:
+        assert p.suffix == ".cubin" and f"_{arch}_" in p.name
+        assert p.read_bytes()[:4] == b"\x7fELF"
+        cu = p.parent / (p.name.split(f"_{arch}_")[0] + ".cu")
+        assert cu.read_text() in cm.files()["kernels.cu"]  # the readable source next to it
+    mtimes = [p.stat().st_mtime_ns for p in paths]
+    assert cm.program.build(arch) == paths  # cached: nothing recompiled
+    assert [p.stat().st_mtime_ns for p in paths] == mtimes
+    assert kcache.NVRTC_FLAGS[-1] == "-fmad=false"
+
+
+def test_cache_key_separates_architectures_and_sources(cache_dir) -> None:
+    from snncc.backends.cuda import nvrtc
+
+    try:
+        nvrtc.library()
+    except BackendError as exc:
+        pytest.skip(str(exc))
+    src = 'extern "C" __global__ void k(float* x) { x[threadIdx.x] *= 2.0f; }\n'
+    a = kcache.build(src, cache_dir=cache_dir, arch="sm_80")
+    b = kcache.build(src, cache_dir=cache_dir, arch="sm_90")
+    c = kcache.build(src + "// changed\n", cache_dir=cache_dir, arch="sm_80")
+    assert len({a, b, c}) == 3
+    ptx = kcache.build(src, cache_dir=cache_dir, arch="compute_90")
+    assert ptx.suffix == ".ptx" and b".entry k" in ptx.read_bytes()
+    assert nvrtc.target_arch(90) == ("sm_90", "cubin")
+    newest = max(nvrtc.supported_archs())
+    assert nvrtc.target_arch(newest + 500)[1] == "ptx"  # a GPU newer than NVRTC: PTX, JIT
+
+
+def test_nvrtc_errors_carry_the_log(cache_dir) -> None:
+    from snncc.backends.cuda import nvrtc
+
+    try:
+        nvrtc.library()
+    except BackendError as exc:
+        pytest.skip(str(exc))
+    with pytest.raises(BackendError, match=r"(?s)NVRTC failed.*undefined_thing.*is undefined"):
+        kcache.build(
+            'extern "C" __global__ void k() { undefined_thing(); }',
+            cache_dir=cache_dir,
+            arch="sm_80",
+        )
+
+
+# -- the device-generic autograd wrapper, exercised with the cpu backend's kernels
+PLIF = ("sj_plif_decay_input", "sj_plif")
+TAU = ("sj_lif_decay_input", "sj_lif", "snncc_li")
+
+
+def _spec(
+    charge: str,
+    reset: str = "hard",
+    detach: bool = False,
+    output: str = "spike",
+    cmp: str = ">=",
+    sg: str = "sigmoid",
+) -> NeuronSpec:
+    v_reset = None if reset == "subtract" else -0.1
+    return NeuronSpec(
+        model="plif" if charge in PLIF else "lif",
+        charge=charge,
+        tau=1.7 if charge in TAU else None,
+        v_threshold=0.7,
+        v_reset=v_reset,
+        reset=reset,
+        detach_reset=detach,
+        fire_cmp=cmp,
+        output=output,
+        surrogate=sg,
+        alpha=default_alpha(sg),
+        v_init=0.0 if v_reset is None else v_reset,
+        learnable=("w",) if charge in PLIF else (),
+    )
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    scale = b.abs().max().item()
+    diff = (a - b).abs().max().item()
+    return diff / scale if scale > 0 else diff
+
+
+@pytest.mark.parametrize("charge", ["sj_plif_decay_input", "sj_lif"])
+def test_generic_autograd_wrapper_equals_the_cpu_backend(charge: str, tmp_path) -> None:
+    """run_neuron/NeuronFunction (used by cuda) == the cpu backend's own wrapper, exactly."""
+    from snncc.backends.cpu import neuron as cpu_neuron
+
+    spec = _spec(charge, sg="atan")
+    pro = [{"kind": "scale", "op": "mul", "value": 1.25}, {"kind": "add", "port": 1}]
+    kernel = cpu_neuron.NeuronKernel(spec, pro, (), {}, str(tmp_path))
+    g = torch.Generator().manual_seed(7)
+    x = torch.rand((12, 3, 5), generator=g) * 1.6 - 0.3
+    a = torch.rand((3, 5), generator=g)  # broadcast over time
+    v0 = torch.rand((3, 5), generator=g) * 0.5
+    w = torch.tensor(-0.4)
+    gy, gv = torch.randn(x.shape, generator=g), torch.randn(v0.shape, generator=g)
+    results = []
+    for fn in (cpu_neuron.run_neuron, run_neuron):
+        leaves = [t.clone().requires_grad_() for t in (x, a, v0, w)]
+        k = leaves[3].sigmoid() if charge in PLIF else None
+        out, v_last = fn(kernel, leaves[0], (leaves[1],), leaves[2], k)
+        loss = (out * gy).sum() + (v_last * gv).sum()
+        wanted = leaves if charge in PLIF else leaves[:3]
+        results.append((out, v_last, torch.autograd.grad(loss, wanted)))
+    (o1, v1, g1), (o2, v2, g2) = results
+    assert torch.equal(o1, o2) and torch.equal(v1, v2)
+    for a_, b_ in zip(g1, g2):
+        assert torch.equal(a_, b_)
+    with torch.no_grad():  # inference skips autograd, same values
+        o3, v3 = run_neuron(kernel, x, (a,), v0, w.sigmoid() if charge in PLIF else None)
+    assert torch.equal(o3, o1) and torch.equal(v3, v1)
+
+
+def test_plif_decay_is_read_once_per_weight_version() -> None:
+    cache = KCache()
+    w = torch.tensor(0.3)
+    assert cache.value(0, w, w.sigmoid()) == float(w.sigmoid())
+    assert cache.value(0, w, torch.tensor(123.0)) == float(w.sigmoid())  # cached: no read
+    with torch.no_grad():
+        w.add_(0.1)  # an optimizer step: the version moves
+    assert cache.value(0, w, w.sigmoid()) == float(w.sigmoid())
+
+
+# -- to_torch on the CPU backends
+def _sj_grads(model: nn.Module, x: torch.Tensor, gy: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    functional.reset_net(model)
+    y = model(x)
+    functional.reset_net(model)
+    names = [n for n, p in model.named_parameters()]
+    grads = torch.autograd.grad((y * gy).sum(), [p for _, p in model.named_parameters()])
+    return y.detach(), dict(zip(names, grads))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("name", ["sj_mlp", "sj_convnet"])
+def test_to_torch_names_outputs_and_grads_match_spikingjelly(
+    backend: str, name: str, tmp_path
+) -> None:
+    model = MODELS[name][0]()
+    x = _input(name, 6, 3)
+    opts = {"cache_dir": str(tmp_path)} if backend == "cpu" else {}
+    cm = snncc.compile(model, x, backend=backend, **opts)
+    mod = to_torch(cm.program)
+    src = model.state_dict()
+    assert set(mod.state_dict()) <= set(src) and set(mod.state_dict()) == set(cm.program.params)
+    for key, value in mod.state_dict().items():
+        assert torch.equal(value, src[key]), key
+    learnable = {n for n, p in mod.named_parameters()}
+    assert learnable == {n for n, _ in model.named_parameters()}
+    assert not mod.training  # compiled in eval mode
+    gy = torch.randn((6, 3, 10), generator=torch.Generator().manual_seed(1))
+    y_ref, g_ref = _sj_grads(model, x, gy)
+    y = mod(x)
+    assert torch.equal(y.detach(), y_ref)  # bit for bit with SpikingJelly
+    (y * gy).sum().backward()
+    for n, p in mod.named_parameters():
+        assert p.grad is not None, n
+        assert _rel(p.grad, g_ref[n]) <= 1e-5, n
+    # load_state_dict with the source's own dict round-trips
+    mod.load_state_dict({k: v * 1.0 for k, v in src.items() if k in mod.state_dict()})
+
+
+def test_to_torch_train_mode_uses_batch_statistics_like_the_source() -> None:
+    model = sj_convnet()
+    x = _input("sj_convnet", 4, 3)
+    cm = snncc.compile(model, x, backend="reference")
+    mod = to_torch(cm.program)
+    model.train()
+    mod.train()
+    functional.reset_net(model)
+    with torch.no_grad():
+        ref = model(x)
+        y = mod(x)
+    assert torch.equal(y, ref)
+    assert torch.equal(mod.state_dict()["1.running_mean"], model.state_dict()["1.running_mean"])
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_to_torch_training_loop_lowers_the_loss(backend: str, tmp_path) -> None:
+    from snncc.examples import digits
+
+    torch.manual_seed(0)
+    model = _randomise(digits.digits_snn(), 5, gain=4.0).eval()  # default inits barely fire
+    images, labels = digits.test_split()
+    x = digits.encode(images[:96])
+    target = torch.nn.functional.one_hot(torch.as_tensor(labels[:96]), 10).float()
+    opts = {"cache_dir": str(tmp_path)} if backend == "cpu" else {}
+    mod = to_torch(snncc.compile(model, x, backend=backend, **opts).program)
+    opt = torch.optim.Adam(mod.parameters(), lr=5e-3)
+    losses = []
+    for _ in range(12):
+        loss = torch.nn.functional.mse_loss(mod(x).mean(0), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+    # the optimizer updated the tensors the program runs with (shared, not copied)
+    prog = mod.snncc_program
+    assert prog.params["0.weight"] is mod.get_parameter("0.weight")
+
+
+def test_to_torch_refuses_a_jax_program() -> None:
+    cm = snncc.compile(sj_mlp(), _input("sj_mlp", 2, 1), backend="jax")
+    with pytest.raises(UnsupportedError, match="torch tensors"):
+        to_torch(cm.program)
+
+
+# ======================================================= tier 2: on a GPU
+DEV = "cuda"
+
+
+def _reference_on_gpu(graph: Graph) -> ReferenceProgram:
+    """The oracle on the same GPU: same cuBLAS/cuDNN calls, so only the neuron kernels differ."""
+    ref = ReferenceProgram(graph)
+    ref.params = {
+        k: v.detach().to(DEV).requires_grad_(v.requires_grad) for k, v in ref.params.items()
+    }
+    return ref
+
+
+def _run_grads(prog, x: torch.Tensor, gy: torch.Tensor | None, precision_ctx=None):
+    xin = x.clone().requires_grad_()
+    with precision_ctx or _fp32_precision("ieee"):
+        y, state = prog.run(xin)
+    if gy is None:
+        gy = torch.randn(y.shape, generator=torch.Generator().manual_seed(0)).to(y.device)
+    names = [n for n, p in prog.params.items() if p.requires_grad]
+    leaves = [prog.params[n] for n in names] + [xin]
+    grads = torch.autograd.grad((y * gy).sum(), leaves, allow_unused=True)
+    return y.detach(), state, gy, dict(zip([*names, "<input>"], grads))
+
+
+def _assert_same(cuda_prog, ref_prog, x: torch.Tensor) -> None:
+    y_ref, st_ref, gy, g_ref = _run_grads(ref_prog, x, None)
+    y, st, _, g = _run_grads(cuda_prog, x, gy)
+    assert y.dtype == y_ref.dtype
+    assert torch.equal(y, y_ref), f"{(y != y_ref).sum().item()} of {y.numel()} outputs differ"
+    for n in st_ref:
+        for var in st_ref[n]:
+            assert torch.equal(st[n][var], st_ref[n][var]), (n, var)
+    assert g.keys() == g_ref.keys()
+    for name in g_ref:
+        if g_ref[name] is None:
+            assert g[name] is None, name
+            continue
+        assert torch.isfinite(g[name]).all(), name
+        assert _rel(g[name], g_ref[name]) <= GRAD_RTOL, name
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("T", [1, 8, 64])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_gpu_cuda_equals_reference_on_the_same_gpu(name: str, T: int, cache_dir) -> None:
+    _, _, cm = _compile(name, T=T, B=3, cache_dir=cache_dir)
+    x = _input(name, T, 3, seed=T).to(DEV)
+    _assert_same(cm.program, _reference_on_gpu(cm.program.graph), x)
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("T", [1, 8])
+def test_gpu_recurrent_graph_and_streaming(T: int, cache_dir) -> None:
+    g = recurrent_graph()
+    prog = CudaProgram(g, cache_dir=cache_dir)
+    x = torch.rand(T, 3, 6, generator=torch.Generator().manual_seed(T)).to(DEV) * 1.2
+    _assert_same(prog, _reference_on_gpu(g), x)
+    with torch.no_grad():
+        y, _ = prog.run(x)
+        y1, st = prog.run(x[:1])
+        y2, _ = prog.run(x[1:], st) if T > 1 else (y1[:0], None)
+    assert torch.equal(torch.cat([y1, y2]), y)
+
+
+def _forms():
+    out, i = [], 0
+    for charge, reset, detach, output in itertools.product(
+        SUPPORTED_CHARGES, ("hard", "subtract", "none"), (False, True), ("spike", "membrane")
+    ):
+        if reset == "none" and detach:
+            continue
+        out.append(
+            (
+                charge,
+                reset,
+                detach,
+                output,
+                (">=", ">")[i % 2],
+                SUPPORTED_SURROGATES[i % len(SUPPORTED_SURROGATES)],
+            )
+        )
+        i += 1
+    return out
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("recompute", [False, True])
+def test_gpu_every_neuron_form_matches_torch_neuron_maths(recompute: bool, cache_dir) -> None:
+    from snncc.backends.cuda.neuron import CudaNeuronKernel
+
+    pro = [{"kind": "scale", "op": "div", "value": 3.0}, {"kind": "add", "port": 1}]
+    epi = [{"kind": "scale", "op": "mul", "value": 0.5}]
+    failures = []
+    for i, form in enumerate(_forms()):
+        spec = _spec(*form)
+        steps = (pro, epi) if i % 3 == 0 else ((), ())
+        kernel = CudaNeuronKernel(spec, steps[0], steps[1], {"recompute": recompute}, cache_dir)
+        g = torch.Generator().manual_seed(i)
+        T = (1, 8, 64)[i % 3]
+        x = (torch.rand((T, 4, 33), generator=g) * 1.6 - 0.3).to(DEV)
+        a = torch.rand((T, 4, 33), generator=g).to(DEV)
+        v0 = (torch.rand((4, 33), generator=g) * 0.8 - 0.2).to(DEV)
+        w = torch.tensor(-math.log(1.5), device=DEV)
+        gy = torch.randn((T, 4, 33), generator=g).to(DEV)
+        gv = torch.randn((4, 33), generator=g).to(DEV)
+        ref_leaves = [t.clone().requires_grad_() for t in (x, a, v0, w)]
+        cu_leaves = [t.clone().requires_grad_() for t in (x, a, v0, w)]
+        rx, ra, rv, rw = ref_leaves
+        xin = rx
+        if steps[0]:
+            xin = rx / 3.0 + ra
+        params = {"w": rw} if spec.charge in PLIF else {}
+        ref, st = neurons.run_sequence(spec, params, xin, {"v": rv})
+        if steps[1]:
+            ref = ref * 0.5
+        cx, ca, cv, cw = cu_leaves
+        out, v_last = run_neuron(
+            kernel, cx, (ca,) if steps[0] else (), cv, cw.sigmoid() if spec.charge in PLIF else None
+        )
+        if not (torch.equal(out, ref) and torch.equal(v_last, st["v"])):
+            failures.append(f"{form}: {(out != ref).sum().item()} outputs differ")
+            continue
+        wanted = [0, 1, 2, 3] if spec.charge in PLIF else [0, 1, 2]
+        if not steps[0]:
+            wanted.remove(1)
+        loss_ref = (ref * gy).sum() + (st["v"] * gv).sum()
+        loss = (out * gy).sum() + (v_last * gv).sum()
+        g_ref = torch.autograd.grad(loss_ref, [ref_leaves[j] for j in wanted])
+        g_cu = torch.autograd.grad(loss, [cu_leaves[j] for j in wanted])
+        for j, a_, b_ in zip(wanted, g_cu, g_ref):
+            tol = GRAD_RTOL if j != 3 else 1e-3  # PLIF's scalar w sums T*N terms with cancellation
+            if not _rel(a_, b_) <= tol:
+                failures.append(f"{form}: grad {j} relative error {_rel(a_, b_):.2e}")
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_cuda_graph_replay_equals_eager_and_follows_weight_updates(cache_dir) -> None:
+    _, _, eager = _compile("sj_convnet", T=4, B=8, cache_dir=cache_dir)
+    _, _, graphed = _compile("sj_convnet", T=4, B=8, cache_dir=cache_dir, cuda_graph=True)
+    x = _input("sj_convnet", 4, 8, seed=3).to(DEV)
+    with torch.no_grad():
+        y_eager, _ = eager.program.run(x)
+        y1, _ = graphed.program.run(x)
+        y1 = y1.clone()
+        y2, _ = graphed.program.run(x * 1.0)
+        assert torch.equal(y1, y_eager) and torch.equal(y2, y_eager)
+        assert len(graphed.program._graphs) == 1
+        for prog in (eager.program, graphed.program):  # an in-place weight update re-captures
+            prog.params["5.weight"].mul_(1.5)
+        y_eager, _ = eager.program.run(x)
+        y3, _ = graphed.program.run(x)
+    assert torch.equal(y3, y_eager) and not torch.equal(y3, y1)
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_uint8_spikes_equal_float_spikes(cache_dir) -> None:
+    _, _, f32 = _compile("sj_mlp", T=16, B=4, cache_dir=cache_dir)
+    _, _, u8 = _compile("sj_mlp", T=16, B=4, cache_dir=cache_dir, spike_dtype="uint8")
+    x = _input("sj_mlp", 16, 4, seed=5).to(DEV)
+    with torch.no_grad():
+        yf, _ = f32.program.run(x)
+        yu, _ = u8.program.run(x)
+    assert yu.dtype == torch.uint8 and torch.equal(yu.float(), yf)
+    yg, _ = u8.program.run(x)  # with gradients wanted: the float kernel runs
+    assert yg.dtype == torch.float32 and torch.equal(yg.detach(), yf)
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+def test_gpu_precision_options_keep_most_spikes(precision: str, cache_dir) -> None:
+    _, _, exact = _compile("sj_convnet", T=8, B=16, cache_dir=cache_dir)
+    _, _, fast = _compile("sj_convnet", T=8, B=16, cache_dir=cache_dir, precision=precision)
+    x = _input("sj_convnet", 8, 16, seed=9).to(DEV)
+    with torch.no_grad():
+        y0, _ = exact.program.run(x)
+        y1, _ = fast.program.run(x)
+    assert y1.dtype == torch.float32
+    agree = (y0 == y1).float().mean().item()
+    print(f"{precision}: spike agreement with fp32 {agree:.5f}")
+    assert agree > 0.98
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_to_torch_grads_equal_a_direct_autograd_run(cache_dir) -> None:
+    model, x, cm = _compile("sj_convnet", T=6, B=4, cache_dir=cache_dir)
+    x = x.to(DEV)
+    _, _, direct = _compile("sj_convnet", T=6, B=4, cache_dir=cache_dir)
+    mod = to_torch(cm.program)
+    assert set(mod.state_dict()) == set(direct.program.params)
+    gy = torch.randn((6, 4, 10), generator=torch.Generator().manual_seed(2)).to(DEV)
+    y = mod(x)
+    (y * gy).sum().backward()
+    yd, _ = direct.program.run(x)
+    names = [n for n, p in direct.program.params.items() if p.requires_grad]
+    grads = torch.autograd.grad((yd * gy).sum(), [direct.program.params[n] for n in names])
+    assert torch.equal(y.detach(), yd.detach())
+    for n, g in zip(names, grads):
+        assert _rel(mod.get_parameter(n).grad, g) <= 1e-6, n
+
+
+def _digits_curves(epochs: int, device: str, backend: str | None) -> list[float]:
+    """Per-epoch mean training loss of the digits SNN: eager SpikingJelly (backend None) or snncc."""
+    from snncc.examples import digits
+
+    torch.manual_seed(digits.SEED)
+    x_train, y_train, _, _ = digits._split()
+    model = digits.digits_snn()
+    if backend is None:
+        net = model.to(device)
+    else:
+        x0 = digits.encode(x_train[:2])
+        net = to_torch(snncc.compile(model.eval(), x0, backend=backend).program).to(device)
+        net.train()
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    gen = torch.Generator().manual_seed(digits.SEED)
+    xt, yt = torch.from_numpy(x_train), torch.from_numpy(y_train)
+    curve = []
+    for _ in range(epochs):
+        order = torch.randperm(len(xt), generator=gen)
+        total = 0.0
+        for i in range(0, len(order), 64):
+            idx = order[i : i + 64]
+            if backend is None:
+                functional.reset_net(net)
+            rate = net(digits.encode(xt[idx]).to(device)).mean(0)
+            loss = torch.nn.functional.mse_loss(
+                rate, torch.nn.functional.one_hot(yt[idx], 10).float().to(device)
+            )
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += loss.item() * len(idx)
+        curve.append(total / len(xt))
+    return curve
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_digits_training_follows_eager_spikingjelly() -> None:
+    epochs = 6
+    sj_curve = _digits_curves(epochs, "cpu", None)
+    cuda_curve = _digits_curves(epochs, DEV, "cuda")
+    out = os.environ.get("SNNCC_GPU_OUT")
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / "digits_loss_curves.json").write_text(
+            json.dumps({"spikingjelly_eager_cpu": sj_curve, "snncc_cuda": cuda_curve}, indent=2)
+        )
+    print("epoch  spikingjelly  snncc-cuda")
+    for e, (a, b) in enumerate(zip(sj_curve, cuda_curve)):
+        print(f"{e + 1:5d}  {a:.5f}      {b:.5f}")
+    assert cuda_curve[-1] < 0.6 * cuda_curve[0]
+    assert abs(cuda_curve[-1] - sj_curve[-1]) <= 0.15 * sj_curve[-1]
