@@ -130,12 +130,40 @@ class Chain:
     """A container that runs its children in sequence under one view of time.
 
     ``view`` is what the children see: "flat" (the [T, B, ...] sequence folded
-    into a [T*B, ...] batch, SpikingJelly's ``seq_to_ann_forward``) or "step"
-    (called once per time step with [B, ...]). ``children`` are (name, module).
+    into a [T*B, ...] batch, SpikingJelly's ``seq_to_ann_forward``), "step"
+    (called once per time step with [B, ...]) or "inherit" (whatever the
+    container itself sees: Norse ``SequentialState``). ``children`` are
+    (name, module). ``result`` is "tensor" (the last child's output) or
+    "tensor_state" (``(output, state)``, the state internal to the program).
+    A child that returns a tuple (a neuron returning ``(spikes, state)``)
+    passes its first item on.
     """
 
     view: str
     children: tuple[tuple[str, nn.Module], ...]
+    result: str = "tensor"
+
+
+@dataclass(frozen=True)
+class StateArgs:
+    """How a stateful module takes and returns its state when a model threads it by hand.
+
+    Used to fold an explicit time loop (``spk, mem = lif(cur, mem)``) into
+    one per-step graph: ``names`` are the module's forward parameters that
+    carry state, ``returns`` the index of each one's new value in the call's
+    result tuple, ``fresh(value)`` says whether the value passed at the first
+    step is a fresh state (None, or zeros), and ``internal_ok`` whether calling
+    without the state continues the module's own state (snnTorch) rather than
+    starting a fresh one each call (Norse).
+    """
+
+    names: tuple[str, ...]
+    returns: tuple[int, ...]
+    fresh: Callable[[Any], bool]
+    internal_ok: bool
+    #: the state is not a tensor the model may use (a Norse state tuple): returning it
+    #: from forward is allowed and dropped (the compiled program keeps the state)
+    opaque: bool = False
 
 
 @dataclass
@@ -156,6 +184,10 @@ class Framework:
     #: a source name for Graph.meta["source"] when this framework's modules are used
     source: str | None = None
     priority: int = 0  # higher wins as Graph.meta["source"]
+    #: the framework's models may hold an explicit time loop (snnTorch, Norse): fold it
+    loops: bool = False
+    #: how a stateful module's state is passed by hand in a time loop, or None
+    state_args: Callable[[nn.Module], StateArgs | None] = lambda m: None
 
 
 FRAMEWORKS: list[Framework] = []
@@ -176,6 +208,8 @@ _CONVERTER_MODULES = (
     "snncc.frontend.torch_nn",
     "snncc.frontend.spikingjelly",
     "snncc.frontend.snncc_nn",
+    "snncc.frontend.snntorch",
+    "snncc.frontend.norse",
 )
 
 
@@ -271,6 +305,55 @@ class ShapeValue:
     value: Any
 
 
+class StateValue:
+    """A neuron state a module returned (Norse ``(z, state)``): internal to the program.
+
+    ``vars`` maps the state's fields (``"v"``, ``"i"``) to thunks that emit an
+    IR node computing that field per step (created only when a model reads
+    it, e.g. ``state.v``). A state returned as a model output is dropped: the
+    compiled program keeps it (``CompiledModel.run`` returns it).
+    """
+
+    def __init__(self, what: str, vars: dict[str, Callable[[], Value]] | None = None) -> None:
+        self.what = what
+        self.vars = dict(vars or {})
+        self._made: dict[str, Value] = {}
+
+    def field(self, name: str, call: Call) -> Value:
+        if name not in self.vars:
+            raise call.unsupported(
+                f"reads field {name!r} of the state of {self.what}; supported fields: "
+                f"{', '.join(sorted(self.vars)) or 'none'}"
+            )
+        if name not in self._made:
+            self._made[name] = self.vars[name]()
+        return self._made[name]
+
+
+class TupleValue:
+    """A module's tuple result (``(spk, mem)``): items are made on first use.
+
+    An item is a :class:`Value`, a :class:`StateValue`, None, or a thunk that
+    emits the item's IR node (so a membrane output nobody reads costs nothing).
+    """
+
+    def __init__(self, items: list[Any]) -> None:
+        self._items = list(items)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def item(self, i: int) -> Any:
+        it = self._items[i]
+        if callable(it) and not isinstance(it, (Value, StateValue, TupleValue)):
+            it = it()
+            self._items[i] = it
+        return it
+
+    def items(self) -> list[Any]:
+        return [self.item(i) for i in range(len(self._items))]
+
+
 def _has_tensor(value: Any) -> bool:
     if isinstance(value, torch.Tensor):
         return True
@@ -281,6 +364,17 @@ def _has_tensor(value: Any) -> bool:
 
 def _dtype_name(dt: torch.dtype) -> str:
     return str(dt).replace("torch.", "")
+
+
+@dataclass(frozen=True)
+class Multi:
+    """A module converter's result for a module that returns a tuple (``(spk, mem)``).
+
+    One entry per item: an IR node id, a thunk ``() -> node id`` (emitted on
+    first use), a :class:`StateValue`, or None.
+    """
+
+    items: tuple[Any, ...]
 
 
 # --------------------------------------------------------------------------- the call
@@ -487,16 +581,31 @@ class Converter:
         self.env[node] = Value(nid, meta.shape, shape, meta.dtype)
 
     def _output(self, node: fx.Node) -> None:
-        outs = node.args[0]
-        flat = list(outs) if isinstance(outs, (tuple, list)) else [outs]
-        for i, o in enumerate(flat):
-            v = self.env.get(o) if isinstance(o, fx.Node) else None
+        """Tensor outputs in order; neuron states (Norse ``(y, state)``) and None are dropped."""
+        values: list[Value] = []
+
+        def visit(o: Any, where: str) -> None:
+            v = self.env.get(o) if isinstance(o, fx.Node) else o
+            if isinstance(v, TupleValue):
+                v = v.items()
+            if v is None or isinstance(v, StateValue):
+                return
+            if isinstance(v, (tuple, list)):
+                for j, item in enumerate(v):
+                    visit(item, f"{where}[{j}]")
+                return
             if not isinstance(v, Value):
                 raise UnsupportedError(
-                    f"model output {i} is {type(o).__name__}, not a tensor; snncc models return "
-                    "a tensor or a tuple of tensors"
+                    f"model output{where} is {type(v).__name__}, not a tensor; snncc models "
+                    "return a tensor or a tuple of tensors"
                 )
-            name = "output" if len(flat) == 1 else f"output.{i}"
+            values.append(v)
+
+        visit(node.args[0], "")
+        if not values:
+            raise UnsupportedError("the model returns no tensor; snncc models return a tensor")
+        for i, v in enumerate(values):
+            name = "output" if len(values) == 1 else f"output.{i}"
             self.graph.add_node(
                 "output", [v.id], attrs={"index": i}, shape=v.shape, dtype=v.dtype, name=name
             )
@@ -521,11 +630,13 @@ class Converter:
         kwargs = {k: sub(a) for k, a in node.kwargs.items()}
         return args, kwargs, tensors
 
-    def _call_module(self, node: fx.Node) -> Value:
+    def _call_module(self, node: fx.Node) -> Value | TupleValue:
         module = self.gm.get_submodule(node.target)
         args, kwargs, tensors = self._tensor_args(node)
         meta = node.meta.get("snncc_shape")
-        if meta is None:
+        items = node.meta.get("snncc_items")
+        first = meta or next((m for m in items or () if m is not None), None)
+        if first is None:
             raise UnsupportedError(
                 f"{_describe(node, self.gm)} returned "
                 f"{type(node.meta.get('snncc_value')).__name__}, not a tensor"
@@ -536,21 +647,46 @@ class Converter:
             what=f"module '{node.target}' ({type_name(module)})",
             target=module,
             inputs=tensors,
-            out_fx_shape=meta.shape,
-            out_dtype=meta.dtype,
+            out_fx_shape=first.shape,
+            out_dtype=first.dtype,
             view=self.model_view,
             args=args,
             kwargs=kwargs,
             src=node.meta.get("snncc_src", ""),
         )
-        if kwargs or len(tensors) != len(args):
+        if kwargs or len(tensors) != len([a for a in args if a is not None]):
             raise call.unsupported("modules are supported with tensor positional inputs only")
-        nid = self.convert_module(call, module, chain_shapes=node.meta.get("snncc_chain"))
-        return Value(nid, meta.shape, call.out_shape, meta.dtype)
+        res = self.convert_module(call, module, chain_shapes=node.meta.get("snncc_chain"))
+        if isinstance(res, Multi):
+            if items is None:
+                raise call.unsupported("returned a tensor where a tuple was expected")
+            metas = list(items) + [None] * max(0, len(res.items) - len(items))
+            return TupleValue([self._item(call, it, m) for it, m in zip(res.items, metas)])
+        if meta is None:
+            raise call.unsupported(
+                f"returned a {type(node.meta.get('snncc_value')).__name__}; this module is "
+                "supported when it returns one tensor"
+            )
+        return Value(res, meta.shape, call.out_shape, meta.dtype)
+
+    def _item(self, call: Call, item: Any, meta: TensorMeta | None) -> Any:
+        """One item of a Multi as a Value (thunks stay lazy), StateValue or None."""
+        if item is None or isinstance(item, StateValue):
+            return item
+        if meta is None:
+            raise call.unsupported("a tensor item of its result has no recorded shape")
+
+        def value(nid: int) -> Value:
+            shape = self.step_shape(meta.shape, call.time_dims, call)
+            return Value(nid, meta.shape, shape, meta.dtype)
+
+        if callable(item):
+            return lambda: value(item())
+        return value(item)
 
     def convert_module(
         self, call: Call, module: nn.Module, chain_shapes: dict | None = None
-    ) -> int:
+    ) -> int | Multi:
         """Convert one module call (a chain container converts its children in order)."""
         fw = framework_of(module)
         chain = fw.chain(module) if fw is not None else None
@@ -566,11 +702,12 @@ class Converter:
             raise call.unsupported(why)
         return entry.convert(call, module)
 
-    def _convert_chain(self, call: Call, chain: Chain, shapes: dict[str, tuple]) -> int:
+    def _convert_chain(self, call: Call, chain: Chain, shapes: dict[str, tuple]) -> int | Multi:
         if len(call.inputs) != 1:
             raise call.unsupported("a container takes exactly one tensor input")
         cur = call.inputs[0]
         cur = Value(cur.id, tuple(shapes.get("", cur.fx_shape)), cur.shape, cur.dtype)
+        view = call.view if chain.view == "inherit" else chain.view
         for name, child in _flatten_chain(chain.children):
             path = f"{call.path}.{name}" if call.path else name
             out = shapes.get(name)
@@ -579,14 +716,21 @@ class Converter:
                 what=f"module '{path}' ({type_name(child)})",
                 inputs=[cur],
                 out_fx_shape=out,
-                view=chain.view,
+                view=view,
             )
-            nid = self.convert_module(sub, child)
-            cur = Value(nid, out, sub.out_shape, cur.dtype)
+            res = self.convert_module(sub, child)
+            if isinstance(res, Multi):  # (output, state): the state stays inside the program
+                res = res.items[0]() if callable(res.items[0]) else res.items[0]
+            cur = Value(res, out, sub.out_shape, cur.dtype)
+        if chain.result == "tensor_state":
+            return Multi((cur.id, StateValue(call.what)))
         return cur.id
 
-    def _call_function(self, node: fx.Node) -> Value | ShapeValue:
+    def _call_function(self, node: fx.Node) -> Any:
         args, kwargs, tensors = self._tensor_args(node)
+        picked = self._pick(node, args)
+        if picked is not _NOTHING:
+            return picked
         meta = node.meta.get("snncc_shape")
         shape_op = node.target in (
             _SHAPE_FUNCTIONS if node.op == "call_function" else _SHAPE_METHODS
@@ -619,6 +763,34 @@ class Converter:
         )
         nid = entry.convert(call)
         return Value(nid, meta.shape, call.out_shape, meta.dtype)
+
+    def _pick(self, node: fx.Node, args: tuple) -> Any:
+        """``result[i]`` of a module's tuple result, ``state.v`` of a neuron state; else _NOTHING."""
+        if node.op != "call_function" or not args:
+            return _NOTHING
+        base = args[0]
+        if node.target is operator.getitem and isinstance(base, TupleValue):
+            index = args[1]
+            if not isinstance(index, int) or not -len(base) <= index < len(base):
+                raise UnsupportedError(
+                    f"{_describe(node, self.gm)}: index {index!r} of a {len(base)}-item result; "
+                    "supported: an int index"
+                )
+            return base.item(index)
+        if isinstance(base, StateValue):
+            path = _enclosing_path(node)
+            call = Call(self, path, f"{_target_name(node)} in {_where(path)}", node.target,
+                        [], None, "float32", self.model_view,
+                        src=node.meta.get("snncc_src", ""))  # fmt: skip
+            if node.target is builtins.getattr and isinstance(args[1], str):
+                return base.field(args[1], call)
+            raise call.unsupported(
+                f"uses the state of {base.what} other than by a field name (state.v, state.i)"
+            )
+        return _NOTHING
+
+
+_NOTHING = object()
 
 
 _SEQUENCE_HINT = (
@@ -741,6 +913,13 @@ class _ShapeRecorder(fx.Interpreter):
             n.meta["snncc_shape"] = TensorMeta(tuple(result.shape), _dtype_name(result.dtype))
         elif n.op in ("call_function", "call_method", "call_module"):
             n.meta["snncc_value"] = result
+            if n.op == "call_module" and isinstance(result, (tuple, list)):
+                n.meta["snncc_items"] = [
+                    TensorMeta(tuple(r.shape), _dtype_name(r.dtype))
+                    if isinstance(r, torch.Tensor)
+                    else None
+                    for r in result
+                ]
         if n.op == "call_module":
             module = self.module.get_submodule(n.target)
             fw = framework_of(module)
@@ -754,11 +933,13 @@ class _ShapeRecorder(fx.Interpreter):
 
 def _chain_shapes(chain: Chain, x: torch.Tensor, outer_view: str) -> dict[str, tuple]:
     """Shapes after each child of a chain, as the children see them (key "" = the input)."""
-    if outer_view == "sequence":
+    if outer_view == "sequence" and chain.view != "inherit":
         x = x.flatten(0, 1) if chain.view == "flat" else x[0]
     shapes: dict[str, tuple] = {"": tuple(x.shape)}
     for name, child in _flatten_chain(chain.children):
         x = child(x)
+        if isinstance(x, tuple) and x and isinstance(x[0], torch.Tensor):
+            x = x[0]  # a neuron's (output, state)
         if not isinstance(x, torch.Tensor):
             break
         shapes[name] = tuple(x.shape)
@@ -776,14 +957,23 @@ def _describe(n: fx.Node, gm: fx.GraphModule) -> str:
 
 
 class _Restore:
-    """Leave the model as it was: reset neuron state before/after, restore buffers and RNG."""
+    """Leave the model as it was: reset neuron state before/after, restore buffers and RNG.
+
+    Buffers are restored in place when their shape is unchanged (BatchNorm
+    statistics) and by putting the original tensor back otherwise (snnTorch's
+    hidden ``mem`` is re-created with the input's shape on the first call).
+    """
 
     def __init__(self, model: nn.Module, resets: list[Callable[[nn.Module], None]]):
         self.model = model
         self.resets = resets
 
     def __enter__(self) -> _Restore:
-        self.buffers = {k: b.detach().clone() for k, b in self.model.named_buffers()}
+        self.buffers = [
+            (m, k, b, None if b is None else b.detach().clone())
+            for m in self.model.modules()
+            for k, b in list(m._buffers.items())
+        ]
         self.rng = torch.random.get_rng_state()
         for r in self.resets:
             r(self.model)
@@ -793,9 +983,12 @@ class _Restore:
         for r in self.resets:
             r(self.model)
         with torch.no_grad():
-            for k, b in self.model.named_buffers():
-                if k in self.buffers and self.buffers[k].shape == b.shape:
-                    b.copy_(self.buffers[k])
+            for m, k, original, saved in self.buffers:
+                if saved is None or original is None:
+                    m._buffers[k] = original
+                else:  # same object (BatchNorm stats) or replaced (snnTorch mem): put it back
+                    original.copy_(saved)
+                    m._buffers[k] = original
         torch.random.set_rng_state(self.rng)
 
 
@@ -828,10 +1021,44 @@ def _as_inputs(example_input: Any) -> tuple[torch.Tensor, ...]:
     return tuple(out)
 
 
-def _fx_trace(model: nn.Module) -> fx.GraphModule:
-    tracer = SnnccTracer()
+def none_defaults(model: nn.Module, n_inputs: int) -> dict[str, None]:
+    """Forward parameters after the inputs whose default is None (Norse ``state=None``).
+
+    They are traced as the constant None (``concrete_args``): a model called
+    on its inputs alone sees exactly that.
+    """
+    import inspect
+
     try:
-        graph = tracer.trace(model)
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return {}
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return {p.name: None for p in positional[n_inputs:] if p.default is None}
+
+
+def drop_concrete_placeholders(graph: fx.Graph, names: dict[str, None]) -> None:
+    """Remove the placeholders (and fx's ``_assert_is_none`` guards) of ``concrete_args``.
+
+    fx may rename them (``state`` -> ``state_1``), so they are found by position:
+    the unused placeholders after the inputs.
+    """
+    if not names:
+        return
+    for n in list(graph.nodes):
+        if n.op == "call_function" and getattr(n.target, "__name__", "") == "_assert_is_none":
+            graph.erase_node(n)
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    for n in placeholders[len(placeholders) - len(names) :]:
+        if not n.users:
+            graph.erase_node(n)
+
+
+def _fx_trace(model: nn.Module, n_inputs: int = 1) -> fx.GraphModule:
+    tracer = SnnccTracer()
+    concrete = none_defaults(model, n_inputs)
+    try:
+        graph = tracer.trace(model, concrete_args=concrete or None)
     except SnnccError:
         raise
     except Exception as e:  # noqa: BLE001 - fx raises many types; all mean "not traceable"
@@ -840,6 +1067,7 @@ def _fx_trace(model: nn.Module) -> fx.GraphModule:
             "the forward with torch.fx, keeping framework modules as leaves; Python control flow "
             "on tensor values in your own modules is not supported"
         ) from e
+    drop_concrete_placeholders(graph, concrete)
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
@@ -920,8 +1148,9 @@ def _precheck_module(node: fx.Node, module: nn.Module, path: str, view: str, gm)
     fw = framework_of(module)
     chain = fw.chain(module) if fw is not None else None
     if entry is None and chain is not None:
+        inner = view if chain.view == "inherit" else chain.view
         for name, child in _flatten_chain(chain.children):
-            _precheck_module(node, child, f"{path}.{name}", chain.view, gm)
+            _precheck_module(node, child, f"{path}.{name}", inner, gm)
         return
     if entry is None:
         raise UnsupportedError(f"{what} is not supported; {supported_text()}")
@@ -941,33 +1170,61 @@ def trace(model: nn.Module, example_input: Any) -> Graph:
     model is left as it was: SpikingJelly state reset, buffers (BatchNorm
     running statistics) and the torch RNG restored, training/eval mode unchanged.
     """
+    from snncc.frontend import loops
+
     ensure_converters()
     if not isinstance(model, nn.Module):
         raise UnsupportedError(f"snncc compiles torch.nn.Module models, not {type_name(model)}")
     xs = _as_inputs(example_input)
     T, B = int(xs[0].shape[0]), int(xs[0].shape[1])
-    gm = _fx_trace(model)
-    n_placeholders = sum(1 for n in gm.graph.nodes if n.op == "placeholder")
-    if n_placeholders != len(xs):
-        raise ShapeError(
-            f"{type_name(model)}.forward takes {n_placeholders} inputs but {len(xs)} example "
-            "inputs were given"
-        )
-    step_mode, source = _step_mode(gm)
-    _precheck(gm, step_mode)
-
-    run_inputs = xs if step_mode == "m" else tuple(x[0] for x in xs)
     resets = [fw.reset for fw in FRAMEWORKS if fw.reset is not None]
-    recorder = _ShapeRecorder(gm, "sequence" if step_mode == "m" else "step")
-    with _Restore(model, resets), torch.no_grad():
-        recorder.run(*run_inputs)
+    with _Restore(model, resets):
+        gm, error = _try_fx_trace(model, len(xs))
+        folded = loops.wants_fold(model, gm, error)
+        if folded:
+            gm = loops.fold(model, xs, error)
+        elif error is not None:
+            raise error
+        n_placeholders = sum(1 for n in gm.graph.nodes if n.op == "placeholder")
+        if n_placeholders != len(xs):
+            raise ShapeError(
+                f"{type_name(model)}.forward takes {n_placeholders} inputs but {len(xs)} example "
+                "inputs were given"
+            )
+        step_mode, source = _step_mode(gm)
+        if folded and step_mode == "m":
+            raise UnsupportedError(
+                f"{type_name(model)}.forward loops over time steps but calls multi-step modules "
+                "(fed the whole [T, B, ...] sequence); inside a time loop use single-step "
+                "modules (snnTorch neurons, Norse *Cell modules)"
+            )
+        _precheck(gm, step_mode)
+
+        run_inputs = xs if step_mode == "m" else tuple(x[0] for x in xs)
+        recorder = _ShapeRecorder(gm, "sequence" if step_mode == "m" else "step")
+        for r in resets:
+            r(model)
+        with torch.no_grad():
+            recorder.run(*run_inputs)
 
     conv = Converter(model, gm, step_mode, T, B)
     _check_layout(gm, step_mode, T, B)
     graph = conv.run()
     graph.meta["source"] = source
     graph.meta["step_mode"] = step_mode
+    if folded:
+        graph.meta["time_loop"] = "folded"
     return graph
+
+
+def _try_fx_trace(
+    model: nn.Module, n_inputs: int
+) -> tuple[fx.GraphModule | None, Exception | None]:
+    """The fx trace, or the UnsupportedError saying why fx failed (a loop fold may still work)."""
+    try:
+        return _fx_trace(model, n_inputs), None
+    except UnsupportedError as e:
+        return None, e
 
 
 def _check_layout(gm: fx.GraphModule, step_mode: str, T: int, B: int) -> None:

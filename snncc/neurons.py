@@ -29,6 +29,20 @@ Per step, with ``vr = v_reset`` (0.0 for a soft reset) and Python-float constant
     - hard:     ``v = s * v_reset + (1.0 - s) * h``
     - subtract: ``v = h - s * v_threshold``
     - none:     ``v = h``
+
+snnTorch 1.0 and Norse 1.1 forms are whole steps (their charge, firing and
+reset interleave differently), one function each below; the exact operation
+order of each is :data:`snncc.ir.neuron.FORMS` ``[name].step``, read from the
+installed sources and checked bit for bit against the modules (see
+``tests/test_neurons.py``). Their constants come from node params when the
+node has the role (learnable, buffers, per-neuron tensors), else from the
+spec, following the rule in :mod:`snncc.ir.neuron`.
+
+Forms with a second input port (``snntorch_rleaky``, ``norse_lif_recurrent``:
+``rec``, the recurrent term computed by the graph from the previous step's
+spike) take that port's value as the extra positional argument of
+:func:`step`. Forms with several state variables (``v`` and ``i``, or ``v``
+and ``s``) keep all of them in the state dict.
 """
 
 from __future__ import annotations
@@ -38,7 +52,7 @@ from collections.abc import Sequence
 import torch
 
 from snncc.errors import UnsupportedError
-from snncc.ir.neuron import CHARGE_FORMS, NeuronSpec
+from snncc.ir.neuron import CHARGE_FORMS, NORSE_FORMS, SNNTORCH_FORMS, NeuronSpec
 from snncc.surrogate import spike, spike_gt
 
 State = dict[str, torch.Tensor]
@@ -57,6 +71,25 @@ def _check(spec: NeuronSpec) -> None:
         )
     if spec.charge in ("sj_lif_decay_input", "sj_lif", "snncc_li") and spec.tau is None:
         raise UnsupportedError(f"neuron charge form {spec.charge!r} needs tau (got None)")
+    if spec.charge in NORSE_FORMS:
+        missing = [k for k in ("dt", "v_leak") if k not in spec.extra]
+        missing += [
+            k
+            for k, role in (
+                ("dt_tau_mem_inv", "tau_mem_inv"),
+                ("neg_dt_tau_syn_inv", "tau_syn_inv"),
+            )
+            if role in _form_roles(spec) and k not in spec.extra and role not in spec.roles
+        ]
+        if missing:
+            raise UnsupportedError(
+                f"neuron charge form {spec.charge!r} needs the constants {missing} in extra"
+            )
+
+
+def _form_roles(spec: NeuronSpec) -> tuple[str, ...]:
+    form = spec.form
+    return form.roles if form is not None else ()
 
 
 def init_state(
@@ -68,10 +101,16 @@ def init_state(
     """A fresh state for one neuron layer over a per-step ``shape`` ([B, ...]).
 
     The membrane starts at ``spec.v_init`` like SpikingJelly's
-    ``full_like(x, v_reset or 0.0)``; it never requires grad.
+    ``full_like(x, v_reset or 0.0)`` (snnTorch: 0, Norse: v_leak); every other
+    state variable of the form (synaptic current ``i``, previous spike ``s``)
+    at 0. Nothing requires grad.
     """
     _check(spec)
-    return {"v": torch.full(tuple(shape), float(spec.v_init), dtype=dtype, device=device)}
+    state = {"v": torch.full(tuple(shape), float(spec.v_init), dtype=dtype, device=device)}
+    for var in spec.state_vars:
+        if var != "v":
+            state[var] = torch.zeros(tuple(shape), dtype=dtype, device=device)
+    return state
 
 
 def derived_constants(spec: NeuronSpec, params: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -130,10 +169,28 @@ def reset(spec: NeuronSpec, h: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
 
 
 def step(
-    spec: NeuronSpec, params: dict[str, torch.Tensor], x: torch.Tensor, state: State
+    spec: NeuronSpec,
+    params: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    state: State,
+    *ports: torch.Tensor,
 ) -> tuple[torch.Tensor, State]:
-    """One time step: ``(output, new_state)``; output is spikes or the membrane per ``spec.output``."""
+    """One time step: ``(output, new_state)``; output per ``spec.output`` (spikes, v or i).
+
+    ``ports`` are the values of the form's input ports after port 0 (``rec``
+    for ``snntorch_rleaky`` / ``norse_lif_recurrent``), in port order.
+    """
     _check(spec)
+    want = len(spec.input_ports) - 1
+    if len(ports) != want:
+        raise UnsupportedError(
+            f"neuron charge form {spec.charge!r} takes {want} input(s) besides x "
+            f"({', '.join(spec.input_ports[1:]) or 'none'}); got {len(ports)}"
+        )
+    if spec.charge in SNNTORCH_FORMS:
+        return _snntorch_step(spec, params, x, state, ports)
+    if spec.charge in NORSE_FORMS:
+        return _norse_step(spec, params, x, state, ports)
     h = charge(spec, params, x, state["v"])
     if spec.reset == "none" and not spec.spiking:
         return h, {"v": h}
@@ -147,18 +204,164 @@ def run_sequence(
     params: dict[str, torch.Tensor],
     x_seq: torch.Tensor,
     state: State | None = None,
+    *port_seqs: torch.Tensor,
 ) -> tuple[torch.Tensor, State]:
     """Loop :func:`step` over ``x_seq`` [T, B, ...]; a None state starts fresh.
 
-    Derived constants (PLIF's k) are computed once for the whole sequence, as
-    SpikingJelly's multi-step neurons do.
+    ``port_seqs``: the sequences of the form's other input ports, [T, B, ...]
+    each. Derived constants (PLIF's k) are computed once for the whole
+    sequence, as SpikingJelly's multi-step neurons do.
     """
     _check(spec)
     if state is None:
         state = init_state(spec, x_seq.shape[1:], x_seq.dtype, x_seq.device)
     p = {**params, **derived_constants(spec, params)}
     outs = []
-    for x in x_seq:
-        out, state = step(spec, p, x, state)
+    for t, x in enumerate(x_seq):
+        out, state = step(spec, p, x, state, *(ps[t] for ps in port_seqs))
         outs.append(out)
     return torch.stack(outs), state
+
+
+# --------------------------------------------------------------------------- snnTorch / Norse
+
+Scalar = torch.Tensor | float
+
+
+def _value(spec: NeuronSpec, params: dict[str, torch.Tensor], role: str, fallback: Scalar | None):
+    """The param with ``role`` if the node has it, else the spec constant ``fallback``."""
+    t = params.get(role)
+    if t is not None:
+        return t
+    if fallback is None:
+        raise UnsupportedError(
+            f"neuron charge form {spec.charge!r} needs the param {role!r} or the constant "
+            f"extra[{role!r}]"
+        )
+    return fallback
+
+
+def _clamp01(v: Scalar) -> Scalar:
+    """snnTorch's ``beta.clamp(0, 1)`` (a Python constant clamps exactly the same)."""
+    if isinstance(v, torch.Tensor):
+        return v.clamp(0, 1)
+    return min(max(float(v), 0.0), 1.0)
+
+
+def _fire(spec: NeuronSpec, u: torch.Tensor) -> torch.Tensor:
+    fn = spike if spec.fire_cmp == ">=" else spike_gt
+    return fn(u, spec.surrogate, spec.alpha)
+
+
+def _out(spec: NeuronSpec, s: torch.Tensor | None, state: State) -> torch.Tensor:
+    if spec.output == "membrane":
+        return state["v"]
+    if spec.output == "current":
+        return state["i"]
+    if s is None:
+        raise UnsupportedError(f"neuron charge form {spec.charge!r} does not spike")
+    return s
+
+
+def _snntorch_step(
+    spec: NeuronSpec,
+    params: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    state: State,
+    ports: tuple[torch.Tensor, ...],
+) -> tuple[torch.Tensor, State]:
+    """snnTorch 1.0 Leaky / Synaptic / RLeaky ``forward`` (FORMS[...].step), operation by operation."""
+    form, mech = spec.charge, spec.reset
+    m = state["v"]
+    th = _value(spec, params, "threshold", spec.v_threshold)
+    g = _value(spec, params, "graded_spikes_factor", spec.extra.get("graded_spikes_factor", 1.0))
+    b = _clamp01(_value(spec, params, "beta", spec.extra.get("beta")))
+    # mem_reset: spike_grad(mem - threshold).clone().detach() -> (mem - th > 0).float()
+    r = (m - th > 0).float()
+    new: State = {}
+    if form == "snntorch_leaky":
+        if mech == "subtract":
+            m1 = b * m + x - r * th
+        elif mech == "hard":  # 'zero': the old mem is zeroed before the decay
+            m1 = b * ((1 - r) * m) + x
+        else:
+            m1 = b * m + x
+    elif form == "snntorch_synaptic":
+        a = _clamp01(_value(spec, params, "alpha", spec.extra.get("alpha")))
+        i1 = a * state["i"] + x
+        m1 = b * m + i1
+        if mech == "subtract":
+            m1 = m1 - r * th
+        elif mech == "hard":  # 'zero': syn -= 0 * reset (unchanged); mem -= mem * reset
+            m1 = m1 - m1 * r
+        new["i"] = i1
+    else:
+        if form == "snntorch_rleaky":
+            rec = ports[0]
+        else:  # snntorch_rleaky_v: RecurrentOneToOne, spk * V
+            rec = state["s"] * _value(spec, params, "V", spec.extra.get("V"))
+        base = b * m + x + rec
+        if mech == "subtract":
+            m1 = base - r * th
+        elif mech == "hard":  # 'zero': the whole new value (input and recurrent term too)
+            m1 = base - r * base
+        else:
+            m1 = base
+    s = _fire(spec, m1 - th) * g
+    if not spec.reset_delay:
+        d = s / g - r  # not detached: the gradient flows through s
+        if mech == "subtract":
+            m1 = m1 - d * th
+        elif mech == "hard":
+            m1 = m1 - d * m1
+    new["v"] = m1
+    if form == "snntorch_rleaky_v":
+        new["s"] = s
+    return _out(spec, s, new), new
+
+
+def _norse_coeffs(spec: NeuronSpec, params: dict[str, torch.Tensor]) -> tuple[Scalar, Scalar]:
+    """``(dt * tau_mem_inv, (-dt) * tau_syn_inv)`` as Norse computes them."""
+    dt = float(spec.extra["dt"])
+    tm = params.get("tau_mem_inv")
+    c_m = dt * tm if tm is not None else spec.extra.get("dt_tau_mem_inv")
+    ts = params.get("tau_syn_inv")
+    c_s = -dt * ts if ts is not None else spec.extra.get("neg_dt_tau_syn_inv")
+    return c_m, c_s
+
+
+def _norse_step(
+    spec: NeuronSpec,
+    params: dict[str, torch.Tensor],
+    x: torch.Tensor,
+    state: State,
+    ports: tuple[torch.Tensor, ...],
+) -> tuple[torch.Tensor, State]:
+    """Norse 1.1 lif_feed_forward_step / lif_step / lif_box / li steps (FORMS[...].step)."""
+    form = spec.charge
+    v = state["v"]
+    v_leak = float(spec.extra["v_leak"])
+    c_m, c_s = _norse_coeffs(spec, params)
+    if form == "norse_lifbox":
+        v1 = v + c_m * ((x + v_leak) - v)
+        new: State = {}
+    else:
+        i1 = state["i"] + x
+        if form == "norse_lif_recurrent":
+            i1 = i1 + ports[0]
+        v1 = v + c_m * ((v_leak - v) + i1)
+        new = {"i": i1 + c_s * i1}
+    if form == "norse_li":
+        new["v"] = v1
+        return _out(spec, None, new), new
+    th = _value(spec, params, "threshold", spec.v_threshold)
+    vr = _value(spec, params, "v_reset", spec.v_reset)
+    z = _fire(spec, v1 - th)
+    zr = z.detach() if spec.detach_reset else z
+    if spec.reset == "subtract":  # Norse reset_subtract
+        new["v"] = (1 - zr) * v1 + zr * (v1 - th)
+    elif spec.reset == "hard":  # Norse reset_value
+        new["v"] = (1 - zr) * v1 + zr * vr
+    else:
+        new["v"] = v1
+    return _out(spec, z, new), new

@@ -91,7 +91,8 @@ def test_norse_superspike_and_triangle() -> None:
 def test_surrogate_grad_is_the_backward(name: str) -> None:
     x = _x()
     _, gx = _grad(lambda t: spike(t, name), x, torch.ones_like(x))
-    assert torch.equal(surrogate_grad(x, name), gx)
+    # equal_nan: snnTorch's sigmoid backward is NaN where its exp overflows, by design
+    torch.testing.assert_close(surrogate_grad(x, name), gx, rtol=0, atol=0, equal_nan=True)
 
 
 def test_default_alphas_match_spikingjelly() -> None:

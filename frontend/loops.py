@@ -1,0 +1,686 @@
+"""Fold an explicit time loop in a model's forward back into one per-step graph.
+
+snnTorch and Norse models are often written with the time loop inside ``forward``::
+
+    def forward(self, x):                       # x: [T, B, ...]
+        mem1 = self.lif1.init_leaky()
+        spk_rec = []
+        for step in range(x.size(0)):           # or range(num_steps), for xt in x, ...
+            cur1 = self.fc1(x[step])
+            spk1, mem1 = self.lif1(cur1, mem1)
+            spk_rec.append(spk1)
+        return torch.stack(spk_rec)
+
+torch.fx runs such Python code once and records every call, so the trace
+holds T copies of the step. This module traces with the example input's
+concrete shapes (``x.size(0)``, ``x.shape``, ``len(x)`` and ``for xt in x``
+see the real numbers), checks that every step's copy is the same
+computation, and folds the copies back into ONE per-step graph:
+
+- ``x[step]`` becomes the per-step input (the program is fed ``[T, B, ...]``);
+- a list of per-step values stacked along dim 0 (``torch.stack(spk_rec)``)
+  becomes an output;
+- a state a stateful module returned at step t-1 and got back at step t
+  (``mem1`` above, Norse's ``state``) becomes the neuron's internal state,
+  which must be fresh at the first step (None, ``init_leaky()`` /
+  ``reset_mem()``, zeros);
+- a Norse state returned from ``forward`` is dropped (the compiled program
+  returns its state from ``CompiledModel.run``).
+
+Anything else is refused with an :class:`UnsupportedError` that names the
+module and why: a branch on the step index (the steps differ), a value from
+an earlier step used other than as a module's state, a state that is not
+fresh at the first step or not threaded from the previous step, the whole
+input sequence used inside the loop, returning only the last step's value.
+
+If the example has one time step, the loop is traced once more with two
+steps, so that how state flows from one step to the next is seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import operator
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import fx, nn
+
+from snncc.errors import SnnccError, UnsupportedError
+from snncc.frontend import tracer as tr
+
+STATIC = -1  # does not depend on the input (parameters, constants, initial states)
+WHOLE = -2  # depends on the whole input sequence, not on one step of it
+COLLECTOR = -3  # combines values of several steps (torch.stack of per-step values)
+
+
+# --------------------------------------------------------------------------- detection
+
+
+def _loop_frameworks(model: nn.Module) -> bool:
+    for m in model.modules():
+        fw = tr.framework_of(m)
+        if fw is not None and fw.loops:
+            return True
+    return False
+
+
+def wants_fold(model: nn.Module, gm: fx.GraphModule | None, error: Exception | None) -> bool:
+    """Whether ``model`` (using snnTorch / Norse modules) holds a time loop to fold.
+
+    Yes when fx could not trace it as is (``range(x.size(0))``, ``for xt in x``),
+    when it indexes an input by an integer (``x[step]``), or when it calls a
+    stateful snnTorch / Norse module more than once.
+    """
+    if not _loop_frameworks(model):
+        return False
+    if gm is None:
+        return error is not None
+    inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    counts: dict[str, int] = {}
+    for n in gm.graph.nodes:
+        if _time_slice(n, inputs) is not None:
+            return True
+        if n.op == "call_module":
+            m = gm.get_submodule(n.target)
+            fw = tr.framework_of(m)
+            if fw is not None and fw.loops and fw.stateful(m):
+                counts[n.target] = counts.get(n.target, 0) + 1
+                if counts[n.target] > 1:
+                    return True
+    return False
+
+
+def _time_slice(n: fx.Node, inputs: list[fx.Node]) -> tuple[int, int, tuple] | None:
+    """``(input index, t, rest of the index)`` for ``x[t]`` / ``x[t, ...]`` on an input."""
+    if n.op != "call_function" or n.target is not operator.getitem:
+        return None
+    base, index = n.args[0], n.args[1]
+    if base not in inputs:
+        return None
+    rest: tuple = ()
+    if isinstance(index, tuple) and index and isinstance(index[0], int):
+        index, rest = index[0], tuple(index[1:])
+        while rest and rest[-1] in (slice(None), Ellipsis):
+            rest = rest[:-1]
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        return None
+    return inputs.index(base), index, rest
+
+
+# --------------------------------------------------------------------------- concrete tracing
+
+
+class _ShapedProxy(fx.Proxy):
+    """An input proxy that answers shape questions with the example's numbers.
+
+    ``x.size(0)``, ``x.shape``, ``len(x)`` and ``x.dim()`` return ints, and
+    iterating it yields ``x[0], x[1], ...``, so a Python loop over time steps
+    unrolls to the example's T.
+    """
+
+    def __init__(self, node: fx.Node, tracer: fx.Tracer, shape: tuple[int, ...]) -> None:
+        super().__init__(node, tracer)
+        self.__dict__["_snncc_shape"] = torch.Size(shape)
+
+    @property
+    def shape(self) -> torch.Size:  # type: ignore[override]
+        return self._snncc_shape
+
+    @property
+    def ndim(self) -> int:
+        return len(self._snncc_shape)
+
+    def size(self, dim: int | None = None) -> Any:
+        return self._snncc_shape if dim is None else self._snncc_shape[dim]
+
+    def dim(self) -> int:
+        return len(self._snncc_shape)
+
+    def __len__(self) -> int:
+        return self._snncc_shape[0]
+
+    def __iter__(self) -> Iterator[fx.Proxy]:
+        return (self[i] for i in range(self._snncc_shape[0]))
+
+
+class _ConcreteTracer(tr.SnnccTracer):
+    def __init__(self, shapes: dict[str, tuple[int, ...]]) -> None:
+        super().__init__()
+        self._shapes = shapes
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        if node.op == "placeholder" and node.target in self._shapes:
+            return _ShapedProxy(node, self, self._shapes[node.target])
+        return super().proxy(node)
+
+
+def _input_names(model: nn.Module, n: int) -> list[str]:
+    params = list(inspect.signature(model.forward).parameters.values())
+    names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(names) < n:
+        raise UnsupportedError(
+            f"{tr.type_name(model)}.forward takes {len(names)} positional inputs but {n} example "
+            "inputs were given"
+        )
+    return names[:n]
+
+
+def _concrete_trace(model: nn.Module, shapes: list[tuple[int, ...]]) -> fx.GraphModule:
+    names = _input_names(model, len(shapes))
+    tracer = _ConcreteTracer(dict(zip(names, shapes)))
+    concrete = tr.none_defaults(model, len(shapes))
+    try:
+        graph = tracer.trace(model, concrete_args=concrete or None)
+    except SnnccError:
+        raise
+    except Exception as e:  # noqa: BLE001 - fx raises many types; all mean "not traceable"
+        raise UnsupportedError(
+            f"torch.fx could not trace {tr.type_name(model)} with the example's shapes: "
+            f"{type(e).__name__}: {e}. snncc unrolls a time loop in forward with torch.fx; "
+            "Python control flow on tensor values is not supported"
+        ) from e
+    tr.drop_concrete_placeholders(graph, concrete)
+    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+@dataclass
+class _Call:
+    """A stateful module call with its arguments split into the input(s) and the state."""
+
+    module: nn.Module
+    state: tr.StateArgs
+    main: list[Any]  # the non-state arguments, in forward's parameter order
+    values: dict[str, Any]  # state name -> the value passed (fx node, None, constant)
+
+
+@dataclass
+class _Loop:
+    gm: fx.GraphModule
+    inputs: list[fx.Node]
+    labels: dict[fx.Node, int] = field(default_factory=dict)
+    slices: dict[fx.Node, tuple[int, int, tuple]] = field(default_factory=dict)
+    calls: dict[fx.Node, _Call] = field(default_factory=dict)
+    steps: list[list[fx.Node]] = field(default_factory=list)
+    index: list[dict[fx.Node, int]] = field(default_factory=list)
+    inits: list[tuple[fx.Node, str, Any]] = field(default_factory=list)
+
+
+def _nodes(a: Any) -> list[fx.Node]:
+    out: list[fx.Node] = []
+    fx.node.map_arg(a, out.append)
+    return out
+
+
+def _what(gm: fx.GraphModule, n: fx.Node) -> str:
+    if n.op == "call_module":
+        return f"module '{n.target}' ({tr.type_name(gm.get_submodule(n.target))})"
+    src = n.meta.get("snncc_src", "")
+    where = f" [{src}]" if src else ""
+    if n.op in ("call_function", "call_method"):
+        return f"{tr._target_name(n)}{where}"
+    return f"{n.op} {n.name}"
+
+
+def _bind(gm: fx.GraphModule, n: fx.Node) -> _Call | None:
+    """Split a stateful module call's arguments, or None for other nodes."""
+    if n.op != "call_module":
+        return None
+    m = gm.get_submodule(n.target)
+    fw = tr.framework_of(m)
+    sa = fw.state_args(m) if fw is not None else None
+    if sa is None:
+        return None
+    try:
+        bound = inspect.signature(m.forward).bind(*n.args, **n.kwargs)
+    except TypeError as e:
+        raise UnsupportedError(f"{_what(gm, n)}: cannot read its arguments ({e})") from e
+    main = [v for k, v in bound.arguments.items() if k not in sa.names]
+    values = {k: bound.arguments.get(k) for k in sa.names}
+    return _Call(m, sa, main, values)
+
+
+def _analyse(gm: fx.GraphModule) -> _Loop:
+    """Label every node with its step (or STATIC / WHOLE / COLLECTOR) and group the steps."""
+    lp = _Loop(gm, [n for n in gm.graph.nodes if n.op == "placeholder"])
+    for n in gm.graph.nodes:
+        if n.op == "placeholder":
+            lp.labels[n] = WHOLE
+            continue
+        if n.op == "get_attr":
+            lp.labels[n] = STATIC
+            continue
+        if n.op == "output":
+            continue
+        ts = _time_slice(n, lp.inputs)
+        if ts is not None:
+            lp.slices[n] = ts
+            lp.labels[n] = ts[1]
+            continue
+        call = _bind(gm, n)
+        if call is not None:
+            lp.calls[n] = call
+            main = {lp.labels[a] for a in _nodes(call.main)}
+            state = {lp.labels[a] for a in _nodes(list(call.values.values()))}
+            if WHOLE in main | state:
+                lp.labels[n] = WHOLE
+                continue
+            steps = {t for t in main if t >= 0} | {t + 1 for t in state if t >= 0}
+            if COLLECTOR in main | state or len(steps) > 1:
+                raise UnsupportedError(
+                    f"{_what(gm, n)} is called with values from different time steps "
+                    f"({sorted(steps)}); inside a time loop a module gets this step's input "
+                    "and the state it returned at the previous step"
+                )
+            lp.labels[n] = steps.pop() if steps else STATIC
+            continue
+        labels = {lp.labels[a] for a in _nodes((n.args, n.kwargs))}
+        if WHOLE in labels:
+            lp.labels[n] = WHOLE
+            continue
+        steps = {t for t in labels if t >= 0}
+        if COLLECTOR in labels:
+            raise UnsupportedError(
+                f"{_what(gm, n)} uses values stacked over time steps; snncc compiles the loop "
+                "body as a per-step program, so return the stacked values unchanged "
+                "(reduce over time outside the model, e.g. on the compiled model's output)"
+            )
+        if len(steps) > 1:
+            lp.labels[n] = COLLECTOR
+        else:
+            lp.labels[n] = steps.pop() if steps else STATIC
+    _check_whole_and_collectors(lp)
+    n_steps = 1 + max((t for t in lp.labels.values() if t >= 0), default=-1)
+    lp.steps = [[] for _ in range(n_steps)]
+    for n in gm.graph.nodes:
+        t = lp.labels.get(n)
+        if t is not None and t >= 0:
+            lp.steps[t].append(n)
+    for t, nodes in enumerate(lp.steps):
+        if not nodes:
+            raise UnsupportedError(
+                f"{tr.type_name(gm)}.forward computes nothing at time step {t}; every step "
+                "of the loop must run the same computation"
+            )
+    lp.index = [{n: i for i, n in enumerate(nodes)} for nodes in lp.steps]
+    return lp
+
+
+def _check_whole_and_collectors(lp: _Loop) -> None:
+    gm = lp.gm
+    for n in gm.graph.nodes:
+        label = lp.labels.get(n)
+        if label == WHOLE and n.op != "placeholder":
+            bad = [u for u in n.users if u.op == "output" or lp.labels.get(u) not in (WHOLE, None)]
+            if bad:
+                raise UnsupportedError(
+                    f"{_what(gm, n)} uses the whole input sequence inside the time loop; snncc "
+                    "compiles the loop body as a per-step program: read the input one step at a "
+                    "time (x[step], for xt in x)"
+                )
+        if label == COLLECTOR:
+            if n.target is not torch.stack or _stack_dim(n) != 0:
+                raise UnsupportedError(
+                    f"{_what(gm, n)} combines values of different time steps; supported: a "
+                    "neuron's state threaded from one step to the next, and torch.stack(values, "
+                    "dim=0) of one value per step returned from forward"
+                )
+            if any(u.op != "output" for u in n.users):
+                raise UnsupportedError(
+                    f"{_what(gm, n)}: the values stacked over time are used inside the model; "
+                    "snncc compiles the loop body as a per-step program, so return them "
+                    "unchanged (reduce over time outside the model)"
+                )
+
+
+def _stack_dim(n: fx.Node) -> Any:
+    if len(n.args) > 1:
+        return n.args[1]
+    return n.kwargs.get("dim", 0)
+
+
+# --------------------------------------------------------------------------- step signatures
+
+
+class _StepMismatch(Exception):
+    """Raised inside signature building when a step reads another step's value."""
+
+    def __init__(self, node: fx.Node, arg: fx.Node) -> None:
+        super().__init__(node, arg)
+        self.node = node
+        self.arg = arg
+
+
+def _static_key(gm: fx.GraphModule, a: fx.Node, cache: dict[fx.Node, Any]) -> Any:
+    """What a static node computes, so per-step copies of the same constant compare equal."""
+    if a in cache:
+        return cache[a]
+    if a.op == "get_attr":
+        value = _fetch_attr(gm, str(a.target))
+        if isinstance(value, torch.Tensor):
+            data = value.detach().cpu().contiguous()
+            digest = hashlib.sha1(data.numpy().tobytes() if data.numel() else b"").hexdigest()
+            key = ("tensor", tuple(data.shape), str(data.dtype), digest)
+            if isinstance(value, nn.Parameter):
+                key = ("param", str(a.target))
+        else:
+            key = ("attr", str(a.target))
+    else:
+        key = (
+            a.op,
+            _target_key(a),
+            _plain(a.args, lambda x: _static_key(gm, x, cache)),
+            _plain(a.kwargs, lambda x: _static_key(gm, x, cache)),
+        )
+    cache[a] = key
+    return key
+
+
+def _target_key(n: fx.Node) -> Any:
+    if n.op == "call_module" or n.op == "call_method":
+        return str(n.target)
+    return id(n.target)
+
+
+def _plain(a: Any, node_key) -> Any:
+    if isinstance(a, fx.Node):
+        return node_key(a)
+    if isinstance(a, (list, tuple)):
+        return (type(a).__name__, tuple(_plain(x, node_key) for x in a))
+    if isinstance(a, dict):
+        return ("dict", tuple((k, _plain(v, node_key)) for k, v in a.items()))
+    if isinstance(a, slice):
+        return (
+            "slice",
+            _plain(a.start, node_key),
+            _plain(a.stop, node_key),
+            _plain(a.step, node_key),
+        )
+    if isinstance(a, torch.Tensor):
+        return ("tensor", id(a))
+    return ("const", type(a).__name__, repr(a))
+
+
+def _state_token(lp: _Loop, n: fx.Node, call: _Call, t: int, name: str, value: Any) -> str:
+    """How the state ``name`` reaches this call: fresh at step 0, or threaded from step t-1."""
+    gm = lp.gm
+    sa = call.state
+    where = f"{_what(gm, n)} at time step {t}"
+    if value is None:
+        if t > 0 and not sa.internal_ok:
+            raise UnsupportedError(
+                f"{where} gets state {name}=None, i.e. a fresh state at every step; pass the "
+                "state it returned at the previous step (z, s = cell(x[t], s))"
+            )
+        return "state"
+    if not isinstance(value, fx.Node):
+        raise UnsupportedError(f"{where}: state argument {name}={value!r} is not supported")
+    label = lp.labels[value]
+    if label == STATIC and t == 0:
+        lp.inits.append((n, name, value))
+        return "state"
+    k = sa.returns[sa.names.index(name)]
+    prev = (
+        value.args[0] if value.op == "call_function" and value.target is operator.getitem else None
+    )
+    if (
+        label == t - 1
+        and isinstance(prev, fx.Node)
+        and prev.op == "call_module"
+        and prev.target == n.target
+        and value.args[1] == k
+    ):
+        return "state"
+    raise UnsupportedError(
+        f"{where}: its state argument {name!r} is not the state it returned at the previous "
+        f"step (item {k} of its result); snncc folds a time loop only when each stateful "
+        "module gets back its own state"
+    )
+
+
+def _signature(lp: _Loop, t: int, cache: dict[fx.Node, Any]) -> list[Any]:
+    gm = lp.gm
+    idx = lp.index[t]
+
+    def ref_for(n: fx.Node):
+        def ref(a: fx.Node) -> Any:
+            label = lp.labels[a]
+            if label == t:
+                return ("n", idx[a])
+            if label == STATIC:
+                return ("static", _static_key(gm, a, cache))
+            raise _StepMismatch(n, a)
+
+        return ref
+
+    sig: list[Any] = []
+    for n in lp.steps[t]:
+        ref = ref_for(n)
+        try:
+            if n in lp.slices:
+                i, _, rest = lp.slices[n]
+                sig.append(("input", i, _plain(rest, ref)))
+            elif n in lp.calls:
+                call = lp.calls[n]
+                tokens = tuple(_state_token(lp, n, call, t, k, v) for k, v in call.values.items())
+                sig.append(("module", str(n.target), _plain(call.main, ref), tokens))
+            else:
+                sig.append((n.op, _target_key(n), _plain(n.args, ref), _plain(n.kwargs, ref)))
+        except _StepMismatch as e:
+            raise UnsupportedError(
+                f"{_what(gm, e.node)} at time step {t} uses a value computed at time step "
+                f"{lp.labels[e.arg]} ({_what(gm, e.arg)}) other than as a module's state; "
+                "snncc folds a time loop whose steps only pass neuron state to each other "
+                "(use a recurrent neuron such as snntorch.RLeaky for recurrence)"
+            ) from None
+    return sig
+
+
+def _check_steps(lp: _Loop) -> None:
+    cache: dict[fx.Node, Any] = {}
+    first = _signature(lp, 0, cache)
+    for t in range(1, len(lp.steps)):
+        sig = _signature(lp, t, cache)
+        if sig == first:
+            continue
+        k = next(
+            (i for i, (a, b) in enumerate(zip(first, sig)) if a != b), min(len(first), len(sig))
+        )
+        nodes = lp.steps[t]
+        at = _what(lp.gm, nodes[k]) if k < len(nodes) else "the end of the step"
+        raise UnsupportedError(
+            f"time step {t} of the loop in {tr.type_name(lp.gm)}.forward differs from step 0 "
+            f"(at {at}); snncc folds a loop whose body is the same computation at every step "
+            "(no branch on the step index)"
+        )
+
+
+# --------------------------------------------------------------------------- initial states
+
+
+def _fetch_attr(gm: nn.Module, target: str) -> Any:
+    obj: Any = gm
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _eval_static(gm: fx.GraphModule, n: fx.Node, cache: dict[fx.Node, Any]) -> Any:
+    """Run a node that does not depend on the input (an initial state) on its own."""
+    if n in cache:
+        return cache[n]
+
+    def ev(a: Any) -> Any:
+        return fx.node.map_arg(a, lambda x: _eval_static(gm, x, cache))
+
+    if n.op == "get_attr":
+        value = _fetch_attr(gm, str(n.target))
+    elif n.op == "call_function":
+        value = n.target(*ev(n.args), **ev(n.kwargs))
+    elif n.op == "call_method":
+        self_, *rest = ev(n.args)
+        value = getattr(self_, n.target)(*rest, **ev(n.kwargs))
+    elif n.op == "call_module":
+        value = gm.get_submodule(n.target)(*ev(n.args), **ev(n.kwargs))
+    else:
+        raise UnsupportedError(f"cannot evaluate {n.op} {n.name} as an initial state")
+    cache[n] = value
+    return value
+
+
+def _check_inits(lp: _Loop) -> None:
+    cache: dict[fx.Node, Any] = {}
+    with torch.no_grad():
+        for n, name, node in lp.inits:
+            try:
+                value = _eval_static(lp.gm, node, cache)
+            except SnnccError:
+                raise
+            except Exception as e:  # noqa: BLE001 - user code: report where it failed
+                raise UnsupportedError(
+                    f"{_what(lp.gm, n)}: computing its initial state {name!r} failed: "
+                    f"{type(e).__name__}: {e}"
+                ) from e
+            if not lp.calls[n].state.fresh(value):
+                raise UnsupportedError(
+                    f"{_what(lp.gm, n)} starts from a state {name!r} that is not fresh (not "
+                    "None or zeros); snncc programs start from a fresh state (continue from "
+                    "a state with CompiledModel.run(x, state))"
+                )
+
+
+# --------------------------------------------------------------------------- folding
+
+
+def _outputs(lp: _Loop) -> Any:
+    """The output structure with stacked per-step values replaced by step 0's node."""
+    gm = lp.gm
+    (out_node,) = [n for n in gm.graph.nodes if n.op == "output"]
+
+    def conv(a: Any) -> Any:
+        if isinstance(a, (list, tuple)):
+            return type(a)(conv(x) for x in a)
+        if not isinstance(a, fx.Node):
+            if a is None:
+                return None
+            raise UnsupportedError(f"forward returns {a!r}; snncc models return tensors")
+        label = lp.labels[a]
+        if label == COLLECTOR:
+            values = a.args[0]
+            if not isinstance(values, (list, tuple)) or len(values) != len(lp.steps):
+                raise UnsupportedError(
+                    f"{_what(gm, a)} stacks {len(values) if isinstance(values, (list, tuple)) else '?'} "
+                    f"values, but the loop has {len(lp.steps)} steps; return "
+                    "torch.stack of one value per step"
+                )
+            pos = set()
+            for t, v in enumerate(values):
+                if not isinstance(v, fx.Node) or lp.labels.get(v) != t:
+                    raise UnsupportedError(
+                        f"{_what(gm, a)}: item {t} is not the value computed at time step {t}"
+                    )
+                pos.add(lp.index[t][v])
+            if len(pos) != 1:
+                raise UnsupportedError(
+                    f"{_what(gm, a)} stacks different values at different time steps"
+                )
+            return lp.steps[0][pos.pop()]
+        if label >= 0 and _is_opaque_state(lp, a):
+            return None  # a Norse state: kept by the compiled program
+        if label >= 0:
+            raise UnsupportedError(
+                f"forward returns {_what(gm, a)} of time step {label} only; snncc programs "
+                "return every step: collect one value per step and return "
+                "torch.stack(values) (dim 0)"
+            )
+        raise UnsupportedError(
+            f"forward returns {_what(gm, a)}, which is not a per-step value stacked over time"
+        )
+
+    return conv(out_node.args[0])
+
+
+def _is_opaque_state(lp: _Loop, a: fx.Node) -> bool:
+    if a.op != "call_function" or a.target is not operator.getitem:
+        return False
+    call = lp.calls.get(a.args[0]) if isinstance(a.args[0], fx.Node) else None
+    return call is not None and call.state.opaque and a.args[1] in call.state.returns
+
+
+def _build(lp: _Loop, outputs: Any) -> fx.GraphModule:
+    gm = lp.gm
+    g = fx.Graph()
+    ph = []
+    for p in lp.inputs:
+        new = g.placeholder(str(p.target))
+        new.meta = dict(p.meta)
+        ph.append(new)
+    env: dict[fx.Node, fx.Node] = {}
+
+    def arg(a: fx.Node) -> fx.Node:
+        if a in env:
+            return env[a]
+        if lp.labels[a] != STATIC:
+            raise AssertionError(f"loop fold: {a.name} is not available at step 0")
+        env[a] = g.node_copy(a, arg)
+        return env[a]
+
+    for n in lp.steps[0]:
+        if n in lp.slices:
+            i, _, rest = lp.slices[n]
+            env[n] = ph[i] if not rest else g.call_function(operator.getitem, (ph[i], rest))
+        elif n in lp.calls:
+            main = fx.node.map_arg(lp.calls[n].main, arg)
+            env[n] = g.call_module(str(n.target), tuple(main))
+            env[n].meta = dict(n.meta)
+        else:
+            env[n] = g.node_copy(n, arg)
+    g.output(fx.node.map_arg(outputs, arg))
+    _drop_unused(g)  # e.g. the getitem of a state that only fed the next step
+    g.lint()
+    return fx.GraphModule(gm, g, gm.__class__.__name__)
+
+
+def _drop_unused(g: fx.Graph) -> None:
+    """Remove nodes nothing uses (inputs and the output stay)."""
+    for n in reversed(list(g.nodes)):
+        if n.op not in ("placeholder", "output") and not n.users:
+            g.erase_node(n)
+
+
+def fold(model: nn.Module, xs: tuple[torch.Tensor, ...], error: Exception | None) -> fx.GraphModule:
+    """The per-step fx graph of a model whose forward loops over time (see the module docstring)."""
+    T = int(xs[0].shape[0])
+    shapes = [tuple(int(d) for d in x.shape) for x in xs]
+    try:
+        gm = _concrete_trace(model, shapes)
+    except UnsupportedError as e:
+        raise (error or e) from None
+    lp = _analyse(gm)
+    if not lp.steps:
+        raise error or UnsupportedError(
+            f"{tr.type_name(model)}.forward does not read its input one time step at a time "
+            "(x[step] or for xt in x); snncc compiles it as a per-step program only then"
+        )
+    if len(lp.steps) == 1 and T == 1:  # learn how state flows between steps from two steps
+        gm2 = _concrete_trace(model, [(2, *s[1:]) for s in shapes])
+        lp2 = _analyse(gm2)
+        if len(lp2.steps) == 2:
+            gm, lp = gm2, lp2
+            T = 2
+    if len(lp.steps) != T:
+        raise UnsupportedError(
+            f"the time loop in {tr.type_name(model)}.forward runs {len(lp.steps)} steps but the "
+            f"example input has T = {T}; snncc compiles a per-step program that runs as many "
+            "steps as its input has, so loop over x.size(0) (or give an example with T = "
+            f"{len(lp.steps)})"
+        )
+    _check_steps(lp)
+    _check_inits(lp)
+    return _build(lp, _outputs(lp))
