@@ -342,12 +342,13 @@ def test_backend_builds_cubins_into_a_readable_cache(arch: str, cache_dir) -> No
         pytest.skip(str(exc))
     _, _, cm = _compile("sj_convnet", cache_dir=cache_dir, spike_dtype="uint8")
     paths = cm.program.build(arch)
-    assert len(paths) == len(cm.program._units_by_tag())
+    sources = {unit.source for unit, _ in cm.program._units_by_tag().values()}
+    assert len(paths) == len(sources)
     for p in paths:
         assert p.suffix == ".cubin" and f"_{arch}_" in p.name
         assert p.read_bytes()[:4] == b"\x7fELF"
         cu = p.parent / (p.name.split(f"_{arch}_")[0] + ".cu")
-        assert cu.read_text() in cm.files()["kernels.cu"]  # the readable source next to it
+        assert cu.read_text() in sources  # the readable source next to it
     mtimes = [p.stat().st_mtime_ns for p in paths]
     assert cm.program.build(arch) == paths  # cached: nothing recompiled
     assert [p.stat().st_mtime_ns for p in paths] == mtimes
@@ -464,6 +465,89 @@ def test_plif_decay_is_read_once_per_weight_version() -> None:
     with torch.no_grad():
         w.add_(0.1)  # an optimizer step: the version moves
     assert cache.value(0, w, w.sigmoid()) == float(w.sigmoid())
+
+
+# -- the time-chunked forward (exact for hard resets), run on the host from the same text
+def _host_chunked(spec: NeuronSpec, out_dtype: str, cache: str):
+    """The chunk kernels rendered for the cpu target, compiled by the cpu backend's compiler."""
+    import ctypes
+
+    from snncc.backends.cpu import compiler
+    from snncc.backends.cuda.chunked import render_chunked
+
+    unit, kernels_text, name, _ = render_chunked(spec, "cpu", out_dtype)
+    lib = compiler.load(unit + kernels_text, cache)
+    P, Int = ctypes.c_void_p, ctypes.c_int
+    spec_k, fix_k = getattr(lib, name + "_spec"), getattr(lib, name + "_fix")
+    spec_k.argtypes = [P, P, ctypes.c_float, P, P, Int, Int, Int, ctypes.c_longlong]
+    fix_k.argtypes = [P, ctypes.c_float, P, P, P, Int, Int, Int, ctypes.c_longlong]
+
+    def run(x: torch.Tensor, v0: torch.Tensor | None, k: float, L: int):
+        T, N = x.shape
+        C = math.ceil(T / L)
+        out = torch.full((T, N), 7, dtype=torch.uint8 if out_dtype == "uint8" else torch.float32)
+        v_end = torch.full((C * N,), float("nan"))
+        v_last = torch.full((N,), float("nan"))  # poisoned: every element must be written
+        ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
+        spec_k(ptr(x), ptr(v0), k, ptr(out), ptr(v_end), T, L, C, N)
+        fix_k(ptr(x), k, ptr(out), ptr(v_end), ptr(v_last), T, L, C, N)
+        return out, v_last
+
+    return run
+
+
+CHUNK_FORMS = {
+    "lif": NeuronSpec(model="lif", charge="sj_lif_decay_input", tau=2.0),
+    "if_vr": NeuronSpec(model="if", charge="sj_if", v_threshold=0.7, v_reset=-0.1, v_init=-0.1),
+    "plif_gt": NeuronSpec(
+        model="plif", charge="sj_plif", v_reset=0.2, v_init=0.2, fire_cmp=">", learnable=("w",)
+    ),
+    "lif_nodecay": NeuronSpec(model="lif", charge="sj_lif", tau=3.0, v_threshold=0.5),
+}
+
+
+@pytest.mark.parametrize("form", list(CHUNK_FORMS))
+def test_chunked_forward_equals_the_sequential_recurrence_bit_for_bit(form: str, tmp_path) -> None:
+    spec = CHUNK_FORMS[form]
+    w = torch.tensor(-0.3)
+    params = {"w": w} if spec.charge.startswith("sj_plif") else {}
+    k = float(w.sigmoid()) if params else 0.0
+    runs = {d: _host_chunked(spec, d, str(tmp_path)) for d in ("float32", "uint8")}
+    T, N = 200, 96
+    g = torch.Generator().manual_seed(11)
+    for scale in (2.0, 0.9, 0.05):  # frequent, rare and no firing (full sequential fix-up)
+        x = torch.rand((T, N), generator=g) * scale
+        x[37, 5] = float("inf")  # a non-finite charge: that chunk must not be trusted
+        x[120, 7] = float("-inf")
+        v0 = torch.rand(N, generator=g) * 0.5
+        for start in (None, v0):
+            ref, st = neurons.run_sequence(spec, params, x, None if start is None else {"v": start})
+            for L in (1, 7, 64, T):
+                out, v_last = runs["float32"](x, start, k, L)
+                assert torch.equal(out, ref), (scale, L, (out != ref).sum().item())
+                assert torch.equal(v_last, st["v"]) or (
+                    torch.equal(v_last.isnan(), st["v"].isnan())
+                    and torch.equal(v_last.nan_to_num(), st["v"].nan_to_num())
+                ), (scale, L)
+                u8, _ = runs["uint8"](x, start, k, L)
+                assert torch.equal(u8.float(), ref)
+
+
+def test_which_forms_are_chunked_and_how_long_the_chunks_are() -> None:
+    from snncc.backends.cuda.chunked import chunkable, plan_chunks
+
+    lif = CHUNK_FORMS["lif"]
+    assert chunkable(lif, [])
+    assert not chunkable(lif, [{"kind": "scale", "op": "mul", "value": 2.0}])  # epilogue
+    assert not chunkable(lif.replace(reset="subtract", v_reset=None), [])
+    assert not chunkable(lif.replace(reset="none"), [])
+    assert not chunkable(lif.replace(output="membrane"), [])
+    assert not chunkable(lif.replace(v_reset=-0.0), [])
+    L = plan_chunks(1024, 16384, 132)  # L2: 16k neurons, T = 1024
+    assert L is not None and math.ceil(1024 / L) >= 16 and L >= 16
+    assert plan_chunks(256, 1 << 20, 132) is None  # L1 fills the GPU already
+    assert plan_chunks(32, 100, 132) is None  # too short to split
+    assert plan_chunks(100, 1 << 20, 132, forced=7) == 7
 
 
 # -- to_torch on the CPU backends
@@ -709,6 +793,40 @@ def test_gpu_cuda_graph_replay_equals_eager_and_follows_weight_updates(cache_dir
         y_eager, _ = eager.program.run(x)
         y3, _ = graphed.program.run(x)
     assert torch.equal(y3, y_eager) and not torch.equal(y3, y1)
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("chunks", ["auto", 1, 7, 64])
+def test_gpu_time_chunked_forward_equals_the_plain_kernel(chunks, cache_dir) -> None:
+    """L2-like layers (few neurons, long T): chunked == plain, bit for bit, float and uint8."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        layer.Linear(32, 64),
+        neuron.ParametricLIFNode(init_tau=2.0),
+        layer.Linear(64, 48),
+        neuron.LIFNode(tau=2.0),
+    )
+    functional.set_step_mode(net, "m")
+    _randomise(net, 4).eval()
+    x = torch.rand(512, 4, 32, generator=torch.Generator().manual_seed(1)).to(DEV) * 2
+    plain = snncc.compile(net, x[:2].cpu(), backend="cuda", cache_dir=cache_dir, time_chunks=0)
+    for dtype in ("float32", "uint8"):
+        cm = snncc.compile(
+            net,
+            x[:2].cpu(),
+            backend="cuda",
+            cache_dir=cache_dir,
+            time_chunks=chunks,
+            spike_dtype=dtype,
+        )
+        assert cm.program.chunked, "both layers are hard-reset spiking layers"
+        with torch.no_grad():
+            y0, s0 = plain.program.run(x)
+            y1, s1 = cm.program.run(x)
+        assert torch.equal(y1.float(), y0)
+        for n in s0:
+            assert torch.equal(s1[n]["v"], s0[n]["v"])
 
 
 @pytest.mark.gpu

@@ -18,7 +18,8 @@ Options: ``cache_dir`` (default ``~/.cache/snncc/cuda``: the ``.cu`` sources and
 their cubins), ``device`` ("cuda" / "cuda:N"), ``precision`` ("fp32" | "tf32" |
 "bf16"), ``cuda_graph`` (capture inference in CUDA graphs), ``spike_dtype``
 ("float32" | "uint8" for spikes that only feed outputs), ``recompute``,
-``block_size``, and the reference backend's ``requires_grad``,
+``block_size``, ``time_chunks`` (exact time-parallel forward of hard-reset layers
+with few neurons and long sequences: "auto" | chunk length | 0), and the reference backend's ``requires_grad``,
 ``stateless_per_step``, ``training``.
 
 Running needs CuPy (``pip install "snncc[cuda12]"`` or ``"snncc[cuda13]"``) and
@@ -48,6 +49,7 @@ _OPTIONS = (
     "cuda_graph",
     "spike_dtype",
     "block_size",
+    "time_chunks",
     "requires_grad",
     "stateless_per_step",
     "training",

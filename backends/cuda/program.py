@@ -16,6 +16,7 @@ Nothing here needs a GPU until ``run``: lowering renders the kernel sources
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,7 +25,9 @@ import torch
 from snncc.backends.cpu.program import CpuProgram
 from snncc.backends.cuda import cache as kcache
 from snncc.backends.cuda import runtime
+from snncc.backends.cuda.chunked import ChunkedForward, chunkable, plan_chunks
 from snncc.backends.cuda.neuron import CudaNeuronKernel, KCache, run_neuron
+from snncc.backends.reference.ops import apply_steps
 from snncc.backends.reference.program import ReferenceProgram
 from snncc.errors import UnsupportedError
 from snncc.ir.graph import Graph
@@ -65,6 +68,12 @@ class CudaProgram(CpuProgram):
         are then uint8 tensors of 0/1. Default ``"float32"``.
     block_size
         Threads per block for the neuron kernels (default: chosen per layer).
+    time_chunks
+        Long sequences with few neurons: ``"auto"`` (default) splits the time
+        loop of hard-reset spiking layers into chunks run in parallel and fixed
+        up exactly (:mod:`snncc.backends.cuda.chunked`) in inference when one
+        thread per neuron would leave the GPU idle; an int forces that chunk
+        length wherever the form allows; ``0`` turns it off.
     **reference_options
         ``requires_grad``, ``stateless_per_step``, ``training``: as the reference backend.
     """
@@ -80,6 +89,7 @@ class CudaProgram(CpuProgram):
         cuda_graph: bool = False,
         spike_dtype: str = "float32",
         block_size: int | None = None,
+        time_chunks: str | int = "auto",
         **reference_options: Any,
     ) -> None:
         # CpuProgram.__init__ would compile host kernels: only the interpreter's part is shared.
@@ -92,6 +102,20 @@ class CudaProgram(CpuProgram):
             raise UnsupportedError(
                 f"cuda backend option block_size={block_size!r}: a positive multiple of 32"
             )
+        if not (
+            time_chunks == "auto"
+            or (
+                isinstance(time_chunks, int)
+                and not isinstance(time_chunks, bool)
+                and time_chunks >= 0
+            )
+        ):
+            raise UnsupportedError(
+                f"cuda backend option time_chunks={time_chunks!r}: 'auto', 0 (off) or a chunk "
+                "length >= 1"
+            )
+        self.time_chunks = time_chunks
+        self.block_size = block_size
         self.cache_dir = cache_dir
         self.precision = precision
         self.cuda_graph = bool(cuda_graph)
@@ -118,6 +142,14 @@ class CudaProgram(CpuProgram):
                     backward=True,
                     block=block_size,
                 )
+        self.chunked: dict[int, dict[str, ChunkedForward]] = {}
+        if time_chunks != 0:
+            for n, spec in self._specs.items():
+                epi = graph.attrs(n).get("epilogue") or []
+                if n in self._recurrent or not chunkable(spec, epi):
+                    continue
+                dtypes = ("float32", "uint8") if n in self.u8_kernels else ("float32",)
+                self.chunked[n] = {d: ChunkedForward(spec, d, cache_dir) for d in dtypes}
         self._kcache = KCache()
         self._graphs: dict[Any, tuple] = {}
         if torch.cuda.is_available():  # params live on the GPU from the start when there is one
@@ -131,21 +163,31 @@ class CudaProgram(CpuProgram):
         users = self.graph.users(n)
         return bool(users) and all(self.graph.op(e.dst) == "output" and e.delay == 0 for e in users)
 
-    def _units_by_tag(self) -> dict[str, tuple[CudaNeuronKernel, list[int]]]:
-        """One translation unit per distinct kernel (identical layers share one), with its nodes."""
-        units: dict[str, tuple[CudaNeuronKernel, list[int]]] = {}
+    def _units_by_tag(self) -> dict[str, tuple[Any, list[int]]]:
+        """One translation unit per distinct kernel (identical layers share one), with its nodes.
+
+        Values are objects with a ``source`` (plain, uint8 and time-chunked kernels).
+        """
+        units: dict[str, tuple[Any, list[int]]] = {}
         for table in (self.kernels, self.u8_kernels):
             for n, kernel in table.items():
                 units.setdefault(kernel.info.tag, (kernel, []))[1].append(n)
+        for n, variants in self.chunked.items():
+            for chunk in variants.values():
+                units.setdefault(chunk.name, (chunk, []))[1].append(n)
         return units
 
     @property
     def kernel_source(self) -> str:
         """Every distinct generated CUDA unit, concatenated (one file that compiles as a whole)."""
         parts = []
+        plain = {k.info.tag for table in (self.kernels, self.u8_kernels) for k in table.values()}
         for tag, (kernel, nodes) in self._units_by_tag().items():
             used = ", ".join(f"%{n}" for n in nodes)
-            parts.append(f"// ==== kernels {tag}: nodes {used} ====\n{kernel.source}")
+            text = kernel.source
+            if isinstance(kernel, ChunkedForward) and kernel.tag in plain:
+                text = kernel.kernels_text  # its step functions are already above
+            parts.append(f"// ==== kernels {tag}: nodes {used} ====\n{text}")
         return "\n".join(parts)
 
     def files(self) -> dict[str, str]:
@@ -271,10 +313,38 @@ class CudaProgram(CpuProgram):
             p = ctx.neuron_params(n)
             k = p["k"]
             k_value = self._kcache.value(n, p.get("w"), k)
-        if n in self.u8_kernels and lead and not _any_grad(x, v0, k, *adds):
+        inference = lead and not _any_grad(x, v0, k, *adds)
+        u8 = inference and n in self.u8_kernels
+        if inference and n in self.chunked:
+            chunked = self._chunked_call(n, ins, x, v0, k_value, u8)
+            if chunked is not None:
+                return chunked
+        if u8:
             kernel = self.u8_kernels[n]
         out, v_last = run_neuron(kernel, x, adds, v0, k, k_value)
         return (out if lead else out[0]), v_last
+
+    def _chunked_call(
+        self, n: int, ins: list[Tensor], x: Tensor, v0: Tensor | None, k: float | None, u8: bool
+    ) -> tuple[Tensor, Tensor] | None:
+        """Node n's forward split over time (see chunked.py), or None where it would not pay."""
+        T = x.shape[0]
+        step_shape = tuple(x.shape[1:])
+        N = math.prod(step_shape)
+        forced = None if self.time_chunks == "auto" else int(self.time_chunks)
+        L = plan_chunks(T, N, runtime.device_info(self.device.index).sm_count, forced)
+        if L is None:
+            return None
+        pro = self.graph.attrs(n).get("prologue") or []
+        if pro:  # the same single-rounding steps the fused kernel would apply
+            x = apply_steps(pro, x, ins, f"neuron %{n} prologue")
+        x = x.float().contiguous().reshape(T, N)
+        v0_flat = None
+        if v0 is not None:
+            v0_flat = v0.float().expand(step_shape).contiguous().reshape(N)
+        run = self.chunked[n]["uint8" if u8 else "float32"]
+        out, v_last = run(x, v0_flat, 0.0 if k is None else k, L, self.block_size)
+        return out.reshape(T, *step_shape), v_last.reshape(step_shape)
 
     def _step_input(self, ctx: Any, e: Any, t: int, members: set, hist: dict) -> Tensor:
         # the interpreter's t = 0 zeros of a delay edge inside a component are made on the CPU
