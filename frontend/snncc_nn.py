@@ -3,6 +3,7 @@
 They describe themselves (``.spec()`` returns the NeuronSpec), are time-major
 (a model using them is multi-step, fed [T, B, ...]) and start from a fresh
 state on every forward, so there is nothing to reset and nothing to guess.
+``SeqToANN`` is a chain container whose children see the T*B-folded sequence.
 """
 
 from __future__ import annotations
@@ -10,7 +11,14 @@ from __future__ import annotations
 from torch import nn
 
 from snncc.frontend.torch_nn import one_input
-from snncc.frontend.tracer import Call, Framework, register_framework, register_module
+from snncc.frontend.tracer import (
+    Call,
+    Chain,
+    Framework,
+    register_container,
+    register_framework,
+    register_module,
+)
 
 try:
     from snncc import nn as snn
@@ -20,6 +28,13 @@ except ImportError:  # pragma: no cover - snncc.nn is part of the package
 
 def _owns(m: nn.Module) -> bool:
     return type(m).__module__ == "snncc.nn"
+
+
+def _chain(m: nn.Module) -> Chain | None:
+    """``SeqToANN`` runs its children on the T*B-folded sequence (SpikingJelly's SeqToANNContainer)."""
+    if type(m) is snn.SeqToANN:
+        return Chain(view="flat", children=tuple(m.named_children()))
+    return None
 
 
 def _problem(m: nn.Module, view: str) -> str | None:
@@ -39,7 +54,15 @@ def _neuron(call: Call, m: nn.Module) -> int:
 
 if snn is not None:
     register_framework(
-        Framework(name="snncc", owns=_owns, step_mode=lambda m: "m", source="snncc", priority=1)
+        Framework(
+            name="snncc",
+            owns=_owns,
+            step_mode=lambda m: "m",
+            chain=_chain,
+            source="snncc",
+            priority=1,
+        )
     )
     for _cls in (snn.IF, snn.LIF, snn.ParametricLIF, snn.LI):
         register_module(_cls, f"snncc.nn.{_cls.__name__}", check=_problem)(_neuron)
+    register_container(snn.SeqToANN, "snncc.nn.SeqToANN")

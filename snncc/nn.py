@@ -27,7 +27,7 @@ from snncc.ir.neuron import NeuronSpec
 from snncc.neurons import run_sequence
 from snncc.surrogate import default_alpha
 
-__all__ = ["IF", "LIF", "LI", "ParametricLIF"]
+__all__ = ["IF", "LIF", "LI", "ParametricLIF", "SeqToANN"]
 
 
 class _Neuron(nn.Module):
@@ -195,3 +195,31 @@ class LI(_Neuron):
 
     def extra_repr(self) -> str:
         return f"tau={self.tau:g}"
+
+
+class SeqToANN(nn.Sequential):
+    """Stateless layers applied to every time step at once: ``[T, B, ...] -> [T, B, ...]``.
+
+    Conv, BatchNorm and pooling interpret the first dim as the batch, so in a
+    time-major model they would read T as the batch. ``SeqToANN(*modules)``
+    folds T into the batch (``[T*B, ...]``), runs the modules in order and
+    unfolds the result, exactly like SpikingJelly's ``SeqToANNContainer``
+    (training-mode BatchNorm statistics therefore run over T*B). Neurons do
+    not belong inside: they need the time dim.
+
+    Example::
+
+        net = torch.nn.Sequential(
+            snncc.nn.SeqToANN(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8)),
+            snncc.nn.LIF(tau=2.0),
+        )
+        y = net(x)          # x: [T, B, 1, H, W] -> y: [T, B, 8, H, W]
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dim() < 2:
+            shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+            raise ShapeError(f"SeqToANN expects a time-major tensor [T, B, ...]; got {shape}")
+        T, B = x.shape[0], x.shape[1]
+        y = super().forward(x.flatten(0, 1))
+        return y.reshape(T, B, *y.shape[1:])

@@ -13,10 +13,10 @@ import zlib
 
 import pytest
 import torch
-from snncc.ir.neuron import NeuronSpec
 from spikingjelly.activation_based import functional, neuron, surrogate
 
 from snncc.errors import UnsupportedError
+from snncc.ir.neuron import NeuronSpec
 from snncc.neurons import derived_constants, init_state, run_sequence, step
 
 KINDS = ["if", "lif_di", "lif", "plif_di", "plif"]
@@ -182,4 +182,314 @@ def test_unsupported_forms_raise() -> None:
         init_state(NeuronSpec(model="if", charge="sj_if", fire_from="previous"), (1,))
     with pytest.raises(UnsupportedError, match="needs the param 'w'"):
         spec = NeuronSpec(model="plif", charge="sj_plif")
+        step(spec, {}, torch.zeros(1), init_state(spec, (1,)))
+
+
+# --------------------------------------------------------------------------- snnTorch / Norse forms
+
+snntorch = pytest.importorskip("snntorch")
+norse = pytest.importorskip("norse.torch")
+
+from norse.torch.functional.leaky_integrator import LIParameters  # noqa: E402
+from norse.torch.functional.lif import LIFParameters  # noqa: E402
+from norse.torch.functional.lif_box import LIFBoxParameters  # noqa: E402
+from norse.torch.functional.reset import reset_subtract, reset_value  # noqa: E402
+
+_MECH = {"subtract": "subtract", "zero": "hard", "none": "none"}
+
+
+def _close(a: torch.Tensor, b: torch.Tensor) -> None:
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def _snntorch_spec(charge: str, mech: str, rd: bool, roles, learnable=()) -> NeuronSpec:
+    return NeuronSpec(
+        model="leaky",
+        charge=charge,
+        v_reset=0.0,
+        reset=_MECH[mech],
+        fire_cmp=">",
+        surrogate="atan",
+        alpha=2.0,
+        reset_delay=rd,
+        param_roles=tuple(roles),
+        learnable=tuple(learnable),
+    )
+
+
+def _rand(shape, seed: int, scale: float = 1.5, shift: float = 0.6) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=g) * scale + shift
+
+
+@pytest.mark.parametrize("mech", ["subtract", "zero", "none"])
+@pytest.mark.parametrize("rd", [True, False])
+@pytest.mark.parametrize("gsf", [1.0, 0.7])
+@pytest.mark.parametrize("T", [1, 8, 32])
+def test_snntorch_leaky_form(mech: str, rd: bool, gsf: float, T: int) -> None:
+    """Every step's spikes and membrane bit for bit; grads wrt x, beta, threshold, gsf."""
+    beta = torch.tensor([0.8, 0.95, 1.3, -0.2, 0.5, 0.0, 1.0])  # clamped each step
+    lif = snntorch.Leaky(
+        beta=beta.clone(),
+        reset_mechanism=mech,
+        reset_delay=rd,
+        graded_spikes_factor=gsf,
+        learn_beta=True,
+        learn_threshold=True,
+        learn_graded_spikes_factor=True,
+    )
+    x = _rand((T, 3, 7), T).requires_grad_()
+    r = _rand((T, 3, 7), 99, 1.0, 0.0)
+    mem = lif.init_leaky()
+    spk, mems = [], []
+    for t in range(T):
+        s, mem = lif(x[t], mem)
+        spk.append(s)
+        mems.append(mem)
+    ref_s, ref_m = torch.stack(spk), torch.stack(mems)
+    ((ref_s * r).sum() + (ref_m * r).sum()).backward()
+    gx_ref = x.grad.clone()
+    x.grad = None
+
+    roles = ("beta", "threshold", "graded_spikes_factor")
+    spec = _snntorch_spec("snntorch_leaky", mech, rd, roles, roles)
+    p = {k: getattr(lif, k).detach().clone().requires_grad_() for k in roles}
+    st = init_state(spec, (3, 7))
+    spk, mems = [], []
+    for t in range(T):
+        s, st = step(spec, p, x[t], st)
+        spk.append(s)
+        mems.append(st["v"])
+    s, m = torch.stack(spk), torch.stack(mems)
+    ((s * r).sum() + (m * r).sum()).backward()
+    assert torch.equal(s, ref_s) and torch.equal(m, ref_m)
+    assert ref_s.sum() > 0
+    _close(x.grad, gx_ref)
+    for k in roles:
+        _close(p[k].grad, getattr(lif, k).grad)
+
+
+def test_snntorch_reset_delay_anomaly() -> None:
+    """reset_delay=False with beta=1: (1,1.5),(0,1.5),... as snnTorch (the correction quirk)."""
+    spec = _snntorch_spec("snntorch_leaky", "subtract", False, ())
+    spec = spec.replace(extra={"beta": 1.0})
+    st = init_state(spec, (1,))
+    got = []
+    for v in (2.5, 0.0, 0.0, 0.0):
+        s, st = step(spec, {}, torch.tensor([v]), st)
+        got.append((float(s), float(st["v"])))
+    assert got == [(1.0, 1.5), (0.0, 1.5), (0.0, 1.5), (0.0, 1.5)]
+
+
+@pytest.mark.parametrize("mech", ["subtract", "zero", "none"])
+@pytest.mark.parametrize("rd", [True, False])
+def test_snntorch_synaptic_form(mech: str, rd: bool) -> None:
+    T = 16
+    lif = snntorch.Synaptic(alpha=0.8, beta=0.9, reset_mechanism=mech, reset_delay=rd)
+    lif.alpha = torch.nn.Parameter(lif.alpha.clone())
+    x = _rand((T, 2, 6), 5).requires_grad_()
+    r = _rand((T, 2, 6), 6, 1.0, 0.0)
+    syn, mem = lif.init_synaptic()
+    out = []
+    for t in range(T):
+        s, syn, mem = lif(x[t], syn, mem)
+        out.append((s, syn, mem))
+    ref = [torch.stack(v) for v in zip(*out)]
+    sum((v * r).sum() for v in ref).backward()
+    gx_ref = x.grad.clone()
+    x.grad = None
+
+    roles = ("alpha", "beta", "threshold", "graded_spikes_factor")
+    spec = _snntorch_spec("snntorch_synaptic", mech, rd, roles, ("alpha",))
+    p = {k: getattr(lif, k).detach().clone() for k in roles}
+    p["alpha"].requires_grad_()
+    st = init_state(spec, (2, 6))
+    out = []
+    for t in range(T):
+        s, st = step(spec, p, x[t], st)
+        out.append((s, st["i"], st["v"]))
+    got = [torch.stack(v) for v in zip(*out)]
+    sum((v * r).sum() for v in got).backward()
+    for a, b in zip(got, ref):
+        assert torch.equal(a, b)
+    assert ref[0].sum() > 0
+    _close(x.grad, gx_ref)
+    _close(p["alpha"].grad, lif.alpha.grad)
+    out_i, _ = step(spec.replace(output="current"), p, x[0].detach(), init_state(spec, (2, 6)))
+    assert torch.equal(out_i, ref[1][0])
+
+
+@pytest.mark.parametrize("kind", ["linear", "V"])
+@pytest.mark.parametrize("mech", ["subtract", "zero", "none"])
+@pytest.mark.parametrize("rd", [True, False])
+def test_snntorch_rleaky_form(kind: str, mech: str, rd: bool) -> None:
+    """RLeaky: the rec port is recurrent(previous spike) (Linear), or V inside the form."""
+    T, n = 12, 5
+    if kind == "linear":
+        lif = snntorch.RLeaky(beta=0.9, linear_features=n, reset_mechanism=mech, reset_delay=rd)
+    else:
+        lif = snntorch.RLeaky(
+            beta=0.9, all_to_all=False, V=torch.rand(n) * 0.5, reset_mechanism=mech, reset_delay=rd
+        )
+    x = _rand((T, 2, n), 11)
+    spk, mem = lif.init_rleaky()
+    ref = []
+    for t in range(T):
+        spk, mem = lif(x[t], spk, mem)
+        ref.append((spk, mem))
+    base = ("beta", "threshold", "graded_spikes_factor")
+    if kind == "linear":
+        spec = _snntorch_spec("snntorch_rleaky", mech, rd, base)
+    else:
+        spec = _snntorch_spec("snntorch_rleaky_v", mech, rd, (*base, "V"))
+    p = {k: getattr(lif, k) for k in spec.param_roles}
+    st = init_state(spec, (2, n))
+    prev = torch.zeros(2, n)
+    with torch.no_grad():
+        for t in range(T):
+            ports = (lif.recurrent(prev),) if kind == "linear" else ()
+            s, st = step(spec, p, x[t], st, *ports)
+            prev = s
+            assert torch.equal(s, ref[t][0]) and torch.equal(st["v"], ref[t][1])
+    assert sum(float(s.detach().sum()) for s, _ in ref) > 0
+
+
+NORSE_P = LIFParameters(
+    tau_syn_inv=torch.as_tensor(150.0),
+    tau_mem_inv=torch.as_tensor(90.0),
+    v_leak=torch.as_tensor(0.1),
+    v_th=torch.as_tensor(0.8),
+    v_reset=torch.as_tensor(-0.2),
+)
+
+
+def _norse_spec(charge: str, m, **kw) -> NeuronSpec:
+    extra = {
+        "dt": m.dt,
+        "v_leak": float(m.p.v_leak),
+        "dt_tau_mem_inv": float(m.dt * m.p.tau_mem_inv),
+    }
+    if hasattr(m.p, "tau_syn_inv"):
+        extra["neg_dt_tau_syn_inv"] = float(-m.dt * m.p.tau_syn_inv)
+    base = {
+        "model": charge,
+        "charge": charge,
+        "fire_cmp": ">",
+        "v_init": float(m.p.v_leak),
+        "extra": extra,
+    }
+    if charge != "norse_li":
+        base.update(v_threshold=float(m.p.v_th), v_reset=float(m.p.v_reset))
+        base.update(surrogate="superspike", alpha=100.0)
+    else:
+        base.update(reset="none", v_reset=None, output="membrane")
+    base.update(kw)
+    return NeuronSpec(**base)
+
+
+def _norse_run(cell, x: torch.Tensor):
+    s, out, vs, is_ = None, [], [], []
+    for t in range(len(x)):
+        o, s = cell(x[t], s)
+        out.append(o)
+        vs.append(s.v)
+        is_.append(getattr(s, "i", s.v))
+    return torch.stack(out), torch.stack(vs), torch.stack(is_)
+
+
+@pytest.mark.parametrize("T", [1, 8, 32])
+@pytest.mark.parametrize("dt", [0.001, 0.0007])
+def test_norse_lif_cell_form(T: int, dt: float) -> None:
+    cell = norse.LIFCell(NORSE_P, dt=dt)
+    x = _rand((T, 2, 6), T, 40.0, 30.0).requires_grad_()
+    r = _rand((T, 2, 6), 7, 1.0, 0.0)
+    z_ref, v_ref, i_ref = _norse_run(cell, x)
+    ((z_ref * r).sum() + (v_ref * r).sum()).backward()
+    gx_ref = x.grad.clone()
+    x.grad = None
+    spec = _norse_spec("norse_lif", cell)
+    st = init_state(spec, (2, 6))
+    zs, vs, is_ = [], [], []
+    for t in range(T):
+        z, st = step(spec, {}, x[t], st)
+        zs.append(z)
+        vs.append(st["v"])
+        is_.append(st["i"])
+    z, v, i = torch.stack(zs), torch.stack(vs), torch.stack(is_)
+    ((z * r).sum() + (v * r).sum()).backward()
+    assert torch.equal(z, z_ref) and torch.equal(v, v_ref) and torch.equal(i, i_ref)
+    assert z_ref.sum() > 0
+    _close(x.grad, gx_ref)
+
+
+@pytest.mark.parametrize("reset", [reset_value, reset_subtract])
+def test_norse_lifbox_form(reset) -> None:
+    p = LIFBoxParameters(
+        tau_mem_inv=torch.as_tensor(500.0),
+        v_leak=torch.as_tensor(0.05),
+        v_th=torch.as_tensor(0.3),
+        v_reset=torch.as_tensor(-0.1),
+        reset_method=reset,
+    )
+    cell = norse.LIFBoxCell(p, dt=0.0013)
+    x = _rand((16, 2, 6), 3, 1.0, 0.4)
+    z_ref, v_ref, _ = _norse_run(cell, x)
+    spec = _norse_spec(
+        "norse_lifbox", cell, reset="subtract" if reset is reset_subtract else "hard"
+    )
+    st = init_state(spec, (2, 6))
+    for t in range(16):
+        z, st = step(spec, {}, x[t], st)
+        assert torch.equal(z, z_ref[t]) and torch.equal(st["v"], v_ref[t])
+    assert z_ref.sum() > 0
+
+
+def test_norse_li_form_and_learnable_tau() -> None:
+    """LICell (output = the new v); tau_mem_inv as a learnable param gets Norse's gradient."""
+    tau = torch.nn.Parameter(torch.tensor(120.0))
+    cell = norse.LICell(LIParameters(tau_mem_inv=tau, v_leak=torch.tensor(0.2)), dt=0.002)
+    x = _rand((10, 2, 4), 8, 5.0, 1.0)
+    v_ref, _, i_ref = _norse_run(cell, x)
+    v_ref.sum().backward()
+    spec = _norse_spec("norse_li", cell, param_roles=("tau_mem_inv",), learnable=("tau_mem_inv",))
+    tau2 = tau.detach().clone().requires_grad_()
+    st = init_state(spec, (2, 4))
+    vs = []
+    for t in range(10):
+        v, st = step(spec, {"tau_mem_inv": tau2}, x[t], st)
+        vs.append(v)
+        assert torch.equal(st["i"], i_ref[t])
+    torch.stack(vs).sum().backward()
+    assert torch.equal(torch.stack(vs), v_ref)
+    _close(tau2.grad, tau.grad)
+
+
+def test_norse_lif_recurrent_form() -> None:
+    """lif_step: i += W_in x + W_rec z[t-1]; the reset uses z detached."""
+    cell = norse.LIFRecurrentCell(3, 5, NORSE_P)
+    x = _rand((12, 2, 3), 4, 30.0, 20.0)
+    z_ref, v_ref, i_ref = _norse_run(cell, x)
+    spec = _norse_spec("norse_lif_recurrent", cell, detach_reset=True)
+    st = init_state(spec, (2, 5))
+    z = torch.zeros(2, 5)
+    with torch.no_grad():
+        for t in range(12):
+            xin = torch.nn.functional.linear(x[t], cell.input_weights)
+            rec = torch.nn.functional.linear(z, cell.recurrent_weights)
+            z, st = step(spec, {}, xin, st, rec)
+            assert torch.equal(z, z_ref[t]) and torch.equal(st["v"], v_ref[t])
+            assert torch.equal(st["i"], i_ref[t])
+    assert z_ref.sum() > 0
+
+
+def test_new_forms_refuse_missing_constants_and_ports() -> None:
+    with pytest.raises(UnsupportedError, match="dt_tau_mem_inv"):
+        init_state(
+            NeuronSpec(model="n", charge="norse_lif", extra={"dt": 1e-3, "v_leak": 0.0}), (1,)
+        )
+    spec = _snntorch_spec("snntorch_rleaky", "subtract", True, ())
+    with pytest.raises(UnsupportedError, match="takes 1 input"):
+        step(spec, {}, torch.zeros(1), init_state(spec, (1,)))
+    spec = _snntorch_spec("snntorch_leaky", "subtract", True, ())
+    with pytest.raises(UnsupportedError, match="'beta'"):
         step(spec, {}, torch.zeros(1), init_state(spec, (1,)))

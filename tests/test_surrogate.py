@@ -11,6 +11,8 @@ from snncc.errors import UnsupportedError
 from snncc.surrogate import (
     SPIKINGJELLY_SURROGATES,
     SURROGATE_DEFAULTS,
+    from_norse,
+    from_snntorch,
     from_spikingjelly,
     spike,
     spike_gt,
@@ -72,7 +74,7 @@ def test_snntorch_fast_sigmoid_and_atan() -> None:
     assert torch.equal(y, y_ref) and torch.equal(got, ref)
     _, ref = _grad(snn.atan(alpha=2.0), x, g)
     _, got = _grad(lambda t: spike_gt(t, "atan", 2.0), x, g)
-    torch.testing.assert_close(got, ref, rtol=1e-6, atol=0)
+    assert torch.equal(got, ref)  # snnTorch's atan is SpikingJelly's, operation for operation
 
 
 def test_norse_superspike_and_triangle() -> None:
@@ -118,3 +120,83 @@ def test_from_spikingjelly_rejects_with_a_clear_message() -> None:
 def test_unknown_surrogate_name() -> None:
     with pytest.raises(UnsupportedError, match="choose one of: .*sigmoid"):
         spike(torch.zeros(2), "nope")
+
+
+# --------------------------------------------------------------------------- snnTorch / Norse
+
+
+def _big_x(seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(4000, generator=g) * 2.0
+    x[:3] = torch.tensor([0.0, -0.0, 1e-8])
+    return x
+
+
+def _snntorch_factories():
+    from snntorch import surrogate as snn
+
+    return [
+        ("atan", lambda: snn.atan(alpha=2.0)),
+        ("atan", lambda: snn.atan(alpha=3.0)),
+        ("atan", lambda: snn.atan(alpha=0.7)),
+        ("fast_sigmoid", lambda: snn.fast_sigmoid(slope=25)),
+        ("fast_sigmoid", lambda: snn.fast_sigmoid(slope=5)),
+        ("snntorch_sigmoid", lambda: snn.sigmoid(slope=25)),
+        ("snntorch_sigmoid", lambda: snn.sigmoid(slope=5)),
+        ("straight_through", lambda: snn.straight_through_estimator()),
+        ("snntorch_heaviside", lambda: snn.heaviside()),
+        ("snntorch_triangular", lambda: snn.triangular(threshold=1)),
+        ("snntorch_triangular", lambda: snn.triangular(threshold=0.5)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(11))
+def test_snntorch_surrogates_exact(case: int) -> None:
+    """from_snntorch reads the closure's sharpness; forward and backward bit for bit (NaN too)."""
+    pytest.importorskip("snntorch")
+    name, make = _snntorch_factories()[case]
+    fn = make()
+    got_name, alpha = from_snntorch(fn)
+    assert got_name == name
+    x, g = _big_x(case), torch.rand(4000) + 0.5
+    y_ref, ref = _grad(fn, x, g)
+    y, got = _grad(lambda t: spike_gt(t, name, alpha), x, g)
+    assert torch.equal(y, y_ref)
+    torch.testing.assert_close(got, ref, rtol=0, atol=0, equal_nan=True)
+
+
+def test_snntorch_surrogate_disable_and_refusals() -> None:
+    snntorch = pytest.importorskip("snntorch")
+    from snntorch import surrogate as snn
+
+    assert (
+        from_snntorch(snntorch.Leaky(beta=0.5, surrogate_disable=True).spike_grad)[0] == "no_grad"
+    )
+    x = _big_x(1)
+    _, gx = _grad(lambda t: spike_gt(t, "no_grad"), x, torch.ones_like(x))
+    assert torch.equal(gx, torch.zeros_like(x))
+    for bad in (snn.SSO(), snn.spike_rate_escape(), snn.SFS(), torch.sigmoid):
+        with pytest.raises(UnsupportedError, match="surrogate.atan"):
+            from_snntorch(bad)
+
+
+def test_norse_threshold_methods_exact() -> None:
+    pytest.importorskip("norse")
+    from norse.torch.functional.threshold import threshold
+
+    x, g = _big_x(2), torch.rand(4000) + 0.5
+    for method, alpha in [("super", 100.0), ("triangle", 0.3), ("tanh", 3.0), ("tanh", 100.0)]:
+        k = torch.as_tensor(alpha)
+        name, a = from_norse(method, k)
+        y_ref, ref = _grad(lambda t, m=method, k=k: threshold(t, m, k), x, g)
+        y, got = _grad(lambda t, n=name, a=a: spike_gt(t, n, a), x, g)
+        assert torch.equal(y, y_ref) and torch.equal(got, ref), method
+    assert from_norse("heaviside", 1.0)[0] == "no_grad"
+    with pytest.raises(UnsupportedError, match="'adjoint'.*supported"):
+        from_norse("adjoint", 1.0)
+
+
+def test_ir_surrogate_table_matches_the_implementations() -> None:
+    from snncc.ir.neuron import SURROGATES
+
+    assert SURROGATES == SURROGATE_DEFAULTS
