@@ -274,9 +274,9 @@ def _analyse(gm: fx.GraphModule) -> _Loop:
             steps = {t for t in main if t >= 0} | {t + 1 for t in state if t >= 0}
             if COLLECTOR in main | state or len(steps) > 1:
                 raise UnsupportedError(
-                    f"{_what(gm, n)} is called with values from different time steps "
-                    f"({sorted(steps)}); inside a time loop a module gets this step's input "
-                    "and the state it returned at the previous step"
+                    f"{_what(gm, n)} is called with an input and a state from inconsistent "
+                    "time steps; inside a time loop a module gets this step's input and the "
+                    "state it returned at the previous step"
                 )
             lp.labels[n] = steps.pop() if steps else STATIC
             continue
@@ -285,6 +285,9 @@ def _analyse(gm: fx.GraphModule) -> _Loop:
             lp.labels[n] = WHOLE
             continue
         steps = {t for t in labels if t >= 0}
+        if _stacks_steps(n, lp.labels):
+            lp.labels[n] = COLLECTOR
+            continue
         if COLLECTOR in labels:
             raise UnsupportedError(
                 f"{_what(gm, n)} uses values stacked over time steps; snncc compiles the loop "
@@ -292,9 +295,10 @@ def _analyse(gm: fx.GraphModule) -> _Loop:
                 "(reduce over time outside the model, e.g. on the compiled model's output)"
             )
         if len(steps) > 1:
-            lp.labels[n] = COLLECTOR
-        else:
-            lp.labels[n] = steps.pop() if steps else STATIC
+            t = max(steps)
+            early = next(a for a in _nodes((n.args, n.kwargs)) if lp.labels[a] in steps - {t})
+            raise _cross_step(gm, n, t, early, lp.labels[early])
+        lp.labels[n] = steps.pop() if steps else STATIC
     _check_whole_and_collectors(lp)
     n_steps = 1 + max((t for t in lp.labels.values() if t >= 0), default=-1)
     lp.steps = [[] for _ in range(n_steps)]
@@ -310,6 +314,17 @@ def _analyse(gm: fx.GraphModule) -> _Loop:
             )
     lp.index = [{n: i for i, n in enumerate(nodes)} for nodes in lp.steps]
     return lp
+
+
+def _cross_step(
+    gm: fx.GraphModule, n: fx.Node, t: int, arg: fx.Node, t_arg: int
+) -> UnsupportedError:
+    return UnsupportedError(
+        f"{_what(gm, n)} at time step {t} uses a value computed at time step {t_arg} "
+        f"({_what(gm, arg)}) other than as a module's state; snncc folds a time loop whose "
+        "steps only pass neuron state to each other (use a recurrent neuron such as "
+        "snntorch.RLeaky or norse LIFRecurrentCell for recurrence)"
+    )
 
 
 def _check_whole_and_collectors(lp: _Loop) -> None:
@@ -337,6 +352,16 @@ def _check_whole_and_collectors(lp: _Loop) -> None:
                     "snncc compiles the loop body as a per-step program, so return them "
                     "unchanged (reduce over time outside the model)"
                 )
+
+
+def _stacks_steps(n: fx.Node, labels: dict[fx.Node, int]) -> bool:
+    """``torch.stack([v0, v1, ...], dim=0)`` with item t computed at step t (also one step)."""
+    if n.op != "call_function" or n.target is not torch.stack or _stack_dim(n) != 0:
+        return False
+    values = n.args[0] if n.args else n.kwargs.get("tensors")
+    if not isinstance(values, (list, tuple)) or not values:
+        return False
+    return all(isinstance(v, fx.Node) and labels.get(v) == t for t, v in enumerate(values))
 
 
 def _stack_dim(n: fx.Node) -> Any:
@@ -473,12 +498,7 @@ def _signature(lp: _Loop, t: int, cache: dict[fx.Node, Any]) -> list[Any]:
             else:
                 sig.append((n.op, _target_key(n), _plain(n.args, ref), _plain(n.kwargs, ref)))
         except _StepMismatch as e:
-            raise UnsupportedError(
-                f"{_what(gm, e.node)} at time step {t} uses a value computed at time step "
-                f"{lp.labels[e.arg]} ({_what(gm, e.arg)}) other than as a module's state; "
-                "snncc folds a time loop whose steps only pass neuron state to each other "
-                "(use a recurrent neuron such as snntorch.RLeaky for recurrence)"
-            ) from None
+            raise _cross_step(gm, e.node, t, e.arg, lp.labels[e.arg]) from None
     return sig
 
 

@@ -185,7 +185,7 @@ def _spec_and_params(
     learnable = tuple(
         r for r in roles if isinstance(getattr(m, r), nn.Parameter) and getattr(m, r).requires_grad
     )
-    th = torch.as_tensor(m.threshold)
+    th = torch.as_tensor(m.threshold).detach()
     surrogate, alpha = from_snntorch(m.spike_grad)
     reset, _ = _mechanism(m)
     spec = NeuronSpec(

@@ -570,3 +570,230 @@ def test_snncc_neuron_called_twice_is_fine() -> None:
     g = trace(Twice(snn.IF()), torch.rand(3, 2, 4))
     assert ops(g) == ["input", "neuron", "linear", "neuron", "output"]
     assert [g.node(n)["name"] for n in g.iter_ops("neuron")] == ["sn", "sn"]
+
+
+# --------------------------------------------------------------------------- snnTorch / Norse
+
+snntorch = pytest.importorskip("snntorch")
+norse = pytest.importorskip("norse.torch")
+from norse.torch.functional.lif import LIFParameters  # noqa: E402
+from snntorch import surrogate as snn_surrogate  # noqa: E402
+
+
+def _snn_mlp() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(4, 6),
+        snntorch.Leaky(beta=0.9, init_hidden=True, learn_beta=True, reset_delay=False),
+        nn.Linear(6, 3),
+        snntorch.Leaky(beta=0.8, init_hidden=True, output=True, reset_mechanism="zero"),
+    )
+
+
+def test_snntorch_per_step_structure() -> None:
+    g = trace(_snn_mlp(), torch.rand(5, 2, 4))
+    assert g.meta["source"] == "snntorch" and g.meta["step_mode"] == "s"
+    # (spk, mem) of the last neuron: two nodes with the same input and params
+    assert ops(g) == ["input", "linear", "neuron", "linear", "neuron", "neuron", "output", "output"]
+    n1, n2, n3 = (g.node(n) for n in g.iter_ops("neuron"))
+    s1, s2, s3 = spec_of(n1), spec_of(n2), spec_of(n3)
+    assert s1.charge == "snntorch_leaky" and s1.reset == "subtract" and not s1.reset_delay
+    assert s1.fire_cmp == ">" and s1.surrogate == "atan" and s1.alpha == 2.0
+    assert s1.param_roles == ("beta", "threshold", "graded_spikes_factor")
+    assert s1.learnable == ("beta",) and s2.learnable == ()
+    assert n1["params"]["beta"] == "1.beta" and g.params["1.beta"].dtype == np.float32
+    assert s2.reset == "hard" and s2.v_reset == 0.0 and s2.reset_delay
+    assert (s2.output, s3.output) == ("spike", "membrane") and n2["params"] == n3["params"]
+    assert g.inputs(g.meta["outputs"][1]) == [list(g.iter_ops("neuron"))[2]]
+
+
+class _SnnLoop(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 6)
+        self.lif = snntorch.Leaky(beta=0.9)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mem = self.lif.init_leaky()
+        out = []
+        for step in range(x.size(0)):
+            spk, mem = self.lif(self.fc(x[step]), mem)
+            out.append(spk)
+        return torch.stack(out)
+
+
+@pytest.mark.parametrize("T", [1, 3])
+def test_snntorch_loop_folds_to_one_step(T: int) -> None:
+    g = trace(_SnnLoop(), torch.rand(T, 2, 4))
+    assert g.meta["time_loop"] == "folded" and g.meta["step_mode"] == "s"
+    assert ops(g) == ["input", "linear", "neuron", "output"]  # mem feeds only the next step
+    assert g.node(g.meta["inputs"][0])["shape"] == ["B", 4]
+
+
+def test_rleaky_is_a_recurrent_component() -> None:
+    net = nn.Sequential(
+        nn.Linear(4, 5), snntorch.RLeaky(beta=0.9, linear_features=5, init_hidden=True)
+    )
+    g = trace(net, torch.rand(3, 2, 4))
+    (neuron_id,) = g.iter_ops("neuron")
+    rec = [e for e in g.users(neuron_id) if g.op(e.dst) == "linear"]
+    assert len(rec) == 1 and rec[0].delay == 1
+    back = g.in_edges(neuron_id)
+    assert [(e.port, e.src, e.delay) for e in back][1] == (1, rec[0].dst, 0)
+    assert g.recurrent_components() == [{neuron_id, rec[0].dst}]
+    assert g.node(rec[0].dst)["params"] == {
+        "weight": "1.recurrent.weight",
+        "bias": "1.recurrent.bias",
+    }
+    one = snntorch.RLeaky(beta=0.9, all_to_all=False, V=0.5, init_hidden=True)
+    g = trace(nn.Sequential(nn.Linear(4, 5), one), torch.rand(3, 2, 4))
+    (nid,) = g.iter_ops("neuron")
+    assert spec_of(g.node(nid)).charge == "snntorch_rleaky_v" and g.recurrent_components() == []
+    assert g.node(nid)["params"]["V"] == "1.V" and spec_of(g.node(nid)).learnable == ("V",)
+
+
+def test_norse_constants_are_exact_and_parameters_named() -> None:
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tau = nn.Parameter(torch.tensor(123.0))
+            self.seq = norse.SequentialState(
+                nn.Linear(4, 5), norse.LIFCell(LIFParameters(tau_mem_inv=self.tau), dt=7e-4)
+            )
+
+        def forward(self, x: torch.Tensor, state=None):
+            return self.seq(x, state)
+
+    g = trace(Net(), torch.rand(3, 2, 4))
+    assert g.meta["source"] == "norse" and g.meta["step_mode"] == "s"
+    (nid,) = g.iter_ops("neuron")
+    spec = spec_of(g.node(nid))
+    assert spec.charge == "norse_lif" and spec.learnable == ("tau_mem_inv",)
+    assert g.node(nid)["params"] == {"tau_mem_inv": "tau"}
+    syn = torch.as_tensor(1.0 / 5e-3)  # Norse's default, a float32 0-dim tensor
+    assert spec.extra["neg_dt_tau_syn_inv"] == float(-7e-4 * syn)
+    assert spec.extra["dt"] == 7e-4 and spec.v_init == 0.0 and spec.v_threshold == 1.0
+
+
+def test_norse_sequence_modules_are_multi_step() -> None:
+    seq = norse.SequentialState(nn.Linear(4, 5), norse.LIF(), nn.Linear(5, 2), norse.LI())
+    g = trace(seq, torch.rand(3, 2, 4))
+    assert g.meta["step_mode"] == "m"
+    assert ops(g) == ["input", "linear", "neuron", "linear", "neuron", "output"]
+    assert spec_of(by_op(g, "neuron")[1]).output == "membrane"
+
+
+def test_seq_to_ann_structure() -> None:
+    net = nn.Sequential(
+        snn.SeqToANN(nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2)), snn.LIF(), snn.LI()
+    )
+    g = trace(net, torch.rand(3, 2, 1, 4, 4))
+    assert ops(g) == ["input", "conv2d", "batchnorm", "neuron", "neuron", "output"]
+    assert by_op(g, "batchnorm")[0]["attrs"]["stats"] == "sequence"
+    assert "snncc.nn.SeqToANN" in SUPPORTED["modules"]
+    msg = _error(nn.Sequential(snn.SeqToANN(nn.Linear(4, 4), snn.IF())), torch.rand(3, 2, 4))
+    assert "'0.1'" in msg and "SeqToANN" in msg
+
+
+def test_trace_leaves_snntorch_state_untouched() -> None:
+    net = _snn_mlp()
+    mem = torch.full((2, 6), 0.25)
+    net[1].mem = mem
+    trace(net, torch.rand(3, 2, 4))
+    assert net[1].mem is mem and torch.equal(mem, torch.full((2, 6), 0.25))
+
+
+# -- errors
+
+
+def test_snntorch_unsupported_options() -> None:
+    x = torch.rand(3, 2, 4)
+    net = nn.Sequential(
+        nn.Linear(4, 4), snntorch.Leaky(beta=0.9, init_hidden=True, inhibition=True)
+    )
+    assert "'1'" in (msg := _error(net, x)) and "inhibition" in msg
+    lif = snntorch.Leaky(beta=0.9, init_hidden=True)
+    lif.reset_mechanism = "zero"  # the buffer changes, the bound state_function does not
+    msg = _error(nn.Sequential(nn.Linear(4, 4), lif), x)
+    assert "'subtract'" in msg and "'zero'" in msg and "state_function" in msg
+    lif = snntorch.Leaky(beta=0.9, init_hidden=True, spike_grad=snn_surrogate.SSO())
+    assert "surrogate.atan" in _error(nn.Sequential(nn.Linear(4, 4), lif), x)
+
+
+class _Loop(nn.Module):
+    """A loop whose body is chosen by ``kind`` to break one folding rule."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.fc = nn.Linear(4, 4)
+        self.lif = snntorch.Leaky(beta=0.9)
+        self.cell = norse.LIFCell()
+
+    def forward(self, x: torch.Tensor):
+        k = self.kind
+        mem = torch.ones(2, 4) if k == "not_fresh" else self.lif.init_leaky()
+        spk = torch.zeros(2, 4)
+        s = None
+        out = []
+        steps = 2 if k == "count" else x.size(0)
+        for step in range(steps):
+            cur = self.fc(x[step])
+            if k == "branch" and step == 1:
+                cur = cur * 2.0
+            if k == "cross":
+                cur = cur + spk
+            if k == "whole":
+                cur = self.fc(x)[step]
+            if k == "not_threaded":
+                mem = self.lif.init_leaky()
+            if k == "norse_fresh":
+                spk, _ = self.cell(cur, s)
+            else:
+                spk, mem = self.lif(cur, mem)
+            out.append(spk)
+        if k == "last":
+            return spk
+        if k == "reduce":
+            return torch.stack(out).sum(0)
+        return torch.stack(out)
+
+
+@pytest.mark.parametrize(
+    ("kind", "words"),
+    [
+        ("branch", ["time step 1", "differs from step 0", "branch on the step index"]),
+        ("cross", ["at time step 1 uses a value computed at time step 0", "RLeaky"]),
+        ("whole", ["whole input sequence"]),
+        ("not_fresh", ["'lif'", "not fresh"]),
+        ("not_threaded", ["'lif'", "not the state it returned at the previous step"]),
+        ("norse_fresh", ["'cell'", "fresh state at every step"]),
+        ("last", ["of time step 2 only", "torch.stack"]),
+        ("reduce", ["stacked over time", "outside the model"]),
+        ("count", ["runs 2 steps", "T = 3"]),
+    ],
+)
+def test_time_loop_errors(kind: str, words: list[str]) -> None:
+    msg = _error(_Loop(kind), torch.rand(3, 2, 4))
+    for w in words:
+        assert w in msg, (w, msg)
+
+
+def test_norse_unsupported_options() -> None:
+    x = torch.rand(3, 2, 4)
+    adj = norse.LIFCell(LIFParameters(method="adjoint"))
+    msg = _error(norse.SequentialState(nn.Linear(4, 4), adj), x)
+    assert "'1'" in msg and "adjoint" in msg
+
+    class Hidden(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seq = norse.SequentialState(nn.Linear(4, 4), norse.LIFCell(), return_hidden=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.seq(x)[0][-1]
+
+    assert "return_hidden" in _error(Hidden(), x)
+    leak = norse.LIFCell(LIFParameters(v_leak=nn.Parameter(torch.tensor(0.1))))
+    assert "v_leak" in _error(norse.SequentialState(nn.Linear(4, 4), leak), x)
+    mixed = norse.SequentialState(nn.Linear(4, 4), norse.LIF(), norse.LIFCell())
+    assert "mixed step modes" in _error(mixed, x)
