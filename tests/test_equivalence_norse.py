@@ -136,6 +136,18 @@ def test_sequential_state_of_cells(T: int) -> None:
     _spiking(model, x, 1)
 
 
+def test_sequential_state_with_recurrent_cell() -> None:
+    model = norse.SequentialState(
+        nn.Linear(6, 8), norse.LIFRecurrentCell(8, 7, P), nn.Linear(7, 3), norse.LICell()
+    )
+    _randomise(model, 13, gain=2.5)
+    x = torch.randn(12, B, 6, generator=_gen(13)) * 2 + 1.0
+    diag = torch.ones(7, 7) - torch.eye(7)
+    cm = _check(model, x, _per_step, masks={"1.recurrent_weights": diag})
+    assert "recurrent" in [g["kind"] for g in cm.ir.meta["groups"]]
+    _spiking(model, x, 1)
+
+
 @pytest.mark.parametrize("T", [1, 8, 32])
 def test_sequential_state_of_sequence_modules(T: int) -> None:
     """LIF / LI are multi-step modules: the model is fed [T, B, ...] at once."""

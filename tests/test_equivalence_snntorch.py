@@ -303,6 +303,36 @@ def test_loop_over_fixed_num_steps(T: int) -> None:
     _check(net, x, _call)
 
 
+class LoopOverSequential(nn.Module):
+    """The tutorials' ``forward_pass``: reset, then call an init_hidden network per step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(6, 10),
+            snn.Leaky(beta=0.9, init_hidden=True),
+            nn.Linear(10, 4),
+            snn.Synaptic(alpha=0.5, beta=0.8, init_hidden=True, output=True),
+        )
+
+    def forward(self, x: torch.Tensor):
+        utils.reset(self.net)
+        spk_rec, mem_rec = [], []
+        for step in range(x.size(0)):
+            spk, syn, mem = self.net(x[step])
+            spk_rec.append(spk)
+            mem_rec.append(mem)
+        return torch.stack(spk_rec), torch.stack(mem_rec)
+
+
+@pytest.mark.parametrize("T", [1, 8])
+def test_loop_over_init_hidden_network(T: int) -> None:
+    net = LoopOverSequential()
+    _randomise(net, 12, gain=4.0)
+    x = torch.randn(T, B, 6, generator=_gen(12)) * 2.0 + 1.5
+    _check(net, x, _call)
+
+
 # --------------------------------------------------------------------------- streaming
 
 
