@@ -550,6 +550,161 @@ def test_which_forms_are_chunked_and_how_long_the_chunks_are() -> None:
     assert plan_chunks(100, 1 << 20, 132, forced=7) == 7
 
 
+# -- the whole CudaProgram on a host-emulated GPU: every launch runs the cpu rendering
+@pytest.fixture
+def host_gpu(monkeypatch, tmp_path):
+    """Emulate the GPU on the host: same program, same argument packing, kernels compiled for cpu.
+
+    Only the macro layer differs (as in the cpu backend), plus one target
+    difference the kernels document: the CUDA backward sums d loss / d k into
+    ``double[1]``, the host one writes ``double[N]``; the emulation sums it.
+    """
+    import ctypes
+
+    import numpy as np
+
+    from snncc.backends.cpu import compiler
+    from snncc.backends.cuda import chunked
+    from snncc.backends.cuda import neuron as cuda_neuron
+    from snncc.backends.kernels import render_neuron_kernels
+
+    cache = str(tmp_path / "host-cache")
+    ctype_of = {"float": ctypes.c_float, "int": ctypes.c_int, "int64": ctypes.c_longlong}
+    launches: list[str] = []
+
+    def bind(lib, name: str, signature) -> callable:
+        cfn = getattr(lib, name)
+        cfn.argtypes = [ctype_of.get(c, ctypes.c_void_p) for _, c in signature]
+        names = [n for n, _ in signature]
+
+        def call(args: tuple) -> None:
+            vals = [int(a) if isinstance(a, np.uint64) else a.item() for a in args]
+            vals = [
+                None if (c.endswith("*") and v == 0) else v for v, (_, c) in zip(vals, signature)
+            ]
+            gk_at = names.index("gk") if "gk" in names else None
+            total = None
+            if gk_at is not None and vals[gk_at] is not None:
+                total = vals[gk_at]
+                part = torch.zeros(vals[names.index("N")], dtype=torch.float64)
+                vals[gk_at] = part.data_ptr()
+            launches.append(name)
+            cfn(*vals)
+            if total is not None:
+                ctypes.c_double.from_address(total).value += float(part.sum())
+
+        return call
+
+    def kernel_fn(self, which: str, device):
+        pro, epi, opts = self.render_args
+        src = render_neuron_kernels(self.spec, pro, epi, "cpu", opts, backward=self.has_backward)
+        lib = compiler.load(src, cache)
+        if which == "fwd":
+            return bind(lib, self.info.forward_name, self.info.forward_args)
+        return bind(lib, self.info.backward_name, self.info.backward_args)
+
+    def chunk_fn(self, which: str, device):
+        unit, text, name, _ = chunked.render_chunked(self.spec, "cpu", self.out_dtype)
+        lib = compiler.load(unit + text, cache)
+        sig = {
+            "spec": (
+                ("x", "p"),
+                ("v0", "p"),
+                ("k", "float"),
+                ("out", "p"),
+                ("v_end", "p"),
+                ("T", "int"),
+                ("L", "int"),
+                ("C", "int"),
+                ("N", "int64"),
+            ),
+            "fix": (
+                ("x", "p"),
+                ("k", "float"),
+                ("out", "p"),
+                ("v_end", "p"),
+                ("v_last", "p"),
+                ("T", "int"),
+                ("L", "int"),
+                ("C", "int"),
+                ("N", "int64"),
+            ),
+        }[which]
+        sig = tuple((n, "float*" if c == "p" else c) for n, c in sig)
+        return bind(lib, f"{name}_{which}", sig)
+
+    monkeypatch.setattr(runtime, "require", lambda device=None: torch.device("cpu"))
+    monkeypatch.setattr(
+        runtime, "device_info", lambda index: runtime.DeviceInfo(0, "host", 90, 132)
+    )
+    monkeypatch.setattr(runtime, "launch", lambda fn, n, args, device, block=None: fn(args))
+    monkeypatch.setattr(cuda_neuron.CudaNeuronKernel, "_fn", kernel_fn)
+    monkeypatch.setattr(chunked.ChunkedForward, "_fn", chunk_fn)
+    return launches
+
+
+def _grads(prog, x: torch.Tensor, gy: torch.Tensor):
+    xin = x.clone().requires_grad_()
+    y, state = prog.run(xin)
+    names = [n for n, p in prog.params.items() if p.requires_grad]
+    leaves = [prog.params[n] for n in names] + [xin]
+    grads = torch.autograd.grad((y * gy).sum(), leaves, allow_unused=True)
+    return y.detach(), state, dict(zip([*names, "<input>"], grads))
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_cuda_program_on_a_host_emulated_gpu_equals_the_reference(
+    name, host_gpu, cache_dir
+) -> None:
+    """The cuda backend's host side (packing, allocation, autograd, schedule) against the oracle."""
+    _, _, cm = _compile(name, T=12, B=3, cache_dir=cache_dir)
+    ref = ReferenceProgram(cm.program.graph)
+    x = _input(name, 12, 3, seed=4)
+    gy = torch.randn(ref.run(x)[0].shape, generator=torch.Generator().manual_seed(0))
+    y_ref, st_ref, g_ref = _grads(ref, x, gy)
+    y, st, g = _grads(cm.program, x, gy)
+    assert any(n.startswith("snncc_fwd_") for n in host_gpu)
+    assert any(n.startswith("snncc_bwd_") for n in host_gpu)
+    assert torch.equal(y, y_ref)
+    for n in st_ref:
+        assert torch.equal(st[n]["v"], st_ref[n]["v"])
+    for key in g_ref:
+        assert (g[key] is None) == (g_ref[key] is None), key
+        if g_ref[key] is not None:
+            assert _rel(g[key], g_ref[key]) <= 1e-5, key
+
+
+def test_host_emulated_gpu_inference_paths_uint8_and_time_chunks(host_gpu, cache_dir) -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        layer.Linear(8, 16),
+        neuron.ParametricLIFNode(init_tau=2.0),
+        layer.Linear(16, 12),
+        neuron.LIFNode(tau=2.0),
+    )
+    functional.set_step_mode(net, "m")
+    _randomise(net, 6).eval()
+    x = torch.rand(96, 2, 8, generator=torch.Generator().manual_seed(3)) * 2
+    functional.reset_net(net)
+    with torch.no_grad():
+        ref = net(x)
+    for opts in (
+        {"time_chunks": 0},
+        {"time_chunks": 7},
+        {"time_chunks": 7, "spike_dtype": "uint8"},
+    ):
+        host_gpu.clear()
+        cm = snncc.compile(net, x[:2], backend="cuda", cache_dir=cache_dir, **opts)
+        with torch.no_grad():
+            y = cm(x)
+        assert torch.equal(y.float(), ref), opts  # SpikingJelly's spikes, bit for bit
+        chunk_launches = [n for n in host_gpu if n.startswith("snncc_chunk_")]
+        assert bool(chunk_launches) == bool(opts["time_chunks"]), opts
+        assert (y.dtype == torch.uint8) == ("spike_dtype" in opts)
+    y = cm(x)  # gradients wanted: the float training kernels, not the chunked ones
+    assert y.dtype == torch.float32 and torch.equal(y.detach(), ref)
+
+
 # -- to_torch on the CPU backends
 def _sj_grads(model: nn.Module, x: torch.Tensor, gy: torch.Tensor) -> tuple[torch.Tensor, dict]:
     functional.reset_net(model)

@@ -85,6 +85,8 @@ class CudaNeuronKernel:
         self.spec = spec if isinstance(spec, NeuronSpec) else NeuronSpec.from_dict(dict(spec))
         self.info: NeuronKernelInfo = neuron_kernel_info(self.spec, prologue, epilogue, options)
         self.has_backward = backward
+        #: what rendered ``source`` (tests re-render it for the host to emulate a GPU)
+        self.render_args = (tuple(prologue), tuple(epilogue), dict(options or {}))
         self.source = render_neuron_kernels(
             self.spec, prologue, epilogue, "cuda", options, backward=backward
         )
