@@ -221,6 +221,11 @@ def _check_one_input(call: Call, m: nn.Module) -> None:
             "kept inside the compiled program (thread mem through a loop over time steps, or "
             "use init_hidden=True)"
         )
+    if call.inputs[0].dtype != "float32":
+        raise call.unsupported(
+            f"its input is {call.inputs[0].dtype}; snnTorch's spikes are float32 whatever the "
+            "input dtype, so snncc compiles snnTorch neurons for float32 inputs only"
+        )
 
 
 _BASE = ("beta", "threshold", "graded_spikes_factor")

@@ -59,7 +59,9 @@ learnable
     Param roles of the node that are trained (e.g. ``("w",)`` for PLIF).
 param_roles
     Every param role the node has (learnable or not, e.g. snnTorch's
-    ``beta`` buffer); a learnable role is listed in both.
+    ``beta`` buffer); a learnable role is listed in both. Empty in specs
+    written before this field existed (SpikingJelly PLIF lists ``"w"`` in
+    ``learnable`` only): :attr:`NeuronSpec.roles` is the union.
 extra
     Framework-specific constants (Norse ``dt``, ``dt_tau_mem_inv``, ...; see
     :data:`FORMS`). JSON-serialisable scalars.
