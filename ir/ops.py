@@ -39,16 +39,22 @@ scale               ``x * value`` or ``x / value``: attrs op ("mul"|"div"), valu
 cat                 torch.cat along attrs dim (per-step)
 voting              SpikingJelly VotingLayer: avg_pool1d over the last dim,
                     kernel = stride = attrs voting_size
-neuron              stateful; attrs neuron (NeuronSpec.to_dict()); learnable
-                    params by role (plif: "w"); port 0 is the input current.
-                    Passes may add attrs prologue / epilogue (see below).
+neuron              stateful; attrs neuron (NeuronSpec.to_dict()); params by
+                    role: the spec's ``param_roles`` and ``learnable`` (plif:
+                    "w"; snnTorch: beta, threshold, ...). Ports 0..k-1 are the
+                    form's own inputs (``NeuronSpec.input_ports``: port 0 the
+                    input current x; snntorch_rleaky / norse_lif_recurrent:
+                    port 1 ``rec``, the recurrent term fed through a delay-1
+                    edge). Passes may add attrs prologue / epilogue (see
+                    below); their ``add`` ports come after the form's own.
 =================== =============================================================
 
 Fused element-wise steps (added by ``fuse_elementwise``): a neuron's
 ``attrs["prologue"]`` is a list applied to x before the charge, its
 ``attrs["epilogue"]`` a list applied to the neuron's output, each step one of
 ``{"kind": "scale", "op": "mul"|"div", "value": float}`` or
-``{"kind": "add", "port": k}`` (add the node's input at port k >= 1).
+``{"kind": "add", "port": k}`` (add the node's input at port k, k at least the
+number of the form's own ports).
 """
 
 from __future__ import annotations

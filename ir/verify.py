@@ -133,7 +133,7 @@ def _check_param_roles(graph: Graph, data: dict[str, Any]) -> list[str]:
         problems.append(f"missing required params {missing}")
     known = set(opd.required_params) | set(opd.optional_params)
     if data["op"] == "neuron":
-        known |= set(_learnable(data))
+        known |= set(_learnable(data)) | set(_spec_roles(data))
     unknown = sorted(r for r in params if r not in known)
     if unknown:
         problems.append(
@@ -150,6 +150,21 @@ def _check_param_roles(graph: Graph, data: dict[str, Any]) -> list[str]:
             f"a folded BatchNorm needs all of {list(_BN_PARAMS)} and attrs.bn_eps; has {folded}"
         )
     return problems
+
+
+def _spec_roles(data: dict[str, Any]) -> tuple[str, ...]:
+    """The param roles a neuron spec declares (``param_roles``: learnable or not)."""
+    spec = data["attrs"].get("neuron")
+    roles = spec.get("param_roles", ()) if isinstance(spec, dict) else ()
+    return tuple(r for r in roles if isinstance(r, str))
+
+
+def _own_ports(spec: Any) -> int:
+    """How many input ports a neuron's form has itself (x, and e.g. rec); fused ports follow."""
+    try:
+        return len(NeuronSpec.from_dict(spec).input_ports)
+    except (IRError, TypeError, ValueError):
+        return 1
 
 
 def _learnable(data: dict[str, Any]) -> tuple[str, ...]:
@@ -202,6 +217,11 @@ def _check_neuron(graph: Graph, nid: int) -> list[str]:
             if role not in data["params"]:
                 problems.append(f"learnable role {role!r} has no param")
     n_inputs = graph.nx.in_degree(nid)
+    own = _own_ports(spec)
+    if n_inputs < own:
+        problems.append(
+            f"has {n_inputs} inputs; its charge form takes {own} (x and the form's own ports)"
+        )
     add_ports: list[int] = []
     for key in ("prologue", "epilogue"):
         if key not in attrs:
@@ -211,7 +231,7 @@ def _check_neuron(graph: Graph, nid: int) -> list[str]:
             problems.append(f"attrs.{key} is not a list of steps")
             continue
         for i, step in enumerate(steps):
-            err = _check_step(step, n_inputs)
+            err = _check_step(step, n_inputs, own)
             if err:
                 problems.append(f"attrs.{key}[{i}] {step!r}: {err}")
             elif step["kind"] == "add":
@@ -219,13 +239,13 @@ def _check_neuron(graph: Graph, nid: int) -> list[str]:
     dup = sorted(p for p, c in Counter(add_ports).items() if c > 1)
     if dup:
         problems.append(f"input ports {dup} are added by more than one fused step")
-    unused = sorted(set(range(1, n_inputs)) - set(add_ports))
+    unused = sorted(set(range(own, n_inputs)) - set(add_ports))
     if unused:
         problems.append(f"input ports {unused} are not used by any prologue/epilogue add step")
     return problems
 
 
-def _check_step(step: Any, n_inputs: int) -> str | None:
+def _check_step(step: Any, n_inputs: int, own: int = 1) -> str | None:
     """Why a fused element-wise step is malformed (format in ir/ops.py), or None."""
     if not isinstance(step, dict):
         return "not a dict"
@@ -238,8 +258,8 @@ def _check_step(step: Any, n_inputs: int) -> str | None:
         if set(step) != {"kind", "port"}:
             return "an add step has exactly the keys kind, port"
         port = step["port"]
-        if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port < n_inputs:
-            return f"port must be an input port 1..{n_inputs - 1}"
+        if not isinstance(port, int) or isinstance(port, bool) or not own <= port < n_inputs:
+            return f"port must be an input port {own}..{n_inputs - 1}"
         return None
     return f"kind {kind!r} is not 'scale' or 'add'"
 

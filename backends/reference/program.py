@@ -315,26 +315,37 @@ class ReferenceProgram:
         return apply_steps(epi, y, ins, f"neuron %{n} epilogue")
 
     def _neuron_state(self, ctx: _RunContext, n: int, x_step: Tensor) -> dict[str, Tensor]:
+        """The carried state of neuron ``n`` (every variable of its form), or a fresh one."""
         spec = self._specs[n]
         given = ctx.state.get(n, {})
-        if "v" in given:
-            v = given["v"]
+        fresh = neurons.init_state(spec, x_step.shape, x_step.dtype, x_step.device)
+        if "v" not in given:
+            return fresh
+        state = {}
+        for var in fresh:
+            v = given.get(var)
+            if v is None:
+                raise ShapeError(
+                    f"state of neuron %{n} ({self.graph.node(n).get('name') or '?'}) lacks "
+                    f"{var!r}; its form {spec.charge!r} keeps {list(fresh)}"
+                )
             if tuple(v.shape) != tuple(x_step.shape):
                 raise ShapeError(
                     f"state of neuron %{n} ({self.graph.node(n).get('name') or '?'}) has shape "
                     f"{tuple(v.shape)}; this input needs {tuple(x_step.shape)}"
                 )
-            return {"v": v}
-        return neurons.init_state(spec, x_step.shape, x_step.dtype, x_step.device)
+            state[var] = v
+        return state
 
     def _neuron_seq(self, ctx: _RunContext, n: int, ins: list[Tensor]) -> Tensor:
         spec = self._specs[n]
         x = self._neuron_x(n, ins)
         st = self._neuron_state(ctx, n, x[0])
         p = ctx.neuron_params(n)
+        ports = ins[1 : len(spec.input_ports)]  # the form's own inputs after x (e.g. rec)
         outs = []
-        for xt in x:
-            out, st = neurons.step(spec, p, xt, st)
+        for t, xt in enumerate(x):
+            out, st = neurons.step(spec, p, xt, st, *(port[t] for port in ports))
             outs.append(out)
         ctx.new_state.setdefault(n, {}).update(st)
         return self._neuron_out(n, torch.stack(outs), ins)
@@ -373,7 +384,9 @@ class ReferenceProgram:
             x = self._neuron_x(n, ins)
             if n not in nstate:
                 nstate[n] = self._neuron_state(ctx, n, x)
-            out, nstate[n] = neurons.step(self._specs[n], ctx.neuron_params(n), x, nstate[n])
+            spec = self._specs[n]
+            ports = ins[1 : len(spec.input_ports)]  # the form's own inputs after x (e.g. rec)
+            out, nstate[n] = neurons.step(spec, ctx.neuron_params(n), x, nstate[n], *ports)
             return self._neuron_out(n, out, ins)
         if op in LEAD_OPS:
             return LEAD_OPS[op](attrs, ctx.params(n), ins, 0)
