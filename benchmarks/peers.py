@@ -262,13 +262,16 @@ def snncc_runner(backend: str, **options: Any) -> Callable[[Case, str, str], Ben
         if backend == "jax":
             return _jax_bench(cm, case, mode, device)
         clock = "events" if device == "cuda" else "host"
+        notes = []
+        if options.get("precision") in ("tf32", "bf16") and mode == "fwd":
+            notes.append(_spike_agreement(model, case, device, cm))
         if mode == "fwd":
 
             def fwd(x):
                 with torch.no_grad():
                     return cm(x)
 
-            return Bench(fn=fwd, clock=clock)
+            return Bench(fn=fwd, clock=clock, notes=notes)
         params = [p for p in prog.params.values() if p.requires_grad]
 
         def step(x):
@@ -279,6 +282,20 @@ def snncc_runner(backend: str, **options: Any) -> Callable[[Case, str, str], Ben
         return Bench(fn=step, before=_grad_clear(params), clock=clock)
 
     return make
+
+
+def _spike_agreement(model: torch.nn.Module, case: Case, device: str, cm: Any) -> str:
+    """Share of output elements equal to the fp32 program's on the first input (measured)."""
+    import snncc
+
+    exact = snncc.compile(model, _example(case), backend="cuda")
+    x = make_input(case, seed=0, device=device)
+    with torch.no_grad():
+        y0, y1 = exact(x), cm(x)
+    agree = float((y0 == y1).float().mean())
+    return (
+        f"output agreement with fp32: {agree:.6f} ({int((y0 != y1).sum())} of {y0.numel()} differ)"
+    )
 
 
 def _jax_bench(cm: Any, case: Case, mode: str, device: str) -> Bench:

@@ -42,10 +42,7 @@ MODES = ("fwd", "fwd+bwd")
 
 # ====================================================================== worker
 def worker(args: argparse.Namespace) -> int:
-    """Run every case of the suite for one peer; write the records as JSON to ``args.result``."""
-    import torch
-    from peers import NA, PEERS, cleanup, measure
-
+    """Run every case of the suite for some peers (comma-separated); write JSON to ``args.result``."""
     records: list[dict[str, Any]] = []
 
     def save() -> None:
@@ -55,12 +52,23 @@ def worker(args: argparse.Namespace) -> int:
         records.append(roofline(args.device))
         save()
         return 0
-    make = PEERS[args.worker][0]
+    for peer in args.worker.split(","):
+        _run_peer(args, peer, records, save)
+    save()
+    return 0
+
+
+def _run_peer(args: argparse.Namespace, peer: str, records: list, save) -> None:
+    """Time every (case, mode) of the suite for one peer, appending one record each."""
+    import torch
+    from peers import NA, PEERS, cleanup, measure
+
+    make = PEERS[peer][0]
     for wl in args.suite.split(","):
         for case in cases(wl, args.small):
             for mode in MODES:
                 rec: dict[str, Any] = {
-                    "peer": args.worker,
+                    "peer": peer,
                     "workload": wl,
                     "case": case.label,
                     "mode": mode,
@@ -89,8 +97,6 @@ def worker(args: argparse.Namespace) -> int:
                 print(_line(rec), flush=True)
                 bench = None
                 cleanup()
-    save()
-    return 0
 
 
 def roofline(device: str) -> dict[str, Any]:
@@ -213,10 +219,18 @@ def orchestrate(args: argparse.Namespace) -> int:
     records: list[dict[str, Any]] = []
     logs = out / f"bench_{args.device}_logs"
     logs.mkdir(exist_ok=True)
-    for peer in ["roofline", *peers]:
+    # peers with the same environment share one worker process (start-up costs seconds each)
+    groups: list[list[str]] = [["roofline"]]
+    for peer in peers:
+        if len(groups) > 1 and PEERS[groups[-1][0]][1] == PEERS[peer][1]:
+            groups[-1].append(peer)
+        else:
+            groups.append([peer])
+    for group in groups:
+        peer = ",".join(group)
         env = dict(os.environ)
         if peer != "roofline":
-            env.update(PEERS[peer][1])
+            env.update(PEERS[group[0]][1])
         with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
             result = fh.name
         cmd = [
@@ -240,7 +254,7 @@ def orchestrate(args: argparse.Namespace) -> int:
         left = deadline - time.time()
         print(f"== {peer} ({max(left, 0):.0f} s of budget left)", flush=True)
         status = None
-        with open(logs / f"{peer}.log", "w") as log:
+        with open(logs / f"{group[0]}{'+' if len(group) > 1 else ''}.log", "w") as log:
             try:
                 proc = subprocess.run(
                     cmd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=max(left, 1) + 60
@@ -254,21 +268,26 @@ def orchestrate(args: argparse.Namespace) -> int:
         except (OSError, ValueError):
             got = []
         Path(result).unlink(missing_ok=True)
-        done = {(r["workload"], r["case"], r["mode"]) for r in got if "workload" in r}
+        done = {(r["peer"], r["workload"], r["case"], r["mode"]) for r in got if "workload" in r}
         if status and peer != "roofline":  # cases the worker never reached
-            for wl in args.suite.split(","):
-                for case in cases(wl, args.small):
-                    for mode in MODES:
-                        if (wl, case.label, mode) not in done:
-                            got.append(
-                                {
-                                    "peer": peer,
-                                    "workload": wl,
-                                    "case": case.label,
-                                    "mode": mode,
-                                    "status": status,
-                                }
-                            )
+            missing = [
+                (member, w, c, m)
+                for member in group
+                for w in args.suite.split(",")
+                for c in cases(w, args.small)
+                for m in MODES
+            ]
+            for member, wl, case, mode in missing:
+                if (member, wl, case.label, mode) not in done:
+                    got.append(
+                        {
+                            "peer": member,
+                            "workload": wl,
+                            "case": case.label,
+                            "mode": mode,
+                            "status": status,
+                        }
+                    )
         for r in got:
             print("   " + _line(r) if "workload" in r else f"   roofline: {r}", flush=True)
         records.extend(got)
@@ -387,6 +406,14 @@ def markdown(report: dict) -> str:
         if mem:
             lines += ["", "Peak GPU memory in training (MiB): " + ", ".join(mem) + "."]
         lines.append("")
+    notes = [
+        f"{r['peer']} {r['workload']} {r['case']} {r['mode']}: {note}"
+        for r in recs
+        if "workload" in r and r.get("status") == "ok"
+        for note in r.get("notes", [])
+    ]
+    if notes:
+        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     reasons = sorted(
         {
             f"{r['peer']}: {r['status']}"

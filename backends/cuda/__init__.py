@@ -62,6 +62,8 @@ class CudaBackend:
     name = "cuda"
     #: the cpu backend's pipeline: bit-exact rewrites only (no BatchNorm folding)
     pipeline = CpuBackend.pipeline
+    #: CuPy and a GPU were found once (to_native sits on every call's path)
+    _ready = False
 
     def lower(self, graph: Graph, **options: Any) -> CudaProgram:
         """Render every neuron layer's kernels; needs no GPU."""
@@ -77,7 +79,9 @@ class CudaBackend:
 
         Raises BackendError (what to install) when CuPy or a GPU is missing.
         """
-        runtime.require()
+        if not self._ready:
+            runtime.require()
+            self._ready = True
         return ReferenceBackend.to_native(self, x)
 
 

@@ -40,7 +40,7 @@ _RENDER_NOTE = (
 
 _lock = threading.Lock()
 _modules: dict[tuple[str, int], Any] = {}
-_streams: dict[int, Any] = {}
+_streams: dict[tuple[int, int], Any] = {}
 
 
 def import_cupy() -> Any:
@@ -55,8 +55,16 @@ def import_cupy() -> Any:
     return cupy
 
 
+_checked: set[torch.device] = set()
+
+
 def require(device: torch.device | str | int | None = None) -> torch.device:
-    """Check that CuPy and a CUDA GPU are usable for ``device``; return it as a torch.device."""
+    """Check that CuPy and a CUDA GPU are usable for ``device``; return it as a torch.device.
+
+    Cheap after the first success for a device (it sits on every call's path).
+    """
+    if isinstance(device, torch.device) and device in _checked:
+        return device
     import_cupy()
     if not torch.cuda.is_available():
         raise BackendError(
@@ -71,6 +79,7 @@ def require(device: torch.device | str | int | None = None) -> torch.device:
             f"cuda backend option device={str(dev)!r}: only {torch.cuda.device_count()} CUDA "
             f"device(s) are visible (cuda:0 .. cuda:{torch.cuda.device_count() - 1})"
         )
+    _checked.add(dev)
     return dev
 
 
@@ -121,15 +130,30 @@ def load_function(source: str, name: str, device: torch.device, cache_dir: str |
             with cupy.cuda.Device(device.index):
                 module = cupy.RawModule(path=str(path))
             _modules[key] = module
-    with cupy.cuda.Device(device.index):
-        return module.get_function(name)
+    try:
+        with cupy.cuda.Device(device.index):
+            return module.get_function(name)  # loads the module on first use
+    except Exception as exc:  # CuPy's CUDADriverError and friends: say which file and why
+        from snncc.backends.cuda import nvrtc
+
+        driver = cupy.cuda.runtime.driverGetVersion()
+        raise BackendError(
+            f"loading kernel {name} from {path} on {info.name} (cuda:{device.index}) failed: "
+            f"{type(exc).__name__}: {exc}. It was compiled by NVRTC "
+            f"{'.'.join(map(str, nvrtc.version()))} for the driver's CUDA "
+            f"{driver // 1000}.{driver % 1000 // 10}; an NVRTC newer than the driver can "
+            "produce binaries it cannot load: update the driver or use a matching NVRTC"
+        ) from exc
 
 
-def _external_stream(ptr: int) -> Any:
-    stream = _streams.get(ptr)
+def _external_stream(ptr: int, device_index: int) -> Any:
+    """CuPy's handle of torch's stream ``ptr`` (0 is the legacy default stream)."""
+    key = (ptr, device_index)
+    stream = _streams.get(key)
     if stream is None:
-        stream = import_cupy().cuda.ExternalStream(ptr)
-        _streams[ptr] = stream
+        cupy = import_cupy()
+        stream = cupy.cuda.Stream.null if ptr == 0 else cupy.cuda.ExternalStream(ptr, device_index)
+        _streams[key] = stream
     return stream
 
 
@@ -180,6 +204,6 @@ def launch(fn: Any, n: int, args: tuple, device: torch.device, block: int | None
         return
     cupy = import_cupy()
     grid, blk = launch_config(n, device_info(device.index).sm_count, block)
-    stream = _external_stream(torch.cuda.current_stream(device).cuda_stream)
+    stream = _external_stream(torch.cuda.current_stream(device).cuda_stream, device.index)
     with cupy.cuda.Device(device.index), stream:
         fn((grid,), (blk,), args)
