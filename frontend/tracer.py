@@ -251,6 +251,7 @@ def type_name(obj: Any) -> str:
 _FOREIGN_PREFIXES = ("snntorch", "norse", "sinabs", "lava", "spyx", "rockpool")
 _TRACE_THROUGH = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
 _HERE = str(Path(__file__).resolve().parent)
+_SNNCC_DIR = str(Path(__file__).resolve().parent.parent / "snncc")  # api.py, cli.py
 
 
 class SnnccTracer(fx.Tracer):
@@ -273,13 +274,25 @@ class SnnccTracer(fx.Tracer):
 
 
 def _user_frame() -> str:
-    """``file:line: code`` of the innermost frame outside torch and snncc's frontend."""
+    """``file:line: code`` of the user's ``forward`` code that made the current fx node.
+
+    Walks outward from the innermost frame, skipping torch's frames, and stops
+    at snncc's own frames: anything outside them (the user's script, the CLI)
+    only called the tracer and says nothing about where the op is. A module
+    inside an ``nn.Sequential`` has no user frame at all; its path names it.
+    """
     torch_dir = str(Path(torch.__file__).resolve().parent)
+    inside_torch = False  # the tracer's own hook frames come first, then torch's
     for fr in reversed(traceback.extract_stack()):
         if not fr.filename or fr.filename.startswith("<"):
             continue
         fn = str(Path(fr.filename).resolve())
-        if fn.startswith((torch_dir, _HERE)):
+        if fn.startswith(torch_dir):
+            inside_torch = True
+            continue
+        if fn.startswith((_HERE, _SNNCC_DIR)):
+            if inside_torch:
+                return ""  # back out in snncc's trace() call: no user frame
             continue
         return f"{Path(fr.filename).name}:{fr.lineno}: {(fr.line or '').strip()}"
     return ""
