@@ -9,12 +9,20 @@ model and this list. A ``forward`` that loops over time steps itself
 (:mod:`snncc.frontend.loops`).
 """
 
+from typing import Any
+
 from snncc.frontend.tracer import ensure_converters, supported, trace
 
 ensure_converters()
 
-#: {"modules": [...], "functions": [...], "methods": [...]}: public names, generated
-#: from the converter registry
-SUPPORTED: dict[str, list[str]] = supported()
-
 __all__ = ["SUPPORTED", "supported", "trace"]
+
+
+def __getattr__(name: str) -> Any:
+    # SUPPORTED = {"modules": [...], "functions": [...], "methods": [...]}, generated from
+    # the converter registry. Lazy, because listing every framework's modules imports
+    # every installed framework (Norse alone takes seconds), which compiling a
+    # SpikingJelly model should not pay for.
+    if name == "SUPPORTED":
+        return supported()
+    raise AttributeError(f"module 'snncc.frontend' has no attribute {name!r}")

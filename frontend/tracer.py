@@ -29,6 +29,7 @@ from __future__ import annotations
 import builtins
 import importlib
 import operator
+import sys
 import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -204,24 +205,31 @@ def framework_of(m: nn.Module) -> Framework | None:
     return None
 
 
-_CONVERTER_MODULES = (
-    "snncc.frontend.torch_nn",
-    "snncc.frontend.spikingjelly",
-    "snncc.frontend.snncc_nn",
-    "snncc.frontend.snntorch",
-    "snncc.frontend.norse",
-)
+#: converter module -> the framework package its models come from (None: always loaded)
+_CONVERTER_MODULES = {
+    "snncc.frontend.torch_nn": None,
+    "snncc.frontend.snncc_nn": None,
+    "snncc.frontend.spikingjelly": "spikingjelly",
+    "snncc.frontend.snntorch": "snntorch",
+    "snncc.frontend.norse": "norse",
+}
 
 
-def ensure_converters() -> None:
-    """Import the converter modules (each registers itself; optional frameworks skip quietly)."""
-    for mod in _CONVERTER_MODULES:
-        importlib.import_module(mod)
+def ensure_converters(everything: bool = False) -> None:
+    """Import the converter modules (each registers itself; optional frameworks skip quietly).
+
+    A peer framework's converters load only once the framework itself is imported
+    (a model holding its modules implies that), so compiling a SpikingJelly model
+    never pays for importing Norse. ``everything`` loads all of them, for listings.
+    """
+    for mod, framework in _CONVERTER_MODULES.items():
+        if everything or framework is None or framework in sys.modules:
+            importlib.import_module(mod)
 
 
 def supported() -> dict[str, list[str]]:
     """The public names of every supported module, function and method, sorted."""
-    ensure_converters()
+    ensure_converters(everything=True)
     return {
         "modules": sorted({e.name for e in MODULES.values()} | set(CONTAINERS.values())),
         "functions": sorted({e.name for e in FUNCTIONS.values()}),
