@@ -794,9 +794,34 @@ def test_to_torch_refuses_a_jax_program() -> None:
 DEV = "cuda"
 
 
-def _reference_on_gpu(graph: Graph) -> ReferenceProgram:
-    """The oracle on the same GPU: same cuBLAS/cuDNN calls, so only the neuron kernels differ."""
-    ref = ReferenceProgram(graph)
+class _HostNeuronOracle(ReferenceProgram):
+    """The reference interpreter with its stateless ops on the GPU and its neurons on the CPU.
+
+    Why not the plain reference on the GPU: torch on a GPU computes ``tensor /
+    python_float`` as a multiply by the reciprocal (ATen's div_true_kernel_cuda:
+    "may lose one bit of precision"), so there ``v + (x - v) / tau`` is not
+    SpikingJelly's CPU arithmetic -- true division, which the kernels (and the
+    cpu backend) implement -- when tau is not a power of two. The GEMMs and
+    convolutions must be the cuda backend's own cuBLAS/cuDNN calls, so they
+    stay on the GPU; each neuron layer (prologue, loop, epilogue) runs on the CPU.
+    """
+
+    def _neuron_seq(self, ctx, n, ins):
+        dev = ins[0].device
+        assert n not in ctx.state, "the oracle runs from a fresh state"
+        p = ctx.neuron_params(n)
+        ctx._nparams[n] = {k: v.cpu() for k, v in p.items()}  # differentiable copies
+        try:
+            out = super()._neuron_seq(ctx, n, [t.cpu() for t in ins])
+        finally:
+            ctx._nparams[n] = p
+        ctx.new_state[n] = {k: v.to(dev) for k, v in ctx.new_state[n].items()}
+        return out.to(dev)
+
+
+def _reference_on_gpu(graph: Graph, host_neurons: bool = True) -> ReferenceProgram:
+    """The oracle with the cuda program's own GEMMs (see :class:`_HostNeuronOracle`)."""
+    ref = (_HostNeuronOracle if host_neurons else ReferenceProgram)(graph)
     ref.params = {
         k: v.detach().to(DEV).requires_grad_(v.requires_grad) for k, v in ref.params.items()
     }
@@ -840,6 +865,8 @@ def test_gpu_cuda_equals_reference_on_the_same_gpu(name: str, T: int, cache_dir)
     _, _, cm = _compile(name, T=T, B=3, cache_dir=cache_dir)
     x = _input(name, T, 3, seed=T).to(DEV)
     _assert_same(cm.program, _reference_on_gpu(cm.program.graph), x)
+    if name != "residual":  # every tau a power of two: torch's GPU division is exact too
+        _assert_same(cm.program, _reference_on_gpu(cm.program.graph, host_neurons=False), x)
 
 
 @pytest.mark.gpu
@@ -849,7 +876,7 @@ def test_gpu_recurrent_graph_and_streaming(T: int, cache_dir) -> None:
     g = recurrent_graph()
     prog = CudaProgram(g, cache_dir=cache_dir)
     x = torch.rand(T, 3, 6, generator=torch.Generator().manual_seed(T)).to(DEV) * 1.2
-    _assert_same(prog, _reference_on_gpu(g), x)
+    _assert_same(prog, _reference_on_gpu(g, host_neurons=False), x)  # tau = 2
     with torch.no_grad():
         y, _ = prog.run(x)
         y1, st = prog.run(x[:1])
@@ -882,6 +909,11 @@ def _forms():
 @needs_gpu
 @pytest.mark.parametrize("recompute", [False, True])
 def test_gpu_every_neuron_form_matches_torch_neuron_maths(recompute: bool, cache_dir) -> None:
+    """Each form's kernels on the GPU vs snncc.neurons on the CPU (SpikingJelly's arithmetic).
+
+    The CPU is the oracle: torch on a GPU divides by a Python float as a multiply
+    by the reciprocal (see :class:`_HostNeuronOracle`), the kernels divide.
+    """
     from snncc.backends.cuda.neuron import CudaNeuronKernel
 
     pro = [{"kind": "scale", "op": "div", "value": 3.0}, {"kind": "add", "port": 1}]
@@ -893,14 +925,14 @@ def test_gpu_every_neuron_form_matches_torch_neuron_maths(recompute: bool, cache
         kernel = CudaNeuronKernel(spec, steps[0], steps[1], {"recompute": recompute}, cache_dir)
         g = torch.Generator().manual_seed(i)
         T = (1, 8, 64)[i % 3]
-        x = (torch.rand((T, 4, 33), generator=g) * 1.6 - 0.3).to(DEV)
-        a = torch.rand((T, 4, 33), generator=g).to(DEV)
-        v0 = (torch.rand((4, 33), generator=g) * 0.8 - 0.2).to(DEV)
-        w = torch.tensor(-math.log(1.5), device=DEV)
-        gy = torch.randn((T, 4, 33), generator=g).to(DEV)
-        gv = torch.randn((4, 33), generator=g).to(DEV)
+        x = torch.rand((T, 4, 33), generator=g) * 1.6 - 0.3
+        a = torch.rand((T, 4, 33), generator=g)
+        v0 = torch.rand((4, 33), generator=g) * 0.8 - 0.2
+        w = torch.tensor(-math.log(1.5))
+        gy = torch.randn((T, 4, 33), generator=g)
+        gv = torch.randn((4, 33), generator=g)
         ref_leaves = [t.clone().requires_grad_() for t in (x, a, v0, w)]
-        cu_leaves = [t.clone().requires_grad_() for t in (x, a, v0, w)]
+        cu_leaves = [t.clone().to(DEV).requires_grad_() for t in (x, a, v0, w)]
         rx, ra, rv, rw = ref_leaves
         xin = rx
         if steps[0]:
@@ -913,20 +945,20 @@ def test_gpu_every_neuron_form_matches_torch_neuron_maths(recompute: bool, cache
         out, v_last = run_neuron(
             kernel, cx, (ca,) if steps[0] else (), cv, cw.sigmoid() if spec.charge in PLIF else None
         )
-        if not (torch.equal(out, ref) and torch.equal(v_last, st["v"])):
-            failures.append(f"{form}: {(out != ref).sum().item()} outputs differ")
+        if not (torch.equal(out.cpu(), ref) and torch.equal(v_last.cpu(), st["v"])):
+            failures.append(f"{form}: {(out.cpu() != ref).sum().item()} outputs differ")
             continue
         wanted = [0, 1, 2, 3] if spec.charge in PLIF else [0, 1, 2]
         if not steps[0]:
             wanted.remove(1)
         loss_ref = (ref * gy).sum() + (st["v"] * gv).sum()
-        loss = (out * gy).sum() + (v_last * gv).sum()
+        loss = (out * gy.to(DEV)).sum() + (v_last * gv.to(DEV)).sum()
         g_ref = torch.autograd.grad(loss_ref, [ref_leaves[j] for j in wanted])
         g_cu = torch.autograd.grad(loss, [cu_leaves[j] for j in wanted])
         for j, a_, b_ in zip(wanted, g_cu, g_ref):
             tol = GRAD_RTOL if j != 3 else 1e-3  # PLIF's scalar w sums T*N terms with cancellation
-            if not _rel(a_, b_) <= tol:
-                failures.append(f"{form}: grad {j} relative error {_rel(a_, b_):.2e}")
+            if not _rel(a_.cpu(), b_) <= tol:
+                failures.append(f"{form}: grad {j} relative error {_rel(a_.cpu(), b_):.2e}")
     assert not failures, "\n".join(failures)
 
 

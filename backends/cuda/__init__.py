@@ -10,9 +10,17 @@ forward and backward kernels are the templates in ``templates/cuda`` rendered
 for the ``cuda`` target -- the same text the ``cpu`` backend compiles for the
 host, which is how CI checks their logic without a GPU. Stateless ops run as
 torch CUDA ops (cuBLAS GEMMs, cuDNN convolutions) in the reference
-interpreter's schedule, so fp32 spikes equal the reference backend's run on
-the same GPU bit for bit. Training goes through a ``torch.autograd.Function``
+interpreter's schedule. Training goes through a ``torch.autograd.Function``
 over the kernels.
+
+Exactness (fp32): each neuron layer computes SpikingJelly's CPU arithmetic
+bit for bit (true division, no FMA contraction), so the outputs equal the
+reference backend run with the same GEMM results. Two things differ on a
+GPU and are not the kernels' doing: cuBLAS/cuDNN sum in another order than
+the CPU's BLAS (compare with the reference on the same GPU), and torch on a
+GPU computes ``tensor / python_float`` as a multiply by the reciprocal, so
+the reference backend -- and SpikingJelly's torch neurons -- run *on a GPU*
+differ from the CPU arithmetic wherever tau is not a power of two.
 
 Options: ``cache_dir`` (default ``~/.cache/snncc/cuda``: the ``.cu`` sources and
 their cubins), ``device`` ("cuda" / "cuda:N"), ``precision`` ("fp32" | "tf32" |
