@@ -1043,7 +1043,7 @@ def test_gpu_precision_options_keep_most_spikes(precision: str, cache_dir) -> No
     assert y1.dtype == torch.float32
     agree = (y0 == y1).float().mean().item()
     print(f"{precision}: spike agreement with fp32 {agree:.5f}")
-    assert agree > 0.98
+    assert agree > (0.98 if precision == "tf32" else 0.95)
 
 
 @pytest.mark.gpu
@@ -1062,7 +1062,7 @@ def test_gpu_to_torch_grads_equal_a_direct_autograd_run(cache_dir) -> None:
     grads = torch.autograd.grad((yd * gy).sum(), [direct.program.params[n] for n in names])
     assert torch.equal(y.detach(), yd.detach())
     for n, g in zip(names, grads):
-        assert _rel(mod.get_parameter(n).grad, g) <= 1e-6, n
+        assert _rel(mod.get_parameter(n).grad, g) <= GRAD_RTOL, n  # cuDNN wgrad may use atomics
 
 
 def _digits_curves(epochs: int, device: str, backend: str | None) -> list[float]:
@@ -1099,6 +1099,18 @@ def _digits_curves(epochs: int, device: str, backend: str | None) -> list[float]
             total += loss.item() * len(idx)
         curve.append(total / len(xt))
     return curve
+
+
+def test_digits_training_through_to_torch_follows_eager_spikingjelly_on_the_cpu(
+    tmp_path, monkeypatch
+) -> None:
+    """The GPU test's loop with the cpu backend: the same kernels, the same loss curve."""
+    monkeypatch.setenv("SNNCC_CACHE_DIR", str(tmp_path))
+    sj_curve = _digits_curves(3, "cpu", None)
+    cpu_curve = _digits_curves(3, "cpu", "cpu")
+    assert cpu_curve[-1] < 0.7 * cpu_curve[0]
+    for a, b in zip(cpu_curve, sj_curve):
+        assert abs(a - b) <= 1e-3 * b, (cpu_curve, sj_curve)
 
 
 @pytest.mark.gpu
