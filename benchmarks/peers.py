@@ -75,6 +75,15 @@ def measure(bench: Bench, case: Case, mode: str, device: str, warmup: int, repea
         if mode == "fwd+bwd" and case.workload in ("L1", "L2"):
             x.requires_grad_(True)
         inputs.append(bench.convert(x))
+    torch_inputs = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+    user_before = bench.before
+
+    def before() -> None:  # input gradients must not accumulate across repetitions either
+        for t in torch_inputs:
+            t.grad = None
+        user_before()
+
+    bench.before = before
     rate = None
     for i in range(max(warmup, 1)):
         bench.before()

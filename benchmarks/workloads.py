@@ -104,11 +104,12 @@ def sj_model(case: Case) -> nn.Module:
 
 
 def make_input(case: Case, seed: int, device: str) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    x = torch.rand(case.input_shape, generator=g)
+    """Seeded uniform input, drawn on ``device`` (a GiB on the CPU would take seconds)."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    x = torch.rand(case.input_shape, generator=g, device=device)
     if case.dist == "uniform02":
         x = x * 2.0
-    return x.to(device)
+    return x
 
 
 # ----------------------------------------------------------- neuron replacement
