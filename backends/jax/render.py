@@ -34,7 +34,7 @@ import numpy as np
 
 from snncc.errors import IRError, UnsupportedError
 from snncc.ir.graph import Edge, Graph
-from snncc.ir.neuron import CHARGE_FORMS, NeuronSpec
+from snncc.ir.neuron import NORSE_FORMS, SNNTORCH_FORMS, SPIKINGJELLY_FORMS, NeuronSpec
 from snncc.ir.ops import OPS
 
 from . import runtime
@@ -76,6 +76,24 @@ def tup(items: Any) -> str:
     if len(items) == 1:
         return f"({items[0]},)"
     return "(" + ", ".join(items) + ")"
+
+
+#: every charge form the jax backend renders (templates/jax/neuron.py.j2), in
+#: snncc.ir.neuron.FORMS order; anything else is refused by name
+SUPPORTED_FORMS: tuple[str, ...] = (*SPIKINGJELLY_FORMS, *SNNTORCH_FORMS, *NORSE_FORMS)
+
+#: generated variable name prefix of each neuron state variable (``v`` keeps the
+#: historical ``v<id>``; ``s<id>`` and ``i<id>`` are taken by node values and prologues)
+STATE_PREFIX = {"v": "v", "i": "syn", "s": "sprev"}
+
+
+def family(charge: str) -> str:
+    """Which template macro renders a form: ``"sj"``, ``"snntorch"`` or ``"norse"``."""
+    if charge in SNNTORCH_FORMS:
+        return "snntorch"
+    if charge in NORSE_FORMS:
+        return "norse"
+    return "sj"
 
 
 @lru_cache(maxsize=1)
@@ -283,11 +301,17 @@ class Renderer:
                 "weight": refs.get("weight") or "None",
                 "bias": refs.get("bias") or "None",
             }
-        if op == "neuron" and self.spec(n).charge in ("sj_plif_decay_input", "sj_plif"):
+        if op != "neuron":
+            return None
+        spec = self.check_neuron(n)
+        if spec.charge in ("sj_plif_decay_input", "sj_plif"):
             if refs.get("w") is None:
                 raise IRError(f"PLIF neuron %{n} has no param 'w'")
             return {"kind": "plif", "id": n, "label": self.label(n), "w": refs["w"]}
-        return None
+        lines, _ = self.neuron_values(n, spec)
+        if not lines:
+            return None
+        return {"kind": "neuron", "id": n, "label": self.label(n), "lines": lines}
 
     # ----------------------------------------------------------------- nodes
     def spec(self, n: int) -> NeuronSpec:
@@ -395,14 +419,14 @@ class Renderer:
             return {"size": lit(int(a["voting_size"]))}
         return {}
 
-    def neuron_code(self, n: int, ins: list[str], out: str) -> dict[str, Any]:
-        """The template data for one neuron step (charge, fire, reset, prologue, epilogue)."""
+    def check_neuron(self, n: int) -> NeuronSpec:
+        """The node's spec, or UnsupportedError naming what the jax backend cannot render."""
         spec = self.spec(n)
-        where = f"neuron %{n} ({sanitise(self.g.node(n).get('name'))})"
-        if spec.charge not in CHARGE_FORMS:
+        where = self.where(n)
+        if spec.charge not in SUPPORTED_FORMS:
             raise UnsupportedError(
                 f"{where}: charge form {spec.charge!r} is not supported by the jax backend; "
-                f"supported: {', '.join(CHARGE_FORMS)}"
+                f"supported: {', '.join(SUPPORTED_FORMS)}"
             )
         if spec.fire_from != "updated":
             raise UnsupportedError(
@@ -413,28 +437,145 @@ class Renderer:
             raise UnsupportedError(f"{where}: charge form {spec.charge!r} needs tau")
         if spec.surrogate not in runtime.SURROGATES:
             raise UnsupportedError(
-                f"{where}: surrogate {spec.surrogate!r} is not supported; choose one of: "
-                f"{', '.join(runtime.SURROGATES)}"
+                f"{where}: surrogate {spec.surrogate!r} is not supported by the jax backend; "
+                f"choose one of: {', '.join(runtime.SURROGATES)}"
+            )
+        if spec.output == "spike" and spec.charge == "norse_li":
+            raise UnsupportedError(f"{where}: charge form 'norse_li' does not spike")
+        return spec
+
+    def where(self, n: int) -> str:
+        return f"neuron %{n} ({sanitise(self.g.node(n).get('name'))})"
+
+    def neuron_values(
+        self, n: int, spec: NeuronSpec
+    ) -> tuple[list[dict[str, str]], dict[str, str]]:
+        """Each constant an snnTorch/Norse step reads, as code: ``(prepared lines, symbol -> expr)``.
+
+        A role the node has a param for reads the param (prepared once per call
+        outside the scan: snnTorch's ``beta.clamp(0, 1)``, Norse's
+        ``dt * tau_mem_inv``, computed from the source param so gradients reach
+        it); otherwise the spec constant :data:`snncc.ir.neuron.FORMS` names,
+        as an exact float literal (jax casts a Python float to the array's
+        dtype before the one operation, like torch's ``scalar * tensor``).
+        """
+        fam = family(spec.charge)
+        lines: list[dict[str, str]] = []
+        sym: dict[str, str] = {}
+        if fam == "sj":
+            return lines, sym
+        refs = {r: self.param_ref(n, r) for r in self.g.node(n)["params"]}
+        where = self.where(n)
+
+        def const(role: str, key: str, value: Any) -> str:
+            if value is None:
+                raise UnsupportedError(
+                    f"{where}: charge form {spec.charge!r} needs the param {role!r} or the "
+                    f"constant {key}; the node has neither"
+                )
+            return flt(value)
+
+        def put(name: str, var: str, expr: str, what: str) -> None:
+            lines.append({"var": var, "expr": expr, "what": what})
+            sym[name] = var
+
+        form_roles = spec.form.roles if spec.form is not None else ()
+        if fam == "snntorch":
+            for name, role in (("b", "beta"), ("a", "alpha")):
+                if role not in form_roles:
+                    continue
+                if refs.get(role):
+                    put(name, f"{name}{n}", f"rt.clamp01({refs[role]})", f"{role}.clamp(0, 1)")
+                else:
+                    v = spec.extra.get(role)
+                    v = None if v is None else min(max(float(v), 0.0), 1.0)
+                    sym[name] = const(role, f"extra[{role!r}]", v)
+            if refs.get("threshold"):
+                put("th", f"th{n}", refs["threshold"], "threshold")
+            else:
+                sym["th"] = flt(spec.v_threshold)
+            if refs.get("graded_spikes_factor"):
+                put("g", f"g{n}", refs["graded_spikes_factor"], "graded_spikes_factor")
+            else:
+                sym["g"] = flt(spec.extra.get("graded_spikes_factor", 1.0))
+            if spec.charge == "snntorch_rleaky_v":
+                if refs.get("V"):
+                    put("V", f"V{n}", refs["V"], "V (one-to-one recurrent weight)")
+                else:
+                    sym["V"] = const("V", "extra['V']", spec.extra.get("V"))
+            return lines, sym
+        # Norse
+        sym["vleak"] = const("v_leak", "extra['v_leak']", spec.extra.get("v_leak"))
+        dt = spec.extra.get("dt")
+        for name, role, key, sign in (
+            ("cm", "tau_mem_inv", "dt_tau_mem_inv", 1.0),
+            ("cs", "tau_syn_inv", "neg_dt_tau_syn_inv", -1.0),
+        ):
+            if role not in form_roles:
+                continue
+            if refs.get(role):
+                if dt is None:
+                    raise UnsupportedError(
+                        f"{where}: charge form {spec.charge!r} with param {role!r} needs "
+                        "the constant extra['dt']"
+                    )
+                put(name, f"{name}{n}", f"{flt(sign * float(dt))} * {refs[role]}", key)
+            else:
+                sym[name] = const(role, f"extra[{key!r}]", spec.extra.get(key))
+        if spec.charge != "norse_li":
+            if refs.get("threshold"):
+                put("th", f"th{n}", refs["threshold"], "threshold")
+            else:
+                sym["th"] = flt(spec.v_threshold)
+            if refs.get("v_reset"):
+                put("vr", f"vr{n}", refs["v_reset"], "v_reset")
+            else:
+                sym["vr"] = flt(0.0 if spec.v_reset is None else spec.v_reset)
+        return lines, sym
+
+    def state_names(self, n: int, spec: NeuronSpec) -> dict[str, str]:
+        """State variable -> its generated name inside the scan (``v<id>``, ``syn<id>``, ...)."""
+        return {var: f"{STATE_PREFIX[var]}{n}" for var in spec.state_vars}
+
+    def neuron_code(self, n: int, ins: list[str], out: str) -> dict[str, Any]:
+        """The template data for one neuron step (charge, fire, reset, prologue, epilogue)."""
+        spec = self.check_neuron(n)
+        where = self.where(n)
+        ports = spec.input_ports
+        if len(ins) < len(ports):
+            raise IRError(
+                f"{where}: charge form {spec.charge!r} reads the input ports {list(ports)}; "
+                f"the node has {len(ins)} input(s)"
             )
         a = self.g.attrs(n)
+        _, sym = self.neuron_values(n, spec)
+        names = self.state_names(n, spec)
         return {
             "id": n,
             "op": "neuron",
+            "family": family(spec.charge),
             "label": self.label(n),
             "summary": sanitise(spec.summary(), 120),
             "x": ins[0],
+            "rec": ins[1] if "rec" in ports else None,
             "prologue": [self._fused(n, s, ins, where) for s in a.get("prologue", [])],
             "epilogue": [self._fused(n, s, ins, where) for s in a.get("epilogue", [])],
             "i": f"i{n}",
             "h": f"h{n}",
             "z": f"z{n}",
-            "v": f"v{n}",
+            "r": f"r{n}",
+            "m": f"m{n}",
+            "v": names["v"],
+            "syn": names.get("i"),
+            "sprev": names.get("s"),
             "out": out,
             "charge": spec.charge,
             "tau": flt(spec.tau) if spec.tau is not None else "None",
-            "vr": flt(0.0 if spec.v_reset is None else spec.v_reset),
-            "th": flt(spec.v_threshold),
+            "vr": sym.get("vr", flt(0.0 if spec.v_reset is None else spec.v_reset)),
+            "th": sym.get("th", flt(spec.v_threshold)),
+            "sym": sym,
             "reset": spec.reset,
+            "reset_delay": spec.reset_delay,
             "detach": spec.detach_reset,
             "fire": "rt.spike" if spec.fire_cmp == ">=" else "rt.spike_gt",
             "surrogate": repr(spec.surrogate),
@@ -518,7 +659,6 @@ class Renderer:
         state_out: list[tuple[int, str]] = []  # (node id, var) per carry slot
         seen_xs: dict[tuple[int, int], str] = {}
         nodes = []
-        prepared_neurons = []
         for n in seg.nodes:
             ins = []
             for e in self.g.in_edges(n):
@@ -547,14 +687,9 @@ class Renderer:
                 ins.append(name)
             if self.g.op(n) == "neuron":
                 code = self.neuron_code(n, ins, f"s{n}")
-                like = self._outer_like(n, xs)
-                if like is None:
-                    init = f'rt.fresh_shape(state, {n}, "v", {self.need_shape(n, "start its membrane")}, {flt(self.spec(n).v_init)})'
-                else:
-                    init = f'rt.fresh(state, {n}, "v", {like}, {flt(self.spec(n).v_init)})'
-                carry.append((f"v{n}", init, f"v{n}"))
-                state_out.append((n, "v"))
-                prepared_neurons.append(n)
+                for var, name in self.state_names(n, self.spec(n)).items():
+                    carry.append((name, self.state_init(n, var, xs), name))
+                    state_out.append((n, var))
             else:
                 code = self.node_code(n, ins, f"s{n}", "step")
             nodes.append(code)
@@ -581,6 +716,22 @@ class Renderer:
             "nodes": nodes,
             "unroll": lit(int(self.options.get("unroll", 1))),
         }
+
+    def state_init(self, n: int, var: str, xs: list[tuple[str, str]]) -> str:
+        """Neuron ``n``'s state ``var`` at t = -1: the caller's state or the form's start value.
+
+        ``v`` starts at ``spec.v_init``, every other variable (``i``, ``s``) at 0;
+        a multi-variable form passes its variables as a group so a partial
+        state is refused instead of silently restarting the missing ones.
+        """
+        spec = self.spec(n)
+        fill = flt(spec.v_init if var == "v" else 0.0)
+        group = f", {tuple(spec.state_vars)!r}" if len(spec.state_vars) > 1 else ""
+        like = self._outer_like(n, xs)
+        if like is None:
+            shape = self.need_shape(n, "start its state")
+            return f"rt.fresh_shape(state, {n}, {var!r}, {shape}, {fill}{group})"
+        return f"rt.fresh(state, {n}, {var!r}, {like}, {fill}{group})"
 
     def _outer_like(self, n: int, xs: list[tuple[str, str]]) -> str | None:
         """An outer sequence whose step shape equals neuron ``n``'s (its port-0 input), if any."""

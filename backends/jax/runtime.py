@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from snncc.errors import ShapeError
+
 HIGHEST = lax.Precision.HIGHEST
 
 
@@ -75,6 +77,36 @@ def _triangle(g, x, alpha):
     return g * alpha * jnp.maximum(1 - jnp.abs(x), 0.0)
 
 
+def _snntorch_sigmoid(g, x, alpha):
+    # snnTorch 1.0 Sigmoid.backward: grad * slope * exp(-slope x) / ((exp(-slope x) + 1) ** 2)
+    return g * alpha * jnp.exp(-alpha * x) / ((jnp.exp(-alpha * x) + 1) ** 2)
+
+
+def _straight_through(g, x, alpha):
+    return g
+
+
+def _snntorch_heaviside(g, x, alpha):
+    # snnTorch 1.0 Heaviside.backward: grad_output * out, out = (x > 0).float()
+    return g * (x > 0).astype(g.dtype)
+
+
+def _snntorch_triangular(g, x, alpha):
+    # snnTorch 1.0 Triangular.backward: grad = grad_output * threshold; grad[x >= 0] *= -1
+    grad = g * alpha
+    return jnp.where(x >= 0, -grad, grad)
+
+
+def _norse_tanh(g, x, alpha):
+    # Norse 1.1 HeaviTanh.backward: dy * (1 - (x * k).tanh().pow(2))
+    t = jnp.tanh(x * alpha)
+    return g * (1 - t * t)
+
+
+def _no_grad(g, x, alpha):
+    return jnp.zeros_like(g)
+
+
 #: surrogate name -> backward(grad_output, x, alpha); each formula copies
 #: snncc.surrogate (itself the source framework's CPU expression) operation
 #: by operation, so gradients round the same way as the torch side.
@@ -90,6 +122,12 @@ _GRADS = {
     "fast_sigmoid": _fast_sigmoid,
     "superspike": _superspike,
     "triangle": _triangle,
+    "snntorch_sigmoid": _snntorch_sigmoid,
+    "straight_through": _straight_through,
+    "snntorch_heaviside": _snntorch_heaviside,
+    "snntorch_triangular": _snntorch_triangular,
+    "norse_tanh": _norse_tanh,
+    "no_grad": _no_grad,
 }
 
 
@@ -135,20 +173,58 @@ def delayed(seq: jax.Array, prev: jax.Array) -> jax.Array:
     return jnp.concatenate([prev[None].astype(seq.dtype), seq[:-1]], axis=0)
 
 
-def fresh(state: dict, nid: int, var: str, like: jax.Array, fill: float) -> jax.Array:
-    """``state[nid][var]`` if the caller passed it, else a fresh array shaped like ``like``."""
+def _given(state: dict, nid: int, var: str, shape: Sequence[int], group: Sequence[str]):
+    """``state[nid][var]`` checked against ``shape``, or None when the caller did not pass it.
+
+    ``group``: the node's state variables that only make sense together (a
+    neuron form's ``v``/``i``/``s``): a state holding some of them but not
+    ``var`` is refused rather than silently restarting ``var`` at its initial value.
+    """
     node_state = state.get(nid)
-    if node_state is not None and var in node_state:
-        return jnp.asarray(node_state[var], like.dtype)
+    if node_state is None or var not in node_state:
+        present = [g for g in group if node_state is not None and g in node_state]
+        if present:
+            raise ShapeError(
+                f"state of node %{nid} has {present} but lacks {var!r}; this neuron keeps "
+                f"{list(group)} (pass the whole state a previous run returned)"
+            )
+        return None
+    value = node_state[var]
+    if tuple(value.shape) != tuple(shape):
+        raise ShapeError(
+            f"state of node %{nid} {var!r} has shape {tuple(value.shape)}; this input needs "
+            f"{tuple(shape)}"
+        )
+    return value
+
+
+def fresh(
+    state: dict, nid: int, var: str, like: jax.Array, fill: float, group: Sequence[str] = ()
+) -> jax.Array:
+    """``state[nid][var]`` if the caller passed it, else a fresh array shaped like ``like``."""
+    value = _given(state, nid, var, like.shape, group)
+    if value is not None:
+        return jnp.asarray(value, like.dtype)
     return jnp.full(like.shape, fill, like.dtype)
 
 
-def fresh_shape(state: dict, nid: int, var: str, shape: Sequence[int], fill: float) -> jax.Array:
+def fresh_shape(
+    state: dict, nid: int, var: str, shape: Sequence[int], fill: float, group: Sequence[str] = ()
+) -> jax.Array:
     """Like :func:`fresh` for values not computed yet (delayed producers inside a recurrence)."""
-    node_state = state.get(nid)
-    if node_state is not None and var in node_state:
-        return jnp.asarray(node_state[var], jnp.float32)
+    value = _given(state, nid, var, tuple(shape), group)
+    if value is not None:
+        return jnp.asarray(value, jnp.float32)
     return jnp.full(tuple(shape), fill, jnp.float32)
+
+
+def clamp01(x: jax.Array) -> jax.Array:
+    """torch's ``x.clamp(0, 1)`` (snnTorch's beta/alpha), gradient 0 at and beyond the bounds.
+
+    ``lax.clamp`` has torch's clamp gradient (1 strictly inside, 0 at the
+    bounds); ``jnp.clip`` would give 0.5 at a bound.
+    """
+    return lax.clamp(jnp.zeros((), x.dtype), x, jnp.ones((), x.dtype))
 
 
 # ----------------------------------------------------------------- dense ops
