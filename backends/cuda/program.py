@@ -94,26 +94,7 @@ class CudaProgram(CpuProgram):
     ) -> None:
         # CpuProgram.__init__ would compile host kernels: only the interpreter's part is shared.
         ReferenceProgram.__init__(self, graph, **reference_options)
-        _check_choice("precision", precision, PRECISIONS)
-        _check_choice("spike_dtype", spike_dtype, SPIKE_DTYPES)
-        if block_size is not None and (
-            not isinstance(block_size, int) or block_size <= 0 or block_size % 32
-        ):
-            raise UnsupportedError(
-                f"cuda backend option block_size={block_size!r}: a positive multiple of 32"
-            )
-        if not (
-            time_chunks == "auto"
-            or (
-                isinstance(time_chunks, int)
-                and not isinstance(time_chunks, bool)
-                and time_chunks >= 0
-            )
-        ):
-            raise UnsupportedError(
-                f"cuda backend option time_chunks={time_chunks!r}: 'auto', 0 (off) or a chunk "
-                "length >= 1"
-            )
+        _check_options(precision, spike_dtype, block_size, time_chunks)
         self.time_chunks = time_chunks
         self.block_size = block_size
         self.cache_dir = cache_dir
@@ -122,6 +103,16 @@ class CudaProgram(CpuProgram):
         self.spike_dtype = spike_dtype
         self._device_spec = device
         self.device: torch.device | None = None
+        self._render_kernels(recompute)
+        self._kcache = KCache()
+        self._graphs: dict[Any, tuple] = {}
+        if torch.cuda.is_available():  # params live on the GPU from the start when there is one
+            self._place(runtime.resolve_device(device))
+
+    # ------------------------------------------------------------ lowering
+    def _render_kernels(self, recompute: bool) -> None:
+        """Render every neuron layer's kernels: plain, uint8 and time-chunked variants."""
+        graph, cache_dir, block_size = self.graph, self.cache_dir, self.block_size
         self.kernels: dict[int, CudaNeuronKernel] = {}
         self.u8_kernels: dict[int, CudaNeuronKernel] = {}
         for n, spec in self._specs.items():
@@ -130,7 +121,7 @@ class CudaProgram(CpuProgram):
             self.kernels[n] = CudaNeuronKernel(
                 spec, pro, epi, {"recompute": recompute}, cache_dir, block=block_size
             )
-            if spike_dtype == "uint8" and self._u8_eligible(n, spec.spiking, epi):
+            if self.spike_dtype == "uint8" and self._u8_eligible(n, spec.spiking, epi):
                 self.u8_kernels[n] = CudaNeuronKernel(
                     spec,
                     pro,
@@ -143,19 +134,14 @@ class CudaProgram(CpuProgram):
                     block=block_size,
                 )
         self.chunked: dict[int, dict[str, ChunkedForward]] = {}
-        if time_chunks != 0:
+        if self.time_chunks != 0:
             for n, spec in self._specs.items():
                 epi = graph.attrs(n).get("epilogue") or []
                 if n in self._recurrent or not chunkable(spec, epi):
                     continue
                 dtypes = ("float32", "uint8") if n in self.u8_kernels else ("float32",)
                 self.chunked[n] = {d: ChunkedForward(spec, d, cache_dir) for d in dtypes}
-        self._kcache = KCache()
-        self._graphs: dict[Any, tuple] = {}
-        if torch.cuda.is_available():  # params live on the GPU from the start when there is one
-            self._place(runtime.resolve_device(device))
 
-    # ------------------------------------------------------------ lowering
     def _u8_eligible(self, n: int, spiking: bool, epilogue: list) -> bool:
         """uint8 spikes only where nothing but a program output reads them (exactly 0/1)."""
         if not spiking or epilogue or n in self._recurrent:
@@ -364,6 +350,28 @@ def _on(t: Any, dev: torch.device) -> bool:
 
 def _any_grad(*ts: Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
+
+
+def _check_options(
+    precision: str, spike_dtype: str, block_size: int | None, time_chunks: str | int
+) -> None:
+    """Refuse, by name, option values the cuda backend has no meaning for."""
+    _check_choice("precision", precision, PRECISIONS)
+    _check_choice("spike_dtype", spike_dtype, SPIKE_DTYPES)
+    if block_size is not None and (
+        not isinstance(block_size, int) or block_size <= 0 or block_size % 32
+    ):
+        raise UnsupportedError(
+            f"cuda backend option block_size={block_size!r}: a positive multiple of 32"
+        )
+    if not (
+        time_chunks == "auto"
+        or (isinstance(time_chunks, int) and not isinstance(time_chunks, bool) and time_chunks >= 0)
+    ):
+        raise UnsupportedError(
+            f"cuda backend option time_chunks={time_chunks!r}: 'auto', 0 (off) or a chunk "
+            "length >= 1"
+        )
 
 
 def _check_choice(option: str, value: Any, choices: tuple[str, ...]) -> None:
