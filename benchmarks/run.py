@@ -406,12 +406,13 @@ def markdown(report: dict) -> str:
         if mem:
             lines += ["", "Peak GPU memory in training (MiB): " + ", ".join(mem) + "."]
         lines.append("")
-    notes = [
-        f"{r['peer']} {r['workload']} {r['case']} {r['mode']}: {note}"
-        for r in recs
-        if "workload" in r and r.get("status") == "ok"
-        for note in r.get("notes", [])
-    ]
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for r in recs:
+        if "workload" in r and r.get("status") == "ok":
+            for note in r.get("notes", []):
+                where = f"{r['workload']} {r['case']} {r['mode']}"
+                grouped.setdefault((r["peer"], note), []).append(where)
+    notes = [f"{peer} ({'; '.join(where)}): {note}" for (peer, note), where in grouped.items()]
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     reasons = sorted(
