@@ -15,8 +15,7 @@ the program's dict at them before each run, so ``.to(device)``,
 Works for every torch-native backend (reference, cpu, cuda): the forward is
 the program's own autograd path (for cpu/cuda a ``torch.autograd.Function``
 over the generated kernels), so ``loss.backward()`` fills ``.grad`` of the
-module's parameters. Generic on purpose: the lead moves it to a shared place
-and wires ``CompiledModel.to_torch()``.
+module's parameters. ``CompiledModel.to_torch()`` is the public entry point.
 """
 
 from __future__ import annotations

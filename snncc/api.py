@@ -197,6 +197,22 @@ class CompiledModel:
         y, new_state = self._program.run(native, state)
         return _to_kind(y, kind), new_state
 
+    def to_torch(self) -> Any:
+        """A trainable ``torch.nn.Module`` over this program (reference, cpu and cuda backends).
+
+        Its ``state_dict`` keys are the source model's; its forward takes and returns
+        torch tensors [T, B, ...] through the program's autograd path, so a torch
+        optimizer trains it and ``loss.backward()`` runs the generated backward kernels.
+        """
+        if self._backend_name == "jax":
+            raise UnsupportedError(
+                "to_torch() needs a torch-native backend (reference, cpu, cuda); for jax use "
+                "cm.jax_fn(params, x) with jax.grad"
+            )
+        from snncc.backends.torch_module import to_torch
+
+        return to_torch(self._program)
+
     def jax_fn(self, params: Any, x: Any) -> Any:
         """The pure function ``(params, x) -> outputs`` for ``jax.grad`` / ``jax.jit`` (jax only)."""
         fn = getattr(self._program, "jax_fn", None)

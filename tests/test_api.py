@@ -221,3 +221,46 @@ def test_save_over_an_older_artifact_leaves_no_stale_sources(tmp_path, cm, cm_ja
     assert old_files and old_files.isdisjoint(now)  # reference and jax file names differ
     assert (out / "notes.txt").read_text() == "the user's own file"
     assert snncc.load(out).backend == "jax"
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_to_torch_trains_like_the_source(backend):
+    """cm.to_torch(): the source's state_dict names, the source's gradients, a falling loss."""
+    from snncc.examples import digits
+
+    model = digits.load_pretrained()
+    images, labels = digits.test_split()
+    x, y = digits.encode(images[:64]), torch.as_tensor(labels[:64])
+    module = snncc.compile(model, x[:, :1], backend=backend).to_torch()
+    assert set(module.state_dict()) == set(model.state_dict())
+
+    def loss_of(out: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(out.mean(0) * 10.0, y)
+
+    functional.reset_net(model)
+    loss_of(model(x)).backward()
+    loss = loss_of(module(x))
+    loss.backward()
+    grads = dict(module.named_parameters())
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(grads[name].grad, p.grad, rtol=1e-5, atol=1e-6)
+
+    opt = torch.optim.SGD(module.parameters(), lr=0.5)
+    losses = []
+    for _ in range(5):
+        opt.zero_grad()
+        step_loss = loss_of(module(x))
+        step_loss.backward()
+        opt.step()
+        losses.append(step_loss.item())
+    assert losses[-1] < losses[0]
+
+
+def test_to_torch_refuses_jax():
+    pytest.importorskip("jax")
+    from snncc.examples import digits
+
+    x = digits.encode(digits.test_split()[0][:2])
+    cm = snncc.compile(digits.load_pretrained(), x, backend="jax")
+    with pytest.raises(snncc.UnsupportedError, match="jax_fn"):
+        cm.to_torch()

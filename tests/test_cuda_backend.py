@@ -39,9 +39,9 @@ from snncc.backends.cuda import cache as kcache
 from snncc.backends.cuda import runtime
 from snncc.backends.cuda.neuron import KCache, run_neuron
 from snncc.backends.cuda.program import CudaProgram, _fp32_precision
-from snncc.backends.cuda.torch_module import to_torch
 from snncc.backends.kernels import NVCC_EXACT_FLAGS, SUPPORTED_CHARGES, SUPPORTED_SURROGATES
 from snncc.backends.reference.program import ReferenceProgram
+from snncc.backends.torch_module import to_torch
 from snncc.errors import BackendError, UnsupportedError
 from snncc.ir.graph import Graph
 from snncc.ir.neuron import NeuronSpec
