@@ -14,8 +14,15 @@ Execution model of the generated ``forward(params, inputs, state)``:
   instead of T), and splits the values others need back to [T, B, ...].
 - A *scan* segment (a ``neuron`` or ``recurrent`` group) is one ``lax.scan``
   over t whose step function runs every node of the group on [B, ...]
-  values (``s<id>``); it carries the neurons' membranes (``v<id>``) and the
-  delayed values of recurrent edges (``d<id>``).
+  values (``s<id>``); it carries every state variable of each neuron's form
+  (membrane ``v<id>``, synaptic current ``syn<id>``, previous spike
+  ``sprev<id>``) and the delayed values of recurrent edges (``d<id>``).
+- A form's second input port (``rec`` of ``snntorch_rleaky`` /
+  ``norse_lif_recurrent``) is the node's port-1 value, computed inside the
+  same scan by the recurrent linear/conv node from the delayed spike.
+- Neuron constants that come from params (snnTorch ``beta.clamp(0, 1)``,
+  Norse ``dt * tau_mem_inv``, thresholds, ...) are prepared once per call,
+  outside the scans, from the source params, so ``jax.grad`` reaches them.
 
 Naming: user-controlled strings (module paths, state_dict keys) reach the
 generated code only as ``repr()``'d string literals or sanitised comments.
