@@ -344,6 +344,7 @@ def test_snntorch_streaming_rleaky_synaptic(cache_dir: str) -> None:
         def __init__(self) -> None:
             super().__init__()
             self.fc1 = nn.Linear(6, 8)
+            self.fc1b = nn.Linear(6, 8)
             self.rlif = snn.RLeaky(beta=0.9, linear_features=8)
             self.fc2 = nn.Linear(8, 4)
             self.syn = snn.Synaptic(alpha=0.6, beta=0.9)
@@ -355,7 +356,8 @@ def test_snntorch_streaming_rleaky_synaptic(cache_dir: str) -> None:
             spk3, mem3 = self.rv.init_rleaky()
             out = []
             for xt in x:
-                spk1, mem1 = self.rlif(self.fc1(xt), spk1, mem1)
+                # fused into the neuron as a prologue add at port 2, after 'rec' (port 1)
+                spk1, mem1 = self.rlif(self.fc1(xt) + self.fc1b(xt), spk1, mem1)
                 spk2, syn, mem2 = self.syn(self.fc2(spk1), syn, mem2)
                 spk3, mem3 = self.rv(mem2, spk3, mem3)
                 out.append(spk3)
@@ -365,6 +367,8 @@ def test_snntorch_streaming_rleaky_synaptic(cache_dir: str) -> None:
     _st_randomise(net, 8)
     x = torch.randn(16, B, 6, generator=_gen(8)) + 0.5
     ref, jx = compare(net, x, cache_dir)
+    prologues = [jx.ir.attrs(n).get("prologue") for n in jx.ir.iter_ops("neuron")]
+    assert [{"kind": "add", "port": 2}] in prologues
     _, state = jx.program.run(x[:3])
     assert {"v", "i"} <= {var for s in state.values() for var in s}
     assert "s" in {var for s in state.values() for var in s}
@@ -443,7 +447,11 @@ def test_norse_learnable_parameters_and_lifbox(cache_dir: str) -> None:
 
 
 class NorseSurrogates(nn.Module):
-    """One LIFCell per Norse threshold method, fed the same current; an LICell reads the first."""
+    """One LIFCell per Norse threshold method, fed the same current; an LICell reads their sum.
+
+    Also a LIFBoxCell with its default hard reset (reset_value), whose
+    current output is returned as well.
+    """
 
     METHODS = (("super", 100.0), ("triangle", 0.5), ("tanh", 5.0), ("heaviside", 1.0))
 
@@ -454,10 +462,11 @@ class NorseSurrogates(nn.Module):
             norse.LIFCell(P._replace(method=m, alpha=torch.as_tensor(a))) for m, a in self.METHODS
         )
         self.li = norse.LICell(dt=0.002)
+        self.box = norse.LIFBoxCell(LIFBoxParameters(v_th=torch.as_tensor(0.5)))
 
     def forward(self, x: torch.Tensor):
-        s0 = s1 = s2 = s3 = so = None
-        z0s, z1s, z2s, z3s, vs = [], [], [], [], []
+        s0 = s1 = s2 = s3 = so = sb = None
+        z0s, z1s, z2s, z3s, vs, bs, lis = [], [], [], [], [], [], []
         for ts in range(x.shape[0]):
             cur = self.fc(x[ts])
             z0, s0 = self.c0(cur, s0)
@@ -465,6 +474,9 @@ class NorseSurrogates(nn.Module):
             z2, s2 = self.c2(cur, s2)
             z3, s3 = self.c3(cur, s3)
             vo, so = self.li(z0 + z1 + z2 + z3, so)
+            zb, sb = self.box(cur, sb)
+            bs.append(zb)
+            lis.append(so.i)
             z0s.append(z0)
             z1s.append(z1)
             z2s.append(z2)
@@ -476,6 +488,8 @@ class NorseSurrogates(nn.Module):
             torch.stack(z2s),
             torch.stack(z3s),
             torch.stack(vs),
+            torch.stack(bs),
+            torch.stack(lis),
         )
 
 
