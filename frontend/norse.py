@@ -210,13 +210,13 @@ class _Params:
         value = getattr(self.m.p, field)
         if isinstance(value, torch.Tensor) and value.numel() != 1:
             return math.nan  # a per-neuron tensor: the node param is authoritative
-        return float(value)
+        return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
 
 
 def _coefficient(m: nn.Module, field: str, sign: float) -> float:
     """``dt * p.<field>`` (or ``-dt * ...``) evaluated exactly as Norse does (tensor or double)."""
     value = (-m.dt if sign < 0 else m.dt) * getattr(m.p, field)
-    return float(value)
+    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
 
 
 def _spec(call: Call, m: nn.Module, model: str, charge: str) -> tuple[NeuronSpec, _Params]:
