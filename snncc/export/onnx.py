@@ -9,17 +9,28 @@ the layer-first schedule of temporal fusion written in standard ONNX:
   ops), reshaped back to ``[T, B, ...]`` only where a Scan or an output needs
   the time axis;
 - every neuron node is one ``Scan`` over axis 0 whose body is the neuron's
-  per-step update in :mod:`snncc.neurons`' exact operation order, so an ONNX
-  runtime computes the same float32 membranes and spikes as the reference
-  backend (see :meth:`_Exporter.neuron_step`); PLIF's ``k = sigmoid(w)`` is
-  computed once, outside the Scan;
+  per-step update in :mod:`snncc.neurons`' exact operation order, for every
+  charge form of :data:`snncc.ir.neuron.FORMS` (SpikingJelly/snncc, snnTorch
+  Leaky/Synaptic/RLeaky with ``reset_delay`` and the reset read from the
+  previous membrane, Norse LIF/LIFRecurrent/LIFBox/LI), so an ONNX runtime
+  computes the same float32 spikes, membranes and currents as the reference
+  backend (see :meth:`_Exporter.neuron_step`). Every state variable of the
+  form (``v``, and ``i`` or ``s``) is Scan state. Constants derived from a
+  node param are computed once, outside the Scan, exactly as torch computes
+  them each step: PLIF's ``k = sigmoid(w)``, snnTorch's ``beta.clamp(0, 1)``
+  (``Clip``), Norse's ``dt * tau_mem_inv`` (float32 ``dt`` times the param);
+  a form constant without a param is the spec's Python float rounded to
+  float32, as torch's ``python_scalar * tensor`` rounds it;
 - a recurrent group (a strongly connected component closed by delay-1 edges)
-  is one Scan over all its nodes: the delayed values are Scan state.
+  is one Scan over all its nodes: the delayed values are Scan state. An
+  snnTorch RLeaky / Norse LIFRecurrentCell is such a group: its recurrent
+  Linear/Conv (port ``rec``) steps inside the neuron's Scan.
 
 With ``state_io=True`` every Scan state is also a model input
-``state.<nid>.<var>`` (``v``: membrane, ``delay``: a delayed value) and output
-``next_state.<nid>.<var>``, the reference backend's state dict flattened, so a
-runtime can stream a sequence in chunks.
+``state.<nid>.<var>`` (``v``: membrane, ``i``: synaptic current, ``s``: the
+previous spike of snnTorch's one-to-one RLeaky, ``delay``: a delayed value)
+and output ``next_state.<nid>.<var>``, the reference backend's state dict
+flattened, so a runtime can stream a sequence in chunks.
 
 Two kinds of readers, two kinds of content. A plain ONNX runtime needs
 nothing but the graph. snncc's importer (:mod:`snncc.frontend.onnx_import`)
@@ -31,10 +42,11 @@ the neurons it runs, and the initializers, named by the source model's
 restored IR and requires the identical ONNX graph, so what it returns always
 computes exactly what the file computes.
 
-Exactness (measured in tests/test_onnx.py, onnxruntime 1.32 CPU, fp32): the
-Scan bodies are bit-exact with the reference backend (element-wise IEEE ops in
-the same order), as are reshapes, max pooling, adaptive pooling (built from
-Slice/Add/Div in torch's summation order) and any pooling of spikes.
+Exactness (measured in tests/test_onnx.py and tests/test_onnx_snntorch_norse.py,
+onnxruntime 1.32 CPU, fp32): the Scan bodies are bit-exact with the reference
+backend (element-wise IEEE ops in the same order), as are reshapes, max
+pooling, adaptive pooling (built from Slice/Add/Div in torch's summation
+order) and any pooling of spikes.
 Gemm/MatMul, Conv, BatchNormalization (torch fuses it into FMAs) and
 AveragePool/GlobalAveragePool on real values accumulate differently from
 torch's kernels and differ by a few ulps; a spike flips only when a membrane
@@ -57,7 +69,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from snncc.errors import IRError, UnsupportedError
 from snncc.ir.graph import Edge, Graph
-from snncc.ir.neuron import NeuronSpec
+from snncc.ir.neuron import NORSE_FORMS, SNNTORCH_FORMS, NeuronSpec
 
 #: version of the metadata layout below; the importer refuses newer ones
 IR_FORMAT_VERSION = 1
@@ -74,7 +86,8 @@ DEFAULT_OPSET = 17
 #: Squeeze/Unsqueeze/Slice take tensors from 13 on; onnxruntime 1.17+ runs up to 21
 MIN_OPSET, MAX_OPSET = 13, 21
 
-#: charge forms the Scan body implements (all of snncc.neurons' forms)
+#: charge forms the Scan body implements: every form of :data:`snncc.ir.neuron.FORMS`
+#: (listed, not imported, so a form added there is refused until it is written here)
 CHARGE_FORMS = (
     "sj_if",
     "sj_lif_decay_input",
@@ -82,6 +95,14 @@ CHARGE_FORMS = (
     "sj_plif_decay_input",
     "sj_plif",
     "snncc_li",
+    "snntorch_leaky",
+    "snntorch_synaptic",
+    "snntorch_rleaky",
+    "snntorch_rleaky_v",
+    "norse_lif",
+    "norse_lif_recurrent",
+    "norse_lifbox",
+    "norse_li",
 )
 
 #: every ONNX op type to_onnx emits; the importer refuses any other
@@ -91,6 +112,7 @@ ONNX_OPS = frozenset(
         "AveragePool",
         "BatchNormalization",
         "Cast",
+        "Clip",
         "Concat",
         "Constant",
         "ConstantOfShape",
@@ -321,6 +343,9 @@ class _Exporter:
         self.tb = ""  # int64 [2]: (T, B) of the first input
         #: neuron nid -> outer-scope names of per-sequence constants (PLIF: "k")
         self.derived: dict[int, dict[str, str]] = {}
+        #: (kind, param name) -> the derived value, shared by the nodes reading that param
+        #: (a module returning spikes and membrane is two nodes with the same params)
+        self.shared: dict[tuple[str, str], str] = {}
 
     # ---------------------------------------------------------------- shapes
     def shape(self, nid: int) -> list | None:
@@ -817,32 +842,99 @@ class _Exporter:
             )
         if spec.charge in ("sj_lif_decay_input", "sj_lif", "snncc_li") and spec.tau is None:
             raise _unsupported(self.g, nid, f"neuron charge form {spec.charge!r} without tau")
+        if spec.charge in NORSE_FORMS:
+            missing = [k for k in ("dt", "v_leak") if k not in spec.extra]
+            if missing:
+                raise _unsupported(
+                    self.g,
+                    nid,
+                    f"neuron charge form {spec.charge!r} needs the constants {missing} in extra",
+                )
+        n_ports = len(spec.input_ports)
+        if len(self.g.in_edges(nid)) < n_ports:
+            raise IRError(
+                f"{_node_ref(self.g, nid)}: charge form {spec.charge!r} reads the ports "
+                f"{list(spec.input_ports)}; the node has {len(self.g.in_edges(nid))} input(s)"
+            )
         return spec
 
     def derive(self, nid: int, spec: NeuronSpec) -> dict[str, str]:
         """Per-sequence constants in the main graph, computed once before the Scan.
 
-        PLIF's ``k = sigmoid(w)``: the reference computes ``w.sigmoid()`` on the
-        scalar w, i.e. ``1 / (1 + expf(-w))`` in float32. ONNX Runtime's
-        Sigmoid (and its float32 Exp) are polynomial approximations that
-        disagree with that in the last bit for most w; exp evaluated in
-        float64 and rounded to float32 is the correctly rounded expf, which
-        agrees with glibc's for all but ~3 w in 10^4 (measured on 40000
-        random w; exact for every ``init_tau`` tried: 1.5, 2, 3, 4, 5, 10).
+        Each is a value the reference backend recomputes identically at every
+        step from a node param (so once is the same float32 value):
+
+        - PLIF's ``k = sigmoid(w)``: the reference computes ``w.sigmoid()`` on
+          the scalar w, i.e. ``1 / (1 + expf(-w))`` in float32. ONNX Runtime's
+          Sigmoid (and its float32 Exp) are polynomial approximations that
+          disagree with that in the last bit for most w; exp evaluated in
+          float64 and rounded to float32 is the correctly rounded expf, which
+          agrees with glibc's for all but ~3 w in 10^4 (measured on 40000
+          random w; exact for every ``init_tau`` tried: 1.5, 2, 3, 4, 5, 10).
+        - snnTorch ``beta.clamp(0, 1)`` (and Synaptic's ``alpha``) of a param:
+          ``Clip``, exact.
+        - Norse ``dt * tau_mem_inv`` and ``(-dt) * tau_syn_inv`` of a param: the
+          Python float ``dt`` rounded to float32, then one float32 ``Mul``, as
+          torch's ``python_scalar * tensor`` does.
+
+        Roles without a param take the spec's Python constant inside the body
+        (:meth:`role_value`), rounded to float32 the same way.
         """
-        if spec.charge not in ("sj_plif_decay_input", "sj_plif"):
-            return {}
-        w = self.param(nid, "w")
-        if w is None:
-            raise _unsupported(
-                self.g, nid, f"neuron charge form {spec.charge!r} needs the param 'w'"
-            )
         m = self.main
         m.prefix = f"/n{nid}"
-        wd = m.op("Cast", [w], to=TensorProto.DOUBLE)
-        e = m.op("Cast", [m.op("Exp", [m.op("Neg", [wd])])], to=TensorProto.FLOAT)
-        one = m.scalar(1.0)
-        return {"k": m.op("Div", [one, m.op("Add", [one, e])])}
+        if spec.charge in ("sj_plif_decay_input", "sj_plif"):
+            w = self.param(nid, "w")
+            if w is None:
+                raise _unsupported(
+                    self.g, nid, f"neuron charge form {spec.charge!r} needs the param 'w'"
+                )
+            if ("k", w) not in self.shared:
+                wd = m.op("Cast", [w], to=TensorProto.DOUBLE)
+                e = m.op("Cast", [m.op("Exp", [m.op("Neg", [wd])])], to=TensorProto.FLOAT)
+                one = m.scalar(1.0)
+                self.shared[("k", w)] = m.op("Div", [one, m.op("Add", [one, e])])
+            return {"k": self.shared[("k", w)]}
+        out: dict[str, str] = {}
+        if spec.charge in SNNTORCH_FORMS:
+            clamped = ("beta", "alpha") if spec.charge == "snntorch_synaptic" else ("beta",)
+            for role in clamped:
+                name = self.param(nid, role)
+                if name is not None:
+                    if ("clamp01", name) not in self.shared:
+                        clip = m.op("Clip", [name, m.scalar(0.0), m.scalar(1.0)])
+                        self.shared[("clamp01", name)] = clip
+                    out[role] = self.shared[("clamp01", name)]
+        elif spec.charge in NORSE_FORMS:
+            dt = float(spec.extra["dt"])
+            for key, role, factor in (("c_m", "tau_mem_inv", dt), ("c_s", "tau_syn_inv", -dt)):
+                name = self.param(nid, role)
+                if name is not None:
+                    shared = (f"{factor!r}*", name)
+                    if shared not in self.shared:
+                        self.shared[shared] = m.op("Mul", [m.scalar(factor), name])
+                    out[key] = self.shared[shared]
+        return out
+
+    def role_value(self, sc: _Scope, nid: int, role: str, fallback: Any, what: str = "") -> str:
+        """A form constant: the derived value or node param with ``role``, else ``fallback``.
+
+        ``fallback`` is the spec's Python constant (cast to float32 like torch's
+        ``python_scalar * tensor``); None means the spec has none, which the
+        reference backend refuses too.
+        """
+        derived = self.derived.get(nid, {})
+        if role in derived:
+            return derived[role]
+        name = self.param(nid, role)
+        if name is not None:
+            return name
+        if fallback is None:
+            raise _unsupported(
+                self.g,
+                nid,
+                f"neuron charge form needs the param {role!r} or the constant {what or role!r}",
+            )
+        return sc.scalar(float(fallback))
 
     def apply_steps(self, sc: _Scope, nid: int, key: str, x: str, ins: list[str]) -> str:
         """A fused prologue/epilogue (reference apply_steps order)."""
@@ -859,10 +951,34 @@ class _Exporter:
                 raise IRError(f"{_node_ref(self.g, nid)}: unknown {key} step kind {kind!r}")
         return x
 
-    def neuron_step(self, sc: _Scope, nid: int, ins: list[str], v: str) -> tuple[str, str]:
-        """One step of snncc.neurons.step in its exact op order: (output, new membrane)."""
+    def neuron_step(
+        self, sc: _Scope, nid: int, ins: list[str], state: dict[str, str]
+    ) -> tuple[str, dict[str, str]]:
+        """One step of snncc.neurons.step in its exact op order: (output, new state by var).
+
+        ``ins``: the node's inputs in port order (``x``, the form's other ports
+        such as ``rec``, then fused prologue/epilogue ports); ``state``: the
+        value of each of the form's state variables at t-1.
+        """
         spec = self.spec(nid)
         x = self.apply_steps(sc, nid, "prologue", ins[0], ins)
+        if spec.charge in SNNTORCH_FORMS:
+            out, new = self.snntorch_step(sc, nid, spec, x, ins, state)
+        elif spec.charge in NORSE_FORMS:
+            out, new = self.norse_step(sc, nid, spec, x, ins, state)
+        else:
+            out, new = self.sj_step(sc, nid, spec, x, state["v"])
+        return self.apply_steps(sc, nid, "epilogue", out, ins), new
+
+    def _fire(self, sc: _Scope, spec: NeuronSpec, u: str) -> str:
+        """``heaviside(u)`` as float32: ``u >= 0`` (or ``u > 0``), as snncc.surrogate.spike(_gt)."""
+        cmp = "GreaterOrEqual" if spec.fire_cmp == ">=" else "Greater"
+        return sc.op("Cast", [sc.op(cmp, [u, sc.scalar(0.0)])], to=TensorProto.FLOAT)
+
+    def sj_step(
+        self, sc: _Scope, nid: int, spec: NeuronSpec, x: str, v: str
+    ) -> tuple[str, dict[str, str]]:
+        """SpikingJelly / snncc forms: charge, fire, reset (snncc.neurons.charge/fire/reset)."""
         c = sc.scalar
         vr = 0.0 if spec.v_reset is None else float(spec.v_reset)
         form = spec.charge
@@ -885,27 +1001,149 @@ class _Exporter:
         else:  # snncc_li: v + (x - v) / tau
             h = sc.op("Add", [v, sc.op("Div", [sc.op("Sub", [x, v]), c(spec.tau)])])
         if spec.reset == "none" and not spec.spiking:
-            out, v_new = h, h
+            return h, {"v": h}
+        # s = heaviside(h - v_threshold)
+        s = self._fire(sc, spec, sc.op("Sub", [h, c(spec.v_threshold)]))
+        if spec.reset == "none":
+            v_new = h
+        elif spec.reset == "subtract":  # h - s * v_threshold
+            v_new = sc.op("Sub", [h, sc.op("Mul", [s, c(spec.v_threshold)])])
+        else:  # hard: s * v_reset + (1.0 - s) * h
+            v_new = sc.op(
+                "Add",
+                [
+                    sc.op("Mul", [s, c(float(spec.v_reset))]),
+                    sc.op("Mul", [sc.op("Sub", [c(1.0), s]), h]),
+                ],
+            )
+        return (s if spec.spiking else v_new), {"v": v_new}
+
+    def snntorch_step(
+        self,
+        sc: _Scope,
+        nid: int,
+        spec: NeuronSpec,
+        x: str,
+        ins: list[str],
+        state: dict[str, str],
+    ) -> tuple[str, dict[str, str]]:
+        """snnTorch Leaky / Synaptic / RLeaky (snncc.neurons._snntorch_step), op for op.
+
+        The reset ``r`` is read from the PREVIOUS membrane ``m`` (snnTorch's
+        ``mem_reset(mem)`` before the update); with ``reset_delay=False`` the
+        immediate correction ``d = s / g - r`` follows the firing.
+        """
+        c, op = sc.scalar, sc.op
+        form, mech = spec.charge, spec.reset
+        m = state["v"]
+        th = self.role_value(sc, nid, "threshold", spec.v_threshold)
+        g = self.role_value(
+            sc, nid, "graded_spikes_factor", spec.extra.get("graded_spikes_factor", 1.0)
+        )
+        beta = spec.extra.get("beta")
+        b = self.role_value(
+            sc, nid, "beta", None if beta is None else _clamp01(beta), "extra['beta']"
+        )
+        r = op("Cast", [op("Greater", [op("Sub", [m, th]), c(0.0)])], to=TensorProto.FLOAT)
+        new: dict[str, str] = {}
+        if form == "snntorch_leaky":
+            if mech == "subtract":  # ((b * m) + x) - (r * th)
+                m1 = op("Sub", [op("Add", [op("Mul", [b, m]), x]), op("Mul", [r, th])])
+            elif mech == "hard":  # (b * ((1 - r) * m)) + x
+                m1 = op("Add", [op("Mul", [b, op("Mul", [op("Sub", [c(1.0), r]), m])]), x])
+            else:  # (b * m) + x
+                m1 = op("Add", [op("Mul", [b, m]), x])
+        elif form == "snntorch_synaptic":
+            alpha = spec.extra.get("alpha")
+            a = self.role_value(
+                sc, nid, "alpha", None if alpha is None else _clamp01(alpha), "extra['alpha']"
+            )
+            i1 = op("Add", [op("Mul", [a, state["i"]]), x])  # (a * i) + x
+            m1 = op("Add", [op("Mul", [b, m]), i1])  # (b * m) + i1
+            if mech == "subtract":  # m1 - (r * th)
+                m1 = op("Sub", [m1, op("Mul", [r, th])])
+            elif mech == "hard":  # m1 - (m1 * r)
+                m1 = op("Sub", [m1, op("Mul", [m1, r])])
+            new["i"] = i1
         else:
-            # s = heaviside(h - v_threshold): ">= 0" (or "> 0"), as snncc.surrogate.spike
-            d = sc.op("Sub", [h, c(spec.v_threshold)])
-            cmp = "GreaterOrEqual" if spec.fire_cmp == ">=" else "Greater"
-            s = sc.op("Cast", [sc.op(cmp, [d, c(0.0)])], to=TensorProto.FLOAT)
-            if spec.reset == "none":
-                v_new = h
-            elif spec.reset == "subtract":  # h - s * v_threshold
-                v_new = sc.op("Sub", [h, sc.op("Mul", [s, c(spec.v_threshold)])])
-            else:  # hard: s * v_reset + (1.0 - s) * h
-                v_new = sc.op(
-                    "Add",
-                    [
-                        sc.op("Mul", [s, c(float(spec.v_reset))]),
-                        sc.op("Mul", [sc.op("Sub", [c(1.0), s]), h]),
-                    ],
-                )
-            out = s if spec.spiking else v_new
-        out = self.apply_steps(sc, nid, "epilogue", out, ins)
-        return out, v_new
+            if form == "snntorch_rleaky":
+                rec = ins[1]
+            else:  # snntorch_rleaky_v: s_prev * V
+                v_const = spec.extra.get("V")
+                rec = op("Mul", [state["s"], self.role_value(sc, nid, "V", v_const, "extra['V']")])
+            base = op("Add", [op("Add", [op("Mul", [b, m]), x]), rec])  # ((b * m) + x) + rec
+            if mech == "subtract":  # base - (r * th)
+                m1 = op("Sub", [base, op("Mul", [r, th])])
+            elif mech == "hard":  # base - (r * base)
+                m1 = op("Sub", [base, op("Mul", [r, base])])
+            else:
+                m1 = base
+        s = op("Mul", [self._fire(sc, spec, op("Sub", [m1, th])), g])  # H(m1 - th) * g
+        if not spec.reset_delay and mech != "none":
+            d = op("Sub", [op("Div", [s, g]), r])  # s / g - r
+            if mech == "subtract":  # m1 - (d * th)
+                m1 = op("Sub", [m1, op("Mul", [d, th])])
+            else:  # m1 - (d * m1)
+                m1 = op("Sub", [m1, op("Mul", [d, m1])])
+        new["v"] = m1
+        if form == "snntorch_rleaky_v":
+            new["s"] = s
+        return self._output(spec, s, new), new
+
+    def norse_step(
+        self,
+        sc: _Scope,
+        nid: int,
+        spec: NeuronSpec,
+        x: str,
+        ins: list[str],
+        state: dict[str, str],
+    ) -> tuple[str, dict[str, str]]:
+        """Norse lif / lif_recurrent / lifbox / li steps (snncc.neurons._norse_step), op for op."""
+        c, op = sc.scalar, sc.op
+        form = spec.charge
+        v = state["v"]
+        v_leak = c(float(spec.extra["v_leak"]))
+        c_m = self.role_value(
+            sc, nid, "c_m", spec.extra.get("dt_tau_mem_inv"), "extra['dt_tau_mem_inv']"
+        )
+        new: dict[str, str] = {}
+        if form == "norse_lifbox":  # v + (c_m * ((x + v_leak) - v))
+            v1 = op("Add", [v, op("Mul", [c_m, op("Sub", [op("Add", [x, v_leak]), v])])])
+        else:
+            c_s = self.role_value(
+                sc, nid, "c_s", spec.extra.get("neg_dt_tau_syn_inv"), "extra['neg_dt_tau_syn_inv']"
+            )
+            i1 = op("Add", [state["i"], x])  # i + x
+            if form == "norse_lif_recurrent":
+                i1 = op("Add", [i1, ins[1]])  # (i + x) + rec
+            # v + (c_m * ((v_leak - v) + i1))
+            v1 = op("Add", [v, op("Mul", [c_m, op("Add", [op("Sub", [v_leak, v]), i1])])])
+            new["i"] = op("Add", [i1, op("Mul", [c_s, i1])])  # i1 + (c_s * i1)
+        if form == "norse_li":
+            new["v"] = v1
+            return self._output(spec, None, new), new
+        th = self.role_value(sc, nid, "threshold", spec.v_threshold)
+        z = self._fire(sc, spec, op("Sub", [v1, th]))
+        kept = op("Mul", [op("Sub", [c(1.0), z]), v1])  # (1 - z) * v1
+        if spec.reset == "subtract":  # kept + (z * (v1 - th))
+            new["v"] = op("Add", [kept, op("Mul", [z, op("Sub", [v1, th])])])
+        elif spec.reset == "hard":  # kept + (z * v_reset)
+            vr = self.role_value(sc, nid, "v_reset", spec.v_reset)
+            new["v"] = op("Add", [kept, op("Mul", [z, vr])])
+        else:
+            new["v"] = v1
+        return self._output(spec, z, new), new
+
+    def _output(self, spec: NeuronSpec, s: str | None, new: dict[str, str]) -> str:
+        """The value the node returns: spikes, ``v`` or ``i`` after the step (neurons._out)."""
+        if spec.output == "membrane":
+            return new["v"]
+        if spec.output == "current":
+            return new["i"]
+        if s is None:
+            raise UnsupportedError(f"neuron charge form {spec.charge!r} does not spike")
+        return s
 
     def initial_state(self, nid: int, var: str, fill: float, outer_x: str | None = None) -> str:
         """The state ``var`` of ``nid`` at t=-1: ``fill`` everywhere, or with state_io the
@@ -941,15 +1179,19 @@ class _Exporter:
         state_init: list[str] = []
         scan_in: list[onnx.ValueInfoProto] = []
         scan_outer: list[str] = []
-        membrane: dict[int, str] = {}
-        # states: each neuron's membrane, then each value a delay edge reads inside the group
+        state: dict[int, dict[str, str]] = {}
+        # states: every state variable of each neuron's form (v first, v_init; the rest
+        # start at 0), then each value a delay edge reads inside the group
         for n in neurons:
             body.prefix = f"/n{n}"
-            membrane[n] = self.names.fresh(body.prefix, "v")
-            state_in.append(_vinfo(membrane[n], self.step_shape(n)))
             x_edge = self.in_edges(n)[0]
             outer_x = None if x_edge.src in members else self.seq_of(x_edge.src)
-            state_init.append(self.initial_state(n, "v", specs[n].v_init, outer_x))
+            state[n] = {}
+            for var in specs[n].state_vars:
+                state[n][var] = self.names.fresh(body.prefix, var)
+                state_in.append(_vinfo(state[n][var], self.step_shape(n)))
+                fill = specs[n].v_init if var == "v" else 0.0
+                state_init.append(self.initial_state(n, var, fill, outer_x))
         delayed = sorted(
             {e.src for n in order for e in self.in_edges(n) if e.delay and e.src in members}
         )
@@ -976,14 +1218,14 @@ class _Exporter:
             scan_in.append(_vinfo(name, None))
             scan_outer.append(first)
         # the step itself
-        new_v: dict[int, str] = {}
+        new_state: dict[int, dict[str, str]] = {}
         for n in order:
             body.prefix = f"/n{n}" + (
                 f".{_safe(g.node(n)['name'])}" if g.node(n).get("name") else ""
             )
             ins = [local[(e.src, e.delay)] for e in self.in_edges(n)]
             if g.op(n) == "neuron":
-                out, new_v[n] = self.neuron_step(body, n, ins, membrane[n])
+                out, new_state[n] = self.neuron_step(body, n, ins, state[n])
             elif g.op(n) in ("input", "output"):
                 raise _unsupported(g, n, "an input/output node inside a recurrent group")
             else:
@@ -1003,7 +1245,8 @@ class _Exporter:
             out_infos.append(_vinfo(value, self.step_shape(nid)))
 
         for n in neurons:
-            body_output(new_v[n], n)
+            for var in specs[n].state_vars:
+                body_output(new_state[n][var], n)
         for p in delayed:
             body_output(local[(p, 0)], p)
         for n in exported:
@@ -1030,7 +1273,8 @@ class _Exporter:
             num_scan_inputs=len(scan_in),
         )
         if self.state_io:
-            keys = [(n, "v") for n in neurons] + [(p, "delay") for p in delayed]
+            keys = [(n, var) for n in neurons for var in specs[n].state_vars]
+            keys += [(p, "delay") for p in delayed]
             for (n, var), name in zip(keys, outs[:n_state]):
                 m.prefix = f"/n{n}"
                 out = f"next_state.{n}.{var}"
@@ -1038,6 +1282,11 @@ class _Exporter:
                 self.state_outputs.append(_vinfo(out, self.step_shape(n)))
         for n, name in zip(exported, outs[n_state:]):
             self.seq[(n, 0)] = name
+
+
+def _clamp01(value: Any) -> float:
+    """snnTorch's ``beta.clamp(0, 1)`` of a Python constant (neurons._clamp01)."""
+    return min(max(float(value), 0.0), 1.0)
 
 
 def _snncc_version() -> str:
@@ -1073,14 +1322,17 @@ def to_onnx(
     with ``path`` it is also written there. ``opset``: MIN_OPSET..MAX_OPSET.
 
     ``state_io=True`` adds, after those, one input ``state.<nid>.<var>`` per
-    Scan state (``[B, ...]``; a fresh state is the neuron's ``v_init``, or 0
-    for ``delay``) and the matching output ``next_state.<nid>.<var>``, so the
-    sequence can be streamed in chunks exactly like ``Program.run(x, state)``.
+    Scan state (``[B, ...]``; ``var`` is each state variable of the neuron's
+    form, ``v``/``i``/``s``, or ``delay``; a fresh state is the neuron's
+    ``v_init`` for ``v`` and 0 for the rest) and the matching output
+    ``next_state.<nid>.<var>``, so the sequence can be streamed in chunks
+    exactly like ``Program.run(x, state)``.
 
     Raises UnsupportedError (naming the IR node) for what ONNX cannot express
     with the same results: training-mode batchnorm/dropout, avgpool
     divisor_override, a partial last ceil_mode window, non-float32 graphs,
-    neuron charge forms other than :data:`CHARGE_FORMS`.
+    neuron charge forms other than :data:`CHARGE_FORMS`, a form constant with
+    neither a node param nor a spec value (as the reference backend does).
     """
     check_opset(opset)
     from snncc.ir.verify import verify
