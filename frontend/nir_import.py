@@ -260,6 +260,7 @@ class _Shapes:
             self.preds[b].append(a)
             self.succs[a].append(b)
         self.delayed = delayed
+        self.edges = edges
         self.out: dict[str, tuple[int, ...]] = {}
         self.inp: dict[str, tuple[int, ...]] = {}
 
@@ -268,25 +269,20 @@ class _Shapes:
         return UnsupportedError(f"{self.where}: NIR node {name!r} ({kind}): {why}")
 
     def run(self, order: list[str]) -> dict[str, tuple[int, ...]]:
-        """Shapes in same-step order; a node fed only through delayed edges waits for them."""
+        """Shapes in same-step order (a node in a loop takes the shape of its first known
+        input; every edge is checked at the end)."""
         pending = list(order)
         while pending:
             progress = False
             for name in list(pending):
                 if type(self.nodes[name]).__name__ == "Input":
                     self.out[name] = self.input_shape(name)
-                elif any(
-                    (p, name) not in self.delayed and p not in self.out for p in self.preds[name]
-                ):
-                    continue
                 else:
-                    ins = {self.out[p] for p in self.preds[name] if p in self.out}
-                    if not ins:
+                    known = [self.out[p] for p in self.preds[name] if p in self.out]
+                    if not known:
                         continue
-                    if len(ins) > 1:
-                        raise self.fail(name, f"its inputs have different shapes {sorted(ins)}")
-                    self.inp[name] = ins.pop()
-                    self.out[name] = self.infer(name, self.inp[name])
+                    self.inp[name] = known[0]
+                    self.out[name] = self.infer(name, known[0])
                 pending.remove(name)
                 progress = True
             if not progress:
@@ -295,11 +291,12 @@ class _Shapes:
                     "it is not fed by any Input node, so its shape is unknown (NIR graphs take "
                     "data through Input nodes)",
                 )
-        for a, b in self.delayed:
+        for a, b in self.edges:
             if self.out[a] != self.inp[b]:
                 raise self.fail(
                     b,
-                    f"its recurrent input {a!r} has shape {list(self.out[a])}, not {list(self.inp[b])}",
+                    f"its inputs have different shapes: {list(self.out[a])} from {a!r}, "
+                    f"{list(self.inp[b])}",
                 )
         return self.out
 
@@ -815,7 +812,7 @@ class _Builder:
                     "exactly (snncc runs float32); pass accept=('float32',) to round it"
                 )
             arr = f32
-        self.g.add_param(name, np.ascontiguousarray(arr))
+        self.g.add_param(name, np.array(arr, order="C"))
         return name
 
     def add(self, op: str, name: str, inputs: list, shape: list, **kw: Any) -> int:

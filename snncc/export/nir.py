@@ -786,6 +786,8 @@ class _Exporter:
         self.lossy += [f"{_ref(self.g, nid)}: {why}" for _, why in out.lossy]
         extra: dict[str, Any] = {}
         if exact:
+            if out.graded is not None:  # written as a Scale after the neuron: spikes of 1 here
+                spec, params = _ungraded(spec, params)
             extra["spec"] = spec.to_dict()
             extra["values"] = {
                 role: np.asarray(v, dtype=np.float64).tolist() for role, v in params.items()
@@ -835,6 +837,15 @@ class _Exporter:
                 f"carry no delay and a reader following snncc's convention (delay on the edge "
                 f"leaving a neuron) would put them on {sorted(got)}"
             )
+
+
+def _ungraded(spec: NeuronSpec, params: dict) -> tuple[NeuronSpec, dict]:
+    """The snnTorch spec with graded_spikes_factor 1 (``d = s/g - r`` is the same for s in {0, g})."""
+    roles = tuple(r for r in spec.param_roles if r != "graded_spikes_factor")
+    learnable = tuple(r for r in spec.learnable if r != "graded_spikes_factor")
+    extra = {**spec.extra, "graded_spikes_factor": 1.0}
+    params = {k: v for k, v in params.items() if k != "graded_spikes_factor"}
+    return spec.replace(param_roles=roles, learnable=learnable, extra=extra), params
 
 
 _NEURON_NODES = {"IF", "LIF", "CubaLIF", "LI", "CubaLI", "I", "Threshold"}
