@@ -17,6 +17,22 @@ Exactness contract (spikes bit for bit with torch eager fp32):
 - the code is compiled without fast-math and without FMA contraction
   (:data:`NVCC_EXACT_FLAGS`, :data:`HOST_EXACT_FLAGS`).
 
+Two kernel families share the macro layer, the fused element-wise steps and
+the calling conventions' style:
+
+- SpikingJelly forms (``sj_*``, ``snncc_li``): ``neuron_{step,forward,backward}``
+  templates, one membrane ``v``, the backward reads the saved charged membrane
+  ``h[t]``;
+- snnTorch and Norse forms (:data:`SNNTORCH_NORSE_CHARGES`):
+  ``form_{step,forward,backward}`` templates, one or more state variables
+  (``v``, ``i``, ``s``: ``snncc.ir.neuron.FORMS``), the ``rec`` input port of
+  the recurrent forms, and parameters (snnTorch ``beta``, ``threshold``, ...,
+  Norse ``tau_mem_inv``, ...) that are either exact literals (spec constants)
+  or per-layer / per-neuron kernel arguments with their own gradients. The
+  forward saves each step's incoming state; the backward re-runs that step
+  (the same inline function) and applies its vector-Jacobian product, so
+  every intermediate is bit-identical to the forward's.
+
 Generated code never contains user strings: kernel names come from a hash of
 the (validated) spec, and every value pasted into the source is a number this
 module formatted itself or a name from the fixed tables of ``snncc.ir.neuron``.
@@ -36,7 +52,7 @@ from typing import Any
 import numpy as np
 
 from snncc.errors import UnsupportedError
-from snncc.ir.neuron import CHARGE_FORMS, NeuronSpec
+from snncc.ir.neuron import CHARGE_FORMS, FORMS, NORSE_FORMS, SNNTORCH_FORMS, NeuronSpec
 
 #: flags that keep nvcc / NVRTC from contracting a*b+c into an FMA (which rounds once)
 NVCC_EXACT_FLAGS: tuple[str, ...] = ("-fmad=false",)
@@ -44,8 +60,8 @@ NVCC_EXACT_FLAGS: tuple[str, ...] = ("-fmad=false",)
 HOST_EXACT_FLAGS: tuple[str, ...] = ("-ffp-contract=off", "-fno-fast-math")
 
 TARGETS = ("cuda", "cpu")
-#: charge forms the kernels implement (all of snncc.ir.neuron.CHARGE_FORMS)
-SUPPORTED_CHARGES = (
+#: SpikingJelly-style forms: the ``neuron_*`` templates (one membrane, saved h[t])
+SJ_CHARGES = (
     "sj_if",
     "sj_lif_decay_input",
     "sj_lif",
@@ -53,6 +69,10 @@ SUPPORTED_CHARGES = (
     "sj_plif",
     "snncc_li",
 )
+#: snnTorch and Norse forms: the ``form_*`` templates (several state variables, params)
+SNNTORCH_NORSE_CHARGES = (*SNNTORCH_FORMS, *NORSE_FORMS)
+#: charge forms the kernels implement (all of snncc.ir.neuron.CHARGE_FORMS)
+SUPPORTED_CHARGES = (*SJ_CHARGES, *SNNTORCH_NORSE_CHARGES)
 PLIF_CHARGES = ("sj_plif_decay_input", "sj_plif")
 TAU_CHARGES = ("sj_lif_decay_input", "sj_lif", "snncc_li")
 #: every surrogate of snncc/surrogate.py (tests check the two lists agree)
@@ -66,9 +86,17 @@ SUPPORTED_SURROGATES = (
     "erf",
     "rect",
     "fast_sigmoid",
+    "snntorch_sigmoid",
+    "straight_through",
+    "snntorch_heaviside",
+    "snntorch_triangular",
     "superspike",
     "triangle",
+    "norse_tanh",
+    "no_grad",
 )
+#: surrogates whose constants divide by alpha (alpha must be > 0 there; others: any finite alpha)
+_ALPHA_DIVIDES = ("soft_sign", "rect")
 #: renderer options and their defaults
 DEFAULT_OPTIONS: dict[str, Any] = {
     # dtype of stored spikes: "float32", or "uint8" (4x less traffic; spiking
@@ -151,7 +179,8 @@ class NeuronKernelInfo:
     caller and accumulated with one atomicAdd per warp, on CUDA (launch with
     ``blockDim.x`` a multiple of 32: the warp reduction needs full warps; any
     grid size works, the loop is grid-stride); on the CPU it is ``double[N]``,
-    one partial sum per neuron, summed by the host.
+    one partial sum per neuron, summed by the host. The form family's
+    ``gp_<q>`` are ``double[N]`` (one sum over time per neuron) on both targets.
     """
 
     tag: str
@@ -173,6 +202,17 @@ class NeuronKernelInfo:
     learns_k: bool
     forward_args: tuple[tuple[str, str], ...]
     backward_args: tuple[tuple[str, str], ...]
+    #: "sj" (``neuron_*`` templates) or "form" (``form_*``: snnTorch / Norse forms)
+    family: str = "sj"
+    #: state variables in argument order (``<var>0``, ``<var>_seq``, ``<var>_last``, ...)
+    state_vars: tuple[str, ...] = ("v",)
+    #: the form reads input port 1 (``rec``; its gradient ``grec``)
+    has_rec: bool = False
+    #: form family: kernel quantities passed as arguments (``p_<q>`` values, ``st_<q>``
+    #: 0 for one value / 1 for one per neuron, ``gp_<q>`` per-neuron double gradient sums)
+    param_args: tuple[str, ...] = ()
+    #: the node param role each entry of ``param_args`` is derived from
+    param_roles: tuple[str, ...] = ()
 
 
 def _as_spec(spec: NeuronSpec | Mapping[str, Any]) -> NeuronSpec:
@@ -180,8 +220,8 @@ def _as_spec(spec: NeuronSpec | Mapping[str, Any]) -> NeuronSpec:
 
 
 def _check_spec(spec: NeuronSpec) -> None:
-    """Refuse, with one clear message, anything the kernels would not run faithfully."""
-    if spec.charge not in SUPPORTED_CHARGES:
+    """Refuse, with one clear message, anything the SJ-family kernels would not run faithfully."""
+    if spec.charge not in SJ_CHARGES:
         raise UnsupportedError(
             f"neuron charge form {spec.charge!r} has no fused kernel; supported: "
             f"{', '.join(SUPPORTED_CHARGES)}"
@@ -276,21 +316,28 @@ def _surrogate_constants(alpha: float) -> dict[str, str]:
     snncc/surrogate.py evaluates e.g. ``math.pi / 2 * alpha`` in double and torch
     casts the result to fp32 when it meets an fp32 tensor; so do these.
     """
+    inv = alpha != 0.0  # only soft_sign / rect use the reciprocals, and they need alpha > 0
     return {
         "alpha": f32_literal(alpha),
         "half_alpha": f32_literal(alpha / 2),
         "pi_2_alpha": f32_literal(math.pi / 2 * alpha),
         "alpha_sq": f32_literal(alpha * alpha),
         "neg_alpha": f32_literal(-alpha),
-        "inv_alpha": f32_literal(1 / alpha),
+        "inv_alpha": f32_literal(1 / alpha) if inv else "0.0f",
         "two_alpha": f32_literal(2 * alpha),
         "alpha_rsqrt_pi": f32_literal(alpha / math.sqrt(math.pi)),
-        "half_inv_alpha": f32_literal(0.5 / alpha),
+        "half_inv_alpha": f32_literal(0.5 / alpha) if inv else "0.0f",
     }
 
 
-def _steps(steps: Sequence[Mapping[str, Any]], where: str, first_add: int) -> list[dict]:
-    """Validate ir/ops.py prologue/epilogue steps and format them for the templates."""
+def _steps(
+    steps: Sequence[Mapping[str, Any]], where: str, first_add: int, min_port: int = 1
+) -> list[dict]:
+    """Validate ir/ops.py prologue/epilogue steps and format them for the templates.
+
+    ``min_port``: the first port after the form's own input ports (an add step
+    reading port 1 of a form whose port 1 is ``rec`` would alias it).
+    """
     out: list[dict] = []
     j = first_add
     for st in steps:
@@ -304,9 +351,10 @@ def _steps(steps: Sequence[Mapping[str, Any]], where: str, first_add: int) -> li
             out.append({"kind": "scale", "op": op, "value": f32_literal(float(st["value"]))})
         elif kind == "add":
             port = st.get("port")
-            if not isinstance(port, int) or isinstance(port, bool) or port < 1:
+            if not isinstance(port, int) or isinstance(port, bool) or port < min_port:
                 raise UnsupportedError(
-                    f"neuron {where} add step needs an int port >= 1, got {port!r}"
+                    f"neuron {where} add step needs an int port >= {min_port} (after the "
+                    f"form's own input ports), got {port!r}"
                 )
             out.append({"kind": "add", "arg": f"a{j}", "port": port})
             j += 1
@@ -336,7 +384,7 @@ def _options(options: Mapping[str, Any] | None) -> dict[str, Any]:
 @dataclass(frozen=True)
 class _Plan:
     spec: NeuronSpec
-    view: NeuronView
+    view: Any  # NeuronView (SJ family) or FormView (form family)
     prologue: list[dict]
     epilogue: list[dict]
     options: dict[str, Any]
@@ -350,6 +398,8 @@ def _plan(
     options: Mapping[str, Any] | None,
 ) -> _Plan:
     spec = _as_spec(spec)
+    if spec.charge in SNNTORCH_NORSE_CHARGES:
+        return _form_plan(spec, prologue, epilogue, options)
     view = neuron_view(spec)
     opts = _options(options)
     pro = _steps(prologue, "prologue", 0)
@@ -419,6 +469,321 @@ def _plan(
     return _Plan(spec, view, pro, epi, opts, info)
 
 
+# ------------------------------------------------ snnTorch / Norse forms (form family)
+#: kernel quantity -> the node param role it is derived from on the host, with torch,
+#: exactly as snncc/neurons.py derives it (the kernels never re-derive it)
+QUANTITY_ROLES: dict[str, str] = {
+    "b": "beta",  # beta.clamp(0, 1)
+    "a": "alpha",  # alpha.clamp(0, 1): snnTorch Synaptic's decay (not the surrogate's)
+    "th": "threshold",
+    "g": "graded_spikes_factor",
+    "V": "V",
+    "cm": "tau_mem_inv",  # dt * tau_mem_inv
+    "cs": "tau_syn_inv",  # (-dt) * tau_syn_inv
+    "vr": "v_reset",
+}
+#: the quantities each form's step reads (Norse: vr only with a hard reset)
+_FORM_QUANTITIES: dict[str, tuple[str, ...]] = {
+    "snntorch_leaky": ("b", "th", "g"),
+    "snntorch_synaptic": ("a", "b", "th", "g"),
+    "snntorch_rleaky": ("b", "th", "g"),
+    "snntorch_rleaky_v": ("b", "th", "g", "V"),
+    "norse_lif": ("cm", "cs", "th", "vr"),
+    "norse_lif_recurrent": ("cm", "cs", "th", "vr"),
+    "norse_lifbox": ("cm", "th", "vr"),
+    "norse_li": ("cm", "cs"),
+}
+#: the ``extra`` constants each framework's forms understand
+_FORM_EXTRA = {
+    "snntorch": ("beta", "alpha", "graded_spikes_factor", "V"),
+    "norse": ("dt", "v_leak", "dt_tau_mem_inv", "neg_dt_tau_syn_inv"),
+}
+
+
+@dataclass(frozen=True)
+class FormView:
+    """A validated snnTorch / Norse spec, pre-formatted for the ``form_*`` templates."""
+
+    summary: str
+    charge: str
+    charge_formula: str
+    #: "snntorch" or "norse"
+    kind: str
+    state_vars: tuple[str, ...]
+    has_rec: bool
+    reset: str
+    reset_delay: bool
+    detach_reset: bool
+    fire_cmp: str
+    fires: bool
+    output: str
+    #: the step struct field holding the node's output
+    out_field: str
+    #: state variable -> the step struct field holding its value after the step
+    next_state: dict[str, str]
+    v_init: str
+    v_leak: str
+    #: each quantity: {"name", "arg": passed as an argument, "value": literal or None}
+    quantities: tuple[dict[str, Any], ...]
+    #: ``s / g`` as torch computes it (a Python-scalar g divides like the device does)
+    s_over_g: str
+    surrogate: str
+    alpha_repr: str
+    sg: dict[str, str]
+
+
+def _number(spec: NeuronSpec, key: str) -> float | None:
+    """``spec.extra[key]`` as a float (None when absent); refuses non-numbers by name."""
+    if key not in spec.extra:
+        return None
+    value = spec.extra[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UnsupportedError(
+            f"neuron {spec.charge!r} constant extra[{key!r}]={value!r} is not a number"
+        )
+    return float(value)
+
+
+def _clamp01(value: float) -> float:
+    """snnTorch's ``clamp(0, 1)`` of a Python constant (exact: 0 and 1 are fp32 values)."""
+    return min(max(value, 0.0), 1.0)
+
+
+def _form_constant(spec: NeuronSpec, q: str) -> float | None:
+    """The spec constant quantity ``q`` falls back to without a node param (None: none)."""
+    if q in ("b", "a"):
+        value = _number(spec, "beta" if q == "b" else "alpha")
+        return None if value is None else _clamp01(value)
+    if q == "th":
+        return float(spec.v_threshold)
+    if q == "g":
+        value = _number(spec, "graded_spikes_factor")
+        return 1.0 if value is None else value
+    if q == "V":
+        return _number(spec, "V")
+    if q == "cm":
+        return _number(spec, "dt_tau_mem_inv")
+    if q == "cs":
+        return _number(spec, "neg_dt_tau_syn_inv")
+    return None if spec.v_reset is None else float(spec.v_reset)  # vr
+
+
+def form_quantities(spec: NeuronSpec) -> tuple[str, ...]:
+    """The kernel quantities ``spec``'s step reads (see :data:`QUANTITY_ROLES`)."""
+    qs = _FORM_QUANTITIES[spec.charge]
+    if spec.charge in NORSE_FORMS and spec.reset != "hard":
+        qs = tuple(q for q in qs if q != "vr")
+    return qs
+
+
+def _check_form(spec: NeuronSpec) -> str:
+    """Refuse what the form kernels would not run faithfully; return the framework kind."""
+    if spec.charge not in SNNTORCH_NORSE_CHARGES:
+        raise UnsupportedError(
+            f"neuron charge form {spec.charge!r} has no fused kernel; supported: "
+            f"{', '.join(SUPPORTED_CHARGES)}"
+        )
+    kind = "snntorch" if spec.charge in SNNTORCH_FORMS else "norse"
+    if spec.fire_from != "updated":
+        raise UnsupportedError(
+            f"neuron fire_from={spec.fire_from!r} has no fused kernel; only 'updated'"
+        )
+    unknown = sorted(set(spec.extra) - set(_FORM_EXTRA[kind]))
+    if unknown:
+        raise UnsupportedError(
+            f"neuron extra constants {unknown} mean nothing to the {spec.charge!r} kernels "
+            f"(known: {', '.join(_FORM_EXTRA[kind])}); refusing rather than ignoring them"
+        )
+    for key in spec.extra:
+        _number(spec, key)
+    if kind == "norse":
+        missing = [k for k in ("dt", "v_leak") if k not in spec.extra]
+        if missing:
+            raise UnsupportedError(
+                f"neuron charge form {spec.charge!r} needs the constants {missing} in extra"
+            )
+    form_roles = FORMS[spec.charge].roles
+    stray = [r for r in spec.roles if r not in form_roles]
+    if stray:
+        raise UnsupportedError(
+            f"neuron params {stray} mean nothing to charge form {spec.charge!r} "
+            f"(its roles: {', '.join(form_roles)})"
+        )
+    fires = spec.charge != "norse_li"
+    if fires:
+        if spec.surrogate not in SUPPORTED_SURROGATES:
+            raise UnsupportedError(
+                f"surrogate {spec.surrogate!r} has no kernel; supported: "
+                f"{', '.join(SUPPORTED_SURROGATES)}"
+            )
+        if not math.isfinite(spec.alpha) or (
+            spec.surrogate in _ALPHA_DIVIDES and not spec.alpha > 0
+        ):
+            raise UnsupportedError(
+                f"surrogate {spec.surrogate!r} alpha must be finite"
+                f"{' and > 0' if spec.surrogate in _ALPHA_DIVIDES else ''}, got {spec.alpha!r}"
+            )
+    return kind
+
+
+def _form_summary(spec: NeuronSpec, quantities: Sequence[Mapping[str, Any]]) -> str:
+    """A comment-safe summary: validated names and numbers this module formatted only."""
+    parts = [spec.charge, spec.reset]
+    if spec.reset_delay:
+        parts.append("reset_delay")
+    if spec.detach_reset:
+        parts.append("detach_reset")
+    parts.append(f"fire{spec.fire_cmp}")
+    parts.append(f"out={spec.output}")
+    for q in quantities:
+        name = q["name"]
+        parts.append(f"{name}=@{QUANTITY_ROLES[name]}" if q["arg"] else f"{name}={q['number']!r}")
+    if spec.charge != "norse_li":
+        parts.append(f"{spec.surrogate}({float(spec.alpha)!r})")
+    return " ".join(parts)
+
+
+def form_view(spec: NeuronSpec) -> FormView:
+    """Validate an snnTorch / Norse spec and pre-format it for the form templates."""
+    kind = _check_form(spec)
+    roles = set(spec.roles)
+    quantities = []
+    for q in form_quantities(spec):
+        role = QUANTITY_ROLES[q]
+        if role in roles:
+            quantities.append({"name": q, "arg": True, "value": None})
+            continue
+        value = _form_constant(spec, q)
+        if value is None:
+            raise UnsupportedError(
+                f"neuron charge form {spec.charge!r} needs the param {role!r} or its "
+                f"constant ({FORMS[spec.charge].constants.get(role, role)})"
+            )
+        literal = f32_literal(value)
+        quantities.append({"name": q, "arg": False, "value": literal, "number": value})
+    g_arg = any(q["name"] == "g" and q["arg"] for q in quantities)
+    if kind == "snntorch":
+        out_field = {"spike": "s", "membrane": "m2", "current": "i1"}[spec.output]
+        next_state = {"v": "m2", "i": "i1", "s": "s"}
+    else:
+        out_field = {"spike": "z", "membrane": "v2", "current": "i2"}[spec.output]
+        next_state = {"v": "v2", "i": "i2"}
+    state_vars = spec.state_vars
+    fires = spec.charge != "norse_li"
+    alpha = float(spec.alpha) if fires else 1.0
+    return FormView(
+        summary=_form_summary(spec, quantities),
+        charge=spec.charge,
+        charge_formula=CHARGE_FORMS[spec.charge],
+        kind=kind,
+        state_vars=state_vars,
+        has_rec=len(spec.input_ports) > 1,
+        reset=spec.reset,
+        reset_delay=bool(spec.reset_delay),
+        detach_reset=bool(spec.detach_reset),
+        fire_cmp=spec.fire_cmp,
+        fires=fires,
+        output=spec.output,
+        out_field=out_field,
+        next_state={v: next_state[v] for v in state_vars},
+        v_init=f32_literal(spec.v_init),
+        v_leak=f32_literal(_number(spec, "v_leak") or 0.0) if kind == "norse" else "0.0f",
+        quantities=tuple(quantities),
+        s_over_g="st.s / p.g" if g_arg else "SNNCC_DIV_SCALAR(st.s, p.g)",
+        surrogate=spec.surrogate,
+        alpha_repr=repr(alpha),
+        sg=_surrogate_constants(alpha),
+    )
+
+
+def _form_plan(
+    spec: NeuronSpec,
+    prologue: Sequence[Mapping[str, Any]],
+    epilogue: Sequence[Mapping[str, Any]],
+    options: Mapping[str, Any] | None,
+) -> _Plan:
+    """The form family's :class:`_Plan`: calling convention per state variable and param."""
+    view = form_view(spec)
+    opts = _options(options)
+    if opts["spike_dtype"] != "float32":
+        raise UnsupportedError(
+            f"neuron kernel option spike_dtype={opts['spike_dtype']!r} is not available for "
+            f"charge form {spec.charge!r} (snnTorch spikes are graded, Norse's are float); "
+            "only 'float32'"
+        )
+    first_port = len(spec.input_ports)
+    pro = _steps(prologue, "prologue", 0, first_port)
+    n_pro = sum(st["kind"] == "add" for st in pro)
+    epi = _steps(epilogue, "epilogue", n_pro, first_port)
+    key = json.dumps(
+        {
+            "abi": KERNEL_ABI_VERSION,
+            "family": "form",
+            "spec": spec.to_dict(),
+            "prologue": pro,
+            "epilogue": epi,
+            "options": opts,
+        },
+        sort_keys=True,
+        default=repr,
+    )
+    tag = hashlib.sha256(key.encode()).hexdigest()[:16]
+    adds = [st for st in pro + epi if st["kind"] == "add"]
+    names = [st["arg"] for st in adds]
+    svars = view.state_vars
+    qs = tuple(q["name"] for q in view.quantities if q["arg"])
+    rec = (("rec", "const float*"),) if view.has_rec else ()
+    params = tuple(arg for q in qs for arg in ((f"p_{q}", "const float*"), (f"st_{q}", "int64")))
+    fwd_args = (
+        ("x", "const float*"),
+        *rec,
+        *((a, "const float*") for a in names),
+        *((f"{v}0", "const float*") for v in svars),
+        *params,
+        ("out", "float*"),
+        *((f"{v}_seq", "float*") for v in svars),
+        *((f"{v}_last", "float*") for v in svars),
+        ("T", "int"),
+        ("N", "int64"),
+    )
+    bwd_args = (
+        ("gy", "const float*"),
+        *((f"g{v}_last", "const float*") for v in svars),
+        *((f"{v}_seq", "const float*") for v in svars),
+        ("x", "const float*"),
+        *rec,
+        *((a, "const float*") for a in names),
+        *params,
+        ("gx", "float*"),
+        *((("grec", "float*"),) if view.has_rec else ()),
+        *((f"g{a}", "float*") for a in names),
+        *((f"g{v}0", "float*") for v in svars),
+        *((f"gp_{q}", "double*") for q in qs),
+        ("T", "int"),
+        ("N", "int64"),
+    )
+    info = NeuronKernelInfo(
+        tag=tag,
+        forward_name=f"snncc_fwd_{tag}",
+        backward_name=f"snncc_bwd_{tag}",
+        add_ports=tuple(st["port"] for st in adds),
+        n_prologue_adds=n_pro,
+        out_dtype="float32",
+        needs_h=False,
+        recompute=opts["recompute"],
+        backward_reads_x=True,
+        learns_k=False,
+        forward_args=fwd_args,
+        backward_args=bwd_args,
+        family="form",
+        state_vars=svars,
+        has_rec=view.has_rec,
+        param_args=qs,
+        param_roles=tuple(QUANTITY_ROLES[q] for q in qs),
+    )
+    return _Plan(spec, view, pro, epi, opts, info)
+
+
 def neuron_kernel_info(
     spec: NeuronSpec | Mapping[str, Any],
     prologue: Sequence[Mapping[str, Any]] = (),
@@ -475,21 +840,24 @@ def render_neuron_kernels(
         "target": target,
         "tag": info.tag,
         "n": plan.view,
+        "f": plan.view,
         "prologue": plan.prologue,
         "epilogue": plan.epilogue,
         "adds": adds,
         "out_type": "unsigned char" if info.out_dtype == "uint8" else "float",
         "recompute": info.recompute,
+        "info": info,
     }
+    prefix = "form" if info.family == "form" else "neuron"
     parts = [
         f"// snncc fused neuron kernels {info.tag} (target {target}); generated, do not edit.\n"
         f"// {plan.view.summary}\n",
         render_template("common.cuh.j2", **ctx),
-        render_template("neuron_step.cuh.j2", **ctx),
-        render_template("neuron_forward.cu.j2", name=info.forward_name, **ctx),
+        render_template(f"{prefix}_step.cuh.j2", **ctx),
+        render_template(f"{prefix}_forward.cu.j2", name=info.forward_name, **ctx),
     ]
     if backward:
-        parts.append(render_template("neuron_backward.cu.j2", name=info.backward_name, **ctx))
+        parts.append(render_template(f"{prefix}_backward.cu.j2", name=info.backward_name, **ctx))
     return "\n".join(parts)
 
 

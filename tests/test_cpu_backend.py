@@ -19,7 +19,7 @@ from snncc import neurons
 from snncc import nn as snn
 from snncc.backends.cpu.neuron import NeuronKernel, run_neuron
 from snncc.backends.cpu.program import CpuProgram
-from snncc.backends.kernels import SUPPORTED_CHARGES, SUPPORTED_SURROGATES
+from snncc.backends.kernels import SJ_CHARGES, SUPPORTED_SURROGATES
 from snncc.backends.reference.ops import apply_steps
 from snncc.backends.reference.program import ReferenceProgram
 from snncc.errors import BackendError, ShapeError
@@ -73,7 +73,7 @@ def _forms() -> list[tuple[str, str, bool, str, str, str]]:
     """charge x reset x detach x output; detach only where a reset exists; knobs cycle."""
     out = []
     combos = itertools.product(
-        SUPPORTED_CHARGES, ("hard", "subtract", "none"), (False, True), ("spike", "membrane")
+        SJ_CHARGES, ("hard", "subtract", "none"), (False, True), ("spike", "membrane")
     )
     i = 0
     for charge, reset, detach, output in combos:

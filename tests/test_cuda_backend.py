@@ -39,7 +39,7 @@ from snncc.backends.cuda import cache as kcache
 from snncc.backends.cuda import runtime
 from snncc.backends.cuda.neuron import KCache, run_neuron
 from snncc.backends.cuda.program import CudaProgram, _fp32_precision
-from snncc.backends.kernels import NVCC_EXACT_FLAGS, SUPPORTED_CHARGES, SUPPORTED_SURROGATES
+from snncc.backends.kernels import NVCC_EXACT_FLAGS, SJ_CHARGES, SUPPORTED_SURROGATES
 from snncc.backends.reference.program import ReferenceProgram
 from snncc.backends.torch_module import to_torch
 from snncc.errors import BackendError, UnsupportedError
@@ -887,7 +887,7 @@ def test_gpu_recurrent_graph_and_streaming(T: int, cache_dir) -> None:
 def _forms():
     out, i = [], 0
     for charge, reset, detach, output in itertools.product(
-        SUPPORTED_CHARGES, ("hard", "subtract", "none"), (False, True), ("spike", "membrane")
+        SJ_CHARGES, ("hard", "subtract", "none"), (False, True), ("spike", "membrane")
     ):
         if reset == "none" and detach:
             continue

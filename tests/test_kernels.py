@@ -8,6 +8,7 @@ tests/test_cpu_backend.py, which runs the very same template text.
 from __future__ import annotations
 
 import itertools
+import math
 import re
 import shutil
 import subprocess
@@ -18,6 +19,8 @@ import pytest
 
 from snncc.backends.kernels import (
     NVCC_EXACT_FLAGS,
+    SJ_CHARGES,
+    SNNTORCH_NORSE_CHARGES,
     SUPPORTED_CHARGES,
     SUPPORTED_SURROGATES,
     f32_literal,
@@ -26,7 +29,7 @@ from snncc.backends.kernels import (
     template_names,
 )
 from snncc.errors import UnsupportedError
-from snncc.ir.neuron import CHARGE_FORMS, NeuronSpec
+from snncc.ir.neuron import CHARGE_FORMS, FORMS, NORSE_FORMS, NeuronSpec
 
 TAU_FORMS = ("sj_lif_decay_input", "sj_lif", "snncc_li")
 
@@ -62,13 +65,123 @@ def make_spec(
     )
 
 
+_SNNTORCH_CONSTANTS = {"beta": 0.9, "alpha": 0.8, "graded_spikes_factor": 0.5, "V": 0.4}
+_NORSE_CONSTANTS = {"dt": 1e-3, "v_leak": 0.05, "dt_tau_mem_inv": 0.25, "neg_dt_tau_syn_inv": -0.3}
+
+
+def form_spec(
+    charge: str,
+    reset: str = "subtract",
+    output: str = "spike",
+    *,
+    args: bool = False,
+    reset_delay: bool = False,
+    detach: bool = False,
+    surrogate: str = "atan",
+    alpha: float = 2.0,
+) -> NeuronSpec:
+    """An snnTorch / Norse spec: every quantity a node param (``args``) or a spec constant."""
+    norse = charge in NORSE_FORMS
+    roles = FORMS[charge].roles if args else ()
+    if norse:
+        extra = dict(_NORSE_CONSTANTS)
+        if "tau_syn_inv" not in FORMS[charge].roles:
+            extra.pop("neg_dt_tau_syn_inv")
+        li = charge == "norse_li"
+        return NeuronSpec(
+            model=charge,
+            charge=charge,
+            v_threshold=math.nan if li else 0.4,
+            v_reset=None if li else -0.1,
+            reset="none" if li else reset,
+            detach_reset=detach,
+            fire_cmp=">",
+            output=output,
+            surrogate="no_grad" if li else surrogate,
+            alpha=alpha,
+            v_init=0.05,
+            extra=extra,
+            param_roles=roles,
+            learnable=roles,
+        )
+    extra = (
+        {} if args else {k: v for k, v in _SNNTORCH_CONSTANTS.items() if k in FORMS[charge].roles}
+    )
+    return NeuronSpec(
+        model=charge,
+        charge=charge,
+        v_threshold=0.8,
+        v_reset=0.0,
+        reset=reset,
+        reset_delay=reset_delay,
+        fire_cmp=">",
+        output=output,
+        surrogate=surrogate,
+        alpha=alpha,
+        extra=extra,
+        param_roles=roles,
+        learnable=roles,
+    )
+
+
+def snntorch_norse_matrix() -> list[tuple[NeuronSpec, list, list, dict]]:
+    """A compact matrix of the form family: every charge x reset, the other knobs cycling.
+
+    Covers every form, reset, reset_delay, detach_reset, output, both param
+    kinds (argument / literal), every surrogate, prologue and epilogue steps.
+    """
+    cases = []
+    combos = [
+        (c, r)
+        for c in SNNTORCH_NORSE_CHARGES
+        if c.startswith("snntorch")
+        for r in ("subtract", "hard", "none")
+    ]
+    combos += [
+        ("norse_lif", "hard"),
+        ("norse_lif", "none"),
+        ("norse_lif_recurrent", "hard"),
+        ("norse_lifbox", "hard"),
+        ("norse_lifbox", "subtract"),
+        ("norse_li", "none"),
+    ]
+    for i, (charge, reset) in enumerate(combos):
+        outputs = [
+            o
+            for o in ("spike", "membrane", "current")
+            if o != "current" or "i" in FORMS[charge].state
+        ]
+        if charge == "norse_li":
+            outputs.remove("spike")
+        spec = form_spec(
+            charge,
+            reset,
+            outputs[i % len(outputs)],
+            args=i % 2 == 0,
+            reset_delay=i % 3 == 1,
+            detach=i % 2 == 1 and charge in NORSE_FORMS,
+            surrogate=SUPPORTED_SURROGATES[(3 * i) % len(SUPPORTED_SURROGATES)],
+            alpha=1.5 + (i % 4),
+        )
+        first = len(spec.input_ports)
+        pro = [
+            [],
+            [{"kind": "scale", "op": "mul", "value": 1.5}],
+            [{"kind": "add", "port": first}],
+        ][i % 3]
+        n_pro_adds = sum(st["kind"] == "add" for st in pro)
+        epi = [] if i % 2 else [{"kind": "add", "port": first + n_pro_adds}]
+        cases.append((spec, pro, epi, {"recompute": i % 4 == 3}))
+    return cases
+
+
 def form_matrix() -> list[tuple[NeuronSpec, list, list, dict]]:
-    """Every charge x reset x detach x output; the remaining knobs cycle through all values."""
+    """Every SJ-family charge x reset x detach x output; the other knobs cycle through all values."""
     cases = []
     prologues = ([], [{"kind": "scale", "op": "div", "value": 3.0}], [{"kind": "add", "port": 1}])
     epilogues = ([], [{"kind": "add", "port": 2}, {"kind": "scale", "op": "mul", "value": 0.5}])
     combos = itertools.product(
-        SUPPORTED_CHARGES, ("hard", "subtract", "none"), (False, True), ("spike", "membrane")
+        SJ_CHARGES, ("hard", "subtract", "none"), (False, True), ("spike", "membrane")
     )
     for i, (charge, reset, detach, output) in enumerate(combos):
         spec = make_spec(
@@ -154,20 +267,51 @@ def test_names_are_hashes_and_no_user_strings_reach_the_code() -> None:
         render_neuron_kernels(spec.replace(extra={"note": '"; system("x"); //'}))
 
 
-def test_same_logic_for_both_targets() -> None:
+@pytest.mark.parametrize(
+    "spec",
+    [
+        make_spec("sj_plif_decay_input", "hard", surrogate="atan"),
+        form_spec("snntorch_synaptic", "hard", args=True),
+        form_spec("norse_lif_recurrent", "hard", detach=True),
+    ],
+    ids=lambda s: s.charge,
+)
+def test_same_logic_for_both_targets(spec) -> None:
     """Everything after the macro layer is the same text for CUDA and CPU."""
-    spec = make_spec("sj_plif_decay_input", "hard", surrogate="atan")
-    steps = ([{"kind": "scale", "op": "mul", "value": 0.25}], [{"kind": "add", "port": 1}])
+    steps = ([{"kind": "scale", "op": "mul", "value": 0.25}], [{"kind": "add", "port": 2}])
     cuda = render_neuron_kernels(spec, *steps, target="cuda")
     cpu = render_neuron_kernels(spec, *steps, target="cpu")
     body = lambda s: s[s.index("// ---- neuron ") :]  # noqa: E731
     assert body(cuda) == body(cpu)
 
 
+def test_form_kernels_take_params_as_arguments_or_exact_literals() -> None:
+    """A quantity with a node param is an argument (with a gradient); otherwise an fp32 literal."""
+    as_args = neuron_kernel_info(form_spec("snntorch_synaptic", args=True))
+    assert as_args.family == "form" and as_args.state_vars == ("v", "i")
+    assert as_args.param_args == ("a", "b", "th", "g")
+    assert as_args.param_roles == ("alpha", "beta", "threshold", "graded_spikes_factor")
+    names = [a for a, _ in as_args.backward_args]
+    assert {"p_b", "st_b", "gp_b", "gi_last", "i_seq", "gi0"} <= set(names)
+    spec = form_spec("snntorch_leaky")  # beta 0.9 (a double): the fp32 torch multiplies by
+    src = render_neuron_kernels(spec, target="cpu")
+    assert f"p.b = {f32_literal(0.9)};" in src and "p_b" not in src
+    assert neuron_kernel_info(spec).param_args == ()
+    # a constant graded factor divides the way torch divides by a Python scalar on each device
+    assert "SNNCC_DIV_SCALAR(st.s, p.g)" in src
+    assert "st.s / p.g" in render_neuron_kernels(form_spec("snntorch_leaky", args=True))
+    norse = neuron_kernel_info(form_spec("norse_lif_recurrent", "hard", args=True))
+    assert norse.has_rec and norse.state_vars == ("v", "i")
+    assert norse.param_args == ("cm", "cs", "th", "vr")
+    # Norse's v_reset is read by a hard reset only
+    box = neuron_kernel_info(form_spec("norse_lifbox", "subtract", args=True))
+    assert box.param_args == ("cm", "th") and box.state_vars == ("v",)
+
+
 @pytest.mark.parametrize(
     "spec, steps, options, match",
     [
-        (make_spec("sj_lif").replace(charge="norse_lif"), ((), ()), {}, "no fused kernel"),
+        (make_spec("sj_lif").replace(charge="made_up"), ((), ()), {}, "no fused kernel"),
         (make_spec("sj_lif").replace(fire_from="previous"), ((), ()), {}, "fire_from"),
         (make_spec("sj_lif"), ((), ()), {"unroll": 4}, "unknown neuron kernel option"),
         (make_spec("sj_lif"), ((), ()), {"spike_dtype": "int8"}, "spike_dtype"),
@@ -187,6 +331,42 @@ def test_same_logic_for_both_targets() -> None:
         (make_spec("sj_lif"), ([{"kind": "add", "port": 0}], ()), {}, "port >= 1"),
         (make_spec("sj_lif").replace(surrogate="nope"), ((), ()), {}, "surrogate"),
         (make_spec("sj_lif").replace(learnable=("tau",)), ((), ()), {}, "learnable"),
+        # the snnTorch / Norse form family
+        (form_spec("snntorch_leaky").replace(extra={}), ((), ()), {}, "'beta' or its constant"),
+        (
+            form_spec("snntorch_leaky").replace(extra={"beta": 0.9, "tau": 2.0}),
+            ((), ()),
+            {},
+            r"extra constants \['tau'\]",
+        ),
+        (
+            form_spec("snntorch_leaky").replace(extra={"beta": "0.9"}),
+            ((), ()),
+            {},
+            "not a number",
+        ),
+        (
+            form_spec("norse_lif").replace(param_roles=("w",), learnable=("w",)),
+            ((), ()),
+            {},
+            r"params \['w'\] mean nothing",
+        ),
+        (form_spec("norse_lif").replace(extra={"dt": 1e-3}), ((), ()), {}, "v_leak"),
+        (
+            form_spec("snntorch_rleaky"),
+            ([{"kind": "add", "port": 1}], ()),
+            {},
+            "port >= 2",
+        ),
+        (form_spec("norse_lif"), ((), ()), {"spike_dtype": "uint8"}, "only 'float32'"),
+        (form_spec("snntorch_leaky").replace(alpha=math.inf), ((), ()), {}, "finite"),
+        (
+            form_spec("snntorch_leaky", surrogate="rect").replace(alpha=0.0),
+            ((), ()),
+            {},
+            "> 0",
+        ),
+        (form_spec("norse_lif").replace(fire_from="previous"), ((), ()), {}, "fire_from"),
     ],
 )
 def test_unsupported_inputs_are_refused_by_name(spec, steps, options, match) -> None:
@@ -213,10 +393,15 @@ def test_info_describes_the_calling_convention() -> None:
 NVCC = shutil.which("nvcc")
 
 
+def all_cases() -> list[tuple[NeuronSpec, list, list, dict]]:
+    """The SJ-family matrix and the compact snnTorch / Norse one."""
+    return form_matrix() + snntorch_norse_matrix()
+
+
 @pytest.fixture(scope="module")
 def matrix_cuda_source() -> str:
-    """All forms of :func:`form_matrix` in one translation unit (units are concatenable)."""
-    return "\n".join(render_neuron_kernels(s, p, e, "cuda", o) for s, p, e, o in form_matrix())
+    """Every case of :func:`all_cases` in one translation unit (units are concatenable)."""
+    return "\n".join(render_neuron_kernels(s, p, e, "cuda", o) for s, p, e, o in all_cases())
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found (CUDA toolkit not installed)")
@@ -239,7 +424,7 @@ def test_every_cuda_kernel_compiles_with_nvcc(
     ]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-4000:]
-    n_forms = len(form_matrix())
+    n_forms = len(all_cases())
     assert matrix_cuda_source.count("SNNCC_KERNEL void ") == 2 * n_forms
 
 
@@ -259,18 +444,21 @@ def test_forward_kernels_have_no_fused_multiply_add(
     assert res.returncode == 0, res.stderr[-4000:]
     entries = re.split(r"\.entry ", ptx.read_text())[1:]
     forward = [e for e in entries if e.startswith("snncc_fwd_")]
-    assert len(forward) == len(form_matrix())
+    assert len(forward) == len(all_cases())
     assert not [e.split("(")[0] for e in forward if "fma." in e]
     assert all("mul.rn.f32" in e or "mul.f32" not in e for e in forward)
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found (CUDA toolkit not installed)")
-def test_a_single_unit_compiles_warning_free(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "spec",
+    [make_spec("sj_if", "none", output="membrane"), form_spec("norse_li", output="membrane")],
+    ids=lambda s: s.charge,
+)
+def test_a_single_unit_compiles_warning_free(spec, tmp_path: Path) -> None:
     """Helpers a form does not use must not trip --Werror (each unit also stands alone)."""
     cu = tmp_path / "one.cu"
-    cu.write_text(
-        render_neuron_kernels(make_spec("sj_if", "none", output="membrane"), target="cuda")
-    )
+    cu.write_text(render_neuron_kernels(spec, target="cuda"))
     cmd = [
         NVCC,
         "-arch=sm_80",
@@ -340,5 +528,5 @@ def test_every_cuda_kernel_compiles_with_nvrtc(arch: str, matrix_cuda_source: st
     )
     assert rc == 0, log[-4000:]
     forward = [e for e in re.split(r"\.entry ", ptx)[1:] if e.startswith("snncc_fwd_")]
-    assert len(forward) == len(form_matrix())
+    assert len(forward) == len(all_cases())
     assert not [e.split("(")[0] for e in forward if "fma." in e]

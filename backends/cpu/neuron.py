@@ -5,7 +5,8 @@ for the ``cpu`` target (:mod:`snncc.backends.kernels`); this module only moves
 torch tensors in and out (contiguous fp32 CPU memory, passed by pointer) and
 wraps the pair in a ``torch.autograd.Function`` so gradients reach the input,
 the add-step inputs, the initial membrane and PLIF's ``w`` (through torch's own
-``k = sigmoid(w)``).
+``k = sigmoid(w)``). snnTorch / Norse forms use the same :class:`NeuronKernel`
+through :meth:`NeuronKernel.call` and :mod:`snncc.backends.cpu.forms`.
 """
 
 from __future__ import annotations
@@ -67,6 +68,20 @@ class NeuronKernel:
     @property
     def n_adds(self) -> int:
         return len(self.info.add_ports)
+
+    def call(self, which: str, values: Mapping[str, Any], device: Any = None) -> None:
+        """Run the forward ("fwd") or backward ("bwd") kernel with arguments by name.
+
+        ``values`` maps every name of ``info.forward_args`` / ``backward_args``
+        to a contiguous CPU tensor (None: NULL) or a number. The form family's
+        host side (:mod:`snncc.backends.cpu.forms`) calls its kernels this way.
+        """
+        fn, signature = (
+            (self._fwd, self.info.forward_args)
+            if which == "fwd"
+            else (self._bwd, self.info.backward_args)
+        )
+        fn(*(_ptr(values[n]) if c.endswith("*") else values[n] for n, c in signature))
 
     # ------------------------------------------------------------ raw calls
     def forward(

@@ -4,9 +4,13 @@ Why a subclass of the reference program: the stateless ops (linear, conv,
 pooling, BN, reshapes) must run exactly as the reference backend runs them for
 the cpu backend's spikes to match it bit for bit, so they are *inherited*, not
 copied. Only the neuron hooks change: a neuron layer runs the whole sequence in
-one call of the fused C++ kernel (:mod:`snncc.backends.cpu.neuron`), whose
-fused prologue/epilogue steps replace the interpreter's ``apply_steps``; a
-neuron inside a recurrent component runs the same kernel one step at a time.
+one call of the fused C++ kernel (:mod:`snncc.backends.cpu.neuron`; snnTorch
+and Norse forms through :mod:`snncc.backends.cpu.forms`), whose fused
+prologue/epilogue steps replace the interpreter's ``apply_steps``; a neuron
+inside a recurrent component (snnTorch RLeaky, Norse LIFRecurrentCell, any
+neuron fed back through a delay) runs the same kernel one step at a time
+(T = 1 per call, its state carried between the calls), in the reference
+interpreter's step order.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ from typing import Any
 
 import torch
 
+from snncc.backends.cpu.forms import check_node_params, derive_params, run_form
 from snncc.backends.cpu.neuron import NeuronKernel, run_neuron
+from snncc.backends.kernels import SNNTORCH_NORSE_CHARGES
 from snncc.backends.reference.program import ReferenceProgram
 from snncc.ir.graph import Graph
 
@@ -48,6 +54,7 @@ class CpuProgram(ReferenceProgram):
     ) -> None:
         super().__init__(graph, **reference_options)
         self.kernels: dict[int, NeuronKernel] = {}
+        self._check_form_params()
         for n, spec in self._specs.items():
             attrs = graph.attrs(n)
             self.kernels[n] = NeuronKernel(
@@ -57,6 +64,19 @@ class CpuProgram(ReferenceProgram):
                 {"recompute": recompute},
                 cache_dir,
             )
+
+    #: widen non-fp32 floating inputs of the form kernels (cuda: bf16 autocast) or refuse them
+    _widen_inputs = False
+
+    def _check_form_params(self) -> None:
+        """snnTorch / Norse nodes: the spec's param roles are the node's (see check_node_params)."""
+        for n, spec in self._specs.items():
+            if spec.charge in SNNTORCH_NORSE_CHARGES:
+                where = f"neuron %{n} ({self.graph.node(n).get('name') or '?'})"
+                check_node_params(spec, list(self.graph.node(n)["params"]), where)
+
+    def _is_form(self, n: int) -> bool:
+        return self.kernels[n].info.family == "form"
 
     # ------------------------------------------------------------ listing
     @property
@@ -91,7 +111,30 @@ class CpuProgram(ReferenceProgram):
         out, v_last = run_neuron(kernel, x, adds, v0, k)
         return (out if lead else out[0]), v_last
 
+    def _form_call(
+        self, ctx: Any, n: int, ins: list[Tensor], state: dict | None, lead: bool
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """An snnTorch / Norse node's kernel on its inputs (lead=False: one step, [B, ...])."""
+        kernel = self.kernels[n]
+        info = kernel.info
+        x = ins[0]
+        rec = ins[1] if info.has_rec else None
+        adds = [ins[p] for p in info.add_ports]
+        if not lead:
+            x = x.unsqueeze(0)
+            rec = None if rec is None else rec.unsqueeze(0)
+            adds = [a.unsqueeze(0) for a in adds]
+        params = derive_params(kernel.spec, info, ctx.params(n))
+        out, new_state = run_form(kernel, x, rec, adds, state, params, self._widen_inputs)
+        return (out if lead else out[0]), new_state
+
     def _neuron_seq(self, ctx: Any, n: int, ins: list[Tensor]) -> Tensor:
+        if self._is_form(n):
+            given = "v" in ctx.state.get(n, {})
+            state = self._neuron_state(ctx, n, ins[0][0]) if given else None
+            out, new_state = self._form_call(ctx, n, ins, state, lead=True)
+            ctx.new_state.setdefault(n, {}).update(new_state)
+            return out
         x = ins[0]
         v0 = None
         if "v" in ctx.state.get(n, {}):
@@ -103,6 +146,15 @@ class CpuProgram(ReferenceProgram):
     def _step_node(self, ctx: Any, n: int, ins: list[Tensor], nstate: dict) -> Tensor:
         if self.graph.op(n) != "neuron":
             return super()._step_node(ctx, n, ins, nstate)
+        if self._is_form(n):
+            if n in nstate:
+                state = nstate[n]
+            elif "v" in ctx.state.get(n, {}):
+                state = self._neuron_state(ctx, n, ins[0])
+            else:
+                state = None
+            out, nstate[n] = self._form_call(ctx, n, ins, state, lead=False)
+            return out
         if n in nstate:
             v0 = nstate[n]["v"]
         elif "v" in ctx.state.get(n, {}):

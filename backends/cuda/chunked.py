@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from snncc.backends.kernels import (
+    SJ_CHARGES,
     neuron_kernel_info,
     neuron_view,
     render_neuron_kernels,
@@ -51,7 +52,14 @@ MIN_CHUNK = 16
 
 
 def chunkable(spec: NeuronSpec, epilogue: list) -> bool:
-    """Whether a layer's forward can be split over time exactly (see the module docstring)."""
+    """Whether a layer's forward can be split over time exactly (see the module docstring).
+
+    SpikingJelly-style forms only: snnTorch's reset reads the previous membrane
+    and Norse's LIF carries a synaptic current that a reset does not clear, so
+    a guessed start is never forgotten there.
+    """
+    if spec.charge not in SJ_CHARGES:
+        return False
     if not spec.spiking or spec.reset != "hard" or epilogue:
         return False
     vr = float(spec.v_reset)

@@ -98,6 +98,20 @@ class CudaNeuronKernel:
     def n_adds(self) -> int:
         return len(self.info.add_ports)
 
+    def call(self, which: str, values: Mapping[str, Any], device: torch.device) -> None:
+        """Launch the forward ("fwd") or backward ("bwd") kernel with arguments by name.
+
+        The snnTorch / Norse forms' host side (:mod:`snncc.backends.cpu.forms`,
+        device-generic) drives its kernels through this; ``values`` holds every
+        name of ``info.forward_args`` / ``backward_args`` (tensors on ``device``,
+        None for NULL, or numbers).
+        """
+        if which == "bwd" and not self.has_backward:
+            raise ShapeError("this neuron kernel was rendered forward-only (inference)")
+        signature = self.info.forward_args if which == "fwd" else self.info.backward_args
+        args = runtime.pack_args(signature, values)
+        runtime.launch(self._fn(which, device), int(values["N"]), args, device, self.block)
+
     def _fn(self, which: str, device: torch.device) -> Any:
         key = (which, device.index)
         fn = self._fns.get(key)

@@ -9,6 +9,10 @@ small data: which kernel class renders/launches (CUDA via NVRTC + CuPy instead
 of C++ via the host compiler), where the tensors live, and GPU-only options
 (CUDA graphs, GEMM precision, uint8 spikes, time-chunked long sequences).
 
+snnTorch and Norse forms run through the same fused-kernel path as on the cpu
+backend (:mod:`snncc.backends.cpu.forms`, device-generic), launched here;
+uint8 spikes and time chunks apply to SpikingJelly-style forms only.
+
 Nothing here needs a GPU until ``run``: lowering renders the kernel sources
 (``files()``, ``source``), so ``snncc compile --backend cuda`` works anywhere.
 """
@@ -27,6 +31,7 @@ from snncc.backends.cuda import cache as kcache
 from snncc.backends.cuda import runtime
 from snncc.backends.cuda.chunked import ChunkedForward, chunkable, plan_chunks
 from snncc.backends.cuda.neuron import CudaNeuronKernel, KCache, run_neuron
+from snncc.backends.kernels import SJ_CHARGES
 from snncc.backends.reference.ops import apply_steps
 from snncc.backends.reference.program import ReferenceProgram
 from snncc.errors import UnsupportedError
@@ -94,6 +99,7 @@ class CudaProgram(CpuProgram):
     ) -> None:
         # CpuProgram.__init__ would compile host kernels: only the interpreter's part is shared.
         ReferenceProgram.__init__(self, graph, **reference_options)
+        self._check_form_params()
         _check_options(precision, spike_dtype, block_size, time_chunks)
         self.time_chunks = time_chunks
         self.block_size = block_size
@@ -142,8 +148,17 @@ class CudaProgram(CpuProgram):
                 dtypes = ("float32", "uint8") if n in self.u8_kernels else ("float32",)
                 self.chunked[n] = {d: ChunkedForward(spec, d, cache_dir) for d in dtypes}
 
+    #: bf16 autocast may hand the snnTorch / Norse form kernels bf16 activations: widen them
+    _widen_inputs = True
+
     def _u8_eligible(self, n: int, spiking: bool, epilogue: list) -> bool:
-        """uint8 spikes only where nothing but a program output reads them (exactly 0/1)."""
+        """uint8 spikes only where nothing but a program output reads them (exactly 0/1).
+
+        SpikingJelly-style forms only: snnTorch spikes are graded (``H * g``) and
+        the snnTorch / Norse form kernels write float32.
+        """
+        if self._specs[n].charge not in SJ_CHARGES:
+            return False
         if not spiking or epilogue or n in self._recurrent:
             return False
         users = self.graph.users(n)
