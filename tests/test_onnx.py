@@ -5,7 +5,8 @@ runs ``onnx.checker.check_model(full_check=True)``), run whole-sequence in
 onnxruntime on [T, B, ...] inputs and compared with the reference backend on
 the same IR.
 
-Exactness (fp32 on both sides): the neuron Scans (every charge form, reset,
+Exactness (fp32 on both sides): the neuron Scans (every charge form, the
+snnTorch and Norse ones too from spec constants or per-neuron params, reset,
 comparison, fused prologue/epilogue) are bit-exact, and so are element-wise
 ops, reshapes, max pooling, adaptive pooling (explicit ops in torch's order)
 and any pooling of spikes: graphs made only of those must match to the bit.
@@ -407,6 +408,178 @@ def sj_conv_ir() -> Graph:
     return snncc.compile(sj_conv_model(), x, backend="reference").ir
 
 
+def form_graph(hidden: dict, params: dict[str, np.ndarray]) -> Graph:
+    """x[B,8] -> one neuron of ``hidden``'s form -> output, every op exact in ONNX.
+
+    ``params``: role -> array (node params ``sn.<role>``). A form with a ``rec``
+    port gets it from a Linear of the neuron's own output through a delay-1
+    edge (one recurrent component, one Scan) whose dyadic weights (k/8) make
+    its sums of spikes exact in any order.
+    """
+    g = Graph()
+    g.meta.update(source="snncc", step_mode="m")
+    x = g.add_node("input", attrs={"index": 0}, shape=["B", 8], name="x")
+    roles = {
+        role: g.add_param(f"sn.{role}", np.asarray(a, np.float32)) for role, a in params.items()
+    }
+    n = g.add_node("neuron", [x], attrs={"neuron": hidden}, params=roles, shape=["B", 8], name="sn")
+    if "rec" in NeuronSpec.from_dict(hidden).input_ports:
+        rng = np.random.default_rng(12)
+        g.add_param("rec.weight", (rng.integers(-3, 6, (8, 8)) / 8).astype(np.float32))
+        r = g.add_node("linear", [n], params={"weight": "rec.weight"}, shape=["B", 8], name="rec")
+        g.remove_edge(g.in_edges(r)[0])
+        g.add_edge(n, r, 0, delay=1)
+        g.add_edge(r, n, port=1)
+    g.add_node("output", [n], attrs={"index": 0}, shape=["B", 8])
+    return run_pipeline(g, REFERENCE)
+
+
+_ST = {"fire_cmp": ">", "surrogate": "atan", "alpha": 2.0}
+_NORSE = {"fire_cmp": ">", "surrogate": "superspike", "alpha": 100.0}
+_NORSE_C = {"dt": 0.001, "v_leak": 0.05, "dt_tau_mem_inv": 0.2, "neg_dt_tau_syn_inv": -0.3}
+_LIN = np.linspace(0.0, 1.0, 8, dtype=np.float32)
+
+#: snnTorch and Norse forms from spec constants (Python floats that are not float32 values,
+#: beta 1.3 clamped in Python) or from per-neuron params (beta below 0 and above 1 clamped)
+FORM_CASES = {
+    "st_leaky_subtract_now_graded": (
+        spec(
+            model="leaky",
+            charge="snntorch_leaky",
+            reset="subtract",
+            v_threshold=0.7,
+            **_ST,
+            extra={"beta": 1.3, "graded_spikes_factor": 0.5},
+        ),
+        {},
+    ),
+    "st_leaky_zero_delay_membrane": (
+        spec(
+            model="leaky",
+            charge="snntorch_leaky",
+            reset_delay=True,
+            output="membrane",
+            **_ST,
+            extra={"beta": 0.8},
+        ),
+        {},
+    ),
+    "st_leaky_per_neuron_params": (
+        spec(
+            model="leaky",
+            charge="snntorch_leaky",
+            reset="subtract",
+            **_ST,
+            param_roles=("beta", "threshold"),
+            v_threshold=math.nan,
+        ),
+        {"beta": _LIN * 1.6 - 0.2, "threshold": np.float32(0.6)},
+    ),
+    "st_synaptic_zero_now_current": (
+        spec(
+            model="synaptic",
+            charge="snntorch_synaptic",
+            output="current",
+            **_ST,
+            extra={"alpha": 0.6, "beta": 0.9},
+        ),
+        {},
+    ),
+    "st_synaptic_alpha_param_none": (
+        spec(
+            model="synaptic",
+            charge="snntorch_synaptic",
+            reset="none",
+            **_ST,
+            param_roles=("alpha",),
+            extra={"beta": 0.9},
+        ),
+        {"alpha": _LIN * 0.9 + 0.3},
+    ),
+    "st_rleaky_v_subtract_now": (
+        spec(
+            model="rleaky",
+            charge="snntorch_rleaky_v",
+            reset="subtract",
+            **_ST,
+            extra={"beta": 0.85, "V": 0.3},
+        ),
+        {},
+    ),
+    "st_rleaky_zero_rec": (
+        spec(model="rleaky", charge="snntorch_rleaky", **_ST, extra={"beta": 0.9}),
+        {},
+    ),
+    "norse_lif_double_constants": (
+        spec(
+            model="norse_lif",
+            charge="norse_lif",
+            v_threshold=0.4,
+            v_reset=-0.1,
+            v_init=0.05,
+            **_NORSE,
+            extra=_NORSE_C,
+        ),
+        {},
+    ),
+    "norse_lif_params_membrane": (
+        spec(
+            model="norse_lif",
+            charge="norse_lif",
+            v_threshold=0.3,
+            output="membrane",
+            **_NORSE,
+            param_roles=("tau_mem_inv", "tau_syn_inv", "v_reset"),
+            v_reset=math.nan,
+            extra={"dt": 0.0007, "v_leak": 0.0},
+        ),
+        {
+            "tau_mem_inv": _LIN * 140 + 180,
+            "tau_syn_inv": np.float32(280.0),
+            "v_reset": np.full(8, -0.05, np.float32),
+        },
+    ),
+    "norse_lif_recurrent": (
+        spec(
+            model="norse_lif",
+            charge="norse_lif_recurrent",
+            v_threshold=0.4,
+            v_reset=-0.1,
+            v_init=0.05,
+            detach_reset=True,
+            **_NORSE,
+            extra=_NORSE_C,
+        ),
+        {},
+    ),
+    "norse_lifbox_subtract": (
+        spec(
+            model="norse_lifbox",
+            charge="norse_lifbox",
+            reset="subtract",
+            v_threshold=0.3,
+            **_NORSE,
+            extra={"dt": 0.0013, "v_leak": 0.0, "dt_tau_mem_inv": 0.0013 * 433.0},
+        ),
+        {},
+    ),
+    "norse_li_current": (
+        spec(
+            model="norse_li",
+            charge="norse_li",
+            reset="none",
+            v_reset=None,
+            output="current",
+            v_threshold=math.nan,
+            surrogate="no_grad",
+            alpha=1.0,
+            extra=_NORSE_C,
+        ),
+        {},
+    ),
+}
+
+
 # --------------------------------------------------------------------------- export: exactness
 @pytest.mark.parametrize("name", list(HIDDEN))
 def test_neuron_scans_are_bit_exact(name: str) -> None:
@@ -420,6 +593,29 @@ def test_neuron_scans_are_bit_exact(name: str) -> None:
         assert_exact(ys, rs)
         fired.append(float(rs[0].mean()) if NeuronSpec.from_dict(hidden).spiking else 0.5)
     assert 0.0 < max(fired) < 1.0, "the neuron must fire sometimes (a silent one proves nothing)"
+
+
+@pytest.mark.parametrize("name", list(FORM_CASES))
+def test_snntorch_norse_form_scans_are_bit_exact(name: str) -> None:
+    """Each snnTorch/Norse form, from spec constants or per-neuron params, op for op."""
+    g = form_graph(*FORM_CASES[name])
+    model = to_onnx(g)
+    assert len([n for n in model.graph.node if n.op_type == "Scan"]) == 1
+    fired = []
+    for t, b in SIZES:
+        x = randn((t, b, 8), seed=t + b)
+        ys, rs = run_onnx(model, x), run_ref(g, x)
+        assert_exact(ys, rs)
+        fired.append(float((rs[0] != 0).mean()))
+    if NeuronSpec.from_dict(FORM_CASES[name][0]).spiking:
+        assert 0.0 < max(fired) < 1.0, (
+            "the neuron must fire sometimes (a silent one proves nothing)"
+        )
+    else:
+        assert len(np.unique(rs[0])) > 10
+    back = from_onnx(model)
+    assert format_graph(back) == format_graph(g)
+    assert_exact(run_ref(back, x), rs)
 
 
 @pytest.mark.parametrize("name", list(HIDDEN))

@@ -1124,6 +1124,13 @@ class _Exporter:
             new["v"] = v1
             return self._output(spec, None, new), new
         th = self.role_value(sc, nid, "threshold", spec.v_threshold)
+        if spec.v_reset is None and "v_reset" not in self.g.node(nid)["params"]:
+            # the reference backend reads v_reset before choosing the reset, and refuses too
+            raise _unsupported(
+                self.g,
+                nid,
+                f"neuron charge form {spec.charge!r} needs the param or constant v_reset",
+            )
         z = self._fire(sc, spec, op("Sub", [v1, th]))
         kept = op("Mul", [op("Sub", [c(1.0), z]), v1])  # (1 - z) * v1
         if spec.reset == "subtract":  # kept + (z * (v1 - th))
