@@ -54,9 +54,11 @@ import snncc  # noqa: E402
 from snncc.backends.reference import ReferenceProgram  # noqa: E402
 from snncc.errors import UnsupportedError  # noqa: E402
 from snncc.export.onnx import CHARGE_FORMS, ONNX_OPS, encode, to_onnx  # noqa: E402
+from snncc.frontend import trace  # noqa: E402
 from snncc.frontend.onnx_import import from_onnx  # noqa: E402
 from snncc.ir.graph import Graph  # noqa: E402
 from snncc.ir.neuron import FORMS, NORSE_FORMS, SNNTORCH_FORMS, NeuronSpec  # noqa: E402
+from snncc.ir.passes import run_pipeline  # noqa: E402
 from snncc.ir.printer import format_graph  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -66,6 +68,7 @@ from test_equivalence_norse import _randomise as norse_randomise  # noqa: E402
 from test_equivalence_snntorch import LoopRLeaky, LoopSynaptic  # noqa: E402
 from test_equivalence_snntorch import _randomise as st_randomise  # noqa: E402
 from test_onnx import (  # noqa: E402
+    JAX,
     assert_exact,
     probe_all,
     run_onnx,
@@ -530,6 +533,46 @@ def test_float_models_within_tolerance(name: str) -> None:
     assert format_graph(from_onnx(to_onnx(ir))) == format_graph(ir)
 
 
+class StFusedPrologue(nn.Module):
+    """RLeaky fed ``fc1(x) + fc1b(x)``: the jax pipeline fuses the add into the neuron as a
+    prologue reading port 2, after the form's own 'rec' port."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(6, 8)
+        self.fc1b = nn.Linear(6, 8)
+        self.rlif = snn.RLeaky(beta=0.9, linear_features=8, reset_delay=False)
+        self.syn = snn.Synaptic(alpha=0.6, beta=0.9)
+
+    def forward(self, x: torch.Tensor):
+        spk1, mem1 = self.rlif.init_rleaky()
+        syn, mem2 = self.syn.init_synaptic()
+        out = []
+        for xt in x:
+            spk1, mem1 = self.rlif(self.fc1(xt) + self.fc1b(xt), spk1, mem1)
+            spk2, syn, mem2 = self.syn(spk1 * 2.0, syn, mem2)
+            out.append(spk2)
+        return torch.stack(out)
+
+
+def test_jax_pipeline_prologue_after_the_rec_port() -> None:
+    model = StFusedPrologue()
+    st_randomise(model, 8)
+    x = torch.randn(*TRACE_TB, 6, generator=_gen(8)) + 0.5
+    g = run_pipeline(trace(model, x), JAX)
+    prologues = [g.attrs(n).get("prologue") for n in g.iter_ops("neuron")]
+    assert [{"kind": "add", "port": 2}] in prologues
+    onnx_model = to_onnx(g)
+    for t, b in RUN_TB:
+        xs = (torch.randn(t, b, 6, generator=_gen(t)) + 0.5).numpy()
+        (y,), (r,) = run_onnx(onnx_model, xs), run_ref(g, xs)
+        frac = float((y != r).mean())
+        MEASURED["spike_mismatch"] = max(MEASURED["spike_mismatch"], frac)
+        assert frac <= SPIKE_TOL
+    assert 0.0 < float(r.mean()) < 1.0
+    assert format_graph(from_onnx(onnx_model)) == format_graph(g)
+
+
 # --------------------------------------------------------------------------- refusals
 
 
@@ -551,4 +594,18 @@ def test_norse_without_dt_is_refused_naming_the_node() -> None:
     nid = next(iter(g.iter_ops("neuron")))
     del g.attrs(nid)["neuron"]["extra"]["dt"]
     with pytest.raises(UnsupportedError, match=rf"%{nid} \(neuron 'lif'\).*\['dt'\]"):
+        to_onnx(g)
+
+
+def test_norse_spiking_form_without_v_reset_is_refused() -> None:
+    """The reference backend reads v_reset for every spiking Norse step; so does the export."""
+    g = exact_ir("norse_cells").copy()
+    nid = next(
+        n
+        for n in g.iter_ops("neuron")
+        if NeuronSpec.from_dict(g.attrs(n)["neuron"]).charge == "norse_lifbox"
+    )
+    g.attrs(nid)["neuron"]["v_reset"] = None
+    g.attrs(nid)["neuron"]["reset"] = "subtract"
+    with pytest.raises(UnsupportedError, match=rf"%{nid} \(neuron 'box'\).*v_reset"):
         to_onnx(g)
