@@ -53,7 +53,14 @@ from norse.torch.functional.reset import reset_subtract  # noqa: E402
 import snncc  # noqa: E402
 from snncc.backends.reference import ReferenceProgram  # noqa: E402
 from snncc.errors import UnsupportedError  # noqa: E402
-from snncc.export.onnx import CHARGE_FORMS, ONNX_OPS, encode, to_onnx  # noqa: E402
+from snncc.export.onnx import (  # noqa: E402
+    CHARGE_FORMS,
+    MAX_OPSET,
+    MIN_OPSET,
+    ONNX_OPS,
+    encode,
+    to_onnx,
+)
 from snncc.frontend import trace  # noqa: E402
 from snncc.frontend.onnx_import import from_onnx  # noqa: E402
 from snncc.ir.graph import Graph  # noqa: E402
@@ -425,6 +432,17 @@ def _assert_same_ir(a: Graph, b: Graph) -> None:
     assert list(a.params) == list(b.params)
     for k in a.params:
         assert a.params[k].dtype == b.params[k].dtype and np.array_equal(a.params[k], b.params[k])
+
+
+@pytest.mark.parametrize("opset", [MIN_OPSET, MAX_OPSET])
+@pytest.mark.parametrize("name", ["leaky_syn_zero_now", "norse_cells"])
+def test_other_opsets(name: str, opset: int) -> None:
+    g = exact_ir(name)
+    model = to_onnx(g, opset=opset)
+    assert model.opset_import[0].version == opset
+    x = _input(name, 5, 2, seed=4)
+    assert_exact(run_onnx(model, x), run_ref(g, x))
+    assert format_graph(from_onnx(model)) == format_graph(g)
 
 
 @pytest.mark.parametrize("name", list(EXACT))
