@@ -21,7 +21,7 @@ Exactness (onnxruntime CPU, float32):
   than torch's kernels (a few ulps, as in ``test_onnx.py``). Spike outputs
   may then differ in at most ``SPIKE_TOL`` = 1e-4 of the values (0 measured)
   and membranes/currents within ``allclose(rtol=1e-5, atol=1e-5)`` (measured
-  max 8e-6); the worst values are printed with ``pytest -s``.
+  max 3.8e-6); the worst values are printed with ``pytest -s``.
 
 Round trip: ``from_onnx`` rebuilds the identical IR (same printed IR, node
 data, edges, params), whose reference outputs equal the original's exactly,
