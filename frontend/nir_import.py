@@ -28,8 +28,9 @@ Options (all explicit, with the defaults NIR itself defines):
 
 Shapes come from the file's types: the ``Input`` nodes' shapes are required,
 every other shape is inferred from them and must agree with the types the
-nodes declare (a leading 1 that some exporters write for the batch, e.g.
-Norse's, is dropped). Imported neurons get the surrogate gradient ``atan``
+nodes declare (the batch dimension that some exporters write into the Input
+and Output types, e.g. Norse's, which writes the example input's shape, is
+dropped when the Input's consumers show it is one dimension too many). Imported neurons get the surrogate gradient ``atan``
 (alpha 2), NIR having none, unless the file is snncc's own export. What is
 not supported (``Delay``, a ``Scale`` with per-element values on a multi-
 dimensional layer, nested graphs with several inputs, ...) is refused with an
@@ -313,7 +314,7 @@ class _Shapes:
             )
         wants = [self._rank_of(s) for s in self.succs[name]]
         wants = [w for w in wants if w is not None]
-        if wants and shape[0] == 1 and all(len(shape) == w + 1 for w in wants):
+        if wants and all(len(shape) == w + 1 for w in wants):
             shape = shape[1:]  # the exporter wrote the batch (Norse's to_nir does)
         return shape
 
@@ -335,7 +336,8 @@ class _Shapes:
         out = getattr(self, f"shape_{kind}", self.shape_elementwise)(name, node, x)
         for key, want in (("input", x), ("output", out)):
             declared = _type(node, key)
-            if declared is not None and declared != want and declared != (1, *want):
+            batch = kind == "Output" and declared is not None and declared[1:] == want
+            if declared is not None and declared != want and not batch:
                 raise self.fail(
                     name, f"it declares {key} type {list(declared)} but gets {list(want)}"
                 )
@@ -643,7 +645,7 @@ class _Neurons:
         spec = NeuronSpec(
             model="norse_lifbox",
             charge="norse_lifbox",
-            v_reset=reset.get("v_reset", vr),
+            v_reset=0.0 if reset["reset"] == "subtract" else vr,  # Norse reads it either way
             reset=reset["reset"],
             v_init=v_leak,
             extra=extra,
@@ -721,7 +723,7 @@ class _Neurons:
         spec = NeuronSpec(
             model="norse_lif",
             charge="norse_lif",
-            v_reset=reset.get("v_reset", vr),
+            v_reset=0.0 if reset["reset"] == "subtract" else vr,  # Norse reads it either way
             reset=reset["reset"],
             v_init=v_leak,
             extra=extra,
