@@ -478,6 +478,51 @@ def test_generic_lif_matches_the_convention():
     assert torch.equal(y, torch.stack(want))
 
 
+def test_generic_per_neuron_lif_and_cubalif(tmp_path):
+    """Per-neuron parameters go through the Norse forms (c = float32(dt/tau)) and an exact
+    diagonal gain; snncc re-exports the imported graph to the same fields."""
+    tau = np.array([2e-3, 4e-3, 8e-3])
+    th = np.array([0.5, 1.0, 1.5])
+    r = np.array([1.0, 2.0, 0.5])
+    lif = nir.LIF(tau=tau, r=r, v_leak=np.full(3, 0.1), v_threshold=th, v_reset=np.zeros(3))
+    g = from_nir(_mlp_graph(node=lif), dt=1e-3)
+    x = torch.rand(T, B, 2) * 2
+    y = _run(g, x)
+    c = torch.tensor(np.float32(1e-3 / tau))
+    v, want = torch.full((B, 3), 0.1), []
+    for t in range(T):
+        i = (x[t] @ torch.ones(3, 2).T) @ torch.diag(torch.tensor(r, dtype=torch.float32)).T
+        v1 = v + c * ((i + 0.1) - v)
+        z = (v1 - torch.tensor(th, dtype=torch.float32) > 0).float()
+        v = (1 - z) * v1 + z * 0.0
+        want.append(z)
+    _spiking(y)
+    assert torch.equal(y, torch.stack(want))
+    again = to_nir(g, dt=1e-3).nodes["lif"]
+    for key in ("tau", "v_threshold", "v_leak", "v_reset"):
+        assert np.array_equal(getattr(again, key), getattr(lif, key)), key
+
+    cuba = nir.CubaLIF(
+        tau_syn=np.full(3, 5e-3),
+        tau_mem=tau,
+        r=np.ones(3),
+        v_leak=np.zeros(3),
+        v_threshold=th,
+        w_in=np.full(3, 5.0),
+    )
+    y = _run(from_nir(_mlp_graph(node=cuba), dt=1e-3), x)
+    v, cur, want = torch.zeros(B, 3), torch.zeros(B, 3), []
+    for t in range(T):
+        i1 = cur + x[t] @ torch.ones(3, 2).T  # k = r * w_in * dt / tau_syn = 1
+        v1 = v + c * ((0.0 - v) + i1)
+        cur = i1 + torch.tensor(np.float32(-0.2)) * i1
+        z = (v1 - torch.tensor(th, dtype=torch.float32) > 0).float()
+        v = (1 - z) * v1 + z * 0.0
+        want.append(z)
+    _spiking(y)
+    assert torch.equal(y, torch.stack(want))
+
+
 def test_missing_dt_and_bad_options(tmp_path):
     with pytest.raises(UnsupportedError, match="needs dt"):
         from_nir(_mlp_graph())

@@ -479,7 +479,8 @@ def _norse_fields(
     dtype: str,
     full: Any,
 ) -> tuple[NeuronExport, float]:
-    norse_dt = float(spec.extra["dt"])
+    step = float(spec.extra["dt"])  # what Norse multiplies its rates by
+    norse_dt = float(spec.extra.get("nir_dt", step))  # an imported NIR node runs with step 1
     if not math.isclose(norse_dt, dt, rel_tol=1e-12):
         raise UnsupportedError(
             f"it is a Norse neuron with dt={norse_dt:g}; export with dt={norse_dt:g} so the "
@@ -487,7 +488,7 @@ def _norse_fields(
         )
     tm = params.get("tau_mem_inv")
     c_m = (
-        full(np.float32(norse_dt) * np.asarray(tm, dtype=np.float32))
+        full(np.float32(step) * np.asarray(tm, dtype=np.float32))
         if tm is not None
         else full(spec.extra["dt_tau_mem_inv"])
     )
@@ -499,7 +500,7 @@ def _norse_fields(
     else:
         ts = params.get("tau_syn_inv")
         c_s = (
-            full(np.float32(-norse_dt) * np.asarray(ts, dtype=np.float32))
+            full(np.float32(-step) * np.asarray(ts, dtype=np.float32))
             if ts is not None
             else full(spec.extra["neg_dt_tau_syn_inv"])
         )
