@@ -89,8 +89,11 @@ form they go through is not unique (SpikingJelly divides by ``tau_s``,
 snnTorch multiplies by ``beta``, Norse by ``dt/tau``), so each neuron also
 carries its snncc NeuronSpec in ``metadata["snncc"]`` (JSON). The importer
 uses it only when re-exporting it gives exactly the file's fields (an edited
-file falls back to the convention) and only for exact conversions; without
-it, SpikingJelly and Norse LIF/LI neurons still round-trip exactly.
+file falls back to the convention) and only for exact conversions. Without
+it the convention's own forms still round-trip bit for bit: SpikingJelly's
+IF/LIF (hard reset), snncc.nn's LI and Norse's LIFCell/LICell; snnTorch's
+forms, Norse's LIFBoxCell and PLIF then run the convention's form (the same
+Euler step, rounded differently).
 
 Lossy conversions are refused, naming the node, the reason and the ``accept``
 key that writes the approximation instead (see :data:`EXPORT_ACCEPT`).
