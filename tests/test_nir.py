@@ -178,6 +178,14 @@ def test_round_trip_norse_lif_lifbox_li_exact(tmp_path):
     x = torch.rand(T, B, 5) * 20
     y, path = _round_trip(net, x, 1e-3, tmp_path)
     assert torch.equal(_run(from_nir(path, dt=1e-3), x), y)
+    # LIFCell/LICell are the convention's own CubaLIF/CubaLI form: exact without metadata too
+    cells = _scaled(
+        norse.SequentialState(nn.Linear(5, 6), norse.LIFCell(), nn.Linear(6, 3), norse.LICell()),
+        3.0,
+        1.0,
+    )
+    y, path = _round_trip(cells, x, 1e-3, tmp_path)
+    assert torch.equal(_run(from_nir(_strip(path), dt=1e-3), x), y)
     # Norse's dt is part of its time constants: another dt is refused, naming it
     with pytest.raises(UnsupportedError, match=r"Norse neuron with dt=0\.001"):
         to_nir(snncc.compile(net, x).ir, dt=1e-4)
