@@ -103,6 +103,18 @@ def test_round_trip_spikingjelly_conv_mlp_exact(tmp_path):
     # the NIR fields alone (no snncc metadata) reproduce SpikingJelly's forms exactly too
     assert torch.equal(_run(from_nir(_strip(path), dt=1e-4), x), y)
 
+    plif = nn.Sequential(
+        layer.Linear(4, 5),
+        neuron.ParametricLIFNode(init_tau=3.0),
+        layer.Linear(5, 3),
+        neuron.ParametricLIFNode(init_tau=2.5, decay_input=False),
+    )
+    functional.set_step_mode(plif, "m")
+    x = torch.rand(T, B, 4) * 3
+    y, path = _round_trip(_scaled(plif, 4.0), x, 1e-3, tmp_path)
+    _spiking(y)
+    assert torch.equal(_run(from_nir(path, dt=1e-3), x), y)
+
 
 def test_ge_threshold_written_one_float_below(tmp_path):
     """SpikingJelly fires on v >= th, NIR on v > th: snncc writes th one float32 lower."""
@@ -283,6 +295,15 @@ def test_spikingjelly_exporter_file(tmp_path):
             out, state = imported(x[t], state)
             ys.append(out)
     assert torch.equal(torch.stack(ys), y_sj)  # SpikingJelly's own importer agrees
+
+    # CUBALIFNode (no snncc form of its own): the convention's CubaLIF gives the same spikes
+    cuba = _scaled(nn.Sequential(layer.Linear(4, 5), neuron.CUBALIFNode(v_threshold=0.5)), 3.0)
+    x = torch.rand(T, B, 4) * 3
+    g = export_to_nir(cuba, x[0])
+    with torch.no_grad():
+        y_sj = torch.stack([cuba(x[t]) for t in range(T)])
+    _spiking(y_sj)
+    assert torch.equal(_run(from_nir(g, dt=1e-4, fire=">="), x), y_sj)  # measured: identical
 
 
 def test_spikingjelly_file_fire_convention(tmp_path):
