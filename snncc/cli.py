@@ -285,6 +285,8 @@ def load_graph(model: str, input_shape: tuple[int, ...] | None, weights: str | N
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    if args.format == "onnx" and (args.dt is not None or args.accept):
+        raise UsageError("--dt/--accept apply to NIR export, not ONNX")
     graph = load_graph(args.model, args.input_shape, args.weights)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -295,7 +297,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     else:
         from snncc.export.nir import to_nir
 
-        to_nir(graph, out, dt=args.dt)
+        to_nir(graph, out, dt=args.dt, accept=args.accept or ())
     print(f"exported {args.model} as {args.format} to {out} ({out.stat().st_size} bytes)")
     return 0
 
@@ -322,12 +324,17 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     nir_options = {
         k: v
-        for k, v in (("dt", args.dt), ("reset", args.reset), ("accept", args.accept))
+        for k, v in (
+            ("dt", args.dt),
+            ("reset", args.reset),
+            ("accept", args.accept),
+            ("fire", args.fire),
+        )
         if v is not None
     }
     if args.format == "onnx" or Path(args.file).suffix == ".onnx":
         if nir_options:
-            raise UsageError(f"--dt/--reset/--accept apply to NIR files, not {args.file}")
+            raise UsageError(f"--dt/--reset/--accept/--fire apply to NIR files, not {args.file}")
     graph = import_graph(Path(args.file), args.format, **nir_options)
     cm = snncc.compile_graph(graph, backend=args.backend)
     out = cm.save(args.output)
@@ -533,6 +540,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dt", type=float, default=None, help="NIR: the time step the model's steps stand for"
     )
+    p.add_argument(
+        "--accept",
+        default=None,
+        metavar="KEYS",
+        help="NIR: comma-separated approximations to write instead of refusing "
+        "(reset, reset_delay, init)",
+    )
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="file to write")
     p.set_defaults(func=cmd_export)
 
@@ -548,11 +562,24 @@ def build_parser() -> argparse.ArgumentParser:
         "--backend", default="reference", help=f"one of {', '.join(backends)} (default: reference)"
     )
     p.add_argument("--dt", type=float, default=None, help="NIR: discretisation time step")
-    p.add_argument("--reset", default=None, help="NIR: reset convention (see README)")
+    p.add_argument(
+        "--reset",
+        default=None,
+        choices=("hard", "subtract"),
+        help="NIR: how neurons reset (default: hard, NIR's definition)",
+    )
+    p.add_argument(
+        "--fire",
+        default=None,
+        choices=(">", ">="),
+        help="NIR: firing comparison (default: '>', NIR's definition; '>=' for SpikingJelly files)",
+    )
     p.add_argument(
         "--accept",
         default=None,
-        help="NIR: comma-separated approximations to accept instead of refusing the file",
+        metavar="KEYS",
+        help="NIR: comma-separated approximations to accept instead of refusing the file "
+        "(float32, unstable)",
     )
     p.add_argument(
         "-o", "--output", required=True, metavar="DIR", help="artifact directory to write"

@@ -135,6 +135,30 @@ def test_export_onnx_then_import_round_trip(tmp_path, capsys, model_spec):
     np.testing.assert_array_equal(np.load(tmp_path / "back.npy"), want)
 
 
+def test_export_nir_then_import_round_trip(tmp_path, capsys, model_spec):
+    """compile -> export nir (--dt) -> import (--dt) -> run: SpikingJelly's spikes, bit for bit."""
+    pytest.importorskip("nir")
+    spec, ckpt, model = model_spec
+    art, nir_file, back = tmp_path / "art", tmp_path / "m.nir", tmp_path / "back"
+    assert (
+        main(["compile", spec, "--input-shape", "5,1,12", "--weights", ckpt, "-o", str(art)]) == 0
+    )
+    assert main(["export", str(art), "--format", "nir", "--dt", "1e-4", "-o", str(nir_file)]) == 0
+    assert main(["import", str(nir_file), "-o", str(back)]) == 2  # dt is required
+    assert "needs dt" in capsys.readouterr().err
+    assert main(["import", str(nir_file), "--dt", "1e-4", "-o", str(back)]) == 0
+
+    x = np.random.default_rng(2).uniform(0, 3, size=(6, 2, 12)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    argv = ["run", str(back), "--input", str(tmp_path / "x.npy"), "-o", str(tmp_path / "y.npy")]
+    assert main(argv) == 0
+    functional.reset_net(model)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+    assert 0 < want.sum() < want.size
+    np.testing.assert_array_equal(np.load(tmp_path / "y.npy"), want)
+
+
 def test_export_spec_needs_input_shape(capsys, model_spec):
     spec, _, _ = model_spec
     assert main(["export", spec, "--format", "onnx", "-o", "unused.onnx"]) == 2

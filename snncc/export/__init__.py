@@ -1,4 +1,4 @@
-"""Exporters: snncc IR -> interchange formats other tools run (ONNX; NIR lives in its own module).
+"""Exporters: snncc IR -> interchange formats other tools run (ONNX, NIR).
 
 Why a separate subpackage: exporters are leaves that depend on heavy optional
 formats (``onnx``), and nothing in the compile path should import them.
@@ -13,7 +13,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
     from snncc.ir.graph import Graph
 
-__all__ = ["to_onnx"]
+__all__ = ["to_nir", "to_onnx"]
 
 
 def to_onnx(
@@ -25,3 +25,10 @@ def to_onnx(
 
     opset = DEFAULT_OPSET if opset is None else opset
     return _to_onnx(graph, path, opset=opset, state_io=state_io)
+
+
+def to_nir(graph: Graph, path: Any = None, dt: float | None = None, *, accept: Any = ()) -> Any:
+    """Export a scheduled IR graph to NIR (see :func:`snncc.export.nir.to_nir`)."""
+    from snncc.export.nir import to_nir as _to_nir
+
+    return _to_nir(graph, path, dt=dt, accept=accept)
