@@ -705,6 +705,103 @@ def test_host_emulated_gpu_inference_paths_uint8_and_time_chunks(host_gpu, cache
     assert y.dtype == torch.float32 and torch.equal(y.detach(), ref)
 
 
+# -- snnTorch / Norse forms through the cuda backend's host side (host-emulated GPU)
+def _snntorch_norse_models() -> dict[str, tuple[nn.Module, torch.Tensor]]:
+    """An RLeaky (recurrent component) + learnable Synaptic + graded Leaky model, and a
+    Norse LIF -> LIFRecurrentCell -> LI loop with a learnable tau_mem_inv."""
+    snntorch = pytest.importorskip("snntorch")
+    norse = pytest.importorskip("norse.torch")
+    from norse.torch.functional.lif import LIFParameters
+
+    class SnnTorchNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc1 = nn.Linear(6, 8)
+            self.rlif = snntorch.RLeaky(beta=0.9, linear_features=8, reset_delay=False)
+            self.fc2 = nn.Linear(8, 8)
+            self.syn = snntorch.Synaptic(
+                alpha=0.7, beta=torch.linspace(0.6, 1.1, 8), learn_alpha=True, learn_beta=True
+            )
+            self.fc3 = nn.Linear(8, 4)
+            self.lif = snntorch.Leaky(
+                beta=0.8, graded_spikes_factor=0.5, learn_graded_spikes_factor=True,
+                reset_mechanism="zero",
+            )  # fmt: skip
+
+        def forward(self, x):
+            spk1, mem1 = self.rlif.init_rleaky()
+            syn, mem2 = self.syn.init_synaptic()
+            mem3 = self.lif.init_leaky()
+            out = []
+            for xt in x:
+                spk1, mem1 = self.rlif(self.fc1(xt), spk1, mem1)
+                spk2, syn, mem2 = self.syn(self.fc2(spk1), syn, mem2)
+                spk3, mem3 = self.lif(self.fc3(spk2), mem3)
+                out.append(spk3)
+            return torch.stack(out)
+
+    p = LIFParameters(
+        tau_syn_inv=torch.as_tensor(300.0),
+        tau_mem_inv=torch.as_tensor(250.0),
+        v_leak=torch.as_tensor(0.05),
+        v_th=torch.as_tensor(0.4),
+        v_reset=torch.as_tensor(-0.1),
+    )
+
+    class NorseNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tau = nn.Parameter(torch.tensor(220.0))
+            self.fc = nn.Linear(6, 8)
+            self.lif = norse.LIFCell(p._replace(tau_mem_inv=self.tau))
+            self.rec = norse.LIFRecurrentCell(8, 6, p)
+            self.out = norse.LICell()
+
+        def forward(self, x):
+            s1 = s2 = so = None
+            vs = []
+            for xt in x:
+                z, s1 = self.lif(self.fc(xt), s1)
+                z, s2 = self.rec(z, s2)
+                vo, so = self.out(z, so)
+                vs.append(vo)
+            return torch.stack(vs)
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(10, 3, 6, generator=g) * 2 + 1.0
+    return {
+        "snntorch": (_randomise(SnnTorchNet(), 7, gain=2.0), x),
+        "norse": (_randomise(NorseNet(), 8, gain=2.5), x),
+    }
+
+
+@pytest.mark.parametrize("name", ["snntorch", "norse"])
+def test_snntorch_norse_forms_on_a_host_emulated_gpu(name, host_gpu, cache_dir) -> None:
+    """Form kernels through CudaNeuronKernel.call (packing, launch, device-generic autograd)."""
+    model, x = _snntorch_norse_models()[name]
+    cm = snncc.compile(model, x[:2], backend="cuda", cache_dir=cache_dir, spike_dtype="uint8")
+    prog = cm.program
+    assert all(k.info.family == "form" for k in prog.kernels.values())
+    assert not prog.u8_kernels and not prog.chunked  # graded / float spikes, not chunkable
+    ref = ReferenceProgram(prog.graph)
+    gy = torch.randn(ref.run(x)[0].shape, generator=torch.Generator().manual_seed(0))
+    y_ref, st_ref, g_ref = _grads(ref, x, gy)
+    y, st, g = _grads(prog, x, gy)
+    assert any(n.startswith("snncc_fwd_") for n in host_gpu)
+    assert any(n.startswith("snncc_bwd_") for n in host_gpu)
+    assert torch.equal(y, y_ref)
+    assert 0 < int((y != 0).sum()) < y.numel() or name == "norse"
+    for n in st_ref:
+        for var in st_ref[n]:
+            assert torch.equal(st[n][var], st_ref[n][var]), (n, var)
+    for key in g_ref:
+        assert (g[key] is None) == (g_ref[key] is None), key
+        if g_ref[key] is not None:
+            assert _rel(g[key], g_ref[key]) <= 1e-5, key
+    with torch.no_grad():  # and the source framework's own outputs
+        assert torch.equal(cm(x), model(x))
+
+
 # -- to_torch on the CPU backends
 def _sj_grads(model: nn.Module, x: torch.Tensor, gy: torch.Tensor) -> tuple[torch.Tensor, dict]:
     functional.reset_net(model)
@@ -959,6 +1056,68 @@ def test_gpu_every_neuron_form_matches_torch_neuron_maths(recompute: bool, cache
             tol = GRAD_RTOL if j != 3 else 1e-3  # PLIF's scalar w sums T*N terms with cancellation
             if not _rel(a_.cpu(), b_) <= tol:
                 failures.append(f"{form}: grad {j} relative error {_rel(a_.cpu(), b_):.2e}")
+    assert not failures, "\n".join(failures)
+
+
+def _gpu_form_case(cases, case, i: int, cache_dir: str) -> list[str]:
+    """One form-family case on the GPU: failures as text (none when it matches)."""
+    from snncc.backends.cpu.forms import derive_params, run_form
+    from snncc.backends.cuda.neuron import CudaNeuronKernel
+
+    spec = cases._spec(*case)
+    cid = cases.case_id(case)
+    kernel = CudaNeuronKernel(spec, (), (), {"recompute": i % 5 == 4}, cache_dir)
+    T = (1, 9, 40)[i % 3]
+    ins = {k: v.to(DEV) for k, v in cases._inputs(spec, T, i).items()}
+    params = {k: v.to(DEV) for k, v in cases._params(spec, i).items()}
+    gy = torch.randn((T, *cases.STEP_SHAPE), generator=torch.Generator().manual_seed(i)).to(DEV)
+
+    def loss_of(out, state):
+        return (out * gy).sum() + sum(v.sum() for v in state.values())
+
+    ri = {k: v.clone().requires_grad_() for k, v in ins.items()}
+    rp = {k: v.clone().requires_grad_() for k, v in params.items()}
+    ci = {k: v.clone().requires_grad_() for k, v in ins.items()}
+    cp = {k: v.clone().requires_grad_() for k, v in params.items()}
+    ref, rst = cases._torch_run(spec, ri, rp)
+    state = {v: ci[f"{v}0"] for v in spec.state_vars}
+    q = derive_params(spec, kernel.info, cp)
+    out, cst = run_form(kernel, ci["x"], ci.get("rec"), (), state, q, widen=True)
+    if not torch.equal(out, ref) or any(not torch.equal(cst[v], rst[v]) for v in rst):
+        return [f"{cid}: {(out != ref).sum().item()} outputs differ"]
+    g_ref = torch.autograd.grad(loss_of(ref, rst), [*ri.values(), *rp.values()], allow_unused=True)
+    g_cu = torch.autograd.grad(loss_of(out, cst), [*ci.values(), *cp.values()], allow_unused=True)
+    failures = []
+    for name, a, b in zip([*ins, *params], g_cu, g_ref):
+        if (a is None) != (b is None):
+            failures.append(f"{cid}: grad {name} None-ness differs")
+        elif a is None:
+            continue
+        elif name in ins:
+            if not _rel(a.nan_to_num(), b.nan_to_num()) <= GRAD_RTOL:
+                failures.append(f"{cid}: grad {name} {_rel(a, b):.2e}")
+        else:  # a sum over neurons: relative to the size of its terms
+            scale = cases._param_scale(
+                lambda p: loss_of(*cases._torch_run(spec, ins, p)), params, name
+            )
+            err = (a - b).abs().max().item()
+            if not err <= 1e-3 * max(b.abs().max().item(), scale) + 1e-5:
+                failures.append(f"{cid}: grad {name} abs error {err:.2e}")
+    return failures
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_snntorch_norse_forms_match_torch_neuron_maths(cache_dir) -> None:
+    """Every form-family case of tests/test_cpu_snntorch_norse.py on the GPU, against torch's
+    own eager neuron maths on the same GPU: outputs and states bit for bit, gradients 1e-4
+    (param sums: 1e-3 of their terms, fp32 cancellation)."""
+    import importlib
+
+    cases = importlib.import_module("test_cpu_snntorch_norse")
+    failures = []
+    for i, case in enumerate(cases.CASES):
+        failures += _gpu_form_case(cases, case, i, cache_dir)
     assert not failures, "\n".join(failures)
 
 

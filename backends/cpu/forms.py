@@ -52,6 +52,14 @@ class FormKernel(Protocol):
 
 
 # ------------------------------------------------------------------- params
+def broadcasts_to(shape: Sequence[int], target: Sequence[int]) -> bool:
+    """Whether ``shape`` broadcasts to exactly ``target`` (torch's rules)."""
+    try:
+        return tuple(torch.broadcast_shapes(tuple(shape), tuple(target))) == tuple(target)
+    except RuntimeError:
+        return False
+
+
 def check_node_params(spec: NeuronSpec, node_roles: Sequence[str], where: str) -> None:
     """The spec's param roles must be exactly the node's (for the form's roles).
 
@@ -105,7 +113,7 @@ def _flat_param(p: Tensor, step_shape: tuple[int, ...], q: str) -> tuple[Tensor,
             "would make torch compute the neuron in that dtype; the kernels are float32 "
             "(use a float32 param)"
         )
-    if torch.broadcast_shapes(p.shape, step_shape) != step_shape:
+    if not broadcasts_to(p.shape, step_shape):
         raise ShapeError(
             f"neuron kernel quantity {q!r} of shape {tuple(p.shape)} does not broadcast to "
             f"the neuron's per-step shape {step_shape}"
@@ -236,10 +244,13 @@ class FormFunction(torch.autograd.Function):
         ctx.strides = [stride for _, stride in flat]
         ctx.param_meta = [(p.shape, p.dtype) for p in ps]
         n_pro = info.n_prologue_adds
+        # the backward re-runs steps from x (through the prologue); recompute re-runs the
+        # whole forward kernel, which reads the epilogue's inputs as well
+        keep = n_adds if info.recompute else n_pro
         ctx.save_for_backward(
             x,
             rec,
-            *(a if j < n_pro else None for j, a in enumerate(adds)),
+            *(a if j < keep else None for j, a in enumerate(adds)),
             *s0s,
             *(p for p, _ in flat),
             *seqs,
@@ -366,7 +377,7 @@ def run_form(
 
     def seq(t: Tensor, what: str) -> Tensor:
         t = _as_f32(t, what, device, widen)
-        if torch.broadcast_shapes(t.shape, x.shape) != x.shape:
+        if not broadcasts_to(t.shape, x.shape):
             raise ShapeError(
                 f"{what} of shape {tuple(t.shape)} does not broadcast to the neuron input's "
                 f"shape {tuple(x.shape)}"
@@ -386,7 +397,7 @@ def run_form(
                 f"{list(info.state_vars)}"
             )
         s = _as_f32(state[var], f"state {var!r}", device, widen)
-        if torch.broadcast_shapes(s.shape, step_shape) != step_shape:
+        if not broadcasts_to(s.shape, step_shape):
             raise ShapeError(
                 f"state {var!r} of shape {tuple(s.shape)} does not match the neuron's "
                 f"per-step shape {step_shape}"

@@ -20,6 +20,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from snncc.backends.cpu import compiler
+from snncc.backends.cpu.forms import broadcasts_to
 from snncc.backends.kernels import (
     NeuronKernelInfo,
     neuron_kernel_info,
@@ -240,7 +241,7 @@ def run_neuron(
     flat_adds = []
     for j, a in enumerate(adds):
         a = _f32(a, f"add input {j}")
-        if torch.broadcast_shapes(a.shape, x.shape) != x.shape:
+        if not broadcasts_to(a.shape, x.shape):
             raise ShapeError(
                 f"fused add input {j} of shape {tuple(a.shape)} does not broadcast to the "
                 f"neuron input's shape {tuple(x.shape)}"
