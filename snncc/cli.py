@@ -226,7 +226,7 @@ def cmd_ir(args: argparse.Namespace) -> int:
     from snncc.ir.passes import run_pipeline
 
     backend = backends.get(args.backend)
-    model = build_model(args.spec)
+    model = build_model(args.spec, args.weights)
     graph = trace(model, example_input(args.input_shape))
     graph = run_pipeline(graph, backend.pipeline, dump_dir=args.dump_ir)
     text = format_ir(graph, args.format)
@@ -448,6 +448,38 @@ example:
 """
 
 
+def _command(
+    sub: Any, name: str, help: str, epilog: str, func: Callable[[argparse.Namespace], int]
+) -> argparse.ArgumentParser:
+    p = sub.add_parser(
+        name, help=help, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.set_defaults(func=func)
+    return p
+
+
+def _spec_args(p: argparse.ArgumentParser, required: bool = True, what: str = "SPEC") -> None:
+    """--input-shape (and --weights) for commands that trace a model spec."""
+    p.add_argument(
+        "--input-shape",
+        required=required,
+        type=parse_input_shape,
+        metavar="T,B,...",
+        help=f"time-major shape of the example input {what} is traced with",
+    )
+    p.add_argument(
+        "--weights", metavar="FILE", help="state_dict (.pt / .safetensors) to load first"
+    )
+
+
+def _backend_arg(p: argparse.ArgumentParser, backends: list[str], help: str | None = None) -> None:
+    p.add_argument(
+        "--backend",
+        default="reference",
+        help=help or f"one of {', '.join(backends)} (default: reference)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from snncc import __version__
     from snncc.backends import available
@@ -455,88 +487,52 @@ def build_parser() -> argparse.ArgumentParser:
     backends = available()  # the registry's names (importing the registry is cheap)
     parser = argparse.ArgumentParser(
         prog="snncc",
-        description="snncc: compile spiking neural networks (PyTorch / SpikingJelly) into "
-        "fused, time-major programs.",
+        description="snncc: compile spiking neural networks (SpikingJelly, snnTorch, Norse, "
+        "snncc.nn; ONNX and NIR files) into fused, time-major programs.",
         epilog="Run 'snncc COMMAND --help' for a working example of each command.",
     )
     parser.add_argument("--version", action="version", version=f"snncc {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    raw = argparse.RawDescriptionHelpFormatter
+    spec_help = "path/file.py:factory or package.module:factory"
+    dump_help = "write the IR after each pass into DIR"
 
-    p = sub.add_parser(
-        "compile",
-        help="compile a model into an artifact directory",
-        epilog=_COMPILE_EPILOG,
-        formatter_class=raw,
+    p = _command(
+        sub, "compile", "compile a model into an artifact directory", _COMPILE_EPILOG, cmd_compile
     )
-    p.add_argument("spec", metavar="SPEC", help="path/file.py:factory or package.module:factory")
-    p.add_argument(
-        "--backend", default="reference", help=f"one of {', '.join(backends)} (default: reference)"
-    )
-    p.add_argument(
-        "--input-shape",
-        required=True,
-        type=parse_input_shape,
-        metavar="T,B,...",
-        help="shape of the example input used for tracing, time-major",
-    )
-    p.add_argument(
-        "--weights", metavar="FILE", help="state_dict (.pt / .safetensors) to load first"
-    )
+    p.add_argument("spec", metavar="SPEC", help=spec_help)
+    _backend_arg(p, backends)
+    _spec_args(p)
     p.add_argument(
         "-o", "--output", required=True, metavar="DIR", help="artifact directory to write"
     )
-    p.add_argument("--dump-ir", metavar="DIR", help="write the IR after each pass into DIR")
-    p.set_defaults(func=cmd_compile)
+    p.add_argument("--dump-ir", metavar="DIR", help=dump_help)
 
-    p = sub.add_parser(
-        "ir", help="print a model's scheduled IR", epilog=_IR_EPILOG, formatter_class=raw
-    )
-    p.add_argument("spec", metavar="SPEC", help="path/file.py:factory or package.module:factory")
-    p.add_argument(
-        "--input-shape",
-        required=True,
-        type=parse_input_shape,
-        metavar="T,B,...",
-        help="shape of the example input used for tracing, time-major",
-    )
+    p = _command(sub, "ir", "print a model's scheduled IR", _IR_EPILOG, cmd_ir)
+    p.add_argument("spec", metavar="SPEC", help=spec_help)
+    _spec_args(p)
     p.add_argument(
         "--format", choices=FORMATS, default="text", help="output format (default: text)"
     )
-    p.add_argument(
-        "--backend", default="reference", help="whose pass pipeline to run (default: reference)"
-    )
-    p.add_argument("--dump-ir", metavar="DIR", help="write the IR after each pass into DIR")
-    p.set_defaults(func=cmd_ir)
+    _backend_arg(p, backends, "whose pass pipeline to run (default: reference)")
+    p.add_argument("--dump-ir", metavar="DIR", help=dump_help)
 
-    p = sub.add_parser(
-        "run",
-        help="run a compiled artifact on a .npy input",
-        epilog=_RUN_EPILOG,
-        formatter_class=raw,
-    )
+    p = _command(sub, "run", "run a compiled artifact on a .npy input", _RUN_EPILOG, cmd_run)
     p.add_argument("artifact", metavar="DIR", help="artifact directory written by 'snncc compile'")
     p.add_argument("--input", required=True, metavar="X.npy", help="input array [T, B, ...]")
     p.add_argument(
         "-o", "--output", required=True, metavar="Y.npy", help="where to save the output"
     )
-    p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "export",
-        help="export a compiled or traced model as ONNX or NIR",
-        epilog=_EXPORT_EPILOG,
-        formatter_class=raw,
+        "export a compiled or traced model as ONNX or NIR",
+        _EXPORT_EPILOG,
+        cmd_export,
     )
-    p.add_argument("model", metavar="MODEL", help="artifact directory, or a SPEC")
+    p.add_argument("model", metavar="MODEL", help=f"artifact directory, or a SPEC ({spec_help})")
     p.add_argument("--format", required=True, choices=EXCHANGE_FORMATS, help="file format")
-    p.add_argument(
-        "--input-shape",
-        type=parse_input_shape,
-        metavar="T,B,...",
-        help="example input shape when MODEL is a SPEC",
-    )
-    p.add_argument("--weights", metavar="FILE", help="state_dict to load when MODEL is a SPEC")
+    _spec_args(p, required=False, what="(when MODEL is a SPEC)")
     p.add_argument(
         "--dt", type=float, default=None, help="NIR: the time step the model's steps stand for"
     )
@@ -548,19 +544,17 @@ def build_parser() -> argparse.ArgumentParser:
         "(reset, reset_delay, init)",
     )
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="file to write")
-    p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "import",
-        help="import an ONNX or NIR file into an artifact directory",
-        epilog=_IMPORT_EPILOG,
-        formatter_class=raw,
+        "import an ONNX or NIR file into an artifact directory",
+        _IMPORT_EPILOG,
+        cmd_import,
     )
     p.add_argument("file", metavar="FILE", help="a .onnx or .nir file")
     p.add_argument("--format", choices=EXCHANGE_FORMATS, help="default: from the file suffix")
-    p.add_argument(
-        "--backend", default="reference", help=f"one of {', '.join(backends)} (default: reference)"
-    )
+    _backend_arg(p, backends)
     p.add_argument("--dt", type=float, default=None, help="NIR: discretisation time step")
     p.add_argument(
         "--reset",
@@ -584,18 +578,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "-o", "--output", required=True, metavar="DIR", help="artifact directory to write"
     )
-    p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "example",
-        help="compile the bundled trained digits SNN and compare accuracy with eager",
-        epilog=_EXAMPLE_EPILOG,
-        formatter_class=raw,
+        "compile the bundled trained digits SNN and compare accuracy with eager",
+        _EXAMPLE_EPILOG,
+        cmd_example,
     )
-    p.add_argument(
-        "--backend", default="reference", help=f"one of {', '.join(backends)} (default: reference)"
-    )
-    p.set_defaults(func=cmd_example)
+    _backend_arg(p, backends)
     return parser
 
 
