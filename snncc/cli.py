@@ -458,14 +458,14 @@ def _command(
     return p
 
 
-def _spec_args(p: argparse.ArgumentParser, required: bool = True, what: str = "SPEC") -> None:
+def _spec_args(p: argparse.ArgumentParser, required: bool = True, when: str = "") -> None:
     """--input-shape (and --weights) for commands that trace a model spec."""
     p.add_argument(
         "--input-shape",
         required=required,
         type=parse_input_shape,
         metavar="T,B,...",
-        help=f"time-major shape of the example input {what} is traced with",
+        help=f"time-major shape of the example input to trace with{when}",
     )
     p.add_argument(
         "--weights", metavar="FILE", help="state_dict (.pt / .safetensors) to load first"
@@ -532,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("model", metavar="MODEL", help=f"artifact directory, or a SPEC ({spec_help})")
     p.add_argument("--format", required=True, choices=EXCHANGE_FORMATS, help="file format")
-    _spec_args(p, required=False, what="(when MODEL is a SPEC)")
+    _spec_args(p, required=False, when=" (when MODEL is a SPEC)")
     p.add_argument(
         "--dt", type=float, default=None, help="NIR: the time step the model's steps stand for"
     )
