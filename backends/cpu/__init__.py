@@ -7,6 +7,15 @@ Stateless ops run exactly as in the reference backend, so its spikes match the
 reference bit for bit; gradients flow through a ``torch.autograd.Function``
 over the compiled forward/backward kernels.
 
+Every neuron form of the IR is fused: SpikingJelly/snncc (IF, LIF, PLIF, LI),
+snnTorch (Leaky, Synaptic, RLeaky; learnable or per-neuron beta, threshold,
+graded_spikes_factor, alpha, V) and Norse (LIF, LIFRecurrentCell, LIFBox, LI;
+learnable or per-neuron tau_mem_inv, tau_syn_inv, v_th, v_reset). A neuron
+layer runs all T steps in one kernel call; a neuron inside a recurrent
+component (snnTorch RLeaky, Norse LIFRecurrentCell: their recurrent weight is
+a graph node fed by the neuron's previous spike) runs the same kernel once per
+time step, with its state carried between the calls.
+
     import snncc
     cm = snncc.compile(model, x, backend="cpu")
     y = cm(x)

@@ -22,6 +22,11 @@ GPU computes ``tensor / python_float`` as a multiply by the reciprocal, so
 the reference backend -- and SpikingJelly's torch neurons -- run *on a GPU*
 differ from the CPU arithmetic wherever tau is not a power of two.
 
+snnTorch and Norse forms are fused too (the same form kernels the cpu backend
+runs; recurrent components one kernel step per time step); ``spike_dtype``
+and ``time_chunks`` apply to SpikingJelly-style layers only (snnTorch spikes
+are graded; the chunked forward is written for those forms' reset).
+
 Options: ``cache_dir`` (default ``~/.cache/snncc/cuda``: the ``.cu`` sources and
 their cubins), ``device`` ("cuda" / "cuda:N"), ``precision`` ("fp32" | "tf32" |
 "bf16"), ``cuda_graph`` (capture inference in CUDA graphs), ``spike_dtype``
