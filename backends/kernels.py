@@ -659,6 +659,11 @@ def form_view(spec: NeuronSpec) -> FormView:
                 f"neuron charge form {spec.charge!r} needs the param {role!r} or its "
                 f"constant ({FORMS[spec.charge].constants.get(role, role)})"
             )
+        if not math.isfinite(value):
+            raise UnsupportedError(
+                f"neuron charge form {spec.charge!r}: the constant for {role!r} is {value!r}; "
+                "the kernels need a finite value or a node param with that role"
+            )
         literal = f32_literal(value)
         quantities.append({"name": q, "arg": False, "value": literal, "number": value})
     g_arg = any(q["name"] == "g" and q["arg"] for q in quantities)

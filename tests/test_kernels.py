@@ -367,6 +367,12 @@ def test_form_kernels_take_params_as_arguments_or_exact_literals() -> None:
             "> 0",
         ),
         (form_spec("norse_lif").replace(fire_from="previous"), ((), ()), {}, "fire_from"),
+        (
+            form_spec("norse_lif").replace(v_threshold=math.nan),
+            ((), ()),
+            {},
+            "'threshold' is nan",
+        ),
     ],
 )
 def test_unsupported_inputs_are_refused_by_name(spec, steps, options, match) -> None:
