@@ -40,8 +40,6 @@ def get(name: str) -> Any:
     """A backend instance by name; unknown names raise BackendError listing the choices."""
     if name not in _REGISTRY:
         if name not in _KNOWN:
-            raise BackendError(
-                f"unknown backend {name!r}; choose one of: {', '.join(available())}"
-            )
+            raise BackendError(f"unknown backend {name!r}; choose one of: {', '.join(available())}")
         importlib.import_module(_KNOWN[name])
     return _REGISTRY[name]()

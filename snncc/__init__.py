@@ -1,7 +1,7 @@
 """snncc: a compiler for spiking neural networks.
 
-    cm = snncc.compile(model, example_input, backend="jax")   # example_input: [T, B, ...]
-    y = cm(x)
+``cm = snncc.compile(model, example_input, backend="jax")`` traces ``model`` with a
+time-major ``example_input`` [T, B, ...]; ``cm(x)`` runs the compiled program.
 """
 
 from snncc.errors import (

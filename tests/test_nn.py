@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
-from snncc.ir.neuron import NeuronSpec
 from spikingjelly.activation_based import functional, layer, neuron, surrogate
 
 import snncc.nn as snn
 from snncc.errors import ShapeError, UnsupportedError
+from snncc.ir.neuron import NeuronSpec
 
 T, B, F = 16, 4, 32
 

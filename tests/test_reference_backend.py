@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from snncc.backends.reference import ReferenceBackend, ReferenceProgram
-from snncc.ir.graph import Graph
-from snncc.ir.neuron import NeuronSpec
 from spikingjelly.activation_based import layer, neuron, surrogate
 
 from snncc import backends
+from snncc.backends.reference import ReferenceBackend, ReferenceProgram
 from snncc.errors import ShapeError, UnsupportedError
+from snncc.ir.graph import Graph
+from snncc.ir.neuron import NeuronSpec
 
 T, B = 8, 3
 

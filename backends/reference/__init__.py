@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from snncc.backends import register
 from snncc.ir.graph import Graph
 

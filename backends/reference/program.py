@@ -34,12 +34,12 @@ import networkx as nx
 import numpy as np
 import torch
 import torch.nn.functional as F
-from snncc.ir.graph import Edge, Graph
-from snncc.ir.neuron import NeuronSpec
-from snncc.ir.ops import OPS
 
 from snncc import neurons
 from snncc.errors import IRError, ShapeError, UnsupportedError
+from snncc.ir.graph import Edge, Graph
+from snncc.ir.neuron import NeuronSpec
+from snncc.ir.ops import OPS
 
 from .ops import LEAD_OPS, ROW_OPS, apply_steps, batchnorm, fold_bn
 
