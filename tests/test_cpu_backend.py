@@ -17,7 +17,8 @@ import torch
 import snncc
 from snncc import neurons
 from snncc import nn as snn
-from snncc.backends.cpu.neuron import NeuronKernel, run_neuron
+from snncc.backends.cpu.autograd import run_neuron
+from snncc.backends.cpu.neuron import NeuronKernel
 from snncc.backends.cpu.program import CpuProgram
 from snncc.backends.kernels import SJ_CHARGES, SUPPORTED_SURROGATES
 from snncc.backends.reference.ops import apply_steps

@@ -35,9 +35,10 @@ from torch import nn
 import snncc
 from snncc import neurons
 from snncc import nn as snn
+from snncc.backends.cpu.autograd import run_neuron
 from snncc.backends.cuda import cache as kcache
 from snncc.backends.cuda import runtime
-from snncc.backends.cuda.neuron import KCache, run_neuron
+from snncc.backends.cuda.neuron import KCache
 from snncc.backends.cuda.program import CudaProgram, _fp32_precision
 from snncc.backends.kernels import NVCC_EXACT_FLAGS, SJ_CHARGES, SUPPORTED_SURROGATES
 from snncc.backends.reference.program import ReferenceProgram
@@ -429,6 +430,7 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.parametrize("charge", ["sj_plif_decay_input", "sj_lif"])
 def test_generic_autograd_wrapper_equals_the_cpu_backend(charge: str, tmp_path) -> None:
     """run_neuron/NeuronFunction (used by cuda) == the cpu backend's own wrapper, exactly."""
+    from snncc.backends.cpu import autograd as cpu_autograd
     from snncc.backends.cpu import neuron as cpu_neuron
 
     spec = _spec(charge, sg="atan")
@@ -441,7 +443,7 @@ def test_generic_autograd_wrapper_equals_the_cpu_backend(charge: str, tmp_path) 
     w = torch.tensor(-0.4)
     gy, gv = torch.randn(x.shape, generator=g), torch.randn(v0.shape, generator=g)
     results = []
-    for fn in (cpu_neuron.run_neuron, run_neuron):
+    for fn in (cpu_autograd.run_neuron, run_neuron):
         leaves = [t.clone().requires_grad_() for t in (x, a, v0, w)]
         k = leaves[3].sigmoid() if charge in PLIF else None
         out, v_last = fn(kernel, leaves[0], (leaves[1],), leaves[2], k)

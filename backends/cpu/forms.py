@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch.autograd.function import once_differentiable
 
+from snncc.backends.cpu.autograd import KernelPair, as_f32, broadcasts_to
 from snncc.backends.kernels import NeuronKernelInfo
 from snncc.errors import ShapeError, UnsupportedError
 from snncc.ir.neuron import NeuronSpec
@@ -42,24 +43,11 @@ from snncc.ir.neuron import NeuronSpec
 Tensor = torch.Tensor
 
 
-class FormKernel(Protocol):
-    """A compiled form-family kernel pair (cpu ``NeuronKernel`` and ``CudaNeuronKernel`` fit)."""
-
-    spec: NeuronSpec
-    info: NeuronKernelInfo
-
-    def call(self, which: str, values: Mapping[str, Any], device: torch.device) -> None: ...
+#: a compiled form-family kernel pair: the protocol both kernel families share
+FormKernel = KernelPair
 
 
 # ------------------------------------------------------------------- params
-def broadcasts_to(shape: Sequence[int], target: Sequence[int]) -> bool:
-    """Whether ``shape`` broadcasts to exactly ``target`` (torch's rules)."""
-    try:
-        return tuple(torch.broadcast_shapes(tuple(shape), tuple(target))) == tuple(target)
-    except RuntimeError:
-        return False
-
-
 def check_node_params(spec: NeuronSpec, node_roles: Sequence[str], where: str) -> None:
     """The spec's param roles must be exactly the node's (for the form's roles).
 
@@ -327,17 +315,6 @@ class FormFunction(torch.autograd.Function):
         )
 
 
-def _as_f32(t: Tensor, what: str, device: torch.device, widen: bool) -> Tensor:
-    """fp32 and contiguous; other dtypes are refused (cpu) or widened (cuda: bf16 autocast)."""
-    if t.device != device:
-        raise ShapeError(f"neuron kernel {what} is on {t.device}; the layer runs on {device}")
-    if t.dtype != torch.float32:
-        if not (widen and t.is_floating_point()):
-            raise ShapeError(f"the neuron kernels take float32 {what}, got {t.dtype}")
-        t = t.float()
-    return t.contiguous()
-
-
 def run_form(
     kernel: FormKernel,
     x: Tensor,
@@ -370,13 +347,13 @@ def run_form(
     if x.dim() < 1:
         raise ShapeError(f"neuron input must be time-major [T, ...], got shape {tuple(x.shape)}")
     device = x.device
-    x = _as_f32(x, "input", device, widen)
+    x = as_f32(x, "input", device, widen)
     T = x.shape[0]
     step_shape = tuple(x.shape[1:])
     N = math.prod(step_shape)
 
     def seq(t: Tensor, what: str) -> Tensor:
-        t = _as_f32(t, what, device, widen)
+        t = as_f32(t, what, device, widen)
         if not broadcasts_to(t.shape, x.shape):
             raise ShapeError(
                 f"{what} of shape {tuple(t.shape)} does not broadcast to the neuron input's "
@@ -396,7 +373,7 @@ def run_form(
                 f"state of a {kernel.spec.charge!r} neuron lacks {var!r}; it keeps "
                 f"{list(info.state_vars)}"
             )
-        s = _as_f32(state[var], f"state {var!r}", device, widen)
+        s = as_f32(state[var], f"state {var!r}", device, widen)
         if not broadcasts_to(s.shape, step_shape):
             raise ShapeError(
                 f"state {var!r} of shape {tuple(s.shape)} does not match the neuron's "

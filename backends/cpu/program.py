@@ -19,8 +19,9 @@ from typing import Any
 
 import torch
 
+from snncc.backends.cpu.autograd import run_neuron
 from snncc.backends.cpu.forms import check_node_params, derive_params, run_form
-from snncc.backends.cpu.neuron import NeuronKernel, run_neuron
+from snncc.backends.cpu.neuron import NeuronKernel
 from snncc.backends.kernels import SNNTORCH_NORSE_CHARGES
 from snncc.backends.reference.program import ReferenceProgram
 from snncc.ir.graph import Graph
@@ -108,7 +109,7 @@ class CpuProgram(ReferenceProgram):
             x = x.unsqueeze(0)
             adds = [a.unsqueeze(0) for a in adds]
         k = ctx.neuron_params(n).get("k") if kernel.info.learns_k else None
-        out, v_last = run_neuron(kernel, x, adds, v0, k)
+        out, v_last = run_neuron(kernel, x, adds, v0, k, widen=self._widen_inputs)
         return (out if lead else out[0]), v_last
 
     def _form_call(

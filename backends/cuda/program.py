@@ -26,11 +26,12 @@ from typing import Any
 
 import torch
 
+from snncc.backends.cpu.autograd import run_neuron
 from snncc.backends.cpu.program import CpuProgram
 from snncc.backends.cuda import cache as kcache
 from snncc.backends.cuda import runtime
 from snncc.backends.cuda.chunked import ChunkedForward, chunkable, plan_chunks
-from snncc.backends.cuda.neuron import CudaNeuronKernel, KCache, run_neuron
+from snncc.backends.cuda.neuron import CudaNeuronKernel, KCache
 from snncc.backends.kernels import SJ_CHARGES
 from snncc.backends.reference.ops import apply_steps
 from snncc.backends.reference.program import ReferenceProgram
@@ -322,7 +323,7 @@ class CudaProgram(CpuProgram):
                 return chunked
         if u8:
             kernel = self.u8_kernels[n]
-        out, v_last = run_neuron(kernel, x, adds, v0, k, k_value)
+        out, v_last = run_neuron(kernel, x, adds, v0, k, k_value, self._widen_inputs)
         return (out if lead else out[0]), v_last
 
     def _chunked_call(
