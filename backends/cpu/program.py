@@ -54,16 +54,25 @@ class CpuProgram(ReferenceProgram):
         **reference_options: Any,
     ) -> None:
         super().__init__(graph, **reference_options)
-        self.kernels: dict[int, NeuronKernel] = {}
+        self.cache_dir = cache_dir
         self._check_form_params()
+        self._build_kernels(recompute)
+
+    def _build_kernels(self, recompute: bool) -> None:
+        """The kernel-factory hook: one compiled kernel pair per neuron node into ``kernels``.
+
+        Subclasses for other targets (cuda) override only this; the
+        interpreter's setup and the form-param check above stay shared.
+        """
+        self.kernels: dict[int, NeuronKernel] = {}
         for n, spec in self._specs.items():
-            attrs = graph.attrs(n)
+            attrs = self.graph.attrs(n)
             self.kernels[n] = NeuronKernel(
                 spec,
                 attrs.get("prologue") or [],
                 attrs.get("epilogue") or [],
                 {"recompute": recompute},
-                cache_dir,
+                self.cache_dir,
             )
 
     #: widen non-fp32 floating inputs of the form kernels (cuda: bf16 autocast) or refuse them

@@ -98,27 +98,27 @@ class CudaProgram(CpuProgram):
         time_chunks: str | int = "auto",
         **reference_options: Any,
     ) -> None:
-        # CpuProgram.__init__ would compile host kernels: only the interpreter's part is shared.
-        ReferenceProgram.__init__(self, graph, **reference_options)
-        self._check_form_params()
         _check_options(precision, spike_dtype, block_size, time_chunks)
+        # what _build_kernels reads, set before CpuProgram.__init__ calls it
         self.time_chunks = time_chunks
         self.block_size = block_size
-        self.cache_dir = cache_dir
         self.precision = precision
         self.cuda_graph = bool(cuda_graph)
         self.spike_dtype = spike_dtype
         self._device_spec = device
         self.device: torch.device | None = None
-        self._render_kernels(recompute)
+        super().__init__(graph, cache_dir=cache_dir, recompute=recompute, **reference_options)
         self._kcache = KCache()
         self._graphs: dict[Any, tuple] = {}
         if torch.cuda.is_available():  # params live on the GPU from the start when there is one
             self._place(runtime.resolve_device(device))
 
     # ------------------------------------------------------------ lowering
-    def _render_kernels(self, recompute: bool) -> None:
-        """Render every neuron layer's kernels: plain, uint8 and time-chunked variants."""
+    def _build_kernels(self, recompute: bool) -> None:
+        """Render every neuron layer's kernels: plain, uint8 and time-chunked variants.
+
+        CpuProgram's kernel-factory hook; rendering needs no GPU (NVRTC compiles on first launch).
+        """
         graph, cache_dir, block_size = self.graph, self.cache_dir, self.block_size
         self.kernels: dict[int, CudaNeuronKernel] = {}
         self.u8_kernels: dict[int, CudaNeuronKernel] = {}
