@@ -73,6 +73,27 @@ def as_f32(t: Tensor, what: str, device: torch.device, widen: bool) -> Tensor:
     return t.contiguous()
 
 
+def time_major(x: Tensor, widen: bool) -> tuple[Tensor, tuple[int, ...], int]:
+    """A layer's input [T, *shape] as fp32 (see :func:`as_f32`): (x, per-step shape, N)."""
+    if x.dim() < 1:
+        raise ShapeError(f"neuron input must be time-major [T, ...], got shape {tuple(x.shape)}")
+    x = as_f32(x, "input", x.device, widen)
+    step_shape = tuple(x.shape[1:])
+    return x, step_shape, math.prod(step_shape)
+
+
+def flat_seq(t: Tensor, what: str, x: Tensor, widen: bool) -> Tensor:
+    """A per-step input broadcast to x's [T, *shape] and flattened to [T, N] (torch broadcasts,
+    so autograd reduces its gradient back to its own shape)."""
+    t = as_f32(t, what, x.device, widen)
+    if not broadcasts_to(t.shape, x.shape):
+        raise ShapeError(
+            f"{what} of shape {tuple(t.shape)} does not broadcast to the neuron input's "
+            f"shape {tuple(x.shape)}"
+        )
+    return t.expand(x.shape).contiguous().reshape(x.shape[0], math.prod(x.shape[1:]))
+
+
 # ------------------------------------------------------------------ kernels
 def neuron_forward(
     kernel: NeuronKernelLike,
@@ -227,22 +248,10 @@ def run_neuron(
     n_adds = len(kernel.info.add_ports)
     if len(adds) != n_adds:
         raise ShapeError(f"neuron kernel expects {n_adds} add inputs, got {len(adds)}")
-    if x.dim() < 1:
-        raise ShapeError(f"neuron input must be time-major [T, ...], got shape {tuple(x.shape)}")
     device = x.device
-    x = as_f32(x, "input", device, widen)
+    x, step_shape, N = time_major(x, widen)
     T = x.shape[0]
-    step_shape = tuple(x.shape[1:])
-    N = math.prod(step_shape)
-    flat_adds = []
-    for j, a in enumerate(adds):
-        a = as_f32(a, f"add input {j}", device, widen)
-        if not broadcasts_to(a.shape, x.shape):
-            raise ShapeError(
-                f"fused add input {j} of shape {tuple(a.shape)} does not broadcast to the "
-                f"neuron input's shape {tuple(x.shape)}"
-            )
-        flat_adds.append(a.expand(x.shape).contiguous().reshape(T, N))
+    flat_adds = [flat_seq(a, f"fused add input {j}", x, widen) for j, a in enumerate(adds)]
     v0_flat = None
     if v0 is not None:
         v0 = as_f32(v0, "initial membrane", device, widen)

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from torch.autograd.function import once_differentiable
 
-from snncc.backends.cpu.autograd import KernelPair, as_f32, broadcasts_to
+from snncc.backends.cpu.autograd import KernelPair, as_f32, broadcasts_to, flat_seq, time_major
 from snncc.backends.kernels import NeuronKernelInfo
 from snncc.errors import ShapeError, UnsupportedError
 from snncc.ir.neuron import NeuronSpec
@@ -344,25 +344,11 @@ def run_form(
         raise ShapeError(
             f"neuron kernel expects the quantities {list(info.param_args)}, got {sorted(params)}"
         )
-    if x.dim() < 1:
-        raise ShapeError(f"neuron input must be time-major [T, ...], got shape {tuple(x.shape)}")
     device = x.device
-    x = as_f32(x, "input", device, widen)
+    x, step_shape, N = time_major(x, widen)
     T = x.shape[0]
-    step_shape = tuple(x.shape[1:])
-    N = math.prod(step_shape)
-
-    def seq(t: Tensor, what: str) -> Tensor:
-        t = as_f32(t, what, device, widen)
-        if not broadcasts_to(t.shape, x.shape):
-            raise ShapeError(
-                f"{what} of shape {tuple(t.shape)} does not broadcast to the neuron input's "
-                f"shape {tuple(x.shape)}"
-            )
-        return t.expand(x.shape).contiguous().reshape(T, N)
-
-    flat_rec = None if rec is None else seq(rec, "recurrent input")
-    flat_adds = [seq(a, f"fused add input {j}") for j, a in enumerate(adds)]
+    flat_rec = None if rec is None else flat_seq(rec, "recurrent input", x, widen)
+    flat_adds = [flat_seq(a, f"fused add input {j}", x, widen) for j, a in enumerate(adds)]
     s0s: list[Tensor | None] = []
     for var in info.state_vars:
         if state is None:
