@@ -428,9 +428,11 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @pytest.mark.parametrize("charge", ["sj_plif_decay_input", "sj_lif"])
-def test_generic_autograd_wrapper_equals_the_cpu_backend(charge: str, tmp_path) -> None:
-    """run_neuron/NeuronFunction (used by cuda) == the cpu backend's own wrapper, exactly."""
-    from snncc.backends.cpu import autograd as cpu_autograd
+def test_generic_autograd_wrapper_matches_the_torch_neuron_maths(charge: str, tmp_path) -> None:
+    """run_neuron/NeuronFunction (shared by cpu and cuda) == snncc.neurons in torch autograd.
+
+    Values bit for bit; gradients (x, the fused add input, v0, PLIF's w) within 1e-5.
+    """
     from snncc.backends.cpu import neuron as cpu_neuron
 
     spec = _spec(charge, sg="atan")
@@ -442,21 +444,30 @@ def test_generic_autograd_wrapper_equals_the_cpu_backend(charge: str, tmp_path) 
     v0 = torch.rand((3, 5), generator=g) * 0.5
     w = torch.tensor(-0.4)
     gy, gv = torch.randn(x.shape, generator=g), torch.randn(v0.shape, generator=g)
-    results = []
-    for fn in (cpu_autograd.run_neuron, run_neuron):
-        leaves = [t.clone().requires_grad_() for t in (x, a, v0, w)]
-        k = leaves[3].sigmoid() if charge in PLIF else None
-        out, v_last = fn(kernel, leaves[0], (leaves[1],), leaves[2], k)
+    plif = charge in PLIF
+
+    def grads(out: torch.Tensor, v_last: torch.Tensor, leaves: list) -> tuple:
         loss = (out * gy).sum() + (v_last * gv).sum()
-        wanted = leaves if charge in PLIF else leaves[:3]
-        results.append((out, v_last, torch.autograd.grad(loss, wanted)))
-    (o1, v1, g1), (o2, v2, g2) = results
-    assert torch.equal(o1, o2) and torch.equal(v1, v2)
-    for a_, b_ in zip(g1, g2):
-        assert torch.equal(a_, b_)
+        return torch.autograd.grad(loss, leaves if plif else leaves[:3])
+
+    leaves = [t.clone().requires_grad_() for t in (x, a, v0, w)]
+    out, v_last = run_neuron(
+        kernel, leaves[0], (leaves[1],), leaves[2], leaves[3].sigmoid() if plif else None
+    )
+    got = grads(out, v_last, leaves)
+
+    ref_leaves = [t.clone().requires_grad_() for t in (x, a, v0, w)]
+    x_in = ref_leaves[0] * 1.25 + ref_leaves[1]  # the fused prologue, in its order
+    params = {"w": ref_leaves[3]} if plif else {}
+    ref_out, state = neurons.run_sequence(spec, params, x_in, {"v": ref_leaves[2]})
+    want = grads(ref_out, state["v"], ref_leaves)
+
+    assert torch.equal(out, ref_out) and torch.equal(v_last, state["v"])
+    for got_g, want_g in zip(got, want):
+        torch.testing.assert_close(got_g, want_g, rtol=1e-5, atol=1e-6)
     with torch.no_grad():  # inference skips autograd, same values
-        o3, v3 = run_neuron(kernel, x, (a,), v0, w.sigmoid() if charge in PLIF else None)
-    assert torch.equal(o3, o1) and torch.equal(v3, v1)
+        o3, v3 = run_neuron(kernel, x, (a,), v0, w.sigmoid() if plif else None)
+    assert torch.equal(o3, out) and torch.equal(v3, v_last)
 
 
 def test_plif_decay_is_read_once_per_weight_version() -> None:
