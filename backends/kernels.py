@@ -330,6 +330,23 @@ def _surrogate_constants(alpha: float) -> dict[str, str]:
     }
 
 
+def _kernel_tag(
+    spec: NeuronSpec, pro: list, epi: list, opts: dict, family: str | None = None
+) -> str:
+    """The hash that names a kernel (and keys the compile caches): everything it is rendered from."""
+    body: dict[str, Any] = {
+        "abi": KERNEL_ABI_VERSION,
+        "spec": spec.to_dict(),
+        "prologue": pro,
+        "epilogue": epi,
+        "options": opts,
+    }
+    if family is not None:
+        body["family"] = family
+    key = json.dumps(body, sort_keys=True, default=repr)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
 def _steps(
     steps: Sequence[Mapping[str, Any]], where: str, first_add: int, min_port: int = 1
 ) -> list[dict]:
@@ -411,18 +428,7 @@ def _plan(
             "epilogue (the output must be exactly 0/1)"
         )
     recompute = opts["recompute"] and view.needs_h
-    key = json.dumps(
-        {
-            "abi": KERNEL_ABI_VERSION,
-            "spec": spec.to_dict(),
-            "prologue": pro,
-            "epilogue": epi,
-            "options": opts,
-        },
-        sort_keys=True,
-        default=repr,
-    )
-    tag = hashlib.sha256(key.encode()).hexdigest()[:16]
+    tag = _kernel_tag(spec, pro, epi, opts)
     adds = [st for st in pro + epi if st["kind"] == "add"]
     names = [st["arg"] for st in adds]
     out_c = "uint8*" if opts["spike_dtype"] == "uint8" else "float*"
@@ -720,19 +726,7 @@ def _form_plan(
     pro = _steps(prologue, "prologue", 0, first_port)
     n_pro = sum(st["kind"] == "add" for st in pro)
     epi = _steps(epilogue, "epilogue", n_pro, first_port)
-    key = json.dumps(
-        {
-            "abi": KERNEL_ABI_VERSION,
-            "family": "form",
-            "spec": spec.to_dict(),
-            "prologue": pro,
-            "epilogue": epi,
-            "options": opts,
-        },
-        sort_keys=True,
-        default=repr,
-    )
-    tag = hashlib.sha256(key.encode()).hexdigest()[:16]
+    tag = _kernel_tag(spec, pro, epi, opts, family="form")
     adds = [st for st in pro + epi if st["kind"] == "add"]
     names = [st["arg"] for st in adds]
     svars = view.state_vars
