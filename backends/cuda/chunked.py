@@ -7,7 +7,7 @@ Which neuron forms can be parallelised over time, exactly (fp32 bit for bit)?
   before, so a chunk of steps started from a *guessed* membrane is exactly
   right from the first step at which it and the true run both fire. snncc
   runs all chunks at once from the guess, then one sequential pass per neuron
-  re-runs each chunk only up to that merge step (``neuron_chunked.cu.j2``).
+  re-runs each chunk only up to that merge step (``templates/cuda/neuron_chunked.cu.j2``).
   Typical inputs fire within a few steps, so the sequential part is a few
   steps per chunk instead of T.
 - **Soft reset** (subtract the threshold) and **no reset** (LI readouts, IF
@@ -31,8 +31,6 @@ same single-rounding ops -- so the chunk kernels are those of the bare form.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -42,6 +40,7 @@ from snncc.backends.kernels import (
     neuron_kernel_info,
     neuron_view,
     render_neuron_kernels,
+    render_template,
 )
 from snncc.errors import UnsupportedError
 from snncc.ir.neuron import NeuronSpec
@@ -83,20 +82,6 @@ def plan_chunks(T: int, N: int, sm_count: int, forced: int | None = None) -> int
     return math.ceil(T / chunks)
 
 
-@lru_cache(maxsize=1)
-def _env():
-    import jinja2
-
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(Path(__file__).resolve().parent)),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-        autoescape=False,
-    )
-
-
 def render_chunked(
     spec: NeuronSpec, target: str = "cuda", out_dtype: str = "float32"
 ) -> tuple[str, str, str, str]:
@@ -118,16 +103,13 @@ def render_chunked(
     info = neuron_kernel_info(spec, (), (), options)
     unit = render_neuron_kernels(spec, (), (), target, options)
     name = f"snncc_chunk_{info.tag}"
-    chunk = (
-        _env()
-        .get_template(_TEMPLATE)
-        .render(
-            target=target,
-            tag=info.tag,
-            name=name,
-            n=neuron_view(spec),
-            out_type="unsigned char" if out_dtype == "uint8" else "float",
-        )
+    chunk = render_template(
+        _TEMPLATE,
+        target=target,
+        tag=info.tag,
+        name=name,
+        n=neuron_view(spec),
+        out_type="unsigned char" if out_dtype == "uint8" else "float",
     )
     return unit, chunk, name, info.tag
 
