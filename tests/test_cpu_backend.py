@@ -13,6 +13,7 @@ import math
 
 import pytest
 import torch
+from kernel_specs import PLIF_FORMS, kernel_spec
 
 import snncc
 from snncc import neurons
@@ -26,12 +27,9 @@ from snncc.backends.reference.program import ReferenceProgram
 from snncc.errors import BackendError, ShapeError
 from snncc.ir.graph import Graph
 from snncc.ir.neuron import NeuronSpec
-from snncc.surrogate import default_alpha
 
 GRAD_RTOL = 1e-5
 TS = (1, 8, 64)
-TAU_FORMS = ("sj_lif_decay_input", "sj_lif", "snncc_li")
-PLIF_FORMS = ("sj_plif_decay_input", "sj_plif")
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -96,23 +94,7 @@ def form_id(f: tuple) -> str:
 
 
 def spec_of(form: tuple) -> NeuronSpec:
-    charge, reset, detach, output, cmp, sg = form
-    v_reset = None if reset == "subtract" else -0.1  # not an fp32 value: tests literal rounding
-    return NeuronSpec(
-        model="plif" if charge in PLIF_FORMS else "lif",
-        charge=charge,
-        tau=1.7 if charge in TAU_FORMS else None,
-        v_threshold=0.7,
-        v_reset=v_reset,
-        reset=reset,
-        detach_reset=detach,
-        fire_cmp=cmp,
-        output=output,
-        surrogate=sg,
-        alpha=default_alpha(sg),
-        v_init=0.0 if v_reset is None else v_reset,
-        learnable=("w",) if charge in PLIF_FORMS else (),
-    )
+    return kernel_spec(*form)
 
 
 @pytest.fixture(scope="session")

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from kernel_specs import PLIF_FORMS, kernel_spec
 from torch import nn
 
 import snncc
@@ -46,7 +47,6 @@ from snncc.backends.torch_module import to_torch
 from snncc.errors import BackendError, UnsupportedError
 from snncc.ir.graph import Graph
 from snncc.ir.neuron import NeuronSpec
-from snncc.surrogate import default_alpha
 
 sj = pytest.importorskip("spikingjelly.activation_based")
 from spikingjelly.activation_based import functional, layer, neuron, surrogate  # noqa: E402
@@ -391,34 +391,7 @@ def test_nvrtc_errors_carry_the_log(cache_dir) -> None:
 
 
 # -- the device-generic autograd wrapper, exercised with the cpu backend's kernels
-PLIF = ("sj_plif_decay_input", "sj_plif")
-TAU = ("sj_lif_decay_input", "sj_lif", "snncc_li")
-
-
-def _spec(
-    charge: str,
-    reset: str = "hard",
-    detach: bool = False,
-    output: str = "spike",
-    cmp: str = ">=",
-    sg: str = "sigmoid",
-) -> NeuronSpec:
-    v_reset = None if reset == "subtract" else -0.1
-    return NeuronSpec(
-        model="plif" if charge in PLIF else "lif",
-        charge=charge,
-        tau=1.7 if charge in TAU else None,
-        v_threshold=0.7,
-        v_reset=v_reset,
-        reset=reset,
-        detach_reset=detach,
-        fire_cmp=cmp,
-        output=output,
-        surrogate=sg,
-        alpha=default_alpha(sg),
-        v_init=0.0 if v_reset is None else v_reset,
-        learnable=("w",) if charge in PLIF else (),
-    )
+_spec = kernel_spec
 
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -444,7 +417,7 @@ def test_generic_autograd_wrapper_matches_the_torch_neuron_maths(charge: str, tm
     v0 = torch.rand((3, 5), generator=g) * 0.5
     w = torch.tensor(-0.4)
     gy, gv = torch.randn(x.shape, generator=g), torch.randn(v0.shape, generator=g)
-    plif = charge in PLIF
+    plif = charge in PLIF_FORMS
 
     def grads(out: torch.Tensor, v_last: torch.Tensor, leaves: list) -> tuple:
         loss = (out * gy).sum() + (v_last * gv).sum()
@@ -1047,18 +1020,22 @@ def test_gpu_every_neuron_form_matches_torch_neuron_maths(recompute: bool, cache
         xin = rx
         if steps[0]:
             xin = rx / 3.0 + ra
-        params = {"w": rw} if spec.charge in PLIF else {}
+        params = {"w": rw} if spec.charge in PLIF_FORMS else {}
         ref, st = neurons.run_sequence(spec, params, xin, {"v": rv})
         if steps[1]:
             ref = ref * 0.5
         cx, ca, cv, cw = cu_leaves
         out, v_last = run_neuron(
-            kernel, cx, (ca,) if steps[0] else (), cv, cw.sigmoid() if spec.charge in PLIF else None
+            kernel,
+            cx,
+            (ca,) if steps[0] else (),
+            cv,
+            cw.sigmoid() if spec.charge in PLIF_FORMS else None,
         )
         if not (torch.equal(out.cpu(), ref) and torch.equal(v_last.cpu(), st["v"])):
             failures.append(f"{form}: {(out.cpu() != ref).sum().item()} outputs differ")
             continue
-        wanted = [0, 1, 2, 3] if spec.charge in PLIF else [0, 1, 2]
+        wanted = [0, 1, 2, 3] if spec.charge in PLIF_FORMS else [0, 1, 2]
         if not steps[0]:
             wanted.remove(1)
         loss_ref = (ref * gy).sum() + (st["v"] * gv).sum()
