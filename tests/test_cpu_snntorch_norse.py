@@ -435,34 +435,13 @@ def test_bad_params_and_inputs_are_refused(cache_dir) -> None:
 # ------------------------------------------------------------------ models
 snntorch = pytest.importorskip("snntorch")
 norse = pytest.importorskip("norse.torch")
-from norse.torch.functional.lif import LIFParameters  # noqa: E402
-from norse.torch.functional.lif_box import LIFBoxParameters  # noqa: E402
-from norse.torch.functional.reset import reset_subtract  # noqa: E402
+from peer_models import NorseBoxLearnable, norse_lif_params, snntorch_convnet  # noqa: E402
+from peer_models import randomise as _randomise  # noqa: E402
 from snntorch import surrogate as st_surrogate  # noqa: E402
 from snntorch import utils as st_utils  # noqa: E402
 
 B = 3
-NORSE_P = LIFParameters(
-    tau_syn_inv=torch.as_tensor(300.0),
-    tau_mem_inv=torch.as_tensor(250.0),
-    v_leak=torch.as_tensor(0.05),
-    v_th=torch.as_tensor(0.4),
-    v_reset=torch.as_tensor(-0.1),
-)
-
-
-def _randomise(model: nn.Module, seed: int, gain: float = 2.0) -> nn.Module:
-    g = _gen(seed)
-    for name, p in model.named_parameters():
-        if name.endswith("weight") or name.endswith("weights"):
-            with torch.no_grad():
-                p.copy_(torch.randn(p.shape, generator=g) * gain / p[0].numel() ** 0.5)
-                if name.endswith("recurrent_weights"):
-                    p.fill_diagonal_(0.0)
-        elif name.endswith("bias"):
-            with torch.no_grad():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return model
+NORSE_P = norse_lif_params()
 
 
 class LoopLeaky(nn.Module):
@@ -530,31 +509,6 @@ class LoopSynapticRLeaky(nn.Module):
         return torch.stack(spk_rec), torch.stack(syn_rec)
 
 
-def snntorch_convnet() -> nn.Module:
-    """Per-step CSNN: learnable per-channel beta and threshold, learnable graded spikes."""
-    net = nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1),
-        nn.MaxPool2d(2),
-        snntorch.Leaky(
-            beta=torch.full((4, 1, 1), 0.85),
-            threshold=torch.full((4, 1, 1), 0.9),
-            learn_beta=True,
-            learn_threshold=True,
-            init_hidden=True,
-        ),
-        nn.Flatten(),
-        nn.Linear(4 * 4 * 4, 5),
-        snntorch.Leaky(
-            beta=0.7,
-            init_hidden=True,
-            output=True,
-            graded_spikes_factor=0.5,
-            learn_graded_spikes_factor=True,
-        ),
-    )
-    return _randomise(net, 3, gain=3.0)
-
-
 class NorseLoop(nn.Module):
     """Norse tutorial style: LIFCell -> LIFRecurrentCell (recurrent component) -> LICell."""
 
@@ -575,30 +529,6 @@ class NorseLoop(nn.Module):
             vs.append(vo)
             zs.append(z)
         return torch.stack(vs), torch.stack(zs)
-
-
-class NorseBoxLearnable(nn.Module):
-    """LIFBoxCell (reset_subtract, own dt) and an LIFCell with a learnable tau_mem_inv."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tau = nn.Parameter(torch.tensor(220.0))
-        self.seq = norse.SequentialState(
-            nn.Linear(6, 8),
-            norse.LIFBoxCell(
-                LIFBoxParameters(
-                    tau_mem_inv=torch.as_tensor(400.0),
-                    v_th=torch.as_tensor(0.3),
-                    reset_method=reset_subtract,
-                ),
-                dt=0.0013,
-            ),
-            nn.Linear(8, 5),
-            norse.LIFCell(NORSE_P._replace(tau_mem_inv=self.tau), dt=0.0007),
-        )
-
-    def forward(self, x, state=None):
-        return self.seq(x, state)
 
 
 def _per_step(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -629,7 +559,7 @@ MODELS = {
     "rleaky_V_synaptic": (
         lambda: _randomise(LoopSynapticRLeaky("V", "subtract", True), 6, 1.5), None, 0.8,
     ),
-    "snntorch_convnet": (snntorch_convnet, _snntorch_step, None),
+    "snntorch_convnet": (lambda: _randomise(snntorch_convnet(), 3, 3.0), _snntorch_step, None),
     "norse_loop": (lambda: _randomise(NorseLoop(), 31, 2.5), None, 1.0),
     "norse_box_learnable": (lambda: _randomise(NorseBoxLearnable(), 4), _per_step, 1.0),
 }  # fmt: skip

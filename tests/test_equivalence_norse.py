@@ -19,38 +19,22 @@ import snncc
 
 norse = pytest.importorskip("norse.torch")
 from norse.torch.functional.leaky_integrator import LIParameters  # noqa: E402
-from norse.torch.functional.lif import LIFParameters  # noqa: E402
-from norse.torch.functional.lif_box import LIFBoxParameters  # noqa: E402
-from norse.torch.functional.reset import reset_subtract  # noqa: E402
+from peer_models import (  # noqa: E402
+    NorseBoxLearnable,
+    norse_cell_stack,
+    norse_lif_params,
+    norse_sequence_stack,
+)
+from peer_models import randomise as _randomise  # noqa: E402
 
 B = 3
 
 #: parameters that make the default-initialised layers fire at moderate rates
-P = LIFParameters(
-    tau_syn_inv=torch.as_tensor(300.0),
-    tau_mem_inv=torch.as_tensor(250.0),
-    v_leak=torch.as_tensor(0.05),
-    v_th=torch.as_tensor(0.4),
-    v_reset=torch.as_tensor(-0.1),
-)
+P = norse_lif_params()
 
 
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-
-def _randomise(model: nn.Module, seed: int, gain: float = 2.0) -> None:
-    gen = _gen(seed)
-    for name, p in model.named_parameters():
-        if name.endswith("weight") or name.endswith("weights"):
-            fan_in = p[0].numel()
-            with torch.no_grad():
-                p.copy_(torch.randn(p.shape, generator=gen) * gain / fan_in**0.5)
-                if name.endswith("recurrent_weights"):
-                    p.fill_diagonal_(0.0)  # autapses=False, as Norse initialises it
-        elif name.endswith("bias"):
-            with torch.no_grad():
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.3)
 
 
 def _per_step(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -127,9 +111,7 @@ def _spiking(model: nn.Module, x: torch.Tensor, layer: int) -> None:
 
 @pytest.mark.parametrize("T", [1, 8, 32])
 def test_sequential_state_of_cells(T: int) -> None:
-    model = norse.SequentialState(
-        nn.Linear(6, 10), norse.LIFCell(P), nn.Linear(10, 4), norse.LICell(dt=0.002)
-    )
+    model = norse_cell_stack()
     _randomise(model, T)
     x = torch.randn(T, B, 6, generator=_gen(T)) * 2 + 1.0
     _check(model, x, _per_step)
@@ -151,9 +133,7 @@ def test_sequential_state_with_recurrent_cell() -> None:
 @pytest.mark.parametrize("T", [1, 8, 32])
 def test_sequential_state_of_sequence_modules(T: int) -> None:
     """LIF / LI are multi-step modules: the model is fed [T, B, ...] at once."""
-    model = norse.SequentialState(
-        nn.Linear(6, 10), norse.LIF(P), nn.Linear(10, 4), norse.LI(dt=0.002)
-    )
+    model = norse_sequence_stack()
     _randomise(model, 20 + T)
     x = torch.randn(T, B, 6, generator=_gen(T)) * 2 + 1.0
     cm = _check(model, x, _sequence)
@@ -165,28 +145,7 @@ def test_sequential_state_of_sequence_modules(T: int) -> None:
 def test_lifbox_and_learnable_parameters() -> None:
     """LIFBoxCell (reset_subtract, own dt) and an LIFCell whose tau_mem_inv is an nn.Parameter."""
 
-    class Net(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.tau = nn.Parameter(torch.tensor(220.0))
-            self.seq = norse.SequentialState(
-                nn.Linear(6, 8),
-                norse.LIFBoxCell(
-                    LIFBoxParameters(
-                        tau_mem_inv=torch.as_tensor(400.0),
-                        v_th=torch.as_tensor(0.3),
-                        reset_method=reset_subtract,
-                    ),
-                    dt=0.0013,
-                ),
-                nn.Linear(8, 5),
-                norse.LIFCell(P._replace(tau_mem_inv=self.tau), dt=0.0007),
-            )
-
-        def forward(self, x: torch.Tensor, state=None):
-            return self.seq(x, state)
-
-    model = Net()
+    model = NorseBoxLearnable()
     _randomise(model, 4)
     x = torch.randn(12, B, 6, generator=_gen(4)) * 2 + 1.0
     cm = _check(model, x, _per_step)

@@ -19,6 +19,7 @@ from torch import nn
 import snncc
 
 snn = pytest.importorskip("snntorch")
+from peer_models import snntorch_convnet  # noqa: E402
 from snntorch import surrogate, utils  # noqa: E402
 
 B = 3
@@ -123,26 +124,7 @@ def test_per_step_sequential(mech: str, reset_delay: bool, T: int) -> None:
 
 def test_per_step_convnet_learnable_beta_threshold_graded() -> None:
     """The snnTorch tutorial CSNN, with learnable per-channel beta and threshold, graded spikes."""
-    net = nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1),
-        nn.MaxPool2d(2),
-        snn.Leaky(
-            beta=torch.full((4, 1, 1), 0.85),
-            threshold=torch.full((4, 1, 1), 0.9),
-            learn_beta=True,
-            learn_threshold=True,
-            init_hidden=True,
-        ),
-        nn.Flatten(),
-        nn.Linear(4 * 4 * 4, 5),
-        snn.Leaky(
-            beta=0.7,
-            init_hidden=True,
-            output=True,
-            graded_spikes_factor=0.5,
-            learn_graded_spikes_factor=True,
-        ),
-    )
+    net = snntorch_convnet()
     _randomise(net, 3, gain=3.0)
     x = torch.rand(8, B, 1, 8, 8, generator=_gen(3)) * 2
     _check(net, x, _step_run, learnable=("2.beta", "2.threshold", "5.graded_spikes_factor"))

@@ -51,6 +51,7 @@ from snncc.ir.neuron import FORMS, SURROGATES, NeuronSpec  # noqa: E402
 from snncc.surrogate import surrogate_grad  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
+from peer_models import norse_cell_stack, snntorch_convnet  # noqa: E402
 from test_equivalence_norse import LoopNet as NorseLoopNet  # noqa: E402
 from test_equivalence_norse import P  # noqa: E402
 from test_equivalence_norse import _randomise as _norse_randomise  # noqa: E402
@@ -232,27 +233,7 @@ def test_snntorch_per_step_leaky(mech: str, reset_delay: bool, cache_dir: str) -
 
 def test_snntorch_convnet_per_channel_learnable(cache_dir: str) -> None:
     """Per-channel learnable beta and threshold (broadcast over H, W), learnable graded factor."""
-    net = nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1),
-        nn.MaxPool2d(2),
-        snn.Leaky(
-            beta=torch.tensor([0.6, 0.85, 1.0, 1.1]).reshape(4, 1, 1),  # clamp edges too
-            threshold=torch.full((4, 1, 1), 0.9),
-            learn_beta=True,
-            learn_threshold=True,
-            init_hidden=True,
-            reset_delay=False,
-        ),
-        nn.Flatten(),
-        nn.Linear(4 * 4 * 4, 5),
-        snn.Leaky(
-            beta=0.7,
-            init_hidden=True,
-            output=True,
-            graded_spikes_factor=0.5,
-            learn_graded_spikes_factor=True,
-        ),
-    )
+    net = snntorch_convnet(clamp_edges=True)  # clamp edges too
     _st_randomise(net, 3, gain=3.0)
     x = torch.rand(8, B, 1, 8, 8, generator=_gen(3)) * 2
     compare(net, x, cache_dir, learnable=("2.beta", "2.threshold", "5.graded_spikes_factor"))
@@ -380,9 +361,7 @@ def test_snntorch_streaming_rleaky_synaptic(cache_dir: str) -> None:
 
 
 def test_norse_sequential_state_of_cells(cache_dir: str) -> None:
-    model = norse.SequentialState(
-        nn.Linear(6, 10), norse.LIFCell(P), nn.Linear(10, 4), norse.LICell(dt=0.002)
-    )
+    model = norse_cell_stack()
     _norse_randomise(model, 8)
     x = torch.randn(10, B, 6, generator=_gen(8)) * 2 + 1.0
     compare(model, x, cache_dir)

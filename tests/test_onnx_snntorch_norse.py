@@ -69,6 +69,7 @@ from snncc.ir.passes import run_pipeline  # noqa: E402
 from snncc.ir.printer import format_graph  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
+from peer_models import norse_sequence_stack, snntorch_convnet  # noqa: E402
 from test_equivalence_norse import LoopNet as NorseLoopNet  # noqa: E402
 from test_equivalence_norse import P  # noqa: E402
 from test_equivalence_norse import _randomise as norse_randomise  # noqa: E402
@@ -460,39 +461,14 @@ def test_round_trip_reproduces_ir_and_outputs(name: str, tmp_path) -> None:
 # --------------------------------------------------------------------------- float weights
 
 
-def _st_convnet() -> nn.Module:
-    """The snnTorch tutorial CSNN: per-channel learnable beta (clamped) and threshold, graded."""
-    return nn.Sequential(
-        nn.Conv2d(1, 4, 3, padding=1),
-        nn.MaxPool2d(2),
-        snn.Leaky(
-            beta=torch.tensor([0.6, 0.85, 1.0, 1.1]).reshape(4, 1, 1),
-            threshold=torch.full((4, 1, 1), 0.9),
-            learn_beta=True,
-            learn_threshold=True,
-            init_hidden=True,
-            reset_delay=False,
-        ),
-        nn.Flatten(),
-        nn.Linear(4 * 4 * 4, 5),
-        snn.Leaky(
-            beta=0.7,
-            init_hidden=True,
-            output=True,
-            graded_spikes_factor=0.5,
-            learn_graded_spikes_factor=True,
-        ),
-    )
-
-
-def _norse_seq_linear() -> nn.Module:
-    return norse.SequentialState(
-        nn.Linear(6, 10), norse.LIF(P), nn.Linear(10, 4), norse.LI(dt=0.002)
-    )
-
-
 FLOAT = {
-    "st_convnet": (_st_convnet, lambda m: st_randomise(m, 3, gain=3.0), (1, 8, 8), 1.0, 1.0),
+    "st_convnet": (
+        functools.partial(snntorch_convnet, clamp_edges=True),
+        lambda m: st_randomise(m, 3, gain=3.0),
+        (1, 8, 8),
+        1.0,
+        1.0,
+    ),
     "st_synaptic": (
         lambda: LoopSynaptic("zero", False),
         lambda m: st_randomise(m, 4),
@@ -508,7 +484,7 @@ FLOAT = {
         0.3,
     ),
     "norse_loop": (NorseLoopNet, lambda m: norse_randomise(m, 11, gain=2.5), (6,), 2.0, 1.0),
-    "norse_sequence": (_norse_seq_linear, lambda m: norse_randomise(m, 20), (6,), 2.0, 1.0),
+    "norse_sequence": (norse_sequence_stack, lambda m: norse_randomise(m, 20), (6,), 2.0, 1.0),
 }
 
 
