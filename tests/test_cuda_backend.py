@@ -17,6 +17,7 @@ Two tiers:
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import itertools
 import json
@@ -453,33 +454,80 @@ def test_plif_decay_is_read_once_per_weight_version() -> None:
     assert cache.value(0, w, w.sigmoid()) == float(w.sigmoid())
 
 
-# -- the time-chunked forward (exact for hard resets), run on the host from the same text
-def _host_chunked(spec: NeuronSpec, out_dtype: str, cache: str):
-    """The chunk kernels rendered for the cpu target, compiled by the cpu backend's compiler."""
+# -- the time-chunked kernels, run on the host from the same text
+def _bind_host(lib, name: str, signature, launches: list[str] | None = None):
+    """A host-compiled kernel called like a CuPy one: ``fn(packed_args)`` (runtime.pack_args).
+
+    One target difference the kernels document: the CUDA backward sums d loss /
+    d k into ``double[1]``, the host one writes one double per thread
+    (``N``, or ``C * N`` for the chunked kernels); this sums them into the one.
+    """
     import ctypes
 
+    import numpy as np
+
+    ctype_of = {"float": ctypes.c_float, "int": ctypes.c_int, "int64": ctypes.c_longlong}
+    cfn = getattr(lib, name)
+    cfn.argtypes = [ctype_of.get(c, ctypes.c_void_p) for _, c in signature]
+    names = [n for n, _ in signature]
+
+    def call(args: tuple) -> None:
+        vals = [int(a) if isinstance(a, np.uint64) else a.item() for a in args]
+        vals = [None if (c.endswith("*") and v == 0) else v for v, (_, c) in zip(vals, signature)]
+        gk_at = names.index("gk") if "gk" in names else None
+        total = None
+        if gk_at is not None and vals[gk_at] is not None:
+            total = vals[gk_at]
+            slots = vals[names.index("N")] * (vals[names.index("C")] if "C" in names else 1)
+            part = torch.zeros(slots, dtype=torch.float64)
+            vals[gk_at] = part.data_ptr()
+        if launches is not None:
+            launches.append(name)
+        cfn(*vals)
+        if total is not None:
+            ctypes.c_double.from_address(total).value += float(part.sum())
+
+    return call
+
+
+def _host_chunk_fn(cache: str, launches: list[str] | None = None):
+    """A ``ChunkedNeuron._fn`` that compiles the cpu rendering of the same kernels."""
     from snncc.backends.cpu import compiler
-    from snncc.backends.cuda.chunked import render_chunked
+    from snncc.backends.cuda import chunked
 
-    unit, kernels_text, name, _ = render_chunked(spec, "cpu", out_dtype)
-    lib = compiler.load(unit + kernels_text, cache)
-    P, Int = ctypes.c_void_p, ctypes.c_int
-    spec_k, fix_k = getattr(lib, name + "_spec"), getattr(lib, name + "_fix")
-    spec_k.argtypes = [P, P, ctypes.c_float, P, P, Int, Int, Int, ctypes.c_longlong]
-    fix_k.argtypes = [P, ctypes.c_float, P, P, P, Int, Int, Int, ctypes.c_longlong]
+    def chunk_fn(self, which: str, device):
+        unit, text, name, _ = chunked.render_chunked(
+            self.spec,
+            "cpu",
+            self.out_dtype,
+            backward=self.backward_kernels,
+            recompute=self.recompute,
+        )
+        lib = compiler.load(unit + text, cache)
+        return _bind_host(lib, f"{name}_{which}", chunked.SIGNATURES[which], launches)
 
-    def run(x: torch.Tensor, v0: torch.Tensor | None, k: float, L: int):
-        T, N = x.shape
-        C = math.ceil(T / L)
-        out = torch.full((T, N), 7, dtype=torch.uint8 if out_dtype == "uint8" else torch.float32)
-        v_end = torch.full((C * N,), float("nan"))
-        v_last = torch.full((N,), float("nan"))  # poisoned: every element must be written
-        ptr = lambda t: None if t is None else t.data_ptr()  # noqa: E731
-        spec_k(ptr(x), ptr(v0), k, ptr(out), ptr(v_end), T, L, C, N)
-        fix_k(ptr(x), k, ptr(out), ptr(v_end), ptr(v_last), T, L, C, N)
-        return out, v_last
+    return chunk_fn
 
-    return run
+
+@pytest.fixture
+def host_chunks(monkeypatch, tmp_path):
+    """ChunkedNeuron on CPU tensors: every launch runs the host rendering; torch.empty poisoned.
+
+    Poisoning (NaN floats, 0xAB bytes) makes any output element a kernel forgot
+    to write show up in the comparisons.
+    """
+    from snncc.backends.cuda import chunked
+
+    real_empty = torch.empty
+
+    def poisoned_empty(*args, **kwargs):
+        t = real_empty(*args, **kwargs)
+        return t.fill_(float("nan")) if t.is_floating_point() else t.fill_(0xAB)
+
+    monkeypatch.setattr(torch, "empty", poisoned_empty)
+    monkeypatch.setattr(runtime, "launch", lambda fn, n, args, device, block=None: fn(args))
+    monkeypatch.setattr(chunked.ChunkedNeuron, "_fn", _host_chunk_fn(str(tmp_path / "chunks")))
+    return chunked
 
 
 CHUNK_FORMS = {
@@ -492,13 +540,36 @@ CHUNK_FORMS = {
 }
 
 
+CHUNK_FORMS.update(
+    plif_di_atan=kernel_spec("sj_plif_decay_input", sg="atan"),
+    lif_detach=kernel_spec("sj_lif_decay_input", detach=True, sg="piecewise_quadratic"),
+)
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit-for-bit equal, NaN where NaN (non-finite inputs)."""
+    return torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
+
+
+def _plain_host_kernel(spec: NeuronSpec, cache: str, recompute: bool = False):
+    from snncc.backends.cpu import neuron as cpu_neuron
+
+    return cpu_neuron.NeuronKernel(spec, (), (), {"recompute": recompute}, cache)
+
+
 @pytest.mark.parametrize("form", list(CHUNK_FORMS))
-def test_chunked_forward_equals_the_sequential_recurrence_bit_for_bit(form: str, tmp_path) -> None:
+def test_chunked_forward_equals_the_sequential_recurrence_bit_for_bit(
+    form: str, host_chunks, tmp_path
+) -> None:
+    """Spikes, final membrane and (training) every h[t] and chunk-entry membrane, any L."""
+    from snncc.backends.cpu.autograd import neuron_forward
+
     spec = CHUNK_FORMS[form]
     w = torch.tensor(-0.3)
     params = {"w": w} if spec.charge.startswith("sj_plif") else {}
     k = float(w.sigmoid()) if params else 0.0
-    runs = {d: _host_chunked(spec, d, str(tmp_path)) for d in ("float32", "uint8")}
+    runs = {d: host_chunks.ChunkedNeuron(spec, d, None) for d in ("float32", "uint8")}
+    plain = _plain_host_kernel(spec, str(tmp_path))
     T, N = 200, 96
     g = torch.Generator().manual_seed(11)
     for scale in (2.0, 0.9, 0.05):  # frequent, rare and no firing (full sequential fix-up)
@@ -508,15 +579,80 @@ def test_chunked_forward_equals_the_sequential_recurrence_bit_for_bit(form: str,
         v0 = torch.rand(N, generator=g) * 0.5
         for start in (None, v0):
             ref, st = neurons.run_sequence(spec, params, x, None if start is None else {"v": start})
+            _, h_ref, _ = neuron_forward(plain, x, (), start, k, store_h=True)
+            v_before = [v0 if start is not None else torch.full((N,), spec.v_init)]
+            state = None if start is None else {"v": start}
+            for t in range(T - 1):  # v_before[t]: the true membrane entering step t
+                _, state = neurons.run_sequence(spec, params, x[t : t + 1], state)
+                v_before.append(state["v"])
             for L in (1, 7, 64, T):
-                out, v_last = runs["float32"](x, start, k, L)
+                out, v_last, h_seq, v_start = runs["float32"].forward(x, start, k, L, training=True)
                 assert torch.equal(out, ref), (scale, L, (out != ref).sum().item())
-                assert torch.equal(v_last, st["v"]) or (
-                    torch.equal(v_last.isnan(), st["v"].isnan())
-                    and torch.equal(v_last.nan_to_num(), st["v"].nan_to_num())
-                ), (scale, L)
-                u8, _ = runs["uint8"](x, start, k, L)
-                assert torch.equal(u8.float(), ref)
+                assert _same(v_last, st["v"]), (scale, L)
+                assert _same(h_seq, h_ref), (scale, L)
+                for c in range(math.ceil(T / L)):  # the true membrane entering each chunk
+                    got = v_start[c * N : (c + 1) * N]
+                    assert _same(got, v_before[c * L].float()), (scale, L, c)
+                u8, v8, h8, s8 = runs["uint8"].forward(x, start, k, L)
+                assert torch.equal(u8.float(), ref) and _same(v8, st["v"])
+                assert h8 is None and s8 is None  # inference saves nothing
+
+
+def _layer_grads(fn, x, v0, w, gy, gv, plif: bool) -> tuple[torch.Tensor, ...]:
+    """(out, v_last, d x, d v0[, d w]) of ``fn(x, v0, k)`` for loss = out.gy + v_last.gv."""
+    xs, v0s, ws = (t.clone().requires_grad_() for t in (x, v0, w))
+    k = ws.sigmoid().reshape(1) if plif else None
+    out, v_last = fn(xs, v0s, k)
+    loss = (out * gy).sum() + (v_last * gv).sum()
+    leaves = [xs, v0s, ws] if plif else [xs, v0s]
+    return (out.detach(), v_last.detach(), *torch.autograd.grad(loss, leaves))
+
+
+@pytest.mark.parametrize("recompute", [False, True], ids=["saved-h", "recompute"])
+@pytest.mark.parametrize("form", list(CHUNK_FORMS))
+def test_chunked_backward_matches_the_plain_backward_kernel(
+    form: str, recompute: bool, host_chunks, tmp_path
+) -> None:
+    """Gradients of x, v0 and PLIF's k through the chunked kernels == the plain kernel's.
+
+    The last chunk is bit for bit the plain kernel's; the rest within 1e-5
+    relative (the chunk maps' composition re-rounds the entering gradient).
+    """
+    from snncc.backends.cuda.chunked import ChunkedNeuronFunction
+
+    spec = CHUNK_FORMS[form]
+    plif = spec.charge.startswith("sj_plif")
+    run = host_chunks.ChunkedNeuron(spec, "float32", None, backward=True, recompute=recompute)
+    plain = _plain_host_kernel(spec, str(tmp_path), recompute)
+    T, N = 150, 40
+    g = torch.Generator().manual_seed(5)
+    for scale in (2.0, 0.6):
+        x = torch.rand((T, N), generator=g) * scale
+        v0 = torch.rand(N, generator=g) * 0.5
+        w = torch.tensor(-0.4)
+        gy, gv = torch.randn((T, N), generator=g), torch.randn(N, generator=g)
+
+        k_value = float(w.sigmoid())
+        data = (x, v0, w, gy, gv, plif)
+        plain_fn = functools.partial(run_neuron, plain, adds=(), k_value=k_value)
+        want = _layer_grads(lambda xs, v0s, k, f=plain_fn: f(xs, v0=v0s, k=k), *data)
+        for L in (1, 7, 32, T):
+            chunked = functools.partial(ChunkedNeuronFunction.apply, run, k_value, L, None)
+            got = _layer_grads(lambda xs, v0s, k, f=chunked: f(v0s, k, xs), *data)
+            assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+            last = (math.ceil(T / L) - 1) * L
+            assert torch.equal(got[2][last:], want[2][last:]), (scale, L)
+            for name, a, b in zip(("x", "v0", "w"), got[2:], want[2:]):
+                assert not a.isnan().any(), (name, L)
+                assert _rel(a, b) <= 1e-5, (name, scale, L, _rel(a, b))
+    # no gradient of the final membrane (g_vlast None) and v0 not wanted
+    xs = x.clone().requires_grad_()
+    out, _ = ChunkedNeuronFunction.apply(run, k_value, 7, None, None, None, xs)
+    (gx,) = torch.autograd.grad((out * gy).sum(), [xs])
+    xr = x.clone().requires_grad_()
+    out_r, _ = run_neuron(plain, xr, (), None, torch.tensor([k_value]) if plif else None, k_value)
+    (gr,) = torch.autograd.grad((out_r * gy).sum(), [xr])
+    assert _rel(gx, gr) <= 1e-5
 
 
 def test_which_forms_are_chunked_and_how_long_the_chunks_are() -> None:
@@ -541,83 +677,24 @@ def test_which_forms_are_chunked_and_how_long_the_chunks_are() -> None:
 def host_gpu(monkeypatch, tmp_path):
     """Emulate the GPU on the host: same program, same argument packing, kernels compiled for cpu.
 
-    Only the macro layer differs (as in the cpu backend), plus one target
-    difference the kernels document: the CUDA backward sums d loss / d k into
-    ``double[1]``, the host one writes ``double[N]``; the emulation sums it.
+    Only the macro layer differs (as in the cpu backend), plus the d loss / d k
+    slots :func:`_bind_host` sums.
     """
-    import ctypes
-
-    import numpy as np
-
     from snncc.backends.cpu import compiler
     from snncc.backends.cuda import chunked
     from snncc.backends.cuda import neuron as cuda_neuron
     from snncc.backends.kernels import render_neuron_kernels
 
     cache = str(tmp_path / "host-cache")
-    ctype_of = {"float": ctypes.c_float, "int": ctypes.c_int, "int64": ctypes.c_longlong}
     launches: list[str] = []
-
-    def bind(lib, name: str, signature) -> callable:
-        cfn = getattr(lib, name)
-        cfn.argtypes = [ctype_of.get(c, ctypes.c_void_p) for _, c in signature]
-        names = [n for n, _ in signature]
-
-        def call(args: tuple) -> None:
-            vals = [int(a) if isinstance(a, np.uint64) else a.item() for a in args]
-            vals = [
-                None if (c.endswith("*") and v == 0) else v for v, (_, c) in zip(vals, signature)
-            ]
-            gk_at = names.index("gk") if "gk" in names else None
-            total = None
-            if gk_at is not None and vals[gk_at] is not None:
-                total = vals[gk_at]
-                part = torch.zeros(vals[names.index("N")], dtype=torch.float64)
-                vals[gk_at] = part.data_ptr()
-            launches.append(name)
-            cfn(*vals)
-            if total is not None:
-                ctypes.c_double.from_address(total).value += float(part.sum())
-
-        return call
 
     def kernel_fn(self, which: str, device):
         pro, epi, opts = self.render_args
         src = render_neuron_kernels(self.spec, pro, epi, "cpu", opts, backward=self.has_backward)
         lib = compiler.load(src, cache)
         if which == "fwd":
-            return bind(lib, self.info.forward_name, self.info.forward_args)
-        return bind(lib, self.info.backward_name, self.info.backward_args)
-
-    def chunk_fn(self, which: str, device):
-        unit, text, name, _ = chunked.render_chunked(self.spec, "cpu", self.out_dtype)
-        lib = compiler.load(unit + text, cache)
-        sig = {
-            "spec": (
-                ("x", "p"),
-                ("v0", "p"),
-                ("k", "float"),
-                ("out", "p"),
-                ("v_end", "p"),
-                ("T", "int"),
-                ("L", "int"),
-                ("C", "int"),
-                ("N", "int64"),
-            ),
-            "fix": (
-                ("x", "p"),
-                ("k", "float"),
-                ("out", "p"),
-                ("v_end", "p"),
-                ("v_last", "p"),
-                ("T", "int"),
-                ("L", "int"),
-                ("C", "int"),
-                ("N", "int64"),
-            ),
-        }[which]
-        sig = tuple((n, "float*" if c == "p" else c) for n, c in sig)
-        return bind(lib, f"{name}_{which}", sig)
+            return _bind_host(lib, self.info.forward_name, self.info.forward_args, launches)
+        return _bind_host(lib, self.info.backward_name, self.info.backward_args, launches)
 
     monkeypatch.setattr(runtime, "require", lambda device=None: torch.device("cpu"))
     monkeypatch.setattr(
@@ -625,7 +702,7 @@ def host_gpu(monkeypatch, tmp_path):
     )
     monkeypatch.setattr(runtime, "launch", lambda fn, n, args, device, block=None: fn(args))
     monkeypatch.setattr(cuda_neuron.CudaNeuronKernel, "_fn", kernel_fn)
-    monkeypatch.setattr(chunked.ChunkedForward, "_fn", chunk_fn)
+    monkeypatch.setattr(chunked.ChunkedNeuron, "_fn", _host_chunk_fn(cache, launches))
     return launches
 
 
@@ -687,8 +764,51 @@ def test_host_emulated_gpu_inference_paths_uint8_and_time_chunks(host_gpu, cache
         chunk_launches = [n for n in host_gpu if n.startswith("snncc_chunk_")]
         assert bool(chunk_launches) == bool(opts["time_chunks"]), opts
         assert (y.dtype == torch.uint8) == ("spike_dtype" in opts)
-    y = cm(x)  # gradients wanted: the float training kernels, not the chunked ones
+    y = cm(x)  # gradients wanted: the float32 kernels (uint8 is inference only)
     assert y.dtype == torch.float32 and torch.equal(y.detach(), ref)
+
+
+@pytest.mark.parametrize("recompute", [False, True], ids=["saved-h", "recompute"])
+def test_host_emulated_gpu_training_through_time_chunks(recompute, host_gpu, cache_dir) -> None:
+    """Training a long-sequence model with forced chunks: the chunked backward, reference grads.
+
+    ``sj_mlp`` (LIF, soft IF, PLIF) and a model whose hard-reset LIF has a
+    fused prologue (scale + residual add: applied by torch before the chunks,
+    so its gradient is torch's) and a learnable decay_input PLIF (d loss / d w).
+    """
+
+    class PrologueNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(12, 12)
+            self.lif = snn.LIF(tau=1.5, surrogate="atan")
+            self.out = nn.Linear(12, 5)
+            self.plif = snn.ParametricLIF(init_tau=2.5)
+
+        def forward(self, x):
+            return self.plif(self.out(self.lif(self.fc(x) / 2.0 + x)))
+
+    builders = {"sj_mlp": MODELS["sj_mlp"][0], "prologue": lambda: _randomise(PrologueNet(), 9)}
+    for model, build in builders.items():
+        x = _input("sj_mlp", 60, 3, seed=8)
+        cm = snncc.compile(
+            build(), x[:4], backend="cuda", cache_dir=cache_dir, time_chunks=7, recompute=recompute
+        )
+        assert cm.program.chunked, model
+        ref = ReferenceProgram(cm.program.graph)
+        gy = torch.randn(ref.run(x)[0].shape, generator=torch.Generator().manual_seed(1))
+        y_ref, st_ref, g_ref = _grads(ref, x, gy)
+        host_gpu.clear()
+        y, st, g = _grads(cm.program, x, gy)
+        for kernel in ("_spec", "_fix", "_bpart", "_bcarry", "_bapply"):
+            assert any(n.endswith(kernel) for n in host_gpu), (model, kernel)
+        assert torch.equal(y, y_ref)
+        for n in st_ref:
+            assert torch.equal(st[n]["v"], st_ref[n]["v"])
+        for key in g_ref:
+            assert (g[key] is None) == (g_ref[key] is None), key
+            if g_ref[key] is not None:
+                assert _rel(g[key], g_ref[key]) <= 1e-5, (model, key, _rel(g[key], g_ref[key]))
 
 
 # -- snnTorch / Norse forms through the cuda backend's host side (host-emulated GPU)

@@ -1,31 +1,39 @@
-"""Time-parallel forward for long sequences with few neurons: exact chunking of hard-reset neurons.
+"""Time-parallel neuron layers for long sequences with few neurons: chunks of time run at once.
 
-Which neuron forms can be parallelised over time, exactly (fp32 bit for bit)?
+Which neuron forms can be parallelised over time, and how exactly?
 
-- **Hard reset, spiking output** (SpikingJelly IF/LIF/PLIF with ``v_reset``):
-  yes. A step that fires sets the membrane to ``v_reset`` whatever came
-  before, so a chunk of steps started from a *guessed* membrane is exactly
-  right from the first step at which it and the true run both fire. snncc
-  runs all chunks at once from the guess, then one sequential pass per neuron
-  re-runs each chunk only up to that merge step (``templates/cuda/neuron_chunked.cu.j2``).
-  Typical inputs fire within a few steps, so the sequential part is a few
-  steps per chunk instead of T.
-- **Soft reset** (subtract the threshold) and **no reset** (LI readouts, IF
-  without reset): not exactly. Their membranes never forget the past: a wrong
-  guess stays a (decaying) error. The linear part (LIF without reset:
-  ``v[t] = a v[t-1] + b x[t]``) could run as a parallel scan, but a scan
-  re-associates the fp32 sums and would change spikes near the threshold, so
-  snncc does not; these run one thread per neuron over all T, with a launch
-  configuration that spreads the few threads over every SM.
-- **Backward** of every form: the reverse loop is linear in the membrane
-  gradient and could be scanned within the 1e-4 gradient tolerance, but it is
-  not implemented; training runs the plain backward kernel.
+- **Forward, hard reset, spiking output** (SpikingJelly IF/LIF/PLIF with
+  ``v_reset``): exactly (fp32 bit for bit). A step that fires sets the
+  membrane to ``v_reset`` whatever came before, so a chunk of steps started
+  from a *guessed* membrane is exactly right from the first step at which it
+  and the true run both fire. snncc runs all chunks at once from the guess,
+  then one sequential pass per neuron re-runs each chunk only up to that merge
+  step (``templates/cuda/neuron_chunked.cu.j2``). Typical inputs fire within a
+  few steps, so the sequential part is a few steps per chunk instead of T.
+- **Forward, soft reset** (subtract the threshold) and **no reset** (LI
+  readouts, IF without reset): not split. Their membranes never forget the
+  past: a wrong guess stays a (decaying) error. The linear part (LIF without
+  reset: ``v[t] = a v[t-1] + b x[t]``) could run as a parallel scan, but a
+  scan re-associates the fp32 sums and would change spikes near the
+  threshold, so snncc does not; these run one thread per neuron over all T,
+  with a launch configuration that spreads the few threads over every SM.
+- **Backward** of the chunked layers (training): the reverse loop is affine
+  in the membrane gradient once the forward values are fixed, so chunks run
+  in parallel from a zero gradient, one sequential pass per neuron composes
+  the chunks' maps, and a second parallel pass reruns every chunk from its
+  true entering gradient (``templates/cuda/neuron_chunked_backward.cu.j2``).
+  The last chunk is bit for bit the plain kernel's; elsewhere the
+  composition's rounding (a few ulps) stays well inside the 1e-4 gradient
+  tolerance. The chunked forward saves what this needs: ``h[t]`` (or, with
+  ``recompute``, nothing but the true membrane entering each chunk, from
+  which each chunk recomputes its ``h``).
 
-The chunked path is used for inference (no gradients wanted) when a layer has
-too few neurons to fill the GPU and enough steps to split (see
-:func:`plan_chunks`), or whenever the ``time_chunks`` option forces a chunk
-length. Prologue steps (fused scale/add) are applied with torch first -- the
-same single-rounding ops -- so the chunk kernels are those of the bare form.
+The chunked path is taken when a layer has too few neurons to fill the GPU
+and enough steps to split (see :func:`plan_chunks`), or whenever the
+``time_chunks`` option forces a chunk length, in inference and in training.
+Prologue steps (fused scale/add) are applied with torch first -- the same
+single-rounding ops, differentiated by torch's autograd -- so the chunk
+kernels are those of the bare form.
 """
 
 from __future__ import annotations
@@ -34,8 +42,10 @@ import math
 from typing import Any
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from snncc.backends.kernels import (
+    PLIF_CHARGES,
     SJ_CHARGES,
     neuron_kernel_info,
     neuron_view,
@@ -45,7 +55,10 @@ from snncc.backends.kernels import (
 from snncc.errors import UnsupportedError
 from snncc.ir.neuron import NeuronSpec
 
+Tensor = torch.Tensor
+
 _TEMPLATE = "neuron_chunked.cu.j2"
+_BACKWARD_TEMPLATE = "neuron_chunked_backward.cu.j2"
 #: a chunk shorter than this is not worth a thread
 MIN_CHUNK = 16
 
@@ -82,13 +95,91 @@ def plan_chunks(T: int, N: int, sm_count: int, forced: int | None = None) -> int
     return math.ceil(T / chunks)
 
 
+#: kernel argument signatures (name, C type), by kernel suffix; see the templates
+SIGNATURES: dict[str, tuple[tuple[str, str], ...]] = {
+    "spec": (
+        ("x", "const float*"),
+        ("v0", "const float*"),
+        ("k", "float"),
+        ("out", "float*"),
+        ("v_end", "float*"),
+        ("h_seq", "float*"),
+        ("T", "int"),
+        ("L", "int"),
+        ("C", "int"),
+        ("N", "int64"),
+    ),
+    "fix": (
+        ("x", "const float*"),
+        ("v0", "const float*"),
+        ("k", "float"),
+        ("out", "float*"),
+        ("v_end", "const float*"),
+        ("v_last", "float*"),
+        ("h_seq", "float*"),
+        ("v_start", "float*"),
+        ("T", "int"),
+        ("L", "int"),
+        ("C", "int"),
+        ("N", "int64"),
+    ),
+    "bpart": (
+        ("gy", "const float*"),
+        ("gv_last", "const float*"),
+        ("h_seq", "const float*"),
+        ("x", "const float*"),
+        ("v_start", "const float*"),
+        ("k", "float"),
+        ("gx", "float*"),
+        ("alpha", "float*"),
+        ("beta", "float*"),
+        ("T", "int"),
+        ("L", "int"),
+        ("C", "int"),
+        ("N", "int64"),
+    ),
+    "bcarry": (
+        ("alpha", "const float*"),
+        ("beta", "const float*"),
+        ("g_in", "float*"),
+        ("C", "int"),
+        ("N", "int64"),
+    ),
+    "bapply": (
+        ("gy", "const float*"),
+        ("gv_last", "const float*"),
+        ("h_seq", "const float*"),
+        ("x", "const float*"),
+        ("v_start", "const float*"),
+        ("k", "float"),
+        ("g_in", "const float*"),
+        ("gx", "float*"),
+        ("gv0", "float*"),
+        ("gk", "double*"),
+        ("T", "int"),
+        ("L", "int"),
+        ("C", "int"),
+        ("N", "int64"),
+    ),
+}
+#: how many threads each kernel runs: one per (chunk, neuron) or one per neuron
+_THREADS = {"spec": "CN", "fix": "N", "bpart": "CN", "bcarry": "N", "bapply": "CN"}
+
+
 def render_chunked(
-    spec: NeuronSpec, target: str = "cuda", out_dtype: str = "float32"
+    spec: NeuronSpec,
+    target: str = "cuda",
+    out_dtype: str = "float32",
+    *,
+    backward: bool = False,
+    recompute: bool = False,
 ) -> tuple[str, str, str, str]:
     """(unit, chunk kernels, kernel name prefix, unit tag) of one form.
 
     ``unit + chunk kernels`` is a self-contained translation unit: the bare
-    form's unit, then the two chunk kernels that call its step functions.
+    form's unit, then the chunk kernels that call its step functions (the
+    forward pair, and with ``backward`` the three backward kernels; those
+    recompute ``h`` per chunk when ``recompute``).
 
     The unit comes from :func:`snncc.backends.kernels.render_neuron_kernels`
     (so the step functions are the shared templates'), rendered for
@@ -99,31 +190,54 @@ def render_chunked(
             f"neuron {spec.summary()} cannot be chunked over time exactly: only spiking "
             "neurons with a hard reset (v_reset not -0.0) can"
         )
+    if backward and out_dtype != "float32":
+        raise UnsupportedError("the time-chunked backward needs float32 spikes (training)")
     options = {"spike_dtype": out_dtype}
     info = neuron_kernel_info(spec, (), (), options)
     unit = render_neuron_kernels(spec, (), (), target, options)
-    name = f"snncc_chunk_{info.tag}"
-    chunk = render_template(
-        _TEMPLATE,
-        target=target,
-        tag=info.tag,
-        name=name,
-        n=neuron_view(spec),
-        out_type="unsigned char" if out_dtype == "uint8" else "float",
-    )
+    suffix = ("b" if backward else "") + ("r" if recompute else "")
+    name = f"snncc_chunk_{info.tag}" + (f"_{suffix}" if suffix else "")
+    context = {
+        "target": target,
+        "tag": info.tag,
+        "name": name,
+        "n": neuron_view(spec),
+        "out_type": "unsigned char" if out_dtype == "uint8" else "float",
+        "recompute": recompute,
+    }
+    chunk = render_template(_TEMPLATE, **context)
+    if backward:
+        chunk += "\n" + render_template(_BACKWARD_TEMPLATE, **context)
     return unit, chunk, name, info.tag
 
 
-class ChunkedForward:
-    """The time-chunked forward of one neuron form on the GPU (compiled on first use)."""
+class ChunkedNeuron:
+    """The time-chunked kernels of one neuron form on the GPU (compiled on first use).
 
-    def __init__(self, spec: NeuronSpec, out_dtype: str, cache_dir: str | None) -> None:
+    ``backward``: also the chunked backward (training; float32 spikes only),
+    recomputing ``h`` per chunk when ``recompute``.
+    """
+
+    def __init__(
+        self,
+        spec: NeuronSpec,
+        out_dtype: str,
+        cache_dir: str | None,
+        *,
+        backward: bool = False,
+        recompute: bool = False,
+    ) -> None:
         self.spec = spec
         self.out_dtype = out_dtype
-        self.unit, self.kernels_text, self.name, self.tag = render_chunked(spec, "cuda", out_dtype)
+        self.backward_kernels = backward
+        self.recompute = recompute
+        self.unit, self.kernels_text, self.name, self.tag = render_chunked(
+            spec, "cuda", out_dtype, backward=backward, recompute=recompute
+        )
         #: self-contained: what is compiled
         self.source = f"{self.unit}\n{self.kernels_text}"
         self.cache_dir = cache_dir
+        self.learns_k = spec.charge in PLIF_CHARGES
         self._fns: dict[tuple[str, int], Any] = {}
 
     def _fn(self, which: str, device: torch.device) -> Any:
@@ -136,56 +250,137 @@ class ChunkedForward:
             )
         return self._fns[key]
 
-    def __call__(
-        self, x: torch.Tensor, v0: torch.Tensor | None, k: float, L: int, block: int | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [T, N] fp32 contiguous (prologue applied) -> (out [T, N], v_last [N])."""
+    def _launch(self, which: str, values: dict[str, Any], block: int | None) -> None:
         from snncc.backends.cuda import runtime
 
+        dev = values["x"].device if values.get("x") is not None else values["gy"].device
+        n = values["N"] * (values["C"] if _THREADS[which] == "CN" else 1)
+        args = runtime.pack_args(SIGNATURES[which], values)
+        runtime.launch(self._fn(which, dev), n, args, dev, block)
+
+    def forward(
+        self,
+        x: Tensor,
+        v0: Tensor | None,
+        k: float,
+        L: int,
+        block: int | None = None,
+        *,
+        training: bool = False,
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """x [T, N] fp32 contiguous (prologue applied) -> (out [T, N], v_last [N], h_seq, v_start).
+
+        ``training`` also returns what the chunked backward reads: ``h_seq``
+        [T, N] (None with recompute) and ``v_start`` [C, N].
+        """
         T, N = x.shape
         dev = x.device
         C = math.ceil(T / L)
-        out = torch.empty(
-            (T, N), dtype=torch.uint8 if self.out_dtype == "uint8" else torch.float32, device=dev
-        )
-        v_end = torch.empty((C * N,), dtype=torch.float32, device=dev)
-        v_last = torch.empty((N,), dtype=torch.float32, device=dev)
-        spec_sig = (
-            ("x", "const float*"),
-            ("v0", "const float*"),
-            ("k", "float"),
-            ("out", "float*"),
-            ("v_end", "float*"),
-            ("T", "int"),
-            ("L", "int"),
-            ("C", "int"),
-            ("N", "int64"),
-        )
-        fix_sig = (
-            ("x", "const float*"),
-            ("k", "float"),
-            ("out", "float*"),
-            ("v_end", "const float*"),
-            ("v_last", "float*"),
-            ("T", "int"),
-            ("L", "int"),
-            ("C", "int"),
-            ("N", "int64"),
-        )
+        f32 = {"dtype": torch.float32, "device": dev}
+        out_dtype = torch.uint8 if self.out_dtype == "uint8" else torch.float32
         values = {
             "x": x,
             "v0": v0,
             "k": k,
-            "out": out,
-            "v_end": v_end,
-            "v_last": v_last,
+            "out": torch.empty((T, N), dtype=out_dtype, device=dev),
+            "v_end": torch.empty((C * N,), **f32),
+            "v_last": torch.empty((N,), **f32),
+            "h_seq": torch.empty((T, N), **f32) if training and not self.recompute else None,
+            "v_start": torch.empty((C * N,), **f32) if training else None,
             "T": T,
             "L": L,
             "C": C,
             "N": N,
         }
-        runtime.launch(
-            self._fn("spec", dev), C * N, runtime.pack_args(spec_sig, values), dev, block
-        )
-        runtime.launch(self._fn("fix", dev), N, runtime.pack_args(fix_sig, values), dev, block)
+        self._launch("spec", values, block)
+        self._launch("fix", values, block)
+        return values["out"], values["v_last"], values["h_seq"], values["v_start"]
+
+    def backward(
+        self,
+        gy: Tensor,
+        gv_last: Tensor | None,
+        h_seq: Tensor | None,
+        x: Tensor | None,
+        v_start: Tensor,
+        k: float,
+        L: int,
+        block: int | None = None,
+        *,
+        want_v0: bool,
+        want_k: bool,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """(gx [T, N], gv0 [N] or None, d loss / d k as a float64 [1] or None)."""
+        if not self.backward_kernels:
+            raise UnsupportedError("these time-chunked kernels were rendered forward-only")
+        T, N = gy.shape
+        dev = gy.device
+        C = math.ceil(T / L)
+        f32 = {"dtype": torch.float32, "device": dev}
+        values = {
+            "gy": gy,
+            "gv_last": gv_last,
+            "h_seq": h_seq,
+            "x": x,
+            "v_start": v_start,
+            "k": k,
+            "gx": torch.empty((T, N), **f32),
+            "alpha": torch.empty((C * N,), **f32),
+            "beta": torch.empty((C * N,), **f32),
+            "g_in": torch.empty((C * N,), **f32),
+            "gv0": torch.empty((N,), **f32) if want_v0 else None,
+            # one double, accumulated atomically by every thread (zeroed here)
+            "gk": torch.zeros((1,), dtype=torch.float64, device=dev)
+            if want_k and self.learns_k
+            else None,
+            "T": T,
+            "L": L,
+            "C": C,
+            "N": N,
+        }
+        for which in ("bpart", "bcarry", "bapply"):
+            self._launch(which, values, block)
+        return values["gx"], values["gv0"], values["gk"]
+
+
+class ChunkedNeuronFunction(torch.autograd.Function):
+    """Autograd over (v0, k, x) -> (out, v_last) through the chunked kernels ([T, N] / [N])."""
+
+    @staticmethod
+    def forward(ctx, run: ChunkedNeuron, k_value: float, L: int, block, v0, k, x):  # type: ignore[override]
+        out, v_last, h_seq, v_start = run.forward(x, v0, k_value, L, block, training=True)
+        ctx.run, ctx.k_value, ctx.L, ctx.block = run, k_value, L, block
+        ctx.k_shape = None if k is None else k.shape
+        ctx.has_v0 = v0 is not None
+        ctx.tn = tuple(x.shape)
+        keep_x = run.recompute or run.spec.charge == "sj_plif_decay_input"
+        ctx.save_for_backward(h_seq, x if keep_x else None, v_start)
         return out, v_last
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_out, g_vlast):  # type: ignore[override]
+        h_seq, x, v_start = ctx.saved_tensors
+        need = ctx.needs_input_grad  # (run, k_value, L, block, v0, k, x)
+        gy = (
+            torch.zeros(ctx.tn, device=v_start.device)
+            if g_out is None
+            else g_out.float().contiguous()
+        )
+        gv_last = None if g_vlast is None else g_vlast.float().contiguous()
+        gx, gv0, gk = ctx.run.backward(
+            gy,
+            gv_last,
+            h_seq,
+            x,
+            v_start,
+            ctx.k_value,
+            ctx.L,
+            ctx.block,
+            want_v0=bool(need[4]) and ctx.has_v0,
+            want_k=bool(need[5]),
+        )
+        gk_t = None
+        if need[5] and gk is not None:  # summed in double, one rounding to fp32
+            gk_t = gk.sum().to(torch.float32).expand(ctx.k_shape).clone()
+        return (None, None, None, None, gv0, gk_t, gx)

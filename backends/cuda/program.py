@@ -30,7 +30,12 @@ from snncc.backends.cpu.autograd import run_neuron
 from snncc.backends.cpu.program import CpuProgram
 from snncc.backends.cuda import cache as kcache
 from snncc.backends.cuda import runtime
-from snncc.backends.cuda.chunked import ChunkedForward, chunkable, plan_chunks
+from snncc.backends.cuda.chunked import (
+    ChunkedNeuron,
+    ChunkedNeuronFunction,
+    chunkable,
+    plan_chunks,
+)
 from snncc.backends.cuda.neuron import CudaNeuronKernel, KCache
 from snncc.backends.kernels import SJ_CHARGES
 from snncc.backends.reference.ops import apply_steps
@@ -77,9 +82,10 @@ class CudaProgram(CpuProgram):
     time_chunks
         Long sequences with few neurons: ``"auto"`` (default) splits the time
         loop of hard-reset spiking layers into chunks run in parallel and fixed
-        up exactly (:mod:`snncc.backends.cuda.chunked`) in inference when one
-        thread per neuron would leave the GPU idle; an int forces that chunk
-        length wherever the form allows; ``0`` turns it off.
+        up exactly (:mod:`snncc.backends.cuda.chunked`) when one thread per
+        neuron would leave the GPU idle, forward (bit for bit) and backward
+        (within the gradient tolerance); an int forces that chunk length
+        wherever the form allows; ``0`` turns it off.
     **reference_options
         ``requires_grad``, ``stateless_per_step``, ``training``: as the reference backend.
     """
@@ -140,14 +146,20 @@ class CudaProgram(CpuProgram):
                     backward=True,
                     block=block_size,
                 )
-        self.chunked: dict[int, dict[str, ChunkedForward]] = {}
+        self.chunked: dict[int, dict[str, ChunkedNeuron]] = {}
         if self.time_chunks != 0:
             for n, spec in self._specs.items():
                 epi = graph.attrs(n).get("epilogue") or []
                 if n in self._recurrent or not chunkable(spec, epi):
                     continue
-                dtypes = ("float32", "uint8") if n in self.u8_kernels else ("float32",)
-                self.chunked[n] = {d: ChunkedForward(spec, d, cache_dir) for d in dtypes}
+                # float32 kernels also train (chunked backward); uint8 is inference only
+                self.chunked[n] = {
+                    "float32": ChunkedNeuron(
+                        spec, "float32", cache_dir, backward=True, recompute=recompute
+                    )
+                }
+                if n in self.u8_kernels:
+                    self.chunked[n]["uint8"] = ChunkedNeuron(spec, "uint8", cache_dir)
 
     #: bf16 autocast may hand the snnTorch / Norse form kernels bf16 activations: widen them
     _widen_inputs = True
@@ -187,7 +199,7 @@ class CudaProgram(CpuProgram):
         for tag, (kernel, nodes) in self._units_by_tag().items():
             used = ", ".join(f"%{n}" for n in nodes)
             text = kernel.source
-            if isinstance(kernel, ChunkedForward) and kernel.tag in plain:
+            if isinstance(kernel, ChunkedNeuron) and kernel.tag in plain:
                 text = kernel.kernels_text  # its step functions are already above
             parts.append(f"// ==== kernels {tag}: nodes {used} ====\n{text}")
         return "\n".join(parts)
@@ -317,8 +329,8 @@ class CudaProgram(CpuProgram):
             k_value = self._kcache.value(n, p.get("w"), k)
         inference = lead and not _any_grad(x, v0, k, *adds)
         u8 = inference and n in self.u8_kernels
-        if inference and n in self.chunked:
-            chunked = self._chunked_call(n, ins, x, v0, k_value, u8)
+        if lead and n in self.chunked:
+            chunked = self._chunked_call(n, ins, x, v0, k, k_value, u8)
             if chunked is not None:
                 return chunked
         if u8:
@@ -327,9 +339,21 @@ class CudaProgram(CpuProgram):
         return (out if lead else out[0]), v_last
 
     def _chunked_call(
-        self, n: int, ins: list[Tensor], x: Tensor, v0: Tensor | None, k: float | None, u8: bool
+        self,
+        n: int,
+        ins: list[Tensor],
+        x: Tensor,
+        v0: Tensor | None,
+        k: Tensor | None,
+        k_value: float | None,
+        u8: bool,
     ) -> tuple[Tensor, Tensor] | None:
-        """Node n's forward split over time (see chunked.py), or None where it would not pay."""
+        """Node n's layer split over time (see chunked.py), or None where it would not pay.
+
+        The prologue and the reshapes are torch ops, so autograd carries their
+        gradients; the chunked kernels' own autograd node is added only when a
+        gradient is wanted.
+        """
         T = x.shape[0]
         step_shape = tuple(x.shape[1:])
         N = math.prod(step_shape)
@@ -344,8 +368,16 @@ class CudaProgram(CpuProgram):
         v0_flat = None
         if v0 is not None:
             v0_flat = v0.float().expand(step_shape).contiguous().reshape(N)
-        run = self.chunked[n]["uint8" if u8 else "float32"]
-        out, v_last = run(x, v0_flat, 0.0 if k is None else k, L, self.block_size)
+        k_arg = k.float() if k is not None else None
+        k_num = 0.0 if k_value is None else k_value
+        if _any_grad(x, v0_flat, k_arg):
+            run = self.chunked[n]["float32"]
+            out, v_last = ChunkedNeuronFunction.apply(
+                run, k_num, L, self.block_size, v0_flat, k_arg, x
+            )
+        else:
+            run = self.chunked[n]["uint8" if u8 else "float32"]
+            out, v_last, _, _ = run.forward(x, v0_flat, k_num, L, self.block_size)
         return out.reshape(T, *step_shape), v_last.reshape(step_shape)
 
     def _step_input(self, ctx: Any, e: Any, t: int, members: set, hist: dict) -> Tensor:
