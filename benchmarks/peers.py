@@ -262,7 +262,7 @@ def snncc_runner(backend: str, **options: Any) -> Callable[[Case, str, str], Ben
         if options.get("precision") in ("tf32", "bf16") and case.workload not in ("M1", "C1"):
             raise NA("GEMM precision matters only where there are GEMMs")
         if options.get("time_chunks") == 0 and case.workload != "L2":
-            raise NA("the time-chunked forward is compared on L2 only")
+            raise NA("time chunks are compared on L2 only")
         # a training step traces the model in training mode: BatchNorm batch statistics
         # and dropout stay in the graph, as in every peer's training step
         model = sj_model(case).train(mode == "fwd+bwd")
@@ -365,7 +365,7 @@ PEERS: dict[str, tuple[Callable[[Case, str, str], Bench], dict[str, str], str]] 
     "snncc-cuda-nochunk": (
         snncc_runner("cuda", time_chunks=0),
         {},
-        "snncc cuda without the time-chunked forward (one thread per neuron over all T)",
+        "snncc cuda without time chunks (one thread per neuron over all T, forward and backward)",
     ),
     "snncc-cuda-tf32": (
         snncc_runner("cuda", precision="tf32"),

@@ -25,14 +25,15 @@ differ from the CPU arithmetic wherever tau is not a power of two.
 snnTorch and Norse forms are fused too (the same form kernels the cpu backend
 runs; recurrent components one kernel step per time step); ``spike_dtype``
 and ``time_chunks`` apply to SpikingJelly-style layers only (snnTorch spikes
-are graded; the chunked forward is written for those forms' reset).
+are graded; the time-chunked kernels are written for those forms' reset).
 
 Options: ``cache_dir`` (default ``~/.cache/snncc/cuda``: the ``.cu`` sources and
 their cubins), ``device`` ("cuda" / "cuda:N"), ``precision`` ("fp32" | "tf32" |
 "bf16"), ``cuda_graph`` (capture inference in CUDA graphs), ``spike_dtype``
 ("float32" | "uint8" for spikes that only feed outputs), ``recompute``,
-``block_size``, ``time_chunks`` (exact time-parallel forward of hard-reset layers
-with few neurons and long sequences: "auto" | chunk length | 0), and the reference backend's ``requires_grad``,
+``block_size``, ``time_chunks`` (time-parallel forward, exact, and backward of
+hard-reset layers with few neurons and long sequences: "auto" | chunk length |
+0), and the reference backend's ``requires_grad``,
 ``stateless_per_step``, ``training``.
 
 Running needs CuPy (``pip install "snncc[cuda12]"`` or ``"snncc[cuda13]"``) and
