@@ -334,6 +334,27 @@ def test_generated_kernels_compile_with_nvcc(arch: str, tmp_path, cache_dir) -> 
         assert res.returncode == 0, res.stderr[-4000:]
 
 
+@pytest.mark.skipif(NVCC is None, reason="nvcc not found (CUDA toolkit not installed)")
+@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
+def test_every_time_chunked_kernel_compiles_with_nvcc(arch: str, tmp_path) -> None:
+    """Forward (float32, uint8) and backward (saved h, recompute) chunk kernels of every
+    chunked test form, hard and soft reset, in one unit, warning-free."""
+    from snncc.backends.cuda.chunked import render_chunked
+
+    parts = []
+    for spec in CHUNK_FORMS.values():
+        unit, train, _, _ = render_chunked(spec, "cuda", backward=True)
+        _, train_r, _, _ = render_chunked(spec, "cuda", backward=True, recompute=True)
+        unit8, infer8, _, _ = render_chunked(spec, "cuda", "uint8")
+        parts += [unit, train, train_r, unit8, infer8]
+    cu = tmp_path / "chunks.cu"
+    cu.write_text("\n".join(parts))
+    cmd = [NVCC, f"-arch={arch}", *NVCC_EXACT_FLAGS, "--Werror", "all-warnings", "-c", str(cu)]
+    res = subprocess.run([*cmd, "-o", str(tmp_path / "chunks.o")], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert cu.read_text().count("_bapply(") == 2 * len(CHUNK_FORMS)
+
+
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_backend_builds_cubins_into_a_readable_cache(arch: str, cache_dir) -> None:
     from snncc.backends.cuda import nvrtc
@@ -543,6 +564,10 @@ CHUNK_FORMS = {
 CHUNK_FORMS.update(
     plif_di_atan=kernel_spec("sj_plif_decay_input", sg="atan"),
     lif_detach=kernel_spec("sj_lif_decay_input", detach=True, sg="piecewise_quadratic"),
+    # soft resets: chunks merge when the membranes' bits agree at a checkpoint
+    lif_soft=kernel_spec("sj_lif_decay_input", "subtract"),
+    lif_nodecay_soft=kernel_spec("sj_lif", "subtract", detach=True, sg="atan"),
+    plif_soft=kernel_spec("sj_plif_decay_input", "subtract", cmp=">"),
 )
 
 
@@ -608,6 +633,45 @@ def _layer_grads(fn, x, v0, w, gy, gv, plif: bool) -> tuple[torch.Tensor, ...]:
     return (out.detach(), v_last.detach(), *torch.autograd.grad(loss, leaves))
 
 
+@pytest.mark.parametrize("form", ["lif", "lif_soft", "plif_soft"])
+def test_chunked_fix_up_stops_at_the_merge(form: str, host_chunks) -> None:
+    """The sequential pass re-runs only the first steps of each chunk, not all of T.
+
+    The speculative spikes are overwritten with a marker between the two
+    kernels; every marker left after the fix-up is a step it did not re-run.
+    """
+    spec = CHUNK_FORMS[form]
+    run = host_chunks.ChunkedNeuron(spec, "float32", None)
+    T, N, L = 512, 64, 128
+    k = float(torch.tensor(-0.3).sigmoid())  # PLIF decay 0.43: merges like tau ~2.3
+    x = torch.rand((T, N), generator=torch.Generator().manual_seed(2)) * 2
+    launched = []
+
+    def launch(fn, n, args, device, block=None):
+        fn(args)
+        launched.append(fn)
+        if len(launched) == 1:  # after the speculative pass: mark its spikes
+            out.fill_(7.0)
+
+    out = torch.empty(0)
+    real_empty = torch.empty
+
+    def empty_capturing_out(*args, **kwargs):
+        nonlocal out
+        t = real_empty(*args, **kwargs)
+        if tuple(t.shape) == (T, N) and not out.numel():
+            out = t
+        return t
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(runtime, "launch", launch)
+        mp.setattr(torch, "empty", empty_capturing_out)
+        result, _, _, _ = run.forward(x, None, k, L)
+    assert result is out
+    kept = (out[L:] == 7.0).float().mean().item()  # chunk 0 is the true run: never re-run
+    assert kept > 0.6, kept  # most steps of chunks 1.. are the speculative pass's
+
+
 @pytest.mark.parametrize("recompute", [False, True], ids=["saved-h", "recompute"])
 @pytest.mark.parametrize("form", list(CHUNK_FORMS))
 def test_chunked_backward_matches_the_plain_backward_kernel(
@@ -656,12 +720,13 @@ def test_chunked_backward_matches_the_plain_backward_kernel(
 
 
 def test_which_forms_are_chunked_and_how_long_the_chunks_are() -> None:
-    from snncc.backends.cuda.chunked import chunkable, plan_chunks
+    from snncc.backends.cuda.chunked import chunkable, merge_steps, plan_chunks
 
     lif = CHUNK_FORMS["lif"]
-    assert chunkable(lif, [])
+    soft = lif.replace(reset="subtract", v_reset=None)
+    assert chunkable(lif, []) and chunkable(soft, [])
     assert not chunkable(lif, [{"kind": "scale", "op": "mul", "value": 2.0}])  # epilogue
-    assert not chunkable(lif.replace(reset="subtract", v_reset=None), [])
+    assert not chunkable(soft.replace(charge="sj_if", tau=None), [])  # no leak: never merges
     assert not chunkable(lif.replace(reset="none"), [])
     assert not chunkable(lif.replace(output="membrane"), [])
     assert not chunkable(lif.replace(v_reset=-0.0), [])
@@ -670,6 +735,17 @@ def test_which_forms_are_chunked_and_how_long_the_chunks_are() -> None:
     assert plan_chunks(256, 1 << 20, 132) is None  # L1 fills the GPU already
     assert plan_chunks(32, 100, 132) is None  # too short to split
     assert plan_chunks(100, 1 << 20, 132, forced=7) == 7
+    # soft resets: chunks four times as long as a guess takes to merge
+    assert merge_steps(lif) == 0
+    m2 = merge_steps(soft)  # tau = 2: the start's error halves every step
+    assert 32 <= m2 <= 48
+    L_soft = plan_chunks(1024, 16384, 132, merge=m2)
+    assert L_soft is not None and L_soft >= 4 * m2 and math.ceil(1024 / L_soft) >= 4
+    assert merge_steps(soft.replace(tau=50.0)) > 1000 // 4  # slow decay...
+    assert plan_chunks(1024, 16384, 132, merge=merge_steps(soft.replace(tau=50.0))) is None
+    plif = CHUNK_FORMS["plif_soft"]
+    assert merge_steps(plif, 0.5) == m2  # PLIF's decay is 1 - k, known at run time
+    assert plan_chunks(1024, 16384, 132, merge=None) is None
 
 
 # -- the whole CudaProgram on a host-emulated GPU: every launch runs the cpu rendering
@@ -774,7 +850,8 @@ def test_host_emulated_gpu_training_through_time_chunks(recompute, host_gpu, cac
 
     ``sj_mlp`` (LIF, soft IF, PLIF) and a model whose hard-reset LIF has a
     fused prologue (scale + residual add: applied by torch before the chunks,
-    so its gradient is torch's) and a learnable decay_input PLIF (d loss / d w).
+    so its gradient is torch's) and a learnable soft-reset decay_input PLIF
+    (d loss / d w).
     """
 
     class PrologueNet(nn.Module):
@@ -783,7 +860,7 @@ def test_host_emulated_gpu_training_through_time_chunks(recompute, host_gpu, cac
             self.fc = nn.Linear(12, 12)
             self.lif = snn.LIF(tau=1.5, surrogate="atan")
             self.out = nn.Linear(12, 5)
-            self.plif = snn.ParametricLIF(init_tau=2.5)
+            self.plif = snn.ParametricLIF(init_tau=2.5, v_reset=None)  # soft reset
 
         def forward(self, x):
             return self.plif(self.out(self.lif(self.fc(x) / 2.0 + x)))
@@ -1262,6 +1339,8 @@ def test_gpu_time_chunked_forward_equals_the_plain_kernel(chunks, cache_dir) -> 
         neuron.ParametricLIFNode(init_tau=2.0),
         layer.Linear(64, 48),
         neuron.LIFNode(tau=2.0),
+        layer.Linear(48, 16),
+        neuron.LIFNode(tau=1.5, v_reset=None),  # soft reset: merges at checkpoints
     )
     functional.set_step_mode(net, "m")
     _randomise(net, 4).eval()
@@ -1276,7 +1355,7 @@ def test_gpu_time_chunked_forward_equals_the_plain_kernel(chunks, cache_dir) -> 
             time_chunks=chunks,
             spike_dtype=dtype,
         )
-        assert cm.program.chunked, "both layers are hard-reset spiking layers"
+        assert len(cm.program.chunked) == 3, "hard- and soft-reset spiking layers"
         with torch.no_grad():
             y0, s0 = plain.program.run(x)
             y1, s1 = cm.program.run(x)
@@ -1296,7 +1375,7 @@ def test_gpu_time_chunked_training_equals_the_plain_kernels(chunks, recompute, c
         layer.Linear(32, 64),
         neuron.ParametricLIFNode(init_tau=2.0),
         layer.Linear(64, 48),
-        neuron.LIFNode(tau=2.0, surrogate_function=surrogate.ATan()),
+        neuron.LIFNode(tau=2.0, v_reset=None, surrogate_function=surrogate.ATan()),
     )
     functional.set_step_mode(net, "m")
     _randomise(net, 4).eval()

@@ -32,8 +32,8 @@ their cubins), ``device`` ("cuda" / "cuda:N"), ``precision`` ("fp32" | "tf32" |
 "bf16"), ``cuda_graph`` (capture inference in CUDA graphs), ``spike_dtype``
 ("float32" | "uint8" for spikes that only feed outputs), ``recompute``,
 ``block_size``, ``time_chunks`` (time-parallel forward, exact, and backward of
-hard-reset layers with few neurons and long sequences: "auto" | chunk length |
-0), and the reference backend's ``requires_grad``,
+hard-reset and leaky soft-reset layers with few neurons and long sequences:
+"auto" | chunk length | 0), and the reference backend's ``requires_grad``,
 ``stateless_per_step``, ``training``.
 
 Running needs CuPy (``pip install "snncc[cuda12]"`` or ``"snncc[cuda13]"``) and

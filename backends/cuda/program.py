@@ -34,6 +34,7 @@ from snncc.backends.cuda.chunked import (
     ChunkedNeuron,
     ChunkedNeuronFunction,
     chunkable,
+    merge_steps,
     plan_chunks,
 )
 from snncc.backends.cuda.neuron import CudaNeuronKernel, KCache
@@ -81,11 +82,11 @@ class CudaProgram(CpuProgram):
         Threads per block for the neuron kernels (default: chosen per layer).
     time_chunks
         Long sequences with few neurons: ``"auto"`` (default) splits the time
-        loop of hard-reset spiking layers into chunks run in parallel and fixed
-        up exactly (:mod:`snncc.backends.cuda.chunked`) when one thread per
-        neuron would leave the GPU idle, forward (bit for bit) and backward
-        (within the gradient tolerance); an int forces that chunk length
-        wherever the form allows; ``0`` turns it off.
+        loop of hard-reset and leaky soft-reset spiking layers into chunks run
+        in parallel and fixed up exactly (:mod:`snncc.backends.cuda.chunked`)
+        when one thread per neuron would leave the GPU idle, forward (bit for
+        bit) and backward (within the gradient tolerance); an int forces that
+        chunk length wherever the form allows; ``0`` turns it off.
     **reference_options
         ``requires_grad``, ``stateless_per_step``, ``training``: as the reference backend.
     """
@@ -358,7 +359,8 @@ class CudaProgram(CpuProgram):
         step_shape = tuple(x.shape[1:])
         N = math.prod(step_shape)
         forced = None if self.time_chunks == "auto" else int(self.time_chunks)
-        L = plan_chunks(T, N, runtime.device_info(self.device.index).sm_count, forced)
+        merge = merge_steps(self._specs[n], k_value)
+        L = plan_chunks(T, N, runtime.device_info(self.device.index).sm_count, forced, merge)
         if L is None:
             return None
         pro = self.graph.attrs(n).get("prologue") or []
