@@ -791,6 +791,18 @@ def _grads(prog, x: torch.Tensor, gy: torch.Tensor):
     return y.detach(), state, dict(zip([*names, "<input>"], grads))
 
 
+def _assert_same_run(got: tuple, want: tuple, what: str, rtol: float = 1e-5) -> None:
+    """Outputs and final membranes bit for bit, gradients within ``rtol`` (of :func:`_grads`)."""
+    (y, st, g), (y_ref, st_ref, g_ref) = got, want
+    assert torch.equal(y, y_ref), what
+    for n in st_ref:
+        assert torch.equal(st[n]["v"], st_ref[n]["v"]), (what, n)
+    for key in g_ref:
+        assert (g[key] is None) == (g_ref[key] is None), (what, key)
+        if g_ref[key] is not None:
+            assert _rel(g[key], g_ref[key]) <= rtol, (what, key, _rel(g[key], g_ref[key]))
+
+
 @pytest.mark.parametrize("name", list(MODELS))
 def test_cuda_program_on_a_host_emulated_gpu_equals_the_reference(
     name, host_gpu, cache_dir
@@ -804,13 +816,7 @@ def test_cuda_program_on_a_host_emulated_gpu_equals_the_reference(
     y, st, g = _grads(cm.program, x, gy)
     assert any(n.startswith("snncc_fwd_") for n in host_gpu)
     assert any(n.startswith("snncc_bwd_") for n in host_gpu)
-    assert torch.equal(y, y_ref)
-    for n in st_ref:
-        assert torch.equal(st[n]["v"], st_ref[n]["v"])
-    for key in g_ref:
-        assert (g[key] is None) == (g_ref[key] is None), key
-        if g_ref[key] is not None:
-            assert _rel(g[key], g_ref[key]) <= 1e-5, key
+    _assert_same_run((y, st, g), (y_ref, st_ref, g_ref), name)
 
 
 def test_host_emulated_gpu_inference_paths_uint8_and_time_chunks(host_gpu, cache_dir) -> None:
@@ -879,13 +885,7 @@ def test_host_emulated_gpu_training_through_time_chunks(recompute, host_gpu, cac
         y, st, g = _grads(cm.program, x, gy)
         for kernel in ("_spec", "_fix", "_bpart", "_bcarry", "_bapply"):
             assert any(n.endswith(kernel) for n in host_gpu), (model, kernel)
-        assert torch.equal(y, y_ref)
-        for n in st_ref:
-            assert torch.equal(st[n]["v"], st_ref[n]["v"])
-        for key in g_ref:
-            assert (g[key] is None) == (g_ref[key] is None), key
-            if g_ref[key] is not None:
-                assert _rel(g[key], g_ref[key]) <= 1e-5, (model, key, _rel(g[key], g_ref[key]))
+        _assert_same_run((y, st, g), (y_ref, st_ref, g_ref), model)
 
 
 # -- snnTorch / Norse forms through the cuda backend's host side (host-emulated GPU)
@@ -1388,12 +1388,7 @@ def test_gpu_time_chunked_training_equals_the_plain_kernels(chunks, recompute, c
             recompute=recompute,
         )  # fmt: skip
         runs[name] = _grads(cm.program, x, gy)
-    (y0, s0, g0), (y1, s1, g1) = runs["plain"], runs["chunked"]
-    assert torch.equal(y1, y0)
-    for n in s0:
-        assert torch.equal(s1[n]["v"], s0[n]["v"])
-    for key in g0:
-        assert _rel(g1[key], g0[key]) <= 1e-4, (key, _rel(g1[key], g0[key]))
+    _assert_same_run(runs["chunked"], runs["plain"], f"chunks={chunks}", rtol=1e-4)
 
 
 @pytest.mark.gpu

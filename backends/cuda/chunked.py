@@ -137,6 +137,15 @@ def plan_chunks(
     return math.ceil(T / chunks)
 
 
+#: what both chunk-parallel backward kernels read first, in order
+_BACKWARD_INPUTS: tuple[tuple[str, str], ...] = (
+    ("gy", "const float*"),
+    ("gv_last", "const float*"),
+    ("h_seq", "const float*"),
+    ("x", "const float*"),
+    ("v_start", "const float*"),
+    ("k", "float"),
+)
 #: kernel argument signatures (name, C type), by kernel suffix; see the templates
 SIGNATURES: dict[str, tuple[tuple[str, str], ...]] = {
     "spec": (
@@ -170,12 +179,7 @@ SIGNATURES: dict[str, tuple[tuple[str, str], ...]] = {
         ("N", "int64"),
     ),
     "bpart": (
-        ("gy", "const float*"),
-        ("gv_last", "const float*"),
-        ("h_seq", "const float*"),
-        ("x", "const float*"),
-        ("v_start", "const float*"),
-        ("k", "float"),
+        *_BACKWARD_INPUTS,
         ("gx", "float*"),
         ("alpha", "float*"),
         ("beta", "float*"),
@@ -192,12 +196,7 @@ SIGNATURES: dict[str, tuple[tuple[str, str], ...]] = {
         ("N", "int64"),
     ),
     "bapply": (
-        ("gy", "const float*"),
-        ("gv_last", "const float*"),
-        ("h_seq", "const float*"),
-        ("x", "const float*"),
-        ("v_start", "const float*"),
-        ("k", "float"),
+        *_BACKWARD_INPUTS,
         ("g_in", "const float*"),
         ("gx", "float*"),
         ("gv0", "float*"),
