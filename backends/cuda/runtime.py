@@ -181,6 +181,7 @@ _PACK = {
     "float*": np.uint64,
     "uint8*": np.uint64,
     "double*": np.uint64,
+    "const double*": np.uint64,
     "float": np.float32,
     "int": np.int32,
     "int64": np.int64,
