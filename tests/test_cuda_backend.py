@@ -720,6 +720,31 @@ def test_chunked_backward_matches_the_plain_backward_kernel(
     assert _rel(gx, gr) <= 1e-5
 
 
+def test_chunked_backward_with_only_the_final_membrane_in_the_loss(host_chunks, tmp_path) -> None:
+    """No gradient reaches the spikes (autograd passes None for them): the wrapper supplies
+    the kernel fp32 zeros, whatever torch's default dtype is."""
+    from snncc.backends.cuda.chunked import ChunkedNeuronFunction
+
+    spec = CHUNK_FORMS["lif"]
+    x = torch.rand(64, 8, generator=torch.Generator().manual_seed(0)) * 0.3
+    run = host_chunks.ChunkedNeuron(spec, "float32", None, backward=True)
+    plain = _plain_host_kernel(spec, str(tmp_path))
+
+    def gx(fn) -> torch.Tensor:
+        xs = x.clone().requires_grad_()
+        _, v_last = fn(xs)
+        return torch.autograd.grad(v_last.sum(), [xs])[0]
+
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        want = gx(lambda xs: run_neuron(plain, xs, (), None, None, 0.0))
+        got = gx(lambda xs: ChunkedNeuronFunction.apply(run, 0.0, 16, None, None, None, xs))
+    finally:
+        torch.set_default_dtype(default)
+    assert want.abs().max() > 0.1 and _rel(got, want) <= 1e-5
+
+
 @pytest.mark.parametrize("zero_step", [False, True], ids=["growing", "then-zeroed"])
 def test_chunked_backward_carries_a_growing_gradient_like_the_plain_loop(
     zero_step: bool, host_chunks, tmp_path

@@ -417,7 +417,7 @@ class ChunkedNeuronFunction(torch.autograd.Function):
         h_seq, x, v_start = ctx.saved_tensors
         need = ctx.needs_input_grad  # (run, k_value, L, block, v0, k, x)
         gy = (
-            torch.zeros(ctx.tn, device=v_start.device)
+            torch.zeros(ctx.tn, dtype=torch.float32, device=v_start.device)
             if g_out is None
             else g_out.float().contiguous()
         )
