@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import types
 
 import pytest
 import torch
@@ -421,3 +422,167 @@ def test_cpu_backend_is_registered_and_lists_its_source(cache_dir) -> None:
     assert "kernels.cpp" in cm.program.files()
     with pytest.raises(snncc.UnsupportedError, match="unknown cpu backend option"):
         snncc.compile(model, x, backend="cpu", unroll=4)
+
+
+# ------------------------------------------- spikes saved as uint8 for the GEMMs
+def _spike_net(epilogue: bool = False) -> torch.nn.Module:
+    """conv -> LIF -> maxpool -> flatten -> linear -> PLIF -> dropout -> linear -> LIF."""
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = snn.SeqToANN(torch.nn.Conv2d(1, 4, 3, padding=1))
+            self.lif1 = snn.LIF(tau=2.0)
+            self.pool = snn.SeqToANN(torch.nn.MaxPool2d(2))
+            self.fc1 = torch.nn.Linear(4 * 4 * 4, 16)
+            self.plif = snn.ParametricLIF(init_tau=2.5, surrogate="atan")
+            self.drop = torch.nn.Dropout(0.2)
+            self.fc2 = torch.nn.Linear(16, 5)
+            self.lif2 = snn.LIF(tau=1.5, v_reset=None)
+
+        def forward(self, x):
+            s = self.pool(self.lif1(self.conv(x)))
+            s = self.plif(self.fc1(s.flatten(2)))
+            if epilogue:
+                s = s * 0.5  # fused into the PLIF kernel: no longer 0/1
+            return self.lif2(self.fc2(self.drop(s)))
+
+    torch.manual_seed(3)
+    net = Net()
+    with torch.no_grad():
+        net.conv[0].weight.mul_(6.0)
+        net.fc1.weight.mul_(12.0)
+        net.fc2.weight.mul_(4.0)
+        net.fc2.bias.fill_(1.5)
+    return net
+
+
+def test_spike_fed_gemms_are_found_from_the_graph_only() -> None:
+    """Spiking SJ-style neurons (no epilogue) through maxpool/flatten into a GEMM; not past
+    dropout (it scales), an epilogue, a delay edge or an snnTorch form."""
+    from snncc.backends.cpu.saved_spikes import spike_fed_gemms
+
+    x = torch.rand(3, 2, 1, 8, 8)
+
+    def fed(net: torch.nn.Module) -> set[str]:
+        prog = snncc.compile(net, x, backend="cpu").program
+        return {prog.graph.node(n).get("name") for n in prog.spike_fed}
+
+    assert fed(_spike_net().eval()) == {"fc1", "fc2"}  # conv is fed by the input
+    assert fed(_spike_net(epilogue=True).eval()) == {"fc1"}  # PLIF's output scaled by 0.5
+
+    lif = NeuronSpec(model="lif", charge="sj_lif_decay_input", tau=2.0)
+    leaky = types.SimpleNamespace(charge="snntorch_leaky", spiking=True)  # graded spikes
+    g = Graph()
+    inp = g.add_node("input", attrs={"index": 0}, shape=["B", 4])
+    specs = {}
+    names = {}
+    for label, spec, via in (
+        ("direct", lif, None),
+        ("dropout", lif, "dropout"),
+        ("identity", lif, "identity"),
+        ("snntorch", leaky, None),
+    ):
+        neu = g.add_node("neuron", [inp], attrs={"neuron": lif.to_dict()}, shape=["B", 4])
+        specs[neu] = spec
+        src = neu
+        if via is not None:
+            src = g.add_node(
+                via, [neu], attrs={"p": 0.5} if via == "dropout" else {}, shape=["B", 4]
+            )
+        names[g.add_node("linear", [src], params={"weight": "w"}, shape=["B", 4])] = label
+    delayed = g.add_node("linear", [], params={"weight": "w"}, shape=["B", 4])
+    g.add_edge(next(iter(specs)), delayed, 0, delay=1)
+    names[delayed] = "delayed"
+    assert {names[n] for n in spike_fed_gemms(g, specs)} == {"direct", "identity"}
+
+
+def test_spike_fed_gemms_save_uint8_and_keep_gradients_bit_for_bit(monkeypatch) -> None:
+    from snncc.backends.cpu import saved_spikes
+
+    packed: list[torch.Tensor] = []
+    real_init = saved_spikes._Packed.__init__
+
+    def record(self, data, shape):
+        real_init(self, data, shape)
+        packed.append(data)
+
+    monkeypatch.setattr(saved_spikes._Packed, "__init__", record)
+    x = torch.rand(6, 3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    net = _spike_net().eval()
+    grads = {}
+    for compact in (True, False):
+        prog = snncc.compile(net, x, backend="cpu").program
+        if not compact:
+            prog.spike_fed = set()
+        packed.clear()
+        xs = x.clone().requires_grad_()
+        y, _ = prog.run(xs)
+        assert y.sum() > 0  # every layer fires
+        leaves = [xs] + [p for p in prog.params.values() if p.requires_grad]
+        grads[compact] = torch.autograd.grad((y * torch.linspace(-1, 1, 5)).sum(), leaves)
+        if compact:  # fc1's and fc2's inputs: [T*B, 64] and [T*B, 16] spikes, one byte each
+            assert [tuple(t.shape) for t in packed] == [(18, 64), (18, 16)]
+            assert all(t.dtype == torch.uint8 and t.max() == 1 for t in packed)
+        else:
+            assert not packed
+    for a, b in zip(grads[True], grads[False]):
+        assert torch.equal(a, b)
+    with torch.no_grad():  # inference saves nothing
+        packed.clear()
+        prog.run(x)
+        assert not packed
+
+
+def test_spike_packing_hands_everything_on_to_the_callers_hooks() -> None:
+    """Under save_on_cpu or a non-reentrant checkpoint the caller's hooks still see every
+    saved tensor (the spikes as uint8), and the gradients stay bit for bit."""
+    from torch.utils.checkpoint import checkpoint
+
+    x = torch.rand(6, 3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    prog = snncc.compile(_spike_net().eval(), x, backend="cpu").program
+    seen: list[torch.dtype] = []
+
+    def outer_pack(t: torch.Tensor) -> torch.Tensor:
+        seen.append(t.dtype)
+        return t
+
+    def grads(run) -> tuple[torch.Tensor, ...]:
+        xs = x.clone().requires_grad_()
+        y = run(xs)
+        leaves = [xs] + [p for p in prog.params.values() if p.requires_grad]
+        return torch.autograd.grad((y * torch.linspace(-1, 1, 5)).sum(), leaves)
+
+    want = grads(lambda xs: prog.run(xs)[0])
+    with torch.autograd.graph.saved_tensors_hooks(outer_pack, lambda t: t):
+        got = grads(lambda xs: prog.run(xs)[0])
+    assert seen.count(torch.uint8) == 2  # fc1's and fc2's spikes, handed on packed
+    for run in (
+        lambda xs: checkpoint(lambda inp: prog.run(inp)[0], xs, use_reentrant=False),
+        lambda xs: _on_cpu(lambda: prog.run(xs)[0]),
+    ):
+        for a, b in zip(grads(run), want):
+            assert torch.equal(a, b)
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
+def _on_cpu(fn):
+    with torch.autograd.graph.save_on_cpu():
+        return fn()
+
+
+def test_saved_memory_benchmark_counts_the_packed_spikes() -> None:
+    """benchmarks/saved_memory.py sees the uint8 spikes through its hook (README's table)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "saved_memory.py"
+    spec = importlib.util.spec_from_file_location("saved_memory", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    x = torch.rand(8, 4, 256)
+    model = bench.mlp(lambda: snn.LIF(tau=2.0)).train()
+    # input (fp32) + 3 x h (fp32) + 2 x spikes fed to a Linear (uint8); T*B = 32 rows
+    want = 32 * (256 * 4 + (1024 + 1024 + 10) * 4 + 2 * 1024) / 2**20
+    assert bench.saved_mib(model, x) == pytest.approx(want)

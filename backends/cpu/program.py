@@ -22,6 +22,7 @@ import torch
 from snncc.backends.cpu.autograd import run_neuron
 from snncc.backends.cpu.forms import check_node_params, derive_params, run_form
 from snncc.backends.cpu.neuron import NeuronKernel
+from snncc.backends.cpu.saved_spikes import spike_fed_gemms, spikes_saved_as_uint8
 from snncc.backends.kernels import SNNTORCH_NORSE_CHARGES
 from snncc.backends.reference.program import ReferenceProgram
 from snncc.ir.graph import Graph
@@ -57,6 +58,8 @@ class CpuProgram(ReferenceProgram):
         self.cache_dir = cache_dir
         self._check_form_params()
         self._build_kernels(recompute)
+        #: linear/conv nodes fed by spikes: their saved input is kept as uint8 (saved_spikes.py)
+        self.spike_fed = spike_fed_gemms(graph, self._specs)
 
     def _build_kernels(self, recompute: bool) -> None:
         """The kernel-factory hook: one compiled kernel pair per neuron node into ``kernels``.
@@ -106,6 +109,14 @@ class CpuProgram(ReferenceProgram):
 
     def files(self) -> dict[str, str]:
         return {"kernels.cpp": self.kernel_source, "program.txt": super().source}
+
+    # ------------------------------------------------------------ stateless ops
+    def _row_step(self, ctx: Any, n: int, ins: list[Tensor]) -> Tensor:
+        """The reference's row op; a spike-fed GEMM saves its spikes as uint8 while training."""
+        if n in self.spike_fed and torch.is_grad_enabled():
+            with spikes_saved_as_uint8(ins[0]):
+                return super()._row_step(ctx, n, ins)
+        return super()._row_step(ctx, n, ins)
 
     # ------------------------------------------------------------ neurons
     def _kernel_call(

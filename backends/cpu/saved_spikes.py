@@ -1,0 +1,114 @@
+"""Spikes a linear or convolution saves for its backward, kept as uint8 instead of fp32.
+
+Why: training memory grows with T (every layer's activations are kept for
+BPTT), and a spiking layer's output is exactly 0 or 1. The GEMM after it needs
+those spikes twice -- in fp32 for its forward, and again for its weight
+gradient -- and torch's autograd keeps the fp32 tensor alive for the second
+use. Packing that saved copy as uint8 (torch's ``saved_tensors_hooks``) keeps
+a quarter of the bytes; the backward unpacks it to the same fp32 values, so
+autograd's own backward formula runs on identical inputs and the gradients
+are bit for bit those of the unpacked run.
+
+Which inputs are spikes is decided from the graph, never from data: the
+output of a SpikingJelly-style spiking neuron without a fused epilogue (its
+kernel writes exactly 0.0f or 1.0f), passed on unchanged by flatten, reshape,
+identity or max pooling, into port 0 of a linear/conv1d/conv2d in the same
+step. snnTorch/Norse forms (graded spikes), dropout (scales), average pooling
+and delayed (recurrent) edges are not followed.
+
+The cost: one cast over the spikes in the forward (4 bytes read, 1 written per
+spike) and one back in the backward. Where something else keeps the fp32
+spikes alive anyway (they are also a program output) the packed copy is extra.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import torch
+
+from snncc.backends.kernels import SJ_CHARGES
+from snncc.ir.graph import Graph
+from snncc.ir.neuron import NeuronSpec
+
+Tensor = torch.Tensor
+
+#: ops whose output is 0/1 wherever their only input is
+BINARY_PRESERVING = ("flatten", "reshape", "identity", "maxpool2d")
+#: ops that save their input for the weight gradient
+GEMM_OPS = ("linear", "conv1d", "conv2d")
+
+
+def binary_nodes(graph: Graph, specs: Mapping[int, NeuronSpec]) -> set[int]:
+    """Nodes whose value is exactly 0/1 by construction (see the module docstring)."""
+    binary: set[int] = set()
+    for n in graph.topo_order():
+        op = graph.op(n)
+        if op == "neuron":
+            spec = specs[n]
+            if spec.charge in SJ_CHARGES and spec.spiking and not graph.attrs(n).get("epilogue"):
+                binary.add(n)
+        elif op in BINARY_PRESERVING:
+            edges = graph.in_edges(n)
+            if len(edges) == 1 and edges[0].delay == 0 and edges[0].src in binary:
+                binary.add(n)
+    return binary
+
+
+def spike_fed_gemms(graph: Graph, specs: Mapping[int, NeuronSpec]) -> set[int]:
+    """Linear/conv nodes whose data input (port 0, same step) is a binary node."""
+    binary = binary_nodes(graph, specs)
+    fed = set()
+    for n in graph.topo_order():
+        if graph.op(n) not in GEMM_OPS:
+            continue
+        edges = [e for e in graph.in_edges(n) if e.port == 0]
+        if edges and edges[0].delay == 0 and edges[0].src in binary:
+            fed.add(n)
+    return fed
+
+
+@contextlib.contextmanager
+def spikes_saved_as_uint8(spikes: Tensor) -> Iterator[None]:
+    """While active, autograd saves ``spikes`` (that exact fp32 view) as uint8.
+
+    Other saved tensors pass through untouched. Hooks the caller already
+    installed (``torch.autograd.graph.save_on_cpu``, non-reentrant
+    ``torch.utils.checkpoint``) still see every saved tensor -- the packed
+    spikes as their uint8 copy -- because these hooks hand everything on to
+    them; where torch cannot say which hooks are active, nothing is packed.
+    """
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    if top is None:  # a torch without the query: do not risk bypassing the caller's hooks
+        yield
+        return
+    outer = top(False)
+    outer_pack, outer_unpack = outer if outer is not None else (None, None)
+    ptr, numel = spikes.data_ptr(), spikes.numel()
+
+    def pack(t: Tensor) -> Any:
+        if t.dtype == torch.float32 and t.data_ptr() == ptr and t.numel() == numel:
+            small = t.to(torch.uint8)
+            return _Packed(small if outer_pack is None else outer_pack(small), t.shape)
+        return t if outer_pack is None else outer_pack(t)
+
+    def unpack(saved: Any) -> Tensor:
+        if isinstance(saved, _Packed):
+            small = saved.data if outer_unpack is None else outer_unpack(saved.data)
+            return small.to(torch.float32).reshape(saved.shape)
+        return saved if outer_unpack is None else outer_unpack(saved)
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        yield
+
+
+class _Packed:
+    """A saved spike tensor in uint8 (or what the caller's hooks made of it), with its shape."""
+
+    __slots__ = ("data", "shape")
+
+    def __init__(self, data: Any, shape: torch.Size) -> None:
+        self.data = data
+        self.shape = shape
