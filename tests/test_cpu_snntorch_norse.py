@@ -39,6 +39,7 @@ from snncc.backends.cpu.neuron import NeuronKernel
 from snncc.backends.cpu.program import CpuProgram
 from snncc.backends.reference.program import ReferenceProgram
 from snncc.errors import ShapeError, UnsupportedError
+from snncc.ir.graph import Graph
 from snncc.ir.neuron import FORMS, NORSE_FORMS, SNNTORCH_FORMS, NeuronSpec
 
 GRAD_RTOL = 1e-5
@@ -676,3 +677,47 @@ def test_node_params_must_match_the_spec(cache_dir) -> None:
     graph.attrs(n)["neuron"] = spec.replace(param_roles=("beta",), learnable=("beta",)).to_dict()
     with pytest.raises(UnsupportedError, match="disagree"):
         CpuProgram(graph, cache_dir=cache_dir)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_spikes_saved_as_uint8_keep_the_gradients_bit_for_bit(name, cache_dir) -> None:
+    """snnTorch (graded factor 1) and Norse spikes feeding a GEMM are packed as uint8; the
+    gradients equal those of the same program saving them as fp32, bit for bit."""
+    model = MODELS[name][0]()
+    x = _model_input(name, 8, 3)
+    prog = snncc.compile(model, x, backend="cpu", cache_dir=cache_dir).program
+    fed = set(prog.spike_fed)
+    runs = {}
+    for compact in (True, False):
+        prog.spike_fed = fed if compact else set()
+        runs[compact] = _grads(prog, x, 2)
+    (y1, _, g1), (y0, _, g0) = runs[True], runs[False]
+    assert all(torch.equal(a, b) for a, b in zip(y1, y0))
+    for key in g0:
+        assert (g1[key] is None) == (g0[key] is None), key
+        assert g0[key] is None or torch.equal(g1[key], g0[key]), key
+    if name == "norse_box_learnable":
+        assert fed, "a spiking layer (0/1) feeds a Linear there"
+
+
+def test_graded_or_learnable_spike_factors_are_not_packed(cache_dir) -> None:
+    """snnTorch keeps graded_spikes_factor in its state_dict, so the IR makes it a node
+    param (a value that could change after compiling): such spikes are never packed."""
+    from snncc.backends.cpu.saved_spikes import writes_zero_or_one
+
+    model = MODELS["snntorch_convnet"][0]()
+    x = _model_input("snntorch_convnet", 2, 1)
+    prog = snncc.compile(model, x, backend="cpu", cache_dir=cache_dir).program
+    assert prog._specs and not prog.spike_fed
+    for n, spec in prog._specs.items():
+        assert "graded_spikes_factor" in prog.graph.node(n)["params"]
+        assert not writes_zero_or_one(prog.graph, n, spec)
+        if not spec.spiking:  # the last Leaky's membrane output
+            continue
+        # the same form with the factor as the constant 1 writes 0/1
+        const = Graph()
+        inp = const.add_node("input", attrs={"index": 0}, shape=["B", 4])
+        node = const.add_node("neuron", [inp], attrs={"neuron": spec.to_dict()}, shape=["B", 4])
+        assert writes_zero_or_one(const, node, spec)
+        graded = spec.replace(extra={**spec.extra, "graded_spikes_factor": 0.5})
+        assert not writes_zero_or_one(const, node, graded)

@@ -10,11 +10,13 @@ autograd's own backward formula runs on identical inputs and the gradients
 are bit for bit those of the unpacked run.
 
 Which inputs are spikes is decided from the graph, never from data: the
-output of a SpikingJelly-style spiking neuron without a fused epilogue (its
-kernel writes exactly 0.0f or 1.0f), passed on unchanged by flatten, reshape,
-identity or max pooling, into port 0 of a linear/conv1d/conv2d in the same
-step. snnTorch/Norse forms (graded spikes), dropout (scales), average pooling
-and delayed (recurrent) edges are not followed.
+output of a spiking neuron whose kernel writes exactly 0.0f or 1.0f
+(:func:`writes_zero_or_one`: SpikingJelly-style and Norse forms, snnTorch
+forms with a constant ``graded_spikes_factor`` of 1, none with a fused
+epilogue), passed on unchanged by flatten, reshape, identity or max pooling,
+into port 0 of a linear/conv1d/conv2d in the same step. Graded spikes,
+dropout (it scales), average pooling and delayed (recurrent) edges are not
+followed.
 
 The cost: one cast over the spikes in the forward (4 bytes read, 1 written per
 spike) and one back in the backward. Where something else keeps the fp32
@@ -31,7 +33,7 @@ import torch
 
 from snncc.backends.kernels import SJ_CHARGES
 from snncc.ir.graph import Graph
-from snncc.ir.neuron import NeuronSpec
+from snncc.ir.neuron import NORSE_FORMS, SNNTORCH_FORMS, NeuronSpec
 
 Tensor = torch.Tensor
 
@@ -41,14 +43,31 @@ BINARY_PRESERVING = ("flatten", "reshape", "identity", "maxpool2d")
 GEMM_OPS = ("linear", "conv1d", "conv2d")
 
 
+def writes_zero_or_one(graph: Graph, n: int, spec: NeuronSpec) -> bool:
+    """Whether neuron node ``n``'s kernel output is exactly 0.0 or 1.0 at every element.
+
+    SpikingJelly-style and Norse spiking forms write the Heaviside step itself;
+    snnTorch forms write it times ``graded_spikes_factor``, so only when that is
+    the constant 1 (not a learnable or per-neuron node param). A fused
+    epilogue (a scale, an add) changes the values.
+    """
+    if not spec.spiking or graph.attrs(n).get("epilogue"):
+        return False
+    if spec.charge in SJ_CHARGES or spec.charge in NORSE_FORMS:
+        return True
+    if spec.charge in SNNTORCH_FORMS:
+        factor = (spec.extra or {}).get("graded_spikes_factor", 1.0)
+        return "graded_spikes_factor" not in graph.node(n)["params"] and float(factor) == 1.0
+    return False
+
+
 def binary_nodes(graph: Graph, specs: Mapping[int, NeuronSpec]) -> set[int]:
     """Nodes whose value is exactly 0/1 by construction (see the module docstring)."""
     binary: set[int] = set()
     for n in graph.topo_order():
         op = graph.op(n)
         if op == "neuron":
-            spec = specs[n]
-            if spec.charge in SJ_CHARGES and spec.spiking and not graph.attrs(n).get("epilogue"):
+            if writes_zero_or_one(graph, n, specs[n]):
                 binary.add(n)
         elif op in BINARY_PRESERVING:
             edges = graph.in_edges(n)
