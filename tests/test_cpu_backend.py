@@ -472,7 +472,9 @@ def test_spike_fed_gemms_are_found_from_the_graph_only() -> None:
     assert fed(_spike_net(epilogue=True).eval()) == {"fc1"}  # PLIF's output scaled by 0.5
 
     lif = NeuronSpec(model="lif", charge="sj_lif_decay_input", tau=2.0)
-    leaky = types.SimpleNamespace(charge="snntorch_leaky", spiking=True)  # graded spikes
+    leaky = types.SimpleNamespace(  # graded spikes
+        charge="snntorch_leaky", spiking=True, extra={"graded_spikes_factor": 0.5}
+    )
     g = Graph()
     inp = g.add_node("input", attrs={"index": 0}, shape=["B", 4])
     specs = {}
