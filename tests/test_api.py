@@ -256,6 +256,33 @@ def test_to_torch_trains_like_the_source(backend):
     assert losses[-1] < losses[0]
 
 
+def test_to_torch_runs_under_torch_compile():
+    """torch.compile of the module: same outputs and gradients as eager, no warnings about
+    snncc's code (the kernels run in graph breaks; spike packing steps aside while the
+    compiler traces)."""
+    import warnings
+
+    from snncc.examples import digits
+
+    x = digits.encode(digits.test_split()[0][:16])
+    module = snncc.compile(digits.load_pretrained(), x[:, :1], backend="cpu").to_torch()
+    grads = []
+    for run in (module, torch.compile(module)):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            y = run(x)
+            (y * torch.linspace(-1, 1, y.shape[-1])).sum().backward()
+        about_us = [w for w in caught if "saved_tensors" in str(w.message) or "snncc" in w.filename]
+        assert not about_us, [str(w.message)[:200] for w in about_us]
+        grads.append({n: p.grad.clone() for n, p in module.named_parameters()})
+        module.zero_grad()
+        if run is module:
+            y_eager = y.detach()
+    assert torch.equal(y.detach(), y_eager)
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], rtol=1e-6, atol=1e-7)
+
+
 def test_to_torch_refuses_jax():
     pytest.importorskip("jax")
     from snncc.examples import digits

@@ -100,7 +100,9 @@ def spikes_saved_as_uint8(spikes: Tensor) -> Iterator[None]:
     them; where torch cannot say which hooks are active, nothing is packed.
     """
     top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
-    if top is None:  # a torch without the query: do not risk bypassing the caller's hooks
+    if top is None or torch.compiler.is_compiling():
+        # a torch without the query: do not risk bypassing the caller's hooks; under
+        # torch.compile the compiler decides what is saved
         yield
         return
     outer = top(False)
