@@ -516,7 +516,7 @@ def test_spike_fed_gemms_save_uint8_and_keep_gradients_bit_for_bit(monkeypatch) 
     for compact in (True, False):
         prog = snncc.compile(net, x, backend="cpu").program
         if not compact:
-            prog.spike_fed = set()
+            prog.spike_fed = {}
         packed.clear()
         xs = x.clone().requires_grad_()
         y, _ = prog.run(xs)

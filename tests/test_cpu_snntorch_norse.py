@@ -686,38 +686,70 @@ def test_spikes_saved_as_uint8_keep_the_gradients_bit_for_bit(name, cache_dir) -
     model = MODELS[name][0]()
     x = _model_input(name, 8, 3)
     prog = snncc.compile(model, x, backend="cpu", cache_dir=cache_dir).program
-    fed = set(prog.spike_fed)
+    fed = dict(prog.spike_fed)
     runs = {}
     for compact in (True, False):
-        prog.spike_fed = fed if compact else set()
+        prog.spike_fed = fed if compact else {}
         runs[compact] = _grads(prog, x, 2)
     (y1, _, g1), (y0, _, g0) = runs[True], runs[False]
     assert all(torch.equal(a, b) for a, b in zip(y1, y0))
     for key in g0:
         assert (g1[key] is None) == (g0[key] is None), key
         assert g0[key] is None or torch.equal(g1[key], g0[key]), key
-    if name == "norse_box_learnable":
+    if name in ("snntorch_convnet", "norse_box_learnable"):
         assert fed, "a spiking layer (0/1) feeds a Linear there"
 
 
-def test_graded_or_learnable_spike_factors_are_not_packed(cache_dir) -> None:
-    """snnTorch keeps graded_spikes_factor in its state_dict, so the IR makes it a node
-    param (a value that could change after compiling): such spikes are never packed."""
-    from snncc.backends.cpu.saved_spikes import writes_zero_or_one
+def test_snntorch_spikes_are_packed_only_while_the_graded_factor_holds_1(cache_dir) -> None:
+    """snnTorch keeps graded_spikes_factor in its state_dict: the IR makes it a node param,
+    checked at run time (once per value). A factor of 1 that is not learned packs; a learned
+    one, or one loaded as 0.5 after compiling, does not -- and gradients stay exact."""
+    from snncc.backends.cpu.saved_spikes import zero_or_one_conditions
 
     model = MODELS["snntorch_convnet"][0]()
-    x = _model_input("snntorch_convnet", 2, 1)
+    x = _model_input("snntorch_convnet", 6, 1)
     prog = snncc.compile(model, x, backend="cpu", cache_dir=cache_dir).program
-    assert prog._specs and not prog.spike_fed
-    for n, spec in prog._specs.items():
-        assert "graded_spikes_factor" in prog.graph.node(n)["params"]
-        assert not writes_zero_or_one(prog.graph, n, spec)
-        if not spec.spiking:  # the last Leaky's membrane output
-            continue
-        # the same form with the factor as the constant 1 writes 0/1
-        const = Graph()
-        inp = const.add_node("input", attrs={"index": 0}, shape=["B", 4])
-        node = const.add_node("neuron", [inp], attrs={"neuron": spec.to_dict()}, shape=["B", 4])
-        assert writes_zero_or_one(const, node, spec)
-        graded = spec.replace(extra={**spec.extra, "graded_spikes_factor": 0.5})
-        assert not writes_zero_or_one(const, node, graded)
+    spiking = [n for n, spec in prog._specs.items() if spec.spiking]
+    conditions = {n: zero_or_one_conditions(prog.graph, n, prog._specs[n]) for n in spiking}
+    assert sorted(conditions.values()) == [("2.graded_spikes_factor",), ("5.graded_spikes_factor",)]
+    assert list(prog.spike_fed.values()) == [("2.graded_spikes_factor",)]  # Leaky 1 -> Linear
+    assert not prog.params["2.graded_spikes_factor"].requires_grad
+    assert prog.params["5.graded_spikes_factor"].requires_grad  # learned: never packs
+    assert not prog._ones(prog.params, ("5.graded_spikes_factor",))
+
+    packed: list[torch.dtype] = []
+
+    def outer_pack(t: torch.Tensor) -> torch.Tensor:
+        packed.append(t.dtype)
+        return t
+
+    def grads_and_packed() -> tuple[tuple, int]:
+        packed.clear()
+        with torch.autograd.graph.saved_tensors_hooks(outer_pack, lambda t: t):
+            g = _grads(prog, x, 4)[2]
+        return g, packed.count(torch.uint8)
+
+    T = x.shape[0]  # the per-step model's Linear runs (and saves) once per step
+    g_packed, n_packed = grads_and_packed()
+    assert n_packed == T
+    with torch.no_grad():  # a new factor after compiling: the spikes are 0 / 0.5 now
+        prog.params["2.graded_spikes_factor"].fill_(0.5)
+    g_half, n_half = grads_and_packed()
+    assert n_half == 0
+    fed, prog.spike_fed = prog.spike_fed, {}
+    g_plain, _ = grads_and_packed()
+    assert all(torch.equal(g_half[k], g_plain[k]) for k in g_plain if g_plain[k] is not None)
+    prog.spike_fed = fed
+    with torch.no_grad():
+        prog.params["2.graded_spikes_factor"].fill_(1.0)
+    assert grads_and_packed()[1] == T  # back to 1: packed again
+    assert g_packed.keys() == g_plain.keys()
+
+    # a spec constant (no node param): 1 always packs, 0.5 never
+    spec = prog._specs[spiking[0]]
+    const = Graph()
+    inp = const.add_node("input", attrs={"index": 0}, shape=["B", 4])
+    node = const.add_node("neuron", [inp], attrs={"neuron": spec.to_dict()}, shape=["B", 4])
+    assert zero_or_one_conditions(const, node, spec) == ()
+    graded = spec.replace(extra={**spec.extra, "graded_spikes_factor": 0.5})
+    assert zero_or_one_conditions(const, node, graded) is None

@@ -9,14 +9,15 @@ a quarter of the bytes; the backward unpacks it to the same fp32 values, so
 autograd's own backward formula runs on identical inputs and the gradients
 are bit for bit those of the unpacked run.
 
-Which inputs are spikes is decided from the graph, never from data: the
-output of a spiking neuron whose kernel writes exactly 0.0f or 1.0f
-(:func:`writes_zero_or_one`: SpikingJelly-style and Norse forms, snnTorch
-forms with a constant ``graded_spikes_factor`` of 1, none with a fused
-epilogue), passed on unchanged by flatten, reshape, identity or max pooling,
-into port 0 of a linear/conv1d/conv2d in the same step. Graded spikes,
-dropout (it scales), average pooling and delayed (recurrent) edges are not
-followed.
+Which inputs are spikes is decided from the graph, never from the spikes
+themselves: the output of a spiking neuron whose kernel writes exactly 0.0f
+or 1.0f (:func:`zero_or_one_conditions`: SpikingJelly-style and Norse forms;
+snnTorch forms while their ``graded_spikes_factor`` holds 1 and is not
+learned, checked once per value of that param by :class:`OnesCheck`; none
+with a fused epilogue), passed on unchanged by flatten, reshape, identity or
+max pooling, into port 0 of a linear/conv1d/conv2d in the same step. Graded
+spikes, dropout (it scales), average pooling and delayed (recurrent) edges
+are not followed.
 
 The cost: one cast over the spikes in the forward (4 bytes read, 1 written per
 spike) and one back in the backward. Where something else keeps the fp32
@@ -43,50 +44,83 @@ BINARY_PRESERVING = ("flatten", "reshape", "identity", "maxpool2d")
 GEMM_OPS = ("linear", "conv1d", "conv2d")
 
 
-def writes_zero_or_one(graph: Graph, n: int, spec: NeuronSpec) -> bool:
-    """Whether neuron node ``n``'s kernel output is exactly 0.0 or 1.0 at every element.
+def zero_or_one_conditions(graph: Graph, n: int, spec: NeuronSpec) -> tuple[str, ...] | None:
+    """When neuron node ``n``'s kernel output is exactly 0.0 or 1.0 at every element.
 
-    SpikingJelly-style and Norse spiking forms write the Heaviside step itself;
-    snnTorch forms write it times ``graded_spikes_factor``, so only when that is
-    the constant 1 (not a learnable or per-neuron node param). A fused
-    epilogue (a scale, an add) changes the values.
+    None: never. Otherwise the names of the params that must hold exactly 1
+    (and not be learnable) at run time -- ``()`` for always:
+
+    - SpikingJelly-style and Norse spiking forms write the Heaviside step itself;
+    - snnTorch forms write it times ``graded_spikes_factor``: a constant 1, or
+      a node param (snnTorch keeps it in its state_dict) that holds 1;
+    - a fused epilogue (a scale, an add) changes the values: never.
     """
     if not spec.spiking or graph.attrs(n).get("epilogue"):
-        return False
+        return None
     if spec.charge in SJ_CHARGES or spec.charge in NORSE_FORMS:
-        return True
+        return ()
     if spec.charge in SNNTORCH_FORMS:
+        param = graph.node(n)["params"].get("graded_spikes_factor")
+        if param is not None:
+            return (param,)
         factor = (spec.extra or {}).get("graded_spikes_factor", 1.0)
-        return "graded_spikes_factor" not in graph.node(n)["params"] and float(factor) == 1.0
-    return False
+        return () if float(factor) == 1.0 else None
+    return None
 
 
-def binary_nodes(graph: Graph, specs: Mapping[int, NeuronSpec]) -> set[int]:
-    """Nodes whose value is exactly 0/1 by construction (see the module docstring)."""
-    binary: set[int] = set()
+def binary_nodes(graph: Graph, specs: Mapping[int, NeuronSpec]) -> dict[int, tuple[str, ...]]:
+    """Nodes whose value is 0/1 by construction, with the params that must hold 1 for it."""
+    binary: dict[int, tuple[str, ...]] = {}
     for n in graph.topo_order():
         op = graph.op(n)
         if op == "neuron":
-            if writes_zero_or_one(graph, n, specs[n]):
-                binary.add(n)
+            conditions = zero_or_one_conditions(graph, n, specs[n])
+            if conditions is not None:
+                binary[n] = conditions
         elif op in BINARY_PRESERVING:
             edges = graph.in_edges(n)
             if len(edges) == 1 and edges[0].delay == 0 and edges[0].src in binary:
-                binary.add(n)
+                binary[n] = binary[edges[0].src]
     return binary
 
 
-def spike_fed_gemms(graph: Graph, specs: Mapping[int, NeuronSpec]) -> set[int]:
-    """Linear/conv nodes whose data input (port 0, same step) is a binary node."""
+def spike_fed_gemms(graph: Graph, specs: Mapping[int, NeuronSpec]) -> dict[int, tuple[str, ...]]:
+    """Linear/conv nodes whose data input (port 0, same step) is a binary node, with the
+    params that must hold 1 at run time for that input to be 0/1."""
     binary = binary_nodes(graph, specs)
-    fed = set()
+    fed: dict[int, tuple[str, ...]] = {}
     for n in graph.topo_order():
         if graph.op(n) not in GEMM_OPS:
             continue
         edges = [e for e in graph.in_edges(n) if e.port == 0]
         if edges and edges[0].delay == 0 and edges[0].src in binary:
-            fed.add(n)
+            fed[n] = binary[edges[0].src]
     return fed
+
+
+class OnesCheck:
+    """Whether params hold exactly 1 and are not being learned, read once per value.
+
+    Reading a GPU tensor's value is a device-to-host sync, so the answer is
+    cached per param and re-read only when its storage or version counter
+    moves (an optimizer step, ``load_state_dict``).
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[str, tuple[tuple[int, int], bool]] = {}
+
+    def __call__(self, params: Mapping[str, Tensor], names: tuple[str, ...]) -> bool:
+        return all(self._one(name, params[name]) for name in names)
+
+    def _one(self, name: str, p: Tensor) -> bool:
+        if p.requires_grad:  # learned: it will move away from 1
+            return False
+        stamp = (p.data_ptr(), p._version)
+        hit = self._seen.get(name)
+        if hit is None or hit[0] != stamp:
+            hit = (stamp, bool(torch.all(p == 1)))
+            self._seen[name] = hit
+        return hit[1]
 
 
 @contextlib.contextmanager
