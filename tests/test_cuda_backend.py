@@ -1486,6 +1486,23 @@ def test_gpu_precision_options_keep_most_spikes(precision: str, cache_dir) -> No
 
 @pytest.mark.gpu
 @needs_gpu
+def test_gpu_spikes_saved_as_uint8_keep_the_gradients(cache_dir) -> None:
+    """On the GPU too, spike-fed GEMMs save uint8 spikes; gradients match saving fp32 ones
+    (1e-6: cuBLAS may pick another algorithm between two runs, the inputs are identical)."""
+    _, _, cm = _compile("sj_mlp", T=16, B=8, cache_dir=cache_dir)
+    prog = cm.program
+    assert len(prog.spike_fed) == 2  # the Linears after the LIF and the IF layer
+    x = _input("sj_mlp", 16, 8, seed=5).to(DEV)
+    gy = torch.randn(16, 8, 10, generator=torch.Generator().manual_seed(6)).to(DEV)
+    runs = []
+    for fed in (dict(prog.spike_fed), {}):
+        prog.spike_fed = fed
+        runs.append(_grads(prog, x, gy))
+    _assert_same_run(runs[0], runs[1], "uint8 vs fp32 saved spikes", rtol=1e-6)
+
+
+@pytest.mark.gpu
+@needs_gpu
 def test_gpu_to_torch_grads_equal_a_direct_autograd_run(cache_dir) -> None:
     model, x, cm = _compile("sj_convnet", T=6, B=4, cache_dir=cache_dir)
     x = x.to(DEV)
