@@ -20,8 +20,9 @@
 # Everything lands in $OUT (default ./gpu_results), at most 8 files:
 #   summary.txt, pytest_gpu.log, digits_loss_curves.json, bench_cuda.{json,md,png},
 #   logs.tgz (nvidia-smi, versions, junit xml, every benchmark worker's log).
-# Knobs (environment): PYTHON (python3), SUITE (L1,L2,M1,C1), BENCH_BUDGET
-# (seconds for the suite, default 300), PYTEST_TIMEOUT (default 180), SKIP_BENCH=1.
+# Knobs (environment): PYTHON (python3), SUITE (L1,L2,M1,C1), PYTEST_TIMEOUT (default
+# 240), BENCH_BUDGET (seconds for the suite; default and cap: what is left of
+# TOTAL_SECONDS, default 570, after the tests), SKIP_BENCH=1.
 #
 # On this workplace's device tool: run `bash scripts/gpu_check.sh --pack` here
 # first, then `run` with carry [".whl"] and the command `bash scripts/gpu_check.sh`.
@@ -116,17 +117,22 @@ if ! "$PY" -c "import cupy, torch; assert torch.cuda.is_available(); cupy.cuda.r
 fi
 
 # ------------------------------------------------------------------ 2. GPU tests
-say "pytest -m gpu (timeout ${PYTEST_TIMEOUT:-180}s)"
-SNNCC_GPU_OUT="$OUT" timeout "${PYTEST_TIMEOUT:-180}" "$PY" -m pytest tests/test_cuda_backend.py \
+say "pytest -m gpu (timeout ${PYTEST_TIMEOUT:-240}s)"
+SNNCC_GPU_OUT="$OUT" timeout "${PYTEST_TIMEOUT:-240}" "$PY" -m pytest tests/test_cuda_backend.py \
     -m gpu -q -rs -p no:cacheprovider --junitxml="$LOGS/pytest_gpu.xml" -s > "$OUT/pytest_gpu.log" 2>&1
 rc=$?
 say "pytest -m gpu: exit $rc; $(grep -E '^(=+ )?[0-9]+ (passed|failed|skipped|error)' "$OUT/pytest_gpu.log" | tail -1)"
 
 # ------------------------------------------------------------------ 3. benchmarks
 if [ "${SKIP_BENCH:-0}" != "1" ] && "$PY" -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
-    budget="${BENCH_BUDGET:-300}"
+    # one device call may run 600 s: the suite gets what the tests left (TOTAL_SECONDS,
+    # default 570, less 70 s to stop a case in flight and write the results)
+    left=$(( ${TOTAL_SECONDS:-570} - ($(date +%s) - START) - 70 ))
+    budget="${BENCH_BUDGET:-$left}"
+    [ "$budget" -gt "$left" ] && budget=$left
+    [ "$budget" -lt 30 ] && budget=30
     say "benchmark suite ${SUITE:-L1,L2,M1,C1} (budget ${budget}s)"
-    timeout $((budget + 120)) "$PY" benchmarks/run.py --suite "${SUITE:-L1,L2,M1,C1}" --device cuda \
+    timeout $((budget + 60)) "$PY" benchmarks/run.py --suite "${SUITE:-L1,L2,M1,C1}" --device cuda \
         --out "$OUT/bench" --budget "$budget" > "$LOGS/bench.log" 2>&1
     say "benchmarks: exit $?"
     [ -f "$OUT/bench/bench_cuda.md" ] && grep -E '^\|' "$OUT/bench/bench_cuda.md" | head -40 >> "$SUMMARY"

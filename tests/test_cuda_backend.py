@@ -170,8 +170,17 @@ def _compile(name: str, T: int = 4, B: int = 2, **options):
     return model, x, snncc.compile(model, x, backend="cuda", **options)
 
 
+@pytest.fixture(scope="session")
+def gpu_cache_dir(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("cuda-cache-gpu"))
+
+
 @pytest.fixture
-def cache_dir(tmp_path) -> str:
+def cache_dir(request, tmp_path) -> str:
+    """A fresh kernel cache per test; GPU tests share one, so NVRTC compiles each kernel
+    once per session (the GPU run's time is scarce)."""
+    if request.node.get_closest_marker("gpu") is not None:
+        return request.getfixturevalue("gpu_cache_dir")
     return str(tmp_path / "cuda-cache")
 
 
