@@ -263,6 +263,10 @@ def snncc_runner(backend: str, **options: Any) -> Callable[[Case, str, str], Ben
             raise NA("GEMM precision matters only where there are GEMMs")
         if options.get("time_chunks") == 0 and case.workload != "L2":
             raise NA("time chunks are compared on L2 only")
+        if options.get("saved_spike_dtype") == "float32" and (
+            mode != "fwd+bwd" or case.workload not in ("M1", "C1")
+        ):
+            raise NA("saved spikes matter in training, where spikes feed a GEMM")
         # a training step traces the model in training mode: BatchNorm batch statistics
         # and dropout stay in the graph, as in every peer's training step
         model = sj_model(case).train(mode == "fwd+bwd")
@@ -367,6 +371,11 @@ PEERS: dict[str, tuple[Callable[[Case, str, str], Bench], dict[str, str], str]] 
         {},
         "snncc cuda without time chunks (one thread per neuron over all T, forward and backward)",
     ),
+    "snncc-cuda-fp32saved": (
+        snncc_runner("cuda", saved_spike_dtype="float32"),
+        {},
+        "snncc cuda keeping fp32 spikes for the GEMMs' backward (default: uint8, less memory)",
+    ),
     "snncc-cuda-tf32": (
         snncc_runner("cuda", precision="tf32"),
         {},
@@ -399,6 +408,7 @@ GPU_PEERS = (
     "snncc-cuda-graph",
     "snncc-cuda-u8",
     "snncc-cuda-nochunk",
+    "snncc-cuda-fp32saved",
     "snncc-cuda-tf32",
     "sj-triton",
     "sj-torch",

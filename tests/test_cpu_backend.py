@@ -25,7 +25,7 @@ from snncc.backends.cpu.program import CpuProgram
 from snncc.backends.kernels import SJ_CHARGES, SUPPORTED_SURROGATES
 from snncc.backends.reference.ops import apply_steps
 from snncc.backends.reference.program import ReferenceProgram
-from snncc.errors import BackendError, ShapeError
+from snncc.errors import BackendError, ShapeError, UnsupportedError
 from snncc.ir.graph import Graph
 from snncc.ir.neuron import NeuronSpec
 
@@ -588,3 +588,32 @@ def test_saved_memory_benchmark_counts_the_packed_spikes() -> None:
     # input (fp32) + 3 x h (fp32) + 2 x spikes fed to a Linear (uint8); T*B = 32 rows
     want = 32 * (256 * 4 + (1024 + 1024 + 10) * 4 + 2 * 1024) / 2**20
     assert bench.saved_mib(model, x) == pytest.approx(want)
+
+
+def test_saved_spike_dtype_option() -> None:
+    """ "float32" keeps torch's fp32 copy (same gradients); an unknown value is refused by name;
+    the option survives save/load and the cuda backend takes it too."""
+    x = torch.rand(4, 2, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    net = _spike_net().eval()
+    progs = {
+        dtype: snncc.compile(net, x, backend="cpu", saved_spike_dtype=dtype).program
+        for dtype in ("uint8", "float32")
+    }
+    assert progs["uint8"].spike_fed and not progs["float32"].spike_fed
+    grads = {}
+    for dtype, prog in progs.items():
+        xs = x.clone().requires_grad_()
+        y, _ = prog.run(xs)
+        grads[dtype] = torch.autograd.grad(y.sum() + (y * y.cumsum(0)).sum(), [xs])[0]
+    assert torch.equal(grads["uint8"], grads["float32"])
+    with pytest.raises(UnsupportedError, match=r"saved_spike_dtype='bf16'.*'uint8', 'float32'"):
+        snncc.compile(net, x, backend="cpu", saved_spike_dtype="bf16")
+    cuda = snncc.compile(net, x, backend="cuda", saved_spike_dtype="float32")
+    assert not cuda.program.spike_fed
+
+
+def test_saved_spike_dtype_survives_save_and_load(tmp_path) -> None:
+    x = torch.rand(4, 2, 1, 8, 8)
+    cm = snncc.compile(_spike_net().eval(), x, backend="cpu", saved_spike_dtype="float32")
+    cm.save(tmp_path / "art")
+    assert not snncc.load(tmp_path / "art").program.spike_fed

@@ -21,8 +21,10 @@ time step, with its state carried between the calls.
     y = cm(x)
 
 Options: ``cache_dir`` (compiled-kernel cache, default ``~/.cache/snncc/cpu``),
-``recompute`` (backward recomputes membranes instead of saving them), and the
-reference backend's ``requires_grad``, ``stateless_per_step``, ``training``.
+``recompute`` (backward recomputes membranes instead of saving them),
+``saved_spike_dtype`` ("uint8", the default, or "float32": how a spike-fed
+linear/conv keeps its input for the backward), and the reference backend's
+``requires_grad``, ``stateless_per_step``, ``training``.
 Needs a C++17 compiler with OpenMP (g++ by default; ``SNNCC_CXX``/``CXX``
 override it).
 """
@@ -39,7 +41,14 @@ from snncc.ir.graph import Graph
 
 __all__ = ["CpuBackend", "CpuProgram"]
 
-_OPTIONS = ("cache_dir", "recompute", "requires_grad", "stateless_per_step", "training")
+_OPTIONS = (
+    "cache_dir",
+    "recompute",
+    "saved_spike_dtype",
+    "requires_grad",
+    "stateless_per_step",
+    "training",
+)
 
 
 class CpuBackend:

@@ -25,9 +25,13 @@ from snncc.backends.cpu.neuron import NeuronKernel
 from snncc.backends.cpu.saved_spikes import OnesCheck, spike_fed_gemms, spikes_saved_as_uint8
 from snncc.backends.kernels import SNNTORCH_NORSE_CHARGES
 from snncc.backends.reference.program import ReferenceProgram
+from snncc.errors import UnsupportedError
 from snncc.ir.graph import Graph
 
 Tensor = torch.Tensor
+
+#: what a spike-fed linear/conv keeps of its input for the backward
+SAVED_SPIKE_DTYPES = ("uint8", "float32")
 
 
 class CpuProgram(ReferenceProgram):
@@ -42,6 +46,11 @@ class CpuProgram(ReferenceProgram):
     recompute
         Backward recomputes each neuron's charged membrane from its input
         instead of saving it in the forward (less memory while training).
+    saved_spike_dtype
+        ``"uint8"`` (default): a linear/conv fed by spikes keeps them for its
+        weight gradient as uint8 (exact, a quarter of the bytes;
+        :mod:`snncc.backends.cpu.saved_spikes`); ``"float32"`` keeps torch's
+        fp32 copy (no pack/unpack passes: a little faster, more memory).
     **reference_options
         ``requires_grad``, ``stateless_per_step``, ``training``: as the reference backend.
     """
@@ -52,15 +61,21 @@ class CpuProgram(ReferenceProgram):
         *,
         cache_dir: str | None = None,
         recompute: bool = False,
+        saved_spike_dtype: str = "uint8",
         **reference_options: Any,
     ) -> None:
+        if saved_spike_dtype not in SAVED_SPIKE_DTYPES:
+            raise UnsupportedError(
+                f"option saved_spike_dtype={saved_spike_dtype!r}; supported: "
+                f"{', '.join(map(repr, SAVED_SPIKE_DTYPES))}"
+            )
         super().__init__(graph, **reference_options)
         self.cache_dir = cache_dir
         self._check_form_params()
         self._build_kernels(recompute)
         #: linear/conv nodes fed by spikes -> the params that must hold 1 for the input to be
         #: 0/1: their saved input is kept as uint8 (saved_spikes.py)
-        self.spike_fed = spike_fed_gemms(graph, self._specs)
+        self.spike_fed = spike_fed_gemms(graph, self._specs) if saved_spike_dtype == "uint8" else {}
         self._ones = OnesCheck()
 
     def _build_kernels(self, recompute: bool) -> None:

@@ -31,6 +31,7 @@ Options: ``cache_dir`` (default ``~/.cache/snncc/cuda``: the ``.cu`` sources and
 their cubins), ``device`` ("cuda" / "cuda:N"), ``precision`` ("fp32" | "tf32" |
 "bf16"), ``cuda_graph`` (capture inference in CUDA graphs), ``spike_dtype``
 ("float32" | "uint8" for spikes that only feed outputs), ``recompute``,
+``saved_spike_dtype`` ("uint8" | "float32", as the cpu backend),
 ``block_size``, ``time_chunks`` (time-parallel forward, exact, and backward of
 hard-reset and leaky soft-reset layers with few neurons and long sequences:
 "auto" | chunk length | 0), and the reference backend's ``requires_grad``,
@@ -58,6 +59,7 @@ __all__ = ["CudaBackend", "CudaProgram"]
 _OPTIONS = (
     "cache_dir",
     "recompute",
+    "saved_spike_dtype",
     "device",
     "precision",
     "cuda_graph",

@@ -88,7 +88,8 @@ class CudaProgram(CpuProgram):
         bit) and backward (within the gradient tolerance); an int forces that
         chunk length wherever the form allows; ``0`` turns it off.
     **reference_options
-        ``requires_grad``, ``stateless_per_step``, ``training``: as the reference backend.
+        ``saved_spike_dtype``: as the cpu backend; ``requires_grad``,
+        ``stateless_per_step``, ``training``: as the reference backend.
     """
 
     def __init__(
