@@ -207,7 +207,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
     model = build_model(args.spec, args.weights)
     start = time.perf_counter()
     cm = snncc.compile(
-        model, example_input(args.input_shape), backend=args.backend, dump_ir=args.dump_ir
+        model,
+        example_input(args.input_shape),
+        backend=args.backend,
+        dump_ir=args.dump_ir,
+        **_options(args),
     )
     elapsed = time.perf_counter() - start
     out = cm.save(args.output)
@@ -336,7 +340,7 @@ def cmd_import(args: argparse.Namespace) -> int:
         if nir_options:
             raise UsageError(f"--dt/--reset/--accept/--fire apply to NIR files, not {args.file}")
     graph = import_graph(Path(args.file), args.format, **nir_options)
-    cm = snncc.compile_graph(graph, backend=args.backend)
+    cm = snncc.compile_graph(graph, backend=args.backend, **_options(args))
     out = cm.save(args.output)
     print(
         f"imported {args.file} for backend {cm.backend}: {len(cm.ir)} IR nodes, "
@@ -394,6 +398,9 @@ example:
   # your own model file, trained weights, the jax backend, every pass's IR dumped:
   snncc compile my_model.py:make_model --backend jax --input-shape 16,1,2,34,34 \\
       --weights ckpt.pt -o out/mine --dump-ir out/mine-ir
+  # backend options (each backend names what it supports):
+  snncc compile snncc.examples.digits:load_pretrained --input-shape 8,1,64 \\
+      --backend cpu -O recompute=true -o out/digits-cpu
 
 SPEC is path/file.py:factory or package.module:factory; the factory takes no
 arguments and returns a torch.nn.Module (put in eval mode before tracing).
@@ -480,6 +487,44 @@ def _backend_arg(p: argparse.ArgumentParser, backends: list[str], help: str | No
     )
 
 
+def _option_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "-O",
+        "--option",
+        action="append",
+        default=[],
+        type=parse_option,
+        metavar="KEY=VALUE",
+        help="a backend option, repeatable (e.g. -O recompute=true -O precision=tf32); "
+        "the backend names what it supports",
+    )
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` -> (key, value): true/false, none, an int, a float, else the string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    words = {"true": True, "false": False, "none": None}
+    if raw.lower() in words:
+        return key.strip(), words[raw.lower()]
+    for kind in (int, float):
+        try:
+            return key.strip(), kind(raw)
+        except ValueError:
+            pass
+    return key.strip(), raw
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for key, value in args.option:
+        if key in options:
+            raise UsageError(f"backend option {key!r} given twice (-O {key}=...)")
+        options[key] = value
+    return options
+
+
 def build_parser() -> argparse.ArgumentParser:
     from snncc import __version__
     from snncc.backends import available
@@ -501,6 +546,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("spec", metavar="SPEC", help=spec_help)
     _backend_arg(p, backends)
+    _option_arg(p)
     _spec_args(p)
     p.add_argument(
         "-o", "--output", required=True, metavar="DIR", help="artifact directory to write"
@@ -555,6 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", metavar="FILE", help="a .onnx or .nir file")
     p.add_argument("--format", choices=EXCHANGE_FORMATS, help="default: from the file suffix")
     _backend_arg(p, backends)
+    _option_arg(p)
     p.add_argument("--dt", type=float, default=None, help="NIR: discretisation time step")
     p.add_argument(
         "--reset",

@@ -69,6 +69,47 @@ def test_compile_then_run_round_trip(tmp_path, capsys, model_spec):
     np.testing.assert_array_equal(y, want)  # the checkpoint's weights, exact spikes
 
 
+def test_compile_with_backend_options(tmp_path, capsys, model_spec):
+    """-O KEY=VALUE reaches the backend, lands in the manifest and is used again on load."""
+    spec, ckpt, _ = model_spec
+    out = tmp_path / "art"
+    argv = ["compile", spec, "--input-shape", "5,1,12", "--weights", ckpt, "--backend", "cpu"]
+    opts = ["-O", "recompute=true", "-O", "saved_spike_dtype=float32"]
+    assert main([*argv, *opts, "-o", str(out)]) == 0
+    manifest = json.loads((out / "snncc.json").read_text())
+    assert manifest["options"] == {"recompute": True, "saved_spike_dtype": "float32"}
+    import snncc
+
+    prog = snncc.load(out).program
+    assert not prog.spike_fed and all(k.info.recompute for k in prog.kernels.values())
+    capsys.readouterr()
+    assert main([*argv, "-O", "bogus=1", "-o", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "unknown cpu backend option(s) ['bogus']" in err and "recompute" in err
+    assert main([*argv, "-O", "recompute=1", "-O", "recompute=0", "-o", str(tmp_path / "b")]) == 2
+    assert "given twice" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse: not KEY=VALUE
+        main([*argv, "-O", "recompute", "-o", str(tmp_path / "c")])
+
+
+@pytest.mark.parametrize(
+    "text, want",
+    [
+        ("recompute=true", ("recompute", True)),
+        ("cuda_graph=False", ("cuda_graph", False)),
+        ("time_chunks=64", ("time_chunks", 64)),
+        ("block_size=none", ("block_size", None)),
+        ("alpha=0.5", ("alpha", 0.5)),
+        ("precision=tf32", ("precision", "tf32")),
+        ("device=cuda:1", ("device", "cuda:1")),
+    ],
+)
+def test_option_values_are_typed(text, want):
+    from snncc.cli import parse_option
+
+    assert parse_option(text) == want
+
+
 def test_compile_jax_and_dump_ir(tmp_path, capsys, model_spec):
     pytest.importorskip("jax")
     spec, ckpt, _ = model_spec
