@@ -69,6 +69,13 @@ class CudaProgram(CpuProgram):
         ``"tf32"`` (TF32 tensor cores for GEMMs and convolutions) or
         ``"bf16"`` (stateless ops under bf16 autocast; neurons stay fp32).
         Spikes are exact only in fp32 (the others change GEMM rounding).
+        The setting holds while the program runs, so for outputs; a later
+        ``backward()`` runs torch's autograd outside it: bf16 ops differentiate
+        in bf16 (autocast recorded them), while fp32/tf32 GEMMs and
+        convolutions differentiate under torch's global flags (by default
+        fp32 matmuls and TF32 cuDNN convolutions; set
+        ``torch.backends.cudnn.conv.fp32_precision = "ieee"`` for fp32
+        convolution gradients).
     cuda_graph
         Capture inference runs (grad disabled, fresh state) in a CUDA graph per
         input shape and replay it: one launch instead of one per op. The
