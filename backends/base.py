@@ -16,8 +16,11 @@ for recurrent edges, the delayed producer values under ``{"delay": array}``.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
+from snncc.errors import UnsupportedError
 from snncc.ir.graph import Graph
 
 
@@ -53,3 +56,32 @@ class Backend(Protocol):
 
     def to_native(self, x: Any) -> Any:
         """Convert a torch tensor / numpy array / jax array to this backend's array kind."""
+
+
+#: the value types of options several backends share (others are checked by their backend):
+#: a wrong type is refused by name here, before it can act as "truthy" (``recompute="no"``)
+OPTION_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "cache_dir": ((str, os.PathLike, type(None)), "a directory path"),
+    "recompute": ((bool,), "true or false"),
+    "requires_grad": ((bool,), "true or false"),
+    "stateless_per_step": ((bool,), "true or false"),
+    "training": ((bool, type(None)), "true, false or none"),
+    "cuda_graph": ((bool,), "true or false"),
+}
+
+
+def check_options(backend: str, options: Mapping[str, Any], supported: Iterable[str]) -> None:
+    """Refuse unknown option names and wrongly typed shared options, naming what is allowed."""
+    supported = tuple(supported)
+    unknown = sorted(set(options) - set(supported))
+    if unknown:
+        raise UnsupportedError(
+            f"unknown {backend} backend option(s) {unknown}; supported: {', '.join(supported)}"
+        )
+    for name, value in options.items():
+        if name in OPTION_TYPES:
+            types, what = OPTION_TYPES[name]
+            if not isinstance(value, types):
+                raise UnsupportedError(
+                    f"{backend} backend option {name}={value!r}: expected {what}"
+                )

@@ -291,3 +291,23 @@ def test_to_torch_refuses_jax():
     cm = snncc.compile(digits.load_pretrained(), x, backend="jax")
     with pytest.raises(snncc.UnsupportedError, match="jax_fn"):
         cm.to_torch()
+
+
+@pytest.mark.parametrize(
+    "backend, option, value",
+    [
+        ("reference", "training", "yes"),
+        ("cpu", "recompute", 1),
+        ("cuda", "cuda_graph", "off"),
+        ("jax", "cache_dir", 3.5),
+    ],
+)
+def test_backend_options_of_the_wrong_type_are_refused(backend, option, value):
+    if backend == "jax":
+        pytest.importorskip("jax")
+    from snncc.examples import digits
+
+    with pytest.raises(snncc.UnsupportedError, match=f"{backend} backend option {option}="):
+        snncc.compile(
+            digits.load_pretrained(), torch.rand(2, 1, 64), backend=backend, **{option: value}
+        )

@@ -90,6 +90,14 @@ def test_compile_with_backend_options(tmp_path, capsys, model_spec):
     assert "given twice" in capsys.readouterr().err
     with pytest.raises(SystemExit):  # argparse: not KEY=VALUE
         main([*argv, "-O", "recompute", "-o", str(tmp_path / "c")])
+    # a value of the wrong type is refused by name, never taken as "truthy"
+    for opt, want in (
+        ("recompute=no", "cpu backend option recompute='no': expected true or false"),
+        ("cache_dir=123", "cpu backend option cache_dir=123: expected a directory path"),
+    ):
+        assert main([*argv, "-O", opt, "-o", str(tmp_path / "d")]) == 2
+        assert want in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
 
 
 @pytest.mark.parametrize(

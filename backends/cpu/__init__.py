@@ -34,9 +34,9 @@ from __future__ import annotations
 from typing import Any
 
 from snncc.backends import register
+from snncc.backends.base import check_options
 from snncc.backends.cpu.program import CpuProgram
 from snncc.backends.reference import ReferenceBackend
-from snncc.errors import UnsupportedError
 from snncc.ir.graph import Graph
 
 __all__ = ["CpuBackend", "CpuProgram"]
@@ -62,11 +62,7 @@ class CpuBackend:
 
     def lower(self, graph: Graph, **options: Any) -> CpuProgram:
         """Compile every neuron layer's kernels and return the runnable program."""
-        unknown = sorted(set(options) - set(_OPTIONS))
-        if unknown:
-            raise UnsupportedError(
-                f"unknown cpu backend option(s) {unknown}; supported: {', '.join(_OPTIONS)}"
-            )
+        check_options("cpu", options, _OPTIONS)
         return CpuProgram(graph, **options)
 
     def to_native(self, x: Any) -> Any:

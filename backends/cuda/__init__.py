@@ -47,11 +47,11 @@ from __future__ import annotations
 from typing import Any
 
 from snncc.backends import register
+from snncc.backends.base import check_options
 from snncc.backends.cpu import CpuBackend
 from snncc.backends.cuda import runtime
 from snncc.backends.cuda.program import CudaProgram
 from snncc.backends.reference import ReferenceBackend
-from snncc.errors import UnsupportedError
 from snncc.ir.graph import Graph
 
 __all__ = ["CudaBackend", "CudaProgram"]
@@ -83,11 +83,7 @@ class CudaBackend:
 
     def lower(self, graph: Graph, **options: Any) -> CudaProgram:
         """Render every neuron layer's kernels; needs no GPU."""
-        unknown = sorted(set(options) - set(_OPTIONS))
-        if unknown:
-            raise UnsupportedError(
-                f"unknown cuda backend option(s) {unknown}; supported: {', '.join(_OPTIONS)}"
-            )
+        check_options("cuda", options, _OPTIONS)
         return CudaProgram(graph, **options)
 
     def to_native(self, x: Any) -> Any:

@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from snncc.backends import register
+from snncc.backends.base import check_options
 from snncc.errors import BackendError
 
 try:
@@ -51,12 +52,7 @@ class JaxBackend:
         Options: ``cache_dir`` (where the generated file is written; default
         ``~/.cache/snncc/jax``), ``unroll`` (lax.scan unroll factor, default 1).
         """
-        known = {"cache_dir", "unroll"}
-        unknown = sorted(set(options) - known)
-        if unknown:
-            raise BackendError(
-                f"unknown jax backend option(s) {unknown}; supported: {sorted(known)}"
-            )
+        check_options("jax", options, ("cache_dir", "unroll"))
         unroll = options.get("unroll", 1)
         if isinstance(unroll, bool) or not isinstance(unroll, int) or unroll < 1:
             raise BackendError(f"jax backend option unroll={unroll!r} must be an int >= 1")

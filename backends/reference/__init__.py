@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from snncc.backends import register
+from snncc.backends.base import check_options
 from snncc.ir.graph import Graph
 
 from .program import ReferenceProgram
@@ -36,13 +37,7 @@ class ReferenceBackend:
 
     def lower(self, graph: Graph, **options: Any) -> ReferenceProgram:
         """Prepare ``graph`` to run; options: requires_grad, stateless_per_step, training."""
-        unknown = sorted(set(options) - set(_OPTIONS))
-        if unknown:
-            from snncc.errors import UnsupportedError
-
-            raise UnsupportedError(
-                f"unknown reference backend option(s) {unknown}; supported: {', '.join(_OPTIONS)}"
-            )
+        check_options("reference", options, _OPTIONS)
         return ReferenceProgram(graph, **options)
 
     def to_native(self, x: Any) -> Any:
