@@ -6,7 +6,8 @@ Counts every distinct storage a saved-tensor hook sees during the forward
 (weights excluded: they are kept whatever happens), so it measures what the
 backend chooses to save -- uint8 spikes for spike-fed GEMMs, ``h[t]`` or the
 input with ``recompute`` -- independently of the allocator. Runs on the CPU;
-the cuda backend saves the same tensors.
+the cuda backend saves the same tensors (in fp32 and tf32; under bf16 autocast the
+GEMMs keep their own bf16 copies).
 """
 
 from __future__ import annotations

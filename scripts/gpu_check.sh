@@ -130,12 +130,15 @@ if [ "${SKIP_BENCH:-0}" != "1" ] && "$PY" -c "import torch; assert torch.cuda.is
     left=$(( ${TOTAL_SECONDS:-570} - ($(date +%s) - START) - 70 ))
     budget="${BENCH_BUDGET:-$left}"
     [ "$budget" -gt "$left" ] && budget=$left
-    [ "$budget" -lt 30 ] && budget=30
-    say "benchmark suite ${SUITE:-L1,L2,M1,C1} (budget ${budget}s)"
-    timeout $((budget + 60)) "$PY" benchmarks/run.py --suite "${SUITE:-L1,L2,M1,C1}" --device cuda \
-        --out "$OUT/bench" --budget "$budget" > "$LOGS/bench.log" 2>&1
-    say "benchmarks: exit $?"
-    [ -f "$OUT/bench/bench_cuda.md" ] && grep -E '^\|' "$OUT/bench/bench_cuda.md" | head -40 >> "$SUMMARY"
+    if [ "$budget" -lt 30 ]; then
+        say "benchmarks skipped: only ${left}s left of the call after the tests"
+    else
+        say "benchmark suite ${SUITE:-L1,L2,M1,C1} (budget ${budget}s)"
+        timeout $((budget + 60)) "$PY" benchmarks/run.py --suite "${SUITE:-L1,L2,M1,C1}" \
+            --device cuda --out "$OUT/bench" --budget "$budget" > "$LOGS/bench.log" 2>&1
+        say "benchmarks: exit $?"
+        [ -f "$OUT/bench/bench_cuda.md" ] && grep -E '^\|' "$OUT/bench/bench_cuda.md" | head -40 >> "$SUMMARY"
+    fi
 else
     say "benchmarks skipped (SKIP_BENCH=1 or no GPU)"
 fi

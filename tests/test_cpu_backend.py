@@ -499,17 +499,14 @@ def test_spike_fed_gemms_are_found_from_the_graph_only() -> None:
     assert {names[n] for n in spike_fed_gemms(g, specs)} == {"direct", "identity"}
 
 
-def test_spike_fed_gemms_save_uint8_and_keep_gradients_bit_for_bit(monkeypatch) -> None:
-    from snncc.backends.cpu import saved_spikes
-
+def test_spike_fed_gemms_save_uint8_and_keep_gradients_bit_for_bit() -> None:
     packed: list[torch.Tensor] = []
-    real_init = saved_spikes._Packed.__init__
 
-    def record(self, data, shape):
-        real_init(self, data, shape)
-        packed.append(data)
+    def record(t: torch.Tensor) -> torch.Tensor:  # an outer hook sees what is saved
+        if t.dtype == torch.uint8:
+            packed.append(t)
+        return t
 
-    monkeypatch.setattr(saved_spikes._Packed, "__init__", record)
     x = torch.rand(6, 3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     net = _spike_net().eval()
     grads = {}
@@ -519,21 +516,47 @@ def test_spike_fed_gemms_save_uint8_and_keep_gradients_bit_for_bit(monkeypatch) 
             prog.spike_fed = {}
         packed.clear()
         xs = x.clone().requires_grad_()
-        y, _ = prog.run(xs)
+        with torch.autograd.graph.saved_tensors_hooks(record, lambda t: t):
+            y, _ = prog.run(xs)
         assert y.sum() > 0  # every layer fires
         leaves = [xs] + [p for p in prog.params.values() if p.requires_grad]
         grads[compact] = torch.autograd.grad((y * torch.linspace(-1, 1, 5)).sum(), leaves)
         if compact:  # fc1's and fc2's inputs: [T*B, 64] and [T*B, 16] spikes, one byte each
             assert [tuple(t.shape) for t in packed] == [(18, 64), (18, 16)]
-            assert all(t.dtype == torch.uint8 and t.max() == 1 for t in packed)
+            assert all(t.max() == 1 for t in packed)
         else:
             assert not packed
     for a, b in zip(grads[True], grads[False]):
         assert torch.equal(a, b)
-    with torch.no_grad():  # inference saves nothing
+    with torch.no_grad(), torch.autograd.graph.saved_tensors_hooks(record, lambda t: t):
         packed.clear()
-        prog.run(x)
+        prog.run(x)  # inference saves nothing
         assert not packed
+    # where the caller disabled saved-tensor hooks, nothing is packed (and nothing fails)
+    prog = snncc.compile(net, x, backend="cpu").program
+    with torch.autograd.graph.disable_saved_tensors_hooks("no hooks here"):
+        xs = x.clone().requires_grad_()
+        y, _ = prog.run(xs)
+    leaves = [xs] + [p for p in prog.params.values() if p.requires_grad]
+    for a, b in zip(torch.autograd.grad((y * torch.linspace(-1, 1, 5)).sum(), leaves), grads[True]):
+        assert torch.equal(a, b)
+
+
+def test_max_pooling_passes_spikes_on_only_without_dilation() -> None:
+    """A dilated, padded window can see only padding (-inf): not spikes any more."""
+    from snncc.backends.cpu.saved_spikes import binary_nodes
+
+    lif = NeuronSpec(model="lif", charge="sj_lif_decay_input", tau=2.0)
+    g = Graph()
+    inp = g.add_node("input", attrs={"index": 0}, shape=["B", 1, 4, 4])
+    neu = g.add_node("neuron", [inp], attrs={"neuron": lif.to_dict()}, shape=["B", 1, 4, 4])
+    pools = {}
+    for dilation in (1, 2):
+        attrs = {"kernel_size": [2, 2], "stride": [1, 1], "padding": [1, 1]}
+        attrs["dilation"] = [dilation, dilation]
+        pools[dilation] = g.add_node("maxpool2d", [neu], attrs=attrs, shape=["B", 1, 3, 3])
+    binary = binary_nodes(g, {neu: lif})
+    assert pools[1] in binary and pools[2] not in binary
 
 
 def test_spike_packing_hands_everything_on_to_the_callers_hooks() -> None:

@@ -700,56 +700,49 @@ def test_spikes_saved_as_uint8_keep_the_gradients_bit_for_bit(name, cache_dir) -
         assert fed, "a spiking layer (0/1) feeds a Linear there"
 
 
-def test_snntorch_spikes_are_packed_only_while_the_graded_factor_holds_1(cache_dir) -> None:
-    """snnTorch keeps graded_spikes_factor in its state_dict: the IR makes it a node param,
-    checked at run time (once per value). A factor of 1 that is not learned packs; a learned
-    one, or one loaded as 0.5 after compiling, does not -- and gradients stay exact."""
-    from snncc.backends.cpu.saved_spikes import zero_or_one_conditions
+def test_snntorch_graded_spikes_are_packed_with_the_factor_they_had(cache_dir) -> None:
+    """snnTorch keeps graded_spikes_factor in its state_dict (a node param in the IR): its
+    spikes are saved as a mask plus a copy of the factor taken at that moment, so any factor
+    -- changed after compiling, even through ``.data`` -- gives the unpacked run's gradients."""
+    from snncc.backends.cpu.saved_spikes import SpikeSource, spike_source
 
     model = MODELS["snntorch_convnet"][0]()
     x = _model_input("snntorch_convnet", 6, 1)
     prog = snncc.compile(model, x, backend="cpu", cache_dir=cache_dir).program
-    spiking = [n for n, spec in prog._specs.items() if spec.spiking]
-    conditions = {n: zero_or_one_conditions(prog.graph, n, prog._specs[n]) for n in spiking}
-    assert sorted(conditions.values()) == [("2.graded_spikes_factor",), ("5.graded_spikes_factor",)]
-    assert list(prog.spike_fed.values()) == [("2.graded_spikes_factor",)]  # Leaky 1 -> Linear
-    assert not prog.params["2.graded_spikes_factor"].requires_grad
-    assert prog.params["5.graded_spikes_factor"].requires_grad  # learned: never packs
-    assert not prog._ones(prog.params, ("5.graded_spikes_factor",))
-
-    packed: list[torch.dtype] = []
+    assert list(prog.spike_fed.values()) == [SpikeSource("2.graded_spikes_factor")]
+    factor = prog.params["2.graded_spikes_factor"]
+    masks: list[torch.Tensor] = []
 
     def outer_pack(t: torch.Tensor) -> torch.Tensor:
-        packed.append(t.dtype)
+        if t.dtype == torch.uint8:
+            masks.append(t)
         return t
 
-    def grads_and_packed() -> tuple[tuple, int]:
-        packed.clear()
-        with torch.autograd.graph.saved_tensors_hooks(outer_pack, lambda t: t):
-            g = _grads(prog, x, 4)[2]
-        return g, packed.count(torch.uint8)
+    def grads(packed: bool) -> dict:
+        fed = prog.spike_fed
+        prog.spike_fed = fed if packed else {}
+        masks.clear()
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(outer_pack, lambda t: t):
+                return _grads(prog, x, 4)[2]
+        finally:
+            prog.spike_fed = fed
 
     T = x.shape[0]  # the per-step model's Linear runs (and saves) once per step
-    g_packed, n_packed = grads_and_packed()
-    assert n_packed == T
-    with torch.no_grad():  # a new factor after compiling: the spikes are 0 / 0.5 now
-        prog.params["2.graded_spikes_factor"].fill_(0.5)
-    g_half, n_half = grads_and_packed()
-    assert n_half == 0
-    fed, prog.spike_fed = prog.spike_fed, {}
-    g_plain, _ = grads_and_packed()
-    assert all(torch.equal(g_half[k], g_plain[k]) for k in g_plain if g_plain[k] is not None)
-    prog.spike_fed = fed
-    with torch.no_grad():
-        prog.params["2.graded_spikes_factor"].fill_(1.0)
-    assert grads_and_packed()[1] == T  # back to 1: packed again
-    assert g_packed.keys() == g_plain.keys()
+    for value in (1.0, 0.5, -0.75):
+        factor.data.fill_(value)  # .data: torch's version counter does not move
+        want, got = grads(packed=False), grads(packed=True)
+        assert len(masks) == T and all(int(m.max()) <= 1 for m in masks)
+        assert any(int(m.sum()) > 0 for m in masks), "the layer fires"
+        for key in want:
+            assert (got[key] is None) == (want[key] is None), key
+            assert want[key] is None or torch.equal(got[key], want[key]), (value, key)
 
-    # a spec constant (no node param): 1 always packs, 0.5 never
-    spec = prog._specs[spiking[0]]
+    # the same form with the factor as a spec constant: 1 packs without a scale, 0.5 never
+    spec = prog._specs[2] if 2 in prog._specs else next(iter(prog._specs.values()))
     const = Graph()
     inp = const.add_node("input", attrs={"index": 0}, shape=["B", 4])
     node = const.add_node("neuron", [inp], attrs={"neuron": spec.to_dict()}, shape=["B", 4])
-    assert zero_or_one_conditions(const, node, spec) == ()
+    assert spike_source(const, node, spec) == SpikeSource()
     graded = spec.replace(extra={**spec.extra, "graded_spikes_factor": 0.5})
-    assert zero_or_one_conditions(const, node, graded) is None
+    assert spike_source(const, node, graded) is None

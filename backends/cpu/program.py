@@ -22,7 +22,7 @@ import torch
 from snncc.backends.cpu.autograd import run_neuron
 from snncc.backends.cpu.forms import check_node_params, derive_params, run_form
 from snncc.backends.cpu.neuron import NeuronKernel
-from snncc.backends.cpu.saved_spikes import OnesCheck, spike_fed_gemms, spikes_saved_as_uint8
+from snncc.backends.cpu.saved_spikes import spike_fed_gemms, spikes_saved_as_uint8
 from snncc.backends.kernels import SNNTORCH_NORSE_CHARGES
 from snncc.backends.reference.program import ReferenceProgram
 from snncc.errors import UnsupportedError
@@ -73,10 +73,9 @@ class CpuProgram(ReferenceProgram):
         self.cache_dir = cache_dir
         self._check_form_params()
         self._build_kernels(recompute)
-        #: linear/conv nodes fed by spikes -> the params that must hold 1 for the input to be
-        #: 0/1: their saved input is kept as uint8 (saved_spikes.py)
+        #: linear/conv nodes fed by spikes -> how those spikes are made (saved_spikes.py):
+        #: the input they save for the backward is kept as a uint8 mask
         self.spike_fed = spike_fed_gemms(graph, self._specs) if saved_spike_dtype == "uint8" else {}
-        self._ones = OnesCheck()
 
     def _build_kernels(self, recompute: bool) -> None:
         """The kernel-factory hook: one compiled kernel pair per neuron node into ``kernels``.
@@ -130,14 +129,12 @@ class CpuProgram(ReferenceProgram):
     # ------------------------------------------------------------ stateless ops
     def _row_step(self, ctx: Any, n: int, ins: list[Tensor]) -> Tensor:
         """The reference's row op; a spike-fed GEMM saves its spikes as uint8 while training."""
-        conditions = self.spike_fed.get(n)
-        if (
-            conditions is not None
-            and torch.is_grad_enabled()
-            and self._ones(self.params, conditions)
-        ):
-            with spikes_saved_as_uint8(ins[0]):
-                return super()._row_step(ctx, n, ins)
+        source = self.spike_fed.get(n)
+        if source is not None and torch.is_grad_enabled():
+            scale = None if source.scale is None else self.params[source.scale]
+            if scale is None or scale.numel() == 1:
+                with spikes_saved_as_uint8(ins[0], scale):
+                    return super()._row_step(ctx, n, ins)
         return super()._row_step(ctx, n, ins)
 
     # ------------------------------------------------------------ neurons

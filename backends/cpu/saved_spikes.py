@@ -9,15 +9,17 @@ a quarter of the bytes; the backward unpacks it to the same fp32 values, so
 autograd's own backward formula runs on identical inputs and the gradients
 are bit for bit those of the unpacked run.
 
-Which inputs are spikes is decided from the graph, never from the spikes
-themselves: the output of a spiking neuron whose kernel writes exactly 0.0f
-or 1.0f (:func:`zero_or_one_conditions`: SpikingJelly-style and Norse forms;
-snnTorch forms while their ``graded_spikes_factor`` holds 1 and is not
-learned, checked once per value of that param by :class:`OnesCheck`; none
-with a fused epilogue), passed on unchanged by flatten, reshape, identity or
-max pooling, into port 0 of a linear/conv1d/conv2d in the same step. Graded
-spikes, dropout (it scales), average pooling and delayed (recurrent) edges
-are not followed.
+Which inputs are spikes is decided from the graph, never from the values:
+the output of a spiking neuron whose kernel writes the Heaviside step, or
+that step times a one-element scale (:func:`spike_source`: SpikingJelly-style
+and Norse forms; snnTorch forms, whose ``graded_spikes_factor`` is copied
+when the spikes are saved; none with a fused epilogue), passed on unchanged
+by flatten, reshape, identity or undilated max pooling, into port 0 of a
+linear/conv1d/conv2d in the same step. Per-neuron graded factors, dropout
+(it scales), average pooling and delayed (recurrent) edges are not followed.
+Nothing is packed under bf16 autocast (the GEMM saves its own bf16 copy,
+already half the bytes), under ``torch.compile`` (the compiler decides what
+is saved) or where saved-tensor hooks are disabled.
 
 The cost: one cast over the spikes in the forward (4 bytes read, 1 written per
 spike) and one back in the backward. Where something else keeps the fp32
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -44,51 +47,63 @@ BINARY_PRESERVING = ("flatten", "reshape", "identity", "maxpool2d")
 GEMM_OPS = ("linear", "conv1d", "conv2d")
 
 
-def zero_or_one_conditions(graph: Graph, n: int, spec: NeuronSpec) -> tuple[str, ...] | None:
-    """When neuron node ``n``'s kernel output is exactly 0.0 or 1.0 at every element.
+@dataclass(frozen=True)
+class SpikeSource:
+    """A value that is ``s * g`` elementwise, ``s`` in {0, 1}: ``g`` is 1, or the one-element
+    param named ``scale`` (snnTorch's ``graded_spikes_factor``), read when the spikes are saved."""
 
-    None: never. Otherwise the names of the params that must hold exactly 1
-    (and not be learnable) at run time -- ``()`` for always:
+    scale: str | None = None
 
-    - SpikingJelly-style and Norse spiking forms write the Heaviside step itself;
-    - snnTorch forms write it times ``graded_spikes_factor``: a constant 1, or
-      a node param (snnTorch keeps it in its state_dict) that holds 1;
-    - a fused epilogue (a scale, an add) changes the values: never.
+
+def spike_source(graph: Graph, n: int, spec: NeuronSpec) -> SpikeSource | None:
+    """How neuron node ``n``'s kernel output is made of 0/1 spikes, or None if it is not.
+
+    SpikingJelly-style and Norse spiking forms write the Heaviside step itself;
+    snnTorch forms write it times ``graded_spikes_factor`` (a node param when
+    the model keeps it in its state_dict, as snnTorch does: one element, or it
+    is not followed); a fused epilogue (a scale, an add) changes the values.
     """
     if not spec.spiking or graph.attrs(n).get("epilogue"):
         return None
     if spec.charge in SJ_CHARGES or spec.charge in NORSE_FORMS:
-        return ()
+        return SpikeSource()
     if spec.charge in SNNTORCH_FORMS:
         param = graph.node(n)["params"].get("graded_spikes_factor")
         if param is not None:
-            return (param,)
+            return SpikeSource(param) if graph.params[param].size == 1 else None
         factor = (spec.extra or {}).get("graded_spikes_factor", 1.0)
-        return () if float(factor) == 1.0 else None
+        return SpikeSource() if float(factor) == 1.0 else None
     return None
 
 
-def binary_nodes(graph: Graph, specs: Mapping[int, NeuronSpec]) -> dict[int, tuple[str, ...]]:
-    """Nodes whose value is 0/1 by construction, with the params that must hold 1 for it."""
-    binary: dict[int, tuple[str, ...]] = {}
+def _preserves_spikes(graph: Graph, n: int) -> bool:
+    """Whether op ``n`` only moves or selects its input's elements (max pooling: unless a
+    dilated window can see nothing but padding)."""
+    op = graph.op(n)
+    if op == "maxpool2d":
+        return all(d == 1 for d in graph.attrs(n).get("dilation", (1, 1)))
+    return op in BINARY_PRESERVING
+
+
+def binary_nodes(graph: Graph, specs: Mapping[int, NeuronSpec]) -> dict[int, SpikeSource]:
+    """Nodes whose value is made of 0/1 spikes by construction, and how."""
+    binary: dict[int, SpikeSource] = {}
     for n in graph.topo_order():
-        op = graph.op(n)
-        if op == "neuron":
-            conditions = zero_or_one_conditions(graph, n, specs[n])
-            if conditions is not None:
-                binary[n] = conditions
-        elif op in BINARY_PRESERVING:
+        if graph.op(n) == "neuron":
+            source = spike_source(graph, n, specs[n])
+            if source is not None:
+                binary[n] = source
+        elif _preserves_spikes(graph, n):
             edges = graph.in_edges(n)
             if len(edges) == 1 and edges[0].delay == 0 and edges[0].src in binary:
                 binary[n] = binary[edges[0].src]
     return binary
 
 
-def spike_fed_gemms(graph: Graph, specs: Mapping[int, NeuronSpec]) -> dict[int, tuple[str, ...]]:
-    """Linear/conv nodes whose data input (port 0, same step) is a binary node, with the
-    params that must hold 1 at run time for that input to be 0/1."""
+def spike_fed_gemms(graph: Graph, specs: Mapping[int, NeuronSpec]) -> dict[int, SpikeSource]:
+    """Linear/conv nodes whose data input (port 0, same step) is made of spikes, and how."""
     binary = binary_nodes(graph, specs)
-    fed: dict[int, tuple[str, ...]] = {}
+    fed: dict[int, SpikeSource] = {}
     for n in graph.topo_order():
         if graph.op(n) not in GEMM_OPS:
             continue
@@ -98,61 +113,51 @@ def spike_fed_gemms(graph: Graph, specs: Mapping[int, NeuronSpec]) -> dict[int, 
     return fed
 
 
-class OnesCheck:
-    """Whether params hold exactly 1 and are not being learned, read once per value.
-
-    Reading a GPU tensor's value is a device-to-host sync, so the answer is
-    cached per param and re-read only when its storage or version counter
-    moves (an optimizer step, ``load_state_dict``).
-    """
-
-    def __init__(self) -> None:
-        self._seen: dict[str, tuple[tuple[int, int], bool]] = {}
-
-    def __call__(self, params: Mapping[str, Tensor], names: tuple[str, ...]) -> bool:
-        return all(self._one(name, params[name]) for name in names)
-
-    def _one(self, name: str, p: Tensor) -> bool:
-        if p.requires_grad:  # learned: it will move away from 1
-            return False
-        stamp = (p.data_ptr(), p._version)
-        hit = self._seen.get(name)
-        if hit is None or hit[0] != stamp:
-            hit = (stamp, bool(torch.all(p == 1)))
-            self._seen[name] = hit
-        return hit[1]
+def packing_available() -> bool:
+    """Whether spikes can be packed now: torch can say which saved-tensor hooks are active,
+    hooks are enabled (not under ``disable_saved_tensors_hooks``), and no compiler traces."""
+    compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    if compiling is not None and compiling():  # first: dynamo cannot trace the queries below
+        return False
+    autograd = torch._C._autograd
+    top = getattr(autograd, "_top_saved_tensors_default_hooks", None)
+    enabled = getattr(autograd, "_saved_tensors_hooks_is_enabled", None)
+    return top is not None and enabled is not None and bool(enabled())
 
 
 @contextlib.contextmanager
-def spikes_saved_as_uint8(spikes: Tensor) -> Iterator[None]:
-    """While active, autograd saves ``spikes`` (that exact fp32 view) as uint8.
+def spikes_saved_as_uint8(spikes: Tensor, scale: Tensor | None = None) -> Iterator[None]:
+    """While active, autograd saves ``spikes`` (that exact fp32 view) as a uint8 mask.
 
-    Other saved tensors pass through untouched. Hooks the caller already
-    installed (``torch.autograd.graph.save_on_cpu``, non-reentrant
-    ``torch.utils.checkpoint``) still see every saved tensor -- the packed
-    spikes as their uint8 copy -- because these hooks hand everything on to
-    them; where torch cannot say which hooks are active, nothing is packed.
+    ``spikes`` must be ``s * scale`` with ``s`` in {0, 1} (``scale`` a one-element
+    tensor, or None for 1): the mask is ``spikes != 0`` and a copy of ``scale``
+    is taken at the same moment, so the unpacked ``mask * scale`` has the bits
+    the kernel wrote (``1 * g = g``, ``0 * g = 0``) whatever happens to the
+    param later. Other saved tensors pass through untouched. Hooks the caller
+    already installed (``torch.autograd.graph.save_on_cpu``, non-reentrant
+    ``torch.utils.checkpoint``) still see every saved tensor -- the mask in
+    place of the spikes -- because these hooks hand everything on to them.
+    Without :func:`packing_available`, nothing is packed.
     """
-    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
-    if top is None or torch.compiler.is_compiling():
-        # a torch without the query: do not risk bypassing the caller's hooks; under
-        # torch.compile the compiler decides what is saved
+    if not packing_available():
         yield
         return
-    outer = top(False)
+    outer = torch._C._autograd._top_saved_tensors_default_hooks(False)
     outer_pack, outer_unpack = outer if outer is not None else (None, None)
     ptr, numel = spikes.data_ptr(), spikes.numel()
 
     def pack(t: Tensor) -> Any:
         if t.dtype == torch.float32 and t.data_ptr() == ptr and t.numel() == numel:
-            small = t.to(torch.uint8)
-            return _Packed(small if outer_pack is None else outer_pack(small), t.shape)
+            mask = (t != 0).to(torch.uint8)
+            g = None if scale is None else scale.detach().reshape(()).clone()
+            return _Packed(mask if outer_pack is None else outer_pack(mask), t.shape, g)
         return t if outer_pack is None else outer_pack(t)
 
     def unpack(saved: Any) -> Tensor:
         if isinstance(saved, _Packed):
-            small = saved.data if outer_unpack is None else outer_unpack(saved.data)
-            return small.to(torch.float32).reshape(saved.shape)
+            mask = saved.data if outer_unpack is None else outer_unpack(saved.data)
+            values = mask.to(torch.float32).reshape(saved.shape)
+            return values if saved.scale is None else values * saved.scale
         return saved if outer_unpack is None else outer_unpack(saved)
 
     with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
@@ -160,10 +165,12 @@ def spikes_saved_as_uint8(spikes: Tensor) -> Iterator[None]:
 
 
 class _Packed:
-    """A saved spike tensor in uint8 (or what the caller's hooks made of it), with its shape."""
+    """Saved spikes: the uint8 mask (or what the caller's hooks made of it), its shape, and
+    the spike value when it is not 1."""
 
-    __slots__ = ("data", "shape")
+    __slots__ = ("data", "shape", "scale")
 
-    def __init__(self, data: Any, shape: torch.Size) -> None:
+    def __init__(self, data: Any, shape: torch.Size, scale: Tensor | None) -> None:
         self.data = data
         self.shape = shape
+        self.scale = scale
