@@ -363,7 +363,7 @@ def cmd_example(args: argparse.Namespace) -> int:
     digits.run_eager(model, images)  # warm-up: SpikingJelly's first call initialises lazily
     eager, t_eager = _best_of(lambda: digits.run_eager(model, images))
     start = time.perf_counter()
-    cm = snncc.compile(model, x[:, :1], backend=args.backend)
+    cm = snncc.compile(model, x[:, :1], backend=args.backend, **_options(args))
     t_compile = time.perf_counter() - start
     with torch.no_grad():  # inference, as the eager run: no autograd graph for torch backends
         start = time.perf_counter()
@@ -452,6 +452,7 @@ _EXAMPLE_EPILOG = """\
 example:
   snncc example
   snncc example --backend jax
+  snncc example --backend cuda -O cuda_graph=true
 """
 
 
@@ -634,6 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_example,
     )
     _backend_arg(p, backends)
+    _option_arg(p)
     return parser
 
 

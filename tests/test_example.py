@@ -88,6 +88,13 @@ def test_cli_example(capsys, backend, data, eager_spikes):
         assert abs(acc["compiled"] - acc["eager"]) * len(data[1]) <= 1.0 + 1e-6
 
 
+def test_cli_example_with_backend_options(capsys):
+    assert main(["example", "--backend", "cpu", "-O", "recompute=true"]) == 0
+    assert "output spikes that differ: 0 of" in capsys.readouterr().out
+    assert main(["example", "--backend", "cpu", "-O", "precision=tf32"]) == 2
+    assert "unknown cpu backend option(s) ['precision']" in capsys.readouterr().err
+
+
 def test_training_is_seeded_and_writes_loadable_files(tmp_path):
     """One short epoch twice: identical bytes, and files the loaders accept."""
     first, second = tmp_path / "a", tmp_path / "b"
