@@ -35,8 +35,8 @@ Which neuron forms can be parallelised over time, and how exactly?
   The last two chunks are bit for bit the plain kernel's; elsewhere the
   composition's rounding (done in double, a few fp32 ulps) stays well inside
   the 1e-4 gradient tolerance. The chunked forward saves what this needs:
-  ``h[t]`` (or, with ``recompute``, nothing but the true membrane entering
-  each chunk, from which each chunk recomputes its ``h``).
+  ``h[t]`` (or, with ``recompute``, only the input and the true membrane
+  entering each chunk, from which each chunk recomputes its ``h``).
 
 The chunked path is taken when a layer has too few neurons to fill the GPU
 and enough steps to split (see :func:`plan_chunks`), or whenever the
