@@ -110,6 +110,9 @@ class ReferenceProgram:
         self._topo = graph.topo_order()
         self._pos = {n: i for i, n in enumerate(self._topo)}
         self._units = self._schedule()
+        # the lowered graph's structure is final: look its edges up once, not on every run
+        self._in_edges = {n: graph.in_edges(n) for n in self._topo}
+        self._delay_srcs = frozenset(e.src for e in self._all_edges() if e.delay > 0)
 
     # ----------------------------------------------------------- lowering
     def _check_ops(self) -> None:
@@ -255,7 +258,7 @@ class ReferenceProgram:
         if op == "input":
             ctx.set_value(n, inputs[self.graph.meta["inputs"].index(n)])
             return
-        ins = [ctx.seq_input(e) for e in self.graph.in_edges(n)]
+        ins = [ctx.seq_input(e) for e in self._in_edges[n]]
         attrs = self.graph.attrs(n)
         if op == "neuron":
             y = self._neuron_seq(ctx, n, ins)
@@ -357,7 +360,7 @@ class ReferenceProgram:
         nstate: dict[int, dict[str, Tensor]] = {}
         for t in range(ctx.T):
             for n in unit:
-                ins = [self._step_input(ctx, e, t, members, hist) for e in self.graph.in_edges(n)]
+                ins = [self._step_input(ctx, e, t, members, hist) for e in self._in_edges[n]]
                 hist[n].append(self._step_node(ctx, n, ins, nstate))
         for n in unit:
             ctx.set_value(n, torch.stack(hist[n]))
@@ -409,7 +412,7 @@ class _RunContext:
         self.values: dict[int, Tensor] = {}
         self._params: dict[int, dict[str, Tensor]] = {}
         self._nparams: dict[int, dict[str, Tensor]] = {}
-        self._delay_srcs = {e.src for e in prog._all_edges() if e.delay > 0}
+        self._delay_srcs = prog._delay_srcs
 
     def params(self, n: int) -> dict[str, Tensor]:
         """Node ``n``'s params by role, BN-folded once per run (differentiable)."""
