@@ -1,4 +1,4 @@
-"""The SpikingJelly-family neuron specs the kernel tests (cpu and cuda) run, defined once.
+"""Neuron specs and a recurrent IR graph the kernel tests (cpu and cuda) share, defined once.
 
 ``v_reset = -0.1`` is deliberately not an fp32 value: it tests that the kernels'
 literals round as torch rounds a Python scalar.
@@ -6,6 +6,9 @@ literals round as torch rounds a Python scalar.
 
 from __future__ import annotations
 
+import torch
+
+from snncc.ir.graph import Graph
 from snncc.ir.neuron import NeuronSpec
 from snncc.surrogate import default_alpha
 
@@ -37,3 +40,22 @@ def kernel_spec(
         v_init=0.0 if v_reset is None else v_reset,
         learnable=("w",) if charge in PLIF_FORMS else (),
     )
+
+
+def recurrent_lif_graph() -> Graph:
+    """input -> add(input, W_rec @ s[t-1]) -> LIF -> output: a recurrent component.
+
+    Hand-built IR shared by the cpu and cuda backend tests.
+    """
+    g = Graph()
+    g.meta.update(source="torch", step_mode="m")
+    inp = g.add_node("input", attrs={"index": 0}, shape=["B", 6], name="x")
+    lin = g.add_node("linear", [], params={"weight": "rec.weight"}, shape=["B", 6], name="rec")
+    add = g.add_node("add", [inp, lin], shape=["B", 6], name="add")
+    spec = NeuronSpec(model="lif", charge="sj_lif_decay_input", tau=2.0)
+    neu = g.add_node("neuron", [add], attrs={"neuron": spec.to_dict()}, shape=["B", 6], name="lif")
+    g.add_edge(neu, lin, 0, delay=1)
+    g.add_node("output", [neu], attrs={"index": 0}, shape=["B", 6], name="out")
+    w = torch.randn(6, 6, generator=torch.Generator().manual_seed(4)) * 0.8
+    g.add_param("rec.weight", w.numpy())
+    return g

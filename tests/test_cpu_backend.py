@@ -14,7 +14,7 @@ import types
 
 import pytest
 import torch
-from kernel_specs import PLIF_FORMS, kernel_spec
+from kernel_specs import PLIF_FORMS, kernel_spec, recurrent_lif_graph
 
 import snncc
 from snncc import neurons
@@ -381,25 +381,9 @@ def test_streaming_run_continues_from_state(cache_dir) -> None:
         assert torch.equal(st2[n]["v"], rst[n]["v"])
 
 
-def _recurrent_graph() -> Graph:
-    """input -> add(input, W_rec @ s[t-1]) -> LIF -> output: a recurrent component."""
-    g = Graph()
-    g.meta.update(source="torch", step_mode="m")
-    inp = g.add_node("input", attrs={"index": 0}, shape=["B", 6], name="x")
-    lin = g.add_node("linear", [], params={"weight": "rec.weight"}, shape=["B", 6], name="rec")
-    add = g.add_node("add", [inp, lin], shape=["B", 6], name="add")
-    spec = NeuronSpec(model="lif", charge="sj_lif_decay_input", tau=2.0)
-    neu = g.add_node("neuron", [add], attrs={"neuron": spec.to_dict()}, shape=["B", 6], name="lif")
-    g.add_edge(neu, lin, 0, delay=1)
-    g.add_node("output", [neu], attrs={"index": 0}, shape=["B", 6], name="out")
-    w = torch.randn(6, 6, generator=torch.Generator().manual_seed(4)) * 0.8
-    g.add_param("rec.weight", w.numpy())
-    return g
-
-
 @pytest.mark.parametrize("T", TS)
 def test_cpu_backend_matches_reference_on_a_recurrent_graph(T, cache_dir) -> None:
-    g = _recurrent_graph()
+    g = recurrent_lif_graph()
     x = torch.rand(T, 3, 6, generator=torch.Generator().manual_seed(T)) * 1.2
     ref = ReferenceProgram(g)
     cpu = CpuProgram(g, cache_dir=cache_dir)

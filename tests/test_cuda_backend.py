@@ -31,7 +31,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from kernel_specs import PLIF_FORMS, kernel_spec
+from kernel_specs import PLIF_FORMS, kernel_spec, recurrent_lif_graph
 from torch import nn
 
 import snncc
@@ -134,22 +134,6 @@ class Residual(nn.Module):
 def residual() -> nn.Module:
     torch.manual_seed(2)
     return _randomise(Residual(), 3)
-
-
-def recurrent_graph() -> Graph:
-    """input -> add(input, W_rec @ s[t-1]) -> LIF -> output: a recurrent component."""
-    g = Graph()
-    g.meta.update(source="torch", step_mode="m")
-    inp = g.add_node("input", attrs={"index": 0}, shape=["B", 6], name="x")
-    lin = g.add_node("linear", [], params={"weight": "rec.weight"}, shape=["B", 6], name="rec")
-    add = g.add_node("add", [inp, lin], shape=["B", 6], name="add")
-    spec = NeuronSpec(model="lif", charge="sj_lif_decay_input", tau=2.0)
-    neu = g.add_node("neuron", [add], attrs={"neuron": spec.to_dict()}, shape=["B", 6], name="lif")
-    g.add_edge(neu, lin, 0, delay=1)
-    g.add_node("output", [neu], attrs={"index": 0}, shape=["B", 6], name="out")
-    w = torch.randn(6, 6, generator=torch.Generator().manual_seed(4)) * 0.8
-    g.add_param("rec.weight", w.numpy())
-    return g
 
 
 MODELS = {
@@ -1225,7 +1209,7 @@ def test_gpu_cuda_equals_reference_on_the_same_gpu(name: str, T: int, cache_dir)
 @needs_gpu
 @pytest.mark.parametrize("T", [1, 8])
 def test_gpu_recurrent_graph_and_streaming(T: int, cache_dir) -> None:
-    g = recurrent_graph()
+    g = recurrent_lif_graph()
     prog = CudaProgram(g, cache_dir=cache_dir)
     x = torch.rand(T, 3, 6, generator=torch.Generator().manual_seed(T)).to(DEV) * 1.2
     _assert_same(prog, _reference_on_gpu(g, host_neurons=False), x)  # tau = 2
