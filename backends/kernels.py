@@ -99,14 +99,22 @@ SUPPORTED_SURROGATES = (
 _ALPHA_DIVIDES = ("soft_sign", "rect")
 #: renderer options and their defaults
 DEFAULT_OPTIONS: dict[str, Any] = {
-    # dtype of stored spikes: "float32", or "uint8" (4x less traffic; spiking
-    # output without an epilogue only)
+    # dtype of stored spikes: "float32", or "uint8" / "bfloat16" (4x / 2x less
+    # traffic; spiking output without an epilogue only, so the values are exactly 0/1)
     "spike_dtype": "float32",
+    # dtype of the input x the forward reads and of its gradient gx the backward
+    # writes: "float32" or "bfloat16" (bf16 autocast: the kernel widens on load and
+    # rounds gx as torch's cast would; arithmetic stays fp32)
+    "x_dtype": "float32",
     # backward recomputes h from x instead of reading the h_seq the forward saved
     "recompute": False,
 }
 #: bump when the generated code changes meaning, so caches keyed by name invalidate
 KERNEL_ABI_VERSION = 1
+#: kernel I/O dtypes -> the C element type the templates declare
+C_TYPES = {"float32": "float", "uint8": "unsigned char", "bfloat16": "snncc_bf16"}
+#: ... and the pointer type names of NeuronKernelInfo's argument lists
+_PTR_TYPES = {"float32": "float*", "uint8": "uint8*", "bfloat16": "bf16*"}
 
 _TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates" / "cuda"
 
@@ -171,6 +179,7 @@ class NeuronKernelInfo:
 
     ``forward_args`` / ``backward_args`` are ``(name, ctype)`` pairs in call
     order; ctype is one of ``"const float*"``, ``"float*"``, ``"uint8*"``,
+    ``"const bf16*"``, ``"bf16*"`` (bfloat16 as raw 16-bit words),
     ``"double*"``, ``"float"``, ``"int"``, ``"int64"``. Pointer arguments the
     kernel documents as nullable may be passed as NULL. Arrays are contiguous
     and time-major: ``[T, N]`` with N = every per-step element (batch included).
@@ -190,7 +199,8 @@ class NeuronKernelInfo:
     add_ports: tuple[int, ...]
     #: how many of the add steps belong to the prologue (the rest: epilogue)
     n_prologue_adds: int
-    #: dtype of the forward kernel's ``out``: "float32" or "uint8"
+    #: dtype of the forward kernel's ``out`` (and the backward's ``gy``): "float32",
+    #: "uint8" (inference only) or "bfloat16"
     out_dtype: str
     #: the backward kernel reads h[t]: the forward must save h_seq unless recompute
     needs_h: bool
@@ -213,6 +223,8 @@ class NeuronKernelInfo:
     param_args: tuple[str, ...] = ()
     #: the node param role each entry of ``param_args`` is derived from
     param_roles: tuple[str, ...] = ()
+    #: dtype of ``x`` (forward and backward) and ``gx``: "float32" or "bfloat16"
+    x_dtype: str = "float32"
 
 
 def _as_spec(spec: NeuronSpec | Mapping[str, Any]) -> NeuronSpec:
@@ -390,12 +402,23 @@ def _options(options: Mapping[str, Any] | None) -> dict[str, Any]:
                 f"unknown neuron kernel option {key!r}; supported: {', '.join(DEFAULT_OPTIONS)}"
             )
         opts[key] = value
-    if opts["spike_dtype"] not in ("float32", "uint8"):
+    if opts["spike_dtype"] not in ("float32", "uint8", "bfloat16"):
         raise UnsupportedError(
-            f"neuron kernel option spike_dtype={opts['spike_dtype']!r}; supported: 'float32', 'uint8'"
+            f"neuron kernel option spike_dtype={opts['spike_dtype']!r}; supported: "
+            "'float32', 'uint8', 'bfloat16'"
+        )
+    if opts["x_dtype"] not in ("float32", "bfloat16"):
+        raise UnsupportedError(
+            f"neuron kernel option x_dtype={opts['x_dtype']!r}; supported: 'float32', 'bfloat16'"
         )
     opts["recompute"] = bool(opts["recompute"])
     return opts
+
+
+def _gy_dtype(out_dtype: str) -> str:
+    """The backward's ``gy`` dtype: the output's, except uint8 outputs (inference only,
+    not differentiable; their unused backward keeps fp32)."""
+    return "float32" if out_dtype == "uint8" else out_dtype
 
 
 @dataclass(frozen=True)
@@ -422,18 +445,25 @@ def _plan(
     pro = _steps(prologue, "prologue", 0)
     n_pro = sum(st["kind"] == "add" for st in pro)
     epi = _steps(epilogue, "epilogue", n_pro)
-    if opts["spike_dtype"] == "uint8" and (not spec.spiking or epi):
+    if opts["spike_dtype"] != "float32" and (not spec.spiking or epi):
         raise UnsupportedError(
-            "neuron kernel option spike_dtype='uint8' needs a spiking output without an "
-            "epilogue (the output must be exactly 0/1)"
+            f"neuron kernel option spike_dtype={opts['spike_dtype']!r} needs a spiking output "
+            "without an epilogue (the output must be exactly 0/1)"
         )
     recompute = opts["recompute"] and view.needs_h
+    if recompute and opts["x_dtype"] != "float32":
+        raise UnsupportedError(
+            f"neuron kernel option recompute needs x_dtype='float32' (the backward parks the "
+            f"recomputed fp32 membrane in gx), got x_dtype={opts['x_dtype']!r}"
+        )
     tag = _kernel_tag(spec, pro, epi, opts)
     adds = [st for st in pro + epi if st["kind"] == "add"]
     names = [st["arg"] for st in adds]
-    out_c = "uint8*" if opts["spike_dtype"] == "uint8" else "float*"
+    out_c = _PTR_TYPES[opts["spike_dtype"]]
+    x_c = _PTR_TYPES[opts["x_dtype"]]
+    gy_c = _PTR_TYPES[_gy_dtype(opts["spike_dtype"])]
     fwd_args = (
-        ("x", "const float*"),
+        ("x", f"const {x_c}"),
         *((a, "const float*") for a in names),
         ("v0", "const float*"),
         ("k", "float"),
@@ -444,14 +474,14 @@ def _plan(
         ("N", "int64"),
     )
     bwd_args = (
-        ("gy", "const float*"),
+        ("gy", f"const {gy_c}"),
         ("gv_last", "const float*"),
         ("h_seq", "const float*"),
-        ("x", "const float*"),
+        ("x", f"const {x_c}"),
         *((a, "const float*") for a in names),
         ("v0", "const float*"),
         ("k", "float"),
-        ("gx", "float*"),
+        ("gx", x_c),
         *((f"g{a}", "float*") for a in names),
         ("gv0", "float*"),
         ("gk", "double*"),
@@ -471,6 +501,7 @@ def _plan(
         learns_k=view.learns_k,
         forward_args=fwd_args,
         backward_args=bwd_args,
+        x_dtype=opts["x_dtype"],
     )
     return _Plan(spec, view, pro, epi, opts, info)
 
@@ -722,6 +753,11 @@ def _form_plan(
             f"charge form {spec.charge!r} (snnTorch spikes are graded, Norse's are float); "
             "only 'float32'"
         )
+    if opts["x_dtype"] != "float32":
+        raise UnsupportedError(
+            f"neuron kernel option x_dtype={opts['x_dtype']!r} is not available for charge "
+            f"form {spec.charge!r} (the snnTorch / Norse form kernels read float32); only 'float32'"
+        )
     first_port = len(spec.input_ports)
     pro = _steps(prologue, "prologue", 0, first_port)
     n_pro = sum(st["kind"] == "add" for st in pro)
@@ -843,7 +879,9 @@ def render_neuron_kernels(
         "prologue": plan.prologue,
         "epilogue": plan.epilogue,
         "adds": adds,
-        "out_type": "unsigned char" if info.out_dtype == "uint8" else "float",
+        "out_type": C_TYPES[info.out_dtype],
+        "x_type": C_TYPES[info.x_dtype],
+        "gy_type": C_TYPES[_gy_dtype(info.out_dtype)],
         "recompute": info.recompute,
         "info": info,
     }

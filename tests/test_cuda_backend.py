@@ -17,6 +17,7 @@ Two tiers:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import itertools
@@ -263,6 +264,8 @@ def test_options_are_checked_by_name() -> None:
         snncc.compile(model, x, backend="cuda", block_size=100)
     with pytest.raises(UnsupportedError, match="spike_dtype"):
         snncc.compile(model, x, backend="cuda", spike_dtype="int8")
+    with pytest.raises(UnsupportedError, match="bf16_io='yes': expected true or false"):
+        snncc.compile(model, x, backend="cuda", bf16_io="yes")
 
 
 def test_uint8_spikes_only_where_outputs_read_them(cache_dir) -> None:
@@ -310,7 +313,9 @@ def test_generated_kernels_compile_with_nvcc(arch: str, tmp_path, cache_dir) -> 
     for name in MODELS:  # each artifact's kernels.cu compiles on its own
         cu = tmp_path / f"{name}.cu"
         cu.write_text(
-            _compile(name, cache_dir=cache_dir, spike_dtype="uint8")[2].files()["kernels.cu"]
+            _compile(name, cache_dir=cache_dir, spike_dtype="uint8", precision="bf16")[2].files()[
+                "kernels.cu"
+            ]
         )
         cmd = [
             NVCC,
@@ -944,6 +949,78 @@ def test_host_emulated_gpu_training_through_time_chunks(recompute, host_gpu, cac
         _assert_same_run((y, st, g), (y_ref, st_ref, g_ref), model)
 
 
+def _bf16_grads(prog, x: torch.Tensor, gy: torch.Tensor, autocast: bool = False):
+    """_grads, optionally under the caller's own bf16 autocast (host-emulated: the CPU's)."""
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+    with ctx:
+        return _grads(prog, x, gy)
+
+
+@pytest.mark.parametrize("name", ["sj_mlp", "sj_convnet", "residual"])
+def test_host_emulated_gpu_bf16_autocast_kernels_read_and_write_bf16(
+    name, host_gpu, cache_dir
+) -> None:
+    """bf16_io: the bf16-reading kernels give the bits of widening to fp32 and narrowing back.
+
+    Under ``precision="bf16"`` (autocast: GEMMs and convolutions in bf16) the
+    program with bf16 kernel I/O and the one that widens through torch casts
+    must agree exactly: outputs, final membranes and every gradient (the
+    kernels round gx to bf16 as torch's cast does). Spiking layers feeding a
+    GEMM write bf16 spikes; a layer read by a program output keeps fp32.
+    """
+    x = _input(name, 10, 3, seed=11)
+    runs = {}
+    for io in (True, False):
+        _, _, cm = _compile(
+            name, T=10, B=3, cache_dir=cache_dir, precision="bf16", bf16_io=io, time_chunks=0
+        )
+        gy = torch.randn(cm.program.run(x)[0].shape, generator=torch.Generator().manual_seed(2))
+        host_gpu.clear()
+        runs[io] = _grads(cm.program, x, gy)
+        if io:
+            prog = cm.program
+            used = set(host_gpu)
+    # precision="bf16" renders every variant up front: the artifact's kernels.cu holds them
+    assert {n: tuple(v) for n, v in prog.bf16_kernels.items()} == prog.bf16_outputs, name
+    for n, by_out in prog.bf16_kernels.items():
+        for out, kernel in by_out.items():
+            # which variant a layer runs: bf16 spikes exactly where only GEMMs read them
+            ran = kernel.info.forward_name in used
+            assert ran == (out == ("bfloat16" if len(by_out) == 2 else "float32")), (n, out)
+            if ran:
+                assert kernel.info.backward_name in used, (n, out)
+            assert f"snncc_fwd_{kernel.info.tag}" in prog.files()["kernels.cu"]
+    if name != "residual":  # its LIF's spikes feed an add (epilogue): fp32 spikes, bf16 input
+        assert any(len(by_out) == 2 for by_out in prog.bf16_kernels.values()), name
+    _assert_same_run(runs[True], runs[False], name, rtol=0.0)
+    assert runs[True][0].dtype == torch.float32
+
+
+def test_host_emulated_gpu_bf16_io_under_the_callers_autocast(host_gpu, cache_dir) -> None:
+    """to_torch() under the caller's bf16 autocast takes the bf16 kernels too, same bits; with
+    autocast off a bf16 kernel is never chosen and fp32 runs are untouched."""
+    x = _input("sj_mlp", 8, 2, seed=5)
+    gy = torch.randn((8, 2, 10), generator=torch.Generator().manual_seed(6))
+    runs = {}
+    for io in (True, False):
+        _, _, cm = _compile("sj_mlp", T=8, B=2, cache_dir=cache_dir, bf16_io=io, time_chunks=0)
+        assert not cm.program.bf16_kernels  # fp32 programs render them on first use only
+        host_gpu.clear()
+        runs[io] = _bf16_grads(cm.program, x, gy, autocast=True)
+        bf16_names = {
+            k.info.forward_name
+            for by_out in cm.program.bf16_kernels.values()
+            for k in by_out.values()
+        }
+        assert bool(bf16_names & set(host_gpu)) == io
+        host_gpu.clear()
+        _grads(cm.program, x, gy)  # fp32: the plain kernels only
+        assert not bf16_names & set(host_gpu)
+    _assert_same_run(runs[True], runs[False], "caller's autocast", rtol=0.0)
+    _, _, cm = _compile("sj_mlp", cache_dir=cache_dir, recompute=True)
+    assert not cm.program.bf16_outputs  # recompute parks fp32 membranes in gx: widens instead
+
+
 # -- snnTorch / Norse forms through the cuda backend's host side (host-emulated GPU)
 def _snntorch_norse_models() -> dict[str, tuple[nn.Module, torch.Tensor]]:
     """An RLeaky (recurrent component) + learnable Synaptic + graded Leaky model, and a
@@ -1475,6 +1552,22 @@ def test_gpu_precision_options_keep_most_spikes(precision: str, cache_dir) -> No
     agree = (y0 == y1).float().mean().item()
     print(f"{precision}: spike agreement with fp32 {agree:.5f}")
     assert agree > (0.98 if precision == "tf32" else 0.95)
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("name", ["sj_mlp", "sj_convnet"])
+def test_gpu_bf16_io_gives_the_bits_of_widening(name: str, cache_dir) -> None:
+    """precision="bf16" with bf16 kernel I/O == the same run widening through torch casts:
+    outputs and membranes bit for bit, gradients within 1e-6 (cuBLAS/cuDNN may pick another
+    algorithm between two programs; the kernels' own bits are checked on the host)."""
+    x = _input(name, 8, 16, seed=12).to(DEV)
+    runs = []
+    for io in (True, False):
+        _, _, cm = _compile(name, T=8, B=16, cache_dir=cache_dir, precision="bf16", bf16_io=io)
+        gy = torch.randn(cm.program.run(x)[0].shape, generator=torch.Generator().manual_seed(3))
+        runs.append(_grads(cm.program, x, gy.to(DEV)))
+    _assert_same_run(runs[0], runs[1], name, rtol=1e-6)
 
 
 @pytest.mark.gpu

@@ -195,9 +195,13 @@ def form_matrix() -> list[tuple[NeuronSpec, list, list, dict]]:
         )
         pro = prologues[i % 3]
         epi = [dict(s, port=len(pro) + 1) if s["kind"] == "add" else s for s in epilogues[i % 2]]
-        opts = {"recompute": i % 4 >= 2}
+        opts: dict = {"recompute": i % 4 >= 2}
         if output == "spike" and not epi and i % 5 == 0:
             opts["spike_dtype"] = "uint8"
+        if not opts["recompute"] and i % 3 == 1:  # bf16 autocast I/O (not with recompute)
+            opts["x_dtype"] = "bfloat16"
+            if output == "spike" and not epi and "spike_dtype" not in opts:
+                opts["spike_dtype"] = "bfloat16"
         cases.append((spec, pro, epi, opts))
     return cases
 
@@ -359,6 +363,20 @@ def test_form_kernels_take_params_as_arguments_or_exact_literals() -> None:
             "port >= 2",
         ),
         (form_spec("norse_lif"), ((), ()), {"spike_dtype": "uint8"}, "only 'float32'"),
+        (form_spec("snntorch_leaky"), ((), ()), {"x_dtype": "bfloat16"}, "only 'float32'"),
+        (make_spec("sj_lif"), ((), ()), {"x_dtype": "float16"}, "x_dtype='float16'"),
+        (
+            make_spec("sj_lif"),
+            ((), ()),
+            {"x_dtype": "bfloat16", "recompute": True},
+            "recompute needs x_dtype='float32'",
+        ),
+        (
+            make_spec("sj_lif", output="membrane"),
+            ((), ()),
+            {"spike_dtype": "bfloat16"},
+            "needs a spiking output",
+        ),
         (form_spec("snntorch_leaky").replace(alpha=math.inf), ((), ()), {}, "finite"),
         (
             form_spec("snntorch_leaky", surrogate="rect").replace(alpha=0.0),

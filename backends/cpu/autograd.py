@@ -31,6 +31,9 @@ from snncc.ir.neuron import NeuronSpec
 
 Tensor = torch.Tensor
 
+#: kernel I/O dtype names (NeuronKernelInfo.out_dtype / x_dtype) -> torch dtypes
+TORCH_DTYPES = {"float32": torch.float32, "uint8": torch.uint8, "bfloat16": torch.bfloat16}
+
 
 class KernelPair(Protocol):
     """A compiled forward/backward kernel pair, called by argument name (both families, both targets).
@@ -73,11 +76,22 @@ def as_f32(t: Tensor, what: str, device: torch.device, widen: bool) -> Tensor:
     return t.contiguous()
 
 
-def time_major(x: Tensor, widen: bool) -> tuple[Tensor, tuple[int, ...], int]:
-    """A layer's input [T, *shape] as fp32 (see :func:`as_f32`): (x, per-step shape, N)."""
+def time_major(
+    x: Tensor, widen: bool, dtype: torch.dtype = torch.float32
+) -> tuple[Tensor, tuple[int, ...], int]:
+    """A layer's input [T, *shape] as the kernel reads it: (x, per-step shape, N).
+
+    ``dtype`` float32: see :func:`as_f32`; bfloat16 (a kernel rendered with
+    ``x_dtype="bfloat16"``): x must already be bf16, it is never narrowed.
+    """
     if x.dim() < 1:
         raise ShapeError(f"neuron input must be time-major [T, ...], got shape {tuple(x.shape)}")
-    x = as_f32(x, "input", x.device, widen)
+    if dtype == torch.float32:
+        x = as_f32(x, "input", x.device, widen)
+    elif x.dtype != dtype:
+        raise ShapeError(f"this neuron kernel takes {dtype} input, got {x.dtype}")
+    else:
+        x = x.contiguous()
     step_shape = tuple(x.shape[1:])
     return x, step_shape, math.prod(step_shape)
 
@@ -103,11 +117,11 @@ def neuron_forward(
     k: float,
     store_h: bool,
 ) -> tuple[Tensor, Tensor | None, Tensor]:
-    """The forward kernel on contiguous fp32 [T, N] tensors; returns (out, h_seq, v_last)."""
+    """The forward kernel on contiguous [T, N] tensors (x in the kernel's ``x_dtype``, the
+    rest fp32); returns (out in the kernel's ``out_dtype``, h_seq, v_last)."""
     T, N = x.shape
     dev = x.device
-    out_dtype = torch.uint8 if kernel.info.out_dtype == "uint8" else torch.float32
-    out = torch.empty((T, N), dtype=out_dtype, device=dev)
+    out = torch.empty((T, N), dtype=TORCH_DTYPES[kernel.info.out_dtype], device=dev)
     h_seq = torch.empty((T, N), dtype=torch.float32, device=dev) if store_h else None
     v_last = torch.empty((N,), dtype=torch.float32, device=dev)
     values = {
@@ -138,11 +152,15 @@ def neuron_backward(
     want_v0: bool,
     want_k: bool,
 ) -> tuple[Tensor, list[Tensor | None], Tensor | None, Tensor | None]:
-    """The backward kernel; returns (gx, g per add input, gv0, d loss / d k as float64 partials)."""
+    """The backward kernel; returns (gx, g per add input, gv0, d loss / d k as float64 partials).
+
+    ``gy`` is in the kernel's output dtype (fp32, or bf16 for bf16 spikes), ``gx``
+    comes back in its ``x_dtype``; everything else is fp32.
+    """
     T, N = gy.shape
     dev = gy.device
     f32 = {"dtype": torch.float32, "device": dev}
-    gx = torch.empty((T, N), **f32)
+    gx = torch.empty((T, N), dtype=TORCH_DTYPES[kernel.info.x_dtype], device=dev)
     gadds = [torch.empty((T, N), **f32) if w else None for w in want_adds]
     gv0 = torch.empty((N,), **f32) if want_v0 else None
     gk = None
@@ -203,8 +221,9 @@ class NeuronFunction(torch.autograd.Function):
         h_seq, x, v0, *adds = ctx.saved_tensors
         need = ctx.needs_input_grad  # (kernel, k_value, v0, k, x, *adds)
         device = (g_out if g_out is not None else g_vlast).device
-        gy = torch.zeros(ctx.tn, device=device) if g_out is None else g_out
-        gy = gy.float().contiguous()
+        gy_dtype = torch.bfloat16 if ctx.kernel.info.out_dtype == "bfloat16" else torch.float32
+        gy = torch.zeros(ctx.tn, dtype=gy_dtype, device=device) if g_out is None else g_out
+        gy = gy.to(gy_dtype).contiguous()
         gv_last = None if g_vlast is None else g_vlast.float().contiguous()
         gx, gadds, gv0, gk = neuron_backward(
             ctx.kernel,
@@ -249,7 +268,7 @@ def run_neuron(
     if len(adds) != n_adds:
         raise ShapeError(f"neuron kernel expects {n_adds} add inputs, got {len(adds)}")
     device = x.device
-    x, step_shape, N = time_major(x, widen)
+    x, step_shape, N = time_major(x, widen, TORCH_DTYPES[kernel.info.x_dtype])
     T = x.shape[0]
     flat_adds = [flat_seq(a, f"fused add input {j}", x, widen) for j, a in enumerate(adds)]
     v0_flat = None

@@ -31,6 +31,8 @@ _CTYPES = {
     "const float*": ctypes.c_void_p,
     "float*": ctypes.c_void_p,
     "uint8*": ctypes.c_void_p,
+    "const bf16*": ctypes.c_void_p,
+    "bf16*": ctypes.c_void_p,
     "double*": ctypes.c_void_p,
     "float": ctypes.c_float,
     "int": ctypes.c_int,

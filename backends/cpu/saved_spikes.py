@@ -17,9 +17,11 @@ when the spikes are saved; none with a fused epilogue), passed on unchanged
 by flatten, reshape, identity or undilated max pooling, into port 0 of a
 linear/conv1d/conv2d in the same step. Per-neuron graded factors, dropout
 (it scales), average pooling and delayed (recurrent) edges are not followed.
-Nothing is packed under bf16 autocast (the GEMM saves its own bf16 copy,
-already half the bytes), under ``torch.compile`` (the compiler decides what
-is saved) or where saved-tensor hooks are disabled.
+Under bf16 autocast the GEMM saves a bf16 copy it cast itself, which is not
+packed; where the cuda backend's kernel wrote the spikes as bf16 already
+(``bf16_io``), the GEMM saves those and they are packed like fp32 ones.
+Nothing is packed under ``torch.compile`` (the compiler decides what is
+saved) or where saved-tensor hooks are disabled.
 
 The cost: one cast over the spikes in the forward (4 bytes read, 1 written per
 spike) and one back in the backward. Where something else keeps the fp32
@@ -76,7 +78,7 @@ def spike_source(graph: Graph, n: int, spec: NeuronSpec) -> SpikeSource | None:
     return None
 
 
-def _preserves_spikes(graph: Graph, n: int) -> bool:
+def preserves_spikes(graph: Graph, n: int) -> bool:
     """Whether op ``n`` only moves or selects its input's elements (max pooling: unless a
     dilated window can see nothing but padding)."""
     op = graph.op(n)
@@ -93,7 +95,7 @@ def binary_nodes(graph: Graph, specs: Mapping[int, NeuronSpec]) -> dict[int, Spi
             source = spike_source(graph, n, specs[n])
             if source is not None:
                 binary[n] = source
-        elif _preserves_spikes(graph, n):
+        elif preserves_spikes(graph, n):
             edges = graph.in_edges(n)
             if len(edges) == 1 and edges[0].delay == 0 and edges[0].src in binary:
                 binary[n] = binary[edges[0].src]
@@ -146,17 +148,19 @@ def spikes_saved_as_uint8(spikes: Tensor, scale: Tensor | None = None) -> Iterat
     outer_pack, outer_unpack = outer if outer is not None else (None, None)
     ptr, numel = spikes.data_ptr(), spikes.numel()
 
+    packable = (torch.float32,) if scale is not None else (torch.float32, torch.bfloat16)
+
     def pack(t: Tensor) -> Any:
-        if t.dtype == torch.float32 and t.data_ptr() == ptr and t.numel() == numel:
+        if t.dtype in packable and t.data_ptr() == ptr and t.numel() == numel:
             mask = (t != 0).to(torch.uint8)
             g = None if scale is None else scale.detach().reshape(()).clone()
-            return _Packed(mask if outer_pack is None else outer_pack(mask), t.shape, g)
+            return _Packed(mask if outer_pack is None else outer_pack(mask), t.shape, t.dtype, g)
         return t if outer_pack is None else outer_pack(t)
 
     def unpack(saved: Any) -> Tensor:
         if isinstance(saved, _Packed):
             mask = saved.data if outer_unpack is None else outer_unpack(saved.data)
-            values = mask.to(torch.float32).reshape(saved.shape)
+            values = mask.to(saved.dtype).reshape(saved.shape)
             return values if saved.scale is None else values * saved.scale
         return saved if outer_unpack is None else outer_unpack(saved)
 
@@ -165,12 +169,15 @@ def spikes_saved_as_uint8(spikes: Tensor, scale: Tensor | None = None) -> Iterat
 
 
 class _Packed:
-    """Saved spikes: the uint8 mask (or what the caller's hooks made of it), its shape, and
-    the spike value when it is not 1."""
+    """Saved spikes: the uint8 mask (or what the caller's hooks made of it), its shape and
+    dtype, and the spike value when it is not 1."""
 
-    __slots__ = ("data", "shape", "scale")
+    __slots__ = ("data", "shape", "dtype", "scale")
 
-    def __init__(self, data: Any, shape: torch.Size, scale: Tensor | None) -> None:
+    def __init__(
+        self, data: Any, shape: torch.Size, dtype: torch.dtype, scale: Tensor | None
+    ) -> None:
         self.data = data
         self.shape = shape
+        self.dtype = dtype
         self.scale = scale

@@ -28,6 +28,7 @@ import torch
 
 from snncc.backends.cpu.autograd import run_neuron
 from snncc.backends.cpu.program import CpuProgram
+from snncc.backends.cpu.saved_spikes import GEMM_OPS, preserves_spikes
 from snncc.backends.cuda import cache as kcache
 from snncc.backends.cuda import runtime
 from snncc.backends.cuda.chunked import (
@@ -87,6 +88,18 @@ class CudaProgram(CpuProgram):
         are then uint8 tensors of 0/1. Default ``"float32"``.
     block_size
         Threads per block for the neuron kernels (default: chosen per layer).
+    bf16_io
+        Under bf16 autocast (``precision="bf16"``, or the caller's own
+        ``torch.autocast(..., dtype=torch.bfloat16)`` around ``to_torch()``),
+        SpikingJelly-style layers read their bf16 input as bf16 and write its
+        gradient in bf16, and a spiking layer whose spikes only feed linear or
+        convolution layers (through flatten / reshape / max pooling) writes them
+        as bf16, exactly 0/1: the values are those of widening to fp32 and
+        letting autocast narrow again, without the casts' extra passes over
+        memory (default True; False widens through torch casts). The neuron
+        arithmetic stays fp32. Not for ``recompute`` (its backward parks fp32
+        membranes in the gradient buffer), recurrent components or
+        time-chunked layers, which widen.
     time_chunks
         Long sequences with few neurons: ``"auto"`` (default) splits the time
         loop of hard-reset and leaky soft-reset spiking layers into chunks run
@@ -111,9 +124,11 @@ class CudaProgram(CpuProgram):
         spike_dtype: str = "float32",
         block_size: int | None = None,
         time_chunks: str | int = "auto",
+        bf16_io: bool = True,
         **reference_options: Any,
     ) -> None:
         _check_options(precision, spike_dtype, block_size, time_chunks)
+        self.bf16_io = bool(bf16_io)
         # what _build_kernels reads, set before CpuProgram.__init__ calls it
         self.time_chunks = time_chunks
         self.block_size = block_size
@@ -155,6 +170,21 @@ class CudaProgram(CpuProgram):
                     backward=True,
                     block=block_size,
                 )
+        # bf16 autocast (see bf16_io): node -> the output dtypes its bf16-input kernels may
+        # write ("bfloat16": spikes only GEMMs read); the kernels themselves are rendered
+        # now under precision="bf16" (so files() and build() hold them), else on first use
+        self.bf16_outputs: dict[int, tuple[str, ...]] = {}
+        if self.bf16_io and not recompute:
+            for n, spec in self._specs.items():
+                if spec.charge in SJ_CHARGES and n not in self._recurrent:
+                    epi = graph.attrs(n).get("epilogue") or []
+                    bf16_out = self._bf16_out_eligible(n, epi)
+                    self.bf16_outputs[n] = ("float32", "bfloat16") if bf16_out else ("float32",)
+        self.bf16_kernels: dict[int, dict[str, CudaNeuronKernel]] = {}
+        if self.precision == "bf16":
+            for n, outs in self.bf16_outputs.items():
+                for out in outs:
+                    self._bf16_kernel(n, out)
         self.chunked: dict[int, dict[str, ChunkedNeuron]] = {}
         if self.time_chunks != 0:
             for n, spec in self._specs.items():
@@ -186,6 +216,31 @@ class CudaProgram(CpuProgram):
         users = self.graph.users(n)
         return bool(users) and all(self.graph.op(e.dst) == "output" and e.delay == 0 for e in users)
 
+    def _bf16_kernel(self, n: int, out: str) -> CudaNeuronKernel:
+        """Node n's kernel reading bf16 x and writing ``out`` (rendered once, on first use)."""
+        by_out = self.bf16_kernels.setdefault(n, {})
+        kernel = by_out.get(out)
+        if kernel is None:
+            attrs = self.graph.attrs(n)
+            kernel = by_out[out] = CudaNeuronKernel(
+                self._specs[n],
+                attrs.get("prologue") or [],
+                attrs.get("epilogue") or [],
+                {"x_dtype": "bfloat16", "spike_dtype": out},
+                self.cache_dir,
+                block=self.block_size,
+            )
+        return kernel
+
+    def _bf16_out_eligible(self, n: int, epilogue: list) -> bool:
+        """bf16 spikes only where every reader is a linear / convolution (autocast narrows its
+        input to bf16 anyway), possibly through ops that only move elements, so no value
+        anywhere differs from the fp32 spikes' (never a program output: its dtype would change).
+        """
+        if not self._specs[n].spiking or epilogue:
+            return False
+        return _only_gemms_read(self.graph, n)
+
     def _units_by_tag(self) -> dict[str, tuple[Any, list[int]]]:
         """One translation unit per distinct kernel (identical layers share one), with its nodes.
 
@@ -194,6 +249,9 @@ class CudaProgram(CpuProgram):
         units: dict[str, tuple[Any, list[int]]] = {}
         for table in (self.kernels, self.u8_kernels):
             for n, kernel in table.items():
+                units.setdefault(kernel.info.tag, (kernel, []))[1].append(n)
+        for n, by_out in self.bf16_kernels.items():
+            for kernel in by_out.values():
                 units.setdefault(kernel.info.tag, (kernel, []))[1].append(n)
         for n, variants in self.chunked.items():
             for chunk in variants.values():
@@ -205,6 +263,7 @@ class CudaProgram(CpuProgram):
         """Every distinct generated CUDA unit, concatenated (one file that compiles as a whole)."""
         parts = []
         plain = {k.info.tag for table in (self.kernels, self.u8_kernels) for k in table.values()}
+        plain |= {k.info.tag for by_out in self.bf16_kernels.values() for k in by_out.values()}
         for tag, (kernel, nodes) in self._units_by_tag().items():
             used = ", ".join(f"%{n}" for n in nodes)
             text = kernel.source
@@ -279,7 +338,8 @@ class CudaProgram(CpuProgram):
         tf32 = self.precision == "tf32"
         with _fp32_precision("tf32" if tf32 else "ieee"):
             if self.precision == "bf16":
-                with torch.autocast("cuda", dtype=torch.bfloat16):
+                kind = "cuda" if self.device is None else self.device.type
+                with torch.autocast(kind, dtype=torch.bfloat16):
                     yield
             else:
                 yield
@@ -344,6 +404,9 @@ class CudaProgram(CpuProgram):
                 return chunked
         if u8:
             kernel = self.u8_kernels[n]
+        elif x.dtype == torch.bfloat16 and n in self.bf16_outputs:
+            bf16_out = "bfloat16" in self.bf16_outputs[n] and _bf16_autocast(x)
+            kernel = self._bf16_kernel(n, "bfloat16" if bf16_out else "float32")
         out, v_last = run_neuron(kernel, x, adds, v0, k, k_value, self._widen_inputs)
         return (out if lead else out[0]), v_last
 
@@ -400,6 +463,28 @@ def _widen(y: Any) -> Any:
     if isinstance(y, tuple):
         return tuple(_widen(v) for v in y)
     return y.float() if y.dtype == torch.bfloat16 else y
+
+
+def _only_gemms_read(graph: Graph, n: int) -> bool:
+    """Every reader of node n, followed through element-moving ops, is port 0 of a GEMM."""
+    users = graph.users(n)
+    if not users:
+        return False
+    for e in users:
+        if e.delay != 0:
+            return False
+        op = graph.op(e.dst)
+        if op in GEMM_OPS and e.port == 0:
+            continue
+        if not (preserves_spikes(graph, e.dst) and _only_gemms_read(graph, e.dst)):
+            return False
+    return True
+
+
+def _bf16_autocast(x: Tensor) -> bool:
+    """bf16 autocast is on for x's device type, so the next GEMM narrows its input to bf16."""
+    kind = x.device.type
+    return torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.bfloat16
 
 
 def _on(t: Any, dev: torch.device) -> bool:

@@ -180,6 +180,8 @@ _PACK = {
     "const float*": np.uint64,
     "float*": np.uint64,
     "uint8*": np.uint64,
+    "const bf16*": np.uint64,
+    "bf16*": np.uint64,
     "double*": np.uint64,
     "const double*": np.uint64,
     "float": np.float32,
