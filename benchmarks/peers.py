@@ -381,6 +381,16 @@ PEERS: dict[str, tuple[Callable[[Case, str, str], Bench], dict[str, str], str]] 
         {},
         "snncc cuda, TF32 GEMMs/convolutions",
     ),
+    "snncc-cuda-bf16": (
+        snncc_runner("cuda", precision="bf16"),
+        {},
+        "snncc cuda, bf16 autocast GEMMs/convolutions; neuron kernels read/write bf16",
+    ),
+    "snncc-cuda-bf16-widen": (
+        snncc_runner("cuda", precision="bf16", bf16_io=False),
+        {},
+        "snncc cuda, bf16 autocast, neuron kernels behind fp32 casts (bf16_io=False)",
+    ),
     "snncc-jax": (
         snncc_runner("jax"),
         {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"},
@@ -410,6 +420,8 @@ GPU_PEERS = (
     "snncc-cuda-nochunk",
     "snncc-cuda-fp32saved",
     "snncc-cuda-tf32",
+    "snncc-cuda-bf16",
+    "snncc-cuda-bf16-widen",
     "sj-triton",
     "sj-torch",
     "snntorch",

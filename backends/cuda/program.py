@@ -68,7 +68,8 @@ class CudaProgram(CpuProgram):
     precision
         ``"fp32"`` (default; true fp32 GEMMs and convolutions, TF32 off),
         ``"tf32"`` (TF32 tensor cores for GEMMs and convolutions) or
-        ``"bf16"`` (stateless ops under bf16 autocast; neurons stay fp32).
+        ``"bf16"`` (stateless ops under bf16 autocast; neuron arithmetic stays
+        fp32, its I/O bf16: see ``bf16_io``).
         Spikes are exact only in fp32 (the others change GEMM rounding).
         The setting holds while the program runs, so for outputs; a later
         ``backward()`` runs torch's autograd outside it: bf16 ops differentiate
