@@ -67,7 +67,7 @@ OPTION_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "stateless_per_step": ((bool,), "true or false"),
     "training": ((bool, type(None)), "true, false or none"),
     "cuda_graph": ((bool,), "true or false"),
-    "bf16_io": ((bool,), "true or false"),
+    "autocast_io": ((bool,), "true or false"),
 }
 
 

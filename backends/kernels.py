@@ -99,12 +99,12 @@ SUPPORTED_SURROGATES = (
 _ALPHA_DIVIDES = ("soft_sign", "rect")
 #: renderer options and their defaults
 DEFAULT_OPTIONS: dict[str, Any] = {
-    # dtype of stored spikes: "float32", or "uint8" / "bfloat16" (4x / 2x less
-    # traffic; spiking output without an epilogue only, so the values are exactly 0/1)
+    # dtype of stored spikes: "float32", or "uint8" / "bfloat16" / "float16" (4x / 2x
+    # less traffic; spiking output without an epilogue only, so the values are exactly 0/1)
     "spike_dtype": "float32",
     # dtype of the input x the forward reads and of its gradient gx the backward
-    # writes: "float32" or "bfloat16" (bf16 autocast: the kernel widens on load and
-    # rounds gx as torch's cast would; arithmetic stays fp32)
+    # writes: "float32", "bfloat16" or "float16" (autocast: the kernel widens on load
+    # and rounds gx as torch's cast would; arithmetic stays fp32)
     "x_dtype": "float32",
     # backward recomputes h from x instead of reading the h_seq the forward saved
     "recompute": False,
@@ -112,9 +112,16 @@ DEFAULT_OPTIONS: dict[str, Any] = {
 #: bump when the generated code changes meaning, so caches keyed by name invalidate
 KERNEL_ABI_VERSION = 1
 #: kernel I/O dtypes -> the C element type the templates declare
-C_TYPES = {"float32": "float", "uint8": "unsigned char", "bfloat16": "snncc_bf16"}
+C_TYPES = {
+    "float32": "float",
+    "uint8": "unsigned char",
+    "bfloat16": "snncc_bf16",
+    "float16": "snncc_f16",
+}
 #: ... and the pointer type names of NeuronKernelInfo's argument lists
-_PTR_TYPES = {"float32": "float*", "uint8": "uint8*", "bfloat16": "bf16*"}
+_PTR_TYPES = {"float32": "float*", "uint8": "uint8*", "bfloat16": "bf16*", "float16": "f16*"}
+#: 16-bit float dtypes the SJ-family kernels read (x, gy) and write (spikes, gx)
+HALF_DTYPES = ("bfloat16", "float16")
 
 _TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates" / "cuda"
 
@@ -179,7 +186,8 @@ class NeuronKernelInfo:
 
     ``forward_args`` / ``backward_args`` are ``(name, ctype)`` pairs in call
     order; ctype is one of ``"const float*"``, ``"float*"``, ``"uint8*"``,
-    ``"const bf16*"``, ``"bf16*"`` (bfloat16 as raw 16-bit words),
+    ``"const bf16*"``, ``"bf16*"``, ``"const f16*"``, ``"f16*"`` (bfloat16 /
+    float16 as raw 16-bit words),
     ``"double*"``, ``"float"``, ``"int"``, ``"int64"``. Pointer arguments the
     kernel documents as nullable may be passed as NULL. Arrays are contiguous
     and time-major: ``[T, N]`` with N = every per-step element (batch included).
@@ -200,7 +208,7 @@ class NeuronKernelInfo:
     #: how many of the add steps belong to the prologue (the rest: epilogue)
     n_prologue_adds: int
     #: dtype of the forward kernel's ``out`` (and the backward's ``gy``): "float32",
-    #: "uint8" (inference only) or "bfloat16"
+    #: "uint8" (inference only), "bfloat16" or "float16"
     out_dtype: str
     #: the backward kernel reads h[t]: the forward must save h_seq unless recompute
     needs_h: bool
@@ -223,7 +231,7 @@ class NeuronKernelInfo:
     param_args: tuple[str, ...] = ()
     #: the node param role each entry of ``param_args`` is derived from
     param_roles: tuple[str, ...] = ()
-    #: dtype of ``x`` (forward and backward) and ``gx``: "float32" or "bfloat16"
+    #: dtype of ``x`` (forward and backward) and ``gx``: "float32", "bfloat16" or "float16"
     x_dtype: str = "float32"
 
 
@@ -402,14 +410,15 @@ def _options(options: Mapping[str, Any] | None) -> dict[str, Any]:
                 f"unknown neuron kernel option {key!r}; supported: {', '.join(DEFAULT_OPTIONS)}"
             )
         opts[key] = value
-    if opts["spike_dtype"] not in ("float32", "uint8", "bfloat16"):
+    if opts["spike_dtype"] not in ("float32", "uint8", *HALF_DTYPES):
         raise UnsupportedError(
             f"neuron kernel option spike_dtype={opts['spike_dtype']!r}; supported: "
-            "'float32', 'uint8', 'bfloat16'"
+            f"'float32', 'uint8', {', '.join(map(repr, HALF_DTYPES))}"
         )
-    if opts["x_dtype"] not in ("float32", "bfloat16"):
+    if opts["x_dtype"] not in ("float32", *HALF_DTYPES):
         raise UnsupportedError(
-            f"neuron kernel option x_dtype={opts['x_dtype']!r}; supported: 'float32', 'bfloat16'"
+            f"neuron kernel option x_dtype={opts['x_dtype']!r}; supported: 'float32', "
+            f"{', '.join(map(repr, HALF_DTYPES))}"
         )
     opts["recompute"] = bool(opts["recompute"])
     return opts

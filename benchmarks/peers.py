@@ -259,7 +259,8 @@ def snncc_runner(backend: str, **options: Any) -> Callable[[Case, str, str], Ben
             mode != "fwd" or case.workload not in ("L1", "L2")
         ):
             raise NA("uint8 spikes: inference of layers whose spikes are the output")
-        if options.get("precision") in ("tf32", "bf16") and case.workload not in ("M1", "C1"):
+        precision = options.get("precision")
+        if precision in ("tf32", "bf16", "fp16") and case.workload not in ("M1", "C1"):
             raise NA("GEMM precision matters only where there are GEMMs")
         if options.get("time_chunks") == 0 and case.workload != "L2":
             raise NA("time chunks are compared on L2 only")
@@ -276,7 +277,7 @@ def snncc_runner(backend: str, **options: Any) -> Callable[[Case, str, str], Ben
             return _jax_bench(cm, case, mode, device)
         clock = "events" if device == "cuda" else "host"
         notes = []
-        if options.get("precision") in ("tf32", "bf16") and mode == "fwd":
+        if precision in ("tf32", "bf16", "fp16") and mode == "fwd":
             notes.append(_spike_agreement(model, case, device, cm))
         if mode == "fwd":
 
@@ -386,10 +387,15 @@ PEERS: dict[str, tuple[Callable[[Case, str, str], Bench], dict[str, str], str]] 
         {},
         "snncc cuda, bf16 autocast GEMMs/convolutions; neuron kernels read/write bf16",
     ),
-    "snncc-cuda-bf16-widen": (
-        snncc_runner("cuda", precision="bf16", bf16_io=False),
+    "snncc-cuda-fp16": (
+        snncc_runner("cuda", precision="fp16"),
         {},
-        "snncc cuda, bf16 autocast, neuron kernels behind fp32 casts (bf16_io=False)",
+        "snncc cuda, fp16 autocast GEMMs/convolutions; neuron kernels read/write fp16",
+    ),
+    "snncc-cuda-bf16-widen": (
+        snncc_runner("cuda", precision="bf16", autocast_io=False),
+        {},
+        "snncc cuda, bf16 autocast, neuron kernels behind fp32 casts (autocast_io=False)",
     ),
     "snncc-jax": (
         snncc_runner("jax"),
@@ -421,6 +427,7 @@ GPU_PEERS = (
     "snncc-cuda-fp32saved",
     "snncc-cuda-tf32",
     "snncc-cuda-bf16",
+    "snncc-cuda-fp16",
     "snncc-cuda-bf16-widen",
     "sj-triton",
     "sj-torch",

@@ -12,7 +12,7 @@
 #   2. pytest -m gpu on tests/test_cuda_backend.py: cuda == reference backend on
 #      the same GPU for the equivalence models and every neuron form (spikes and
 #      membranes exactly in fp32, gradients within 1e-4 relative), CUDA-graph
-#      replay, uint8 spikes, time-chunked forward and training, tf32/bf16 spike agreement,
+#      replay, uint8 spikes, time-chunked forward and training, tf32/bf16/fp16 spike agreement, 16-bit kernel I/O,
 #      to_torch, and a training loop on the bundled digits example compared
 #      with eager SpikingJelly (loss curves -> $OUT/digits_loss_curves.json);
 #   3. the benchmark suite (benchmarks/run.py --device cuda) against the peers.

@@ -235,11 +235,12 @@ def test_uint8_spikes_equal_float_spikes(cache_dir) -> None:
     assert u8.dtype == torch.uint8 and torch.equal(u8.float(), f32)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("form", FORMS[::3], ids=form_id)
-def test_bf16_io_kernels_equal_widening_then_narrowing(form, cache_dir) -> None:
-    """x_dtype / spike_dtype "bfloat16": the bits of the fp32 kernel between torch casts.
+def test_16_bit_io_kernels_equal_widening_then_narrowing(form, dtype, cache_dir) -> None:
+    """x_dtype / spike_dtype "bfloat16" / "float16": the fp32 kernel's bits between torch casts.
 
-    What bf16 autocast would do around the fp32 kernel -- widen x, run, narrow the
+    What autocast would do around the fp32 kernel -- widen x, run, narrow the
     spikes for the next GEMM, and narrow gx back to x's dtype in the backward --
     the bf16-I/O kernel does on load and store, so outputs, membranes and every
     gradient are identical, not just close. A prologue and an add input
@@ -247,74 +248,95 @@ def test_bf16_io_kernels_equal_widening_then_narrowing(form, cache_dir) -> None:
     """
     spec = spec_of(form)
     pro = [{"kind": "add", "port": 1}, {"kind": "scale", "op": "div", "value": 3.0}]
-    out_dtype = "bfloat16" if spec.spiking else "float32"
+    name = {torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
+    out_dtype = name if spec.spiking else "float32"
     k32 = kernel_for(spec, cache_dir, pro)
-    k16 = kernel_for(spec, cache_dir, pro, x_dtype="bfloat16", spike_dtype=out_dtype)
+    k16 = kernel_for(spec, cache_dir, pro, x_dtype=name, spike_dtype=out_dtype)
     T = 12
     x, v0, w, gy, gv = _inputs(T, seed=21)
-    x = (x * 3).to(torch.bfloat16)  # bf16 activations, some far past the threshold
+    x = (x * 3).to(dtype)  # 16-bit activations, some far past the threshold
     a = torch.rand_like(x, dtype=torch.float32)
-    gy = gy.to(torch.bfloat16) if spec.spiking else gy  # a bf16 output's gradient is bf16
+    # a 16-bit output's gradient is 16-bit; tiny ones exercise the fp16 subnormals
+    gy = (gy * torch.logspace(-9, 0, T).reshape(T, 1, 1)).to(dtype) if spec.spiking else gy
     runs = []
     for kernel, widen in ((k32, True), (k16, False)):
         xs, a_, v0_, w_ = (t.clone().requires_grad_() for t in (x, a, v0, w))
         xin = xs.float() if widen else xs
         out, v_last = run_neuron(kernel, xin, (a_,), v0_, w_.sigmoid())
         if widen and spec.spiking:
-            out = out.to(torch.bfloat16)  # what the next GEMM's autocast does
+            out = out.to(dtype)  # what the next GEMM's autocast does
         loss = (out.float() * gy.float()).sum() + (v_last * gv).sum()
         grads = torch.autograd.grad(loss, (xs, a_, v0_, w_), allow_unused=True)
         runs.append((out, v_last, grads))
     (o32, v32, g32), (o16, v16, g16) = runs
-    assert o16.dtype == (torch.bfloat16 if spec.spiking else torch.float32)
+    assert o16.dtype == (dtype if spec.spiking else torch.float32)
     assert torch.equal(o16, o32) and torch.equal(v16, v32)
-    assert g16[0].dtype == torch.bfloat16
+    assert g16[0].dtype == dtype
     for name, got, want in zip(("x", "a", "v0", "w"), g16, g32):
         assert (got is None) == (want is None), name
         if want is not None:
             assert torch.equal(got, want), name
 
 
-def test_bf16_conversions_in_the_kernels_match_torch(cache_dir) -> None:
-    """The common layer's bf16 load (exact) and store (round to nearest even, NaN quiet)
-    against torch's casts, on random bit patterns and every edge: ties, overflow to inf,
-    subnormals, signed zeros, infinities, NaNs."""
+#: bit patterns at every edge of the fp32 -> 16-bit roundings: zeros, infinities, the
+#: largest finite values, ties and near-ties, subnormal results, NaNs with payloads
+_EDGE_BITS = [
+    0x00000000, 0x80000000, 0x7F800000, 0xFF800000, 0x7F7FFFFF, 0xFF7FFFFF,
+    0x7F7F8000, 0x7F7F7FFF, 0x3F808000, 0x3F818000, 0x3F808001, 0x3F807FFF,
+    0x477FE000, 0x477FEFFF, 0x477FF000, 0x477FF001, 0xC77FF000, 0x47800000,  # fp16 max, inf
+    0x38800000, 0x387FFFFF, 0x387FF000, 0x33000000, 0x33000001, 0x32FFFFFF, 0x33800000,
+    0x33C00000, 0x34200000, 0x37FFE000, 0x37FFF000, 0x80000001, 0x00000001, 0x00008000,
+    0x00018000, 0x007FFFFF, 0x80008000,
+    0x7FC00000, 0x7F800001, 0xFFC00001, 0x7FFFFFFF, 0x7FA00000,
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_16_bit_conversions_in_the_kernels_match_torch(dtype, cache_dir) -> None:
+    """The common layer's 16-bit load (exact) and store (round to nearest even, overflow to
+    inf, NaN quiet) against torch's casts: random fp32 bit patterns, random values in the
+    16-bit subnormal and normal ranges, every edge, and every 16-bit value widened."""
     from snncc.backends.cpu import compiler
     from snncc.backends.kernels import render_template
 
+    ctype = {torch.bfloat16: "snncc_bf16", torch.float16: "snncc_f16"}[dtype]
     src = render_template("common.cuh.j2", target="cpu") + (
-        'extern "C" void snncc_test_narrow(const float* x, snncc_bf16* y, long long n) {\n'
+        f'extern "C" void snncc_test_narrow(const float* x, {ctype}* y, long long n) {{\n'
         "    for (long long i = 0; i < n; ++i) snncc_store(y, i, x[i]);\n}\n"
-        'extern "C" void snncc_test_widen(const snncc_bf16* x, float* y, long long n) {\n'
+        f'extern "C" void snncc_test_widen(const {ctype}* x, float* y, long long n) {{\n'
         "    for (long long i = 0; i < n; ++i) y[i] = snncc_load(x, i);\n}\n"
     )
     lib = compiler.load(src, cache_dir)
+
+    def call(fn, src_t: torch.Tensor, dst_t: torch.Tensor) -> None:
+        fn(
+            ctypes.c_void_p(src_t.data_ptr()),
+            ctypes.c_void_p(dst_t.data_ptr()),
+            ctypes.c_longlong(src_t.numel()),
+        )
+
     g = torch.Generator().manual_seed(0)
     bits = torch.randint(-(2**31), 2**31, (1 << 18,), generator=g, dtype=torch.int64)
-    edges = [
-        0x00000000, 0x80000000, 0x7F800000, 0xFF800000, 0x7F7FFFFF, 0xFF7FFFFF,  # 0, inf, max
-        0x7F7F8000, 0x7F7F7FFF, 0x3F808000, 0x3F818000, 0x3F808001, 0x3F807FFF,  # ties, near
-        0x00000001, 0x00008000, 0x00018000, 0x007FFFFF, 0x80008000,  # subnormals
-        0x7FC00000, 0x7F800001, 0xFFC00001, 0x7FFFFFFF,  # NaNs
-    ]  # fmt: skip
-    bits = torch.cat([bits, torch.tensor(edges, dtype=torch.int64)])
-    x = (bits & 0xFFFFFFFF).to(torch.int64).numpy().astype("uint32").view("float32")
-    x = torch.from_numpy(x.copy())
-    y = torch.empty(x.shape, dtype=torch.bfloat16)
-    lib.snncc_test_narrow(
-        ctypes.c_void_p(x.data_ptr()), ctypes.c_void_p(y.data_ptr()), ctypes.c_longlong(x.numel())
-    )
-    want = x.to(torch.bfloat16)
+    bits = torch.cat([bits, torch.tensor(_EDGE_BITS, dtype=torch.int64)])
+    x = torch.from_numpy((bits & 0xFFFFFFFF).numpy().astype("uint32").view("float32").copy())
+    scales = torch.logspace(-26, 5, 1 << 16, base=2.0)  # subnormal to past the fp16 max
+    x = torch.cat([x, scales * (torch.rand(scales.shape, generator=g) + 0.5), -scales])
+    y = torch.empty(x.shape, dtype=dtype)
+    call(lib.snncc_test_narrow, x, y)
+    want = x.to(dtype)
     nan = torch.isnan(x)
-    assert torch.equal(y.view(torch.int16)[~nan], want.view(torch.int16)[~nan])
-    assert bool((y.view(torch.int16)[nan] == 0x7FC0).all())  # torch's quiet NaN
-    back = torch.empty(x.shape, dtype=torch.float32)
-    lib.snncc_test_widen(
-        ctypes.c_void_p(y.data_ptr()),
-        ctypes.c_void_p(back.data_ptr()),
-        ctypes.c_longlong(x.numel()),
-    )
-    assert torch.equal(back.view(torch.int32), y.float().view(torch.int32))
+    got_bits, want_bits = y.view(torch.int16), want.view(torch.int16)
+    bad = (got_bits != want_bits) & ~nan
+    assert not bad.any(), [hex(int(b) & 0xFFFFFFFF) for b in x[bad].view(torch.int32)[:8]]
+    assert torch.isnan(y.float()[nan]).all()  # NaN stays NaN: torch's quiet NaN
+    quiet = 0x7FC0 if dtype == torch.bfloat16 else 0x7E00
+    assert bool(((got_bits[nan] & 0x7FFF) == quiet).all())
+    every = torch.arange(1 << 16, dtype=torch.int32).to(torch.int16).view(dtype)
+    back = torch.empty(every.shape, dtype=torch.float32)
+    call(lib.snncc_test_widen, every, back)
+    want = every.float()
+    same = (back.view(torch.int32) == want.view(torch.int32)) | (back.isnan() & want.isnan())
+    assert bool(same.all())
 
 
 def test_wrong_inputs_are_refused(cache_dir) -> None:

@@ -17,7 +17,6 @@ Two tiers:
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import importlib.util
 import itertools
@@ -258,14 +257,14 @@ def test_options_are_checked_by_name() -> None:
     x = _input("sj_mlp", 2, 1)
     with pytest.raises(UnsupportedError, match="unknown cuda backend option"):
         snncc.compile(model, x, backend="cuda", unroll=4)
-    with pytest.raises(UnsupportedError, match="precision='fp16'.*'fp32', 'tf32', 'bf16'"):
-        snncc.compile(model, x, backend="cuda", precision="fp16")
+    with pytest.raises(UnsupportedError, match="precision='fp8'.*'fp32', 'tf32', 'bf16', 'fp16'"):
+        snncc.compile(model, x, backend="cuda", precision="fp8")
     with pytest.raises(UnsupportedError, match="block_size=100"):
         snncc.compile(model, x, backend="cuda", block_size=100)
     with pytest.raises(UnsupportedError, match="spike_dtype"):
         snncc.compile(model, x, backend="cuda", spike_dtype="int8")
-    with pytest.raises(UnsupportedError, match="bf16_io='yes': expected true or false"):
-        snncc.compile(model, x, backend="cuda", bf16_io="yes")
+    with pytest.raises(UnsupportedError, match="autocast_io='yes': expected true or false"):
+        snncc.compile(model, x, backend="cuda", autocast_io="yes")
 
 
 def test_uint8_spikes_only_where_outputs_read_them(cache_dir) -> None:
@@ -949,30 +948,25 @@ def test_host_emulated_gpu_training_through_time_chunks(recompute, host_gpu, cac
         _assert_same_run((y, st, g), (y_ref, st_ref, g_ref), model)
 
 
-def _bf16_grads(prog, x: torch.Tensor, gy: torch.Tensor, autocast: bool = False):
-    """_grads, optionally under the caller's own bf16 autocast (host-emulated: the CPU's)."""
-    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
-    with ctx:
-        return _grads(prog, x, gy)
-
-
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
 @pytest.mark.parametrize("name", ["sj_mlp", "sj_convnet", "residual"])
-def test_host_emulated_gpu_bf16_autocast_kernels_read_and_write_bf16(
-    name, host_gpu, cache_dir
+def test_host_emulated_gpu_autocast_kernels_read_and_write_16_bits(
+    name, precision, host_gpu, cache_dir
 ) -> None:
-    """bf16_io: the bf16-reading kernels give the bits of widening to fp32 and narrowing back.
+    """autocast_io: the 16-bit-reading kernels give the bits of widening to fp32 and narrowing.
 
-    Under ``precision="bf16"`` (autocast: GEMMs and convolutions in bf16) the
-    program with bf16 kernel I/O and the one that widens through torch casts
-    must agree exactly: outputs, final membranes and every gradient (the
-    kernels round gx to bf16 as torch's cast does). Spiking layers feeding a
-    GEMM write bf16 spikes; a layer read by a program output keeps fp32.
+    Under ``precision="bf16"`` / ``"fp16"`` (autocast: GEMMs and convolutions in
+    16 bits) the program with 16-bit kernel I/O and the one that widens through
+    torch casts must agree exactly: outputs, final membranes and every gradient
+    (the kernels round gx as torch's cast does). Spiking layers feeding a GEMM
+    write 16-bit spikes; a layer read by a program output keeps fp32.
     """
     x = _input(name, 10, 3, seed=11)
+    half = {"bf16": "bfloat16", "fp16": "float16"}[precision]
     runs = {}
     for io in (True, False):
         _, _, cm = _compile(
-            name, T=10, B=3, cache_dir=cache_dir, precision="bf16", bf16_io=io, time_chunks=0
+            name, T=10, B=3, cache_dir=cache_dir, precision=precision, autocast_io=io, time_chunks=0
         )
         gy = torch.randn(cm.program.run(x)[0].shape, generator=torch.Generator().manual_seed(2))
         host_gpu.clear()
@@ -980,45 +974,65 @@ def test_host_emulated_gpu_bf16_autocast_kernels_read_and_write_bf16(
         if io:
             prog = cm.program
             used = set(host_gpu)
-    # precision="bf16" renders every variant up front: the artifact's kernels.cu holds them
-    assert {n: tuple(v) for n, v in prog.bf16_kernels.items()} == prog.bf16_outputs, name
-    for n, by_out in prog.bf16_kernels.items():
-        for out, kernel in by_out.items():
-            # which variant a layer runs: bf16 spikes exactly where only GEMMs read them
+    # a 16-bit precision renders every variant up front: the artifact's kernels.cu holds them
+    assert set(prog.half_kernels) == set(prog.half_out), name
+    for n, variants in prog.half_kernels.items():
+        outs = {half, "float32"} if prog.half_out[n] else {"float32"}
+        assert {out for _, out in variants} == outs, n
+        for (x_dtype, out), kernel in variants.items():
+            assert x_dtype == half
+            # which variant a layer runs: 16-bit spikes exactly where only GEMMs read them
             ran = kernel.info.forward_name in used
-            assert ran == (out == ("bfloat16" if len(by_out) == 2 else "float32")), (n, out)
+            assert ran == (out == (half if prog.half_out[n] else "float32")), (n, out)
             if ran:
                 assert kernel.info.backward_name in used, (n, out)
             assert f"snncc_fwd_{kernel.info.tag}" in prog.files()["kernels.cu"]
     if name != "residual":  # its LIF's spikes feed an add (epilogue): fp32 spikes, bf16 input
-        assert any(len(by_out) == 2 for by_out in prog.bf16_kernels.values()), name
+        assert any(prog.half_out.values()), name
     _assert_same_run(runs[True], runs[False], name, rtol=0.0)
     assert runs[True][0].dtype == torch.float32
 
 
-def test_host_emulated_gpu_bf16_io_under_the_callers_autocast(host_gpu, cache_dir) -> None:
-    """to_torch() under the caller's bf16 autocast takes the bf16 kernels too, same bits; with
-    autocast off a bf16 kernel is never chosen and fp32 runs are untouched."""
-    x = _input("sj_mlp", 8, 2, seed=5)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+def test_host_emulated_gpu_autocast_io_under_the_callers_autocast(
+    dtype, host_gpu, cache_dir
+) -> None:
+    """to_torch() under the caller's own autocast (bf16 or fp16; host-emulated: the CPU's)
+    takes the 16-bit kernels, with the bits of the widening run; with autocast off no 16-bit
+    kernel is chosen and fp32 runs are untouched."""
+    x = _input("sj_convnet", 8, 2, seed=5)
     gy = torch.randn((8, 2, 10), generator=torch.Generator().manual_seed(6))
     runs = {}
     for io in (True, False):
-        _, _, cm = _compile("sj_mlp", T=8, B=2, cache_dir=cache_dir, bf16_io=io, time_chunks=0)
-        assert not cm.program.bf16_kernels  # fp32 programs render them on first use only
+        _, _, cm = _compile("sj_convnet", T=8, B=2, cache_dir=cache_dir, autocast_io=io)
+        module = cm.to_torch()
+        assert not cm.program.half_kernels  # fp32 programs render them on first use only
         host_gpu.clear()
-        runs[io] = _bf16_grads(cm.program, x, gy, autocast=True)
-        bf16_names = {
-            k.info.forward_name
-            for by_out in cm.program.bf16_kernels.values()
-            for k in by_out.values()
+        xin = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=dtype):
+            y = module(xin)
+        grads = torch.autograd.grad((y.float() * gy).sum(), [xin, *module.parameters()])
+        runs[io] = (y.detach(), grads)
+        half = {
+            k.info.forward_name: key
+            for variants in cm.program.half_kernels.values()
+            for key, k in variants.items()
         }
-        assert bool(bf16_names & set(host_gpu)) == io
+        ran = [half[name] for name in host_gpu if name in half]
+        if io:  # the PLIF feeding the pool -> Linear writes 16-bit spikes; the output LIF fp32
+            name = {torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
+            assert sorted(ran) == sorted([(name, "float32"), (name, name)]), ran
+        else:
+            assert not ran
         host_gpu.clear()
-        _grads(cm.program, x, gy)  # fp32: the plain kernels only
-        assert not bf16_names & set(host_gpu)
-    _assert_same_run(runs[True], runs[False], "caller's autocast", rtol=0.0)
+        cm(x)  # fp32: the plain kernels only
+        assert not set(half) & set(host_gpu)
+    (y1, g1), (y0, g0) = runs[True], runs[False]
+    assert torch.equal(y1, y0)
+    for a, b in zip(g1, g0):
+        assert torch.equal(a, b)
     _, _, cm = _compile("sj_mlp", cache_dir=cache_dir, recompute=True)
-    assert not cm.program.bf16_outputs  # recompute parks fp32 membranes in gx: widens instead
+    assert not cm.program.half_out  # recompute parks fp32 membranes in gx: widens instead
 
 
 # -- snnTorch / Norse forms through the cuda backend's host side (host-emulated GPU)
@@ -1540,7 +1554,7 @@ def test_gpu_uint8_spikes_equal_float_spikes(cache_dir) -> None:
 
 @pytest.mark.gpu
 @needs_gpu
-@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+@pytest.mark.parametrize("precision", ["tf32", "bf16", "fp16"])
 def test_gpu_precision_options_keep_most_spikes(precision: str, cache_dir) -> None:
     _, _, exact = _compile("sj_convnet", T=8, B=16, cache_dir=cache_dir)
     _, _, fast = _compile("sj_convnet", T=8, B=16, cache_dir=cache_dir, precision=precision)
@@ -1557,16 +1571,24 @@ def test_gpu_precision_options_keep_most_spikes(precision: str, cache_dir) -> No
 @pytest.mark.gpu
 @needs_gpu
 @pytest.mark.parametrize("name", ["sj_mlp", "sj_convnet"])
-def test_gpu_bf16_io_gives_the_bits_of_widening(name: str, cache_dir) -> None:
-    """precision="bf16" with bf16 kernel I/O == the same run widening through torch casts:
-    outputs and membranes bit for bit, gradients within 1e-6 (cuBLAS/cuDNN may pick another
-    algorithm between two programs; the kernels' own bits are checked on the host)."""
+@pytest.mark.parametrize("how", ["precision-bf16", "caller-fp16"])
+def test_gpu_autocast_io_gives_the_bits_of_widening(name: str, how: str, cache_dir) -> None:
+    """16-bit kernel I/O == the same run widening through torch casts, under
+    precision="bf16" and under the caller's fp16 autocast: outputs and membranes bit for
+    bit, gradients within 1e-6 (cuBLAS/cuDNN may pick another algorithm between two
+    programs; the kernels' own bits are checked on the host)."""
     x = _input(name, 8, 16, seed=12).to(DEV)
+    opts = {"precision": "bf16"} if how == "precision-bf16" else {}
+    ctx = torch.autocast("cuda", dtype=torch.float16, enabled=how == "caller-fp16")
     runs = []
     for io in (True, False):
-        _, _, cm = _compile(name, T=8, B=16, cache_dir=cache_dir, precision="bf16", bf16_io=io)
+        _, _, cm = _compile(name, T=8, B=16, cache_dir=cache_dir, autocast_io=io, **opts)
         gy = torch.randn(cm.program.run(x)[0].shape, generator=torch.Generator().manual_seed(3))
-        runs.append(_grads(cm.program, x, gy.to(DEV)))
+        with ctx:
+            y, st, g = _grads(cm.program, x, gy.to(DEV))
+        runs.append((y.float(), st, g))
+        used = [k for vs in cm.program.half_kernels.values() for k in vs]
+        assert bool(used) == io, used
     _assert_same_run(runs[0], runs[1], name, rtol=1e-6)
 
 

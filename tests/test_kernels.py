@@ -198,10 +198,10 @@ def form_matrix() -> list[tuple[NeuronSpec, list, list, dict]]:
         opts: dict = {"recompute": i % 4 >= 2}
         if output == "spike" and not epi and i % 5 == 0:
             opts["spike_dtype"] = "uint8"
-        if not opts["recompute"] and i % 3 == 1:  # bf16 autocast I/O (not with recompute)
-            opts["x_dtype"] = "bfloat16"
+        if not opts["recompute"] and i % 3 == 1:  # autocast's 16-bit I/O (not with recompute)
+            opts["x_dtype"] = ("bfloat16", "float16")[i % 2]
             if output == "spike" and not epi and "spike_dtype" not in opts:
-                opts["spike_dtype"] = "bfloat16"
+                opts["spike_dtype"] = opts["x_dtype"]
         cases.append((spec, pro, epi, opts))
     return cases
 
@@ -364,7 +364,7 @@ def test_form_kernels_take_params_as_arguments_or_exact_literals() -> None:
         ),
         (form_spec("norse_lif"), ((), ()), {"spike_dtype": "uint8"}, "only 'float32'"),
         (form_spec("snntorch_leaky"), ((), ()), {"x_dtype": "bfloat16"}, "only 'float32'"),
-        (make_spec("sj_lif"), ((), ()), {"x_dtype": "float16"}, "x_dtype='float16'"),
+        (make_spec("sj_lif"), ((), ()), {"x_dtype": "float64"}, "x_dtype='float64'"),
         (
             make_spec("sj_lif"),
             ((), ()),

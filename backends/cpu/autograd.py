@@ -25,14 +25,19 @@ from typing import Any, Protocol
 import torch
 from torch.autograd.function import once_differentiable
 
-from snncc.backends.kernels import NeuronKernelInfo
+from snncc.backends.kernels import HALF_DTYPES, NeuronKernelInfo
 from snncc.errors import ShapeError
 from snncc.ir.neuron import NeuronSpec
 
 Tensor = torch.Tensor
 
 #: kernel I/O dtype names (NeuronKernelInfo.out_dtype / x_dtype) -> torch dtypes
-TORCH_DTYPES = {"float32": torch.float32, "uint8": torch.uint8, "bfloat16": torch.bfloat16}
+TORCH_DTYPES = {
+    "float32": torch.float32,
+    "uint8": torch.uint8,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
 
 
 class KernelPair(Protocol):
@@ -81,8 +86,8 @@ def time_major(
 ) -> tuple[Tensor, tuple[int, ...], int]:
     """A layer's input [T, *shape] as the kernel reads it: (x, per-step shape, N).
 
-    ``dtype`` float32: see :func:`as_f32`; bfloat16 (a kernel rendered with
-    ``x_dtype="bfloat16"``): x must already be bf16, it is never narrowed.
+    ``dtype`` float32: see :func:`as_f32`; bfloat16 / float16 (a kernel rendered
+    with that ``x_dtype``): x must already have it, it is never narrowed.
     """
     if x.dim() < 1:
         raise ShapeError(f"neuron input must be time-major [T, ...], got shape {tuple(x.shape)}")
@@ -154,7 +159,7 @@ def neuron_backward(
 ) -> tuple[Tensor, list[Tensor | None], Tensor | None, Tensor | None]:
     """The backward kernel; returns (gx, g per add input, gv0, d loss / d k as float64 partials).
 
-    ``gy`` is in the kernel's output dtype (fp32, or bf16 for bf16 spikes), ``gx``
+    ``gy`` is in the kernel's output dtype (fp32, or 16 bits for 16-bit spikes), ``gx``
     comes back in its ``x_dtype``; everything else is fp32.
     """
     T, N = gy.shape
@@ -221,7 +226,8 @@ class NeuronFunction(torch.autograd.Function):
         h_seq, x, v0, *adds = ctx.saved_tensors
         need = ctx.needs_input_grad  # (kernel, k_value, v0, k, x, *adds)
         device = (g_out if g_out is not None else g_vlast).device
-        gy_dtype = torch.bfloat16 if ctx.kernel.info.out_dtype == "bfloat16" else torch.float32
+        out_dtype = ctx.kernel.info.out_dtype  # a 16-bit output's gradient arrives in 16 bits
+        gy_dtype = TORCH_DTYPES[out_dtype] if out_dtype in HALF_DTYPES else torch.float32
         gy = torch.zeros(ctx.tn, dtype=gy_dtype, device=device) if g_out is None else g_out
         gy = gy.to(gy_dtype).contiguous()
         gv_last = None if g_vlast is None else g_vlast.float().contiguous()

@@ -33,6 +33,8 @@ _CTYPES = {
     "uint8*": ctypes.c_void_p,
     "const bf16*": ctypes.c_void_p,
     "bf16*": ctypes.c_void_p,
+    "const f16*": ctypes.c_void_p,
+    "f16*": ctypes.c_void_p,
     "double*": ctypes.c_void_p,
     "float": ctypes.c_float,
     "int": ctypes.c_int,

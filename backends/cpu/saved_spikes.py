@@ -17,9 +17,9 @@ when the spikes are saved; none with a fused epilogue), passed on unchanged
 by flatten, reshape, identity or undilated max pooling, into port 0 of a
 linear/conv1d/conv2d in the same step. Per-neuron graded factors, dropout
 (it scales), average pooling and delayed (recurrent) edges are not followed.
-Under bf16 autocast the GEMM saves a bf16 copy it cast itself, which is not
-packed; where the cuda backend's kernel wrote the spikes as bf16 already
-(``bf16_io``), the GEMM saves those and they are packed like fp32 ones.
+Under autocast the GEMM saves a 16-bit copy it cast itself, which is not
+packed; where the cuda backend's kernel wrote the spikes in 16 bits already
+(``autocast_io``), the GEMM saves those and they are packed like fp32 ones.
 Nothing is packed under ``torch.compile`` (the compiler decides what is
 saved) or where saved-tensor hooks are disabled.
 
@@ -45,6 +45,8 @@ Tensor = torch.Tensor
 
 #: ops whose output is 0/1 wherever their only input is
 BINARY_PRESERVING = ("flatten", "reshape", "identity", "maxpool2d")
+#: 16-bit spikes a kernel may write under autocast (cuda backend, ``autocast_io``)
+HALF_SPIKES = (torch.bfloat16, torch.float16)
 #: ops that save their input for the weight gradient
 GEMM_OPS = ("linear", "conv1d", "conv2d")
 
@@ -148,7 +150,7 @@ def spikes_saved_as_uint8(spikes: Tensor, scale: Tensor | None = None) -> Iterat
     outer_pack, outer_unpack = outer if outer is not None else (None, None)
     ptr, numel = spikes.data_ptr(), spikes.numel()
 
-    packable = (torch.float32,) if scale is not None else (torch.float32, torch.bfloat16)
+    packable = (torch.float32,) if scale is not None else (torch.float32, *HALF_SPIKES)
 
     def pack(t: Tensor) -> Any:
         if t.dtype in packable and t.data_ptr() == ptr and t.numel() == numel:

@@ -30,9 +30,9 @@ are graded; the time-chunked kernels are written for those forms' reset).
 Options: ``cache_dir`` (default ``~/.cache/snncc/cuda``: the ``.cu`` sources and
 their cubins), ``device`` ("cuda" / "cuda:N"), ``precision`` ("fp32" | "tf32" |
 "bf16"), ``cuda_graph`` (capture inference in CUDA graphs), ``spike_dtype``
-("float32" | "uint8" for spikes that only feed outputs), ``bf16_io`` (under
-bf16 autocast, neuron kernels read and write bf16 directly: same values, fewer
-bytes; default true), ``recompute``,
+("float32" | "uint8" for spikes that only feed outputs), ``autocast_io`` (under
+bf16/fp16 autocast, neuron kernels read and write 16 bits directly: same
+values, fewer bytes; default true), ``recompute``,
 ``saved_spike_dtype`` ("uint8" | "float32", as the cpu backend),
 ``block_size``, ``time_chunks`` (time-parallel forward, exact, and backward of
 hard-reset and leaky soft-reset layers with few neurons and long sequences:
@@ -68,7 +68,7 @@ _OPTIONS = (
     "spike_dtype",
     "block_size",
     "time_chunks",
-    "bf16_io",
+    "autocast_io",
     "requires_grad",
     "stateless_per_step",
     "training",

@@ -47,7 +47,11 @@ from snncc.ir.graph import Graph
 
 Tensor = torch.Tensor
 
-PRECISIONS = ("fp32", "tf32", "bf16")
+PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+#: 16-bit activations the SJ-family kernels read and write as they are (autocast_io)
+_HALF = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
+#: the precisions that run under autocast, and its dtype
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 SPIKE_DTYPES = ("float32", "uint8")
 
 
@@ -68,8 +72,10 @@ class CudaProgram(CpuProgram):
     precision
         ``"fp32"`` (default; true fp32 GEMMs and convolutions, TF32 off),
         ``"tf32"`` (TF32 tensor cores for GEMMs and convolutions) or
-        ``"bf16"`` (stateless ops under bf16 autocast; neuron arithmetic stays
-        fp32, its I/O bf16: see ``bf16_io``).
+        ``"bf16"`` / ``"fp16"`` (stateless ops under autocast to that dtype;
+        neuron arithmetic stays fp32, its I/O 16-bit: see ``autocast_io``; fp16
+        keeps three more mantissa bits than bf16 but overflows past 65504, so
+        training in fp16 wants the caller's ``torch.amp.GradScaler``).
         Spikes are exact only in fp32 (the others change GEMM rounding).
         The setting holds while the program runs, so for outputs; a later
         ``backward()`` runs torch's autograd outside it: bf16 ops differentiate
@@ -89,17 +95,17 @@ class CudaProgram(CpuProgram):
         are then uint8 tensors of 0/1. Default ``"float32"``.
     block_size
         Threads per block for the neuron kernels (default: chosen per layer).
-    bf16_io
-        Under bf16 autocast (``precision="bf16"``, or the caller's own
-        ``torch.autocast(..., dtype=torch.bfloat16)`` around ``to_torch()``),
-        SpikingJelly-style layers read their bf16 input as bf16 and write its
-        gradient in bf16, and a spiking layer whose spikes only feed linear or
-        convolution layers (through flatten / reshape / max pooling) writes them
-        as bf16, exactly 0/1: the values are those of widening to fp32 and
-        letting autocast narrow again, without the casts' extra passes over
-        memory (default True; False widens through torch casts). The neuron
-        arithmetic stays fp32. Not for ``recompute`` (its backward parks fp32
-        membranes in the gradient buffer), recurrent components or
+    autocast_io
+        Under autocast to bf16 or fp16 (``precision="bf16"`` / ``"fp16"``, or the caller's
+        own ``torch.autocast("cuda", dtype=...)`` around ``to_torch()``),
+        SpikingJelly-style layers read their 16-bit input as is and write its
+        gradient in the same dtype, and a spiking layer whose spikes only feed
+        linear or convolution layers (through flatten / reshape / max pooling)
+        writes them in that dtype, exactly 0/1: the values are those of widening
+        to fp32 and letting autocast narrow again, without the casts' extra
+        passes over memory (default True; False widens through torch casts).
+        The neuron arithmetic stays fp32. Not for ``recompute`` (its backward
+        parks fp32 membranes in the gradient buffer), recurrent components or
         time-chunked layers, which widen.
     time_chunks
         Long sequences with few neurons: ``"auto"`` (default) splits the time
@@ -125,11 +131,11 @@ class CudaProgram(CpuProgram):
         spike_dtype: str = "float32",
         block_size: int | None = None,
         time_chunks: str | int = "auto",
-        bf16_io: bool = True,
+        autocast_io: bool = True,
         **reference_options: Any,
     ) -> None:
         _check_options(precision, spike_dtype, block_size, time_chunks)
-        self.bf16_io = bool(bf16_io)
+        self.autocast_io = bool(autocast_io)
         # what _build_kernels reads, set before CpuProgram.__init__ calls it
         self.time_chunks = time_chunks
         self.block_size = block_size
@@ -171,21 +177,23 @@ class CudaProgram(CpuProgram):
                     backward=True,
                     block=block_size,
                 )
-        # bf16 autocast (see bf16_io): node -> the output dtypes its bf16-input kernels may
-        # write ("bfloat16": spikes only GEMMs read); the kernels themselves are rendered
-        # now under precision="bf16" (so files() and build() hold them), else on first use
-        self.bf16_outputs: dict[int, tuple[str, ...]] = {}
-        if self.bf16_io and not recompute:
+        # autocast (see autocast_io): node -> whether its 16-bit-input kernel may also write
+        # 16-bit spikes (only GEMMs read them); the kernels are rendered now for
+        # precision="bf16"/"fp16" (so files() and build() hold them), else on first use
+        self.half_out: dict[int, bool] = {}
+        if self.autocast_io and not recompute:
             for n, spec in self._specs.items():
                 if spec.charge in SJ_CHARGES and n not in self._recurrent:
                     epi = graph.attrs(n).get("epilogue") or []
-                    bf16_out = self._bf16_out_eligible(n, epi)
-                    self.bf16_outputs[n] = ("float32", "bfloat16") if bf16_out else ("float32",)
-        self.bf16_kernels: dict[int, dict[str, CudaNeuronKernel]] = {}
-        if self.precision == "bf16":
-            for n, outs in self.bf16_outputs.items():
-                for out in outs:
-                    self._bf16_kernel(n, out)
+                    self.half_out[n] = self._half_out_eligible(n, epi)
+        #: node -> (x dtype, out dtype) -> kernel
+        self.half_kernels: dict[int, dict[tuple[str, str], CudaNeuronKernel]] = {}
+        if self.precision in _AUTOCAST:
+            name = _HALF[_AUTOCAST[self.precision]]
+            for n, half_out in self.half_out.items():
+                self._half_kernel(n, name, "float32")
+                if half_out:
+                    self._half_kernel(n, name, name)
         self.chunked: dict[int, dict[str, ChunkedNeuron]] = {}
         if self.time_chunks != 0:
             for n, spec in self._specs.items():
@@ -201,7 +209,7 @@ class CudaProgram(CpuProgram):
                 if n in self.u8_kernels:
                     self.chunked[n]["uint8"] = ChunkedNeuron(spec, "uint8", cache_dir)
 
-    #: bf16 autocast may hand the snnTorch / Norse form kernels bf16 activations: widen them
+    #: autocast may hand the snnTorch / Norse form kernels 16-bit activations: widen them
     _widen_inputs = True
 
     def _u8_eligible(self, n: int, spiking: bool, epilogue: list) -> bool:
@@ -217,26 +225,26 @@ class CudaProgram(CpuProgram):
         users = self.graph.users(n)
         return bool(users) and all(self.graph.op(e.dst) == "output" and e.delay == 0 for e in users)
 
-    def _bf16_kernel(self, n: int, out: str) -> CudaNeuronKernel:
-        """Node n's kernel reading bf16 x and writing ``out`` (rendered once, on first use)."""
-        by_out = self.bf16_kernels.setdefault(n, {})
-        kernel = by_out.get(out)
+    def _half_kernel(self, n: int, x_dtype: str, out: str) -> CudaNeuronKernel:
+        """Node n's kernel reading 16-bit x and writing ``out`` (rendered once, on first use)."""
+        variants = self.half_kernels.setdefault(n, {})
+        kernel = variants.get((x_dtype, out))
         if kernel is None:
             attrs = self.graph.attrs(n)
-            kernel = by_out[out] = CudaNeuronKernel(
+            kernel = variants[(x_dtype, out)] = CudaNeuronKernel(
                 self._specs[n],
                 attrs.get("prologue") or [],
                 attrs.get("epilogue") or [],
-                {"x_dtype": "bfloat16", "spike_dtype": out},
+                {"x_dtype": x_dtype, "spike_dtype": out},
                 self.cache_dir,
                 block=self.block_size,
             )
         return kernel
 
-    def _bf16_out_eligible(self, n: int, epilogue: list) -> bool:
-        """bf16 spikes only where every reader is a linear / convolution (autocast narrows its
-        input to bf16 anyway), possibly through ops that only move elements, so no value
-        anywhere differs from the fp32 spikes' (never a program output: its dtype would change).
+    def _half_out_eligible(self, n: int, epilogue: list) -> bool:
+        """16-bit spikes only where every reader is a linear / convolution (autocast narrows
+        its input anyway), possibly through ops that only move elements, so no value anywhere
+        differs from the fp32 spikes' (never a program output: its dtype would change).
         """
         if not self._specs[n].spiking or epilogue:
             return False
@@ -251,8 +259,8 @@ class CudaProgram(CpuProgram):
         for table in (self.kernels, self.u8_kernels):
             for n, kernel in table.items():
                 units.setdefault(kernel.info.tag, (kernel, []))[1].append(n)
-        for n, by_out in self.bf16_kernels.items():
-            for kernel in by_out.values():
+        for n, variants in self.half_kernels.items():
+            for kernel in variants.values():
                 units.setdefault(kernel.info.tag, (kernel, []))[1].append(n)
         for n, variants in self.chunked.items():
             for chunk in variants.values():
@@ -264,7 +272,7 @@ class CudaProgram(CpuProgram):
         """Every distinct generated CUDA unit, concatenated (one file that compiles as a whole)."""
         parts = []
         plain = {k.info.tag for table in (self.kernels, self.u8_kernels) for k in table.values()}
-        plain |= {k.info.tag for by_out in self.bf16_kernels.values() for k in by_out.values()}
+        plain |= {k.info.tag for vs in self.half_kernels.values() for k in vs.values()}
         for tag, (kernel, nodes) in self._units_by_tag().items():
             used = ", ".join(f"%{n}" for n in nodes)
             text = kernel.source
@@ -322,7 +330,7 @@ class CudaProgram(CpuProgram):
             return self._graph_run(xs)
         with self._precision():
             y, new_state = ReferenceProgram.run(self, x, state)
-        if self.precision == "bf16":  # autocast may leave bf16 outputs: results are fp32
+        if self.precision in _AUTOCAST:  # autocast may leave 16-bit outputs: results are fp32
             y = _widen(y)
         return y, new_state
 
@@ -338,9 +346,9 @@ class CudaProgram(CpuProgram):
         """GEMM/convolution precision for this run only; the global flags are restored after."""
         tf32 = self.precision == "tf32"
         with _fp32_precision("tf32" if tf32 else "ieee"):
-            if self.precision == "bf16":
+            if self.precision in _AUTOCAST:
                 kind = "cuda" if self.device is None else self.device.type
-                with torch.autocast(kind, dtype=torch.bfloat16):
+                with torch.autocast(kind, dtype=_AUTOCAST[self.precision]):
                     yield
             else:
                 yield
@@ -378,7 +386,7 @@ class CudaProgram(CpuProgram):
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph), self._precision():
             y, state = ReferenceProgram.run(self, arg, None)
-            if self.precision == "bf16":
+            if self.precision in _AUTOCAST:
                 y = _widen(y)
         return graph, static_in, y, state
 
@@ -405,9 +413,10 @@ class CudaProgram(CpuProgram):
                 return chunked
         if u8:
             kernel = self.u8_kernels[n]
-        elif x.dtype == torch.bfloat16 and n in self.bf16_outputs:
-            bf16_out = "bfloat16" in self.bf16_outputs[n] and _bf16_autocast(x)
-            kernel = self._bf16_kernel(n, "bfloat16" if bf16_out else "float32")
+        elif x.dtype in _HALF and n in self.half_out:
+            x_dtype = _HALF[x.dtype]
+            half_out = self.half_out[n] and _autocast_to(x)
+            kernel = self._half_kernel(n, x_dtype, x_dtype if half_out else "float32")
         out, v_last = run_neuron(kernel, x, adds, v0, k, k_value, self._widen_inputs)
         return (out if lead else out[0]), v_last
 
@@ -463,7 +472,7 @@ class CudaProgram(CpuProgram):
 def _widen(y: Any) -> Any:
     if isinstance(y, tuple):
         return tuple(_widen(v) for v in y)
-    return y.float() if y.dtype == torch.bfloat16 else y
+    return y.float() if y.dtype in _HALF else y
 
 
 def _only_gemms_read(graph: Graph, n: int) -> bool:
@@ -482,10 +491,10 @@ def _only_gemms_read(graph: Graph, n: int) -> bool:
     return True
 
 
-def _bf16_autocast(x: Tensor) -> bool:
-    """bf16 autocast is on for x's device type, so the next GEMM narrows its input to bf16."""
+def _autocast_to(x: Tensor) -> bool:
+    """Autocast to x's dtype is on for x's device type: the next GEMM narrows its input to it."""
     kind = x.device.type
-    return torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == torch.bfloat16
+    return torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == x.dtype
 
 
 def _on(t: Any, dev: torch.device) -> bool:

@@ -182,6 +182,8 @@ _PACK = {
     "uint8*": np.uint64,
     "const bf16*": np.uint64,
     "bf16*": np.uint64,
+    "const f16*": np.uint64,
+    "f16*": np.uint64,
     "double*": np.uint64,
     "const double*": np.uint64,
     "float": np.float32,
