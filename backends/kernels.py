@@ -99,8 +99,9 @@ SUPPORTED_SURROGATES = (
 _ALPHA_DIVIDES = ("soft_sign", "rect")
 #: renderer options and their defaults
 DEFAULT_OPTIONS: dict[str, Any] = {
-    # dtype of stored spikes: "float32", or "uint8" / "bfloat16" / "float16" (4x / 2x
-    # less traffic; spiking output without an epilogue only, so the values are exactly 0/1)
+    # dtype of the output: "float32"; "uint8" (4x less traffic; a spiking output
+    # without an epilogue only, so the values are exactly 0/1); "bfloat16" / "float16"
+    # (2x less; any output, rounded to nearest even as torch's cast would round it)
     "spike_dtype": "float32",
     # dtype of the input x the forward reads and of its gradient gx the backward
     # writes: "float32", "bfloat16" or "float16" (autocast: the kernel widens on load
@@ -454,10 +455,10 @@ def _plan(
     pro = _steps(prologue, "prologue", 0)
     n_pro = sum(st["kind"] == "add" for st in pro)
     epi = _steps(epilogue, "epilogue", n_pro)
-    if opts["spike_dtype"] != "float32" and (not spec.spiking or epi):
+    if opts["spike_dtype"] == "uint8" and (not spec.spiking or epi):
         raise UnsupportedError(
-            f"neuron kernel option spike_dtype={opts['spike_dtype']!r} needs a spiking output "
-            "without an epilogue (the output must be exactly 0/1)"
+            "neuron kernel option spike_dtype='uint8' needs a spiking output without an "
+            "epilogue (the output must be exactly 0/1)"
         )
     recompute = opts["recompute"] and view.needs_h
     if recompute and opts["x_dtype"] != "float32":

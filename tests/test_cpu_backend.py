@@ -241,41 +241,49 @@ def test_16_bit_io_kernels_equal_widening_then_narrowing(form, dtype, cache_dir)
     """x_dtype / spike_dtype "bfloat16" / "float16": the fp32 kernel's bits between torch casts.
 
     What autocast would do around the fp32 kernel -- widen x, run, narrow the
-    spikes for the next GEMM, and narrow gx back to x's dtype in the backward --
-    the bf16-I/O kernel does on load and store, so outputs, membranes and every
-    gradient are identical, not just close. A prologue and an add input
-    (fp32, widened as before) ride along.
+    output for the next GEMM, and narrow gx back to x's dtype in the backward --
+    the 16-bit-I/O kernel does on load and store, so outputs, membranes and every
+    gradient are identical, not just close. A prologue with an add input (fp32,
+    widened as before) rides along, and on every other form an epilogue scale
+    makes the output something other than 0/1 (membranes are not 0/1 either).
     """
     spec = spec_of(form)
     pro = [{"kind": "add", "port": 1}, {"kind": "scale", "op": "div", "value": 3.0}]
+    epi = [{"kind": "scale", "op": "mul", "value": 0.3}] if FORMS.index(form) % 2 else []
     name = {torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
-    out_dtype = name if spec.spiking else "float32"
-    k32 = kernel_for(spec, cache_dir, pro)
-    k16 = kernel_for(spec, cache_dir, pro, x_dtype=name, spike_dtype=out_dtype)
+    k32 = kernel_for(spec, cache_dir, pro, epi)
+    k16 = kernel_for(spec, cache_dir, pro, epi, x_dtype=name, spike_dtype=name)
     T = 12
     x, v0, w, gy, gv = _inputs(T, seed=21)
     x = (x * 3).to(dtype)  # 16-bit activations, some far past the threshold
     a = torch.rand_like(x, dtype=torch.float32)
     # a 16-bit output's gradient is 16-bit; tiny ones exercise the fp16 subnormals
-    gy = (gy * torch.logspace(-9, 0, T).reshape(T, 1, 1)).to(dtype) if spec.spiking else gy
+    gy = (gy * torch.logspace(-9, 0, T).reshape(T, 1, 1)).to(dtype)
     runs = []
     for kernel, widen in ((k32, True), (k16, False)):
         xs, a_, v0_, w_ = (t.clone().requires_grad_() for t in (x, a, v0, w))
         xin = xs.float() if widen else xs
         out, v_last = run_neuron(kernel, xin, (a_,), v0_, w_.sigmoid())
-        if widen and spec.spiking:
+        if widen:
             out = out.to(dtype)  # what the next GEMM's autocast does
         loss = (out.float() * gy.float()).sum() + (v_last * gv).sum()
         grads = torch.autograd.grad(loss, (xs, a_, v0_, w_), allow_unused=True)
         runs.append((out, v_last, grads))
     (o32, v32, g32), (o16, v16, g16) = runs
-    assert o16.dtype == (dtype if spec.spiking else torch.float32)
+    assert o16.dtype == dtype and g16[0].dtype == dtype
     assert torch.equal(o16, o32) and torch.equal(v16, v32)
-    assert g16[0].dtype == dtype
+    if not (spec.spiking and not epi):  # rounding really happened
+        assert not torch.equal(o16.float(), out_fp32(k32, x, a, v0, w))
     for name, got, want in zip(("x", "a", "v0", "w"), g16, g32):
         assert (got is None) == (want is None), name
         if want is not None:
             assert torch.equal(got, want), name
+
+
+def out_fp32(kernel, x, a, v0, w) -> torch.Tensor:
+    """The fp32 kernel's output on widened x (no rounding to 16 bits)."""
+    with torch.no_grad():
+        return run_neuron(kernel, x.float(), (a,), v0, w.sigmoid())[0]
 
 
 #: bit patterns at every edge of the fp32 -> 16-bit roundings: zeros, infinities, the

@@ -183,6 +183,7 @@ def form_matrix() -> list[tuple[NeuronSpec, list, list, dict]]:
     combos = itertools.product(
         SJ_CHARGES, ("hard", "subtract", "none"), (False, True), ("spike", "membrane")
     )
+    n_half = 0
     for i, (charge, reset, detach, output) in enumerate(combos):
         spec = make_spec(
             charge,
@@ -199,9 +200,12 @@ def form_matrix() -> list[tuple[NeuronSpec, list, list, dict]]:
         if output == "spike" and not epi and i % 5 == 0:
             opts["spike_dtype"] = "uint8"
         if not opts["recompute"] and i % 3 == 1:  # autocast's 16-bit I/O (not with recompute)
-            opts["x_dtype"] = ("bfloat16", "float16")[i % 2]
-            if output == "spike" and not epi and "spike_dtype" not in opts:
+            # both dtypes, with and without a 16-bit output (any output: spikes, membranes)
+            opts["x_dtype"] = ("bfloat16", "float16")[(n_half // 2) % 2]
+            half_out = (n_half % 4 in (0, 3)) != ((n_half // 4) % 2 == 1)
+            if "spike_dtype" not in opts and half_out:
                 opts["spike_dtype"] = opts["x_dtype"]
+            n_half += 1
         cases.append((spec, pro, epi, opts))
     return cases
 
@@ -374,7 +378,7 @@ def test_form_kernels_take_params_as_arguments_or_exact_literals() -> None:
         (
             make_spec("sj_lif", output="membrane"),
             ((), ()),
-            {"spike_dtype": "bfloat16"},
+            {"spike_dtype": "uint8"},
             "needs a spiking output",
         ),
         (form_spec("snntorch_leaky").replace(alpha=math.inf), ((), ()), {}, "finite"),

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -99,11 +99,12 @@ class CudaProgram(CpuProgram):
         Under autocast to bf16 or fp16 (``precision="bf16"`` / ``"fp16"``, or the caller's
         own ``torch.autocast("cuda", dtype=...)`` around ``to_torch()``),
         SpikingJelly-style layers read their 16-bit input as is and write its
-        gradient in the same dtype, and a spiking layer whose spikes only feed
-        linear or convolution layers (through flatten / reshape / max pooling)
-        writes them in that dtype, exactly 0/1: the values are those of widening
-        to fp32 and letting autocast narrow again, without the casts' extra
-        passes over memory (default True; False widens through torch casts).
+        gradient in the same dtype, and a layer whose output only feeds linear
+        or convolution layers (through flatten / reshape, and for exact 0/1
+        spikes max pooling) writes it in that dtype, rounded as autocast would
+        round it there: the values are those of widening to fp32 and letting
+        autocast narrow again, without the casts' extra passes over memory
+        (default True; False widens through torch casts).
         The neuron arithmetic stays fp32. Not for ``recompute`` (its backward
         parks fp32 membranes in the gradient buffer), recurrent components or
         time-chunked layers, which widen.
@@ -242,13 +243,14 @@ class CudaProgram(CpuProgram):
         return kernel
 
     def _half_out_eligible(self, n: int, epilogue: list) -> bool:
-        """16-bit spikes only where every reader is a linear / convolution (autocast narrows
-        its input anyway), possibly through ops that only move elements, so no value anywhere
-        differs from the fp32 spikes' (never a program output: its dtype would change).
+        """A 16-bit output only where every reader is a linear / convolution (autocast narrows
+        its input to the same 16 bits anyway, with the same rounding), possibly through ops
+        that only move elements, so no value anywhere differs from the fp32 output's (never a
+        program output: its dtype would change). Max pooling passes only exact 0/1 spikes on:
+        on rounded membranes a tie could route its gradient to another element.
         """
-        if not self._specs[n].spiking or epilogue:
-            return False
-        return _only_gemms_read(self.graph, n)
+        binary = self._specs[n].spiking and not epilogue
+        return _only_gemms_read(self.graph, n, preserves_spikes if binary else _moves_only)
 
     def _units_by_tag(self) -> dict[str, tuple[Any, list[int]]]:
         """One translation unit per distinct kernel (identical layers share one), with its nodes.
@@ -475,18 +477,22 @@ def _widen(y: Any) -> Any:
     return y.float() if y.dtype in _HALF else y
 
 
-def _only_gemms_read(graph: Graph, n: int) -> bool:
-    """Every reader of node n, followed through element-moving ops, is port 0 of a GEMM."""
+def _moves_only(graph: Graph, n: int) -> bool:
+    """Op n passes every input element on unchanged, in value and gradient."""
+    return graph.op(n) in ("flatten", "reshape", "identity")
+
+
+def _only_gemms_read(graph: Graph, n: int, passes: Callable[[Graph, int], bool]) -> bool:
+    """Every reader of node n, followed through ops ``passes`` accepts, is port 0 of a GEMM."""
     users = graph.users(n)
     if not users:
         return False
     for e in users:
         if e.delay != 0:
             return False
-        op = graph.op(e.dst)
-        if op in GEMM_OPS and e.port == 0:
+        if graph.op(e.dst) in GEMM_OPS and e.port == 0:
             continue
-        if not (preserves_spikes(graph, e.dst) and _only_gemms_read(graph, e.dst)):
+        if not (passes(graph, e.dst) and _only_gemms_read(graph, e.dst, passes)):
             return False
     return True
 
