@@ -120,7 +120,12 @@ C_TYPES = {
     "float16": "snncc_f16",
 }
 #: ... and the pointer type names of NeuronKernelInfo's argument lists
-_PTR_TYPES = {"float32": "float*", "uint8": "uint8*", "bfloat16": "bf16*", "float16": "f16*"}
+_PTR_TYPES = {
+    "float32": "float*",
+    "uint8": "uint8*",
+    "bfloat16": "snncc_bf16*",
+    "float16": "snncc_f16*",
+}
 #: 16-bit float dtypes the SJ-family kernels read (x, gy) and write (spikes, gx)
 HALF_DTYPES = ("bfloat16", "float16")
 
@@ -187,8 +192,8 @@ class NeuronKernelInfo:
 
     ``forward_args`` / ``backward_args`` are ``(name, ctype)`` pairs in call
     order; ctype is one of ``"const float*"``, ``"float*"``, ``"uint8*"``,
-    ``"const bf16*"``, ``"bf16*"``, ``"const f16*"``, ``"f16*"`` (bfloat16 /
-    float16 as raw 16-bit words),
+    ``"const snncc_bf16*"``, ``"snncc_bf16*"``, ``"const snncc_f16*"``,
+    ``"snncc_f16*"`` (bfloat16 / float16 as raw 16-bit words),
     ``"double*"``, ``"float"``, ``"int"``, ``"int64"``. Pointer arguments the
     kernel documents as nullable may be passed as NULL. Arrays are contiguous
     and time-major: ``[T, N]`` with N = every per-step element (batch included).
@@ -757,16 +762,10 @@ def _form_plan(
     """The form family's :class:`_Plan`: calling convention per state variable and param."""
     view = form_view(spec)
     opts = _options(options)
-    if opts["spike_dtype"] != "float32":
+    if opts["spike_dtype"] == "uint8":
         raise UnsupportedError(
-            f"neuron kernel option spike_dtype={opts['spike_dtype']!r} is not available for "
-            f"charge form {spec.charge!r} (snnTorch spikes are graded, Norse's are float); "
-            "only 'float32'"
-        )
-    if opts["x_dtype"] != "float32":
-        raise UnsupportedError(
-            f"neuron kernel option x_dtype={opts['x_dtype']!r} is not available for charge "
-            f"form {spec.charge!r} (the snnTorch / Norse form kernels read float32); only 'float32'"
+            f"neuron kernel option spike_dtype='uint8' is not available for charge form "
+            f"{spec.charge!r} (snnTorch spikes are graded); 'float32' or a 16-bit float"
         )
     first_port = len(spec.input_ports)
     pro = _steps(prologue, "prologue", 0, first_port)
@@ -779,27 +778,28 @@ def _form_plan(
     qs = tuple(q["name"] for q in view.quantities if q["arg"])
     rec = (("rec", "const float*"),) if view.has_rec else ()
     params = tuple(arg for q in qs for arg in ((f"p_{q}", "const float*"), (f"st_{q}", "int64")))
+    x_c, out_c = _PTR_TYPES[opts["x_dtype"]], _PTR_TYPES[opts["spike_dtype"]]
     fwd_args = (
-        ("x", "const float*"),
+        ("x", f"const {x_c}"),
         *rec,
         *((a, "const float*") for a in names),
         *((f"{v}0", "const float*") for v in svars),
         *params,
-        ("out", "float*"),
+        ("out", out_c),
         *((f"{v}_seq", "float*") for v in svars),
         *((f"{v}_last", "float*") for v in svars),
         ("T", "int"),
         ("N", "int64"),
     )
     bwd_args = (
-        ("gy", "const float*"),
+        ("gy", f"const {out_c}"),
         *((f"g{v}_last", "const float*") for v in svars),
         *((f"{v}_seq", "const float*") for v in svars),
-        ("x", "const float*"),
+        ("x", f"const {x_c}"),
         *rec,
         *((a, "const float*") for a in names),
         *params,
-        ("gx", "float*"),
+        ("gx", x_c),
         *((("grec", "float*"),) if view.has_rec else ()),
         *((f"g{a}", "float*") for a in names),
         *((f"g{v}0", "float*") for v in svars),
@@ -813,7 +813,7 @@ def _form_plan(
         backward_name=f"snncc_bwd_{tag}",
         add_ports=tuple(st["port"] for st in adds),
         n_prologue_adds=n_pro,
-        out_dtype="float32",
+        out_dtype=opts["spike_dtype"],
         needs_h=False,
         recompute=opts["recompute"],
         backward_reads_x=True,
@@ -825,6 +825,7 @@ def _form_plan(
         has_rec=view.has_rec,
         param_args=qs,
         param_roles=tuple(QUANTITY_ROLES[q] for q in qs),
+        x_dtype=opts["x_dtype"],
     )
     return _Plan(spec, view, pro, epi, opts, info)
 

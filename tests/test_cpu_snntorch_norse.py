@@ -402,6 +402,64 @@ def test_fused_steps_and_recompute(charge, cache_dir) -> None:
         assert_grads_close(a, b, f"grad {name}", scale)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize(
+    "charge, output",
+    [
+        ("snntorch_leaky", "spike"),
+        ("snntorch_synaptic", "membrane"),
+        ("norse_lif", "spike"),
+        ("norse_lifbox", "spike"),
+        ("norse_li", "membrane"),
+    ],
+)
+@pytest.mark.parametrize("recompute", [False, True], ids=["saved", "recompute"])
+def test_16_bit_io_form_kernels_equal_widening_then_narrowing(
+    charge, output, recompute, dtype, cache_dir
+) -> None:
+    """The form kernels with x and the output in bf16 / fp16 (autocast): the bits of the fp32
+    kernel between torch's casts -- outputs (graded spikes, membranes), final states and every
+    gradient, inputs and params -- with and without recompute, with a prologue and epilogue."""
+    reset = "none" if charge == "norse_li" else "subtract"
+    sg = "triangle" if charge in NORSE_FORMS else "atan"
+    spec = _spec(charge, reset, False, output, True, sg)
+    first = len(spec.input_ports)
+    pro = [{"kind": "scale", "op": "div", "value": 3.0}, {"kind": "add", "port": first}]
+    epi = [{"kind": "scale", "op": "mul", "value": 0.3}]
+    name = {torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
+    k32 = kernel_for(spec, cache_dir, pro, epi, recompute=recompute)
+    k16 = kernel_for(spec, cache_dir, pro, epi, recompute=recompute, x_dtype=name, spike_dtype=name)
+    T = 9
+    ins, params = _inputs(spec, T, 8), _params(spec, 8)
+    ins["x"] = (ins["x"] * 3).to(dtype)  # 16-bit activations, some far past the threshold
+    g = _gen(9)
+    ins["a0"] = torch.rand((T, *STEP_SHAPE), generator=g)
+    # the 16-bit output's gradient is 16-bit; tiny ones exercise the fp16 subnormals
+    gy = (torch.randn((T, *STEP_SHAPE), generator=g) * 1e-6).to(dtype)
+    gs = {v: torch.randn(STEP_SHAPE, generator=g) for v in spec.state_vars}
+    runs = []
+    for kernel, widen in ((k32, True), (k16, False)):
+        i = {k: v.clone().requires_grad_() for k, v in ins.items()}
+        p = {k: v.clone().requires_grad_() for k, v in params.items()}
+        state = {v: i[f"{v}0"] for v in spec.state_vars}
+        x = i["x"].float() if widen else i["x"]
+        out, st = run_form(kernel, x, None, (i["a0"],), state, derive_params(spec, kernel.info, p))
+        if widen:
+            out = out.to(dtype)  # what the next GEMM's autocast does
+        loss = (out.float() * gy.float()).sum() + sum((st[v] * gs[v]).sum() for v in st)
+        grads = torch.autograd.grad(loss, [*i.values(), *p.values()], allow_unused=True)
+        runs.append((out, st, grads))
+    (o32, s32, g32), (o16, s16, g16) = runs
+    assert o16.dtype == dtype and torch.equal(o16, o32)
+    for v in s32:
+        assert torch.equal(s16[v], s32[v]), v
+    assert g16[0].dtype == dtype
+    for what, a, b in zip([*ins, *params], g16, g32):
+        assert (a is None) == (b is None), what
+        if b is not None:
+            assert torch.equal(a, b), what
+
+
 def test_bad_params_and_inputs_are_refused(cache_dir) -> None:
     spec = _spec("snntorch_leaky", "subtract", False, "spike", True, "atan")
     kernel = kernel_for(spec, cache_dir)

@@ -1134,6 +1134,34 @@ def test_snntorch_norse_forms_on_a_host_emulated_gpu(name, host_gpu, cache_dir) 
         assert torch.equal(cm(x), model(x))
 
 
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("name", ["snntorch", "norse"])
+def test_snntorch_norse_forms_read_and_write_16_bits_under_autocast(
+    name, precision, host_gpu, cache_dir
+) -> None:
+    """autocast_io for the form kernels: the same bits as widening through torch casts, the
+    recurrent component (RLeaky, LIFRecurrentCell) widening as before."""
+    model, x = _snntorch_norse_models()[name]
+    runs = {}
+    for io in (True, False):
+        cm = snncc.compile(
+            model, x[:2], backend="cuda", cache_dir=cache_dir, precision=precision, autocast_io=io
+        )
+        prog = cm.program
+        gy = torch.randn(prog.run(x)[0].shape, generator=torch.Generator().manual_seed(0))
+        host_gpu.clear()
+        runs[io] = _grads(prog, x, gy)
+        if io:
+            half = {
+                k.info.forward_name
+                for variants in prog.half_kernels.values()
+                for k in variants.values()
+            }
+            assert half & set(host_gpu)  # 16-bit form kernels ran
+            assert prog.half_out and not set(prog.half_out) & prog._recurrent
+    _assert_same_run(runs[True], runs[False], name, rtol=0.0)
+
+
 # -- to_torch on the CPU backends
 def _sj_grads(model: nn.Module, x: torch.Tensor, gy: torch.Tensor) -> tuple[torch.Tensor, dict]:
     functional.reset_net(model)

@@ -171,7 +171,12 @@ def snntorch_norse_matrix() -> list[tuple[NeuronSpec, list, list, dict]]:
         ][i % 3]
         n_pro_adds = sum(st["kind"] == "add" for st in pro)
         epi = [] if i % 2 else [{"kind": "add", "port": first + n_pro_adds}]
-        cases.append((spec, pro, epi, {"recompute": i % 4 == 3}))
+        opts: dict = {"recompute": i % 4 == 3}
+        if i % 3 == 2:  # autocast's 16-bit I/O: both dtypes, with and without a 16-bit output
+            opts["x_dtype"] = ("bfloat16", "float16")[(i // 3) % 2]
+            if (i // 6) % 2 == 0:
+                opts["spike_dtype"] = opts["x_dtype"]
+        cases.append((spec, pro, epi, opts))
     return cases
 
 
@@ -366,8 +371,8 @@ def test_form_kernels_take_params_as_arguments_or_exact_literals() -> None:
             {},
             "port >= 2",
         ),
-        (form_spec("norse_lif"), ((), ()), {"spike_dtype": "uint8"}, "only 'float32'"),
-        (form_spec("snntorch_leaky"), ((), ()), {"x_dtype": "bfloat16"}, "only 'float32'"),
+        (form_spec("norse_lif"), ((), ()), {"spike_dtype": "uint8"}, "'float32' or a 16-bit"),
+        (form_spec("snntorch_leaky"), ((), ()), {"x_dtype": "float64"}, "x_dtype='float64'"),
         (make_spec("sj_lif"), ((), ()), {"x_dtype": "float64"}, "x_dtype='float64'"),
         (
             make_spec("sj_lif"),

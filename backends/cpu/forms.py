@@ -35,7 +35,14 @@ from typing import Any
 import torch
 from torch.autograd.function import once_differentiable
 
-from snncc.backends.cpu.autograd import KernelPair, as_f32, broadcasts_to, flat_seq, time_major
+from snncc.backends.cpu.autograd import (
+    TORCH_DTYPES,
+    KernelPair,
+    as_f32,
+    broadcasts_to,
+    flat_seq,
+    time_major,
+)
 from snncc.backends.kernels import NeuronKernelInfo
 from snncc.errors import ShapeError, UnsupportedError
 from snncc.ir.neuron import NeuronSpec
@@ -200,7 +207,7 @@ def _forward(
     info = kernel.info
     T, N = x.shape
     f32 = {"dtype": torch.float32, "device": x.device}
-    out = torch.empty((T, N), **f32)
+    out = torch.empty((T, N), dtype=TORCH_DTYPES[info.out_dtype], device=x.device)
     seqs = [torch.empty((T, N), **f32) if store else None for _ in info.state_vars]
     lasts = [torch.empty((N,), **f32) for _ in info.state_vars]
     values: dict[str, Any] = {"x": x, "rec": rec, "out": out, "T": T, "N": N}
@@ -268,7 +275,7 @@ class FormFunction(torch.autograd.Function):
             _, seqs, _ = _forward(kernel, x, rec, adds, s0s, flat, True)
         f32 = {"dtype": torch.float32, "device": x.device}
         x_on = "x" in reach
-        gx = torch.empty((T, N), **f32)
+        gx = torch.empty((T, N), dtype=TORCH_DTYPES[info.x_dtype], device=x.device)
         grec = torch.empty((T, N), **f32) if need[3] and "rec" in reach else None
         n_pro = info.n_prologue_adds
         gadds = [
@@ -284,7 +291,8 @@ class FormFunction(torch.autograd.Function):
             for q, w in zip(info.param_args, need_p)
         ]
         values: dict[str, Any] = {
-            "gy": None if g_out is None else g_out.float().contiguous(),
+            # a 16-bit output's gradient arrives in 16 bits: the kernel reads it as it is
+            "gy": None if g_out is None else g_out.to(TORCH_DTYPES[info.out_dtype]).contiguous(),
             "x": x,
             "rec": rec,
             "gx": gx,
@@ -345,7 +353,7 @@ def run_form(
             f"neuron kernel expects the quantities {list(info.param_args)}, got {sorted(params)}"
         )
     device = x.device
-    x, step_shape, N = time_major(x, widen)
+    x, step_shape, N = time_major(x, widen, TORCH_DTYPES[info.x_dtype])
     T = x.shape[0]
     flat_rec = None if rec is None else flat_seq(rec, "recurrent input", x, widen)
     flat_adds = [flat_seq(a, f"fused add input {j}", x, widen) for j, a in enumerate(adds)]

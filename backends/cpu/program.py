@@ -155,7 +155,7 @@ class CpuProgram(ReferenceProgram):
         self, ctx: Any, n: int, ins: list[Tensor], state: dict | None, lead: bool
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """An snnTorch / Norse node's kernel on its inputs (lead=False: one step, [B, ...])."""
-        kernel = self.kernels[n]
+        kernel = self._form_kernel(n, ins[0])
         info = kernel.info
         x = ins[0]
         rec = ins[1] if info.has_rec else None
@@ -167,6 +167,10 @@ class CpuProgram(ReferenceProgram):
         params = derive_params(kernel.spec, info, ctx.params(n))
         out, new_state = run_form(kernel, x, rec, adds, state, params, self._widen_inputs)
         return (out if lead else out[0]), new_state
+
+    def _form_kernel(self, n: int, x: Tensor) -> Any:
+        """Which compiled kernel runs form node n on input x (cuda: 16-bit variants too)."""
+        return self.kernels[n]
 
     def _neuron_seq(self, ctx: Any, n: int, ins: list[Tensor]) -> Tensor:
         if self._is_form(n):

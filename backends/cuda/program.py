@@ -28,7 +28,7 @@ import torch
 
 from snncc.backends.cpu.autograd import run_neuron
 from snncc.backends.cpu.program import CpuProgram
-from snncc.backends.cpu.saved_spikes import GEMM_OPS, preserves_spikes
+from snncc.backends.cpu.saved_spikes import GEMM_OPS, preserves_spikes, spike_source
 from snncc.backends.cuda import cache as kcache
 from snncc.backends.cuda import runtime
 from snncc.backends.cuda.chunked import (
@@ -96,18 +96,18 @@ class CudaProgram(CpuProgram):
     block_size
         Threads per block for the neuron kernels (default: chosen per layer).
     autocast_io
-        Under autocast to bf16 or fp16 (``precision="bf16"`` / ``"fp16"``, or the caller's
-        own ``torch.autocast("cuda", dtype=...)`` around ``to_torch()``),
-        SpikingJelly-style layers read their 16-bit input as is and write its
-        gradient in the same dtype, and a layer whose output only feeds linear
-        or convolution layers (through flatten / reshape, and for exact 0/1
-        spikes max pooling) writes it in that dtype, rounded as autocast would
-        round it there: the values are those of widening to fp32 and letting
-        autocast narrow again, without the casts' extra passes over memory
-        (default True; False widens through torch casts).
-        The neuron arithmetic stays fp32. Not for ``recompute`` (its backward
-        parks fp32 membranes in the gradient buffer), recurrent components or
-        time-chunked layers, which widen.
+        Under autocast to bf16 or fp16 (``precision="bf16"`` / ``"fp16"``, or
+        the caller's own ``torch.autocast("cuda", dtype=...)`` around
+        ``to_torch()``), neuron layers read their 16-bit input as is and write
+        its gradient in the same dtype, and a layer whose output only feeds
+        linear or convolution layers (through flatten / reshape, and for exact
+        0/1 spikes max pooling) writes it in that dtype, rounded as autocast
+        would round it there: the values are those of widening to fp32 and
+        letting autocast narrow again, without the casts' extra passes over
+        memory (default True; False widens through torch casts). The neuron
+        arithmetic stays fp32. Recurrent components, time-chunked layers and
+        SpikingJelly-style layers with ``recompute`` (whose backward parks fp32
+        membranes in the gradient buffer) widen instead.
     time_chunks
         Long sequences with few neurons: ``"auto"`` (default) splits the time
         loop of hard-reset and leaky soft-reset spiking layers into chunks run
@@ -136,8 +136,9 @@ class CudaProgram(CpuProgram):
         **reference_options: Any,
     ) -> None:
         _check_options(precision, spike_dtype, block_size, time_chunks)
-        self.autocast_io = bool(autocast_io)
         # what _build_kernels reads, set before CpuProgram.__init__ calls it
+        self.autocast_io = bool(autocast_io)
+        self.recompute = bool(recompute)
         self.time_chunks = time_chunks
         self.block_size = block_size
         self.precision = precision
@@ -182,11 +183,12 @@ class CudaProgram(CpuProgram):
         # 16-bit spikes (only GEMMs read them); the kernels are rendered now for
         # precision="bf16"/"fp16" (so files() and build() hold them), else on first use
         self.half_out: dict[int, bool] = {}
-        if self.autocast_io and not recompute:
+        if self.autocast_io:
             for n, spec in self._specs.items():
-                if spec.charge in SJ_CHARGES and n not in self._recurrent:
-                    epi = graph.attrs(n).get("epilogue") or []
-                    self.half_out[n] = self._half_out_eligible(n, epi)
+                # SJ-style recompute parks fp32 membranes in gx; recurrent steps widen
+                sj_recompute = recompute and spec.charge in SJ_CHARGES
+                if not sj_recompute and n not in self._recurrent:
+                    self.half_out[n] = self._half_out_eligible(n)
         #: node -> (x dtype, out dtype) -> kernel
         self.half_kernels: dict[int, dict[tuple[str, str], CudaNeuronKernel]] = {}
         if self.precision in _AUTOCAST:
@@ -232,24 +234,38 @@ class CudaProgram(CpuProgram):
         kernel = variants.get((x_dtype, out))
         if kernel is None:
             attrs = self.graph.attrs(n)
+            opts = {"x_dtype": x_dtype, "spike_dtype": out, "recompute": self.recompute}
             kernel = variants[(x_dtype, out)] = CudaNeuronKernel(
                 self._specs[n],
                 attrs.get("prologue") or [],
                 attrs.get("epilogue") or [],
-                {"x_dtype": x_dtype, "spike_dtype": out},
+                opts,
                 self.cache_dir,
                 block=self.block_size,
             )
         return kernel
 
-    def _half_out_eligible(self, n: int, epilogue: list) -> bool:
+    def _half_variant(self, n: int, x: Tensor) -> CudaNeuronKernel | None:
+        """Node n's 16-bit kernel for x, where autocast_io gives one (else None: widen)."""
+        if x.dtype not in _HALF or n not in self.half_out:
+            return None
+        x_dtype = _HALF[x.dtype]
+        half_out = self.half_out[n] and _autocast_to(x)
+        return self._half_kernel(n, x_dtype, x_dtype if half_out else "float32")
+
+    def _form_kernel(self, n: int, x: Tensor) -> Any:
+        half = self._half_variant(n, x)
+        return self.kernels[n] if half is None else half
+
+    def _half_out_eligible(self, n: int) -> bool:
         """A 16-bit output only where every reader is a linear / convolution (autocast narrows
         its input to the same 16 bits anyway, with the same rounding), possibly through ops
         that only move elements, so no value anywhere differs from the fp32 output's (never a
         program output: its dtype would change). Max pooling passes only exact 0/1 spikes on:
         on rounded membranes a tie could route its gradient to another element.
         """
-        binary = self._specs[n].spiking and not epilogue
+        source = spike_source(self.graph, n, self._specs[n])
+        binary = source is not None and source.scale is None
         return _only_gemms_read(self.graph, n, preserves_spikes if binary else _moves_only)
 
     def _units_by_tag(self) -> dict[str, tuple[Any, list[int]]]:
@@ -415,10 +431,8 @@ class CudaProgram(CpuProgram):
                 return chunked
         if u8:
             kernel = self.u8_kernels[n]
-        elif x.dtype in _HALF and n in self.half_out:
-            x_dtype = _HALF[x.dtype]
-            half_out = self.half_out[n] and _autocast_to(x)
-            kernel = self._half_kernel(n, x_dtype, x_dtype if half_out else "float32")
+        elif (half := self._half_variant(n, x)) is not None:
+            kernel = half
         out, v_last = run_neuron(kernel, x, adds, v0, k, k_value, self._widen_inputs)
         return (out if lead else out[0]), v_last
 
