@@ -419,17 +419,19 @@ PEERS: dict[str, tuple[Callable[[Case, str, str], Bench], dict[str, str], str]] 
     "torch-compile": (torch_compile_make, {}, "torch.compile of the pure-torch model"),
 }
 
+#: run order on a GPU: what the targets compare (snncc against SpikingJelly triton) first,
+#: so a spent time budget skips only the variants and slow peers at the end
 GPU_PEERS = (
     "snncc-cuda",
     "snncc-cuda-graph",
     "snncc-cuda-u8",
     "snncc-cuda-nochunk",
-    "snncc-cuda-fp32saved",
+    "sj-triton",
     "snncc-cuda-tf32",
     "snncc-cuda-bf16",
     "snncc-cuda-fp16",
     "snncc-cuda-bf16-widen",
-    "sj-triton",
+    "snncc-cuda-fp32saved",
     "sj-torch",
     "snntorch",
     "norse",

@@ -995,6 +995,72 @@ def test_host_emulated_gpu_autocast_kernels_read_and_write_16_bits(
     assert runs[True][0].dtype == torch.float32
 
 
+class _FanOut(nn.Module):
+    """One LIF layer read by two Linears (q/k/v-style): their gradients meet at its output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(12, 16)
+        self.lif = snn.LIF(tau=2.0)
+        self.a = nn.Linear(16, 10)
+        self.b = nn.Linear(16, 10)
+        self.out = snn.LIF(tau=2.0)
+
+    def forward(self, x):
+        s = self.lif(self.fc(x))
+        return self.out(self.a(s) + self.b(s))
+
+
+def _pooled_convnet(kernel: int, stride: int, padding: int) -> nn.Module:
+    torch.manual_seed(3)
+    net = nn.Sequential(
+        layer.Conv2d(1, 4, 3, padding=1),
+        neuron.ParametricLIFNode(init_tau=2.0),
+        layer.MaxPool2d(kernel, stride, padding),
+        layer.Flatten(),
+        layer.Linear(_pooled(kernel, stride, padding), 10),
+        neuron.LIFNode(tau=2.0),
+    )
+    functional.set_step_mode(net, "m")
+    return _randomise(net, 4).eval()
+
+
+def _pooled(kernel: int, stride: int, padding: int) -> int:
+    side = (8 + 2 * padding - kernel) // stride + 1
+    return 4 * side * side
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize(
+    "name, half_first",
+    [("fan-out", False), ("pool-overlapping", False), ("pool-3x3-stride-3", True)],
+)
+def test_host_emulated_gpu_16_bit_outputs_only_where_no_gradients_meet(
+    name, half_first, precision, host_gpu, cache_dir
+) -> None:
+    """A layer read by two GEMMs, or through an overlapping max pool, keeps fp32 output: the
+    readers' gradients are summed into its output gradient, in fp32 on fp32 spikes but in
+    16 bits on 16-bit ones. Either way the run equals the widening one bit for bit."""
+    if name == "fan-out":
+        model, shape = _randomise(_FanOut(), 5), (12,)
+    else:
+        pool = (3, 1, 1) if name == "pool-overlapping" else (3, 3, 0)
+        model, shape = _pooled_convnet(*pool), (1, 8, 8)
+    x = torch.rand((10, 3, *shape), generator=torch.Generator().manual_seed(7)) * 1.5
+    runs = {}
+    for io in (True, False):
+        cm = snncc.compile(
+            model, x[:2], backend="cuda", cache_dir=cache_dir, precision=precision, autocast_io=io
+        )
+        prog = cm.program
+        gy = torch.randn(prog.run(x)[0].shape, generator=torch.Generator().manual_seed(8))
+        runs[io] = _grads(prog, x, gy)
+        if io:
+            first = min(prog.half_out)  # the hidden spiking layer
+            assert prog.half_out[first] == half_first, prog.half_out
+    _assert_same_run(runs[True], runs[False], name, rtol=0.0)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_host_emulated_gpu_autocast_io_under_the_callers_autocast(
     dtype, host_gpu, cache_dir
@@ -1020,15 +1086,15 @@ def test_host_emulated_gpu_autocast_io_under_the_callers_autocast(
             for variants in cm.program.half_kernels.values()
             for key, k in variants.items()
         }
-        ran = [half[name] for name in host_gpu if name in half]
         if io:  # the PLIF feeding the pool -> Linear writes 16-bit spikes; the output LIF fp32
+            ran = [half[name] for name in host_gpu if name in half]
             name = {torch.bfloat16: "bfloat16", torch.float16: "float16"}[dtype]
             assert sorted(ran) == sorted([(name, "float32"), (name, name)]), ran
+            host_gpu.clear()
+            cm(x)  # without autocast: the plain fp32 kernels only
+            assert host_gpu and not set(half) & set(host_gpu)
         else:
-            assert not ran
-        host_gpu.clear()
-        cm(x)  # fp32: the plain kernels only
-        assert not set(half) & set(host_gpu)
+            assert not cm.program.half_kernels  # none rendered, none ran
     (y1, g1), (y0, g0) = runs[True], runs[False]
     assert torch.equal(y1, y0)
     for a, b in zip(g1, g0):
@@ -1602,23 +1668,37 @@ def test_gpu_precision_options_keep_most_spikes(precision: str, cache_dir) -> No
 @needs_gpu
 @pytest.mark.parametrize("name", ["sj_mlp", "sj_convnet"])
 @pytest.mark.parametrize("how", ["precision-bf16", "caller-fp16"])
-def test_gpu_autocast_io_gives_the_bits_of_widening(name: str, how: str, cache_dir) -> None:
+def test_gpu_autocast_io_gives_the_bits_of_widening(
+    name: str, how: str, cache_dir, monkeypatch
+) -> None:
     """16-bit kernel I/O == the same run widening through torch casts, under
     precision="bf16" and under the caller's fp16 autocast: outputs and membranes bit for
     bit, gradients within 1e-6 (cuBLAS/cuDNN may pick another algorithm between two
     programs; the kernels' own bits are checked on the host)."""
+    from snncc.backends.cuda.neuron import CudaNeuronKernel
+
+    launched: list[tuple[str, str]] = []
+    call = CudaNeuronKernel.call
+
+    def spy(self, which, values, device):
+        launched.append((self.info.x_dtype, self.info.out_dtype))
+        return call(self, which, values, device)
+
+    monkeypatch.setattr(CudaNeuronKernel, "call", spy)
     x = _input(name, 8, 16, seed=12).to(DEV)
     opts = {"precision": "bf16"} if how == "precision-bf16" else {}
     ctx = torch.autocast("cuda", dtype=torch.float16, enabled=how == "caller-fp16")
+    half = "bfloat16" if how == "precision-bf16" else "float16"
     runs = []
     for io in (True, False):
         _, _, cm = _compile(name, T=8, B=16, cache_dir=cache_dir, autocast_io=io, **opts)
         gy = torch.randn(cm.program.run(x)[0].shape, generator=torch.Generator().manual_seed(3))
+        launched.clear()
         with ctx:
             y, st, g = _grads(cm.program, x, gy.to(DEV))
         runs.append((y.float(), st, g))
-        used = [k for vs in cm.program.half_kernels.values() for k in vs]
-        assert bool(used) == io, used
+        # with autocast_io: every layer reads 16 bits, the hidden one also writes them
+        assert ((half, half) in launched) == io and ((half, "float32") in launched) == io
     _assert_same_run(runs[0], runs[1], name, rtol=1e-6)
 
 

@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 from snncc.backends.cpu.autograd import run_neuron
 from snncc.backends.cpu.program import CpuProgram
-from snncc.backends.cpu.saved_spikes import GEMM_OPS, preserves_spikes, spike_source
+from snncc.backends.cpu.saved_spikes import GEMM_OPS, spike_source
 from snncc.backends.cuda import cache as kcache
 from snncc.backends.cuda import runtime
 from snncc.backends.cuda.chunked import (
@@ -99,11 +99,12 @@ class CudaProgram(CpuProgram):
         Under autocast to bf16 or fp16 (``precision="bf16"`` / ``"fp16"``, or
         the caller's own ``torch.autocast("cuda", dtype=...)`` around
         ``to_torch()``), neuron layers read their 16-bit input as is and write
-        its gradient in the same dtype, and a layer whose output only feeds
-        linear or convolution layers (through flatten / reshape, and for exact
-        0/1 spikes max pooling) writes it in that dtype, rounded as autocast
-        would round it there: the values are those of widening to fp32 and
-        letting autocast narrow again, without the casts' extra passes over
+        its gradient in the same dtype, and a layer whose output feeds exactly
+        one linear or convolution layer (through flatten / reshape, and for
+        exact 0/1 spikes non-overlapping max pooling) writes it in that dtype,
+        rounded as autocast would round it there: the values and gradients are
+        those of widening to fp32 and letting autocast narrow again (NaNs aside:
+        any NaN becomes one quiet NaN), without the casts' extra passes over
         memory (default True; False widens through torch casts). The neuron
         arithmetic stays fp32. Recurrent components, time-chunked layers and
         SpikingJelly-style layers with ``recompute`` (whose backward parks fp32
@@ -258,15 +259,17 @@ class CudaProgram(CpuProgram):
         return self.kernels[n] if half is None else half
 
     def _half_out_eligible(self, n: int) -> bool:
-        """A 16-bit output only where every reader is a linear / convolution (autocast narrows
+        """A 16-bit output only where a single linear / convolution reads it (autocast narrows
         its input to the same 16 bits anyway, with the same rounding), possibly through ops
-        that only move elements, so no value anywhere differs from the fp32 output's (never a
-        program output: its dtype would change). Max pooling passes only exact 0/1 spikes on:
-        on rounded membranes a tie could route its gradient to another element.
+        that hand each element on once, so no value anywhere differs from the fp32 output's.
+
+        Never a program output (its dtype would change), and never more than one reader or
+        an overlapping max pool: their gradients are summed into the output's gradient, in
+        fp32 on an fp32 output but in 16 bits on a 16-bit one. Max pooling passes only
+        exact 0/1 spikes on (on rounded membranes a tie could pick another element).
         """
         source = spike_source(self.graph, n, self._specs[n])
-        binary = source is not None and source.scale is None
-        return _only_gemms_read(self.graph, n, preserves_spikes if binary else _moves_only)
+        return _sole_gemm_reader(self.graph, n, binary=source is not None and source.scale is None)
 
     def _units_by_tag(self) -> dict[str, tuple[Any, list[int]]]:
         """One translation unit per distinct kernel (identical layers share one), with its nodes.
@@ -372,10 +375,14 @@ class CudaProgram(CpuProgram):
                 yield
 
     def _graph_key(self, xs: list[Tensor]) -> tuple:
-        """Shapes plus every param's storage and version: any change re-captures."""
+        """Shapes, every param's storage and version, and the caller's autocast (it decides
+        which ops run in 16 bits and which kernel variants): any change re-captures."""
+        kind = self.device.type if self.device is not None else "cuda"
+        autocast = torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind)
         return (
             tuple((tuple(t.shape), t.dtype) for t in xs),
             tuple((t.data_ptr(), t._version) for t in self.params.values()),
+            autocast,
         )
 
     def _graph_run(self, xs: list[Tensor]) -> tuple[Any, dict]:
@@ -461,6 +468,7 @@ class CudaProgram(CpuProgram):
         if L is None:
             return None
         pro = self.graph.attrs(n).get("prologue") or []
+        x = x.float()  # first: under autocast the prologue runs in fp32, as in the fused kernel
         if pro:  # the same single-rounding steps the fused kernel would apply
             x = apply_steps(pro, x, ins, f"neuron %{n} prologue")
         x = x.float().contiguous().reshape(T, N)
@@ -491,24 +499,35 @@ def _widen(y: Any) -> Any:
     return y.float() if y.dtype in _HALF else y
 
 
-def _moves_only(graph: Graph, n: int) -> bool:
-    """Op n passes every input element on unchanged, in value and gradient."""
-    return graph.op(n) in ("flatten", "reshape", "identity")
-
-
-def _only_gemms_read(graph: Graph, n: int, passes: Callable[[Graph, int], bool]) -> bool:
-    """Every reader of node n, followed through ops ``passes`` accepts, is port 0 of a GEMM."""
-    users = graph.users(n)
-    if not users:
+def _hands_on_once(graph: Graph, n: int, binary: bool) -> bool:
+    """Op n hands every input element to at most one output element, unchanged (so its
+    backward never sums two gradients into one input element): flatten, reshape, identity,
+    and for exact 0/1 spikes a max pool whose windows do not overlap."""
+    op = graph.op(n)
+    if op in ("flatten", "reshape", "identity"):
+        return True
+    if op != "maxpool2d" or not binary:
         return False
-    for e in users:
-        if e.delay != 0:
-            return False
-        if graph.op(e.dst) in GEMM_OPS and e.port == 0:
-            continue
-        if not (passes(graph, e.dst) and _only_gemms_read(graph, e.dst, passes)):
-            return False
-    return True
+    attrs = graph.attrs(n)
+    kernel = _pair(attrs["kernel_size"])
+    stride = _pair(attrs.get("stride") or attrs["kernel_size"])
+    return _pair(attrs.get("dilation", 1)) == (1, 1) and all(s >= k for s, k in zip(stride, kernel))
+
+
+def _pair(v: Any) -> tuple[int, int]:
+    return (int(v), int(v)) if isinstance(v, (int, float)) else (int(v[0]), int(v[1]))
+
+
+def _sole_gemm_reader(graph: Graph, n: int, binary: bool) -> bool:
+    """Node n has one reader, in the same step: port 0 of a GEMM, or an op that hands each
+    element on once and has such a reader itself."""
+    users = graph.users(n)
+    if len(users) != 1 or users[0].delay != 0:
+        return False
+    e = users[0]
+    if graph.op(e.dst) in GEMM_OPS:
+        return e.port == 0
+    return _hands_on_once(graph, e.dst, binary) and _sole_gemm_reader(graph, e.dst, binary)
 
 
 def _autocast_to(x: Tensor) -> bool:
