@@ -1061,6 +1061,43 @@ def test_host_emulated_gpu_16_bit_outputs_only_where_no_gradients_meet(
     _assert_same_run(runs[True], runs[False], name, rtol=0.0)
 
 
+def test_host_emulated_gpu_time_chunks_under_autocast_equal_the_plain_kernels(
+    host_gpu, cache_dir
+) -> None:
+    """Under bf16 autocast a time-chunked layer with a fused prologue (scale + residual add)
+    widens its input first, so the prologue rounds in fp32 as in the fused plain kernel:
+    same spikes and membranes as the plain (here 16-bit I/O) kernels, bit for bit."""
+
+    class PrologueNet(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(12, 12)
+            self.lif = snn.LIF(tau=1.5, surrogate="atan")
+            self.out = nn.Linear(12, 5)
+            self.plif = snn.ParametricLIF(init_tau=2.5, v_reset=None)
+
+        def forward(self, x):
+            return self.plif(self.out(self.lif(self.fc(x) / 3.0 + x)))
+
+    model = _randomise(PrologueNet(), 9)
+    x = _input("sj_mlp", 60, 3, seed=8)
+    runs = []
+    for chunks in (7, 0):
+        cm = snncc.compile(
+            model, x[:4], backend="cuda", cache_dir=cache_dir, precision="bf16", time_chunks=chunks
+        )
+        assert bool(cm.program.chunked) == bool(chunks)
+        host_gpu.clear()
+        with torch.no_grad():
+            y, st = cm.program.run(x)
+        assert any(n.endswith("_fix") for n in host_gpu) == bool(chunks)
+        runs.append((y, st))
+    (y1, st1), (y0, st0) = runs
+    assert torch.equal(y1, y0)
+    for n in st0:
+        assert torch.equal(st1[n]["v"], st0[n]["v"]), n
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_host_emulated_gpu_autocast_io_under_the_callers_autocast(
     dtype, host_gpu, cache_dir
