@@ -490,6 +490,8 @@ def _plan(
     )
     bwd_args = (
         ("gy", f"const {gy_c}"),
+        ("gy_ts", "int64"),
+        ("gy_ns", "int64"),
         ("gv_last", "const float*"),
         ("h_seq", "const float*"),
         ("x", f"const {x_c}"),

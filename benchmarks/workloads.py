@@ -222,15 +222,17 @@ def bytes_moved(case: Case, mode: str, out_bytes: int = 4) -> int | None:
     """The fewest bytes one neuron layer must move (L1/L2), each array once; None elsewhere.
 
     Forward: read x, write spikes (``out_bytes`` each). Forward+backward with
-    the membrane saved: forward reads x, writes spikes and h; backward reads
-    grad_out and h, writes grad_x.
+    the membrane saved: forward reads x, writes spikes and h; backward reads h
+    and writes grad_x. The step's loss is ``y.sum()``, whose gradient is one
+    broadcast value: a kernel can read it in place (snncc's does), so it costs
+    no traffic.
     """
     if case.workload not in ("L1", "L2"):
         return None
     tn = case.T * case.neurons
     if mode == "fwd":
         return tn * (4 + out_bytes)
-    return tn * (4 + out_bytes + 4) + tn * (4 + 4 + 4)
+    return tn * (4 + out_bytes + 4) + tn * (4 + 4)
 
 
 def flops(case: Case) -> float | None:

@@ -227,6 +227,30 @@ def test_recompute_gives_the_same_gradients_as_saved_membranes(charge, cache_dir
         assert (a_ is None and b_ is None) or torch.equal(a_, b_)
 
 
+@pytest.mark.parametrize("layout", ["sum", "mean-over-time", "transposed"])
+def test_backward_reads_the_output_gradient_in_place_with_its_strides(layout, cache_dir) -> None:
+    """gy with strides (0, 0) (y.sum()), (0, 1) (a mean over time) or (1, T) reaches the
+    kernel as it is, never materialised, and gives the bits of a contiguous copy."""
+    spec = spec_of(("sj_plif_decay_input", "hard", False, "spike", ">=", "atan"))
+    kernel = kernel_for(spec, cache_dir)
+    T, N = 16, 40
+    x, v0, w, _, _ = _inputs(T, seed=31, shape=(N,))
+    g = torch.randn(T, N, generator=torch.Generator().manual_seed(2))
+    gy = {
+        "sum": torch.ones(()).expand(T, N),
+        "mean-over-time": g[0].div(T).expand(T, N),
+        "transposed": g.t().contiguous().t(),
+    }[layout]
+    assert not gy.is_contiguous()
+    runs = []
+    for grad_out in (gy, gy.contiguous()):
+        leaves = [t.clone().requires_grad_() for t in (x, v0, w)]
+        out, _ = run_neuron(kernel, leaves[0], (), leaves[1], leaves[2].sigmoid())
+        runs.append(torch.autograd.grad(out, leaves, grad_outputs=grad_out))
+    for name, a, b in zip(("x", "v0", "w"), *runs):
+        assert torch.equal(a, b), name
+
+
 def test_uint8_spikes_equal_float_spikes(cache_dir) -> None:
     spec = spec_of(("sj_lif_decay_input", "hard", False, "spike", ">=", "sigmoid"))
     x, v0, *_ = _inputs(8, seed=3)

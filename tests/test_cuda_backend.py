@@ -1140,6 +1140,27 @@ def test_host_emulated_gpu_autocast_io_under_the_callers_autocast(
     assert not cm.program.half_out  # recompute parks fp32 membranes in gx: widens instead
 
 
+@pytest.mark.parametrize("chunks", [0, 7], ids=["plain", "time-chunked"])
+def test_host_emulated_gpu_reads_a_broadcast_output_gradient_in_place(
+    chunks, host_gpu, cache_dir
+) -> None:
+    """y.sum().backward(): the plain and the time-chunked backward kernels read the one
+    broadcast gradient value by its strides (0, 0), with the bits of a materialised copy."""
+    x = _input("sj_mlp", 48, 3, seed=13)
+    cm = snncc.compile(sj_mlp(), x[:4], backend="cuda", cache_dir=cache_dir, time_chunks=chunks)
+    assert bool(cm.program.chunked) == bool(chunks)
+    runs = []
+    for materialise in (False, True):
+        xin = x.clone().requires_grad_()
+        y, _ = cm.program.run(xin)
+        loss = (y * torch.ones_like(y)).sum() if materialise else y.sum()
+        names = [n for n, t in cm.program.params.items() if t.requires_grad]
+        leaves = [cm.program.params[n] for n in names] + [xin]
+        runs.append(torch.autograd.grad(loss, leaves))
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+
+
 # -- snnTorch / Norse forms through the cuda backend's host side (host-emulated GPU)
 def _snntorch_norse_models() -> dict[str, tuple[nn.Module, torch.Tensor]]:
     """An RLeaky (recurrent component) + learnable Synaptic + graded Leaky model, and a

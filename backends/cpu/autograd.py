@@ -159,8 +159,10 @@ def neuron_backward(
 ) -> tuple[Tensor, list[Tensor | None], Tensor | None, Tensor | None]:
     """The backward kernel; returns (gx, g per add input, gv0, d loss / d k as float64 partials).
 
-    ``gy`` is in the kernel's output dtype (fp32, or 16 bits for 16-bit spikes), ``gx``
-    comes back in its ``x_dtype``; everything else is fp32.
+    ``gy`` is in the kernel's output dtype (fp32, or 16 bits for 16-bit outputs) with any
+    strides (the kernel reads it in place: autograd's broadcast gradient of a sum or a
+    mean needs no materialising); ``gx`` comes back in its ``x_dtype``; everything else
+    is fp32 and contiguous.
     """
     T, N = gy.shape
     dev = gy.device
@@ -174,6 +176,8 @@ def neuron_backward(
         gk = torch.zeros((slots,), dtype=torch.float64, device=dev)
     values = {
         "gy": gy,
+        "gy_ts": gy.stride(0),
+        "gy_ns": gy.stride(1),
         "gv_last": gv_last,
         "h_seq": h_seq,
         "x": x,
@@ -228,8 +232,10 @@ class NeuronFunction(torch.autograd.Function):
         device = (g_out if g_out is not None else g_vlast).device
         out_dtype = ctx.kernel.info.out_dtype  # a 16-bit output's gradient arrives in 16 bits
         gy_dtype = TORCH_DTYPES[out_dtype] if out_dtype in HALF_DTYPES else torch.float32
-        gy = torch.zeros(ctx.tn, dtype=gy_dtype, device=device) if g_out is None else g_out
-        gy = gy.to(gy_dtype).contiguous()
+        if g_out is None:  # one zero, broadcast: the kernel reads it with strides (0, 0)
+            gy = torch.zeros((), dtype=gy_dtype, device=device).expand(ctx.tn)
+        else:  # in place, with its strides (a gradient of y.sum() is one broadcast value)
+            gy = g_out.to(gy_dtype)
         gv_last = None if g_vlast is None else g_vlast.float().contiguous()
         gx, gadds, gv0, gk = neuron_backward(
             ctx.kernel,

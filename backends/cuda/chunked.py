@@ -143,6 +143,8 @@ def plan_chunks(
 #: what both chunk-parallel backward kernels read first, in order
 _BACKWARD_INPUTS: tuple[tuple[str, str], ...] = (
     ("gy", "const float*"),
+    ("gy_ts", "int64"),
+    ("gy_ns", "int64"),
     ("gv_last", "const float*"),
     ("h_seq", "const float*"),
     ("x", "const float*"),
@@ -372,7 +374,9 @@ class ChunkedNeuron:
         C = math.ceil(T / L)
         f32 = {"dtype": torch.float32, "device": dev}
         values = {
-            "gy": gy,
+            "gy": gy,  # read in place by its strides (a broadcast gradient is not materialised)
+            "gy_ts": gy.stride(0),
+            "gy_ns": gy.stride(1),
             "gv_last": gv_last,
             "h_seq": h_seq,
             "x": x,
@@ -417,9 +421,9 @@ class ChunkedNeuronFunction(torch.autograd.Function):
         h_seq, x, v_start = ctx.saved_tensors
         need = ctx.needs_input_grad  # (run, k_value, L, block, v0, k, x)
         gy = (
-            torch.zeros(ctx.tn, dtype=torch.float32, device=v_start.device)
+            torch.zeros((), dtype=torch.float32, device=v_start.device).expand(ctx.tn)
             if g_out is None
-            else g_out.float().contiguous()
+            else g_out.float()
         )
         gv_last = None if g_vlast is None else g_vlast.float().contiguous()
         gx, gv0, gk = ctx.run.backward(
