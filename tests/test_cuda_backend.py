@@ -910,6 +910,22 @@ def test_host_emulated_gpu_inference_paths_uint8_and_time_chunks(host_gpu, cache
     assert y.dtype == torch.float32 and torch.equal(y.detach(), ref)
 
 
+class PrologueNet(nn.Module):
+    """A hard-reset LIF with a fused prologue (x / divisor + residual add) and a learnable
+    soft-reset decay_input PLIF: the time-chunked path applies the prologue with torch."""
+
+    def __init__(self, divisor: float = 2.0) -> None:
+        super().__init__()
+        self.divisor = divisor
+        self.fc = nn.Linear(12, 12)
+        self.lif = snn.LIF(tau=1.5, surrogate="atan")
+        self.out = nn.Linear(12, 5)
+        self.plif = snn.ParametricLIF(init_tau=2.5, v_reset=None)  # soft reset
+
+    def forward(self, x):
+        return self.plif(self.out(self.lif(self.fc(x) / self.divisor + x)))
+
+
 @pytest.mark.parametrize("recompute", [False, True], ids=["saved-h", "recompute"])
 def test_host_emulated_gpu_training_through_time_chunks(recompute, host_gpu, cache_dir) -> None:
     """Training a long-sequence model with forced chunks: the chunked backward, reference grads.
@@ -919,17 +935,6 @@ def test_host_emulated_gpu_training_through_time_chunks(recompute, host_gpu, cac
     so its gradient is torch's) and a learnable soft-reset decay_input PLIF
     (d loss / d w).
     """
-
-    class PrologueNet(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc = nn.Linear(12, 12)
-            self.lif = snn.LIF(tau=1.5, surrogate="atan")
-            self.out = nn.Linear(12, 5)
-            self.plif = snn.ParametricLIF(init_tau=2.5, v_reset=None)  # soft reset
-
-        def forward(self, x):
-            return self.plif(self.out(self.lif(self.fc(x) / 2.0 + x)))
 
     builders = {"sj_mlp": MODELS["sj_mlp"][0], "prologue": lambda: _randomise(PrologueNet(), 9)}
     for model, build in builders.items():
@@ -1068,18 +1073,7 @@ def test_host_emulated_gpu_time_chunks_under_autocast_equal_the_plain_kernels(
     widens its input first, so the prologue rounds in fp32 as in the fused plain kernel:
     same spikes and membranes as the plain (here 16-bit I/O) kernels, bit for bit."""
 
-    class PrologueNet(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.fc = nn.Linear(12, 12)
-            self.lif = snn.LIF(tau=1.5, surrogate="atan")
-            self.out = nn.Linear(12, 5)
-            self.plif = snn.ParametricLIF(init_tau=2.5, v_reset=None)
-
-        def forward(self, x):
-            return self.plif(self.out(self.lif(self.fc(x) / 3.0 + x)))
-
-    model = _randomise(PrologueNet(), 9)
+    model = _randomise(PrologueNet(3.0), 9)  # / 3 rounds differently in bf16 and fp32
     x = _input("sj_mlp", 60, 3, seed=8)
     runs = []
     for chunks in (7, 0):
