@@ -111,7 +111,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
     "recompute": False,
 }
 #: bump when the generated code changes meaning, so caches keyed by name invalidate
-KERNEL_ABI_VERSION = 1
+KERNEL_ABI_VERSION = 2  # 2: gy strides in the backward, 16-bit x / out / gy / gx
 #: kernel I/O dtypes -> the C element type the templates declare
 C_TYPES = {
     "float32": "float",
@@ -126,7 +126,7 @@ _PTR_TYPES = {
     "bfloat16": "snncc_bf16*",
     "float16": "snncc_f16*",
 }
-#: 16-bit float dtypes the SJ-family kernels read (x, gy) and write (spikes, gx)
+#: 16-bit float dtypes the kernels (both families) read (x, gy) and write (out, gx)
 HALF_DTYPES = ("bfloat16", "float16")
 
 _TEMPLATE_DIR = Path(__file__).resolve().parent.parent / "templates" / "cuda"
@@ -196,7 +196,9 @@ class NeuronKernelInfo:
     ``"snncc_f16*"`` (bfloat16 / float16 as raw 16-bit words),
     ``"double*"``, ``"float"``, ``"int"``, ``"int64"``. Pointer arguments the
     kernel documents as nullable may be passed as NULL. Arrays are contiguous
-    and time-major: ``[T, N]`` with N = every per-step element (batch included).
+    and time-major: ``[T, N]`` with N = every per-step element (batch included),
+    except the SpikingJelly-style backward's ``gy``, read at ``t * gy_ts + n * gy_ns``
+    (any strides: a broadcast gradient is read in place).
 
     Target differences (the only ones): ``gk`` is ``double[1]``, zeroed by the
     caller and accumulated with one atomicAdd per warp, on CUDA (launch with

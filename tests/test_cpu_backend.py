@@ -242,11 +242,25 @@ def test_backward_reads_the_output_gradient_in_place_with_its_strides(layout, ca
         "transposed": g.t().contiguous().t(),
     }[layout]
     assert not gy.is_contiguous()
+    seen = []
+    call = kernel.call
+
+    def spy(which, values, device=None):
+        if which == "bwd":
+            seen.append((values["gy"].stride(), values["gy_ts"], values["gy_ns"]))
+        return call(which, values, device)
+
     runs = []
-    for grad_out in (gy, gy.contiguous()):
-        leaves = [t.clone().requires_grad_() for t in (x, v0, w)]
-        out, _ = run_neuron(kernel, leaves[0], (), leaves[1], leaves[2].sigmoid())
-        runs.append(torch.autograd.grad(out, leaves, grad_outputs=grad_out))
+    try:
+        kernel.call = spy
+        for grad_out in (gy, gy.contiguous()):
+            leaves = [t.clone().requires_grad_() for t in (x, v0, w)]
+            out, _ = run_neuron(kernel, leaves[0], (), leaves[1], leaves[2].sigmoid())
+            runs.append(torch.autograd.grad(out, leaves, grad_outputs=grad_out))
+    finally:
+        del kernel.call
+    # the kernel got the strided gradient itself, then the contiguous copy
+    assert seen == [(gy.stride(), *gy.stride()), ((N, 1), N, 1)], seen
     for name, a, b in zip(("x", "v0", "w"), *runs):
         assert torch.equal(a, b), name
 

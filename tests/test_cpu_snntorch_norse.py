@@ -411,6 +411,9 @@ def test_fused_steps_and_recompute(charge, cache_dir) -> None:
         ("norse_lif", "spike"),
         ("norse_lifbox", "spike"),
         ("norse_li", "membrane"),
+        ("snntorch_rleaky", "spike"),  # recurrent forms: rec (port 1) stays fp32
+        ("snntorch_rleaky_v", "membrane"),
+        ("norse_lif_recurrent", "spike"),
     ],
 )
 @pytest.mark.parametrize("recompute", [False, True], ids=["saved", "recompute"])
@@ -443,7 +446,8 @@ def test_16_bit_io_form_kernels_equal_widening_then_narrowing(
         p = {k: v.clone().requires_grad_() for k, v in params.items()}
         state = {v: i[f"{v}0"] for v in spec.state_vars}
         x = i["x"].float() if widen else i["x"]
-        out, st = run_form(kernel, x, None, (i["a0"],), state, derive_params(spec, kernel.info, p))
+        params_k = derive_params(spec, kernel.info, p)
+        out, st = run_form(kernel, x, i.get("rec"), (i["a0"],), state, params_k)
         if widen:
             out = out.to(dtype)  # what the next GEMM's autocast does
         loss = (out.float() * gy.float()).sum() + sum((st[v] * gs[v]).sum() for v in st)

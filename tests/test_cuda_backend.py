@@ -1136,13 +1136,29 @@ def test_host_emulated_gpu_autocast_io_under_the_callers_autocast(
 
 @pytest.mark.parametrize("chunks", [0, 7], ids=["plain", "time-chunked"])
 def test_host_emulated_gpu_reads_a_broadcast_output_gradient_in_place(
-    chunks, host_gpu, cache_dir
+    chunks, host_gpu, cache_dir, monkeypatch
 ) -> None:
     """y.sum().backward(): the plain and the time-chunked backward kernels read the one
     broadcast gradient value by its strides (0, 0), with the bits of a materialised copy."""
     x = _input("sj_mlp", 48, 3, seed=13)
     cm = snncc.compile(sj_mlp(), x[:4], backend="cuda", cache_dir=cache_dir, time_chunks=chunks)
     assert bool(cm.program.chunked) == bool(chunks)
+    from snncc.backends.cpu import autograd
+    from snncc.backends.cuda import chunked
+
+    strides: list[tuple[int, ...]] = []
+    plain, chunk = autograd.neuron_backward, chunked.ChunkedNeuron.backward
+
+    def spy_plain(kernel, gy, *args, **kwargs):
+        strides.append(gy.stride())
+        return plain(kernel, gy, *args, **kwargs)
+
+    def spy_chunk(self, gy, *args, **kwargs):
+        strides.append(gy.stride())
+        return chunk(self, gy, *args, **kwargs)
+
+    monkeypatch.setattr(autograd, "neuron_backward", spy_plain)
+    monkeypatch.setattr(chunked.ChunkedNeuron, "backward", spy_chunk)
     runs = []
     for materialise in (False, True):
         xin = x.clone().requires_grad_()
@@ -1151,6 +1167,9 @@ def test_host_emulated_gpu_reads_a_broadcast_output_gradient_in_place(
         names = [n for n, t in cm.program.params.items() if t.requires_grad]
         leaves = [cm.program.params[n] for n in names] + [xin]
         runs.append(torch.autograd.grad(loss, leaves))
+        # the output layer's kernel (the first backward) gets y.sum()'s gradient as it is
+        assert (strides[0] == (0, 0)) != materialise, strides
+        strides.clear()
     for a, b in zip(*runs):
         assert torch.equal(a, b)
 

@@ -202,6 +202,7 @@ class NeuronFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, kernel: NeuronKernelLike, k_value: float, v0, k, x, *adds):  # type: ignore[override]
         info = kernel.info
+        ctx.set_materialize_grads(False)  # an output without a gradient arrives as None
         # grad mode is off inside Function.forward: ask the inputs instead
         training = any(t is not None and t.requires_grad for t in (v0, k, x, *adds))
         store_h = training and info.needs_h and not info.recompute

@@ -75,7 +75,8 @@ class NeuronKernel:
         """Run the forward ("fwd") or backward ("bwd") kernel with arguments by name.
 
         ``values`` maps every name of ``info.forward_args`` / ``backward_args``
-        to a contiguous CPU tensor (None: NULL) or a number; both autograd
+        to a CPU tensor (None: NULL) or a number; tensors are contiguous except
+        a strided ``gy`` the kernel reads by ``gy_ts`` / ``gy_ns``; both autograd
         wrappers (:mod:`snncc.backends.cpu.autograd`, :mod:`snncc.backends.cpu.forms`)
         call the kernels this way. ``device`` is where the layer's tensors live:
         anything but the CPU is refused (the kernels would read device memory).

@@ -407,6 +407,7 @@ class ChunkedNeuronFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, run: ChunkedNeuron, k_value: float, L: int, block, v0, k, x):  # type: ignore[override]
         out, v_last, h_seq, v_start = run.forward(x, v0, k_value, L, block, training=True)
+        ctx.set_materialize_grads(False)  # an output without a gradient arrives as None
         ctx.run, ctx.k_value, ctx.L, ctx.block = run, k_value, L, block
         ctx.k_shape = None if k is None else k.shape
         ctx.has_v0 = v0 is not None

@@ -48,7 +48,7 @@ from snncc.ir.graph import Graph
 Tensor = torch.Tensor
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
-#: 16-bit activations the SJ-family kernels read and write as they are (autocast_io)
+#: 16-bit activations the neuron kernels read and write as they are (autocast_io)
 _HALF = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
 #: the precisions that run under autocast, and its dtype
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -220,7 +220,7 @@ class CudaProgram(CpuProgram):
         """uint8 spikes only where nothing but a program output reads them (exactly 0/1).
 
         SpikingJelly-style forms only: snnTorch spikes are graded (``H * g``) and
-        the snnTorch / Norse form kernels write float32.
+        the snnTorch / Norse form kernels write float or 16-bit floats, not uint8.
         """
         if self._specs[n].charge not in SJ_CHARGES:
             return False
@@ -378,11 +378,10 @@ class CudaProgram(CpuProgram):
         """Shapes, every param's storage and version, and the caller's autocast (it decides
         which ops run in 16 bits and which kernel variants): any change re-captures."""
         kind = self.device.type if self.device is not None else "cuda"
-        autocast = torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind)
         return (
             tuple((tuple(t.shape), t.dtype) for t in xs),
             tuple((t.data_ptr(), t._version) for t in self.params.values()),
-            autocast,
+            _autocast_dtype(kind),
         )
 
     def _graph_run(self, xs: list[Tensor]) -> tuple[Any, dict]:
@@ -532,8 +531,23 @@ def _sole_gemm_reader(graph: Graph, n: int, binary: bool) -> bool:
 
 def _autocast_to(x: Tensor) -> bool:
     """Autocast to x's dtype is on for x's device type: the next GEMM narrows its input to it."""
-    kind = x.device.type
-    return torch.is_autocast_enabled(kind) and torch.get_autocast_dtype(kind) == x.dtype
+    return _autocast_dtype(x.device.type) == x.dtype
+
+
+def _autocast_dtype(kind: str) -> torch.dtype | None:
+    """The dtype autocast narrows to on device type ``kind`` now, or None where it is off.
+
+    torch >= 2.4 asks by device type; 2.2 and 2.3 (which pyproject allows) only have the
+    per-device functions.
+    """
+    try:
+        return torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) else None
+    except (AttributeError, TypeError):
+        if kind == "cuda":
+            return torch.get_autocast_gpu_dtype() if torch.is_autocast_enabled() else None
+        if kind == "cpu":
+            return torch.get_autocast_cpu_dtype() if torch.is_autocast_cpu_enabled() else None
+        return None
 
 
 def _on(t: Any, dev: torch.device) -> bool:
