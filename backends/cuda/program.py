@@ -181,7 +181,7 @@ class CudaProgram(CpuProgram):
                     block=block_size,
                 )
         # autocast (see autocast_io): node -> whether its 16-bit-input kernel may also write
-        # 16-bit spikes (only GEMMs read them); the kernels are rendered now for
+        # a 16-bit output (a single GEMM reads it); the kernels are rendered now for
         # precision="bf16"/"fp16" (so files() and build() hold them), else on first use
         self.half_out: dict[int, bool] = {}
         if self.autocast_io:
