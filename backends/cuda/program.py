@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from snncc.backends.cpu.autograd import run_neuron
+from snncc.backends.cpu.autograd import TORCH_DTYPES, run_neuron
 from snncc.backends.cpu.program import CpuProgram
 from snncc.backends.cpu.saved_spikes import GEMM_OPS, spike_source
 from snncc.backends.cuda import cache as kcache
@@ -39,7 +39,7 @@ from snncc.backends.cuda.chunked import (
     plan_chunks,
 )
 from snncc.backends.cuda.neuron import CudaNeuronKernel, KCache
-from snncc.backends.kernels import SJ_CHARGES
+from snncc.backends.kernels import HALF_DTYPES, SJ_CHARGES
 from snncc.backends.reference.ops import apply_steps
 from snncc.backends.reference.program import ReferenceProgram
 from snncc.errors import UnsupportedError
@@ -48,8 +48,8 @@ from snncc.ir.graph import Graph
 Tensor = torch.Tensor
 
 PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
-#: 16-bit activations the neuron kernels read and write as they are (autocast_io)
-_HALF = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
+#: 16-bit activations the neuron kernels read and write as they are (autocast_io): dtype -> name
+_HALF = {TORCH_DTYPES[name]: name for name in HALF_DTYPES}
 #: the precisions that run under autocast, and its dtype
 _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 SPIKE_DTYPES = ("float32", "uint8")
@@ -470,7 +470,7 @@ class CudaProgram(CpuProgram):
         x = x.float()  # first: under autocast the prologue runs in fp32, as in the fused kernel
         if pro:  # the same single-rounding steps the fused kernel would apply
             x = apply_steps(pro, x, ins, f"neuron %{n} prologue")
-        x = x.float().contiguous().reshape(T, N)
+        x = x.contiguous().reshape(T, N)
         v0_flat = None
         if v0 is not None:
             v0_flat = v0.float().expand(step_shape).contiguous().reshape(N)
