@@ -432,7 +432,7 @@ def _options(options: Mapping[str, Any] | None) -> dict[str, Any]:
     return opts
 
 
-def _gy_dtype(out_dtype: str) -> str:
+def gy_dtype(out_dtype: str) -> str:
     """The backward's ``gy`` dtype: the output's, except uint8 outputs (inference only,
     not differentiable; their unused backward keeps fp32)."""
     return "float32" if out_dtype == "uint8" else out_dtype
@@ -478,7 +478,7 @@ def _plan(
     names = [st["arg"] for st in adds]
     out_c = _PTR_TYPES[opts["spike_dtype"]]
     x_c = _PTR_TYPES[opts["x_dtype"]]
-    gy_c = _PTR_TYPES[_gy_dtype(opts["spike_dtype"])]
+    gy_c = _PTR_TYPES[gy_dtype(opts["spike_dtype"])]
     fwd_args = (
         ("x", f"const {x_c}"),
         *((a, "const float*") for a in names),
@@ -896,7 +896,7 @@ def render_neuron_kernels(
         "adds": adds,
         "out_type": C_TYPES[info.out_dtype],
         "x_type": C_TYPES[info.x_dtype],
-        "gy_type": C_TYPES[_gy_dtype(info.out_dtype)],
+        "gy_type": C_TYPES[gy_dtype(info.out_dtype)],
         "recompute": info.recompute,
         "info": info,
     }

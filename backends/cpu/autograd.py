@@ -25,7 +25,7 @@ from typing import Any, Protocol
 import torch
 from torch.autograd.function import once_differentiable
 
-from snncc.backends.kernels import HALF_DTYPES, NeuronKernelInfo
+from snncc.backends.kernels import NeuronKernelInfo, gy_dtype
 from snncc.errors import ShapeError
 from snncc.ir.neuron import NeuronSpec
 
@@ -231,12 +231,12 @@ class NeuronFunction(torch.autograd.Function):
         h_seq, x, v0, *adds = ctx.saved_tensors
         need = ctx.needs_input_grad  # (kernel, k_value, v0, k, x, *adds)
         device = (g_out if g_out is not None else g_vlast).device
-        out_dtype = ctx.kernel.info.out_dtype  # a 16-bit output's gradient arrives in 16 bits
-        gy_dtype = TORCH_DTYPES[out_dtype] if out_dtype in HALF_DTYPES else torch.float32
+        # a 16-bit output's gradient arrives in 16 bits and the kernel reads it so
+        dtype = TORCH_DTYPES[gy_dtype(ctx.kernel.info.out_dtype)]
         if g_out is None:  # one zero, broadcast: the kernel reads it with strides (0, 0)
-            gy = torch.zeros((), dtype=gy_dtype, device=device).expand(ctx.tn)
+            gy = torch.zeros((), dtype=dtype, device=device).expand(ctx.tn)
         else:  # in place, with its strides (a gradient of y.sum() is one broadcast value)
-            gy = g_out.to(gy_dtype)
+            gy = g_out.to(dtype)
         gv_last = None if g_vlast is None else g_vlast.float().contiguous()
         gx, gadds, gv0, gk = neuron_backward(
             ctx.kernel,

@@ -43,7 +43,7 @@ from snncc.backends.cpu.autograd import (
     flat_seq,
     time_major,
 )
-from snncc.backends.kernels import NeuronKernelInfo
+from snncc.backends.kernels import NeuronKernelInfo, gy_dtype
 from snncc.errors import ShapeError, UnsupportedError
 from snncc.ir.neuron import NeuronSpec
 
@@ -292,7 +292,9 @@ class FormFunction(torch.autograd.Function):
         ]
         values: dict[str, Any] = {
             # a 16-bit output's gradient arrives in 16 bits: the kernel reads it as it is
-            "gy": None if g_out is None else g_out.to(TORCH_DTYPES[info.out_dtype]).contiguous(),
+            "gy": None
+            if g_out is None
+            else g_out.to(TORCH_DTYPES[gy_dtype(info.out_dtype)]).contiguous(),
             "x": x,
             "rec": rec,
             "gx": gx,
