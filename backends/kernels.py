@@ -197,8 +197,8 @@ class NeuronKernelInfo:
     ``"double*"``, ``"float"``, ``"int"``, ``"int64"``. Pointer arguments the
     kernel documents as nullable may be passed as NULL. Arrays are contiguous
     and time-major: ``[T, N]`` with N = every per-step element (batch included),
-    except the SpikingJelly-style backward's ``gy``, read at ``t * gy_ts + n * gy_ns``
-    (any strides: a broadcast gradient is read in place).
+    except the backward kernels' ``gy``, read at ``t * gy_ts + n * gy_ns`` (any
+    strides: a broadcast gradient is read in place).
 
     Target differences (the only ones): ``gk`` is ``double[1]``, zeroed by the
     caller and accumulated with one atomicAdd per warp, on CUDA (launch with
@@ -797,6 +797,8 @@ def _form_plan(
     )
     bwd_args = (
         ("gy", f"const {out_c}"),
+        ("gy_ts", "int64"),
+        ("gy_ns", "int64"),
         *((f"g{v}_last", "const float*") for v in svars),
         *((f"{v}_seq", "const float*") for v in svars),
         ("x", f"const {x_c}"),

@@ -464,6 +464,45 @@ def test_16_bit_io_form_kernels_equal_widening_then_narrowing(
             assert torch.equal(a, b), what
 
 
+@pytest.mark.parametrize("layout", ["sum", "transposed"])
+@pytest.mark.parametrize("charge", ["snntorch_synaptic", "norse_lif"])
+def test_form_backward_reads_the_output_gradient_in_place(layout, charge, cache_dir) -> None:
+    """A broadcast (y.sum()) or transposed output gradient reaches the form kernel with its
+    strides, never materialised, and gives the bits of a contiguous copy."""
+    snntorch = charge in SNNTORCH_FORMS
+    spec = _spec(charge, "subtract" if snntorch else "hard", False, "spike", True,
+                 "atan" if snntorch else "triangle")  # fmt: skip
+    kernel = kernel_for(spec, cache_dir)
+    T = 9
+    ins, params = _inputs(spec, T, 4), _params(spec, 4)
+    N = math.prod(STEP_SHAPE)
+    if layout == "sum":
+        gy = torch.ones(()).expand(T, *STEP_SHAPE)
+    else:  # [T, N] with strides (1, T), seen through the per-step shape
+        gy = torch.randn(N, T, generator=_gen(5)).t().reshape(T, *STEP_SHAPE)
+    seen = []
+    call = kernel.call
+
+    def spy(which, values, device=None):
+        if which == "bwd":
+            seen.append((values["gy"].stride(), values["gy_ts"], values["gy_ns"]))
+        return call(which, values, device)
+
+    runs = []
+    try:
+        kernel.call = spy
+        for grad_out in (gy, gy.contiguous()):
+            x = ins["x"].clone().requires_grad_()
+            state = {v: ins[f"{v}0"] for v in spec.state_vars}
+            out, _ = run_form(kernel, x, None, (), state, derive_params(spec, kernel.info, params))
+            runs.append(torch.autograd.grad(out, x, grad_outputs=grad_out))
+    finally:
+        del kernel.call
+    strided = (0, 0) if layout == "sum" else (1, T)
+    assert seen == [(strided, *strided), ((N, 1), N, 1)], seen
+    assert torch.equal(runs[0][0], runs[1][0])
+
+
 def test_bad_params_and_inputs_are_refused(cache_dir) -> None:
     spec = _spec("snntorch_leaky", "subtract", False, "spike", True, "atan")
     kernel = kernel_for(spec, cache_dir)

@@ -290,11 +290,13 @@ class FormFunction(torch.autograd.Function):
             torch.empty((N,), dtype=torch.float64, device=x.device) if w and q in reach else None
             for q, w in zip(info.param_args, need_p)
         ]
+        # a 16-bit output's gradient arrives in 16 bits; the kernel reads it in place, by its
+        # strides (the gradient of y.sum() is one broadcast value, never materialised)
+        gy = None if g_out is None else g_out.to(TORCH_DTYPES[gy_dtype(info.out_dtype)])
         values: dict[str, Any] = {
-            # a 16-bit output's gradient arrives in 16 bits: the kernel reads it as it is
-            "gy": None
-            if g_out is None
-            else g_out.to(TORCH_DTYPES[gy_dtype(info.out_dtype)]).contiguous(),
+            "gy": gy,
+            "gy_ts": 0 if gy is None else gy.stride(0),
+            "gy_ns": 0 if gy is None else gy.stride(1),
             "x": x,
             "rec": rec,
             "gx": gx,
