@@ -6,6 +6,9 @@ literals round as torch rounds a Python scalar.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import torch
 
 from snncc.ir.graph import Graph
@@ -59,3 +62,22 @@ def recurrent_lif_graph() -> Graph:
     w = torch.randn(6, 6, generator=torch.Generator().manual_seed(4)) * 0.8
     g.add_param("rec.weight", w.numpy())
     return g
+
+
+@contextlib.contextmanager
+def backward_gy_strides(kernel) -> Iterator[list[tuple]]:
+    """While active, every backward call of ``kernel`` (a host NeuronKernel) records what
+    reached it: (gy's strides, gy_ts, gy_ns)."""
+    seen: list[tuple] = []
+    call = kernel.call
+
+    def spy(which, values, device=None):
+        if which == "bwd":
+            seen.append((values["gy"].stride(), values["gy_ts"], values["gy_ns"]))
+        return call(which, values, device)
+
+    kernel.call = spy
+    try:
+        yield seen
+    finally:
+        del kernel.call

@@ -15,7 +15,7 @@ import types
 
 import pytest
 import torch
-from kernel_specs import PLIF_FORMS, kernel_spec, recurrent_lif_graph
+from kernel_specs import PLIF_FORMS, backward_gy_strides, kernel_spec, recurrent_lif_graph
 
 import snncc
 from snncc import neurons
@@ -242,23 +242,12 @@ def test_backward_reads_the_output_gradient_in_place_with_its_strides(layout, ca
         "transposed": g.t().contiguous().t(),
     }[layout]
     assert not gy.is_contiguous()
-    seen = []
-    call = kernel.call
-
-    def spy(which, values, device=None):
-        if which == "bwd":
-            seen.append((values["gy"].stride(), values["gy_ts"], values["gy_ns"]))
-        return call(which, values, device)
-
     runs = []
-    try:
-        kernel.call = spy
+    with backward_gy_strides(kernel) as seen:
         for grad_out in (gy, gy.contiguous()):
             leaves = [t.clone().requires_grad_() for t in (x, v0, w)]
             out, _ = run_neuron(kernel, leaves[0], (), leaves[1], leaves[2].sigmoid())
             runs.append(torch.autograd.grad(out, leaves, grad_outputs=grad_out))
-    finally:
-        del kernel.call
     # the kernel got the strided gradient itself, then the contiguous copy
     assert seen == [(gy.stride(), *gy.stride()), ((N, 1), N, 1)], seen
     for name, a, b in zip(("x", "v0", "w"), *runs):

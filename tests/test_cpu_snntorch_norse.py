@@ -30,6 +30,7 @@ import math
 
 import pytest
 import torch
+from kernel_specs import backward_gy_strides
 from torch import nn
 
 import snncc
@@ -480,24 +481,13 @@ def test_form_backward_reads_the_output_gradient_in_place(layout, charge, cache_
         gy = torch.ones(()).expand(T, *STEP_SHAPE)
     else:  # [T, N] with strides (1, T), seen through the per-step shape
         gy = torch.randn(N, T, generator=_gen(5)).t().reshape(T, *STEP_SHAPE)
-    seen = []
-    call = kernel.call
-
-    def spy(which, values, device=None):
-        if which == "bwd":
-            seen.append((values["gy"].stride(), values["gy_ts"], values["gy_ns"]))
-        return call(which, values, device)
-
     runs = []
-    try:
-        kernel.call = spy
+    with backward_gy_strides(kernel) as seen:
         for grad_out in (gy, gy.contiguous()):
             x = ins["x"].clone().requires_grad_()
             state = {v: ins[f"{v}0"] for v in spec.state_vars}
             out, _ = run_form(kernel, x, None, (), state, derive_params(spec, kernel.info, params))
             runs.append(torch.autograd.grad(out, x, grad_outputs=grad_out))
-    finally:
-        del kernel.call
     strided = (0, 0) if layout == "sum" else (1, T)
     assert seen == [(strided, *strided), ((N, 1), N, 1)], seen
     assert torch.equal(runs[0][0], runs[1][0])
