@@ -37,7 +37,8 @@ from typing import Any
 
 import torch
 
-from snncc.backends.kernels import SJ_CHARGES
+from snncc.backends.cpu.autograd import TORCH_DTYPES
+from snncc.backends.kernels import HALF_DTYPES, SJ_CHARGES
 from snncc.ir.graph import Graph
 from snncc.ir.neuron import NORSE_FORMS, SNNTORCH_FORMS, NeuronSpec
 
@@ -46,7 +47,7 @@ Tensor = torch.Tensor
 #: ops whose output is 0/1 wherever their only input is
 BINARY_PRESERVING = ("flatten", "reshape", "identity", "maxpool2d")
 #: 16-bit spikes a kernel may write under autocast (cuda backend, ``autocast_io``)
-HALF_SPIKES = (torch.bfloat16, torch.float16)
+HALF_SPIKES = tuple(TORCH_DTYPES[name] for name in HALF_DTYPES)
 #: ops that save their input for the weight gradient
 GEMM_OPS = ("linear", "conv1d", "conv2d")
 
