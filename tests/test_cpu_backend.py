@@ -227,6 +227,28 @@ def test_recompute_gives_the_same_gradients_as_saved_membranes(charge, cache_dir
         assert (a_ is None and b_ is None) or torch.equal(a_, b_)
 
 
+@pytest.mark.parametrize("charge", ["sj_plif_decay_input", "sj_lif"])
+def test_lane_blocks_keep_neurons_apart(charge, cache_dir) -> None:
+    """The host kernels run blocks of 32 neurons as SIMD lanes, the last block partial: a
+    neuron's outputs and gradients are bit for bit the same wherever it sits (75 neurons
+    reversed moves each one to another block and lane, and into or out of the tail)."""
+    spec = spec_of((charge, "hard", False, "spike", ">=", "sigmoid"))
+    kernel = kernel_for(spec, cache_dir, recompute=charge == "sj_lif")
+    x, v0, w, gy, gv = _inputs(11, seed=4, shape=(75,))
+    perm = torch.arange(74, -1, -1)
+    runs = []
+    for order in (torch.arange(75), perm):
+        leaves = [x[:, order].clone().requires_grad_(), v0[order].clone().requires_grad_()]
+        out, v_last = run_neuron(kernel, leaves[0], (), leaves[1], w.sigmoid())
+        loss = (out * gy[:, order]).sum() + (v_last * gv[order]).sum()
+        grads = torch.autograd.grad(loss, leaves)
+        back = torch.argsort(order)
+        runs.append([out[:, back], v_last[back], grads[0][:, back], grads[1][back]])
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+    assert 0 < runs[0][0].sum() < runs[0][0].numel()
+
+
 @pytest.mark.parametrize("layout", ["sum", "mean-over-time", "transposed"])
 def test_backward_reads_the_output_gradient_in_place_with_its_strides(layout, cache_dir) -> None:
     """gy with strides (0, 0) (y.sum()), (0, 1) (a mean over time) or (1, T) reaches the
@@ -374,6 +396,48 @@ def test_16_bit_conversions_in_the_kernels_match_torch(dtype, cache_dir) -> None
     assert bool(same.all())
 
 
+def test_the_host_exp_is_correctly_rounded(cache_dir) -> None:
+    """The cpu layer's own e^x (inline so lane loops vectorise; the surrogates use it): on
+    random inputs over the whole range and every edge it equals e^x computed in double and
+    rounded once to float, which is the correctly rounded value but for a double-rounding
+    case once in about 1e8; overflow is inf, underflow 0, NaN NaN."""
+    from snncc.backends.cpu import compiler
+    from snncc.backends.kernels import render_template
+
+    src = render_template("common.cuh.j2", target="cpu") + (
+        'extern "C" void snncc_test_exp(const float* x, float* y, long long n) {\n'
+        "    for (long long i = 0; i < n; ++i) y[i] = snncc_expf(x[i]);\n}\n"
+    )
+    lib = compiler.load(src, cache_dir)
+    g = torch.Generator().manual_seed(0)
+    edges = [0.0, -0.0, 1e-45, -1e-45, 1e-30, 2.0**-25, -(2.0**-25), 1.0, -1.0, 0.5 * math.log(2)]
+    edges += [88.72283, 88.72284, 88.7229, 89.0, 100.0, -87.33654, -87.3366, -103.27893]
+    edges += [-103.97208, -103.97209, -104.0, -150.0, math.inf, -math.inf, math.nan]
+    x = torch.cat(
+        [
+            torch.rand(1 << 20, generator=g) * 208.0 - 104.0,  # the finite range
+            torch.randn(1 << 18, generator=g) * 4,  # where surrogates live
+            torch.tensor(edges, dtype=torch.float32),
+        ]
+    )
+    y = torch.empty_like(x)
+    lib.snncc_test_exp(
+        ctypes.c_void_p(x.data_ptr()), ctypes.c_void_p(y.data_ptr()), ctypes.c_longlong(x.numel())
+    )
+    want = x.double().exp().float()
+    nan = x.isnan()
+    assert bool(y[nan].isnan().all())
+    same = y[~nan].view(torch.int32) == want[~nan].view(torch.int32)
+    assert bool(same.all()), [
+        (float(a), float(b)) for a, b in zip(x[~nan][~same][:4], y[~nan][~same][:4])
+    ]
+    at = dict(zip(edges[:-1], y[-len(edges) : -1].tolist()))
+    assert at[math.inf] == math.inf and at[100.0] == math.inf and at[88.72284] == math.inf
+    assert at[-math.inf] == 0.0 and at[-150.0] == 0.0 and at[-104.0] == 0.0
+    assert at[-103.27893] > 0.0  # the smallest subnormal, not flushed to zero
+    assert at[0.0] == 1.0 and at[-0.0] == 1.0
+
+
 def test_wrong_inputs_are_refused(cache_dir) -> None:
     spec = spec_of(("sj_plif", "hard", False, "spike", ">=", "sigmoid"))
     kernel = kernel_for(spec, cache_dir)
@@ -405,6 +469,31 @@ def test_compiled_kernels_are_cached_on_disk(tmp_path) -> None:
     mtime = sos[0].stat().st_mtime_ns
     NeuronKernel(spec, cache_dir=str(tmp_path))
     assert sos[0].stat().st_mtime_ns == mtime and len(list(tmp_path.glob("*.so"))) == 1
+
+
+def test_kernels_are_built_for_this_cpu_and_cached_per_cpu(monkeypatch, tmp_path) -> None:
+    """-march=native where the compiler resolves it (512-bit vectors only with AVX-512), and
+    the resolved target in the cache key: a cache shared by two kinds of CPU keeps one
+    library per kind instead of loading one CPU's instructions on the other."""
+    from snncc.backends.cpu import compiler
+
+    cxx = compiler.find_compiler()
+    real = compiler.native_target(cxx)
+    if real is not None:
+        assert "-march" in real or "-target-cpu" in real or "+" in real
+    src = 'extern "C" int snncc_probe() { return 7; }\n'
+    paths = {}
+    for target in ("-march=cpu-a -mavx2", "-march=cpu-b -mavx2 -mavx512f", None):
+        monkeypatch.setattr(compiler, "native_target", lambda _cxx, t=target: t)
+        flags = compiler.compile_flags(cxx)
+        assert ("-march=native" in flags) == (target is not None)
+        assert ("-mprefer-vector-width=512" in flags) == (target is not None and "avx512" in target)
+        if target is None or "avx512" not in target:  # the fake AVX-512 one may not build here
+            paths[target] = compiler.build(src, tmp_path)
+    assert len(set(paths.values())) == len(paths) == 2
+    # -fno-fast-math turns trapping maths back on: -fno-trapping-math must come after it
+    base = list(compiler.BASE_FLAGS)
+    assert base.index("-fno-trapping-math") > base.index("-fno-fast-math")
 
 
 # ------------------------------------------------------------------ graphs

@@ -465,6 +465,39 @@ def test_16_bit_io_form_kernels_equal_widening_then_narrowing(
             assert torch.equal(a, b), what
 
 
+@pytest.mark.parametrize("charge", ["snntorch_synaptic", "norse_lif"])
+def test_form_lane_blocks_keep_neurons_apart(charge, cache_dir) -> None:
+    """The host form kernels run blocks of 32 neurons as SIMD lanes: with a param per
+    neuron, reversing 75 neurons (another block and lane for each, in and out of the partial
+    last block) reverses every output, state and gradient, params' included, bit for bit."""
+    reset = "subtract"
+    sg = "triangle" if charge in NORSE_FORMS else "atan"
+    spec = _spec(charge, reset, False, "spike", True, sg)
+    kernel = kernel_for(spec, cache_dir)
+    T, N = 10, 75
+    g = _gen(3)
+    x = torch.rand((T, N), generator=g) * 0.9 - 0.1
+    state = {v: torch.rand(N, generator=g) * 0.5 for v in spec.state_vars}
+    params = {role: 0.3 + 0.6 * torch.rand(N, generator=g) for role in spec.roles}
+    gy = torch.randn((T, N), generator=g)
+    runs = []
+    for order in (torch.arange(N), torch.arange(N - 1, -1, -1)):
+        xi = x[:, order].clone().requires_grad_()
+        st = {v: s[order].clone().requires_grad_() for v, s in state.items()}
+        ps = {r: p[order].clone().requires_grad_() for r, p in params.items()}
+        out, last = run_form(kernel, xi, None, (), st, derive_params(spec, kernel.info, ps))
+        loss = (out * gy[:, order]).sum() + sum(t.sum() for t in last.values())
+        leaves = [xi, *st.values(), *ps.values()]
+        grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+        back = torch.argsort(order)
+        runs.append([out[:, back], *(t[back] for t in last.values())])
+        runs[-1] += [t[..., back] for t in grads if t is not None]
+    assert len(runs[0]) == len(runs[1]) > 3
+    for a, b in zip(*runs):
+        assert torch.equal(a, b)
+    assert 0 < runs[0][0].sum() < runs[0][0].numel()
+
+
 @pytest.mark.parametrize("layout", ["sum", "transposed"])
 @pytest.mark.parametrize("charge", ["snntorch_synaptic", "norse_lif"])
 def test_form_backward_reads_the_output_gradient_in_place(layout, charge, cache_dir) -> None:

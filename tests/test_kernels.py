@@ -309,7 +309,7 @@ def test_form_kernels_take_params_as_arguments_or_exact_literals() -> None:
     spec = form_spec("snntorch_leaky")  # beta 0.9 (a double): the fp32 torch multiplies by
     src = render_neuron_kernels(spec, target="cpu")
     # no p_b argument (as a whole word: a kernel tag may contain the letters, "step_b...")
-    assert f"p.b = {f32_literal(0.9)};" in src and not re.search(r"\bp_b\b", src)
+    assert f"SNNCC_LANE(p, n).b = {f32_literal(0.9)};" in src and not re.search(r"\bp_b\b", src)
     assert neuron_kernel_info(spec).param_args == ()
     # a constant graded factor divides the way torch divides by a Python scalar on each device
     assert "SNNCC_DIV_SCALAR(st.s, p.g)" in src
