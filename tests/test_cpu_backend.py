@@ -624,6 +624,35 @@ def test_cpu_backend_matches_reference_on_a_recurrent_graph(T, cache_dir) -> Non
         assert torch.equal(torch.cat([y1, y2]), y)
 
 
+def _backward_node_names(y: torch.Tensor) -> list[str]:
+    seen, todo, names = set(), [y.grad_fn], []
+    while todo:
+        fn = todo.pop()
+        if fn is None or fn in seen:
+            continue
+        seen.add(fn)
+        names.append(type(fn).__name__)
+        todo.extend(f for f, _ in fn.next_functions)
+    return names
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_a_recurrent_component_reads_its_inputs_step_by_step_without_select(
+    backend, cache_dir
+) -> None:
+    """A component run step by step takes its outside inputs' steps from one unbind per
+    sequence: a seq[t] per step has a backward that writes a zero tensor of the whole
+    sequence for each step (O(T^2): it was half of a T=100 RLeaky training step)."""
+    g = recurrent_lif_graph()
+    T = 12
+    x = torch.rand(T, 3, 6, generator=torch.Generator().manual_seed(1)).requires_grad_()
+    prog = ReferenceProgram(g) if backend == "reference" else CpuProgram(g, cache_dir=cache_dir)
+    y, _ = prog.run(x)
+    names = _backward_node_names(y)
+    assert "UnbindBackward0" in names
+    assert "SelectBackward0" not in names, sorted(set(names))
+
+
 def test_cpu_backend_is_registered_and_lists_its_source(cache_dir) -> None:
     from snncc import backends
 

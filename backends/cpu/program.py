@@ -149,7 +149,7 @@ class CpuProgram(ReferenceProgram):
             adds = [a.unsqueeze(0) for a in adds]
         k = ctx.neuron_params(n).get("k") if kernel.info.learns_k else None
         out, v_last = run_neuron(kernel, x, adds, v0, k, widen=self._widen_inputs)
-        return (out if lead else out[0]), v_last
+        return (out if lead else out.squeeze(0)), v_last
 
     def _form_call(
         self, ctx: Any, n: int, ins: list[Tensor], state: dict | None, lead: bool
@@ -166,7 +166,7 @@ class CpuProgram(ReferenceProgram):
             adds = [a.unsqueeze(0) for a in adds]
         params = derive_params(kernel.spec, info, ctx.params(n))
         out, new_state = run_form(kernel, x, rec, adds, state, params, self._widen_inputs)
-        return (out if lead else out[0]), new_state
+        return (out if lead else out.squeeze(0)), new_state
 
     def _form_kernel(self, n: int, x: Tensor) -> Any:
         """Which compiled kernel runs form node n on input x (cuda: 16-bit variants too)."""

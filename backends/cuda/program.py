@@ -440,7 +440,7 @@ class CudaProgram(CpuProgram):
         elif (half := self._half_variant(n, x)) is not None:
             kernel = half
         out, v_last = run_neuron(kernel, x, adds, v0, k, k_value, self._widen_inputs)
-        return (out if lead else out[0]), v_last
+        return (out if lead else out.squeeze(0)), v_last
 
     def _chunked_call(
         self,

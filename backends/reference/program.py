@@ -279,8 +279,9 @@ class ReferenceProgram:
 
     def _rows(self, ctx: _RunContext, n: int, ins: list[Tensor]) -> Tensor:
         """A row op on the whole sequence: flattened to [T*B, ...] (or per step for 's' sources)."""
-        if self.stateless_per_step:
-            return torch.stack([self._row_step(ctx, n, [x[t] for x in ins]) for t in range(ctx.T)])
+        if self.stateless_per_step:  # unbind, not x[t]: see _RunContext.steps
+            steps = zip(*(x.unbind(0) for x in ins))
+            return torch.stack([self._row_step(ctx, n, list(xs)) for xs in steps])
         T, B = ins[0].shape[:2]
         y = self._row_step(ctx, n, [x.flatten(0, 1) for x in ins])
         return y.unflatten(0, (T, B))
@@ -345,7 +346,8 @@ class ReferenceProgram:
         x = self._neuron_x(n, ins)
         st = self._neuron_state(ctx, n, x[0])
         p = ctx.neuron_params(n)
-        ports = ins[1 : len(spec.input_ports)]  # the form's own inputs after x (e.g. rec)
+        # the form's own inputs after x (e.g. rec), unbound once (see _RunContext.steps)
+        ports = [port.unbind(0) for port in ins[1 : len(spec.input_ports)]]
         outs = []
         for t, xt in enumerate(x):
             out, st = neurons.step(spec, p, xt, st, *(port[t] for port in ports))
@@ -374,7 +376,7 @@ class ReferenceProgram:
             if e.delay == 0:
                 return hist[e.src][t]
             return hist[e.src][t - 1] if t > 0 else ctx.initial_delay(e.src)
-        seq = ctx.values[e.src]
+        seq = ctx.steps(e.src)
         if e.delay == 0:
             return seq[t]
         return seq[t - 1] if t > 0 else ctx.initial_delay(e.src, like=seq[0])
@@ -410,6 +412,7 @@ class _RunContext:
         self.state = state
         self.new_state: dict[int, dict[str, Tensor]] = {}
         self.values: dict[int, Tensor] = {}
+        self._steps: dict[int, tuple[Tensor, ...]] = {}
         self._params: dict[int, dict[str, Tensor]] = {}
         self._nparams: dict[int, dict[str, Tensor]] = {}
         self._delay_srcs = prog._delay_srcs
@@ -433,8 +436,21 @@ class _RunContext:
 
     def set_value(self, n: int, y: Tensor) -> None:
         self.values[n] = y
+        self._steps.pop(n, None)
         if n in self._delay_srcs:
             self.new_state.setdefault(n, {})["delay"] = y[-1]
+
+    def steps(self, n: int) -> tuple[Tensor, ...]:
+        """Node ``n``'s sequence value as its T steps, for a component run step by step.
+
+        One ``unbind`` per sequence, not ``seq[t]`` per step: the backward of each
+        ``seq[t]`` builds a zero tensor of the whole sequence to place one step's
+        gradient in (T of them, O(T^2) memory traffic: half a training step's time
+        on a T=100 recurrent model); unbind's backward stacks the T gradients once.
+        """
+        if n not in self._steps:
+            self._steps[n] = self.values[n].unbind(0)
+        return self._steps[n]
 
     def initial_delay(self, n: int, like: Tensor | None = None) -> Tensor:
         """The value a delay edge from ``n`` reads at t = 0: the carried state, or zeros."""
