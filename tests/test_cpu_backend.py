@@ -438,6 +438,22 @@ def test_the_host_exp_is_correctly_rounded(cache_dir) -> None:
     assert at[0.0] == 1.0 and at[-0.0] == 1.0
 
 
+def test_broadcast_check_follows_torch() -> None:
+    """The kernels' plain-Python broadcast check (torch's is slow per time step) agrees with
+    torch.broadcast_shapes on every pair of shapes up to rank 3 with sizes 0 to 3."""
+    from snncc.backends.cpu.autograd import broadcasts_to
+
+    def torch_says(a, b) -> bool:
+        try:
+            return tuple(torch.broadcast_shapes(a, b)) == b
+        except RuntimeError:
+            return False
+
+    shapes = [s for r in range(4) for s in itertools.product(range(4), repeat=r)]
+    for a, b in itertools.product(shapes, repeat=2):
+        assert broadcasts_to(a, b) == torch_says(a, b), (a, b)
+
+
 def test_wrong_inputs_are_refused(cache_dir) -> None:
     spec = spec_of(("sj_plif", "hard", False, "spike", ">=", "sigmoid"))
     kernel = kernel_for(spec, cache_dir)
