@@ -33,9 +33,10 @@ from snncc.errors import BackendError
 #: compilers tried in order when neither SNNCC_CXX nor CXX names one
 CANDIDATES = ("g++", "c++", "clang++")
 #: ``-fno-strict-aliasing``: the kernels never rely on type-based aliasing (``restrict`` says
-#: what they need), and GCC 12.2 at -O3 with AVX-512 miscompiles a lane loop under it: a
-#: snnTorch/Norse forward with 16-bit x stored the state after a step where the state
-#: before it belonged (found by tests/test_cpu_snntorch_norse.py's 16-bit test).
+#: what they need), and GCC 12.2 at -O3 miscompiles a lane loop under it, with or without
+#: -march and omp simd (not at -O2): the Norse LIF forward with bf16 x stored each step's
+#: new current into i_seq where the current before the step belongs (found by
+#: tests/test_cpu_snntorch_norse.py's 16-bit test). Keep it on everywhere.
 #: ``-fno-trapping-math``: the kernels never read floating-point exception flags; under
 #: the default GCC will not evaluate both arms of a select (a spike, a clamp), which keeps
 #: every lane loop with one scalar. It changes no value (results stay IEEE, tested bit for
@@ -137,6 +138,8 @@ def native_target(cxx: str) -> str | None:
         return None
     kept: list[str] = []
     for line in (res.stderr + res.stdout).splitlines():
+        if "cc1" not in line and "-target-cpu" not in line:
+            continue  # the compiler proper's command line, not the driver's echo of ours
         try:
             tokens = shlex.split(line)
         except ValueError:
@@ -144,22 +147,56 @@ def native_target(cxx: str) -> str | None:
         for prev, tok in zip(["", *tokens], tokens):
             if tok.startswith("-m") or prev in ("--param", "-target-cpu", "-target-feature"):
                 kept.append(tok)
-    return " ".join(kept) if kept else None
+    if not kept or NATIVE_FLAG in kept or "native" in kept:
+        return None  # passed on unresolved: nothing says what it would build for
+    return " ".join(kept)
+
+
+@cache
+def native_flags(cxx: str) -> tuple[str, ...]:
+    """``-march=native`` (and 512-bit vectors where the CPU has AVX-512) if ``cxx`` resolves
+    it and a lane loop builds with it, else nothing (warned: same results, slower).
+
+    ``-###`` only lists the commands, so a probe compile checks the flags for real
+    (an assembler older than the CPU, for one, rejects what native selects).
+    """
+    target = native_target(cxx)
+    if target is None:
+        return ()
+    flags: tuple[str, ...] = (NATIVE_FLAG,)
+    if any(f in target.split() for f in AVX512_FEATURES):
+        # GCC and Clang default to 256-bit vectors even where AVX-512 exists; a lane
+        # block's step (SNNCC_LANES = 32 floats) is then two 512-bit registers (measured
+        # on a Xeon: LIF backward 1.6x, forward 1.3x faster than at 256 bits)
+        flags += ("-mprefer-vector-width=512",)
+    src = (
+        'extern "C" void snncc_probe(const float* x, float* y, long long n) {\n'
+        "    for (long long i = 0; i < n; ++i) y[i] = x[i] > 0.5f ? x[i] / 3.0f : 0.0f;\n}\n"
+    )
+    with tempfile.TemporaryDirectory(prefix="snncc-native-") as tmp:
+        c = Path(tmp) / "probe.cpp"
+        c.write_text(src)
+        res = subprocess.run(
+            [cxx, *BASE_FLAGS, *flags, str(c), "-o", str(Path(tmp) / "probe.so")],
+            capture_output=True,
+            text=True,
+        )
+    if res.returncode != 0:
+        warnings.warn(
+            f"{cxx} lists {NATIVE_FLAG} but cannot build with it "
+            f"({(res.stderr.strip().splitlines() or ['?'])[-1]}); the cpu backend's kernels "
+            "are built for the generic target (same results, slower)",
+            stacklevel=3,
+        )
+        return ()
+    return flags
 
 
 def compile_flags(cxx: str) -> list[str]:
     """Flags for ``cxx``: :data:`BASE_FLAGS`, ``-march=native`` where the compiler has it
     (with 512-bit vectors where the CPU has AVX-512), and OpenMP where it works (warned
     when not)."""
-    flags = list(BASE_FLAGS)
-    target = native_target(cxx)
-    if target is not None:
-        flags.append(NATIVE_FLAG)
-        if any(f in target.split() for f in AVX512_FEATURES):
-            # GCC and Clang default to 256-bit vectors even where AVX-512 exists; a lane
-            # block's step (SNNCC_LANES = 32 floats) is then two 512-bit registers (measured
-            # on a Xeon: LIF backward 1.6x, forward 1.3x faster than at 256 bits)
-            flags.append("-mprefer-vector-width=512")
+    flags = [*BASE_FLAGS, *native_flags(cxx)]
     if openmp_works(cxx):
         flags.append(OPENMP_FLAG)
     else:
