@@ -20,7 +20,8 @@
 # Everything lands in $OUT (default ./gpu_results), at most 8 files:
 #   summary.txt, pytest_gpu.log, digits_loss_curves.json, bench_cuda.{json,md,png},
 #   logs.tgz (nvidia-smi, versions, junit xml, every benchmark worker's log).
-# Knobs (environment): PYTHON (python3), SUITE (L1,L2,M1,C1), PYTEST_TIMEOUT (default
+# Knobs (environment): PYTHON (python3), SUITE (L1,L2,M1,C1), PEERS (comma-separated;
+# default: benchmarks/peers.py's GPU_PEERS), TESTS (a pytest -k expression), PYTEST_TIMEOUT (default
 # 240), BENCH_BUDGET (seconds for the suite; default and cap: what is left of
 # TOTAL_SECONDS, default 570, after the tests), SKIP_BENCH=1.
 #
@@ -119,7 +120,8 @@ fi
 # ------------------------------------------------------------------ 2. GPU tests
 say "pytest -m gpu (timeout ${PYTEST_TIMEOUT:-240}s)"
 SNNCC_GPU_OUT="$OUT" timeout "${PYTEST_TIMEOUT:-240}" "$PY" -m pytest tests/test_cuda_backend.py \
-    -m gpu -q -rs -p no:cacheprovider --junitxml="$LOGS/pytest_gpu.xml" -s > "$OUT/pytest_gpu.log" 2>&1
+    -m gpu ${TESTS:+-k "$TESTS"} -q -rs --durations=15 -p no:cacheprovider \
+    --junitxml="$LOGS/pytest_gpu.xml" -s > "$OUT/pytest_gpu.log" 2>&1
 rc=$?
 say "pytest -m gpu: exit $rc; $(grep -E '^(=+ )?[0-9]+ (passed|failed|skipped|error)' "$OUT/pytest_gpu.log" | tail -1)"
 
@@ -135,7 +137,8 @@ if [ "${SKIP_BENCH:-0}" != "1" ] && "$PY" -c "import torch; assert torch.cuda.is
     else
         say "benchmark suite ${SUITE:-L1,L2,M1,C1} (budget ${budget}s)"
         timeout $((budget + 60)) "$PY" benchmarks/run.py --suite "${SUITE:-L1,L2,M1,C1}" \
-            --device cuda --out "$OUT/bench" --budget "$budget" > "$LOGS/bench.log" 2>&1
+            --device cuda --out "$OUT/bench" --budget "$budget" ${PEERS:+--peers "$PEERS"} \
+            > "$LOGS/bench.log" 2>&1
         say "benchmarks: exit $?"
         [ -f "$OUT/bench/bench_cuda.md" ] && grep -E '^\|' "$OUT/bench/bench_cuda.md" | head -40 >> "$SUMMARY"
     fi
