@@ -21,7 +21,8 @@
 #   summary.txt, pytest_gpu.log, digits_loss_curves.json, bench_cuda.{json,md,png},
 #   logs.tgz (nvidia-smi, versions, junit xml, every benchmark worker's log).
 # Knobs (environment): PYTHON (python3), SUITE (L1,L2,M1,C1), PEERS (comma-separated;
-# default: benchmarks/peers.py's GPU_PEERS), TESTS (a pytest -k expression), PYTEST_TIMEOUT (default
+# default: benchmarks/peers.py's GPU_PEERS), TESTS (a pytest -k expression), PROFILE=1
+# (benchmarks/profile_step.py into logs.tgz, at most PROFILE_TIMEOUT=90 s), PYTEST_TIMEOUT (default
 # 240), BENCH_BUDGET (seconds for the suite; default and cap: what is left of
 # TOTAL_SECONDS, default 570, after the tests), SKIP_BENCH=1.
 #
@@ -124,6 +125,14 @@ SNNCC_GPU_OUT="$OUT" timeout "${PYTEST_TIMEOUT:-240}" "$PY" -m pytest tests/test
     --junitxml="$LOGS/pytest_gpu.xml" -s > "$OUT/pytest_gpu.log" 2>&1
 rc=$?
 say "pytest -m gpu: exit $rc; $(grep -E '^(=+ )?[0-9]+ (passed|failed|skipped|error)' "$OUT/pytest_gpu.log" | tail -1)"
+
+# ------------------------------------------------------------------ 2b. profile (diagnostic)
+if [ "${PROFILE:-0}" = "1" ] && "$PY" -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
+    say "profiling a few snncc steps (benchmarks/profile_step.py -> logs.tgz: profile.txt)"
+    timeout "${PROFILE_TIMEOUT:-90}" "$PY" benchmarks/profile_step.py --out "$LOGS/profile.txt" \
+        > "$LOGS/profile.log" 2>&1
+    say "profile: exit $?"
+fi
 
 # ------------------------------------------------------------------ 3. benchmarks
 if [ "${SKIP_BENCH:-0}" != "1" ] && "$PY" -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then

@@ -1560,6 +1560,9 @@ def test_gpu_every_neuron_form_matches_torch_neuron_maths(recompute: bool, cache
     assert not failures, "\n".join(failures)
 
 
+FP32_EPS = torch.finfo(torch.float32).eps
+
+
 def _gpu_form_case(cases, case, i: int, cache_dir: str) -> list[str]:
     """One form-family case on the GPU: failures as text (none when it matches)."""
     from snncc.backends.cpu.forms import derive_params, run_form
@@ -1588,6 +1591,12 @@ def _gpu_form_case(cases, case, i: int, cache_dir: str) -> list[str]:
         return [f"{cid}: {(out != ref).sum().item()} outputs differ"]
     g_ref = torch.autograd.grad(loss_of(ref, rst), [*ri.values(), *rp.values()], allow_unused=True)
     g_cu = torch.autograd.grad(loss_of(out, cst), [*ci.values(), *cp.values()], allow_unused=True)
+    # the largest gradient flowing in this backward pass: a param gradient sums terms of up
+    # to about this size, so two fp32 summation orders (torch's on the GPU, the kernel's
+    # per-neuron loop) may differ by a few ulps of it even where the sum cancels to ~0
+    # (snntorch_synaptic, hard reset, beta 1.18: gradients of 5e8 cancel to a
+    # graded_spikes_factor gradient of -5e-10 in float64; -0.25 in torch's fp32)
+    big = max((g.abs().max().item() for g in g_ref if g is not None), default=0.0)
     failures = []
     for name, a, b in zip([*ins, *params], g_cu, g_ref):
         if (a is None) != (b is None):
@@ -1602,7 +1611,7 @@ def _gpu_form_case(cases, case, i: int, cache_dir: str) -> list[str]:
                 lambda p: loss_of(*cases._torch_run(spec, ins, p)), params, name
             )
             err = (a - b).abs().max().item()
-            if not err <= 1e-3 * max(b.abs().max().item(), scale) + 1e-5:
+            if not err <= 1e-3 * max(b.abs().max().item(), scale) + 16 * FP32_EPS * big + 1e-5:
                 failures.append(f"{cid}: grad {name} abs error {err:.2e}")
     return failures
 
@@ -1625,21 +1634,44 @@ def test_gpu_snntorch_norse_forms_match_torch_neuron_maths(cache_dir) -> None:
 @pytest.mark.gpu
 @needs_gpu
 def test_gpu_cuda_graph_replay_equals_eager_and_follows_weight_updates(cache_dir) -> None:
+    """Replays give eager's outputs and states, and an in-place weight update re-captures.
+
+    The update moves the conv weight (every membrane changes) and the last bias by +1.5:
+    this model's output layer is silent before it and spikes after it (152 of 320 outputs
+    on the reference backend), so "the output changed" is a real check, not 0 == 0.
+    """
     _, _, eager = _compile("sj_convnet", T=4, B=8, cache_dir=cache_dir)
     _, _, graphed = _compile("sj_convnet", T=4, B=8, cache_dir=cache_dir, cuda_graph=True)
     x = _input("sj_convnet", 4, 8, seed=3).to(DEV)
+
+    def same(a, b) -> bool:
+        (ya, sa), (yb, sb) = a, b
+        return (
+            torch.equal(ya, yb)
+            and sa.keys() == sb.keys()
+            and all(torch.equal(sa[n][k], sb[n][k]) for n in sa for k in sa[n])
+        )
+
+    def cloned(out):
+        y, st = out
+        return y.clone(), {n: {k: v.clone() for k, v in d.items()} for n, d in st.items()}
+
     with torch.no_grad():
-        y_eager, _ = eager.program.run(x)
-        y1, _ = graphed.program.run(x)
-        y1 = y1.clone()
-        y2, _ = graphed.program.run(x * 1.0)
-        assert torch.equal(y1, y_eager) and torch.equal(y2, y_eager)
+        ref = eager.program.run(x)
+        first = cloned(graphed.program.run(x))
+        second = cloned(graphed.program.run(x * 1.0))
+        assert same(first, ref) and same(second, ref)
         assert len(graphed.program._graphs) == 1
-        for prog in (eager.program, graphed.program):  # an in-place weight update re-captures
-            prog.params["5.weight"].mul_(1.5)
-        y_eager, _ = eager.program.run(x)
-        y3, _ = graphed.program.run(x)
-    assert torch.equal(y3, y_eager) and not torch.equal(y3, y1)
+        for prog in (eager.program, graphed.program):
+            prog.params["0.weight"].mul_(1.5)
+            prog.params["5.bias"].add_(1.5)
+        ref = eager.program.run(x)
+        third = cloned(graphed.program.run(x))
+    assert same(third, ref)
+    assert ref[0].sum() > 0 and not torch.equal(third[0], first[0])
+    assert any(
+        not torch.equal(v, first[1][n][k]) for n, d in third[1].items() for k, v in d.items()
+    )
 
 
 @pytest.mark.gpu

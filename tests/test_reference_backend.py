@@ -417,3 +417,18 @@ def test_source_and_errors() -> None:
         prog.run(torch.zeros(20))
     with pytest.raises(ShapeError, match="expects"):
         prog.run(torch.zeros(T, B, 21))
+
+
+def test_recurrent_component_builds_its_t0_zeros_on_the_inputs_device() -> None:
+    """A delay edge's t = 0 value is made by the run itself; it must land where the input is.
+
+    Found on a GPU (every other tensor on cuda:0, the zeros on the CPU); the meta device
+    shows the same mistake without one.
+    """
+    from kernel_specs import recurrent_lif_graph
+
+    prog = ReferenceProgram(recurrent_lif_graph())
+    prog.params = {k: v.detach().to("meta") for k, v in prog.params.items()}
+    y, state = prog.run(torch.empty(4, 3, 6, device="meta"))
+    assert y.device.type == "meta"
+    assert all(v.device.type == "meta" for st in state.values() for v in st.values())

@@ -108,7 +108,9 @@ class DeviceInfo:
 
 
 @cache
+@cache
 def device_info(index: int) -> DeviceInfo:
+    """The device's fixed properties, read once (every launch asks for the SM count)."""
     props = torch.cuda.get_device_properties(index)
     return DeviceInfo(
         index=index,

@@ -207,7 +207,7 @@ class ReferenceProgram:
         """Run ``x`` [T, B, ...] (or a tuple, one per graph input) from ``state``; return (y, state)."""
         inputs = self._check_inputs(x)
         T, B = inputs[0].shape[:2]
-        ctx = _RunContext(self, T, B, dict(state or {}))
+        ctx = _RunContext(self, T, B, dict(state or {}), inputs[0].device)
         for unit in self._units:
             if unit[0] in self._recurrent:
                 self._run_recurrent(ctx, unit)
@@ -405,8 +405,12 @@ class ReferenceProgram:
 class _RunContext:
     """Everything one ``run`` call computes: sequence values, resolved params, the new state."""
 
-    def __init__(self, prog: ReferenceProgram, T: int, B: int, state: dict) -> None:
+    def __init__(
+        self, prog: ReferenceProgram, T: int, B: int, state: dict, device: torch.device
+    ) -> None:
         self.prog = prog
+        #: where the run's inputs live: tensors the run creates itself (t = 0 zeros) go there too
+        self.device = device
         self.graph = prog.graph
         self.T, self.B = T, B
         self.state = state
@@ -467,7 +471,7 @@ class _RunContext:
             )
         dims = _concrete(shape, self.B)
         dtype = _TORCH_DTYPES.get(self.graph.node(n).get("dtype", "float32"), torch.float32)
-        return torch.zeros(dims, dtype=dtype)
+        return torch.zeros(dims, dtype=dtype, device=self.device)
 
     def seq_input(self, e: Edge) -> Tensor:
         """The whole-sequence value an edge delivers (shifted one step for a delay edge)."""
