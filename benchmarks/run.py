@@ -196,6 +196,29 @@ def machine(device: str) -> dict[str, Any]:
     return info
 
 
+def write_report(report: dict, out: Path) -> Path:
+    """``bench_<device>[_small].json/.md/.png`` of one run into ``out``; returns the stem."""
+    stem = out / f"bench_{report['device']}{'_small' if report['small'] else ''}"
+    stem.with_suffix(".json").write_text(json.dumps(report, indent=1))
+    stem.with_suffix(".md").write_text(markdown(report))
+    try:
+        chart(report, stem.with_suffix(".png"))
+    except ModuleNotFoundError as exc:
+        print(f"no chart: {exc.name} is not installed", file=sys.stderr)
+    return stem
+
+
+def render(path: str, out: str) -> int:
+    """Re-write the markdown table and the chart of a saved run (no timing)."""
+    report = json.loads(Path(path).read_text())
+    stem = Path(out) / Path(path).stem
+    Path(out).mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".md").write_text(markdown(report))
+    chart(report, stem.with_suffix(".png"))
+    print(f"wrote {stem}.md/.png from {path}")
+    return 0
+
+
 def orchestrate(args: argparse.Namespace) -> int:
     from peers import CPU_PEERS, GPU_PEERS, PEERS
 
@@ -304,15 +327,8 @@ def orchestrate(args: argparse.Namespace) -> int:
         "peers": {p: PEERS[p][2] for p in peers},
         "records": records,
     }
-    stem = out / f"bench_{args.device}{'_small' if args.small else ''}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=1))
-    md = markdown(report)
-    stem.with_suffix(".md").write_text(md)
-    try:
-        chart(report, stem.with_suffix(".png"))
-    except ModuleNotFoundError as exc:
-        print(f"no chart: {exc.name} is not installed", file=sys.stderr)
-    print(md)
+    stem = write_report(report, out)
+    print(stem.with_suffix(".md").read_text())
     print(f"wrote {stem}.json/.md/.png in {report['wall_s']} s")
     return 0
 
@@ -396,15 +412,18 @@ def markdown(report: dict) -> str:
             cells.append(fmt_ms(floor) if floor else "-")
             lines.append("| " + " | ".join(cells) + " |")
         mem = [
-            f"{p} {row[p]['peak_mib']:.0f}"
+            f"{key[1]}: "
+            + ", ".join(
+                f"{p} {table[key][p]['peak_mib']:.0f}"
+                for p in peers
+                if table[key].get(p, {}).get("status") == "ok" and table[key][p].get("peak_mib")
+            )
             for key in keys
             if key[2] == "fwd+bwd"
-            for row in [table[key]]
-            for p in peers
-            if row.get(p, {}).get("status") == "ok" and row[p].get("peak_mib")
         ]
+        mem = [m for m in mem if not m.endswith(": ")]
         if mem:
-            lines += ["", "Peak GPU memory in training (MiB): " + ", ".join(mem) + "."]
+            lines += ["", "Peak GPU memory in training (MiB): " + "; ".join(mem) + "."]
         lines.append("")
     grouped: dict[tuple[str, str], list[str]] = {}
     for r in recs:
@@ -451,6 +470,7 @@ def chart(report: dict, path: Path) -> None:
     if not keys or not peers:
         return
     fig, ax = plt.subplots(figsize=(max(8, 0.9 * len(keys) + 2), 5))
+    colors = plt.get_cmap("tab20")  # one colour per peer: tab10 repeats after ten
     width = 0.8 / len(peers)
     for i, p in enumerate(peers):
         xs, ys = [], []
@@ -459,7 +479,7 @@ def chart(report: dict, path: Path) -> None:
             if r and r.get("status") == "ok":
                 xs.append(j + i * width)
                 ys.append(r["median_ms"])
-        ax.bar(xs, ys, width, label=p)
+        ax.bar(xs, ys, width, label=p, color=colors(i % colors.N))
     ax.set_yscale("log")
     ax.set_ylabel("median time (ms, log scale)")
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(keys))])
@@ -489,6 +509,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeat", type=int, default=20, help="timed runs per case (median; >= 20)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--budget", type=float, default=450.0, help="seconds for the whole run")
+    p.add_argument(
+        "--render", metavar="JSON", help="re-write the .md and .png of a saved run into --out"
+    )
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--deadline", type=float, default=float("inf"), help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
@@ -500,6 +523,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.render:
+        return render(args.render, args.out)
     if args.worker:
         return worker(args)
     return orchestrate(args)
