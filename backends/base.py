@@ -58,6 +58,18 @@ class Backend(Protocol):
         """Convert a torch tensor / numpy array / jax array to this backend's array kind."""
 
 
+def pipeline_for(backend: Backend, options: Mapping[str, Any]) -> tuple[str, ...]:
+    """The passes to run before ``backend.lower(graph, **options)``.
+
+    A backend whose passes depend on its options (the cuda backend folds
+    BatchNorm only where a precision option has already given up bit-exact
+    results) defines ``pipeline_for(options)``; the others have one fixed
+    ``pipeline``.
+    """
+    chooser = getattr(backend, "pipeline_for", None)
+    return tuple(chooser(options)) if chooser is not None else tuple(backend.pipeline)
+
+
 #: the value types of options several backends share (others are checked by their backend):
 #: a wrong type is refused by name here, before it can act as "truthy" (``recompute="no"``)
 OPTION_TYPES: dict[str, tuple[tuple[type, ...], str]] = {

@@ -367,6 +367,11 @@ PEERS: dict[str, tuple[Callable[[Case, str, str], Bench], dict[str, str], str]] 
         {},
         "snncc cuda, CUDA graph + uint8 output spikes",
     ),
+    "snncc-cuda-u8-eager": (
+        snncc_runner("cuda", spike_dtype="uint8"),
+        {},
+        "snncc cuda, uint8 output spikes without a CUDA graph (no input copy)",
+    ),
     "snncc-cuda-nochunk": (
         snncc_runner("cuda", time_chunks=0),
         {},
@@ -419,24 +424,26 @@ PEERS: dict[str, tuple[Callable[[Case, str, str], Bench], dict[str, str], str]] 
     "torch-compile": (torch_compile_make, {}, "torch.compile of the pure-torch model"),
 }
 
-#: run order on a GPU: what the targets compare (snncc against SpikingJelly triton) first,
-#: so a spent time budget skips only the variants and slow peers at the end
+#: run order on a GPU: snncc's main variants (one worker), SpikingJelly triton and torch, then
+#: the other peers, and last the variants that only explain a difference, so a spent time
+#: budget skips those (order of the H200 run, 2026-11-27, plus -u8-eager)
 GPU_PEERS = (
     "snncc-cuda",
     "snncc-cuda-graph",
     "snncc-cuda-u8",
-    "snncc-cuda-nochunk",
-    "sj-triton",
+    "snncc-cuda-u8-eager",
     "snncc-cuda-tf32",
     "snncc-cuda-bf16",
+    "sj-triton",
+    "sj-torch",
+    "snncc-jax",
+    "snntorch",
+    "norse",
+    "torch-compile",
+    "snncc-cuda-nochunk",
     "snncc-cuda-fp16",
     "snncc-cuda-bf16-widen",
     "snncc-cuda-fp32saved",
-    "sj-torch",
-    "snntorch",
-    "norse",
-    "snncc-jax",
-    "torch-compile",
 )
 CPU_PEERS = (
     "snncc-cpu",

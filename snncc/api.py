@@ -366,6 +366,7 @@ def compile_graph(
     The input spec comes from the graph's input node: its per-step shape and dtype.
     """
     from snncc import backends
+    from snncc.backends.base import pipeline_for
     from snncc.ir.passes import run_pipeline
 
     be = backends.get(backend)
@@ -378,7 +379,7 @@ def compile_graph(
     if node.get("shape") is None:
         raise UnsupportedError("the graph's input node has no per-step shape")
     spec = {"shape": ["B", *node["shape"][1:]], "dtype": node.get("dtype", "float32")}
-    graph = run_pipeline(graph, be.pipeline, dump_dir=dump_ir)
+    graph = run_pipeline(graph, pipeline_for(be, options), dump_dir=dump_ir)
     program = be.lower(graph, **options)
     return CompiledModel(program, backend, spec, options)
 

@@ -1092,6 +1092,47 @@ def test_host_emulated_gpu_time_chunks_under_autocast_equal_the_plain_kernels(
         assert torch.equal(st1[n]["v"], st0[n]["v"]), n
 
 
+def test_precision_options_fold_eval_batchnorm_and_fp32_keeps_it(host_gpu, cache_dir) -> None:
+    """tf32/bf16/fp16 give up bit-exact results anyway, so eval BatchNorm rides on the conv.
+
+    fp32 keeps the BatchNorm (folding moves the rounding); a model compiled in training mode
+    keeps it at every precision (batch statistics cannot be folded). With the fold, the
+    program equals the reference backend on the same folded graph (tf32 is plain fp32 on a
+    host), and its spikes stay those of the unfolded model but for rounding near threshold.
+    """
+    model = MODELS["sj_convnet"][0]()
+    x = _input("sj_convnet", 6, 3, seed=5) * 3.0
+
+    def ops(cm) -> list[str]:
+        return [cm.program.graph.op(n) for n in cm.program.graph.nodes()]
+
+    exact = snncc.compile(model, x, backend="cuda", cache_dir=cache_dir)
+    assert "batchnorm" in ops(exact)
+    for precision in ("tf32", "bf16", "fp16"):
+        cm = snncc.compile(model, x, backend="cuda", precision=precision, cache_dir=cache_dir)
+        assert "batchnorm" not in ops(cm), precision
+        conv = next(n for n in cm.program.graph.nodes() if cm.program.graph.op(n) == "conv2d")
+        assert {"bn_weight", "bn_bias", "bn_mean", "bn_var"} <= set(
+            cm.program.graph.node(conv)["params"]
+        )
+    folded = snncc.compile(model, x, backend="cuda", precision="tf32", cache_dir=cache_dir)
+    with torch.no_grad():
+        y, st = folded.program.run(x)
+        y_ref, st_ref = ReferenceProgram(folded.program.graph).run(x)
+        _, st_exact = exact.program.run(x)
+    assert torch.equal(y, y_ref) and all(torch.equal(st[n]["v"], st_ref[n]["v"]) for n in st_ref)
+    # the PLIF after the folded BatchNorm: the same membranes but for rounding (and the few
+    # neurons that rounding moved across the threshold at some step)
+    names = {folded.program.graph.node(n).get("name"): n for n in st}
+    first = min(st_exact, key=lambda n: n)
+    v_exact = st_exact[first]["v"]
+    v = st[names[exact.program.graph.node(first).get("name")]]["v"]
+    assert (v_exact != 0).float().mean() > 0.5
+    assert ((v - v_exact).abs() > 1e-4).float().mean() < 0.01
+    trained = snncc.compile(model.train(), x, backend="cuda", precision="tf32", cache_dir=cache_dir)
+    assert "batchnorm" in ops(trained)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_host_emulated_gpu_autocast_io_under_the_callers_autocast(
     dtype, host_gpu, cache_dir
