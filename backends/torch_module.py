@@ -74,6 +74,27 @@ class ProgramModule(nn.Module):
         override = getattr(program, "training", None)
         self.train(compiled_training if override is None else bool(override))
 
+    def train(self, mode: bool = True) -> ProgramModule:
+        """Switch BatchNorm and dropout as ``nn.Module.train`` does; refused where BatchNorm
+        was folded into a conv/linear (no batch statistics are left to switch to)."""
+        if mode and getattr(self, "_snncc_prog", None) is not None:
+            graph = self._snncc_prog.graph
+            folded = [
+                n
+                for n in graph.nx.nodes
+                if any(r.startswith("bn_") for r in graph.node(n)["params"])
+            ]
+            if folded:
+                names = ", ".join(str(graph.node(n).get("name") or f"%{n}") for n in folded)
+                raise UnsupportedError(
+                    f"train(): BatchNorm is folded into {names} in this program (the cuda "
+                    "backend folds eval-mode BatchNorm under precision tf32/bf16/fp16), so it "
+                    "cannot switch to batch statistics. Compile the model in training mode "
+                    "(model.train()) to train with batch statistics, or stay in eval() mode: "
+                    "gradients flow there too, with the running statistics"
+                )
+        return super().train(mode)
+
     def _owner(self, name: str) -> tuple[nn.Module, str]:
         """The (nested) module that holds ``name``'s last segment, created on demand."""
         parts = name.split(".")

@@ -299,16 +299,27 @@ def snncc_runner(backend: str, **options: Any) -> Callable[[Case, str, str], Ben
 
 
 def _spike_agreement(model: torch.nn.Module, case: Case, device: str, cm: Any) -> str:
-    """Share of output elements equal to the fp32 program's on the first input (measured)."""
+    """Output spikes and final membranes against the fp32 program, on the first input (measured).
+
+    The suite's M1 and C1 output layers are nearly silent with these weights, so equal
+    outputs alone would compare zeros: the note also counts the fp32 output spikes and how
+    many neurons' final membranes (every neuron layer) moved by more than 1e-2.
+    """
     import snncc
 
     exact = snncc.compile(model, _example(case), backend="cuda")
     x = make_input(case, seed=0, device=device)
     with torch.no_grad():
-        y0, y1 = exact(x), cm(x)
-    agree = float((y0 == y1).float().mean())
+        (y0, s0), (y1, s1) = exact.program.run(x), cm.program.run(x)
+    moved = total = 0
+    for n in s0.keys() & s1.keys():
+        if "v" in s0[n] and "v" in s1[n]:
+            moved += int(((s0[n]["v"] - s1[n]["v"]).abs() > 1e-2).sum())
+            total += s0[n]["v"].numel()
     return (
-        f"output agreement with fp32: {agree:.6f} ({int((y0 != y1).sum())} of {y0.numel()} differ)"
+        f"vs fp32: {int((y0 != y1).sum())} of {y0.numel()} outputs differ "
+        f"({int(y0.sum())} output spikes in fp32); final membranes off by > 1e-2: "
+        f"{moved} of {total}"
     )
 
 

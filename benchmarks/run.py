@@ -214,7 +214,10 @@ def render(path: str, out: str) -> int:
     stem = Path(out) / Path(path).stem
     Path(out).mkdir(parents=True, exist_ok=True)
     stem.with_suffix(".md").write_text(markdown(report))
-    chart(report, stem.with_suffix(".png"))
+    try:
+        chart(report, stem.with_suffix(".png"))
+    except ModuleNotFoundError as exc:
+        print(f"no chart: {exc.name} is not installed", file=sys.stderr)
     print(f"wrote {stem}.md/.png from {path}")
     return 0
 

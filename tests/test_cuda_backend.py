@@ -1133,6 +1133,21 @@ def test_precision_options_fold_eval_batchnorm_and_fp32_keeps_it(host_gpu, cache
     assert "batchnorm" in ops(trained)
 
 
+def test_to_torch_refuses_train_mode_where_batchnorm_was_folded(cache_dir) -> None:
+    """A folded BatchNorm has no batch statistics to switch to: train() says so, eval() works."""
+    model = MODELS["sj_convnet"][0]()
+    x = _input("sj_convnet", 4, 2)
+    folded = snncc.compile(model, x, backend="cuda", precision="bf16", cache_dir=cache_dir)
+    module = folded.to_torch()
+    assert not module.training
+    with pytest.raises(UnsupportedError, match=r"folded into 0.*Compile the model in training"):
+        module.train()
+    assert not module.training
+    module.eval()
+    exact = snncc.compile(model, x, backend="cuda", cache_dir=cache_dir).to_torch()
+    assert exact.train().training  # unfolded BatchNorm switches as in the source model
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_host_emulated_gpu_autocast_io_under_the_callers_autocast(
     dtype, host_gpu, cache_dir
@@ -1604,6 +1619,34 @@ def test_gpu_every_neuron_form_matches_torch_neuron_maths(recompute: bool, cache
 FP32_EPS = torch.finfo(torch.float32).eps
 
 
+def _adjoint_size(cases, spec, ins: dict, params: dict, loss_of) -> float:
+    """The largest |d loss / d state| at any step of the reference run: the adjoint.
+
+    Every param-gradient term is the adjoint times a local derivative, so fp32 rounds each
+    term by about eps times the adjoint, and two summation orders (torch's on the GPU, the
+    kernel's loop per neuron) can differ by a few ulps of it even where the terms cancel
+    to ~0. One case needs this: snntorch_synaptic with a hard reset, beta 1.18 and the
+    triangular surrogate has adjoints of 4e8, and its graded_spikes_factor gradient is
+    about 5e-10 in float64 but 0.25 in magnitude in torch's fp32. In every other case the
+    slack adds at most 1e-4 to a gradient of about zero, and less than the 1e-3 relative
+    term to any other (measured over all 82 cases on the CPU).
+    """
+    state = {v: ins[f"{v}0"].detach().clone().requires_grad_() for v in spec.state_vars}
+    ports = (ins["rec"],) if "rec" in ins else ()
+    p = {k: v.detach() for k, v in params.items()}
+    p = {**p, **neurons.derived_constants(spec, p)}
+    seen, outs = list(state.values()), []
+    for t, x in enumerate(ins["x"]):
+        out, state = neurons.step(spec, p, x, state, *(port[t] for port in ports))
+        for v in state.values():
+            if v.requires_grad:
+                v.retain_grad()
+                seen.append(v)
+        outs.append(out)
+    loss_of(torch.stack(outs), state).backward()
+    return max((v.grad.abs().max().item() for v in seen if v.grad is not None), default=0.0)
+
+
 def _gpu_form_case(cases, case, i: int, cache_dir: str) -> list[str]:
     """One form-family case on the GPU: failures as text (none when it matches)."""
     from snncc.backends.cpu.forms import derive_params, run_form
@@ -1632,12 +1675,7 @@ def _gpu_form_case(cases, case, i: int, cache_dir: str) -> list[str]:
         return [f"{cid}: {(out != ref).sum().item()} outputs differ"]
     g_ref = torch.autograd.grad(loss_of(ref, rst), [*ri.values(), *rp.values()], allow_unused=True)
     g_cu = torch.autograd.grad(loss_of(out, cst), [*ci.values(), *cp.values()], allow_unused=True)
-    # the largest gradient flowing in this backward pass: a param gradient sums terms of up
-    # to about this size, so two fp32 summation orders (torch's on the GPU, the kernel's
-    # per-neuron loop) may differ by a few ulps of it even where the sum cancels to ~0
-    # (snntorch_synaptic, hard reset, beta 1.18: gradients of 5e8 cancel to a
-    # graded_spikes_factor gradient of -5e-10 in float64; -0.25 in torch's fp32)
-    big = max((g.abs().max().item() for g in g_ref if g is not None), default=0.0)
+    big = _adjoint_size(cases, spec, ins, params, loss_of)
     failures = []
     for name, a, b in zip([*ins, *params], g_cu, g_ref):
         if (a is None) != (b is None):
@@ -1796,15 +1834,24 @@ def test_gpu_uint8_spikes_equal_float_spikes(cache_dir) -> None:
 @needs_gpu
 @pytest.mark.parametrize("precision", ["tf32", "bf16", "fp16"])
 def test_gpu_precision_options_keep_most_spikes(precision: str, cache_dir) -> None:
+    """Spikes and membranes of tf32/bf16/fp16 (BatchNorm folded) against exact fp32.
+
+    sj_convnet's output layer is silent at these sizes, so both programs get the same
+    +1.5 on the last bias: about half the outputs spike (624 of 1280 on the host).
+    """
     _, _, exact = _compile("sj_convnet", T=8, B=16, cache_dir=cache_dir)
     _, _, fast = _compile("sj_convnet", T=8, B=16, cache_dir=cache_dir, precision=precision)
+    for prog in (exact.program, fast.program):
+        prog.params["5.bias"].data.add_(1.5)
     x = _input("sj_convnet", 8, 16, seed=9).to(DEV)
     with torch.no_grad():
-        y0, _ = exact.program.run(x)
-        y1, _ = fast.program.run(x)
+        y0, s0 = exact.program.run(x)
+        y1, s1 = fast.program.run(x)
     assert y1.dtype == torch.float32
+    assert y0.sum() > 0.1 * y0.numel()
     agree = (y0 == y1).float().mean().item()
-    print(f"{precision}: spike agreement with fp32 {agree:.5f}")
+    moved = {n: ((s0[n]["v"] - s1[n]["v"]).abs() > 1e-2).float().mean().item() for n in s0}
+    print(f"{precision}: spike agreement with fp32 {agree:.5f}; membranes off by > 1e-2: {moved}")
     assert agree > (0.98 if precision == "tf32" else 0.95)
 
 

@@ -108,7 +108,6 @@ class DeviceInfo:
 
 
 @cache
-@cache
 def device_info(index: int) -> DeviceInfo:
     """The device's fixed properties, read once (every launch asks for the SM count)."""
     props = torch.cuda.get_device_properties(index)
