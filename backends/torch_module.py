@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from snncc.backends.reference.ops import BN_FOLD_ROLES
 from snncc.errors import UnsupportedError
 
 #: prefix of everything this wrapper adds to the root module, so source names cannot clash
@@ -82,7 +83,7 @@ class ProgramModule(nn.Module):
             folded = [
                 n
                 for n in graph.nx.nodes
-                if any(r.startswith("bn_") for r in graph.node(n)["params"])
+                if any(r in BN_FOLD_ROLES for r in graph.node(n)["params"])
             ]
             if folded:
                 names = ", ".join(str(graph.node(n).get("name") or f"%{n}") for n in folded)

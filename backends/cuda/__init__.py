@@ -29,8 +29,9 @@ are graded; the time-chunked kernels are written for those forms' reset).
 
 Options: ``cache_dir`` (default ``~/.cache/snncc/cuda``: the ``.cu`` sources and
 their cubins), ``device`` ("cuda" / "cuda:N"), ``precision`` ("fp32" | "tf32" |
-"bf16" | "fp16"; the last three also fold eval-mode BatchNorm into the conv/linear
-before it, which fp32 does not, since folding moves the rounding), ``cuda_graph`` (capture inference in CUDA graphs), ``spike_dtype``
+"bf16" | "fp16"; the last three also fold eval-mode BatchNorm into the
+conv/linear before it, which fp32 does not, since folding moves the rounding),
+``cuda_graph`` (capture inference in CUDA graphs), ``spike_dtype``
 ("float32" | "uint8" for spikes that only feed outputs), ``autocast_io`` (under
 bf16/fp16 autocast, neuron kernels read and write 16 bits directly: same
 values, fewer bytes; default true), ``recompute``,
