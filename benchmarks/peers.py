@@ -66,15 +66,18 @@ def _rotation(case: Case, device: str) -> int:
     return max(1, min(4, math.ceil(128e6 / max(nbytes, 1))))
 
 
+def bench_input(bench: Bench, case: Case, mode: str, seed: int, device: str) -> Any:
+    """One seeded input as ``bench.fn`` takes it; a bare layer's training step wants grad x."""
+    x = make_input(case, seed=seed, device=device)
+    if mode == "fwd+bwd" and case.workload in ("L1", "L2"):
+        x.requires_grad_(True)
+    return bench.convert(x)
+
+
 def measure(bench: Bench, case: Case, mode: str, device: str, warmup: int, repeat: int) -> dict:
     """Warm up, then time ``repeat`` iterations; returns median/min/max ms, peak MiB, spike rate."""
     n_rot = _rotation(case, device)
-    inputs = []
-    for i in range(n_rot):
-        x = make_input(case, seed=i, device=device)
-        if mode == "fwd+bwd" and case.workload in ("L1", "L2"):
-            x.requires_grad_(True)
-        inputs.append(bench.convert(x))
+    inputs = [bench_input(bench, case, mode, seed=i, device=device) for i in range(n_rot)]
     torch_inputs = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
     user_before = bench.before
 

@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from peers import PEERS  # noqa: E402
+from peers import PEERS, bench_input, measure  # noqa: E402
 from workloads import cases  # noqa: E402
 
 #: (peer, workload, case label, mode): the cases whose gaps the README explains
@@ -35,18 +35,13 @@ PROFILED = (
 def profile(
     peer: str, workload: str, label: str, mode: str, out, device: str = "cuda", small: bool = False
 ) -> None:
-    from peers import measure
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as tprofile
 
     case = next(c for c in cases(workload, small=small) if c.label == label)
     bench = PEERS[peer][0](case, mode, device)
     timed = measure(bench, case, mode, device, warmup=3, repeat=20)
-    from workloads import make_input
-
-    x = bench.convert(make_input(case, seed=0, device=device))
-    if mode == "fwd+bwd" and workload in ("L1", "L2"):
-        x.requires_grad_(True)
+    x = bench_input(bench, case, mode, seed=0, device=device)
     gpu = device == "cuda"
     acts = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if gpu else [ProfilerActivity.CPU]
     with tprofile(activities=acts) as prof:
