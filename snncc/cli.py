@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import os
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -641,6 +642,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``snncc`` console script; returns the exit status."""
+    # Before torch loads MKL: GEMM results independent of operand alignment, so a compiled
+    # run and an eager one round alike (tests/conftest.py says why).
+    os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
