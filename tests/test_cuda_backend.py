@@ -1306,7 +1306,7 @@ def test_snntorch_norse_forms_on_a_host_emulated_gpu(name, host_gpu, cache_dir) 
     model, x = _snntorch_norse_models()[name]
     cm = snncc.compile(model, x[:2], backend="cuda", cache_dir=cache_dir, spike_dtype="uint8")
     prog = cm.program
-    assert all(k.info.family == "form" for k in prog.kernels.values())
+    assert all(k.info.family == "expr" for k in prog.kernels.values())
     assert not prog.u8_kernels and not prog.chunked  # graded / float spikes, not chunkable
     ref = ReferenceProgram(prog.graph)
     gy = torch.randn(ref.run(x)[0].shape, generator=torch.Generator().manual_seed(0))

@@ -301,7 +301,7 @@ def test_same_logic_for_both_targets(spec) -> None:
 def test_form_kernels_take_params_as_arguments_or_exact_literals() -> None:
     """A quantity with a node param is an argument (with a gradient); otherwise an fp32 literal."""
     as_args = neuron_kernel_info(form_spec("snntorch_synaptic", args=True))
-    assert as_args.family == "form" and as_args.state_vars == ("v", "i")
+    assert as_args.family == "expr" and as_args.state_vars == ("v", "i")
     assert as_args.param_args == ("a", "b", "th", "g")
     assert as_args.param_roles == ("alpha", "beta", "threshold", "graded_spikes_factor")
     names = [a for a, _ in as_args.backward_args]
