@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from snncc.errors import IRError
+from snncc.errors import IRError, UnsupportedError
 
 #: op name -> number of Val arguments
 ARITY: dict[str, int] = {
@@ -408,7 +408,7 @@ def heaviside(u: Val, cmp: str, surrogate: str, alpha: float) -> Val:
     if cmp not in (">=", ">"):
         raise IRError(f"heaviside comparison {cmp!r} is not '>=' or '>'")
     if surrogate not in SURROGATES:
-        raise IRError(
+        raise UnsupportedError(
             f"surrogate {surrogate!r} is not supported; choose one of: "
             f"{', '.join(sorted(SURROGATES))}"
         )

@@ -312,6 +312,12 @@ def _check_common(spec: Any, f: Form) -> None:
             f"neuron fire_from={spec.fire_from!r} is not supported for charge form "
             f"{f.name!r}; only 'updated'"
         )
+    bad = [r for r in spec.learnable if r not in f.info.roles]
+    if bad:
+        raise UnsupportedError(
+            f"learnable neuron params {bad} mean nothing to charge form {f.name!r} (its roles: "
+            f"{', '.join(f.info.roles) or 'none'}; nothing to learn or differentiate)"
+        )
     unknown = sorted(set(spec.extra) - set(f.info.extra))
     if unknown:
         raise UnsupportedError(
@@ -387,7 +393,7 @@ def get_form(name: str) -> Form:
     f = REGISTRY.get(name)
     if f is None:
         raise UnsupportedError(
-            f"neuron charge form {name!r} is not defined; defined forms: "
-            f"{', '.join(REGISTRY)}"
+            f"neuron charge form {name!r} is not defined (no fused kernel, no torch lowering); "
+            f"defined forms: {', '.join(REGISTRY)}"
         )
     return f
