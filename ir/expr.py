@@ -41,6 +41,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 from snncc.errors import IRError, UnsupportedError
@@ -334,6 +335,26 @@ def _checked_attrs(op: str, attrs: dict[str, Any], where: str) -> dict[str, Any]
     return {}
 
 
+class Namer:
+    """Unique names for generated code: a node's label where it has one, else a temporary.
+
+    ``taken``: names the target already uses (its keywords, the surrounding code's variables).
+    """
+
+    def __init__(self, taken: Iterable[str] = ()) -> None:
+        self.taken = set(taken)
+
+    def fresh(self, base: str) -> str:
+        name = base if base not in self.taken else None
+        j = 1
+        while name is None:
+            cand = f"{base}_{j}"
+            name = cand if cand not in self.taken else None
+            j += 1
+        self.taken.add(name)
+        return name
+
+
 # ------------------------------------------------------------------ functions
 def _unary(op: str, fold: Callable[[float], float]) -> Callable[[Operand], Operand]:
     def fn(a: Operand) -> Operand:
@@ -365,9 +386,26 @@ def _graph_of(*vals: Any) -> Graph | None:
     return None
 
 
+@lru_cache(maxsize=1)
+def clamp_passes_bounds() -> bool:
+    """Whether torch's ``clamp`` passes the gradient at a bound (``x == lo`` or ``x == hi``).
+
+    torch changed this between releases (2.13: it passes, 2.14: it does not), and
+    the source frameworks call torch's clamp (snnTorch's ``beta.clamp(0, 1)``), so
+    snncc follows the installed torch: every target's clamp derivative asks here.
+    """
+    import torch
+
+    x = torch.tensor([0.0, 1.0], requires_grad=True)
+    x.clamp(0.0, 1.0).sum().backward()
+    assert x.grad is not None
+    return bool(x.grad[1] == 1.0)
+
+
 def clamp(a: Operand, lo: Num | None = None, hi: Num | None = None) -> Operand:
-    """torch's ``clamp(a, lo, hi)`` (max with lo first, then min with hi); gradient 1 inside
-    [lo, hi] bounds included, as torch's clamp backward."""
+    """torch's ``clamp(a, lo, hi)`` (max with lo first, then min with hi); its gradient passes
+    strictly inside (lo, hi), and at the bounds as the installed torch decides
+    (:func:`clamp_passes_bounds`)."""
     lo = None if lo is None else float(lo)
     hi = None if hi is None else float(hi)
     if isinstance(a, Val):
@@ -583,10 +621,11 @@ def vjp(
         elif op == "clamp":
             lo, hi = n.attr("lo"), n.attr("hi")
             inside = None
+            closed = clamp_passes_bounds()
             if lo is not None:
-                inside = dst.val(a[0]) >= lo
+                inside = dst.val(a[0]) >= lo if closed else dst.val(a[0]) > lo
             if hi is not None:
-                le = dst.val(a[0]) <= hi
+                le = dst.val(a[0]) <= hi if closed else dst.val(a[0]) < hi
                 inside = le if inside is None else logical_and(inside, le)
             acc(n.args[0], gy if inside is None else where(inside, gy, 0.0))
         elif op == "where":

@@ -900,10 +900,10 @@ def test_unsupported_op_is_named(tmp_path) -> None:
     model = to_onnx(recurrent_graph(False))
     out = model.graph.output[0].name
     last = model.graph.node[-1]
-    last.output[0] = "pre_relu"
-    model.graph.node.append(helper.make_node("Relu", ["pre_relu"], [out], name="evil"))
+    last.output[0] = "pre_softplus"
+    model.graph.node.append(helper.make_node("Softplus", ["pre_softplus"], [out], name="evil"))
     onnx.checker.check_model(model)
-    with pytest.raises(UnsupportedError, match=r"'evil' \(Relu\): op Relu is not one snncc"):
+    with pytest.raises(UnsupportedError, match=r"'evil' \(Softplus\): op Softplus is not one snncc"):
         from_onnx(model)
 
 

@@ -591,8 +591,9 @@ def test_norse_without_dt_is_refused_naming_the_node() -> None:
         to_onnx(g)
 
 
-def test_norse_spiking_form_without_v_reset_is_refused() -> None:
-    """The reference backend reads v_reset for every spiking Norse step; so does the export."""
+def test_norse_v_reset_is_read_by_a_hard_reset_only() -> None:
+    """A Norse form reads v_reset where its reset uses it (reset_value), as its definition
+    says, on every target: a subtracting reset without one exports; a hard one is refused."""
     g = exact_ir("norse_cells").copy()
     nid = next(
         n
@@ -601,5 +602,8 @@ def test_norse_spiking_form_without_v_reset_is_refused() -> None:
     )
     g.attrs(nid)["neuron"]["v_reset"] = None
     g.attrs(nid)["neuron"]["reset"] = "subtract"
+    to_onnx(g)
+    g.attrs(nid)["neuron"]["reset"] = "hard"
+    g.attrs(nid)["neuron"]["v_reset"] = float("nan")
     with pytest.raises(UnsupportedError, match=rf"%{nid} \(neuron 'box'\).*v_reset"):
         to_onnx(g)

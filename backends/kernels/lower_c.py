@@ -20,9 +20,10 @@ import numpy as np
 
 from snncc.errors import IRError, UnsupportedError
 from snncc.ir import expr as E
+from snncc.ir.expr import Namer
 
 #: C keywords and macro-layer names a label must not shadow
-_RESERVED = frozenset(
+C_RESERVED = frozenset(
     {
         "auto", "break", "case", "char", "const", "continue", "default", "do", "double",
         "else", "enum", "extern", "float", "for", "goto", "if", "inline", "int", "long",
@@ -106,23 +107,6 @@ def _fmt(op: str, a: list[str], n: E.ENode, const_arg: list[bool]) -> str:
     if op == "detach":
         return a[0]
     raise IRError(f"the C lowering has no rule for expression op {op!r}")
-
-
-class Namer:
-    """Unique C names: a node's label where it has one, else ``t<index>``."""
-
-    def __init__(self, taken: Iterable[str] = ()) -> None:
-        self.taken = set(taken) | _RESERVED
-
-    def fresh(self, base: str) -> str:
-        name = base if base not in self.taken else None
-        j = 1
-        while name is None:
-            cand = f"{base}_{j}"
-            name = cand if cand not in self.taken else None
-            j += 1
-        self.taken.add(name)
-        return name
 
 
 def lower(

@@ -34,10 +34,11 @@ from typing import Any
 
 from snncc.errors import UnsupportedError
 from snncc.ir import expr as E
+from snncc.ir.expr import Namer
 from snncc.ir.neuron import NeuronSpec
 from snncc.ir.neurons import NeuronGraph, build
 
-from .lower_c import Lowered, Namer, f32_literal, lower
+from .lower_c import C_RESERVED, Lowered, f32_literal, lower
 
 #: flags that keep nvcc / NVRTC from contracting a*b+c into an FMA (which rounds once)
 NVCC_EXACT_FLAGS: tuple[str, ...] = ("-fmad=false",)
@@ -477,7 +478,7 @@ def _step_code(ng: NeuronGraph, cut: int | None, vjp: _Vjp, tag: str) -> StepCod
     step_params = tuple(f"const float s_{v}" for v in states) + tuple(
         f"const float in_{p}" for p in ports
     )
-    namer = Namer(env.values())
+    namer = Namer({*env.values(), *C_RESERVED})
     results = _results(ng)
     roots = [v.i for v in results.values() if isinstance(v, E.Val)]
     if cut is not None:
@@ -498,7 +499,7 @@ def _step_code(ng: NeuronGraph, cut: int | None, vjp: _Vjp, tag: str) -> StepCod
     venv["c:cut"] = "cut"
     venv["g:out"] = "g_out"
     venv.update({f"g:{v}": f"g_{v}" for v in states})
-    vnamer = Namer(venv.values())
+    vnamer = Namer({*venv.values(), *C_RESERVED})
     vroots = [v.i for v in vjp.adjoints.values() if isinstance(v, E.Val)]
     vlow = lower(vjp.graph, vroots, venv, vnamer, prefix="b")
     vjp_params = (
@@ -524,7 +525,7 @@ def _step_code(ng: NeuronGraph, cut: int | None, vjp: _Vjp, tag: str) -> StepCod
         cut_in = h.input("c", "cut")
         nroots = [ng.next_state[v].i for v in states if isinstance(ng.next_state[v], E.Val)]
         copied = E.rebuild(ng.step, nroots, h, replace={cut: cut_in})
-        fnamer = Namer({"cut", *(f"p.{q}" for q in ng.quantities)})
+        fnamer = Namer({"cut", *C_RESERVED})
         froots = [copied[i].i for i in nroots if isinstance(copied[i], E.Val)]
         flow = lower(h, froots, {"c:cut": "cut", **{f"q:{q}": f"p.{q}" for q in ng.quantities}}, fnamer)
         from_lines = flow.lines

@@ -6,9 +6,11 @@ backend lowers.
 """
 
 # isort: off - registration order is the order FORMS lists the forms in
-from snncc.ir.neurons import spikingjelly  # noqa: F401 - each module registers its forms
-from snncc.ir.neurons import snntorch  # noqa: F401
-from snncc.ir.neurons import norse  # noqa: F401
+from snncc.ir.neurons import (
+    norse,  # noqa: F401
+    snntorch,  # noqa: F401
+    spikingjelly,  # noqa: F401 - each module registers its forms
+)
 
 # isort: on
 from snncc.ir.neurons.base import REGISTRY, FormDef, NeuronBuilder, NeuronGraph, build, form

@@ -16,7 +16,9 @@ from snncc.ir.expr import Operand
 from snncc.ir.neurons.base import NeuronBuilder, form
 
 FRAMEWORK = "norse"
-_EXTRA = ("dt", "v_leak", "dt_tau_mem_inv", "neg_dt_tau_syn_inv")
+#: the constants a Norse form understands; ``nir_dt`` is the time step a NIR file was
+#: discretised with (kept for re-export to NIR, never read by the step)
+_EXTRA = ("dt", "v_leak", "dt_tau_mem_inv", "neg_dt_tau_syn_inv", "nir_dt")
 _CONSTANTS = {
     "tau_mem_inv": "c_m = extra['dt_tau_mem_inv'] (param: dt * tau_mem_inv)",
     "tau_syn_inv": "c_s = extra['neg_dt_tau_syn_inv'] (param: (-dt) * tau_syn_inv)",
