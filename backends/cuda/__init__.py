@@ -82,6 +82,9 @@ class CudaBackend:
     """Lower a scheduled graph to a :class:`CudaProgram` (kernels rendered now, compiled on first run)."""
 
     name = "cuda"
+    #: options an artifact may carry (snncc.load): not the cache folder or the device,
+    #: which only the user chooses
+    artifact_options = tuple(o for o in _OPTIONS if o not in ("cache_dir", "device"))
     #: the cpu backend's pipeline: bit-exact rewrites only (no BatchNorm folding)
     pipeline = CpuBackend.pipeline
     #: with a precision option that already gives up bit-exact results: eval-mode
