@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from snncc import kernel_cache, safe_files
+from snncc.backends.base import check_state
 from snncc.errors import BackendError, ShapeError
 from snncc.ir.graph import Graph
 
@@ -70,6 +71,23 @@ def to_jax(x: Any) -> jax.Array:
     return jnp.asarray(np.asarray(x, dtype=np.float32))
 
 
+def _check_state_leaf(where: str, value: Any, dtype: str | None) -> None:
+    """A carried state's array: jax, numpy or torch (states move between backends), of the
+    node's dtype; a float64 state is refused, never cast."""
+    kind = type(value).__module__.split(".")[0]
+    if not isinstance(value, (jax.Array, np.ndarray)) and kind != "torch":
+        raise ShapeError(
+            f"{where} is a {type(value).__name__}; a state holds jax, numpy or torch arrays "
+            "(pass the state run() returned)"
+        )
+    got = str(value.dtype).removeprefix("torch.")
+    if (dtype is not None and got != dtype) or (dtype is None and "float" not in got):
+        raise ShapeError(
+            f"{where} is {got}; this model keeps {dtype or 'floating'} state (snncc never "
+            f"casts it silently: convert it, e.g. with .astype(numpy.{dtype or 'float32'}))"
+        )
+
+
 class JaxProgram:
     """A scheduled graph lowered to a generated jax module (see ``files()``)."""
 
@@ -122,8 +140,10 @@ class JaxProgram:
 
     def run(self, x: Any, state: dict | None = None) -> tuple[Any, dict]:
         """Run [T, B, ...] from ``state`` (None: fresh); returns (outputs, final state)."""
+        xs = self._inputs(x)
+        check_state(self.graph, state, int(xs[0].shape[1]), _check_state_leaf)
         st = {} if state is None else self._state(state)
-        ys, new_state = self._jit_run(self.params, self._inputs(x), st)
+        ys, new_state = self._jit_run(self.params, xs, st)
         return self._outputs(ys), new_state
 
     def jax_fn(self, params: dict[str, Any], x: Any) -> Any:
