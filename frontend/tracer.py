@@ -1075,7 +1075,24 @@ def drop_concrete_placeholders(graph: fx.Graph, names: dict[str, None]) -> None:
             graph.erase_node(n)
 
 
+def _check_module_names(model: nn.Module) -> None:
+    """Every submodule name must be one torch.fx can write into the code it generates.
+
+    torch only forbids '.' in a name; fx pastes names into Python source, so a
+    quote or newline in one is a SyntaxError deep inside fx (or worse).
+    """
+    for path, _ in model.named_modules():
+        for part in path.split(".") if path else ():
+            if not (part.isidentifier() or part.isdigit()):
+                raise UnsupportedError(
+                    f"module name {path!r} cannot be traced: torch.fx needs each level of a "
+                    "module path to be a Python identifier or an index (letters, digits, _); "
+                    "rename the module"
+                )
+
+
 def _fx_trace(model: nn.Module, n_inputs: int = 1) -> fx.GraphModule:
+    _check_module_names(model)
     tracer = SnnccTracer()
     concrete = none_defaults(model, n_inputs)
     try:
