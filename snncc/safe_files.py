@@ -25,6 +25,7 @@ naming the path and what to do, never a raw ``OSError``.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import json
@@ -32,7 +33,7 @@ import math
 import os
 import stat
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,23 @@ def write_file(path: str | os.PathLike, data: bytes | str, *, mode: int = 0o666)
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+@contextlib.contextmanager
+def replaced_on_success(path: str | os.PathLike) -> Iterator[Path]:
+    """A fresh temporary path beside ``path`` for a writer that insists on a file name
+    (ONNX, HDF5); renamed over ``path`` when the block succeeds, removed if it fails."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent
+    )
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~umask())
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def make_dirs(path: str | os.PathLike, mode: int = 0o777) -> Path:

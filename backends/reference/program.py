@@ -121,7 +121,7 @@ class ReferenceProgram:
             op = self.graph.op(n)
             if op not in OPS:
                 raise IRError(
-                    f"node %{n} ({self.graph.node(n).get('name') or '?'}): unknown op {op!r}"
+                    f"node %{n} ({self.graph.node(n).get('name') or '?'!r}): unknown op {op!r}"
                 )
             if (
                 op not in ROW_OPS
@@ -357,12 +357,12 @@ class ReferenceProgram:
             v = given.get(var)
             if v is None:
                 raise ShapeError(
-                    f"state of neuron %{n} ({self.graph.node(n).get('name') or '?'}) lacks "
+                    f"state of neuron %{n} ({self.graph.node(n).get('name') or '?'!r}) lacks "
                     f"{var!r}; its form {spec.charge!r} keeps {list(fresh)}"
                 )
             if tuple(v.shape) != tuple(x_step.shape):
                 raise ShapeError(
-                    f"state of neuron %{n} ({self.graph.node(n).get('name') or '?'}) has shape "
+                    f"state of neuron %{n} ({self.graph.node(n).get('name') or '?'!r}) has shape "
                     f"{tuple(v.shape)}; this input needs {tuple(x_step.shape)}"
                 )
             state[var] = v
