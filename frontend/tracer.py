@@ -237,12 +237,31 @@ def supported() -> dict[str, list[str]]:
     }
 
 
+#: module path prefix -> the family name a summary shows
+_FAMILIES = {
+    "torch.nn.": "torch.nn",
+    "spikingjelly.": "SpikingJelly",
+    "snntorch.": "snnTorch",
+    "norse.": "Norse",
+    "snncc.nn.": "snncc.nn",
+}
+
+
 def supported_text() -> str:
+    """A short summary of :func:`supported` for error messages (the full list is over 1,500
+    characters: a message names the families and points at ``snncc.frontend.SUPPORTED``)."""
     s = supported()
+    counts: dict[str, int] = {}
+    for name in s["modules"]:
+        family = next((f for p, f in _FAMILIES.items() if name.startswith(p)), "other")
+        counts[family] = counts.get(family, 0) + 1
+    families = ", ".join(f"{f} ({n})" for f, n in counts.items())
+    functions = sorted({f.split(" ")[0].rsplit(".", 1)[-1] for f in s["functions"]})
+    methods = sorted({m.rsplit(".", 1)[-1] for m in s["methods"]})
     return (
-        f"supported modules: {', '.join(s['modules'])}; "
-        f"supported functions: {', '.join(s['functions'])}; "
-        f"supported Tensor methods: {', '.join(s['methods'])}"
+        f"supported modules: {len(s['modules'])} from {families}; supported functions: "
+        f"{', '.join(functions)}; supported Tensor methods: {', '.join(methods)} (the full list: "
+        "snncc.frontend.SUPPORTED)"
     )
 
 

@@ -106,6 +106,11 @@ class CudaBackend:
         check_options("cuda", options, _OPTIONS)
         return CudaProgram(graph, **options)
 
+    def check_runtime(self, options: Mapping[str, Any]) -> None:
+        """Raise BackendError (what to install) now when running would need CuPy or a GPU
+        that is missing: the CLI asks before any slow work, not after it."""
+        runtime.require(options.get("device"))
+
     def to_native(self, x: Any) -> Any:
         """torch / numpy / jax arrays -> torch tensors; the program moves them to its GPU.
 
