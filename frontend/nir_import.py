@@ -544,8 +544,19 @@ class _Neurons:
             k: np.broadcast_to(_array(v).astype(np.float64), shape)
             for k, v in _fields(node).items()
         }
+        bad = sorted(k for k, v in f.items() if not np.all(np.isfinite(v)))
+        if bad:
+            raise self.fail(
+                name,
+                node,
+                f"its {', '.join(bad)} hold NaN or infinity; neuron constants must be finite "
+                "(a NaN threshold or tau would run and silently give wrong spikes)",
+            )
         kind = type(node).__name__
-        return getattr(self, f"plan_{kind}")(name, node, shape, f)
+        try:
+            return getattr(self, f"plan_{kind}")(name, node, shape, f)
+        except IRError as e:
+            raise self.fail(name, node, str(e)) from None
 
     # --- helpers
     def common(self, **kw: Any) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from snncc.errors import ShapeError, SnnccError, UnsupportedError
+from snncc.errors import IRError, ShapeError, SnnccError, UnsupportedError
 from snncc.ir.graph import Graph
 
 # --------------------------------------------------------------------------- registry
@@ -740,7 +740,10 @@ class Converter:
         why = entry.check(module, call.view) if entry.check else None
         if why:
             raise call.unsupported(why)
-        return entry.convert(call, module)
+        try:
+            return entry.convert(call, module)
+        except IRError as e:  # e.g. a NaN threshold refused by NeuronSpec: name the module
+            raise call.unsupported(str(e)) from None
 
     def _convert_chain(self, call: Call, chain: Chain, shapes: dict[str, tuple]) -> int | Multi:
         if len(call.inputs) != 1:
