@@ -128,7 +128,7 @@ def _read_file(path: Path) -> Any:
         with h5py.File(path, "r") as f:
             if "node" not in f:
                 raise KeyError("no 'node' group")
-            doc = _hdf_to_dict(f, "node", where, h5py, [0, 0])
+            doc = _hdf_to_dict(f, "node", where, h5py, [0, 0, set()])
     except (OSError, KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{where} is not a NIR file (HDF5 with a 'node' group): {e}") from e
     if not isinstance(doc, dict):
@@ -136,13 +136,16 @@ def _read_file(path: Path) -> Any:
     return _build(doc, where, nir, "")
 
 
-def _hdf_to_dict(parent: Any, key: str, where: str, h5py: Any, count: list[int]) -> Any:
+def _hdf_to_dict(parent: Any, key: str, where: str, h5py: Any, count: list[Any]) -> Any:
     """The value under ``parent[key]``: a dict for a group, the data for a dataset.
 
     Data is read only from the file itself: HDF5 soft and external links,
     datasets stored in other files and virtual datasets are refused (they
-    would make another file's bytes the weights); nesting, the number of
-    objects and each dataset's size are checked before anything is read.
+    would make another file's bytes the weights); a NIR file is a tree, so an
+    object reached twice through hard links (a cycle, or a DAG that would
+    multiply what is read) is refused; nesting, the number of objects and
+    each dataset's size are checked before anything is read. ``count``:
+    [values read, objects seen, ids of the objects seen].
     """
     name = f"{parent.name.rstrip('/')}/{key}"
     link = parent.get(key, getlink=True)
@@ -160,6 +163,12 @@ def _hdf_to_dict(parent: Any, key: str, where: str, h5py: Any, count: list[int])
     if count[1] > MAX_HDF_OBJECTS:
         raise CheckpointError(f"{where} holds more than {MAX_HDF_OBJECTS} groups and datasets")
     item = parent[key]
+    if item.id in count[2]:
+        raise CheckpointError(
+            f"{where}: {name} is a second hard link to an object already read; a NIR file is "
+            "a tree (each value stored once)"
+        )
+    count[2].add(item.id)
     if isinstance(item, h5py.Group):
         depth = name.count("/")
         if depth > MAX_HDF_DEPTH:

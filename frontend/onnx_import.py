@@ -117,7 +117,7 @@ def _check_metadata(model: onnx.ModelProto, where: str) -> dict[str, str]:
         version = int(props[META_VERSION])
     except ValueError:
         raise CheckpointError(
-            f"{where}: {META_VERSION}={props[META_VERSION]!r} is not a version number"
+            f"{where}: {META_VERSION}={props[META_VERSION][:40]!r} is not a version number"
         ) from None
     if version > IR_FORMAT_VERSION:
         raise UnsupportedError(
