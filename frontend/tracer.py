@@ -941,10 +941,15 @@ class _ShapeRecorder(fx.Interpreter):
     def __init__(self, gm: fx.GraphModule, model_view: str):
         super().__init__(gm)
         self.model_view = model_view
+        # fx would append "While executing ... Use tlparse ..." to every error raised while
+        # the model runs, snncc's own one-line messages included: they name the place already
+        self.extra_traceback = False
 
     def run_node(self, n: fx.Node) -> Any:
         try:
             result = super().run_node(n)
+        except IRError as e:  # a neuron refused while running (e.g. a NaN threshold)
+            raise UnsupportedError(f"{_describe(n, self.module)}: {e}") from None
         except SnnccError:
             raise
         except Exception as e:  # noqa: BLE001 - re-raised with the node's location

@@ -257,7 +257,8 @@ def read_npy(path: Path) -> Any:
     from snncc.safe_files import check_elements
 
     if not path.is_file():
-        raise UsageError(f"input file {path} does not exist")
+        what = "is a folder, not a .npy file" if path.is_dir() else "does not exist"
+        raise UsageError(f"input file {path} {what}")
     try:
         with path.open("rb") as fh:
             version = np.lib.format.read_magic(fh)
