@@ -378,14 +378,19 @@ def cmd_export(args: argparse.Namespace) -> int:
         raise UsageError("--dt/--accept apply to NIR export, not ONNX")
     out = output_file(args.output)
     graph = load_graph(args.model, args.input_shape, args.weights)
-    if args.format == "onnx":
-        from snncc.export.onnx import to_onnx
+    try:
+        if args.format == "onnx":
+            from snncc.export.onnx import to_onnx
 
-        to_onnx(graph, out)
-    else:
-        from snncc.export.nir import to_nir
+            to_onnx(graph, out)
+        else:
+            from snncc.export.nir import to_nir
 
-        to_nir(graph, out, dt=args.dt, accept=args.accept or ())
+            to_nir(graph, out, dt=args.dt, accept=args.accept or ())
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write {out}: {exc.strerror or exc}; {os_error_hint(exc)}"
+        ) from None
     print(f"exported {args.model} as {args.format} to {out} ({out.stat().st_size} bytes)")
     return 0
 
