@@ -35,6 +35,7 @@ from snncc.safe_files import (
     parse_json,
     read_file,
     refuse_link,
+    umask,
     write_file,
 )
 
@@ -209,7 +210,7 @@ def save(graph: Graph, directory: str | os.PathLike[str], *, fmt: str = "safeten
     os.close(fd)
     try:
         _write_weights(Path(tmp), arrays, fmt)
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, 0o666 & ~umask())
         os.replace(tmp, weights)
     finally:
         Path(tmp).unlink(missing_ok=True)

@@ -370,7 +370,9 @@ def _write_artifact(out: Path, write: Any) -> Path:
     except OSError as exc:
         raise _save_error(out, exc) from None
     finally:
-        if tmp.exists():
+        # the unsaved new artifact, or an old one emptied of the user's files; a folder still
+        # holding files of the user's (a carry-over that failed) is left for them to recover
+        if tmp.exists() and set(os.listdir(tmp)) <= set(_ARTIFACT_ENTRIES):
             shutil.rmtree(tmp, ignore_errors=True)
     return out
 
@@ -399,10 +401,20 @@ def _swap_in(new: Path, out: Path) -> None:
     else:
         old = new.with_name(new.name.replace(_NEW, _OLD))
         os.rename(out, old)
-        os.rename(new, out)
-    for entry in os.scandir(old):
-        if entry.name not in _ARTIFACT_ENTRIES:
-            os.rename(entry.path, out / entry.name)
+        try:
+            os.rename(new, out)
+        except OSError:
+            os.rename(old, out)  # put the old artifact back
+            raise
+    mine = [e.name for e in os.scandir(old) if e.name not in _ARTIFACT_ENTRIES]
+    try:
+        for name in mine:
+            os.rename(old / name, out / name)
+    except OSError as exc:
+        raise CheckpointError(
+            f"saved the artifact to {out}, but moving your other files there from the old one "
+            f"failed ({exc.strerror or exc}); they are in {old}"
+        ) from None
     shutil.rmtree(old)
 
 

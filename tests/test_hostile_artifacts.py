@@ -568,6 +568,26 @@ def test_overwrite_without_an_atomic_exchange_keeps_user_files(art, cm2, tmp_pat
     assert torch.equal(snncc.load(art)(tiny_input()), cm2(tiny_input()))
 
 
+def test_failed_carry_over_keeps_the_users_files_and_says_where(art, cm2, tmp_path, monkeypatch):
+    """The new artifact is in place; moving the user's own file over fails: it is kept, and
+    the error names the folder it is in (nothing of the user's is ever deleted)."""
+    (art / "notes.txt").write_text("the user's")
+    real = os.rename
+
+    def failing(src, dst, *a, **k):
+        if str(src).endswith("notes.txt"):
+            raise OSError(5, "Input/output error")
+        return real(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "rename", failing)
+    with pytest.raises(CheckpointError, match=r"moving your other files .* they are in .*\.art"):
+        cm2.save(art)
+    monkeypatch.undo()
+    (kept,) = [p for p in tmp_path.iterdir() if p.name.startswith(".art.snncc-")]
+    assert (kept / "notes.txt").read_text() == "the user's"
+    assert torch.equal(snncc.load(art)(tiny_input()), cm2(tiny_input()))
+
+
 def test_concurrent_saves_of_two_models_never_mix(art, cm, cm2):
     """Two threads saving different models over one artifact, 6 times each: whatever wins,
     the artifact is one of them, whole (manifest, IR and weights of the same save)."""
