@@ -101,7 +101,7 @@ class CpuProgram(ReferenceProgram):
         """snnTorch / Norse nodes: the spec's param roles are the node's (see check_node_params)."""
         for n, spec in self._specs.items():
             if spec.charge in SNNTORCH_NORSE_CHARGES:
-                where = f"neuron %{n} ({self.graph.node(n).get('name') or '?'})"
+                where = f"neuron %{n} ({self.graph.node(n).get('name') or '?'!r})"
                 check_node_params(spec, list(self.graph.node(n)["params"]), where)
 
     def _is_form(self, n: int) -> bool:

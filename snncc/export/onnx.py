@@ -59,7 +59,6 @@ import json
 import os
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import networkx as nx
@@ -70,6 +69,7 @@ from onnx import TensorProto, helper, numpy_helper
 from snncc.errors import IRError, UnsupportedError
 from snncc.ir.graph import Edge, Graph
 from snncc.ir.neuron import NORSE_FORMS, SNNTORCH_FORMS, NeuronSpec
+from snncc.safe_files import replaced_on_success
 
 #: version of the metadata layout below; the importer refuses newer ones
 IR_FORMAT_VERSION = 1
@@ -1348,8 +1348,8 @@ def to_onnx(
     model = _Exporter(graph, opset, state_io).run()
     onnx.checker.check_model(model, full_check=True)
     if path is not None:
-        path = Path(path)
-        onnx.save_model(model, str(path))
+        with replaced_on_success(path) as tmp:  # atomic, and never through a link at path
+            onnx.save_model(model, str(tmp))
     return model
 
 
