@@ -556,12 +556,17 @@ def _fastest(row: dict[str, dict], configs: dict[str, str]) -> str:
 
 
 def _legacy_banner(report: dict) -> list[str]:
+    shared = (
+        " (snnTorch's leftover neurons count in Norse's and torch.compile's memory)"
+        if "snntorch" in report["peers"]
+        else ""
+    )
     return [
         "**Recorded before the like-for-like protocol of issue 17; no ratios are shown.** "
         "In this run torch peers were timed with back-to-back CUDA events and jax with a "
         "host clock and a sync per run; peers with the same environment shared one worker "
-        "process (snnTorch's leftover neurons count in Norse's and torch.compile's memory; "
-        "jax's peak was never reset); the fp32 torch peers ran cuDNN convolutions in TF32 "
+        f"process{shared}; jax's peak memory was never reset (each figure is the largest peak of that case "
+        "and all before it); the fp32 torch peers ran cuDNN convolutions in TF32 "
         "(PyTorch's default), snncc in exact fp32; surrogates differed between peers "
         "(SpikingJelly Sigmoid, snnTorch ATan, Norse SuperSpike, torch.compile Sigmoid); "
         "each case ran 3 warm-up runs, the first case of a worker with a cold GPU. "
