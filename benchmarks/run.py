@@ -56,7 +56,7 @@ def _key(wl: str, label: str, mode: str) -> str:
 
 # ====================================================================== worker
 def worker(args: argparse.Namespace) -> int:
-    """Run one peer's cases (all, or ``--only`` one) in a shuffled order; write JSON to ``--result``."""
+    """Run one peer's cases (all, or ``--only`` one), shuffled; write JSON to ``--result``."""
     records: list[dict[str, Any]] = []
 
     def save() -> None:
@@ -565,8 +565,8 @@ def _legacy_banner(report: dict) -> list[str]:
         "**Recorded before the like-for-like protocol of issue 17; no ratios are shown.** "
         "In this run torch peers were timed with back-to-back CUDA events and jax with a "
         "host clock and a sync per run; peers with the same environment shared one worker "
-        f"process{shared}; jax's peak memory was never reset (each figure is the largest peak of that case "
-        "and all before it); the fp32 torch peers ran cuDNN convolutions in TF32 "
+        f"process{shared}; jax's peak memory was never reset (each figure is the largest "
+        "peak of that case and all before it); the fp32 torch peers ran cuDNN convolutions in TF32 "
         "(PyTorch's default), snncc in exact fp32; surrogates differed between peers "
         "(SpikingJelly Sigmoid, snnTorch ATan, Norse SuperSpike, torch.compile Sigmoid); "
         "each case ran 3 warm-up runs, the first case of a worker with a cold GPU. "

@@ -312,7 +312,7 @@ class Floor:
 
 
 def floor(case: Case, mode: str, roof: dict[str, Any]) -> Floor | None:
-    """L1/L2: bytes over the measured copy rate; M1: fp32 GEMM FLOPs over the GEMM rate; C1: none."""
+    """L1/L2: bytes over the measured copy rate; M1: GEMM FLOPs over the fp32 GEMM rate; C1: none"""
     if case.workload in ("L1", "L2"):
         per, what = LAYER_BYTES[mode]
         total = per * case.T * case.neurons
