@@ -470,7 +470,7 @@ def _dropout_note(model: torch.nn.Module, case: Case, cm: Any, device: str) -> l
     less work. Outputs can be silent, so the final membranes of every neuron
     layer are compared (two batch items of the first input).
     """
-    if not any(isinstance(m, torch.nn.Dropout) for m in model.modules()):
+    if not any("Dropout" in type(m).__name__ for m in model.modules()):  # SJ's is no nn.Dropout
         return []
     try:
         x = make_input(case, seed=0, device=device if cm.backend == "cuda" else "cpu")[:, :2]
