@@ -268,12 +268,29 @@ def render(path: str, out: str) -> int:
     return 0
 
 
-def _worker_env(peer: str) -> dict[str, str]:
+def thread_env(threads: int | None) -> dict[str, str]:
+    """Environment that gives every library of a worker ``threads`` CPU threads (None: theirs).
+
+    OpenMP (torch's CPU ops, snncc's cpu kernels), MKL and XLA's CPU client; the same
+    for every peer, so that a loaded machine slows each peer alike instead of
+    stalling the multi-threaded ones at their barriers.
+    """
+    if not threads:
+        return {}
+    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    xla = os.environ.get("XLA_FLAGS", "")
+    if threads == 1:
+        xla += " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    env["XLA_FLAGS"] = xla.strip()
+    return env
+
+
+def _worker_env(peer: str, threads: int | None = None) -> dict[str, str]:
     """The worker's environment: the peer's own settings; sj-native imports the native build."""
     from peers import PEERS
 
     spec = PEERS[peer]
-    env = {**os.environ, **spec.env}
+    env = {**os.environ, **spec.env, **thread_env(threads)}
     native = os.environ.get("SJ_NATIVE_DIR")
     if spec.sj_native and native:
         import sj_native
@@ -334,7 +351,7 @@ def orchestrate(args: argparse.Namespace) -> int:
     jobs = [{"peer": "roofline", "round": 0, "seed": 0, "only": None}] + plan(args, peers)
     for n, job in enumerate(jobs):
         peer = job["peer"]
-        env = dict(os.environ) if peer == "roofline" else _worker_env(peer)
+        env = dict(os.environ) if peer == "roofline" else _worker_env(peer, args.threads)
         with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
             result = fh.name
         cmd = (
@@ -421,6 +438,7 @@ def orchestrate(args: argparse.Namespace) -> int:
             "seed": args.seed,
             "min_warmup_runs": args.warmup,
             "min_warmup_s": args.warmup_s,
+            "threads": args.threads,
         },
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "wall_s": round(time.time() - start, 1),
@@ -610,6 +628,10 @@ def markdown(report: dict) -> str:
             f"{pr['seed']}); {pr['rounds']} round(s), samples pooled. Cells: median "
             "[25th-75th percentile] ms.",
         ]
+        if pr.get("threads"):
+            lines.append(
+                f"CPU threads: {pr['threads']} per worker for every peer (OpenMP, MKL, XLA)."
+            )
         ld = report.get("load", {})
         if ld:
             s, e = ld.get("start", {}), ld.get("end", {})
@@ -841,6 +863,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=5, help="least warm-up steps per case")
     p.add_argument("--warmup-s", type=float, default=0.5, help="least warm-up seconds per case")
     p.add_argument("--budget", type=float, default=450.0, help="seconds for the whole run")
+    p.add_argument(
+        "--threads", type=int, default=None, help="CPU threads per worker (default: libraries')"
+    )
     p.add_argument(
         "--render", metavar="JSON", help="re-write the .md and .png of a saved run into --out"
     )
