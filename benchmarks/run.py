@@ -733,7 +733,7 @@ def _memory_lines(keys: list[tuple], table: dict, peers: list[str]) -> list[str]
 def _check_lines(keys: list[tuple], table: dict, peers: list[str], configs: dict) -> list[str]:
     """Equal work, checked: forward spike counts against SpikingJelly fp32; unstable warm-ups."""
     out = []
-    diffs = []
+    diffs, same = [], []
     for key in keys:
         row = table[key]
         ref = next(
@@ -747,16 +747,24 @@ def _check_lines(keys: list[tuple], table: dict, peers: list[str], configs: dict
         if key[2] != "fwd" or ref is None or row[ref].get("output_spikes") is None:
             continue
         want = row[ref]["output_spikes"]
+        n_before = len(diffs)
         for p in peers:
             r = row.get(p, {})
             got = r.get("output_spikes")
             if r.get("status") == "ok" and got is not None and got != want:
                 diffs.append(f"{key[1]} {p} {got:.0f} vs {want:.0f} ({configs.get(p)})")
+        if len(diffs) == n_before:
+            same.append(f"{key[1]}: {want:.0f}" + (" (a silent output: zeros)" if not want else ""))
     if diffs:
         out.append(
             "Forward output spike counts that differ from SpikingJelly fp32's (first input): "
             + "; ".join(diffs)
             + "."
+        )
+    if same:
+        out.append(
+            "Forward output spike counts equal to SpikingJelly fp32's in every peer (first "
+            "input): " + "; ".join(same) + "."
         )
     unstable = [
         f"{key[1]} {key[2]} {p}"

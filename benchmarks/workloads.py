@@ -327,7 +327,7 @@ def floor(case: Case, mode: str, roof: dict[str, Any]) -> Floor | None:
             if mode == "fwd"
             else ("forward GEMMs + weight gradients + input gradients of layers 2 and 3")
         )
-        return Floor(total / rate * 1e3 if rate else None, f"{total / 1e9:.1f} GFLOP", what)
+        return Floor(total / rate * 1e3 if rate else None, f"{total / 1e9:.4g} GFLOP", what)
     return None
 
 
