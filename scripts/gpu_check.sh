@@ -25,15 +25,19 @@
 #      vs SpikingJelly's StaticCudaGraph; snncc bf16 vs SpikingJelly under bf16 autocast;
 #      tf32 vs tf32), every peer in its own process, timed the same way, with spreads.
 #
-# Time (--bench, the tables): about 30 s of setup, the native build in parallel with
-# nothing else (measured 95-110 s per op for sm_90 on a loaded 2-core VM; the two ops
-# build side by side, so about a minute on 16 cores; capped at SJ_BUILD_TIMEOUT=180),
-# and the suite for the rest of TOTAL_SECONDS (default 540: with a machine start of a
-# minute or two, about 10 minutes of device time). The suite runs its peers in priority
-# order (benchmarks/peers.py GPU_PEERS): the nine of the like-for-like columns first
-# (about 4 minutes), then snncc jax, snnTorch, Norse, SpikingJelly torch, torch.compile
-# and the explanatory variants as the budget allows; what it does not reach is
-# recorded as "n/a: the run's time budget was spent" (PEERS=... picks others next time).
+# Time (--bench, the tables): about 30 s of setup; the native build, which runs beside
+# nothing that is timed (about 80 s of nvcc per op for sm_90, measured on the development
+# VM; the two ops build side by side, so expect 1-2 minutes; capped at
+# SJ_BUILD_TIMEOUT=180); then the suite for the rest of TOTAL_SECONDS (default 540:
+# with a machine start of a minute or two, about 10 minutes of device time), about
+# 340 s. The suite runs its peers in priority order (benchmarks/peers.py GPU_PEERS):
+# the nine of the like-for-like columns first (snncc fp32/graph/bf16/tf32, SpikingJelly
+# triton fp32/graph/bf16/tf32 and native; about 3-4 minutes, estimated from the H200
+# run's per-case times plus a process start, device warm-up and stable warm-up per
+# peer), then snncc jax (a process per case), snnTorch, Norse, SpikingJelly torch,
+# torch.compile and the explanatory variants as the budget allows. What it does not
+# reach is recorded as "n/a: the run's time budget was spent"; a second call with
+# PEERS=sj-torch,torch-compile,... SJ_NATIVE=0 times the rest.
 #
 # Everything lands in $OUT (default ./gpu_results), at most 8 files:
 #   summary.txt, pytest_gpu.log, digits_loss_curves.json, bench_cuda.{json,md,png},
