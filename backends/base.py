@@ -17,11 +17,13 @@ for recurrent edges, the delayed producer values under ``{"delay": array}``.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Protocol
 
-from snncc.errors import UnsupportedError
+from snncc.errors import ShapeError, UnsupportedError
 from snncc.ir.graph import Graph
+from snncc.ir.neuron import NeuronSpec
+from snncc.ir.verify import node_ref
 
 
 class Program(Protocol):
@@ -97,4 +99,94 @@ def check_options(backend: str, options: Mapping[str, Any], supported: Iterable[
             if not isinstance(value, types):
                 raise UnsupportedError(
                     f"{backend} backend option {name}={value!r}: expected {what}"
+                )
+
+
+# ---------------------------------------------------------------------- state
+def state_layout(graph: Graph) -> dict[int, tuple[tuple[str, ...], tuple[str, ...]]]:
+    """node id -> (variables a carried state must hold, variables it may hold).
+
+    Neurons keep their form's state variables, producers of delay edges their
+    last value (``"delay"``), a training-mode dropout shared over time its mask
+    (``"mask"``, present only after a training run).
+    """
+    layout: dict[int, tuple[list[str], list[str]]] = {}
+    for n in graph.iter_ops("neuron"):
+        spec = NeuronSpec.from_dict(graph.attrs(n)["neuron"])
+        layout.setdefault(n, ([], []))[0].extend(spec.state_vars)
+    for u, _, d in graph.nx.edges(data=True):
+        if d.get("delay", 0) and "delay" not in layout.setdefault(u, ([], []))[0]:
+            layout[u][0].append("delay")
+    for n in graph.iter_ops("dropout"):
+        if graph.attrs(n).get("shared_over_time"):
+            layout.setdefault(n, ([], []))[1].append("mask")
+    return {n: (tuple(req), tuple(opt)) for n, (req, opt) in layout.items()}
+
+
+def check_state(
+    graph: Graph, state: Any, batch: int, check_leaf: Callable[[str, Any, str | None], None]
+) -> None:
+    """Refuse a ``state`` that is not one this program's ``run`` returned, naming the mismatch.
+
+    ``None`` and ``{}`` start fresh. Otherwise every stateful node must be
+    there with exactly its variables, each an array of shape ``[batch, ...]``
+    as the node's; ``check_leaf(where, value, dtype)`` checks the backend's
+    own rules (array kind, dtype -- None: any float --, device). Why so strict: a state that does not
+    fit used to be dropped silently, and the run started fresh.
+    """
+    if state is None or (isinstance(state, Mapping) and not state):
+        return
+    hint = "pass the state this model's run() returned, or None to start fresh"
+    if not isinstance(state, Mapping):
+        raise ShapeError(
+            f"state must be the dict run() returned ({{node id: {{variable: array}}}}); got "
+            f"{type(state).__name__}; {hint}"
+        )
+    layout = state_layout(graph)
+    ids = " ".join(f"%{n}" for n in sorted(layout)) or "none"
+    unknown = [k for k in state if isinstance(k, bool) or k not in layout]
+    if unknown:
+        raise ShapeError(
+            f"state has entries for {', '.join(repr(k) for k in unknown[:5])}, which hold no "
+            f"state in this model (its stateful nodes: {ids}); {hint}"
+        )
+    missing = [n for n in layout if n not in state and layout[n][0]]
+    if missing:
+        raise ShapeError(
+            f"state lacks {', '.join(node_ref(graph, n) for n in missing[:5])} (this model's "
+            f"stateful nodes: {ids}); {hint}"
+        )
+    for n, variables in state.items():
+        required, optional = layout[n]
+        ref = node_ref(graph, n)
+        if not isinstance(variables, Mapping):
+            raise ShapeError(
+                f"state of {ref} must be a dict of variables {list(required)}; got "
+                f"{type(variables).__name__}"
+            )
+        lacking = [v for v in required if v not in variables]
+        if lacking:
+            raise ShapeError(
+                f"state of {ref} lacks {', '.join(map(repr, lacking))}; this node keeps "
+                f"{list(required)} (pass the whole state a previous run returned)"
+            )
+        extra = [v for v in variables if v not in required and v not in optional]
+        if extra:
+            raise ShapeError(
+                f"state of {ref} has unknown variables {extra}; this node keeps {list(required)}"
+            )
+        node = graph.node(n)
+        shape = node.get("shape")
+        for var, value in variables.items():
+            where = f"state[{n}][{var!r}] of {ref}"
+            if var == "mask":  # dropout's mask: any float dtype; a wrong shape is redrawn
+                check_leaf(where, value, None)
+                continue
+            check_leaf(where, value, node.get("dtype", "float32"))
+            got = tuple(getattr(value, "shape", ()))
+            want = (batch, *shape[1:]) if isinstance(shape, list) else None
+            if (want is not None and got != tuple(want)) or (want is None and got[:1] != (batch,)):
+                shown = list(want) if want is not None else [batch, "..."]
+                raise ShapeError(
+                    f"{where} has shape {list(got)}; this input needs {shown} (batch {batch})"
                 )

@@ -1,24 +1,43 @@
-"""Every peer's runner for a workload case, and the timer they all share.
+"""Every peer's runner for a workload case, the configurations compared, and the one timer.
 
 A runner is ``make(case, mode, device) -> Bench``: the callable to time (one
-forward, or one forward+backward), what to do between repetitions that is not
-part of the timed work (SpikingJelly's ``reset_net``, clearing ``.grad``), and
-how to read the output's spike rate (so equal work is visible in the table).
+forward, or one forward+backward), what a user's loop does before each step
+(SpikingJelly's ``reset_net``, clearing ``.grad``), how to wait for the device,
+and how to read the output's spike rate (so equal work is visible in the table).
 A peer that cannot run a case raises :class:`NA` with the reason, which the
 report prints as ``n/a: reason``.
 
-Timing (shared/.library METHOD): warm-up first (compilation, autotuning,
-cuDNN/cuBLAS handles stay out of the numbers), then ``repeat`` runs each
-bracketed by CUDA events on the current stream (``time.perf_counter`` on the
-CPU; a host clock around ``block_until_ready`` for jax), median reported;
-inputs rotate among several sets when one would fit in the GPU's L2 cache.
+Like for like (issue 17). Each peer has a *configuration* -- ``fp32`` (eager,
+exact fp32: TF32 off for matmuls and cuDNN in its worker), ``graph`` (inference
+replayed from a CUDA graph), ``bf16`` (bf16 autocast), ``tf32`` -- and the
+report divides a SpikingJelly time by the snncc time of the *same*
+configuration only (:data:`COMPARISONS`). Variants without a SpikingJelly
+counterpart (uint8 spikes, no time chunks, ...) keep their own columns and no
+ratio.
+
+Timing, the same for every peer on every device (:func:`measure`): the host
+clock (``time.perf_counter``) around blocks of back-to-back steps that start
+and end with a device synchronisation (``torch.cuda.synchronize``; jax:
+``block_until_ready`` on the block's last output, which XLA's in-order stream
+finishes last). Each step includes the peer's ``before`` (state reset, grad
+clearing): the per-step work a user's loop does. Warm-up runs until two
+consecutive windows of steps agree within 5% (at least ``min_warmup_runs`` and
+``min_warmup_s``; at most ``max_warmup_s``, else the record says "not stable").
+The first step (compilation, autotuning, handle creation) is timed apart and
+not counted in the warm-up's time. Then ``repeat`` samples, each the mean step
+time of a block of ``k`` steps
+(``k`` makes a block last >= ``block_s``), reported as median, quartiles, min
+and max. Inputs rotate among several sets where one set would fit in a 50 MB
+L2 cache.
 """
 
 from __future__ import annotations
 
 import gc
 import math
+import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,22 +61,41 @@ class NA(Exception):
     """This peer cannot run this case; the message says why."""
 
 
+def _torch_sync(device: str) -> Callable[[Any], None]:
+    if device == "cuda":
+        return lambda _y: torch.cuda.synchronize()
+    return lambda _y: None
+
+
 @dataclass
 class Bench:
-    #: runs one timed iteration on input x; returns the output (fwd) or None
+    #: runs one step on input x; returns its output (what the next sync waits for)
     fn: Callable[[Any], Any]
-    #: untimed work before each iteration (reset state, clear grads)
+    #: what the user's loop does before each step (reset state, clear grads); timed with it
     before: Callable[[], None] = lambda: None
     #: converts an input tensor to what fn takes (jax arrays for jax)
     convert: Callable[[torch.Tensor], Any] = lambda x: x
-    #: "events" (CUDA), "host" (perf_counter), "host-jax" (block_until_ready inside fn)
-    clock: str = "events"
-    #: reads peak device memory in MiB, or None
+    #: waits until the device has finished everything up to the step that returned y
+    sync: Callable[[Any], None] = lambda _y: None
+    #: reads peak device memory in MiB, or None (default: torch's allocator peak on a GPU)
     peak_mib: Callable[[], float | None] = lambda: None
     notes: list[str] = field(default_factory=list)
 
 
 # ------------------------------------------------------------------ timing
+@dataclass(frozen=True)
+class Protocol:
+    """How long to warm up and how many samples to take (see the module docstring)."""
+
+    repeat: int = 20
+    min_warmup_runs: int = 5
+    min_warmup_s: float = 0.5
+    max_warmup_s: float = 6.0
+    tolerance: float = 0.05
+    block_s: float = 0.005
+    max_block: int = 50
+
+
 def _rotation(case: Case, device: str) -> int:
     """How many input sets to rotate: enough that they do not all sit in a 50 MB L2 cache."""
     if device != "cuda":
@@ -74,83 +112,153 @@ def bench_input(bench: Bench, case: Case, mode: str, seed: int, device: str) -> 
     return bench.convert(x)
 
 
-def measure(bench: Bench, case: Case, mode: str, device: str, warmup: int, repeat: int) -> dict:
-    """Warm up, then time ``repeat`` iterations; returns median/min/max ms, peak MiB, spike rate."""
+def _quantile(sorted_xs: list[float], q: float) -> float:
+    """Linear-interpolated quantile of a sorted list (numpy's default method)."""
+    pos = (len(sorted_xs) - 1) * q
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_xs) - 1)
+    return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (pos - lo)
+
+
+def spread(samples: list[float]) -> dict[str, float]:
+    """Median, quartiles, min and max of per-step times (ms)."""
+    xs = sorted(samples)
+    return {
+        "median_ms": statistics.median(xs),
+        "p25_ms": _quantile(xs, 0.25),
+        "p75_ms": _quantile(xs, 0.75),
+        "min_ms": xs[0],
+        "max_ms": xs[-1],
+    }
+
+
+def measure(
+    bench: Bench, case: Case, mode: str, device: str, protocol: Protocol | None = None
+) -> dict:
+    """Warm up until stable, then time ``protocol.repeat`` blocks; returns the record's numbers."""
+    pr = protocol or Protocol()
     n_rot = _rotation(case, device)
     inputs = [bench_input(bench, case, mode, seed=i, device=device) for i in range(n_rot)]
     torch_inputs = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
     user_before = bench.before
+    count = 0
 
-    def before() -> None:  # input gradients must not accumulate across repetitions either
-        for t in torch_inputs:
+    def step() -> Any:
+        nonlocal count
+        for t in torch_inputs:  # input gradients must not accumulate across steps either
             t.grad = None
         user_before()
+        y = bench.fn(inputs[count % n_rot])
+        count += 1
+        return y
 
-    bench.before = before
-    rate = None
-    for i in range(max(warmup, 1)):
-        bench.before()
-        y = bench.fn(inputs[i % n_rot])
-        if i == 0 and y is not None:
-            rate = _mean(y)
-    _sync(device)
+    start = time.perf_counter()
+    y = step()
+    bench.sync(y)
+    first_ms = (time.perf_counter() - start) * 1e3
+    rate, spikes = _output_stats(y)
+    y = None
+    runs: list[float] = []
+    stable = False
+    warm_start = time.perf_counter()  # the caps count from here: compiling stays out of them
+    while True:
+        t0 = time.perf_counter()
+        y = step()
+        bench.sync(y)
+        runs.append(time.perf_counter() - t0)
+        y = None
+        elapsed = time.perf_counter() - warm_start
+        window = max(1, min(5, int(0.2 / max(statistics.median(runs[-3:]), 1e-9))))
+        if len(runs) >= max(pr.min_warmup_runs, 2 * window) and elapsed >= pr.min_warmup_s:
+            a = statistics.median(runs[-window:])
+            b = statistics.median(runs[-2 * window : -window])
+            if abs(a - b) <= pr.tolerance * b:
+                stable = True
+                break
+        if elapsed >= pr.max_warmup_s and len(runs) >= pr.min_warmup_runs:
+            break
+    warmup_s = time.perf_counter() - start
+    per_step = statistics.median(runs[-5:])
+    k = max(1, min(pr.max_block, math.ceil(pr.block_s / max(per_step, 1e-9))))
     if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    times = []
-    if bench.clock == "events":
-        starts = [torch.cuda.Event(enable_timing=True) for _ in range(repeat)]
-        ends = [torch.cuda.Event(enable_timing=True) for _ in range(repeat)]
-        for i in range(repeat):
-            bench.before()
-            starts[i].record()
-            bench.fn(inputs[i % n_rot])
-            ends[i].record()
         torch.cuda.synchronize()
-        times = [s.elapsed_time(e) for s, e in zip(starts, ends)]
-    else:
-        for i in range(repeat):
-            bench.before()
-            _sync(device)
-            t0 = time.perf_counter()
-            bench.fn(inputs[i % n_rot])
-            _sync(device)
-            times.append((time.perf_counter() - t0) * 1e3)
+        torch.cuda.reset_peak_memory_stats()
+    samples = []
+    for _ in range(pr.repeat):
+        bench.sync(None)
+        t0 = time.perf_counter()
+        for _ in range(k):
+            y = step()
+        bench.sync(y)
+        samples.append((time.perf_counter() - t0) / k * 1e3)
+        y = None
     peak = bench.peak_mib()
     if peak is None and device == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
     return {
-        "median_ms": statistics.median(times),
-        "min_ms": min(times),
-        "max_ms": max(times),
-        "repeats": len(times),
+        **spread(samples),
+        "samples_ms": samples,
+        "steps_per_sample": k,
         "peak_mib": peak,
+        "first_step_ms": first_ms,
+        "warmup_runs": len(runs) + 1,
+        "warmup_s": round(warmup_s, 3),
+        "warmup_stable": stable,
         "spike_rate": rate,
+        "output_spikes": spikes,
         "inputs_rotated": n_rot,
-        "clock": bench.clock,
         "notes": bench.notes,
     }
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
+def _output_stats(y: Any) -> tuple[float | None, float | None]:
+    """Mean and sum of the first step's output (a tuple's first element), or (None, None)."""
+    if isinstance(y, tuple):
+        y = y[0]
+    try:
+        if isinstance(y, torch.Tensor):
+            t = y.detach().double()
+            return float(t.mean()), float(t.sum())
+        import numpy as np
+
+        a = np.asarray(y, dtype=np.float64)
+        return float(a.mean()), float(a.sum())
+    except Exception:  # an output we cannot average: no rate
+        return None, None
+
+
+def device_warmup(device: str, seconds: float = 1.0) -> None:
+    """Keep the GPU busy for ``seconds`` so its clocks are up before the first case."""
+    if device != "cuda":
+        return
+    a = torch.rand(4096, 4096, device="cuda")
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for _ in range(10):
+            a @ a
         torch.cuda.synchronize()
 
 
-def _mean(y: Any) -> float | None:
-    try:
-        if isinstance(y, torch.Tensor):
-            return float(y.detach().float().mean())
-        import numpy as np
-
-        return float(np.asarray(y, dtype=np.float32).mean())
-    except Exception:  # an output we cannot average (tuples): no rate
-        return None
-
-
 def cleanup() -> None:
+    """Free the last case: snnTorch's class-level neuron list, Python garbage, cached GPU memory."""
+    snntorch = sys.modules.get("snntorch")
+    if snntorch is not None:
+        snntorch.SpikingNeuron.init()  # snnTorch keeps every neuron ever built in a list
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+
+
+def set_precision(config: str) -> None:
+    """TF32 on for the ``tf32`` configuration only: fp32 peers run exact fp32 matmuls and convs.
+
+    PyTorch's default lets cuDNN convolutions use TF32 (``cudnn.allow_tf32``), so
+    without this an "fp32" SpikingJelly C1 would run TF32 convolutions against
+    snncc's exact fp32.
+    """
+    tf32 = config == "tf32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
 
 
 # ------------------------------------------------------------------ torch peers
@@ -162,20 +270,32 @@ def _grad_clear(params: list[torch.Tensor]) -> Callable[[], None]:
     return clear
 
 
-def _torch_bench(model: torch.nn.Module, mode: str, device: str, reset=None) -> Bench:
+def _torch_bench(
+    model: torch.nn.Module,
+    mode: str,
+    device: str,
+    reset: Callable[[], None] | None = None,
+    autocast: torch.dtype | None = None,
+) -> Bench:
     """A torch module timed forward (no_grad, eval) or forward+backward (train, grads on)."""
+    import contextlib
+
     model = model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
-    clock = "events" if device == "cuda" else "host"
+
+    def cast():
+        if autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device, dtype=autocast)
 
     if mode == "fwd":
         model.eval()
 
         def fwd(x):
-            with torch.no_grad():
+            with torch.no_grad(), cast():
                 return model(x)
 
-        return Bench(fn=fwd, before=reset or (lambda: None), clock=clock)
+        return Bench(fn=fwd, before=reset or (lambda: None), sync=_torch_sync(device))
     model.train()
     clear = _grad_clear(params)
 
@@ -185,28 +305,66 @@ def _torch_bench(model: torch.nn.Module, mode: str, device: str, reset=None) -> 
             reset()
 
     def step(x):
-        y = model(x)
+        with cast():
+            y = model(x)
         y.sum().backward()
         return y
 
-    return Bench(fn=step, before=before, clock=clock)
+    return Bench(fn=step, before=before, sync=_torch_sync(device))
 
 
-def sj_runner(implementation: str) -> Callable[[Case, str, str], Bench]:
-    """SpikingJelly 2.0 with its CUDA neuron implementation forced by the environment."""
+def _needs_gemms(case: Case, what: str) -> None:
+    if case.workload not in ("M1", "C1"):
+        raise NA(f"{what} matters only where there are GEMMs (M1, C1)")
+
+
+def sj_runner(implementation: str, execution: str = "eager") -> Callable[[Case, str, str], Bench]:
+    """SpikingJelly 2.0 with its CUDA neuron implementation forced by the environment.
+
+    ``execution``: ``eager``; ``graph``: SpikingJelly's own ``StaticCudaGraph``
+    (its examples' ``--execution-mode cuda_graph``) around the inference forward;
+    ``bf16``: the model under ``torch.autocast(bfloat16)``.
+    """
 
     def make(case: Case, mode: str, device: str) -> Bench:
-        import os
-
         from spikingjelly.activation_based import functional
 
         if device != "cuda" and implementation != "torch":
             raise NA(f"SpikingJelly's {implementation} implementation needs CUDA")
-        want = os.environ.get("SJ_LIF_CUDA_IMPLEMENTATION", "auto")
-        if device == "cuda" and want != implementation:
-            raise NA(f"worker started with SJ_LIF_CUDA_IMPLEMENTATION={want}")
+        if device == "cuda":
+            want = os.environ.get("SJ_LIF_CUDA_IMPLEMENTATION", "auto")
+            if want != implementation:
+                raise NA(f"worker started with SJ_LIF_CUDA_IMPLEMENTATION={want}")
+        if implementation == "cuda":
+            import sj_native
+
+            why = sj_native.not_loaded()
+            if why:
+                raise NA(f"not built: {why}")
+        if execution == "bf16":
+            _needs_gemms(case, "bf16 autocast")
         model = sj_model(case)
-        return _torch_bench(model, mode, device, reset=lambda: functional.reset_net(model))
+
+        def reset() -> None:
+            functional.reset_net(model)
+
+        if execution != "graph":
+            autocast = torch.bfloat16 if execution == "bf16" else None
+            return _torch_bench(model, mode, device, reset=reset, autocast=autocast)
+        if device != "cuda" or mode != "fwd":
+            raise NA("CUDA graphs are compared for inference on a GPU (snncc's are inference-only)")
+        from spikingjelly.activation_based._cuda_graph import StaticCudaGraph
+
+        model = model.to(device).eval()
+        graph = StaticCudaGraph(model, warmup_steps=3)
+
+        def fwd(x):
+            with torch.no_grad():
+                return graph(x)
+
+        bench = Bench(fn=fwd, before=reset, sync=_torch_sync(device))
+        bench.notes.append("SpikingJelly StaticCudaGraph: replay copies the input in, as snncc's")
+        return bench
 
     return make
 
@@ -263,8 +421,8 @@ def snncc_runner(backend: str, **options: Any) -> Callable[[Case, str, str], Ben
         ):
             raise NA("uint8 spikes: inference of layers whose spikes are the output")
         precision = options.get("precision")
-        if precision in ("tf32", "bf16", "fp16") and case.workload not in ("M1", "C1"):
-            raise NA("GEMM precision matters only where there are GEMMs")
+        if precision in ("tf32", "bf16", "fp16"):
+            _needs_gemms(case, "GEMM precision")
         if options.get("time_chunks") == 0 and case.workload != "L2":
             raise NA("time chunks are compared on L2 only")
         if options.get("saved_spike_dtype") == "float32" and (
@@ -276,10 +434,14 @@ def snncc_runner(backend: str, **options: Any) -> Callable[[Case, str, str], Ben
         model = sj_model(case).train(mode == "fwd+bwd")
         cm = snncc.compile(model, _example(case), backend=backend, **options)
         prog = cm.program
-        if backend == "jax":
-            return _jax_bench(cm, case, mode, device)
-        clock = "events" if device == "cuda" else "host"
         notes = []
+        if mode == "fwd+bwd":
+            notes += _dropout_note(model, case, cm, device)
+        if backend == "jax":
+            bench = _jax_bench(cm, model, case, mode, device)
+            bench.notes += notes
+            return bench
+        sync = _torch_sync(device)
         if precision in ("tf32", "bf16", "fp16") and mode == "fwd":
             notes.append(_spike_agreement(model, case, device, cm))
         if mode == "fwd":
@@ -288,7 +450,7 @@ def snncc_runner(backend: str, **options: Any) -> Callable[[Case, str, str], Ben
                 with torch.no_grad():
                     return cm(x)
 
-            return Bench(fn=fwd, clock=clock, notes=notes)
+            return Bench(fn=fwd, sync=sync, notes=notes)
         params = [p for p in prog.params.values() if p.requires_grad]
 
         def step(x):
@@ -296,9 +458,42 @@ def snncc_runner(backend: str, **options: Any) -> Callable[[Case, str, str], Ben
             y.sum().backward()
             return y
 
-        return Bench(fn=step, before=_grad_clear(params), clock=clock)
+        return Bench(fn=step, before=_grad_clear(params), sync=sync, notes=notes)
 
     return make
+
+
+def _dropout_note(model: torch.nn.Module, case: Case, cm: Any, device: str) -> list[str]:
+    """A note when a training-mode model has Dropout but two runs of the program agree.
+
+    Every peer's training step applies dropout; a compiled step without it does
+    less work. Outputs can be silent, so the final membranes of every neuron
+    layer are compared (two batch items of the first input).
+    """
+    if not any("Dropout" in type(m).__name__ for m in model.modules()):  # SJ's is no nn.Dropout
+        return []
+    try:
+        x = make_input(case, seed=0, device=device if cm.backend == "cuda" else "cpu")[:, :2]
+        if cm.backend == "jax":
+            x = x.numpy()
+        with torch.no_grad():
+            runs = [cm.program.run(x) for _ in range(2)]
+    except Exception as exc:  # e.g. a GPU-only program: say so instead of guessing
+        return [f"dropout not checked ({type(exc).__name__})"]
+    (y0, s0), (y1, s1) = runs
+    import numpy as np
+
+    def host(a: Any) -> np.ndarray:
+        return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+
+    same = all(
+        np.array_equal(host(s0[n]["v"]), host(s1[n]["v"]))
+        for n in s0.keys() & s1.keys()
+        if "v" in s0[n] and "v" in s1[n]
+    ) and np.array_equal(host(y0), host(y1))
+    if same:
+        return ["two training-mode runs gave identical membranes: dropout was not applied"]
+    return []
 
 
 def _spike_agreement(model: torch.nn.Module, case: Case, device: str, cm: Any) -> str:
@@ -326,36 +521,60 @@ def _spike_agreement(model: torch.nn.Module, case: Case, device: str, cm: Any) -
     )
 
 
-def _jax_bench(cm: Any, case: Case, mode: str, device: str) -> Bench:
+def _jax_bench(cm: Any, model: torch.nn.Module, case: Case, mode: str, device: str) -> Bench:
+    """One jitted step: the forward, or forward + VJP returning the output *and* the gradients.
+
+    The training step differentiates what the torch peers' ``y.sum().backward()``
+    does: the input for the bare layers (L1, L2), the learnable parameters for
+    the networks (BatchNorm running statistics stay constants).
+    """
     import jax
+    import jax.numpy as jnp
     import numpy as np
 
     platform = jax.default_backend()
     if device == "cuda" and platform != "gpu":
         raise NA(f"jax runs on {platform}, not on a GPU (install jax[cuda12] or jax[cuda13])")
     params = cm.program.params
-    convert = lambda x: jax.device_put(np.asarray(x.detach().cpu()))  # noqa: E731
+    f = cm.jax_fn
+
+    def convert(x):
+        return jax.device_put(np.asarray(x.detach().cpu()))
+
     if mode == "fwd":
-        f = jax.jit(cm.jax_fn)
+        jitted = jax.jit(f)
 
         def fwd(x):
-            return f(params, x).block_until_ready()
+            return jitted(params, x)
 
         fn = fwd
+    elif case.workload in ("L1", "L2"):
+
+        def train_x(p, x):
+            y, vjp = jax.vjp(lambda x_: f(p, x_), x)
+            return y, vjp(jnp.ones_like(y))[0]
+
+        jitted = jax.jit(train_x)
+
+        def step_x(x):
+            return jitted(params, x)
+
+        fn = step_x
     else:
-        if case.workload in ("L1", "L2"):
-            g = jax.jit(jax.grad(lambda x: cm.jax_fn(params, x).sum()))
+        names = {n for n, p in model.named_parameters() if p.requires_grad}
+        learn = {k: v for k, v in params.items() if k in names}
+        fixed = {k: v for k, v in params.items() if k not in names}
 
-            def step(x):
-                jax.block_until_ready(g(x))
+        def train_p(lp, fp, x):
+            y, vjp = jax.vjp(lambda lp_: f({**fp, **lp_}, x), lp)
+            return y, vjp(jnp.ones_like(y))[0]
 
-        else:
-            g = jax.jit(jax.grad(lambda p, x: cm.jax_fn(p, x).sum()))
+        jitted = jax.jit(train_p)
 
-            def step(x):
-                jax.block_until_ready(g(params, x))
+        def step_p(x):
+            return jitted(learn, fixed, x)
 
-        fn = step
+        fn = step_p
 
     def peak() -> float | None:
         try:
@@ -364,96 +583,151 @@ def _jax_bench(cm: Any, case: Case, mode: str, device: str) -> Bench:
         except Exception:  # backends without memory stats
             return None
 
-    return Bench(fn=fn, convert=convert, clock="host-jax", peak_mib=peak)
+    return Bench(fn=fn, convert=convert, sync=jax.block_until_ready, peak_mib=peak)
 
 
 # ------------------------------------------------------------------ registry
-#: peer name -> (runner, environment for its worker process, description)
-PEERS: dict[str, tuple[Callable[[Case, str, str], Bench], dict[str, str], str]] = {
-    "snncc-cuda": (snncc_runner("cuda"), {}, "snncc cuda backend, fp32 (exact spikes)"),
-    "snncc-cuda-graph": (
+@dataclass(frozen=True)
+class Peer:
+    make: Callable[[Case, str, str], Bench]
+    description: str
+    #: the configuration compared like for like: fp32, graph, bf16, tf32; anything else has no
+    #: SpikingJelly counterpart and gets no ratio
+    config: str = "fp32"
+    #: environment of its worker process (SpikingJelly picks its implementation at import)
+    env: dict[str, str] = field(default_factory=dict)
+    #: on a GPU, one worker process per case (a peak memory counter that cannot be reset)
+    process_per_case: bool = False
+    #: its worker imports the natively built SpikingJelly (benchmarks/sj_native.py)
+    sj_native: bool = False
+
+
+def _sj_env(implementation: str) -> dict[str, str]:
+    return {
+        "SJ_LIF_CUDA_IMPLEMENTATION": implementation,
+        "SJ_PLIF_CUDA_IMPLEMENTATION": implementation,
+    }
+
+
+#: peer name -> Peer
+PEERS: dict[str, Peer] = {
+    "snncc-cuda": Peer(snncc_runner("cuda"), "snncc cuda backend, fp32 (exact spikes)"),
+    "snncc-cuda-graph": Peer(
         snncc_runner("cuda", cuda_graph=True),
-        {},
         "snncc cuda, inference replayed from a CUDA graph",
+        config="graph",
     ),
-    "snncc-cuda-u8": (
-        snncc_runner("cuda", cuda_graph=True, spike_dtype="uint8"),
-        {},
-        "snncc cuda, CUDA graph + uint8 output spikes",
-    ),
-    "snncc-cuda-u8-eager": (
-        snncc_runner("cuda", spike_dtype="uint8"),
-        {},
-        "snncc cuda, uint8 output spikes without a CUDA graph (no input copy)",
-    ),
-    "snncc-cuda-nochunk": (
-        snncc_runner("cuda", time_chunks=0),
-        {},
-        "snncc cuda without time chunks (one thread per neuron over all T, forward and backward)",
-    ),
-    "snncc-cuda-fp32saved": (
-        snncc_runner("cuda", saved_spike_dtype="float32"),
-        {},
-        "snncc cuda keeping fp32 spikes for the GEMMs' backward (default: uint8, less memory)",
-    ),
-    "snncc-cuda-tf32": (
-        snncc_runner("cuda", precision="tf32"),
-        {},
-        "snncc cuda, TF32 GEMMs/convolutions",
-    ),
-    "snncc-cuda-bf16": (
+    "snncc-cuda-bf16": Peer(
         snncc_runner("cuda", precision="bf16"),
-        {},
         "snncc cuda, bf16 autocast GEMMs/convolutions; neuron kernels read/write bf16",
+        config="bf16",
     ),
-    "snncc-cuda-fp16": (
+    "snncc-cuda-tf32": Peer(
+        snncc_runner("cuda", precision="tf32"),
+        "snncc cuda, TF32 GEMMs/convolutions",
+        config="tf32",
+    ),
+    "snncc-cuda-u8": Peer(
+        snncc_runner("cuda", cuda_graph=True, spike_dtype="uint8"),
+        "snncc cuda, CUDA graph + uint8 output spikes",
+        config="graph+uint8",
+    ),
+    "snncc-cuda-u8-eager": Peer(
+        snncc_runner("cuda", spike_dtype="uint8"),
+        "snncc cuda, uint8 output spikes without a CUDA graph (no input copy)",
+        config="uint8",
+    ),
+    "snncc-cuda-nochunk": Peer(
+        snncc_runner("cuda", time_chunks=0),
+        "snncc cuda without time chunks (one thread per neuron over all T, forward and backward)",
+        config="no time chunks",
+    ),
+    "snncc-cuda-fp32saved": Peer(
+        snncc_runner("cuda", saved_spike_dtype="float32"),
+        "snncc cuda keeping fp32 spikes for the GEMMs' backward (default: uint8, less memory)",
+        config="fp32 saved spikes",
+    ),
+    "snncc-cuda-fp16": Peer(
         snncc_runner("cuda", precision="fp16"),
-        {},
         "snncc cuda, fp16 autocast GEMMs/convolutions; neuron kernels read/write fp16",
+        config="fp16",
     ),
-    "snncc-cuda-bf16-widen": (
+    "snncc-cuda-bf16-widen": Peer(
         snncc_runner("cuda", precision="bf16", autocast_io=False),
-        {},
         "snncc cuda, bf16 autocast, neuron kernels behind fp32 casts (autocast_io=False)",
+        config="bf16 widened",
     ),
-    "snncc-jax": (
+    "snncc-jax": Peer(
         snncc_runner("jax"),
-        {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"},
-        "snncc jax backend",
+        "snncc jax backend (one jitted step)",
+        env={"XLA_PYTHON_CLIENT_PREALLOCATE": "false"},
+        process_per_case=True,
     ),
-    "snncc-cpu": (snncc_runner("cpu"), {}, "snncc cpu backend (same kernels, host compiler)"),
-    "snncc-reference": (snncc_runner("reference"), {}, "snncc reference (torch eager oracle)"),
-    "sj-triton": (
+    "snncc-cpu": Peer(snncc_runner("cpu"), "snncc cpu backend (same kernels, host compiler)"),
+    "snncc-reference": Peer(snncc_runner("reference"), "snncc reference (torch eager oracle)"),
+    "sj-native": Peer(
+        sj_runner("cuda"),
+        "SpikingJelly 2.0, native CUDA neurons (built from its sdist by benchmarks/sj_native.py)",
+        env=_sj_env("cuda"),
+        sj_native=True,
+    ),
+    "sj-triton": Peer(
+        sj_runner("triton"), "SpikingJelly 2.0, triton neurons", env=_sj_env("triton")
+    ),
+    "sj-torch": Peer(sj_runner("torch"), "SpikingJelly 2.0, torch neurons", env=_sj_env("torch")),
+    "sj-triton-graph": Peer(
+        sj_runner("triton", "graph"),
+        "SpikingJelly 2.0 triton, inference in its StaticCudaGraph",
+        config="graph",
+        env=_sj_env("triton"),
+    ),
+    "sj-triton-bf16": Peer(
+        sj_runner("triton", "bf16"),
+        "SpikingJelly 2.0 triton under bf16 autocast",
+        config="bf16",
+        env=_sj_env("triton"),
+    ),
+    "sj-triton-tf32": Peer(
         sj_runner("triton"),
-        {"SJ_LIF_CUDA_IMPLEMENTATION": "triton", "SJ_PLIF_CUDA_IMPLEMENTATION": "triton"},
-        "SpikingJelly 2.0, triton neurons",
+        "SpikingJelly 2.0 triton, TF32 matmuls and convolutions",
+        config="tf32",
+        env=_sj_env("triton"),
     ),
-    "sj-torch": (
-        sj_runner("torch"),
-        {"SJ_LIF_CUDA_IMPLEMENTATION": "torch", "SJ_PLIF_CUDA_IMPLEMENTATION": "torch"},
-        "SpikingJelly 2.0, torch neurons",
-    ),
-    "snntorch": (snntorch_make, {}, "snnTorch Leaky, stepped over T per layer"),
-    "norse": (norse_make, {}, "Norse LIFBoxCell, stepped over T per layer"),
-    "torch-compile": (torch_compile_make, {}, "torch.compile of the pure-torch model"),
+    "snntorch": Peer(snntorch_make, "snnTorch Leaky, stepped over T per layer"),
+    "norse": Peer(norse_make, "Norse LIFBoxCell, stepped over T per layer"),
+    "torch-compile": Peer(torch_compile_make, "torch.compile of the pure-torch model"),
 }
 
-#: run order on a GPU: snncc's main variants (one worker), SpikingJelly triton and torch, then
-#: the other peers, and last the variants that only explain a difference, so a spent time
-#: budget skips those (order of the H200 run, 2026-11-27, plus -u8-eager)
+#: like-for-like ratio columns: (label, the snncc peer, the SpikingJelly peers of the same
+#: configuration; the fastest of those that ran is the one divided, and named)
+COMPARISONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("fp32 eager", "snncc-cuda", ("sj-native", "sj-triton", "sj-torch")),
+    ("CUDA graph", "snncc-cuda-graph", ("sj-triton-graph",)),
+    ("bf16 autocast", "snncc-cuda-bf16", ("sj-triton-bf16",)),
+    ("tf32", "snncc-cuda-tf32", ("sj-triton-tf32",)),
+    ("fp32", "snncc-cpu", ("sj-torch",)),
+)
+
+#: run order on a GPU: what the like-for-like columns need first (snncc and SpikingJelly in
+#: each configuration), then the other peers, and last the variants that only explain a
+#: difference, so a spent time budget skips those
 GPU_PEERS = (
     "snncc-cuda",
-    "snncc-cuda-graph",
-    "snncc-cuda-u8",
-    "snncc-cuda-u8-eager",
-    "snncc-cuda-tf32",
-    "snncc-cuda-bf16",
     "sj-triton",
-    "sj-torch",
+    "sj-native",
+    "snncc-cuda-graph",
+    "sj-triton-graph",
+    "snncc-cuda-bf16",
+    "sj-triton-bf16",
+    "snncc-cuda-tf32",
+    "sj-triton-tf32",
     "snncc-jax",
     "snntorch",
     "norse",
+    "sj-torch",
     "torch-compile",
+    "snncc-cuda-u8",
+    "snncc-cuda-u8-eager",
     "snncc-cuda-nochunk",
     "snncc-cuda-fp16",
     "snncc-cuda-bf16-widen",
@@ -461,9 +735,9 @@ GPU_PEERS = (
 )
 CPU_PEERS = (
     "snncc-cpu",
+    "sj-torch",
     "snncc-reference",
     "snncc-jax",
-    "sj-torch",
     "snntorch",
     "norse",
     "torch-compile",

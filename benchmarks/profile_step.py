@@ -3,7 +3,8 @@
     python benchmarks/profile_step.py [--out profile.txt]
 
 For each (peer, workload, case, mode) below: the runner the suite times
-(benchmarks/peers.py), three warm-up runs, then five profiled runs. Prints the
+(benchmarks/peers.py), timed by the suite's protocol (warm-up until stable), then
+five profiled runs. Prints the
 operators sorted by GPU time and by host time, so a step that is far above its
 floor shows whether the GPU is busy (kernels) or waiting on the host (Python,
 launches, allocations). Diagnostic only: the suite's figures come from run.py.
@@ -19,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from peers import PEERS, bench_input, measure  # noqa: E402
+from peers import PEERS, Protocol, bench_input, measure  # noqa: E402
 from workloads import cases  # noqa: E402
 
 #: (peer, workload, case label, mode): the cases whose gaps the README explains
@@ -39,8 +40,8 @@ def profile(
     from torch.profiler import profile as tprofile
 
     case = next(c for c in cases(workload, small=small) if c.label == label)
-    bench = PEERS[peer][0](case, mode, device)
-    timed = measure(bench, case, mode, device, warmup=3, repeat=20)
+    bench = PEERS[peer].make(case, mode, device)
+    timed = measure(bench, case, mode, device, Protocol())
     x = bench_input(bench, case, mode, seed=0, device=device)
     gpu = device == "cuda"
     acts = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if gpu else [ProfilerActivity.CPU]
@@ -49,9 +50,8 @@ def profile(
             bench.before()
             if isinstance(x, torch.Tensor):
                 x.grad = None
-            bench.fn(x)
-        if gpu:
-            torch.cuda.synchronize()
+            y = bench.fn(x)
+        bench.sync(y)
     avg = prof.key_averages()
     print(f"\n===== {peer} {workload} {label} {mode}: median {timed['median_ms']:.3f} ms", file=out)
     if gpu:

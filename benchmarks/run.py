@@ -1,21 +1,26 @@
 """The snncc benchmark suite (L1, L2, M1, C1 of shared/reference/anchors.md) against the peers.
 
     python benchmarks/run.py --suite L1,L2,M1,C1 --device cuda --out results/
-    python benchmarks/run.py --suite L1,M1 --device cpu --small --out results/
+    python benchmarks/run.py --suite L1,L2,M1,C1 --device cpu --small --rounds 3 --out results/
 
-Every peer runs in its own worker process (SpikingJelly picks its neuron
-implementation from the environment at import; jax must not pre-allocate the
-GPU; one peer's memory never counts against the next), one after the other,
-on the same machine in the same run. Each (workload case, mode) is timed
-forward-only and forward+backward: warm-up, then the median of ``--repeat``
-(>= 20) runs, with CUDA events on a GPU and ``time.perf_counter`` on the CPU,
-plus peak GPU memory. A peer that is not installed or cannot run a case is
-recorded as ``n/a: reason``. The whole run keeps to ``--budget`` seconds
-(default 450: under 8 minutes with start-up), skipping what does not fit.
+Like for like (issue 17). Every peer runs in its own worker process, with its
+memory peak reset after warm-up and the previous case freed (snnTorch's
+class-level neuron list included); jax, whose peak cannot be reset, gets a
+fresh process per case on a GPU. Each worker times its cases in a shuffled
+order (seeded); ``--rounds N`` runs every worker N times (later rounds in a
+shuffled peer order) and pools the samples. Every peer is timed the same way
+(benchmarks/peers.py: host clock around synchronised blocks of back-to-back
+steps, warm-up until stable). Ratios divide a SpikingJelly time by the snncc
+time of the same configuration only (fp32 eager, CUDA graph, bf16 autocast,
+tf32); there is no best-of-variants headline. A peer that is not installed or
+cannot run a case is recorded as ``n/a: reason``. The whole run keeps to
+``--budget`` seconds, skipping what does not fit (peers run in priority order).
 
-Writes ``bench_<device>.json`` (every record and the machine), ``.md`` (the
-tables, with snncc's speed-up over the fastest SpikingJelly and, for
-L1/L2, the memory-bandwidth floor) and ``.png`` (a chart) into ``--out``.
+Writes ``bench_<device>[_small].json`` (every record with its samples, the
+machine and its load average), ``.md`` (the tables: median [quartiles] per
+peer, the like-for-like ratios with their spread, the fastest fp32 peer, the
+floors with the bytes or FLOPs they count) and ``.png`` into ``--out``.
+``--render JSON`` rewrites the ``.md`` and ``.png`` of a saved run.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import subprocess
 import sys
 import tempfile
@@ -35,14 +41,22 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from workloads import SUITE, bytes_moved, cases, expected_ms, flops, fmt_ms  # noqa: E402
+from workloads import LAYER_BYTES, SUITE, cases, floor, fmt_ms  # noqa: E402
 
 MODES = ("fwd", "fwd+bwd")
 
 
+def _items(suite: str, small: bool) -> list[tuple[str, Any, str]]:
+    return [(wl, c, m) for wl in suite.split(",") for c in cases(wl, small) for m in MODES]
+
+
+def _key(wl: str, label: str, mode: str) -> str:
+    return f"{wl}|{label}|{mode}"
+
+
 # ====================================================================== worker
 def worker(args: argparse.Namespace) -> int:
-    """Run every case of the suite for some peers (comma-separated); write JSON to ``args.result``."""
+    """Run one peer's cases (all, or ``--only`` one), shuffled; write JSON to ``--result``."""
     records: list[dict[str, Any]] = []
 
     def save() -> None:
@@ -50,53 +64,62 @@ def worker(args: argparse.Namespace) -> int:
 
     if args.worker == "roofline":
         records.append(roofline(args.device))
-        save()
-        return 0
-    for peer in args.worker.split(","):
-        _run_peer(args, peer, records, save)
+    else:
+        _run_peer(args, args.worker, records, save)
     save()
     return 0
 
 
 def _run_peer(args: argparse.Namespace, peer: str, records: list, save) -> None:
-    """Time every (case, mode) of the suite for one peer, appending one record each."""
+    """Time the (case, mode) items of the suite for one peer, appending one record each."""
     import torch
-    from peers import NA, PEERS, cleanup, measure
+    from peers import NA, PEERS, Protocol, cleanup, device_warmup, measure, set_precision
 
-    make = PEERS[peer][0]
-    for wl in args.suite.split(","):
-        for case in cases(wl, args.small):
-            for mode in MODES:
-                rec: dict[str, Any] = {
-                    "peer": peer,
-                    "workload": wl,
-                    "case": case.label,
-                    "mode": mode,
-                }
-                if time.time() > args.deadline:
-                    rec["status"] = "n/a: the run's time budget was spent"
-                    records.append(rec)
-                    continue
-                t0 = time.time()
-                try:
-                    bench = make(case, mode, args.device)
-                    rec.update(measure(bench, case, mode, args.device, args.warmup, args.repeat))
-                    rec["status"] = "ok"
-                except NA as exc:
-                    rec["status"] = f"n/a: {exc}"
-                except ModuleNotFoundError as exc:
-                    rec["status"] = f"n/a: {exc.name} is not installed"
-                except torch.cuda.OutOfMemoryError:
-                    rec["status"] = "n/a: out of GPU memory"
-                except Exception as exc:  # a peer's failure is a result, not a crash of the suite
-                    rec["status"] = f"error: {type(exc).__name__}: {str(exc)[:300]}"
-                    rec["traceback"] = traceback.format_exc()[-3000:]
-                rec["wall_s"] = round(time.time() - t0, 2)
-                records.append(rec)
-                save()
-                print(_line(rec), flush=True)
-                bench = None
-                cleanup()
+    spec = PEERS[peer]
+    set_precision(spec.config)
+    device_warmup(args.device)
+    items = _items(args.suite, args.small)
+    if args.only:
+        items = [it for it in items if _key(it[0], it[1].label, it[2]) == args.only]
+    random.Random(args.seed).shuffle(items)
+    protocol = Protocol(repeat=args.repeat, min_warmup_runs=args.warmup, min_warmup_s=args.warmup_s)
+    for order, (wl, case, mode) in enumerate(items):
+        rec: dict[str, Any] = {
+            "peer": peer,
+            "workload": wl,
+            "case": case.label,
+            "mode": mode,
+            "round": args.round,
+            "order": order,
+        }
+        if time.time() > args.deadline:
+            rec["status"] = "n/a: the run's time budget was spent"
+            records.append(rec)
+            continue
+        cleanup()
+        if args.device == "cuda":
+            rec["baseline_mib"] = torch.cuda.memory_allocated() / 2**20
+        t0 = time.time()
+        bench = None
+        try:
+            bench = spec.make(case, mode, args.device)
+            rec.update(measure(bench, case, mode, args.device, protocol))
+            rec["status"] = "ok"
+        except NA as exc:
+            rec["status"] = f"n/a: {exc}"
+        except ModuleNotFoundError as exc:
+            rec["status"] = f"n/a: {exc.name} is not installed"
+        except torch.cuda.OutOfMemoryError:
+            rec["status"] = "n/a: out of GPU memory"
+        except Exception as exc:  # a peer's failure is a result, not a crash of the suite
+            rec["status"] = f"error: {type(exc).__name__}: {str(exc)[:300]}"
+            rec["traceback"] = traceback.format_exc()[-3000:]
+        rec["wall_s"] = round(time.time() - t0, 2)
+        records.append(rec)
+        save()
+        print(_line(rec), flush=True)
+        bench = None  # noqa: F841 (freed before the next case's baseline)
+        cleanup()
 
 
 def roofline(device: str) -> dict[str, Any]:
@@ -152,7 +175,8 @@ def _line(rec: dict[str, Any]) -> str:
         return f"{what} {rec.get('status')}"
     peak = rec.get("peak_mib")
     mem = f"  peak {peak:.0f} MiB" if peak else ""
-    return f"{what} {fmt_ms(rec['median_ms']):>9s} ms{mem}"
+    warm = "" if rec.get("warmup_stable", True) else "  (warm-up not stable)"
+    return f"{what} {_spread_cell(rec):>24s} ms{mem}{warm}"
 
 
 # ================================================================ orchestrator
@@ -180,10 +204,32 @@ def versions() -> dict[str, str]:
     return out
 
 
+def load() -> dict[str, Any]:
+    """The machine's load right now: load averages, usable CPUs, and ``uptime``'s line."""
+    one, five, fifteen = os.getloadavg()
+    try:
+        up = subprocess.run(["uptime"], capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        up = None
+    return {
+        "time": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "loadavg": [one, five, fifteen],
+        "nproc": len(os.sched_getaffinity(0)),
+        "uptime": up,
+    }
+
+
 def machine(device: str) -> dict[str, Any]:
     import torch
 
     info: dict[str, Any] = {"platform": platform.platform(), "cpu_count": os.cpu_count()}
+    try:
+        with open("/proc/cpuinfo") as fh:
+            info["cpu"] = next(
+                ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")
+            )
+    except (OSError, StopIteration):
+        pass
     if device == "cuda" and torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
         info.update(
@@ -222,6 +268,61 @@ def render(path: str, out: str) -> int:
     return 0
 
 
+def thread_env(threads: int | None) -> dict[str, str]:
+    """Environment that gives every library of a worker ``threads`` CPU threads (None: theirs).
+
+    OpenMP (torch's CPU ops, snncc's cpu kernels), MKL and XLA's CPU client; the same
+    for every peer, so that a loaded machine slows each peer alike instead of
+    stalling the multi-threaded ones at their barriers.
+    """
+    if not threads:
+        return {}
+    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    xla = os.environ.get("XLA_FLAGS", "")
+    if threads == 1:
+        xla += " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    env["XLA_FLAGS"] = xla.strip()
+    return env
+
+
+def _worker_env(peer: str, threads: int | None = None) -> dict[str, str]:
+    """The worker's environment: the peer's own settings; sj-native imports the native build."""
+    from peers import PEERS
+
+    spec = PEERS[peer]
+    env = {**os.environ, **spec.env, **thread_env(threads)}
+    native = os.environ.get("SJ_NATIVE_DIR")
+    if spec.sj_native and native:
+        import sj_native
+
+        site = str(sj_native.site_dir(native))
+        env["PYTHONPATH"] = site + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def plan(args: argparse.Namespace, peers: list[str]) -> list[dict[str, Any]]:
+    """The worker processes to start, in order: one per (round, peer), or per case where needed."""
+    from peers import PEERS
+
+    jobs = []
+    for rnd in range(args.rounds):
+        order = list(peers)
+        if rnd > 0:  # the first round keeps the priority order the budget relies on
+            random.Random(args.seed * 1000 + rnd).shuffle(order)
+        for peer in order:
+            seed = args.seed * 1000 + rnd * 100 + peers.index(peer)
+            if PEERS[peer].process_per_case and args.device == "cuda":
+                items = _items(args.suite, args.small)
+                random.Random(seed).shuffle(items)
+                jobs += [
+                    {"peer": peer, "round": rnd, "seed": seed, "only": _key(w, c.label, m)}
+                    for w, c, m in items
+                ]
+            else:
+                jobs.append({"peer": peer, "round": rnd, "seed": seed, "only": None})
+    return jobs
+
+
 def orchestrate(args: argparse.Namespace) -> int:
     from peers import CPU_PEERS, GPU_PEERS, PEERS
 
@@ -242,75 +343,84 @@ def orchestrate(args: argparse.Namespace) -> int:
             return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    records: list[dict[str, Any]] = []
     logs = out / f"bench_{args.device}_logs"
     logs.mkdir(exist_ok=True)
-    # peers with the same environment share one worker process (start-up costs seconds each)
-    groups: list[list[str]] = [["roofline"]]
-    for peer in peers:
-        if len(groups) > 1 and PEERS[groups[-1][0]][1] == PEERS[peer][1]:
-            groups[-1].append(peer)
-        else:
-            groups.append([peer])
-    for group in groups:
-        peer = ",".join(group)
-        env = dict(os.environ)
-        if peer != "roofline":
-            env.update(PEERS[group[0]][1])
+    load_start = load()
+    print(f"== load at start: {load_start['uptime']} (nproc {load_start['nproc']})", flush=True)
+    records: list[dict[str, Any]] = []
+    jobs = [{"peer": "roofline", "round": 0, "seed": 0, "only": None}] + plan(args, peers)
+    for n, job in enumerate(jobs):
+        peer = job["peer"]
+        env = dict(os.environ) if peer == "roofline" else _worker_env(peer, args.threads)
         with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as fh:
             result = fh.name
-        cmd = [
-            sys.executable,
-            str(Path(__file__).resolve()),
-            "--worker",
-            peer,
-            "--suite",
-            args.suite,
-            "--device",
-            args.device,
-            "--repeat",
-            str(args.repeat),
-            "--warmup",
-            str(args.warmup),
-            "--deadline",
-            str(deadline),
-            "--result",
-            result,
-        ] + (["--small"] if args.small else [])
+        cmd = (
+            [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--worker",
+                peer,
+                "--suite",
+                args.suite,
+                "--device",
+                args.device,
+                "--repeat",
+                str(args.repeat),
+                "--warmup",
+                str(args.warmup),
+                "--warmup-s",
+                str(args.warmup_s),
+                "--deadline",
+                str(deadline),
+                "--round",
+                str(job["round"]),
+                "--seed",
+                str(job["seed"]),
+                "--result",
+                result,
+            ]
+            + (["--small"] if args.small else [])
+            + (["--only", job["only"]] if job["only"] else [])
+        )
         left = deadline - time.time()
-        print(f"== {peer} ({max(left, 0):.0f} s of budget left)", flush=True)
+        what = f"{peer} round {job['round'] + 1}" + (f" {job['only']}" if job["only"] else "")
+        print(f"== {what} ({max(left, 0):.0f} s of budget left)", flush=True)
         status = None
-        with open(logs / f"{group[0]}{'+' if len(group) > 1 else ''}.log", "w") as log:
-            try:
-                proc = subprocess.run(
-                    cmd, env=env, stdout=log, stderr=subprocess.STDOUT, timeout=max(left, 1) + 60
-                )
-                if proc.returncode != 0:
-                    status = f"error: worker exited with status {proc.returncode} (see {log.name})"
-            except subprocess.TimeoutExpired:
+        with open(logs / f"{n:03d}_{peer}_r{job['round'] + 1}.log", "w") as log:
+            if left <= 0 and peer != "roofline":
                 status = "n/a: the run's time budget was spent"
+            else:
+                try:
+                    proc = subprocess.run(
+                        cmd,
+                        env=env,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                        timeout=max(left, 1) + 60,
+                    )
+                    if proc.returncode != 0:
+                        status = (
+                            f"error: worker exited with status {proc.returncode} (see {log.name})"
+                        )
+                except subprocess.TimeoutExpired:
+                    status = "n/a: the run's time budget was spent"
         try:
             got = json.loads(Path(result).read_text() or "[]")
         except (OSError, ValueError):
             got = []
         Path(result).unlink(missing_ok=True)
-        done = {(r["peer"], r["workload"], r["case"], r["mode"]) for r in got if "workload" in r}
+        done = {_key(r["workload"], r["case"], r["mode"]) for r in got if "workload" in r}
         if status and peer != "roofline":  # cases the worker never reached
-            missing = [
-                (member, w, c, m)
-                for member in group
-                for w in args.suite.split(",")
-                for c in cases(w, args.small)
-                for m in MODES
-            ]
-            for member, wl, case, mode in missing:
-                if (member, wl, case.label, mode) not in done:
+            for wl, case, mode in _items(args.suite, args.small):
+                key = _key(wl, case.label, mode)
+                if key not in done and job["only"] in (None, key):
                     got.append(
                         {
-                            "peer": member,
+                            "peer": peer,
                             "workload": wl,
                             "case": case.label,
                             "mode": mode,
+                            "round": job["round"],
                             "status": status,
                         }
                     )
@@ -321,15 +431,29 @@ def orchestrate(args: argparse.Namespace) -> int:
         "suite": args.suite.split(","),
         "device": args.device,
         "small": args.small,
-        "repeat": args.repeat,
-        "warmup": args.warmup,
+        "protocol": {
+            "clock": "host perf_counter around synchronised blocks of back-to-back steps",
+            "repeat": args.repeat,
+            "rounds": args.rounds,
+            "seed": args.seed,
+            "min_warmup_runs": args.warmup,
+            "min_warmup_s": args.warmup_s,
+            "threads": args.threads,
+        },
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "wall_s": round(time.time() - start, 1),
         "machine": machine(args.device),
+        "load": {"start": load_start, "end": load()},
         "versions": versions(),
-        "peers": {p: PEERS[p][2] for p in peers},
+        "peers": {
+            p: {"description": PEERS[p].description, "config": PEERS[p].config} for p in peers
+        },
         "records": records,
     }
+    if os.environ.get("SJ_NATIVE_DIR") and "sj-native" in peers:
+        build = Path(os.environ["SJ_NATIVE_DIR"]) / "build.json"
+        if build.is_file():
+            report["sj_native_build"] = json.loads(build.read_text())
     stem = write_report(report, out)
     print(stem.with_suffix(".md").read_text())
     print(f"wrote {stem}.json/.md/.png in {report['wall_s']} s")
@@ -337,103 +461,233 @@ def orchestrate(args: argparse.Namespace) -> int:
 
 
 # ===================================================================== report
-def _by_key(records: list[dict]) -> dict[tuple, dict[str, dict]]:
-    table: dict[tuple, dict[str, dict]] = {}
+def combine(recs: list[dict]) -> dict[str, Any]:
+    """One peer's records of one row (one per round) as one: samples pooled across rounds.
+
+    An error in any round is the row's result (a failure must show); rounds that the
+    time budget did not reach are left out, and the row says how many ran.
+    """
+    from peers import spread
+
+    ok = [r for r in recs if r.get("status") == "ok"]
+    errors = [r for r in recs if str(r.get("status", "")).startswith("error")]
+    if errors or not ok:
+        bad = (errors or [r for r in recs if r.get("status") != "ok"] or recs)[0]
+        return {"status": bad.get("status", "-"), "rounds": len(ok), "of_rounds": len(recs)}
+    out: dict[str, Any] = {"status": "ok", "rounds": len(ok), "of_rounds": len(recs)}
+    samples = [s for r in ok for s in r.get("samples_ms", [])]
+    if samples:
+        out.update(spread(samples))
+        out["round_medians"] = [r["median_ms"] for r in ok]
+    else:  # a run from before the like-for-like protocol: its median only
+        out["median_ms"] = ok[0]["median_ms"]
+    peaks = [r["peak_mib"] for r in ok if r.get("peak_mib")]
+    out["peak_mib"] = max(peaks) if peaks else None
+    bases = [r["baseline_mib"] for r in ok if r.get("baseline_mib") is not None]
+    out["baseline_mib"] = max(bases) if bases else None
+    out["warmup_stable"] = all(r.get("warmup_stable", True) for r in ok)
+    out["output_spikes"] = ok[0].get("output_spikes")
+    out["notes"] = ok[0].get("notes", [])
+    return out
+
+
+def _rows(records: list[dict], small: bool) -> dict[tuple, dict[str, dict]]:
+    """(workload, case, mode) -> peer -> combined record, in the suite's row order."""
+    raw: dict[tuple, dict[str, list]] = {}
     for r in records:
         if "workload" in r:
-            table.setdefault((r["workload"], r["case"], r["mode"]), {})[r["peer"]] = r
-    return table
+            raw.setdefault((r["workload"], r["case"], r["mode"]), {}).setdefault(
+                r["peer"], []
+            ).append(r)
+    suite = ",".join(w for w in SUITE if any(k[0] == w for k in raw))
+    order = (
+        {(w, c.label, m): i for i, (w, c, m) in enumerate(_items(suite, small))} if suite else {}
+    )
+    keys = sorted(raw, key=lambda k: order.get(k, len(order)))
+    return {k: {p: combine(raw[k][p]) for p in raw[k]} for k in keys}
+
+
+def _spread_cell(r: dict) -> str:
+    if "p25_ms" in r:
+        return f"{fmt_ms(r['median_ms'])} [{fmt_ms(r['p25_ms'])}-{fmt_ms(r['p75_ms'])}]"
+    return fmt_ms(r["median_ms"])
 
 
 def _cell(r: dict | None) -> str:
     if r is None:
         return "-"
     if r.get("status") == "ok":
-        return fmt_ms(r["median_ms"])
+        part = r.get("rounds", 1) < r.get("of_rounds", 1)
+        return _spread_cell(r) + (f" ({r['rounds']} of {r['of_rounds']} rounds)" if part else "")
     return r.get("status", "-").split(":")[0]  # "n/a" / "error"; reasons listed below
 
 
+def _peer_configs(report: dict) -> dict[str, str]:
+    """peer -> configuration: stored in new reports; looked up for runs saved before."""
+    from peers import PEERS
+
+    out = {}
+    for p, v in report["peers"].items():
+        if isinstance(v, dict):
+            out[p] = v.get("config", "fp32")
+        else:
+            out[p] = PEERS[p].config if p in PEERS else "?"
+    return out
+
+
+def ratio_cell(ours: dict | None, theirs: dict[str, dict]) -> str:
+    """SpikingJelly time / snncc time (> 1: snncc faster) against the fastest SJ that ran.
+
+    The range divides SJ's quartiles by snncc's opposite quartiles: where it
+    spans 1.00x the two are not told apart by this run.
+    """
+    if not ours or ours.get("status") != "ok":
+        return "-"
+    ran = {p: r for p, r in theirs.items() if r.get("status") == "ok"}
+    if not ran:
+        return "-"
+    name, best = min(ran.items(), key=lambda kv: kv[1]["median_ms"])
+    ratio = best["median_ms"] / ours["median_ms"]
+    who = f" {name.removeprefix('sj-')}" if len(theirs) > 1 else ""
+    if "p25_ms" in ours and "p25_ms" in best:
+        lo, hi = best["p25_ms"] / ours["p75_ms"], best["p75_ms"] / ours["p25_ms"]
+        return f"{ratio:.2f}x ({lo:.2f}-{hi:.2f}){who}"
+    return f"{ratio:.2f}x{who}"
+
+
+def _fastest(row: dict[str, dict], configs: dict[str, str]) -> str:
+    """The fastest fp32 peer of a row; ties (overlapping quartiles) named with it."""
+    ran = sorted(
+        (r["median_ms"], p)
+        for p, r in row.items()
+        if r.get("status") == "ok" and configs.get(p) == "fp32"
+    )
+    if not ran:
+        return "-"
+    best = row[ran[0][1]]
+    ties = [
+        p
+        for _, p in ran[1:]
+        if "p75_ms" in best and row[p].get("p25_ms", float("inf")) <= best["p75_ms"]
+    ]
+    return ran[0][1] + (f" (ties {', '.join(ties)})" if ties else "")
+
+
+def _legacy_banner(report: dict) -> list[str]:
+    shared = (
+        " (snnTorch's leftover neurons count in Norse's and torch.compile's memory)"
+        if "snntorch" in report["peers"]
+        else ""
+    )
+    return [
+        "**Recorded before the like-for-like protocol of issue 17; no ratios are shown.** "
+        "In this run torch peers were timed with back-to-back CUDA events and jax with a "
+        "host clock and a sync per run; peers with the same environment shared one worker "
+        f"process{shared}; jax's peak memory was never reset (each figure is the largest "
+        "peak of that case and all before it); the fp32 torch peers ran cuDNN convolutions in TF32 "
+        "(PyTorch's default), snncc in exact fp32; surrogates differed between peers "
+        "(SpikingJelly Sigmoid, snnTorch ATan, Norse SuperSpike, torch.compile Sigmoid); "
+        "each case ran 3 warm-up runs, the first case of a worker with a cold GPU. "
+        "Cells: the median of 20 runs. The floors are recomputed (training: 16 B per "
+        "neuron-step with recompute).",
+        "",
+    ]
+
+
 def markdown(report: dict) -> str:
+    from peers import COMPARISONS
+
     recs = report["records"]
     roof = next((r for r in recs if r.get("peer") == "roofline" and r.get("status") == "ok"), {})
     peers = list(report["peers"])
+    configs = _peer_configs(report)
+    legacy = "protocol" not in report
     m = report["machine"]
-    dev = m.get("gpu") or f"CPU ({m.get('cpu_count')} cores)"
-    lines = [
-        f"# snncc benchmark suite on {dev}",
-        "",
-        f"{report['date']}; suite {', '.join(report['suite'])}"
-        f"{' (small sizes)' if report['small'] else ''}; median of {report['repeat']} runs "
-        f"after {report['warmup']} warm-up runs; times in ms; whole run {report['wall_s']} s.",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + ".",
-    ]
+    dev = m.get("gpu") or f"CPU ({m.get('cpu') or ''}, {m.get('cpu_count')} cores)"
+    lines = [f"# snncc benchmark suite on {dev}", ""]
+    if legacy:
+        lines += [
+            f"{report['date']}; suite {', '.join(report['suite'])}"
+            f"{' (small sizes)' if report['small'] else ''}; times in ms; whole run "
+            f"{report['wall_s']} s.",
+            "",
+        ] + _legacy_banner(report)
+    else:
+        pr = report["protocol"]
+        lines += [
+            f"{report['date']}; suite {', '.join(report['suite'])}"
+            f"{' (small sizes)' if report['small'] else ''}; whole run {report['wall_s']} s.",
+            "",
+            f"Timing (the same for every peer): {pr['clock']} (torch: `cuda.synchronize`; jax: "
+            "`block_until_ready` on the block's last output); each step includes the peer's "
+            "per-step bookkeeping (state reset, clearing grads); warm-up until two consecutive "
+            f"windows agree within 5% (at least {pr['min_warmup_runs']} steps and "
+            f"{pr['min_warmup_s']} s); {pr['repeat']} samples per case per round, each the mean "
+            "of a block of back-to-back steps lasting >= 5 ms; each peer in its own process "
+            "(jax on a GPU: one per case), its cases in a shuffled order (seed "
+            f"{pr['seed']}); {pr['rounds']} round(s), samples pooled. Cells: median "
+            "[25th-75th percentile] ms.",
+        ]
+        if pr.get("threads"):
+            lines.append(
+                f"CPU threads: {pr['threads']} per worker for every peer (OpenMP, MKL, XLA)."
+            )
+        ld = report.get("load", {})
+        if ld:
+            s, e = ld.get("start", {}), ld.get("end", {})
+            lines.append(
+                f"Machine load: load average (1, 5, 15 min) "
+                f"{', '.join(f'{v:.2f}' for v in s.get('loadavg', []))} at the start, "
+                f"{', '.join(f'{v:.2f}' for v in e.get('loadavg', []))} at the end; "
+                f"{s.get('nproc')} usable CPUs (nproc)."
+            )
+    lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + ".")
     if roof:
         lines.append(
             f"Measured ceilings: copy {roof['copy_bytes_per_s'] / 1e12:.2f} TB/s (read + write), "
             f"fp32 GEMM {roof['fp32_gemm_flops_per_s'] / 1e12:.1f} TFLOP/s."
         )
+    build = report.get("sj_native_build")
+    if build:
+        lines.append(
+            f"SpikingJelly native CUDA build: {build.get('status')} ({build.get('seconds')} s)."
+        )
     lines.append("")
-    table = _by_key(recs)
-    bw = roof.get("copy_bytes_per_s")
-    sj = [p for p in ("sj-triton", "sj-torch") if p in peers]
+    comparisons = [] if legacy else [c for c in COMPARISONS if c[1] in peers]
+    comparisons = [(lbl, ours, tuple(s for s in sj if s in peers)) for lbl, ours, sj in comparisons]
+    comparisons = [c for c in comparisons if c[2]]
+    table = _rows(recs, report["small"])
     for wl in report["suite"]:
         keys = [k for k in table if k[0] == wl]
         if not keys:
             continue
         lines += [f"## {wl}", ""]
-        ours_prefix = "snncc-cuda" if report["device"] == "cuda" else "snncc-cpu"
-        head = ["case", "mode", *peers, f"{ours_prefix} vs best SJ", "floor"]
+        head = ["case", "mode", *peers]
+        head += [f"{lbl}: SJ / {ours}" for lbl, ours, _ in comparisons]
+        head += ([] if legacy else ["fastest fp32"]) + ["floor"]
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "---|" * len(head))
         for key in keys:
             row = table[key]
             cells = [key[1], key[2], *(_cell(row.get(p)) for p in peers)]
-            best_sj = min(
-                (row[p]["median_ms"] for p in sj if row.get(p, {}).get("status") == "ok"),
-                default=None,
-            )
-            ours = min(
-                (
-                    r["median_ms"]
-                    for p, r in row.items()
-                    if p.startswith(ours_prefix) and r.get("status") == "ok"
-                ),
-                default=None,
-            )
-            cells.append(f"{best_sj / ours:.2f}x" if best_sj and ours else "-")
-            from workloads import cases as _cases
-
-            case = next(c for c in _cases(wl, report["small"]) if c.label == key[1])
-            floor = expected_ms(bytes_moved(case, key[2]), bw)
-            if (
-                floor is None
-                and flops(case)
-                and roof.get("fp32_gemm_flops_per_s")
-                and key[2] == "fwd"
-            ):
-                floor = flops(case) / roof["fp32_gemm_flops_per_s"] * 1e3
-            cells.append(fmt_ms(floor) if floor else "-")
+            for _, ours, sj in comparisons:
+                cells.append(ratio_cell(row.get(ours), {p: row[p] for p in sj if p in row}))
+            if not legacy:
+                cells.append(_fastest(row, configs))
+            case = next(c for c in cases(wl, report["small"]) if c.label == key[1])
+            fl = floor(case, key[2], roof)
+            cells.append(f"{fmt_ms(fl.ms)} ({fl.work})" if fl else "-")
             lines.append("| " + " | ".join(cells) + " |")
-        mem = [
-            f"{key[1]}: "
-            + ", ".join(
-                f"{p} {table[key][p]['peak_mib']:.0f}"
-                for p in peers
-                if table[key].get(p, {}).get("status") == "ok" and table[key][p].get("peak_mib")
-            )
-            for key in keys
-            if key[2] == "fwd+bwd"
-        ]
-        mem = [m for m in mem if not m.endswith(": ")]
-        if mem:
-            lines += ["", "Peak GPU memory in training (MiB): " + "; ".join(mem) + "."]
+        extra = _memory_lines(keys, table, peers) + _check_lines(keys, table, peers, configs)
+        if extra:
+            lines += [""] + extra
         lines.append("")
     grouped: dict[tuple[str, str], list[str]] = {}
-    for r in recs:
-        if "workload" in r and r.get("status") == "ok":
-            for note in r.get("notes", []):
-                where = f"{r['workload']} {r['case']} {r['mode']}"
-                grouped.setdefault((r["peer"], note), []).append(where)
+    for key, row in table.items():
+        for peer, r in row.items():
+            if r.get("status") == "ok":
+                for note in r.get("notes", []):
+                    grouped.setdefault((peer, note), []).append(f"{key[0]} {key[1]} {key[2]}")
     notes = [f"{peer} ({'; '.join(where)}): {note}" for (peer, note), where in grouped.items()]
     if notes:
         lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
@@ -446,17 +700,115 @@ def markdown(report: dict) -> str:
     )
     if reasons:
         lines += ["## Not measured", ""] + [f"- {r}" for r in reasons] + [""]
+    lines += _legend(comparisons, legacy)
     lines += [
-        "Floors: L1/L2 = the fewest bytes a fused layer must move (each input read and each "
-        "output written once, fp32 spikes; training also saves and re-reads the membrane) over "
-        "the measured copy bandwidth; M1 forward = its GEMM FLOPs over the measured fp32 GEMM "
-        "rate. 'vs best SJ' divides the fastest SpikingJelly time by the fastest snncc variant "
-        "named in that column's header, in the same row.",
-        "",
-        "Peers: " + "; ".join(f"{p} = {d}" for p, d in report["peers"].items()) + ".",
+        "Peers: "
+        + "; ".join(
+            f"{p} = {d['description'] if isinstance(d, dict) else d} [{configs[p]}]"
+            for p, d in report["peers"].items()
+        )
+        + ".",
         "",
     ]
     return "\n".join(lines)
+
+
+def _memory_lines(keys: list[tuple], table: dict, peers: list[str]) -> list[str]:
+    mem = []
+    for key in keys:
+        if key[2] != "fwd+bwd":
+            continue
+        parts = []
+        for p in peers:
+            r = table[key].get(p, {})
+            if r.get("status") == "ok" and r.get("peak_mib"):
+                base = r.get("baseline_mib")
+                left = f" (of which {base:.0f} left from before)" if base and base >= 1 else ""
+                parts.append(f"{p} {r['peak_mib']:.0f}{left}")
+        if parts:
+            mem.append(f"{key[1]}: " + ", ".join(parts))
+    return ["Peak GPU memory in training (MiB): " + "; ".join(mem) + "."] if mem else []
+
+
+def _check_lines(keys: list[tuple], table: dict, peers: list[str], configs: dict) -> list[str]:
+    """Equal work, checked: forward spike counts against SpikingJelly fp32; unstable warm-ups."""
+    out = []
+    diffs, same = [], []
+    for key in keys:
+        row = table[key]
+        ref = next(
+            (
+                p
+                for p in ("sj-native", "sj-triton", "sj-torch")
+                if row.get(p, {}).get("status") == "ok"
+            ),
+            None,
+        )
+        if key[2] != "fwd" or ref is None or row[ref].get("output_spikes") is None:
+            continue
+        want = row[ref]["output_spikes"]
+        n_before = len(diffs)
+        for p in peers:
+            r = row.get(p, {})
+            got = r.get("output_spikes")
+            if r.get("status") == "ok" and got is not None and got != want:
+                diffs.append(f"{key[1]} {p} {got:.0f} vs {want:.0f} ({configs.get(p)})")
+        if len(diffs) == n_before:
+            same.append(f"{key[1]}: {want:.0f}" + (" (a silent output: zeros)" if not want else ""))
+    if diffs:
+        out.append(
+            "Forward output spike counts that differ from SpikingJelly fp32's (first input): "
+            + "; ".join(diffs)
+            + "."
+        )
+    if same:
+        out.append(
+            "Forward output spike counts equal to SpikingJelly fp32's in every peer (first "
+            "input): " + "; ".join(same) + "."
+        )
+    unstable = [
+        f"{key[1]} {key[2]} {p}"
+        for key in keys
+        for p, r in table[key].items()
+        if r.get("status") == "ok" and not r.get("warmup_stable", True)
+    ]
+    if unstable:
+        out.append(
+            "Warm-up did not settle within 5% before its time cap (timed anyway): "
+            + "; ".join(unstable)
+            + "."
+        )
+    return out
+
+
+def _legend(comparisons: list, legacy: bool) -> list[str]:
+    fwd, bwd = LAYER_BYTES["fwd"], LAYER_BYTES["fwd+bwd"]
+    out = [
+        f"Floors: L1/L2 = bytes over the measured copy rate: forward {fwd[0]} B per "
+        f"neuron-step ({fwd[1]}); training {bwd[0]} B ({bwd[1]}). M1 = fp32 GEMM FLOPs "
+        "over the measured GEMM rate (training: forward GEMMs + weight gradients + the input "
+        "gradients of layers 2 and 3). C1: none. No ceilings are measured on a CPU.",
+        "",
+    ]
+    if not legacy:
+        out += [
+            "Ratios: SpikingJelly's time / snncc's time in the same configuration (> 1: snncc "
+            "faster), against the fastest SpikingJelly implementation of that configuration "
+            "that ran (named where there are several); in brackets the ratio of opposite "
+            "quartiles -- where it spans 1.00x this run does not tell them apart. "
+            + "; ".join(f"{lbl}: {ours} vs {', '.join(sj)}" for lbl, ours, sj in comparisons)
+            + ". Variants without a SpikingJelly counterpart get no ratio. 'fastest fp32': "
+            "the fastest peer whose configuration is fp32, with the peers whose quartiles "
+            "overlap its own.",
+            "",
+            "Same network, surrogate and learnable parameters in every peer "
+            "(benchmarks/workloads.py): ATan (alpha 2) everywhere; C1's PLIF time "
+            "constants learnable in SpikingJelly, snncc, torch.compile, snnTorch (learn_beta) "
+            "and Norse (sigmoid(w) / dt); resets detached where SpikingJelly's are (C1), except "
+            "snnTorch, which never detaches.",
+            "",
+        ]
+    return out
 
 
 def chart(report: dict, path: Path) -> None:
@@ -465,7 +817,7 @@ def chart(report: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    table = _by_key(report["records"])
+    table = _rows(report["records"], report["small"])
     keys = list(table)
     peers = [
         p for p in report["peers"] if any(table[k].get(p, {}).get("status") == "ok" for k in keys)
@@ -476,15 +828,17 @@ def chart(report: dict, path: Path) -> None:
     colors = plt.get_cmap("tab20")  # one colour per peer: tab10 repeats after ten
     width = 0.8 / len(peers)
     for i, p in enumerate(peers):
-        xs, ys = [], []
+        xs, ys, lo, hi = [], [], [], []
         for j, k in enumerate(keys):
             r = table[k].get(p)
             if r and r.get("status") == "ok":
                 xs.append(j + i * width)
                 ys.append(r["median_ms"])
-        ax.bar(xs, ys, width, label=p, color=colors(i % colors.N))
+                lo.append(r["median_ms"] - r.get("p25_ms", r["median_ms"]))
+                hi.append(r.get("p75_ms", r["median_ms"]) - r["median_ms"])
+        ax.bar(xs, ys, width, label=p, color=colors(i % colors.N), yerr=[lo, hi], capsize=1)
     ax.set_yscale("log")
-    ax.set_ylabel("median time (ms, log scale)")
+    ax.set_ylabel("median time (ms, log scale; bars: quartiles)")
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(keys))])
     ax.set_xticklabels(
         [f"{k[0]} {k[1]}\n{k[2]}" for k in keys], fontsize=7, rotation=45, ha="right"
@@ -509,18 +863,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--small", action="store_true", help="small sizes (a CPU finishes in minutes)")
     p.add_argument("--out", default="results", help="folder for bench_<device>.json/.md/.png")
     p.add_argument("--peers", default=None, help="comma-separated subset of peers")
-    p.add_argument("--repeat", type=int, default=20, help="timed runs per case (median; >= 20)")
-    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument(
+        "--repeat", type=int, default=20, help="timed samples per case and round (>= 20)"
+    )
+    p.add_argument("--rounds", type=int, default=1, help="worker runs per peer, samples pooled")
+    p.add_argument("--seed", type=int, default=0, help="seed of the shuffled orders")
+    p.add_argument("--warmup", type=int, default=5, help="least warm-up steps per case")
+    p.add_argument("--warmup-s", type=float, default=0.5, help="least warm-up seconds per case")
     p.add_argument("--budget", type=float, default=450.0, help="seconds for the whole run")
+    p.add_argument(
+        "--threads", type=int, default=None, help="CPU threads per worker (default: libraries')"
+    )
     p.add_argument(
         "--render", metavar="JSON", help="re-write the .md and .png of a saved run into --out"
     )
     p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--only", help=argparse.SUPPRESS)
+    p.add_argument("--round", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--deadline", type=float, default=float("inf"), help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.repeat < 20 and not args.worker:
-        p.error("--repeat must be >= 20 (the suite reports medians of at least 20 runs)")
+        p.error("--repeat must be >= 20 (the suite reports medians of at least 20 samples)")
+    if args.rounds < 1:
+        p.error("--rounds must be >= 1")
     return args
 
 

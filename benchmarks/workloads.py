@@ -7,6 +7,18 @@ Norse and torch.compile get the model with each SpikingJelly neuron replaced by
 their equivalent (same dynamics: for LIF with decay_input,
 ``h = v + (x - v) / tau``), stepped over T layer by layer.
 
+Like for like (issue 17): every neuron of every workload uses the ATan surrogate
+(alpha = 2; C1's own, and snnTorch's default), in every peer: snnTorch's
+``surrogate.atan``, Norse through its ``threshold`` function (Norse 1.1 has no
+ATan, so the suite adds one: Norse's firing ``x > 0`` with the ATan gradient),
+snncc.nn's ``"atan"``. Where SpikingJelly's time constant is learnable (C1's
+PLIF), it is learnable in every peer: snnTorch ``learn_beta`` with the input
+scaled by ``1 - beta``, Norse ``tau_mem_inv = sigmoid(w) / dt`` from a learnable
+``w``, snncc.nn ``ParametricLIF``. Resets follow SpikingJelly's ``detach_reset``
+(C1: detached; L1, L2, M1: not) in SpikingJelly, snncc and Norse (its
+``reset_method``); snnTorch's reset is never detached. Firing: SpikingJelly and
+snncc fire at ``h >= threshold``, snnTorch and Norse at ``h > threshold``.
+
 Sizes: ``full`` is the anchors' suite (for a GPU); ``small`` keeps every
 workload's structure at sizes a CPU runs in seconds (``--small``).
 """
@@ -76,17 +88,18 @@ def sj_model(case: Case) -> nn.Module:
     from spikingjelly.activation_based import functional, layer, neuron, surrogate
 
     torch.manual_seed(0)
+
+    def lif() -> nn.Module:
+        return neuron.LIFNode(
+            tau=2.0, decay_input=True, v_reset=0.0, surrogate_function=surrogate.ATan()
+        )
+
     if case.workload in ("L1", "L2"):
-        net = nn.Sequential(neuron.LIFNode(tau=2.0, decay_input=True, v_reset=0.0))
+        net = nn.Sequential(lif())
     elif case.workload == "M1":
         h = case.model["hidden"]
         net = nn.Sequential(
-            layer.Linear(784, h),
-            neuron.LIFNode(tau=2.0),
-            layer.Linear(h, h),
-            neuron.LIFNode(tau=2.0),
-            layer.Linear(h, 10),
-            neuron.LIFNode(tau=2.0),
+            layer.Linear(784, h), lif(), layer.Linear(h, h), lif(), layer.Linear(h, 10), lif()
         )
     elif case.workload == "C1":
         from spikingjelly.activation_based.model import parametric_lif_net
@@ -114,9 +127,14 @@ def make_input(case: Case, seed: int, device: str) -> torch.Tensor:
 
 # ----------------------------------------------------------- neuron replacement
 def _sj_neuron_params(node: nn.Module) -> dict[str, Any]:
-    """tau / threshold / reset / PLIF-ness of a SpikingJelly LIF-family node."""
+    """tau / threshold / reset / surrogate / PLIF-ness of a SpikingJelly LIF-family node."""
     from spikingjelly.activation_based import neuron
 
+    from snncc.surrogate import from_spikingjelly
+
+    surrogate, alpha = from_spikingjelly(node.surrogate_function)
+    if surrogate != "atan":  # every peer below maps ATan to its own; nothing else is mapped
+        raise ValueError(f"the suite's peers are given ATan only; this node has {surrogate}")
     plif = isinstance(node, neuron.ParametricLIFNode)
     if plif:
         tau = 1.0 / float(node.w.detach().sigmoid())
@@ -129,6 +147,7 @@ def _sj_neuron_params(node: nn.Module) -> dict[str, Any]:
         "v_threshold": float(node.v_threshold),
         "v_reset": node.v_reset,
         "detach_reset": bool(node.detach_reset),
+        "alpha": alpha,
     }
 
 
@@ -150,51 +169,101 @@ def replace_neurons(model: nn.Module, factory) -> nn.Module:
 
 
 class SnnTorchLayer(nn.Module):
-    """snnTorch ``Leaky`` stepped over T: ``mem = beta * mem + x / tau`` with beta = 1 - 1/tau.
+    """snnTorch ``Leaky`` stepped over T: ``mem = beta * mem + (1 - beta) * x``, beta = 1 - 1/tau.
 
-    Feeding ``x / tau`` makes snnTorch's form the same dynamics as
-    SpikingJelly's decay_input LIF (``h = v + (x - v) / tau``).
+    Scaling the input by ``1 - beta`` makes snnTorch's form SpikingJelly's
+    decay_input LIF (``h = v + (x - v) / tau``); for a PLIF node beta is
+    learnable (``learn_beta``) and the scale follows it, so the time constant is
+    learned as in SpikingJelly (snnTorch clamps beta to [0, 1], as its own step does).
     """
 
     def __init__(self, p: dict[str, Any]) -> None:
         super().__init__()
         import snntorch
+        from snntorch import surrogate
 
+        self.learn = p["plif"]
         self.inv_tau = 1.0 / p["tau"]
         self.cell = snntorch.Leaky(
             beta=1.0 - self.inv_tau,
             threshold=p["v_threshold"],
+            spike_grad=surrogate.atan(alpha=p["alpha"]),
             reset_mechanism="zero" if p["v_reset"] is not None else "subtract",
-            learn_beta=p["plif"],
+            learn_beta=self.learn,
             reset_delay=False,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         mem = self.cell.init_leaky()
+        scale = 1.0 - self.cell.beta.clamp(0, 1) if self.learn else self.inv_tau
         out = []
         for xt in x:
-            spk, mem = self.cell(xt * self.inv_tau, mem)
+            spk, mem = self.cell(xt * scale, mem)
             out.append(spk)
         return torch.stack(out)
 
 
+def _norse_threshold_with_atan() -> None:
+    """Give Norse 1.1's LIFBox step an ``"atan"`` threshold method (it has none).
+
+    Norse's step calls ``threshold(x, method, alpha)`` from its module globals;
+    ``"atan"`` becomes snncc's ``spike_gt`` (Norse's firing, ``x > 0``, with the
+    ATan gradient of SpikingJelly and snnTorch); every other method is Norse's own.
+    """
+    from norse.torch.functional import lif_box
+
+    if getattr(lif_box.threshold, "adds_atan", False):
+        return
+    from snncc.surrogate import spike_gt
+
+    norse_threshold = lif_box.threshold
+
+    def threshold(x: torch.Tensor, method: str, alpha: float) -> torch.Tensor:
+        if method == "atan":
+            return spike_gt(x, "atan", float(alpha))
+        return norse_threshold(x, method, alpha)
+
+    threshold.adds_atan = True
+    lif_box.threshold = threshold
+
+
+def _norse_detached_reset(z, v, reset, th):
+    """Norse's ``reset_value`` with the spike detached (SpikingJelly's ``detach_reset``)."""
+    from norse.torch.functional.reset import reset_value
+
+    return reset_value(z.detach(), v, reset, th)
+
+
 class NorseLayer(nn.Module):
-    """Norse ``LIFBoxCell`` (no synaptic current) stepped over T, dt * tau_mem_inv = 1 / tau."""
+    """Norse ``LIFBoxCell`` (no synaptic current) stepped over T, dt * tau_mem_inv = 1 / tau.
+
+    A PLIF node's time constant is a learnable ``w`` here, ``tau_mem_inv =
+    sigmoid(w) / dt`` (SpikingJelly's parametrisation), passed to Norse through
+    its parameters each forward -- Norse's documented way to learn a parameter.
+    """
 
     def __init__(self, p: dict[str, Any]) -> None:
         super().__init__()
         from norse.torch import LIFBoxCell, LIFBoxParameters
+        from norse.torch.functional.reset import reset_value
 
-        dt = 1e-3
+        _norse_threshold_with_atan()
+        self.dt = 1e-3
+        self.w = nn.Parameter(torch.tensor(-math.log(p["tau"] - 1.0))) if p["plif"] else None
         params = LIFBoxParameters(
-            tau_mem_inv=torch.tensor(1.0 / (p["tau"] * dt)),
+            tau_mem_inv=torch.tensor(1.0 / (p["tau"] * self.dt)),
             v_th=torch.tensor(p["v_threshold"]),
             v_reset=torch.tensor(0.0 if p["v_reset"] is None else float(p["v_reset"])),
             v_leak=torch.tensor(0.0),
+            method="atan",
+            alpha=p["alpha"],
+            reset_method=_norse_detached_reset if p["detach_reset"] else reset_value,
         )
-        self.cell = LIFBoxCell(p=params, dt=dt)
+        self.cell = LIFBoxCell(p=params, dt=self.dt)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.w is not None:
+            self.cell.p = self.cell.p._replace(tau_mem_inv=self.w.sigmoid() / self.dt)
         state = None
         out = []
         for xt in x:
@@ -211,43 +280,67 @@ def snncc_nn_layer(p: dict[str, Any]) -> nn.Module:
         "v_threshold": p["v_threshold"],
         "v_reset": p["v_reset"],
         "detach_reset": p["detach_reset"],
+        "surrogate": "atan",
+        "alpha": p["alpha"],
     }
     if p["plif"]:
         return snn.ParametricLIF(init_tau=p["tau"], decay_input=p["decay_input"], **common)
     return snn.LIF(tau=p["tau"], decay_input=p["decay_input"], **common)
 
 
-# ----------------------------------------------------------- bandwidth floors
-def bytes_moved(case: Case, mode: str, out_bytes: int = 4) -> int | None:
-    """The fewest bytes one neuron layer must move (L1/L2), each array once; None elsewhere.
+# ----------------------------------------------------------- floors
+#: Bytes per neuron-step that one fused LIF layer must move (L1, L2; fp32 input, output and
+#: gradients), and what they are. The step's loss is ``y.sum()``, whose gradient is one
+#: broadcast value: a kernel can read it in place (snncc's does), so it costs no traffic.
+LAYER_BYTES: dict[str, tuple[int, str]] = {
+    "fwd": (8, "read x 4 + write spikes 4"),
+    "fwd+bwd": (
+        16,
+        "forward 8; backward recomputing h from x: re-read x 4 + write grad x 4 "
+        "(saving h instead costs 20: write h 4 in the forward, read it back 4)",
+    ),
+}
 
-    Forward: read x, write spikes (``out_bytes`` each). Forward+backward with
-    the membrane saved: forward reads x, writes spikes and h; backward reads h
-    and writes grad_x. The step's loss is ``y.sum()``, whose gradient is one
-    broadcast value: a kernel can read it in place (snncc's does), so it costs
-    no traffic.
+
+@dataclass(frozen=True)
+class Floor:
+    """The least work a case needs, and the time it takes at the measured ceilings."""
+
+    ms: float | None  # None: no ceiling measured on this device
+    work: str  # e.g. "16 B/neuron-step, 4.29 GB" or "47.7 GFLOP"
+    what: str  # what is counted
+
+
+def floor(case: Case, mode: str, roof: dict[str, Any]) -> Floor | None:
+    """L1/L2: bytes over the measured copy rate; M1: GEMM FLOPs over the fp32 GEMM rate; C1: none"""
+    if case.workload in ("L1", "L2"):
+        per, what = LAYER_BYTES[mode]
+        total = per * case.T * case.neurons
+        rate = roof.get("copy_bytes_per_s")
+        size = f"{total / 1e9:.3g} GB" if total >= 1e9 else f"{total / 1e6:.3g} MB"
+        return Floor(total / rate * 1e3 if rate else None, f"{per} B/neuron-step, {size}", what)
+    if case.workload == "M1":
+        total = gemm_flops(case, mode)
+        rate = roof.get("fp32_gemm_flops_per_s")
+        what = (
+            "forward GEMMs"
+            if mode == "fwd"
+            else ("forward GEMMs + weight gradients + input gradients of layers 2 and 3")
+        )
+        return Floor(total / rate * 1e3 if rate else None, f"{total / 1e9:.4g} GFLOP", what)
+    return None
+
+
+def gemm_flops(case: Case, mode: str = "fwd") -> float:
+    """M1's GEMM FLOPs (2 * rows * in * out per Linear): the forward, or the whole training step.
+
+    The training step adds the weight gradients (as many FLOPs as the forward) and the
+    input gradients of the second and third Linear (the first one's input needs none).
     """
-    if case.workload not in ("L1", "L2"):
-        return None
-    tn = case.T * case.neurons
-    if mode == "fwd":
-        return tn * (4 + out_bytes)
-    return tn * (4 + out_bytes + 4) + tn * (4 + 4)
-
-
-def flops(case: Case) -> float | None:
-    """Forward GEMM FLOPs of M1 (2 * rows * in * out per Linear)."""
-    if case.workload != "M1":
-        return None
     h = case.model["hidden"]
     rows = case.T * case.B
-    return 2.0 * rows * (784 * h + h * h + h * 10)
-
-
-def expected_ms(nbytes: int | None, bandwidth: float | None) -> float | None:
-    if not nbytes or not bandwidth:
-        return None
-    return nbytes / bandwidth * 1e3
+    fwd = 2.0 * rows * (784 * h + h * h + h * 10)
+    return fwd if mode == "fwd" else 2 * fwd + 2.0 * rows * (h * h + h * 10)
 
 
 def fmt_ms(v: float | None) -> str:

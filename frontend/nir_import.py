@@ -40,7 +40,6 @@ file is a CheckpointError.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import warnings
@@ -63,6 +62,7 @@ from snncc.export.nir import (
 )
 from snncc.ir.graph import Graph
 from snncc.ir.neuron import NeuronSpec
+from snncc.safe_files import MAX_ELEMENTS, check_elements, parse_json
 
 __all__ = ["IMPORT_ACCEPT", "NIRWarning", "from_nir"]
 
@@ -110,21 +110,90 @@ def _array(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
+#: the deepest group nesting read from a NIR file (NIR's own files nest a few levels per graph)
+MAX_HDF_DEPTH = 32
+#: the most groups and datasets read from one file (hard links can make a DAG explode)
+MAX_HDF_OBJECTS = 100_000
+
+
 def _read_file(path: Path) -> Any:
     """Read a NIR HDF5 file node by node, so a bad node is named in the error."""
     import h5py
     import nir
-    from nir.serialization import hdf2dict
 
     where = f"NIR file {str(path)!r}"
     if not path.is_file():
         raise CheckpointError(f"{where} does not exist (or is not a file)")
     try:
         with h5py.File(path, "r") as f:
-            doc = hdf2dict(f["node"])
-    except (OSError, KeyError, ValueError) as e:
+            if "node" not in f:
+                raise KeyError("no 'node' group")
+            doc = _hdf_to_dict(f, "node", where, h5py, [0, 0, set()])
+    except (OSError, KeyError, ValueError, TypeError) as e:
         raise CheckpointError(f"{where} is not a NIR file (HDF5 with a 'node' group): {e}") from e
+    if not isinstance(doc, dict):
+        raise CheckpointError(f"{where} is not a NIR file: 'node' is not a group")
     return _build(doc, where, nir, "")
+
+
+def _hdf_to_dict(parent: Any, key: str, where: str, h5py: Any, count: list[Any]) -> Any:
+    """The value under ``parent[key]``: a dict for a group, the data for a dataset.
+
+    Data is read only from the file itself: HDF5 soft and external links,
+    datasets stored in other files and virtual datasets are refused (they
+    would make another file's bytes the weights); a NIR file is a tree, so an
+    object reached twice through hard links (a cycle, or a DAG that would
+    multiply what is read) is refused; nesting, the number of objects and
+    each dataset's size are checked before anything is read. ``count``:
+    [values read, objects seen, ids of the objects seen].
+    """
+    name = f"{parent.name.rstrip('/')}/{key}"
+    link = parent.get(key, getlink=True)
+    if isinstance(link, h5py.ExternalLink):
+        raise CheckpointError(
+            f"{where}: {name} is an HDF5 external link to {link.filename}:{link.path}; snncc "
+            "reads only data stored in the NIR file itself"
+        )
+    if isinstance(link, h5py.SoftLink):
+        raise CheckpointError(
+            f"{where}: {name} is an HDF5 soft link to {link.path}; snncc reads only data "
+            "stored in the NIR file itself, each value once"
+        )
+    count[1] += 1
+    if count[1] > MAX_HDF_OBJECTS:
+        raise CheckpointError(f"{where} holds more than {MAX_HDF_OBJECTS} groups and datasets")
+    item = parent[key]
+    if item.id in count[2]:
+        raise CheckpointError(
+            f"{where}: {name} is a second hard link to an object already read; a NIR file is "
+            "a tree (each value stored once)"
+        )
+    count[2].add(item.id)
+    if isinstance(item, h5py.Group):
+        depth = name.count("/")
+        if depth > MAX_HDF_DEPTH:
+            raise CheckpointError(f"{where}: groups nest deeper than {MAX_HDF_DEPTH} levels")
+        return {
+            k: _hdf_to_dict(item, k, where, h5py, count)
+            for k in item  # noqa: SIM118 - h5py groups iterate names
+        }
+    if not isinstance(item, h5py.Dataset):
+        raise CheckpointError(f"{where}: {name} is neither a group nor a dataset")
+    if item.external:
+        raise CheckpointError(
+            f"{where}: dataset {name} keeps its data in other files ({item.external[0][0]!r}); "
+            "snncc reads only data stored in the NIR file itself"
+        )
+    if item.is_virtual:
+        raise CheckpointError(
+            f"{where}: dataset {name} is a virtual dataset (it maps other files' data); snncc "
+            "reads only data stored in the NIR file itself"
+        )
+    count[0] += check_elements(item.shape or (), f"{where}: dataset {name}", CheckpointError)
+    if count[0] > MAX_ELEMENTS:
+        raise CheckpointError(f"{where} declares more than {MAX_ELEMENTS} values in all")
+    value = item[()]
+    return value.decode("utf8") if isinstance(value, bytes) else value
 
 
 def _build(doc: dict[str, Any], where: str, nir: Any, prefix: str) -> Any:
@@ -179,8 +248,8 @@ def _meta(node: Any) -> dict[str, Any]:
     if raw is None:
         return {}
     try:
-        doc = json.loads(_str(raw) if isinstance(raw, (bytes, str)) else str(raw))
-    except json.JSONDecodeError:
+        doc = parse_json(_str(raw) if isinstance(raw, (bytes, str)) else str(raw), "", IRError)
+    except IRError:
         return {}
     return doc if isinstance(doc, dict) and doc.get("version") == 1 else {}
 
@@ -484,8 +553,19 @@ class _Neurons:
             k: np.broadcast_to(_array(v).astype(np.float64), shape)
             for k, v in _fields(node).items()
         }
+        bad = sorted(k for k, v in f.items() if not np.all(np.isfinite(v)))
+        if bad:
+            raise self.fail(
+                name,
+                node,
+                f"its {', '.join(bad)} hold NaN or infinity; neuron constants must be finite "
+                "(a NaN threshold or tau would run and silently give wrong spikes)",
+            )
         kind = type(node).__name__
-        return getattr(self, f"plan_{kind}")(name, node, shape, f)
+        try:
+            return getattr(self, f"plan_{kind}")(name, node, shape, f)
+        except IRError as e:
+            raise self.fail(name, node, str(e)) from None
 
     # --- helpers
     def common(self, **kw: Any) -> dict[str, Any]:

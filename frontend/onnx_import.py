@@ -21,7 +21,6 @@ the reason, so the imported IR always computes exactly what the file does.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +46,7 @@ from snncc.export.onnx import (
 )
 from snncc.ir.graph import Graph
 from snncc.ir.neuron import NeuronSpec
+from snncc.safe_files import parse_json
 
 __all__ = ["from_onnx"]
 
@@ -81,9 +81,20 @@ def _load(path_or_model: Any) -> tuple[onnx.ModelProto, str]:
         if not path.is_file():
             raise CheckpointError(f"{where} does not exist (or is not a file)")
         try:
-            model = onnx.load_model(str(path))
+            # never another file's bytes: external tensor data is refused below, not read
+            model = onnx.load_model(str(path), load_external_data=False)
         except Exception as e:  # noqa: BLE001 - protobuf raises several unrelated types
             raise CheckpointError(f"{where} is corrupt or not an ONNX model: {e}") from e
+    external = [
+        t.name
+        for t in model.graph.initializer
+        if t.data_location == onnx.TensorProto.EXTERNAL or t.external_data
+    ]
+    if external:
+        raise CheckpointError(
+            f"{where} keeps tensor data in other files (external data: {external[:3]}); "
+            "snncc reads only self-contained ONNX files, as 'snncc export' writes them"
+        )
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
@@ -106,7 +117,7 @@ def _check_metadata(model: onnx.ModelProto, where: str) -> dict[str, str]:
         version = int(props[META_VERSION])
     except ValueError:
         raise CheckpointError(
-            f"{where}: {META_VERSION}={props[META_VERSION]!r} is not a version number"
+            f"{where}: {META_VERSION}={props[META_VERSION][:40]!r} is not a version number"
         ) from None
     if version > IR_FORMAT_VERSION:
         raise UnsupportedError(
@@ -147,10 +158,7 @@ def _check_ops(model: onnx.ModelProto, where: str) -> int:
 
 # ------------------------------------------------------------------ rebuilding
 def _structure(text: str, where: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{where}: metadata {META_GRAPH!r} is not valid JSON ({e})") from e
+    doc = parse_json(text, f"{where}: metadata {META_GRAPH!r}", CheckpointError)
     if not isinstance(doc, dict) or doc.get("format") != "snncc-ir":
         raise CheckpointError(f"{where}: metadata {META_GRAPH!r} is not an snncc IR description")
     for key in ("next_id", "meta", "nodes", "edges", "params"):
@@ -166,10 +174,10 @@ def _scan_specs(model: onnx.ModelProto, where: str) -> dict[int, dict[str, Any]]
         if node.op_type != "Scan":
             continue
         try:
-            doc = json.loads(node.doc_string)
+            doc = parse_json(node.doc_string, "doc_string", CheckpointError)
             entries = doc[DOC_NEURONS]
             version = int(doc["snncc_ir_version"])
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        except (CheckpointError, KeyError, TypeError, ValueError):
             raise UnsupportedError(
                 f"{where}: {_node_label(node)} has no snncc neuron spec in its doc_string; "
                 "snncc needs it to know the neuron semantics of the loop body"
@@ -303,10 +311,9 @@ def _first_difference(
 
 def _options(props: dict[str, str], where: str) -> dict[str, Any]:
     """The export options recorded in the file (absent: the defaults)."""
-    try:
-        options = json.loads(props.get(META_OPTIONS, "{}"))
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{where}: metadata {META_OPTIONS!r} is not valid JSON ({e})") from e
+    options = parse_json(
+        props.get(META_OPTIONS, "{}"), f"{where}: metadata {META_OPTIONS!r}", CheckpointError
+    )
     if not isinstance(options, dict) or set(options) - {"state_io"}:
         raise UnsupportedError(
             f"{where}: export options {options!r} are not ones this snncc knows ('state_io')"

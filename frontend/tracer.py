@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from snncc.errors import ShapeError, SnnccError, UnsupportedError
+from snncc.errors import IRError, ShapeError, SnnccError, UnsupportedError
 from snncc.ir.graph import Graph
 
 # --------------------------------------------------------------------------- registry
@@ -237,12 +237,31 @@ def supported() -> dict[str, list[str]]:
     }
 
 
+#: module path prefix -> the family name a summary shows
+_FAMILIES = {
+    "torch.nn.": "torch.nn",
+    "spikingjelly.": "SpikingJelly",
+    "snntorch.": "snnTorch",
+    "norse.": "Norse",
+    "snncc.nn.": "snncc.nn",
+}
+
+
 def supported_text() -> str:
+    """A short summary of :func:`supported` for error messages (the full list is over 1,500
+    characters: a message names the families and points at ``snncc.frontend.SUPPORTED``)."""
     s = supported()
+    counts: dict[str, int] = {}
+    for name in s["modules"]:
+        family = next((f for p, f in _FAMILIES.items() if name.startswith(p)), "other")
+        counts[family] = counts.get(family, 0) + 1
+    families = ", ".join(f"{f} ({n})" for f, n in counts.items())
+    functions = sorted({f.split(" ")[0].rsplit(".", 1)[-1] for f in s["functions"]})
+    methods = sorted({m.rsplit(".", 1)[-1] for m in s["methods"]})
     return (
-        f"supported modules: {', '.join(s['modules'])}; "
-        f"supported functions: {', '.join(s['functions'])}; "
-        f"supported Tensor methods: {', '.join(s['methods'])}"
+        f"supported modules: {len(s['modules'])} from {families}; supported functions: "
+        f"{', '.join(functions)}; supported Tensor methods: {', '.join(methods)} (the full list: "
+        "snncc.frontend.SUPPORTED)"
     )
 
 
@@ -721,7 +740,10 @@ class Converter:
         why = entry.check(module, call.view) if entry.check else None
         if why:
             raise call.unsupported(why)
-        return entry.convert(call, module)
+        try:
+            return entry.convert(call, module)
+        except IRError as e:  # e.g. a NaN threshold refused by NeuronSpec: name the module
+            raise call.unsupported(str(e)) from None
 
     def _convert_chain(self, call: Call, chain: Chain, shapes: dict[str, tuple]) -> int | Multi:
         if len(call.inputs) != 1:
@@ -919,10 +941,15 @@ class _ShapeRecorder(fx.Interpreter):
     def __init__(self, gm: fx.GraphModule, model_view: str):
         super().__init__(gm)
         self.model_view = model_view
+        # fx would append "While executing ... Use tlparse ..." to every error raised while
+        # the model runs, snncc's own one-line messages included: they name the place already
+        self.extra_traceback = False
 
     def run_node(self, n: fx.Node) -> Any:
         try:
             result = super().run_node(n)
+        except IRError as e:  # a neuron refused while running (e.g. a NaN threshold)
+            raise UnsupportedError(f"{_describe(n, self.module)}: {e}") from None
         except SnnccError:
             raise
         except Exception as e:  # noqa: BLE001 - re-raised with the node's location
@@ -1075,7 +1102,24 @@ def drop_concrete_placeholders(graph: fx.Graph, names: dict[str, None]) -> None:
             graph.erase_node(n)
 
 
+def _check_module_names(model: nn.Module) -> None:
+    """Every submodule name must be one torch.fx can write into the code it generates.
+
+    torch only forbids '.' in a name; fx pastes names into Python source, so a
+    quote or newline in one is a SyntaxError deep inside fx (or worse).
+    """
+    for path, _ in model.named_modules():
+        for part in path.split(".") if path else ():
+            if not (part.isidentifier() or part.isdigit()):
+                raise UnsupportedError(
+                    f"module name {path!r} cannot be traced: torch.fx needs each level of a "
+                    "module path to be a Python identifier or an index (letters, digits, _); "
+                    "rename the module"
+                )
+
+
 def _fx_trace(model: nn.Module, n_inputs: int = 1) -> fx.GraphModule:
+    _check_module_names(model)
     tracer = SnnccTracer()
     concrete = none_defaults(model, n_inputs)
     try:

@@ -185,6 +185,33 @@ class NeuronSpec:
         missing = [r for r in self.learnable if r not in self.param_roles]
         if self.param_roles and missing:
             raise IRError(f"learnable roles {missing} are not listed in param_roles")
+        self._check_finite()
+
+    def _check_finite(self) -> None:
+        """Every constant the arithmetic reads is a finite number (a NaN threshold never fires:
+        it would run and give all-zero spikes). A constant that a node param replaces, or
+        that nothing reads, may hold NaN as a placeholder (the frontends write NaN for a
+        per-neuron threshold)."""
+        roles = set(self.roles)
+        numbers: dict[str, Any] = {"alpha": self.alpha, "v_init": self.v_init}
+        if self.tau is not None:
+            numbers["tau"] = self.tau
+        fires_or_resets = self.output == "spike" or self.reset != "none"
+        if "threshold" not in roles and fires_or_resets:
+            numbers["v_threshold"] = self.v_threshold
+        if self.v_reset is not None and "v_reset" not in roles:
+            numbers["v_reset"] = self.v_reset
+        for key, value in sorted(self.extra.items()):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                numbers[f"extra[{key!r}]"] = value
+        for name, value in numbers.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise IRError(f"neuron {name} is {value!r}, not a number")
+            if not math.isfinite(value):
+                raise IRError(
+                    f"neuron {name} is {value!r}; neuron constants must be finite numbers "
+                    "(a NaN or infinite constant would run and silently give wrong spikes)"
+                )
 
     @property
     def spiking(self) -> bool:

@@ -66,19 +66,30 @@ def format_value(v: Any) -> str:
     if isinstance(v, (list, tuple)):
         return "[" + ",".join(format_value(x) for x in v) + "]"
     if isinstance(v, dict):
-        return "{" + ",".join(f"{k}:{format_value(x)}" for k, x in v.items()) + "}"
+        return (
+            "{" + ",".join(f"{format_value(str(k))}:{format_value(x)}" for k, x in v.items()) + "}"
+        )
     return "?" + type(v).__name__
+
+
+def format_name(name: Any) -> str:
+    """A module or parameter name as printed: as is when it is plain printable text, else
+    JSON-quoted, so a name from a file (with a newline, say) can never forge a line."""
+    text = str(name)
+    if text and text.isprintable() and '"' not in text and "\\" not in text:
+        return text
+    return json.dumps(text)
 
 
 def format_type(node: dict[str, Any]) -> str:
     """``f32[B,128]``: dtype abbreviation plus per-step shape (``?`` when unknown)."""
     dtype = node.get("dtype")
-    short = _DTYPES.get(dtype, str(dtype)) if dtype is not None else "?"
+    short = _DTYPES.get(dtype, format_name(dtype)) if dtype is not None else "?"
     shape = node.get("shape")
     if shape is None:
         return f"{short}[?]"
     try:
-        return f"{short}[" + ",".join(str(d) for d in shape) + "]"
+        return f"{short}[" + ",".join(format_value(d) for d in shape) + "]"
     except TypeError:
         return f"{short}[?]"
 
@@ -113,7 +124,7 @@ def _in_edges(graph: Graph, nid: int) -> list[Edge]:
 
 
 def _format_arg(e: Any) -> str:
-    return f"%{e.src}" + (f"@t-{e.delay}" if e.delay else "")
+    return f"%{format_value(e.src)}" + (f"@t-{e.delay}" if e.delay else "")
 
 
 def _role_order(op: Any, params: dict[str, Any]) -> list[str]:
@@ -131,7 +142,7 @@ def _format_params(graph: Graph, op: Any, params: Any) -> list[str]:
         name = params[role]
         arr = graph.params.get(name) if isinstance(name, str) else None
         shape = ",".join(str(d) for d in arr.shape) if arr is not None else "?"
-        parts.append(f"{role}={name}[{shape}]")
+        parts.append(f"{format_name(role)}={format_name(name)}[{shape}]")
     return parts
 
 
@@ -144,14 +155,15 @@ def format_inner(graph: Graph, nid: int) -> str:
         attrs = dict(attrs)
         if node.get("op") == "neuron" and "neuron" in attrs:
             try:
-                parts.append(NeuronSpec.from_dict(attrs.pop("neuron")).summary())
+                summary = NeuronSpec.from_dict(attrs.pop("neuron")).summary()
+                parts.append(summary if summary.isprintable() else json.dumps(summary))
             except Exception:  # noqa: BLE001 - a broken spec still prints
                 parts.append("spec=?")
         for key in sorted(attrs):
             if key in ("prologue", "epilogue"):
                 parts.append(f"{key}={_format_steps(attrs[key], graph, nid)}")
             else:
-                parts.append(f"{key}={format_value(attrs[key])}")
+                parts.append(f"{format_name(key)}={format_value(attrs[key])}")
     elif attrs is not None:
         parts.append(f"attrs={format_value(attrs)}")
     parts.extend(_format_params(graph, node.get("op"), node.get("params", {})))
@@ -161,9 +173,9 @@ def format_inner(graph: Graph, nid: int) -> str:
 def format_node(graph: Graph, nid: int, *, annotations: bool = True) -> str:
     """One node's line; ``annotations=False`` leaves out ``group=``/``dev=`` and the name."""
     node = graph.node(nid)
-    op = node.get("op", "?")
+    op = format_name(node.get("op", "?"))
     inner = format_inner(graph, nid)
-    text = f"%{nid} = {op}" + (f"[{inner}]" if inner else "")
+    text = f"%{format_value(nid)} = {op}" + (f"[{inner}]" if inner else "")
     edges = _in_edges(graph, nid)
     if edges or op != "input":
         text += "(" + ", ".join(_format_arg(e) for e in edges) + ")"
@@ -174,7 +186,7 @@ def format_node(graph: Graph, nid: int, *, annotations: bool = True) -> str:
         if "device" in node:
             text += f" dev={format_value(node['device'])}"
         if node.get("name"):
-            text += f"  # {node['name']}"
+            text += f"  # {format_name(node['name'])}"
     return text
 
 
@@ -189,7 +201,7 @@ def node_order(graph: Graph) -> list[int]:
 def _ids(ids: Any) -> str:
     if not isinstance(ids, (list, tuple)):
         return format_value(ids)
-    return " ".join(f"%{i}" for i in ids) if ids else "-"
+    return " ".join(f"%{format_value(i)}" for i in ids) if ids else "-"
 
 
 def format_header(graph: Graph) -> list[str]:
@@ -208,7 +220,9 @@ def format_header(graph: Graph) -> list[str]:
         lines.append("# " + " ".join(facts))
     rest = {k: meta[k] for k in sorted(meta) if k not in _HEADER_META}
     if rest:
-        lines.append("# meta: " + " ".join(f"{k}={format_value(v)}" for k, v in rest.items()))
+        lines.append(
+            "# meta: " + " ".join(f"{format_name(k)}={format_value(v)}" for k, v in rest.items())
+        )
     groups = meta.get("groups")
     if isinstance(groups, list):
         for g in groups:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +28,16 @@ import numpy as np
 
 from snncc.errors import CheckpointError, IRError
 from snncc.ir.graph import Graph
+from snncc.safe_files import (
+    MAX_JSON_BYTES,
+    check_elements,
+    make_dirs,
+    parse_json,
+    read_file,
+    refuse_link,
+    umask,
+    write_file,
+)
 
 FORMAT = "snncc-ir"
 VERSION = 1
@@ -75,12 +86,9 @@ def to_json(graph: Graph) -> str:
         raise IRError(f"graph is not JSON-serialisable at {_unserialisable(graph)}") from e
 
 
-def _parse(text: str) -> tuple[Graph, dict[str, dict[str, Any]]]:
+def _parse(text: str | bytes) -> tuple[Graph, dict[str, dict[str, Any]]]:
     """Rebuild the structure from JSON text; IRError says what is wrong with it."""
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise IRError(f"IR JSON is corrupt: {e}") from e
+    doc = parse_json(text, "IR JSON", IRError)
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise IRError(f"not an snncc IR document (expected a JSON object with format={FORMAT!r})")
     if doc.get("version") != VERSION:
@@ -103,11 +111,15 @@ def _parse(text: str) -> tuple[Graph, dict[str, dict[str, Any]]]:
     g._next_id = next_id
     specs = doc["params"]
     for name, spec in specs.items():
+        if not isinstance(spec, dict) or not isinstance(spec.get("shape"), list):
+            raise IRError(f"IR JSON param {name!r} has no valid shape/dtype: {spec!r}")
         try:
-            np.dtype(spec["dtype"])
-            [int(d) for d in spec["shape"]]
+            dtype = np.dtype(spec["dtype"])
         except (KeyError, TypeError, ValueError) as e:
             raise IRError(f"IR JSON param {name!r} has no valid shape/dtype: {spec!r}") from e
+        if dtype.kind not in "biuf":
+            raise IRError(f"IR JSON param {name!r} has dtype {dtype}; only numeric arrays")
+        check_elements(spec["shape"], f"IR JSON param {name!r}", IRError)
     return g, specs
 
 
@@ -177,46 +189,103 @@ def _write_weights(path: Path, arrays: dict[str, np.ndarray], fmt: str) -> None:
 def save(graph: Graph, directory: str | os.PathLike[str], *, fmt: str = "safetensors") -> Path:
     """Write ``ir.json`` and ``weights.safetensors`` (or ``weights.npz``) into ``directory``.
 
-    Files are written under a temporary name and renamed, so an interrupted
-    save never leaves a half-written checkpoint behind a good name. A weights
-    file of the other format left from an earlier save is removed, so
-    :func:`load` cannot pick up stale weights.
+    Each file is written under a fresh temporary name and renamed, so an
+    interrupted save never leaves a half-written file behind a good name, and
+    a link planted at a file's name is replaced, never written through (a
+    linked ``directory`` itself is refused). A weights file of the other
+    format left from an earlier save is removed, so :func:`load` cannot pick
+    up stale weights. (:meth:`snncc.CompiledModel.save` writes a whole
+    artifact into a fresh folder and swaps it in, for all-or-nothing saves.)
     """
     if fmt not in WEIGHT_FORMATS:
         raise CheckpointError(f"unknown weights format {fmt!r}; choose one of {WEIGHT_FORMATS}")
     path = Path(directory)
-    path.mkdir(parents=True, exist_ok=True)
+    refuse_link(path, "IR folder", CheckpointError)
+    make_dirs(path)
     text = to_json(graph)
     # np.asarray(order="C"), not ascontiguousarray: that one turns 0-d arrays into 1-d
     arrays = {k: np.asarray(v, order="C") for k, v in graph.params.items()}
     weights = path / (SAFETENSORS_FILE if fmt == "safetensors" else NPZ_FILE)
-    tmp = weights.with_name(weights.name + ".tmp")
-    _write_weights(tmp, arrays, fmt)
-    os.replace(tmp, weights)
+    fd, tmp = tempfile.mkstemp(prefix=f".{weights.name}.", suffix=".tmp", dir=path)
+    os.close(fd)
+    try:
+        _write_weights(Path(tmp), arrays, fmt)
+        os.chmod(tmp, 0o666 & ~umask())
+        os.replace(tmp, weights)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
     stale = path / (NPZ_FILE if fmt == "safetensors" else SAFETENSORS_FILE)
-    if stale.exists():
+    if os.path.lexists(stale):
         stale.unlink()
-    tmp = path / (IR_FILE + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path / IR_FILE)
+    write_file(path / IR_FILE, text)
     return path
 
 
-def _read_weights(path: Path) -> dict[str, np.ndarray]:
+def _read_weights(path: Path, specs: dict[str, dict[str, Any]]) -> dict[str, np.ndarray]:
+    """The arrays of a weights file (not a link), each checked against ``specs`` before it is
+    read, so a file that declares a huge array is refused without allocating it."""
+    refuse_link(path, "weights file", CheckpointError)
     if path.name == SAFETENSORS_FILE:
-        from safetensors.numpy import load_file
+        from safetensors import safe_open
 
         try:
-            return load_file(str(path))
+            out = {}
+            with safe_open(str(path), framework="numpy") as f:
+                for name in f.keys():  # noqa: SIM118 - safe_open has no __iter__
+                    _check_declared(path, name, f.get_slice(name).get_shape(), None, specs)
+                    out[name] = f.get_tensor(name)
+            return out
+        except CheckpointError:
+            raise
         except Exception as e:  # SafetensorError, OSError, ...
             raise CheckpointError(f"{path} is not a readable safetensors file: {e}") from e
     try:
+        out = {}
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                name = info.filename.removesuffix(".npy")
+                with zf.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    read = (
+                        np.lib.format.read_array_header_1_0
+                        if version == (1, 0)
+                        else np.lib.format.read_array_header_2_0
+                    )
+                    shape, _, dtype = read(fh)
+                _check_declared(path, name, shape, dtype, specs)
         with np.load(path, allow_pickle=False) as npz:
-            return {name: npz[name] for name in npz.files}
+            for name in npz.files:
+                out[name] = npz[name]
+        return out
+    except CheckpointError:
+        raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as e:
         raise CheckpointError(
             f"{path} is not a readable npz of numeric arrays (pickles are refused): {e}"
         ) from e
+
+
+def _check_declared(
+    path: Path, name: str, shape: Any, dtype: Any, specs: dict[str, dict[str, Any]]
+) -> None:
+    """An array's declared shape (and dtype, where the header says it) checked before reading:
+    within :data:`~snncc.safe_files.MAX_ELEMENTS` and, for a declared param, what the IR says
+    (a compressed npz can declare far more than it holds)."""
+    check_elements(list(shape), f"{path}: array {name!r}", CheckpointError)
+    if dtype is not None and np.dtype(dtype).hasobject:
+        raise CheckpointError(
+            f"{path} is not a readable npz of numeric arrays (pickles are refused): "
+            f"array {name!r} holds Python objects"
+        )
+    spec = specs.get(name)
+    if spec is None or dtype is None:
+        return
+    want = (np.dtype(spec["dtype"]), [int(d) for d in spec["shape"]])
+    if (np.dtype(dtype), [int(d) for d in shape]) != want:
+        raise CheckpointError(
+            f"{path}: param {name!r} is {np.dtype(dtype).name}{list(shape)}, "
+            f"the IR expects {want[0].name}{want[1]}"
+        )
 
 
 def load(directory: str | os.PathLike[str]) -> Graph:
@@ -227,19 +296,19 @@ def load(directory: str | os.PathLike[str]) -> Graph:
     if not path.is_dir():
         raise CheckpointError(f"{path} is not a directory (expected one holding {IR_FILE})")
     ir_path = path / IR_FILE
-    if not ir_path.is_file():
+    if not os.path.lexists(ir_path):
         raise CheckpointError(f"{ir_path} is missing (not an snncc IR checkpoint folder)")
     try:
-        text = ir_path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"cannot read {ir_path}: {e}") from e
+        text = read_file(ir_path, "IR file", CheckpointError, MAX_JSON_BYTES).decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"cannot read {ir_path}: it is not UTF-8 text ({e})") from None
     try:
         graph, specs = _parse(text)
     except IRError as e:
         raise CheckpointError(f"{ir_path}: {e}") from e
     for name in (SAFETENSORS_FILE, NPZ_FILE):
-        if (path / name).is_file():
-            weights = _read_weights(path / name)
+        if os.path.lexists(path / name):
+            weights = _read_weights(path / name, specs)
             _attach(graph, specs, weights, str(path / name))
             break
     else:

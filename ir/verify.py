@@ -14,15 +14,19 @@ pass; :func:`snncc.ir.serde.load` runs it on every loaded graph.
 from __future__ import annotations
 
 import json
+import math
 from collections import Counter
 from typing import Any
 
 import networkx as nx
+import numpy as np
 
-from snncc.errors import IRError
+from snncc.errors import IRError, SnnccError
 from snncc.ir.graph import Graph
 from snncc.ir.neuron import NeuronSpec
+from snncc.ir.neurons import build
 from snncc.ir.ops import OPS
+from snncc.safe_files import MAX_ELEMENTS
 
 #: group kind -> the node schedule temporal fusion gives its members
 GROUP_SCHEDULES = {"layer": "layer", "neuron": "scan", "recurrent": "step"}
@@ -188,7 +192,21 @@ def _check_shape(data: dict[str, Any]) -> list[str]:
     )
     if not ok:
         problems.append(f"shape {shape!r} is not None or a list ['B', int, ...] (batch first)")
+    elif math.prod(shape[1:]) > MAX_ELEMENTS:
+        problems.append(
+            f"shape {shape!r} has {math.prod(shape[1:])} elements per sample, more than the "
+            f"{MAX_ELEMENTS} snncc allocates for one array"
+        )
     return problems
+
+
+def _non_finite(arr: Any) -> bool:
+    """Whether a floating array holds NaN or infinity (False for anything else)."""
+    try:
+        a = np.asarray(arr)
+    except Exception:  # noqa: BLE001 - not an array: other checks name it
+        return False
+    return a.dtype.kind == "f" and a.size > 0 and not bool(np.isfinite(a).all())
 
 
 def _check_scale(attrs: dict[str, Any]) -> list[str]:
@@ -198,6 +216,8 @@ def _check_scale(attrs: dict[str, Any]) -> list[str]:
     value = attrs.get("value")
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         problems.append(f"attrs.value {value!r} is not a number")
+    elif not math.isfinite(value):
+        problems.append(f"attrs.value {value!r} is not finite")
     return problems
 
 
@@ -210,12 +230,24 @@ def _check_neuron(graph: Graph, nid: int) -> list[str]:
         problems.append("attrs.neuron is not a NeuronSpec dict")
     else:
         try:
-            NeuronSpec.from_dict(spec)
+            parsed = NeuronSpec.from_dict(spec)
         except (IRError, TypeError, ValueError) as e:
             problems.append(f"attrs.neuron does not parse as a NeuronSpec: {e}")
+        else:
+            try:  # the form's definition accepts it: every constant it reads is there and finite
+                build(parsed)
+            except SnnccError as e:
+                problems.append(f"attrs.neuron: {e}")
         for role in _learnable(data):
             if role not in data["params"]:
                 problems.append(f"learnable role {role!r} has no param")
+        for role, name in sorted(data["params"].items()):
+            arr = graph.params.get(name) if isinstance(name, str) else None
+            if _non_finite(arr):
+                problems.append(
+                    f"param {role}={name!r} holds non-finite values (NaN or infinity); "
+                    "neuron parameters must be finite"
+                )
     n_inputs = graph.nx.in_degree(nid)
     own = _own_ports(spec)
     if n_inputs < own:

@@ -1,33 +1,58 @@
 #!/usr/bin/env bash
 # Every check of snncc that needs a CUDA GPU, in one command, for a GPU machine.
 #
-#   bash scripts/gpu_check.sh            # on the GPU machine, from the repository root
 #   bash scripts/gpu_check.sh --pack     # beforehand, on a machine with the peers installed
+#   bash scripts/gpu_check.sh            # on the GPU machine: GPU tests, then the suite
+#   bash scripts/gpu_check.sh --bench    # on the GPU machine: the like-for-like tables only
 #
-# What it does, each step bounded in time so the whole run fits in 10 minutes:
+# What it does, each step bounded in time so the whole call fits in one device call:
 #   1. installs what is missing: wheels carried in .whl/ (e.g. cupy-cuda13x, or
 #      cupy-cuda12x for a CUDA 12 driver), pure-Python peers carried in
 #      .whl/site/ by --pack (SpikingJelly, snnTorch, Norse and their small
 #      pure-Python dependencies), and snncc itself (pip install -e ., offline);
-#   2. pytest -m gpu on tests/test_cuda_backend.py: cuda == reference backend on
-#      the same GPU for the equivalence models and every neuron form (spikes and
-#      membranes exactly in fp32, gradients within 1e-4 relative), CUDA-graph
-#      replay, uint8 spikes, time-chunked forward and training, tf32/bf16/fp16 spike agreement, 16-bit kernel I/O,
-#      to_torch, and a training loop on the bundled digits example compared
+#   2. starts building SpikingJelly's native CUDA neurons (LIF, PLIF) from the sdist
+#      that --pack put in .whl/sdist/ (benchmarks/sj_native.py, nvcc, at most
+#      SJ_BUILD_TIMEOUT s; in the background while the tests run), so that the suite's
+#      sj-native peer runs, or its row says "n/a: not built: <reason>";
+#   3. (not with --bench) pytest -m gpu on tests/test_cuda_backend.py: cuda == reference
+#      backend on the same GPU for the equivalence models and every neuron form (spikes and
+#      membranes exactly in fp32, gradients within 1e-4 relative), CUDA-graph replay, uint8
+#      spikes, time-chunked forward and training, tf32/bf16/fp16 spike agreement, 16-bit
+#      kernel I/O, to_torch, and a training loop on the bundled digits example compared
 #      with eager SpikingJelly (loss curves -> $OUT/digits_loss_curves.json);
-#   3. the benchmark suite (benchmarks/run.py --device cuda) against the peers.
+#   4. the benchmark suite (benchmarks/run.py --device cuda): like-for-like ratios
+#      (snncc fp32 eager vs SpikingJelly fp32 eager, native/triton/torch; snncc CUDA graph
+#      vs SpikingJelly's StaticCudaGraph; snncc bf16 vs SpikingJelly under bf16 autocast;
+#      tf32 vs tf32), every peer in its own process, timed the same way, with spreads.
+#
+# Time (--bench, the tables): about 30 s of setup; the native build, which runs beside
+# nothing that is timed (about 80 s of nvcc per op for sm_90, measured on the development
+# VM; the two ops build side by side, so expect 1-2 minutes; capped at
+# SJ_BUILD_TIMEOUT=180); then the suite for the rest of TOTAL_SECONDS (default 540:
+# with a machine start of a minute or two, about 10 minutes of device time), about
+# 340 s. The suite runs its peers in priority order (benchmarks/peers.py GPU_PEERS):
+# the nine of the like-for-like columns first (snncc fp32/graph/bf16/tf32, SpikingJelly
+# triton fp32/graph/bf16/tf32 and native; about 3-4 minutes, estimated from the H200
+# run's per-case times plus a process start, device warm-up and stable warm-up per
+# peer), then snncc jax (a process per case), snnTorch, Norse, SpikingJelly torch,
+# torch.compile and the explanatory variants as the budget allows. What it does not
+# reach is recorded as "n/a: the run's time budget was spent"; a second call with
+# PEERS=sj-torch,torch-compile,... SJ_NATIVE=0 times the rest.
 #
 # Everything lands in $OUT (default ./gpu_results), at most 8 files:
 #   summary.txt, pytest_gpu.log, digits_loss_curves.json, bench_cuda.{json,md,png},
-#   logs.tgz (nvidia-smi, versions, junit xml, every benchmark worker's log).
+#   logs.tgz (nvidia-smi, versions, junit xml, the native build's logs, every benchmark
+#   worker's log).
 # Knobs (environment): PYTHON (python3), SUITE (L1,L2,M1,C1), PEERS (comma-separated;
-# default: benchmarks/peers.py's GPU_PEERS), TESTS (a pytest -k expression), PROFILE=1
-# (benchmarks/profile_step.py into logs.tgz, at most PROFILE_TIMEOUT=90 s), PYTEST_TIMEOUT (default
-# 240), BENCH_BUDGET (seconds for the suite; default and cap: what is left of
-# TOTAL_SECONDS, default 570, after the tests), SKIP_BENCH=1.
+# default: benchmarks/peers.py's GPU_PEERS), ROUNDS (1), TESTS (a pytest -k expression),
+# PROFILE=1 (benchmarks/profile_step.py into logs.tgz, at most PROFILE_TIMEOUT=90 s),
+# PYTEST_TIMEOUT (default 240), SJ_NATIVE=0 (skip the native build), SJ_BUILD_TIMEOUT
+# (180), BENCH_BUDGET (seconds for the suite; default and cap: what is left of
+# TOTAL_SECONDS, default 570, or 540 with --bench), SKIP_BENCH=1.
 #
-# On this workplace's device tool: run `bash scripts/gpu_check.sh --pack` here
-# first, then `run` with carry [".whl"] and the command `bash scripts/gpu_check.sh`.
+# On this workplace's device tool: run `bash scripts/gpu_check.sh --pack` here first,
+# then `run` with carry [".whl"] and the command `bash scripts/gpu_check.sh --bench`
+# (timeout_s 600).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT="$PWD"
@@ -36,12 +61,16 @@ PY="${PYTHON:-python3}"
 # ------------------------------------------------------------------ --pack
 if [ "${1:-}" = "--pack" ]; then
     # Copy the pure-Python peers from this machine's environment into .whl/site/
-    # (ignored by git; carried to the GPU machine, which has no package index).
+    # (ignored by git; carried to the GPU machine, which has no package index), and
+    # download SpikingJelly's sdist (its native CUDA sources) into .whl/sdist/.
     dest="$ROOT/.whl/site"
     mkdir -p "$dest"
-    site=$("$PY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
     for pkg in spikingjelly snntorch norse nir nirtorch loguru; do
-        if [ -d "$site/$pkg" ]; then
+        # where the import finds it (a venv may reach another one's site-packages via .pth)
+        site=$("$PY" -c "import importlib.util as u, os, sys; s = u.find_spec(sys.argv[1]); \
+print(os.path.dirname(s.submodule_search_locations[0]) if s and s.submodule_search_locations else '')" \
+            "$pkg" 2>/dev/null)
+        if [ -n "$site" ] && [ -d "$site/$pkg" ]; then
             rm -rf "${dest:?}/$pkg"
             cp -r "$site/$pkg" "$dest/$pkg"
             find "$dest/$pkg" -name __pycache__ -type d -prune -exec rm -rf {} +
@@ -51,9 +80,19 @@ if [ "${1:-}" = "--pack" ]; then
             echo "not installed here, not packed: $pkg"
         fi
     done
-    du -sh "$dest"
+    sj=$("$PY" -c "from importlib.metadata import version; print(version('spikingjelly'))" 2>/dev/null)
+    if [ -n "$sj" ]; then
+        mkdir -p "$ROOT/.whl/sdist"
+        rm -f "$ROOT"/.whl/sdist/spikingjelly-*
+        "$PY" -m pip download -q --no-deps --no-binary :all: -d "$ROOT/.whl/sdist" "spikingjelly==$sj" \
+            && echo "downloaded the spikingjelly $sj sdist (native CUDA sources)" \
+            || echo "could not download the spikingjelly $sj sdist: sj-native will be n/a"
+    fi
+    du -sh "$ROOT/.whl"
     exit 0
 fi
+BENCH_ONLY=0
+[ "${1:-}" = "--bench" ] && BENCH_ONLY=1
 
 OUT="${OUT:-$ROOT/gpu_results}"
 mkdir -p "$OUT"
@@ -63,12 +102,21 @@ SUMMARY="$OUT/summary.txt"
 export PYTHONUNBUFFERED=1
 export SNNCC_CACHE_DIR="${SNNCC_CACHE_DIR:-/tmp/snncc-cache}"
 START=$(date +%s)
+TOTAL="${TOTAL_SECONDS:-$([ $BENCH_ONLY = 1 ] && echo 540 || echo 570)}"
+NATIVE_DIR=/tmp/sj-native
+BUILD_PID=""
 
 say() { echo "[$(( $(date +%s) - START ))s] $*" | tee -a "$SUMMARY"; }
 
 finish() {
+    [ -n "$BUILD_PID" ] && kill "$BUILD_PID" 2>/dev/null
     if [ -d "$OUT/bench/bench_cuda_logs" ]; then
         mv "$OUT/bench/bench_cuda_logs" "$LOGS/bench_logs"
+    fi
+    if [ -d "$NATIVE_DIR" ]; then
+        mkdir -p "$LOGS/sj_native"
+        cp "$NATIVE_DIR"/build.json "$NATIVE_DIR"/NOT_BUILT "$NATIVE_DIR"/build/*.log \
+            "$LOGS/sj_native/" 2>/dev/null
     fi
     for f in "$OUT"/bench/bench_cuda.*; do [ -e "$f" ] && mv "$f" "$OUT/"; done
     rmdir "$OUT/bench" 2>/dev/null || true
@@ -97,7 +145,18 @@ if ! "$PY" -c "import snncc.backends.cuda" > /dev/null 2>&1; then
                  >> "$LOGS/install.log" 2>&1 \
              && export PYTHONPATH="/tmp/snncc-pkg${PYTHONPATH:+:$PYTHONPATH}"; }
 fi
-"$PY" - > "$LOGS/versions.txt" 2>&1 <<'EOF'
+
+# ------------------------------------------------------------------ 2. native SpikingJelly (background)
+if [ "${SJ_NATIVE:-1}" != "0" ]; then
+    sdist=$(ls .whl/sdist/spikingjelly-*.tar.gz 2>/dev/null | head -1)
+    say "building SpikingJelly's native CUDA LIF/PLIF from ${sdist:-<no sdist>} (at most ${SJ_BUILD_TIMEOUT:-180}s, background)"
+    "$PY" benchmarks/sj_native.py build --sdist "${sdist:-.whl/sdist/missing.tar.gz}" \
+        --out "$NATIVE_DIR" --timeout "${SJ_BUILD_TIMEOUT:-180}" > "$LOGS/sj_native.log" 2>&1 &
+    BUILD_PID=$!
+    export SJ_NATIVE_DIR="$NATIVE_DIR"
+fi
+
+"$PY" - > "$LOGS/versions.txt" 2>&1 <<'PYEOF'
 import importlib, platform
 print("python", platform.python_version())
 for name in ("snncc", "torch", "cupy", "triton", "jax", "spikingjelly", "snntorch", "norse"):
@@ -110,7 +169,7 @@ import torch
 print("cuda available:", torch.cuda.is_available(), "torch cuda:", torch.version.cuda)
 if torch.cuda.is_available():
     print("device:", torch.cuda.get_device_name(0), torch.cuda.get_device_capability(0))
-EOF
+PYEOF
 say "versions: $(grep -E '^(snncc|torch|cupy|spikingjelly|snntorch|norse|jax) ' "$LOGS/versions.txt" | awk '{print $1"="$2}' | tr '\n' ' ')"
 grep -q MISSING "$LOGS/versions.txt" && say "missing: $(grep MISSING "$LOGS/versions.txt" | cut -d' ' -f1 | tr '\n' ' ')"
 if ! "$PY" -c "import cupy, torch; assert torch.cuda.is_available(); cupy.cuda.runtime.getDeviceCount()" \
@@ -118,15 +177,18 @@ if ! "$PY" -c "import cupy, torch; assert torch.cuda.is_available(); cupy.cuda.r
     say "no usable CuPy + GPU: the GPU tests will skip. Carry a CuPy wheel in .whl/ (pip download --only-binary=:all: cupy-cuda13x or cupy-cuda12x)"
 fi
 
-# ------------------------------------------------------------------ 2. GPU tests
-say "pytest -m gpu (timeout ${PYTEST_TIMEOUT:-240}s)"
-SNNCC_GPU_OUT="$OUT" timeout "${PYTEST_TIMEOUT:-240}" "$PY" -m pytest tests/test_cuda_backend.py \
-    -m gpu ${TESTS:+-k "$TESTS"} -q -rs --durations=15 -p no:cacheprovider \
-    --junitxml="$LOGS/pytest_gpu.xml" -s > "$OUT/pytest_gpu.log" 2>&1
-rc=$?
-say "pytest -m gpu: exit $rc; $(grep -E '^(=+ )?[0-9]+ (passed|failed|skipped|error)' "$OUT/pytest_gpu.log" | tail -1)"
+# ------------------------------------------------------------------ 3. GPU tests
+rc=0
+if [ $BENCH_ONLY = 0 ]; then
+    say "pytest -m gpu (timeout ${PYTEST_TIMEOUT:-240}s)"
+    SNNCC_GPU_OUT="$OUT" timeout "${PYTEST_TIMEOUT:-240}" "$PY" -m pytest tests/test_cuda_backend.py \
+        -m gpu ${TESTS:+-k "$TESTS"} -q -rs --durations=15 -p no:cacheprovider \
+        --junitxml="$LOGS/pytest_gpu.xml" -s > "$OUT/pytest_gpu.log" 2>&1
+    rc=$?
+    say "pytest -m gpu: exit $rc; $(grep -E '^(=+ )?[0-9]+ (passed|failed|skipped|error)' "$OUT/pytest_gpu.log" | tail -1)"
+fi
 
-# ------------------------------------------------------------------ 2b. profile (diagnostic)
+# ------------------------------------------------------------------ 3b. profile (diagnostic)
 if [ "${PROFILE:-0}" = "1" ] && "$PY" -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
     say "profiling a few snncc steps (benchmarks/profile_step.py -> logs.tgz: profile.txt)"
     timeout "${PROFILE_TIMEOUT:-90}" "$PY" benchmarks/profile_step.py --out "$LOGS/profile.txt" \
@@ -134,20 +196,25 @@ if [ "${PROFILE:-0}" = "1" ] && "$PY" -c "import torch; assert torch.cuda.is_ava
     say "profile: exit $?"
 fi
 
-# ------------------------------------------------------------------ 3. benchmarks
+# ------------------------------------------------------------------ 4. benchmarks
+if [ -n "$BUILD_PID" ]; then  # the suite must not time anything while nvcc runs
+    wait "$BUILD_PID"
+    BUILD_PID=""
+    say "$(tail -1 "$LOGS/sj_native.log")"
+fi
 if [ "${SKIP_BENCH:-0}" != "1" ] && "$PY" -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
-    # one device call may run 600 s: the suite gets what the tests left (TOTAL_SECONDS,
-    # default 570, less 70 s to stop a case in flight and write the results)
-    left=$(( ${TOTAL_SECONDS:-570} - ($(date +%s) - START) - 70 ))
+    # one device call may run 600 s: the suite gets what is left of TOTAL, less 70 s to
+    # stop a case in flight and write the results
+    left=$(( TOTAL - ($(date +%s) - START) - 70 ))
     budget="${BENCH_BUDGET:-$left}"
     [ "$budget" -gt "$left" ] && budget=$left
     if [ "$budget" -lt 30 ]; then
-        say "benchmarks skipped: only ${left}s left of the call after the tests"
+        say "benchmarks skipped: only ${left}s left of the call"
     else
-        say "benchmark suite ${SUITE:-L1,L2,M1,C1} (budget ${budget}s)"
+        say "benchmark suite ${SUITE:-L1,L2,M1,C1} (budget ${budget}s, ${ROUNDS:-1} round(s))"
         timeout $((budget + 60)) "$PY" benchmarks/run.py --suite "${SUITE:-L1,L2,M1,C1}" \
-            --device cuda --out "$OUT/bench" --budget "$budget" ${PEERS:+--peers "$PEERS"} \
-            > "$LOGS/bench.log" 2>&1
+            --device cuda --out "$OUT/bench" --budget "$budget" --rounds "${ROUNDS:-1}" \
+            ${PEERS:+--peers "$PEERS"} > "$LOGS/bench.log" 2>&1
         say "benchmarks: exit $?"
         [ -f "$OUT/bench/bench_cuda.md" ] && grep -E '^\|' "$OUT/bench/bench_cuda.md" | head -40 >> "$SUMMARY"
     fi

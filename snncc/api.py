@@ -17,19 +17,36 @@ is the user-facing contract around them:
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import stat
 import sys
+import tempfile
+import time
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
 
 from snncc.errors import CheckpointError, ShapeError, SnnccError, UnsupportedError
+from snncc.safe_files import (
+    exchange_dirs,
+    inner_dir,
+    make_dirs,
+    os_error_hint,
+    parse_json,
+    read_file,
+    umask,
+    write_file,
+)
 
 #: bumped when the artifact layout changes incompatibly
 ARTIFACT_FORMAT = 1
 MANIFEST = "snncc.json"
 IR_DIR = "ir"
 SOURCE_DIR = "source"
+#: the largest manifest snncc reads (its own are a few hundred bytes)
+MAX_MANIFEST_BYTES = 1 << 20
 
 
 # --------------------------------------------------------------------- arrays
@@ -263,44 +280,55 @@ class CompiledModel:
 
         ``snncc.load(directory)`` lowers the saved IR again with the same
         backend and options; the files under ``source/`` are for reading,
-        diffing and shipping.
-        """
-        from snncc import __version__
-        from snncc.ir import serde
+        diffing and shipping. The manifest records the options that define the
+        program (precision, recompute, ...), never where this machine keeps its
+        caches or which device it uses (``cache_dir``, ``device``).
 
-        out = Path(directory)
+        All or nothing: the artifact is written into a fresh folder beside
+        ``directory`` and swapped in, so an interrupted save leaves the old
+        artifact or the new one, never a mix, and nothing is written through a
+        link. Files of the user's own in an existing ``directory`` are kept.
+        """
+        from snncc import __version__, backends
+
+        saved = _artifact_options(backends.get(self._backend_name))
+        options = {k: v for k, v in self.options.items() if k in saved}
         try:
-            json.dumps(self.options)
-        except TypeError as exc:
+            json.dumps(options)
+        except (TypeError, ValueError) as exc:
             raise UnsupportedError(
                 f"cannot save: backend options must be JSON values to go into {MANIFEST}; "
-                f"got {self.options!r} ({exc})"
+                f"got {options!r} ({exc})"
             ) from None
         files = self.files()
         for name in files:
             _check_relative(name)
-        out.mkdir(parents=True, exist_ok=True)
-        _remove_old_sources(out)
         graph = self.ir.copy()
         # Weights as the program holds them now, so in-place updates are saved too.
         graph.params.update({k: v for k, v in self.params.items() if k in graph.params})
-        serde.save(graph, out / IR_DIR)
-        for name, text in files.items():
-            path = out / SOURCE_DIR / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
         manifest = {
             "format": "snncc-artifact",
             "format_version": ARTIFACT_FORMAT,
             "snncc_version": __version__,
             "backend": self._backend_name,
-            "options": self.options,
+            "options": options,
             "input": self.input_spec,
             "ir": IR_DIR,
             "source": sorted(f"{SOURCE_DIR}/{name}" for name in files),
         }
-        (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
-        return out
+
+        def write(into: Path) -> None:
+            from snncc.ir import serde
+
+            serde.save(graph, into / IR_DIR)
+            for name, text in files.items():
+                path = into / SOURCE_DIR / name
+                make_dirs(path.parent)
+                write_file(path, text)
+            text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
+            write_file(into / MANIFEST, text)
+
+        return _write_artifact(Path(directory), write)
 
     def __repr__(self) -> str:
         shape = _shape_str(["T", *self.input_spec["shape"]])
@@ -310,20 +338,105 @@ class CompiledModel:
         )
 
 
-def _remove_old_sources(out: Path) -> None:
-    """Delete the generated files an earlier save listed, so source/ holds only this program's.
+#: what an artifact folder holds; anything else in it is the user's and is kept on save
+_ARTIFACT_ENTRIES = (MANIFEST, IR_DIR, SOURCE_DIR)
+_NEW = ".snncc-new-"
+_OLD = ".snncc-old-"
 
-    Only files the old manifest names inside ``source/`` are touched: a user
-    may point ``save`` at a folder that holds other things too.
-    """
+
+def _write_artifact(out: Path, write: Any) -> Path:
+    """Run ``write(folder)`` on a fresh folder beside ``out``, then swap it in for ``out``."""
+    if os.path.islink(out):
+        raise CheckpointError(
+            f"cannot save to {out}: it is a symbolic link; give the real folder's path "
+            "(snncc never writes through links)"
+        )
+    if os.path.lexists(out) and not out.is_dir():
+        raise CheckpointError(
+            f"cannot save to {out}: it exists and is not a folder; choose another path or remove it"
+        )
+    parent = Path(os.path.abspath(out)).parent
     try:
-        old = json.loads((out / MANIFEST).read_text()).get("source", [])
-    except (OSError, ValueError, AttributeError):
-        return
-    for rel in old if isinstance(old, list) else []:
-        p = PurePosixPath(str(rel))
-        if p.parts[:1] == (SOURCE_DIR,) and ".." not in p.parts and not p.is_absolute():
-            (out / p).unlink(missing_ok=True)
+        make_dirs(parent)
+        _remove_stale_saves(parent, out.name)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}{_NEW}", dir=parent))
+    except OSError as exc:
+        raise _save_error(out, exc) from None
+    try:
+        mode = os.stat(out).st_mode if out.is_dir() else 0o777 & ~umask()
+        os.chmod(tmp, stat.S_IMODE(mode))
+        write(tmp)
+        _swap_in(tmp, out)
+    except OSError as exc:
+        raise _save_error(out, exc) from None
+    finally:
+        # the unsaved new artifact, or an old one emptied of the user's files; a folder still
+        # holding files of the user's (a carry-over that failed) is left for them to recover
+        if tmp.exists() and set(os.listdir(tmp)) <= set(_ARTIFACT_ENTRIES):
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _save_error(out: Path, exc: OSError) -> CheckpointError:
+    where = f" ({exc.filename})" if exc.filename else ""
+    return CheckpointError(
+        f"cannot save the artifact to {out}: {exc.strerror or exc}{where}; {os_error_hint(exc)}"
+    )
+
+
+def _swap_in(new: Path, out: Path) -> None:
+    """Make the complete folder ``new`` the artifact ``out`` in one step; carry the user's
+    own files over from the old ``out`` afterwards, then delete the old artifact."""
+    if not os.path.lexists(out):
+        try:
+            os.rename(new, out)
+            return
+        except OSError:
+            if not os.path.lexists(out):
+                raise  # not a race with another save: a real error
+    if os.path.islink(out) or not out.is_dir():
+        raise CheckpointError(f"cannot save to {out}: it became a link or a file meanwhile")
+    if exchange_dirs(new, out):
+        old = new  # the exchange left the old artifact at the fresh folder's name
+    else:
+        old = new.with_name(new.name.replace(_NEW, _OLD))
+        os.rename(out, old)
+        try:
+            os.rename(new, out)
+        except OSError:
+            os.rename(old, out)  # put the old artifact back
+            raise
+    mine = [e.name for e in os.scandir(old) if e.name not in _ARTIFACT_ENTRIES]
+    try:
+        for name in mine:
+            os.rename(old / name, out / name)
+    except OSError as exc:
+        raise CheckpointError(
+            f"saved the artifact to {out}, but moving your other files there from the old one "
+            f"failed ({exc.strerror or exc}); they are in {old}"
+        ) from None
+    shutil.rmtree(old)
+
+
+def _remove_stale_saves(parent: Path, name: str, age: float = 3600.0) -> None:
+    """Folders of saves that died over an hour ago: removed when they hold only snncc's files
+    (a folder holding anything else keeps the user's files and is left alone)."""
+    now = time.time()
+    for entry in os.scandir(parent):
+        if not entry.name.startswith((f".{name}{_NEW}", f".{name}{_OLD}")):
+            continue
+        try:
+            if not entry.is_dir(follow_symlinks=False) or now - entry.stat().st_mtime < age:
+                continue
+            if set(os.listdir(entry.path)) <= set(_ARTIFACT_ENTRIES):
+                shutil.rmtree(entry.path)
+        except OSError:
+            continue
+
+
+def _artifact_options(backend: Any) -> tuple[str, ...]:
+    """The options of ``backend`` that an artifact may carry (its explicit allow-list)."""
+    return tuple(getattr(backend, "artifact_options", ()))
 
 
 def _check_relative(name: str) -> None:
@@ -355,6 +468,19 @@ def compile(  # noqa: A001 - the public name is snncc.compile, by design
     return compile_graph(trace(model, example), backend, dump_ir=dump_ir, **options)
 
 
+def _graph_input_spec(graph: Any) -> dict[str, Any]:
+    """The per-step input spec (batch as "B") and dtype of a graph's one input node."""
+    inputs = graph.meta.get("inputs", [])
+    if len(inputs) != 1:
+        raise UnsupportedError(
+            f"snncc compiles graphs with exactly one input; this graph has {len(inputs)}"
+        )
+    node = graph.node(inputs[0])
+    if node.get("shape") is None:
+        raise UnsupportedError("the graph's input node has no per-step shape")
+    return {"shape": ["B", *node["shape"][1:]], "dtype": node.get("dtype", "float32")}
+
+
 def compile_graph(
     graph: Any,
     backend: str = "reference",
@@ -370,49 +496,65 @@ def compile_graph(
     from snncc.ir.passes import run_pipeline
 
     be = backends.get(backend)
-    inputs = graph.meta.get("inputs", [])
-    if len(inputs) != 1:
-        raise UnsupportedError(
-            f"snncc compiles graphs with exactly one input; this graph has {len(inputs)}"
-        )
-    node = graph.node(inputs[0])
-    if node.get("shape") is None:
-        raise UnsupportedError("the graph's input node has no per-step shape")
-    spec = {"shape": ["B", *node["shape"][1:]], "dtype": node.get("dtype", "float32")}
+    spec = _graph_input_spec(graph)
     graph = run_pipeline(graph, pipeline_for(be, options), dump_dir=dump_ir)
     program = be.lower(graph, **options)
     return CompiledModel(program, backend, spec, options)
 
 
-def load(directory: str | Path) -> CompiledModel:
-    """Load an artifact written by :meth:`CompiledModel.save` and lower it again."""
+def load(directory: str | Path, **options: Any) -> CompiledModel:
+    """Load an artifact written by :meth:`CompiledModel.save` and lower it again.
+
+    An artifact is data, whoever wrote it: its manifest may carry only the
+    options its backend lists in ``artifact_options`` (precision, recompute,
+    ...); a path, a device or anything else about the machine is refused, and
+    comes only from the caller's ``options`` (``snncc.load(d, cache_dir=...)``),
+    which override the manifest's. Nothing is read from outside ``directory``.
+    """
     from snncc import backends
     from snncc.ir import serde
 
     root = Path(directory)
     if not root.is_dir():
         raise CheckpointError(f"artifact directory {root} does not exist")
-    manifest = _read_manifest(root / MANIFEST)
+    manifest_path = root / MANIFEST
+    manifest = _read_manifest(manifest_path)
     be = backends.get(manifest["backend"])
-    ir_dir = root / manifest["ir"]
+    allowed = _artifact_options(be)
+    refused = sorted(k for k in manifest["options"] if k not in allowed)
+    if refused:
+        raise CheckpointError(
+            f"{manifest_path}: option(s) {', '.join(map(repr, refused))} are not taken from an "
+            "artifact (artifacts are data: paths, devices and other choices about this "
+            f"machine come from whoever loads it; an artifact may carry "
+            f"{', '.join(allowed) or 'no options'} for backend {manifest['backend']!r}); remove "
+            "them from the manifest and pass them to snncc.load(..., key=value) instead"
+        )
+    ir_dir = inner_dir(root, manifest["ir"], "IR folder", CheckpointError)
     try:
         graph = serde.load(ir_dir)
     except SnnccError:
         raise
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"cannot read the IR in {ir_dir}: {exc}") from None
-    program = be.lower(graph, **manifest["options"])
-    return CompiledModel(program, manifest["backend"], manifest["input"], manifest["options"])
+    spec = _graph_input_spec(graph)
+    if spec != {"shape": manifest["input"]["shape"], "dtype": manifest["input"]["dtype"]}:
+        raise CheckpointError(
+            f"{manifest_path}: its input {_shape_str(['T', *manifest['input']['shape']])} "
+            f"{manifest['input']['dtype']} does not match the IR's input node "
+            f"{_shape_str(['T', *spec['shape']])} {spec['dtype']}; the artifact is inconsistent"
+        )
+    merged = {**manifest["options"], **options}
+    program = be.lower(graph, **merged)
+    return CompiledModel(program, manifest["backend"], spec, merged)
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
     """Parse and check snncc.json; every problem is a CheckpointError naming the file."""
-    if not path.is_file():
+    if not os.path.lexists(path):
         raise CheckpointError(f"{path} is missing: not an snncc artifact directory")
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
+    raw = read_file(path, "artifact manifest", CheckpointError, MAX_MANIFEST_BYTES)
+    manifest = parse_json(raw, f"{path}", CheckpointError, 8, "is not valid JSON")
     if not isinstance(manifest, dict) or manifest.get("format") != "snncc-artifact":
         raise CheckpointError(f"{path} is not an snncc artifact manifest")
     if manifest.get("format_version") != ARTIFACT_FORMAT:

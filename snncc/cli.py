@@ -1,10 +1,15 @@
-"""The ``snncc`` command line: compile, ir, run, export, import, example.
+"""The ``snncc`` command line: compile, ir, run, export, import, example, cache.
 
 Every failure snncc knows about (:class:`~snncc.errors.SnnccError`) is printed
 as one line, ``snncc: error: ...``, with exit status 2 -- the same shape as
 argparse's own usage errors -- because a traceback tells a user of a
-*compiler* nothing they can act on. Heavy imports (torch, jax) happen inside
-the commands so ``snncc --help`` stays instant.
+*compiler* nothing they can act on. So is what the system can throw at any
+command: an ``OSError`` on an input, output or cache path (the path and what
+to do), running out of memory, an interrupt; a closed pipe on stdout
+(``snncc ir ... | head``) ends the command quietly. Heavy imports (torch, jax)
+happen inside the commands so ``snncc --help`` stays instant, and the backend
+(and, for the cuda backend, CuPy and a GPU where the command runs the model)
+is checked before any slow work.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
+import io
 import os
 import sys
 import time
@@ -20,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from snncc.errors import CheckpointError, SnnccError
+from snncc.safe_files import MAX_ELEMENTS, os_error_hint
 
 FORMATS = ("text", "json", "dot")
 EXCHANGE_FORMATS = ("onnx", "nir")
@@ -46,6 +53,14 @@ def parse_input_shape(text: str) -> tuple[int, ...]:
         )
     if any(d < 1 for d in dims):
         raise argparse.ArgumentTypeError(f"{text!r}: every dimension must be >= 1")
+    n = 1
+    for d in dims:
+        n *= d
+    if n > MAX_ELEMENTS:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is {n} elements, more than the {MAX_ELEMENTS} snncc allocates for one "
+            "array; tracing needs only a few steps and one sample, e.g. 8,1,64"
+        )
     return dims
 
 
@@ -162,6 +177,12 @@ def _state_dict_mismatch(expected: Mapping[str, Any], got: Mapping[str, Any]) ->
         want, have = tuple(expected[key].shape), tuple(got[key].shape)
         if want != have:
             parts.append(f"{key} has shape {list(have)} in the file, the model needs {list(want)}")
+        elif expected[key].dtype != got[key].dtype:
+            w, h = (str(t.dtype).removeprefix("torch.") for t in (expected[key], got[key]))
+            parts.append(
+                f"{key} is {h} in the file, the model's is {w} (snncc never casts weights "
+                f"silently: convert the checkpoint, e.g. {{k: v.to(torch.{w}) ...}}, or the model)"
+            )
     return "; ".join(parts)
 
 
@@ -202,9 +223,71 @@ def _best_of(fn: Callable[[], Any], repeat: int = 5) -> tuple[Any, float]:
 
 
 # ----------------------------------------------------------------- commands
+def _backend_first(name: str, options: dict[str, Any] | None = None, runs: bool = False) -> Any:
+    """The backend, checked before any slow work; with ``runs``, also what running needs
+    (the cuda backend: CuPy and a GPU)."""
+    from snncc import backends
+
+    be = backends.get(name)
+    check = getattr(be, "check_runtime", None)
+    if runs and check is not None:
+        check(options or {})
+    return be
+
+
+def output_file(path: str) -> Path:
+    """An output file path: its folder is created; a folder (or a link to one) is refused."""
+    out = Path(path)
+    if out.is_dir():
+        raise UsageError(f"output {out} is a folder; name a file to write, e.g. {out / 'y.npy'}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(
+            f"cannot create the folder of output {out}: {exc.strerror}; {os_error_hint(exc)}"
+        ) from None
+    return out
+
+
+def read_npy(path: Path) -> Any:
+    """One array from a .npy file: no pickles, and its declared size checked against the
+    limit and the file's length before anything is allocated."""
+    import numpy as np
+
+    from snncc.safe_files import check_elements
+
+    if not path.is_file():
+        what = "is a folder, not a .npy file" if path.is_dir() else "does not exist"
+        raise UsageError(f"input file {path} {what}")
+    try:
+        with path.open("rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else np.lib.format.read_array_header_2_0
+            )
+            shape, _, dtype = read(fh)
+            header = fh.tell()
+        n = check_elements(list(shape), f"input file {path}", UsageError)
+        if dtype.hasobject:
+            raise UsageError(f"input file {path} holds Python objects; snncc reads numeric arrays")
+        if path.stat().st_size < header + n * dtype.itemsize:
+            raise UsageError(
+                f"input file {path} declares {list(shape)} {dtype} but is too short for it "
+                "(truncated?)"
+            )
+        return np.load(path, allow_pickle=False)
+    except SnnccError:
+        raise
+    except Exception as exc:  # a corrupt header, an npz, a pickle: all one message
+        raise UsageError(f"cannot read input file {path} as .npy: {exc}") from None
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
     import snncc
 
+    _backend_first(args.backend)
     model = build_model(args.spec, args.weights)
     start = time.perf_counter()
     cm = snncc.compile(
@@ -226,11 +309,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_ir(args: argparse.Namespace) -> int:
-    from snncc import backends
     from snncc.frontend import trace
     from snncc.ir.passes import run_pipeline
 
-    backend = backends.get(args.backend)
+    backend = _backend_first(args.backend)
     model = build_model(args.spec, args.weights)
     graph = trace(model, example_input(args.input_shape))
     graph = run_pipeline(graph, backend.pipeline, dump_dir=args.dump_ir)
@@ -244,32 +326,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     import torch
 
     import snncc
+    from snncc.safe_files import write_file
 
-    cm = snncc.load(args.artifact)
+    out = output_file(args.output)
+    if not Path(args.artifact).is_dir():
+        raise CheckpointError(f"artifact directory {args.artifact} does not exist")
     path = Path(args.input)
-    if not path.is_file():
-        raise UsageError(f"input file {path} does not exist")
-    try:
-        x = np.load(path, allow_pickle=False)
-    except Exception as exc:
-        raise UsageError(f"cannot read input file {path} as .npy: {exc}") from None
-    if not isinstance(x, np.ndarray):
-        raise UsageError(f"input file {path} holds several arrays; save one array with numpy.save")
+    x = read_npy(path)
+    cm = snncc.load(args.artifact, **_options(args))
+    _backend_first(cm.backend, cm.options, runs=True)
     start = time.perf_counter()
     with torch.no_grad():  # inference only: torch backends need no autograd graph
         y = cm(x)
     elapsed = time.perf_counter() - start
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
     if isinstance(y, (tuple, list)):
         if out.suffix != ".npz":
             raise UsageError(f"this model has {len(y)} outputs: give an output file ending in .npz")
-        np.savez(out, **{f"output{i}": v for i, v in enumerate(y)})
+        np.savez(buf, **{f"output{i}": v for i, v in enumerate(y)})
         shapes = ", ".join(f"output{i} {list(v.shape)}" for i, v in enumerate(y))
     else:
-        with out.open("wb") as fh:  # open ourselves so numpy does not append ".npy"
-            np.save(fh, y)
+        np.save(buf, y)
         shapes = f"{list(y.shape)} {y.dtype}"
+    try:
+        write_file(out, buf.getvalue())  # atomic; a link at the output is replaced, not followed
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write output {out}: {exc.strerror}; {os_error_hint(exc)}"
+        ) from None
     print(f"ran {args.artifact} ({cm.backend}) on {path} {list(x.shape)} in {_ms(elapsed)}")
     print(f"wrote {out}: {shapes}")
     return 0
@@ -292,17 +376,21 @@ def load_graph(model: str, input_shape: tuple[int, ...] | None, weights: str | N
 def cmd_export(args: argparse.Namespace) -> int:
     if args.format == "onnx" and (args.dt is not None or args.accept):
         raise UsageError("--dt/--accept apply to NIR export, not ONNX")
+    out = output_file(args.output)
     graph = load_graph(args.model, args.input_shape, args.weights)
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if args.format == "onnx":
-        from snncc.export.onnx import to_onnx
+    try:
+        if args.format == "onnx":
+            from snncc.export.onnx import to_onnx
 
-        to_onnx(graph, out)
-    else:
-        from snncc.export.nir import to_nir
+            to_onnx(graph, out)
+        else:
+            from snncc.export.nir import to_nir
 
-        to_nir(graph, out, dt=args.dt, accept=args.accept or ())
+            to_nir(graph, out, dt=args.dt, accept=args.accept or ())
+    except OSError as exc:
+        raise UsageError(
+            f"cannot write {out}: {exc.strerror or exc}; {os_error_hint(exc)}"
+        ) from None
     print(f"exported {args.model} as {args.format} to {out} ({out.stat().st_size} bytes)")
     return 0
 
@@ -340,6 +428,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     if args.format == "onnx" or Path(args.file).suffix == ".onnx":
         if nir_options:
             raise UsageError(f"--dt/--reset/--accept/--fire apply to NIR files, not {args.file}")
+    _backend_first(args.backend)
     graph = import_graph(Path(args.file), args.format, **nir_options)
     cm = snncc.compile_graph(graph, backend=args.backend, **_options(args))
     out = cm.save(args.output)
@@ -352,6 +441,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_example(args: argparse.Namespace) -> int:
+    _backend_first(args.backend, _options(args), runs=True)  # before 15 s of eager runs
     import numpy as np
     import torch
 
@@ -390,6 +480,71 @@ def cmd_example(args: argparse.Namespace) -> int:
     print(f"  output spikes that differ: {differ} of {eager_np.size}")
     print("  (run times: best of 5 after a warm-up call, on this machine's CPU)")
     return 0
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def _cache_folders(args: argparse.Namespace) -> list[tuple[str, Path]]:
+    from snncc import kernel_cache
+
+    kinds = [args.kind] if args.kind else list(kernel_cache.KINDS)
+    if args.cache_dir is not None:
+        return [(k, Path(args.cache_dir)) for k in kinds]
+    return [(k, kernel_cache.default_dir(k)) for k in kinds]
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    from snncc import kernel_cache
+
+    if args.action == "info":
+        where = "--cache-dir" if args.cache_dir else _root_source()
+        if not args.cache_dir:
+            print(f"snncc kernel caches under {kernel_cache.root()} ({where})")
+        for kind, path in _cache_folders(args):
+            info = kernel_cache.summary(kind, path)
+            if not info.exists:
+                print(f"  {kind:5s} {path}: not created yet")
+                continue
+            if kind == "jax":
+                line = f"{info.modules} generated modules"
+            else:
+                line = (
+                    f"{info.entries} entries, {info.verified} verified, "
+                    f"{len(info.damaged)} damaged (rebuilt on next use)"
+                )
+                if info.unrecorded:
+                    line += f", {info.unrecorded} unrecorded binaries (never loaded)"
+            if info.temporary:
+                line += f", {info.temporary} temporary files"
+            print(f"  {kind:5s} {path}: {line}; {info.files} files, {_size(info.size)}")
+            if info.problem:
+                print(f"        unsafe, not used: {info.problem}")
+        return 0
+    total = size = kept = 0
+    for _, path in _cache_folders(args):
+        n, b, k = kernel_cache.clear(path)
+        total, size, kept = total + n, size + b, kept + k
+        if n:
+            print(f"removed {n} files ({_size(b)}) from {path}")
+    if not total:
+        print("nothing to remove: the caches hold no snncc files")
+    if kept:
+        print(f"left {kept} other files and folders alone (snncc removes only its own files)")
+    return 0
+
+
+def _root_source() -> str:
+    if os.environ.get("SNNCC_CACHE_DIR"):
+        return "from SNNCC_CACHE_DIR"
+    if os.environ.get("XDG_CACHE_HOME"):
+        return "from XDG_CACHE_HOME"
+    return "the default; set SNNCC_CACHE_DIR to move it"
 
 
 # ------------------------------------------------------------------- parser
@@ -440,13 +595,30 @@ Scan over time (T and B are symbolic); runs in onnxruntime.
 
 _IMPORT_EPILOG = """\
 example:
+  snncc compile snncc.examples.digits:load_pretrained --input-shape 8,1,64 -o out/digits
+  snncc export out/digits --format onnx -o out/digits.onnx
   snncc import out/digits.onnx -o out/digits-from-onnx
-  snncc import model.nir --dt 1e-4 -o out/from-nir --backend jax
+  snncc export out/digits --format nir --dt 1e-4 -o out/digits.nir
+  snncc import out/digits.nir --dt 1e-4 -o out/from-nir --backend jax
+  python -c "import numpy as np; np.save('x.npy', np.random.rand(8, 4, 64).astype('float32'))"
   snncc run out/digits-from-onnx --input x.npy -o y.npy
 
-The file becomes an artifact directory like 'snncc compile' writes. NIR files
+Each file the example reads is written by a line before it. The imported
+file becomes an artifact directory like 'snncc compile' writes. NIR files
 describe continuous-time neurons: --dt (required) says how to discretise them;
 see the README for the conventions and what --accept allows.
+"""
+
+_CACHE_EPILOG = """\
+example:
+  snncc cache info
+  snncc cache clear --kind cpu
+
+The caches hold compiled kernels (cpu: shared libraries, cuda: cubins) and the
+jax backend's generated modules, under $SNNCC_CACHE_DIR, else
+$XDG_CACHE_HOME/snncc, else ~/.cache/snncc. A cached binary is loaded only
+after its content hash matches the one recorded when it was built; a damaged
+one is rebuilt. 'clear' removes only files snncc wrote.
 """
 
 _EXAMPLE_EPILOG = """\
@@ -566,6 +738,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = _command(sub, "run", "run a compiled artifact on a .npy input", _RUN_EPILOG, cmd_run)
     p.add_argument("artifact", metavar="DIR", help="artifact directory written by 'snncc compile'")
+    _option_arg(p)
     p.add_argument("--input", required=True, metavar="X.npy", help="input array [T, B, ...]")
     p.add_argument(
         "-o", "--output", required=True, metavar="Y.npy", help="where to save the output"
@@ -637,6 +810,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _backend_arg(p, backends)
     _option_arg(p)
+
+    p = _command(
+        sub,
+        "cache",
+        "show or clear snncc's compiled-kernel caches",
+        _CACHE_EPILOG,
+        cmd_cache,
+    )
+    p.add_argument("action", choices=("info", "clear"), help="info: what is cached; clear: remove")
+    p.add_argument("--kind", choices=("cpu", "cuda", "jax"), help="one cache only (default: all)")
+    p.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="a cache folder given as a backend's cache_dir option (default: the caches under "
+        "SNNCC_CACHE_DIR or ~/.cache/snncc)",
+    )
     return parser
 
 
@@ -653,9 +842,42 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except SnnccError as exc:
-        message = " ".join(str(exc).split())  # one line, whatever the raiser formatted
+        return _error(str(exc))
+    except BrokenPipeError:
+        # the reader of stdout went away (snncc ir ... | head): nothing left to say to it
+        _silence_stdout()
+        return 141
+    except KeyboardInterrupt:
+        print("snncc: interrupted", file=sys.stderr)
+        return 130
+    except OSError as exc:
+        where = f" {exc.filename}" if exc.filename else ""
+        return _error(f"{exc.strerror or exc}:{where}; {os_error_hint(exc)}")
+    except MemoryError:
+        return _error(
+            "out of memory; use a smaller input (T, batch) or model, or a machine with more memory"
+        )
+    except RecursionError:
+        return _error("an input nests too deeply to be processed (a malformed or hostile file?)")
+
+
+def _error(text: str) -> int:
+    message = " ".join(text.split())  # one line, whatever the raiser formatted
+    try:
         print(f"snncc: error: {message}", file=sys.stderr)
-        return 2
+    except OSError:
+        pass
+    return 2
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 if __name__ == "__main__":

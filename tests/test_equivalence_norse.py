@@ -26,6 +26,7 @@ from peer_models import (  # noqa: E402
     norse_sequence_stack,
 )
 from peer_models import randomise as _randomise  # noqa: E402
+from tolerances import grad_atol  # noqa: E402
 
 B = 3
 
@@ -75,7 +76,7 @@ def _check(model: nn.Module, x: torch.Tensor, run, spikes_at: int = 0, masks=Non
     model.zero_grad()
     _loss(ref, 2).backward()
     _loss(got, 2).backward()
-    torch.testing.assert_close(xs.grad, xr.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(xs.grad, xr.grad, rtol=1e-4, atol=grad_atol(xr.grad))
     params = dict(model.named_parameters())
     names = [n for n, p in params.items() if p.grad is not None]
     assert names
@@ -84,7 +85,7 @@ def _check(model: nn.Module, x: torch.Tensor, run, spikes_at: int = 0, masks=Non
         want = params[name].grad
         if masks and name in masks:  # Norse's autapse hook zeroes the diagonal's gradient
             got_grad = got_grad * masks[name]
-        torch.testing.assert_close(got_grad, want, rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(got_grad, want, rtol=1e-4, atol=grad_atol(want), msg=name)
     return cm
 
 

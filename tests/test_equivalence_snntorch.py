@@ -21,6 +21,7 @@ import snncc
 snn = pytest.importorskip("snntorch")
 from peer_models import snntorch_convnet  # noqa: E402
 from snntorch import surrogate, utils  # noqa: E402
+from tolerances import grad_atol  # noqa: E402
 
 B = 3
 
@@ -81,14 +82,16 @@ def _check(model: nn.Module, x: torch.Tensor, run, learnable: tuple[str, ...] = 
     model.zero_grad()
     _loss(ref, 1).backward()
     _loss(got, 1).backward()
-    torch.testing.assert_close(xs.grad, xr.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(xs.grad, xr.grad, rtol=1e-4, atol=grad_atol(xr.grad))
     params = dict(model.named_parameters())
     names = [n for n, p in params.items() if p.grad is not None and n in cm.program.params]
     assert names, "no parameter gradient to compare"
     for name in names:
         got_grad = cm.program.params[name].grad
         assert got_grad is not None, f"no gradient for {name}"
-        torch.testing.assert_close(got_grad, params[name].grad, rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(
+            got_grad, params[name].grad, rtol=1e-4, atol=grad_atol(params[name].grad), msg=name
+        )
     for name in learnable:
         assert name in names, f"learnable {name} has no gradient"
 

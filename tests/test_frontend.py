@@ -348,8 +348,9 @@ def test_unsupported_module_names_path_type_and_list() -> None:
     msg = _error(Encoder(), torch.rand(2, 1, 4))
     assert "'features.3'" in msg
     assert "torch.nn.modules.activation.ReLU" in msg
-    assert "torch.nn.Linear" in msg and "spikingjelly.activation_based.neuron.LIFNode" in msg
-    assert "torch.cat" in msg  # the function list too
+    # a summary of what is supported (families, functions) and where the full list is
+    assert "torch.nn (" in msg and "SpikingJelly (" in msg and "cat" in msg
+    assert "snncc.frontend.SUPPORTED" in msg and len(msg) < 600
     assert msg.count("is not supported") == 1
 
 

@@ -197,6 +197,9 @@ def test_batchnorm_training_statistics(stats: str) -> None:
         for m in ref:
             m.step_mode = "s"
         y_ref = torch.stack([ref(xt) for xt in x])
+        # ...and so does every row op: a convolution over T*B rows may round differently
+        # from T convolutions over B (oneDNN picks its kernel by shape)
+        prog = ReferenceProgram(prog.graph, stateless_per_step=True)
     y, _ = prog.run(x)
     assert torch.equal(y, y_ref)
     assert torch.equal(prog.params["1.running_mean"], ref[1].running_mean)

@@ -61,6 +61,9 @@ class CpuBackend:
     #: fold_batchnorm: folding changes the rounding, and the cpu backend
     #: promises the reference's spikes bit for bit)
     pipeline = ("canonicalize", "drop_noops", "fuse_elementwise", "temporal_fusion")
+    #: options an artifact may carry (snncc.load): everything but the cache folder, which
+    #: only the user names (an artifact choosing it would choose which binaries get loaded)
+    artifact_options = tuple(o for o in _OPTIONS if o != "cache_dir")
 
     def lower(self, graph: Graph, **options: Any) -> CpuProgram:
         """Compile every neuron layer's kernels and return the runnable program."""

@@ -11,6 +11,10 @@ masked stores; SIMD lanes round exactly as scalar code does, so results do not
 change. A library built for one CPU may not run on another, so the cache key
 holds what ``-march=native`` resolved to here (a cache shared over NFS by
 different machines keeps one library per kind of CPU).
+Why not just "load the .so if it exists": a cached library runs as native code
+in the process, so it is found only in the user's own private cache, verified
+against the content hash recorded when it was built, and built once per entry
+under a lock with temporary files of its own (:mod:`snncc.kernel_cache`).
 """
 
 from __future__ import annotations
@@ -24,9 +28,11 @@ import subprocess
 import tempfile
 import threading
 import warnings
+from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
 
+from snncc import kernel_cache, safe_files
 from snncc.backends.kernels import HOST_EXACT_FLAGS
 from snncc.errors import BackendError
 
@@ -55,30 +61,36 @@ NATIVE_FLAG = "-march=native"
 #: how ``-march=native``'s listing names AVX-512 (GCC, Clang)
 AVX512_FEATURES = ("-mavx512f", "+avx512f")
 
+#: seconds one kernel may take to compile before the build is stopped
+COMPILE_TIMEOUT = 900.0
+
 _lock = threading.Lock()
 _loaded: dict[str, ctypes.CDLL] = {}
 
 
 def default_cache_dir() -> Path:
     """``$SNNCC_CACHE_DIR/cpu`` or ``~/.cache/snncc/cpu`` (XDG_CACHE_HOME respected)."""
-    root = os.environ.get("SNNCC_CACHE_DIR")
-    if root:
-        return Path(root) / "cpu"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".cache"
-    return base / "snncc" / "cpu"
+    return kernel_cache.default_dir("cpu")
 
 
 def find_compiler() -> str:
-    """The host C++ compiler: $SNNCC_CXX, $CXX, then g++, c++, clang++ on PATH."""
-    tried = []
+    """The host C++ compiler: $SNNCC_CXX, else $CXX, else g++, c++, clang++ on PATH.
+
+    A compiler the environment names but that cannot be found is an error, not
+    a reason to try another one: the user asked for that compiler.
+    """
     for var in ("SNNCC_CXX", "CXX"):
         name = os.environ.get(var)
         if name:
-            tried.append(f"${var}={name}")
             path = shutil.which(name)
-            if path:
-                return path
+            if path is None:
+                raise BackendError(
+                    f"${var}={name} names no compiler that can be run (not found, or not "
+                    f"executable); install it, point ${var} at a C++17 compiler, or unset {var} "
+                    f"to use {' / '.join(CANDIDATES)}"
+                )
+            return path
+    tried = []
     for name in CANDIDATES:
         tried.append(name)
         path = shutil.which(name)
@@ -213,40 +225,102 @@ def compile_flags(cxx: str) -> list[str]:
     return flags
 
 
-def build(source: str, cache_dir: str | os.PathLike | None = None) -> Path:
-    """Compile ``source`` to a shared library, or reuse the cached one; return its path.
-
-    The .cpp is kept next to the .so so users can read exactly what runs.
-    """
+def cache_key(source: str) -> tuple[str, list[str], str]:
+    """(compiler, flags, key): the key hashes everything that could change the machine code."""
     cxx = find_compiler()
     flags = compile_flags(cxx)
     target = native_target(cxx) if NATIVE_FLAG in flags else None
     key_text = "\0".join([source, cxx, compiler_identity(cxx), *flags, target or ""])
-    key = hashlib.sha256(key_text.encode()).hexdigest()[:24]
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    so = root / f"snncc_{key}.so"
-    if so.exists():
-        return so
-    root.mkdir(parents=True, exist_ok=True)
-    cpp = root / f"snncc_{key}.cpp"
-    cpp.write_text(source)
-    fd, tmp_name = tempfile.mkstemp(prefix=f"snncc_{key}.", suffix=".so.tmp", dir=root)
-    os.close(fd)
-    cmd = [cxx, *flags, str(cpp), "-o", tmp_name, "-lm"]
-    res = subprocess.run(cmd, capture_output=True, text=True)
-    if res.returncode != 0:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise BackendError(
-            f"the C++ compiler failed on generated kernel {cpp} (command: {' '.join(cmd)}):\n"
-            f"{res.stderr.strip()[-4000:]}"
+    return cxx, flags, hashlib.sha256(key_text.encode()).hexdigest()[:24]
+
+
+def _compile_into(cxx: str, flags: list[str], source: str, where: Path, name: str) -> Callable:
+    """The build step for :func:`snncc.kernel_cache.get_or_build`: ``source`` -> ``out``.
+
+    The compiler reads the source from a pipe, so no builder ever reads a file
+    another is writing, and the library holds no temporary file name (the same
+    source builds to the same bytes). The readable copy, ``<name>.cpp``, is
+    written atomically beside it for users to read exactly what runs.
+    """
+
+    def run(out: Path) -> None:
+        readable = safe_files.write_file(where / f"{name}.cpp", source)
+        cmd = [cxx, *flags, "-x", "c++", "-", "-x", "none", "-o", str(out), "-lm"]
+        try:
+            res = subprocess.run(
+                cmd, input=source, capture_output=True, text=True, timeout=COMPILE_TIMEOUT
+            )
+        except subprocess.TimeoutExpired:
+            raise BackendError(
+                f"the C++ compiler took more than {COMPILE_TIMEOUT:.0f} s on generated kernel "
+                f"{readable}; stopped"
+            ) from None
+        except OSError as exc:
+            raise BackendError(f"cannot run the C++ compiler {cxx}: {exc}") from None
+        if res.returncode != 0:
+            raise BackendError(
+                f"the C++ compiler failed on generated kernel {readable} (command: "
+                f"{' '.join(cmd)} < {readable}):\n{res.stderr.strip()[-4000:]}"
+            )
+
+    return run
+
+
+def build(
+    source: str, cache_dir: str | os.PathLike | None = None, *, reject: Path | None = None
+) -> Path:
+    """The verified cached shared library of ``source``, compiled first if missing or damaged.
+
+    See :mod:`snncc.kernel_cache` for the protocol (private folder, content
+    hash checked before every use, one build per entry under a lock, atomic
+    publication). ``reject``: a library that verified but did not load.
+    """
+    cxx, flags, key = cache_key(source)
+    where = kernel_cache.folder("cpu", cache_dir)
+    name = f"snncc_{key}"
+    try:
+        return kernel_cache.get_or_build(
+            where, name, ".so", _compile_into(cxx, flags, source, where, name), reject=reject
         )
-    os.replace(tmp_name, so)  # atomic: concurrent builders never see a half-written .so
-    return so
+    except OSError as exc:
+        raise BackendError(
+            f"the cpu kernel cache {where} cannot be used: {exc.strerror or exc}"
+            f"{f' ({exc.filename})' if exc.filename else ''}; "
+            f"{safe_files.os_error_hint(exc)} (SNNCC_CACHE_DIR or the cache_dir option)"
+        ) from None
 
 
-def load(source: str, cache_dir: str | os.PathLike | None = None) -> ctypes.CDLL:
-    """Build (or find in the cache) and load ``source``; one handle per library per process."""
-    path = build(source, cache_dir)
+def load(
+    source: str, cache_dir: str | os.PathLike | None = None, symbols: Sequence[str] = ()
+) -> ctypes.CDLL:
+    """Build (or find in the cache) and load ``source``; one handle per library per process.
+
+    The library must define every name in ``symbols``. A cached library that
+    verifies but does not load, or lacks a symbol, is rebuilt once (it was
+    damaged or foreign); a fresh build that still fails is a BackendError.
+    """
+    bad: Path | None = None
+    for attempt in range(2):
+        path = build(source, cache_dir, reject=bad)
+        try:
+            lib = _dlopen(path)
+            missing = [s for s in symbols if not hasattr(lib, s)]
+        except OSError as exc:
+            missing, error = [], f"it does not load ({exc})"
+        else:
+            error = f"it lacks the symbols {missing}" if missing else ""
+        if not error:
+            return lib
+        if attempt == 1:
+            raise BackendError(
+                f"the compiled kernel library {path} cannot be used: {error}; remove it "
+                "('snncc cache clear') and report the kernel if this repeats"
+            )
+        bad = path
+    raise AssertionError("unreachable")
+
+
+def _dlopen(path: Path) -> ctypes.CDLL:
     with _lock:
         lib = _loaded.get(str(path))
         if lib is None:

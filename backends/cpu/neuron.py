@@ -57,7 +57,8 @@ class NeuronKernel:
         self.spec = spec if isinstance(spec, NeuronSpec) else NeuronSpec.from_dict(dict(spec))
         self.info: NeuronKernelInfo = neuron_kernel_info(self.spec, prologue, epilogue, options)
         self.source = render_neuron_kernels(self.spec, prologue, epilogue, "cpu", options)
-        lib = compiler.load(self.source, cache_dir)
+        names = (self.info.forward_name, self.info.backward_name)
+        lib = compiler.load(self.source, cache_dir, symbols=names)
         self._fwd = getattr(lib, self.info.forward_name)
         self._fwd.argtypes = [_CTYPES[c] for _, c in self.info.forward_args]
         self._fwd.restype = None

@@ -99,7 +99,7 @@ class CpuProgram(ReferenceProgram):
     def _check_form_params(self) -> None:
         """Every neuron node: the spec's param roles are the node's (see check_node_params)."""
         for n, spec in self._specs.items():
-            where = f"neuron %{n} ({self.graph.node(n).get('name') or '?'})"
+            where = f"neuron %{n} ({self.graph.node(n).get('name') or '?'!r})"
             check_node_params(spec, list(self.graph.node(n)["params"]), where)
 
     # ------------------------------------------------------------ listing

@@ -82,6 +82,9 @@ class CudaBackend:
     """Lower a scheduled graph to a :class:`CudaProgram` (kernels rendered now, compiled on first run)."""
 
     name = "cuda"
+    #: options an artifact may carry (snncc.load): not the cache folder or the device,
+    #: which only the user chooses
+    artifact_options = tuple(o for o in _OPTIONS if o not in ("cache_dir", "device"))
     #: the cpu backend's pipeline: bit-exact rewrites only (no BatchNorm folding)
     pipeline = CpuBackend.pipeline
     #: with a precision option that already gives up bit-exact results: eval-mode
@@ -102,6 +105,11 @@ class CudaBackend:
         """Render every neuron layer's kernels; needs no GPU."""
         check_options("cuda", options, _OPTIONS)
         return CudaProgram(graph, **options)
+
+    def check_runtime(self, options: Mapping[str, Any]) -> None:
+        """Raise BackendError (what to install) now when running would need CuPy or a GPU
+        that is missing: the CLI asks before any slow work, not after it."""
+        runtime.require(options.get("device"))
 
     def to_native(self, x: Any) -> Any:
         """torch / numpy / jax arrays -> torch tensors; the program moves them to its GPU.

@@ -3,26 +3,31 @@
 Layout (default ``~/.cache/snncc/cuda``, or ``$SNNCC_CACHE_DIR/cuda``, or the
 backend option ``cache_dir``)::
 
-    snncc_<src>.cu                       the generated source, as compiled
-    snncc_<src>_<arch>_<key>.cubin       NVRTC's machine code for one architecture
-    snncc_<src>_<arch>_<key>.ptx         (instead, for a GPU newer than NVRTC)
-    snncc_<src>_<arch>_<key>.log         NVRTC's warnings, when it printed any
+    snncc_<src>.cu                              the generated source, as compiled
+    snncc_<src>_<arch>_<key>.<sha>.cubin        NVRTC's machine code for one architecture
+    snncc_<src>_<arch>_<key>.<sha>.ptx          (instead, for a GPU newer than NVRTC)
+    snncc_<src>_<arch>_<key>.json               its record: the binary's SHA-256 and size
+    snncc_<src>_<arch>_<key>.log                NVRTC's warnings, when it printed any
 
 ``<src>`` hashes the source; ``<key>`` hashes everything else that could change
 the binary: the architecture, every compiler flag (``-fmad=false`` keeps spikes
-bit-exact), the NVRTC version and the kernel ABI version. Files are written to
-a temporary name and renamed, so concurrent processes never load half a file.
+bit-exact), the NVRTC version and the kernel ABI version. A binary is handed
+to the GPU only after its hash matches its record, and is built once per
+entry under a lock (:mod:`snncc.kernel_cache`: the same protocol as the cpu
+backend's libraries); files are written to a temporary name and renamed, so
+concurrent processes never load half a file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
+from snncc import kernel_cache, safe_files
 from snncc.backends.cuda import nvrtc
 from snncc.backends.kernels import KERNEL_ABI_VERSION, NVCC_EXACT_FLAGS
+from snncc.errors import BackendError
 
 #: NVRTC options of every snncc kernel (the architecture is added per device)
 NVRTC_FLAGS: tuple[str, ...] = ("--std=c++17", *NVCC_EXACT_FLAGS)
@@ -30,36 +35,34 @@ NVRTC_FLAGS: tuple[str, ...] = ("--std=c++17", *NVCC_EXACT_FLAGS)
 
 def default_cache_dir() -> Path:
     """``$SNNCC_CACHE_DIR/cuda`` or ``~/.cache/snncc/cuda`` (XDG_CACHE_HOME respected)."""
-    root = os.environ.get("SNNCC_CACHE_DIR")
-    if root:
-        return Path(root) / "cuda"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".cache"
-    return base / "snncc" / "cuda"
+    return kernel_cache.default_dir("cuda")
 
 
 def _digest(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _os_error(where: Path, exc: OSError) -> BackendError:
+    return BackendError(
+        f"the cuda kernel cache {where} cannot be used: {exc.strerror or exc}"
+        f"{f' ({exc.filename})' if exc.filename else ''}; {safe_files.os_error_hint(exc)} "
+        "(SNNCC_CACHE_DIR or the cache_dir option)"
+    )
 
 
 def source_path(source: str, cache_dir: str | os.PathLike | None = None) -> Path:
     """Write ``source`` into the cache (once) and return its path."""
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    root.mkdir(parents=True, exist_ok=True)
+    root = kernel_cache.folder("cuda", cache_dir)
     cu = root / f"snncc_{_digest(source)[:16]}.cu"
-    if not cu.exists() or cu.read_text() != source:
-        _write_atomic(cu, source.encode())
+    try:
+        current = safe_files.read_file(cu, "source", BackendError, len(source.encode()) + 1)
+    except BackendError:
+        current = None
+    try:
+        if current != source.encode():
+            safe_files.write_file(cu, source)
+    except OSError as exc:
+        raise _os_error(root, exc) from None
     return cu
 
 
@@ -87,11 +90,16 @@ def build(
     key = _digest(
         src, arch, *NVRTC_FLAGS, "nvrtc={}.{}".format(*nvrtc.version()), f"abi={KERNEL_ABI_VERSION}"
     )[:12]
-    out = cu.with_name(f"snncc_{src}_{arch}_{key}.{kind}")
-    if out.exists():
-        return out
-    res = nvrtc.compile_source(source, arch, NVRTC_FLAGS, name=str(cu))
-    if res.log:
-        _write_atomic(out.with_suffix(".log"), res.log.encode())
-    _write_atomic(out, res.binary)
-    return out
+    name = f"snncc_{src}_{arch}_{key}"
+    root = cu.parent
+
+    def compile_to(out: Path) -> None:
+        res = nvrtc.compile_source(source, arch, NVRTC_FLAGS, name=str(cu))
+        if res.log:
+            safe_files.write_file(root / f"{name}.log", res.log)
+        out.write_bytes(res.binary)
+
+    try:
+        return kernel_cache.get_or_build(root, name, f".{kind}", compile_to)
+    except OSError as exc:
+        raise _os_error(root, exc) from None

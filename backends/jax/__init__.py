@@ -38,6 +38,8 @@ class JaxBackend:
     """Lowers a scheduled graph to a :class:`JaxProgram`."""
 
     name = "jax"
+    #: options an artifact may carry (snncc.load); ``cache_dir`` comes only from the user
+    artifact_options = ("unroll",)
     pipeline = (
         "canonicalize",
         "fold_batchnorm",

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import os
 import sys
-import tempfile
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -15,46 +13,49 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from snncc import kernel_cache, safe_files
+from snncc.backends.base import check_state
 from snncc.errors import BackendError, ShapeError
 from snncc.ir.graph import Graph
 
 
 def default_cache_dir() -> Path:
     """Where generated modules are written unless ``cache_dir`` is given (readable by users)."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "snncc" / "jax"
+    return kernel_cache.default_dir("jax")
 
 
 def load_module(source: str, cache_dir: str | os.PathLike | None = None) -> tuple[ModuleType, Path]:
-    """Write ``source`` to ``<cache_dir>/model_<hash>.py`` (atomically) and import it.
+    """Write ``source`` to ``<cache_dir>/model_<hash>.py`` (atomically) and run it as a module.
 
-    Why from a file and not ``exec``: tracebacks, ``inspect`` and users all get
-    a real path to read, and the same source hashes to the same file.
+    Why a file at all: tracebacks, ``inspect`` and users all get a real path to
+    read, and the same source hashes to the same file. What runs is ``source``
+    itself, compiled from memory under that file name, never the file's
+    contents read back: whatever happens to the file, only the generated code
+    runs.
     """
     digest = hashlib.sha256(source.encode()).hexdigest()[:20]
-    folder = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    folder = kernel_cache.folder("jax", cache_dir)
+    path = folder / f"model_{digest}.py"
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"model_{digest}.py"
-        if not path.exists() or path.read_text() != source:
-            fd, tmp = tempfile.mkstemp(dir=folder, prefix=".model_", suffix=".py.tmp")
-            with os.fdopen(fd, "w") as fh:
-                fh.write(source)
-            os.replace(tmp, path)
+        try:
+            current = safe_files.read_file(path, "module", BackendError, len(source.encode()) + 1)
+        except BackendError:
+            current = None
+        if current != source.encode():
+            safe_files.write_file(path, source)
     except OSError as exc:
         raise BackendError(
-            f"cannot write the generated jax module to {folder} ({exc}); "
-            "pass cache_dir=... to a writable folder"
-        ) from exc
+            f"cannot write the generated jax module to {folder} ({exc.strerror or exc}); "
+            f"{safe_files.os_error_hint(exc)}, or pass cache_dir=... to a writable folder"
+        ) from None
     name = f"snncc_jax_generated_{digest}"
     if name in sys.modules:
         return sys.modules[name], path
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
+    module = ModuleType(name)
+    module.__file__ = str(path)
     sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        exec(compile(source, str(path), "exec"), module.__dict__)  # noqa: S102 - our own code
     except Exception:
         del sys.modules[name]
         raise
@@ -68,6 +69,23 @@ def to_jax(x: Any) -> jax.Array:
     if type(x).__module__.startswith("torch"):
         x = x.detach().cpu().numpy()
     return jnp.asarray(np.asarray(x, dtype=np.float32))
+
+
+def _check_state_leaf(where: str, value: Any, dtype: str | None) -> None:
+    """A carried state's array: jax, numpy or torch (states move between backends), of the
+    node's dtype; a float64 state is refused, never cast."""
+    kind = type(value).__module__.split(".")[0]
+    if not isinstance(value, (jax.Array, np.ndarray)) and kind != "torch":
+        raise ShapeError(
+            f"{where} is a {type(value).__name__}; a state holds jax, numpy or torch arrays "
+            "(pass the state run() returned)"
+        )
+    got = str(value.dtype).removeprefix("torch.")
+    if (dtype is not None and got != dtype) or (dtype is None and "float" not in got):
+        raise ShapeError(
+            f"{where} is {got}; this model keeps {dtype or 'floating'} state (snncc never "
+            f"casts it silently: convert it, e.g. with .astype(numpy.{dtype or 'float32'}))"
+        )
 
 
 class JaxProgram:
@@ -122,8 +140,10 @@ class JaxProgram:
 
     def run(self, x: Any, state: dict | None = None) -> tuple[Any, dict]:
         """Run [T, B, ...] from ``state`` (None: fresh); returns (outputs, final state)."""
+        xs = self._inputs(x)
+        check_state(self.graph, state, int(xs[0].shape[1]), _check_state_leaf)
         st = {} if state is None else self._state(state)
-        ys, new_state = self._jit_run(self.params, self._inputs(x), st)
+        ys, new_state = self._jit_run(self.params, xs, st)
         return self._outputs(ys), new_state
 
     def jax_fn(self, params: dict[str, Any], x: Any) -> Any:

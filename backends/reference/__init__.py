@@ -34,6 +34,8 @@ class ReferenceBackend:
 
     name = "reference"
     pipeline = ("canonicalize", "drop_noops", "temporal_fusion")
+    #: options an artifact may carry (snncc.load): they define the program, not the machine
+    artifact_options = _OPTIONS
 
     def lower(self, graph: Graph, **options: Any) -> ReferenceProgram:
         """Prepare ``graph`` to run; options: requires_grad, stateless_per_step, training."""

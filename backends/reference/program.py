@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from snncc.backends.base import check_state
 from snncc.backends.reference import neurons
 from snncc.errors import IRError, ShapeError, UnsupportedError
 from snncc.ir.graph import Edge, Graph
@@ -121,7 +122,7 @@ class ReferenceProgram:
             op = self.graph.op(n)
             if op not in OPS:
                 raise IRError(
-                    f"node %{n} ({self.graph.node(n).get('name') or '?'}): unknown op {op!r}"
+                    f"node %{n} ({self.graph.node(n).get('name') or '?'!r}): unknown op {op!r}"
                 )
             if (
                 op not in ROW_OPS
@@ -208,6 +209,7 @@ class ReferenceProgram:
         """Run ``x`` [T, B, ...] (or a tuple, one per graph input) from ``state``; return (y, state)."""
         inputs = self._check_inputs(x)
         T, B = inputs[0].shape[:2]
+        check_state(self.graph, state, B, self._state_leaf_check(inputs[0].device))
         ctx = _RunContext(self, T, B, dict(state or {}), inputs[0].device)
         for unit in self._units:
             if unit[0] in self._recurrent:
@@ -216,6 +218,31 @@ class ReferenceProgram:
                 self._run_layer(ctx, unit[0], inputs)
         outs = [ctx.values[o] for o in self.graph.meta["outputs"]]
         return (outs[0] if len(outs) == 1 else tuple(outs)), ctx.new_state
+
+    def _state_leaf_check(self, device: torch.device) -> Any:
+        """How a carried state's arrays are checked here: torch tensors of the node's dtype on
+        the input's device (a numpy or float64 state is refused, never cast)."""
+
+        def check(where: str, value: Any, dtype: str | None) -> None:
+            if not isinstance(value, Tensor):
+                raise ShapeError(
+                    f"{where} is a {type(value).__module__}.{type(value).__name__}; this backend "
+                    "carries state as torch tensors (pass the state run() returned, or convert "
+                    "with torch.from_numpy)"
+                )
+            want = _TORCH_DTYPES.get(dtype or "", None)
+            if (dtype is None and not value.is_floating_point()) or (
+                dtype is not None and value.dtype != want
+            ):
+                raise ShapeError(
+                    f"{where} is {str(value.dtype).removeprefix('torch.')}; this model keeps "
+                    f"{dtype or 'floating'} state (snncc never casts it silently: convert it, "
+                    f"e.g. with .to(torch.{dtype or 'float32'}))"
+                )
+            if value.device != device:
+                raise ShapeError(f"{where} is on {value.device}; the input is on {device}")
+
+        return check
 
     def _check_inputs(self, x: Any) -> list[Tensor]:
         ids = self.graph.meta["inputs"]
@@ -331,12 +358,12 @@ class ReferenceProgram:
             v = given.get(var)
             if v is None:
                 raise ShapeError(
-                    f"state of neuron %{n} ({self.graph.node(n).get('name') or '?'}) lacks "
+                    f"state of neuron %{n} ({self.graph.node(n).get('name') or '?'!r}) lacks "
                     f"{var!r}; its form {spec.charge!r} keeps {list(fresh)}"
                 )
             if tuple(v.shape) != tuple(x_step.shape):
                 raise ShapeError(
-                    f"state of neuron %{n} ({self.graph.node(n).get('name') or '?'}) has shape "
+                    f"state of neuron %{n} ({self.graph.node(n).get('name') or '?'!r}) has shape "
                     f"{tuple(v.shape)}; this input needs {tuple(x_step.shape)}"
                 )
             state[var] = v

@@ -114,6 +114,7 @@ import numpy as np
 from snncc.errors import SnnccError, UnsupportedError
 from snncc.ir.graph import Graph
 from snncc.ir.neuron import NeuronSpec
+from snncc.safe_files import replaced_on_success
 
 __all__ = [
     "EXPORT_ACCEPT",
@@ -889,5 +890,6 @@ def to_nir(
     except (ValueError, AssertionError, TypeError) as e:  # pragma: no cover - a bug here
         raise SnnccError(f"NIR export built an inconsistent NIR graph: {e}") from e
     if path is not None:
-        ex.nir.write(str(path), out)
+        with replaced_on_success(path) as tmp:  # atomic, and never through a link at path
+            ex.nir.write(str(tmp), out)
     return out

@@ -59,7 +59,6 @@ import json
 import os
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import networkx as nx
@@ -72,6 +71,7 @@ from snncc.ir import expr as E
 from snncc.ir.graph import Edge, Graph
 from snncc.ir.neuron import FORMS, NeuronSpec
 from snncc.ir.neurons import NeuronGraph, build
+from snncc.safe_files import replaced_on_success
 
 #: version of the metadata layout below; the importer refuses newer ones
 IR_FORMAT_VERSION = 1
@@ -1187,8 +1187,8 @@ def to_onnx(
     model = _Exporter(graph, opset, state_io).run()
     onnx.checker.check_model(model, full_check=True)
     if path is not None:
-        path = Path(path)
-        onnx.save_model(model, str(path))
+        with replaced_on_success(path) as tmp:  # atomic, and never through a link at path
+            onnx.save_model(model, str(tmp))
     return model
 
 

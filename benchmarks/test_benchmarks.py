@@ -1,0 +1,187 @@
+"""Checks of the benchmark harness itself: equal work in every peer, and the report's arithmetic.
+
+    python -m pytest benchmarks -q      # CPU, about a minute; not part of the main suite
+
+The suite's ratios mean something only if every peer runs the same network with
+the same surrogate and the same learnable parameters (issue 17): these tests
+run each peer's model eagerly on small inputs and compare spikes and gradients
+with SpikingJelly's.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+pytest.importorskip("spikingjelly")
+from peers import (  # noqa: E402
+    COMPARISONS,
+    PEERS,
+    Bench,
+    Protocol,
+    measure,
+)
+from run import _fastest, combine, ratio_cell  # noqa: E402
+from workloads import (  # noqa: E402
+    LAYER_BYTES,
+    NorseLayer,
+    SnnTorchLayer,
+    cases,
+    floor,
+    gemm_flops,
+    make_input,
+    replace_neurons,
+    sj_model,
+    snncc_nn_layer,
+)
+
+
+def _sj_run(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    from spikingjelly.activation_based import functional
+
+    functional.reset_net(model)
+    return model(x)
+
+
+FACTORIES = {"snntorch": SnnTorchLayer, "norse": NorseLayer, "snncc.nn": snncc_nn_layer}
+
+
+@pytest.mark.parametrize("peer", list(FACTORIES))
+def test_layer_peers_match_spikingjelly_spikes_and_input_gradients(peer: str) -> None:
+    """L1: same spikes; the input gradient through the ATan surrogate and the (undetached)
+    reset agrees with SpikingJelly's to rounding."""
+    pytest.importorskip(peer.split(".")[0] if peer != "snncc.nn" else "snncc")
+    case = cases("L1", small=True)[1]  # T=16
+    sj = sj_model(case)
+    other = replace_neurons(sj, FACTORIES[peer])
+    x = make_input(case, seed=3, device="cpu")
+    xs, xo = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ys, yo = _sj_run(sj, xs), other(xo)
+    assert 0.05 < float(ys.detach().mean()) < 0.95  # the layer fires
+    assert (ys != yo).float().mean() < 1e-4  # only exact-threshold ties may differ (>= vs >)
+    ys.sum().backward()
+    yo.sum().backward()
+    torch.testing.assert_close(xo.grad, xs.grad, rtol=1e-4, atol=1e-5)
+
+
+def _learnable_taus(model: torch.nn.Module) -> list[torch.Tensor]:
+    out = []
+    for m in model.modules():
+        if isinstance(m, SnnTorchLayer):
+            out.append(m.cell.beta)
+        elif isinstance(m, NorseLayer):
+            out.append(m.w)
+        elif hasattr(m, "w") and isinstance(m.w, torch.nn.Parameter):
+            out.append(m.w)  # SpikingJelly ParametricLIFNode, snncc.nn ParametricLIF
+    return out
+
+
+@pytest.mark.parametrize("peer", list(FACTORIES))
+def test_c1_peers_learn_the_time_constant(peer: str) -> None:
+    """C1: every PLIF time constant is a learnable parameter in every peer and gets a gradient;
+    where the reset is detached as in SpikingJelly (Norse, snncc.nn) the gradient is SJ's."""
+    pytest.importorskip(peer.split(".")[0] if peer != "snncc.nn" else "snncc")
+    case = cases("C1", small=True)[0]
+    sj = sj_model(case).train()
+    other = replace_neurons(sj, FACTORIES[peer]).train()
+    x = make_input(case, seed=1, device="cpu")
+    torch.manual_seed(5)  # the same dropout masks: neurons draw no random numbers
+    ys = _sj_run(sj, x)
+    torch.manual_seed(5)
+    yo = other(x)
+    assert torch.equal(ys, yo) or (ys != yo).float().mean() < 1e-3
+    ys.sum().backward()
+    yo.sum().backward()
+    want, got = _learnable_taus(sj), _learnable_taus(other)
+    assert len(want) == len(got) == 8  # 6 conv + 2 linear PLIF layers
+    assert all(p.requires_grad and p.grad is not None and p.grad.abs() > 0 for p in got)
+    if peer != "snntorch":  # snnTorch never detaches its reset; C1's SpikingJelly does
+        torch.testing.assert_close(
+            torch.stack([p.grad for p in got]),
+            torch.stack([p.grad for p in want]),
+            rtol=1e-3,
+            atol=1e-6,
+        )
+
+
+def test_every_torch_peer_uses_atan() -> None:
+    """The peers' surrogates: ATan with SpikingJelly's alpha, none left at a framework default."""
+    from snncc.surrogate import from_spikingjelly
+
+    case = cases("M1", small=True)[0]
+    sj = sj_model(case)
+    nodes = [m for m in sj.modules() if hasattr(m, "surrogate_function")]
+    assert nodes and all(from_spikingjelly(n.surrogate_function) == ("atan", 2.0) for n in nodes)
+    snn = [m for m in replace_neurons(sj, SnnTorchLayer).modules() if isinstance(m, SnnTorchLayer)]
+    assert all("atan" in m.cell.spike_grad.__qualname__ for m in snn)
+    norse = [m for m in replace_neurons(sj, NorseLayer).modules() if isinstance(m, NorseLayer)]
+    assert all(m.cell.p.method == "atan" and float(m.cell.p.alpha) == 2.0 for m in norse)
+    ours = [m for m in replace_neurons(sj, snncc_nn_layer).modules() if hasattr(m, "surrogate")]
+    assert ours and all(m.surrogate == "atan" and m.alpha == 2.0 for m in ours)
+
+
+def test_jax_training_step_returns_its_output() -> None:
+    """jax's step writes its output like the torch peers' (not only the gradient)."""
+    pytest.importorskip("jax")
+    case = cases("L1", small=True)[0]
+    bench = PEERS["snncc-jax"].make(case, "fwd+bwd", "cpu")
+    x = bench.convert(make_input(case, seed=0, device="cpu"))
+    y, gx = bench.fn(x)
+    assert tuple(y.shape) == case.input_shape and tuple(gx.shape) == case.input_shape
+    assert 0 < float(y.mean()) < 1
+
+
+def test_measure_pools_blocks_into_a_spread() -> None:
+    """A fake 1 ms step: >= repeat samples, blocks of several steps, ordered quartiles."""
+    import time
+
+    case = cases("L1", small=True)[0]
+    calls = []
+    bench = Bench(fn=lambda x: calls.append(time.sleep(0.001)) or x, before=lambda: None)
+    rec = measure(bench, case, "fwd", "cpu", Protocol(repeat=20, min_warmup_s=0.02))
+    assert len(rec["samples_ms"]) == 20 and rec["steps_per_sample"] >= 2
+    assert rec["min_ms"] <= rec["p25_ms"] <= rec["median_ms"] <= rec["p75_ms"] <= rec["max_ms"]
+    assert rec["median_ms"] >= 1.0
+    assert len(calls) == rec["warmup_runs"] + 20 * rec["steps_per_sample"]
+
+
+def _rec(median: float, p25: float, p75: float, peer: str = "x") -> dict:
+    return {"status": "ok", "median_ms": median, "p25_ms": p25, "p75_ms": p75, "samples_ms": []}
+
+
+def test_ratio_is_same_configuration_with_quartile_range() -> None:
+    ours = _rec(1.0, 0.9, 1.1)
+    cell = ratio_cell(ours, {"sj-triton": _rec(2.0, 1.8, 2.2), "sj-torch": _rec(8.0, 7, 9)})
+    assert cell == f"2.00x ({1.8 / 1.1:.2f}-{2.2 / 0.9:.2f}) triton"
+    assert ratio_cell({"status": "n/a: x"}, {"sj-triton": _rec(2, 2, 2)}) == "-"
+    assert all(len(c) == 3 and c[1].startswith("snncc-") for c in COMPARISONS)
+    for _, ours_name, theirs in COMPARISONS:  # each compares one configuration
+        assert {PEERS[p].config for p in theirs} == {PEERS[ours_name].config}
+
+
+def test_combine_pools_rounds_and_fastest_names_ties() -> None:
+    a = {"status": "ok", "median_ms": 1, "samples_ms": [1.0, 1.2, 0.8], "peak_mib": 5}
+    b = {"status": "ok", "median_ms": 2, "samples_ms": [2.0, 2.2, 1.8], "peak_mib": 7}
+    c = combine([a, b])
+    assert c["median_ms"] == pytest.approx(1.5) and c["round_medians"] == [1, 2]
+    assert c["peak_mib"] == 7
+    assert combine([a, {"status": "error: boom"}])["status"] == "error: boom"
+    row = {"p": _rec(1.0, 0.9, 1.2), "q": _rec(1.1, 1.0, 1.3), "r": _rec(3, 2.9, 3.1)}
+    assert _fastest(row, {"p": "fp32", "q": "fp32", "r": "fp32"}) == "p (ties q)"
+    assert _fastest(row, {"p": "bf16", "q": "fp32", "r": "fp32"}) == "q"
+
+
+def test_floors_state_their_bytes_and_flops() -> None:
+    assert LAYER_BYTES["fwd"][0] == 8 and LAYER_BYTES["fwd+bwd"][0] == 16  # recompute
+    l1 = cases("L1", small=False)[3]  # T=256, 2^20 neurons
+    f = floor(l1, "fwd+bwd", {"copy_bytes_per_s": 4e12})
+    assert f.ms == pytest.approx(16 * 256 * 2**20 / 4e12 * 1e3) and f.work.startswith("16 B")
+    m1 = cases("M1", small=False)[0]
+    assert gemm_flops(m1) == pytest.approx(47.68e9, rel=1e-3)
+    assert gemm_flops(m1, "fwd+bwd") == pytest.approx(129.9e9, rel=1e-3)
+    assert floor(cases("C1", small=False)[0], "fwd", {}) is None
