@@ -634,7 +634,9 @@ def vjp(
         elif op == "heaviside":
             acc(
                 n.args[0],
-                surrogate_backward(n.attr("surrogate"), dst.val(gy), dst.val(a[0]), n.attr("alpha")),
+                surrogate_backward(
+                    n.attr("surrogate"), dst.val(gy), dst.val(a[0]), n.attr("alpha")
+                ),
             )
         else:  # pragma: no cover - ARITY and this table list the same ops
             raise IRError(f"no derivative for expression op {op!r}")

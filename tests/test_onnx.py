@@ -903,7 +903,9 @@ def test_unsupported_op_is_named(tmp_path) -> None:
     last.output[0] = "pre_softplus"
     model.graph.node.append(helper.make_node("Softplus", ["pre_softplus"], [out], name="evil"))
     onnx.checker.check_model(model)
-    with pytest.raises(UnsupportedError, match=r"'evil' \(Softplus\): op Softplus is not one snncc"):
+    with pytest.raises(
+        UnsupportedError, match=r"'evil' \(Softplus\): op Softplus is not one snncc"
+    ):
         from_onnx(model)
 
 

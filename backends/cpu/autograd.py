@@ -169,7 +169,9 @@ def layer_forward(
     if info.save == "cut":
         saved["h_seq"] = torch.empty((T, N), **f32) if store else None
     elif info.save == "state":
-        saved.update({f"{v}_seq": torch.empty((T, N), **f32) if store else None for v in info.state_vars})
+        saved.update(
+            {f"{v}_seq": torch.empty((T, N), **f32) if store else None for v in info.state_vars}
+        )
     lasts = [torch.empty((N,), **f32) for _ in info.state_vars]
     values: dict[str, Any] = {"x": x, "out": out, "T": T, "N": N, **saved}
     values.update({p: t for p, t in zip(info.ports[1:], ports)})
@@ -377,7 +379,9 @@ def run_layer(
     device = x.device
     x, step_shape, N = time_major(x, widen, TORCH_DTYPES[info.x_dtype])
     T = x.shape[0]
-    flat_ports = [flat_seq(p, f"input port {name!r}", x, widen) for name, p in zip(info.ports[1:], ports)]
+    flat_ports = [
+        flat_seq(p, f"input port {name!r}", x, widen) for name, p in zip(info.ports[1:], ports)
+    ]
     flat_adds = [flat_seq(a, f"fused add input {j}", x, widen) for j, a in enumerate(adds)]
     s0s: list[Tensor | None] = []
     for var in info.state_vars:

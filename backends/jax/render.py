@@ -317,7 +317,9 @@ class Renderer:
         refs = {f"p:{r}": self.param_ref(n, r) for r in self.g.node(n)["params"]}
         inputs = {k: v for k, v in refs.items() if v is not None}
         try:
-            out = emit(g.derive, g.quantities.values(), inputs, self.names, self.surrogates, f"_{n}")
+            out = emit(
+                g.derive, g.quantities.values(), inputs, self.names, self.surrogates, f"_{n}"
+            )
         except IRError as e:
             raise IRError(f"{self.where(n)}: {e}") from None
         lines = [

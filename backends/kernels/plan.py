@@ -527,7 +527,9 @@ def _step_code(ng: NeuronGraph, cut: int | None, vjp: _Vjp, tag: str) -> StepCod
         copied = E.rebuild(ng.step, nroots, h, replace={cut: cut_in})
         fnamer = Namer({"cut", *C_RESERVED})
         froots = [copied[i].i for i in nroots if isinstance(copied[i], E.Val)]
-        flow = lower(h, froots, {"c:cut": "cut", **{f"q:{q}": f"p.{q}" for q in ng.quantities}}, fnamer)
+        flow = lower(
+            h, froots, {"c:cut": "cut", **{f"q:{q}": f"p.{q}" for q in ng.quantities}}, fnamer
+        )
         from_lines = flow.lines
         for v in states:
             nv = ng.next_state[v]
@@ -568,9 +570,7 @@ def kernel_summary(spec: NeuronSpec, ng: NeuronGraph) -> str:
     return " ".join(parts)
 
 
-def connected(
-    spec: NeuronSpec, T: int, out_used: bool, last_used: Sequence[str]
-) -> set[str]:
+def connected(spec: NeuronSpec, T: int, out_used: bool, last_used: Sequence[str]) -> set[str]:
     """Inputs of a T-step run that autograd reaches from the used outputs.
 
     Names: the state variables (their values at t = -1), the ports (``x``,
@@ -586,7 +586,10 @@ def connected(
             return set()
         return {n.split(":", 1)[1] for n in grad_deps(g, v.i)}
 
-    table = {"out": deps(ng.outputs[ng.out]), **{var: deps(ng.next_state[var]) for var in ng.states}}
+    table = {
+        "out": deps(ng.outputs[ng.out]),
+        **{var: deps(ng.next_state[var]) for var in ng.states},
+    }
     state_vars = set(ng.states)
     reached: set[str] = set()
     live = set(last_used)  # state variables after step t that reach the loss

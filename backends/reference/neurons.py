@@ -58,8 +58,7 @@ def init_state(
     """
     g = build(spec)
     return {
-        var: torch.full(tuple(shape), g.inits[var], dtype=dtype, device=device)
-        for var in g.states
+        var: torch.full(tuple(shape), g.inits[var], dtype=dtype, device=device) for var in g.states
     }
 
 

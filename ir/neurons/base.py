@@ -186,7 +186,9 @@ class NeuronBuilder:
                 f"neuron charge form {self.form.name!r} needs the param {role!r} or its "
                 f"constant ({const})"
             )
-        return _finite(fallback, f"neuron charge form {self.form.name!r}: the constant for {role!r}")
+        return _finite(
+            fallback, f"neuron charge form {self.form.name!r}: the constant for {role!r}"
+        )
 
     def quantity(self, name: str, value: Operand) -> Operand:
         """A per-sequence quantity: a Python number stays one; a derive value becomes ``q:name``."""
@@ -376,7 +378,9 @@ def _build(key: str) -> NeuronGraph:
         quantity_roles={q: b._q_roles[q] for q in order},
         step=b.step,
         states=f.info.state,
-        inits={v: (float(spec.v_init) if v == "v" else f.info.inits.get(v, 0.0)) for v in f.info.state},
+        inits={
+            v: (float(spec.v_init) if v == "v" else f.info.inits.get(v, 0.0)) for v in f.info.state
+        },
         ports=f.info.ports,
         next_state=dict(b.next_state),
         outputs=dict(b.outputs),
