@@ -26,7 +26,7 @@ from snncc.ir.graph import Graph
 from snncc.ir.neuron import NeuronSpec
 from snncc.ir.neurons import build
 from snncc.ir.ops import OPS
-from snncc.safe_files import MAX_ELEMENTS
+from snncc.ir.safe_files import MAX_ELEMENTS
 
 #: group kind -> the node schedule temporal fusion gives its members
 GROUP_SCHEDULES = {"layer": "layer", "neuron": "scan", "recurrent": "step"}

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from snncc.errors import CheckpointError, ShapeError, SnnccError, UnsupportedError
-from snncc.safe_files import (
+from snncc.ir.safe_files import (
     exchange_dirs,
     inner_dir,
     make_dirs,

@@ -53,7 +53,7 @@ from norse.torch.functional.reset import reset_subtract  # noqa: E402
 import snncc  # noqa: E402
 from snncc.backends.reference import ReferenceProgram  # noqa: E402
 from snncc.errors import IRError, UnsupportedError  # noqa: E402
-from snncc.export.onnx import (  # noqa: E402
+from snncc.exchange.onnx_export import (  # noqa: E402
     CHARGE_FORMS,
     MAX_OPSET,
     MIN_OPSET,
@@ -61,8 +61,8 @@ from snncc.export.onnx import (  # noqa: E402
     encode,
     to_onnx,
 )
+from snncc.exchange.onnx_import import from_onnx  # noqa: E402
 from snncc.frontend import trace  # noqa: E402
-from snncc.frontend.onnx_import import from_onnx  # noqa: E402
 from snncc.ir.graph import Graph  # noqa: E402
 from snncc.ir.neuron import FORMS, NORSE_FORMS, SNNTORCH_FORMS, NeuronSpec  # noqa: E402
 from snncc.ir.passes import run_pipeline  # noqa: E402

@@ -33,7 +33,7 @@ and output ``next_state.<nid>.<var>``, the reference backend's state dict
 flattened, so a runtime can stream a sequence in chunks.
 
 Two kinds of readers, two kinds of content. A plain ONNX runtime needs
-nothing but the graph. snncc's importer (:mod:`snncc.frontend.onnx_import`)
+nothing but the graph. snncc's importer (:mod:`snncc.exchange.onnx_import`)
 restores the exact IR from metadata: ``metadata_props`` hold the IR format
 version (``snncc.ir_version``) and the IR structure without parameter arrays
 (``snncc.graph``), each neuron Scan's ``doc_string`` holds the NeuronSpec of
@@ -71,7 +71,7 @@ from snncc.ir import expr as E
 from snncc.ir.graph import Edge, Graph
 from snncc.ir.neuron import FORMS, NeuronSpec
 from snncc.ir.neurons import NeuronGraph, build
-from snncc.safe_files import replaced_on_success
+from snncc.ir.safe_files import replaced_on_success
 
 #: version of the metadata layout below; the importer refuses newer ones
 IR_FORMAT_VERSION = 1
