@@ -40,6 +40,7 @@ class JaxBackend:
     name = "jax"
     #: options an artifact may carry (snncc.load); ``cache_dir`` comes only from the user
     artifact_options = ("unroll",)
+    features = frozenset({"jax_fn", "jax_arrays"})
     pipeline = (
         "canonicalize",
         "fold_batchnorm",
