@@ -53,6 +53,11 @@ output
     with its own copy of the state (same inputs, identical arithmetic).
 surrogate, alpha
     The surrogate gradient's name and sharpness (see :data:`SURROGATES`).
+surrogate_params
+    The surrogate's parameters beyond alpha, by name (SpikingJelly's
+    PiecewiseLeakyReLU ``c``, S2NN ``beta``...); empty for the surrogates that
+    have none, and defaults fill what is not given. Omitted from
+    :meth:`NeuronSpec.to_dict` when empty.
 v_init
     The membrane at t = -1 (SpikingJelly: v_reset, or 0 for a soft reset;
     snnTorch: 0; Norse: v_leak). Every other state variable starts at 0.
@@ -155,6 +160,7 @@ class NeuronSpec:
     extra: dict[str, Any] = field(default_factory=dict)
     reset_delay: bool = False
     param_roles: tuple[str, ...] = ()
+    surrogate_params: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -201,6 +207,8 @@ class NeuronSpec:
             numbers["v_threshold"] = self.v_threshold
         if self.v_reset is not None and "v_reset" not in roles:
             numbers["v_reset"] = self.v_reset
+        for key, value in sorted(self.surrogate_params.items()):
+            numbers[f"surrogate_params[{key!r}]"] = value
         for key, value in sorted(self.extra.items()):
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 numbers[f"extra[{key!r}]"] = value
@@ -243,6 +251,8 @@ class NeuronSpec:
         d = asdict(self)
         d["learnable"] = list(self.learnable)
         d["param_roles"] = list(self.param_roles)
+        if not self.surrogate_params:
+            del d["surrogate_params"]  # specs without them read as before
         return d
 
     @classmethod
@@ -251,6 +261,7 @@ class NeuronSpec:
         d["learnable"] = tuple(d.get("learnable", ()))
         d["param_roles"] = tuple(d.get("param_roles", ()))
         d["extra"] = dict(d.get("extra", {}))
+        d["surrogate_params"] = dict(d.get("surrogate_params", {}))
         return cls(**d)
 
     def replace(self, **changes: Any) -> NeuronSpec:
@@ -279,6 +290,7 @@ class NeuronSpec:
             parts.append("fire_prev")
         if self.output != "spike":
             parts.append("out=v" if self.output == "membrane" else "out=i")
-        parts.append(f"{self.surrogate}({self.alpha:g})")
+        sp = "".join(f", {k}={v:g}" for k, v in sorted(self.surrogate_params.items()))
+        parts.append(f"{self.surrogate}({self.alpha:g}{sp})")
         parts.extend(f"{k}={v}" for k, v in sorted(self.extra.items()))
         return " ".join(parts)

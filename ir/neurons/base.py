@@ -235,7 +235,8 @@ class NeuronBuilder:
 
     def spike(self, u: Val) -> Val:
         """The spec's spike function of ``u`` (its comparison and its surrogate)."""
-        return E.heaviside(u, self.spec.fire_cmp, self.spec.surrogate, self.spec.alpha)
+        spec = self.spec
+        return E.heaviside(u, spec.fire_cmp, spec.surrogate, spec.alpha, spec.surrogate_params)
 
     # ------------------------------------------------------------ results
     def set_state(self, var: str, value: Operand) -> None:
@@ -387,7 +388,7 @@ def _build(key: str) -> NeuronGraph:
         out=spec.output,
     )
     if g.fires:
-        surrogates.check_alpha(spec.surrogate, float(spec.alpha))
+        surrogates.check_alpha(spec.surrogate, float(spec.alpha), spec.surrogate_params)
     return g
 
 
