@@ -47,8 +47,11 @@ fire_from
     Every form here fires from the updated membrane (snnTorch's *reset*
     reads the previous one; that is part of the snnTorch forms).
 output
-    ``"spike"``, ``"membrane"`` (state ``v`` after the step) or ``"current"``
-    (state ``i`` after the step, for forms that have one). A source module
+    ``"spike"``, ``"membrane"`` (state ``v`` after the step), ``"current"``
+    (state ``i`` after the step, for forms that have one) or ``"activation"``
+    (an analog value computed from the charged membrane, for forms that define
+    one: SpikingJelly's LIAF). Only ``"spike"`` is binary: no backend packs or
+    stores the others as 0/1 (uint8 kernels refuse them). A source module
     that returns several of them becomes one node per returned value, each
     with its own copy of the state (same inputs, identical arithmetic).
 surrogate, alpha
@@ -93,8 +96,8 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from snncc.errors import IRError
+from snncc.ir.neurons.base import OUTPUT_KINDS, FormDef
 from snncc.ir.neurons.base import REGISTRY as _REGISTRY
-from snncc.ir.neurons.base import FormDef
 from snncc.ir.neurons.base import get_form as _get_form
 from snncc.ir.surrogates import DEFAULT_ALPHA
 
@@ -135,7 +138,7 @@ NORSE_FORMS = _framework("norse")
 SURROGATES: dict[str, float] = dict(DEFAULT_ALPHA)
 
 RESETS = ("hard", "subtract", "none")
-OUTPUTS = ("spike", "membrane", "current")
+OUTPUTS = OUTPUT_KINDS
 
 
 @dataclass(frozen=True)
@@ -289,7 +292,7 @@ class NeuronSpec:
         if self.fire_from != "updated":
             parts.append("fire_prev")
         if self.output != "spike":
-            parts.append("out=v" if self.output == "membrane" else "out=i")
+            parts.append({"membrane": "out=v", "current": "out=i"}.get(self.output, "out=act"))
         sp = "".join(f", {k}={v:g}" for k, v in sorted(self.surrogate_params.items()))
         parts.append(f"{self.surrogate}({self.alpha:g}{sp})")
         parts.extend(f"{k}={v}" for k, v in sorted(self.extra.items()))

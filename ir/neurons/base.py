@@ -84,6 +84,11 @@ class Form:
 #: form name -> its definition (filled by the modules of this package on import)
 REGISTRY: dict[str, Form] = {}
 
+#: what a neuron node can return: its spike, its membrane ``v``, its synaptic current
+#: ``i``, or an analog activation computed from the membrane (SpikingJelly's LIAF:
+#: ``act(h - v_threshold)``, real-valued, so never packed or stored as 0/1)
+OUTPUT_KINDS = ("spike", "membrane", "current", "activation")
+
 
 def form(
     name: str,
@@ -152,6 +157,7 @@ class NeuronBuilder:
         self._states: dict[str, Val] = {}
         self.next_state: dict[str, Operand] = {}
         self.outputs: dict[str, Operand] = {}
+        self.inits: dict[str, float] = {}
         self._used_extra: set[str] = set()
 
     # ------------------------------------------------------------- inputs
@@ -245,9 +251,18 @@ class NeuronBuilder:
         self.next_state[var] = value
 
     def output(self, kind: str, value: Operand) -> None:
-        if kind not in ("spike", "membrane", "current"):
-            raise IRError(f"neuron output kind {kind!r}")
+        if kind not in OUTPUT_KINDS:
+            raise IRError(f"neuron output kind {kind!r} is not one of {OUTPUT_KINDS}")
         self.outputs[kind] = value
+
+    def init(self, var: str, value: float) -> None:
+        """State ``var``'s value at t = -1 when it comes from the spec (Izhikevich's
+        ``w_rest``); otherwise it is the form's ``inits`` entry, or 0 (``v``: ``v_init``)."""
+        if var not in self.form.info.state or var == "v":
+            raise IRError(f"form {self.form.name!r} cannot set the initial value of {var!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise IRError(f"form {self.form.name!r}: the initial {var} must be a number")
+        self.inits[var] = float(_finite(value, f"neuron {self.form.name!r}: the initial {var}"))
 
 
 def _inputs(g: Graph, root: int) -> list[Any]:
@@ -380,7 +395,8 @@ def _build(key: str) -> NeuronGraph:
         step=b.step,
         states=f.info.state,
         inits={
-            v: (float(spec.v_init) if v == "v" else f.info.inits.get(v, 0.0)) for v in f.info.state
+            v: (float(spec.v_init) if v == "v" else b.inits.get(v, f.info.inits.get(v, 0.0)))
+            for v in f.info.state
         },
         ports=f.info.ports,
         next_state=dict(b.next_state),
