@@ -150,7 +150,7 @@ def _neuron_problem(m: nn.Module, view: str) -> str | None:
     if learnable is not None and getattr(m, learnable).numel() != 1:
         shape = list(getattr(m, learnable).shape)
         return f"{learnable} of shape {shape}; supported: a scalar {learnable}"
-    for attr in _CONSTANTS.get(type(m), ()):
+    for attr in _FAMILY_FORMS.get(type(m), ("", "", ()))[2]:
         value = getattr(m, attr)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return f"{attr}={value!r}; supported: a Python float"
@@ -214,44 +214,20 @@ def _plif(call: Call, m: nn.Module) -> int:
 # The other neuron families of SpikingJelly 2.0 (issue 12): one form each (ir/neurons/
 # spikingjelly_<family>.py); their constants are the module's Python floats.
 
-#: neuron class -> the attributes that are the form's constants (spec extra, same names)
-_CONSTANTS: dict[type, tuple[str, ...]] = {}
+#: neuron class -> (model, charge form, the attributes that are its constants: spec extra)
+_FAMILY_FORMS: dict[type, tuple[str, str, tuple[str, ...]]] = {}
 #: neuron class -> its learnable scalar parameter (PLIF's w, KLIF's k)
 _LEARNABLE: dict[type, str] = {}
 
 
-def _extra(m: nn.Module, names: tuple[str, ...]) -> dict[str, float]:
-    return {a: float(getattr(m, a)) for a in names}
-
-
-def _qif(call: Call, m: nn.Module) -> int:
+def _constants_family(call: Call, m: nn.Module) -> int:
+    """QIF, EIF, Izhikevich, CUBA-LIF: a form whose constants are the module's floats."""
+    model, charge, attrs = _FAMILY_FORMS[type(m)]
     spec = NeuronSpec(
-        model="qif",
-        charge="sj_qif",
-        tau=float(m.tau),
-        extra=_extra(m, ("a0", "v_rest", "v_c")),
-        **_common(call, m),
-    )
-    return _emit_neuron(call, spec)
-
-
-def _eif(call: Call, m: nn.Module) -> int:
-    spec = NeuronSpec(
-        model="eif",
-        charge="sj_eif",
-        tau=float(m.tau),
-        extra=_extra(m, ("delta_T", "theta_rh", "v_rest")),
-        **_common(call, m),
-    )
-    return _emit_neuron(call, spec)
-
-
-def _izhikevich(call: Call, m: nn.Module) -> int:
-    spec = NeuronSpec(
-        model="izhikevich",
-        charge="sj_izhikevich",
-        tau=float(m.tau),
-        extra=_extra(m, ("a0", "v_rest", "v_c", "a", "b", "tau_w", "w_rest")),
+        model=model,
+        charge=charge,
+        tau=float(m.tau) if hasattr(m, "tau") else None,
+        extra={a: float(getattr(m, a)) for a in attrs},
         **_common(call, m),
     )
     return _emit_neuron(call, spec)
@@ -268,16 +244,6 @@ def _klif(call: Call, m: nn.Module) -> int:
         **_common(call, m),
     )
     return _emit_neuron(call, spec, {"k": call.param(m, "k")})
-
-
-def _cuba_lif(call: Call, m: nn.Module) -> int:
-    spec = NeuronSpec(
-        model="cuba_lif",
-        charge="sj_cuba_lif",
-        extra=_extra(m, ("c_decay", "v_decay")),
-        **_common(call, m),
-    )
-    return _emit_neuron(call, spec)
 
 
 def _liaf_activation(m: nn.Module) -> str | None:
@@ -413,12 +379,16 @@ if sj_base is not None:
             priority=2,
         )
     )
-    _CONSTANTS.update(
+    _FAMILY_FORMS.update(
         {
-            sj_neuron.QIFNode: ("a0", "v_rest", "v_c"),
-            sj_neuron.EIFNode: ("delta_T", "theta_rh", "v_rest"),
-            sj_neuron.IzhikevichNode: ("a0", "v_rest", "v_c", "a", "b", "tau_w", "w_rest"),
-            sj_neuron.CUBALIFNode: ("c_decay", "v_decay"),
+            sj_neuron.QIFNode: ("qif", "sj_qif", ("a0", "v_rest", "v_c")),
+            sj_neuron.EIFNode: ("eif", "sj_eif", ("delta_T", "theta_rh", "v_rest")),
+            sj_neuron.IzhikevichNode: (
+                "izhikevich",
+                "sj_izhikevich",
+                ("a0", "v_rest", "v_c", "a", "b", "tau_w", "w_rest"),
+            ),
+            sj_neuron.CUBALIFNode: ("cuba_lif", "sj_cuba_lif", ("c_decay", "v_decay")),
         }
     )
     _LEARNABLE.update({sj_neuron.ParametricLIFNode: "w", sj_neuron.KLIFNode: "k"})
@@ -426,11 +396,11 @@ if sj_base is not None:
         (sj_neuron.IFNode, _if),
         (sj_neuron.LIFNode, _lif),
         (sj_neuron.ParametricLIFNode, _plif),
-        (sj_neuron.QIFNode, _qif),
-        (sj_neuron.EIFNode, _eif),
-        (sj_neuron.IzhikevichNode, _izhikevich),
+        (sj_neuron.QIFNode, _constants_family),
+        (sj_neuron.EIFNode, _constants_family),
+        (sj_neuron.IzhikevichNode, _constants_family),
         (sj_neuron.KLIFNode, _klif),
-        (sj_neuron.CUBALIFNode, _cuba_lif),
+        (sj_neuron.CUBALIFNode, _constants_family),
         (sj_neuron.LIAFNode, _liaf),
     ]:
         register_module(_cls, _name(_cls), check=_neuron_problem)(_fn)
