@@ -14,8 +14,9 @@ model
     The dynamics family: ``"if"``, ``"lif"``, ``"plif"`` (LIF with a learnable
     decay ``sigmoid(w)``), ``"li"`` (non-spiking leaky integrator readout),
     ``"leaky"``, ``"synaptic"``, ``"rleaky"`` (snnTorch), ``"norse_lif"``,
-    ``"norse_lifbox"``, ``"norse_li"`` (Norse). Informational: the arithmetic
-    is named by ``charge``.
+    ``"norse_lifbox"``, ``"norse_li"`` (Norse), ``"qif"``, ``"eif"``,
+    ``"izhikevich"``, ``"klif"``, ``"cuba_lif"``, ``"liaf"`` (SpikingJelly 2.0's
+    other families). Informational: the arithmetic is named by ``charge``.
 charge
     The form: the whole per-step arithmetic, named after its source. Each form
     is defined once in :mod:`snncc.ir.neurons` (state variables, input ports,
@@ -112,6 +113,12 @@ MODELS = (
     "norse_lif",
     "norse_lifbox",
     "norse_li",
+    "qif",
+    "eif",
+    "izhikevich",
+    "klif",
+    "cuba_lif",
+    "liaf",
 )
 
 
