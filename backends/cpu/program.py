@@ -23,6 +23,7 @@ from snncc.backends.cpu.autograd import run_layer
 from snncc.backends.cpu.forms import check_node_params
 from snncc.backends.cpu.neuron import NeuronKernel
 from snncc.backends.cpu.saved_spikes import spike_fed_gemms, spikes_saved_as_uint8
+from snncc.backends.cpu.threads import BackwardThreads, program_threads
 from snncc.backends.reference.program import ReferenceProgram
 from snncc.errors import UnsupportedError
 from snncc.ir.graph import Graph
@@ -75,6 +76,21 @@ class CpuProgram(ReferenceProgram):
         #: linear/conv nodes fed by spikes -> how those spikes are made (saved_spikes.py):
         #: the input they save for the backward is kept as a uint8 mask
         self.spike_fed = spike_fed_gemms(graph, self._specs) if saved_spike_dtype == "uint8" else {}
+
+    def run(self, x: Any, state: dict | None = None) -> tuple[Any, dict]:
+        """The reference interpreter's run, with torch's threads fitted to the free cores
+        (forward and the output's backward pass: :mod:`snncc.backends.cpu.threads`)."""
+        with program_threads():
+            y, new_state = super().run(x, state)
+        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+            if isinstance(y, Tensor) and y.requires_grad:
+                y = BackwardThreads.apply(y)
+            elif isinstance(y, tuple):
+                y = tuple(
+                    BackwardThreads.apply(t) if isinstance(t, Tensor) and t.requires_grad else t
+                    for t in y
+                )
+        return y, new_state
 
     def _build_kernels(self, recompute: bool) -> None:
         """The kernel-factory hook: one compiled kernel pair per neuron node into ``kernels``.
