@@ -7,7 +7,8 @@ under a microsecond of work), so the time of a call *is* its host cost: the Pyth
 of the host side (backends/cpu/autograd.py), torch's allocations and autograd
 bookkeeping, and the ctypes call. Measured for:
 
-- ``ctypes``: the bare kernel call with its arguments prepared (the floor);
+- ``kernel call fwd``: the bare kernel call with its arguments prepared (the floor:
+  ctypes on the cpu path, the CuPy launch on the cuda path);
 - ``eager fwd`` / ``eager bwd``: ``run_layer`` through ``LayerFunction`` (what
   programs and ``to_torch()`` run eagerly), the backward by ``torch.autograd.grad``
   on the layer output alone (no other node in the graph);
@@ -21,8 +22,9 @@ bookkeeping, and the ctypes call. Measured for:
 
 Each figure is the median of 15 blocks, a block being the mean over >= 20 ms of
 back-to-back calls, in CPU time of the calling thread (torch set to one thread); the machine's load average is printed with it
-(the machine is shared: medians move with it). The CUDA path's cost is measured by
-scripts/gpu_check.sh where a GPU is lent.
+(the machine is shared: medians move with it). ``--device cuda`` measures the cuda
+path's host cost the same way (launches are asynchronous: CPU time is the host's
+share); scripts/gpu_check.sh runs it where a GPU is lent.
 """
 
 from __future__ import annotations
@@ -83,17 +85,22 @@ def time_us(fn: Callable[[], object], blocks: int = 15, block_s: float = 0.02) -
     return statistics.median(per)
 
 
-def measure(T: int = 4, N: int = 32) -> dict[str, float]:
-    kernel = NeuronKernel(lif_spec())
+def measure(T: int = 4, N: int = 32, device: str = "cpu") -> dict[str, float]:
+    if device == "cuda":
+        from snncc.backends.cuda.neuron import CudaNeuronKernel
+
+        kernel = CudaNeuronKernel(lif_spec())
+    else:
+        kernel = NeuronKernel(lif_spec())
     g = torch.Generator().manual_seed(0)
-    x = torch.rand((T, N), generator=g) * 2
-    gy = torch.randn((T, N), generator=g)
+    x = (torch.rand((T, N), generator=g) * 2).to(device)
+    gy = torch.randn((T, N), generator=g).to(device)
     res: dict[str, float] = {}
 
-    # the bare ctypes call: arguments prepared once
+    # the bare kernel call (ctypes / CuPy launch): arguments prepared once
     out, saved, lasts = layer_forward(kernel, x, [], [], [None], [], True)
     values = {"x": x, "out": out, "T": T, "N": N, **saved, "v0": None, "v_last": lasts[0]}
-    res["ctypes fwd"] = time_us(lambda: kernel.call("fwd", values))
+    res["kernel call fwd"] = time_us(lambda: kernel.call("fwd", values, x.device))
 
     res["no-grad fwd"] = time_us(lambda: run_layer(kernel, x))
     xg = x.clone().requires_grad_()
@@ -135,7 +142,7 @@ def measure(T: int = 4, N: int = 32) -> dict[str, float]:
     return res
 
 
-def gy_layouts(T: int = 16, N: int = 1 << 16) -> dict[str, float]:
+def gy_layouts(T: int = 16, N: int = 1 << 16, device: str = "cpu") -> dict[str, float]:
     """The backward of one larger layer by the layout of its output gradient, one thread:
     contiguous, and expanded as ``y.sum().backward()`` gives it (strides (0, 0): every
     element one value), which the kernel reads once per step instead of gathering."""
@@ -157,18 +164,20 @@ def gy_layouts(T: int = 16, N: int = 1 << 16) -> dict[str, float]:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--json", help="write the figures here as JSON")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     args = p.parse_args()
     torch.set_num_threads(1)
     load0 = os.getloadavg()
-    res = measure()
-    layer = gy_layouts()
+    res = measure(device=args.device)
+    layer = gy_layouts() if args.device == "cpu" else {}
     load1 = os.getloadavg()
     print(
         f"host cost per neuron layer call, cpu path (T=4, N=32, one thread), torch {torch.__version__}"
     )
     for name, us in res.items():
         print(f"  {name:<20s} {us:8.1f} us")
-    print("one layer's backward, T=16, N=65536, one thread, by its output gradient's layout")
+    if layer:
+        print("one layer's backward, T=16, N=65536, one thread, by its output gradient's layout")
     for name, us in layer.items():
         print(f"  {name:<20s} {us:8.1f} us")
     print(f"load average {load0[0]:.2f} -> {load1[0]:.2f} on {os.cpu_count()} cores")
