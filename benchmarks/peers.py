@@ -483,6 +483,9 @@ def snncc_module_runner(backend: str, compiled: bool) -> Callable[[Case, str, st
         module = cm.to_torch()
         bench = _torch_bench(module, mode, device)
         if compiled:
+            # every ProgramModule shares one forward code object: dynamo counts each case's
+            # compile against that code's recompile limit (8), so each case starts afresh
+            torch._dynamo.reset()
             run = torch.compile(module, fullgraph=True, dynamic=False)
             if mode == "fwd":
 
