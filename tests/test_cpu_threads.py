@@ -106,3 +106,16 @@ def test_nested_scopes_restore_the_outermost_setting(two_threads, monkeypatch) -
             assert torch.get_num_threads() == 1
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == 2
+
+
+def test_outputs_stay_the_programs_own_tensors(two_threads, monkeypatch) -> None:
+    """The backward's thread fitting is a hook, not a view: in-place ops on an output work,
+    and a backward that does not start at the output leaves the user's setting alone."""
+    monkeypatch.setattr(threads.CORES, "free", lambda: 0.0)
+    x = torch.rand((4, 3, 20), generator=torch.Generator().manual_seed(1))
+    module = snncc.compile(_mlp(), x, backend="cpu").to_torch()
+    y = module(x)
+    y.mul_(2.0)
+    y.sum().backward()
+    assert torch.get_num_threads() == 2
+    assert all(p.grad is not None for p in module.parameters())

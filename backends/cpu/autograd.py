@@ -283,19 +283,29 @@ def layer_forward(
     s0s: Sequence[Tensor | None],
     quantities: Sequence[tuple[Tensor, int]],
     store: bool,
+    out_shape: tuple[int, ...] | None = None,
+    state_shape: tuple[int, ...] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor | None], list[Tensor]]:
     """One forward kernel call on [T, N] tensors: (out, what it saved for the backward by
-    argument name, final state [N] per variable)."""
+    argument name, final state [N] per variable).
+
+    ``out_shape`` / ``state_shape``: the shapes the output and the final states are
+    allocated in (contiguous, so the kernel sees the same [T, N] / [N] memory): the
+    caller gets base tensors, not views (an autograd Function's outputs that are views
+    of one another cannot be modified in place).
+    """
     info = kernel.info
     lay = layout(kernel)
     T, N = x.shape
     dev = x.device
-    out = torch.empty((T, N), dtype=lay.out_dtype, device=dev)
+    out = torch.empty(out_shape or (T, N), dtype=lay.out_dtype, device=dev)
     saved: dict[str, Tensor | None] = {
         name: torch.empty((T, N), dtype=torch.float32, device=dev) if store else None
         for name in lay.seq_names
     }
-    lasts = [torch.empty((N,), dtype=torch.float32, device=dev) for _ in range(lay.n_vars)]
+    lasts = [
+        torch.empty(state_shape or (N,), dtype=torch.float32, device=dev) for _ in range(lay.n_vars)
+    ]
     values: dict[str, Any] = {"x": x, "out": out, "T": T, "N": N, **saved}
     values.update(zip(lay.port_names, ports))
     values.update(zip(lay.add_names, adds))
@@ -471,7 +481,9 @@ class LayerFunction(torch.autograd.Function):
         store = training and info.save != "none" and not info.recompute
         shape = x.shape
         x = x.view(T, N)
-        out, saved, lasts = layer_forward(kernel, x, ports, adds, s0s, flat, store)
+        out, saved, lasts = layer_forward(
+            kernel, x, ports, adds, s0s, flat, store, shape, tuple(step_shape)
+        )
         ctx.kernel = kernel
         ctx.step_shape = step_shape
         ctx.shape = shape
@@ -482,10 +494,9 @@ class LayerFunction(torch.autograd.Function):
         ctx.saved_names = list(saved)
         kx, kports, kadds = saved_for_backward(kernel, x, ports, adds)
         ctx.save_for_backward(kx, *kports, *kadds, *s0s, *(p for p, _ in flat), *saved.values())
-        out = out.view(shape)
         if info.out_dtype == "uint8":
             ctx.mark_non_differentiable(out)
-        return (out, *(last.view(step_shape) for last in lasts))
+        return (out, *lasts)
 
     @staticmethod
     @once_differentiable
@@ -627,9 +638,9 @@ def run_layer(
             [None if s is None else s.view(N) for s in s0s],
             flat,
             False,
+            x.shape,
+            tuple(step_shape),
         )
-        out = out.view(x.shape)
-        lasts = [last.view(step_shape) for last in lasts]
     return out, dict(zip(info.state_vars, lasts))
 
 

@@ -185,17 +185,17 @@ def program_threads() -> Iterator[None]:
         _leave()
 
 
-class BackwardThreads(torch.autograd.Function):
-    """Identity on a program's output whose backward fits torch's threads for the rest of
-    that backward pass (autograd reaches this node first: the output's own gradient),
-    restored when the pass ends (the engine's end-of-pass callback)."""
+def fit_backward_threads(y: torch.Tensor) -> None:
+    """Fit torch's threads for the backward pass that starts at ``y`` (a program's output):
+    a hook on ``y`` (autograd runs it first, with y's own gradient) fits them, and the
+    engine's end-of-pass callback restores the user's setting. A hook, not an identity
+    node: ``y`` stays the tensor the program made (no view, so in-place ops on it work)."""
 
-    @staticmethod
-    def forward(ctx, y):  # type: ignore[override]
-        return y.view_as(y)
-
-    @staticmethod
-    def backward(ctx, g):  # type: ignore[override]
+    def hook(g: torch.Tensor) -> None:
         _enter()
-        torch.autograd.Variable._execution_engine.queue_callback(_leave)
-        return g
+        try:
+            torch.autograd.Variable._execution_engine.queue_callback(_leave)
+        except RuntimeError:  # not inside an engine pass: nothing to restore at its end
+            _leave()
+
+    y.register_hook(hook)
