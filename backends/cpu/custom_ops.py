@@ -8,8 +8,10 @@ inductor fuses the ops around the GEMMs, an exported program runs the same
 kernels, and a captured training step holds every launch.
 
 Eagerly the programs keep calling :class:`~snncc.backends.cpu.autograd.LayerFunction`
-(a custom op costs about 60 us in the forward and 130 more in the backward on
-this machine, against 5 for an ``autograd.Function``); ``run_layer`` switches to
+(called eagerly, a custom op's dispatch costs several times a Function's: with
+``benchmarks/host_overhead.py`` at load 8-10 on the 2-core development VM, a small
+layer's call took 146-170 us of CPU time forward and 235-287 backward through the
+ops, against 42 and 102 through the Function); ``run_layer`` switches to
 these ops when ``torch.compiler.is_compiling()`` (torch.compile and torch.export).
 Both call the same host functions (:func:`~snncc.backends.cpu.autograd.layer_forward`,
 :func:`~snncc.backends.cpu.autograd.layer_backward`), so the results are the same bits.
