@@ -285,8 +285,12 @@ def _stage_lines(meta: dict[str, Any]) -> list[str]:
         predicted = parallel.get("predicted", {})
         shown = []
         for name, p in predicted.items() if isinstance(predicted, dict) else []:
-            if isinstance(p, dict):
-                shown.append(f"{format_name(name)} {_ms(p.get('seconds'))}")
+            if isinstance(p, dict) and p.get("feasible"):
+                speedup = p.get("speedup")
+                x = f" {speedup:.2f}x" if isinstance(speedup, (int, float)) else ""
+                shown.append(f"{format_name(name)} {_ms(p.get('seconds'))}{x}")
+            elif isinstance(p, dict):
+                shown.append(f"{format_name(name)} n/a")
         lines.append(
             f"# parallel: {format_value(parallel.get('schedule'))} on "
             f"{format_value(parallel.get('devices'))} devices (modelled: {', '.join(shown)})"
