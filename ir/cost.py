@@ -54,6 +54,9 @@ class Device:
     memory_bytes: float | None = None
     #: elements in flight a neuron kernel needs to reach ``bytes_per_s`` (0: no such limit)
     saturating: float = 0.0
+    #: host time to issue one group's work; launches are asynchronous, so the device works
+    #: meanwhile and a run of groups takes the longer of the two sums (:func:`run_seconds`)
+    host_s: float = 0.0
     #: where the figures come from ("spec sheet", "measured on ...", "fitted to ...")
     source: str = ""
 
@@ -83,7 +86,7 @@ DEVICES: dict[str, Device] = {
         5e-6,
         80e9,
         132 * 2048,
-        "spec sheet (fp32 67 TFLOP/s, HBM3 3.35 TB/s, 80 GB); launch 5 us and saturation "
+        source="spec sheet (fp32 67 TFLOP/s, HBM3 3.35 TB/s, 80 GB); launch 5 us and saturation "
         "at 132 SMs x 2048 threads assumed",
     ),
     "h200": Device(
@@ -93,7 +96,7 @@ DEVICES: dict[str, Device] = {
         5e-6,
         141e9,
         132 * 2048,
-        "spec sheet (fp32 67 TFLOP/s, HBM3e 4.8 TB/s, 141 GB); launch 5 us and saturation "
+        source="spec sheet (fp32 67 TFLOP/s, HBM3e 4.8 TB/s, 141 GB); launch 5 us and saturation "
         "at 132 SMs x 2048 threads assumed",
     ),
 }
@@ -216,6 +219,8 @@ class GroupCost:
     kind: str
     nodes: tuple[int, ...]
     costs: tuple[NodeCost, ...]
+    #: the group's work is divided over this many devices (a neuron split's piece)
+    parts: int = 1
 
     @property
     def weight_bytes(self) -> float:
@@ -232,6 +237,24 @@ class GroupCost:
     @property
     def launches(self) -> int:
         return sum(c.launches for c in self.costs)
+
+    def split(self, parts: int) -> GroupCost:
+        """This group's piece on one of ``parts`` devices of a neuron split: each node's work,
+        traffic, weights and parallel elements divided; its launches not."""
+
+        def piece(c: NodeCost) -> NodeCost:
+            return NodeCost(
+                c.flops / parts,
+                c.bytes / parts,
+                c.weight_bytes / parts,
+                c.state_bytes / parts,
+                c.out_bytes / parts,
+                c.launches,
+                c.elements / parts,
+            )
+
+        costs = tuple(piece(c) for c in self.costs)
+        return GroupCost(self.key, self.kind, self.nodes, costs, self.parts * parts)
 
     def modelled(self, device: Device, steps: int, batch: int) -> float:
         """Roofline time of ``steps`` x ``batch`` (step by step for a recurrent group)."""
@@ -261,8 +284,26 @@ class GroupCost:
             return self.modelled(device, steps, batch)
         fixed = self.launches * device.launch_s * (steps if self.kind == "recurrent" else 1)
         fixed = min(fixed, measured)
-        scale = (steps * batch) / (calibration.steps * calibration.batch)
+        scale = (steps * batch) / (calibration.steps * calibration.batch) / self.parts
         return fixed + (measured - fixed) * scale
+
+
+def run_seconds(
+    groups: Sequence[GroupCost],
+    device: Device,
+    steps: int,
+    batch: int,
+    calibration: Calibration | None = None,
+) -> float:
+    """A run of ``groups`` one after another on one device: the device's time, or the host's
+    time to issue them when that is longer (a calibrated group's time includes its host's)."""
+    work = sum(g.seconds(device, steps, batch, calibration) for g in groups)
+    issued = sum(
+        device.host_s * (steps if g.kind == "recurrent" else 1)
+        for g in groups
+        if calibration is None or g.key not in calibration.seconds
+    )
+    return max(work, issued)
 
 
 def group_costs(graph: Graph) -> list[GroupCost]:

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from snncc.errors import UnsupportedError
@@ -133,6 +133,9 @@ class Request:
     link: C.Link
     memory_cap: float | None
     calibration: C.Calibration | None
+    #: whether chunks / micro_batches were asked for (else the planner tries several)
+    chunks_given: bool = False
+    micro_batches_given: bool = False
 
     @property
     def chunk_steps(self) -> int:
@@ -146,6 +149,18 @@ def _positive(req: Mapping[str, Any], key: str) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise UnsupportedError(f"partition {key}={value!r}: expected an int >= 1")
     return value
+
+
+def _hardware(value: Any, presets: Mapping[str, Any], cls: Any, what: str) -> Any:
+    """A preset by name, or the figures themselves as a dict (a measured device)."""
+    if isinstance(value, Mapping):
+        try:
+            return cls(**{k: value[k] for k in cls.__dataclass_fields__ if k in value})
+        except TypeError as e:
+            raise UnsupportedError(f"partition {what} {dict(value)!r}: {e}") from None
+    if value not in presets:
+        raise UnsupportedError(f"partition {what} {value!r}; known: {', '.join(presets)}")
+    return presets[value]
 
 
 def parse_request(raw: Any) -> Request:
@@ -162,11 +177,8 @@ def parse_request(raw: Any) -> Request:
     req = {**DEFAULTS, **raw}
     for key in ("stages", "devices", "steps", "batch", "chunks", "micro_batches"):
         req[key] = _positive(req, key)
-    if req["device"] not in C.DEVICES:
-        raise UnsupportedError(f"partition device {req['device']!r}; known: {', '.join(C.DEVICES)}")
-    if req["link"] not in C.LINKS:
-        raise UnsupportedError(f"partition link {req['link']!r}; known: {', '.join(C.LINKS)}")
-    device = C.DEVICES[req["device"]]
+    device = _hardware(req["device"], C.DEVICES, C.Device, "device")
+    link = _hardware(req["link"], C.LINKS, C.Link, "link")
     cap = req["memory_cap"]
     if cap is not None and (isinstance(cap, bool) or not isinstance(cap, (int, float)) or cap <= 0):
         raise UnsupportedError(f"partition memory_cap={cap!r}: expected a number of bytes > 0")
@@ -186,9 +198,11 @@ def parse_request(raw: Any) -> Request:
         micro_batches=req["micro_batches"] or req["batch"],
         training=bool(req["training"]),
         device=device,
-        link=C.LINKS[req["link"]],
+        link=link,
         memory_cap=float(cap) if cap is not None else device.memory_bytes,
         calibration=None if cal is None else C.Calibration.from_dict(cal),
+        chunks_given=req["chunks"] is not None,
+        micro_batches_given=req["micro_batches"] is not None,
     )
 
 
@@ -213,12 +227,7 @@ class StageModel:
     def __init__(self, graph: Graph, units: list[list[int]], req: Request) -> None:
         self.graph, self.units, self.req = graph, units, req
         costs = {gc.key: gc for gc in C.group_costs(graph)}
-        self.unit_cost = []
-        for nodes in units:
-            gc = costs[nodes[0]]
-            self.unit_cost.append(
-                gc.seconds(req.device, req.chunk_steps, req.batch, req.calibration)
-            )
+        self.unit_cost = [costs[nodes[0]] for nodes in units]
         self.unit_of = {n: i for i, nodes in enumerate(units) for n in nodes}
         rows = req.chunk_steps * req.batch
         self.rows = rows
@@ -263,7 +272,10 @@ class StageModel:
         return float(weights + state + acts + recv)
 
     def compute(self, i: int, j: int) -> float:
-        return sum(self.unit_cost[i:j])
+        req = self.req
+        return C.run_seconds(
+            self.unit_cost[i:j], req.device, req.chunk_steps, req.batch, req.calibration
+        )
 
     def best_split(self, stages: int) -> Split:
         """The contiguous split into ``stages`` minimising the largest stage cost under the cap."""
@@ -427,17 +439,20 @@ def plan(graph: Graph, req: Request, devices: int) -> dict[str, dict[str, Any]]:
     the ``bubble`` (mean idle time of a device inside the makespan) and the
     ``transfer`` time on links, or ``feasible: False`` and ``why``. Outputs stay on
     the device that computed them in every schedule (none is charged a final gather).
+    Where the request does not fix them, the pipeline's chunk count and the temporal
+    split's micro-batch count are chosen here too (the fastest of a few), and recorded.
     """
     gcs = C.group_costs(graph)
     dev, link, cal = req.device, req.link, req.calibration
     T, B = req.steps, req.batch
     bwd = BACKWARD_FACTOR if req.training else 0.0
 
-    def run(steps: int, batch: int, scale: float = 1.0) -> float:
-        return sum(gc.seconds(dev, steps, batch, cal) for gc in gcs) * scale
+    def run(steps: int, batch: int, groups: Any = gcs) -> float:
+        return C.run_seconds(groups, dev, steps, batch, cal)
 
     single = run(T, B) * (1 + bwd)
     weights = float(sum(a.nbytes for a in graph.params.values()))
+    allreduce = C.ring_allreduce_seconds(weights, devices, link) if req.training else 0.0
     out: dict[str, dict[str, Any]] = {}
 
     def refuse(name: str, why: str) -> None:
@@ -450,17 +465,14 @@ def plan(graph: Graph, req: Request, devices: int) -> dict[str, dict[str, Any]]:
     elif why:
         refuse("data_parallel", why[0])
     else:
-        share = math.ceil(B / devices)
-        t = run(T, share) * (1 + bwd)
-        ar = C.ring_allreduce_seconds(weights, devices, link) if req.training else 0.0
+        t = run(T, math.ceil(B / devices)) * (1 + bwd)
         tasks = [C.Task(f"c{p}", f"dev{p}", t) for p in range(devices)]
-        tasks += [
-            C.Task("allreduce", "ring", ar, tuple(f"c{p}" for p in range(devices)), "transfer")
-        ]
+        every = tuple(f"c{p}" for p in range(devices))
+        tasks.append(C.Task("allreduce", "ring", allreduce, every, "transfer"))
         sim = C.simulate(tasks)
         out["data_parallel"] = _prediction(sim.makespan, single, devices, sim)
 
-    # time-chunk pipeline over `devices` stages
+    # time-chunk pipeline over `devices` stages, K chunks (the request's, or the best of a few)
     why = inexact_nodes(graph, "pipeline")
     units = _units(graph)
     if why:
@@ -468,82 +480,87 @@ def plan(graph: Graph, req: Request, devices: int) -> dict[str, dict[str, Any]]:
     elif len(units) < devices:
         refuse("pipeline", f"{len(units)} groups to place, fewer than {devices} stages")
     else:
-        model = StageModel(graph, units, req)
-        try:
-            split = model.best_split(devices)
-        except UnsupportedError as e:
-            refuse("pipeline", str(e))
-        else:
+        options = [req.chunks] if req.chunks_given else _candidates(devices, T)
+        best: dict[str, Any] | None = None
+        for K in options:
+            r = replace(req, chunks=K)
+            model = StageModel(graph, units, r)
+            try:
+                split = model.best_split(devices)
+            except UnsupportedError as e:
+                best = best or {"feasible": False, "why": str(e)}
+                continue
             tasks = C.pipeline_tasks(
-                lambda s, k: split.compute[s],
-                lambda s, k: model.send(split, s),
+                lambda s, k, split=split: split.compute[s],
+                lambda s, k, split=split, model=model: model.send(split, s),
                 devices,
-                req.chunks,
-                (lambda s, k: split.compute[s] * bwd) if req.training else None,
+                K,
+                (lambda s, k, split=split: split.compute[s] * bwd) if req.training else None,
             )
             sim = C.simulate(tasks)
-            out["pipeline"] = _prediction(sim.makespan, single, devices, sim)
-            out["pipeline"]["stages"] = [list(split.bounds)]
+            pred = {
+                **_prediction(sim.makespan, single, devices, sim),
+                "chunks": K,
+                "stages": list(split.bounds),
+            }
+            if best is None or not best.get("feasible") or pred["seconds"] < best["seconds"]:
+                best = pred
+        out["pipeline"] = best
 
     # temporal split: device p owns steps [p T/P, (p+1) T/P) of every micro-batch
     why = inexact_nodes(graph, "temporal")
-    M = min(req.micro_batches, B)
     if why:
         refuse("temporal", why[0])
     elif T < devices:
         refuse("temporal", f"{T} steps, fewer than {devices} segments")
     else:
         seg = math.ceil(T / devices)
-        mb = math.ceil(B / M)
-        t = run(seg, mb)
-        hand = link.seconds(C.sequence_state_bytes(graph) * mb)
-        tasks = C.pipeline_tasks(
-            lambda p, n: t, lambda p, n: hand, devices, M, (lambda p, n: t * bwd) if bwd else None
-        )
-        if req.training:
-            tasks.append(
-                C.Task(
-                    "allreduce",
-                    "ring",
-                    C.ring_allreduce_seconds(weights, devices, link),
-                    tuple(f"b{p}.0" for p in range(devices)),
-                    "transfer",
-                )
+        options = [min(req.micro_batches, B)] if req.micro_batches_given else _candidates(1, B)
+        best = None
+        for M in options:
+            mb = math.ceil(B / M)
+            t = run(seg, mb)
+            hand = link.seconds(C.sequence_state_bytes(graph) * mb)
+            tasks = C.pipeline_tasks(
+                lambda p, n, t=t: t,
+                lambda p, n, hand=hand: hand,
+                devices,
+                M,
+                (lambda p, n, t=t: t * bwd) if bwd else None,
             )
-        sim = C.simulate(tasks)
-        out["temporal"] = _prediction(sim.makespan, single, devices, sim)
+            if req.training:
+                ends = tuple(f"b{p}.0" for p in range(devices))
+                tasks.append(C.Task("allreduce", "ring", allreduce, ends, "transfer"))
+            sim = C.simulate(tasks)
+            pred = {**_prediction(sim.makespan, single, devices, sim), "micro_batches": M}
+            if best is None or pred["seconds"] < best["seconds"]:
+                best = pred
+        out["temporal"] = best
 
     # neuron split: every layer's neurons (and the GEMM features feeding them) over devices
     why = inexact_nodes(graph, "neuron_split")
     if why:
         refuse("neuron_split", why[0])
     else:
-        sharded = C.Device(
-            dev.name,
-            dev.flops_per_s,
-            dev.bytes_per_s,
-            dev.launch_s,
-            dev.memory_bytes,
-            dev.saturating * devices,
-            dev.source,
-        )
-        compute = gather = 0.0
-        for gc in gcs:
-            if gc.kind == "recurrent":  # runs whole on every device
-                compute += gc.seconds(dev, T, B, cal)
-            elif cal is not None and gc.key in cal.seconds:
-                compute += gc.seconds(dev, T, B, cal) / devices
-            else:
-                compute += gc.modelled(sharded, T, B) / devices
+        pieces = [gc if gc.kind == "recurrent" else gc.split(devices) for gc in gcs]
+        compute = run(T, B, pieces) * (1 + bwd)
+        gather = 0.0
         for n in gather_points(graph):
             nbytes = C.elements(graph, n) * C.wire_bytes(graph, n) * T * B
             gather += C.ring_allgather_seconds(nbytes, devices, link)
-        seconds = compute * (1 + bwd) + gather * (2 if req.training else 1)
-        out["neuron_split"] = {
-            **_prediction(seconds, single, devices, None),
-            "transfer": gather * (2 if req.training else 1),
-        }
+        gather *= 2 if req.training else 1  # the backward sums the input gradients
+        seconds = compute + gather
+        out["neuron_split"] = {**_prediction(seconds, single, devices, None), "transfer": gather}
     return out
+
+
+def _candidates(lo: int, hi: int) -> list[int]:
+    """A few counts from ``lo`` up to ``hi`` (doubling), for the planner to choose from."""
+    out, k = [], max(1, lo)
+    while k <= hi:
+        out.append(k)
+        k *= 2
+    return out or [hi]
 
 
 #: ops that keep a split over neurons (features / channels) as it is
