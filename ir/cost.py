@@ -301,7 +301,7 @@ def run_seconds(
     issued = sum(
         device.host_s * (steps if g.kind == "recurrent" else 1)
         for g in groups
-        if calibration is None or g.key not in calibration.seconds
+        if g.launches and (calibration is None or g.key not in calibration.seconds)
     )
     return max(work, issued)
 

@@ -227,7 +227,7 @@ class StageModel:
     def __init__(self, graph: Graph, units: list[list[int]], req: Request) -> None:
         self.graph, self.units, self.req = graph, units, req
         costs = {gc.key: gc for gc in C.group_costs(graph)}
-        self.unit_cost = [costs[nodes[0]] for nodes in units]
+        self.unit_cost = [[costs[n] for n in nodes if n in costs] for nodes in units]
         self.unit_of = {n: i for i, nodes in enumerate(units) for n in nodes}
         rows = req.chunk_steps * req.batch
         self.rows = rows
@@ -273,16 +273,15 @@ class StageModel:
 
     def compute(self, i: int, j: int) -> float:
         req = self.req
-        return C.run_seconds(
-            self.unit_cost[i:j], req.device, req.chunk_steps, req.batch, req.calibration
-        )
+        groups = [gc for unit in self.unit_cost[i:j] for gc in unit]
+        return C.run_seconds(groups, req.device, req.chunk_steps, req.batch, req.calibration)
 
     def best_split(self, stages: int) -> Split:
         """The contiguous split into ``stages`` minimising the largest stage cost under the cap."""
         n = len(self.units)
         if stages > n:
             raise UnsupportedError(
-                f"cannot make {stages} stages: the schedule has {n} groups to place (a "
+                f"cannot make {stages} stages: the schedule has {n} group(s) to place (a "
                 f"recurrent group stays whole), so at most {n} stages"
             )
         cap = self.req.memory_cap
@@ -328,13 +327,21 @@ class StageModel:
 
 
 def _units(graph: Graph) -> list[list[int]]:
-    """Groups as units of placement, output nodes left out (they join the last stage)."""
+    """Groups as units of placement, output nodes left out (they join the last stage); a
+    group of nothing but input nodes joins the next group (a stage that only forwards the
+    input would be no stage)."""
     outputs = set(graph.meta["outputs"])
-    units = []
+    units: list[list[int]] = []
+    pending: list[int] = []
     for g in groups_of(graph):
         nodes = [n for n in g["nodes"] if n not in outputs]
-        if nodes:
-            units.append(nodes)
+        if nodes and all(graph.op(n) == "input" for n in nodes):
+            pending += nodes
+        elif nodes:
+            units.append(pending + nodes)
+            pending = []
+    if pending:
+        units.append(pending)
     return units
 
 
@@ -344,14 +351,14 @@ def _apply(graph: Graph, units: list[list[int]], split: Split) -> None:
     stage_of_unit = {}
     for s, (i, j) in enumerate(zip(split.bounds, split.bounds[1:])):
         stage_of_unit.update(dict.fromkeys(range(i, j), s))
-    first_of_unit = {nodes[0]: u for u, nodes in enumerate(units)}
+    unit_of = {n: u for u, nodes in enumerate(units) for n in nodes}
     outputs = list(graph.meta["outputs"])
     last = len(split.compute) - 1
     groups: list[dict[str, Any]] = []
     for g in groups_of(graph):
         nodes = [n for n in g["nodes"] if n not in outputs]
         if nodes:
-            groups.append({**g, "nodes": nodes, "stage": stage_of_unit[first_of_unit[nodes[0]]]})
+            groups.append({**g, "nodes": nodes, "stage": stage_of_unit[unit_of[nodes[0]]]})
     if groups[-1]["kind"] == "layer" and groups[-1]["stage"] == last:
         groups[-1]["nodes"] = groups[-1]["nodes"] + outputs
     else:
@@ -478,7 +485,7 @@ def plan(graph: Graph, req: Request, devices: int) -> dict[str, dict[str, Any]]:
     if why:
         refuse("pipeline", why[0])
     elif len(units) < devices:
-        refuse("pipeline", f"{len(units)} groups to place, fewer than {devices} stages")
+        refuse("pipeline", f"{len(units)} group(s) to place, fewer than {devices} stages")
     else:
         options = [req.chunks] if req.chunks_given else _candidates(devices, T)
         best: dict[str, Any] | None = None
