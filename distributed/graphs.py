@@ -187,11 +187,12 @@ def split_dims(graph: Graph) -> dict[int, int]:
     """Node -> the per-step dim (1 = the first after the batch) a neuron split cuts it along:
     a GEMM's output features, a convolution's channels, kept by what follows."""
     dims: dict[int, int] = {}
+    split = sharded_nodes(graph)
     for n in graph.topo_order():
-        if n not in sharded_nodes(graph):
+        if n not in split:
             continue
         op = graph.op(n)
-        if op in ("conv1d", "conv2d"):
+        if op in ("conv1d", "conv2d", "input"):
             dims[n] = 1
         elif op == "linear":
             shape = graph.node(n)["shape"]

@@ -174,7 +174,12 @@ class NeuronSplit:
     def _forward(self, x: Any, state: Mapping[int, Any] | None) -> tuple[list[Tensor], State]:
         self._bind_params()
         xs = as_list(x)
-        values: dict[int, Tensor] = dict(zip(self.graph.meta["inputs"], xs))
+        values: dict[int, Tensor] = {}
+        for n, xi in zip(self.graph.meta["inputs"], xs):
+            if n in self.pieces:  # an input read element-wise: this rank's piece of it
+                dim, lo, hi = self.pieces[n]
+                xi = xi.narrow(dim + 1, lo, hi - lo)
+            values[n] = xi
         new_state: State = {}
         gathered: dict[int, Tensor] = {}
         for prog, ins, outs in zip(self.programs, self.inputs, self.outputs):

@@ -129,6 +129,15 @@ def test_two_processes_forward_bit_for_bit(two, schedule: str, model: str) -> No
     assert all(e["state_mismatch"] == 0 for e in entry), "final state differs"
 
 
+def test_two_processes_split_a_lone_neuron_layer_and_its_input(two) -> None:
+    """The paper's workload (one LIF layer on the input): each rank takes its columns of the
+    input and runs its neurons; nothing is gathered, the outputs stay where they are made."""
+    entry = entries(two, "neuron_split", "lif")
+    print(report(entry))
+    assert entry[-1]["spikes"] > 0, "the test model must fire"
+    assert all(e["mismatch"] == 0 and e["state_mismatch"] == 0 for e in entry if "mismatch" in e)
+
+
 @pytest.mark.parametrize(("schedule", "model"), CASES_TWO)
 def test_two_processes_training_gradients(two, schedule: str, model: str) -> None:
     entry = entries(two, schedule, model)

@@ -283,3 +283,24 @@ def test_group_costs_count_gemm_flops() -> None:
     first = costs[0]  # input + Linear(6, 16)
     assert first.flops == pytest.approx(2 * 6 * 16 + 16)
     assert first.weight_bytes == (16 * 6 + 16) * 4
+
+
+def test_a_lone_neuron_layer_is_placed_and_split_with_its_input() -> None:
+    """The paper's workload (one LIF layer on the input): the input-only group joins the
+    layer's unit (a stage that only forwards the input is no stage), a neuron split cuts
+    the input itself (each device reads its columns), and nothing is gathered but the
+    output, which the planner leaves where it is computed."""
+    from snncc.ir.passes.partition import gather_points, plan, sharded_nodes
+
+    graph, _ = scheduled(nn.Sequential(LIF()), (T, B, 6))
+    inputs = graph.meta["inputs"]
+    units = _units(graph)
+    assert len(units) == 1 and set(inputs) <= set(units[0]), units
+    split = sharded_nodes(graph)
+    assert set(inputs) <= split
+    assert all(e.dst in graph.meta["outputs"] for n in gather_points(graph) for e in graph.users(n))
+    req = parse_request({"devices": 2, "steps": T, "batch": B})
+    predicted = plan(graph, req, 2)
+    assert predicted["neuron_split"]["feasible"] and predicted["neuron_split"]["transfer"] == 0.0
+    assert predicted["pipeline"]["feasible"] is False  # one unit: nothing to pipeline
+    assert "1 group(s) to place" in predicted["pipeline"]["why"]

@@ -448,6 +448,9 @@ def plan(graph: Graph, req: Request, devices: int) -> dict[str, dict[str, Any]]:
     the device that computed them in every schedule (none is charged a final gather).
     Where the request does not fix them, the pipeline's chunk count and the temporal
     split's micro-batch count are chosen here too (the fastest of a few), and recorded.
+    Memory is checked for the pipeline only (its stages under ``memory_cap``, as the pass
+    applies them, so a chunk count whose stages do not fit is never chosen); the other
+    schedules' memory is not modelled.
     """
     gcs = C.group_costs(graph)
     dev, link, cal = req.device, req.link, req.calibration
@@ -552,7 +555,10 @@ def plan(graph: Graph, req: Request, devices: int) -> dict[str, dict[str, Any]]:
         pieces = [gc if gc.kind == "recurrent" else gc.split(devices) for gc in gcs]
         compute = run(T, B, pieces) * (1 + bwd)
         gather = 0.0
+        outputs = set(graph.meta["outputs"])
         for n in gather_points(graph):
+            if all(e.dst in outputs for e in graph.users(n)):
+                continue  # outputs stay where they are computed
             nbytes = C.elements(graph, n) * C.wire_bytes(graph, n) * T * B
             gather += C.ring_allgather_seconds(nbytes, devices, link)
         gather *= 2 if req.training else 1  # the backward sums the input gradients
@@ -601,7 +607,8 @@ def gather_points(graph: Graph) -> list[int]:
 
 def sharded_nodes(graph: Graph) -> set[int]:
     """Nodes a neuron split computes in pieces: outputs of a GEMM or convolution over their
-    features, and what keeps that split (neurons, per-channel ops) while every input is split."""
+    features, a program input that only element-wise ops read (each device takes its piece),
+    and what keeps that split (neurons, per-channel ops) while every input is split."""
     recurrent = {n for g in groups_of(graph) if g["kind"] == "recurrent" for n in g["nodes"]}
     split: set[int] = set()
     for n in graph.topo_order():
@@ -609,7 +616,16 @@ def sharded_nodes(graph: Graph) -> set[int]:
         if n in recurrent:
             continue
         ins = graph.inputs(n)
-        if op in SHARD_MAKING:
+        if op == "input":  # read only element-wise (a layer of neurons fed by the input): cut it
+            users = graph.users(n)
+            shape = graph.node(n).get("shape") or []
+            if (
+                users
+                and len(shape) >= 2
+                and all(graph.op(e.dst) in SHARD_KEEPING and e.dst not in recurrent for e in users)
+            ):
+                split.add(n)
+        elif op in SHARD_MAKING:
             split.add(n)
         elif op in SHARD_KEEPING and ins and all(i in split for i in ins):
             split.add(n)
