@@ -633,7 +633,7 @@ example:
   # backend options (each backend names what it supports):
   snncc compile snncc.examples.digits:load_pretrained --input-shape 8,1,64 \\
       --backend cpu -O recompute=true -o out/digits-cpu
-  # four stages for a time-chunk pipeline (run with torchrun, see 'snncc run --help'):
+  # two stages for a time-chunk pipeline (run with torchrun, see 'snncc run --help'):
   snncc compile snncc.examples.digits:load_pretrained --input-shape 8,1,64 \\
       --backend cpu --stages 2 -o out/digits-2stages
 
