@@ -134,16 +134,30 @@ class Temporal:
 
     def run(self, x: Any, state: Mapping[int, Any] | None = None) -> tuple[Any, State | None]:
         """Outputs of ``x`` [T, B, ...] from ``state`` (used by the first segment); returns
-        (the whole outputs on the last rank, else None; the final state on the last rank)."""
+        (the whole outputs on the last rank, else None; the final state on the last rank and
+        on rank 0, else None).
+
+        Streaming: the last segment's final state is handed round to rank 0, whose segment
+        the next call begins with, so ``run(x2, state)`` with the state each rank got back
+        continues the sequence (one state's worth of bytes more per call)."""
         with comm.on_rank(self.rank, self.where), torch.no_grad():
             saved, (T, B) = self._forward(x, state, grad=False)
             ys = self._gather(saved, T, B)
-        if not self.last:
-            return None, None
-        final: State = {}
-        for node, var in sorted({(n, v) for s in saved for n in s[2] for v in s[2][n]}):
-            final.setdefault(node, {})[var] = torch.cat([s[2][node][var] for s in saved])
-        return as_value(ys), final
+            final: State | None = None
+            if self.last:
+                final = {}
+                for node, var in sorted({(n, v) for s in saved for n in s[2] for v in s[2][n]}):
+                    final.setdefault(node, {})[var] = torch.cat([s[2][node][var] for s in saved])
+            if self.world > 1 and self.pairs and (self.last or self.rank == 0):
+                msgs = comm.Messages(self.device)
+                dtypes = ["float32"] * len(self.pairs)
+                if self.last:
+                    msgs.send(self._pack(final), dtypes, 0)
+                    msgs.wait()
+                else:
+                    got = msgs.recv(self._state_shapes(B), dtypes, self.world - 1, torch.float32)
+                    final = self._unpack(got)
+        return (as_value(ys) if self.last else None), final
 
     def train_step(
         self, x: Any, loss_fn: Callable[[Any], Tensor], state: Mapping[int, Any] | None = None

@@ -145,6 +145,12 @@ def check(schedule: str, model: str, cm, x, ref, rank: int, **opts) -> dict:
             return t.narrow(dim, lo, hi - lo)
 
     out["state_mismatch"] = state_mismatch(st, st1, cut)
+    # streaming: the first half, then the second from the state each rank got back
+    half = T // 2
+    ya, sta = runner.run(x[:half])
+    yb, _ = runner.run(x[half:], sta)
+    if ya is not None:
+        out["stream_mismatch"] = int((torch.cat([ya, yb]) != y1).sum())
     if not runner.params:  # the paper's lone LIF layer: nothing to train
         out["grad_rel"] = {}
         return out

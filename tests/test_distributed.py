@@ -139,6 +139,18 @@ def test_two_processes_split_a_lone_neuron_layer_and_its_input(two) -> None:
 
 
 @pytest.mark.parametrize(("schedule", "model"), CASES_TWO)
+def test_two_processes_stream_in_two_calls(two, schedule: str, model: str) -> None:
+    """``run(x[:8])`` then ``run(x[8:], state)`` with the state each rank got back: the same
+    outputs as one call on one process (a temporal split hands its final state round to the
+    rank whose segment begins the next call)."""
+    entry = entries(two, schedule, model)
+    holders = [e for e in entry if "stream_mismatch" in e]
+    assert holders, "no rank holds the outputs"
+    print(schedule, model, [e["stream_mismatch"] for e in holders], "of", entry[-1]["spikes"])
+    assert all(e["stream_mismatch"] == 0 for e in holders)
+
+
+@pytest.mark.parametrize(("schedule", "model"), CASES_TWO)
 def test_two_processes_training_gradients(two, schedule: str, model: str) -> None:
     entry = entries(two, schedule, model)
     losses = {round(e["loss"], 6) for e in entry}
