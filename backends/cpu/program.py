@@ -23,7 +23,6 @@ from snncc.backends.cpu.autograd import run_layer
 from snncc.backends.cpu.forms import check_node_params
 from snncc.backends.cpu.neuron import NeuronKernel
 from snncc.backends.cpu.saved_spikes import spike_fed_gemms, spikes_saved_as_uint8
-from snncc.backends.cpu.threads import fit_backward_threads, program_threads
 from snncc.backends.reference.program import ReferenceProgram
 from snncc.errors import UnsupportedError
 from snncc.ir.graph import Graph
@@ -76,17 +75,6 @@ class CpuProgram(ReferenceProgram):
         #: linear/conv nodes fed by spikes -> how those spikes are made (saved_spikes.py):
         #: the input they save for the backward is kept as a uint8 mask
         self.spike_fed = spike_fed_gemms(graph, self._specs) if saved_spike_dtype == "uint8" else {}
-
-    def run(self, x: Any, state: dict | None = None) -> tuple[Any, dict]:
-        """The reference interpreter's run, with torch's threads fitted to the free cores
-        (forward, and the backward pass from its outputs: :mod:`snncc.backends.cpu.threads`)."""
-        with program_threads():
-            y, new_state = super().run(x, state)
-        if torch.is_grad_enabled() and not torch.compiler.is_compiling():
-            for t in y if isinstance(y, tuple) else (y,):
-                if isinstance(t, Tensor) and t.requires_grad:
-                    fit_backward_threads(t)
-        return y, new_state
 
     def _build_kernels(self, recompute: bool) -> None:
         """The kernel-factory hook: one compiled kernel pair per neuron node into ``kernels``.

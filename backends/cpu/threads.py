@@ -22,6 +22,14 @@ kernels now do the same, and more:
 
 The thread count never changes a result: each neuron is computed by one thread
 and the per-neuron gradient sums are reduced on the host.
+
+torch's own ops between the kernels (GEMMs, convolutions) keep the user's thread
+count: they stall the same way on busy cores (one ``F.linear`` [64x784]x[784x256]
+took 55 ms with 2 threads beside other engineers' test runs, the small M1 forward
+0.69 ms with 1), but fitting their count to the load changes their bits (MKL and
+oneDNN reduce in a thread-count-dependent order: a cpu-backend snnTorch convnet
+then differed from the reference backend in 91 of 120 outputs), and results must
+not depend on what else the machine runs.
 """
 
 from __future__ import annotations
@@ -29,8 +37,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 
@@ -124,78 +130,3 @@ def kernel_threads(work: int) -> int:
     if free is not None:
         n = min(n, max(1, int(free + 0.5)))
     return n
-
-
-# ------------------------------------------------------------ torch's own ops in a program
-def fitted_torch_threads(user: int) -> int:
-    """torch's intra-op threads for a program run: ``user``'s count, less the cores that
-    other processes hold (1 on a machine whose cores are all busy)."""
-    if user <= 1:
-        return user
-    free = CORES.free()
-    if free is None:
-        return user
-    return max(1, min(user, int(free + 0.5)))
-
-
-_scope_lock = threading.Lock()
-_scope_depth = 0
-_scope_user = 0
-
-
-def _enter() -> None:
-    global _scope_depth, _scope_user
-    with _scope_lock:
-        if _scope_depth == 0:
-            _scope_user = torch.get_num_threads()
-            n = fitted_torch_threads(_scope_user)
-            if n != _scope_user:
-                torch.set_num_threads(n)
-        _scope_depth += 1
-
-
-def _leave() -> None:
-    global _scope_depth
-    with _scope_lock:
-        _scope_depth -= 1
-        if _scope_depth == 0 and torch.get_num_threads() != _scope_user:
-            torch.set_num_threads(_scope_user)
-
-
-@contextmanager
-def program_threads() -> Iterator[None]:
-    """torch's intra-op thread count fitted to the free cores while a program runs.
-
-    Why: the GEMMs and convolutions of a cpu program are torch's, parallel over
-    ``torch.get_num_threads()`` OpenMP threads that meet at a barrier after each op.
-    When other processes hold the cores, every op waits for a thread the scheduler
-    parked behind them: measured beside other engineers' test runs (load average 11
-    on 2 cores), one ``F.linear`` [64x784]x[784x256] took 55 ms with 2 threads and
-    0.7 ms for the whole small M1 forward with 1. The user's setting is restored on
-    leaving (nested and concurrent runs: by the outermost); never more threads than
-    the user set. Not used while torch.compile traces (it would break the graph).
-    """
-    if torch.compiler.is_compiling():
-        yield
-        return
-    _enter()
-    try:
-        yield
-    finally:
-        _leave()
-
-
-def fit_backward_threads(y: torch.Tensor) -> None:
-    """Fit torch's threads for the backward pass that starts at ``y`` (a program's output):
-    a hook on ``y`` (autograd runs it first, with y's own gradient) fits them, and the
-    engine's end-of-pass callback restores the user's setting. A hook, not an identity
-    node: ``y`` stays the tensor the program made (no view, so in-place ops on it work)."""
-
-    def hook(g: torch.Tensor) -> None:
-        _enter()
-        try:
-            torch.autograd.Variable._execution_engine.queue_callback(_leave)
-        except RuntimeError:  # not inside an engine pass: nothing to restore at its end
-            _leave()
-
-    y.register_hook(hook)
