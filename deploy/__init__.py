@@ -19,6 +19,8 @@ computed by the backends' own torch code.
 from __future__ import annotations
 
 import os
+import sys
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,3 +135,24 @@ def deploy(
         ) from None
     files = (*sorted(texts), WEIGHTS_FILE, MANIFEST)
     return DeployResult(out, target, files, low)
+
+
+class _CallableModule(types.ModuleType):
+    """``snncc.deploy`` is both this package and the API function: ``snncc.deploy(model, dir)``.
+
+    Why: the public name of the function is ``snncc.deploy`` (like ``snncc.compile``), and
+    the package must be importable under the same name; once ``snncc.deploy`` is imported
+    Python binds the package to that attribute, so the package itself forwards calls.
+    """
+
+    def __call__(
+        self,
+        model: Any,
+        output: str | os.PathLike[str],
+        target: str = "cpu",
+        example_input: Any = None,
+    ) -> DeployResult:
+        return deploy(model, output, target=target, example_input=example_input)
+
+
+sys.modules[__name__].__class__ = _CallableModule

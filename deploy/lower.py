@@ -687,10 +687,10 @@ class _Lowering:
 
     def _pool(self, n, x, out, rows, ish, osh, attrs) -> list[str]:
         g = self.g
-        if len(ish) != 3:
-            raise _refuse(g, n, f"pooling over a per-sample shape {ish}; [C, H, W] only")
-        c, h, w = ish
-        _, oh, ow = osh
+        if len(ish) not in (2, 3):
+            raise _refuse(g, n, f"pooling over a per-sample shape {ish}; [C, H, W] or [H, W]")
+        c, h, w = ish if len(ish) == 3 else (1, *ish)
+        oh, ow = osh[-2:]
         op = g.op(n)
         if op == "adaptive_avgpool2d":
             if (oh, ow) == (1, 1):

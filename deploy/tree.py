@@ -36,14 +36,14 @@ FILES = {
     "src/safetensors.cpp": "safetensors.cpp.j2",
     "src/runtime_cpu.cpp": "runtime_cpu.cpp.j2",
     "src/runtime_cuda.cu": "runtime_cuda.cu.j2",
-    "src/neuron_kernels_cpu.cpp": "neuron_kernels.j2",
-    "src/neuron_kernels_cuda.cu": "neuron_kernels.j2",
     "src/exports.map": "exports.map.j2",
     "tools/snncc_run.cpp": "snncc_run.cpp.j2",
     "CMakeLists.txt": "CMakeLists.txt.j2",
     "README.md": "README.md.j2",
 }
 WEIGHTS_FILE = "weights.safetensors"
+#: neuron kernels per translation unit: a model with many neuron forms builds in parallel
+KERNELS_PER_FILE = 12
 
 #: C++ parameter types of the kernels' argument kinds (NeuronKernelInfo.forward_args)
 _CXX_TYPES = {
@@ -91,6 +91,13 @@ def _launch_params(info: Any) -> tuple[str, str]:
     return ", ".join(params), ", ".join(args)
 
 
+def kernel_file_names(n_kernels: int, target: str) -> list[str]:
+    """The neuron kernel files of a target: ``KERNELS_PER_FILE`` kernels each (at least one)."""
+    ext = "cu" if target == "cuda" else "cpp"
+    count = max(1, -(-n_kernels // KERNELS_PER_FILE))
+    return [f"src/neuron_kernels_{target}_{i}.{ext}" for i in range(count)]
+
+
 def _md(text: str) -> str:
     return comment(text).replace("|", "\\|").replace("`", "'")
 
@@ -106,19 +113,23 @@ def render(low: Lowered, target: str) -> dict[str, str]:
         "model_id": low.model_id,
     }
     out: dict[str, str] = {}
-    for path, template in FILES.items():
-        ctx = dict(common)
-        if template == "neuron_kernels.j2":
-            kt = "cuda" if path.endswith(".cu") else "cpu"
+    kernel_files = {t: kernel_file_names(len(low.kernels), t) for t in ("cpu", "cuda")}
+    tags = list(low.kernels)
+    for kt, names in kernel_files.items():
+        for i, path in enumerate(names):
             units = []
-            for tag, use in low.kernels.items():
+            for tag in tags[i * KERNELS_PER_FILE : (i + 1) * KERNELS_PER_FILE]:
+                use = low.kernels[tag]
                 params, args = _launch_params(use.info)
                 source = render_neuron_kernels(
                     use.spec, use.prologue, use.epilogue, kt, None, backward=False
                 )
                 units.append({"tag": tag, "source": source, "params": params, "args": args})
-            ctx.update(target=kt, units=units)
-        elif template == "model.cpp.j2":
+            ctx = dict(common, target=kt, units=units)
+            out[path] = _env().get_template("neuron_kernels.j2").render(**ctx)
+    for path, template in FILES.items():
+        ctx = dict(common)
+        if template == "model.cpp.j2":
             ctx.update(
                 launchers=launchers,
                 ir_lines=[comment(line) for line in low.ir_text.splitlines()],
@@ -134,6 +145,7 @@ def render(low: Lowered, target: str) -> dict[str, str]:
                 nvcc_flags=NVCC_EXACT_FLAGS,
                 cuda_default=target == "cuda",
                 archs=CUDA_ARCHS,
+                kernel_files=kernel_files,
             )
         elif template == "README.md.j2":
             ctx.update(
