@@ -348,6 +348,25 @@ def test_only_the_c_interface_is_exported_and_no_torch_or_python_is_linked(digit
     assert "libpython" not in linked
 
 
+@needs_build
+def test_the_readme_c_example_builds_and_streams(digits_tree, digits_build, tmp_path) -> None:
+    """The README's Deploy example, as written, against this tree."""
+    import re
+
+    if CC is None:
+        pytest.skip("no C compiler (gcc / cc) found")
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    code = re.search(r"```c\n(.*?)```", readme[readme.index("## Deploy") :], re.S).group(1)
+    weights = str(digits_tree.path / "weights.safetensors")
+    assert '"out/digits-c/weights.safetensors"' in code
+    (tmp_path / "example.c").write_text(code.replace("out/digits-c/weights.safetensors", weights))
+    _run([CC, "-std=c11", "-Wall", "-Werror", tmp_path / "example.c", "-I",
+          digits_tree.path / "include", "-L", digits_build, "-lsnncc_model",
+          f"-Wl,-rpath,{digits_build}", "-o", tmp_path / "example"], timeout=BUILD_TIMEOUT)  # fmt: skip
+    out = _run([tmp_path / "example"], {"OPENBLAS_NUM_THREADS": "1"}).stdout
+    assert out.count("step ") == 8
+
+
 # ------------------------------------------------------------- bad inputs
 def _safetensors(tensors: dict, meta: dict) -> bytes:
     """A safetensors file written by hand (so that it can be wrong on purpose)."""
