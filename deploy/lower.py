@@ -241,7 +241,6 @@ class _Lowering:
         self.notes: list[str] = []
         # storage: node -> ("input" | "slot" | alias node)
         self.root: dict[int, int] = {}
-        self.seq_slots: dict[int, int] = {}  # root node -> slot offset per sample row
         self.batch_bufs: list[tuple[str, int, str]] = []  # (C name, floats per sample, what)
         self.state: list[StateEntry] = []
         self._state_off = 0
@@ -417,8 +416,17 @@ class _Lowering:
             for e in self.in_edges(n):
                 rs = self.root[e.src]
                 last[rs] = max(last.get(rs, -1), at_step[n])
+        # an output's value is computed straight into the caller's y (each output [T, B, ...]
+        # one after another) unless it is the input's memory or another output's
+        self.in_y: dict[int, int] = {}
+        off = 0
         for o in g.meta["outputs"]:
-            last[self.root[o]] = end
+            r = self.root[o]
+            if r != inp and r not in self.in_y:
+                self.in_y[r] = off
+            else:
+                last[r] = end
+            off += self.elems(o)
         self.delay_srcs = sorted({e.src for n in g.nx.nodes for e in self.in_edges(n) if e.delay})
         for s in self.delay_srcs:
             last[self.root[s]] = end
@@ -457,7 +465,7 @@ class _Lowering:
                     busy.discard(assign[key])
                     live.remove((lst, key))
             for n in ns:
-                if self.root[n] == n and n != inp:
+                if self.root[n] == n and n != inp and n not in self.in_y:
                     size = _round(self.elems(n))
                     s = take(size)
                     busy.add(s)
@@ -507,6 +515,8 @@ class _Lowering:
         r = self.root[n]
         if r != n:
             return [f"const auto {self.var(n)} = {self.var(r)};  // {what}: same memory"]
+        if n in self.in_y:
+            return [f"float* const {self.var(n)} = y + TB * {self.in_y[n]};  // {what}: an output"]
         return [f"float* const {self.var(n)} = arena + TB * {self.slot_of[n]};  // {what}"]
 
     # ----------------------------------------------------------- layers
@@ -517,8 +527,8 @@ class _Lowering:
         edges = self.in_edges(n)
         if op in VIEW_OPS and not edges[0].delay:
             return []
-        if any(e.delay for e in edges):
-            return self._delayed_layer(n, edges)
+        if any(e.delay for e in edges):  # the verifier keeps delay edges inside loops
+            raise _refuse(self.g, n, "a delay edge outside a recurrent group")
         if op in ("linear", "conv1d", "conv2d", "batchnorm", "avgpool2d", "maxpool2d",
                   "adaptive_avgpool2d", "voting"):  # fmt: skip
             if self.per_step:
@@ -526,38 +536,6 @@ class _Lowering:
                 return ["for (int64_t t = 0; t < T; ++t) {", *("    " + b for b in body), "}"]
             return self._row_op(n, [self.var(e.src) for e in edges], self.var(n), "TB")
         return self._lead_op(n, [self.var(e.src) for e in edges], self.var(n), "TB")
-
-    def _delayed_layer(self, n: int, edges: list[Edge]) -> list[str]:
-        """A node outside any loop reading a delay edge: its input shifted by one step
-        (the state's value, or zeros, at t = 0), then the op as usual."""
-        lines, ins = [], []
-        for e in edges:
-            if not e.delay:
-                ins.append(self.var(e.src))
-                continue
-            tmp = f"d{n}_{e.port}"
-            per = self.elems(e.src)
-            key = ("tmp", n, e.port)
-            self.slot_of.setdefault(key, self._extra_slot(per))
-            lines.append(f"float* const {tmp} = arena + TB * {self.slot_of[key]};")
-            lines.append(f"SNNCC_CHECK(rt_copy(rt, {tmp}, {self._delay_first(e.src)}, B * {per}));")
-            lines.append(
-                f"SNNCC_CHECK(rt_copy(rt, {tmp} + B * {per}, {self.var(e.src)}, (T - 1) * B * {per}));"
-            )
-            ins.append(tmp)
-        op = self.g.op(n)
-        if op in VIEW_OPS:
-            lines.append(
-                f"SNNCC_CHECK(rt_copy(rt, {self.var(n)}, {ins[0]}, TB * {self.elems(n)}));"
-            )
-            return lines
-        row = op not in ("add", "mul", "scale", "cat")
-        if row and self.per_step:
-            body = self._row_op(n, [f"({a} + t * B * {self.elems(e.src)})" for a, e in
-                                    zip(ins, edges)], self.at(n, "t"), "B")  # fmt: skip
-            return [*lines, "for (int64_t t = 0; t < T; ++t) {", *("    " + b for b in body), "}"]
-        fn = self._row_op if row else self._lead_op
-        return lines + fn(n, ins, self.var(n), "TB")
 
     def _extra_slot(self, per: int) -> int:
         off = self.arena_seq
@@ -789,7 +767,7 @@ class _Lowering:
 
     # ----------------------------------------------------------- neurons
     def _neuron_port_needs_copy(self, n: int, e: Edge) -> bool:
-        return tuple(self.shape(e.src)) != tuple(self.shape(n)) or bool(e.delay)
+        return tuple(self.shape(e.src)) != tuple(self.shape(n))
 
     def _kernel(self, n: int) -> KernelUse:
         spec = NeuronSpec.from_dict(self.g.attrs(n)["neuron"])
@@ -881,26 +859,13 @@ class _Lowering:
         return lines
 
     def _expand_port(self, n: int, e: Edge, lines: list[str]) -> str:
-        """A neuron's extra input broadcast to its shape (and/or shifted by a delay)."""
+        """A neuron's extra input broadcast to its shape (a layer outside loops: no delay)."""
         key = ("tmp", n, e.port)
         if key not in self.slot_of:
             self.slot_of[key] = self._extra_slot(self.elems(n))
         tmp = f"b{n}_{e.port}"
         lines.append(f"float* const {tmp} = arena + TB * {self.slot_of[key]};")
-        src, sample = self.var(e.src), self.elems(n)
-        if e.delay:
-            per = self.elems(e.src)
-            shifted = f"d{n}_{e.port}"
-            skey = ("shift", n, e.port)
-            self.slot_of.setdefault(skey, self._extra_slot(per))
-            lines.append(f"float* const {shifted} = arena + TB * {self.slot_of[skey]};")
-            lines.append(
-                f"SNNCC_CHECK(rt_copy(rt, {shifted}, {self._delay_first(e.src)}, B * {per}));"
-            )
-            lines.append(
-                f"SNNCC_CHECK(rt_copy(rt, {shifted} + B * {per}, {src}, (T - 1) * B * {per}));"
-            )
-            src = shifted
+        src = self.var(e.src)
         strides = _bcast_strides(self.shape(e.src), self.shape(n))
         if strides is None:
             raise _refuse(
@@ -918,7 +883,6 @@ class _Lowering:
             f"    SNNCC_CHECK(rt_expand(rt, {src}, TB, bc, {tmp}));",
             "}",
         ]
-        del sample
         return tmp
 
     def _step_value(self, e: Edge, step: str) -> str:
@@ -985,7 +949,10 @@ class _Lowering:
         off = 0
         for o in g.meta["outputs"]:
             per = self.elems(o)
-            lines.append(f"SNNCC_CHECK(rt_copy(rt, y + TB * {off}, {self.var(o)}, TB * {per}));")
+            if self.in_y.get(self.root[o]) != off:  # the input's memory, or another output's
+                lines.append(
+                    f"SNNCC_CHECK(rt_copy(rt, y + TB * {off}, {self.var(o)}, TB * {per}));"
+                )
             off += per
         for s in self.delay_srcs:
             per = self.elems(s)

@@ -367,6 +367,31 @@ def test_the_readme_c_example_builds_and_streams(digits_tree, digits_build, tmp_
     assert out.count("step ") == 8
 
 
+@needs_build
+def test_a_single_step_source_runs_its_layers_step_by_step(digits_data, tmp_path) -> None:
+    """SpikingJelly step mode 's': the GEMMs see B rows per step, as in the source."""
+    from spikingjelly.activation_based import functional
+
+    x, labels = digits_data
+    model = digits.load_pretrained()
+    functional.set_step_mode(model, "s")
+    cm = snncc.compile(model, torch.from_numpy(x[:, :1]), backend="cpu")
+    assert cm.ir.meta["step_mode"] == "s"
+    result = deploy(cm, tmp_path / "tree")
+    model_cpp = (result.path / "src" / "model.cpp").read_text()
+    assert model_cpp.count("for (int64_t t = 0; t < T; ++t)") == 2
+    build = build_tree(result.path, tmp_path / "build")
+    np.save(tmp_path / "x.npy", x)
+    snncc_run(build, result.path, "-i", tmp_path / "x.npy", "-o", tmp_path / "y.npy")
+    with torch.no_grad():
+        ref = cm(torch.from_numpy(x)).numpy()
+    y = np.load(tmp_path / "y.npy")
+    mismatches = int((y != ref).sum())
+    print(f"digits in step mode 's': {mismatches} of {y.size} output spikes differ")
+    assert mismatches == 0
+    assert round(digits.accuracy(y, labels), 4) == 0.9638
+
+
 # ------------------------------------------------------------- bad inputs
 def _safetensors(tensors: dict, meta: dict) -> bytes:
     """A safetensors file written by hand (so that it can be wrong on purpose)."""
@@ -691,6 +716,9 @@ def forms_and_layers_graph() -> tuple[Graph, list[str]]:
         g.add_node("neuron", [vote], attrs={"neuron": _lif().to_dict()}, shape=step), step, "spikes"
     )
     out(a, step, "exact")
+    # a recurrent form's rec input broadcast to its shape ([B, 4, 1] -> [B, 4, 5])
+    _, spec, params = next(c for c in _form_cases() if len(c[1].input_ports) > 1)
+    out(_neuron(g, [x, col], spec, params, "wide_rec", step), step, "spikes")
     # a recurrent loop: flat x plus W_rec times the neuron's previous spikes
     flat = g.add_node("flatten", [x], attrs={"start_dim": 1, "end_dim": -1}, shape=["B", 20])
     wrec = g.add_node(
