@@ -224,7 +224,9 @@ def _bcast_strides(shape: Sequence[int], target: Sequence[int]) -> list[int] | N
 
 # ----------------------------------------------------------------- lowering
 class _Lowering:
-    def __init__(self, graph: Graph, target_div: str = "target") -> None:
+    """One graph's lowering: checks, shapes, weights, the buffer plan, the C++ statements."""
+
+    def __init__(self, graph: Graph) -> None:
         self.g = graph
         self.groups_meta = graph.meta.get("groups")
         if not self.groups_meta:
@@ -239,7 +241,7 @@ class _Lowering:
         self._tensor_index: dict[str, int] = {}
         self.kernels: dict[str, KernelUse] = {}
         self.notes: list[str] = []
-        # storage: node -> ("input" | "slot" | alias node)
+        #: node -> the node whose memory holds its value (itself, or a view's source)
         self.root: dict[int, int] = {}
         self.batch_bufs: list[tuple[str, int, str]] = []  # (C name, floats per sample, what)
         self.state: list[StateEntry] = []
@@ -431,7 +433,6 @@ class _Lowering:
         for s in self.delay_srcs:
             last[self.root[s]] = end
         # broadcast copies a neuron's extra inputs may need: one slot per (node, port)
-        self.temps: dict[tuple[int, int], int] = {}
         slots: list[int] = []  # slot sizes; offsets assigned after
         assign: dict[Any, int] = {}
         live: list[tuple[int, Any]] = []  # (last step, key)
