@@ -894,6 +894,17 @@ def test_cli_deploys_an_artifact_and_a_spec(digits_cm, tmp_path, capsys) -> None
     assert main(["deploy", str(tmp_path / "nowhere"), "-o", str(tmp_path / "t3")]) == 2
 
 
+def test_deploy_help_shows_an_example(capsys) -> None:
+    from snncc.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["deploy", "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "example:" in out and "snncc deploy out/digits --target cpu" in out
+    assert "cmake --build out/digits-c/build" in out
+
+
 # ---------------------------------------------------------------------- CUDA
 def _cublas_include() -> str | None:
     spec = importlib.util.find_spec("nvidia")
