@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from snncc.backends.kernels import NeuronKernelInfo, neuron_kernel_info
-from snncc.errors import UnsupportedError
+from snncc.errors import SnnccError, UnsupportedError
 from snncc.ir.graph import Edge, Graph
 from snncc.ir.neuron import NeuronSpec
 
@@ -562,12 +562,13 @@ class _Lowering:
         if op == "linear":
             k, m = ish[-1], osh[-1]
             outer = _prod(ish[:-1])
+            how = "folded with its BatchNorm (fold_bn)" if "bn_mean" in names else ""
             w = self.tensor(f"n{n}.weight", self.f32(n, "weight", p["weight"]),
-                            self._what(n, "weight", names))  # fmt: skip
+                            self._what(n, "weight", names, how))  # fmt: skip
             b = "nullptr"
             if "bias" in p:
                 b = self.tensor(f"n{n}.bias", self.f32(n, "bias", p["bias"]),
-                                self._what(n, "bias", names))  # fmt: skip
+                                self._what(n, "bias", names, how))  # fmt: skip
             # torch's F.linear adds the bias inside the GEMM (addmm) for 2-d and 3-d inputs,
             # after it (matmul, then add) for more dimensions
             after = "1" if len(ish) + 1 > 3 else "0"
@@ -790,7 +791,10 @@ class _Lowering:
         names = self.source_names(n)
         out = {}
         for q, role in zip(info.param_args, info.param_roles):
-            flat, stride = flat_quantity(p[q], (1, *sample), q)
+            try:  # one value, or one per neuron of a sample (never one per batch row)
+                flat, stride = flat_quantity(p[q], (1, *sample), q)
+            except SnnccError as exc:
+                raise _refuse(self.g, n, str(exc)) from None
             src = names.get(role, role)
             what = f"%{n} neuron quantity {q} (derived from {src!r} by the form's derive graph)"
             ptr = self.tensor(f"n{n}.q.{q}", flat.numpy(), what)
