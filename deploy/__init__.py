@@ -1,6 +1,6 @@
 """Deploy a compiled SNN as a standalone C/C++ (and CUDA) source tree with a C interface.
 
-``snncc.deploy(model, "out/digits-c", target="cpu")`` (``snncc deploy`` on the
+``snncc.deploy(cm, "out/digits-c", target="cpu")`` (``snncc deploy`` on the
 command line) writes a tree that builds with CMake into a shared library
 (``include/snncc_model.h``: create from the weights file, query sizes, run
 ``[T, B, ...]`` with an optional state in and out, destroy, last error), a
@@ -51,43 +51,38 @@ class DeployResult:
         return self.lowered.model_id
 
 
-def _graph_of(model: Any, example_input: Any, target: str) -> Any:
-    """The scheduled IR of an artifact folder, a CompiledModel, a Graph or a torch module."""
+def _graph_of(model: Any, target: str) -> Any:
+    """The scheduled IR of a CompiledModel or a Graph (scheduled here if it is not yet).
+
+    Why nothing else: this floor sits below the API and the frontends (tests/test_layers.py),
+    so an artifact folder is opened by ``snncc.load`` and a torch module traced by
+    ``snncc.trace`` before it comes here; the message says so.
+    """
     from snncc.ir.graph import Graph
 
-    if isinstance(model, (str, os.PathLike)):
-        import snncc
-
-        return snncc.load(model).ir
     ir = getattr(model, "ir", None)
     if isinstance(ir, Graph):
         return ir
-    backend = "cuda" if target == "cuda" else "cpu"
     if isinstance(model, Graph):
         if model.meta.get("groups"):
             return model
         from snncc import backends
+        from snncc.backends.base import pipeline_for
         from snncc.ir.passes import run_pipeline
 
-        return run_pipeline(model, backends.get(backend).pipeline)
-    if example_input is None:
-        raise UnsupportedError(
-            "snncc deploy of a torch module needs example_input [T, B, ...] to trace it with"
+        backend = "cuda" if target == "cuda" else "cpu"
+        return run_pipeline(model, pipeline_for(backends.get(backend), {}))
+    if isinstance(model, (str, os.PathLike)):
+        hint = f"an artifact folder: snncc.deploy(snncc.load({str(model)!r}), ...)"
+    else:
+        hint = (
+            "a torch module: snncc.deploy(snncc.trace(model, example_input), ...) "
+            "(example_input [T, B, ...])"
         )
-    return _trace(model, example_input, backend)
-
-
-def _trace(model: Any, example_input: Any, backend: str) -> Any:
-    """Trace a torch module and run the target backend's passes (snncc.compile's checks)."""
-    from snncc import backends
-    from snncc.api import _check_example_input, _check_model_dtype
-    from snncc.backends.base import pipeline_for
-    from snncc.frontend import trace
-    from snncc.ir.passes import run_pipeline
-
-    example = _check_example_input(example_input)
-    _check_model_dtype(model, example)
-    return run_pipeline(trace(model, example), pipeline_for(backends.get(backend), {}))
+    raise UnsupportedError(
+        f"snncc.deploy takes a compiled model or an IR graph, not a {type(model).__name__}; "
+        f"for {hint}"
+    )
 
 
 def lower_graph(graph: Any) -> Lowered:
@@ -99,19 +94,19 @@ def deploy(
     model: Any,
     output: str | os.PathLike[str],
     target: str = "cpu",
-    example_input: Any = None,
 ) -> DeployResult:
     """Write the C/C++ source tree of ``model`` into ``output``; see the module docstring.
 
-    ``model``: an artifact folder (``snncc compile -o``), a :class:`~snncc.CompiledModel`,
-    a scheduled :class:`~snncc.ir.Graph`, or a torch module with ``example_input``.
+    ``model``: a :class:`~snncc.CompiledModel` (``snncc.load(folder)`` for an artifact), or
+    a :class:`~snncc.ir.Graph`, scheduled or not (``snncc.trace(model, example_input)``
+    for a torch module: nothing is compiled for a backend).
     ``target``: ``"cpu"`` or ``"cuda"``, the default of the tree's ``SNNCC_CUDA``
     switch (both targets' sources are written). Files are written atomically, never
     through links; files of the user's own in ``output`` are left alone.
     """
     if target not in TARGETS:
         raise UnsupportedError(f"deploy target {target!r}; supported: {', '.join(TARGETS)}")
-    graph = _graph_of(model, example_input, target)
+    graph = _graph_of(model, target)
     low = lower(graph)
     texts = render(low, target)
     out = Path(output)
@@ -150,9 +145,8 @@ class _CallableModule(types.ModuleType):
         model: Any,
         output: str | os.PathLike[str],
         target: str = "cpu",
-        example_input: Any = None,
     ) -> DeployResult:
-        return deploy(model, output, target=target, example_input=example_input)
+        return deploy(model, output, target=target)
 
 
 sys.modules[__name__].__class__ = _CallableModule

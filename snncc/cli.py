@@ -405,18 +405,22 @@ def cmd_deploy(args: argparse.Namespace) -> int:
     if Path(args.model).is_dir():
         if args.input_shape is not None or args.weights is not None:
             raise UsageError("--input-shape/--weights apply to a SPEC, not an artifact directory")
-        source: Any = args.model
-        example = None
+        import snncc
+
+        start = time.perf_counter()
+        source: Any = snncc.load(args.model)
     elif args.input_shape is None:
         raise UsageError(
             f"{args.model!r} is not an artifact directory; to trace a SPEC give --input-shape "
             "T,B,..."
         )
     else:
-        source = build_model(args.model, args.weights)
-        example = example_input(args.input_shape)
-    start = time.perf_counter()
-    result = deployment.deploy(source, args.output, target=args.target, example_input=example)
+        from snncc.frontend import trace
+
+        model = build_model(args.model, args.weights)
+        start = time.perf_counter()
+        source = trace(model, example_input(args.input_shape))  # scheduled by deploy
+    result = deployment.deploy(source, args.output, target=args.target)
     low = result.lowered
     print(
         f"deployed {args.model} ({args.target}) to {result.path} in "

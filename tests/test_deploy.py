@@ -856,6 +856,11 @@ def test_deploy_refuses_what_it_cannot_run_naming_the_node(tmp_path) -> None:
         deploy(cm, tmp_path / "t")
     with pytest.raises(UnsupportedError, match="deploy target 'tpu'; supported: cpu, cuda"):
         deploy(cm, tmp_path / "t", target="tpu")
+    # below the API floor: an artifact folder or a torch module is named with the way in
+    with pytest.raises(UnsupportedError, match=r"for an artifact folder: snncc.deploy\(snncc.load"):
+        deploy(str(tmp_path), tmp_path / "t")
+    with pytest.raises(UnsupportedError, match=r"snncc.deploy\(snncc.trace\(model, example_in"):
+        deploy(torch.nn.Linear(2, 2), tmp_path / "t")
 
 
 def test_deploy_never_writes_through_a_link(digits_cm, tmp_path) -> None:
