@@ -101,7 +101,7 @@ def build_tree(tree: Path, build: Path, *extra: str) -> Path:
             build,
             "-G",
             "Ninja",
-            f"-DOpenBLAS_DIR={_openblas_dir()}",
+            *([f"-DOpenBLAS_DIR={_openblas_dir()}"] if HAS_OPENBLAS else []),
             *extra,
         ],
         timeout=BUILD_TIMEOUT,
@@ -181,13 +181,20 @@ def split_outputs(y: np.ndarray, T: int, B: int, shapes: list) -> list[np.ndarra
     return out
 
 
+def _host(a) -> np.ndarray:
+    """A backend's array (torch on any device, CuPy, NumPy) as a host NumPy array."""
+    if hasattr(a, "detach"):
+        return a.detach().cpu().numpy()
+    return a.get() if hasattr(a, "get") else np.asarray(a)
+
+
 def state_to_flat(result, state: dict, B: int) -> np.ndarray:
     """A cpu-backend state dict laid out as the deployed model's flat state: entry by
     entry, each [B, count] at B * offset."""
     flat = np.zeros(B * result.lowered.state_per_sample, np.float32)
     for e in result.lowered.state:
         node, var = e.name[1:].split(".")
-        value = state[int(node)][var].detach().numpy().reshape(B, e.count)
+        value = _host(state[int(node)][var]).reshape(B, e.count)
         flat[B * e.offset : B * (e.offset + e.count)] = value.reshape(-1)
     return flat
 
@@ -945,3 +952,82 @@ def test_the_cuda_target_compiles_with_nvcc_for_sm_80_and_sm_90(digits_tree, tmp
               digits_tree.path / "tools" / "snncc_run.cpp"):  # fmt: skip
         _run([NVCC, "-c", "-x", "c++", "-std=c++17", "-DSNNCC_CUDA=1", "-I", src, "-I", inc,
               f, "-o", tmp_path / (f.name + ".o")], timeout=BUILD_TIMEOUT)  # fmt: skip
+
+
+def _gpu_ready() -> bool:
+    return importlib.util.find_spec("cupy") is not None and torch.cuda.is_available()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _gpu_ready(), reason="needs CuPy and a CUDA GPU (the cuda backend)")
+@pytest.mark.skipif(
+    CMAKE is None or NINJA is None or NVCC is None,
+    reason="building the CUDA tree needs cmake, ninja and nvcc (on a GPU machine without an "
+    "index: bash scripts/gpu_check.sh --pack carries the cmake and ninja wheels)",
+)
+def test_the_cuda_tree_on_a_gpu_equals_the_cuda_backend(digits_data, tmp_path) -> None:
+    """The digits model's CUDA tree, built with CMake for this GPU, against the cuda backend:
+    the test split's output spikes, T=4+4 streaming against T=8, the final membranes, and the
+    batch-1 streaming latency per step (into $SNNCC_GPU_OUT/deploy_cuda.json where set)."""
+    import time
+
+    x, labels = digits_data
+    cm = snncc.compile(digits.load_pretrained(), torch.from_numpy(x[:, :1]), backend="cuda")
+    result = deploy(cm, tmp_path / "tree", target="cuda")
+    major, minor = torch.cuda.get_device_capability()
+    t0 = time.perf_counter()
+    build = build_tree(result.path, tmp_path / "build", "-DSNNCC_CUDA=ON",
+                       f"-DCMAKE_CUDA_ARCHITECTURES={major}{minor}")  # fmt: skip
+    build_s = time.perf_counter() - t0
+    t = result.path
+    np.save(tmp_path / "x8.npy", x)
+    np.save(tmp_path / "xa.npy", x[:4])
+    np.save(tmp_path / "xb.npy", np.ascontiguousarray(x[4:]))
+    snncc_run(build, t, "-i", tmp_path / "x8.npy", "-o", tmp_path / "y8.npy",
+              "--state-out", tmp_path / "s8.npy")  # fmt: skip
+    snncc_run(build, t, "-i", tmp_path / "xa.npy", "-o", tmp_path / "ya.npy",
+              "--state-out", tmp_path / "sa.npy")  # fmt: skip
+    snncc_run(build, t, "-i", tmp_path / "xb.npy", "-o", tmp_path / "yb.npy",
+              "--state-in", tmp_path / "sa.npy", "--state-out", tmp_path / "sb.npy")  # fmt: skip
+    y = np.load(tmp_path / "y8.npy")
+    ref, state = cm.run(x)
+    ref = _host(ref)
+    spikes_differ = int((y != ref).sum())
+    got_s, ref_s = np.load(tmp_path / "s8.npy"), state_to_flat(result, state, x.shape[1])
+    membranes_differ = int((got_s != ref_s).sum())
+    max_diff = float(np.abs(got_s - ref_s).max())
+    y44 = np.concatenate([np.load(tmp_path / "ya.npy"), np.load(tmp_path / "yb.npy")])
+    stream_equal = bool(
+        np.array_equal(y44, y)
+        and np.array_equal(np.load(tmp_path / "sb.npy"), np.load(tmp_path / "s8.npy"))
+    )
+    # batch-1 streaming, one step per call, as in the README's CPU latency table
+    per_step = []
+    for b in range(20):
+        np.save(tmp_path / "x1.npy", np.ascontiguousarray(x[:, b : b + 1]))
+        out = snncc_run(build, t, "-i", tmp_path / "x1.npy", "-o", tmp_path / "y1.npy",
+                        "--stream", "--repeat", 20)  # fmt: skip
+        per_step.append(float(out.split(":")[-1].split("us per step")[0]))
+    record = {
+        "device": torch.cuda.get_device_name(0),
+        "capability": f"sm_{major}{minor}",
+        "build_seconds": round(build_s, 1),
+        "spikes_differ": spikes_differ,
+        "spikes": int(y.size),
+        "accuracy": round(digits.accuracy(y, labels), 4),
+        "final_membranes_differ": membranes_differ,
+        "final_membranes": int(got_s.size),
+        "final_membranes_max_abs_diff": max_diff,
+        "streaming_4_plus_4_equals_8": stream_equal,
+        "batch1_us_per_step_median_of_20_digits": float(np.median(per_step)),
+        "batch1_us_per_step_quartiles": [float(q) for q in np.percentile(per_step, [25, 75])],
+    }
+    print(json.dumps(record, indent=2))
+    out_dir = os.environ.get("SNNCC_GPU_OUT")
+    if out_dir:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        (Path(out_dir) / "deploy_cuda.json").write_text(json.dumps(record, indent=2))
+    assert stream_equal
+    assert spikes_differ == 0, f"{spikes_differ} of {y.size} output spikes differ"
+    assert record["accuracy"] == 0.9638
+    assert max_diff <= 1e-5 * max(float(np.abs(ref_s).max()), 1.0)
