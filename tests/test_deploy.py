@@ -5,7 +5,8 @@ CMakeLists.txt sets (the backends' exact ones). What is checked:
 
 - the bundled digits model: ``snncc_run`` on the 359-digit test split, 1 and 2 threads,
   output spikes bit for bit those of the cpu backend, accuracy 0.9638; streaming T=4+4
-  equals T=8 (outputs and state), batch-1 step-by-step equals a whole run;
+  equals T=8 (outputs and state), batch-1 step-by-step equals a whole run; two models in
+  two threads at once give what each gives alone;
 - every forward variant of the cpu backend's neuron-form tests (SpikingJelly, snntorch,
   Norse forms; every reset, output, reset_delay and params-as-args/constants case: the
   142 cases have 110 distinct forwards, detach_reset and the surrogate changing only the
@@ -516,6 +517,47 @@ def test_bad_weights_files_and_bad_calls_are_error_codes_with_messages(
         assert lib.error(m) == ""
     finally:
         lib.lib.snncc_model_destroy(m)
+
+
+@needs_build
+def test_two_models_run_side_by_side_in_two_threads(digits_tree, digits_build, digits_data):
+    """No global state: two models, one per thread, each streaming other digits step by step
+    at the same time (ctypes releases the GIL), give what each gives alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    x, _ = digits_data
+    lib = Lib(digits_build / "libsnncc_model.so")
+    weights = digits_tree.path / "weights.safetensors"
+    parts = [np.ascontiguousarray(x[:, :120]), np.ascontiguousarray(x[:, 120:240])]
+
+    def alone(xs: np.ndarray) -> np.ndarray:
+        rc, m, msg = lib.create(weights)
+        assert rc == 0, msg
+        try:
+            return lib.run(m, xs)[0]
+        finally:
+            lib.lib.snncc_model_destroy(m)
+
+    def streaming(xs: np.ndarray) -> list[np.ndarray]:
+        rc, m, msg = lib.create(weights)
+        assert rc == 0, msg
+        try:
+            runs = []
+            for _ in range(10):  # long enough for the two threads to overlap
+                ys, state = [], None
+                for t in range(xs.shape[0]):
+                    y, state = lib.run(m, xs[t : t + 1], state)
+                    ys.append(y)
+                runs.append(np.concatenate(ys))
+            return runs
+        finally:
+            lib.lib.snncc_model_destroy(m)
+
+    with ThreadPoolExecutor(2) as pool:
+        side_by_side = list(pool.map(streaming, parts))
+    for xs, runs in zip(parts, side_by_side):
+        expected = alone(xs)
+        assert all(np.array_equal(r, expected) for r in runs)
 
 
 @needs_build
