@@ -47,6 +47,7 @@ from snncc.backends.kernels import NeuronKernelInfo, neuron_kernel_info
 from snncc.errors import SnnccError, UnsupportedError
 from snncc.ir.graph import Edge, Graph
 from snncc.ir.neuron import NeuronSpec
+from snncc.ir.schedule import groups_of
 
 #: the ops a deployed model runs (everything the reference backend runs in eval mode)
 DEPLOY_OPS = (
@@ -64,14 +65,16 @@ DEPLOY_OPS = (
     "reshape",
     "identity",
     "dropout",
+    "transfer",
     "add",
     "mul",
     "scale",
     "cat",
     "neuron",
 )
-#: ops whose output is their input's memory, unchanged (contiguous data)
-VIEW_OPS = ("flatten", "reshape", "identity", "output", "dropout")
+#: ops whose output is their input's memory, unchanged (contiguous data); a partitioned
+#: schedule's ``transfer`` too: a deployed model runs every stage in one process
+VIEW_OPS = ("flatten", "reshape", "identity", "output", "dropout", "transfer")
 #: the most per-sample dimensions a broadcast or a tensor in the weights file may have
 MAX_RANK = 8
 #: slot sizes are rounded up to this many floats (64-byte alignment of every buffer)
@@ -228,12 +231,12 @@ class _Lowering:
 
     def __init__(self, graph: Graph) -> None:
         self.g = graph
-        self.groups_meta = graph.meta.get("groups")
-        if not self.groups_meta:
+        if not graph.meta.get("groups"):
             raise UnsupportedError(
                 "snncc deploy needs a scheduled IR (graph.meta['groups'], written by the "
                 "temporal_fusion pass); compile the model first"
             )
+        self.groups_meta = groups_of(graph)  # the one reading of the schedule, checked
         self._check_ops()
         self.shapes, self.prog, self.ctx = infer(graph)
         self.per_step = bool(self.prog.stateless_per_step)

@@ -30,6 +30,7 @@ import importlib.util
 import json
 import math
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -363,8 +364,6 @@ def test_only_the_c_interface_is_exported_and_no_torch_or_python_is_linked(digit
 @needs_build
 def test_the_readme_c_example_builds_and_streams(digits_tree, digits_build, tmp_path) -> None:
     """The README's Deploy example, as written, against this tree."""
-    import re
-
     if CC is None:
         pytest.skip("no C compiler (gcc / cc) found")
     readme = (Path(__file__).parents[1] / "README.md").read_text()
@@ -986,6 +985,28 @@ def test_deploy_refuses_what_it_cannot_run_naming_the_node(tmp_path) -> None:
         deploy(str(tmp_path), tmp_path / "t")
     with pytest.raises(UnsupportedError, match=r"snncc.deploy\(snncc.trace\(model, example_in"):
         deploy(torch.nn.Linear(2, 2), tmp_path / "t")
+
+
+def test_a_partitioned_schedule_deploys_as_one_program(digits_cm, tmp_path) -> None:
+    """The partition pass's stages run in one process here: a transfer is the same memory,
+    and the weights and the carried state are the unpartitioned model's."""
+    from snncc.ir.passes import run_pipeline
+    from snncc.ir.schedule import n_stages
+
+    g = digits_cm.ir.copy()
+    g.meta["partition"] = {"steps": 8, "batch": 4, "stages": 2}
+    parted = run_pipeline(g, ["partition"])
+    assert n_stages(parted) == 2
+    whole, split = deploy(digits_cm, tmp_path / "whole"), deploy(parted, tmp_path / "split")
+    model = (split.path / "src" / "model.cpp").read_text()
+    assert re.search(r"const auto v\d+ = v\d+;  // %\d+ transfer .*: same memory", model)
+    assert [t.name for t in split.lowered.tensors] == [t.name for t in whole.lowered.tensors]
+    assert all(
+        np.array_equal(a.array, b.array)
+        for a, b in zip(split.lowered.tensors, whole.lowered.tensors)
+    )
+    assert split.lowered.state == whole.lowered.state
+    assert model.count("_launch(rt,") == 2
 
 
 def test_deploy_never_writes_through_a_link(digits_cm, tmp_path) -> None:
