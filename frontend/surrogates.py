@@ -70,6 +70,31 @@ SNNTORCH_SURROGATES: dict[str, tuple[str, str | None]] = {
     "straight_through_estimator": ("straight_through", None),
     "heaviside": ("snntorch_heaviside", None),
     "triangular": ("snntorch_triangular", "threshold"),
+    "spike_rate_escape": ("spike_rate_escape", "slope"),
+    "SFS": ("sparse_fast_sigmoid", "slope"),
+}
+
+#: the second parameter of snnTorch's two-parameter surrogates (closure variable -> the only
+#: value snncc reproduces: snnTorch's default, see snncc.ir.surrogates.snntorch)
+SNNTORCH_FIXED: dict[str, dict[str, float]] = {
+    "spike_rate_escape": {"beta": 1.0},
+    "SFS": {"B": 1.0},
+}
+
+#: snnTorch 1.0 surrogate factories snncc refuses, and why
+SNNTORCH_REFUSED: dict[str, str] = {
+    "SSO": (
+        "its backward is stochastic (torch.rand_like noise on the non-spiking neurons), so "
+        "no compiled program can reproduce it"
+    ),
+    "LSO": (
+        "it calls snnTorch's stochastic spike operator (a random backward), and in snnTorch "
+        "1.0 with the wrong arguments, so it raises in snnTorch itself"
+    ),
+    "custom_surrogate": (
+        "its gradient is an arbitrary Python function, which cannot be reproduced by name; "
+        "use one of the built-in surrogates"
+    ),
 }
 
 #: Norse 1.1 ``threshold(x, method, alpha)`` method -> snncc surrogate name
@@ -94,10 +119,12 @@ def from_snntorch(spike_grad: Any) -> tuple[str, float]:
 
     Accepted: the closures returned by ``snntorch.surrogate.atan(alpha)``,
     ``fast_sigmoid(slope)``, ``sigmoid(slope)``, ``straight_through_estimator()``,
-    ``heaviside()``, ``triangular(threshold)``, and the neuron's own
-    ``_surrogate_bypass`` (``surrogate_disable=True``: no gradient). Anything
-    else (stochastic or two-parameter surrogates, custom functions) is
-    refused: its gradient cannot be reproduced by name.
+    ``heaviside()``, ``triangular(threshold)``, ``spike_rate_escape(beta=1, slope)``,
+    ``SFS(slope, B=1)`` and the neuron's own ``_surrogate_bypass``
+    (``surrogate_disable=True``: no gradient). Refused, each with its reason:
+    ``SSO`` and ``LSO`` (stochastic), ``custom_surrogate`` (a Python function), a
+    two-parameter surrogate whose second parameter is not snnTorch's default, and
+    anything else.
     """
     import inspect
 
@@ -109,11 +136,12 @@ def from_snntorch(spike_grad: Any) -> tuple[str, float]:
     module = getattr(spike_grad, "__module__", None)
     qualname = getattr(spike_grad, "__qualname__", "") or ""
     factory = qualname.split(".<locals>.")[0]
-    if (
-        module != "snntorch.surrogate"
-        or not qualname.endswith(".<locals>.inner")
-        or factory not in SNNTORCH_SURROGATES
-    ):
+    ours = module == "snntorch.surrogate" and qualname.endswith(".<locals>.inner")
+    if ours and factory in SNNTORCH_REFUSED:
+        raise UnsupportedError(
+            f"snnTorch spike_grad surrogate.{factory} is not supported: {SNNTORCH_REFUSED[factory]}"
+        )
+    if not ours or factory not in SNNTORCH_SURROGATES:
         raise UnsupportedError(
             f"snnTorch spike_grad {module}.{qualname or type(spike_grad).__name__} is not "
             f"supported; supported: {supported} (or surrogate_disable=True)"
@@ -122,6 +150,14 @@ def from_snntorch(spike_grad: Any) -> tuple[str, float]:
     if var is None:
         return name, SURROGATE_DEFAULTS[name]
     nonlocals = inspect.getclosurevars(spike_grad).nonlocals
+    for fixed, want in SNNTORCH_FIXED.get(factory, {}).items():
+        got = _scalar(nonlocals.get(fixed), f"snnTorch surrogate.{factory} {fixed}")
+        if got != want:
+            raise UnsupportedError(
+                f"snnTorch surrogate.{factory}({fixed}={got:g}) is not supported: snncc's "
+                f"spike carries one sharpness ({var}), so {fixed} must be snnTorch's default "
+                f"{want:g}"
+            )
     if var not in nonlocals:
         raise UnsupportedError(f"snnTorch surrogate.{factory}: cannot read its {var!r}")
     return name, _scalar(nonlocals[var], f"snnTorch surrogate.{factory} {var}")

@@ -1,5 +1,13 @@
 """snnTorch 1.0's surrogates (``snntorch.surrogate``), and the no-gradient spike of
-``surrogate_disable`` / Norse's ``method='heaviside'``."""
+``surrogate_disable`` / Norse's ``method='heaviside'``.
+
+Two of snnTorch's surrogates take two parameters: ``spike_rate_escape(beta, slope)`` and
+``SFS(slope, B)``. A spike here carries one sharpness, ``alpha``, which is their ``slope``;
+the other parameter is snnTorch's default (``beta = 1``, ``B = 1``) and the frontend
+refuses any other value (:mod:`snncc.frontend.surrogates`). ``SSO`` and ``LSO`` are
+stochastic (a random backward) and ``custom_surrogate`` is arbitrary Python: refused by the
+frontend, nothing to define here.
+"""
 
 from __future__ import annotations
 
@@ -32,6 +40,27 @@ def _snntorch_heaviside(g: Val, x: Val, alpha: float) -> Operand:
 def _snntorch_triangular(g: Val, x: Val, alpha: float) -> Operand:
     grad = g * alpha
     return where(x >= 0.0, -grad, grad)
+
+
+#: the second parameter of the two-parameter surrogates, fixed at snnTorch's default
+SPIKE_RATE_ESCAPE_BETA = 1.0
+SFS_B = 1.0
+
+
+@surrogate(
+    "spike_rate_escape",
+    25.0,
+    "snnTorch 1.0 surrogate.spike_rate_escape(beta=1, slope) (alpha = slope)",
+)
+def _spike_rate_escape(g: Val, x: Val, alpha: float) -> Operand:
+    # grad_input * slope * exp(-beta * |input - 1|)
+    return g * alpha * exp(-SPIKE_RATE_ESCAPE_BETA * abs_(x - 1))
+
+
+@surrogate("sparse_fast_sigmoid", 25.0, "snnTorch 1.0 surrogate.SFS(slope, B=1) (alpha = slope)")
+def _sparse_fast_sigmoid(g: Val, x: Val, alpha: float) -> Operand:
+    # grad_input / (slope * |input| + 1.0) ** 2 * (input > B).float()
+    return g / (alpha * abs_(x) + 1.0) ** 2 * (x > SFS_B)
 
 
 @surrogate("no_grad", 1.0, "snnTorch surrogate_disable, Norse method='heaviside'")
