@@ -44,12 +44,13 @@ Per neuron:
   raises in snnTorch 1.0 itself, so ``alpha`` is a buffer.
 - ``Lapicque``: ``R``, ``C`` and ``time_step`` are node params (as fp32: the
   step multiplies them with fp32 tensors, which is where snnTorch converts its
-  int64 buffers); with ``learn_beta=True`` the buffer snnTorch derived from
-  ``beta`` (``C``, or ``R``) is derived in the IR instead, so ``beta`` trains.
+  int64 buffers); with ``learn_beta=True`` the ``C`` snnTorch derived from
+  ``beta`` is derived in the IR instead, so ``beta`` trains.
 - Alpha, Lapicque and RSynaptic have no immediate reset correction (Alpha and
   Lapicque have no ``reset_delay``; RSynaptic's ``reset_delay=False`` path
-  never changes its outputs in snnTorch 1.0): their specs keep ``reset_delay``
-  False.
+  never changes its outputs in snnTorch 1.0 and raises when its ``spk``
+  argument is None, so it is refused with that explanation): their specs keep
+  ``reset_delay`` False.
 
 Refused: ``inhibition=True``, ``state_quant``, surrogates other than
 :data:`snncc.frontend.surrogates.SNNTORCH_SURROGATES` (or ``surrogate_disable``), other
@@ -192,6 +193,13 @@ def _neuron_problem(m: nn.Module, view: str) -> str | None:
     _, why = _mechanism(m)
     if why:
         return why
+    if type(m) is snt.RSynaptic and not m.reset_delay:
+        return (
+            "reset_delay=False: snnTorch 1.0's RSynaptic computes that correction from its spk "
+            "argument (it raises when spk is None, as with init_hidden=True or a state kept "
+            "inside the module) and discards the result, so its outputs are those of "
+            "reset_delay=True; construct it with reset_delay=True (the default)"
+        )
     if type(m) in (snt.RLeaky, snt.RSynaptic):
         return _recurrent_problem(m)
     if type(m) is snt.Lapicque:
@@ -200,18 +208,15 @@ def _neuron_problem(m: nn.Module, view: str) -> str | None:
 
 
 def _lapicque_problem(m: nn.Module) -> str | None:
-    """Lapicque's R / C / time_step must be plain numbers or tensors snncc can hold; a buffer
-    with an autograd graph must be the one snnTorch derived from a learnable beta."""
+    """Lapicque's R / C / time_step must be real tensors; the only one that may carry an
+    autograd graph is the C snnTorch derived from a learnable beta."""
     for name in ("R", "C", "time_step"):
         value = getattr(m, name)
         if not isinstance(value, torch.Tensor) or value.is_complex():
             return f"its {name} is {type(value).__name__}; supported: a real tensor"
-        if value.requires_grad and not (
-            name in ("R", "C") and isinstance(m.beta, nn.Parameter) and m.beta.requires_grad
-        ):
-            return f"its {name} requires grad but does not come from a learnable beta"
-    if m.R.requires_grad and m.C.requires_grad:
-        return "both R and C require grad; snnTorch derives only one of them from beta"
+        from_beta = name == "C" and isinstance(m.beta, nn.Parameter) and m.beta.requires_grad
+        if value.requires_grad and not from_beta:
+            return f"its {name} requires grad but is not the C derived from a learnable beta"
     return None
 
 
@@ -381,17 +386,10 @@ def _alpha(call: Call, m: nn.Module) -> int | Multi:
 
 
 def _lapicque_roles(m: nn.Module) -> tuple[str, ...]:
-    """R, C and time_step as node params, except the one snnTorch derived from a learnable
-    beta (then beta instead, and the IR derives that buffer per sequence)."""
-    derived = [name for name in ("R", "C") if getattr(m, name).requires_grad]
-    kept = tuple(name for name in ("R", "C") if name not in derived)
-    return (
-        *kept,
-        "time_step",
-        *(("beta",) if derived else ()),
-        "threshold",
-        "graded_spikes_factor",
-    )
+    """R, C and time_step as node params; with a learnable beta, beta instead of the C
+    snnTorch derived from it (the IR derives C per sequence, so beta trains)."""
+    c = ("beta",) if m.C.requires_grad else ("C",)
+    return ("R", *c, "time_step", "threshold", "graded_spikes_factor")
 
 
 def _lapicque(call: Call, m: nn.Module) -> int | Multi:

@@ -2,11 +2,12 @@
 
 Its step does not use ``beta``: ``beta`` only derives ``C`` (or ``R``) at construction
 (``C = time_step / (R * log(1 / beta))``), and the step reads the ``R``, ``C`` and
-``time_step`` buffers. With ``learn_beta=True`` the derived buffer keeps its autograd graph
-back to ``beta`` (snnTorch's only path for a ``beta`` gradient): the node then has the
-``beta`` role instead of that buffer's, and the derivation is done here, per sequence, with
-the same fp32 ops (so the forward is the buffer's value and the gradient reaches ``beta``;
-snnTorch itself can backward through its construction-time graph only once).
+``time_step`` buffers. With ``learn_beta=True`` (which snnTorch 1.0 can build only as
+``Lapicque(beta=...)``, R = 1) the ``C`` buffer keeps its autograd graph back to ``beta``
+(snnTorch's only path for a ``beta`` gradient): the node then has the ``beta`` role instead
+of ``C``'s, and ``C`` is derived here, per sequence, with the same fp32 ops (so the forward
+is the buffer's value and the gradient reaches ``beta``; snnTorch itself can backward
+through its construction-time graph only once).
 
 Like every snnTorch neuron the reset ``r = (mem - threshold > 0)`` comes from the PREVIOUS
 membrane, detached, and the spike is ``H(mem - threshold) * g``; Lapicque has no
@@ -23,26 +24,22 @@ FRAMEWORK = "snntorch_families"
 
 
 def _rc_ts(n: NeuronBuilder) -> tuple[E.Operand, E.Operand, E.Operand]:
-    """(R, C, time_step): the buffers, R or C derived from ``beta`` as snnTorch derives it."""
+    """(R, C, time_step): the buffers, or C derived from ``beta`` as snnTorch derives it."""
     ts = n.param("time_step", n.extra("time_step", 1.0))
-    roles = n.spec.roles
-    if "beta" in roles and "C" not in roles:  # Lapicque(beta) or Lapicque(beta, R)
-        big_r = n.param("R", n.extra("R", 1.0))
+    big_r = n.param("R", n.extra("R", 1.0))
+    if "beta" in n.spec.roles:  # Lapicque(beta, learn_beta=True): C = ts / (R * log(1 / beta))
         return big_r, ts / (big_r * E.log(1 / n.param("beta", None))), ts
-    if "beta" in roles and "R" not in roles:  # Lapicque(beta, C)
-        big_c = n.param("C", n.extra("C"))
-        return ts / (big_c * E.log(1 / n.param("beta", None))), big_c, ts
-    return n.param("R", n.extra("R")), n.param("C", n.extra("C")), ts
+    return big_r, n.param("C", n.extra("C")), ts
 
 
 @form(
     "snntorch_lapicque",
     roles=("R", "C", "time_step", "beta", "threshold", "graded_spikes_factor"),
     constants={
-        "R": "extra['R'] (or derived from the beta param when the node has no R)",
-        "C": "extra['C'] (or derived from the beta param when the node has no C)",
+        "R": "extra.get('R', 1.0)",
+        "C": "extra['C'] (derived from the beta param when the node has one)",
         "time_step": "extra.get('time_step', 1.0)",
-        "beta": "none: a param only, from which R or C derives (learn_beta=True)",
+        "beta": "none: a param only, from which C derives (learn_beta=True)",
         "threshold": "v_threshold",
         "graded_spikes_factor": "extra.get('graded_spikes_factor', 1.0)",
     },
