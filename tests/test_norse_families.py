@@ -312,7 +312,7 @@ def test_adex_cpu_exp_mismatch_is_rare_and_tiny(cache_dir: str) -> None:
         extra=extra,
     )
     x = torch.randn(60, 4000, generator=_gen(6)) * 4 + 1.5
-    state = {v: torch.zeros(4000) for v in ("v", "i", "a")}
+    state = {v: torch.zeros(4000) for v in ("v", "i", "w")}
     for s in (spec, spec.replace(output="membrane")):
         kernel = NeuronKernel(s, (), (), {}, cache_dir)
         ref, _ = neurons.run_sequence(s, {}, x, dict(state))

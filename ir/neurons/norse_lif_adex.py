@@ -7,7 +7,9 @@ correctly rounded ``snncc_expf`` on the CPU), which differs from torch's CPU exp
 ``vsExp`` in this build of torch) in the last bit on about 1% of the arguments: the cpu
 backend's membranes then drift from Norse's by a few ulps and a spike flips only where the
 membrane lands within those ulps of the threshold (tests/test_norse_families.py states and
-tests the tolerance). Framework label ``norse_families``: see
+tests the tolerance). The adaptation current, Norse's ``state.a``, is the state variable
+``w`` here (the kernels name a state's initial value ``<var>0``, which for ``a`` would be the
+name of a fused add step's input, ``a0``). Framework label ``norse_families``: see
 :mod:`snncc.ir.neurons.norse_iaf`.
 """
 
@@ -23,7 +25,7 @@ FRAMEWORK = "norse_families"
 
 @form(
     "norse_lif_adex",
-    state=("v", "i", "a"),
+    state=("v", "i", "w"),
     roles=(
         "tau_mem_inv",
         "tau_syn_inv",
@@ -64,7 +66,7 @@ def lif_adex(n: NeuronBuilder) -> None:
     i2 = i1 + (c_s * i1)                                            (c_s = -dt * tau_syn_inv)
     a1 = a + (c_a * ((adaptation_current * (v - v_leak)) - a))      (c_a = dt * tau_ada_inv)
     z = H(v1 - th); v2 = ((1 - z) * v1) + (z * v_reset); a2 = a1 + (z * adaptation_spike)
-    state v = v2, i = i2, a = a2; output z, v2 (membrane) or i2 (current)"""
+    state v = v2, i = i2, w = a2 (Norse's state.a); output z, v2 (membrane) or i2 (current)"""
     v_leak = required(n, "v_leak")
     c_m = dt_product(n, "cm", "tau_mem_inv", "dt_tau_mem_inv")
     c_s = dt_product(n, "cs", "tau_syn_inv", "neg_dt_tau_syn_inv", sign=-1.0)
@@ -73,7 +75,7 @@ def lif_adex(n: NeuronBuilder) -> None:
     ac = n.quantity("ac", scalar(n, "adaptation_current", "adaptation_current"))
     asp = n.quantity("as", scalar(n, "adaptation_spike", "adaptation_spike"))
     th = n.quantity("th", n.param("threshold", n.spec.v_threshold))
-    v, i, a, x = n.state("v"), n.state("i"), n.state("a"), n.port("x")
+    v, i, a, x = n.state("v"), n.state("i"), n.state("w"), n.port("x")
     i1 = n.name("i_jump", i + x)
     dv_exp = n.name("dv_exp", d_t * E.exp((v - th) / d_t))
     v1 = n.name("v_decayed", v + c_m * ((v_leak - v) + dv_exp + i1 - a))
@@ -82,5 +84,5 @@ def lif_adex(n: NeuronBuilder) -> None:
     _fire_and_reset(n, v1)
     z = n.outputs["spike"]
     n.set_state("i", i2)
-    n.set_state("a", a1 + z * asp)
+    n.set_state("w", a1 + z * asp)
     n.output("current", i2)
