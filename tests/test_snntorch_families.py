@@ -416,6 +416,36 @@ def test_new_surrogates_match_snntorch_gradients(backend: str, cache_dir: str) -
 
 
 @pytest.mark.parametrize(
+    "factory, name, alpha",
+    [
+        (lambda: surrogate.spike_rate_escape(), "spike_rate_escape", 25.0),
+        (lambda: surrogate.spike_rate_escape(beta=1.0, slope=3), "spike_rate_escape", 3.0),
+        (lambda: surrogate.SFS(), "sparse_fast_sigmoid", 25.0),
+        (lambda: surrogate.SFS(slope=0.5, B=1), "sparse_fast_sigmoid", 0.5),
+    ],
+)
+def test_new_surrogates_are_snntorchs_bit_for_bit(factory, name: str, alpha: float) -> None:
+    """The surrogate alone: snncc's spike (torch lowering) against snnTorch's autograd
+    Function, forward and gradient bit for bit, around 0 and around SFS's B = 1."""
+    from snncc.frontend.surrogates import from_snntorch
+    from snncc.surrogate import spike_gt
+
+    assert from_snntorch(factory()) == (name, alpha)
+    gen = _gen(12)
+    x = torch.cat([torch.randn(300, generator=gen) * 1.5, torch.tensor([0.0, -0.0, 1.0, 1e-8])])
+    g = torch.rand(x.shape, generator=gen) + 0.5
+    grads = []
+    for fn in (factory(), lambda t: spike_gt(t, name, alpha)):
+        xi = x.clone().requires_grad_()
+        y = fn(xi)
+        y.backward(g)
+        grads.append((y.detach(), xi.grad))
+    (y_ref, g_ref), (y, got) = grads
+    assert torch.equal(y, y_ref) and torch.equal(got, g_ref)
+    assert float(got.abs().sum()) > 0
+
+
+@pytest.mark.parametrize(
     "spike_grad, match",
     [
         (lambda: surrogate.SSO(), "SSO is not supported: its backward is stochastic"),
