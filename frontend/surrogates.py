@@ -139,7 +139,8 @@ def from_snntorch(spike_grad: Any) -> tuple[str, float]:
     ours = module == "snntorch.surrogate" and qualname.endswith(".<locals>.inner")
     if ours and factory in SNNTORCH_REFUSED:
         raise UnsupportedError(
-            f"snnTorch spike_grad surrogate.{factory} is not supported: {SNNTORCH_REFUSED[factory]}"
+            f"snnTorch spike_grad surrogate.{factory} is not supported: "
+            f"{SNNTORCH_REFUSED[factory]}; supported: {supported} (or surrogate_disable=True)"
         )
     if not ours or factory not in SNNTORCH_SURROGATES:
         raise UnsupportedError(
@@ -156,7 +157,7 @@ def from_snntorch(spike_grad: Any) -> tuple[str, float]:
             raise UnsupportedError(
                 f"snnTorch surrogate.{factory}({fixed}={got:g}) is not supported: snncc's "
                 f"spike carries one sharpness ({var}), so {fixed} must be snnTorch's default "
-                f"{want:g}"
+                f"{want:g}; supported: {supported}"
             )
     if var not in nonlocals:
         raise UnsupportedError(f"snnTorch surrogate.{factory}: cannot read its {var!r}")

@@ -549,3 +549,42 @@ def test_onnx_export_runs_and_equals_the_reference(name: str) -> None:
                 rates.append(float((r != 0).mean()))
     assert rates and any(0.0 < q < 1.0 for q in rates), f"degenerate spikes {rates}"
     assert format_graph(from_onnx(to_onnx(graph))) == format_graph(graph)
+
+
+# --------------------------------------------------------------------------- NIR
+
+
+def test_nir_export_rsynaptic_lapicque_lossy_and_alpha_refused(tmp_path) -> None:
+    """RSynaptic is NIR's CubaLIF and Lapicque its LIF (tau = R*C, r = R), but both reset
+    from the previous membrane: refused unless accept='reset_delay'; Alpha has no NIR node."""
+    import nir
+
+    from snncc.exchange.nir_export import to_nir
+
+    x = torch.randn(6, B, 6, generator=_gen(13))
+    common = {"init_hidden": True, "reset_mechanism": "zero"}
+    rsyn = snn.RSynaptic(alpha=0.8, beta=0.9, linear_features=8, **common)
+    ir = snncc.compile(nn.Sequential(nn.Linear(6, 8), rsyn), x).ir
+    with pytest.raises(UnsupportedError, match=r"previous membrane.*accept=\('reset_delay',\)"):
+        to_nir(ir, dt=1e-3)
+    graph = to_nir(ir, tmp_path / "rsyn.nir", dt=1e-3, accept="reset_delay")
+    (cuba,) = [v for v in graph.nodes.values() if type(v).__name__ == "CubaLIF"]
+    np.testing.assert_allclose(cuba.tau_syn, 1e-3 / (1 - 0.8), rtol=1e-6)
+    np.testing.assert_allclose(cuba.tau_mem, 1e-3 / (1 - 0.9), rtol=1e-6)
+    assert any(type(v).__name__ == "Affine" for v in graph.nodes.values())  # the recurrence
+
+    lap = snn.Lapicque(R=5, C=0.02, time_step=0.01, **common)
+    ir = snncc.compile(nn.Sequential(nn.Linear(6, 8), lap), x).ir
+    with pytest.raises(UnsupportedError, match="export with dt equal to its time_step"):
+        to_nir(ir, dt=1e-3, accept="reset_delay")
+    to_nir(ir, tmp_path / "lap.nir", dt=0.01, accept="reset_delay")
+    (lif,) = [
+        v for v in nir.read(str(tmp_path / "lap.nir")).nodes.values() if type(v).__name__ == "LIF"
+    ]
+    np.testing.assert_allclose(lif.tau, 5 * 0.02, rtol=1e-6)
+    np.testing.assert_allclose(lif.r, 5.0)
+
+    alpha = snn.Alpha(alpha=0.9, beta=0.8, init_hidden=True)
+    ir = snncc.compile(nn.Sequential(nn.Linear(6, 8), alpha), x).ir
+    with pytest.raises(UnsupportedError, match="has no NIR node"):
+        to_nir(ir, dt=1e-3, accept="reset_delay")

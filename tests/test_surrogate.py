@@ -175,7 +175,7 @@ def test_snntorch_surrogate_disable_and_refusals() -> None:
     x = _big_x(1)
     _, gx = _grad(lambda t: spike_gt(t, "no_grad"), x, torch.ones_like(x))
     assert torch.equal(gx, torch.zeros_like(x))
-    for bad in (snn.SSO(), snn.spike_rate_escape(), snn.SFS(), torch.sigmoid):
+    for bad in (snn.SSO(), snn.LSO(), snn.spike_rate_escape(beta=2), snn.SFS(B=0.5), torch.sigmoid):
         with pytest.raises(UnsupportedError, match="surrogate.atan"):
             from_snntorch(bad)
 
