@@ -174,7 +174,7 @@ def _recurrent_problem(m: nn.Module) -> str | None:
 def _neuron_problem(m: nn.Module, view: str) -> str | None:
     """Why snncc cannot reproduce this neuron (checked before the model runs), or None."""
     from snncc.errors import UnsupportedError
-    from snncc.frontend.surrogates import from_snntorch
+    from snncc.frontend.surrogates import snntorch_surrogate
 
     if view != "step":
         return (
@@ -187,7 +187,7 @@ def _neuron_problem(m: nn.Module, view: str) -> str | None:
     if getattr(m, "state_quant", False):
         return "state_quant is not supported"
     try:
-        from_snntorch(m.spike_grad)
+        snntorch_surrogate(m.spike_grad)
     except UnsupportedError as e:
         return str(e)
     _, why = _mechanism(m)
@@ -241,14 +241,14 @@ def _spec_and_params(
     roles: tuple[str, ...],
     extra: dict[str, Any] | None = None,
 ) -> tuple[NeuronSpec, dict[str, str]]:
-    from snncc.frontend.surrogates import from_snntorch
+    from snncc.frontend.surrogates import snntorch_surrogate
 
     params = {role: _float_param(call, m, role) for role in roles}
     learnable = tuple(
         r for r in roles if isinstance(getattr(m, r), nn.Parameter) and getattr(m, r).requires_grad
     )
     th = torch.as_tensor(m.threshold).detach()
-    surrogate, alpha = from_snntorch(m.spike_grad)
+    surrogate, alpha, surrogate_params = snntorch_surrogate(m.spike_grad)
     reset, _ = _mechanism(m)
     spec = NeuronSpec(
         model=model,
@@ -259,6 +259,7 @@ def _spec_and_params(
         fire_cmp=">",
         surrogate=surrogate,
         alpha=alpha,
+        surrogate_params=surrogate_params,
         v_init=0.0,
         # Alpha, Lapicque and RSynaptic never apply the immediate correction (module docstring)
         reset_delay=bool(m.reset_delay) if charge in SNNTORCH_FORMS else False,

@@ -138,11 +138,11 @@ SNNTORCH_SURROGATES: dict[str, tuple[str, str | None]] = {
     "SFS": ("sparse_fast_sigmoid", "slope"),
 }
 
-#: the second parameter of snnTorch's two-parameter surrogates (closure variable -> the only
-#: value snncc reproduces: snnTorch's default, see snncc.ir.surrogates.snntorch)
-SNNTORCH_FIXED: dict[str, dict[str, float]] = {
-    "spike_rate_escape": {"beta": 1.0},
-    "SFS": {"B": 1.0},
+#: snnTorch's two-parameter surrogates: factory -> {snncc surrogate parameter beyond alpha:
+#: the closure variable holding it} (their sharpness, ``slope``, is alpha)
+SNNTORCH_SURROGATE_PARAMS: dict[str, dict[str, str]] = {
+    "spike_rate_escape": {"beta": "beta"},
+    "SFS": {"B": "B"},
 }
 
 #: snnTorch 1.0 surrogate factories snncc refuses, and why
@@ -178,16 +178,17 @@ def _scalar(value: Any, what: str) -> float:
     return float(value)
 
 
-def from_snntorch(spike_grad: Any) -> tuple[str, float]:
-    """Convert an snnTorch neuron's ``spike_grad`` to snncc's ``(name, alpha)``.
+def snntorch_surrogate(spike_grad: Any) -> tuple[str, float, dict[str, float]]:
+    """Convert an snnTorch neuron's ``spike_grad`` to snncc's ``(name, alpha, params)``;
+    ``params``: its parameters beyond alpha (``spike_rate_escape``'s ``beta``, ``SFS``'s
+    ``B``), empty for the others.
 
     Accepted: the closures returned by ``snntorch.surrogate.atan(alpha)``,
     ``fast_sigmoid(slope)``, ``sigmoid(slope)``, ``straight_through_estimator()``,
-    ``heaviside()``, ``triangular(threshold)``, ``spike_rate_escape(beta=1, slope)``,
-    ``SFS(slope, B=1)`` and the neuron's own ``_surrogate_bypass``
+    ``heaviside()``, ``triangular(threshold)``, ``spike_rate_escape(beta, slope)``,
+    ``SFS(slope, B)`` and the neuron's own ``_surrogate_bypass``
     (``surrogate_disable=True``: no gradient). Refused, each with its reason:
-    ``SSO`` and ``LSO`` (stochastic), ``custom_surrogate`` (a Python function), a
-    two-parameter surrogate whose second parameter is not snnTorch's default, and
+    ``SSO`` and ``LSO`` (stochastic), ``custom_surrogate`` (a Python function), and
     anything else.
     """
     import inspect
@@ -196,7 +197,7 @@ def from_snntorch(spike_grad: Any) -> tuple[str, float]:
     if getattr(spike_grad, "__name__", "") == "_surrogate_bypass" and (
         getattr(spike_grad, "__module__", "") or ""
     ).startswith("snntorch"):
-        return "no_grad", SURROGATE_DEFAULTS["no_grad"]
+        return "no_grad", SURROGATE_DEFAULTS["no_grad"], {}
     module = getattr(spike_grad, "__module__", None)
     qualname = getattr(spike_grad, "__qualname__", "") or ""
     factory = qualname.split(".<locals>.")[0]
@@ -213,19 +214,36 @@ def from_snntorch(spike_grad: Any) -> tuple[str, float]:
         )
     name, var = SNNTORCH_SURROGATES[factory]
     if var is None:
-        return name, SURROGATE_DEFAULTS[name]
+        return name, SURROGATE_DEFAULTS[name], {}
     nonlocals = inspect.getclosurevars(spike_grad).nonlocals
-    for fixed, want in SNNTORCH_FIXED.get(factory, {}).items():
-        got = _scalar(nonlocals.get(fixed), f"snnTorch surrogate.{factory} {fixed}")
-        if got != want:
-            raise UnsupportedError(
-                f"snnTorch surrogate.{factory}({fixed}={got:g}) is not supported: snncc's "
-                f"spike carries one sharpness ({var}), so {fixed} must be snnTorch's default "
-                f"{want:g}; supported: {supported}"
-            )
-    if var not in nonlocals:
-        raise UnsupportedError(f"snnTorch surrogate.{factory}: cannot read its {var!r}")
-    return name, _scalar(nonlocals[var], f"snnTorch surrogate.{factory} {var}")
+
+    def number(attr: str) -> float:
+        if attr not in nonlocals:
+            raise UnsupportedError(f"snnTorch surrogate.{factory}: cannot read its {attr!r}")
+        return _scalar(nonlocals[attr], f"snnTorch surrogate.{factory} {attr}")
+
+    alpha = number(var)
+    params = {p: number(attr) for p, attr in SNNTORCH_SURROGATE_PARAMS.get(factory, {}).items()}
+    check_alpha(name, alpha, params)
+    return name, alpha, params
+
+
+def from_snntorch(spike_grad: Any) -> tuple[str, float]:
+    """Convert an snnTorch ``spike_grad`` to snncc's ``(name, alpha)``
+    (:func:`snntorch_surrogate`, for the callers that carry alpha only).
+
+    A two-parameter surrogate is converted only while its second parameter holds snnTorch's
+    default; otherwise it is refused, naming :func:`snntorch_surrogate`, rather than dropped
+    (which would silently change the gradient).
+    """
+    name, alpha, params = snntorch_surrogate(spike_grad)
+    if params and params != dict(resolve_params(name)):
+        raise UnsupportedError(
+            f"snnTorch surrogate {name} has parameters beyond its slope "
+            f"({', '.join(f'{k}={v:g}' for k, v in params.items())}) that a (name, alpha) pair "
+            "cannot carry; use snncc.frontend.surrogates.snntorch_surrogate"
+        )
+    return name, alpha
 
 
 def from_norse(method: str, alpha: Any) -> tuple[str, float]:

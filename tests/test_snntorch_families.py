@@ -368,9 +368,16 @@ def test_rsynaptic_per_step_and_streaming(backend: str, cache_dir: str) -> None:
 
 
 class SurrogateLoop(nn.Module):
-    """One Leaky per new surrogate, fed the same current (large, so SFS's x > 1 is reached)."""
+    """One Leaky per new surrogate, at snnTorch's defaults and with the second parameter set
+    (values float32 cannot hold exactly), fed the same current (large, so SFS's x > B is
+    reached)."""
 
-    GRADS = (surrogate.spike_rate_escape(slope=5), surrogate.SFS(slope=10))
+    GRADS = (
+        surrogate.spike_rate_escape(slope=5),
+        surrogate.SFS(slope=10),
+        surrogate.spike_rate_escape(beta=0.7, slope=5),
+        surrogate.SFS(slope=10, B=0.3),
+    )
 
     def __init__(self) -> None:
         super().__init__()
@@ -406,36 +413,57 @@ def test_new_surrogates_match_snntorch_gradients(backend: str, cache_dir: str) -
             mem_shift.append(m - net.lifs[1].threshold)
     assert float(torch.stack(mem_shift).max()) > 1.0
     cm = check(
-        net, x, _call, backend, cache_dir, learnable=("lifs.0.threshold", "lifs.1.threshold")
+        net, x, _call, backend, cache_dir, learnable=tuple(f"lifs.{i}.threshold" for i in range(4))
     )
-    names = {
-        NeuronSpec.from_dict(cm.ir.attrs(n)["neuron"]).surrogate for n in cm.ir.iter_ops("neuron")
+    specs = [NeuronSpec.from_dict(cm.ir.attrs(n)["neuron"]) for n in cm.ir.iter_ops("neuron")]
+    assert {(s.surrogate, *s.surrogate_params.items()) for s in specs} == {
+        ("spike_rate_escape", ("beta", 1.0)),
+        ("sparse_fast_sigmoid", ("B", 1.0)),
+        ("spike_rate_escape", ("beta", 0.7)),
+        ("sparse_fast_sigmoid", ("B", 0.3)),
     }
-    assert names == {"spike_rate_escape", "sparse_fast_sigmoid"}
     assert all(torch.equal(a, b) for a, b in zip(ref, cm(x)))
 
 
 @pytest.mark.parametrize(
-    "factory, name, alpha",
+    "factory, name, alpha, params",
     [
-        (lambda: surrogate.spike_rate_escape(), "spike_rate_escape", 25.0),
-        (lambda: surrogate.spike_rate_escape(beta=1.0, slope=3), "spike_rate_escape", 3.0),
-        (lambda: surrogate.SFS(), "sparse_fast_sigmoid", 25.0),
-        (lambda: surrogate.SFS(slope=0.5, B=1), "sparse_fast_sigmoid", 0.5),
+        (lambda: surrogate.spike_rate_escape(), "spike_rate_escape", 25.0, {"beta": 1.0}),
+        (lambda: surrogate.spike_rate_escape(beta=1, slope=3), "spike_rate_escape", 3.0, None),
+        (lambda: surrogate.spike_rate_escape(beta=0.7, slope=3), "spike_rate_escape", 3.0, 0.7),
+        (lambda: surrogate.spike_rate_escape(beta=2), "spike_rate_escape", 25.0, 2.0),
+        (lambda: surrogate.SFS(), "sparse_fast_sigmoid", 25.0, {"B": 1.0}),
+        (lambda: surrogate.SFS(slope=0.5, B=1), "sparse_fast_sigmoid", 0.5, None),
+        (lambda: surrogate.SFS(slope=0.5, B=0.3), "sparse_fast_sigmoid", 0.5, 0.3),
+        (lambda: surrogate.SFS(B=-0.2), "sparse_fast_sigmoid", 25.0, -0.2),
     ],
 )
-def test_new_surrogates_are_snntorchs_bit_for_bit(factory, name: str, alpha: float) -> None:
+def test_new_surrogates_are_snntorchs_bit_for_bit(factory, name: str, alpha: float, params):
     """The surrogate alone: snncc's spike (torch lowering) against snnTorch's autograd
-    Function, forward and gradient bit for bit, around 0 and around SFS's B = 1."""
-    from snncc.frontend.surrogates import from_snntorch
+    Function, forward and gradient bit for bit, around 0 and around SFS's B, at snnTorch's
+    default second parameter and others; ``from_snntorch`` (name, alpha only) converts the
+    defaults and refuses the others rather than drop them."""
+    from snncc.frontend.surrogates import from_snntorch, snntorch_surrogate
     from snncc.surrogate import spike_gt
 
-    assert from_snntorch(factory()) == (name, alpha)
+    key = "beta" if name == "spike_rate_escape" else "B"
+    if params is None:
+        params = {key: 1.0}
+    elif not isinstance(params, dict):
+        params = {key: params}
+    assert snntorch_surrogate(factory()) == (name, alpha, params)
+    if params[key] == 1.0:
+        assert from_snntorch(factory()) == (name, alpha)
+    else:
+        with pytest.raises(UnsupportedError, match="use snncc.frontend.surrogates.snntorch_sur"):
+            from_snntorch(factory())
     gen = _gen(12)
-    x = torch.cat([torch.randn(300, generator=gen) * 1.5, torch.tensor([0.0, -0.0, 1.0, 1e-8])])
+    x = torch.randn(300, generator=gen) * 1.5
+    x = torch.cat([x, torch.tensor([0.0, -0.0, 1.0, 1e-8, 0.3, -0.2, 0.7])])
+    x = torch.cat([x, torch.tensor([0.3, -0.2]).nextafter(torch.tensor(9.0))])
     g = torch.rand(x.shape, generator=gen) + 0.5
     grads = []
-    for fn in (factory(), lambda t: spike_gt(t, name, alpha)):
+    for fn in (factory(), lambda t: spike_gt(t, name, alpha, params)):
         xi = x.clone().requires_grad_()
         y = fn(xi)
         y.backward(g)
@@ -451,10 +479,9 @@ def test_new_surrogates_are_snntorchs_bit_for_bit(factory, name: str, alpha: flo
         (lambda: surrogate.SSO(), "SSO is not supported: its backward is stochastic"),
         (lambda: surrogate.LSO(), "LSO is not supported: it calls snnTorch's stochastic"),
         (lambda: surrogate.custom_surrogate(lambda i, g, o: g), "arbitrary Python function"),
-        (lambda: surrogate.spike_rate_escape(beta=2), r"spike_rate_escape\(beta=2\)"),
-        (lambda: surrogate.SFS(B=0.5), r"SFS\(B=0.5\) is not supported"),
+        (lambda: surrogate.SFS(B=float("nan")), r"SFS B=nan; snncc needs a number|finite"),
     ],
-    ids=["SSO", "LSO", "custom", "escape_beta", "SFS_B"],
+    ids=["SSO", "LSO", "custom", "SFS_B_nan"],
 )
 def test_unreproducible_surrogates_are_refused_by_name(spike_grad, match: str) -> None:
     net = nn.Sequential(

@@ -2,9 +2,9 @@
 ``surrogate_disable`` / Norse's ``method='heaviside'``.
 
 Two of snnTorch's surrogates take two parameters: ``spike_rate_escape(beta, slope)`` and
-``SFS(slope, B)``. A spike here carries one sharpness, ``alpha``, which is their ``slope``;
-the other parameter is snnTorch's default (``beta = 1``, ``B = 1``) and the frontend
-refuses any other value (:mod:`snncc.frontend.surrogates`). ``SSO`` and ``LSO`` are
+``SFS(slope, B)``. Their ``slope`` is the spike's sharpness ``alpha``; ``beta`` and ``B``
+are surrogate parameters beyond alpha (``NeuronSpec.surrogate_params``), by snnTorch's
+names, defaulting to snnTorch's defaults (1 and 1). ``SSO`` and ``LSO`` are
 stochastic (a random backward) and ``custom_surrogate`` is arbitrary Python: refused by the
 frontend, nothing to define here.
 """
@@ -42,25 +42,26 @@ def _snntorch_triangular(g: Val, x: Val, alpha: float) -> Operand:
     return where(x >= 0.0, -grad, grad)
 
 
-#: the second parameter of the two-parameter surrogates, fixed at snnTorch's default
-SPIKE_RATE_ESCAPE_BETA = 1.0
-SFS_B = 1.0
-
-
 @surrogate(
     "spike_rate_escape",
     25.0,
-    "snnTorch 1.0 surrogate.spike_rate_escape(beta=1, slope) (alpha = slope)",
+    "snnTorch 1.0 surrogate.spike_rate_escape(beta, slope) (alpha = slope)",
+    params={"beta": 1.0},
 )
-def _spike_rate_escape(g: Val, x: Val, alpha: float) -> Operand:
+def _spike_rate_escape(g: Val, x: Val, alpha: float, beta: float) -> Operand:
     # grad_input * slope * exp(-beta * |input - 1|)
-    return g * alpha * exp(-SPIKE_RATE_ESCAPE_BETA * abs_(x - 1))
+    return g * alpha * exp(-beta * abs_(x - 1))
 
 
-@surrogate("sparse_fast_sigmoid", 25.0, "snnTorch 1.0 surrogate.SFS(slope, B=1) (alpha = slope)")
-def _sparse_fast_sigmoid(g: Val, x: Val, alpha: float) -> Operand:
+@surrogate(
+    "sparse_fast_sigmoid",
+    25.0,
+    "snnTorch 1.0 surrogate.SFS(slope, B) (alpha = slope)",
+    params={"B": 1.0},
+)
+def _sparse_fast_sigmoid(g: Val, x: Val, alpha: float, B: float) -> Operand:  # noqa: N803
     # grad_input / (slope * |input| + 1.0) ** 2 * (input > B).float()
-    return g / (alpha * abs_(x) + 1.0) ** 2 * (x > SFS_B)
+    return g / (alpha * abs_(x) + 1.0) ** 2 * (x > B)
 
 
 @surrogate("no_grad", 1.0, "snnTorch surrogate_disable, Norse method='heaviside'")
