@@ -40,6 +40,7 @@ from snncc.errors import UnsupportedError
 from snncc.ir.neuron import NeuronSpec
 
 norse = pytest.importorskip("norse.torch")
+from measured import Measured, grad_rel  # noqa: E402
 from norse.torch.functional import izhikevich as izf  # noqa: E402
 from norse.torch.functional.iaf import IAFParameters  # noqa: E402
 from norse.torch.functional.leaky_integrator import LIParameters  # noqa: E402
@@ -54,12 +55,15 @@ ADEX_SPIKE_TOL = 1e-4
 ADEX_RTOL = 1e-5
 #: the worst LIFAdEx cpu-vs-Norse values measured (printed with -s, for the report)
 MEASURED: dict[str, float] = {}
+#: per family and backend, the figures the README's Sources table quotes (printed with -s)
+FIGURES = Measured("Norse families vs Norse")
 
 
 @pytest.fixture(scope="module", autouse=True)
 def report_measured():
     yield
     print(f"\nLIFAdEx cpu backend vs Norse (exp not torch's), measured: {MEASURED}")
+    print(FIGURES.report())
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +148,10 @@ def check(
             err = float((g - r).abs().max())
             MEASURED["membrane_abs"] = max(MEASURED.get("membrane_abs", 0.0), err)
             torch.testing.assert_close(g, r, rtol=ADEX_RTOL, atol=1e-6, msg=f"output {i}")
+    family = ", ".join(sorted(_charges(cm)))
+    FIGURES.note_outputs(family, backend, got, ref)
     sum((g * w).sum() for g, w in zip(got, weights)).backward()
+    FIGURES.note(family, backend, "grad rel (L2)", grad_rel(xs.grad, xr.grad))
     torch.testing.assert_close(xs.grad, xr.grad, rtol=1e-4, atol=grad_atol(xr.grad))
     assert want, "no parameter gradient to compare"
     for name, w in want.items():
@@ -152,6 +159,7 @@ def check(
         assert g is not None, f"no gradient for {name}"
         if masks and name in masks:  # Norse's autapse hook zeroes the diagonal's gradient
             g = g * masks[name]
+        FIGURES.note(family, backend, "grad rel (L2)", grad_rel(g, w))
         torch.testing.assert_close(g, w, rtol=1e-4, atol=grad_atol(w), msg=name)
     for name in learnable:
         assert name in want and float(want[name].abs().sum()) > 0, f"{name}: nothing tested"
@@ -320,11 +328,13 @@ def test_adex_cpu_exp_mismatch_is_rare_and_tiny(cache_dir: str) -> None:
         frac = float((out != ref).float().mean())
         if s.spiking:
             MEASURED["large_spike_mismatch"] = frac
+            FIGURES.note("norse_lif_adex", "cpu, 60 steps x 4000", "spikes differing", frac)
             assert 0.01 < float(ref.mean()) < 0.99
             assert frac <= ADEX_SPIKE_TOL
         else:
             MEASURED["large_membrane_values_differing"] = frac
             MEASURED["large_membrane_abs"] = float((out - ref).abs().max())
+            FIGURES.note_outputs("norse_lif_adex", "cpu, 60 steps x 4000", [out], [ref])
             assert frac < 0.01
             torch.testing.assert_close(out, ref, rtol=ADEX_RTOL, atol=1e-6)
 
@@ -548,8 +558,6 @@ def test_izhikevich_sequence_module(backend: str, cache_dir: str) -> None:
 
 @pytest.mark.parametrize("which", ["adex", "lsnn_recurrent", "iaf", "izhikevich"])
 def test_jax_backend(which: str, cache_dir: str) -> None:
-    from test_jax_snntorch_norse import compare
-
     if which == "adex":
         model = randomise(AdExLoop(), 4, gain=12.0)
         x, learnable = torch.randn(12, B, 6, generator=_gen(4)) + 0.5, ()
@@ -584,7 +592,7 @@ def test_jax_backend(which: str, cache_dir: str) -> None:
 
         model = Loop()
         x, learnable = torch.randn(20, B, 6, generator=_gen(12)), ("m.a", "m.b")
-    compare(model, x, cache_dir, learnable=learnable)
+    FIGURES.jax_compare(model, x, cache_dir, learnable=learnable)
 
 
 def _dyadic(model: nn.Module, seed: int) -> nn.Module:

@@ -38,11 +38,20 @@ from snncc.errors import UnsupportedError
 from snncc.ir.neuron import NeuronSpec
 
 snn = pytest.importorskip("snntorch")
+from measured import Measured, grad_rel  # noqa: E402
 from snntorch import surrogate, utils  # noqa: E402
 from tolerances import grad_atol  # noqa: E402
 
 B = 3
 BACKENDS = ["reference", "cpu"]
+#: per family and backend, the figures the README's Sources table quotes (printed with -s)
+FIGURES = Measured("snnTorch families vs snnTorch")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report_figures():
+    yield
+    print(FIGURES.report())
 
 
 @pytest.fixture(scope="module")
@@ -116,12 +125,16 @@ def check(
         assert torch.equal(g, r), f"output {i}: {int((g != r).sum())} of {r.numel()} differ"
     spikes = ref[0].detach()
     assert 0 < int((spikes != 0).sum()) < spikes.numel(), "degenerate case: all or no spikes"
+    family = ", ".join(sorted(_charges(cm)))
+    FIGURES.note_outputs(family, backend, got, ref)
     sum((g * w).sum() for g, w in zip(got, weights)).backward()
+    FIGURES.note(family, backend, "grad rel (L2)", grad_rel(xs.grad, xr.grad))
     torch.testing.assert_close(xs.grad, xr.grad, rtol=1e-4, atol=grad_atol(xr.grad))
     assert want, "no parameter gradient to compare"
     for name, w in want.items():
         g = cm.program.params[name].grad
         assert g is not None, f"no gradient for {name}"
+        FIGURES.note(family, backend, "grad rel (L2)", grad_rel(g, w))
         torch.testing.assert_close(g, w, rtol=1e-4, atol=grad_atol(w), msg=name)
     for name in learnable:
         assert name in want and float(want[name].abs().sum()) > 0, f"{name}: nothing tested"
@@ -503,8 +516,6 @@ def test_lso_raises_in_snntorch_itself() -> None:
 
 @pytest.mark.parametrize("which", ["alpha", "lapicque", "rsynaptic_linear", "rsynaptic_V"])
 def test_jax_backend(which: str, cache_dir: str) -> None:
-    from test_jax_snntorch_norse import compare
-
     x = torch.randn(10, B, 6, generator=_gen(11)) + 0.5
     if which == "alpha":
         net, learnable = _randomise(LoopAlpha("subtract"), 4, gain=3.0), ("lif.threshold",)
@@ -515,7 +526,7 @@ def test_jax_backend(which: str, cache_dir: str) -> None:
         kind = which.split("_")[1]
         net = _randomise(LoopRSynaptic(kind, "subtract", True), 7, gain=1.5)
         learnable = ("rsyn.alpha", "rsyn.V" if kind == "V" else "rsyn.recurrent.weight")
-    compare(net, x, cache_dir, learnable=learnable)
+    FIGURES.jax_compare(net, x, cache_dir, learnable=learnable)
 
 
 def _dyadic(model: nn.Module, seed: int) -> nn.Module:

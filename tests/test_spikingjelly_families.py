@@ -53,6 +53,7 @@ import snncc
 from snncc.errors import UnsupportedError
 
 sj = pytest.importorskip("spikingjelly.activation_based")
+from measured import Measured, charges  # noqa: E402
 from spikingjelly.activation_based import functional, layer, neuron, surrogate  # noqa: E402
 
 GRAD_REL_TOL = 1e-4
@@ -65,6 +66,8 @@ T, B, F_IN, F_OUT = 6, 3, 8, 24
 
 #: the worst agreement seen per backend (printed with -s, for the report)
 MEASURED: dict[str, float] = {}
+#: per family and backend, the figures the README's Sources table quotes (printed with -s)
+FIGURES = Measured("SpikingJelly families vs SpikingJelly")
 
 
 def _note(key: str, value: float) -> None:
@@ -77,6 +80,7 @@ def report_measured():
     print("\nSpikingJelly families, worst measured:")
     for k in sorted(MEASURED):
         print(f"  {k}: {MEASURED[k]:.3g}")
+    print(FIGURES.report())
 
 
 @pytest.fixture(scope="module")
@@ -243,11 +247,12 @@ def grad_rel(got: Any, want: torch.Tensor) -> float:
     return float(err / denom) if denom > 0 else float(err)
 
 
-def _check_grads(got: dict, want: dict[str, torch.Tensor], backend: str) -> None:
+def _check_grads(got: dict, want: dict[str, torch.Tensor], backend: str, family: str) -> None:
     assert set(want) <= set(got), (sorted(want), sorted(got))
     for name, g in want.items():
         rel = grad_rel(got[name], g)
         _note(f"{backend} grad rel", rel)
+        FIGURES.note(family, backend, "grad rel (L2)", rel)
         assert rel <= GRAD_REL_TOL, f"{backend}: grad of {name}: rel error {rel:.2e}"
 
 
@@ -302,7 +307,10 @@ def test_family_reference_and_cpu(kind: str, mode: str, cache_dir: str) -> None:
         exact = not (backend == "cpu" and _is_transcendental(kind))
         y, state = cm.run(x)
         y = y.detach()
+        family = ", ".join(sorted(charges(cm.ir)))
+        FIGURES.note_outputs(family, backend, [y], [y_sj])
         for var, want_v in final_sj.items():
+            FIGURES.note_outputs(family, backend, [state[nid][var]], [want_v], "states")
             _assert_state(state[nid][var], want_v, exact, f"{backend} final {var}")
         if steps_sj is not None:  # streamed one step at a time: the state after every step
             st, ys = None, []
@@ -321,7 +329,7 @@ def test_family_reference_and_cpu(kind: str, mode: str, cache_dir: str) -> None:
             frac = float((y != y_sj).float().mean())
             _note(f"{backend} eif spike mismatch", frac)
             assert frac <= EIF_SPIKE_TOL
-        _check_grads(_torch_grads(cm.program, x, w), want, backend)
+        _check_grads(_torch_grads(cm.program, x, w), want, backend, family)
 
 
 @pytest.mark.parametrize("kind", sorted(FAMILIES))
@@ -337,6 +345,8 @@ def test_family_jax(kind: str, cache_dir: str) -> None:
     prog = cm.program
     y, state = prog.run(x)
     y = np.asarray(y)
+    family = ", ".join(sorted(charges(cm.ir)))
+    FIGURES.note_outputs(family, "jax", [y], [y_sj])
     if kind.startswith("liaf"):
         np.testing.assert_allclose(y, y_sj.numpy(), rtol=JAX_STATE_TOL, atol=JAX_STATE_TOL)
     else:
@@ -347,6 +357,7 @@ def test_family_jax(kind: str, cache_dir: str) -> None:
     for var, want_v in final_sj.items():
         got = np.asarray(state[nid][var])
         _note("jax |dstate|", float(np.abs(got - want_v.numpy()).max()))
+        FIGURES.note_outputs(family, "jax", [got], [want_v], "states")
         np.testing.assert_allclose(got, want_v.numpy(), rtol=JAX_STATE_TOL, atol=JAX_STATE_TOL)
     w = torch.randn(y_sj.shape, generator=torch.Generator().manual_seed(6))
     want = _sj_grads(net, x, w)
@@ -358,7 +369,7 @@ def test_family_jax(kind: str, cache_dir: str) -> None:
     gp, gx = jax.jit(jax.grad(loss, argnums=(0, 1)))(prog.params, jnp.asarray(x.numpy()))
     got = {k: np.asarray(v) for k, v in gp.items()}
     got["<input>"] = np.asarray(gx)
-    _check_grads(got, want, "jax")
+    _check_grads(got, want, "jax", family)
 
 
 @pytest.mark.parametrize("kind", sorted(FAMILIES))
@@ -376,6 +387,7 @@ def test_family_onnx(kind: str) -> None:
         xs = x[:t]
         (got,) = sess.run(None, {"input0": xs.numpy()})
         want = cm(xs).detach().numpy()
+        FIGURES.note_outputs(", ".join(sorted(charges(cm.ir))), "onnx", [got], [want])
         if _is_transcendental(kind):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
             _note("onnx |dy| (exp/tanh/sigmoid forms)", float(np.abs(got - want).max()))
