@@ -87,6 +87,10 @@ Export (this module)
   delayed reset, like ``reset_delay=True``: lossy, ``accept="reset_delay"``).
 - Norse ``IAFCell`` / ``IAF`` -> ``IF(r = 1/dt)``: exact.
   Alpha, LIFAdEx, Izhikevich, LSNN and RSynaptic's one-to-one ``V`` have no NIR node.
+- SpikingJelly ``CUBALIFNode`` -> ``CubaLIF`` as snnTorch's ``Synaptic`` (alpha =
+  ``c_decay``, beta = ``v_decay``, its ``>=`` as above); a ``v_reset`` other than 0 starts
+  the membrane off rest (lossy, ``accept="init"``). QIF, EIF, Izhikevich, KLIF (its
+  ``k``-scaled ReLU) and LIAF (an analog output) have no NIR node.
 - conv / pool / flatten / linear / scale / add map to the matching NIR nodes
   (an ``add`` is a ``Scale(1)`` node fed by every addend).
 
@@ -366,13 +370,6 @@ def neuron_fields(
     form = spec.charge
     lossy: list[tuple[str, str]] = []
     spiking_form = form not in ("snncc_li", "norse_li")
-    if spiking_form and spec.output != "spike":
-        raise UnsupportedError(
-            f"it outputs its {spec.output}; NIR spiking neurons output spikes only "
-            "(use the spikes, or an LI read-out)"
-        )
-    if not spiking_form and spec.output != "membrane":
-        raise UnsupportedError(f"it outputs its {spec.output}; NIR LI nodes output the membrane")
     if spec.reset == "subtract":
         lossy.append(("reset", "it resets by subtracting the threshold; NIR resets are hard"))
     elif spec.reset == "none" and spiking_form:
@@ -438,6 +435,8 @@ def neuron_fields(
         out, rest = _snntorch_fields(spec, params, shape, dt, full)
     elif form == "snntorch_lapicque":
         out, rest = _lapicque_fields(spec, params, shape, dt, full)
+    elif form == "sj_cuba_lif":
+        out, rest = _sj_cuba_fields(spec, params, shape, dt, dtype, full, vr)
     elif form == "norse_iaf":
         out = NeuronExport(
             "IF",
@@ -452,6 +451,13 @@ def neuron_fields(
         out, rest = _norse_fields(spec, params, shape, dt, dtype, full)
     else:
         raise UnsupportedError(f"its charge form {form!r} has no NIR node")
+    if spiking_form and spec.output != "spike":
+        raise UnsupportedError(
+            f"it outputs its {spec.output}; NIR spiking neurons output spikes only "
+            "(use the spikes, or an LI read-out)"
+        )
+    if not spiking_form and spec.output != "membrane":
+        raise UnsupportedError(f"it outputs its {spec.output}; NIR LI nodes output the membrane")
     if not math.isclose(float(spec.v_init), float(rest), rel_tol=0.0, abs_tol=0.0):
         lossy.append(
             (
@@ -499,6 +505,36 @@ def _snntorch_fields(
         "v_reset": full(0.0),
     }
     return NeuronExport("LIF", fields, graded), 0.0
+
+
+def _sj_cuba_fields(
+    spec: NeuronSpec,
+    params: Mapping[str, np.ndarray],
+    shape: tuple,
+    dt: float,
+    dtype: str,
+    full: Any,
+    vr: float,
+) -> tuple[NeuronExport, float]:
+    """SpikingJelly's CUBALIFNode, ``i1 = i*c_decay + x; h = v*v_decay + i1``: the step of
+    snnTorch's Synaptic (alpha = c_decay, beta = v_decay), so NIR's CubaLIF with
+    ``tau_syn = dt/(1-c_decay)``, ``tau_mem = dt/(1-v_decay)``, ``r = tau_mem/dt``,
+    ``w_in = tau_syn/dt`` and ``v_leak = 0`` (its membrane decays towards 0, whatever
+    ``v_reset`` is); fired on ``>=`` (the threshold one float32 below), reset immediately."""
+    c_decay = full(_param(params, "c_decay", spec.extra.get("c_decay")))
+    v_decay = full(_param(params, "v_decay", spec.extra.get("v_decay")))
+    tau_syn, tau_mem = tau_from_coef(1.0 - c_decay, dt), tau_from_coef(1.0 - v_decay, dt)
+    _finite_tau("CubaLIF", tau_syn=tau_syn, tau_mem=tau_mem)
+    fields = {
+        "tau_syn": tau_syn,
+        "tau_mem": tau_mem,
+        "r": tau_mem / dt,
+        "v_leak": full(0.0),
+        "v_threshold": _threshold(spec, params, shape, dtype),
+        "v_reset": full(vr),
+        "w_in": tau_syn / dt,
+    }
+    return NeuronExport("CubaLIF", fields), 0.0
 
 
 def _lapicque_fields(

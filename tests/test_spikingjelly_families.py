@@ -432,6 +432,53 @@ def test_eif_exp_agreement_on_the_cpu_backend(cache_dir: str) -> None:
 
 
 # --------------------------------------------------------------------------- conversion rules
+def test_nir_cuba_lif_and_the_families_without_a_nir_node(tmp_path) -> None:
+    """CUBALIFNode is NIR's CubaLIF (the fields of snnTorch's Synaptic, the threshold one
+    float32 below for SpikingJelly's >=): snncc -> NIR -> snncc gives the same spikes bit
+    for bit with snncc's metadata; a file without it runs the convention's CubaLIF step
+    (the same Euler step, rounded otherwise); a v_reset other than 0 starts off rest
+    (refused unless accept='init'); the families NIR has no node for are refused by name."""
+    nir = pytest.importorskip("nir")
+    from snncc.exchange.nir_export import to_nir
+    from snncc.exchange.nir_import import from_nir
+
+    x = _input(7)
+    for kind in ("cuba_rect", "cuba_soft_sigmoid"):
+        net = _model(kind, "m")
+        cm = _compile(net, x, "reference")
+        y = cm(x).detach()
+        assert 0 < float(y.mean()) < 1
+        path = tmp_path / f"{kind}.nir"
+        accept = "reset" if kind == "cuba_soft_sigmoid" else ()
+        to_nir(cm.ir, path, dt=1e-3, accept=accept)
+        (cuba,) = [v for v in nir.read(str(path)).nodes.values() if type(v).__name__ == "CubaLIF"]
+        c_decay, v_decay = net[1].c_decay, net[1].v_decay
+        np.testing.assert_allclose(cuba.tau_syn, 1e-3 / (1 - c_decay), rtol=1e-12)
+        np.testing.assert_allclose(cuba.tau_mem, 1e-3 / (1 - v_decay), rtol=1e-12)
+        th = np.float32(net[1].v_threshold)
+        assert np.all(cuba.v_threshold == np.nextafter(th, np.float32(-np.inf)))
+        with torch.no_grad():
+            back = snncc.compile_graph(from_nir(path, dt=1e-3))(x)
+        if kind == "cuba_rect":  # hard reset: what NIR describes, exactly
+            assert torch.equal(back, y)
+            stripped = nir.read(str(path))
+            for node in stripped.nodes.values():
+                node.metadata = {}
+            with torch.no_grad():
+                conv = snncc.compile_graph(from_nir(stripped, dt=1e-3))(x)
+            FIGURES.note_outputs("sj_cuba_lif", "nir (no metadata)", [conv], [y])
+            assert float((conv != y).float().mean()) <= 0.01
+    net = nn.Sequential(layer.Linear(F_IN, F_OUT), neuron.CUBALIFNode(v_reset=-0.2))
+    ir = _compile(net, x, "reference").ir
+    with pytest.raises(UnsupportedError, match="accept=\\('init',\\)"):
+        to_nir(ir, dt=1e-3)
+    to_nir(ir, dt=1e-3, accept="init")
+    for kind in ("qif_hard", "eif_hard", "izhikevich_hard", "klif_hard", "liaf_relu_related"):
+        ir = _compile(_model(kind, "m"), x, "reference").ir
+        with pytest.raises(UnsupportedError, match="has no NIR node"):
+            to_nir(ir, dt=1e-3)
+
+
 def test_liaf_in_multi_step_mode_runs_what_spikingjelly_runs(cache_dir: str) -> None:
     """SpikingJelly 2.0's LIAFNode in step mode 'm' returns LIFNode's spikes (its multi-step path
     runs the LIF kernel); snncc compiles that, and says so."""
