@@ -24,6 +24,7 @@ __all__ = [
     "UnsupportedError",
     "compile",
     "compile_graph",
+    "deploy",
     "load",
     "trace",
 ]
@@ -35,6 +36,11 @@ def __getattr__(name: str):
         from snncc import api
 
         return getattr(api, name)
+    if name == "deploy":
+        # the subpackage snncc.deploy is itself callable: snncc.deploy(model, "out/", ...)
+        import snncc.deploy
+
+        return snncc.deploy
     if name == "trace":
         from snncc.frontend import trace
 
