@@ -55,7 +55,7 @@ def _graph_of(model: Any, target: str) -> Any:
     """The scheduled IR of a CompiledModel or a Graph (scheduled here if it is not yet).
 
     Why nothing else: this floor sits below the API and the frontends (tests/test_layers.py),
-    so an artifact folder is opened by ``snncc.load`` and a torch module traced by
+    so an artifact folder is read by ``snncc.load_ir`` and a torch module traced by
     ``snncc.trace`` before it comes here; the message says so.
     """
     from snncc.ir.graph import Graph
@@ -73,7 +73,7 @@ def _graph_of(model: Any, target: str) -> Any:
         backend = "cuda" if target == "cuda" else "cpu"
         return run_pipeline(model, pipeline_for(backends.get(backend), {}))
     if isinstance(model, (str, os.PathLike)):
-        hint = f"an artifact folder: snncc.deploy(snncc.load({str(model)!r}), ...)"
+        hint = f"an artifact folder: snncc.deploy(snncc.load_ir({str(model)!r}), ...)"
     else:
         hint = (
             "a torch module: snncc.deploy(snncc.trace(model, example_input), ...) "
@@ -97,9 +97,10 @@ def deploy(
 ) -> DeployResult:
     """Write the C/C++ source tree of ``model`` into ``output``; see the module docstring.
 
-    ``model``: a :class:`~snncc.CompiledModel` (``snncc.load(folder)`` for an artifact), or
-    a :class:`~snncc.ir.Graph`, scheduled or not (``snncc.trace(model, example_input)``
-    for a torch module: nothing is compiled for a backend).
+    ``model``: a :class:`~snncc.CompiledModel`, or a :class:`~snncc.ir.Graph`, scheduled
+    or not: ``snncc.load_ir(folder)`` for an artifact (not lowered for its backend, so a
+    cuda artifact deploys on a machine without a GPU), ``snncc.trace(model,
+    example_input)`` for a torch module (nothing is compiled for a backend).
     ``target``: ``"cpu"`` or ``"cuda"``, the default of the tree's ``SNNCC_CUDA``
     switch (both targets' sources are written). Files are written atomically, never
     through links; files of the user's own in ``output`` are left alone.

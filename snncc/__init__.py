@@ -26,13 +26,14 @@ __all__ = [
     "compile_graph",
     "deploy",
     "load",
+    "load_ir",
     "trace",
 ]
 
 
 def __getattr__(name: str):
     # Lazy: `import snncc` stays cheap (no torch/jax import) for the CLI's --help.
-    if name in ("compile", "compile_graph", "load", "CompiledModel"):
+    if name in ("compile", "compile_graph", "load", "load_ir", "CompiledModel"):
         from snncc import api
 
         return getattr(api, name)

@@ -440,7 +440,7 @@ def load_graph(model: str, input_shape: tuple[int, ...] | None, weights: str | N
     import snncc
 
     if Path(model).is_dir():
-        return snncc.load(model).ir
+        return snncc.load_ir(model)
     if input_shape is None:
         raise UsageError(
             f"{model!r} is not an artifact directory; to trace a SPEC give --input-shape T,B,..."
@@ -484,7 +484,7 @@ def cmd_deploy(args: argparse.Namespace) -> int:
         import snncc
 
         start = time.perf_counter()
-        source: Any = snncc.load(args.model)
+        source: Any = snncc.load_ir(args.model)  # not lowered: no kernels, no GPU needed
     elif args.input_shape is None:
         raise UsageError(
             f"{args.model!r} is not an artifact directory; to trace a SPEC give --input-shape "

@@ -981,7 +981,9 @@ def test_deploy_refuses_what_it_cannot_run_naming_the_node(tmp_path) -> None:
     with pytest.raises(UnsupportedError, match="deploy target 'tpu'; supported: cpu, cuda"):
         deploy(cm, tmp_path / "t", target="tpu")
     # below the API floor: an artifact folder or a torch module is named with the way in
-    with pytest.raises(UnsupportedError, match=r"for an artifact folder: snncc.deploy\(snncc.load"):
+    with pytest.raises(
+        UnsupportedError, match=r"for an artifact folder: snncc.deploy\(snncc.load_ir"
+    ):
         deploy(str(tmp_path), tmp_path / "t")
     with pytest.raises(UnsupportedError, match=r"snncc.deploy\(snncc.trace\(model, example_in"):
         deploy(torch.nn.Linear(2, 2), tmp_path / "t")
@@ -1043,6 +1045,25 @@ def test_cli_deploys_an_artifact_and_a_spec(digits_cm, tmp_path, capsys) -> None
     b = json.loads((tmp_path / "t2" / "snncc_deploy.json").read_text())
     assert a["model"] == b["model"] and a["target"] == "cpu" and b["target"] == "cuda"
     assert main(["deploy", str(tmp_path / "nowhere"), "-o", str(tmp_path / "t3")]) == 2
+
+
+def test_a_cuda_artifact_deploys_without_lowering_it(digits_cm, tmp_path) -> None:
+    """The artifact's IR is read, not lowered for its backend: a cuda artifact deploys (and
+    `snncc ir` prints it) on a machine where the cuda backend cannot run."""
+    import snncc
+    from snncc.cli import main
+
+    digits_cm.save(tmp_path / "art")
+    manifest = json.loads((tmp_path / "art" / "snncc.json").read_text())
+    manifest.update(backend="cuda", options={})
+    (tmp_path / "art" / "snncc.json").write_text(json.dumps(manifest))
+    graph = snncc.load_ir(tmp_path / "art")
+    assert graph.meta.get("groups") == digits_cm.ir.meta.get("groups")
+    assert (
+        main(["deploy", str(tmp_path / "art"), "--target", "cuda", "-o", str(tmp_path / "t")]) == 0
+    )
+    a = json.loads((tmp_path / "t" / "snncc_deploy.json").read_text())
+    assert a["target"] == "cuda" and a["model"] == deploy(digits_cm, tmp_path / "t2").model_id
 
 
 def test_deploy_help_shows_an_example(capsys) -> None:
