@@ -50,11 +50,26 @@ _PREFIX = "spikingjelly.activation_based"
 
 
 def _owns(m: nn.Module) -> bool:
-    """Every SpikingJelly step module is a leaf; model-zoo networks are traced through."""
+    """Every SpikingJelly step module is a leaf; model-zoo networks and SpikingJelly's plain
+    composite modules (``layer.SpikingSelfAttention``: layers and neurons wired in its own
+    ``forward``) are traced through."""
     if isinstance(m, sj_base.StepModule):
         return True
     mod = type(m).__module__
-    return mod.startswith("spikingjelly") and not mod.startswith(f"{_PREFIX}.model")
+    if not mod.startswith("spikingjelly") or mod.startswith(f"{_PREFIX}.model"):
+        return False
+    return next(m.children(), None) is None
+
+
+def _fake_call(m: nn.Module, args: tuple, kwargs: dict) -> object:
+    """A neuron's output has its input's shape: no need to run its loop over T on fake values."""
+    import torch
+
+    nodes = (sj_neuron.BaseNode, sj_neuron.SimpleBaseNode)
+    if isinstance(m, nodes) and len(args) == 1 and not kwargs:
+        if isinstance(args[0], torch.Tensor) and not getattr(m, "store_v_seq", False):
+            return torch.empty_like(args[0])
+    return NotImplemented
 
 
 def _step_mode(m: nn.Module) -> str | None:
@@ -271,6 +286,7 @@ if sj_base is not None:
             stateful=lambda m: isinstance(m, sj_base.MemoryModule),
             source="spikingjelly",
             priority=2,
+            fake_call=_fake_call,
         )
     )
     for _cls, _fn in [
