@@ -163,6 +163,8 @@ class _Loop:
     writes: dict[str, list[tuple[int, fx.Node, fx.Node]]] = field(default_factory=dict)
     #: inputs fed whole to every step (never indexed by step): static, [B, ...]
     static_inputs: frozenset[int] = frozenset()
+    #: module -> how many of its calls were fed only static values (the k-th is step k)
+    fresh_calls: dict[str, int] = field(default_factory=dict)
 
 
 def _nodes(a: Any) -> list[fx.Node]:
@@ -257,8 +259,13 @@ def _analyse(gm: fx.GraphModule) -> _Loop:
                     "time steps; inside a time loop a module gets this step's input and the "
                     "state it returned at the previous step"
                 )
-            # a stateful call is always one step's (the first, fed a static input)
-            lp.labels[n] = steps.pop() if steps else 0
+            if not steps:
+                # fed only static values: a module keeping its own state (snnTorch
+                # init_hidden) advances one step per call, so its k-th such call is step k
+                k = lp.fresh_calls.get(str(n.target), 0)
+                lp.fresh_calls[str(n.target)] = k + 1
+                steps = {k}
+            lp.labels[n] = steps.pop()
             continue
         write = _buffer_write(n)
         if write is not None:
@@ -659,7 +666,10 @@ def _filled_buffer(lp: _Loop, a: fx.Node) -> fx.Node:
     """A returned buffer filled one step per iteration: torch.stack of the values written."""
     gm, target = lp.gm, str(a.target)
     writes = sorted(lp.writes[target], key=lambda w: w[0])
+    # a buffer made from trace-time ints (torch.zeros(T, B, n)) is a real constant, not a fake
     buf = a.meta.get("snncc_fake")
+    if buf is None and isinstance(getattr(gm, target, None), torch.Tensor):
+        buf = getattr(gm, target)
     steps = [t for t, _, _ in writes]
     if steps != list(range(len(lp.steps))) or buf is None or buf.shape[0] != len(lp.steps):
         raise UnsupportedError(
