@@ -61,12 +61,12 @@ from snncc.frontend.tracer import (
 from snncc.ir.neuron import NeuronSpec
 
 try:  # Norse is optional: without it these converters are simply not registered
-    from norse.torch.functional.leaky_integrator import li_feed_forward_step
+    from norse.torch.functional.leaky_integrator import li_feed_forward_step, li_step
     from norse.torch.functional.lif import lif_feed_forward_step, lif_step
     from norse.torch.functional.lif_box import lif_box_feed_forward_step
     from norse.torch.functional.reset import reset_subtract, reset_value
-    from norse.torch.module.leaky_integrator import LI, LICell
-    from norse.torch.module.lif import LIF, LIFCell, LIFRecurrentCell
+    from norse.torch.module.leaky_integrator import LI, LICell, LILinearCell
+    from norse.torch.module.lif import LIF, LIFCell, LIFRecurrent, LIFRecurrentCell
     from norse.torch.module.lif_box import LIFBoxCell
     from norse.torch.module.sequential import SequentialState
 except ImportError:  # pragma: no cover - exercised only without norse
@@ -75,8 +75,8 @@ except ImportError:  # pragma: no cover - exercised only without norse
 _CELLS: tuple[type, ...] = ()
 _SEQUENCES: tuple[type, ...] = ()
 if SequentialState is not None:
-    _CELLS = (LIFCell, LIFBoxCell, LICell, LIFRecurrentCell)
-    _SEQUENCES = (LIF, LI)
+    _CELLS = (LIFCell, LIFBoxCell, LICell, LILinearCell, LIFRecurrentCell)
+    _SEQUENCES = (LIF, LI, LIFRecurrent)
 
 
 def _owns(m: nn.Module) -> bool:
@@ -122,12 +122,18 @@ if SequentialState is not None:
         LIFCell: lif_feed_forward_step,
         LIF: lif_feed_forward_step,
         LIFRecurrentCell: lif_step,
+        LIFRecurrent: lif_step,
         LIFBoxCell: lif_box_feed_forward_step,
         LICell: li_feed_forward_step,
         LI: li_feed_forward_step,
     }
 
-_SPIKING = ("LIFCell", "LIF", "LIFRecurrentCell", "LIFBoxCell")
+#: modules whose step function is not a module attribute but fixed in their forward
+_FIXED_STEP: dict[type, Callable] = {}
+if SequentialState is not None:
+    _FIXED_STEP = {LILinearCell: li_step}
+
+_SPIKING = ("LIFCell", "LIF", "LIFRecurrentCell", "LIFRecurrent", "LIFBoxCell")
 
 
 def _neuron_problem(m: nn.Module, view: str) -> str | None:
@@ -147,7 +153,7 @@ def _neuron_problem(m: nn.Module, view: str) -> str | None:
             "Norse sequence modules (LIF, LI) run the whole time-major [T, B, ...] sequence; "
             "inside a per-step model use the cell (LIFCell, LICell)"
         )
-    if getattr(m, "activation", None) is not _ACTIVATIONS[type(m)]:
+    if type(m) not in _FIXED_STEP and getattr(m, "activation", None) is not _ACTIVATIONS[type(m)]:
         method = getattr(m.p, "method", "?")
         return (
             f"its step function is {getattr(m.activation, '__name__', m.activation)!r} "
@@ -323,6 +329,24 @@ def _li(call: Call, m: nn.Module) -> Multi:
     return Multi((v, _state(call, {"v": lambda: v, "i": lambda: emit("current")})))
 
 
+def _li_linear(call: Call, m: nn.Module) -> Multi:
+    """``LILinearCell``: ``i += x W_in^T`` then the leaky integrator, as Norse's ``li_step``
+    (a bias-free linear node feeding the LI neuron: the same sum in the same order)."""
+    _check_one_input(call)
+    w_in = call.ctx.graph.add_node(
+        "linear",
+        [tnn.one_input(call).id],
+        params={"weight": call.param(m, "input_weights")},
+        shape=call.out_shape,
+        dtype=call.out_dtype,
+        name=f"{call.path}.input_weights",
+    )
+    spec, ps = _spec(call, m, "norse_li", "norse_li")
+    emit = _neuron(call, spec, ps, [w_in])
+    v = emit("membrane")
+    return Multi((v, _state(call, {"v": lambda: v, "i": lambda: emit("current")})))
+
+
 def _lif_recurrent(call: Call, m: nn.Module) -> Multi:
     """``i += W_in x + W_rec z[t-1]``: two bias-free linear nodes, the second one step late."""
     _check_one_input(call)
@@ -376,6 +400,8 @@ if SequentialState is not None:
         (LICell, _li),
         (LI, _li),
         (LIFRecurrentCell, _lif_recurrent),
+        (LIFRecurrent, _lif_recurrent),
+        (LILinearCell, _li_linear),
     ]:
         register_module(_cls, f"norse.torch.{_cls.__name__}", check=_neuron_problem)(_fn)
     register_container(SequentialState, "norse.torch.SequentialState")
