@@ -68,6 +68,7 @@ try:  # Norse is optional: without it these converters are simply not registered
     from norse.torch.module.leaky_integrator import LI, LICell, LILinearCell
     from norse.torch.module.lif import LIF, LIFCell, LIFRecurrent, LIFRecurrentCell
     from norse.torch.module.lif_box import LIFBoxCell
+    from norse.torch.module.lift import Lift
     from norse.torch.module.sequential import SequentialState
 except ImportError:  # pragma: no cover - exercised only without norse
     SequentialState = None
@@ -86,7 +87,7 @@ def _owns(m: nn.Module) -> bool:
 def _step_mode(m: nn.Module) -> str | None:
     if type(m) in _CELLS:
         return "s"
-    if type(m) in _SEQUENCES:
+    if type(m) in _SEQUENCES or type(m) is Lift:
         return "m"
     return None
 
@@ -102,6 +103,9 @@ def _state_args(m: nn.Module) -> StateArgs | None:
 
 
 def _chain(m: nn.Module) -> Chain | None:
+    if type(m) is Lift:  # the lifted module called once per step of the [T, B, ...] sequence
+        result = "tensor_state" if m.is_stateful else "tensor"
+        return Chain(view="step", children=(("lifted_module", m.lifted_module),), result=result)
     if type(m) is not SequentialState:
         return None
     if m.return_hidden:
@@ -405,3 +409,4 @@ if SequentialState is not None:
     ]:
         register_module(_cls, f"norse.torch.{_cls.__name__}", check=_neuron_problem)(_fn)
     register_container(SequentialState, "norse.torch.SequentialState")
+    register_container(Lift, "norse.torch.Lift")

@@ -615,3 +615,23 @@ def test_element_wise_function_other_than_one_op_is_refused() -> None:
         snncc.compile(model.eval(), torch.rand(T, B, 12), backend="reference")
     msg = str(info.value)
     assert "'rc'" in msg and "element_wise_function" in msg and "+, * or -" in msg
+
+
+@pytest.mark.parametrize("kind", ["stateless", "cell"])
+def test_norse_lift(kind: str) -> None:
+    """Norse's Lift runs its module once per step: a stateless layer, or a cell whose state
+    Lift threads; exact on the reference and cpu backends."""
+    torch.manual_seed(0)
+    if kind == "stateless":
+        model = nn.Sequential(norse.Lift(nn.Sequential(nn.Linear(8, 16), nn.ReLU())), norse.LIF())
+    else:
+        model = nn.Sequential(nn.Linear(8, 16), norse.Lift(norse.LIFCell()))
+    _randomise(model, 2, 6.0)
+    x = _image(8, B, 8)
+    with torch.no_grad():
+        ref = _tuple(model(x))  # Lift of a cell returns (spikes, the final state)
+    assert 0 < float(ref[0].mean()) < 1
+    for backend in ("reference", "cpu"):
+        options = {} if backend == "reference" else {"cache_dir": _CACHE_DIR}
+        y = _tuple(snncc.compile(model, x, backend=backend, **options)(x))
+        assert torch.equal(y[0], ref[0]), backend
