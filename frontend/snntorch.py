@@ -102,6 +102,8 @@ def _state_args(m: nn.Module) -> StateArgs | None:
         return StateArgs(("syn", "mem"), (1, 2), _zeros, internal_ok=True)
     if t is snt.RLeaky:
         return StateArgs(("spk", "mem"), (0, 1), _zeros, internal_ok=True)
+    if t is snt.RSynaptic:
+        return StateArgs(("spk", "syn", "mem"), (0, 1, 2), _zeros, internal_ok=True)
     return None
 
 
@@ -169,6 +171,10 @@ def _neuron_problem(m: nn.Module, view: str) -> str | None:
     if why:
         return why
     if type(m) is snt.RLeaky:
+        return _recurrent_problem(m)
+    if type(m) is snt.RSynaptic:
+        if not m.all_to_all:
+            return "all_to_all=False (a one-to-one V) is not supported for RSynaptic"
         return _recurrent_problem(m)
     return None
 
@@ -303,6 +309,28 @@ def _rleaky(call: Call, m: nn.Module) -> int | Multi:
     return Multi((spk, membrane))
 
 
+def _rsynaptic(call: Call, m: nn.Module) -> int | Multi:
+    """RSynaptic(all_to_all=True): Synaptic with RLeaky's recurrent Linear/Conv2d at port 1
+    (snnTorch's reset_delay correction never reaches its outputs: see the form)."""
+    _check_one_input(call, m)
+    x = tnn.one_input(call)
+    roles = ("alpha", *_BASE)
+    spec, params = _spec_and_params(call, m, "rsynaptic", "snntorch_rsynaptic", roles)
+    spec = spec.replace(reset_delay=True)
+    spk = _emit(call, spec, [x], params)
+    rec = _recurrent_node(call, m, spk)
+    call.ctx.graph.add_edge(rec, spk, 1, 0)
+    if not _returns_tuple(m):
+        return spk
+    return Multi(
+        (
+            spk,
+            lambda: _emit(call, spec.replace(output="current"), [x, rec], params),
+            lambda: _emit(call, spec.replace(output="membrane"), [x, rec], params),
+        )
+    )
+
+
 if snt is not None:
     register_framework(
         Framework(
@@ -317,5 +345,10 @@ if snt is not None:
             state_args=_state_args,
         )
     )
-    for _cls, _fn in [(snt.Leaky, _leaky), (snt.Synaptic, _synaptic), (snt.RLeaky, _rleaky)]:
+    for _cls, _fn in [
+        (snt.Leaky, _leaky),
+        (snt.Synaptic, _synaptic),
+        (snt.RLeaky, _rleaky),
+        (snt.RSynaptic, _rsynaptic),
+    ]:
         register_module(_cls, f"snntorch.{_cls.__name__}", check=_neuron_problem)(_fn)
