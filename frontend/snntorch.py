@@ -1,4 +1,4 @@
-"""Converters for snnTorch 1.0 neurons: ``Leaky``, ``Synaptic``, ``RLeaky``.
+"""Converters for snnTorch 1.0 neurons: ``Leaky``, ``Synaptic``, ``RLeaky``, ``RSynaptic``.
 
 Read from the installed sources (``snntorch/_neurons/{neurons,leaky,synaptic,
 rleaky}.py``); the exact per-step arithmetic of each is

@@ -1,4 +1,4 @@
-"""snnTorch 1.0 neurons: Leaky, Synaptic, RLeaky (``snntorch._neurons``), read from their forward.
+"""snnTorch 1.0 neurons: Leaky, Synaptic, RLeaky, RSynaptic (``snntorch._neurons``), read from their forward.
 
 Every snnTorch form computes its reset ``r`` from the PREVIOUS membrane,
 detached (``mem_reset``: ``(mem - threshold > 0).float()``), fires with ``>``
