@@ -66,6 +66,11 @@ time_reduce         attrs op ("mean"|"sum"|"amax"|"amin") over the T steps of it
 cat                 torch.cat along attrs dim (per-step)
 voting              SpikingJelly VotingLayer: avg_pool1d over the last dim,
                     kernel = stride = attrs voting_size
+transfer            identity; added by the ``partition`` pass where a value
+                    crosses from stage ``attrs.src_stage`` to ``attrs.dst_stage``
+                    (the next one: a value needed several stages on is
+                    forwarded stage by stage); ``attrs.wire`` is the dtype it
+                    travels in ("uint8" for exact 0/1 spikes, else its own)
 neuron              stateful; attrs neuron (NeuronSpec.to_dict()); params by
                     role: the spec's ``param_roles`` and ``learnable`` (plif:
                     "w"; snnTorch: beta, threshold, ...). Ports 0..k-1 are the
@@ -157,6 +162,7 @@ OPS: dict[str, OpDef] = {
         OpDef("softmax", 1, 1, ("dim", "log")),
         OpDef("repeat_time", 1, 1, ("times",)),
         OpDef("time_reduce", 1, 1, ("op",)),
+        OpDef("transfer", 1, 1, ("src_stage", "dst_stage", "wire")),
         OpDef("neuron", 1, None, ("neuron",), (), ("w",), stateful=True),
     ]
 }

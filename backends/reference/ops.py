@@ -273,6 +273,8 @@ LEAD_OPS: dict[str, LeadFn] = {
     "cat": _cat,
     "identity": _identity,
     "output": _identity,
+    # a value moving to the next stage's device: one process holds every stage, so it stays
+    "transfer": _identity,
     "add": _add,
     "sub": _sub,
     "neg": _neg,
