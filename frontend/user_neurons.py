@@ -148,9 +148,24 @@ def _subclass_hint(m: nn.Module) -> str:
     if base is None:
         return ""
     own = sorted(n for n, v in vars(type(m)).items() if callable(v) and n != "__init__")
+    N = _sj_neuron_module()
+    if (
+        N is not None
+        and issubclass(base, N.BaseNode)
+        and own
+        and all(n.startswith("neuronal_") for n in own)
+    ):
+        # SpikingJelly 2.0's BaseNode steps through single_step_functional_forward and
+        # never calls neuronal_*: the override is dead code in SpikingJelly itself
+        return (
+            f" ({type(m).__name__} overrides {', '.join(own)} of {base.__name__}, which "
+            "SpikingJelly's BaseNode never calls (its step is single_step_functional_forward): "
+            "subclass neuron.SimpleBaseNode to define the step through neuronal_charge/fire/"
+            "reset, or override single_step_functional_forward)"
+        )
     return (
         f" ({type(m).__name__} overrides {', '.join(own) or 'methods'} of {base.__name__}, "
-        f"whose step snncc converts only as written; subclass neuron.SimpleBaseNode with your "
+        "whose step snncc converts only as written; subclass neuron.SimpleBaseNode with your "
         "neuronal_charge/neuronal_fire/neuronal_reset instead, or keep only __init__)"
     )
 

@@ -496,11 +496,14 @@ def test_neuron_subclass_that_only_configures_is_its_base() -> None:
 
 
 def test_neuron_subclass_with_its_own_step_method_is_refused_with_the_way_out() -> None:
-    """The base's step runs through SpikingJelly's fused functional code: an override
-    cannot be honoured there, and the message says how to write the neuron instead."""
-    msg = _error(nn.Sequential(layer.Linear(4, 3), RechargedLIF()), torch.rand(3, 2, 4))
+    """SpikingJelly 2.0's LIFNode steps through its functional code and never calls
+    neuronal_charge (SpikingJelly runs RechargedLIF exactly as LIFNode): compiling it either
+    way would hide the user's mistake, so it is refused saying how to write the neuron."""
+    x = torch.rand(3, 2, 4)
+    assert torch.equal(RechargedLIF(step_mode="m")(x), neuron.LIFNode(step_mode="m")(x))
+    msg = _error(nn.Sequential(layer.Linear(4, 3), RechargedLIF()), x)
     assert "'1'" in msg and "RechargedLIF overrides neuronal_charge of LIFNode" in msg
-    assert "SimpleBaseNode" in msg
+    assert "never calls" in msg and "SimpleBaseNode" in msg
 
 
 def test_neuron_inside_seq_to_ann() -> None:

@@ -440,7 +440,7 @@ def test_gradients(name: str) -> None:
 # --------------------------------------------------------------------------- still refused
 
 
-class _LSNN(nn.Module):
+class LSNNNet(nn.Module):
     """Norse's LSNN (adaptive threshold) as its examples use it: LSNNRecurrent + LI readout."""
 
     def __init__(self) -> None:
@@ -455,9 +455,38 @@ class _LSNN(nn.Module):
         return v
 
 
+class _SynapseFilterNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = layer.Linear(12, 16, step_mode="m")
+        self.syn = layer.SynapseFilter(tau=2.0, step_mode="m")
+        self.sn = neuron.IFNode(step_mode="m")
+
+    def forward(self, x):
+        return self.sn(self.syn(self.fc(x)))
+
+
+class _EncoderNet(nn.Module):
+    """Norse's constant-current encoder in front of a LIF layer (its encoders' example)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.enc = norse.ConstantCurrentLIFEncoder(T)
+        self.fc = nn.Linear(12, 4)
+        self.lif = norse.LIF()
+
+    def forward(self, x):
+        z, _ = self.lif(self.fc(self.enc(x[0])))
+        return z
+
+
 #: models snncc refuses today, with the words its one-line message must contain
 REFUSED: dict[str, tuple[Callable[[], nn.Module], tuple[str, ...]]] = {
-    "norse.LSNNRecurrent": (_LSNN, ("'rec'", "LSNNRecurrent", "not supported")),
+    "sj.SynapseFilter": (_SynapseFilterNet, ("'syn'", "SynapseFilter", "not supported")),
+    "norse.ConstantCurrentLIFEncoder": (
+        _EncoderNet,
+        ("'enc'", "ConstantCurrentLIFEncoder", "not supported"),
+    ),
 }
 
 
@@ -674,3 +703,26 @@ def test_snntorch_rsynaptic(mech: str) -> None:
     for n, p in model.named_parameters():
         if p.grad is not None:
             assert _rel(cm.program.params[n].grad, p.grad) <= GRAD_REL_TOL, n
+
+
+def test_norse_lsnn_recurrent() -> None:
+    """Norse's LSNNRecurrent (the sequence module of LSNNRecurrentCell) with an LI readout:
+    reference and cpu bit for bit, jax within tolerance."""
+    torch.manual_seed(0)
+    model = LSNNNet()
+    _randomise(model, 4, 6.0)
+    with torch.no_grad():
+        model.rec.input_weights.mul_(8.0)
+    x = _image(8, B, 12)
+    rates: list[float] = []
+    hook = model.rec.register_forward_hook(lambda _m, _i, o: rates.append(float(o[0].mean())))
+    with torch.no_grad():
+        ref = model(x)
+    hook.remove()
+    assert 0 < rates[0] < 1, rates
+    for backend in ("reference", "cpu"):
+        options = {} if backend == "reference" else {"cache_dir": _CACHE_DIR}
+        y = snncc.compile(model, x, backend=backend, **options)(x)
+        assert torch.equal(y, ref), backend
+    y = snncc.compile(model, x, backend="jax", cache_dir=_CACHE_DIR)(x)
+    np.testing.assert_allclose(_np(y), _np(ref), atol=CONTINUOUS_TOL, rtol=CONTINUOUS_TOL)

@@ -1,4 +1,4 @@
-"""snnTorch 1.0 neurons: Leaky, Synaptic, RLeaky, RSynaptic (``snntorch._neurons``), read from their forward.
+"""snnTorch 1.0 neurons: Leaky, Synaptic, RLeaky (``snntorch._neurons``), read from their forward.
 
 Every snnTorch form computes its reset ``r`` from the PREVIOUS membrane,
 detached (``mem_reset``: ``(mem - threshold > 0).float()``), fires with ``>``
@@ -154,33 +154,3 @@ def rleaky_one_to_one(n: NeuronBuilder) -> None:
     m1 = _reset_term(n, b * m + x + s_prev * big_v, th, r, zero_first=False)
     s = _fire_and_correct(n, m1, th, g, r)
     n.set_state("s", s)
-
-
-@form(
-    "snntorch_rsynaptic",
-    state=("v", "i"),
-    ports=("x", "rec"),
-    roles=("alpha", "beta", "threshold", "graded_spikes_factor"),
-    constants={"alpha": "extra['alpha'] (the synaptic decay, not the surrogate's)", **_CONSTANTS},
-    extra=_EXTRA,
-    summary="i1 = (a*i + x) + rec; m1 = b*m + i1 - reset; rec = recurrent(S[t-1]) at port 1",
-    source="snnTorch 1.0 RSynaptic(all_to_all=True)",
-    framework=FRAMEWORK,
-)
-def rsynaptic(n: NeuronBuilder) -> None:
-    """rec = port 1: recurrent(s[t-1]) (a Linear/Conv2d node fed by this neuron's spike one
-    step late, as RLeaky); i1 = ((a * i) + x) + rec; m1 = (b * m) + i1;
-    subtract: m1 - (r * th); zero: m1 - (m1 * r) (i is not reset); s = H(m1 - th) * g.
-    No reset_delay correction: snnTorch 1.0's RSynaptic computes it into a local variable
-    that it then discards, so its outputs never carry it."""
-    b, th, g, r = _common(n)
-    a = n.quantity("a", E.clamp(n.param("alpha", n.extra("alpha")), 0.0, 1.0))
-    m, i, x, rec = n.state("v"), n.state("i"), n.port("x"), n.port("rec")
-    i1 = n.name("syn", a * i + x + rec)
-    m1 = n.name("mem", _reset_term(n, b * m + i1, th, r, zero_first=True))
-    s = n.name("s", n.spike(m1 - th) * g)
-    n.set_state("v", m1)
-    n.set_state("i", i1)
-    n.output("spike", s)
-    n.output("membrane", m1)
-    n.output("current", i1)
