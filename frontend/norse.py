@@ -1,7 +1,9 @@
 """Converters for Norse 1.1 modules: ``LIFCell``, ``LIF``, ``LIFBoxCell``, ``LICell``,
 ``LI``, ``LIFRecurrentCell``, ``LIFAdExCell``, ``LIFAdEx``, ``IzhikevichCell``,
 ``Izhikevich``, ``IzhikevichRecurrentCell``, ``IAFCell``, ``IAF``, ``LSNNCell``, ``LSNN``,
-``LSNNRecurrentCell``, ``LILinearCell`` and the ``SequentialState`` container.
+``LSNNRecurrentCell``, ``LILinearCell``, the sequence modules ``LIFRecurrent`` and
+``LSNNRecurrent`` (their cells' converters over the sequence) and the ``SequentialState``
+and ``Lift`` containers.
 
 Read from the installed sources (``norse/torch/functional/{lif,lif_box,
 leaky_integrator,threshold,reset}.py``, ``norse/torch/module/*.py``); the exact
@@ -275,7 +277,8 @@ def _family_problem(m: nn.Module) -> str | None:
                     f"its spiking_method.s.{name} must be one value (a one-element tensor); "
                     "a per-neuron initial state is not supported"
                 )
-    if type(m) in (LSNNCell, LSNN, LSNNRecurrentCell) and not isinstance(m.p.v_th, torch.Tensor):
+    lsnn = (LSNNCell, LSNN, LSNNRecurrentCell, LSNNRecurrent)
+    if type(m) in lsnn and not isinstance(m.p.v_th, torch.Tensor):
         return "p.v_th must be a tensor (Norse's LSNN initial state detaches it)"
     return None
 
@@ -510,6 +513,7 @@ if SequentialState is not None:
         LSNNCell: _LSNN,
         LSNN: _LSNN,
         LSNNRecurrentCell: _LSNN,
+        LSNNRecurrent: _LSNN,
         IAFCell: _IAF,
         IAF: _IAF,
         **{
