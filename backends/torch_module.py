@@ -137,6 +137,10 @@ class ProgramModule(nn.Module):
     def snncc_run(self, x: Any, state: dict | None = None) -> tuple[Any, dict]:
         """Run ``x`` [T, B, ...] from ``state`` (None: fresh); return (outputs, final state)."""
         prog = self._snncc_prog
+        # traced (torch.compile, torch.export), the module's tensors are stand-ins that must
+        # not outlive the trace in the program's dict: the program's own come back after
+        tracing = torch.compiler.is_compiling()
+        before = dict(prog.params) if tracing else None
         self._snncc_bind()
         saved = getattr(prog, "training", None)
         prog.training = self.training
@@ -144,6 +148,9 @@ class ProgramModule(nn.Module):
             return prog.run(x, state)
         finally:
             prog.training = saved
+            if before is not None:
+                prog.params.clear()
+                prog.params.update(before)
 
     def forward(self, x: Any) -> Any:
         """Outputs of ``x`` [T, B, ...] from a fresh state (differentiable)."""

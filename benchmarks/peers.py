@@ -463,6 +463,51 @@ def snncc_runner(backend: str, **options: Any) -> Callable[[Case, str, str], Ben
     return make
 
 
+def snncc_module_runner(backend: str, compiled: bool) -> Callable[[Case, str, str], Bench]:
+    """``cm.to_torch()`` timed as a torch module, plain or under ``torch.compile``.
+
+    Compiled, the neuron kernels are ``snncc::`` custom ops in inductor's graph (one graph,
+    no break); what inductor can fuse is what surrounds them (bias adds, reshapes, the
+    loss). Compile time is excluded (warm-up), as for the ``torch-compile`` peer.
+    """
+
+    def make(case: Case, mode: str, device: str) -> Bench:
+        import snncc
+
+        if backend == "cpu" and device == "cuda":
+            raise NA("the cpu backend runs on the CPU")
+        if backend == "cuda" and device != "cuda":
+            raise NA("the cuda backend needs a GPU")
+        model = sj_model(case).train(mode == "fwd+bwd")
+        cm = snncc.compile(model, _example(case), backend=backend)
+        module = cm.to_torch()
+        bench = _torch_bench(module, mode, device)
+        if compiled:
+            # every ProgramModule shares one forward code object: dynamo counts each case's
+            # compile against that code's recompile limit (8), so each case starts afresh
+            torch._dynamo.reset()
+            run = torch.compile(module, fullgraph=True, dynamic=False)
+            if mode == "fwd":
+
+                def fwd(x):
+                    with torch.no_grad():
+                        return run(x)
+
+                bench.fn = fwd
+            else:
+
+                def step(x):
+                    y = run(x)
+                    y.sum().backward()
+                    return y
+
+                bench.fn = step
+            bench.notes.append("compile time excluded (warm-up)")
+        return bench
+
+    return make
+
+
 def _dropout_note(model: torch.nn.Module, case: Case, cm: Any, device: str) -> list[str]:
     """A note when a training-mode model has Dropout but two runs of the program agree.
 
@@ -664,6 +709,13 @@ PEERS: dict[str, Peer] = {
         process_per_case=True,
     ),
     "snncc-cpu": Peer(snncc_runner("cpu"), "snncc cpu backend (same kernels, host compiler)"),
+    "snncc-cpu-module": Peer(
+        snncc_module_runner("cpu", compiled=False), "snncc cpu backend as cm.to_torch()"
+    ),
+    "snncc-cpu-module-compiled": Peer(
+        snncc_module_runner("cpu", compiled=True),
+        "torch.compile(cm.to_torch()), cpu backend (kernels as custom ops)",
+    ),
     "snncc-reference": Peer(snncc_runner("reference"), "snncc reference (torch eager oracle)"),
     "sj-native": Peer(
         sj_runner("cuda"),
@@ -735,6 +787,8 @@ GPU_PEERS = (
 )
 CPU_PEERS = (
     "snncc-cpu",
+    "snncc-cpu-module",
+    "snncc-cpu-module-compiled",
     "sj-torch",
     "snncc-reference",
     "snncc-jax",

@@ -26,6 +26,7 @@ floors with the bytes or FLOPs they count) and ``.png`` into ``--out``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -245,6 +246,8 @@ def machine(device: str) -> dict[str, Any]:
 def write_report(report: dict, out: Path) -> Path:
     """``bench_<device>[_small].json/.md/.png`` of one run into ``out``; returns the stem."""
     stem = out / f"bench_{report['device']}{'_small' if report['small'] else ''}"
+    if report.get("compete"):
+        stem = stem.with_name(f"{stem.name}_compete-{report['compete']}")
     stem.with_suffix(".json").write_text(json.dumps(report, indent=1))
     stem.with_suffix(".md").write_text(markdown(report))
     try:
@@ -323,7 +326,10 @@ def plan(args: argparse.Namespace, peers: list[str]) -> list[dict[str, Any]]:
     return jobs
 
 
-def orchestrate(args: argparse.Namespace) -> int:
+def orchestrate(args: argparse.Namespace, compete: str | None = None) -> int | Path:
+    """Run every worker (beside the ``compete`` load, if any); the report's stem, or an
+    exit status where the arguments are wrong."""
+    from compete import CompetingLoad
     from peers import CPU_PEERS, GPU_PEERS, PEERS
 
     start = time.time()
@@ -346,6 +352,8 @@ def orchestrate(args: argparse.Namespace) -> int:
     logs = out / f"bench_{args.device}_logs"
     logs.mkdir(exist_ok=True)
     load_start = load()
+    if compete:
+        print(f"== beside a competing load: {compete}", flush=True)
     print(f"== load at start: {load_start['uptime']} (nproc {load_start['nproc']})", flush=True)
     records: list[dict[str, Any]] = []
     jobs = [{"peer": "roofline", "round": 0, "seed": 0, "only": None}] + plan(args, peers)
@@ -391,13 +399,14 @@ def orchestrate(args: argparse.Namespace) -> int:
                 status = "n/a: the run's time budget was spent"
             else:
                 try:
-                    proc = subprocess.run(
-                        cmd,
-                        env=env,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                        timeout=max(left, 1) + 60,
-                    )
+                    with CompetingLoad(compete) if compete else contextlib.nullcontext():
+                        proc = subprocess.run(
+                            cmd,
+                            env=env,
+                            stdout=log,
+                            stderr=subprocess.STDOUT,
+                            timeout=max(left, 1) + 60,
+                        )
                     if proc.returncode != 0:
                         status = (
                             f"error: worker exited with status {proc.returncode} (see {log.name})"
@@ -449,6 +458,7 @@ def orchestrate(args: argparse.Namespace) -> int:
             p: {"description": PEERS[p].description, "config": PEERS[p].config} for p in peers
         },
         "records": records,
+        "compete": compete,
     }
     if os.environ.get("SJ_NATIVE_DIR") and "sj-native" in peers:
         build = Path(os.environ["SJ_NATIVE_DIR"]) / "build.json"
@@ -457,7 +467,34 @@ def orchestrate(args: argparse.Namespace) -> int:
     stem = write_report(report, out)
     print(stem.with_suffix(".md").read_text())
     print(f"wrote {stem}.json/.md/.png in {report['wall_s']} s")
-    return 0
+    return stem
+
+
+def compare_loads(idle: dict, loaded: dict) -> str:
+    """Markdown: every snncc peer's median and its ratio to each other peer, idle and loaded."""
+
+    def medians(report: dict) -> dict[tuple[str, str, str, str], float]:
+        return {
+            (r["workload"], r["case"], r["mode"], r["peer"]): r["median_ms"]
+            for r in report["records"]
+            if "median_ms" in r
+        }
+
+    a, b = medians(idle), medians(loaded)
+    lines = [
+        f"## Idle and beside a competing load ({loaded['compete']})",
+        "",
+        f"load average: idle run {idle['load']['start']['uptime']}; "
+        f"loaded run {loaded['load']['start']['uptime']}",
+        "",
+        "| workload | case | mode | peer | idle ms | loaded ms | slowdown |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key in sorted(a.keys() & b.keys()):
+        lines.append(
+            f"| {' | '.join(key)} | {a[key]:.3f} | {b[key]:.3f} | {b[key] / a[key]:.2f}x |"
+        )
+    return "\n".join(lines)
 
 
 # ===================================================================== report
@@ -875,6 +912,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--threads", type=int, default=None, help="CPU threads per worker (default: libraries')"
     )
     p.add_argument(
+        "--compete",
+        choices=("busy", "campaign"),
+        default=None,
+        help="run the suite twice, idle and beside this competing load (benchmarks/compete.py)",
+    )
+    p.add_argument(
         "--render", metavar="JSON", help="re-write the .md and .png of a saved run into --out"
     )
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -896,7 +939,16 @@ def main(argv: list[str] | None = None) -> int:
         return render(args.render, args.out)
     if args.worker:
         return worker(args)
-    return orchestrate(args)
+    if not args.compete:
+        res = orchestrate(args)
+        return res if isinstance(res, int) else 0
+    stems = []
+    for load_kind in (None, args.compete):  # the same run idle, then beside the load
+        stems.append(orchestrate(args, load_kind))
+        if not isinstance(stems[-1], Path):
+            return stems[-1]
+    print(compare_loads(*(json.loads(s.with_suffix(".json").read_text()) for s in stems)))
+    return 0
 
 
 if __name__ == "__main__":

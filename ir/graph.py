@@ -104,18 +104,23 @@ class Graph:
         return self.nx.number_of_nodes()
 
     def node(self, nid: int) -> dict[str, Any]:
-        """The mutable data dict of a node."""
-        return self.nx.nodes[nid]
+        """The mutable data dict of a node.
+
+        Read from networkx's node dict itself (``nx.nodes[nid]`` is the same dict through
+        a view class that ``torch.compile``'s tracer refuses to enter: programs look nodes
+        up while they run, and a compiled ``to_torch()`` module traces that).
+        """
+        return self.nx._node[nid]
 
     def nodes(self) -> list[int]:
         """All node ids in a deterministic topological order (see :meth:`topo_order`)."""
         return self.topo_order()
 
     def op(self, nid: int) -> str:
-        return self.nx.nodes[nid]["op"]
+        return self.nx._node[nid]["op"]
 
     def attrs(self, nid: int) -> dict[str, Any]:
-        return self.nx.nodes[nid]["attrs"]
+        return self.nx._node[nid]["attrs"]
 
     def param(self, nid: int, role: str) -> np.ndarray | None:
         """The array playing ``role`` (e.g. "weight") for node ``nid``, or None."""

@@ -33,6 +33,8 @@
 #      (-> $OUT/deploy_cuda.json); at most DEPLOY_TIMEOUT=180 s (the build is well under
 #      a minute: on the 2-core development VM, at load 7, nvcc compiled the digits tree's
 #      CUDA sources for sm_80 and sm_90 in 26 s; a CPU build of the same tree took 24 s);
+#   3d. the host cost of one neuron layer call on the cuda path, per direction
+#      (benchmarks/host_overhead.py --device cuda; issue 16: at most 30 us) into summary.txt;
 #   4. the benchmark suite (benchmarks/run.py --device cuda): like-for-like ratios
 #      (snncc fp32 eager vs SpikingJelly fp32 eager, native/triton/torch; snncc CUDA graph
 #      vs SpikingJelly's StaticCudaGraph; snncc bf16 vs SpikingJelly under bf16 autocast;
@@ -254,6 +256,17 @@ if [ "${PROFILE:-0}" = "1" ] && "$PY" -c "import torch; assert torch.cuda.is_ava
     timeout "${PROFILE_TIMEOUT:-90}" "$PY" benchmarks/profile_step.py --out "$LOGS/profile.txt" \
         > "$LOGS/profile.log" 2>&1
     say "profile: exit $?"
+fi
+
+# ------------------------------------------------------------------ 3d. host cost per layer
+# issue 16's goal: at most 30 us of host time per neuron layer per direction on the cuda
+# path (the chain rows: a layer inside a network). Into summary.txt, about 20 s.
+if "$PY" -c "import cupy, torch; assert torch.cuda.is_available()" 2>/dev/null; then
+    say "host cost per neuron layer call (benchmarks/host_overhead.py --device cuda)"
+    timeout 120 "$PY" benchmarks/host_overhead.py --device cuda --json "$LOGS/host_overhead.json" \
+        > "$LOGS/host_overhead.log" 2>&1
+    say "host_overhead: exit $?"
+    cat "$LOGS/host_overhead.log" >> "$SUMMARY"
 fi
 
 # ------------------------------------------------------------------ 4. benchmarks

@@ -20,6 +20,15 @@ this op (:func:`snncc.backends.kernels.connected`), so ``.grad`` stays
 Recompute (option ``recompute``): the forward saves nothing; a "cut" plan's
 backward kernel re-runs the forward itself (fp32 inputs), otherwise one more
 forward launch here rebuilds what the backward reads.
+
+Two entry points, one host code: eagerly, :class:`LayerFunction` (a plain
+``torch.autograd.Function``, whose dispatch costs a fraction of a ``torch.library``
+custom op's called eagerly: figures in :mod:`snncc.backends.cpu.custom_ops`); under
+``torch.compile`` / ``torch.export``
+the same kernels are the custom ops of :mod:`snncc.backends.cpu.custom_ops`,
+which tracing sees as single graph nodes. Both call :func:`layer_forward` and
+:func:`layer_backward`. The host cost of a call (its Python, torch's allocations
+and the ctypes / CuPy call) is measured by ``benchmarks/host_overhead.py``.
 """
 
 from __future__ import annotations
@@ -102,16 +111,24 @@ def time_major(
     return x, step_shape, math.prod(step_shape)
 
 
-def flat_seq(t: Tensor, what: str, x: Tensor, widen: bool) -> Tensor:
-    """A per-step input broadcast to x's [T, *shape] and flattened to [T, N] (torch broadcasts,
-    so autograd reduces its gradient back to its own shape)."""
+def seq_like(t: Tensor, what: str, x: Tensor, widen: bool) -> Tensor:
+    """A per-step input as x's [T, *shape], contiguous: as it is where it already is (no
+    autograd node), else broadcast by torch (so autograd reduces its gradient back)."""
     t = as_f32(t, what, x.device, widen)
+    if t.shape == x.shape:
+        return t
     if not broadcasts_to(t.shape, x.shape):
         raise ShapeError(
             f"{what} of shape {tuple(t.shape)} does not broadcast to the neuron input's "
             f"shape {tuple(x.shape)}"
         )
-    return t.expand(x.shape).contiguous().reshape(x.shape[0], math.prod(x.shape[1:]))
+    return t.expand(x.shape).contiguous()
+
+
+def flat_seq(t: Tensor, what: str, x: Tensor, widen: bool) -> Tensor:
+    """A per-step input broadcast to x's [T, *shape] and flattened to [T, N] (torch broadcasts,
+    so autograd reduces its gradient back to its own shape)."""
+    return seq_like(t, what, x, widen).reshape(x.shape[0], math.prod(x.shape[1:]))
 
 
 def flat_quantity(p: Tensor, step_shape: tuple[int, ...], q: str) -> tuple[Tensor, int]:
@@ -148,6 +165,115 @@ def _reduce_grad(
     return g.to(dtype)
 
 
+class Layout:
+    """What the host reads of a kernel's calling convention on every call, worked out once."""
+
+    __slots__ = (
+        "add_names",
+        "grad_names",
+        "gx_dtype",
+        "gy_dtype",
+        "keep_adds",
+        "n_adds",
+        "n_ports",
+        "n_vars",
+        "out_dtype",
+        "port_names",
+        "reach",
+        "seq_names",
+    )
+
+    def __init__(self, info: NeuronKernelInfo) -> None:
+        self.port_names = info.ports[1:]
+        self.n_ports = len(self.port_names)
+        self.n_adds = len(info.add_ports)
+        self.n_vars = len(info.state_vars)
+        self.add_names = tuple(f"a{j}" for j in range(self.n_adds))
+        self.out_dtype = TORCH_DTYPES[info.out_dtype]
+        self.gx_dtype = TORCH_DTYPES[info.x_dtype]
+        self.gy_dtype = TORCH_DTYPES[gy_dtype(info.out_dtype)]
+        #: what a storing forward saves, by argument name
+        self.seq_names: tuple[str, ...] = (
+            ("h_seq",)
+            if info.save == "cut"
+            else tuple(f"{v}_seq" for v in info.state_vars)
+            if info.save == "state"
+            else ()
+        )
+        # the backward re-runs steps from x (through the prologue); a state plan's recompute
+        # re-runs the whole forward kernel, which reads the epilogue's inputs as well
+        self.keep_adds = (
+            self.n_adds
+            if (info.recompute and not info.recompute_in_kernel)
+            else info.n_prologue_adds
+        )
+        #: the backward's outputs in order: gx, g<port>, ga<j>, g<var>0, gp_<q>
+        self.grad_names = (
+            "gx",
+            *(f"g{p}" for p in self.port_names),
+            *(f"g{a}" for a in self.add_names),
+            *(f"g{v}0" for v in info.state_vars),
+            *(f"gp_{q}" for q in info.param_args),
+        )
+        #: (T, output used, used final states) -> connected(...)
+        self.reach: dict[tuple, set[str]] = {}
+
+
+def layout(kernel: KernelPair) -> Layout:
+    """The kernel's :class:`Layout` (kept on the kernel object)."""
+    lay = getattr(kernel, "_snncc_layout", None)
+    if lay is None:
+        lay = Layout(kernel.info)
+        kernel._snncc_layout = lay  # type: ignore[attr-defined]
+    return lay
+
+
+def reach(kernel: KernelPair, T: Any, out_used: bool, used: tuple[str, ...]) -> set[str]:
+    """:func:`snncc.backends.kernels.connected` for this kernel, cached per (T, used outputs).
+
+    ``T`` may be symbolic (a ``torch.SymInt`` while torch.compile traces a backward
+    with dynamic shapes): see :func:`_steady_steps`.
+    """
+    if not isinstance(T, int):
+        T = _steady_steps(kernel, T, out_used, used)
+    cache = layout(kernel).reach
+    key = (T, out_used, used)
+    got = cache.get(key)
+    if got is None:
+        if len(cache) > 256:
+            cache.clear()
+        got = cache[key] = connected(kernel.spec, T, out_used, used)
+    return got
+
+
+def _steady_steps(kernel: KernelPair, T: Any, out_used: bool, used: tuple[str, ...]) -> int:
+    """A concrete step count that reaches what a symbolic ``T`` reaches.
+
+    :func:`connected` walks the steps back until the live state variables repeat; past
+    that transient (at most 2**S steps for S variables) its answer is periodic with a
+    period of at most 2**S. Where that periodic part is one answer, the smallest step
+    count m from which the answer stays the same stands for every ``T >= m`` (a guard
+    on the symbol, normally already implied); otherwise ``T`` is made concrete (one
+    specialisation of the trace per sequence length).
+    """
+    cache = layout(kernel).reach
+    key = ("steady", out_used, used)
+    m = cache.get(key)
+    if m is None:
+        span = 2 ** len(kernel.info.state_vars) + 1
+        ref = connected(kernel.spec, span, out_used, used)
+        if all(connected(kernel.spec, t, out_used, used) == ref for t in range(span, 2 * span)):
+            m = span
+            while m > 1 and connected(kernel.spec, m - 1, out_used, used) == ref:
+                m -= 1
+        else:
+            m = 0  # no steady answer
+        cache[key] = m
+    if m and T >= m:
+        return m
+    return int(T)
+
+
 # ------------------------------------------------------------------ kernels
 def layer_forward(
     kernel: KernelPair,
@@ -157,29 +283,38 @@ def layer_forward(
     s0s: Sequence[Tensor | None],
     quantities: Sequence[tuple[Tensor, int]],
     store: bool,
+    out_shape: tuple[int, ...] | None = None,
+    state_shape: tuple[int, ...] | None = None,
 ) -> tuple[Tensor, dict[str, Tensor | None], list[Tensor]]:
     """One forward kernel call on [T, N] tensors: (out, what it saved for the backward by
-    argument name, final state [N] per variable)."""
+    argument name, final state [N] per variable).
+
+    ``out_shape`` / ``state_shape``: the shapes the output and the final states are
+    allocated in (contiguous, so the kernel sees the same [T, N] / [N] memory): the
+    caller gets base tensors, not views (an autograd Function's outputs that are views
+    of one another cannot be modified in place).
+    """
     info = kernel.info
+    lay = layout(kernel)
     T, N = x.shape
     dev = x.device
-    f32 = {"dtype": torch.float32, "device": dev}
-    out = torch.empty((T, N), dtype=TORCH_DTYPES[info.out_dtype], device=dev)
-    saved: dict[str, Tensor | None] = {}
-    if info.save == "cut":
-        saved["h_seq"] = torch.empty((T, N), **f32) if store else None
-    elif info.save == "state":
-        saved.update(
-            {f"{v}_seq": torch.empty((T, N), **f32) if store else None for v in info.state_vars}
-        )
-    lasts = [torch.empty((N,), **f32) for _ in info.state_vars]
+    out = torch.empty(out_shape or (T, N), dtype=lay.out_dtype, device=dev)
+    saved: dict[str, Tensor | None] = {
+        name: torch.empty((T, N), dtype=torch.float32, device=dev) if store else None
+        for name in lay.seq_names
+    }
+    lasts = [
+        torch.empty(state_shape or (N,), dtype=torch.float32, device=dev) for _ in range(lay.n_vars)
+    ]
     values: dict[str, Any] = {"x": x, "out": out, "T": T, "N": N, **saved}
-    values.update({p: t for p, t in zip(info.ports[1:], ports)})
-    values.update({f"a{j}": a for j, a in enumerate(adds)})
+    values.update(zip(lay.port_names, ports))
+    values.update(zip(lay.add_names, adds))
     for var, s0, last in zip(info.state_vars, s0s, lasts):
-        values.update({f"{var}0": s0, f"{var}_last": last})
+        values[f"{var}0"] = s0
+        values[f"{var}_last"] = last
     for q, (p, stride) in zip(info.param_args, quantities):
-        values.update({f"p_{q}": p, f"st_{q}": stride})
+        values[f"p_{q}"] = p
+        values[f"st_{q}"] = stride
     kernel.call("fwd", values, dev)
     return out, saved, lasts
 
@@ -207,17 +342,16 @@ def layer_backward(
     :func:`layer_forward` saved.
     """
     info = kernel.info
+    lay = layout(kernel)
     T, N = shape
     dev = device
     f32 = {"dtype": torch.float32, "device": dev}
-    gy = None if g_out is None else g_out.to(TORCH_DTYPES[gy_dtype(info.out_dtype)])
-    grads: dict[str, Tensor | None] = {
-        "gx": torch.empty((T, N), dtype=TORCH_DTYPES[info.x_dtype], device=dev)
-    }
-    for p in info.ports[1:]:
+    gy = None if g_out is None else g_out.to(lay.gy_dtype)
+    grads: dict[str, Tensor | None] = {"gx": torch.empty((T, N), dtype=lay.gx_dtype, device=dev)}
+    for p in lay.port_names:
         grads[f"g{p}"] = torch.empty((T, N), **f32) if want.get(f"g{p}") else None
-    for j in range(len(info.add_ports)):
-        grads[f"ga{j}"] = torch.empty((T, N), **f32) if want.get(f"ga{j}") else None
+    for a in lay.add_names:
+        grads[f"g{a}"] = torch.empty((T, N), **f32) if want.get(f"g{a}") else None
     for v in info.state_vars:
         grads[f"g{v}0"] = torch.empty((N,), **f32) if want.get(f"g{v}0") else None
     for q in info.param_args:
@@ -233,53 +367,133 @@ def layer_backward(
         **saved,
         **grads,
     }
-    values.update({p: t for p, t in zip(info.ports[1:], ports)})
-    values.update({f"a{j}": a for j, a in enumerate(adds)})
+    values.update(zip(lay.port_names, ports))
+    values.update(zip(lay.add_names, adds))
     for var, s0, g_last in zip(info.state_vars, s0s, g_lasts):
-        g_last = None if g_last is None else g_last.float().contiguous()
-        values.update({f"{var}0": s0, f"g{var}_last": g_last})
+        values[f"{var}0"] = s0
+        values[f"g{var}_last"] = None if g_last is None else g_last.float().contiguous()
     for q, (p, stride) in zip(info.param_args, quantities):
-        values.update({f"p_{q}": p, f"st_{q}": stride})
+        values[f"p_{q}"] = p
+        values[f"st_{q}"] = stride
     kernel.call("bwd", values, dev)
     return grads
 
 
+def saved_for_backward(
+    kernel: KernelPair,
+    x: Tensor,
+    ports: Sequence[Tensor | None],
+    adds: Sequence[Tensor | None],
+) -> tuple[Tensor | None, list[Tensor | None], list[Tensor | None]]:
+    """(x, ports, adds) as the backward reads them (None: not read, not kept alive)."""
+    info = kernel.info
+    reads_x = info.backward_reads_x
+    keep = layout(kernel).keep_adds
+    return (
+        x if reads_x else None,
+        [p if (reads_x or info.save == "state") else None for p in ports],
+        [a if reads_x and j < keep else None for j, a in enumerate(adds)],
+    )
+
+
+def backward_wants(
+    kernel: KernelPair,
+    T: int,
+    g_out: Tensor | None,
+    g_lasts: Sequence[Tensor | None],
+    s0s: Sequence[Tensor | None],
+    need: Sequence[bool],
+) -> dict[str, bool]:
+    """Which gradients the backward kernel writes (the rest get NULL), by argument name.
+
+    ``need``: whether autograd wants a gradient for each of (x, *ports, *adds, *s0s,
+    *quantities). A gradient is written only where it is needed *and* some used
+    output reaches it (torch gives None, not zeros, where none does: ``want["x"]``
+    is the latter alone; the kernel writes gx whatever, a cut plan's recompute parks
+    values in it).
+    """
+    info = kernel.info
+    lay = layout(kernel)
+    used = tuple(v for v, g in zip(info.state_vars, g_lasts) if g is not None)
+    r = reach(kernel, T, g_out is not None, used)
+    n_ports, n_adds, n_vars = lay.n_ports, lay.n_adds, lay.n_vars
+    need_ports = need[1 : 1 + n_ports]
+    need_adds = need[1 + n_ports : 1 + n_ports + n_adds]
+    need_s0 = need[1 + n_ports + n_adds : 1 + n_ports + n_adds + n_vars]
+    need_q = need[1 + n_ports + n_adds + n_vars :]
+    x_on = "x" in r
+    n_pro = info.n_prologue_adds
+    want = {"x": x_on}
+    for p, w in zip(lay.port_names, need_ports):
+        want[f"g{p}"] = bool(w) and p in r
+    for j, w in enumerate(need_adds):
+        want[f"ga{j}"] = bool(w) and (x_on if j < n_pro else g_out is not None)
+    for v, s0, w in zip(info.state_vars, s0s, need_s0):
+        want[f"g{v}0"] = bool(w) and s0 is not None and v in r
+    for q, w in zip(info.param_args, need_q):
+        want[f"gp_{q}"] = bool(w) and q in r
+    return want
+
+
+def recompute_saved(
+    kernel: KernelPair,
+    x: Tensor | None,
+    ports: Sequence[Tensor | None],
+    adds: Sequence[Tensor | None],
+    s0s: Sequence[Tensor | None],
+    flat: Sequence[tuple[Tensor, int]],
+    seqs: dict[str, Tensor | None],
+) -> dict[str, Tensor | None]:
+    """What the backward reads: the saved sequences, or (recompute done on the host) a
+    second forward launch that rebuilds them."""
+    info = kernel.info
+    if info.recompute and not info.recompute_in_kernel:
+        _, seqs, _ = layer_forward(kernel, x, ports, adds, s0s, flat, True)  # type: ignore[arg-type]
+    return seqs
+
+
 class LayerFunction(torch.autograd.Function):
-    """Autograd over (x, *ports, *adds, *state0, *quantities) -> (out, *final state)."""
+    """Autograd over (x, *ports, *adds, *state0, *quantities) -> (out, *final state).
+
+    Sequences come and go in x's shape [T, *shape] and states in the per-step shape:
+    the [T, N] views the kernels take are made in here, so autograd records no view
+    nodes around the layer (each costs host time in the forward and the backward).
+    """
 
     @staticmethod
     def forward(ctx, kernel: KernelPair, step_shape: tuple[int, ...], x, *rest):  # type: ignore[override]
         info = kernel.info
-        n_ports, n_adds, n_vars = len(info.ports) - 1, len(info.add_ports), len(info.state_vars)
-        ports = rest[:n_ports]
-        adds = rest[n_ports : n_ports + n_adds]
-        s0s = rest[n_ports + n_adds : n_ports + n_adds + n_vars]
+        lay = layout(kernel)
+        n_ports, n_adds, n_vars = lay.n_ports, lay.n_adds, lay.n_vars
+        T = x.shape[0]
+        N = x.numel() // T if T else 0
+        ports = [p.view(T, N) for p in rest[:n_ports]]
+        adds = [a.view(T, N) for a in rest[n_ports : n_ports + n_adds]]
+        s0s = [
+            None if s is None else s.view(N)
+            for s in rest[n_ports + n_adds : n_ports + n_adds + n_vars]
+        ]
         qs = rest[n_ports + n_adds + n_vars :]
         ctx.set_materialize_grads(False)  # an output without a gradient arrives as None
         flat = [flat_quantity(p, step_shape, q) for q, p in zip(info.param_args, qs)]
         # grad mode is off inside Function.forward: ask the inputs instead
         training = any(t is not None and t.requires_grad for t in (x, *rest))
         store = training and info.save != "none" and not info.recompute
-        out, saved, lasts = layer_forward(kernel, x, ports, adds, s0s, flat, store)
+        shape = x.shape
+        x = x.view(T, N)
+        out, saved, lasts = layer_forward(
+            kernel, x, ports, adds, s0s, flat, store, shape, tuple(step_shape)
+        )
         ctx.kernel = kernel
         ctx.step_shape = step_shape
-        ctx.tn = tuple(x.shape)
+        ctx.shape = shape
+        ctx.tn = (T, N)
         ctx.device = x.device
         ctx.strides = [stride for _, stride in flat]
         ctx.q_meta = [(p.shape, p.dtype) for p in qs]
         ctx.saved_names = list(saved)
-        reads_x = info.backward_reads_x
-        # the backward re-runs steps from x (through the prologue); a state plan's recompute
-        # re-runs the whole forward kernel, which reads the epilogue's inputs as well
-        keep = n_adds if (info.recompute and not info.recompute_in_kernel) else info.n_prologue_adds
-        ctx.save_for_backward(
-            x if reads_x else None,
-            *(p if (reads_x or info.save == "state") else None for p in ports),
-            *(a if reads_x and j < keep else None for j, a in enumerate(adds)),
-            *s0s,
-            *(p for p, _ in flat),
-            *saved.values(),
-        )
+        kx, kports, kadds = saved_for_backward(kernel, x, ports, adds)
+        ctx.save_for_backward(kx, *kports, *kadds, *s0s, *(p for p, _ in flat), *saved.values())
         if info.out_dtype == "uint8":
             ctx.mark_non_differentiable(out)
         return (out, *lasts)
@@ -289,9 +503,10 @@ class LayerFunction(torch.autograd.Function):
     def backward(ctx, g_out, *g_lasts):  # type: ignore[override]
         kernel: KernelPair = ctx.kernel
         info = kernel.info
-        n_ports, n_adds, n_vars = len(info.ports) - 1, len(info.add_ports), len(info.state_vars)
+        lay = layout(kernel)
+        n_ports, n_adds, n_vars = lay.n_ports, lay.n_adds, lay.n_vars
         n_q = len(info.param_args)
-        saved = list(ctx.saved_tensors)
+        saved = ctx.saved_tensors
         x = saved[0]
         pos = 1
         ports = saved[pos : pos + n_ports]
@@ -303,44 +518,36 @@ class LayerFunction(torch.autograd.Function):
         flat = list(zip(saved[pos : pos + n_q], ctx.strides))
         pos += n_q
         seqs = dict(zip(ctx.saved_names, saved[pos:]))
-        T = ctx.tn[0]
-        used = [v for v, g in zip(info.state_vars, g_lasts) if g is not None]
-        reach = connected(kernel.spec, T, g_out is not None, used)
-        need = ctx.needs_input_grad  # (kernel, step_shape, x, *ports, *adds, *s0s, *qs)
-        need_ports = need[3 : 3 + n_ports]
-        need_adds = need[3 + n_ports : 3 + n_ports + n_adds]
-        need_s0 = need[3 + n_ports + n_adds : 3 + n_ports + n_adds + n_vars]
-        need_q = need[3 + n_ports + n_adds + n_vars :]
-        if info.recompute and not info.recompute_in_kernel:  # rebuild what the forward skipped
-            _, seqs, _ = layer_forward(kernel, x, ports, adds, s0s, flat, True)
-        x_on = "x" in reach
-        n_pro = info.n_prologue_adds
-        want = {
-            "x": True,  # the kernel writes gx whatever (a cut plan's recompute parks values in it)
-            **{f"g{p}": w and p in reach for p, w in zip(info.ports[1:], need_ports)},
-            **{
-                f"ga{j}": w and (x_on if j < n_pro else g_out is not None)
-                for j, w in enumerate(need_adds)
-            },
-            **{
-                f"g{v}0": w and s0 is not None and v in reach
-                for v, s0, w in zip(info.state_vars, s0s, need_s0)
-            },
-            **{f"gp_{q}": w and q in reach for q, w in zip(info.param_args, need_q)},
-        }
+        need = ctx.needs_input_grad[2:]  # (kernel, step_shape, x, *ports, *adds, *s0s, *qs)
+        T, N = ctx.tn
+        if g_out is not None:
+            g_out = g_out.reshape(T, N)  # a view wherever the strides allow (y.sum(): (0, 0))
+        g_lasts = [None if g is None else g.reshape(N) for g in g_lasts]
+        want = backward_wants(kernel, T, g_out, g_lasts, s0s, need)
+        x_on = want["x"]
+        want["x"] = True
+        seqs = recompute_saved(kernel, x, ports, adds, s0s, flat, seqs)
         grads = layer_backward(
             kernel, ctx.tn, ctx.device, g_out, g_lasts, seqs, x, ports, adds, s0s, flat, want
         )
-        gx = grads["gx"]
-        gports = [grads[f"g{p}"] for p in info.ports[1:]]
-        gadds = [grads[f"ga{j}"] for j in range(n_adds)]
-        gs0 = [grads[f"g{v}0"] for v in info.state_vars]
-        gps = [grads[f"gp_{q}"] for q in info.param_args]
         g_qs = [
-            None if gp is None else _reduce_grad(gp, ctx.step_shape, *meta)
-            for gp, meta in zip(gps, ctx.q_meta)
+            None
+            if grads[f"gp_{q}"] is None
+            else _reduce_grad(grads[f"gp_{q}"], ctx.step_shape, *meta)
+            for q, meta in zip(info.param_args, ctx.q_meta)
         ]
-        return (None, None, gx if need[2] and x_on else None, *gports, *gadds, *gs0, *g_qs)
+        shape, step_shape = ctx.shape, ctx.step_shape
+        gx = grads["gx"].view(shape) if need[0] and x_on else None
+        seqs_g = [grads[name] for name in lay.grad_names[1 : 1 + n_ports + n_adds]]
+        gs0 = [grads[f"g{v}0"] for v in info.state_vars]
+        return (
+            None,
+            None,
+            gx,
+            *(None if g is None else g.view(shape) for g in seqs_g),
+            *(None if g is None else g.view(step_shape) for g in gs0),
+            *g_qs,
+        )
 
 
 def run_layer(
@@ -361,28 +568,32 @@ def run_layer(
     ``quantities``: the form's derived quantities (:func:`derive_quantities`).
     ``widen``: non-fp32 floating inputs are cast to fp32 (cuda's bf16 autocast)
     instead of refused. Without any input that requires grad the forward
-    kernel runs directly (no autograd node, no saved tensors).
+    kernel runs directly (no autograd node, no saved tensors); under
+    ``torch.compile`` / ``torch.export`` the kernels run as custom ops
+    (:mod:`snncc.backends.cpu.custom_ops`).
     """
     info = kernel.info
-    quantities = dict(quantities or {})
-    if len(adds) != len(info.add_ports):
-        raise ShapeError(f"neuron kernel expects {len(info.add_ports)} add inputs, got {len(adds)}")
-    if len(ports) != len(info.ports) - 1:
+    lay = layout(kernel)
+    if quantities is None:
+        quantities = {}
+    if len(adds) != lay.n_adds:
+        raise ShapeError(f"neuron kernel expects {lay.n_adds} add inputs, got {len(adds)}")
+    if len(ports) != lay.n_ports:
         raise ShapeError(
             f"neuron charge form {kernel.spec.charge!r} takes the input ports "
             f"{list(info.ports)}; got {len(ports) + 1} inputs"
         )
-    if sorted(quantities) != sorted(info.param_args):
+    if len(quantities) != len(info.param_args) or any(q not in quantities for q in info.param_args):
         raise ShapeError(
             f"neuron kernel expects the quantities {list(info.param_args)}, got {sorted(quantities)}"
         )
     device = x.device
     x, step_shape, N = time_major(x, widen, TORCH_DTYPES[info.x_dtype])
     T = x.shape[0]
-    flat_ports = [
-        flat_seq(p, f"input port {name!r}", x, widen) for name, p in zip(info.ports[1:], ports)
+    seq_ports = [
+        seq_like(p, f"input port {name!r}", x, widen) for name, p in zip(lay.port_names, ports)
     ]
-    flat_adds = [flat_seq(a, f"fused add input {j}", x, widen) for j, a in enumerate(adds)]
+    seq_adds = [seq_like(a, f"fused add input {j}", x, widen) for j, a in enumerate(adds)]
     s0s: list[Tensor | None] = []
     for var in info.state_vars:
         s = None if state is None else state.get(var)
@@ -395,20 +606,42 @@ def run_layer(
                 f"state {var!r} of shape {tuple(s.shape)} does not match the neuron's "
                 f"per-step shape {step_shape}"
             )
-        s0s.append(s.expand(step_shape).contiguous().reshape(N))
+        s0s.append(s if s.shape == step_shape else s.expand(step_shape).contiguous())
     qs = [quantities[q] for q in info.param_args]
-    x_flat = x.reshape(T, N)
-    grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x_flat, *flat_ports, *flat_adds, *s0s, *qs)
-    )
-    if grad:
-        outs = LayerFunction.apply(kernel, step_shape, x_flat, *flat_ports, *flat_adds, *s0s, *qs)
+    if torch.compiler.is_compiling():
+        from snncc.backends.cpu import custom_ops
+
+        flat_s0 = [None if s is None else s.reshape(N) for s in s0s]
+        out, lasts = custom_ops.run(
+            kernel,
+            step_shape,
+            x.reshape(T, N),
+            [p.reshape(T, N) for p in seq_ports],
+            [a.reshape(T, N) for a in seq_adds],
+            flat_s0,
+            qs,
+        )
+        out = out.reshape(x.shape)
+        lasts = [last.reshape(step_shape) for last in lasts]
+    elif torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x, *seq_ports, *seq_adds, *s0s, *qs)
+    ):
+        outs = LayerFunction.apply(kernel, step_shape, x, *seq_ports, *seq_adds, *s0s, *qs)
         out, lasts = outs[0], outs[1:]
     else:
         flat = [flat_quantity(p, step_shape, q) for q, p in zip(info.param_args, qs)]
-        out, _, lasts = layer_forward(kernel, x_flat, flat_ports, flat_adds, s0s, flat, False)
-    new_state = {var: last.reshape(step_shape) for var, last in zip(info.state_vars, lasts)}
-    return out.reshape(x.shape), new_state
+        out, _, lasts = layer_forward(
+            kernel,
+            x.view(T, N),
+            [p.view(T, N) for p in seq_ports],
+            [a.view(T, N) for a in seq_adds],
+            [None if s is None else s.view(N) for s in s0s],
+            flat,
+            False,
+            x.shape,
+            tuple(step_shape),
+        )
+    return out, dict(zip(info.state_vars, lasts))
 
 
 # ------------------------------------------------- the SpikingJelly-style call

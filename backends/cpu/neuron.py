@@ -13,9 +13,8 @@ import ctypes
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import torch
-
 from snncc.backends.cpu import compiler
+from snncc.backends.cpu.threads import kernel_threads
 from snncc.backends.kernels import (
     NeuronKernelInfo,
     neuron_kernel_info,
@@ -39,12 +38,10 @@ _CTYPES = {
 }
 
 
-def _ptr(t: torch.Tensor | None) -> int | None:
-    return None if t is None else t.data_ptr()
-
-
 class NeuronKernel:
     """The compiled forward/backward pair of one neuron form (+ its fused steps)."""
+
+    target = "cpu"
 
     def __init__(
         self,
@@ -56,6 +53,8 @@ class NeuronKernel:
     ) -> None:
         self.spec = spec if isinstance(spec, NeuronSpec) else NeuronSpec.from_dict(dict(spec))
         self.info: NeuronKernelInfo = neuron_kernel_info(self.spec, prologue, epilogue, options)
+        #: what rendered ``source`` (the custom ops' kernel key, backends/cpu/custom_ops.py)
+        self.render_args = (tuple(prologue), tuple(epilogue), dict(options or {}))
         self.source = render_neuron_kernels(self.spec, prologue, epilogue, "cpu", options)
         names = (self.info.forward_name, self.info.backward_name)
         lib = compiler.load(self.source, cache_dir, symbols=names)
@@ -65,6 +64,16 @@ class NeuronKernel:
         self._bwd = getattr(lib, self.info.backward_name)
         self._bwd.argtypes = [_CTYPES[c] for _, c in self.info.backward_args]
         self._bwd.restype = None
+        #: (function, ((name, is a pointer), ...)) per direction, looked up once
+        self._calls = {
+            "fwd": (self._fwd, tuple((n, c.endswith("*")) for n, c in self.info.forward_args)),
+            "bwd": (self._bwd, tuple((n, c.endswith("*")) for n, c in self.info.backward_args)),
+        }
+        from snncc.backends.cpu.custom_ops import kernel_key
+
+        kernel_key(self)  # now, not while torch.compile traces a first call
+        self._set_threads = getattr(lib, "snncc_set_threads", None)
+        self._threads = -1  # what the library was last told (threads.kernel_threads)
 
     def call(self, which: str, values: Mapping[str, Any], device: Any = None) -> None:
         """Run the forward ("fwd") or backward ("bwd") kernel with arguments by name.
@@ -76,13 +85,17 @@ class NeuronKernel:
         call the kernels this way. ``device`` is where the layer's tensors live:
         anything but the CPU is refused (the kernels would read device memory).
         """
-        if device is not None and torch.device(device).type != "cpu":
+        if device is not None and getattr(device, "type", device) != "cpu":
             raise ShapeError(
                 f"the cpu backend's neuron kernels take CPU tensors (the layer runs on {device})"
             )
-        fn, signature = (
-            (self._fwd, self.info.forward_args)
-            if which == "fwd"
-            else (self._bwd, self.info.backward_args)
-        )
-        fn(*(_ptr(values[n]) if c.endswith("*") else values[n] for n, c in signature))
+        fn, signature = self._calls[which]
+        n = kernel_threads(values["T"] * values["N"])
+        if n != self._threads and self._set_threads is not None:
+            self._set_threads(n)
+            self._threads = n
+        args = []
+        for name, pointer in signature:
+            v = values[name]
+            args.append((None if v is None else v.data_ptr()) if pointer else v)
+        fn(*args)

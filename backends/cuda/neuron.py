@@ -36,6 +36,8 @@ class CudaNeuronKernel:
     the first launch per device (needs CuPy and a GPU).
     """
 
+    target = "cuda"
+
     def __init__(
         self,
         spec: NeuronSpec | Mapping[str, Any],
@@ -58,6 +60,9 @@ class CudaNeuronKernel:
         self.cache_dir = cache_dir
         self.block = block
         self._fns: dict[tuple[str, int], Any] = {}
+        from snncc.backends.cpu.custom_ops import kernel_key
+
+        kernel_key(self)  # now, not while torch.compile traces a first call
 
     def call(self, which: str, values: Mapping[str, Any], device: torch.device) -> None:
         """Launch the forward ("fwd") or backward ("bwd") kernel with arguments by name.

@@ -268,14 +268,16 @@ class ReferenceProgram:
         ids = self.graph.meta["inputs"]
         timed = [x for nid, x in zip(ids, inputs) if nid not in self._static]
         static = [x for nid, x in zip(ids, inputs) if nid in self._static]
-        B = int(timed[0].shape[1]) if timed else int(static[0].shape[0])
-        T = int(timed[0].shape[0]) if timed else int(self._repeat_steps or 1)
+        # shape entries as they are (ints; symbolic under torch.export, where int() would
+        # specialise the batch to the example's)
+        B = timed[0].shape[1] if timed else static[0].shape[0]
+        T = timed[0].shape[0] if timed else int(self._repeat_steps or 1)
         if timed and self._repeat_steps is not None and T != self._repeat_steps:
             raise ShapeError(
                 f"the input has T = {T} steps, but the model repeats its static values over "
                 f"{self._repeat_steps} steps; give it {self._repeat_steps} steps"
             )
-        if any(int(x.shape[0]) != B for x in static):
+        if any(x.shape[0] != B for x in static):
             raise ShapeError(f"inputs disagree on B: {[tuple(x.shape) for x in inputs]}")
         return T, B
 

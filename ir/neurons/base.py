@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -380,8 +381,33 @@ def check_spec(spec: Any) -> Form:
 
 
 def build(spec: Any) -> NeuronGraph:
-    """The :class:`NeuronGraph` of ``spec`` (cached by the spec's contents)."""
-    return _build(json.dumps(spec.to_dict(), sort_keys=True))
+    """The :class:`NeuronGraph` of ``spec`` (cached by the spec's contents).
+
+    Programs ask for it on every layer call (the reference's per-step loop, the
+    kernels' derived quantities), so the same spec object is answered from a cache
+    by identity first (specs are frozen values); the content key is the JSON of
+    the spec's fields read directly (``to_dict``'s deep copy cost more than the
+    lookup it keyed).
+    """
+    hit = _BY_ID.get(id(spec))
+    if hit is not None and hit[0]() is spec:
+        return hit[1]
+    fields = {f: getattr(spec, f) for f in spec.__dataclass_fields__}
+    if fields.get("program") is None:
+        fields.pop("program", None)
+    graph = _build(json.dumps(fields, sort_keys=True))
+    try:
+        ref = weakref.ref(spec)
+    except TypeError:  # not weak-referenceable: content lookups only
+        return graph
+    if len(_BY_ID) > 1024:
+        _BY_ID.clear()
+    _BY_ID[id(spec)] = (ref, graph)
+    return graph
+
+
+#: id(spec) -> (weak reference to the spec, its graph): :func:`build`'s identity cache
+_BY_ID: dict[int, tuple[Any, NeuronGraph]] = {}
 
 
 @lru_cache(maxsize=512)

@@ -1,0 +1,150 @@
+"""The neuron kernels as torch custom ops: torch.compile and torch.export of ``to_torch()``.
+
+Eagerly a program runs its kernels through an ``autograd.Function`` (cheaper per
+call); traced, through the ``snncc::neuron_forward`` / ``snncc::neuron_backward``
+custom ops (backends/cpu/custom_ops.py). These tests check that tracing sees one
+graph with no break, that the traced kernels give the eager bits, and that an
+exported program runs without the compiled model and equals it bit for bit.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from torch import nn
+
+import snncc
+from snncc.backends.cpu import custom_ops
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def _sj_mlp(plif: bool = False) -> nn.Module:
+    from spikingjelly.activation_based import functional, layer, neuron, surrogate
+
+    torch.manual_seed(0)
+
+    def node() -> nn.Module:
+        if plif:
+            return neuron.ParametricLIFNode(init_tau=2.0, surrogate_function=surrogate.ATan())
+        return neuron.LIFNode(tau=2.0, surrogate_function=surrogate.ATan())
+
+    net = nn.Sequential(layer.Linear(12, 32), node(), layer.Linear(32, 5), node())
+    with torch.no_grad():  # default init leaves the output layer silent on these inputs
+        net[0].weight.mul_(3.0)
+        net[2].weight.mul_(6.0)
+    functional.set_step_mode(net, "m")
+    return net
+
+
+def _input(T: int = 6, B: int = 4, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand((T, B, 12), generator=g) * 3.0
+
+
+def _step(module: nn.Module, run, x: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    for p in module.parameters():
+        p.grad = None
+    y = run(x)
+    (y * torch.linspace(0.5, 1.5, y.shape[-1])).sum().backward()
+    return y.detach(), {n: p.grad for n, p in module.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("plif", [False, True], ids=["lif", "plif"])
+def test_compiled_to_torch_is_one_graph_with_the_eager_bits(plif: bool) -> None:
+    """fullgraph=True: any graph break is an error; forward bit for bit, gradients within
+    rounding (inductor sums a bias gradient in another order than eager torch)."""
+    x = _input()
+    cm = snncc.compile(_sj_mlp(plif), x, backend="cpu")
+    module = cm.to_torch()
+    explained = torch._dynamo.explain(module)(x)
+    assert explained.graph_break_count == 0, [b.reason for b in explained.break_reasons]
+    torch._dynamo.reset()
+    compiled = torch.compile(module, fullgraph=True)
+    y_c, g_c = _step(module, compiled, x)
+    y_e, g_e = _step(module, module, x)
+    assert torch.equal(y_c, y_e)
+    assert 0 < float(y_e.sum()) < y_e.numel()
+    assert g_c.keys() == g_e.keys() and g_e
+    for name in g_e:
+        torch.testing.assert_close(g_c[name], g_e[name], rtol=1e-5, atol=1e-6, msg=name)
+    if plif:  # the learnable decay's gradient flows through the op's autograd formula
+        assert any(name.endswith(".w") for name in g_e)
+    # a second input of another batch size runs the same compiled code path
+    x2 = _input(B=7, seed=1)
+    assert torch.equal(compiled(x2), module(x2))
+
+
+def test_eager_runs_stay_off_the_custom_ops(monkeypatch) -> None:
+    """Eager calls go through the autograd.Function (a custom op's dispatch costs more)."""
+    calls = []
+    real = custom_ops.run
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(custom_ops, "run", spy)
+    x = _input()
+    cm = snncc.compile(_sj_mlp(), x, backend="cpu")
+    y = cm.to_torch()(x)
+    y.sum().backward()
+    assert not calls
+
+
+def test_custom_ops_pass_torch_opcheck() -> None:
+    """torch.library.opcheck: schema, fake (meta) shapes and the autograd registration agree
+    with the real kernels."""
+    x = _input()
+    cm = snncc.compile(_sj_mlp(plif=True), x, backend="cpu")
+    kernel = next(iter(cm.program.kernels.values()))
+    key = custom_ops.kernel_key(kernel)
+    T, N = 6, 4 * 32
+    xf = torch.rand((T, N)) * 2
+    k = torch.tensor(0.3, requires_grad=True).sigmoid()
+    args = (key, xf.requires_grad_(), [], [], [], [False], [k], [4, 32], True)
+    torch.library.opcheck(torch.ops.snncc.neuron_forward.default, args)
+
+
+def test_exported_digits_model_equals_the_compiled_one_bit_for_bit(tmp_path) -> None:
+    """torch.export of the trained digits model (any batch size), saved and run in a fresh
+    process that never compiled it: the exported graph's kernel ops rebuild their kernels
+    from their keys, and the spikes are the compiled model's, bit for bit."""
+    from snncc.examples import digits
+
+    images, labels = digits.test_split()
+    x = digits.encode(images[:32])
+    cm = snncc.compile(digits.load_pretrained(), x, backend="cpu")
+    module = cm.to_torch().eval()
+    batch = torch.export.Dim("B", max=4096)
+    exported = torch.export.export(module, (x,), dynamic_shapes={"x": {1: batch}})
+    with torch.no_grad():
+        x_all = digits.encode(images)
+        assert torch.equal(exported.module()(x), cm(x))
+        y_all = exported.module()(x_all)
+        assert torch.equal(y_all, cm(x_all))
+    assert digits.accuracy(y_all, labels) > 0.9
+    path = tmp_path / "digits.pt2"
+    torch.export.save(exported, str(path))
+    torch.save(x_all, tmp_path / "x.pt")
+    torch.save(y_all, tmp_path / "y.pt")
+    script = textwrap.dedent(
+        f"""
+        import torch
+        import snncc.backends.cpu.custom_ops  # registers the snncc ops
+        ep = torch.export.load({str(path)!r})
+        x = torch.load({str(tmp_path / "x.pt")!r})
+        y = torch.load({str(tmp_path / "y.pt")!r})
+        with torch.no_grad():
+            assert torch.equal(ep.module()(x), y)
+        print("ok")
+        """
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600
+    )
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-3000:]
