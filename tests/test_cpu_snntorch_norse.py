@@ -204,7 +204,7 @@ def _params(spec: NeuronSpec, seed: int) -> dict[str, torch.Tensor]:
         if role in ("beta", "alpha"):
             value = 0.5 + 0.8 * u  # some above 1: clamp passes no gradient there
             if value.dim():
-                value.view(-1)[0] = 1.0  # on the boundary: torch's clamp passes it
+                value.view(-1)[0] = 1.0  # on the boundary: torch <= 2.13 passes it, 2.14 gives 0
         elif role == "threshold":
             value = (0.4 if spec.charge in NORSE_FORMS else 0.8) + 0.2 * u
         elif role == "graded_spikes_factor":

@@ -765,6 +765,26 @@ def test_batchnorm_training_statistics(stats: str, cache_dir: str) -> None:
     assert_close(y, want, 1e-4)
 
 
+def test_clamp01_gradient_is_the_installed_torchs() -> None:
+    """snnTorch's ``beta.clamp(0, 1)``: values and gradients equal torch's at every point.
+
+    torch 2.13 passes the gradient at a bound and torch 2.14 gives 0 there, so
+    the expected values come from the torch that runs, never from a constant.
+    """
+    from snncc.backends.jax import runtime as rt
+
+    pts = [-0.5, -0.0, 0.0, 1e-8, 0.3, 1.0 - 2**-24, 1.0, 1.5]
+    xt = torch.tensor(pts, requires_grad=True)
+    want = xt.clamp(0, 1)
+    want.backward(torch.arange(1.0, 9.0))
+    value, vjp = jax.vjp(rt.clamp01, jnp.asarray(pts, jnp.float32))
+    (gx,) = vjp(jnp.arange(1.0, 9.0, dtype=jnp.float32))
+    assert np.array_equal(np.asarray(value), want.detach().numpy())
+    assert np.array_equal(np.asarray(gx), xt.grad.numpy()), (np.asarray(gx), xt.grad)
+    jitted = jax.jit(jax.grad(lambda a: jnp.sum(rt.clamp01(a) * jnp.arange(1.0, 9.0))))
+    assert np.array_equal(np.asarray(jitted(jnp.asarray(pts, jnp.float32))), xt.grad.numpy())
+
+
 # ------------------------------------------------ recurrence, LI, streaming
 def recurrent_graph(seed: int = 11) -> Graph:
     """x -> fc_in -> add(+ fc_rec(spike[t-1])) -> LIF -> (delay 1) fc_rec; LI readout."""

@@ -232,7 +232,11 @@ def test_snntorch_per_step_leaky(mech: str, reset_delay: bool, cache_dir: str) -
 
 
 def test_snntorch_convnet_per_channel_learnable(cache_dir: str) -> None:
-    """Per-channel learnable beta and threshold (broadcast over H, W), learnable graded factor."""
+    """Per-channel learnable beta and threshold (broadcast over H, W), learnable graded factor.
+
+    One beta sits exactly on the clamp's bound 1.0: torch 2.13 passes the gradient
+    there and torch 2.14 gives 0, and jax must follow the torch that runs.
+    """
     net = snntorch_convnet(clamp_edges=True)  # clamp edges too
     _st_randomise(net, 3, gain=3.0)
     x = torch.rand(8, B, 1, 8, 8, generator=_gen(3)) * 2

@@ -12,6 +12,7 @@ Everything here is pure jax, jit-able and differentiable.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from functools import partial
@@ -218,13 +219,41 @@ def fresh_shape(
     return jnp.full(tuple(shape), fill, jnp.float32)
 
 
-def clamp01(x: jax.Array) -> jax.Array:
-    """torch's ``x.clamp(0, 1)`` (snnTorch's beta/alpha), gradient 0 at and beyond the bounds.
+@functools.cache
+def torch_clamp_bound_grads() -> tuple[float, float]:
+    """The gradient the installed torch's ``x.clamp(0, 1)`` passes back at x == 0 and x == 1.
 
-    ``lax.clamp`` has torch's clamp gradient (1 strictly inside, 0 at the
-    bounds); ``jnp.clip`` would give 0.5 at a bound.
+    Why asked, not written down: torch changed it (2.13 passes the gradient at
+    a bound, 2.14 passes 0 there; both pass 1 strictly inside and 0 beyond),
+    and the jax backend promises the gradients of the torch model it was
+    traced from, whichever torch runs that model.
+    """
+    import torch
+
+    x = torch.tensor([0.0, 1.0], requires_grad=True)
+    x.clamp(0, 1).sum().backward()
+    lo, hi = (float(g) for g in x.grad)
+    return lo, hi
+
+
+@jax.custom_jvp
+def clamp01(x: jax.Array) -> jax.Array:
+    """torch's ``x.clamp(0, 1)`` (snnTorch's beta/alpha), with torch's gradient.
+
+    The gradient is 1 strictly inside, 0 beyond the bounds and, at a bound,
+    what the installed torch gives there (:func:`torch_clamp_bound_grads`);
+    ``lax.clamp`` alone gives 0 at a bound and ``jnp.clip`` 0.5.
     """
     return lax.clamp(jnp.zeros((), x.dtype), x, jnp.ones((), x.dtype))
+
+
+@clamp01.defjvp
+def _clamp01_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    lo, hi = torch_clamp_bound_grads()
+    zero = jnp.zeros_like(dx)
+    inside = jnp.where((x > 0) & (x < 1), dx, zero)
+    return clamp01(x), jnp.where(x == 0, dx * lo, jnp.where(x == 1, dx * hi, inside))
 
 
 # ----------------------------------------------------------------- dense ops
