@@ -71,11 +71,8 @@ def lower(graph: Graph, cache_dir: str, passes: bool = True, **options: Any):
     return be.lower(graph, cache_dir=cache_dir, **options)
 
 
-def reference_or_none():
-    try:
-        return backends.get("reference")
-    except Exception:  # noqa: BLE001 - not written yet / missing dependency
-        return None
+def reference_backend():
+    return backends.get("reference")
 
 
 def np_(x: Any) -> np.ndarray:
@@ -313,10 +310,8 @@ def check_vs_spikingjelly(
 
 
 def check_vs_reference(graph: Graph, x: torch.Tensor, prog) -> None:
-    """Outputs and final state of ``prog`` against the reference backend, when it exists."""
-    ref = reference_or_none()
-    if ref is None:
-        return
+    """Outputs and final state of ``prog`` against the reference backend."""
+    ref = reference_backend()
     from snncc.ir.passes import run_pipeline
 
     rprog = ref.lower(run_pipeline(graph, ref.pipeline))
@@ -890,9 +885,7 @@ def test_streaming_equals_one_run(which: str, cache_dir: str) -> None:
 
 def test_state_from_reference_backend_continues_in_jax(cache_dir: str) -> None:
     """State is {node_id: {var: array}} on every backend: reference state resumes in jax."""
-    ref = reference_or_none()
-    if ref is None:
-        pytest.skip("the reference backend is not available")
+    ref = reference_backend()
     from snncc.ir.passes import run_pipeline
 
     g = recurrent_graph()
@@ -1048,14 +1041,6 @@ def test_missing_jax_raises_backend_error() -> None:
 
 
 # ------------------------------------------------ traced models (frontend)
-def _trace():
-    try:
-        from snncc.frontend import trace
-    except ImportError:
-        return None
-    return trace
-
-
 def traced_models() -> dict[str, Any]:
     def mlp():
         return net_m(
@@ -1089,9 +1074,8 @@ def traced_models() -> dict[str, Any]:
 
 @pytest.mark.parametrize("name", sorted(traced_models()))
 def test_traced_spikingjelly_models(name: str, cache_dir: str) -> None:
-    trace = _trace()
-    if trace is None:
-        pytest.skip("snncc.frontend.trace is not available yet")
+    from snncc.frontend import trace
+
     torch.manual_seed(15)
     net, x = traced_models()[name]()
     g = trace(net, x)
