@@ -1005,10 +1005,17 @@ def test_user_strings_never_reach_code_unsanitised(cache_dir: str) -> None:
     np.testing.assert_array_equal(np_(y), np.ones((2, 1, 2)))
 
 
-def test_training_dropout_is_unsupported(cache_dir: str) -> None:
-    g = one_op_graph("dropout", [[4]], [4], {"p": 0.5, "training": True})
-    with pytest.raises(UnsupportedError, match="training-mode dropout"):
-        lower(g, cache_dir, passes=False)
+def test_training_dropout_inside_a_recurrence_is_unsupported(cache_dir: str) -> None:
+    """Training-mode dropout runs in layer groups (tests/test_dropout.py); inside a scan it
+    would need a key per step, and is refused by name instead of dropped."""
+    g = recurrent_graph()
+    (rec,) = [n for n in g.nx.nodes if g.node(n).get("name") == "fc_rec"]
+    (e,) = g.in_edges(rec)
+    g.remove_edge(e)
+    d = g.add_node("dropout", [(e.src, 1)], attrs={"p": 0.5, "training": True}, name="drop")
+    g.add_edge(d, rec, 0)
+    with pytest.raises(UnsupportedError, match=r"drop\).*training-mode dropout.*recurrent"):
+        lower(g, cache_dir)
 
 
 def test_unknown_charge_form_is_unsupported(cache_dir: str) -> None:
