@@ -40,9 +40,10 @@ class JaxBackend:
     name = "jax"
     #: options an artifact may carry (snncc.load); ``cache_dir`` comes only from the user
     artifact_options = ("unroll",)
+    #: no fold_batchnorm: folding BatchNorm into the weights rounds differently from the
+    #: source's own BatchNorm, and no backend gives up exact fp32 arithmetic unasked
     pipeline = (
         "canonicalize",
-        "fold_batchnorm",
         "drop_noops",
         "fuse_elementwise",
         "temporal_fusion",
