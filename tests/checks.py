@@ -14,6 +14,7 @@ with zeros, and every spike-path bug (threshold, reset, surrogate) passes it.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -104,3 +105,92 @@ def assert_fires(model_or_graph: Any, x: Any) -> dict[str, int]:
     silent = [name for name, c in counts.items() if c == 0]
     assert not silent, f"neuron layers that never fire on this input: {silent} (spikes: {counts})"
     return counts
+
+
+# --------------------------------------------------------------------------- the threshold
+def threshold_of(spec: NeuronSpec, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The fp32 threshold a neuron compares with: its ``threshold`` param, or the spec's."""
+    th = params.get("threshold")
+    return th.detach().float() if th is not None else torch.tensor(spec.v_threshold)
+
+
+def charged_membrane(
+    spec: NeuronSpec, params: dict[str, torch.Tensor], x: torch.Tensor, state: dict, ports=()
+) -> torch.Tensor:
+    """The membrane one step charges before it fires (what the threshold is compared with).
+
+    snnTorch / Norse: the same step without a reset (their reset term is 0 while
+    the previous membrane is below the threshold, as in a fresh state), read as
+    the membrane.
+    """
+    from snncc import neurons
+    from snncc.ir.neuron import NORSE_FORMS, SNNTORCH_FORMS
+
+    with torch.no_grad():
+        if spec.charge in SNNTORCH_FORMS or spec.charge in NORSE_FORMS:
+            quiet = spec.replace(reset="none", output="membrane", reset_delay=False)
+            return neurons.step(quiet, params, x, dict(state), *ports)[0]
+        p = {**params, **neurons.derived_constants(spec, params)}
+        return neurons.charge(spec, p, x, state["v"])
+
+
+def threshold_crossing_inputs(
+    spec: NeuronSpec, params: dict[str, torch.Tensor], state: dict, ports=(), guess: float = 1.0
+) -> tuple[dict, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(state, landed, exact, below, above)``: from the returned state (``state`` with a
+    membrane moved by a few ulps where needed), input ``exact`` charges the membranes where
+    ``landed`` exactly onto their threshold (fires under ``>=``, not under ``>``), ``below``
+    every membrane to the fp32 value just under it and ``above`` just over it; inputs
+    shaped like ``state["v"]``; at least half of them land.
+
+    Found by a secant step in float64, then a walk one fp32 ulp at a time (the charge
+    rises monotonically with x, with slope at most 1 in every form). Where rounding
+    steps over the threshold from this membrane (a tie), the membrane moves one ulp; where
+    a later term (a recurrent input, a synaptic current) rounds past it, it stays off.
+    """
+    v0 = state["v"]
+    th = threshold_of(spec, params).expand_as(v0)
+    up, down = torch.full_like(v0, math.inf), torch.full_like(v0, -math.inf)
+    state = dict(state)
+
+    def h(x: torch.Tensor) -> torch.Tensor:
+        return charged_membrane(spec, params, x, state, ports).expand_as(v0)
+
+    for _ in range(16):
+        x = torch.full_like(v0, guess)
+        for _ in range(3):
+            x2 = x + 0.25
+            h1, h2 = h(x).double(), h(x2).double()
+            slope = (h2 - h1) / (x2.double() - x.double())
+            x = (x.double() + (th.double() - h1) / slope).float()
+        for _ in range(64):
+            hx = h(x)
+            if torch.equal(hx, th):
+                break
+            x = torch.where(
+                hx < th, torch.nextafter(x, up), torch.where(hx > th, torch.nextafter(x, down), x)
+            )
+        missed = h(x) != th
+        if not missed.any():
+            break
+        state["v"] = torch.where(missed, torch.nextafter(state["v"], down), state["v"])
+    landed = h(x) == th
+    frac = float(landed.float().mean())
+    assert frac >= 0.5, f"{spec.charge}: only {frac:.0%} of the membranes land on the threshold"
+    below, above = x.clone(), x.clone()
+    while bool((h(below) >= th).any()):
+        below = torch.where(h(below) >= th, torch.nextafter(below, down), below)
+    while bool((h(above) <= th).any()):
+        above = torch.where(h(above) <= th, torch.nextafter(above, up), above)
+    return state, landed, x, below, above
+
+
+def fired_on_step(spec: NeuronSpec, out: torch.Tensor, h: torch.Tensor) -> torch.Tensor | None:
+    """Whether each neuron fired on a step, read from that step's output and the membrane
+    ``h`` it charged (:func:`charged_membrane`); None where the output does not show it
+    (a membrane readout without a reset, snnTorch's delayed reset, a current)."""
+    if spec.output == "spike":
+        return out != 0
+    if spec.output == "membrane" and spec.reset != "none" and not spec.reset_delay:
+        return out != h.expand_as(out)  # a reset moved it off the charged value
+    return None

@@ -15,6 +15,7 @@ import types
 
 import pytest
 import torch
+from checks import charged_membrane, fired_on_step, threshold_crossing_inputs
 from kernel_specs import PLIF_FORMS, backward_gy_strides, kernel_spec, recurrent_lif_graph
 
 import snncc
@@ -157,6 +158,31 @@ def test_kernel_matches_torch_neuron_maths(form, T, cache_dir) -> None:
     if spec.charge in PLIF_FORMS:
         scale = plif_w_grad_scale(spec, x, v0, w, gy, gv)
         assert_grads_close(g_cpu[2], g_ref[2], "grad w", scale)
+
+
+@pytest.mark.parametrize("form", FORMS, ids=form_id)
+def test_membrane_exactly_on_the_threshold(form, cache_dir) -> None:
+    """Charged exactly onto the threshold a neuron fires under ``>=`` and not under ``>``;
+    one ulp below it never fires and one above always does: kernel == torch maths == rule."""
+    spec = spec_of(form)
+    kernel = kernel_for(spec, cache_dir)
+    _, v0, w, *_ = _inputs(1, seed=5)
+    params = {"w": w} if spec.charge in PLIF_FORMS else {}
+    state, landed, exact, below, above = threshold_crossing_inputs(spec, params, {"v": v0})
+    x = torch.stack([torch.cat([exact, below, above]), torch.zeros(9, 37)])
+    v0 = state["v"].repeat(3, 1)
+    out_ref, v_ref = _torch_reference(spec, x, v0, w)
+    out, v_last = run_neuron(kernel, x, (), v0, w.sigmoid())
+    assert torch.equal(out, out_ref), f"{(out != out_ref).sum().item()} outputs differ"
+    assert torch.equal(v_last, v_ref)
+    h = charged_membrane(spec, params, x[0], {"v": v0})
+    for got in (out, out_ref):
+        fired = fired_on_step(spec, got[0], h)
+        if fired is None:
+            continue
+        on, lo, hi = fired.split(3)
+        assert torch.equal(on[landed], torch.full_like(on[landed], spec.fire_cmp == ">="))
+        assert not lo.any() and hi.all()
 
 
 def test_fresh_state_starts_at_v_init(cache_dir) -> None:

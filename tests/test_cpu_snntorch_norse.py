@@ -30,6 +30,7 @@ import math
 
 import pytest
 import torch
+from checks import charged_membrane, fired_on_step, threshold_crossing_inputs, threshold_of
 from kernel_specs import backward_gy_strides
 from torch import nn
 
@@ -311,6 +312,61 @@ def test_form_kernel_matches_torch_neuron_maths(case, T, cache_dir) -> None:
     for name, a, b, b64 in zip(names, g_cpu, g_ref, g64):
         scale = _param_scale(ref_loss, params, name) if name in params and b is not None else 0.0
         assert_grads_close(a, b, f"grad {name}", scale, b64)
+
+
+#: the firing cases, plus every firing form under ``>=`` (NIR files import Norse's
+#: box form with SpikingJelly's ``>=``; the template must take the comparison from the spec)
+THRESHOLD_CASES = [(c, ">") for c in CASES if c[0] != "norse_li" and c[3] != "current"] + [
+    ((charge, reset, False, "spike", True, sg), ">=")
+    for charge, reset, sg in (
+        ("snntorch_leaky", "subtract", "atan"),
+        ("snntorch_synaptic", "hard", "fast_sigmoid"),
+        ("snntorch_rleaky", "subtract", "straight_through"),
+        ("snntorch_rleaky_v", "none", "atan"),
+        ("norse_lif", "hard", "superspike"),
+        ("norse_lif_recurrent", "hard", "triangle"),
+        ("norse_lifbox", "subtract", "norse_tanh"),
+    )
+]
+
+
+@pytest.mark.parametrize(
+    "case, cmp", THRESHOLD_CASES, ids=[f"{case_id(c)}-{m}" for c, m in THRESHOLD_CASES]
+)
+def test_membrane_exactly_on_the_threshold(case, cmp, cache_dir) -> None:
+    """Charged exactly onto the threshold a neuron fires under ``>=`` and not under ``>``;
+    one ulp below it never fires and one above always does (kernel == torch maths == rule).
+    Two more steps follow from the membrane left on the threshold: snnTorch's reset reads
+    it (``m - th > 0``, so no reset from exactly th)."""
+    spec = _spec(*case).replace(fire_cmp=cmp)
+    kernel = kernel_for(spec, cache_dir)
+    ins, params = _inputs(spec, 3, 7), _params(spec, 7)
+    th = threshold_of(spec, params)
+    state = {v: ins[f"{v}0"] for v in spec.state_vars}
+    state["v"] = torch.minimum(state["v"], th - 0.3)  # below: no reset from the last step
+    rec0 = (ins["rec"][0],) if "rec" in ins else ()
+    state, landed, exact, below, above = threshold_crossing_inputs(spec, params, state, rec0)
+    three = {k: torch.cat([v, v, v]) for k, v in state.items()}
+    first = torch.cat([exact, below, above])
+    x = torch.cat([first[None], torch.zeros(2, *first.shape)])
+    run_ins = {"x": x, **{f"{k}0": v for k, v in three.items()}}
+    if "rec" in ins:
+        run_ins["rec"] = torch.cat([ins["rec"]] * 3, dim=1)
+    p3 = dict(params)
+    ref, rst = _torch_run(spec, run_ins, p3)
+    out, cst = _kernel_run(spec, kernel, run_ins, p3)
+    assert torch.equal(out, ref), f"{(out != ref).sum().item()} of {out.numel()} outputs differ"
+    for var in rst:
+        assert torch.equal(cst[var], rst[var]), f"final state {var!r} differs"
+    rec = (run_ins["rec"][0],) if "rec" in run_ins else ()
+    h = charged_membrane(spec, p3, x[0], three, rec)
+    for got in (out, ref):
+        fired = fired_on_step(spec, got[0], h)
+        if fired is None:
+            continue
+        on, lo, hi = fired.split(exact.shape[0])
+        assert torch.equal(on[landed], torch.full_like(on[landed], cmp == ">="))
+        assert not lo.any() and hi.all()
 
 
 @pytest.mark.parametrize(
