@@ -194,3 +194,84 @@ def fired_on_step(spec: NeuronSpec, out: torch.Tensor, h: torch.Tensor) -> torch
     if spec.output == "membrane" and spec.reset != "none" and not spec.reset_delay:
         return out != h.expand_as(out)  # a reset moved it off the charged value
     return None
+
+
+def assert_fires_at_threshold(spec: NeuronSpec, out: torch.Tensor, h: torch.Tensor) -> None:
+    """Step 0 of a :func:`threshold_graph` output: rows [exact | below | above] thirds."""
+    on, lo, hi = fired_on_step(spec, out[0], h).chunk(3)
+    assert (on == (spec.fire_cmp == ">=")).all(), f"{spec.summary()}: exactly on the threshold"
+    assert not lo.any() and hi.all(), f"{spec.summary()}: one ulp off the threshold"
+
+
+# --------------------------------------------------------------------------- binary-exact forms
+SJ_FIRING = ("sj_if", "sj_lif_decay_input", "sj_lif", "sj_plif_decay_input", "sj_plif", "snncc_li")
+FORM_FIRING = (
+    "snntorch_leaky",
+    "snntorch_synaptic",
+    "snntorch_rleaky",
+    "snntorch_rleaky_v",
+    "norse_lif",
+    "norse_lif_recurrent",
+    "norse_lifbox",
+)
+
+
+def dyadic_spec(charge: str, cmp: str) -> NeuronSpec:
+    """A firing spec whose constants are powers of two and whose state starts at 0: with
+    inputs from :func:`threshold_crossing_inputs` every step is exact in fp32, so no
+    reordering (XLA's division by a constant as a multiplication by its reciprocal, a fused
+    multiply-add, ONNX Runtime's kernels) can move a membrane: one that lands on the
+    threshold in torch lands on it everywhere."""
+    from snncc.ir.neuron import FORMS
+
+    common = dict(model=charge, charge=charge, v_threshold=1.0, fire_cmp=cmp, surrogate="atan")
+    if charge in SJ_FIRING:
+        plif = charge.startswith("sj_plif")
+        tau = 2.0 if charge in ("sj_lif_decay_input", "sj_lif", "snncc_li") else None
+        return NeuronSpec(tau=tau, v_reset=0.0, learnable=("w",) if plif else (), **common)
+    roles = FORMS[charge].roles
+    if charge.startswith("snntorch"):
+        consts = {"beta": 0.5, "alpha": 0.5, "graded_spikes_factor": 0.5, "V": 0.5}
+        extra = {k: v for k, v in consts.items() if k in roles}
+        return NeuronSpec(v_reset=0.0, reset="subtract", extra=extra, **common)
+    extra = {"dt": 1e-3, "v_leak": 0.0, "dt_tau_mem_inv": 0.5}
+    if "tau_syn_inv" in roles:
+        extra["neg_dt_tau_syn_inv"] = -0.5
+    return NeuronSpec(v_reset=0.0, reset="hard", extra=extra, **common)
+
+
+def threshold_graph() -> tuple[Graph, tuple[torch.Tensor, ...], list[tuple[NeuronSpec, Any]]]:
+    """Every firing form under ``>=`` and ``>`` (:func:`dyadic_spec`), one input -> neuron ->
+    output each (forms with a recurrent port get it through zero weights: exactly 0), and
+    inputs [T=3, 3 * 2, 2]: at t = 0 from the fresh state, rows exactly onto the threshold,
+    one ulp below it and one above it, then two quiet steps (snnTorch's reset reads the
+    membrane left on the threshold). Returns (graph, inputs, [(spec, charged h at t = 0)])."""
+    g = Graph()
+    g.meta.update(source="snncc", step_mode="m")
+    w = torch.tensor(0.0)  # PLIF: k = sigmoid(0) = 0.5
+    g.add_param("w", w.numpy())
+    g.add_param("zero", np.zeros((2, 2), np.float32))
+    xs, cases = [], []
+    specs = [dyadic_spec(c, cmp) for cmp in (">=", ">") for c in SJ_FIRING + FORM_FIRING]
+    for k, spec in enumerate(specs):
+        inp = g.add_node("input", attrs={"index": k}, shape=["B", 2], name=f"x{k}")
+        params = {"w": "w"} if spec.charge.startswith("sj_plif") else {}
+        nid = g.add_node(
+            "neuron", [inp], attrs={"neuron": spec.to_dict()}, params=params, shape=["B", 2]
+        )
+        g.node(nid)["name"] = f"n{k}"
+        if len(spec.input_ports) > 1:
+            rec = g.add_node("linear", [(nid, 1)], params={"weight": "zero"}, shape=["B", 2])
+            g.add_edge(rec, nid, 1)
+        g.add_node("output", [nid], attrs={"index": k}, shape=["B", 2])
+        tparams = {"w": w} if params else {}
+        fresh = {var: torch.zeros(2, 2) for var in spec.state_vars}
+        rec0 = (torch.zeros(2, 2),) if len(spec.input_ports) > 1 else ()
+        st, landed, exact, below, above = threshold_crossing_inputs(spec, tparams, fresh, rec0)
+        assert landed.all() and torch.equal(st["v"], fresh["v"]), spec.summary()
+        first = torch.cat([exact, below, above])
+        xs.append(torch.cat([first[None], torch.zeros(2, *first.shape)]))
+        zeros = {var: torch.zeros(6, 2) for var in spec.state_vars}
+        h = charged_membrane(spec, tparams, first, zeros, tuple(r.repeat(3, 1) for r in rec0))
+        cases.append((spec, h))
+    return g, tuple(xs), cases

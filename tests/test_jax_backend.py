@@ -806,86 +806,20 @@ def test_clamp01_gradient_is_the_installed_torchs() -> None:
 
 
 # ------------------------------------------------ the threshold itself
-SJ_FIRING = ("sj_if", "sj_lif_decay_input", "sj_lif", "sj_plif_decay_input", "sj_plif", "snncc_li")
-FORM_FIRING = (
-    "snntorch_leaky",
-    "snntorch_synaptic",
-    "snntorch_rleaky",
-    "snntorch_rleaky_v",
-    "norse_lif",
-    "norse_lif_recurrent",
-    "norse_lifbox",
-)
-
-
-def dyadic_spec(charge: str, cmp: str) -> NeuronSpec:
-    """A firing spec whose constants are powers of two: with inputs on a coarse binary grid
-    every step is exact in fp32, so XLA's rewrites (division by a constant as a
-    multiplication by its reciprocal, a * b + c as one fused multiply-add) cannot move
-    a membrane, and a membrane lands on the threshold in jax exactly as in torch."""
-    from snncc.ir.neuron import FORMS as FORM_DEFS
-
-    common = dict(model=charge, charge=charge, v_threshold=1.0, fire_cmp=cmp, surrogate="atan")
-    if charge in SJ_FIRING:
-        plif = charge.startswith("sj_plif")
-        tau = 2.0 if charge in ("sj_lif_decay_input", "sj_lif", "snncc_li") else None
-        return NeuronSpec(tau=tau, v_reset=0.0, learnable=("w",) if plif else (), **common)
-    roles = FORM_DEFS[charge].roles
-    if charge.startswith("snntorch"):
-        consts = {"beta": 0.5, "alpha": 0.5, "graded_spikes_factor": 0.5, "V": 0.5}
-        extra = {k: v for k, v in consts.items() if k in roles}
-        return NeuronSpec(v_reset=0.0, reset="subtract", extra=extra, **common)
-    extra = {"dt": 1e-3, "v_leak": 0.0, "dt_tau_mem_inv": 0.5}
-    if "tau_syn_inv" in roles:
-        extra["neg_dt_tau_syn_inv"] = -0.5
-    return NeuronSpec(v_reset=0.0, reset="hard", extra=extra, **common)
-
-
 def test_membrane_exactly_on_the_threshold(cache_dir: str) -> None:
     """Charged exactly onto the threshold a neuron fires under ``>=`` and not under ``>``;
     one ulp below never fires, one above always does: jax == reference == that rule for
     every firing form under both comparisons (one graph, one input per form: one jit)."""
-    from checks import charged_membrane, fired_on_step, threshold_crossing_inputs
+    from checks import assert_fires_at_threshold, threshold_graph
 
-    specs = [dyadic_spec(c, cmp) for cmp in (">=", ">") for c in SJ_FIRING + FORM_FIRING]
-    g = Graph()
-    g.meta.update(source="snncc", step_mode="m")
-    w = torch.tensor(0.0)  # PLIF: k = sigmoid(0) = 0.5
-    g.add_param("w", w.numpy())
-    g.add_param("zero", np.zeros((4, 4), np.float32))
-    v_grid = torch.tensor([[0.0, 0.25, 0.5, 0.125]]).repeat(3, 1)  # [3, 4]
-    xs, state, expect = [], {}, []
-    for k, spec in enumerate(specs):
-        inp = g.add_node("input", attrs={"index": k}, shape=["B", 4])
-        params = {"w": "w"} if spec.charge.startswith("sj_plif") else {}
-        nid = g.add_node(
-            "neuron", [inp], attrs={"neuron": spec.to_dict()}, params=params, shape=["B", 4]
-        )
-        if len(spec.input_ports) > 1:  # a recurrent term through zero weights: exactly 0
-            rec = g.add_node("linear", [(nid, 1)], params={"weight": "zero"}, shape=["B", 4])
-            g.add_edge(rec, nid, 1)
-        g.add_node("output", [nid], attrs={"index": k}, shape=["B", 4])
-        tparams = {"w": w} if params else {}
-        fresh = {var: torch.zeros(3, 4) for var in spec.state_vars}
-        fresh["v"] = v_grid.clone()
-        rec0 = (torch.zeros(3, 4),) if len(spec.input_ports) > 1 else ()
-        st, landed, exact, below, above = threshold_crossing_inputs(spec, tparams, fresh, rec0)
-        assert landed.all(), spec.summary()  # exact arithmetic: every membrane lands
-        first = torch.cat([exact, below, above])
-        xs.append(torch.cat([first[None], torch.zeros(2, *first.shape)]))
-        three = {var: torch.cat([v, v, v]) for var, v in st.items()}
-        state[nid] = three
-        h = charged_membrane(spec, tparams, first, three, tuple(r.repeat(3, 1) for r in rec0))
-        expect.append((spec, h))
-    y_ref, _ = reference_backend().lower(g).run(tuple(xs), state)
-    y_jx, _ = lower(g, cache_dir).run(tuple(xs), state)
-    for (spec, h), yr, yj in zip(expect, y_ref, y_jx):
+    g, xs, cases = threshold_graph()
+    y_ref, _ = reference_backend().lower(g).run(xs)
+    y_jx, _ = lower(g, cache_dir).run(xs)
+    for (spec, h), yr, yj in zip(cases, y_ref, y_jx):
         yj = torch.tensor(np.array(yj))
         assert torch.equal(yj, yr), f"{spec.summary()}: jax differs from the reference"
-        for got in (yj, yr):
-            on, lo, hi = fired_on_step(spec, got[0], h).split(3)
-            assert (on == (spec.fire_cmp == ">=")).all(), spec.summary()
-            assert not lo.any() and hi.all(), spec.summary()
+        assert_fires_at_threshold(spec, yj, h)
+        assert_fires_at_threshold(spec, yr, h)
 
 
 # ------------------------------------------------ recurrence, LI, streaming

@@ -133,7 +133,10 @@ def add_linear(g: Graph, x: int, name: str, n_in: int, n_out: int, seed: int, bi
 
 
 def neurons_graph(hidden: dict, w: float | None = None) -> Graph:
-    """x[B,16] -> hidden neuron -> output 0; x -> LI readout -> output 1 (membrane). No Gemm."""
+    """x[B,16] -> hidden neuron -> output 0; x -> LI readout (tau 3) -> output 1 (membrane);
+    a spiking hidden neuron's membrane -> output 2 (a twin node). No Gemm: every value,
+    membranes included, must be bit for bit, so a tau that is not a power of two tells
+    dividing by tau from multiplying by 1 / tau."""
     g = Graph()
     g.meta.update(source="snncc", step_mode="m")
     x = g.add_node("input", attrs={"index": 0}, shape=["B", 16], name="x")
@@ -143,10 +146,16 @@ def neurons_graph(hidden: dict, w: float | None = None) -> Graph:
     s = g.add_node(
         "neuron", [x], attrs={"neuron": hidden}, params=params, shape=["B", 16], name="sn1"
     )
-    li = spec(model="li", charge="snncc_li", tau=2.0, reset="none", output="membrane")
+    li = spec(model="li", charge="snncc_li", tau=3.0, reset="none", output="membrane")
     m = g.add_node("neuron", [x], attrs={"neuron": li}, shape=["B", 16], name="readout")
     g.add_node("output", [s], attrs={"index": 0}, shape=["B", 16])
     g.add_node("output", [m], attrs={"index": 1}, shape=["B", 16])
+    if hidden["output"] == "spike":
+        twin = {**hidden, "output": "membrane"}
+        v = g.add_node(
+            "neuron", [x], attrs={"neuron": twin}, params=params, shape=["B", 16], name="sn1_v"
+        )
+        g.add_node("output", [v], attrs={"index": 2}, shape=["B", 16])
     return run_pipeline(g, REFERENCE)
 
 
@@ -208,6 +217,7 @@ HIDDEN = {
         spec(model="lif", charge="sj_lif_decay_input", tau=2.0, output="membrane"),
         None,
     ),
+    "lif_tau1_7_hard": (spec(model="lif", charge="sj_lif_decay_input", tau=1.7), None),
 }
 
 
@@ -616,6 +626,22 @@ def test_snntorch_norse_form_scans_are_bit_exact(name: str) -> None:
     back = from_onnx(model)
     assert format_graph(back) == format_graph(g)
     assert_exact(run_ref(back, x), rs)
+
+
+def test_membrane_exactly_on_the_threshold() -> None:
+    """Charged exactly onto the threshold a neuron fires under ``>=`` and not under ``>``
+    (one ulp below never, one above always), and snnTorch's reset reads a membrane left on
+    it as ``m - th > 0``: ONNX Runtime == reference == that rule, every firing form."""
+    from checks import assert_fires_at_threshold, threshold_graph
+
+    g, xs, cases = threshold_graph()
+    g = run_pipeline(g, REFERENCE)
+    model = to_onnx(g)
+    ys = run_onnx(model, *(x.numpy() for x in xs))
+    rs = run_ref(g, *(x.numpy() for x in xs))
+    assert_exact(ys, rs)
+    for (spec, h), y in zip(cases, ys):
+        assert_fires_at_threshold(spec, torch.from_numpy(y), h)
 
 
 @pytest.mark.parametrize("name", list(HIDDEN))
