@@ -30,7 +30,13 @@ import math
 
 import pytest
 import torch
-from checks import charged_membrane, fired_on_step, threshold_crossing_inputs, threshold_of
+from checks import (
+    assert_fires,
+    charged_membrane,
+    fired_on_step,
+    threshold_crossing_inputs,
+    threshold_of,
+)
 from kernel_specs import backward_gy_strides
 from torch import nn
 
@@ -731,18 +737,30 @@ def _snntorch_step(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return tuple(torch.stack(v) for v in zip(*outs))
 
 
+def _lift(model: nn.Module, layer: str, bias: float) -> nn.Module:
+    """Raise one Linear's bias so the neurons after it fire at T = 1 too (a silent layer
+    compares zeros with zeros)."""
+    with torch.no_grad():
+        model.get_submodule(layer).bias.add_(bias)
+    return model
+
+
 MODELS = {
     "loop_leaky_subtract": (lambda: _randomise(LoopLeaky("subtract", False), 10, 4.0), None, 1.5),
     "loop_leaky_zero_delay": (lambda: _randomise(LoopLeaky("zero", True), 11, 4.0), None, 1.5),
     "rleaky_linear_synaptic": (
-        lambda: _randomise(LoopSynapticRLeaky("linear", "zero", False), 5, 1.5), None, 0.8,
+        lambda: _lift(_randomise(LoopSynapticRLeaky("linear", "zero", False), 5, 1.5), "fc2", 1.0),
+        None,
+        0.8,
     ),
     "rleaky_V_synaptic": (
         lambda: _randomise(LoopSynapticRLeaky("V", "subtract", True), 6, 1.5), None, 0.8,
     ),
     "snntorch_convnet": (lambda: _randomise(snntorch_convnet(), 3, 3.0), _snntorch_step, None),
     "norse_loop": (lambda: _randomise(NorseLoop(), 31, 2.5), None, 1.0),
-    "norse_box_learnable": (lambda: _randomise(NorseBoxLearnable(), 4), _per_step, 1.0),
+    "norse_box_learnable": (
+        lambda: _lift(_randomise(NorseBoxLearnable(), 4), "seq.2", 2.0), _per_step, 1.0
+    ),
 }  # fmt: skip
 
 
@@ -770,6 +788,7 @@ def _grads(prog, x: torch.Tensor, seed: int):
 def test_cpu_backend_matches_reference_on_snntorch_and_norse_models(name, T, cache_dir) -> None:
     model = MODELS[name][0]()
     x = _model_input(name, T, T)
+    assert_fires(model, x)
     cm = snncc.compile(model, x, backend="cpu", cache_dir=cache_dir)
     prog = cm.program
     assert isinstance(prog, CpuProgram)

@@ -31,7 +31,7 @@ import torch
 jax = pytest.importorskip("jax")
 jnp = pytest.importorskip("jax.numpy")
 
-from checks import FP32_ROUNDINGS, assert_fp32_close  # noqa: E402
+from checks import FP32_ROUNDINGS, assert_fires, assert_fp32_close  # noqa: E402
 from checks import MEASURED as FP32_MEASURED  # noqa: E402
 from spikingjelly.activation_based import functional, layer, neuron, surrogate  # noqa: E402
 
@@ -298,6 +298,7 @@ def check_vs_spikingjelly(
     net: torch.nn.Sequential, x: torch.Tensor, prog, neurons: dict[int, Any], grads: bool = True
 ) -> None:
     """Spikes, final membranes and gradients of ``prog`` against SpikingJelly itself."""
+    assert_fires(net, x)
     y, state = prog.run(x)
     weights = torch.randn(tuple(y.shape)) if grads else None
     y_sj, g_sj = sj_run(net, x, weights)
@@ -314,6 +315,7 @@ def check_vs_spikingjelly(
 
 def check_vs_reference(graph: Graph, x: torch.Tensor, prog) -> None:
     """Outputs and final state of ``prog`` against the reference backend."""
+    assert_fires(graph, x)
     ref = reference_backend()
     from snncc.ir.passes import run_pipeline
 

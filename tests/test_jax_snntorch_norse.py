@@ -52,7 +52,7 @@ from snncc.surrogate import surrogate_grad  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from checks import MEASURED as FP32_MEASURED  # noqa: E402
-from checks import assert_fp32_close  # noqa: E402
+from checks import assert_fires, assert_fp32_close  # noqa: E402
 from peer_models import norse_cell_stack, snntorch_convnet  # noqa: E402
 from test_equivalence_norse import LoopNet as NorseLoopNet  # noqa: E402
 from test_equivalence_norse import P  # noqa: E402
@@ -150,6 +150,7 @@ def compare(
     (the neuron params under test), beyond the weights.
     """
     graph = trace(model, x)
+    assert_fires(graph, x)
     ref = snncc.compile_graph(graph, "reference")
     jx = snncc.compile_graph(graph, "jax", cache_dir=cache_dir)
     spikes = _spike_outputs(ref.ir)

@@ -41,6 +41,7 @@ from snncc.ir.passes.temporal_fusion import clear_schedule
 from snncc.ir.printer import format_graph
 
 ort = pytest.importorskip("onnxruntime")
+from checks import assert_fires  # noqa: E402
 
 REFERENCE = ("canonicalize", "drop_noops", "temporal_fusion")
 JAX = ("canonicalize", "fold_batchnorm", "drop_noops", "fuse_elementwise", "temporal_fusion")
@@ -573,6 +574,16 @@ FORM_CASES = {
         ),
         {},
     ),
+    "norse_lifbox_hard_leak": (  # v_leak != 0: (x + v_leak) - v is not x + (v_leak - v)
+        spec(
+            model="norse_lifbox",
+            charge="norse_lifbox",
+            v_threshold=0.3,
+            **_NORSE,
+            extra={"dt": 0.001, "v_leak": 0.05, "dt_tau_mem_inv": 0.25},
+        ),
+        {},
+    ),
     "norse_li_current": (
         spec(
             model="norse_li",
@@ -652,6 +663,7 @@ def test_mlp_with_gemms_within_tolerance(name: str) -> None:
     for t, b in SIZES:
         x = randn((t, b, 12), seed=t + b)
         assert_close(run_onnx(model, x), run_ref(g, x))
+    assert_fires(g, torch.from_numpy(x))
 
 
 def test_model_io_are_time_major_with_symbolic_dims() -> None:
