@@ -92,7 +92,7 @@ def _assert_exact(model: nn.Module, x: torch.Tensor, mode: str, *, binary: bool 
         assert ref.mean() < 1, "every neuron fires every step: the test would be vacuous"
     # compiling must not have disturbed the model: SpikingJelly still gives the same output
     assert torch.equal(_sj_run(model, x, mode), ref)
-    assert_fires(model, x)  # every neuron layer, not only the last, takes part
+    assert_fires(cm.ir, x)  # every neuron layer, not only the last, takes part
     _assert_grads_match(model, x, mode, cm)
 
 

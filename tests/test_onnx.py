@@ -574,11 +574,12 @@ FORM_CASES = {
         ),
         {},
     ),
-    "norse_lifbox_hard_leak": (  # v_leak != 0: (x + v_leak) - v is not x + (v_leak - v)
+    "norse_lifbox_hard_leak_membrane": (  # v_leak != 0: (x + v_leak) - v != x + (v_leak - v)
         spec(
             model="norse_lifbox",
             charge="norse_lifbox",
             v_threshold=0.3,
+            output="membrane",
             **_NORSE,
             extra={"dt": 0.001, "v_leak": 0.05, "dt_tau_mem_inv": 0.25},
         ),
