@@ -1,12 +1,6 @@
-"""Checks the model tests share: fp32-derived tolerances, and that every neuron layer fires.
+"""Checks the model tests share: every neuron layer fires; membranes exactly on the threshold.
 
-Why a tolerance in roundings: two correct fp32 programs that sum in a different
-order (XLA's dot products and convolutions against torch's) differ by a few
-roundings of the values summed, so a difference is measured in units of fp32's
-unit roundoff ``u = 2**-24`` times the compared tensor's own scale (its largest
-magnitude). A fixed ``atol=1e-5`` is 84 roundings of a value near 1 and 8400
-of one near 1e-2; an error such as a BatchNorm losing its ``eps`` (moving
-membranes by 4.3e-5 where they are about 2) hid under it.
+(Tolerances derived from fp32 rounding live in tests/tolerances.py.)
 
 Why the firing check: a model test whose neurons never fire compares zeros
 with zeros, and every spike-path bug (threshold, reset, surrogate) passes it.
@@ -23,52 +17,11 @@ import torch
 from snncc.ir.graph import Graph
 from snncc.ir.neuron import NeuronSpec
 
-#: fp32 unit roundoff (half an ulp of 1.0)
-U32 = 2.0**-24
-
-#: the roundings (of the compared tensor's largest magnitude) a value computed by a
-#: differently ordered fp32 program may be away from the reference: the jax tests
-#: measured at most 4 (the worst seen is printed with -s, see MEASURED); 4x that
-FP32_ROUNDINGS = 16
-
-#: worst difference seen, in roundings of the tensor's scale (printed by the jax tests)
-MEASURED = {"roundings": 0.0}
-
 
 def _np(x: Any) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().cpu().numpy()
     return np.asarray(x)
-
-
-def assert_fp32_close(got: Any, want: Any, what: str = "", roundings: float = FP32_ROUNDINGS):
-    """``|got - want| <= roundings * u * max|want|`` elementwise, NaNs in the same places."""
-    got, want = _np(got).astype(np.float64), _np(want).astype(np.float64)
-    assert got.shape == want.shape, f"{what}: shape {got.shape} != {want.shape}"
-    assert np.array_equal(np.isnan(got), np.isnan(want)), f"{what}: NaNs differ"
-    finite = ~np.isnan(want)
-    if not finite.any():
-        return
-    scale = float(np.abs(want[finite]).max())
-    err = float(np.abs(got[finite] - want[finite]).max())
-    if scale > 0:
-        MEASURED["roundings"] = max(MEASURED["roundings"], err / (U32 * scale))
-    tol = roundings * U32 * scale
-    assert err <= tol, (
-        f"{what}: max |difference| {err:.3g} > {roundings} fp32 roundings of the scale "
-        f"{scale:.3g} ({tol:.3g}; {err / (U32 * scale) if scale else float('inf'):.1f} roundings)"
-    )
-
-
-def assert_grad_close(got: torch.Tensor, want: torch.Tensor, rtol: float, what: str = "") -> None:
-    """``max |got - want| <= rtol * max |want|``: a gradient's error relative to the tensor's
-    scale (autograd sums the same terms in another order, so the rounding follows the
-    largest terms, not each element: an element that cancels to nearly 0 has the same
-    absolute error as its neighbours)."""
-    assert got is not None and got.shape == want.shape, what
-    scale = float(want.abs().max())
-    err = float((got - want).abs().max())
-    assert err <= rtol * scale, f"{what}: max |difference| {err:.3g} > {rtol} * {scale:.3g}"
 
 
 # --------------------------------------------------------------------------- firing

@@ -4,9 +4,9 @@ Tolerances (the jax backend is not bit-exact: XLA sums dot products and
 convolutions in its own order; it runs BatchNorm unfolded, as the source does):
 
 - spikes: at most ``SPIKE_MISMATCH_TOL`` = 1e-4 of all spike values may differ;
-- membranes and continuous outputs: within ``FP32_ROUNDINGS`` = 16 fp32
-  roundings (``2**-24``) of the compared tensor's largest magnitude
-  (tests/checks.py; at most 4 measured);
+- membranes and continuous outputs: within ``FP32_ULPS`` = 8 fp32 ulps
+  (``eps = 2**-23``) of the compared tensor's largest magnitude
+  (tests/tolerances.py; at most 2 measured);
 - gradients of a scalar loss w.r.t. every parameter and the input: relative
   error ``|g_jax - g_ref| / |g_ref|`` (L2 norms) at most ``GRAD_REL_TOL`` = 1e-4.
 
@@ -31,9 +31,10 @@ import torch
 jax = pytest.importorskip("jax")
 jnp = pytest.importorskip("jax.numpy")
 
-from checks import FP32_ROUNDINGS, assert_fires, assert_fp32_close  # noqa: E402
-from checks import MEASURED as FP32_MEASURED  # noqa: E402
+from checks import assert_fires  # noqa: E402
 from spikingjelly.activation_based import functional, layer, neuron, surrogate  # noqa: E402
+from tolerances import FP32_ULPS, assert_fp32_close  # noqa: E402
+from tolerances import MEASURED as FP32_MEASURED  # noqa: E402
 
 import snncc.backends as backends  # noqa: E402
 from snncc.errors import BackendError, UnsupportedError  # noqa: E402
@@ -52,7 +53,7 @@ MEASURED = {"spike_mismatch": 0.0, "grad_rel": 0.0, "membrane_abs": 0.0}
 def report_measured():
     """Print the worst spike mismatch / gradient error this module saw (visible with -s)."""
     yield
-    print(f"\njax backend, worst measured: {MEASURED}, fp32 roundings {FP32_MEASURED}")
+    print(f"\njax backend, worst measured: {MEASURED}, fp32 {FP32_MEASURED}")
 
 
 @pytest.fixture(scope="module")
@@ -95,12 +96,12 @@ def assert_spikes(got: Any, want: Any) -> float:
     return frac
 
 
-def assert_close(got: Any, want: Any, roundings: float = FP32_ROUNDINGS) -> None:
-    """Within ``roundings`` fp32 roundings of the compared tensor's scale (tests/checks.py)."""
+def assert_close(got: Any, want: Any, ulps: float = FP32_ULPS) -> None:
+    """Within ``ulps`` fp32 ulps of the compared tensor's scale (tests/tolerances.py)."""
     got, want = np_(got), np_(want)
     if got.size:
         MEASURED["membrane_abs"] = max(MEASURED["membrane_abs"], float(np.abs(got - want).max()))
-    assert_fp32_close(got, want, roundings=roundings)
+    assert_fp32_close(got, want, ulps=ulps)
 
 
 def grad_rel(got: Any, want: Any) -> float:

@@ -8,8 +8,8 @@ and gradients accumulate in another order):
 
 - spike outputs: at most ``SPIKE_MISMATCH_TOL`` = 1e-4 of the values differ
   (at these sizes that means none may differ);
-- membranes, currents and other continuous outputs: within 16 fp32 roundings
-  of the compared tensor's largest magnitude (tests/checks.py);
+- membranes, currents and other continuous outputs: within 8 fp32 ulps of the
+  compared tensor's largest magnitude (tests/tolerances.py);
 - gradients of one scalar loss (every output times fixed random weights)
   wrt the input and every parameter the reference backend trains (weights,
   and the learnable neuron roles: snnTorch beta through its clamp,
@@ -51,8 +51,7 @@ from snncc.ir.neuron import FORMS, SURROGATES, NeuronSpec  # noqa: E402
 from snncc.surrogate import surrogate_grad  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from checks import MEASURED as FP32_MEASURED  # noqa: E402
-from checks import assert_fires, assert_fp32_close  # noqa: E402
+from checks import assert_fires  # noqa: E402
 from peer_models import norse_cell_stack, snntorch_convnet  # noqa: E402
 from test_equivalence_norse import LoopNet as NorseLoopNet  # noqa: E402
 from test_equivalence_norse import P  # noqa: E402
@@ -64,6 +63,8 @@ from test_equivalence_snntorch import (  # noqa: E402
     _per_step_mlp,
 )
 from test_equivalence_snntorch import _randomise as _st_randomise  # noqa: E402
+from tolerances import MEASURED as FP32_MEASURED  # noqa: E402
+from tolerances import assert_fp32_close  # noqa: E402
 
 #: the renderer module (``snncc.backends.jax.render`` the attribute is its render function)
 render = importlib.import_module("snncc.backends.jax.render")

@@ -192,10 +192,7 @@ def test_conv_bn_if_pool_flatten_linear_eval() -> None:
 @pytest.mark.parametrize("stats", ["sequence", "step"])
 def test_batchnorm_training_statistics(stats: str) -> None:
     ref = _sj_conv().train()
-    g = _conv_graph(ref, bn_training=True, stats=stats)
-    if stats == "step":  # a single-step source: every row op runs per step, as it did there
-        g.meta["step_mode"] = "s"
-    prog = _program(g)
+    prog = _program(_conv_graph(ref, bn_training=True, stats=stats))
     x = _x(T, B, 2, 8, 8, seed=3, scale=2.0)
     assert_fires(prog.graph, x)
     if stats == "sequence":
