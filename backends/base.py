@@ -48,16 +48,29 @@ class Program(Protocol):
         """
 
 
+#: what a backend's programs can do beyond ``run`` (declared by each backend, asked by the API):
+#: "torch_module" -- ``to_torch()`` wraps the program as a trainable torch module;
+#: "jax_fn" -- ``jax_fn(params, x)`` is a pure jax function; "jax_arrays" -- runs on jax arrays
+FEATURES = ("torch_module", "jax_fn", "jax_arrays")
+
+
 class Backend(Protocol):
     name: str
     #: pass names run before lowering, in order (see snncc.ir.passes.PASSES)
     pipeline: tuple[str, ...]
+    #: what its programs can do (see :data:`FEATURES`)
+    features: frozenset[str]
 
     def lower(self, graph: Graph, **options: Any) -> Program:
         """Render/prepare a Program for an already scheduled graph."""
 
     def to_native(self, x: Any) -> Any:
         """Convert a torch tensor / numpy array / jax array to this backend's array kind."""
+
+
+def has_feature(backend: Backend, feature: str) -> bool:
+    """Whether ``backend`` declares ``feature`` (one of :data:`FEATURES`)."""
+    return feature in getattr(backend, "features", frozenset())
 
 
 def pipeline_for(backend: Backend, options: Mapping[str, Any]) -> tuple[str, ...]:

@@ -133,7 +133,7 @@ _SPIKING = ("LIFCell", "LIF", "LIFRecurrentCell", "LIFBoxCell")
 def _neuron_problem(m: nn.Module, view: str) -> str | None:
     """Why snncc cannot reproduce this module (checked before the model runs), or None."""
     from snncc.errors import UnsupportedError
-    from snncc.surrogate import from_norse
+    from snncc.frontend.surrogates import from_norse
 
     cell = type(m) in _CELLS
     if cell and view != "step":
@@ -220,7 +220,7 @@ def _coefficient(m: nn.Module, field: str, sign: float) -> float:
 
 
 def _spec(call: Call, m: nn.Module, model: str, charge: str) -> tuple[NeuronSpec, _Params]:
-    from snncc.surrogate import from_norse
+    from snncc.frontend.surrogates import from_norse
 
     ps = _Params(call, m)
     extra: dict[str, Any] = {"dt": float(m.dt), "v_leak": float(m.p.v_leak)}

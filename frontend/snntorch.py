@@ -38,7 +38,7 @@ Per neuron:
   spike (state ``s``).
 
 Refused: ``inhibition=True``, ``state_quant``, surrogates other than
-:data:`snncc.surrogate.SNNTORCH_SURROGATES` (or ``surrogate_disable``), other
+:data:`snncc.frontend.surrogates.SNNTORCH_SURROGATES` (or ``surrogate_disable``), other
 snnTorch neurons.
 """
 
@@ -149,7 +149,7 @@ def _recurrent_problem(m: nn.Module) -> str | None:
 def _neuron_problem(m: nn.Module, view: str) -> str | None:
     """Why snncc cannot reproduce this neuron (checked before the model runs), or None."""
     from snncc.errors import UnsupportedError
-    from snncc.surrogate import from_snntorch
+    from snncc.frontend.surrogates import from_snntorch
 
     if view != "step":
         return (
@@ -179,7 +179,7 @@ def _neuron_problem(m: nn.Module, view: str) -> str | None:
 def _spec_and_params(
     call: Call, m: nn.Module, model: str, charge: str, roles: tuple[str, ...]
 ) -> tuple[NeuronSpec, dict[str, str]]:
-    from snncc.surrogate import from_snntorch
+    from snncc.frontend.surrogates import from_snntorch
 
     params = {role: call.param(m, role) for role in roles}
     learnable = tuple(

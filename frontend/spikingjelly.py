@@ -128,7 +128,7 @@ def _with_view(call: Call, view: str) -> Call:
 def _neuron_problem(m: nn.Module, view: str) -> str | None:
     """Why snncc cannot reproduce this neuron (checked before the model runs), or None."""
     from snncc.errors import UnsupportedError
-    from snncc.surrogate import from_spikingjelly
+    from snncc.frontend.surrogates import from_spikingjelly
 
     if view == "flat":
         return (
@@ -156,7 +156,7 @@ def _neuron_problem(m: nn.Module, view: str) -> str | None:
 
 
 def _common(call: Call, m: nn.Module) -> dict:
-    from snncc.surrogate import from_spikingjelly
+    from snncc.frontend.surrogates import from_spikingjelly
 
     # _neuron_problem already ran (as the registered check) before this converter
     name, alpha = from_spikingjelly(m.surrogate_function)

@@ -17,10 +17,11 @@ model
     ``"norse_lifbox"``, ``"norse_li"`` (Norse). Informational: the arithmetic
     is named by ``charge``.
 charge
-    The form: the whole per-step arithmetic, named after its source so that
-    each backend renders the same operation order. :data:`FORMS` defines
-    every form exactly (state variables, input ports, parameter roles and the
-    step, operation by operation); :data:`CHARGE_FORMS` is its one-line summary.
+    The form: the whole per-step arithmetic, named after its source. Each form
+    is defined once in :mod:`snncc.ir.neurons` (state variables, input ports,
+    parameter roles, constants, and the step as an expression graph in the
+    source's operation order); every backend lowers that definition.
+    :data:`FORMS` lists their interfaces, :data:`CHARGE_FORMS` one-line summaries.
 tau, decay_input, v_threshold, v_reset
     SpikingJelly-style constants (tau in steps). ``v_reset`` is the hard-reset
     value, or None for a soft reset; ``v_reset`` None still charges toward 0.
@@ -87,6 +88,10 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from snncc.errors import IRError
+from snncc.ir.neurons.base import REGISTRY as _REGISTRY
+from snncc.ir.neurons.base import FormDef
+from snncc.ir.neurons.base import get_form as _get_form
+from snncc.ir.surrogates import DEFAULT_ALPHA
 
 MODELS = (
     "if",
@@ -102,291 +107,27 @@ MODELS = (
 )
 
 
-@dataclass(frozen=True)
-class FormDef:
-    """One charge form: what a node of it holds and computes, exactly.
+# Every form is defined once, in snncc.ir.neurons (one module per framework / family):
+# its state variables, ports, param roles, constants and the step as an expression graph.
+# These tables are views of that registry.
+_get_form("sj_if")  # imports snncc.ir.neurons: every form registers itself
 
-    ``state``: state variables (``v`` starts at ``spec.v_init``, the rest at
-    0). ``ports``: input ports (port 0 is always the input current ``x``;
-    fused prologue/epilogue ``add`` ports come after these). ``roles``: the
-    param roles it may read, each with the constant it falls back to
-    (``constants``: role -> spec field or ``extra[...]`` key and default).
-    ``step``: the exact per-step arithmetic; ``H(u)`` is the spike function
-    (``u >= 0`` or ``u > 0`` per ``fire_cmp``, surrogate gradient), every
-    binary operation is one float operation in the tensor dtype, evaluated in
-    the order the parentheses show.
-    """
-
-    summary: str
-    state: tuple[str, ...]
-    ports: tuple[str, ...]
-    roles: tuple[str, ...]
-    constants: dict[str, str]
-    step: str
-    source: str
-
-
-_SJ_STEP = """
-fire:  s = H(h - v_threshold)
-reset (s detached first when detach_reset):
-  hard:     v = s * v_reset + (1.0 - s) * h
-  subtract: v = h - s * v_threshold
-  none:     v = h
-output: s (spike) or v (membrane); li with reset none outputs h
-"""
-
-_SNNTORCH_COMMON = """
-  b = beta.clamp(0, 1); th = threshold; g = graded_spikes_factor
-  r = (m - th > 0) as float32, detached        # from the PREVIOUS membrane m
-  ...charge and reset as below...
-  s = H(m1 - th) * g                           # H: '>' with the surrogate
-  if not reset_delay:                          # snnTorch's immediate correction
-      d = s / g - r                            # NOT detached
-      subtract: m1 = m1 - d * th
-      hard (snnTorch 'zero'): m1 = m1 - d * m1
-      none: unchanged
-  state v = m1; output s, or m1 (membrane)
-"""
-
-FORMS: dict[str, FormDef] = {
-    "sj_if": FormDef(
-        "h = v + x", ("v",), ("x",), (), {}, "h = v + x" + _SJ_STEP, "SpikingJelly 2.0 IFNode"
-    ),
-    "sj_lif_decay_input": FormDef(
-        "h = v + (x - (v - vr)) / tau",
-        ("v",),
-        ("x",),
-        (),
-        {},
-        "vr = v_reset or 0.0; h = v + (x - (v - vr)) / tau" + _SJ_STEP,
-        "SpikingJelly 2.0 LIFNode(decay_input=True)",
-    ),
-    "sj_lif": FormDef(
-        "h = v - (v - vr) / tau + x",
-        ("v",),
-        ("x",),
-        (),
-        {},
-        "vr = v_reset or 0.0; h = (v - (v - vr) / tau) + x" + _SJ_STEP,
-        "SpikingJelly 2.0 LIFNode(decay_input=False)",
-    ),
-    "sj_plif_decay_input": FormDef(
-        "h = v + (x - (v - vr)) * k",
-        ("v",),
-        ("x",),
-        ("w",),
-        {},
-        "k = sigmoid(w) once per sequence; h = v + (x - (v - vr)) * k" + _SJ_STEP,
-        "SpikingJelly 2.0 ParametricLIFNode(decay_input=True)",
-    ),
-    "sj_plif": FormDef(
-        "h = v - (v - vr) * k + x",
-        ("v",),
-        ("x",),
-        ("w",),
-        {},
-        "k = sigmoid(w) once per sequence; h = (v - (v - vr) * k) + x" + _SJ_STEP,
-        "SpikingJelly 2.0 ParametricLIFNode(decay_input=False)",
-    ),
-    "snncc_li": FormDef(
-        "h = v + (x - v) / tau",
-        ("v",),
-        ("x",),
-        (),
-        {},
-        "h = v + (x - v) / tau" + _SJ_STEP,
-        "SpikingJelly 2.0 NonSpikingLIFNode / snncc.nn.LI",
-    ),
-    "snntorch_leaky": FormDef(
-        "m1 = b*m + x - r*th | b*((1-r)*m) + x | b*m + x; r = H(m_prev - th) detached",
-        ("v",),
-        ("x",),
-        ("beta", "threshold", "graded_spikes_factor"),
-        {
-            "beta": "extra['beta']",
-            "threshold": "v_threshold",
-            "graded_spikes_factor": "extra.get('graded_spikes_factor', 1.0)",
-        },
-        """
-  subtract: m1 = ((b * m) + x) - (r * th)
-  hard:     m1 = (b * ((1 - r) * m)) + x    # snnTorch 'zero': old mem zeroed BEFORE the decay
-  none:     m1 = (b * m) + x"""
-        + _SNNTORCH_COMMON,
-        "snnTorch 1.0 Leaky",
-    ),
-    "snntorch_synaptic": FormDef(
-        "i1 = a*i + x; m1 = b*m + i1 - reset; r = H(m_prev - th) detached",
-        ("v", "i"),
-        ("x",),
-        ("alpha", "beta", "threshold", "graded_spikes_factor"),
-        {
-            "alpha": "extra['alpha'] (the synaptic decay; spec.alpha is the surrogate's)",
-            "beta": "extra['beta']",
-            "threshold": "v_threshold",
-            "graded_spikes_factor": "extra.get('graded_spikes_factor', 1.0)",
-        },
-        """
-  a = alpha.clamp(0, 1)
-  i1 = (a * i) + x                      # the NEW current feeds the membrane
-  m1 = (b * m) + i1
-  subtract: m1 = m1 - (r * th)
-  hard:     m1 = m1 - (m1 * r)          # snnTorch 'zero': the whole new value; i is not reset
-  none:     (nothing)"""
-        + _SNNTORCH_COMMON
-        + "  state i = i1; output 'current' is i1\n",
-        "snnTorch 1.0 Synaptic",
-    ),
-    "snntorch_rleaky": FormDef(
-        "m1 = (b*m + x) + rec - reset; rec = recurrent(S[t-1]) at port 1",
-        ("v",),
-        ("x", "rec"),
-        ("beta", "threshold", "graded_spikes_factor"),
-        {
-            "beta": "extra['beta']",
-            "threshold": "v_threshold",
-            "graded_spikes_factor": "extra.get('graded_spikes_factor', 1.0)",
-        },
-        """
-  rec = port 1: recurrent(s[t-1]) computed by the graph (a Linear/Conv2d node fed
-        by this neuron's spike through a delay-1 edge: zeros at t = 0, so a bias
-        still arrives at t = 0)
-  base = ((b * m) + x) + rec
-  subtract: m1 = base - (r * th)
-  hard:     m1 = base - (r * base)      # snnTorch 'zero': the whole new value
-  none:     m1 = base"""
-        + _SNNTORCH_COMMON,
-        "snnTorch 1.0 RLeaky(all_to_all=True)",
-    ),
-    "snntorch_rleaky_v": FormDef(
-        "m1 = (b*m + x) + s_prev*V - reset",
-        ("v", "s"),
-        ("x",),
-        ("beta", "threshold", "graded_spikes_factor", "V"),
-        {
-            "beta": "extra['beta']",
-            "threshold": "v_threshold",
-            "graded_spikes_factor": "extra.get('graded_spikes_factor', 1.0)",
-            "V": "extra['V']",
-        },
-        """
-  s_prev = state s (the spike this neuron returned at t-1; 0 at t = 0)
-  base = ((b * m) + x) + (s_prev * V)
-  subtract / hard / none: as snntorch_rleaky"""
-        + _SNNTORCH_COMMON
-        + "  state s = the returned spike s\n",
-        "snnTorch 1.0 RLeaky(all_to_all=False): one-to-one weight V",
-    ),
-    "norse_lif": FormDef(
-        "i1 = i + x; v1 = v + c_m*((v_leak - v) + i1); i = i1 + c_s*i1",
-        ("v", "i"),
-        ("x",),
-        ("tau_mem_inv", "tau_syn_inv", "threshold", "v_reset"),
-        {
-            "tau_mem_inv": "c_m = extra['dt_tau_mem_inv'] (param: dt * tau_mem_inv)",
-            "tau_syn_inv": "c_s = extra['neg_dt_tau_syn_inv'] (param: (-dt) * tau_syn_inv)",
-            "threshold": "v_threshold",
-            "v_reset": "v_reset",
-        },
-        """
-  i1 = i + x                                   # the input jumps into the current first
-  v1 = v + (c_m * ((v_leak - v) + i1))         # v_leak = extra['v_leak']
-  i2 = i1 + (c_s * i1)
-  z  = H(v1 - th)
-  v2 = ((1 - z) * v1) + (z * v_reset)          # z detached first when detach_reset
-  state v = v2, i = i2; output z, v2 (membrane) or i2 (current)""",
-        "Norse 1.1 lif_feed_forward_step (LIFCell, LIF)",
-    ),
-    "norse_lif_recurrent": FormDef(
-        "i1 = (i + x) + rec; then as norse_lif (reset detached)",
-        ("v", "i"),
-        ("x", "rec"),
-        ("tau_mem_inv", "tau_syn_inv", "threshold", "v_reset"),
-        {
-            "tau_mem_inv": "c_m = extra['dt_tau_mem_inv'] (param: dt * tau_mem_inv)",
-            "tau_syn_inv": "c_s = extra['neg_dt_tau_syn_inv'] (param: (-dt) * tau_syn_inv)",
-            "threshold": "v_threshold",
-            "v_reset": "v_reset",
-        },
-        """
-  x   = port 0: F.linear(input, input_weights) (a linear node without bias)
-  rec = port 1: F.linear(z[t-1], recurrent_weights) (a linear node fed by this
-        neuron's spike through a delay-1 edge)
-  i1 = (i + x) + rec
-  then exactly norse_lif from v1 on (Norse detaches z in this reset: detach_reset=True)""",
-        "Norse 1.1 lif_step (LIFRecurrentCell)",
-    ),
-    "norse_lifbox": FormDef(
-        "v1 = v + c_m*((x + v_leak) - v); reset",
-        ("v",),
-        ("x",),
-        ("tau_mem_inv", "threshold", "v_reset"),
-        {
-            "tau_mem_inv": "c_m = extra['dt_tau_mem_inv'] (param: dt * tau_mem_inv)",
-            "threshold": "v_threshold",
-            "v_reset": "v_reset",
-        },
-        """
-  v1 = v + (c_m * ((x + v_leak) - v))          # note the order: (x + v_leak) - v
-  z  = H(v1 - th)
-  hard (reset_value):        v2 = ((1 - z) * v1) + (z * v_reset)
-  subtract (reset_subtract): v2 = ((1 - z) * v1) + (z * (v1 - th))
-  state v = v2; output z or v2""",
-        "Norse 1.1 lif_box_feed_forward_step (LIFBoxCell)",
-    ),
-    "norse_li": FormDef(
-        "i1 = i + x; v1 = v + c_m*((v_leak - v) + i1); i = i1 + c_s*i1; out v1",
-        ("v", "i"),
-        ("x",),
-        ("tau_mem_inv", "tau_syn_inv"),
-        {
-            "tau_mem_inv": "c_m = extra['dt_tau_mem_inv'] (param: dt * tau_mem_inv)",
-            "tau_syn_inv": "c_s = extra['neg_dt_tau_syn_inv'] (param: (-dt) * tau_syn_inv)",
-        },
-        """
-  i1 = i + x
-  v1 = v + (c_m * ((v_leak - v) + i1))
-  i2 = i1 + (c_s * i1)
-  state v = v1, i = i2; output v1 (membrane; reset 'none', no spikes) or i2 (current)""",
-        "Norse 1.1 li_feed_forward_step (LICell, LI)",
-    ),
-}
-
-#: charge form -> its one-line summary (operation order is part of the form; the
-#: exact step is FORMS[name].step)
+#: charge form -> its :class:`FormDef` (interface, equations, source)
+FORMS: dict[str, FormDef] = {name: f.info for name, f in _REGISTRY.items()}
+#: charge form -> its one-line summary (the exact step is its definition)
 CHARGE_FORMS: dict[str, str] = {name: f.summary for name, f in FORMS.items()}
 
-SPIKINGJELLY_FORMS = (
-    "sj_if",
-    "sj_lif_decay_input",
-    "sj_lif",
-    "sj_plif_decay_input",
-    "sj_plif",
-    "snncc_li",
-)
-SNNTORCH_FORMS = ("snntorch_leaky", "snntorch_synaptic", "snntorch_rleaky", "snntorch_rleaky_v")
-NORSE_FORMS = ("norse_lif", "norse_lif_recurrent", "norse_lifbox", "norse_li")
 
-#: surrogate name -> default alpha, for every surrogate snncc.surrogate implements
-#: (tests check the two agree). Forward is always the Heaviside step.
-SURROGATES = {
-    "sigmoid": 4.0,  # g'(x) = alpha * sig(alpha x) * (1 - sig(alpha x))  (SpikingJelly)
-    "atan": 2.0,  # g'(x) = alpha / 2 / (1 + (pi/2 * alpha * x)^2)  (SpikingJelly = snnTorch)
-    "piecewise_quadratic": 1.0,
-    "piecewise_exp": 1.0,
-    "soft_sign": 2.0,
-    "sj_superspike": 1.0,
-    "erf": 2.0,
-    "rect": 1.0,
-    "fast_sigmoid": 25.0,  # snnTorch fast_sigmoid(slope)
-    "snntorch_sigmoid": 25.0,  # snnTorch sigmoid(slope)
-    "straight_through": 1.0,  # snnTorch straight_through_estimator (alpha unused)
-    "snntorch_heaviside": 1.0,  # snnTorch heaviside(): g * spike (alpha unused)
-    "snntorch_triangular": 1.0,  # snnTorch triangular(threshold)
-    "superspike": 100.0,  # Norse SuperSpike (alpha unused by Norse 1.1)
-    "triangle": 0.3,  # Norse triangle
-    "norse_tanh": 100.0,  # Norse HeaviTanh
-    "no_grad": 1.0,  # no gradient (snnTorch surrogate_disable, Norse method='heaviside')
-}
+def _framework(name: str) -> tuple[str, ...]:
+    return tuple(n for n, f in FORMS.items() if f.framework == name)
+
+
+SPIKINGJELLY_FORMS = _framework("spikingjelly")
+SNNTORCH_FORMS = _framework("snntorch")
+NORSE_FORMS = _framework("norse")
+
+#: surrogate name -> default alpha (the definitions: snncc.ir.surrogates)
+SURROGATES: dict[str, float] = dict(DEFAULT_ALPHA)
 
 RESETS = ("hard", "subtract", "none")
 OUTPUTS = ("spike", "membrane", "current")
@@ -456,7 +197,7 @@ class NeuronSpec:
         if self.tau is not None:
             numbers["tau"] = self.tau
         fires_or_resets = self.output == "spike" or self.reset != "none"
-        if "threshold" not in roles and fires_or_resets and self.charge != "norse_li":
+        if "threshold" not in roles and fires_or_resets:
             numbers["v_threshold"] = self.v_threshold
         if self.v_reset is not None and "v_reset" not in roles:
             numbers["v_reset"] = self.v_reset

@@ -28,7 +28,7 @@ import numpy as np
 
 from snncc.errors import CheckpointError, IRError
 from snncc.ir.graph import Graph
-from snncc.safe_files import (
+from snncc.ir.safe_files import (
     MAX_JSON_BYTES,
     check_elements,
     make_dirs,
@@ -269,7 +269,7 @@ def _check_declared(
     path: Path, name: str, shape: Any, dtype: Any, specs: dict[str, dict[str, Any]]
 ) -> None:
     """An array's declared shape (and dtype, where the header says it) checked before reading:
-    within :data:`~snncc.safe_files.MAX_ELEMENTS` and, for a declared param, what the IR says
+    within :data:`~snncc.ir.safe_files.MAX_ELEMENTS` and, for a declared param, what the IR says
     (a compressed npz can declare far more than it holds)."""
     check_elements(list(shape), f"{path}: array {name!r}", CheckpointError)
     if dtype is not None and np.dtype(dtype).hasobject:

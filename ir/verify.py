@@ -21,11 +21,12 @@ from typing import Any
 import networkx as nx
 import numpy as np
 
-from snncc.errors import IRError
+from snncc.errors import IRError, SnnccError
 from snncc.ir.graph import Graph
 from snncc.ir.neuron import NeuronSpec
+from snncc.ir.neurons import build
 from snncc.ir.ops import OPS
-from snncc.safe_files import MAX_ELEMENTS
+from snncc.ir.safe_files import MAX_ELEMENTS
 
 #: group kind -> the node schedule temporal fusion gives its members
 GROUP_SCHEDULES = {"layer": "layer", "neuron": "scan", "recurrent": "step"}
@@ -229,9 +230,14 @@ def _check_neuron(graph: Graph, nid: int) -> list[str]:
         problems.append("attrs.neuron is not a NeuronSpec dict")
     else:
         try:
-            NeuronSpec.from_dict(spec)
+            parsed = NeuronSpec.from_dict(spec)
         except (IRError, TypeError, ValueError) as e:
             problems.append(f"attrs.neuron does not parse as a NeuronSpec: {e}")
+        else:
+            try:  # the form's definition accepts it: every constant it reads is there and finite
+                build(parsed)
+            except SnnccError as e:
+                problems.append(f"attrs.neuron: {e}")
         for role in _learnable(data):
             if role not in data["params"]:
                 problems.append(f"learnable role {role!r} has no param")

@@ -24,13 +24,14 @@ Usage::
 
     python scripts/mutants.py            # every mutant; exit 1 if one survives
     python scripts/mutants.py --list     # the mutants, without running
-    python scripts/mutants.py --only cuda-fire-ge-to-gt,onnx-tau-reciprocal
+    python scripts/mutants.py --only c-fire-ge-to-gt,onnx-div-reciprocal
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -41,13 +42,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: the installed package's layout: import name -> folder in the tree (pyproject's package-dir)
-PACKAGE_DIRS = {
-    "frontend": "frontend",
-    "ir": "ir",
-    "backends": "backends",
-    "templates": "templates",
-}
+
+def package_dirs(root: Path) -> dict[str, str]:
+    """The installed layout, from pyproject's package-dir: top-level folders that install
+    as ``snncc.<name>`` (``snncc.frontend`` = ``frontend``), name -> folder."""
+    text = (root / "pyproject.toml").read_text()
+    line = next(x for x in text.splitlines() if x.startswith("package-dir"))
+    pairs = re.findall(r'"snncc\.(\w+)"\s*=\s*"([^"]+)"', line)
+    return {name: folder for name, folder in pairs if folder != f"snncc/{name}"}
+
 
 TIMEOUT_S = 900
 
@@ -70,22 +73,23 @@ def k(path: str, expr: str) -> tuple[str, ...]:
 MUTANTS: tuple[Mutant, ...] = (
     # ---------------------------------------------------------------- the three that survived
     Mutant(
-        "cuda-fire-ge-to-gt",
-        "neuron template (step)",
-        "templates/cuda/neuron_step.cuh.j2",
-        "    return ((h - {{ n.th }}) {{ n.fire_cmp }} 0.0f) ? 1.0f : 0.0f;",
-        "    return ((h - {{ n.th }}) > 0.0f) ? 1.0f : 0.0f;",
+        "c-fire-ge-to-gt",
+        "neuron kernels (C/CUDA lowering)",
+        "backends/kernels/lower_c.py",
+        """        return f"({a[0]} {n.attr('cmp')} 0.0f) ? 1.0f : 0.0f\"""",
+        """        return f"({a[0]} > 0.0f) ? 1.0f : 0.0f\"""",
         k("tests/test_cpu_backend.py", "exactly_on_the_threshold and sj_if"),
-        "SpikingJelly-style kernels fire with > instead of the spec's comparison",
+        "the C/CUDA kernels fire with > instead of the spec's comparison",
     ),
     Mutant(
-        "onnx-tau-reciprocal",
+        "onnx-div-reciprocal",
         "exporter (ONNX)",
-        "snncc/export/onnx.py",
-        '"Add", [v, sc.op("Div", [sc.op("Sub", [x, sc.op("Sub", [v, c(vr)])]), c(spec.tau)])]',
-        '"Add", [v, sc.op("Mul", [sc.op("Sub", [x, sc.op("Sub", [v, c(vr)])]), c(1 / spec.tau)])]',
+        "exchange/onnx_export.py",
+        "    if op in _BINARY:\n        return sc.op(_BINARY[op], a)\n",
+        '    if op == "div":\n        return sc.op("Mul", [a[0], sc.op("Reciprocal", [a[1]])])\n'
+        "    if op in _BINARY:\n        return sc.op(_BINARY[op], a)\n",
         k("tests/test_onnx.py", "neuron_scans"),
-        "the exported LIF multiplies by 1/tau instead of dividing by tau",
+        "the exported neuron multiplies by 1/tau instead of dividing by tau",
     ),
     Mutant(
         "jax-fold-bn-eps",
@@ -96,84 +100,132 @@ MUTANTS: tuple[Mutant, ...] = (
         k("tests/test_jax_backend.py", "folded_elsewhere"),
         "the jax BatchNorm fold loses eps",
     ),
-    # ---------------------------------------------------------------- neuron templates
+    # ---------------------------------------------------------------- neuron kernels
     Mutant(
-        "cuda-atan-surrogate",
-        "neuron template (surrogate)",
-        "templates/cuda/neuron_step.cuh.j2",
-        "    return {{ c.half_alpha }} / (1.0f + z * z);",
-        "    return {{ c.alpha }} / (1.0f + z * z);",
-        k("tests/test_cpu_backend.py", "kernel_matches_torch_neuron_maths and atan"),
+        "c-gt-as-ge",
+        "neuron kernels (C/CUDA lowering)",
+        "backends/kernels/lower_c.py",
+        'sym = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "eq": "=="}[op]',
+        'sym = {"gt": ">=", "ge": ">=", "lt": "<", "le": "<=", "eq": "=="}[op]',
+        k("tests/test_cpu_snntorch_norse.py", "exactly_on_the_threshold and snntorch_leaky"),
+        "the kernels' snnTorch reset from the previous membrane uses >= (snnTorch: m - th > 0)",
+    ),
+    Mutant(
+        "c-host-div-reciprocal",
+        "neuron kernels (template)",
+        "templates/cuda/common.cuh.j2",
+        "#define SNNCC_DIV_SCALAR(a, b) ((a) / (b))",
+        "#define SNNCC_DIV_SCALAR(a, b) ((a) * (1.0f / (b)))",
+        k("tests/test_cpu_backend.py", "kernel_matches_torch_neuron_maths and sj_lif_decay"),
+        "the host kernels divide by tau as a multiplication by 1/tau (torch's CPU divides)",
+    ),
+    Mutant(
+        "c-backward-ignores-final-state-grad",
+        "neuron kernels (template, backward)",
+        "templates/cuda/neuron_backward.cu.j2",
+        "(g{{ v }}_last != SNNCC_NULL) ? g{{ v }}_last[n] : 0.0f;",
+        "0.0f;",
+        k("tests/test_cpu_backend.py", "kernel_matches_torch_neuron_maths and sj_if"),
+        "the backward kernel drops the gradient arriving at the final membrane",
+    ),
+    Mutant(
+        "c-backward-quantity-sum-starts-at-one",
+        "neuron kernels (template, backward)",
+        "templates/cuda/neuron_backward.cu.j2",
+        "            SNNCC_LANE(acc_{{ q }}, n) = 0.0;",
+        "            SNNCC_LANE(acc_{{ q }}, n) = 1.0;",
+        k("tests/test_cpu_backend.py", "kernel_matches_torch_neuron_maths and plif"),
+        "the per-neuron sum of a quantity's gradient (PLIF's k) does not start at 0",
+    ),
+    Mutant(
+        "c-forward-drops-final-state",
+        "neuron kernels (template, forward)",
+        "templates/cuda/neuron_forward.cu.j2",
+        "            if ({{ v }}_last != SNNCC_NULL) {{ v }}_last[n] = SNNCC_LANE(s_{{ v }}, n);",
+        "            if ({{ v }}_last != SNNCC_NULL) {{ v }}_last[n] = 0.0f;",
+        k("tests/test_cpu_backend.py", "streaming_run_continues_from_state"),
+        "the forward kernel loses the final membrane (streaming restarts from 0)",
+    ),
+    # ---------------------------------------------------------------- definitions, autodiff
+    Mutant(
+        "def-snntorch-reset-ge",
+        "neuron definitions",
+        "ir/neurons/snntorch.py",
+        '    r = n.name("r", m - th > 0.0)',
+        '    r = n.name("r", m - th >= 0.0)',
+        k("tests/test_neurons.py", "exactly_the_threshold"),
+        "snnTorch's reset from the previous membrane defined with >=",
+    ),
+    Mutant(
+        "def-lifbox-order",
+        "neuron definitions",
+        "ir/neurons/norse.py",
+        '    v1 = n.name("v_decayed", v + c_m * ((x + v_leak) - v))',
+        '    v1 = n.name("v_decayed", v + c_m * (x + (v_leak - v)))',
+        ("tests/test_neurons.py",),
+        "Norse's box LIF in another (algebraically equal) operation order",
+    ),
+    Mutant(
+        "def-sj-lif-reciprocal",
+        "neuron definitions",
+        "ir/neurons/spikingjelly.py",
+        '    h = v - (v - reset_potential(n)) / n.require("tau") + x',
+        '    h = v - (v - reset_potential(n)) * (1.0 / n.require("tau")) + x',
+        ("tests/test_neurons.py",),
+        "SpikingJelly's LIF (decay_input=False) multiplies by 1/tau",
+    ),
+    Mutant(
+        "autodiff-sub",
+        "autodiff (kernel backward)",
+        "ir/expr.py",
+        "            acc(n.args[0], gy)\n            acc(n.args[1], -gy)",
+        "            acc(n.args[0], gy)\n            acc(n.args[1], gy)",
+        k("tests/test_cpu_backend.py", "kernel_matches_torch_neuron_maths and sj_lif_decay"),
+        "the derivative of a subtraction loses its sign",
+    ),
+    Mutant(
+        "autodiff-div-divisor",
+        "autodiff (kernel backward)",
+        "ir/expr.py",
+        "            acc(n.args[1], (-gy) * (y / a[1]))",
+        "            acc(n.args[1], gy * (y / a[1]))",
+        k(
+            "tests/test_cpu_snntorch_norse.py",
+            "kernel_matches_torch_neuron_maths and snntorch_leaky",
+        ),
+        "the derivative wrt a divisor (snnTorch's s / graded factor) loses its sign",
+    ),
+    Mutant(
+        "autodiff-clamp-open-bound",
+        "autodiff (kernel backward)",
+        "ir/expr.py",
+        "                le = dst.val(a[0]) <= hi if closed else dst.val(a[0]) < hi",
+        "                le = dst.val(a[0]) <= hi",
+        k(
+            "tests/test_cpu_snntorch_norse.py",
+            "kernel_matches_torch_neuron_maths and snntorch_leaky",
+        ),
+        "the clamp's gradient passes at the upper bound whatever torch does",
+    ),
+    Mutant(
+        "surrogate-atan",
+        "surrogates",
+        "ir/surrogates.py",
+        "    return g * ((alpha / 2) / (1 + z * z))",
+        "    return g * (alpha / (1 + z * z))",
+        ("tests/test_surrogate.py",),
         "the atan surrogate uses alpha instead of alpha / 2",
     ),
     Mutant(
-        "cuda-hard-reset-grad-detached",
-        "neuron template (backward)",
-        "templates/cuda/neuron_adjoint.j2",
-        "const float rg = (1.0f - s) + ({{ n.vr_reset }} - h) * sg;",
-        "const float rg = (1.0f - s);",
-        k("tests/test_cpu_backend.py", "kernel_matches_torch_neuron_maths and hard"),
-        "a hard reset that is not detached loses its gradient through the spike",
+        "surrogate-soft-sign",
+        "surrogates",
+        "ir/surrogates.py",
+        "    return g * (1 / (2 * alpha * z * z))",
+        "    return g * (1 / (2 * alpha * z))",
+        ("tests/test_surrogate.py",),
+        "the soft-sign surrogate loses a factor",
     ),
-    Mutant(
-        "cuda-lif-grad-no-decay",
-        "neuron template (backward)",
-        "templates/cuda/neuron_adjoint.j2",
-        "float gxt = gh / {{ n.tau }};\ngv = gh - gh / {{ n.tau }};",
-        "float gxt = gh / {{ n.tau }};\ngv = gh;",
-        k("tests/test_cpu_backend.py", "kernel_matches_torch_neuron_maths and sj_lif_decay"),
-        "the LIF membrane gradient forgets the decay",
-    ),
-    Mutant(
-        "form-fire-gt-to-ge",
-        "neuron template (step)",
-        "templates/cuda/form_step.cuh.j2",
-        "    st.H = (st.u {{ f.fire_cmp }} 0.0f) ? 1.0f : 0.0f;",
-        "    st.H = (st.u >= 0.0f) ? 1.0f : 0.0f;",
-        k("tests/test_cpu_snntorch_norse.py", "exactly_on_the_threshold and snntorch_leaky"),
-        "snnTorch-style kernels fire with >= instead of the spec's comparison",
-    ),
-    Mutant(
-        "form-reset-from-ge",
-        "neuron template (step)",
-        "templates/cuda/form_step.cuh.j2",
-        "    st.r = ((v - p.th) > 0.0f) ? 1.0f : 0.0f;",
-        "    st.r = ((v - p.th) >= 0.0f) ? 1.0f : 0.0f;",
-        k("tests/test_cpu_snntorch_norse.py", "exactly_on_the_threshold and snntorch_leaky"),
-        "snnTorch's reset from the previous membrane uses >= (snnTorch: m - th > 0)",
-    ),
-    Mutant(
-        "form-norse-fire-ge-to-gt",
-        "neuron template (step)",
-        "templates/cuda/form_step.cuh.j2",
-        "    st.z = (st.u {{ f.fire_cmp }} 0.0f) ? 1.0f : 0.0f;",
-        "    st.z = (st.u > 0.0f) ? 1.0f : 0.0f;",
-        k("tests/test_cpu_snntorch_norse.py", "exactly_on_the_threshold and norse_lifbox"),
-        "Norse-style kernels fire with > even where the spec says >= (NIR files)",
-    ),
-    Mutant(
-        "form-fast-sigmoid",
-        "neuron template (surrogate)",
-        "templates/cuda/form_step.cuh.j2",
-        '{% elif f.surrogate == "fast_sigmoid" %}\n'
-        "    const float d = {{ c.alpha }} * snncc_absf(x) + 1.0f;\n"
-        "    return g / (d * d);",
-        '{% elif f.surrogate == "fast_sigmoid" %}\n'
-        "    const float d = {{ c.alpha }} * snncc_absf(x) + 1.0f;\n"
-        "    return g / d;",
-        k("tests/test_cpu_snntorch_norse.py", "kernel_matches_torch_neuron_maths and fast_sigmoid"),
-        "snnTorch's fast sigmoid surrogate without its square",
-    ),
-    Mutant(
-        "form-lifbox-order",
-        "neuron template (step)",
-        "templates/cuda/form_step.cuh.j2",
-        "    st.w = (x + {{ f.v_leak }}) - v;",
-        "    st.w = x + ({{ f.v_leak }} - v);",
-        k("tests/test_cpu_snntorch_norse.py", "kernel_matches_torch_neuron_maths and norse_lifbox"),
-        "Norse's box LIF in another (algebraically equal) operation order",
-    ),
-    # ---------------------------------------------------------------- jax render / runtime
+    # ---------------------------------------------------------------- jax
     Mutant(
         "jax-bn-eps",
         "jax runtime",
@@ -185,48 +237,30 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "jax-fire-always-ge",
-        "jax render",
-        "backends/jax/render.py",
-        '"fire": "rt.spike" if spec.fire_cmp == ">=" else "rt.spike_gt",',
-        '"fire": "rt.spike",',
+        "jax lowering",
+        "backends/jax/lower.py",
+        '        fn = "rt.spike" if n.attr("cmp") == ">=" else "rt.spike_gt"',
+        '        fn = "rt.spike"',
         k("tests/test_jax_backend.py", "exactly_on_the_threshold"),
         "jax ignores the spec's comparison (>= everywhere)",
     ),
     Mutant(
-        "jax-snntorch-reset-ge",
-        "jax template",
-        "templates/jax/neuron.py.j2",
-        "{{ r }} = lax.stop_gradient(({{ v }} - {{ th }} > 0).astype({{ v }}.dtype))",
-        "{{ r }} = lax.stop_gradient(({{ v }} - {{ th }} >= 0).astype({{ v }}.dtype))",
+        "jax-gt-as-ge",
+        "jax lowering",
+        "backends/jax/lower.py",
+        'sym = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "eq": "=="}[op]',
+        'sym = {"gt": ">=", "ge": ">=", "lt": "<", "le": "<=", "eq": "=="}[op]',
         k("tests/test_jax_backend.py", "exactly_on_the_threshold"),
         "jax's snnTorch reset from the previous membrane uses >=",
     ),
     Mutant(
-        "jax-hard-reset-drops-vreset",
-        "jax template",
-        "templates/jax/neuron.py.j2",
-        "{{ n.v }} = {{ z }} * {{ n.vr }} + (1.0 - {{ z }}) * {{ n.h }}",
-        "{{ n.v }} = (1.0 - {{ z }}) * {{ n.h }}",
-        k("tests/test_jax_backend.py", "mlp_neuron_forms and vreset"),
-        "jax's hard reset goes to 0 instead of v_reset",
-    ),
-    Mutant(
-        "jax-atan-surrogate",
+        "jax-spike-ge-as-gt",
         "jax runtime",
         "backends/jax/runtime.py",
-        "    return g * ((alpha / 2) / (1 + z * z))",
-        "    return g * (alpha / (1 + z * z))",
-        k("tests/test_jax_snntorch_norse.py", "surrogate_gradients_match_torch"),
-        "jax's atan surrogate uses alpha instead of alpha / 2",
-    ),
-    Mutant(
-        "jax-pipeline-folds-bn",
-        "pass",
-        "backends/jax/__init__.py",
-        '        "canonicalize",\n        "drop_noops",',
-        '        "canonicalize",\n        "fold_batchnorm",\n        "drop_noops",',
-        k("tests/test_jax_backend.py", "conv_bn_pool"),
-        "the jax pipeline folds eval BatchNorm into the conv again (rounds differently)",
+        "        hit = x > 0 if strict else x >= 0",
+        "        hit = x > 0",
+        k("tests/test_jax_backend.py", "exactly_on_the_threshold"),
+        "jax's SpikingJelly spike fires on > 0",
     ),
     Mutant(
         "jax-dropout-unscaled",
@@ -237,37 +271,37 @@ MUTANTS: tuple[Mutant, ...] = (
         k("tests/test_dropout.py", "distribution and jax"),
         "jax's training dropout does not scale the kept units by 1 / (1 - p)",
     ),
-    # ---------------------------------------------------------------- reference (torch) maths
     Mutant(
-        "torch-snntorch-reset-ge",
-        "reference maths",
-        "snncc/neurons.py",
-        "    r = (m - th > 0).float()",
-        "    r = (m - th >= 0).float()",
+        "jax-pipeline-folds-bn",
+        "pass",
+        "backends/jax/__init__.py",
+        '        "canonicalize",\n        "drop_noops",',
+        '        "canonicalize",\n        "fold_batchnorm",\n        "drop_noops",',
+        k("tests/test_jax_backend.py", "conv_bn_pool"),
+        "the jax pipeline folds eval BatchNorm into the conv again (rounds differently)",
+    ),
+    # ---------------------------------------------------------------- torch (reference) lowering
+    Mutant(
+        "torch-gt-as-ge",
+        "reference (torch lowering)",
+        "backends/reference/lowering.py",
+        't = {"gt": a > b, "ge": a >= b,',
+        't = {"gt": a >= b, "ge": a >= b,',
         k("tests/test_neurons.py", "exactly_the_threshold"),
         "the torch maths' snnTorch reset uses >=",
     ),
     Mutant(
-        "torch-lif-reciprocal",
-        "reference maths",
-        "snncc/neurons.py",
-        "        return v - (v - vr) / spec.tau + x",
-        "        return v - (v - vr) * (1.0 / spec.tau) + x",
+        "torch-div-reciprocal",
+        "reference (torch lowering)",
+        "backends/reference/lowering.py",
+        "        return a[0] / a[1]  # type: ignore[operator]",
+        "        return a[0] * (1.0 / a[1])  # type: ignore[operator]",
         ("tests/test_neurons.py",),
-        "the torch maths' LIF (decay_input=False) multiplies by 1/tau",
-    ),
-    Mutant(
-        "torch-soft-sign-surrogate",
-        "reference maths",
-        "snncc/surrogate.py",
-        "    return g * (1 / (2 * alpha * z * z))",
-        "    return g * (1 / (2 * alpha * z))",
-        ("tests/test_surrogate.py",),
-        "the soft-sign surrogate loses a factor",
+        "the torch maths divide by tau as a multiplication by 1/tau",
     ),
     Mutant(
         "reference-dropout-not-shared",
-        "reference maths",
+        "reference (dropout)",
         "backends/reference/program.py",
         '        if not attrs.get("shared_over_time", False):\n            if lead',
         "        if True:\n            if lead",
@@ -307,35 +341,35 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "onnx-fire-always-gt",
         "exporter (ONNX)",
-        "snncc/export/onnx.py",
-        '        cmp = "GreaterOrEqual" if spec.fire_cmp == ">=" else "Greater"',
+        "exchange/onnx_export.py",
+        '        cmp = "GreaterOrEqual" if n.attr("cmp") == ">=" else "Greater"',
         '        cmp = "Greater"',
         k("tests/test_onnx.py", "exactly_on_the_threshold"),
         "the ONNX Scan fires with > whatever the spec says",
     ),
     Mutant(
-        "onnx-snntorch-reset-ge",
+        "onnx-gt-as-ge",
         "exporter (ONNX)",
-        "snncc/export/onnx.py",
-        '        r = op("Cast", [op("Greater", [op("Sub", [m, th]), c(0.0)])], to=TensorProto.FLOAT)',
-        '        r = op("Cast", [op("GreaterOrEqual", [op("Sub", [m, th]), c(0.0)])], '
-        "to=TensorProto.FLOAT)",
+        "exchange/onnx_export.py",
+        '    "gt": "Greater",',
+        '    "gt": "GreaterOrEqual",',
         k("tests/test_onnx.py", "exactly_on_the_threshold"),
         "the exported snnTorch reset uses >=",
     ),
     Mutant(
-        "onnx-lifbox-order",
+        "onnx-exp-in-fp32",
         "exporter (ONNX)",
-        "snncc/export/onnx.py",
-        'v1 = op("Add", [v, op("Mul", [c_m, op("Sub", [op("Add", [x, v_leak]), v])])])',
-        'v1 = op("Add", [v, op("Mul", [c_m, op("Add", [x, op("Sub", [v_leak, v])])])])',
-        k("tests/test_onnx.py", "form_scans"),
-        "the exported Norse box LIF in another (algebraically equal) operation order",
+        "exchange/onnx_export.py",
+        '    e = sc.op("Exp", [sc.op("Cast", [x], to=TensorProto.DOUBLE)])\n'
+        '    return sc.op("Cast", [e], to=TensorProto.FLOAT)',
+        '    return sc.op("Exp", [x])',
+        k("tests/test_onnx.py", "neuron_scans or form_scans"),
+        "the exported exp (PLIF's sigmoid) in ONNX Runtime's fp32 exp, not torch's",
     ),
     Mutant(
         "nir-sj-lif-r",
         "exporter (NIR)",
-        "snncc/export/nir.py",
+        "exchange/nir_export.py",
         '        r = full(1.0 if form != "sj_lif" else float(spec.tau))',
         "        r = full(1.0)",
         k("tests/test_nir.py", "round_trip_spikingjelly_conv_mlp"),
@@ -344,7 +378,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "nir-if-r",
         "exporter (NIR)",
-        "snncc/export/nir.py",
+        "exchange/nir_export.py",
         '                "r": full(1.0 / dt),',
         '                "r": full(1.0),',
         k("tests/test_nir.py", "round_trip_spikingjelly_conv_mlp"),
@@ -353,7 +387,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "nir-ge-threshold-unchanged",
         "exporter (NIR)",
-        "snncc/export/nir.py",
+        "exchange/nir_export.py",
         '    return below(th, dtype) if spec.fire_cmp == ">=" else th',
         "    return th",
         k("tests/test_nir.py", "ge_threshold"),
@@ -381,7 +415,7 @@ def make_copy(dest: Path) -> None:
         shutil.copy2(ROOT / rel, target)
     # the package as pyproject installs it: the top-level folders inside snncc/, so the copy
     # imports as snncc from its own root (ahead of the editable install of the real tree)
-    for name, folder in PACKAGE_DIRS.items():
+    for name, folder in package_dirs(dest).items():
         (dest / "snncc" / name).symlink_to(dest / folder)
 
 
@@ -395,8 +429,8 @@ def env_for(copy: Path) -> dict[str, str]:
 def check_imports_from(copy: Path) -> None:
     code = (
         "import snncc, snncc.backends.jax.runtime as r, snncc.ir.passes as p, "
-        "snncc.frontend as f, snncc.templates as t; "
-        "print(snncc.__file__, r.__file__, p.__file__, f.__file__, t.__file__)"
+        "snncc.frontend as f, snncc.templates as t, snncc.exchange as e; "
+        "print(snncc.__file__, r.__file__, p.__file__, f.__file__, t.__file__, e.__file__)"
     )
     res = subprocess.run(
         [sys.executable, "-c", code], cwd=copy, env=env_for(copy), capture_output=True, text=True

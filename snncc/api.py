@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from snncc.errors import CheckpointError, ShapeError, SnnccError, UnsupportedError
-from snncc.safe_files import (
+from snncc.ir.safe_files import (
     exchange_dirs,
     inner_dir,
     make_dirs,
@@ -221,10 +221,11 @@ class CompiledModel:
         torch tensors [T, B, ...] through the program's autograd path, so a torch
         optimizer trains it and ``loss.backward()`` runs the generated backward kernels.
         """
-        if self._backend_name == "jax":
+        if not self._has("torch_module"):
             raise UnsupportedError(
-                "to_torch() needs a torch-native backend (reference, cpu, cuda); for jax use "
-                "cm.jax_fn(params, x) with jax.grad"
+                f"to_torch() needs a backend whose programs are torch modules (reference, cpu, "
+                f"cuda); backend {self._backend_name!r} has none: use cm.jax_fn(params, x) with "
+                "jax.grad"
             )
         from snncc.backends.torch_module import to_torch
 
@@ -233,13 +234,18 @@ class CompiledModel:
     def jax_fn(self, params: Any, x: Any, key: Any = None) -> Any:
         """The pure function ``(params, x) -> outputs`` for ``jax.grad`` / ``jax.jit`` (jax only);
         ``key`` (``jax.random.key``) where training-mode dropout draws masks."""
-        fn = getattr(self._program, "jax_fn", None)
+        fn = getattr(self._program, "jax_fn", None) if self._has("jax_fn") else None
         if fn is None:
             raise UnsupportedError(
                 f"jax_fn is only available for backend 'jax'; this model was compiled for "
                 f"{self._backend_name!r} (use snncc.compile(..., backend='jax'))"
             )
         return fn(params, x, key)
+
+    def _has(self, feature: str) -> bool:
+        from snncc.backends.base import has_feature
+
+        return has_feature(self._native_backend(), feature)
 
     def _native_backend(self) -> Any:
         if self._backend_obj is None:
@@ -251,10 +257,9 @@ class CompiledModel:
     def _check_input(self, x: Any) -> str:
         """Raise ShapeError unless ``x`` fits the traced per-step shape; return its array kind."""
         kind = _array_kind(x)
-        allowed = "a torch.Tensor or numpy.ndarray" + (
-            " or jax.Array" if self._backend_name == "jax" else ""
-        )
-        if kind is None or (kind == "jax" and self._backend_name != "jax"):
+        jax_ok = self._has("jax_arrays")
+        allowed = "a torch.Tensor or numpy.ndarray" + (" or jax.Array" if jax_ok else "")
+        if kind is None or (kind == "jax" and not jax_ok):
             raise ShapeError(f"input must be {allowed}; got {type(x).__name__}")
         per_step = self.input_spec["shape"]  # e.g. ["B", 64]
         expected = ["T", *per_step]

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from snncc.errors import CheckpointError, SnnccError
-from snncc.safe_files import MAX_ELEMENTS, os_error_hint
+from snncc.ir.safe_files import MAX_ELEMENTS, os_error_hint
 
 FORMATS = ("text", "json", "dot")
 EXCHANGE_FORMATS = ("onnx", "nir")
@@ -254,7 +254,7 @@ def read_npy(path: Path) -> Any:
     limit and the file's length before anything is allocated."""
     import numpy as np
 
-    from snncc.safe_files import check_elements
+    from snncc.ir.safe_files import check_elements
 
     if not path.is_file():
         what = "is a folder, not a .npy file" if path.is_dir() else "does not exist"
@@ -326,7 +326,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import torch
 
     import snncc
-    from snncc.safe_files import write_file
+    from snncc.ir.safe_files import write_file
 
     out = output_file(args.output)
     if not Path(args.artifact).is_dir():
@@ -380,11 +380,11 @@ def cmd_export(args: argparse.Namespace) -> int:
     graph = load_graph(args.model, args.input_shape, args.weights)
     try:
         if args.format == "onnx":
-            from snncc.export.onnx import to_onnx
+            from snncc.exchange.onnx_export import to_onnx
 
             to_onnx(graph, out)
         else:
-            from snncc.export.nir import to_nir
+            from snncc.exchange.nir_export import to_nir
 
             to_nir(graph, out, dt=args.dt, accept=args.accept or ())
     except OSError as exc:
@@ -404,10 +404,10 @@ def import_graph(path: Path, fmt: str | None, **nir_options: Any) -> Any:
             f"({' or '.join(EXCHANGE_FORMATS)})"
         )
     if fmt == "onnx":
-        from snncc.frontend.onnx_import import from_onnx
+        from snncc.exchange.onnx_import import from_onnx
 
         return from_onnx(path)
-    from snncc.frontend.nir_import import from_nir
+    from snncc.exchange.nir_import import from_nir
 
     return from_nir(path, **nir_options)
 
@@ -491,7 +491,7 @@ def _size(n: int) -> str:
 
 
 def _cache_folders(args: argparse.Namespace) -> list[tuple[str, Path]]:
-    from snncc import kernel_cache
+    from snncc.backends import kernel_cache
 
     kinds = [args.kind] if args.kind else list(kernel_cache.KINDS)
     if args.cache_dir is not None:
@@ -500,7 +500,7 @@ def _cache_folders(args: argparse.Namespace) -> list[tuple[str, Path]]:
 
 
 def cmd_cache(args: argparse.Namespace) -> int:
-    from snncc import kernel_cache
+    from snncc.backends import kernel_cache
 
     if args.action == "info":
         where = "--cache-dir" if args.cache_dir else _root_source()

@@ -24,8 +24,8 @@ from torch import nn
 
 from snncc.errors import ShapeError, UnsupportedError
 from snncc.ir.neuron import NeuronSpec
+from snncc.ir.surrogates import default_alpha
 from snncc.neurons import run_sequence
-from snncc.surrogate import default_alpha
 
 __all__ = ["IF", "LIF", "LI", "ParametricLIF", "SeqToANN"]
 

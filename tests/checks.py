@@ -82,21 +82,15 @@ def threshold_of(spec: NeuronSpec, params: dict[str, torch.Tensor]) -> torch.Ten
 def charged_membrane(
     spec: NeuronSpec, params: dict[str, torch.Tensor], x: torch.Tensor, state: dict, ports=()
 ) -> torch.Tensor:
-    """The membrane one step charges before it fires (what the threshold is compared with).
-
-    snnTorch / Norse: the same step without a reset (their reset term is 0 while
-    the previous membrane is below the threshold, as in a fresh state), read as
-    the membrane.
-    """
+    """The membrane one step charges before it fires (what the threshold is compared with):
+    the same step without a reset, read as the membrane (snnTorch's reset term is 0 while
+    the previous membrane is below the threshold, as in a fresh state)."""
     from snncc import neurons
-    from snncc.ir.neuron import NORSE_FORMS, SNNTORCH_FORMS
 
+    quiet = spec.replace(reset="none", output="membrane", reset_delay=False)
+    p = {**params, **neurons.derived_constants(spec, params)}
     with torch.no_grad():
-        if spec.charge in SNNTORCH_FORMS or spec.charge in NORSE_FORMS:
-            quiet = spec.replace(reset="none", output="membrane", reset_delay=False)
-            return neurons.step(quiet, params, x, dict(state), *ports)[0]
-        p = {**params, **neurons.derived_constants(spec, params)}
-        return neurons.charge(spec, p, x, state["v"])
+        return neurons.step(quiet, p, x, dict(state), *ports)[0]
 
 
 def threshold_crossing_inputs(

@@ -280,16 +280,19 @@ def test_lane_blocks_keep_neurons_apart(charge, cache_dir) -> None:
         assert torch.equal(a, b)
     assert 0 < runs[0][0].sum() < runs[0][0].numel()
     if charge in PLIF_FORMS:  # d loss / d k, one double per neuron before the host sums them
-        from snncc.backends.cpu.autograd import neuron_backward, neuron_forward
+        from snncc.backends.cpu.autograd import layer_backward, layer_forward
 
-        k = float(w.sigmoid())
+        k = [(w.sigmoid().detach().reshape(1), 0)]
         gks = []
         for order in (torch.arange(75), perm):
             xo, v0o = x[:, order].contiguous(), v0[order].contiguous()
-            _, h, _ = neuron_forward(kernel, xo, (), v0o, k, store_h=True)
+            _, saved, _ = layer_forward(kernel, xo, (), (), [v0o], k, store=True)
             gyo, gvo = gy[:, order].contiguous(), gv[order].contiguous()
-            *_, gk = neuron_backward(kernel, gyo, gvo, h, xo, (), v0o, k, [], True, True)
-            gks.append(gk[torch.argsort(order)])
+            want = {"gv0": True, "gp_k": True}
+            grads = layer_backward(
+                kernel, tuple(xo.shape), xo.device, gyo, [gvo], saved, xo, (), (), [v0o], k, want
+            )
+            gks.append(grads["gp_k"][torch.argsort(order)])
         assert gks[0].shape == (75,) and bool((gks[0] != 0).all())
         assert torch.equal(gks[0], gks[1])
 

@@ -278,7 +278,7 @@ def _param_scale(loss_fn, params: dict[str, torch.Tensor], role: str) -> float:
 def test_form_kernel_matches_torch_neuron_maths(case, T, cache_dir) -> None:
     spec = _spec(*case)
     kernel = kernel_for(spec, cache_dir)
-    assert kernel.info.family == "form"
+    assert kernel.info.family == "expr"
     seed = T + len(case_id(case))
     ins, params = _inputs(spec, T, seed), _params(spec, seed)
     leaves = lambda: (  # noqa: E731
@@ -792,7 +792,7 @@ def test_cpu_backend_matches_reference_on_snntorch_and_norse_models(name, T, cac
     cm = snncc.compile(model, x, backend="cpu", cache_dir=cache_dir)
     prog = cm.program
     assert isinstance(prog, CpuProgram)
-    forms = [k for k in prog.kernels.values() if k.info.family == "form"]
+    forms = [k for k in prog.kernels.values() if k.info.family == "expr"]
     assert forms and len(forms) == len(prog.kernels)  # every neuron runs a fused form kernel
     ref = ReferenceProgram(prog.graph)
     y_ref, st_ref, g_ref = _grads(ref, x, 1)

@@ -41,7 +41,6 @@ from snncc import nn as snn
 from snncc.backends.cpu.autograd import run_neuron
 from snncc.backends.cuda import cache as kcache
 from snncc.backends.cuda import runtime
-from snncc.backends.cuda.neuron import KCache
 from snncc.backends.cuda.program import CudaProgram, _fp32_precision
 from snncc.backends.kernels import NVCC_EXACT_FLAGS, SJ_CHARGES, SUPPORTED_SURROGATES
 from snncc.backends.reference.program import ReferenceProgram
@@ -467,23 +466,12 @@ def test_generic_autograd_wrapper_matches_the_torch_neuron_maths(charge: str, tm
     assert torch.equal(o3, out) and torch.equal(v3, v_last)
 
 
-def test_plif_decay_is_read_once_per_weight_version() -> None:
-    cache = KCache()
-    w = torch.tensor(0.3)
-    assert cache.value(0, w, w.sigmoid()) == float(w.sigmoid())
-    assert cache.value(0, w, torch.tensor(123.0)) == float(w.sigmoid())  # cached: no read
-    with torch.no_grad():
-        w.add_(0.1)  # an optimizer step: the version moves
-    assert cache.value(0, w, w.sigmoid()) == float(w.sigmoid())
-
-
 # -- the time-chunked kernels, run on the host from the same text
 def _bind_host(lib, name: str, signature, launches: list[str] | None = None):
     """A host-compiled kernel called like a CuPy one: ``fn(packed_args)`` (runtime.pack_args).
 
-    One target difference the kernels document: the CUDA backward sums d loss /
-    d k into ``double[1]``, the host one writes one double per thread
-    (``N``, or ``C * N`` for the chunked kernels); this sums them into the one.
+    Both targets take the same arguments (quantity gradients are one double per
+    neuron, or per chunk and neuron, on each), so the packed values pass straight on.
     """
     import ctypes
 
@@ -492,23 +480,13 @@ def _bind_host(lib, name: str, signature, launches: list[str] | None = None):
     ctype_of = {"float": ctypes.c_float, "int": ctypes.c_int, "int64": ctypes.c_longlong}
     cfn = getattr(lib, name)
     cfn.argtypes = [ctype_of.get(c, ctypes.c_void_p) for _, c in signature]
-    names = [n for n, _ in signature]
 
     def call(args: tuple) -> None:
         vals = [int(a) if isinstance(a, np.uint64) else a.item() for a in args]
         vals = [None if (c.endswith("*") and v == 0) else v for v, (_, c) in zip(vals, signature)]
-        gk_at = names.index("gk") if "gk" in names else None
-        total = None
-        if gk_at is not None and vals[gk_at] is not None:
-            total = vals[gk_at]
-            slots = vals[names.index("N")] * (vals[names.index("C")] if "C" in names else 1)
-            part = torch.zeros(slots, dtype=torch.float64)
-            vals[gk_at] = part.data_ptr()
         if launches is not None:
             launches.append(name)
         cfn(*vals)
-        if total is not None:
-            ctypes.c_double.from_address(total).value += float(part.sum())
 
     return call
 
@@ -527,7 +505,7 @@ def _host_chunk_fn(cache: str, launches: list[str] | None = None):
             recompute=self.recompute,
         )
         lib = compiler.load(unit + text, cache)
-        return _bind_host(lib, f"{name}_{which}", chunked.SIGNATURES[which], launches)
+        return _bind_host(lib, f"{name}_{which}", self.signatures[which], launches)
 
     return chunk_fn
 
@@ -589,12 +567,12 @@ def test_chunked_forward_equals_the_sequential_recurrence_bit_for_bit(
     form: str, host_chunks, tmp_path
 ) -> None:
     """Spikes, final membrane and (training) every h[t] and chunk-entry membrane, any L."""
-    from snncc.backends.cpu.autograd import neuron_forward
+    from snncc.backends.cpu.autograd import layer_forward
 
     spec = CHUNK_FORMS[form]
     w = torch.tensor(-0.3)
     params = {"w": w} if spec.charge.startswith("sj_plif") else {}
-    k = float(w.sigmoid()) if params else 0.0
+    k = {"k": w.sigmoid().reshape(1)} if params else {}
     runs = {d: host_chunks.ChunkedNeuron(spec, d, None) for d in ("float32", "uint8")}
     plain = _plain_host_kernel(spec, str(tmp_path))
     T, N = 200, 96
@@ -606,7 +584,9 @@ def test_chunked_forward_equals_the_sequential_recurrence_bit_for_bit(
         v0 = torch.rand(N, generator=g) * 0.5
         for start in (None, v0):
             ref, st = neurons.run_sequence(spec, params, x, None if start is None else {"v": start})
-            _, h_ref, _ = neuron_forward(plain, x, (), start, k, store_h=True)
+            kq = [(q, 0) for q in k.values()]
+            _, saved, _ = layer_forward(plain, x, (), (), [start], kq, store=True)
+            h_ref = saved["h_seq"]
             v_before = [v0 if start is not None else torch.full((N,), spec.v_init)]
             state = None if start is None else {"v": start}
             for t in range(T - 1):  # v_before[t]: the true membrane entering step t
@@ -645,7 +625,8 @@ def test_chunked_fix_up_stops_at_the_merge(form: str, host_chunks) -> None:
     spec = CHUNK_FORMS[form]
     run = host_chunks.ChunkedNeuron(spec, "float32", None)
     T, N, L = 512, 64, 128
-    k = float(torch.tensor(-0.3).sigmoid())  # PLIF decay 0.43: merges like tau ~2.3
+    w = torch.tensor(-0.3)  # PLIF decay 0.43: merges like tau ~2.3
+    k = {"k": w.sigmoid().reshape(1)} if spec.charge.startswith("sj_plif") else {}
     x = torch.rand((T, N), generator=torch.Generator().manual_seed(2)) * 2
     launched = []
 
@@ -698,13 +679,14 @@ def test_chunked_backward_matches_the_plain_backward_kernel(
         w = torch.tensor(-0.4)
         gy, gv = torch.randn((T, N), generator=g), torch.randn(N, generator=g)
 
-        k_value = float(w.sigmoid())
         data = (x, v0, w, gy, gv, plif)
-        plain_fn = functools.partial(run_neuron, plain, adds=(), k_value=k_value)
+        plain_fn = functools.partial(run_neuron, plain, adds=())
         want = _layer_grads(lambda xs, v0s, k, f=plain_fn: f(xs, v0=v0s, k=k), *data)
         for L in (1, 7, 32, T):
-            chunked = functools.partial(ChunkedNeuronFunction.apply, run, k_value, L, None)
-            got = _layer_grads(lambda xs, v0s, k, f=chunked: f(v0s, k, xs), *data)
+            chunked = functools.partial(ChunkedNeuronFunction.apply, run, L, None)
+            got = _layer_grads(
+                lambda xs, v0s, k, f=chunked: f(v0s, xs, *([] if k is None else [k])), *data
+            )
             assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
             # the last two chunks enter with exact gradients: bit for bit
             last = max(0, math.ceil(T / L) - 2) * L
@@ -714,10 +696,11 @@ def test_chunked_backward_matches_the_plain_backward_kernel(
                 assert _rel(a, b) <= 1e-5, (name, scale, L, _rel(a, b))
     # no gradient of the final membrane (g_vlast None) and v0 not wanted
     xs = x.clone().requires_grad_()
-    out, _ = ChunkedNeuronFunction.apply(run, k_value, 7, None, None, None, xs)
+    kw = [w.sigmoid().reshape(1)] if plif else []
+    out, _ = ChunkedNeuronFunction.apply(run, 7, None, None, xs, *kw)
     (gx,) = torch.autograd.grad((out * gy).sum(), [xs])
     xr = x.clone().requires_grad_()
-    out_r, _ = run_neuron(plain, xr, (), None, torch.tensor([k_value]) if plif else None, k_value)
+    out_r, _ = run_neuron(plain, xr, (), None, kw[0] if plif else None)
     (gr,) = torch.autograd.grad((out_r * gy).sum(), [xr])
     assert _rel(gx, gr) <= 1e-5
 
@@ -740,8 +723,8 @@ def test_chunked_backward_with_only_the_final_membrane_in_the_loss(host_chunks, 
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
-        want = gx(lambda xs: run_neuron(plain, xs, (), None, None, 0.0))
-        got = gx(lambda xs: ChunkedNeuronFunction.apply(run, 0.0, 16, None, None, None, xs))
+        want = gx(lambda xs: run_neuron(plain, xs, (), None, None))
+        got = gx(lambda xs: ChunkedNeuronFunction.apply(run, 16, None, None, xs))
     finally:
         torch.set_default_dtype(default)
     assert want.abs().max() > 0.1 and _rel(got, want) <= 1e-5
@@ -774,8 +757,8 @@ def test_chunked_backward_carries_a_growing_gradient_like_the_plain_loop(
         _, v_last = fn(xs)
         return torch.autograd.grad((v_last * gv).sum(), [xs])[0]
 
-    want = gx(lambda xs: run_neuron(plain, xs, (), v0, None, 0.0))
-    got = gx(lambda xs: ChunkedNeuronFunction.apply(run, 0.0, L, None, v0, None, xs))
+    want = gx(lambda xs: run_neuron(plain, xs, (), v0, None))
+    got = gx(lambda xs: ChunkedNeuronFunction.apply(run, L, None, v0, xs))
     assert want.isfinite().all() and got.isfinite().all()
     assert (want.abs().max() > 1e30) != zero_step
     assert _rel(got, want) <= 1e-5
@@ -806,7 +789,7 @@ def test_which_forms_are_chunked_and_how_long_the_chunks_are() -> None:
     assert merge_steps(soft.replace(tau=50.0)) > 1000 // 4  # slow decay...
     assert plan_chunks(1024, 16384, 132, merge=merge_steps(soft.replace(tau=50.0))) is None
     plif = CHUNK_FORMS["plif_soft"]
-    assert merge_steps(plif, 0.5) == m2  # PLIF's decay is 1 - k, known at run time
+    assert merge_steps(plif, {"k": 0.5}) == m2  # PLIF's decay is 1 - k, known at run time
     assert plan_chunks(1024, 16384, 132, merge=None) is None
     assert merge_steps(soft.replace(tau=0.4)) is None  # |1 - 1/tau| > 1: the error grows
     assert merge_steps(soft.replace(tau=1.0)) == 8  # no memory at all: the first checkpoint
@@ -1192,8 +1175,13 @@ def test_host_emulated_gpu_autocast_io_under_the_callers_autocast(
     assert torch.equal(y1, y0)
     for a, b in zip(g1, g0):
         assert torch.equal(a, b)
+    # recompute with 16-bit x: the host re-runs the forward for the backward (gx is 16-bit,
+    # no room to park fp32 membranes in), so 16-bit I/O stays on
     _, _, cm = _compile("sj_mlp", cache_dir=cache_dir, recompute=True)
-    assert not cm.program.half_out  # recompute parks fp32 membranes in gx: widens instead
+    assert cm.program.half_out
+    n = next(iter(cm.program.half_out))
+    info = cm.program._half_kernel(n, "bfloat16", "float32").info
+    assert info.recompute and not info.recompute_in_kernel
 
 
 @pytest.mark.parametrize("chunks", [0, 7], ids=["plain", "time-chunked"])
@@ -1209,17 +1197,17 @@ def test_host_emulated_gpu_reads_a_broadcast_output_gradient_in_place(
     from snncc.backends.cuda import chunked
 
     strides: list[tuple[int, ...]] = []
-    plain, chunk = autograd.neuron_backward, chunked.ChunkedNeuron.backward
+    plain, chunk = autograd.layer_backward, chunked.ChunkedNeuron.backward
 
-    def spy_plain(kernel, gy, *args, **kwargs):
+    def spy_plain(kernel, shape, device, gy, *args, **kwargs):
         strides.append(gy.stride())
-        return plain(kernel, gy, *args, **kwargs)
+        return plain(kernel, shape, device, gy, *args, **kwargs)
 
     def spy_chunk(self, gy, *args, **kwargs):
         strides.append(gy.stride())
         return chunk(self, gy, *args, **kwargs)
 
-    monkeypatch.setattr(autograd, "neuron_backward", spy_plain)
+    monkeypatch.setattr(autograd, "layer_backward", spy_plain)
     monkeypatch.setattr(chunked.ChunkedNeuron, "backward", spy_chunk)
     runs = []
     for materialise in (False, True):
@@ -1312,7 +1300,7 @@ def test_snntorch_norse_forms_on_a_host_emulated_gpu(name, host_gpu, cache_dir) 
     model, x = _snntorch_norse_models()[name]
     cm = snncc.compile(model, x[:2], backend="cuda", cache_dir=cache_dir, spike_dtype="uint8")
     prog = cm.program
-    assert all(k.info.family == "form" for k in prog.kernels.values())
+    assert all(k.info.family == "expr" for k in prog.kernels.values())
     assert not prog.u8_kernels and not prog.chunked  # graded / float spikes, not chunkable
     ref = ReferenceProgram(prog.graph)
     gy = torch.randn(ref.run(x)[0].shape, generator=torch.Generator().manual_seed(0))

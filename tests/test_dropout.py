@@ -196,7 +196,7 @@ def test_eval_mode_drops_dropout_and_refuses_to_train_without_it() -> None:
 
 
 def test_exporters_refuse_training_dropout(tmp_path) -> None:
-    from snncc.export import to_nir, to_onnx
+    from snncc.exchange import to_nir, to_onnx
 
     cm = snncc.compile(sj_net(training=True), x_in(), backend="reference")
     with pytest.raises(UnsupportedError, match="dropout in training mode"):

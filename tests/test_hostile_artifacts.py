@@ -34,11 +34,11 @@ from hostile_helpers import (
 from spikingjelly.activation_based import layer, neuron
 
 import snncc
-from snncc import api, safe_files
+from snncc import api
 from snncc.errors import BackendError, CheckpointError, IRError, UnsupportedError
-from snncc.frontend.nir_import import from_nir
-from snncc.frontend.onnx_import import from_onnx
-from snncc.ir import serde
+from snncc.exchange.nir_import import from_nir
+from snncc.exchange.onnx_import import from_onnx
+from snncc.ir import safe_files, serde
 
 
 @pytest.fixture(scope="module")
@@ -743,7 +743,7 @@ def test_nir_file_that_is_fine_still_imports(tmp_path):
 # ------------------------------------------------------------------ hostile ONNX files
 @pytest.fixture(scope="module")
 def onnx_model(tmp_path_factory, cm) -> onnx.ModelProto:
-    from snncc.export.onnx import to_onnx
+    from snncc.exchange.onnx_export import to_onnx
 
     return to_onnx(cm.ir)
 

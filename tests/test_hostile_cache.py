@@ -22,7 +22,7 @@ import torch
 from hostile_helpers import build_payload, cli, cli_error, plant_verified, run_python, tiny_input
 
 import snncc
-from snncc import kernel_cache
+from snncc.backends import kernel_cache
 from snncc.backends.cpu import compiler
 from snncc.errors import BackendError
 

@@ -385,16 +385,27 @@ def test_closed_stdout_pipe_is_quiet_in_process(capsys, monkeypatch):
 
 
 def test_closed_stdout_pipe_is_quiet_in_a_real_pipe(tmp_path):
-    """snncc ir ... | head: the reader stops after a few bytes; no traceback, status 141."""
+    """snncc ir ... | head: the reader stops after a few bytes; no traceback, status 141.
+
+    The IR printed is far larger than a pipe's buffer (64 KiB on Linux), so the
+    writer is still writing when the reader closes: the broken pipe is certain,
+    not a race with the writer finishing first.
+    """
+    model = tmp_path / "deep.py"
+    model.write_text(
+        "import torch\n"
+        "def make():\n"
+        "    return torch.nn.Sequential(*[torch.nn.Linear(4, 4) for _ in range(600)])\n"
+    )
     proc = subprocess.Popen(
         [
             sys.executable,
             "-m",
             "snncc.cli",
             "ir",
-            "snncc.examples.digits:load_pretrained",
+            f"{model}:make",
             "--input-shape",
-            "2,1,64",
+            "2,1,4",
             "--format",
             "json",
         ],

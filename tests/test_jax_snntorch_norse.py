@@ -47,7 +47,7 @@ from snncc.backends.jax import runtime  # noqa: E402
 from snncc.errors import ShapeError, UnsupportedError  # noqa: E402
 from snncc.frontend import trace  # noqa: E402
 from snncc.ir.graph import Graph  # noqa: E402
-from snncc.ir.neuron import FORMS, SURROGATES, NeuronSpec  # noqa: E402
+from snncc.ir.neuron import SURROGATES, NeuronSpec  # noqa: E402
 from snncc.surrogate import surrogate_grad  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -493,9 +493,22 @@ def test_norse_every_surrogate(cache_dir: str) -> None:
 # --------------------------------------------------------------------------- coverage, errors
 
 
-def test_every_form_and_surrogate_is_supported() -> None:
-    assert set(render.SUPPORTED_FORMS) == set(FORMS)
-    assert set(runtime.SURROGATES) == set(SURROGATES)
+def test_every_surrogate_is_lowered_once() -> None:
+    """The jax surrogates are functions the module emits from snncc.ir.surrogates, not a
+    second table: every surrogate of the IR has one."""
+    from snncc.backends.jax.lower import surrogate_function
+
+    for name, alpha in SURROGATES.items():
+        src = "\n".join(surrogate_function(name, alpha, "grad_fn"))
+        assert src.startswith("def grad_fn(g, x):"), src
+
+
+def _jax_surrogate(name: str, alpha: float):
+    from snncc.backends.jax.lower import surrogate_function
+
+    scope = {"jax": jax, "jnp": jnp, "rt": runtime}
+    exec("\n".join(surrogate_function(name, alpha, "grad_fn")), scope)  # generated code
+    return scope["grad_fn"]
 
 
 @pytest.mark.parametrize("name", sorted(SURROGATES))
@@ -505,7 +518,8 @@ def test_surrogate_gradients_match_torch(name: str) -> None:
     xs = np.linspace(-1.5, 1.5, 61, dtype=np.float32)
     xs = np.concatenate([xs, np.float32([0.0, 1e-3, -1e-3])])
     want = surrogate_grad(torch.from_numpy(xs), name, alpha).numpy()
-    got = jax.vmap(jax.grad(lambda v: runtime.spike_gt(v, name, alpha)))(jnp.asarray(xs))
+    fn = _jax_surrogate(name, alpha)
+    got = jax.vmap(jax.grad(lambda v: runtime.spike_gt(v, fn)))(jnp.asarray(xs))
     np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6, atol=1e-6)
 
 
@@ -531,16 +545,14 @@ def _synaptic_spec(**kw: Any) -> NeuronSpec:
     return NeuronSpec(**{**base, **kw})
 
 
-def test_unsupported_form_is_refused_by_the_jax_list(cache_dir: str, monkeypatch) -> None:
-    """The check is the jax backend's own list, not the IR's table of forms."""
+def test_unknown_form_is_refused_naming_the_node(cache_dir: str) -> None:
+    """Every defined form lowers to jax; one without a definition is refused by name."""
     be = snncc.backends.get("jax")
     g = _one_neuron_graph(_synaptic_spec())
-    monkeypatch.setattr(
-        render,
-        "SUPPORTED_FORMS",
-        tuple(f for f in render.SUPPORTED_FORMS if f != "snntorch_synaptic"),
-    )
-    with pytest.raises(UnsupportedError, match=r"lif.*snntorch_synaptic.*not supported by the jax"):
+    spec = _synaptic_spec().to_dict()
+    spec["charge"] = "made_up_form"
+    g.attrs(1)["neuron"] = spec
+    with pytest.raises(UnsupportedError, match=r"lif.*made_up_form.*not defined"):
         be.lower(g, cache_dir=cache_dir)
 
 

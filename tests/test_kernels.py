@@ -301,19 +301,20 @@ def test_same_logic_for_both_targets(spec) -> None:
 def test_form_kernels_take_params_as_arguments_or_exact_literals() -> None:
     """A quantity with a node param is an argument (with a gradient); otherwise an fp32 literal."""
     as_args = neuron_kernel_info(form_spec("snntorch_synaptic", args=True))
-    assert as_args.family == "form" and as_args.state_vars == ("v", "i")
+    assert as_args.family == "expr" and as_args.state_vars == ("v", "i")
     assert as_args.param_args == ("a", "b", "th", "g")
     assert as_args.param_roles == ("alpha", "beta", "threshold", "graded_spikes_factor")
     names = [a for a, _ in as_args.backward_args]
     assert {"p_b", "st_b", "gp_b", "gi_last", "i_seq", "gi0"} <= set(names)
     spec = form_spec("snntorch_leaky")  # beta 0.9 (a double): the fp32 torch multiplies by
     src = render_neuron_kernels(spec, target="cpu")
-    # no p_b argument (as a whole word: a kernel tag may contain the letters, "step_b...")
-    assert f"SNNCC_LANE(p, n).b = {f32_literal(0.9)};" in src and not re.search(r"\bp_b\b", src)
+    # no p_b argument (as a whole word: a kernel tag may contain the letters, "step_b...");
+    # the constant is an exact literal inside the step
+    assert f"{f32_literal(0.9)} * s_v;" in src and not re.search(r"\bp_b\b", src)
     assert neuron_kernel_info(spec).param_args == ()
     # a constant graded factor divides the way torch divides by a Python scalar on each device
-    assert "SNNCC_DIV_SCALAR(st.s, p.g)" in src
-    assert "st.s / p.g" in render_neuron_kernels(form_spec("snntorch_leaky", args=True))
+    assert re.search(r"SNNCC_DIV_SCALAR\(s, 0x[0-9a-f.p+-]+f\)", src)
+    assert "= s / p.g;" in render_neuron_kernels(form_spec("snntorch_leaky", args=True))
     norse = neuron_kernel_info(form_spec("norse_lif_recurrent", "hard", args=True))
     assert norse.has_rec and norse.state_vars == ("v", "i")
     assert norse.param_args == ("cm", "cs", "th", "vr")
@@ -372,15 +373,9 @@ def test_form_kernels_take_params_as_arguments_or_exact_literals() -> None:
             {},
             "port >= 2",
         ),
-        (form_spec("norse_lif"), ((), ()), {"spike_dtype": "uint8"}, "'float32' or a 16-bit"),
+        (form_spec("snntorch_leaky"), ((), ()), {"spike_dtype": "uint8"}, "'float32' or a 16-bit"),
         (form_spec("snntorch_leaky"), ((), ()), {"x_dtype": "float64"}, "x_dtype='float64'"),
         (make_spec("sj_lif"), ((), ()), {"x_dtype": "float64"}, "x_dtype='float64'"),
-        (
-            make_spec("sj_lif"),
-            ((), ()),
-            {"x_dtype": "bfloat16", "recompute": True},
-            "recompute needs x_dtype='float32'",
-        ),
         (
             make_spec("sj_lif", output="membrane"),
             ((), ()),
@@ -419,7 +414,13 @@ def test_info_describes_the_calling_convention() -> None:
     assert info.add_ports == (1, 2) and info.n_prologue_adds == 1
     assert info.recompute and info.backward_reads_x and info.learns_k and info.needs_h
     names = [a for a, _ in info.forward_args]
-    assert names == ["x", "a0", "a1", "v0", "k", "out", "h_seq", "v_last", "T", "N"]
+    assert names == ["x", "a0", "a1", "v0", "p_k", "st_k", "out", "h_seq", "v_last", "T", "N"]
+    assert info.save == "cut" and info.recompute_in_kernel  # h parked in gx by the backward
+    # 16-bit x: the host re-runs the forward into a buffer instead (gx is 16-bit)
+    half = neuron_kernel_info(
+        make_spec("sj_lif"), options={"x_dtype": "bfloat16", "recompute": True}
+    )
+    assert half.recompute and not half.recompute_in_kernel
     # a non-spiking leaky integrator needs no saved membrane: its backward is linear
     li = neuron_kernel_info(
         make_spec("snncc_li", "none", output="membrane"), options={"recompute": True}

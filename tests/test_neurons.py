@@ -489,7 +489,7 @@ def test_new_forms_refuse_missing_constants_and_ports() -> None:
         )
     spec = _snntorch_spec("snntorch_rleaky", "subtract", True, ())
     with pytest.raises(UnsupportedError, match="takes 1 input"):
-        step(spec, {}, torch.zeros(1), init_state(spec, (1,)))
+        step(spec, {}, torch.zeros(1), {"v": torch.zeros(1)})
     spec = _snntorch_spec("snntorch_leaky", "subtract", True, ())
     with pytest.raises(UnsupportedError, match="'beta'"):
         step(spec, {}, torch.zeros(1), init_state(spec, (1,)))

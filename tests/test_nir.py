@@ -26,8 +26,8 @@ from torch import nn
 import snncc
 from snncc import nn as snn2
 from snncc.errors import CheckpointError, UnsupportedError
-from snncc.export.nir import to_nir
-from snncc.frontend.nir_import import from_nir
+from snncc.exchange.nir_export import to_nir
+from snncc.exchange.nir_import import from_nir
 
 T, B = 10, 3
 

@@ -1,6 +1,6 @@
 """ONNX export (time loop inside: Scan) and import, checked against the reference backend.
 
-Every model here is exported with :func:`snncc.export.onnx.to_onnx` (which
+Every model here is exported with :func:`snncc.exchange.onnx_export.to_onnx` (which
 runs ``onnx.checker.check_model(full_check=True)``), run whole-sequence in
 onnxruntime on [T, B, ...] inputs and compared with the reference backend on
 the same IR.
@@ -32,8 +32,8 @@ from torch import nn
 import snncc
 from snncc.backends.reference import ReferenceProgram
 from snncc.errors import CheckpointError, UnsupportedError
-from snncc.export.onnx import MAX_OPSET, MIN_OPSET, to_onnx
-from snncc.frontend.onnx_import import from_onnx
+from snncc.exchange.onnx_export import MAX_OPSET, MIN_OPSET, to_onnx
+from snncc.exchange.onnx_import import from_onnx
 from snncc.ir.graph import Graph
 from snncc.ir.neuron import NeuronSpec
 from snncc.ir.passes import run_pipeline
@@ -939,10 +939,12 @@ def test_unsupported_op_is_named(tmp_path) -> None:
     model = to_onnx(recurrent_graph(False))
     out = model.graph.output[0].name
     last = model.graph.node[-1]
-    last.output[0] = "pre_relu"
-    model.graph.node.append(helper.make_node("Relu", ["pre_relu"], [out], name="evil"))
+    last.output[0] = "pre_softplus"
+    model.graph.node.append(helper.make_node("Softplus", ["pre_softplus"], [out], name="evil"))
     onnx.checker.check_model(model)
-    with pytest.raises(UnsupportedError, match=r"'evil' \(Relu\): op Relu is not one snncc"):
+    with pytest.raises(
+        UnsupportedError, match=r"'evil' \(Softplus\): op Softplus is not one snncc"
+    ):
         from_onnx(model)
 
 

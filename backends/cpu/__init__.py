@@ -60,6 +60,7 @@ class CpuBackend:
     #: the reference pipeline plus fuse_elementwise, which is bit-exact (no
     #: fold_batchnorm: folding changes the rounding, and the cpu backend
     #: promises the reference's spikes bit for bit)
+    features = frozenset({"torch_module"})
     pipeline = ("canonicalize", "drop_noops", "fuse_elementwise", "temporal_fusion")
     #: options an artifact may carry (snncc.load): everything but the cache folder, which
     #: only the user names (an artifact choosing it would choose which binaries get loaded)

@@ -1,19 +1,25 @@
-"""One SpikingJelly-style neuron layer through its fused kernels, as a differentiable torch op.
+"""One neuron layer through its fused kernels, as a differentiable torch op (any form, any device).
 
 Device-independent: the host side here only allocates torch tensors on the
 input's device, fills the kernels' arguments by name and calls
 ``kernel.call(which, values, device)``, so the same code drives the cpu
 backend's compiled C++ (:class:`~snncc.backends.cpu.neuron.NeuronKernel`) and
-the cuda backend's NVRTC kernels
-(:class:`~snncc.backends.cuda.neuron.CudaNeuronKernel`). That is the same
-two-method protocol the snnTorch / Norse form family uses
-(:mod:`snncc.backends.cpu.forms`), which also shares this module's input
-checks (:func:`as_f32`, :func:`broadcasts_to`).
+the cuda backend's NVRTC kernels (:class:`~snncc.backends.cuda.neuron.CudaNeuronKernel`).
 
-The one per-target difference the host sees is where the kernel puts
-``d loss / d k`` (PLIF's decay): the host target writes one double per neuron,
-the CUDA target atomically adds into one double; both are summed here in
-double before the cast to fp32, so the two give the same value.
+Every form runs the same way (:mod:`snncc.backends.kernels.plan` says what
+the kernels save and read): inputs are the layer's input ``x``, its other
+ports (``rec``), the fused add steps' inputs, each state variable at t = -1
+and the form's quantities (derived from node params by torch, so autograd
+differentiates the derivation: ``clamp``'s gradient passes inside [0, 1]
+exactly as torch's does). Quantity gradients come back from the kernel as
+one double sum per neuron and are reduced to the quantity's shape in double
+here. torch gives ``None`` (not zeros) to a leaf no path reaches, and so does
+this op (:func:`snncc.backends.kernels.connected`), so ``.grad`` stays
+``None`` exactly when the reference backend's would.
+
+Recompute (option ``recompute``): the forward saves nothing; a "cut" plan's
+backward kernel re-runs the forward itself (fp32 inputs), otherwise one more
+forward launch here rebuilds what the backward reads.
 """
 
 from __future__ import annotations
@@ -25,8 +31,8 @@ from typing import Any, Protocol
 import torch
 from torch.autograd.function import once_differentiable
 
-from snncc.backends.kernels import NeuronKernelInfo, gy_dtype
-from snncc.errors import ShapeError
+from snncc.backends.kernels import NeuronKernelInfo, connected, gy_dtype
+from snncc.errors import ShapeError, UnsupportedError
 from snncc.ir.neuron import NeuronSpec
 
 Tensor = torch.Tensor
@@ -41,7 +47,7 @@ TORCH_DTYPES = {
 
 
 class KernelPair(Protocol):
-    """A compiled forward/backward kernel pair, called by argument name (both families, both targets).
+    """A compiled forward/backward kernel pair, called by argument name (both targets).
 
     cpu ``NeuronKernel`` and ``CudaNeuronKernel`` fit; ``values`` holds every
     name of ``info.forward_args`` / ``backward_args`` (tensors on ``device``,
@@ -52,13 +58,6 @@ class KernelPair(Protocol):
     info: NeuronKernelInfo
 
     def call(self, which: str, values: Mapping[str, Any], device: torch.device) -> None: ...
-
-
-class NeuronKernelLike(KernelPair, Protocol):
-    """A SpikingJelly-style form's kernel pair: also says where d loss / d k goes."""
-
-    #: the backward kernel writes d loss / d k per neuron (double[N]), else into one double[1]
-    k_grad_per_neuron: bool
 
 
 # ------------------------------------------------------------------- inputs
@@ -115,195 +114,327 @@ def flat_seq(t: Tensor, what: str, x: Tensor, widen: bool) -> Tensor:
     return t.expand(x.shape).contiguous().reshape(x.shape[0], math.prod(x.shape[1:]))
 
 
+def flat_quantity(p: Tensor, step_shape: tuple[int, ...], q: str) -> tuple[Tensor, int]:
+    """(contiguous fp32 values, stride): one value (stride 0) or one per neuron (stride 1).
+
+    A 0-dim quantity of another float dtype meets the fp32 activations as torch
+    casts a scalar operand (to fp32, then one fp32 operation); a dimensioned
+    non-fp32 one would promote the whole step to its dtype, which the fp32
+    kernels cannot reproduce.
+    """
+    if p.dim() > 0 and p.dtype != torch.float32:
+        raise UnsupportedError(
+            f"neuron kernel quantity {q!r}: a {p.dtype} param with shape {tuple(p.shape)} "
+            "would make torch compute the neuron in that dtype; the kernels are float32 "
+            "(use a float32 param)"
+        )
+    if not broadcasts_to(p.shape, step_shape):
+        raise ShapeError(
+            f"neuron kernel quantity {q!r} of shape {tuple(p.shape)} does not broadcast to "
+            f"the neuron's per-step shape {step_shape}"
+        )
+    p = p.detach()
+    if p.numel() == 1:
+        return p.float().reshape(1).contiguous(), 0
+    return p.expand(step_shape).contiguous().reshape(-1), 1
+
+
+def _reduce_grad(
+    g: Tensor, step_shape: tuple[int, ...], shape: torch.Size, dtype: torch.dtype
+) -> Tensor:
+    """Per-neuron double sums -> the quantity's shape (summed in double), in its dtype."""
+    g = g.reshape(step_shape)
+    g = g.sum().reshape(shape) if math.prod(shape) == 1 else g.sum_to_size(shape)
+    return g.to(dtype)
+
+
 # ------------------------------------------------------------------ kernels
-def neuron_forward(
-    kernel: NeuronKernelLike,
+def layer_forward(
+    kernel: KernelPair,
     x: Tensor,
-    adds: Sequence[Tensor],
-    v0: Tensor | None,
-    k: float,
-    store_h: bool,
-) -> tuple[Tensor, Tensor | None, Tensor]:
-    """The forward kernel on contiguous [T, N] tensors (x in the kernel's ``x_dtype``, the
-    rest fp32); returns (out in the kernel's ``out_dtype``, h_seq, v_last)."""
+    ports: Sequence[Tensor | None],
+    adds: Sequence[Tensor | None],
+    s0s: Sequence[Tensor | None],
+    quantities: Sequence[tuple[Tensor, int]],
+    store: bool,
+) -> tuple[Tensor, dict[str, Tensor | None], list[Tensor]]:
+    """One forward kernel call on [T, N] tensors: (out, what it saved for the backward by
+    argument name, final state [N] per variable)."""
+    info = kernel.info
     T, N = x.shape
     dev = x.device
-    out = torch.empty((T, N), dtype=TORCH_DTYPES[kernel.info.out_dtype], device=dev)
-    h_seq = torch.empty((T, N), dtype=torch.float32, device=dev) if store_h else None
-    v_last = torch.empty((N,), dtype=torch.float32, device=dev)
-    values = {
-        "x": x,
-        **{f"a{j}": a for j, a in enumerate(adds)},
-        "v0": v0,
-        "k": k,
-        "out": out,
-        "h_seq": h_seq,
-        "v_last": v_last,
-        "T": T,
-        "N": N,
-    }
-    kernel.call("fwd", values, dev)
-    return out, h_seq, v_last
-
-
-def neuron_backward(
-    kernel: NeuronKernelLike,
-    gy: Tensor,
-    gv_last: Tensor | None,
-    h_seq: Tensor | None,
-    x: Tensor | None,
-    adds: Sequence[Tensor | None],
-    v0: Tensor | None,
-    k: float,
-    want_adds: Sequence[bool],
-    want_v0: bool,
-    want_k: bool,
-) -> tuple[Tensor, list[Tensor | None], Tensor | None, Tensor | None]:
-    """The backward kernel; returns (gx, g per add input, gv0, d loss / d k as float64 partials).
-
-    ``gy`` is in the kernel's output dtype (fp32, or 16 bits for 16-bit outputs) with any
-    strides (the kernel reads it in place: autograd's broadcast gradient of a sum or a
-    mean needs no materialising); ``gx`` comes back in its ``x_dtype``; everything else
-    is fp32 and contiguous.
-    """
-    T, N = gy.shape
-    dev = gy.device
     f32 = {"dtype": torch.float32, "device": dev}
-    gx = torch.empty((T, N), dtype=TORCH_DTYPES[kernel.info.x_dtype], device=dev)
-    gadds = [torch.empty((T, N), **f32) if w else None for w in want_adds]
-    gv0 = torch.empty((N,), **f32) if want_v0 else None
-    gk = None
-    if want_k and kernel.info.learns_k:
-        slots = N if kernel.k_grad_per_neuron else 1  # one double accumulated atomically
-        gk = torch.zeros((slots,), dtype=torch.float64, device=dev)
-    values = {
+    out = torch.empty((T, N), dtype=TORCH_DTYPES[info.out_dtype], device=dev)
+    saved: dict[str, Tensor | None] = {}
+    if info.save == "cut":
+        saved["h_seq"] = torch.empty((T, N), **f32) if store else None
+    elif info.save == "state":
+        saved.update(
+            {f"{v}_seq": torch.empty((T, N), **f32) if store else None for v in info.state_vars}
+        )
+    lasts = [torch.empty((N,), **f32) for _ in info.state_vars]
+    values: dict[str, Any] = {"x": x, "out": out, "T": T, "N": N, **saved}
+    values.update({p: t for p, t in zip(info.ports[1:], ports)})
+    values.update({f"a{j}": a for j, a in enumerate(adds)})
+    for var, s0, last in zip(info.state_vars, s0s, lasts):
+        values.update({f"{var}0": s0, f"{var}_last": last})
+    for q, (p, stride) in zip(info.param_args, quantities):
+        values.update({f"p_{q}": p, f"st_{q}": stride})
+    kernel.call("fwd", values, dev)
+    return out, saved, lasts
+
+
+def layer_backward(
+    kernel: KernelPair,
+    shape: tuple[int, int],
+    device: torch.device,
+    g_out: Tensor | None,
+    g_lasts: Sequence[Tensor | None],
+    saved: Mapping[str, Tensor | None],
+    x: Tensor | None,
+    ports: Sequence[Tensor | None],
+    adds: Sequence[Tensor | None],
+    s0s: Sequence[Tensor | None],
+    quantities: Sequence[tuple[Tensor, int]],
+    want: Mapping[str, bool],
+) -> dict[str, Tensor | None]:
+    """One backward kernel call on [T, N] = ``shape`` tensors on ``device``; returns the gradients by argument name
+    (``gx``, ``g<port>``, ``ga<j>``, ``g<var>0``; ``gp_<q>`` as per-neuron double sums),
+    None where ``want`` says the caller does not need one (the kernel gets NULL).
+
+    ``g_out`` (None: zero) is read in place with its strides, in the kernel's output dtype
+    (a 16-bit output's gradient arrives in 16 bits); ``saved`` is what
+    :func:`layer_forward` saved.
+    """
+    info = kernel.info
+    T, N = shape
+    dev = device
+    f32 = {"dtype": torch.float32, "device": dev}
+    gy = None if g_out is None else g_out.to(TORCH_DTYPES[gy_dtype(info.out_dtype)])
+    grads: dict[str, Tensor | None] = {
+        "gx": torch.empty((T, N), dtype=TORCH_DTYPES[info.x_dtype], device=dev)
+    }
+    for p in info.ports[1:]:
+        grads[f"g{p}"] = torch.empty((T, N), **f32) if want.get(f"g{p}") else None
+    for j in range(len(info.add_ports)):
+        grads[f"ga{j}"] = torch.empty((T, N), **f32) if want.get(f"ga{j}") else None
+    for v in info.state_vars:
+        grads[f"g{v}0"] = torch.empty((N,), **f32) if want.get(f"g{v}0") else None
+    for q in info.param_args:
+        wanted = want.get(f"gp_{q}")
+        grads[f"gp_{q}"] = torch.empty((N,), dtype=torch.float64, device=dev) if wanted else None
+    values: dict[str, Any] = {
         "gy": gy,
-        "gy_ts": gy.stride(0),
-        "gy_ns": gy.stride(1),
-        "gv_last": gv_last,
-        "h_seq": h_seq,
+        "gy_ts": 0 if gy is None else gy.stride(0),
+        "gy_ns": 0 if gy is None else gy.stride(1),
         "x": x,
-        **{f"a{j}": a for j, a in enumerate(adds)},
-        "v0": v0,
-        "k": k,
-        "gx": gx,
-        **{f"ga{j}": g for j, g in enumerate(gadds)},
-        "gv0": gv0,
-        "gk": gk,
         "T": T,
         "N": N,
+        **saved,
+        **grads,
     }
+    values.update({p: t for p, t in zip(info.ports[1:], ports)})
+    values.update({f"a{j}": a for j, a in enumerate(adds)})
+    for var, s0, g_last in zip(info.state_vars, s0s, g_lasts):
+        g_last = None if g_last is None else g_last.float().contiguous()
+        values.update({f"{var}0": s0, f"g{var}_last": g_last})
+    for q, (p, stride) in zip(info.param_args, quantities):
+        values.update({f"p_{q}": p, f"st_{q}": stride})
     kernel.call("bwd", values, dev)
-    return gx, gadds, gv0, gk
+    return grads
 
 
-# ----------------------------------------------------------------- autograd
-class NeuronFunction(torch.autograd.Function):
-    """Autograd over (v0, k, x, *adds) -> (out, v_last), flattened to [T, N] / [N], any device."""
+class LayerFunction(torch.autograd.Function):
+    """Autograd over (x, *ports, *adds, *state0, *quantities) -> (out, *final state)."""
 
     @staticmethod
-    def forward(ctx, kernel: NeuronKernelLike, k_value: float, v0, k, x, *adds):  # type: ignore[override]
+    def forward(ctx, kernel: KernelPair, step_shape: tuple[int, ...], x, *rest):  # type: ignore[override]
         info = kernel.info
+        n_ports, n_adds, n_vars = len(info.ports) - 1, len(info.add_ports), len(info.state_vars)
+        ports = rest[:n_ports]
+        adds = rest[n_ports : n_ports + n_adds]
+        s0s = rest[n_ports + n_adds : n_ports + n_adds + n_vars]
+        qs = rest[n_ports + n_adds + n_vars :]
         ctx.set_materialize_grads(False)  # an output without a gradient arrives as None
+        flat = [flat_quantity(p, step_shape, q) for q, p in zip(info.param_args, qs)]
         # grad mode is off inside Function.forward: ask the inputs instead
-        training = any(t is not None and t.requires_grad for t in (v0, k, x, *adds))
-        store_h = training and info.needs_h and not info.recompute
-        out, h_seq, v_last = neuron_forward(kernel, x, adds, v0, k_value, store_h)
+        training = any(t is not None and t.requires_grad for t in (x, *rest))
+        store = training and info.save != "none" and not info.recompute
+        out, saved, lasts = layer_forward(kernel, x, ports, adds, s0s, flat, store)
         ctx.kernel = kernel
+        ctx.step_shape = step_shape
         ctx.tn = tuple(x.shape)
-        ctx.k_value = k_value
-        ctx.k_shape = None if k is None else k.shape
-        ctx.has_v0 = v0 is not None
-        keep_x = info.backward_reads_x
-        n_pro = info.n_prologue_adds
-        saved = [
-            h_seq if store_h else None,
-            x if keep_x else None,
-            v0,
-            *(a if keep_x and j < n_pro else None for j, a in enumerate(adds)),
-        ]
-        ctx.save_for_backward(*saved)
+        ctx.device = x.device
+        ctx.strides = [stride for _, stride in flat]
+        ctx.q_meta = [(p.shape, p.dtype) for p in qs]
+        ctx.saved_names = list(saved)
+        reads_x = info.backward_reads_x
+        # the backward re-runs steps from x (through the prologue); a state plan's recompute
+        # re-runs the whole forward kernel, which reads the epilogue's inputs as well
+        keep = n_adds if (info.recompute and not info.recompute_in_kernel) else info.n_prologue_adds
+        ctx.save_for_backward(
+            x if reads_x else None,
+            *(p if (reads_x or info.save == "state") else None for p in ports),
+            *(a if reads_x and j < keep else None for j, a in enumerate(adds)),
+            *s0s,
+            *(p for p, _ in flat),
+            *saved.values(),
+        )
         if info.out_dtype == "uint8":
             ctx.mark_non_differentiable(out)
-        return out, v_last
+        return (out, *lasts)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, g_out, g_vlast):  # type: ignore[override]
-        h_seq, x, v0, *adds = ctx.saved_tensors
-        need = ctx.needs_input_grad  # (kernel, k_value, v0, k, x, *adds)
-        device = (g_out if g_out is not None else g_vlast).device
-        # a 16-bit output's gradient arrives in 16 bits and the kernel reads it so
-        dtype = TORCH_DTYPES[gy_dtype(ctx.kernel.info.out_dtype)]
-        if g_out is None:  # one zero, broadcast: the kernel reads it with strides (0, 0)
-            gy = torch.zeros((), dtype=dtype, device=device).expand(ctx.tn)
-        else:  # in place, with its strides (a gradient of y.sum() is one broadcast value)
-            gy = g_out.to(dtype)
-        gv_last = None if g_vlast is None else g_vlast.float().contiguous()
-        gx, gadds, gv0, gk = neuron_backward(
-            ctx.kernel,
-            gy,
-            gv_last,
-            h_seq,
-            x,
-            adds,
-            v0,
-            ctx.k_value,
-            want_adds=list(need[5:]),
-            want_v0=bool(need[2]),
-            want_k=bool(need[3]),
+    def backward(ctx, g_out, *g_lasts):  # type: ignore[override]
+        kernel: KernelPair = ctx.kernel
+        info = kernel.info
+        n_ports, n_adds, n_vars = len(info.ports) - 1, len(info.add_ports), len(info.state_vars)
+        n_q = len(info.param_args)
+        saved = list(ctx.saved_tensors)
+        x = saved[0]
+        pos = 1
+        ports = saved[pos : pos + n_ports]
+        pos += n_ports
+        adds = saved[pos : pos + n_adds]
+        pos += n_adds
+        s0s = saved[pos : pos + n_vars]
+        pos += n_vars
+        flat = list(zip(saved[pos : pos + n_q], ctx.strides))
+        pos += n_q
+        seqs = dict(zip(ctx.saved_names, saved[pos:]))
+        T = ctx.tn[0]
+        used = [v for v, g in zip(info.state_vars, g_lasts) if g is not None]
+        reach = connected(kernel.spec, T, g_out is not None, used)
+        need = ctx.needs_input_grad  # (kernel, step_shape, x, *ports, *adds, *s0s, *qs)
+        need_ports = need[3 : 3 + n_ports]
+        need_adds = need[3 + n_ports : 3 + n_ports + n_adds]
+        need_s0 = need[3 + n_ports + n_adds : 3 + n_ports + n_adds + n_vars]
+        need_q = need[3 + n_ports + n_adds + n_vars :]
+        if info.recompute and not info.recompute_in_kernel:  # rebuild what the forward skipped
+            _, seqs, _ = layer_forward(kernel, x, ports, adds, s0s, flat, True)
+        x_on = "x" in reach
+        n_pro = info.n_prologue_adds
+        want = {
+            "x": True,  # the kernel writes gx whatever (a cut plan's recompute parks values in it)
+            **{f"g{p}": w and p in reach for p, w in zip(info.ports[1:], need_ports)},
+            **{
+                f"ga{j}": w and (x_on if j < n_pro else g_out is not None)
+                for j, w in enumerate(need_adds)
+            },
+            **{
+                f"g{v}0": w and s0 is not None and v in reach
+                for v, s0, w in zip(info.state_vars, s0s, need_s0)
+            },
+            **{f"gp_{q}": w and q in reach for q, w in zip(info.param_args, need_q)},
+        }
+        grads = layer_backward(
+            kernel, ctx.tn, ctx.device, g_out, g_lasts, seqs, x, ports, adds, s0s, flat, want
         )
-        gk_t = None
-        if need[3] and gk is not None:  # summed in double, one rounding to fp32, no host sync
-            gk_t = gk.sum().to(torch.float32).expand(ctx.k_shape).clone()
-        return (None, None, gv0 if ctx.has_v0 else None, gk_t, gx, *gadds)
+        gx = grads["gx"]
+        gports = [grads[f"g{p}"] for p in info.ports[1:]]
+        gadds = [grads[f"ga{j}"] for j in range(n_adds)]
+        gs0 = [grads[f"g{v}0"] for v in info.state_vars]
+        gps = [grads[f"gp_{q}"] for q in info.param_args]
+        g_qs = [
+            None if gp is None else _reduce_grad(gp, ctx.step_shape, *meta)
+            for gp, meta in zip(gps, ctx.q_meta)
+        ]
+        return (None, None, gx if need[2] and x_on else None, *gports, *gadds, *gs0, *g_qs)
 
 
+def run_layer(
+    kernel: KernelPair,
+    x: Tensor,
+    ports: Sequence[Tensor] = (),
+    adds: Sequence[Tensor] = (),
+    state: Mapping[str, Tensor] | None = None,
+    quantities: Mapping[str, Tensor] | None = None,
+    widen: bool = False,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """One neuron layer over a sequence: x [T, *shape] -> (out [T, *shape], final state).
+
+    ``ports``: the form's input ports after x (``rec``), [T, *shape] each;
+    ``adds``: the add steps' inputs in the kernel's a<j> order (broadcast to
+    x's shape by torch, so autograd reduces their gradients back); ``state``:
+    state variables at t = -1 (None, or a missing variable: its initial value);
+    ``quantities``: the form's derived quantities (:func:`derive_quantities`).
+    ``widen``: non-fp32 floating inputs are cast to fp32 (cuda's bf16 autocast)
+    instead of refused. Without any input that requires grad the forward
+    kernel runs directly (no autograd node, no saved tensors).
+    """
+    info = kernel.info
+    quantities = dict(quantities or {})
+    if len(adds) != len(info.add_ports):
+        raise ShapeError(f"neuron kernel expects {len(info.add_ports)} add inputs, got {len(adds)}")
+    if len(ports) != len(info.ports) - 1:
+        raise ShapeError(
+            f"neuron charge form {kernel.spec.charge!r} takes the input ports "
+            f"{list(info.ports)}; got {len(ports) + 1} inputs"
+        )
+    if sorted(quantities) != sorted(info.param_args):
+        raise ShapeError(
+            f"neuron kernel expects the quantities {list(info.param_args)}, got {sorted(quantities)}"
+        )
+    device = x.device
+    x, step_shape, N = time_major(x, widen, TORCH_DTYPES[info.x_dtype])
+    T = x.shape[0]
+    flat_ports = [
+        flat_seq(p, f"input port {name!r}", x, widen) for name, p in zip(info.ports[1:], ports)
+    ]
+    flat_adds = [flat_seq(a, f"fused add input {j}", x, widen) for j, a in enumerate(adds)]
+    s0s: list[Tensor | None] = []
+    for var in info.state_vars:
+        s = None if state is None else state.get(var)
+        if s is None:
+            s0s.append(None)
+            continue
+        s = as_f32(s, f"state {var!r}", device, widen)
+        if not broadcasts_to(s.shape, step_shape):
+            raise ShapeError(
+                f"state {var!r} of shape {tuple(s.shape)} does not match the neuron's "
+                f"per-step shape {step_shape}"
+            )
+        s0s.append(s.expand(step_shape).contiguous().reshape(N))
+    qs = [quantities[q] for q in info.param_args]
+    x_flat = x.reshape(T, N)
+    grad = torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (x_flat, *flat_ports, *flat_adds, *s0s, *qs)
+    )
+    if grad:
+        outs = LayerFunction.apply(kernel, step_shape, x_flat, *flat_ports, *flat_adds, *s0s, *qs)
+        out, lasts = outs[0], outs[1:]
+    else:
+        flat = [flat_quantity(p, step_shape, q) for q, p in zip(info.param_args, qs)]
+        out, _, lasts = layer_forward(kernel, x_flat, flat_ports, flat_adds, s0s, flat, False)
+    new_state = {var: last.reshape(step_shape) for var, last in zip(info.state_vars, lasts)}
+    return out.reshape(x.shape), new_state
+
+
+# ------------------------------------------------- the SpikingJelly-style call
 def run_neuron(
-    kernel: NeuronKernelLike,
+    kernel: KernelPair,
     x: Tensor,
     adds: Sequence[Tensor] = (),
     v0: Tensor | None = None,
     k: Tensor | None = None,
-    k_value: float | None = None,
     widen: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """One neuron layer over a sequence: x [T, *shape] -> (out [T, *shape], v_last [*shape]).
+    """A one-state layer (membrane ``v``): x [T, *shape] -> (out, v_last [*shape]).
 
-    ``adds`` are the add steps' inputs in the kernel's a<j> order; each is
-    broadcast to x's shape by torch first (so its gradient is reduced back by
-    autograd). ``v0`` is the membrane before step 0 (None: the spec's v_init),
-    ``k`` PLIF's decay ``sigmoid(w)`` as a tensor that may require grad;
-    ``k_value`` is ``float(k)`` when the caller already knows it (no device
-    read). ``widen``: non-fp32 floating inputs are cast to fp32 (cuda's bf16
-    autocast) instead of refused. Without any input that requires grad, the
-    forward kernel runs directly (no autograd node, no saved tensors).
+    ``v0``: the membrane before step 0 (None: the form's v_init); ``k``: PLIF's
+    decay ``sigmoid(w)`` (a tensor that may require grad) for the forms that
+    have that quantity.
     """
-    n_adds = len(kernel.info.add_ports)
-    if len(adds) != n_adds:
-        raise ShapeError(f"neuron kernel expects {n_adds} add inputs, got {len(adds)}")
-    device = x.device
-    x, step_shape, N = time_major(x, widen, TORCH_DTYPES[kernel.info.x_dtype])
-    T = x.shape[0]
-    flat_adds = [flat_seq(a, f"fused add input {j}", x, widen) for j, a in enumerate(adds)]
-    v0_flat = None
-    if v0 is not None:
-        v0 = as_f32(v0, "initial membrane", device, widen)
-        if tuple(v0.shape) != step_shape:
-            v0 = v0.expand(step_shape)
-        v0_flat = v0.contiguous().reshape(N)
-    learns_k = kernel.info.learns_k
-    if learns_k and k is None:
+    info = kernel.info
+    if info.learns_k and k is None:
         raise ShapeError("a PLIF neuron kernel needs k = sigmoid(w)")
-    k_arg = k.float() if (k is not None and learns_k) else None
-    if k_value is None:
-        k_value = float(k_arg.detach()) if k_arg is not None else 0.0
-    x_flat = x.reshape(T, N)
-    grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (v0_flat, k_arg, x_flat, *flat_adds)
+    quantities = {"k": k} if info.learns_k else {}
+    if v0 is not None:
+        v0 = as_f32(v0, "initial membrane", x.device, widen)
+        if tuple(v0.shape) != tuple(x.shape[1:]):
+            v0 = v0.expand(x.shape[1:])
+    out, state = run_layer(
+        kernel, x, (), adds, None if v0 is None else {"v": v0}, quantities, widen
     )
-    if grad:
-        out, v_last = NeuronFunction.apply(kernel, k_value, v0_flat, k_arg, x_flat, *flat_adds)
-    else:
-        out, _, v_last = neuron_forward(kernel, x_flat, flat_adds, v0_flat, k_value, False)
-    return out.reshape(x.shape), v_last.reshape(step_shape)
+    return out, state["v"]

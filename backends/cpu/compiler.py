@@ -14,7 +14,7 @@ different machines keeps one library per kind of CPU).
 Why not just "load the .so if it exists": a cached library runs as native code
 in the process, so it is found only in the user's own private cache, verified
 against the content hash recorded when it was built, and built once per entry
-under a lock with temporary files of its own (:mod:`snncc.kernel_cache`).
+under a lock with temporary files of its own (:mod:`snncc.backends.kernel_cache`).
 """
 
 from __future__ import annotations
@@ -32,9 +32,10 @@ from collections.abc import Callable, Sequence
 from functools import cache
 from pathlib import Path
 
-from snncc import kernel_cache, safe_files
+from snncc.backends import kernel_cache
 from snncc.backends.kernels import HOST_EXACT_FLAGS
 from snncc.errors import BackendError
+from snncc.ir import safe_files
 
 #: compilers tried in order when neither SNNCC_CXX nor CXX names one
 CANDIDATES = ("g++", "c++", "clang++")
@@ -235,7 +236,7 @@ def cache_key(source: str) -> tuple[str, list[str], str]:
 
 
 def _compile_into(cxx: str, flags: list[str], source: str, where: Path, name: str) -> Callable:
-    """The build step for :func:`snncc.kernel_cache.get_or_build`: ``source`` -> ``out``.
+    """The build step for :func:`snncc.backends.kernel_cache.get_or_build`: ``source`` -> ``out``.
 
     The compiler reads the source from a pipe, so no builder ever reads a file
     another is writing, and the library holds no temporary file name (the same
@@ -271,7 +272,7 @@ def build(
 ) -> Path:
     """The verified cached shared library of ``source``, compiled first if missing or damaged.
 
-    See :mod:`snncc.kernel_cache` for the protocol (private folder, content
+    See :mod:`snncc.backends.kernel_cache` for the protocol (private folder, content
     hash checked before every use, one build per entry under a lock, atomic
     publication). ``reject``: a library that verified but did not load.
     """

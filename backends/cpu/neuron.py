@@ -2,12 +2,9 @@
 
 The forward and backward kernels come from the shared CUDA templates rendered
 for the ``cpu`` target (:mod:`snncc.backends.kernels`); this module only
-compiles them and passes torch tensors in (contiguous fp32 CPU memory, by
-pointer). The autograd wrappers are device-independent and shared with the
-cuda backend: :mod:`snncc.backends.cpu.autograd` for SpikingJelly-style forms
-(gradients reach the input, the add-step inputs, the initial membrane and
-PLIF's ``w`` through torch's own ``k = sigmoid(w)``) and
-:mod:`snncc.backends.cpu.forms` for snnTorch / Norse forms.
+compiles them and passes torch tensors in (contiguous CPU memory, by
+pointer). The autograd wrapper is device-independent and shared with the
+cuda backend (:mod:`snncc.backends.cpu.autograd`).
 """
 
 from __future__ import annotations
@@ -48,9 +45,6 @@ def _ptr(t: torch.Tensor | None) -> int | None:
 
 class NeuronKernel:
     """The compiled forward/backward pair of one neuron form (+ its fused steps)."""
-
-    #: the host backward kernel writes d loss / d k as one double per neuron (gk[N])
-    k_grad_per_neuron = True
 
     def __init__(
         self,

@@ -4,8 +4,8 @@ Why a subclass of the reference program: the stateless ops (linear, conv,
 pooling, BN, reshapes) must run exactly as the reference backend runs them for
 the cpu backend's spikes to match it bit for bit, so they are *inherited*, not
 copied. Only the neuron hooks change: a neuron layer runs the whole sequence in
-one call of the fused C++ kernel (:mod:`snncc.backends.cpu.neuron`; snnTorch
-and Norse forms through :mod:`snncc.backends.cpu.forms`), whose fused
+one call of the fused C++ kernel (:mod:`snncc.backends.cpu.neuron`, driven by
+the device-independent :mod:`snncc.backends.cpu.autograd`), whose fused
 prologue/epilogue steps replace the interpreter's ``apply_steps``; a neuron
 inside a recurrent component (snnTorch RLeaky, Norse LIFRecurrentCell, any
 neuron fed back through a delay) runs the same kernel one step at a time
@@ -19,11 +19,10 @@ from typing import Any
 
 import torch
 
-from snncc.backends.cpu.autograd import run_neuron
-from snncc.backends.cpu.forms import check_node_params, derive_params, run_form
+from snncc.backends.cpu.autograd import run_layer
+from snncc.backends.cpu.forms import check_node_params
 from snncc.backends.cpu.neuron import NeuronKernel
 from snncc.backends.cpu.saved_spikes import spike_fed_gemms, spikes_saved_as_uint8
-from snncc.backends.kernels import SNNTORCH_NORSE_CHARGES
 from snncc.backends.reference.program import ReferenceProgram
 from snncc.errors import UnsupportedError
 from snncc.ir.graph import Graph
@@ -94,18 +93,14 @@ class CpuProgram(ReferenceProgram):
                 self.cache_dir,
             )
 
-    #: widen non-fp32 floating inputs of the form kernels (cuda: bf16 autocast) or refuse them
+    #: widen non-fp32 floating inputs of the kernels (cuda: bf16 autocast) or refuse them
     _widen_inputs = False
 
     def _check_form_params(self) -> None:
-        """snnTorch / Norse nodes: the spec's param roles are the node's (see check_node_params)."""
+        """Every neuron node: the spec's param roles are the node's (see check_node_params)."""
         for n, spec in self._specs.items():
-            if spec.charge in SNNTORCH_NORSE_CHARGES:
-                where = f"neuron %{n} ({self.graph.node(n).get('name') or '?'!r})"
-                check_node_params(spec, list(self.graph.node(n)["params"]), where)
-
-    def _is_form(self, n: int) -> bool:
-        return self.kernels[n].info.family == "form"
+            where = f"neuron %{n} ({self.graph.node(n).get('name') or '?'!r})"
+            check_node_params(spec, list(self.graph.node(n)["params"]), where)
 
     # ------------------------------------------------------------ listing
     @property
@@ -138,73 +133,50 @@ class CpuProgram(ReferenceProgram):
         return super()._row_step(ctx, n, ins)
 
     # ------------------------------------------------------------ neurons
-    def _kernel_call(
-        self, ctx: Any, n: int, ins: list[Tensor], x: Tensor, v0: Tensor | None, lead: bool
-    ) -> tuple[Tensor, Tensor]:
-        """Run node n's kernel on x (with lead=False: one step, [B, ...] -> [1, B, ...])."""
-        kernel = self.kernels[n]
-        adds = [ins[p] for p in kernel.info.add_ports]
-        if not lead:
-            x = x.unsqueeze(0)
-            adds = [a.unsqueeze(0) for a in adds]
-        k = ctx.neuron_params(n).get("k") if kernel.info.learns_k else None
-        out, v_last = run_neuron(kernel, x, adds, v0, k, widen=self._widen_inputs)
-        return (out if lead else out.squeeze(0)), v_last
+    def _kernel_for(
+        self, n: int, ins: list[Tensor], state: dict | None, quantities: dict, lead: bool
+    ) -> Any:
+        """Which compiled kernel runs node n on these inputs (the cuda backend picks variants)."""
+        return self.kernels[n]
 
-    def _form_call(
+    def _layer_call(
         self, ctx: Any, n: int, ins: list[Tensor], state: dict | None, lead: bool
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        """An snnTorch / Norse node's kernel on its inputs (lead=False: one step, [B, ...])."""
-        kernel = self._form_kernel(n, ins[0])
+        """Node n's kernel on its inputs (lead=False: one step of a recurrent component,
+        [B, ...] -> [B, ...]); returns (output, state after the last step)."""
+        quantities = self._quantities(ctx, n, self.kernels[n].info)
+        kernel = self._kernel_for(n, ins, state, quantities, lead)
         info = kernel.info
         x = ins[0]
-        rec = ins[1] if info.has_rec else None
+        ports = list(ins[1 : len(info.ports)])
         adds = [ins[p] for p in info.add_ports]
         if not lead:
             x = x.unsqueeze(0)
-            rec = None if rec is None else rec.unsqueeze(0)
+            ports = [p.unsqueeze(0) for p in ports]
             adds = [a.unsqueeze(0) for a in adds]
-        params = derive_params(kernel.spec, info, ctx.params(n))
-        out, new_state = run_form(kernel, x, rec, adds, state, params, self._widen_inputs)
+        out, new_state = run_layer(kernel, x, ports, adds, state, quantities, self._widen_inputs)
         return (out if lead else out.squeeze(0)), new_state
 
-    def _form_kernel(self, n: int, x: Tensor) -> Any:
-        """Which compiled kernel runs form node n on input x (cuda: 16-bit variants too)."""
-        return self.kernels[n]
+    def _quantities(self, ctx: Any, n: int, info: Any) -> dict[str, Tensor]:
+        """The kernel's quantities: the node's derived constants, computed once per run."""
+        p = ctx.neuron_params(n)
+        return {q: p[q] for q in info.param_args}
+
+    def _given_state(self, ctx: Any, n: int, x_step: Tensor) -> dict | None:
+        """The state the caller passed for node n (checked as the reference does), or None."""
+        if "v" not in ctx.state.get(n, {}):
+            return None
+        return self._neuron_state(ctx, n, x_step)
 
     def _neuron_seq(self, ctx: Any, n: int, ins: list[Tensor]) -> Tensor:
-        if self._is_form(n):
-            given = "v" in ctx.state.get(n, {})
-            state = self._neuron_state(ctx, n, ins[0][0]) if given else None
-            out, new_state = self._form_call(ctx, n, ins, state, lead=True)
-            ctx.new_state.setdefault(n, {}).update(new_state)
-            return out
-        x = ins[0]
-        v0 = None
-        if "v" in ctx.state.get(n, {}):
-            v0 = self._neuron_state(ctx, n, x[0])["v"]  # the reference's shape check
-        out, v_last = self._kernel_call(ctx, n, ins, x, v0, lead=True)
-        ctx.new_state.setdefault(n, {})["v"] = v_last
+        state = self._given_state(ctx, n, ins[0][0])
+        out, new_state = self._layer_call(ctx, n, ins, state, lead=True)
+        ctx.new_state.setdefault(n, {}).update(new_state)
         return out
 
     def _step_node(self, ctx: Any, n: int, ins: list[Tensor], nstate: dict) -> Tensor:
         if self.graph.op(n) != "neuron":
             return super()._step_node(ctx, n, ins, nstate)
-        if self._is_form(n):
-            if n in nstate:
-                state = nstate[n]
-            elif "v" in ctx.state.get(n, {}):
-                state = self._neuron_state(ctx, n, ins[0])
-            else:
-                state = None
-            out, nstate[n] = self._form_call(ctx, n, ins, state, lead=False)
-            return out
-        if n in nstate:
-            v0 = nstate[n]["v"]
-        elif "v" in ctx.state.get(n, {}):
-            v0 = self._neuron_state(ctx, n, ins[0])["v"]
-        else:
-            v0 = None
-        out, v_last = self._kernel_call(ctx, n, ins, ins[0], v0, lead=False)
-        nstate[n] = {"v": v_last}
+        state = nstate[n] if n in nstate else self._given_state(ctx, n, ins[0])
+        out, nstate[n] = self._layer_call(ctx, n, ins, state, lead=False)
         return out

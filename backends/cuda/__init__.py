@@ -86,6 +86,7 @@ class CudaBackend:
     #: which only the user chooses
     artifact_options = tuple(o for o in _OPTIONS if o not in ("cache_dir", "device"))
     #: the cpu backend's pipeline: bit-exact rewrites only (no BatchNorm folding)
+    features = frozenset({"torch_module"})
     pipeline = CpuBackend.pipeline
     #: with a precision option that already gives up bit-exact results: eval-mode
     #: BatchNorm folded into the conv/linear before it (one pass over the activations

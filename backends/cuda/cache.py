@@ -13,7 +13,7 @@ backend option ``cache_dir``)::
 the binary: the architecture, every compiler flag (``-fmad=false`` keeps spikes
 bit-exact), the NVRTC version and the kernel ABI version. A binary is handed
 to the GPU only after its hash matches its record, and is built once per
-entry under a lock (:mod:`snncc.kernel_cache`: the same protocol as the cpu
+entry under a lock (:mod:`snncc.backends.kernel_cache`: the same protocol as the cpu
 backend's libraries); files are written to a temporary name and renamed, so
 concurrent processes never load half a file.
 """
@@ -24,10 +24,11 @@ import hashlib
 import os
 from pathlib import Path
 
-from snncc import kernel_cache, safe_files
+from snncc.backends import kernel_cache
 from snncc.backends.cuda import nvrtc
 from snncc.backends.kernels import KERNEL_ABI_VERSION, NVCC_EXACT_FLAGS
 from snncc.errors import BackendError
+from snncc.ir import safe_files
 
 #: NVRTC options of every snncc kernel (the architecture is added per device)
 NVRTC_FLAGS: tuple[str, ...] = ("--std=c++17", *NVCC_EXACT_FLAGS)

@@ -1,23 +1,13 @@
 """One neuron layer's generated CUDA kernels, launched by argument name.
 
-Two parts:
-
-- :class:`CudaNeuronKernel`: the forward/backward pair of one neuron form,
-  rendered by :mod:`snncc.backends.kernels` for the ``cuda`` target (the same
-  template text the cpu backend compiles for the host), compiled lazily by
-  NVRTC on first use and launched on torch's current stream.
-- :class:`KCache`: host copies of PLIF's decay (below).
-
-The autograd wrapper is the cpu backend's, which is device-independent
-(:mod:`snncc.backends.cpu.autograd`; snnTorch / Norse forms:
-:mod:`snncc.backends.cpu.forms`): it allocates on the input's device and
-calls :meth:`CudaNeuronKernel.call`.
-
-PLIF's decay ``k = sigmoid(w)`` is a by-value kernel argument. Reading it from
-the GPU is a device-to-host sync, which would stall the launch queue every
-forward and forbid CUDA-graph capture, so the value is cached per ``w`` and
-re-read only when ``w`` changes (its version counter moves on every in-place
-update, e.g. ``optimizer.step()``).
+:class:`CudaNeuronKernel` is the forward/backward pair of one neuron form,
+rendered by :mod:`snncc.backends.kernels` for the ``cuda`` target (the same
+template text the cpu backend compiles for the host), compiled lazily by NVRTC
+on first use and launched on torch's current stream. The autograd wrapper is
+the cpu backend's, which is device-independent (:mod:`snncc.backends.cpu.autograd`):
+it allocates on the input's device and calls :meth:`CudaNeuronKernel.call`.
+Every quantity (PLIF's ``k = sigmoid(w)`` too) is a device pointer, so nothing
+is read back to the host between launches (CUDA graphs capture them).
 """
 
 from __future__ import annotations
@@ -46,9 +36,6 @@ class CudaNeuronKernel:
     the first launch per device (needs CuPy and a GPU).
     """
 
-    #: the CUDA backward kernel adds d loss / d k atomically into one double (gk[1])
-    k_grad_per_neuron = False
-
     def __init__(
         self,
         spec: NeuronSpec | Mapping[str, Any],
@@ -75,8 +62,8 @@ class CudaNeuronKernel:
     def call(self, which: str, values: Mapping[str, Any], device: torch.device) -> None:
         """Launch the forward ("fwd") or backward ("bwd") kernel with arguments by name.
 
-        Both device-generic autograd wrappers (:mod:`snncc.backends.cpu.autograd`,
-        :mod:`snncc.backends.cpu.forms`) drive the kernels through this; ``values`` holds every
+        The device-generic autograd wrapper (:mod:`snncc.backends.cpu.autograd`) drives the
+        kernels through this; ``values`` holds every
         name of ``info.forward_args`` / ``backward_args`` (tensors on ``device``,
         None for NULL, or numbers).
         """
@@ -94,22 +81,3 @@ class CudaNeuronKernel:
             fn = runtime.load_function(self.source, name, device, self.cache_dir)
             self._fns[key] = fn
         return fn
-
-
-class KCache:
-    """Host copies of PLIF decays ``k = sigmoid(w)``, refreshed only when ``w`` changes."""
-
-    def __init__(self) -> None:
-        self._values: dict[Any, tuple[tuple[int, int], float]] = {}
-
-    def value(self, key: Any, w: Tensor | None, k: Tensor) -> float:
-        """float(k), read from the device only when ``w``'s storage or version moved."""
-        if w is None:
-            return float(k)
-        stamp = (w.data_ptr(), w._version)
-        hit = self._values.get(key)
-        if hit is not None and hit[0] == stamp:
-            return hit[1]
-        value = float(k.detach().reshape(-1)[0]) if k.numel() else 0.0
-        self._values[key] = (stamp, value)
-        return value

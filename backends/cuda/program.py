@@ -9,9 +9,10 @@ small data: which kernel class renders/launches (CUDA via NVRTC + CuPy instead
 of C++ via the host compiler), where the tensors live, and GPU-only options
 (CUDA graphs, GEMM precision, uint8 spikes, time-chunked long sequences).
 
-snnTorch and Norse forms run through the same fused-kernel path as on the cpu
-backend (:mod:`snncc.backends.cpu.forms`, device-generic), launched here;
-uint8 spikes and time chunks apply to SpikingJelly-style forms only.
+Every form runs through the same fused-kernel path as on the cpu backend
+(:mod:`snncc.backends.cpu.autograd`, device-generic), launched here; uint8
+spikes need an exactly 0/1 output, time chunks a form that allows them
+(:mod:`snncc.backends.cuda.chunked`).
 
 Nothing here needs a GPU until ``run``: lowering renders the kernel sources
 (``files()``, ``source``), so ``snncc compile --backend cuda`` works anywhere.
@@ -26,7 +27,7 @@ from typing import Any
 
 import torch
 
-from snncc.backends.cpu.autograd import TORCH_DTYPES, run_neuron
+from snncc.backends.cpu.autograd import TORCH_DTYPES
 from snncc.backends.cpu.program import CpuProgram
 from snncc.backends.cpu.saved_spikes import GEMM_OPS, spike_source
 from snncc.backends.cuda import cache as kcache
@@ -38,8 +39,8 @@ from snncc.backends.cuda.chunked import (
     merge_steps,
     plan_chunks,
 )
-from snncc.backends.cuda.neuron import CudaNeuronKernel, KCache
-from snncc.backends.kernels import HALF_DTYPES, SJ_CHARGES
+from snncc.backends.cuda.neuron import CudaNeuronKernel
+from snncc.backends.kernels import HALF_DTYPES
 from snncc.backends.reference.ops import apply_steps
 from snncc.backends.reference.program import ReferenceProgram
 from snncc.errors import UnsupportedError
@@ -66,7 +67,8 @@ class CudaProgram(CpuProgram):
         Kernel cache (default ``~/.cache/snncc/cuda``): generated ``.cu`` files
         and the cubins NVRTC made of them.
     recompute
-        Backward recomputes each neuron's charged membrane instead of saving it.
+        Backward recomputes what each neuron layer's forward would save (its
+        charged membrane or its state) instead of saving it.
     device
         ``"cuda"`` (the current device) or ``"cuda:N"``.
     precision
@@ -106,9 +108,8 @@ class CudaProgram(CpuProgram):
         those of widening to fp32 and letting autocast narrow again (NaNs aside:
         any NaN becomes one quiet NaN), without the casts' extra passes over
         memory (default True; False widens through torch casts). The neuron
-        arithmetic stays fp32. Recurrent components, time-chunked layers and
-        SpikingJelly-style layers with ``recompute`` (whose backward parks fp32
-        membranes in the gradient buffer) widen instead.
+        arithmetic stays fp32. Recurrent components and time-chunked layers
+        widen instead.
     time_chunks
         Long sequences with few neurons: ``"auto"`` (default) splits the time
         loop of hard-reset and leaky soft-reset spiking layers into chunks run
@@ -148,7 +149,6 @@ class CudaProgram(CpuProgram):
         self._device_spec = device
         self.device: torch.device | None = None
         super().__init__(graph, cache_dir=cache_dir, recompute=recompute, **reference_options)
-        self._kcache = KCache()
         self._graphs: dict[Any, tuple] = {}
         if torch.cuda.is_available():  # params live on the GPU from the start when there is one
             self._place(runtime.resolve_device(device))
@@ -168,7 +168,7 @@ class CudaProgram(CpuProgram):
             self.kernels[n] = CudaNeuronKernel(
                 spec, pro, epi, {"recompute": recompute}, cache_dir, block=block_size
             )
-            if self.spike_dtype == "uint8" and self._u8_eligible(n, spec.spiking, epi):
+            if self.spike_dtype == "uint8" and self._u8_eligible(n, epi):
                 self.u8_kernels[n] = CudaNeuronKernel(
                     spec,
                     pro,
@@ -185,10 +185,8 @@ class CudaProgram(CpuProgram):
         # precision="bf16"/"fp16" (so files() and build() hold them), else on first use
         self.half_out: dict[int, bool] = {}
         if self.autocast_io:
-            for n, spec in self._specs.items():
-                # SJ-style recompute parks fp32 membranes in gx; recurrent steps widen
-                sj_recompute = recompute and spec.charge in SJ_CHARGES
-                if not sj_recompute and n not in self._recurrent:
+            for n in self._specs:
+                if n not in self._recurrent:  # recurrent steps widen
                     self.half_out[n] = self._half_out_eligible(n)
         #: node -> (x dtype, out dtype) -> kernel
         self.half_kernels: dict[int, dict[tuple[str, str], CudaNeuronKernel]] = {}
@@ -213,18 +211,14 @@ class CudaProgram(CpuProgram):
                 if n in self.u8_kernels:
                     self.chunked[n]["uint8"] = ChunkedNeuron(spec, "uint8", cache_dir)
 
-    #: autocast may hand the snnTorch / Norse form kernels 16-bit activations: widen them
+    #: autocast may hand the kernels 16-bit activations: widen them
     _widen_inputs = True
 
-    def _u8_eligible(self, n: int, spiking: bool, epilogue: list) -> bool:
-        """uint8 spikes only where nothing but a program output reads them (exactly 0/1).
-
-        SpikingJelly-style forms only: snnTorch spikes are graded (``H * g``) and
-        the snnTorch / Norse form kernels write float or 16-bit floats, not uint8.
-        """
-        if self._specs[n].charge not in SJ_CHARGES:
-            return False
-        if not spiking or epilogue or n in self._recurrent:
+    def _u8_eligible(self, n: int, epilogue: list) -> bool:
+        """uint8 spikes only where the output is exactly 0/1 (a spike straight from the
+        comparison, no epilogue: snnTorch's graded spikes ``H * g`` are not) and nothing but
+        a program output reads it."""
+        if not self.kernels[n].info.out_binary or epilogue or n in self._recurrent:
             return False
         users = self.graph.users(n)
         return bool(users) and all(self.graph.op(e.dst) == "output" and e.delay == 0 for e in users)
@@ -253,10 +247,6 @@ class CudaProgram(CpuProgram):
         x_dtype = _HALF[x.dtype]
         half_out = self.half_out[n] and _autocast_to(x)
         return self._half_kernel(n, x_dtype, x_dtype if half_out else "float32")
-
-    def _form_kernel(self, n: int, x: Tensor) -> Any:
-        half = self._half_variant(n, x)
-        return self.kernels[n] if half is None else half
 
     def _half_out_eligible(self, n: int) -> bool:
         """A 16-bit output only where a single linear / convolution reads it (autocast narrows
@@ -415,76 +405,61 @@ class CudaProgram(CpuProgram):
         return graph, static_in, y, state
 
     # ------------------------------------------------------------ neurons
-    def _kernel_call(
-        self, ctx: Any, n: int, ins: list[Tensor], x: Tensor, v0: Tensor | None, lead: bool
-    ) -> tuple[Tensor, Tensor]:
-        """Node n's kernel on x (lead=False: one step of a recurrent component)."""
-        kernel = self.kernels[n]
-        adds = [ins[p] for p in kernel.info.add_ports]
-        if not lead:
-            x = x.unsqueeze(0)
-            adds = [a.unsqueeze(0) for a in adds]
-        k = k_value = None
-        if kernel.info.learns_k:
-            p = ctx.neuron_params(n)
-            k = p["k"]
-            k_value = self._kcache.value(n, p.get("w"), k)
-        inference = lead and not _any_grad(x, v0, k, *adds)
-        u8 = inference and n in self.u8_kernels
+    def _kernel_for(
+        self, n: int, ins: list[Tensor], state: dict | None, quantities: dict, lead: bool
+    ) -> Any:
+        """uint8 spikes in inference where allowed, a 16-bit variant under autocast, or plain."""
+        if lead and n in self.u8_kernels and not _inputs_need_grad(ins, state, quantities):
+            return self.u8_kernels[n]
+        half = self._half_variant(n, ins[0])
+        return self.kernels[n] if half is None else half
+
+    def _layer_call(
+        self, ctx: Any, n: int, ins: list[Tensor], state: dict | None, lead: bool
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         if lead and n in self.chunked:
-            chunked = self._chunked_call(n, ins, x, v0, k, k_value, u8)
+            quantities = self._quantities(ctx, n, self.kernels[n].info)
+            chunked = self._chunked_call(n, ins, state, quantities)
             if chunked is not None:
                 return chunked
-        if u8:
-            kernel = self.u8_kernels[n]
-        elif (half := self._half_variant(n, x)) is not None:
-            kernel = half
-        out, v_last = run_neuron(kernel, x, adds, v0, k, k_value, self._widen_inputs)
-        return (out if lead else out.squeeze(0)), v_last
+        return super()._layer_call(ctx, n, ins, state, lead)
 
     def _chunked_call(
-        self,
-        n: int,
-        ins: list[Tensor],
-        x: Tensor,
-        v0: Tensor | None,
-        k: Tensor | None,
-        k_value: float | None,
-        u8: bool,
-    ) -> tuple[Tensor, Tensor] | None:
+        self, n: int, ins: list[Tensor], state: dict | None, quantities: dict[str, Tensor]
+    ) -> tuple[Tensor, dict[str, Tensor]] | None:
         """Node n's layer split over time (see chunked.py), or None where it would not pay.
 
         The prologue and the reshapes are torch ops, so autograd carries their
         gradients; the chunked kernels' own autograd node is added only when a
         gradient is wanted.
         """
+        x = ins[0]
         T = x.shape[0]
         step_shape = tuple(x.shape[1:])
         N = math.prod(step_shape)
         forced = None if self.time_chunks == "auto" else int(self.time_chunks)
-        merge = merge_steps(self._specs[n], k_value)
+        values = {q: float(t.detach().reshape(-1)[0]) for q, t in quantities.items()}
+        merge = merge_steps(self._specs[n], values)
         L = plan_chunks(T, N, runtime.device_info(self.device.index).sm_count, forced, merge)
         if L is None:
             return None
+        u8 = n in self.u8_kernels and not _inputs_need_grad(ins, state, quantities)
         pro = self.graph.attrs(n).get("prologue") or []
         x = x.float()  # first: under autocast the prologue runs in fp32, as in the fused kernel
         if pro:  # the same single-rounding steps the fused kernel would apply
             x = apply_steps(pro, x, ins, f"neuron %{n} prologue")
         x = x.contiguous().reshape(T, N)
-        v0_flat = None
-        if v0 is not None:
-            v0_flat = v0.float().expand(step_shape).contiguous().reshape(N)
-        k_arg = k.float() if k is not None else None
-        k_num = 0.0 if k_value is None else k_value
-        if _any_grad(x, v0_flat, k_arg):
+        v0 = None if state is None else state.get("v")
+        v0_flat = None if v0 is None else v0.float().expand(step_shape).contiguous().reshape(N)
+        qs = [quantities[q].float() for q in self.chunked[n]["float32"].quantities]
+        if _any_grad(x, v0_flat, *qs):
             run = self.chunked[n]["float32"]
-            out, v_last = ChunkedNeuronFunction.apply(
-                run, k_num, L, self.block_size, v0_flat, k_arg, x
-            )
+            out, v_last = ChunkedNeuronFunction.apply(run, L, self.block_size, v0_flat, x, *qs)
         else:
             run = self.chunked[n]["uint8" if u8 else "float32"]
-            out, v_last, _, _ = run.forward(x, v0_flat, k_num, L, self.block_size)
-        return out.reshape(T, *step_shape), v_last.reshape(step_shape)
+            qd = dict(zip(run.quantities, qs))
+            out, v_last, _, _ = run.forward(x, v0_flat, qd, L, self.block_size)
+        return out.reshape(T, *step_shape), {"v": v_last.reshape(step_shape)}
 
     def _step_input(self, ctx: Any, e: Any, t: int, members: set, hist: dict) -> Tensor:
         # the interpreter's t = 0 zeros of a delay edge inside a component are made on the CPU
@@ -556,6 +531,10 @@ def _on(t: Any, dev: torch.device) -> bool:
 
 def _any_grad(*ts: Tensor | None) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
+
+
+def _inputs_need_grad(ins: list[Tensor], state: dict | None, quantities: dict) -> bool:
+    return _any_grad(*ins, *(state or {}).values(), *quantities.values())
 
 
 def _check_options(

@@ -40,6 +40,7 @@ class JaxBackend:
     name = "jax"
     #: options an artifact may carry (snncc.load); ``cache_dir`` comes only from the user
     artifact_options = ("unroll", "seed")
+    features = frozenset({"jax_fn", "jax_arrays"})
     #: no fold_batchnorm: folding BatchNorm into the weights rounds differently from the
     #: source's own BatchNorm, and no backend gives up exact fp32 arithmetic unasked
     pipeline = (

@@ -13,9 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from snncc import kernel_cache, safe_files
+from snncc.backends import kernel_cache
 from snncc.backends.base import check_state
 from snncc.errors import BackendError, ShapeError
+from snncc.ir import safe_files
 from snncc.ir.graph import Graph
 
 

@@ -39,12 +39,16 @@ from typing import Any
 import jinja2
 import numpy as np
 
-from snncc.errors import IRError, UnsupportedError
+from snncc.errors import IRError, SnnccError, UnsupportedError
+from snncc.ir import expr as E
+from snncc.ir.expr import Namer
 from snncc.ir.graph import Edge, Graph
-from snncc.ir.neuron import NORSE_FORMS, SNNTORCH_FORMS, SPIKINGJELLY_FORMS, NeuronSpec
+from snncc.ir.neuron import NeuronSpec
+from snncc.ir.neurons import NeuronGraph, build
 from snncc.ir.ops import OPS
 
 from . import runtime
+from .lower import PY_RESERVED, emit, surrogate_function, surrogates_of
 
 _SANITISE = re.compile(r"[^A-Za-z0-9_.\-\[\]/:()=,<>+* ]")
 
@@ -85,22 +89,15 @@ def tup(items: Any) -> str:
     return "(" + ", ".join(items) + ")"
 
 
-#: every charge form the jax backend renders (templates/jax/neuron.py.j2), in
-#: snncc.ir.neuron.FORMS order; anything else is refused by name
-SUPPORTED_FORMS: tuple[str, ...] = (*SPIKINGJELLY_FORMS, *SNNTORCH_FORMS, *NORSE_FORMS)
-
-#: generated variable name prefix of each neuron state variable (``v`` keeps the
-#: historical ``v<id>``; ``s<id>`` and ``i<id>`` are taken by node values and prologues)
+#: generated variable name prefix of some neuron state variables (``v`` keeps the
+#: historical ``v<id>``; ``s<id>`` and ``i<id>`` are taken by node values and prologues);
+#: any other state variable ``w`` of a form is ``st_w<id>``
 STATE_PREFIX = {"v": "v", "i": "syn", "s": "sprev"}
 
 
-def family(charge: str) -> str:
-    """Which template macro renders a form: ``"sj"``, ``"snntorch"`` or ``"norse"``."""
-    if charge in SNNTORCH_FORMS:
-        return "snntorch"
-    if charge in NORSE_FORMS:
-        return "norse"
-    return "sj"
+def state_var(n: int, var: str) -> str:
+    """The generated name of neuron ``n``'s state variable ``var`` inside a scan."""
+    return f"{STATE_PREFIX.get(var, f'st_{var}')}{n}"
 
 
 @lru_cache(maxsize=1)
@@ -221,6 +218,10 @@ class Renderer:
                 if e.delay == 1:
                     self.delayed.add(e.src)
         self.new_state: list[str] = []
+        #: (surrogate, alpha) -> the module function computing its gradient
+        self.surrogates: dict[tuple[str, float], str] = {}
+        #: every name the generated module defines at module or function level
+        self.names = Namer(PY_RESERVED)
         #: whether the module draws random numbers (training-mode dropout) and so needs a key
         self.uses_key = False
 
@@ -312,15 +313,28 @@ class Renderer:
             }
         if op != "neuron":
             return None
-        spec = self.check_neuron(n)
-        if spec.charge in ("sj_plif_decay_input", "sj_plif"):
-            if refs.get("w") is None:
-                raise IRError(f"PLIF neuron %{n} has no param 'w'")
-            return {"kind": "plif", "id": n, "label": self.label(n), "w": refs["w"]}
-        lines, _ = self.neuron_values(n, spec)
-        if not lines:
+        g = self.check_neuron(n)
+        if not g.quantities:
             return None
+        refs = {f"p:{r}": self.param_ref(n, r) for r in self.g.node(n)["params"]}
+        inputs = {k: v for k, v in refs.items() if v is not None}
+        try:
+            out = emit(
+                g.derive, g.quantities.values(), inputs, self.names, self.surrogates, f"_{n}"
+            )
+        except IRError as e:
+            raise IRError(f"{self.where(n)}: {e}") from None
+        lines = [
+            {"var": var, "expr": expr, "what": ""}
+            for var, expr in (ln.split(" = ", 1) for ln in out.lines)
+        ]
+        for q, i in g.quantities.items():
+            lines.append({"var": self.quantity(n, q), "expr": out.refs[i], "what": f"quantity {q}"})
         return {"kind": "neuron", "id": n, "label": self.label(n), "lines": lines}
+
+    def quantity(self, n: int, q: str) -> str:
+        """The generated name of neuron ``n``'s per-call quantity ``q`` (``q4_b``)."""
+        return f"q{n}_{q}"
 
     # ----------------------------------------------------------------- nodes
     def spec(self, n: int) -> NeuronSpec:
@@ -437,169 +451,61 @@ class Renderer:
             return {"size": lit(int(a["voting_size"]))}
         return {}
 
-    def check_neuron(self, n: int) -> NeuronSpec:
-        """The node's spec, or UnsupportedError naming what the jax backend cannot render."""
-        spec = self.spec(n)
-        where = self.where(n)
-        if spec.charge not in SUPPORTED_FORMS:
-            raise UnsupportedError(
-                f"{where}: charge form {spec.charge!r} is not supported by the jax backend; "
-                f"supported: {', '.join(SUPPORTED_FORMS)}"
-            )
-        if spec.fire_from != "updated":
-            raise UnsupportedError(
-                f"{where}: fire_from={spec.fire_from!r} is not supported for charge form "
-                f"{spec.charge!r} (only 'updated')"
-            )
-        if spec.charge in ("sj_lif_decay_input", "sj_lif", "snncc_li") and spec.tau is None:
-            raise UnsupportedError(f"{where}: charge form {spec.charge!r} needs tau")
-        if spec.surrogate not in runtime.SURROGATES:
-            raise UnsupportedError(
-                f"{where}: surrogate {spec.surrogate!r} is not supported by the jax backend; "
-                f"choose one of: {', '.join(runtime.SURROGATES)}"
-            )
-        if spec.output == "spike" and spec.charge == "norse_li":
-            raise UnsupportedError(f"{where}: charge form 'norse_li' does not spike")
-        return spec
+    def check_neuron(self, n: int) -> NeuronGraph:
+        """The node's neuron graph, or the error naming what cannot be built, with the node."""
+        try:
+            g = build(self.spec(n))
+        except SnnccError as e:
+            raise type(e)(f"{self.where(n)}: {e}") from None
+        for key in surrogates_of(g.step):
+            if key not in self.surrogates:
+                self.surrogates[key] = self.names.fresh(f"surrogate_{key[0]}")
+        return g
 
     def where(self, n: int) -> str:
         return f"neuron %{n} ({sanitise(self.g.node(n).get('name'))})"
 
-    def neuron_values(
-        self, n: int, spec: NeuronSpec
-    ) -> tuple[list[dict[str, str]], dict[str, str]]:
-        """Each constant an snnTorch/Norse step reads, as code: ``(prepared lines, symbol -> expr)``.
-
-        A role the node has a param for reads the param (prepared once per call
-        outside the scan: snnTorch's ``beta.clamp(0, 1)``, Norse's
-        ``dt * tau_mem_inv``, computed from the source param so gradients reach
-        it); otherwise the spec constant :data:`snncc.ir.neuron.FORMS` names,
-        as an exact float literal (jax casts a Python float to the array's
-        dtype before the one operation, like torch's ``scalar * tensor``).
-        """
-        fam = family(spec.charge)
-        lines: list[dict[str, str]] = []
-        sym: dict[str, str] = {}
-        if fam == "sj":
-            return lines, sym
-        refs = {r: self.param_ref(n, r) for r in self.g.node(n)["params"]}
-        where = self.where(n)
-
-        def const(role: str, key: str, value: Any) -> str:
-            if value is None:
-                raise UnsupportedError(
-                    f"{where}: charge form {spec.charge!r} needs the param {role!r} or the "
-                    f"constant {key}; the node has neither"
-                )
-            return flt(value)
-
-        def put(name: str, var: str, expr: str, what: str) -> None:
-            lines.append({"var": var, "expr": expr, "what": what})
-            sym[name] = var
-
-        form_roles = spec.form.roles if spec.form is not None else ()
-        if fam == "snntorch":
-            for name, role in (("b", "beta"), ("a", "alpha")):
-                if role not in form_roles:
-                    continue
-                if refs.get(role):
-                    put(name, f"{name}{n}", f"rt.clamp01({refs[role]})", f"{role}.clamp(0, 1)")
-                else:
-                    v = spec.extra.get(role)
-                    v = None if v is None else min(max(float(v), 0.0), 1.0)
-                    sym[name] = const(role, f"extra[{role!r}]", v)
-            if refs.get("threshold"):
-                put("th", f"th{n}", refs["threshold"], "threshold")
-            else:
-                sym["th"] = flt(spec.v_threshold)
-            if refs.get("graded_spikes_factor"):
-                put("g", f"g{n}", refs["graded_spikes_factor"], "graded_spikes_factor")
-            else:
-                sym["g"] = flt(spec.extra.get("graded_spikes_factor", 1.0))
-            if spec.charge == "snntorch_rleaky_v":
-                if refs.get("V"):
-                    put("V", f"V{n}", refs["V"], "V (one-to-one recurrent weight)")
-                else:
-                    sym["V"] = const("V", "extra['V']", spec.extra.get("V"))
-            return lines, sym
-        # Norse
-        sym["vleak"] = const("v_leak", "extra['v_leak']", spec.extra.get("v_leak"))
-        dt = spec.extra.get("dt")
-        for name, role, key, sign in (
-            ("cm", "tau_mem_inv", "dt_tau_mem_inv", 1.0),
-            ("cs", "tau_syn_inv", "neg_dt_tau_syn_inv", -1.0),
-        ):
-            if role not in form_roles:
-                continue
-            if refs.get(role):
-                if dt is None:
-                    raise UnsupportedError(
-                        f"{where}: charge form {spec.charge!r} with param {role!r} needs "
-                        "the constant extra['dt']"
-                    )
-                put(name, f"{name}{n}", f"{flt(sign * float(dt))} * {refs[role]}", key)
-            else:
-                sym[name] = const(role, f"extra[{key!r}]", spec.extra.get(key))
-        if spec.charge != "norse_li":
-            if refs.get("threshold"):
-                put("th", f"th{n}", refs["threshold"], "threshold")
-            else:
-                sym["th"] = flt(spec.v_threshold)
-            if refs.get("v_reset"):
-                put("vr", f"vr{n}", refs["v_reset"], "v_reset")
-            else:
-                sym["vr"] = flt(0.0 if spec.v_reset is None else spec.v_reset)
-        return lines, sym
-
-    def state_names(self, n: int, spec: NeuronSpec) -> dict[str, str]:
+    def state_names(self, n: int) -> dict[str, str]:
         """State variable -> its generated name inside the scan (``v<id>``, ``syn<id>``, ...)."""
-        return {var: f"{STATE_PREFIX[var]}{n}" for var in spec.state_vars}
+        return {var: state_var(n, var) for var in self.check_neuron(n).states}
 
     def neuron_code(self, n: int, ins: list[str], out: str) -> dict[str, Any]:
-        """The template data for one neuron step (charge, fire, reset, prologue, epilogue)."""
-        spec = self.check_neuron(n)
+        """The template data for one neuron step: prologue, the form's step, state, epilogue."""
+        g = self.check_neuron(n)
         where = self.where(n)
-        ports = spec.input_ports
-        if len(ins) < len(ports):
+        if len(ins) < len(g.ports):
             raise IRError(
-                f"{where}: charge form {spec.charge!r} reads the input ports {list(ports)}; "
+                f"{where}: charge form {g.form!r} reads the input ports {list(g.ports)}; "
                 f"the node has {len(ins)} input(s)"
             )
         a = self.g.attrs(n)
-        _, sym = self.neuron_values(n, spec)
-        names = self.state_names(n, spec)
+        prologue = [self._fused(n, s, ins, where) for s in a.get("prologue", [])]
+        x = f"i{n}" if prologue else ins[0]
+        inputs = {f"s:{v}": state_var(n, v) for v in g.states}
+        inputs.update({f"x:{p}": ins[j] for j, p in enumerate(g.ports)})
+        inputs["x:x"] = x
+        inputs.update({f"q:{q}": self.quantity(n, q) for q in g.quantities})
+        results = {"out": g.outputs[g.out], **{f"state {v}": g.next_state[v] for v in g.states}}
+        roots = [v.i for v in results.values() if isinstance(v, E.Val)]
+        step = emit(g.step, roots, inputs, self.names, self.surrogates, f"_{n}")
+
+        def ref(v: Any) -> str:
+            return step.refs[v.i] if isinstance(v, E.Val) else f"jnp.full_like({x}, {flt(v)})"
+
         return {
             "id": n,
             "op": "neuron",
-            "family": family(spec.charge),
             "label": self.label(n),
-            "summary": sanitise(spec.summary(), 120),
+            "summary": sanitise(self.spec(n).summary(), 120),
             "x": ins[0],
-            "rec": ins[1] if "rec" in ports else None,
-            "prologue": [self._fused(n, s, ins, where) for s in a.get("prologue", [])],
-            "epilogue": [self._fused(n, s, ins, where) for s in a.get("epilogue", [])],
             "i": f"i{n}",
-            "h": f"h{n}",
-            "z": f"z{n}",
-            "r": f"r{n}",
-            "m": f"m{n}",
-            "v": names["v"],
-            "syn": names.get("i"),
-            "sprev": names.get("s"),
+            "prologue": prologue,
+            "epilogue": [self._fused(n, s, ins, where) for s in a.get("epilogue", [])],
+            "lines": list(step.lines),
+            "state_vars": [state_var(n, v) for v in g.states],
+            "state_exprs": [ref(g.next_state[v]) for v in g.states],
             "out": out,
-            "charge": spec.charge,
-            "tau": flt(spec.tau) if spec.tau is not None else "None",
-            "vr": sym.get("vr", flt(0.0 if spec.v_reset is None else spec.v_reset)),
-            "th": sym.get("th", flt(spec.v_threshold)),
-            "sym": sym,
-            "reset": spec.reset,
-            "reset_delay": spec.reset_delay,
-            "detach": spec.detach_reset,
-            "fire": "rt.spike" if spec.fire_cmp == ">=" else "rt.spike_gt",
-            "surrogate": repr(spec.surrogate),
-            "alpha": flt(spec.alpha),
-            "output": spec.output,
-            "k": f"k{n}",
+            "out_expr": ref(g.outputs[g.out]),
         }
 
     def _fused(self, n: int, step: dict[str, Any], ins: list[str], where: str) -> dict[str, str]:
@@ -705,7 +611,7 @@ class Renderer:
                 ins.append(name)
             if self.g.op(n) == "neuron":
                 code = self.neuron_code(n, ins, f"s{n}")
-                for var, name in self.state_names(n, self.spec(n)).items():
+                for var, name in self.state_names(n).items():
                     carry.append((name, self.state_init(n, var, xs), name))
                     state_out.append((n, var))
             else:
@@ -738,13 +644,13 @@ class Renderer:
     def state_init(self, n: int, var: str, xs: list[tuple[str, str]]) -> str:
         """Neuron ``n``'s state ``var`` at t = -1: the caller's state or the form's start value.
 
-        ``v`` starts at ``spec.v_init``, every other variable (``i``, ``s``) at 0;
+        ``v`` starts at ``spec.v_init``, every other variable at the form's initial value;
         a multi-variable form passes its variables as a group so a partial
         state is refused instead of silently restarting the missing ones.
         """
-        spec = self.spec(n)
-        fill = flt(spec.v_init if var == "v" else 0.0)
-        group = f", {tuple(spec.state_vars)!r}" if len(spec.state_vars) > 1 else ""
+        g = self.check_neuron(n)
+        fill = flt(g.inits[var])
+        group = f", {tuple(g.states)!r}" if len(g.states) > 1 else ""
         like = self._outer_like(n, xs)
         if like is None:
             shape = self.need_shape(n, "start its state")
@@ -814,6 +720,9 @@ class Renderer:
             "outputs": outputs,
             "new_state": self.new_state,
             "param_names": sorted(self.g.params),
+            "surrogates": [
+                surrogate_function(name, alpha, fn) for (name, alpha), fn in self.surrogates.items()
+            ],
             "uses_key": self.uses_key,
         }
 

@@ -2,18 +2,16 @@
 
 Why a runtime at all: the generated module should read like the model (one
 line per op, one scan per neuron group), so the few pieces that are the same
-for every model and fiddly to get exactly right live here once: surrogate
-spike functions whose gradients equal SpikingJelly's autograd bit for bit in
-formula, torch-exact pooling windows (padding, ceil_mode, divisors), conv
-padding, and the time-major reshapes.
+for every model and fiddly to get exactly right live here once: the spike
+(Heaviside forward, the generated module's surrogate function backward), a
+clamp with torch's gradient, torch-exact pooling windows (padding, ceil_mode,
+divisors), conv padding, and the time-major reshapes.
 
 Everything here is pure jax, jit-able and differentiable.
 """
 
 from __future__ import annotations
 
-import functools
-import math
 from collections.abc import Sequence
 from functools import partial
 
@@ -23,139 +21,65 @@ import numpy as np
 from jax import lax
 
 from snncc.errors import ShapeError, UnsupportedError
+from snncc.ir.expr import clamp_passes_bounds
 
 HIGHEST = lax.Precision.HIGHEST
 
 
 # --------------------------------------------------------------------- spikes
-def _sigmoid(g, x, alpha):
-    s = jax.nn.sigmoid(alpha * x)
-    return g * ((1 - s) * s * alpha)
-
-
-def _atan(g, x, alpha):
-    z = x * (math.pi / 2 * alpha)
-    return g * ((alpha / 2) / (1 + z * z))
-
-
-def _piecewise_quadratic(g, x, alpha):
-    return g * jnp.maximum(alpha - alpha * alpha * jnp.abs(x), 0.0)
-
-
-def _piecewise_exp(g, x, alpha):
-    return g * ((alpha / 2) * jnp.exp(-alpha * jnp.abs(x)))
-
-
-def _soft_sign(g, x, alpha):
-    z = 1 / alpha + jnp.abs(x)
-    return g * (1 / (2 * alpha * z * z))
-
-
-def _sj_superspike(g, x, alpha):
-    z = 1 + jnp.abs(x)
-    return g * (alpha / (z * z))
-
-
-def _erf(g, x, alpha):
-    z = alpha * x
-    return g * ((alpha / math.sqrt(math.pi)) * jnp.exp(-z * z))
-
-
-def _rect(g, x, alpha):
-    return alpha * (jnp.abs(x) < 0.5 / alpha).astype(x.dtype) * g
-
-
-def _fast_sigmoid(g, x, alpha):
-    return g / (alpha * jnp.abs(x) + 1.0) ** 2
-
-
-def _superspike(g, x, alpha):
-    # Norse 1.1's SuperSpike.backward never reads alpha; copied as installed.
-    return g / (jnp.abs(x) + 1.0) ** 2
-
-
-def _triangle(g, x, alpha):
-    return g * alpha * jnp.maximum(1 - jnp.abs(x), 0.0)
-
-
-def _snntorch_sigmoid(g, x, alpha):
-    # snnTorch 1.0 Sigmoid.backward: grad * slope * exp(-slope x) / ((exp(-slope x) + 1) ** 2)
-    return g * alpha * jnp.exp(-alpha * x) / ((jnp.exp(-alpha * x) + 1) ** 2)
-
-
-def _straight_through(g, x, alpha):
-    return g
-
-
-def _snntorch_heaviside(g, x, alpha):
-    # snnTorch 1.0 Heaviside.backward: grad_output * out, out = (x > 0).float()
-    return g * (x > 0).astype(g.dtype)
-
-
-def _snntorch_triangular(g, x, alpha):
-    # snnTorch 1.0 Triangular.backward: grad = grad_output * threshold; grad[x >= 0] *= -1
-    grad = g * alpha
-    return jnp.where(x >= 0, -grad, grad)
-
-
-def _norse_tanh(g, x, alpha):
-    # Norse 1.1 HeaviTanh.backward: dy * (1 - (x * k).tanh().pow(2))
-    t = jnp.tanh(x * alpha)
-    return g * (1 - t * t)
-
-
-def _no_grad(g, x, alpha):
-    return jnp.zeros_like(g)
-
-
-#: surrogate name -> backward(grad_output, x, alpha); each formula copies
-#: snncc.surrogate (itself the source framework's CPU expression) operation
-#: by operation, so gradients round the same way as the torch side.
-_GRADS = {
-    "sigmoid": _sigmoid,
-    "atan": _atan,
-    "piecewise_quadratic": _piecewise_quadratic,
-    "piecewise_exp": _piecewise_exp,
-    "soft_sign": _soft_sign,
-    "sj_superspike": _sj_superspike,
-    "erf": _erf,
-    "rect": _rect,
-    "fast_sigmoid": _fast_sigmoid,
-    "superspike": _superspike,
-    "triangle": _triangle,
-    "snntorch_sigmoid": _snntorch_sigmoid,
-    "straight_through": _straight_through,
-    "snntorch_heaviside": _snntorch_heaviside,
-    "snntorch_triangular": _snntorch_triangular,
-    "norse_tanh": _norse_tanh,
-    "no_grad": _no_grad,
-}
-
-
 def _make_spike(strict: bool):
-    """A Heaviside spike (``x >= 0``, or ``x > 0`` when strict) with a surrogate backward."""
+    """A Heaviside spike (``x >= 0``, or ``x > 0`` when strict) whose backward is ``grad_fn``.
 
-    @partial(jax.custom_vjp, nondiff_argnums=(1, 2))
-    def spike(x: jax.Array, surrogate: str, alpha: float) -> jax.Array:
+    ``grad_fn(g, x)`` is the surrogate's gradient, a function the generated module
+    defines from :mod:`snncc.ir.surrogates` (one expression per surrogate, lowered to
+    jax.numpy like the neuron steps), so the surrogates exist in one place only.
+    """
+
+    @partial(jax.custom_vjp, nondiff_argnums=(1,))
+    def spike(x: jax.Array, grad_fn) -> jax.Array:
         hit = x > 0 if strict else x >= 0
         return hit.astype(x.dtype)
 
-    def fwd(x, surrogate, alpha):
-        return spike(x, surrogate, alpha), x
+    def fwd(x, grad_fn):
+        return spike(x, grad_fn), x
 
-    def bwd(surrogate, alpha, x, g):
-        return (_GRADS[surrogate](g, x, alpha),)
+    def bwd(grad_fn, x, g):
+        return (grad_fn(g, x),)
 
     spike.defvjp(fwd, bwd)
     return spike
 
 
-#: ``spike(x, name, alpha)``: forward ``(x >= 0)``, backward the named surrogate.
+#: ``spike(x, grad_fn)``: forward ``(x >= 0)``, backward ``grad_fn(g, x)`` (the surrogate).
 spike = _make_spike(strict=False)
-#: ``spike_gt(x, name, alpha)``: forward ``(x > 0)`` (snnTorch, Norse), same backward.
+#: ``spike_gt(x, grad_fn)``: forward ``(x > 0)`` (snnTorch, Norse), same backward.
 spike_gt = _make_spike(strict=True)
 
-SURROGATES = tuple(_GRADS)
+
+@partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+def clamp(x: jax.Array, lo: float | None, hi: float | None) -> jax.Array:
+    """torch's ``clamp(x, lo, hi)``: NaN stays NaN, and the gradient passes strictly
+    inside (lo, hi) and at the bounds as the installed torch's clamp does
+    (:func:`snncc.ir.expr.clamp_passes_bounds`: torch 2.13 passes it, 2.14 does not;
+    ``jnp.clip`` would give 0.5 at a bound)."""
+    y = x
+    if lo is not None:
+        y = jnp.where(y < lo, jnp.asarray(lo, x.dtype), y)
+    if hi is not None:
+        y = jnp.where(y > hi, jnp.asarray(hi, x.dtype), y)
+    return y
+
+
+@clamp.defjvp
+def _clamp_jvp(lo, hi, primals, tangents):
+    (x,), (t,) = primals, tangents
+    closed = clamp_passes_bounds()
+    inside = jnp.ones(x.shape, bool)
+    if lo is not None:
+        inside = inside & ((x >= lo) if closed else (x > lo))
+    if hi is not None:
+        inside = inside & ((x <= hi) if closed else (x < hi))
+    return clamp(x, lo, hi), jnp.where(inside, t, jnp.zeros_like(t))
 
 
 # ----------------------------------------------------------------- time axis
@@ -217,43 +141,6 @@ def fresh_shape(
     if value is not None:
         return jnp.asarray(value, jnp.float32)
     return jnp.full(tuple(shape), fill, jnp.float32)
-
-
-@functools.cache
-def torch_clamp_bound_grads() -> tuple[float, float]:
-    """The gradient the installed torch's ``x.clamp(0, 1)`` passes back at x == 0 and x == 1.
-
-    Why asked, not written down: torch changed it (2.13 passes the gradient at
-    a bound, 2.14 passes 0 there; both pass 1 strictly inside and 0 beyond),
-    and the jax backend promises the gradients of the torch model it was
-    traced from, whichever torch runs that model.
-    """
-    import torch
-
-    x = torch.tensor([0.0, 1.0], requires_grad=True)
-    x.clamp(0, 1).sum().backward()
-    lo, hi = (float(g) for g in x.grad)
-    return lo, hi
-
-
-@jax.custom_jvp
-def clamp01(x: jax.Array) -> jax.Array:
-    """torch's ``x.clamp(0, 1)`` (snnTorch's beta/alpha), with torch's gradient.
-
-    The gradient is 1 strictly inside, 0 beyond the bounds and, at a bound,
-    what the installed torch gives there (:func:`torch_clamp_bound_grads`);
-    ``lax.clamp`` alone gives 0 at a bound and ``jnp.clip`` 0.5.
-    """
-    return lax.clamp(jnp.zeros((), x.dtype), x, jnp.ones((), x.dtype))
-
-
-@clamp01.defjvp
-def _clamp01_jvp(primals, tangents):
-    (x,), (dx,) = primals, tangents
-    lo, hi = torch_clamp_bound_grads()
-    zero = jnp.zeros_like(dx)
-    inside = jnp.where((x > 0) & (x < 1), dx, zero)
-    return clamp01(x), jnp.where(x == 0, dx * lo, jnp.where(x == 1, dx * hi, inside))
 
 
 # ------------------------------------------------------------------- dropout

@@ -33,6 +33,7 @@ class ReferenceBackend:
     """Lower a graph to a :class:`ReferenceProgram` (no code generation)."""
 
     name = "reference"
+    features = frozenset({"torch_module"})
     pipeline = ("canonicalize", "drop_noops", "temporal_fusion")
     #: options an artifact may carry (snncc.load): they define the program, not the machine
     artifact_options = _OPTIONS

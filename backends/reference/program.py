@@ -9,7 +9,7 @@ the graph itself so a graph runs whether or not that pass ran):
    layer computes all T steps at once: row ops (linear, conv, pooling, BN,
    voting) on ``[T*B, ...]`` exactly like SpikingJelly's multi-step wrappers
    (``seq_to_ann_forward``), lead ops (flatten, reshape, cat, element-wise) on
-   ``[T, B, ...]``. A neuron layer loops over t with :func:`snncc.neurons.step`.
+   ``[T, B, ...]``. A neuron layer loops over t with :func:`snncc.backends.reference.neurons.step`.
 3. A *recurrent* component (it holds a delay-1 edge back into itself) runs
    step by step: at each t every member computes its one-step value in
    same-step topological order; a delay edge reads the producer's value at
@@ -35,11 +35,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from snncc import neurons
 from snncc.backends.base import check_state
+from snncc.backends.reference import neurons
 from snncc.errors import IRError, ShapeError, UnsupportedError
 from snncc.ir.graph import Edge, Graph
 from snncc.ir.neuron import NeuronSpec
+from snncc.ir.neurons import build
 from snncc.ir.ops import OPS
 from snncc.ir.passes.drop_noops import dropped_dropout
 
@@ -116,7 +117,7 @@ class ReferenceProgram:
             n: NeuronSpec.from_dict(graph.attrs(n)["neuron"]) for n in graph.iter_ops("neuron")
         }
         for spec in self._specs.values():
-            neurons._check(spec)
+            build(spec)  # refuses a spec no form can run, naming the problem, at lowering
         learnable = self._learnable_names()
         self.params: dict[str, Tensor] = {}
         for name, value in graph.params.items():

@@ -3,7 +3,7 @@
 NIR (the Neuromorphic Intermediate Representation) describes neurons in
 continuous time (``tau dv/dt = (v_leak - v) + r I``); snncc runs discrete
 steps. This module fixes *one* convention that maps between the two, used in
-both directions (:func:`to_nir` here, :func:`snncc.frontend.nir_import.from_nir`
+both directions (:func:`to_nir` here, :func:`snncc.exchange.nir_import.from_nir`
 there), so that snncc -> NIR -> snncc gives back the same outputs bit for bit
 on the reference backend.
 
@@ -114,7 +114,7 @@ import numpy as np
 from snncc.errors import SnnccError, UnsupportedError
 from snncc.ir.graph import Graph
 from snncc.ir.neuron import NeuronSpec
-from snncc.safe_files import replaced_on_success
+from snncc.ir.safe_files import replaced_on_success
 
 __all__ = [
     "EXPORT_ACCEPT",

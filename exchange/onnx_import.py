@@ -3,7 +3,7 @@
 Why only snncc's own files: a generic ONNX graph says nothing about neuron
 semantics (a Scan body is just arithmetic), so there is no faithful way to
 recover ``>=`` vs ``>``, the charge form or the reset rule from it. snncc's
-exporter (:mod:`snncc.export.onnx`) writes the IR structure into
+exporter (:mod:`snncc.exchange.onnx_export`) writes the IR structure into
 ``metadata_props`` and each neuron's NeuronSpec into its Scan's
 ``doc_string``; this module rebuilds the exact IR from them, with the
 parameters read from the initializers (so weights edited in the file are
@@ -15,7 +15,7 @@ whose graph was edited after export, or that carries ops snncc never writes,
 is refused with an UnsupportedError naming the ONNX node (name, op_type) and
 the reason, so the imported IR always computes exactly what the file does.
 
-    from snncc.frontend.onnx_import import from_onnx
+    from snncc.exchange.onnx_import import from_onnx
     graph = from_onnx("model.onnx")   # the scheduled IR that was exported
 """
 
@@ -31,7 +31,7 @@ import onnx
 from onnx import numpy_helper
 
 from snncc.errors import CheckpointError, IRError, SnnccError, UnsupportedError
-from snncc.export.onnx import (
+from snncc.exchange.onnx_export import (
     DOC_NEURONS,
     IR_FORMAT_VERSION,
     MAX_OPSET,
@@ -46,7 +46,7 @@ from snncc.export.onnx import (
 )
 from snncc.ir.graph import Graph
 from snncc.ir.neuron import NeuronSpec
-from snncc.safe_files import parse_json
+from snncc.ir.safe_files import parse_json
 
 __all__ = ["from_onnx"]
 
@@ -110,7 +110,7 @@ def _check_metadata(model: onnx.ModelProto, where: str) -> dict[str, str]:
         at = f"; cannot map {_node_label(first)} back to the IR without it" if first else ""
         raise UnsupportedError(
             f"{where} has no snncc metadata (metadata_props {META_VERSION!r} and {META_GRAPH!r}): "
-            "snncc imports ONNX files written by its own exporter (snncc.export.to_onnx), "
+            "snncc imports ONNX files written by its own exporter (snncc.exchange.to_onnx), "
             f"whose metadata carries the neuron semantics a plain ONNX graph lacks{at}"
         )
     try:
@@ -342,7 +342,7 @@ def _check_same(
 
 
 def from_onnx(path_or_model: str | os.PathLike[str] | onnx.ModelProto) -> Graph:
-    """Rebuild the IR graph that :func:`snncc.export.onnx.to_onnx` exported.
+    """Rebuild the IR graph that :func:`snncc.exchange.onnx_export.to_onnx` exported.
 
     Returns the same graph (node ids, attrs, neuron specs, edges, groups,
     meta) with parameters read from the file's initializers; it runs on any

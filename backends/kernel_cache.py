@@ -9,7 +9,7 @@ it" is not enough. The protocol, in one place for every backend:
   ``$XDG_CACHE_HOME/snncc/<kind>``, else ``~/.cache/snncc/<kind>``, or the
   ``cache_dir`` option a user passes (never one an artifact names). It is
   created 0700 and refused when another user owns it or can write to it
-  (:func:`snncc.safe_files.private_dir`).
+  (:func:`snncc.ir.safe_files.private_dir`).
 - **Verified before use.** A binary is published under a content-addressed
   name, ``<name>.<sha256[:16]><suffix>``, and then a record ``<name>.json``
   holding its full SHA-256 and size is written (atomically). :func:`lookup`
@@ -43,8 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from snncc import safe_files
 from snncc.errors import BackendError, SnnccError
+from snncc.ir import safe_files
 
 try:
     import fcntl

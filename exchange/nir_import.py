@@ -1,12 +1,12 @@
 """Import NIR graphs (HDF5 files or ``nir.NIRGraph`` objects) into the snncc IR.
 
-    from snncc.frontend.nir_import import from_nir
+    from snncc.exchange.nir_import import from_nir
     graph = from_nir("model.nir", dt=1e-4)          # then snncc.compile_graph(graph)
 
 NIR neurons are continuous-time; ``dt`` (required) is the time one snncc step
 stands for, in the file's time unit. The discretisation is the convention
-written out in :mod:`snncc.export.nir` (forward Euler, with the exact
-floating-point form of each node type), the same one :func:`snncc.export.nir.to_nir`
+written out in :mod:`snncc.exchange.nir_export` (forward Euler, with the exact
+floating-point form of each node type), the same one :func:`snncc.exchange.nir_export.to_nir`
 writes, so snncc -> NIR -> snncc reproduces outputs exactly.
 
 Options (all explicit, with the defaults NIR itself defines):
@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from snncc.errors import CheckpointError, IRError, UnsupportedError
-from snncc.export.nir import (
+from snncc.exchange.nir_export import (
     META_KEY,
     NIRWarning,
     check_dt,
@@ -62,7 +62,7 @@ from snncc.export.nir import (
 )
 from snncc.ir.graph import Graph
 from snncc.ir.neuron import NeuronSpec
-from snncc.safe_files import MAX_ELEMENTS, check_elements, parse_json
+from snncc.ir.safe_files import MAX_ELEMENTS, check_elements, parse_json
 
 __all__ = ["IMPORT_ACCEPT", "NIRWarning", "from_nir"]
 
@@ -540,7 +540,7 @@ def _uniform(a: np.ndarray) -> float | None:
 
 
 class _Neurons:
-    """The generic discretisation of each NIR neuron type (the convention in snncc.export.nir)."""
+    """The generic discretisation of each NIR neuron type (the convention in snncc.exchange.nir_export)."""
 
     def __init__(self, opts: _Options, where: str) -> None:
         self.o, self.where = opts, where

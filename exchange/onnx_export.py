@@ -33,7 +33,7 @@ and output ``next_state.<nid>.<var>``, the reference backend's state dict
 flattened, so a runtime can stream a sequence in chunks.
 
 Two kinds of readers, two kinds of content. A plain ONNX runtime needs
-nothing but the graph. snncc's importer (:mod:`snncc.frontend.onnx_import`)
+nothing but the graph. snncc's importer (:mod:`snncc.exchange.onnx_import`)
 restores the exact IR from metadata: ``metadata_props`` hold the IR format
 version (``snncc.ir_version``) and the IR structure without parameter arrays
 (``snncc.graph``), each neuron Scan's ``doc_string`` holds the NeuronSpec of
@@ -67,9 +67,11 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from snncc.errors import IRError, UnsupportedError
+from snncc.ir import expr as E
 from snncc.ir.graph import Edge, Graph
-from snncc.ir.neuron import NORSE_FORMS, SNNTORCH_FORMS, NeuronSpec
-from snncc.safe_files import replaced_on_success
+from snncc.ir.neuron import FORMS, NeuronSpec
+from snncc.ir.neurons import NeuronGraph, build
+from snncc.ir.safe_files import replaced_on_success
 
 #: version of the metadata layout below; the importer refuses newer ones
 IR_FORMAT_VERSION = 1
@@ -86,29 +88,15 @@ DEFAULT_OPSET = 17
 #: Squeeze/Unsqueeze/Slice take tensors from 13 on; onnxruntime 1.17+ runs up to 21
 MIN_OPSET, MAX_OPSET = 13, 21
 
-#: charge forms the Scan body implements: every form of :data:`snncc.ir.neuron.FORMS`
-#: (listed, not imported, so a form added there is refused until it is written here)
-CHARGE_FORMS = (
-    "sj_if",
-    "sj_lif_decay_input",
-    "sj_lif",
-    "sj_plif_decay_input",
-    "sj_plif",
-    "snncc_li",
-    "snntorch_leaky",
-    "snntorch_synaptic",
-    "snntorch_rleaky",
-    "snntorch_rleaky_v",
-    "norse_lif",
-    "norse_lif_recurrent",
-    "norse_lifbox",
-    "norse_li",
-)
+#: charge forms the Scan body implements: every defined form (its definition is lowered)
+CHARGE_FORMS = tuple(FORMS)
 
 #: every ONNX op type to_onnx emits; the importer refuses any other
 ONNX_OPS = frozenset(
     {
+        "Abs",
         "Add",
+        "And",
         "AveragePool",
         "BatchNormalization",
         "Cast",
@@ -118,6 +106,7 @@ ONNX_OPS = frozenset(
         "ConstantOfShape",
         "Conv",
         "Div",
+        "Equal",
         "Exp",
         "Flatten",
         "Gemm",
@@ -125,19 +114,27 @@ ONNX_OPS = frozenset(
         "Greater",
         "GreaterOrEqual",
         "Identity",
+        "Less",
+        "LessOrEqual",
+        "Log",
         "MatMul",
         "MaxPool",
         "Mul",
         "Neg",
+        "Reciprocal",
+        "Relu",
         "Reshape",
         "Scan",
         "Shape",
+        "Sign",
         "Slice",
         "Sqrt",
         "Squeeze",
         "Sub",
+        "Tanh",
         "Transpose",
         "Unsqueeze",
+        "Where",
     }
 )
 
@@ -345,7 +342,7 @@ class _Exporter:
         self.derived: dict[int, dict[str, str]] = {}
         #: (kind, param name) -> the derived value, shared by the nodes reading that param
         #: (a module returning spikes and membrane is two nodes with the same params)
-        self.shared: dict[tuple[str, str], str] = {}
+        self.shared: dict[Any, str] = {}
 
     # ---------------------------------------------------------------- shapes
     def shape(self, nid: int) -> list | None:
@@ -829,112 +826,47 @@ class _Exporter:
 
     # ---------------------------------------------------------------- neurons and scans
     def spec(self, nid: int) -> NeuronSpec:
-        spec = NeuronSpec.from_dict(self.g.attrs(nid)["neuron"])
-        if spec.charge not in CHARGE_FORMS:
-            raise _unsupported(
-                self.g,
-                nid,
-                f"neuron charge form {spec.charge!r}; supported: {', '.join(CHARGE_FORMS)}",
-            )
-        if spec.fire_from != "updated":
-            raise _unsupported(
-                self.g, nid, f"neuron fire_from={spec.fire_from!r} (supported: 'updated')"
-            )
-        if spec.charge in ("sj_lif_decay_input", "sj_lif", "snncc_li") and spec.tau is None:
-            raise _unsupported(self.g, nid, f"neuron charge form {spec.charge!r} without tau")
-        if spec.charge in NORSE_FORMS:
-            missing = [k for k in ("dt", "v_leak") if k not in spec.extra]
-            if missing:
-                raise _unsupported(
-                    self.g,
-                    nid,
-                    f"neuron charge form {spec.charge!r} needs the constants {missing} in extra",
-                )
-        n_ports = len(spec.input_ports)
-        if len(self.g.in_edges(nid)) < n_ports:
+        return NeuronSpec.from_dict(self.g.attrs(nid)["neuron"])
+
+    def neuron(self, nid: int) -> NeuronGraph:
+        """The node's neuron graph (its form's definition for its spec), errors naming the node."""
+        try:
+            ng = build(self.spec(nid))
+        except UnsupportedError as e:
+            raise _unsupported(self.g, nid, str(e)) from None
+        if len(self.g.in_edges(nid)) < len(ng.ports):
             raise IRError(
-                f"{_node_ref(self.g, nid)}: charge form {spec.charge!r} reads the ports "
-                f"{list(spec.input_ports)}; the node has {len(self.g.in_edges(nid))} input(s)"
+                f"{_node_ref(self.g, nid)}: charge form {ng.form!r} reads the ports "
+                f"{list(ng.ports)}; the node has {len(self.g.in_edges(nid))} input(s)"
             )
-        return spec
+        return ng
 
-    def derive(self, nid: int, spec: NeuronSpec) -> dict[str, str]:
-        """Per-sequence constants in the main graph, computed once before the Scan.
+    def derive(self, nid: int, ng: NeuronGraph) -> dict[str, str]:
+        """The neuron's quantities from its params, in the main graph, once before the Scan.
 
-        Each is a value the reference backend recomputes identically at every
-        step from a node param (so once is the same float32 value):
-
-        - PLIF's ``k = sigmoid(w)``: the reference computes ``w.sigmoid()`` on
-          the scalar w, i.e. ``1 / (1 + expf(-w))`` in float32. ONNX Runtime's
-          Sigmoid (and its float32 Exp) are polynomial approximations that
-          disagree with that in the last bit for most w; exp evaluated in
-          float64 and rounded to float32 is the correctly rounded expf, which
-          agrees with glibc's for all but ~3 w in 10^4 (measured on 40000
-          random w; exact for every ``init_tau`` tried: 1.5, 2, 3, 4, 5, 10).
-        - snnTorch ``beta.clamp(0, 1)`` (and Synaptic's ``alpha``) of a param:
-          ``Clip``, exact.
-        - Norse ``dt * tau_mem_inv`` and ``(-dt) * tau_syn_inv`` of a param: the
-          Python float ``dt`` rounded to float32, then one float32 ``Mul``, as
-          torch's ``python_scalar * tensor`` does.
-
-        Roles without a param take the spec's Python constant inside the body
-        (:meth:`role_value`), rounded to float32 the same way.
+        Each is a value the reference backend computes once per run from a node
+        param (PLIF's ``k = sigmoid(w)``, snnTorch's ``beta.clamp(0, 1)`` (Clip,
+        exact), Norse's ``dt * tau_mem_inv``: the Python float rounded to float32,
+        then one float32 ``Mul``, as torch's ``python_scalar * tensor`` does),
+        lowered from the form's derive graph (:func:`lower_to_onnx`). The same
+        quantity of the same params (a module that returns several values becomes
+        several nodes) is computed once.
         """
         m = self.main
         m.prefix = f"/n{nid}"
-        if spec.charge in ("sj_plif_decay_input", "sj_plif"):
-            w = self.param(nid, "w")
-            if w is None:
-                raise _unsupported(
-                    self.g, nid, f"neuron charge form {spec.charge!r} needs the param 'w'"
-                )
-            if ("k", w) not in self.shared:
-                wd = m.op("Cast", [w], to=TensorProto.DOUBLE)
-                e = m.op("Cast", [m.op("Exp", [m.op("Neg", [wd])])], to=TensorProto.FLOAT)
-                one = m.scalar(1.0)
-                self.shared[("k", w)] = m.op("Div", [one, m.op("Add", [one, e])])
-            return {"k": self.shared[("k", w)]}
+        inputs = {}
+        for role in self.g.node(nid)["params"]:
+            name = self.param(nid, role)
+            if name is not None:
+                inputs[f"p:{role}"] = name
         out: dict[str, str] = {}
-        if spec.charge in SNNTORCH_FORMS:
-            clamped = ("beta", "alpha") if spec.charge == "snntorch_synaptic" else ("beta",)
-            for role in clamped:
-                name = self.param(nid, role)
-                if name is not None:
-                    if ("clamp01", name) not in self.shared:
-                        clip = m.op("Clip", [name, m.scalar(0.0), m.scalar(1.0)])
-                        self.shared[("clamp01", name)] = clip
-                    out[role] = self.shared[("clamp01", name)]
-        elif spec.charge in NORSE_FORMS:
-            dt = float(spec.extra["dt"])
-            for key, role, factor in (("c_m", "tau_mem_inv", dt), ("c_s", "tau_syn_inv", -dt)):
-                name = self.param(nid, role)
-                if name is not None:
-                    shared = (f"{factor!r}*", name)
-                    if shared not in self.shared:
-                        self.shared[shared] = m.op("Mul", [m.scalar(factor), name])
-                    out[key] = self.shared[shared]
+        for q, i in ng.quantities.items():
+            key = (json.dumps(ng.derive.to_json()), q, tuple(sorted(inputs.items())))
+            if key not in self.shared:
+                refs = lower_to_onnx(m, ng.derive, [i], inputs)
+                self.shared[key] = refs[i]
+            out[q] = self.shared[key]
         return out
-
-    def role_value(self, sc: _Scope, nid: int, role: str, fallback: Any, what: str = "") -> str:
-        """A form constant: the derived value or node param with ``role``, else ``fallback``.
-
-        ``fallback`` is the spec's Python constant (cast to float32 like torch's
-        ``python_scalar * tensor``); None means the spec has none, which the
-        reference backend refuses too.
-        """
-        derived = self.derived.get(nid, {})
-        if role in derived:
-            return derived[role]
-        name = self.param(nid, role)
-        if name is not None:
-            return name
-        if fallback is None:
-            raise _unsupported(
-                self.g,
-                nid,
-                f"neuron charge form needs the param {role!r} or the constant {what or role!r}",
-            )
-        return sc.scalar(float(fallback))
 
     def apply_steps(self, sc: _Scope, nid: int, key: str, x: str, ins: list[str]) -> str:
         """A fused prologue/epilogue (reference apply_steps order)."""
@@ -954,203 +886,30 @@ class _Exporter:
     def neuron_step(
         self, sc: _Scope, nid: int, ins: list[str], state: dict[str, str]
     ) -> tuple[str, dict[str, str]]:
-        """One step of snncc.neurons.step in its exact op order: (output, new state by var).
+        """One step of the neuron's form, lowered op for op: (output, new state by var).
 
         ``ins``: the node's inputs in port order (``x``, the form's other ports
         such as ``rec``, then fused prologue/epilogue ports); ``state``: the
         value of each of the form's state variables at t-1.
         """
-        spec = self.spec(nid)
+        ng = self.neuron(nid)
         x = self.apply_steps(sc, nid, "prologue", ins[0], ins)
-        if spec.charge in SNNTORCH_FORMS:
-            out, new = self.snntorch_step(sc, nid, spec, x, ins, state)
-        elif spec.charge in NORSE_FORMS:
-            out, new = self.norse_step(sc, nid, spec, x, ins, state)
-        else:
-            out, new = self.sj_step(sc, nid, spec, x, state["v"])
+        inputs = {f"s:{v}": state[v] for v in ng.states}
+        inputs.update({f"x:{p}": ins[j] for j, p in enumerate(ng.ports)})
+        inputs["x:x"] = x
+        inputs.update({f"q:{q}": name for q, name in self.derived[nid].items()})
+        results = {"out": ng.outputs[ng.out], **{v: ng.next_state[v] for v in ng.states}}
+        roots = [v.i for v in results.values() if isinstance(v, E.Val)]
+        refs = lower_to_onnx(sc, ng.step, roots, inputs)
+
+        def ref(v: Any) -> str:
+            if isinstance(v, E.Val):
+                return refs[v.i]
+            return sc.op("Add", [sc.op("Mul", [x, sc.scalar(0.0)]), sc.scalar(float(v))])
+
+        new = {var: ref(ng.next_state[var]) for var in ng.states}
+        out = ref(ng.outputs[ng.out])
         return self.apply_steps(sc, nid, "epilogue", out, ins), new
-
-    def _fire(self, sc: _Scope, spec: NeuronSpec, u: str) -> str:
-        """``heaviside(u)`` as float32: ``u >= 0`` (or ``u > 0``), as snncc.surrogate.spike(_gt)."""
-        cmp = "GreaterOrEqual" if spec.fire_cmp == ">=" else "Greater"
-        return sc.op("Cast", [sc.op(cmp, [u, sc.scalar(0.0)])], to=TensorProto.FLOAT)
-
-    def sj_step(
-        self, sc: _Scope, nid: int, spec: NeuronSpec, x: str, v: str
-    ) -> tuple[str, dict[str, str]]:
-        """SpikingJelly / snncc forms: charge, fire, reset (snncc.neurons.charge/fire/reset)."""
-        c = sc.scalar
-        vr = 0.0 if spec.v_reset is None else float(spec.v_reset)
-        form = spec.charge
-        if form == "sj_if":
-            h = sc.op("Add", [v, x])
-        elif form == "sj_lif_decay_input":  # v + (x - (v - vr)) / tau
-            h = sc.op(
-                "Add", [v, sc.op("Div", [sc.op("Sub", [x, sc.op("Sub", [v, c(vr)])]), c(spec.tau)])]
-            )
-        elif form == "sj_lif":  # v - (v - vr) / tau + x
-            h = sc.op(
-                "Add", [sc.op("Sub", [v, sc.op("Div", [sc.op("Sub", [v, c(vr)]), c(spec.tau)])]), x]
-            )
-        elif form == "sj_plif_decay_input":  # v + (x - (v - vr)) * k
-            k = self.derived[nid]["k"]
-            h = sc.op("Add", [v, sc.op("Mul", [sc.op("Sub", [x, sc.op("Sub", [v, c(vr)])]), k])])
-        elif form == "sj_plif":  # v - (v - vr) * k + x
-            k = self.derived[nid]["k"]
-            h = sc.op("Add", [sc.op("Sub", [v, sc.op("Mul", [sc.op("Sub", [v, c(vr)]), k])]), x])
-        else:  # snncc_li: v + (x - v) / tau
-            h = sc.op("Add", [v, sc.op("Div", [sc.op("Sub", [x, v]), c(spec.tau)])])
-        if spec.reset == "none" and not spec.spiking:
-            return h, {"v": h}
-        # s = heaviside(h - v_threshold)
-        s = self._fire(sc, spec, sc.op("Sub", [h, c(spec.v_threshold)]))
-        if spec.reset == "none":
-            v_new = h
-        elif spec.reset == "subtract":  # h - s * v_threshold
-            v_new = sc.op("Sub", [h, sc.op("Mul", [s, c(spec.v_threshold)])])
-        else:  # hard: s * v_reset + (1.0 - s) * h
-            v_new = sc.op(
-                "Add",
-                [
-                    sc.op("Mul", [s, c(float(spec.v_reset))]),
-                    sc.op("Mul", [sc.op("Sub", [c(1.0), s]), h]),
-                ],
-            )
-        return (s if spec.spiking else v_new), {"v": v_new}
-
-    def snntorch_step(
-        self,
-        sc: _Scope,
-        nid: int,
-        spec: NeuronSpec,
-        x: str,
-        ins: list[str],
-        state: dict[str, str],
-    ) -> tuple[str, dict[str, str]]:
-        """snnTorch Leaky / Synaptic / RLeaky (snncc.neurons._snntorch_step), op for op.
-
-        The reset ``r`` is read from the PREVIOUS membrane ``m`` (snnTorch's
-        ``mem_reset(mem)`` before the update); with ``reset_delay=False`` the
-        immediate correction ``d = s / g - r`` follows the firing.
-        """
-        c, op = sc.scalar, sc.op
-        form, mech = spec.charge, spec.reset
-        m = state["v"]
-        th = self.role_value(sc, nid, "threshold", spec.v_threshold)
-        g = self.role_value(
-            sc, nid, "graded_spikes_factor", spec.extra.get("graded_spikes_factor", 1.0)
-        )
-        beta = spec.extra.get("beta")
-        b = self.role_value(
-            sc, nid, "beta", None if beta is None else _clamp01(beta), "extra['beta']"
-        )
-        r = op("Cast", [op("Greater", [op("Sub", [m, th]), c(0.0)])], to=TensorProto.FLOAT)
-        new: dict[str, str] = {}
-        if form == "snntorch_leaky":
-            if mech == "subtract":  # ((b * m) + x) - (r * th)
-                m1 = op("Sub", [op("Add", [op("Mul", [b, m]), x]), op("Mul", [r, th])])
-            elif mech == "hard":  # (b * ((1 - r) * m)) + x
-                m1 = op("Add", [op("Mul", [b, op("Mul", [op("Sub", [c(1.0), r]), m])]), x])
-            else:  # (b * m) + x
-                m1 = op("Add", [op("Mul", [b, m]), x])
-        elif form == "snntorch_synaptic":
-            alpha = spec.extra.get("alpha")
-            a = self.role_value(
-                sc, nid, "alpha", None if alpha is None else _clamp01(alpha), "extra['alpha']"
-            )
-            i1 = op("Add", [op("Mul", [a, state["i"]]), x])  # (a * i) + x
-            m1 = op("Add", [op("Mul", [b, m]), i1])  # (b * m) + i1
-            if mech == "subtract":  # m1 - (r * th)
-                m1 = op("Sub", [m1, op("Mul", [r, th])])
-            elif mech == "hard":  # m1 - (m1 * r)
-                m1 = op("Sub", [m1, op("Mul", [m1, r])])
-            new["i"] = i1
-        else:
-            if form == "snntorch_rleaky":
-                rec = ins[1]
-            else:  # snntorch_rleaky_v: s_prev * V
-                v_const = spec.extra.get("V")
-                rec = op("Mul", [state["s"], self.role_value(sc, nid, "V", v_const, "extra['V']")])
-            base = op("Add", [op("Add", [op("Mul", [b, m]), x]), rec])  # ((b * m) + x) + rec
-            if mech == "subtract":  # base - (r * th)
-                m1 = op("Sub", [base, op("Mul", [r, th])])
-            elif mech == "hard":  # base - (r * base)
-                m1 = op("Sub", [base, op("Mul", [r, base])])
-            else:
-                m1 = base
-        s = op("Mul", [self._fire(sc, spec, op("Sub", [m1, th])), g])  # H(m1 - th) * g
-        if not spec.reset_delay and mech != "none":
-            d = op("Sub", [op("Div", [s, g]), r])  # s / g - r
-            if mech == "subtract":  # m1 - (d * th)
-                m1 = op("Sub", [m1, op("Mul", [d, th])])
-            else:  # m1 - (d * m1)
-                m1 = op("Sub", [m1, op("Mul", [d, m1])])
-        new["v"] = m1
-        if form == "snntorch_rleaky_v":
-            new["s"] = s
-        return self._output(spec, s, new), new
-
-    def norse_step(
-        self,
-        sc: _Scope,
-        nid: int,
-        spec: NeuronSpec,
-        x: str,
-        ins: list[str],
-        state: dict[str, str],
-    ) -> tuple[str, dict[str, str]]:
-        """Norse lif / lif_recurrent / lifbox / li steps (snncc.neurons._norse_step), op for op."""
-        c, op = sc.scalar, sc.op
-        form = spec.charge
-        v = state["v"]
-        v_leak = c(float(spec.extra["v_leak"]))
-        c_m = self.role_value(
-            sc, nid, "c_m", spec.extra.get("dt_tau_mem_inv"), "extra['dt_tau_mem_inv']"
-        )
-        new: dict[str, str] = {}
-        if form == "norse_lifbox":  # v + (c_m * ((x + v_leak) - v))
-            v1 = op("Add", [v, op("Mul", [c_m, op("Sub", [op("Add", [x, v_leak]), v])])])
-        else:
-            c_s = self.role_value(
-                sc, nid, "c_s", spec.extra.get("neg_dt_tau_syn_inv"), "extra['neg_dt_tau_syn_inv']"
-            )
-            i1 = op("Add", [state["i"], x])  # i + x
-            if form == "norse_lif_recurrent":
-                i1 = op("Add", [i1, ins[1]])  # (i + x) + rec
-            # v + (c_m * ((v_leak - v) + i1))
-            v1 = op("Add", [v, op("Mul", [c_m, op("Add", [op("Sub", [v_leak, v]), i1])])])
-            new["i"] = op("Add", [i1, op("Mul", [c_s, i1])])  # i1 + (c_s * i1)
-        if form == "norse_li":
-            new["v"] = v1
-            return self._output(spec, None, new), new
-        th = self.role_value(sc, nid, "threshold", spec.v_threshold)
-        if spec.v_reset is None and "v_reset" not in self.g.node(nid)["params"]:
-            # the reference backend reads v_reset before choosing the reset, and refuses too
-            raise _unsupported(
-                self.g,
-                nid,
-                f"neuron charge form {spec.charge!r} needs the param or constant v_reset",
-            )
-        z = self._fire(sc, spec, op("Sub", [v1, th]))
-        kept = op("Mul", [op("Sub", [c(1.0), z]), v1])  # (1 - z) * v1
-        if spec.reset == "subtract":  # kept + (z * (v1 - th))
-            new["v"] = op("Add", [kept, op("Mul", [z, op("Sub", [v1, th])])])
-        elif spec.reset == "hard":  # kept + (z * v_reset)
-            vr = self.role_value(sc, nid, "v_reset", spec.v_reset)
-            new["v"] = op("Add", [kept, op("Mul", [z, vr])])
-        else:
-            new["v"] = v1
-        return self._output(spec, z, new), new
-
-    def _output(self, spec: NeuronSpec, s: str | None, new: dict[str, str]) -> str:
-        """The value the node returns: spikes, ``v`` or ``i`` after the step (neurons._out)."""
-        if spec.output == "membrane":
-            return new["v"]
-        if spec.output == "current":
-            return new["i"]
-        if s is None:
-            raise UnsupportedError(f"neuron charge form {spec.charge!r} does not spike")
-        return s
 
     def initial_state(self, nid: int, var: str, fill: float, outer_x: str | None = None) -> str:
         """The state ``var`` of ``nid`` at t=-1: ``fill`` everywhere, or with state_io the
@@ -1178,9 +937,9 @@ class _Exporter:
         head = order[0]
         body = _Scope(self.names)
         neurons = [n for n in order if g.op(n) == "neuron"]
-        specs = {n: self.spec(n) for n in neurons}
+        graphs = {n: self.neuron(n) for n in neurons}
         for n in neurons:
-            self.derived[n] = self.derive(n, specs[n])
+            self.derived[n] = self.derive(n, graphs[n])
         local: dict[tuple[int, int], str] = {}
         state_in: list[onnx.ValueInfoProto] = []
         state_init: list[str] = []
@@ -1194,11 +953,10 @@ class _Exporter:
             x_edge = self.in_edges(n)[0]
             outer_x = None if x_edge.src in members else self.seq_of(x_edge.src)
             state[n] = {}
-            for var in specs[n].state_vars:
+            for var in graphs[n].states:
                 state[n][var] = self.names.fresh(body.prefix, var)
                 state_in.append(_vinfo(state[n][var], self.step_shape(n)))
-                fill = specs[n].v_init if var == "v" else 0.0
-                state_init.append(self.initial_state(n, var, fill, outer_x))
+                state_init.append(self.initial_state(n, var, graphs[n].inits[var], outer_x))
         delayed = sorted(
             {e.src for n in order for e in self.in_edges(n) if e.delay and e.src in members}
         )
@@ -1252,7 +1010,7 @@ class _Exporter:
             out_infos.append(_vinfo(value, self.step_shape(nid)))
 
         for n in neurons:
-            for var in specs[n].state_vars:
+            for var in graphs[n].states:
                 body_output(new_state[n][var], n)
         for p in delayed:
             body_output(local[(p, 0)], p)
@@ -1280,7 +1038,7 @@ class _Exporter:
             num_scan_inputs=len(scan_in),
         )
         if self.state_io:
-            keys = [(n, var) for n in neurons for var in specs[n].state_vars]
+            keys = [(n, var) for n in neurons for var in graphs[n].states]
             keys += [(p, "delay") for p in delayed]
             for (n, var), name in zip(keys, outs[:n_state]):
                 m.prefix = f"/n{n}"
@@ -1291,9 +1049,90 @@ class _Exporter:
             self.seq[(n, 0)] = name
 
 
-def _clamp01(value: Any) -> float:
-    """snnTorch's ``beta.clamp(0, 1)`` of a Python constant (neurons._clamp01)."""
-    return min(max(float(value), 0.0), 1.0)
+def lower_to_onnx(
+    sc: _Scope, g: E.Graph, roots: list[int], inputs: dict[str, str]
+) -> dict[int, str]:
+    """The expression language lowered to ONNX nodes in ``sc``: node -> ONNX value name.
+
+    One ONNX op per node (a Python constant is a float32 Constant, as torch casts
+    a Python scalar). Two ops are computed through float64 because ONNX
+    Runtime's float32 ``Exp`` (and ``Sigmoid``) are approximations that disagree
+    with torch's in the last bit for most inputs, while ``exp`` in float64
+    rounded to float32 is the correctly rounded value (measured on 40000 PLIF
+    weights: all but ~3 in 10^4 equal torch's ``w.sigmoid()``): ``exp`` and
+    ``sigmoid`` = ``1 / (1 + exp(-x))`` with that exp.
+    """
+    refs: dict[int, str] = {}
+    for i in sorted(g.ancestors(roots)):
+        n = g.nodes[i]
+        if n.op == "input":
+            if n.name not in inputs:
+                raise IRError(f"expression input {n.name!r} has no ONNX value here")
+            refs[i] = inputs[n.name]
+            continue
+        if n.op == "const":
+            refs[i] = sc.scalar(float(n.value))
+            continue
+        refs[i] = _onnx_op(sc, n, [refs[j] for j in n.args])
+    return refs
+
+
+_BINARY = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div"}
+_UNARY = {
+    "neg": "Neg",
+    "recip": "Reciprocal",
+    "log": "Log",
+    "tanh": "Tanh",
+    "abs": "Abs",
+    "sqrt": "Sqrt",
+    "relu": "Relu",
+    "sign": "Sign",
+}
+_COMPARE = {
+    "gt": "Greater",
+    "ge": "GreaterOrEqual",
+    "lt": "Less",
+    "le": "LessOrEqual",
+    "eq": "Equal",
+}
+
+
+def _exp(sc: _Scope, x: str) -> str:
+    """float32 ``exp`` through float64 (see :func:`lower_to_onnx`)."""
+    e = sc.op("Exp", [sc.op("Cast", [x], to=TensorProto.DOUBLE)])
+    return sc.op("Cast", [e], to=TensorProto.FLOAT)
+
+
+def _onnx_op(sc: _Scope, n: E.ENode, a: list[str]) -> str:
+    op = n.op
+    if op in _BINARY:
+        return sc.op(_BINARY[op], a)
+    if op in _UNARY:
+        return sc.op(_UNARY[op], a)
+    if op == "exp":
+        return _exp(sc, a[0])
+    if op == "sigmoid":
+        one = sc.scalar(1.0)
+        return sc.op("Div", [one, sc.op("Add", [one, _exp(sc, sc.op("Neg", a))])])
+    if op == "clamp":
+        lo, hi = n.attr("lo"), n.attr("hi")
+        bounds = [sc.scalar(lo) if lo is not None else "", sc.scalar(hi) if hi is not None else ""]
+        while bounds and bounds[-1] == "":
+            bounds.pop()
+        return sc.op("Clip", [a[0], *bounds])
+    if op in _COMPARE:
+        return sc.op("Cast", [sc.op(_COMPARE[op], a)], to=TensorProto.FLOAT)
+    if op == "and":
+        return sc.op("Mul", a)
+    if op == "where":
+        cond = sc.op("Cast", [a[0]], to=TensorProto.BOOL)
+        return sc.op("Where", [cond, a[1], a[2]])
+    if op == "heaviside":
+        cmp = "GreaterOrEqual" if n.attr("cmp") == ">=" else "Greater"
+        return sc.op("Cast", [sc.op(cmp, [a[0], sc.scalar(0.0)])], to=TensorProto.FLOAT)
+    if op == "detach":
+        return a[0]
+    raise IRError(f"the ONNX lowering has no rule for expression op {op!r}")
 
 
 def _snncc_version() -> str:

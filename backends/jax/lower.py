@@ -1,0 +1,127 @@
+"""The expression language lowered to jax.numpy statements (the generated module's neuron code).
+
+One line per node, in graph order, named by the form definition's labels
+where it has them. Python floats stay Python floats: jax casts a weakly typed
+scalar to the array's dtype before the one operation, as torch casts a
+Python scalar, so every operation rounds as in the source framework. The
+gradient rules that jax's own differentiation would get wrong for torch
+semantics live in the runtime: :func:`~snncc.backends.jax.runtime.clamp` (the
+gradient passes at the bounds, as torch's clamp) and the spike, whose backward
+is the surrogate's expression, emitted as a function of the module
+(:func:`surrogate_function`) from :mod:`snncc.ir.surrogates`.
+"""
+
+from __future__ import annotations
+
+import keyword
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from snncc.errors import IRError
+from snncc.ir import expr as E
+from snncc.ir.expr import Namer
+from snncc.ir.surrogates import surrogate_backward
+
+#: names the generated module uses itself; expression names must not shadow them
+PY_RESERVED = frozenset(
+    {*keyword.kwlist, "jax", "jnp", "lax", "rt", "params", "state", "new_state", "T", "B", "float"}
+)
+
+
+def py_float(value: float) -> str:
+    """An exact Python literal for a float constant (negative ones parenthesised)."""
+    v = float(value)
+    if not math.isfinite(v):
+        raise IRError(f"expression constant {v!r} is not finite")
+    text = repr(v)
+    return f"({text})" if text.startswith("-") else text
+
+
+@dataclass(frozen=True)
+class Emitted:
+    lines: tuple[str, ...]
+    refs: dict[int, str]
+
+
+def _fmt(n: E.ENode, a: list[str], surrogates: Mapping[tuple[str, float], str]) -> str:
+    op = n.op
+    if op in ("add", "sub", "mul", "div"):
+        return f"{a[0]} {'+-*/'[('add', 'sub', 'mul', 'div').index(op)]} {a[1]}"
+    if op == "neg":
+        return f"-{a[0]}"
+    if op == "recip":
+        return f"1.0 / {a[0]}"
+    if op in ("exp", "log", "tanh", "abs", "sqrt", "sign"):
+        return f"jnp.{op}({a[0]})"
+    if op in ("sigmoid", "relu"):
+        return f"jax.nn.{op}({a[0]})"
+    if op == "clamp":
+        lo, hi = n.attr("lo"), n.attr("hi")
+        los = "None" if lo is None else py_float(lo)
+        his = "None" if hi is None else py_float(hi)
+        return f"rt.clamp({a[0]}, {los}, {his})"
+    if op in ("gt", "ge", "lt", "le", "eq"):
+        sym = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "eq": "=="}[op]
+        return f"jnp.asarray({a[0]} {sym} {a[1]}, jnp.float32)"
+    if op == "and":
+        return f"{a[0]} * {a[1]}"
+    if op == "where":
+        return f"jnp.where({a[0]} != 0, {a[1]}, {a[2]})"
+    if op == "heaviside":
+        fn = "rt.spike" if n.attr("cmp") == ">=" else "rt.spike_gt"
+        return f"{fn}({a[0]}, {surrogates[(n.attr('surrogate'), n.attr('alpha'))]})"
+    if op == "detach":
+        return f"lax.stop_gradient({a[0]})"
+    raise IRError(f"the jax lowering has no rule for expression op {op!r}")
+
+
+def emit(
+    g: E.Graph,
+    roots: Iterable[int],
+    inputs: Mapping[str, str],
+    namer: Namer,
+    surrogates: Mapping[tuple[str, float], str],
+    suffix: str = "",
+) -> Emitted:
+    """Python statements computing the nodes ``roots`` need.
+
+    ``inputs``: input name (``"s:v"``) -> the Python expression holding it;
+    ``surrogates``: (surrogate name, alpha) -> the module function computing its
+    gradient (:func:`surrogate_function`); ``suffix`` makes temporaries unique
+    per node of the model (``h_4``).
+    """
+    refs: dict[int, str] = {}
+    lines: list[str] = []
+    for i in sorted(g.ancestors(roots)):
+        n = g.nodes[i]
+        if n.op == "input":
+            if n.name not in inputs:
+                raise IRError(f"expression input {n.name!r} has no value in the generated code")
+            refs[i] = inputs[n.name]
+            continue
+        if n.op == "const":
+            refs[i] = py_float(n.value)
+            continue
+        text = _fmt(n, [refs[j] for j in n.args], surrogates)
+        name = namer.fresh((g.labels.get(i) or f"t{i}") + suffix)
+        lines.append(f"{name} = {text}")
+        refs[i] = name
+    return Emitted(tuple(lines), refs)
+
+
+def surrogates_of(g: E.Graph) -> set[tuple[str, float]]:
+    """The (surrogate, alpha) pairs a graph's spikes use."""
+    return {(n.attr("surrogate"), n.attr("alpha")) for n in g.nodes if n.op == "heaviside"}
+
+
+def surrogate_function(name: str, alpha: float, fn_name: str) -> list[str]:
+    """A module-level ``def fn_name(g, x)``: the surrogate's gradient, from its expression."""
+    g = E.Graph()
+    grad, x = g.input("g", "g"), g.input("x", "x")
+    result = surrogate_backward(name, grad, x, alpha)
+    head = f"def {fn_name}(g, x):  # surrogate {name}, alpha = {float(alpha)!r}"
+    if not isinstance(result, E.Val):
+        return [head, f"    return jnp.full_like(g, {py_float(float(result))})"]
+    out = emit(g, [result.i], {"g:g": "g", "x:x": "x"}, Namer({"g", "x", *PY_RESERVED}), {})
+    return [head, *(f"    {line}" for line in out.lines), f"    return {out.refs[result.i]}"]

@@ -1,0 +1,137 @@
+"""Each framework's surrogate objects, named as :mod:`snncc.ir.surrogates` names them.
+
+A frontend meets a SpikingJelly surrogate module, an snnTorch ``spike_grad``
+closure or Norse's ``method`` string; these functions turn each into snncc's
+``(name, alpha)``, or refuse it by name when its gradient cannot be reproduced
+(a subclass, a custom function, a stochastic surrogate).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from snncc.errors import UnsupportedError
+from snncc.ir.surrogates import DEFAULT_ALPHA as SURROGATE_DEFAULTS
+
+#: SpikingJelly 2.0 surrogate class name (in spikingjelly.activation_based.surrogate)
+#: -> snncc surrogate name.
+SPIKINGJELLY_SURROGATES: dict[str, str] = {
+    "Sigmoid": "sigmoid",
+    "ATan": "atan",
+    "PiecewiseQuadratic": "piecewise_quadratic",
+    "PiecewiseExp": "piecewise_exp",
+    "SoftSign": "soft_sign",
+    "SuperSpike": "sj_superspike",
+    "Erf": "erf",
+    "Rect": "rect",
+}
+
+
+def from_spikingjelly(obj: Any) -> tuple[str, float]:
+    """Convert a SpikingJelly surrogate module instance to snncc's ``(name, alpha)``.
+
+    Only the exact built-in classes are accepted: a subclass may override the
+    forward or backward, and SpikingJelly itself then runs it through a
+    different code path, so converting it by its parent's name would silently
+    change the gradient.
+    """
+    cls = type(obj)
+    qualname = f"{cls.__module__}.{cls.__qualname__}"
+    supported = ", ".join(f"surrogate.{k}" for k in SPIKINGJELLY_SURROGATES)
+    if (
+        cls.__module__ != "spikingjelly.activation_based.surrogate"
+        or cls.__name__ not in SPIKINGJELLY_SURROGATES
+    ):
+        raise UnsupportedError(
+            f"SpikingJelly surrogate {qualname} is not supported; supported: {supported}"
+        )
+    if not getattr(obj, "spiking", True):
+        raise UnsupportedError(
+            f"SpikingJelly surrogate {qualname} has spiking=False (a smooth forward, "
+            "not a spike); snncc supports only spiking surrogates"
+        )
+    alpha = getattr(obj, "alpha", None)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise UnsupportedError(
+            f"SpikingJelly surrogate {qualname} has alpha={alpha!r}; snncc needs a Python "
+            "int or float alpha (a tensor alpha is not supported)"
+        )
+    return SPIKINGJELLY_SURROGATES[cls.__name__], float(alpha)
+
+
+#: snnTorch 1.0 surrogate factory (``snntorch.surrogate.<name>(...)`` returns a closure
+#: ``inner``) -> (snncc name, the closure variable holding its sharpness, or None)
+SNNTORCH_SURROGATES: dict[str, tuple[str, str | None]] = {
+    "atan": ("atan", "alpha"),
+    "fast_sigmoid": ("fast_sigmoid", "slope"),
+    "sigmoid": ("snntorch_sigmoid", "slope"),
+    "straight_through_estimator": ("straight_through", None),
+    "heaviside": ("snntorch_heaviside", None),
+    "triangular": ("snntorch_triangular", "threshold"),
+}
+
+#: Norse 1.1 ``threshold(x, method, alpha)`` method -> snncc surrogate name
+NORSE_SURROGATES: dict[str, str] = {
+    "super": "superspike",
+    "triangle": "triangle",
+    "tanh": "norse_tanh",
+    "heaviside": "no_grad",
+}
+
+
+def _scalar(value: Any, what: str) -> float:
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UnsupportedError(f"{what}={value!r}; snncc needs a number")
+    return float(value)
+
+
+def from_snntorch(spike_grad: Any) -> tuple[str, float]:
+    """Convert an snnTorch neuron's ``spike_grad`` to snncc's ``(name, alpha)``.
+
+    Accepted: the closures returned by ``snntorch.surrogate.atan(alpha)``,
+    ``fast_sigmoid(slope)``, ``sigmoid(slope)``, ``straight_through_estimator()``,
+    ``heaviside()``, ``triangular(threshold)``, and the neuron's own
+    ``_surrogate_bypass`` (``surrogate_disable=True``: no gradient). Anything
+    else (stochastic or two-parameter surrogates, custom functions) is
+    refused: its gradient cannot be reproduced by name.
+    """
+    import inspect
+
+    supported = ", ".join(f"surrogate.{k}" for k in SNNTORCH_SURROGATES)
+    if getattr(spike_grad, "__name__", "") == "_surrogate_bypass" and (
+        getattr(spike_grad, "__module__", "") or ""
+    ).startswith("snntorch"):
+        return "no_grad", SURROGATE_DEFAULTS["no_grad"]
+    module = getattr(spike_grad, "__module__", None)
+    qualname = getattr(spike_grad, "__qualname__", "") or ""
+    factory = qualname.split(".<locals>.")[0]
+    if (
+        module != "snntorch.surrogate"
+        or not qualname.endswith(".<locals>.inner")
+        or factory not in SNNTORCH_SURROGATES
+    ):
+        raise UnsupportedError(
+            f"snnTorch spike_grad {module}.{qualname or type(spike_grad).__name__} is not "
+            f"supported; supported: {supported} (or surrogate_disable=True)"
+        )
+    name, var = SNNTORCH_SURROGATES[factory]
+    if var is None:
+        return name, SURROGATE_DEFAULTS[name]
+    nonlocals = inspect.getclosurevars(spike_grad).nonlocals
+    if var not in nonlocals:
+        raise UnsupportedError(f"snnTorch surrogate.{factory}: cannot read its {var!r}")
+    return name, _scalar(nonlocals[var], f"snnTorch surrogate.{factory} {var}")
+
+
+def from_norse(method: str, alpha: Any) -> tuple[str, float]:
+    """Convert Norse's ``p.method`` / ``p.alpha`` to snncc's ``(name, alpha)``."""
+    if method not in NORSE_SURROGATES:
+        raise UnsupportedError(
+            f"Norse threshold method {method!r} is not supported; supported: "
+            f"{', '.join(repr(m) for m in NORSE_SURROGATES)}"
+        )
+    return NORSE_SURROGATES[method], _scalar(alpha, f"Norse alpha for method {method!r}")

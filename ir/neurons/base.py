@@ -1,0 +1,403 @@
+"""How a neuron model is defined: a builder, the built graph, and the registry of forms.
+
+A *form* is one neuron model's exact arithmetic (``sj_lif_decay_input``,
+``snntorch_synaptic``, ...), defined once by a function that writes the
+model's step with :mod:`snncc.ir.expr` values, in the source framework's
+operation order, reading its constants from a :class:`~snncc.ir.neuron.NeuronSpec`::
+
+    @form("sj_lif", state=("v",), summary="h = v - (v - vr) / tau + x",
+          source="SpikingJelly 2.0 LIFNode(decay_input=False)")
+    def lif(n: NeuronBuilder) -> None:
+        v, x = n.state("v"), n.port("x")
+        h = n.name("h", v - (v - n.vr) / n.tau + x)
+        sj_fire_reset(n, h)
+
+:func:`build` runs that function for one spec and returns a
+:class:`NeuronGraph`: two expression graphs and what connects them.
+
+- ``derive``: the per-sequence quantities from the node's params (snnTorch's
+  ``beta.clamp(0, 1)``, PLIF's ``sigmoid(w)``, Norse's ``dt * tau_mem_inv``),
+  computed once per run; its inputs are ``p:<role>``. A quantity whose
+  inputs are all constants folds to a Python number and never becomes one.
+- ``step``: one time step; inputs ``s:<var>`` (each state variable before the
+  step), ``x:<port>`` (the form's input ports) and ``q:<name>`` (the derived
+  quantities); results: each state variable after the step and each output
+  (``spike``, ``membrane``, ``current``).
+
+Every target lowers these two graphs; nothing else describes the maths.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from snncc.errors import IRError, UnsupportedError
+from snncc.ir import expr as E
+from snncc.ir.expr import Graph, Operand, Val
+
+
+@dataclass(frozen=True)
+class FormDef:
+    """What the registry knows of a form without a spec (its interface and its docs).
+
+    ``state``: state variables (``v`` starts at ``spec.v_init``, the rest at
+    ``inits`` or 0). ``ports``: input ports (port 0 is the input current ``x``;
+    fused prologue/epilogue ``add`` ports come after these). ``roles``: the node
+    param roles it may read; ``constants``: role -> the spec constant it falls
+    back to. ``extra``: the ``spec.extra`` keys the form understands. ``step``:
+    the definition function's docstring (the equations).
+    """
+
+    summary: str
+    state: tuple[str, ...]
+    ports: tuple[str, ...]
+    roles: tuple[str, ...]
+    constants: dict[str, str]
+    step: str
+    source: str
+    framework: str = ""
+    extra: tuple[str, ...] = ()
+    inits: dict[str, float] = field(default_factory=dict)
+    #: whether a spiking layer's time loop may be split into chunks run in parallel, exactly
+    #: (backends/cuda/chunked.py): "hard" (a hard reset sets the one membrane to v_reset
+    #: whatever came before), "hard_or_leak" (also a soft reset: the charge forgets a wrong
+    #: start geometrically), "" (never: e.g. a reset from the previous membrane, or a second
+    #: state variable a reset does not clear)
+    time_parallel: str = ""
+
+
+Definition = Callable[["NeuronBuilder"], None]
+
+
+@dataclass(frozen=True)
+class Form:
+    name: str
+    info: FormDef
+    define: Definition
+
+
+#: form name -> its definition (filled by the modules of this package on import)
+REGISTRY: dict[str, Form] = {}
+
+
+def form(
+    name: str,
+    *,
+    state: tuple[str, ...] = ("v",),
+    ports: tuple[str, ...] = ("x",),
+    roles: tuple[str, ...] = (),
+    constants: Mapping[str, str] | None = None,
+    extra: tuple[str, ...] = (),
+    inits: Mapping[str, float] | None = None,
+    summary: str,
+    source: str,
+    framework: str,
+    time_parallel: str = "",
+) -> Callable[[Definition], Definition]:
+    """Register ``fn(builder)`` as the definition of form ``name``."""
+
+    def deco(fn: Definition) -> Definition:
+        if name in REGISTRY:
+            raise IRError(f"neuron form {name!r} is defined twice")
+        for n in (*state, *ports, *roles):
+            E.check_name(n)
+        if ports[:1] != ("x",):
+            raise IRError(f"neuron form {name!r}: port 0 must be 'x'")
+        clash = (set(state) & set(ports)) | (set(state) & {"out", "cut"})
+        if clash or len(set(state)) != len(state):
+            raise IRError(f"neuron form {name!r}: state names {sorted(clash) or state} clash")
+        if time_parallel not in ("", "hard", "hard_or_leak"):
+            raise IRError(f"neuron form {name!r}: time_parallel={time_parallel!r}")
+        info = FormDef(
+            summary=summary,
+            state=tuple(state),
+            ports=tuple(ports),
+            roles=tuple(roles),
+            constants=dict(constants or {}),
+            step=_doc(fn),
+            source=source,
+            framework=framework,
+            extra=tuple(extra),
+            inits=dict(inits or {}),
+            time_parallel=time_parallel,
+        )
+        REGISTRY[name] = Form(name, info, fn)
+        return fn
+
+    return deco
+
+
+def _doc(fn: Callable) -> str:
+    import inspect
+
+    return inspect.cleandoc(fn.__doc__ or "")
+
+
+# ----------------------------------------------------------------- building
+class NeuronBuilder:
+    """What a definition function writes into: states, ports, params, quantities, results."""
+
+    def __init__(self, spec: Any, f: Form) -> None:
+        self.spec = spec
+        self.form = f
+        self.derive = Graph()
+        self.step = Graph()
+        self._quantities: dict[str, int] = {}  # name -> derive node
+        self._q_roles: dict[str, tuple[str, ...]] = {}
+        self._states: dict[str, Val] = {}
+        self.next_state: dict[str, Operand] = {}
+        self.outputs: dict[str, Operand] = {}
+        self._used_extra: set[str] = set()
+
+    # ------------------------------------------------------------- inputs
+    def state(self, var: str) -> Val:
+        """State variable ``var`` before the step."""
+        if var not in self.form.info.state:
+            raise IRError(f"form {self.form.name!r} reads undeclared state {var!r}")
+        if var not in self._states:
+            self._states[var] = self.step.input("s", var)
+        return self._states[var]
+
+    def port(self, name: str) -> Val:
+        """Input port ``name`` at this step (``x``, or ``rec`` for recurrent forms)."""
+        if name not in self.form.info.ports:
+            raise IRError(f"form {self.form.name!r} reads undeclared port {name!r}")
+        return self.step.input("x", name)
+
+    def param(self, role: str, fallback: Operand | None) -> Operand:
+        """The node param ``role`` (in the derive graph) when the spec lists it, else ``fallback``.
+
+        A param is a tensor (learnable, a buffer, or one value per neuron); the
+        fallback is the spec's constant (a Python number: folded exactly as the
+        framework's Python code computes it).
+        """
+        if role not in self.form.info.roles:
+            raise IRError(f"form {self.form.name!r} reads undeclared param role {role!r}")
+        if role in self.spec.roles:
+            return self.derive.input("p", role)
+        if fallback is None:
+            const = self.form.info.constants.get(role, role)
+            raise UnsupportedError(
+                f"neuron charge form {self.form.name!r} needs the param {role!r} or its "
+                f"constant ({const})"
+            )
+        return _finite(
+            fallback, f"neuron charge form {self.form.name!r}: the constant for {role!r}"
+        )
+
+    def quantity(self, name: str, value: Operand) -> Operand:
+        """A per-sequence quantity: a Python number stays one; a derive value becomes ``q:name``."""
+        if not isinstance(value, Val):
+            return _finite(value, f"neuron charge form {self.form.name!r}: quantity {name!r}")
+        if value.g is not self.derive:
+            raise IRError(f"quantity {name!r} must be computed from params (the derive graph)")
+        if name in self._quantities and self._quantities[name] != value.i:
+            raise IRError(f"quantity {name!r} defined twice")
+        self._quantities[name] = value.i
+        roles = [n.name.split(":", 1)[1] for n in _inputs(self.derive, value.i)]
+        self._q_roles[name] = tuple(roles)
+        return self.step.input("q", name)
+
+    def extra(self, key: str, default: float | None = None) -> float | None:
+        """``spec.extra[key]`` as a finite float (the form must declare the key)."""
+        if key not in self.form.info.extra:
+            raise IRError(f"form {self.form.name!r} reads undeclared extra constant {key!r}")
+        self._used_extra.add(key)
+        if key not in self.spec.extra:
+            return default
+        value = self.spec.extra[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UnsupportedError(
+                f"neuron {self.form.name!r} constant extra[{key!r}]={value!r} is not a number"
+            )
+        return _finite(float(value), f"neuron {self.form.name!r} constant extra[{key!r}]")
+
+    def require(self, field_name: str) -> float:
+        """A spec field that must be set (e.g. ``tau``), as a finite float."""
+        value = getattr(self.spec, field_name)
+        if value is None:
+            raise UnsupportedError(
+                f"neuron charge form {self.form.name!r} needs {field_name} (got None)"
+            )
+        return _finite(float(value), f"neuron charge form {self.form.name!r}: {field_name}")
+
+    # ------------------------------------------------------------ helpers
+    def name(self, label: str, v: Operand) -> Operand:
+        """Name an intermediate for the generated code (readability only)."""
+        if isinstance(v, Val):
+            v.g.label(v, label)
+        return v
+
+    def spike(self, u: Val) -> Val:
+        """The spec's spike function of ``u`` (its comparison and its surrogate)."""
+        return E.heaviside(u, self.spec.fire_cmp, self.spec.surrogate, self.spec.alpha)
+
+    # ------------------------------------------------------------ results
+    def set_state(self, var: str, value: Operand) -> None:
+        if var not in self.form.info.state:
+            raise IRError(f"form {self.form.name!r} sets undeclared state {var!r}")
+        self.next_state[var] = value
+
+    def output(self, kind: str, value: Operand) -> None:
+        if kind not in ("spike", "membrane", "current"):
+            raise IRError(f"neuron output kind {kind!r}")
+        self.outputs[kind] = value
+
+
+def _inputs(g: Graph, root: int) -> list[Any]:
+    return [g.nodes[i] for i in sorted(g.ancestors([root])) if g.nodes[i].op == "input"]
+
+
+def _finite(value: Any, what: str) -> Any:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if not math.isfinite(value):
+            raise UnsupportedError(f"{what} is {value!r}; neuron constants must be finite")
+    return value
+
+
+@dataclass(frozen=True)
+class NeuronGraph:
+    """One neuron node's maths, built from its spec: what every backend lowers."""
+
+    form: str
+    info: FormDef
+    #: per-sequence quantities from params (inputs ``p:<role>``)
+    derive: Graph
+    #: quantity name -> its node in ``derive``, in definition order
+    quantities: dict[str, int]
+    #: quantity name -> the param roles it is computed from
+    quantity_roles: dict[str, tuple[str, ...]]
+    #: one time step (inputs ``s:<var>``, ``x:<port>``, ``q:<name>``)
+    step: Graph
+    #: state variables, in the form's order, and their values at t = -1
+    states: tuple[str, ...]
+    inits: dict[str, float]
+    ports: tuple[str, ...]
+    #: state variable -> its value after the step (a node of ``step``, or a constant)
+    next_state: dict[str, Any]
+    #: output kind -> value; ``out`` is the kind this node returns
+    outputs: dict[str, Any]
+    out: str
+
+    def result_nodes(self) -> dict[str, int]:
+        """Every step result that is a node: ``out`` and ``state:<var>``, by name."""
+        res = {}
+        o = self.outputs[self.out]
+        if isinstance(o, Val):
+            res["out"] = o.i
+        for var in self.states:
+            v = self.next_state[var]
+            if isinstance(v, Val):
+                res[f"state_{var}"] = v.i
+        return res
+
+    @property
+    def binary_output(self) -> bool:
+        """The output is a spike straight from a comparison: exactly 0 or 1."""
+        o = self.outputs[self.out]
+        return isinstance(o, Val) and self.step.nodes[o.i].op in ("heaviside", *E.COMPARISONS)
+
+    @property
+    def fires(self) -> bool:
+        """The step has a spike function (a surrogate to render)."""
+        return any(n.op == "heaviside" for n in self.step.nodes)
+
+
+def _check_common(spec: Any, f: Form) -> None:
+    if spec.fire_from != "updated":
+        raise UnsupportedError(
+            f"neuron fire_from={spec.fire_from!r} is not supported for charge form "
+            f"{f.name!r}; only 'updated'"
+        )
+    bad = [r for r in spec.learnable if r not in f.info.roles]
+    if bad:
+        raise UnsupportedError(
+            f"learnable neuron params {bad} mean nothing to charge form {f.name!r} (its roles: "
+            f"{', '.join(f.info.roles) or 'none'}; nothing to learn or differentiate)"
+        )
+    unknown = sorted(set(spec.extra) - set(f.info.extra))
+    if unknown:
+        raise UnsupportedError(
+            f"neuron extra constants {unknown} mean nothing to the {f.name!r} form "
+            f"(known: {', '.join(f.info.extra) or 'none'}); refusing rather than ignoring them"
+        )
+    stray = [r for r in spec.roles if r not in f.info.roles]
+    if stray:
+        raise UnsupportedError(
+            f"neuron params {stray} mean nothing to charge form {f.name!r} "
+            f"(its roles: {', '.join(f.info.roles) or 'none'})"
+        )
+
+
+def check_spec(spec: Any) -> Form:
+    """The form of ``spec`` after the checks that need no build (form, fire_from, extra, roles)."""
+    f = get_form(spec.charge)
+    _check_common(spec, f)
+    _finite(spec.v_init, f"neuron charge form {f.name!r}: v_init")
+    return f
+
+
+def build(spec: Any) -> NeuronGraph:
+    """The :class:`NeuronGraph` of ``spec`` (cached by the spec's contents)."""
+    return _build(json.dumps(spec.to_dict(), sort_keys=True))
+
+
+@lru_cache(maxsize=512)
+def _build(key: str) -> NeuronGraph:
+    from snncc.ir import surrogates
+    from snncc.ir.neuron import NeuronSpec
+
+    spec = NeuronSpec.from_dict(json.loads(key))
+    f = check_spec(spec)
+    b = NeuronBuilder(spec, f)
+    f.define(b)
+    missing = [v for v in f.info.state if v not in b.next_state]
+    if missing:
+        raise IRError(f"form {f.name!r} does not set the state {missing}")
+    if spec.output not in b.outputs:
+        raise UnsupportedError(
+            f"neuron output {spec.output!r} is not available for charge form {f.name!r} "
+            f"(it has: {', '.join(b.outputs)})"
+        )
+    roles = f.info.roles
+
+    def first_role(q: str) -> int:
+        return min((roles.index(r) for r in b._q_roles[q] if r in roles), default=len(roles))
+
+    order = sorted(b._quantities, key=first_role)  # kernel arguments in the roles' order
+    g = NeuronGraph(
+        form=f.name,
+        info=f.info,
+        derive=b.derive,
+        quantities={q: b._quantities[q] for q in order},
+        quantity_roles={q: b._q_roles[q] for q in order},
+        step=b.step,
+        states=f.info.state,
+        inits={
+            v: (float(spec.v_init) if v == "v" else f.info.inits.get(v, 0.0)) for v in f.info.state
+        },
+        ports=f.info.ports,
+        next_state=dict(b.next_state),
+        outputs=dict(b.outputs),
+        out=spec.output,
+    )
+    if g.fires:
+        surrogates.check_alpha(spec.surrogate, float(spec.alpha))
+    return g
+
+
+def get_form(name: str) -> Form:
+    from snncc.ir import neurons  # noqa: F401 - the modules register their forms on import
+
+    f = REGISTRY.get(name)
+    if f is None:
+        raise UnsupportedError(
+            f"neuron charge form {name!r} is not defined (no fused kernel, no torch lowering); "
+            f"defined forms: {', '.join(REGISTRY)}"
+        )
+    return f
