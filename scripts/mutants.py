@@ -196,16 +196,16 @@ MUTANTS: tuple[Mutant, ...] = (
         "the derivative wrt a divisor (snnTorch's s / graded factor) loses its sign",
     ),
     Mutant(
-        "autodiff-clamp-open-bound",
+        "autodiff-mul",
         "autodiff (kernel backward)",
         "ir/expr.py",
-        "                le = dst.val(a[0]) <= hi if closed else dst.val(a[0]) < hi",
-        "                le = dst.val(a[0]) <= hi",
+        "            acc(n.args[0], gy * a[1])\n            acc(n.args[1], gy * a[0])",
+        "            acc(n.args[0], gy * a[1])\n            acc(n.args[1], gy * a[1])",
         k(
             "tests/test_cpu_snntorch_norse.py",
             "kernel_matches_torch_neuron_maths and snntorch_leaky",
         ),
-        "the clamp's gradient passes at the upper bound whatever torch does",
+        "the derivative of a product wrt its second factor (beta * m wrt beta) is wrong",
     ),
     Mutant(
         "surrogate-atan",

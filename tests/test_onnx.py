@@ -214,6 +214,12 @@ HIDDEN = {
         -math.log(3.0 - 1.0),
     ),
     "plif_trained_w": (spec(model="plif", charge="sj_plif_decay_input", learnable=("w",)), 0.3),
+    # k = sigmoid(0.05): ONNX Runtime's fp32 Exp(-0.05) is 1 ulp off torch's (the export's
+    # exp through float64 is not), so the membranes tell the two apart
+    "plif_w_fp32_exp_differs": (
+        spec(model="plif", charge="sj_plif_decay_input", learnable=("w",)),
+        0.05,
+    ),
     "lif_membrane_out": (
         spec(model="lif", charge="sj_lif_decay_input", tau=2.0, output="membrane"),
         None,
