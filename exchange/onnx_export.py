@@ -9,10 +9,9 @@ the layer-first schedule of temporal fusion written in standard ONNX:
   ops), reshaped back to ``[T, B, ...]`` only where a Scan or an output needs
   the time axis;
 - every neuron node is one ``Scan`` over axis 0 whose body is the neuron's
-  per-step update in :mod:`snncc.neurons`' exact operation order, for every
-  charge form of :data:`snncc.ir.neuron.FORMS` (SpikingJelly/snncc, snnTorch
-  Leaky/Synaptic/RLeaky with ``reset_delay`` and the reset read from the
-  previous membrane, Norse LIF/LIFRecurrent/LIFBox/LI), so an ONNX runtime
+  per-step update lowered from its form's definition (:mod:`snncc.ir.neurons`,
+  one ONNX op per expression node, in the source framework's operation order:
+  :func:`lower_to_onnx`) for every form, traced user neurons included, so an ONNX runtime
   computes the same float32 spikes, membranes and currents as the reference
   backend (see :meth:`_Exporter.neuron_step`). Every state variable of the
   form (``v``, and ``i`` or ``s``) is Scan state. Constants derived from a
@@ -1062,19 +1061,14 @@ def lower_to_onnx(
     weights: all but ~3 in 10^4 equal torch's ``w.sigmoid()``): ``exp`` and
     ``sigmoid`` = ``1 / (1 + exp(-x))`` with that exp.
     """
-    refs: dict[int, str] = {}
-    for i in sorted(g.ancestors(roots)):
-        n = g.nodes[i]
-        if n.op == "input":
-            if n.name not in inputs:
-                raise IRError(f"expression input {n.name!r} has no ONNX value here")
-            refs[i] = inputs[n.name]
-            continue
-        if n.op == "const":
-            refs[i] = sc.scalar(float(n.value))
-            continue
-        refs[i] = _onnx_op(sc, n, [refs[j] for j in n.args])
-    return refs
+    return E.lower_nodes(
+        g,
+        roots,
+        inputs,
+        sc.scalar,
+        lambda i, n, args: _onnx_op(sc, n, args),
+        target="the ONNX export",
+    )
 
 
 _BINARY = {"add": "Add", "sub": "Sub", "mul": "Mul", "div": "Div"}

@@ -70,6 +70,8 @@ class FunctionEntry:
 
 
 MODULES: dict[type, ModuleEntry] = {}
+#: entries for modules no exact class matches, tried in order: (predicate, entry)
+FALLBACKS: list[tuple[Callable[[nn.Module], bool], ModuleEntry]] = []
 #: chain containers (their children are converted): class -> public name
 CONTAINERS: dict[type, str] = {}
 FUNCTIONS: dict[Any, FunctionEntry] = {}
@@ -95,6 +97,33 @@ def register_module(
         return fn
 
     return deco
+
+
+def register_fallback(
+    predicate: Callable[[nn.Module], bool],
+    name: str,
+    *,
+    check: Callable[[nn.Module, str], str | None] | None = None,
+) -> Callable[[ModuleConverter], ModuleConverter]:
+    """Register a converter for modules no exact class matches but ``predicate`` accepts
+    (a user's own neuron, traced from its step code)."""
+
+    def deco(fn: ModuleConverter) -> ModuleConverter:
+        FALLBACKS.append((predicate, ModuleEntry(name, fn, False, check)))
+        return fn
+
+    return deco
+
+
+def module_entry(module: nn.Module) -> ModuleEntry | None:
+    """The converter entry of ``module``: its exact class's, else the first fallback's."""
+    entry = MODULES.get(type(module))
+    if entry is not None:
+        return entry
+    for predicate, fallback in FALLBACKS:
+        if predicate(module):
+            return fallback
+    return None
 
 
 def register_container(cls: type, name: str) -> None:
@@ -189,6 +218,9 @@ class Framework:
     loops: bool = False
     #: how a stateful module's state is passed by hand in a time loop, or None
     state_args: Callable[[nn.Module], StateArgs | None] = lambda m: None
+    #: how the shape-recording run calls a module whose folded loop dropped its state
+    #: argument (a module that cannot run without one), or None: called as traced
+    call_without_state: Callable[..., Any] | None = None
 
 
 FRAMEWORKS: list[Framework] = []
@@ -212,6 +244,7 @@ _CONVERTER_MODULES = {
     "snncc.frontend.spikingjelly": "spikingjelly",
     "snncc.frontend.snntorch": "snntorch",
     "snncc.frontend.norse": "norse",
+    "snncc.frontend.user_neurons": None,
 }
 
 
@@ -730,7 +763,7 @@ class Converter:
         """Convert one module call (a chain container converts its children in order)."""
         fw = framework_of(module)
         chain = fw.chain(module) if fw is not None else None
-        entry = MODULES.get(type(module))
+        entry = module_entry(module)
         if chain is not None and entry is None:
             return self._convert_chain(call, chain, chain_shapes or {})
         if entry is None:
@@ -945,6 +978,13 @@ class _ShapeRecorder(fx.Interpreter):
         # the model runs, snncc's own one-line messages included: they name the place already
         self.extra_traceback = False
 
+    def call_module(self, target: Any, args: tuple, kwargs: dict) -> Any:
+        module = self.fetch_attr(target)
+        fw = framework_of(module)
+        if fw is not None and fw.call_without_state is not None:
+            return fw.call_without_state(module, *args, **kwargs)
+        return super().call_module(target, args, kwargs)
+
     def run_node(self, n: fx.Node) -> Any:
         try:
             result = super().run_node(n)
@@ -972,7 +1012,7 @@ class _ShapeRecorder(fx.Interpreter):
             module = self.module.get_submodule(n.target)
             fw = framework_of(module)
             chain = fw.chain(module) if fw is not None else None
-            if chain is not None and MODULES.get(type(module)) is None:
+            if chain is not None and module_entry(module) is None:
                 x = self.env[n.args[0]] if n.args and isinstance(n.args[0], fx.Node) else None
                 if isinstance(x, torch.Tensor):
                     n.meta["snncc_chain"] = _chain_shapes(chain, x, self.model_view)
@@ -1209,7 +1249,7 @@ def _precheck_module(node: fx.Node, module: nn.Module, path: str, view: str, gm)
     src = node.meta.get("snncc_src", "")
     where_src = f" [{src}]" if src else ""
     what = f"module '{path}' ({type_name(module)}){where_src}"
-    entry = MODULES.get(type(module))
+    entry = module_entry(module)
     fw = framework_of(module)
     chain = fw.chain(module) if fw is not None else None
     if entry is None and chain is not None:

@@ -453,6 +453,39 @@ def heaviside(u: Val, cmp: str, surrogate: str, alpha: float) -> Val:
     return u.g.op("heaviside", u, cmp=cmp, surrogate=surrogate, alpha=float(alpha))
 
 
+# ------------------------------------------------------------------- lowering
+def lower_nodes(
+    g: Graph,
+    roots: Iterable[int],
+    inputs: Mapping[str, Any],
+    const: Callable[[float], Any],
+    apply: Callable[[int, ENode, list[Any]], Any],
+    known: Mapping[int, Any] | None = None,
+    target: str = "this target",
+) -> dict[int, Any]:
+    """Walk the nodes ``roots`` need, in graph order: every target's lowering driver.
+
+    ``inputs`` maps input names (``"s:v"``) to the target's values; ``const`` makes
+    a target value of a Python float; ``apply(i, node, args)`` lowers one operation
+    given its operands' target values. ``known``: nodes already lowered (not
+    revisited, nor are their ancestors). Returns node -> target value.
+    """
+    refs: dict[int, Any] = dict(known or {})
+    for i in sorted(_ancestors_until(g, roots, set(refs))):
+        if i in refs:
+            continue
+        n = g.nodes[i]
+        if n.op == "input":
+            if n.name not in inputs:
+                raise IRError(f"expression input {n.name!r} has no value in {target}")
+            refs[i] = inputs[n.name]
+        elif n.op == "const":
+            refs[i] = const(float(n.value))
+        else:
+            refs[i] = apply(i, n, [refs[j] for j in n.args])
+    return refs
+
+
 # ------------------------------------------------------------------- rebuild
 def rebuild(
     src: Graph,

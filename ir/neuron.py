@@ -155,6 +155,9 @@ class NeuronSpec:
     extra: dict[str, Any] = field(default_factory=dict)
     reset_delay: bool = False
     param_roles: tuple[str, ...] = ()
+    #: the step of a neuron traced from its own code (charge ``"traced"``): its states,
+    #: parameters and expression graph (:mod:`snncc.ir.neurons.traced`); None otherwise
+    program: dict[str, Any] | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -171,6 +174,14 @@ class NeuronSpec:
             raise IRError(f"neuron output {self.output!r} is not one of {OUTPUTS}")
         if self.reset == "hard" and self.v_reset is None:
             raise IRError("a hard reset needs v_reset")
+        if (self.charge == "traced") != (self.program is not None):
+            raise IRError(
+                "a traced neuron (charge 'traced') needs its program, and only it has one"
+            )
+        if self.program is not None and not isinstance(self.program, dict):
+            raise IRError(
+                f"neuron program must be a JSON object, got {type(self.program).__name__}"
+            )
         form = FORMS.get(self.charge)
         if self.reset_delay and self.charge not in SNNTORCH_FORMS:
             raise IRError(
@@ -243,6 +254,8 @@ class NeuronSpec:
         d = asdict(self)
         d["learnable"] = list(self.learnable)
         d["param_roles"] = list(self.param_roles)
+        if d["program"] is None:
+            del d["program"]  # only traced neurons carry one
         return d
 
     @classmethod
@@ -258,6 +271,9 @@ class NeuronSpec:
 
     def summary(self) -> str:
         """The short form the printer shows, e.g. ``lif sj_lif_decay_input tau=2 th=1 hard(0)``."""
+        if self.program is not None:
+            states = ",".join(str(v) for v in self.program.get("states", []))
+            return f"{self.model} traced states=({states}) out={self.output}"
         parts = [self.model, self.charge]
         if self.tau is not None:
             parts.append(f"tau={self.tau:g}")

@@ -45,6 +45,9 @@ def _alpha(name: str, alpha: float | None) -> float:
 
 def spike(x: torch.Tensor, name: str = "sigmoid", alpha: float | None = None) -> torch.Tensor:
     """``(x >= 0)`` as x's dtype, with surrogate ``name``'s gradient (SpikingJelly's firing)."""
+    traced = getattr(x, "snncc_spike", None)  # a neuron step being traced into the IR
+    if traced is not None:
+        return traced(">=", name, _alpha(name, alpha))
     return SpikeFunction.apply(x, name, _alpha(name, alpha), False)
 
 
@@ -52,6 +55,9 @@ def spike_gt(
     x: torch.Tensor, name: str = "fast_sigmoid", alpha: float | None = None
 ) -> torch.Tensor:
     """``(x > 0)`` as x's dtype, with surrogate ``name``'s gradient (snnTorch's and Norse's firing)."""
+    traced = getattr(x, "snncc_spike", None)  # a neuron step being traced into the IR
+    if traced is not None:
+        return traced(">", name, _alpha(name, alpha))
     return SpikeFunction.apply(x, name, _alpha(name, alpha), True)
 
 

@@ -91,22 +91,14 @@ def emit(
     gradient (:func:`surrogate_function`); ``suffix`` makes temporaries unique
     per node of the model (``h_4``).
     """
-    refs: dict[int, str] = {}
     lines: list[str] = []
-    for i in sorted(g.ancestors(roots)):
-        n = g.nodes[i]
-        if n.op == "input":
-            if n.name not in inputs:
-                raise IRError(f"expression input {n.name!r} has no value in the generated code")
-            refs[i] = inputs[n.name]
-            continue
-        if n.op == "const":
-            refs[i] = py_float(n.value)
-            continue
-        text = _fmt(n, [refs[j] for j in n.args], surrogates)
+
+    def apply(i: int, n: E.ENode, args: list[str]) -> str:
         name = namer.fresh((g.labels.get(i) or f"t{i}") + suffix)
-        lines.append(f"{name} = {text}")
-        refs[i] = name
+        lines.append(f"{name} = {_fmt(n, args, surrogates)}")
+        return name
+
+    refs = E.lower_nodes(g, roots, inputs, py_float, apply, target="the generated jax module")
     return Emitted(tuple(lines), refs)
 
 

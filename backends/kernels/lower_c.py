@@ -123,29 +123,15 @@ def lower(
     ``known``: nodes already computed (node -> C expression), not re-emitted;
     ``prefix``: for the temporaries' names (``t12`` -> ``<prefix>t12``).
     """
-    known = dict(known or {})
-    need = sorted(E._ancestors_until(g, roots, set(known)))
-    refs: dict[int, str] = dict(known)
     lines: list[str] = []
-    for i in need:
-        if i in refs:
-            continue
-        n = g.nodes[i]
-        if n.op == "input":
-            if n.name not in inputs:
-                raise IRError(f"expression input {n.name!r} has no C value here")
-            refs[i] = inputs[n.name]
-            continue
-        if n.op == "const":
-            refs[i] = f32_literal(n.value)
-            continue
-        args = [refs[j] for j in n.args]
+
+    def apply(i: int, n: E.ENode, args: list[str]) -> str:
+        if n.op == "detach":  # only the backward sees it (the VJP is derived from the graph)
+            return args[0]
         const_arg = [g.nodes[j].op == "const" for j in n.args]
-        text = _fmt(n.op, args, n, const_arg)
-        if n.op == "detach":
-            refs[i] = args[0]
-            continue
         name = namer.fresh(g.labels.get(i) or f"{prefix}t{i}")
-        lines.append(f"const float {name} = {text};")
-        refs[i] = name
+        lines.append(f"const float {name} = {_fmt(n.op, args, n, const_arg)};")
+        return name
+
+    refs = E.lower_nodes(g, roots, inputs, f32_literal, apply, known, "the C lowering")
     return Lowered(tuple(lines), refs)

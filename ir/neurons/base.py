@@ -79,6 +79,12 @@ class Form:
     name: str
     info: FormDef
     define: Definition
+    #: a form whose interface depends on the spec (a traced neuron: its own states and
+    #: params): spec -> the FormDef for that spec; None for a fixed interface
+    dynamic: Callable[[Any], FormDef] | None = None
+
+    def info_for(self, spec: Any) -> FormDef:
+        return self.dynamic(spec) if self.dynamic is not None else self.info
 
 
 #: form name -> its definition (filled by the modules of this package on import)
@@ -98,8 +104,9 @@ def form(
     source: str,
     framework: str,
     time_parallel: str = "",
+    dynamic: Callable[[Any], FormDef] | None = None,
 ) -> Callable[[Definition], Definition]:
-    """Register ``fn(builder)`` as the definition of form ``name``."""
+    """Register ``fn(builder)`` as the definition of form ``name`` (``dynamic``: see :class:`Form`)."""
 
     def deco(fn: Definition) -> Definition:
         if name in REGISTRY:
@@ -126,7 +133,7 @@ def form(
             inits=dict(inits or {}),
             time_parallel=time_parallel,
         )
-        REGISTRY[name] = Form(name, info, fn)
+        REGISTRY[name] = Form(name, info, fn, dynamic)
         return fn
 
     return deco
@@ -145,6 +152,8 @@ class NeuronBuilder:
     def __init__(self, spec: Any, f: Form) -> None:
         self.spec = spec
         self.form = f
+        #: the form's interface for this spec
+        self.info = f.info_for(spec)
         self.derive = Graph()
         self.step = Graph()
         self._quantities: dict[str, int] = {}  # name -> derive node
@@ -157,7 +166,7 @@ class NeuronBuilder:
     # ------------------------------------------------------------- inputs
     def state(self, var: str) -> Val:
         """State variable ``var`` before the step."""
-        if var not in self.form.info.state:
+        if var not in self.info.state:
             raise IRError(f"form {self.form.name!r} reads undeclared state {var!r}")
         if var not in self._states:
             self._states[var] = self.step.input("s", var)
@@ -165,7 +174,7 @@ class NeuronBuilder:
 
     def port(self, name: str) -> Val:
         """Input port ``name`` at this step (``x``, or ``rec`` for recurrent forms)."""
-        if name not in self.form.info.ports:
+        if name not in self.info.ports:
             raise IRError(f"form {self.form.name!r} reads undeclared port {name!r}")
         return self.step.input("x", name)
 
@@ -176,12 +185,12 @@ class NeuronBuilder:
         fallback is the spec's constant (a Python number: folded exactly as the
         framework's Python code computes it).
         """
-        if role not in self.form.info.roles:
+        if role not in self.info.roles:
             raise IRError(f"form {self.form.name!r} reads undeclared param role {role!r}")
         if role in self.spec.roles:
             return self.derive.input("p", role)
         if fallback is None:
-            const = self.form.info.constants.get(role, role)
+            const = self.info.constants.get(role, role)
             raise UnsupportedError(
                 f"neuron charge form {self.form.name!r} needs the param {role!r} or its "
                 f"constant ({const})"
@@ -205,7 +214,7 @@ class NeuronBuilder:
 
     def extra(self, key: str, default: float | None = None) -> float | None:
         """``spec.extra[key]`` as a finite float (the form must declare the key)."""
-        if key not in self.form.info.extra:
+        if key not in self.info.extra:
             raise IRError(f"form {self.form.name!r} reads undeclared extra constant {key!r}")
         self._used_extra.add(key)
         if key not in self.spec.extra:
@@ -239,7 +248,7 @@ class NeuronBuilder:
 
     # ------------------------------------------------------------ results
     def set_state(self, var: str, value: Operand) -> None:
-        if var not in self.form.info.state:
+        if var not in self.info.state:
             raise IRError(f"form {self.form.name!r} sets undeclared state {var!r}")
         self.next_state[var] = value
 
@@ -309,29 +318,38 @@ class NeuronGraph:
 
 
 def _check_common(spec: Any, f: Form) -> None:
+    info = f.info_for(spec)
     if spec.fire_from != "updated":
         raise UnsupportedError(
             f"neuron fire_from={spec.fire_from!r} is not supported for charge form "
             f"{f.name!r}; only 'updated'"
         )
-    bad = [r for r in spec.learnable if r not in f.info.roles]
+    bad = [r for r in spec.learnable if r not in info.roles]
     if bad:
         raise UnsupportedError(
             f"learnable neuron params {bad} mean nothing to charge form {f.name!r} (its roles: "
-            f"{', '.join(f.info.roles) or 'none'}; nothing to learn or differentiate)"
+            f"{', '.join(info.roles) or 'none'}; nothing to learn or differentiate)"
         )
-    unknown = sorted(set(spec.extra) - set(f.info.extra))
+    unknown = sorted(set(spec.extra) - set(info.extra))
     if unknown:
         raise UnsupportedError(
             f"neuron extra constants {unknown} mean nothing to the {f.name!r} form "
-            f"(known: {', '.join(f.info.extra) or 'none'}); refusing rather than ignoring them"
+            f"(known: {', '.join(info.extra) or 'none'}); refusing rather than ignoring them"
         )
-    stray = [r for r in spec.roles if r not in f.info.roles]
+    stray = [r for r in spec.roles if r not in info.roles]
     if stray:
         raise UnsupportedError(
             f"neuron params {stray} mean nothing to charge form {f.name!r} "
-            f"(its roles: {', '.join(f.info.roles) or 'none'})"
+            f"(its roles: {', '.join(info.roles) or 'none'})"
         )
+
+
+def _init(spec: Any, info: FormDef, var: str) -> float:
+    """A state variable's value at t = -1: the form's own (a traced neuron's), the spec's
+    ``v_init`` for the membrane ``v``, else 0."""
+    if var in info.inits:
+        return _finite(float(info.inits[var]), f"neuron initial value of {var!r}")
+    return float(spec.v_init) if var == "v" else 0.0
 
 
 def check_spec(spec: Any) -> Form:
@@ -356,7 +374,8 @@ def _build(key: str) -> NeuronGraph:
     f = check_spec(spec)
     b = NeuronBuilder(spec, f)
     f.define(b)
-    missing = [v for v in f.info.state if v not in b.next_state]
+    info = b.info
+    missing = [v for v in info.state if v not in b.next_state]
     if missing:
         raise IRError(f"form {f.name!r} does not set the state {missing}")
     if spec.output not in b.outputs:
@@ -364,7 +383,7 @@ def _build(key: str) -> NeuronGraph:
             f"neuron output {spec.output!r} is not available for charge form {f.name!r} "
             f"(it has: {', '.join(b.outputs)})"
         )
-    roles = f.info.roles
+    roles = info.roles
 
     def first_role(q: str) -> int:
         return min((roles.index(r) for r in b._q_roles[q] if r in roles), default=len(roles))
@@ -372,16 +391,14 @@ def _build(key: str) -> NeuronGraph:
     order = sorted(b._quantities, key=first_role)  # kernel arguments in the roles' order
     g = NeuronGraph(
         form=f.name,
-        info=f.info,
+        info=info,
         derive=b.derive,
         quantities={q: b._quantities[q] for q in order},
         quantity_roles={q: b._q_roles[q] for q in order},
         step=b.step,
-        states=f.info.state,
-        inits={
-            v: (float(spec.v_init) if v == "v" else f.info.inits.get(v, 0.0)) for v in f.info.state
-        },
-        ports=f.info.ports,
+        states=info.state,
+        inits={v: _init(spec, info, v) for v in info.state},
+        ports=info.ports,
         next_state=dict(b.next_state),
         outputs=dict(b.outputs),
         out=spec.output,

@@ -1,7 +1,8 @@
 """Surrogate gradients as expressions: each framework's backward of the spike, once.
 
 The spike is Heaviside forward; its backward is ``grad * f(x)`` for some smooth
-``f`` (x = membrane - threshold). Two algebraically equal formulas round
+``f`` (x = membrane - threshold). One module per framework defines its
+surrogates with :func:`surrogate`; importing this package registers them all. Two algebraically equal formulas round
 differently, so each entry is the installed package's own expression, in its
 own operation order, written with :mod:`snncc.ir.expr` (``c / t`` is torch's
 ``t.reciprocal() * c``, ``t ** 2`` is ``t * t``). Every target lowers these
@@ -39,13 +40,14 @@ built-in surrogate classes, not the module-level ``*_backward`` helpers.
 
 from __future__ import annotations
 
+import importlib
 import math
+import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from snncc.errors import UnsupportedError
-from snncc.ir.expr import Operand, Val, abs_, clamp, exp, relu, tanh, where
-from snncc.ir.expr import sigmoid as sigmoid_
+from snncc.ir.expr import Operand, Val
 
 Backward = Callable[[Val, Val, float], Operand]
 
@@ -79,99 +81,6 @@ def surrogate(
     return deco
 
 
-@surrogate("sigmoid", 4.0, "SpikingJelly 2.0 surrogate.Sigmoid")
-def _sigmoid(g: Val, x: Val, alpha: float) -> Operand:
-    s = sigmoid_(alpha * x)
-    return g * ((1 - s) * s * alpha)
-
-
-@surrogate("atan", 2.0, "SpikingJelly 2.0 surrogate.ATan, snnTorch 1.0 atan")
-def _atan(g: Val, x: Val, alpha: float) -> Operand:
-    z = x * (math.pi / 2 * alpha)
-    return g * ((alpha / 2) / (1 + z * z))
-
-
-@surrogate("piecewise_quadratic", 1.0, "SpikingJelly 2.0 surrogate.PiecewiseQuadratic")
-def _piecewise_quadratic(g: Val, x: Val, alpha: float) -> Operand:
-    return g * clamp(alpha - alpha * alpha * abs_(x), 0.0, None)
-
-
-@surrogate("piecewise_exp", 1.0, "SpikingJelly 2.0 surrogate.PiecewiseExp")
-def _piecewise_exp(g: Val, x: Val, alpha: float) -> Operand:
-    return g * ((alpha / 2) * exp(-alpha * abs_(x)))
-
-
-@surrogate("soft_sign", 2.0, "SpikingJelly 2.0 surrogate.SoftSign", divides_by_alpha=True)
-def _soft_sign(g: Val, x: Val, alpha: float) -> Operand:
-    z = 1 / alpha + abs_(x)
-    return g * (1 / (2 * alpha * z * z))
-
-
-@surrogate("sj_superspike", 1.0, "SpikingJelly 2.0 surrogate.SuperSpike")
-def _sj_superspike(g: Val, x: Val, alpha: float) -> Operand:
-    z = 1 + abs_(x)
-    return g * (alpha / (z * z))
-
-
-@surrogate("erf", 2.0, "SpikingJelly 2.0 surrogate.Erf")
-def _erf(g: Val, x: Val, alpha: float) -> Operand:
-    z = alpha * x
-    return g * ((alpha / math.sqrt(math.pi)) * exp(-z * z))
-
-
-@surrogate("rect", 1.0, "SpikingJelly 2.0 surrogate.Rect", divides_by_alpha=True)
-def _rect(g: Val, x: Val, alpha: float) -> Operand:
-    return alpha * (abs_(x) < 0.5 / alpha) * g
-
-
-@surrogate("fast_sigmoid", 25.0, "snnTorch 1.0 surrogate.fast_sigmoid(slope)")
-def _fast_sigmoid(g: Val, x: Val, alpha: float) -> Operand:
-    return g / (alpha * abs_(x) + 1.0) ** 2
-
-
-@surrogate("snntorch_sigmoid", 25.0, "snnTorch 1.0 surrogate.sigmoid(slope)")
-def _snntorch_sigmoid(g: Val, x: Val, alpha: float) -> Operand:
-    # grad * slope * exp(-slope x) / ((exp(-slope x) + 1) ** 2)
-    return g * alpha * exp(-alpha * x) / ((exp(-alpha * x) + 1) ** 2)
-
-
-@surrogate("straight_through", 1.0, "snnTorch 1.0 surrogate.straight_through_estimator")
-def _straight_through(g: Val, x: Val, alpha: float) -> Operand:
-    return g
-
-
-@surrogate("snntorch_heaviside", 1.0, "snnTorch 1.0 surrogate.heaviside")
-def _snntorch_heaviside(g: Val, x: Val, alpha: float) -> Operand:
-    return g * (x > 0.0)
-
-
-@surrogate("snntorch_triangular", 1.0, "snnTorch 1.0 surrogate.triangular(threshold)")
-def _snntorch_triangular(g: Val, x: Val, alpha: float) -> Operand:
-    grad = g * alpha
-    return where(x >= 0.0, -grad, grad)
-
-
-@surrogate("superspike", 100.0, "Norse 1.1 SuperSpike (alpha unused by Norse 1.1)")
-def _superspike(g: Val, x: Val, alpha: float) -> Operand:
-    return g / (abs_(x) + 1.0) ** 2
-
-
-@surrogate("triangle", 0.3, "Norse 1.1 Triangle")
-def _triangle(g: Val, x: Val, alpha: float) -> Operand:
-    return g * alpha * relu(1 - abs_(x))
-
-
-@surrogate("norse_tanh", 100.0, "Norse 1.1 HeaviTanh")
-def _norse_tanh(g: Val, x: Val, alpha: float) -> Operand:
-    t = tanh(x * alpha)
-    return g * (1 - t * t)
-
-
-@surrogate("no_grad", 1.0, "snnTorch surrogate_disable, Norse method='heaviside'")
-def _no_grad(g: Val, x: Val, alpha: float) -> Operand:
-    return 0.0
-
-
 def get(name: str) -> Surrogate:
     """The surrogate ``name``; an unknown name is refused with the list of choices."""
     try:
@@ -202,12 +111,14 @@ def surrogate_backward(name: str, g: Val, x: Val, alpha: float) -> Operand:
     return get(name).backward(g, x, float(alpha))
 
 
+def _register_all() -> None:
+    found = sorted(m.name for m in pkgutil.iter_modules(__path__))
+    first = ("spikingjelly", "snntorch", "norse")
+    for name in [*first, *(n for n in found if n not in first)]:
+        importlib.import_module(f"{__name__}.{name}")
+
+
+_register_all()
+
 #: surrogate name -> default alpha
-DEFAULT_ALPHA: dict[str, float] = {}
-
-
-def _defaults() -> None:
-    DEFAULT_ALPHA.update({name: s.alpha for name, s in SURROGATES.items()})
-
-
-_defaults()
+DEFAULT_ALPHA: dict[str, float] = {name: s.alpha for name, s in SURROGATES.items()}
