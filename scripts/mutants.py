@@ -210,7 +210,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "surrogate-atan",
         "surrogates",
-        "ir/surrogates.py",
+        "ir/surrogates/spikingjelly.py",
         "    return g * ((alpha / 2) / (1 + z * z))",
         "    return g * (alpha / (1 + z * z))",
         ("tests/test_surrogate.py",),
@@ -219,7 +219,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "surrogate-soft-sign",
         "surrogates",
-        "ir/surrogates.py",
+        "ir/surrogates/spikingjelly.py",
         "    return g * (1 / (2 * alpha * z * z))",
         "    return g * (1 / (2 * alpha * z))",
         ("tests/test_surrogate.py",),
