@@ -1081,6 +1081,8 @@ _UNARY = {
     "sqrt": "Sqrt",
     "relu": "Relu",
     "sign": "Sign",
+    "sin": "Sin",
+    "cos": "Cos",
 }
 _COMPARE = {
     "gt": "Greater",
@@ -1105,6 +1107,8 @@ def _onnx_op(sc: _Scope, n: E.ENode, a: list[str]) -> str:
         return sc.op(_UNARY[op], a)
     if op == "exp":
         return _exp(sc, a[0])
+    if op == "pow":
+        return sc.op("Pow", [a[0], sc.scalar(n.attr("e"))])
     if op == "sigmoid":
         one = sc.scalar(1.0)
         return sc.op("Div", [one, sc.op("Add", [one, _exp(sc, sc.op("Neg", a))])])

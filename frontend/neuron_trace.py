@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -328,38 +328,44 @@ class Sym(Tensor):
             return args[0]
         return Sym(result, like)
 
-    def snncc_spike(self, cmp: str, surrogate: str, alpha: float) -> Sym:
+    def snncc_spike(
+        self, cmp: str, surrogate: str, alpha: float, params: Mapping[str, float] | None = None
+    ) -> Sym:
         """The spike of this value (a Heaviside step forward, the named surrogate backward)."""
         v = self.val
         if not isinstance(v, E.Val):
             raise _refuse("a spike of a constant")
-        return Sym(E.heaviside(v, cmp, surrogate, alpha), self)
+        return Sym(E.heaviside(v, cmp, surrogate, alpha, params), self)
 
     def __repr__(self) -> str:  # pragma: no cover - debugging aid
         return f"Sym({self.val!r}, shape={tuple(self.shape)})"
 
 
-def _spike_of(cmp: str, name: str, alpha: float) -> Callable[[Any], Sym]:
+def _spike_of(
+    cmp: str, name: str, alpha: float, params: Mapping[str, float] | None = None
+) -> Callable[[Any], Sym]:
     def spike(u: Any, *args: Any, **kwargs: Any) -> Sym:
         if not isinstance(u, Sym):
             raise _refuse("a surrogate spike of a value that is not the neuron's")
-        return u.snncc_spike(cmp, name, alpha)
+        return u.snncc_spike(cmp, name, alpha, params)
 
     return spike
 
 
 # ----------------------------------------------------------------- surrogates
-def _known_surrogate(obj: Any) -> tuple[str, str, float] | None:
-    """(cmp, snncc name, alpha) of a framework surrogate object, or None if it is not one."""
+def _known_surrogate(obj: Any) -> tuple[str, str, float, dict[str, float]] | None:
+    """(cmp, snncc name, alpha, params) of a framework surrogate object, or None if it is
+    not one."""
     from snncc.frontend import surrogates as fs
 
     mod = type(obj).__module__ or ""
     if isinstance(obj, nn.Module) and mod.startswith("spikingjelly"):
-        name, alpha = fs.from_spikingjelly(obj)  # refuses unknown subclasses by name
-        return ">=", name, alpha
+        # refuses unknown subclasses by name; params: the ones beyond alpha (few have any)
+        name, alpha, params = fs.spikingjelly_surrogate(obj)
+        return ">=", name, alpha, params
     if callable(obj) and (getattr(obj, "__module__", "") or "").startswith("snntorch"):
         name, alpha = fs.from_snntorch(obj)
-        return ">", name, alpha
+        return ">", name, alpha, {}
     return None
 
 

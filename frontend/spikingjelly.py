@@ -128,7 +128,7 @@ def _with_view(call: Call, view: str) -> Call:
 def _neuron_problem(m: nn.Module, view: str) -> str | None:
     """Why snncc cannot reproduce this neuron (checked before the model runs), or None."""
     from snncc.errors import UnsupportedError
-    from snncc.frontend.surrogates import from_spikingjelly
+    from snncc.frontend.surrogates import spikingjelly_surrogate
 
     if view == "flat":
         return (
@@ -146,20 +146,26 @@ def _neuron_problem(m: nn.Module, view: str) -> str | None:
         return f"v_reset={m.v_reset!r}; supported: a Python float or None"
     if hasattr(m, "tau") and not isinstance(m.tau, (int, float)):
         return f"tau={m.tau!r}; supported: a Python float"
-    if hasattr(m, "w") and m.w.numel() != 1:
-        return f"w of shape {list(m.w.shape)}; supported: a scalar w"
+    learnable = _LEARNABLE.get(type(m))
+    if learnable is not None and getattr(m, learnable).numel() != 1:
+        shape = list(getattr(m, learnable).shape)
+        return f"{learnable} of shape {shape}; supported: a scalar {learnable}"
+    for attr in _FAMILY_FORMS.get(type(m), ("", "", ()))[2]:
+        value = getattr(m, attr)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"{attr}={value!r}; supported: a Python float"
     try:
-        from_spikingjelly(m.surrogate_function)
+        spikingjelly_surrogate(m.surrogate_function)
     except UnsupportedError as e:
         return str(e)
-    return None
+    return _family_problem(m)
 
 
 def _common(call: Call, m: nn.Module) -> dict:
-    from snncc.frontend.surrogates import from_spikingjelly
+    from snncc.frontend.surrogates import spikingjelly_surrogate
 
     # _neuron_problem already ran (as the registered check) before this converter
-    name, alpha = from_spikingjelly(m.surrogate_function)
+    name, alpha, params = spikingjelly_surrogate(m.surrogate_function)
     v_reset = None if m.v_reset is None else float(m.v_reset)
     return {
         "v_threshold": float(m.v_threshold),
@@ -171,6 +177,7 @@ def _common(call: Call, m: nn.Module) -> dict:
         "output": "spike",
         "surrogate": name,
         "alpha": alpha,
+        "surrogate_params": params,
         # BaseNode registers memory v = v_reset, or 0.0 for a soft reset
         "v_init": 0.0 if v_reset is None else v_reset,
     }
@@ -202,6 +209,105 @@ def _plif(call: Call, m: nn.Module) -> int:
         model="plif", charge=charge, decay_input=bool(m.decay_input), learnable=("w",), **c
     )
     return _emit_neuron(call, spec, {"w": call.param(m, "w")})
+
+
+# The other neuron families of SpikingJelly 2.0 (issue 12): one form each (ir/neurons/
+# spikingjelly_<family>.py); their constants are the module's Python floats.
+
+#: neuron class -> (model, charge form, the attributes that are its constants: spec extra)
+_FAMILY_FORMS: dict[type, tuple[str, str, tuple[str, ...]]] = {}
+#: neuron class -> its learnable scalar parameter (PLIF's w, KLIF's k)
+_LEARNABLE: dict[type, str] = {}
+
+
+def _constants_family(call: Call, m: nn.Module) -> int:
+    """QIF, EIF, Izhikevich, CUBA-LIF: a form whose constants are the module's floats."""
+    model, charge, attrs = _FAMILY_FORMS[type(m)]
+    spec = NeuronSpec(
+        model=model,
+        charge=charge,
+        tau=float(m.tau) if hasattr(m, "tau") else None,
+        extra={a: float(getattr(m, a)) for a in attrs},
+        **_common(call, m),
+    )
+    return _emit_neuron(call, spec)
+
+
+def _klif(call: Call, m: nn.Module) -> int:
+    spec = NeuronSpec(
+        model="klif",
+        charge="sj_klif",
+        tau=float(m.tau),
+        decay_input=bool(m.decay_input),
+        learnable=("k",),
+        extra={"scale_reset": 1.0 if m.scale_reset else 0.0},
+        **_common(call, m),
+    )
+    return _emit_neuron(call, spec, {"k": call.param(m, "k")})
+
+
+def _liaf_activation(m: nn.Module) -> str | None:
+    """The snncc name of LIAF's ``act``, or None when snncc cannot reproduce it."""
+    import torch
+    import torch.nn.functional as F
+
+    act = m.act
+    by_type = {nn.ReLU: "relu", nn.Sigmoid: "sigmoid", nn.Tanh: "tanh", nn.Identity: "identity"}
+    if type(act) in by_type:
+        return by_type[type(act)]
+    by_fn = {torch.relu: "relu", F.relu: "relu", torch.sigmoid: "sigmoid", F.sigmoid: "sigmoid"}
+    by_fn |= {torch.tanh: "tanh", F.tanh: "tanh"}
+    for fn, name in by_fn.items():
+        if act is fn:
+            return name
+    return None
+
+
+def _liaf_runs_lif(m: nn.Module) -> bool:
+    """SpikingJelly 2.0's LIAFNode in step mode 'm' (without store_v_seq) runs LIFNode's
+    multi-step kernel: it returns the LIF's spikes, not ``act``'s values."""
+    return m.step_mode == "m" and not m.store_v_seq
+
+
+def _liaf(call: Call, m: nn.Module) -> int:
+    if _liaf_runs_lif(m):
+        import warnings
+
+        warnings.warn(
+            f"{call.what}: SpikingJelly 2.0's LIAFNode in step_mode='m' returns LIFNode's "
+            "spikes, not its activation (its multi-step path runs the LIF kernel); snncc "
+            "compiles what SpikingJelly runs. Use step_mode='s' (or store_v_seq=True) for the "
+            "LIAF output.",
+            stacklevel=2,
+        )
+        return _lif(call, m)
+    act = _liaf_activation(m)
+    spec = NeuronSpec(
+        model="liaf",
+        charge=f"sj_liaf_{act}",
+        tau=float(m.tau),
+        decay_input=bool(m.decay_input),
+        extra={"threshold_related": 1.0 if m.threshold_related else 0.0},
+        **{**_common(call, m), "output": "activation"},
+    )
+    return _emit_neuron(call, spec)
+
+
+def _family_problem(m: nn.Module) -> str | None:
+    """What the families above cannot reproduce (beyond the common neuron checks)."""
+    if type(m) is sj_neuron.LIAFNode and not _liaf_runs_lif(m):
+        act = _liaf_activation(m)
+        if act is None:
+            return (
+                f"LIAF act={m.act!r} is not supported; supported: nn.ReLU, nn.Sigmoid, "
+                "nn.Tanh, nn.Identity and torch.relu / sigmoid / tanh (and F.*)"
+            )
+        if getattr(m.act, "inplace", False) and not m.threshold_related:
+            return (
+                "LIAF act=nn.ReLU(inplace=True) with threshold_related=False rectifies the "
+                "membrane itself before it fires; supported: inplace=False"
+            )
+    return None
 
 
 # --------------------------------------------------------------------------- wrappers
@@ -271,10 +377,29 @@ if sj_base is not None:
             priority=2,
         )
     )
+    _FAMILY_FORMS.update(
+        {
+            sj_neuron.QIFNode: ("qif", "sj_qif", ("a0", "v_rest", "v_c")),
+            sj_neuron.EIFNode: ("eif", "sj_eif", ("delta_T", "theta_rh", "v_rest")),
+            sj_neuron.IzhikevichNode: (
+                "izhikevich",
+                "sj_izhikevich",
+                ("a0", "v_rest", "v_c", "a", "b", "tau_w", "w_rest"),
+            ),
+            sj_neuron.CUBALIFNode: ("cuba_lif", "sj_cuba_lif", ("c_decay", "v_decay")),
+        }
+    )
+    _LEARNABLE.update({sj_neuron.ParametricLIFNode: "w", sj_neuron.KLIFNode: "k"})
     for _cls, _fn in [
         (sj_neuron.IFNode, _if),
         (sj_neuron.LIFNode, _lif),
         (sj_neuron.ParametricLIFNode, _plif),
+        (sj_neuron.QIFNode, _constants_family),
+        (sj_neuron.EIFNode, _constants_family),
+        (sj_neuron.IzhikevichNode, _constants_family),
+        (sj_neuron.KLIFNode, _klif),
+        (sj_neuron.CUBALIFNode, _constants_family),
+        (sj_neuron.LIAFNode, _liaf),
     ]:
         register_module(_cls, _name(_cls), check=_neuron_problem)(_fn)
     for _cls, _fn in [

@@ -14,6 +14,7 @@ import torch
 
 from snncc.errors import UnsupportedError
 from snncc.ir.surrogates import DEFAULT_ALPHA as SURROGATE_DEFAULTS
+from snncc.ir.surrogates import check_alpha, resolve_params
 
 #: SpikingJelly 2.0 surrogate class name (in spikingjelly.activation_based.surrogate)
 #: -> snncc surrogate name.
@@ -26,20 +27,56 @@ SPIKINGJELLY_SURROGATES: dict[str, str] = {
     "SuperSpike": "sj_superspike",
     "Erf": "erf",
     "Rect": "rect",
+    "PiecewiseLeakyReLU": "piecewise_leaky_relu",
+    "NonzeroSignLogAbs": "nonzero_sign_log_abs",
+    "SquarewaveFourierSeries": "squarewave_fourier_series",
+    "S2NN": "s2nn",
+    "QPseudoSpike": "q_pseudo_spike",
+    "LeakyKReLU": "leaky_k_relu",
+    "FakeNumericalGradient": "fake_numerical_gradient",
+    "LogTailedReLU": "log_tailed_relu",
+    "DeterministicPass": "straight_through",
+}
+
+#: where a SpikingJelly surrogate keeps snncc's alpha and its other parameters, for the
+#: classes whose sharpness is not their ``alpha`` attribute: class -> (the attribute that
+#: is alpha, or None for a parameterless one; snncc parameter -> attribute)
+SPIKINGJELLY_SURROGATE_ATTRS: dict[str, tuple[str | None, dict[str, str]]] = {
+    "PiecewiseLeakyReLU": ("w", {"c": "c"}),
+    "SquarewaveFourierSeries": ("T_period", {"n": "n"}),
+    "S2NN": ("alpha", {"beta": "beta"}),
+    "LeakyKReLU": ("k", {"leak": "leak"}),
+    "DeterministicPass": (None, {}),
+}
+
+#: SpikingJelly surrogate classes refused, and why (the message names the reason)
+SPIKINGJELLY_REFUSED: dict[str, str] = {
+    "PoissonPass": "its forward draws Bernoulli samples (a stochastic spike)",
+    "MultiLevelSpikeCount": "its forward is a multi-level spike count, not a Heaviside spike",
 }
 
 
-def from_spikingjelly(obj: Any) -> tuple[str, float]:
-    """Convert a SpikingJelly surrogate module instance to snncc's ``(name, alpha)``.
+def spikingjelly_surrogate(obj: Any) -> tuple[str, float, dict[str, float]]:
+    """Convert a SpikingJelly surrogate module instance to snncc's ``(name, alpha, params)``;
+    ``params``: its parameters beyond alpha (PiecewiseLeakyReLU's ``c``...), empty for most.
 
     Only the exact built-in classes are accepted: a subclass may override the
     forward or backward, and SpikingJelly itself then runs it through a
     different code path, so converting it by its parent's name would silently
-    change the gradient.
+    change the gradient. A surrogate whose forward is not a Heaviside spike
+    (``spiking=False``, ``MultiLevelSpikeCount``) or is stochastic (``PoissonPass``)
+    is refused.
     """
     cls = type(obj)
     qualname = f"{cls.__module__}.{cls.__qualname__}"
     supported = ", ".join(f"surrogate.{k}" for k in SPIKINGJELLY_SURROGATES)
+    if cls.__module__ == "spikingjelly.activation_based.surrogate" and (
+        cls.__name__ in SPIKINGJELLY_REFUSED
+    ):
+        raise UnsupportedError(
+            f"SpikingJelly surrogate {qualname} is not supported: "
+            f"{SPIKINGJELLY_REFUSED[cls.__name__]}; supported: {supported}"
+        )
     if (
         cls.__module__ != "spikingjelly.activation_based.surrogate"
         or cls.__name__ not in SPIKINGJELLY_SURROGATES
@@ -52,13 +89,40 @@ def from_spikingjelly(obj: Any) -> tuple[str, float]:
             f"SpikingJelly surrogate {qualname} has spiking=False (a smooth forward, "
             "not a spike); snncc supports only spiking surrogates"
         )
-    alpha = getattr(obj, "alpha", None)
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+    name = SPIKINGJELLY_SURROGATES[cls.__name__]
+    alpha_attr, param_attrs = SPIKINGJELLY_SURROGATE_ATTRS.get(cls.__name__, ("alpha", {}))
+
+    def number(attr: str) -> float:
+        value = getattr(obj, attr, None)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UnsupportedError(
+                f"SpikingJelly surrogate {qualname} has {attr}={value!r}; snncc needs a Python "
+                f"int or float {attr} (a tensor {attr} is not supported)"
+            )
+        return float(value)
+
+    alpha = SURROGATE_DEFAULTS[name] if alpha_attr is None else number(alpha_attr)
+    params = {p: number(attr) for p, attr in param_attrs.items()}
+    check_alpha(name, alpha, params)  # e.g. QPseudoSpike(alpha=1) divides by zero
+    return name, alpha, params
+
+
+def from_spikingjelly(obj: Any) -> tuple[str, float]:
+    """Convert a SpikingJelly surrogate module instance to snncc's ``(name, alpha)``
+    (:func:`spikingjelly_surrogate`, for the callers that carry alpha only).
+
+    A surrogate with parameters beyond alpha is converted only while they hold their
+    defaults; otherwise it is refused, naming :func:`spikingjelly_surrogate`, rather than
+    dropping them (which would silently change the gradient).
+    """
+    name, alpha, params = spikingjelly_surrogate(obj)
+    if params and params != dict(resolve_params(name)):
         raise UnsupportedError(
-            f"SpikingJelly surrogate {qualname} has alpha={alpha!r}; snncc needs a Python "
-            "int or float alpha (a tensor alpha is not supported)"
+            f"SpikingJelly surrogate {type(obj).__name__} has parameters beyond alpha "
+            f"({', '.join(f'{k}={v:g}' for k, v in params.items())}) that a (name, alpha) pair "
+            "cannot carry; use snncc.frontend.surrogates.spikingjelly_surrogate"
         )
-    return SPIKINGJELLY_SURROGATES[cls.__name__], float(alpha)
+    return name, alpha
 
 
 #: snnTorch 1.0 surrogate factory (``snntorch.surrogate.<name>(...)`` returns a closure

@@ -20,7 +20,8 @@ Values and semantics (torch eager's, because the source frameworks are torch):
 - ``const / val`` is ``reciprocal(val) * const`` (torch's ``__rtruediv__``),
   two roundings; ``val / const`` divides by the fp32 constant (the C lowering
   uses ``SNNCC_DIV_SCALAR``: torch's CUDA kernel multiplies by the fp32
-  reciprocal there); ``val ** 2`` is ``val * val`` (torch's pow kernel).
+  reciprocal there); ``val ** 2`` is ``val * val`` (torch's pow kernel; :func:`pow_`
+  lists its other special exponents, any other constant exponent is the ``pow`` op).
 - Comparisons give 0.0 / 1.0 and carry no gradient; :func:`heaviside` is the
   spike: a comparison forward, a named surrogate gradient backward.
 - Gradients follow torch's derivative formulas (``clamp`` passes the gradient
@@ -62,6 +63,9 @@ ARITY: dict[str, int] = {
     "sigmoid": 1,
     "abs": 1,
     "sqrt": 1,
+    "sin": 1,
+    "cos": 1,
+    "pow": 1,
     "relu": 1,
     "sign": 1,
     "clamp": 1,
@@ -89,8 +93,9 @@ class ENode:
 
     ``value``: a const's Python float. ``name``: an input's ``"<kind>:<name>"``.
     ``attrs``: sorted (key, value) pairs: clamp ``lo``/``hi`` (float or None);
-    heaviside ``cmp`` (">=" or ">"), ``surrogate`` (a name of
-    :mod:`snncc.ir.surrogates`) and ``alpha``.
+    pow ``e`` (the constant exponent); heaviside ``cmp`` (">=" or ">"), ``surrogate``
+    (a name of :mod:`snncc.ir.surrogates`), ``alpha`` and, for a surrogate with
+    parameters beyond alpha, ``params`` (sorted (name, value) pairs).
     """
 
     op: str
@@ -142,11 +147,7 @@ class Val:
         return self.g.op("neg", self)
 
     def __pow__(self, o: Any) -> Val:
-        if o == 2:
-            return self * self  # torch's pow kernel: x * x
-        if o == 3:
-            return self * self * self
-        raise IRError(f"only the powers 2 and 3 are part of the expression language, got {o!r}")
+        return pow_(self, o)  # type: ignore[return-value]
 
     # comparisons give 0.0 / 1.0 (torch: (a > b).float()); no __eq__: Vals stay hashable
     def __gt__(self, o: Any) -> Val:
@@ -321,15 +322,32 @@ def _checked_attrs(op: str, attrs: dict[str, Any], where: str) -> dict[str, Any]
             if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
                 raise IRError(f"{where}: clamp {k}={v!r}")
         return {"lo": attrs.get("lo"), "hi": attrs.get("hi")}
+    if op == "pow":
+        e = attrs.get("e")
+        if isinstance(e, bool) or not isinstance(e, (int, float)) or not math.isfinite(e):
+            raise IRError(f"{where}: pow exponent {e!r}")
+        return {"e": float(e)}
     if op == "heaviside":
-        from snncc.ir.surrogates import SURROGATES
+        from snncc.ir.surrogates import SURROGATES, resolve_params
 
         if attrs.get("cmp") not in (">=", ">") or attrs.get("surrogate") not in SURROGATES:
             raise IRError(f"{where}: heaviside attrs {attrs!r}")
         alpha = attrs.get("alpha")
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
             raise IRError(f"{where}: heaviside alpha {alpha!r}")
-        return {"cmp": attrs["cmp"], "surrogate": attrs["surrogate"], "alpha": float(alpha)}
+        out = {"cmp": attrs["cmp"], "surrogate": attrs["surrogate"], "alpha": float(alpha)}
+        if "params" in attrs:
+            pairs = attrs["params"]
+            if not isinstance(pairs, (list, tuple)) or not all(
+                isinstance(p, (list, tuple)) and len(p) == 2 and isinstance(p[0], str)
+                for p in pairs
+            ):
+                raise IRError(f"{where}: heaviside params {pairs!r}")
+            try:
+                out["params"] = resolve_params(attrs["surrogate"], dict(pairs))
+            except UnsupportedError as e:
+                raise IRError(f"{where}: {e}") from None
+        return out
     if attrs:
         raise IRError(f"{where}: op {op!r} takes no attrs, got {sorted(attrs)}")
     return {}
@@ -377,6 +395,35 @@ sigmoid = _unary("sigmoid", _sigmoid)
 sqrt = _unary("sqrt", math.sqrt)
 relu = _unary("relu", lambda a: max(a, 0.0))
 abs_ = _unary("abs", abs)
+sin = _unary("sin", math.sin)
+cos = _unary("cos", math.cos)
+
+
+def pow_(a: Operand, e: Num) -> Operand:
+    """``a ** e`` for a constant exponent, as torch's pow kernel computes it.
+
+    torch rewrites some exponents before any ``pow`` runs (aten pow_tensor_scalar): 2 is
+    ``a * a``, 3 is ``a * a * a``, -1 is ``reciprocal(a)``, -2 is ``reciprocal(a * a)``,
+    0.5 is ``sqrt(a)``; so are they here, which keeps them exact on every target. Any other
+    finite exponent is the ``pow`` op (attr ``e``; a libm ``powf`` on the kernel targets,
+    which may differ from torch's in the last bit).
+    """
+    if isinstance(e, bool) or not isinstance(e, (int, float)) or not math.isfinite(e):
+        raise IRError(f"the exponent of pow must be a finite Python number, got {e!r}")
+    e = float(e)
+    if not isinstance(a, Val):
+        return float(a) ** e
+    if e == 2.0:
+        return a * a
+    if e == 3.0:
+        return a * a * a
+    if e == -1.0:
+        return a.g.op("recip", a)
+    if e == -2.0:
+        return a.g.op("recip", a * a)
+    if e == 0.5:
+        return a.g.op("sqrt", a)
+    return a.g.op("pow", a, e=e)
 
 
 def _graph_of(*vals: Any) -> Graph | None:
@@ -439,9 +486,15 @@ def detach(a: Operand) -> Operand:
     return a.g.op("detach", a) if isinstance(a, Val) else a
 
 
-def heaviside(u: Val, cmp: str, surrogate: str, alpha: float) -> Val:
-    """The spike ``(u >= 0)`` or ``(u > 0)`` as 0.0/1.0; backward: the named surrogate."""
-    from snncc.ir.surrogates import SURROGATES
+def heaviside(
+    u: Val, cmp: str, surrogate: str, alpha: float, params: Mapping[str, float] | None = None
+) -> Val:
+    """The spike ``(u >= 0)`` or ``(u > 0)`` as 0.0/1.0; backward: the named surrogate.
+
+    ``params``: the surrogate's parameters beyond alpha (its defaults fill the rest); the
+    node carries them (attr ``params``, sorted pairs) only for a surrogate that has some.
+    """
+    from snncc.ir.surrogates import SURROGATES, resolve_params
 
     if cmp not in (">=", ">"):
         raise IRError(f"heaviside comparison {cmp!r} is not '>=' or '>'")
@@ -450,7 +503,11 @@ def heaviside(u: Val, cmp: str, surrogate: str, alpha: float) -> Val:
             f"surrogate {surrogate!r} is not supported; choose one of: "
             f"{', '.join(sorted(SURROGATES))}"
         )
-    return u.g.op("heaviside", u, cmp=cmp, surrogate=surrogate, alpha=float(alpha))
+    extra = resolve_params(surrogate, params)
+    attrs: dict[str, Any] = {"cmp": cmp, "surrogate": surrogate, "alpha": float(alpha)}
+    if extra:
+        attrs["params"] = extra
+    return u.g.op("heaviside", u, **attrs)
 
 
 # ------------------------------------------------------------------- lowering
@@ -555,8 +612,10 @@ def evaluate_const(n: ENode, a: list[float]) -> float:
         return -a[0]
     if op == "recip":
         return 1.0 / a[0]
-    if op in ("exp", "log", "tanh", "sqrt"):
+    if op in ("exp", "log", "tanh", "sqrt", "sin", "cos"):
         return getattr(math, op)(a[0])
+    if op == "pow":
+        return a[0] ** n.attr("e")
     if op == "sigmoid":
         return _sigmoid(a[0])
     if op == "abs":
@@ -649,6 +708,13 @@ def vjp(
             acc(n.args[0], gy * dst.op("sign", a[0]))
         elif op == "sqrt":
             acc(n.args[0], gy / (2.0 * y))
+        elif op == "sin":
+            acc(n.args[0], gy * dst.op("cos", a[0]))
+        elif op == "cos":
+            acc(n.args[0], gy * -dst.op("sin", a[0]))
+        elif op == "pow":
+            e = n.attr("e")
+            acc(n.args[0], gy * (e * pow_(a[0], e - 1.0)))
         elif op == "relu":
             acc(n.args[0], where(dst.val(y) > 0.0, gy, 0.0))
         elif op == "clamp":
@@ -668,7 +734,11 @@ def vjp(
             acc(
                 n.args[0],
                 surrogate_backward(
-                    n.attr("surrogate"), dst.val(gy), dst.val(a[0]), n.attr("alpha")
+                    n.attr("surrogate"),
+                    dst.val(gy),
+                    dst.val(a[0]),
+                    n.attr("alpha"),
+                    n.attr("params", ()),
                 ),
             )
         else:  # pragma: no cover - ARITY and this table list the same ops

@@ -14,8 +14,9 @@ model
     The dynamics family: ``"if"``, ``"lif"``, ``"plif"`` (LIF with a learnable
     decay ``sigmoid(w)``), ``"li"`` (non-spiking leaky integrator readout),
     ``"leaky"``, ``"synaptic"``, ``"rleaky"`` (snnTorch), ``"norse_lif"``,
-    ``"norse_lifbox"``, ``"norse_li"`` (Norse). Informational: the arithmetic
-    is named by ``charge``.
+    ``"norse_lifbox"``, ``"norse_li"`` (Norse), ``"qif"``, ``"eif"``,
+    ``"izhikevich"``, ``"klif"``, ``"cuba_lif"``, ``"liaf"`` (SpikingJelly 2.0's
+    other families). Informational: the arithmetic is named by ``charge``.
 charge
     The form: the whole per-step arithmetic, named after its source. Each form
     is defined once in :mod:`snncc.ir.neurons` (state variables, input ports,
@@ -47,12 +48,20 @@ fire_from
     Every form here fires from the updated membrane (snnTorch's *reset*
     reads the previous one; that is part of the snnTorch forms).
 output
-    ``"spike"``, ``"membrane"`` (state ``v`` after the step) or ``"current"``
-    (state ``i`` after the step, for forms that have one). A source module
+    ``"spike"``, ``"membrane"`` (state ``v`` after the step), ``"current"``
+    (state ``i`` after the step, for forms that have one) or ``"activation"``
+    (an analog value computed from the charged membrane, for forms that define
+    one: SpikingJelly's LIAF). Only ``"spike"`` is binary: no backend packs or
+    stores the others as 0/1 (uint8 kernels refuse them). A source module
     that returns several of them becomes one node per returned value, each
     with its own copy of the state (same inputs, identical arithmetic).
 surrogate, alpha
     The surrogate gradient's name and sharpness (see :data:`SURROGATES`).
+surrogate_params
+    The surrogate's parameters beyond alpha, by name (SpikingJelly's
+    PiecewiseLeakyReLU ``c``, S2NN ``beta``...); empty for the surrogates that
+    have none, and defaults fill what is not given. Omitted from
+    :meth:`NeuronSpec.to_dict` when empty.
 v_init
     The membrane at t = -1 (SpikingJelly: v_reset, or 0 for a soft reset;
     snnTorch: 0; Norse: v_leak). Every other state variable starts at 0.
@@ -88,8 +97,8 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from snncc.errors import IRError
+from snncc.ir.neurons.base import OUTPUT_KINDS, FormDef
 from snncc.ir.neurons.base import REGISTRY as _REGISTRY
-from snncc.ir.neurons.base import FormDef
 from snncc.ir.neurons.base import get_form as _get_form
 from snncc.ir.surrogates import DEFAULT_ALPHA
 
@@ -104,6 +113,12 @@ MODELS = (
     "norse_lif",
     "norse_lifbox",
     "norse_li",
+    "qif",
+    "eif",
+    "izhikevich",
+    "klif",
+    "cuba_lif",
+    "liaf",
 )
 
 
@@ -130,7 +145,7 @@ NORSE_FORMS = _framework("norse")
 SURROGATES: dict[str, float] = dict(DEFAULT_ALPHA)
 
 RESETS = ("hard", "subtract", "none")
-OUTPUTS = ("spike", "membrane", "current")
+OUTPUTS = OUTPUT_KINDS
 
 
 @dataclass(frozen=True)
@@ -158,6 +173,7 @@ class NeuronSpec:
     #: the step of a neuron traced from its own code (charge ``"traced"``): its states,
     #: parameters and expression graph (:mod:`snncc.ir.neurons.traced`); None otherwise
     program: dict[str, Any] | None = None
+    surrogate_params: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -212,6 +228,8 @@ class NeuronSpec:
             numbers["v_threshold"] = self.v_threshold
         if self.v_reset is not None and "v_reset" not in roles:
             numbers["v_reset"] = self.v_reset
+        for key, value in sorted(self.surrogate_params.items()):
+            numbers[f"surrogate_params[{key!r}]"] = value
         for key, value in sorted(self.extra.items()):
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 numbers[f"extra[{key!r}]"] = value
@@ -256,6 +274,8 @@ class NeuronSpec:
         d["param_roles"] = list(self.param_roles)
         if d["program"] is None:
             del d["program"]  # only traced neurons carry one
+        if not self.surrogate_params:
+            del d["surrogate_params"]  # specs without them read as before
         return d
 
     @classmethod
@@ -264,6 +284,7 @@ class NeuronSpec:
         d["learnable"] = tuple(d.get("learnable", ()))
         d["param_roles"] = tuple(d.get("param_roles", ()))
         d["extra"] = dict(d.get("extra", {}))
+        d["surrogate_params"] = dict(d.get("surrogate_params", {}))
         return cls(**d)
 
     def replace(self, **changes: Any) -> NeuronSpec:
@@ -294,7 +315,8 @@ class NeuronSpec:
         if self.fire_from != "updated":
             parts.append("fire_prev")
         if self.output != "spike":
-            parts.append("out=v" if self.output == "membrane" else "out=i")
-        parts.append(f"{self.surrogate}({self.alpha:g})")
+            parts.append({"membrane": "out=v", "current": "out=i"}.get(self.output, "out=act"))
+        sp = "".join(f", {k}={v:g}" for k, v in sorted(self.surrogate_params.items()))
+        parts.append(f"{self.surrogate}({self.alpha:g}{sp})")
         parts.extend(f"{k}={v}" for k, v in sorted(self.extra.items()))
         return " ".join(parts)

@@ -431,10 +431,10 @@ def test_asymmetric_same_padding() -> None:
 
 def test_unsupported_surrogate() -> None:
     net = nn.Sequential(
-        layer.Linear(4, 3), neuron.IFNode(surrogate_function=surrogate.PiecewiseLeakyReLU())
+        layer.Linear(4, 3), neuron.IFNode(surrogate_function=surrogate.PoissonPass())
     )
     msg = _error(net, torch.rand(3, 2, 4))
-    assert "'1'" in msg and "IFNode" in msg and "PiecewiseLeakyReLU" in msg
+    assert "'1'" in msg and "IFNode" in msg and "PoissonPass" in msg and "stochastic" in msg
     assert "surrogate.Sigmoid" in msg
 
 

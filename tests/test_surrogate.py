@@ -202,8 +202,8 @@ def test_default_alphas_match_spikingjelly() -> None:
 
 
 def test_from_spikingjelly_rejects_with_a_clear_message() -> None:
-    with pytest.raises(UnsupportedError, match=r"PiecewiseLeakyReLU.*surrogate\.Sigmoid"):
-        from_spikingjelly(sj.PiecewiseLeakyReLU())
+    with pytest.raises(UnsupportedError, match=r"PoissonPass.*stochastic.*surrogate\.Sigmoid"):
+        from_spikingjelly(sj.PoissonPass())
     with pytest.raises(UnsupportedError, match="spiking=False"):
         from_spikingjelly(sj.Sigmoid(spiking=False))
 

@@ -44,7 +44,16 @@ class Emitted:
     refs: dict[int, str]
 
 
-def _fmt(n: E.ENode, a: list[str], surrogates: Mapping[tuple[str, float], str]) -> str:
+#: a spike's surrogate as the generated module names it: (name, alpha, params)
+SurrogateKey = tuple[str, float, tuple[tuple[str, float], ...]]
+
+
+def surrogate_key(n: E.ENode) -> SurrogateKey:
+    """The surrogate of a heaviside node: its name, alpha and parameters beyond alpha."""
+    return (n.attr("surrogate"), n.attr("alpha"), n.attr("params", ()))
+
+
+def _fmt(n: E.ENode, a: list[str], surrogates: Mapping[SurrogateKey, str]) -> str:
     op = n.op
     if op in ("add", "sub", "mul", "div"):
         return f"{a[0]} {'+-*/'[('add', 'sub', 'mul', 'div').index(op)]} {a[1]}"
@@ -52,8 +61,10 @@ def _fmt(n: E.ENode, a: list[str], surrogates: Mapping[tuple[str, float], str]) 
         return f"-{a[0]}"
     if op == "recip":
         return f"1.0 / {a[0]}"
-    if op in ("exp", "log", "tanh", "abs", "sqrt", "sign"):
+    if op in ("exp", "log", "tanh", "abs", "sqrt", "sign", "sin", "cos"):
         return f"jnp.{op}({a[0]})"
+    if op == "pow":
+        return f"jnp.power({a[0]}, {py_float(n.attr('e'))})"
     if op in ("sigmoid", "relu"):
         return f"jax.nn.{op}({a[0]})"
     if op == "clamp":
@@ -70,7 +81,7 @@ def _fmt(n: E.ENode, a: list[str], surrogates: Mapping[tuple[str, float], str]) 
         return f"jnp.where({a[0]} != 0, {a[1]}, {a[2]})"
     if op == "heaviside":
         fn = "rt.spike" if n.attr("cmp") == ">=" else "rt.spike_gt"
-        return f"{fn}({a[0]}, {surrogates[(n.attr('surrogate'), n.attr('alpha'))]})"
+        return f"{fn}({a[0]}, {surrogates[surrogate_key(n)]})"
     if op == "detach":
         return f"lax.stop_gradient({a[0]})"
     raise IRError(f"the jax lowering has no rule for expression op {op!r}")
@@ -81,13 +92,13 @@ def emit(
     roots: Iterable[int],
     inputs: Mapping[str, str],
     namer: Namer,
-    surrogates: Mapping[tuple[str, float], str],
+    surrogates: Mapping[SurrogateKey, str],
     suffix: str = "",
 ) -> Emitted:
     """Python statements computing the nodes ``roots`` need.
 
     ``inputs``: input name (``"s:v"``) -> the Python expression holding it;
-    ``surrogates``: (surrogate name, alpha) -> the module function computing its
+    ``surrogates``: (surrogate name, alpha, params) -> the module function computing its
     gradient (:func:`surrogate_function`); ``suffix`` makes temporaries unique
     per node of the model (``h_4``).
     """
@@ -102,17 +113,20 @@ def emit(
     return Emitted(tuple(lines), refs)
 
 
-def surrogates_of(g: E.Graph) -> set[tuple[str, float]]:
-    """The (surrogate, alpha) pairs a graph's spikes use."""
-    return {(n.attr("surrogate"), n.attr("alpha")) for n in g.nodes if n.op == "heaviside"}
+def surrogates_of(g: E.Graph) -> set[SurrogateKey]:
+    """The (surrogate, alpha, params) a graph's spikes use."""
+    return {surrogate_key(n) for n in g.nodes if n.op == "heaviside"}
 
 
-def surrogate_function(name: str, alpha: float, fn_name: str) -> list[str]:
+def surrogate_function(
+    name: str, alpha: float, fn_name: str, params: tuple[tuple[str, float], ...] = ()
+) -> list[str]:
     """A module-level ``def fn_name(g, x)``: the surrogate's gradient, from its expression."""
     g = E.Graph()
     grad, x = g.input("g", "g"), g.input("x", "x")
-    result = surrogate_backward(name, grad, x, alpha)
-    head = f"def {fn_name}(g, x):  # surrogate {name}, alpha = {float(alpha)!r}"
+    result = surrogate_backward(name, grad, x, alpha, params)
+    extra = "".join(f", {k} = {float(v)!r}" for k, v in params)
+    head = f"def {fn_name}(g, x):  # surrogate {name}, alpha = {float(alpha)!r}{extra}"
     if not isinstance(result, E.Val):
         return [head, f"    return jnp.full_like(g, {py_float(float(result))})"]
     out = emit(g, [result.i], {"g:g": "g", "x:x": "x"}, Namer({"g", "x", *PY_RESERVED}), {})

@@ -48,7 +48,7 @@ from snncc.ir.neurons import NeuronGraph, build
 from snncc.ir.ops import OPS
 
 from . import runtime
-from .lower import PY_RESERVED, emit, surrogate_function, surrogates_of
+from .lower import PY_RESERVED, SurrogateKey, emit, surrogate_function, surrogates_of
 
 _SANITISE = re.compile(r"[^A-Za-z0-9_.\-\[\]/:()=,<>+* ]")
 
@@ -218,8 +218,8 @@ class Renderer:
                 if e.delay == 1:
                     self.delayed.add(e.src)
         self.new_state: list[str] = []
-        #: (surrogate, alpha) -> the module function computing its gradient
-        self.surrogates: dict[tuple[str, float], str] = {}
+        #: (surrogate, alpha, params) -> the module function computing its gradient
+        self.surrogates: dict[SurrogateKey, str] = {}
         #: every name the generated module defines at module or function level
         self.names = Namer(PY_RESERVED)
         #: whether the module draws random numbers (training-mode dropout) and so needs a key
@@ -721,7 +721,8 @@ class Renderer:
             "new_state": self.new_state,
             "param_names": sorted(self.g.params),
             "surrogates": [
-                surrogate_function(name, alpha, fn) for (name, alpha), fn in self.surrogates.items()
+                surrogate_function(name, alpha, fn, params)
+                for (name, alpha, params), fn in self.surrogates.items()
             ],
             "uses_key": self.uses_key,
         }

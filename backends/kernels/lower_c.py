@@ -79,8 +79,10 @@ def _fmt(op: str, a: list[str], n: E.ENode, const_arg: list[bool]) -> str:
         return f"-{a[0]}"
     if op == "recip":
         return f"1.0f / {a[0]}"
-    if op in ("exp", "log", "tanh", "abs", "sqrt"):
+    if op in ("exp", "log", "tanh", "abs", "sqrt", "sin", "cos"):
         return f"snncc_{op}f({a[0]})"
+    if op == "pow":
+        return f"snncc_powf({a[0]}, {f32_literal(n.attr('e'))})"
     if op == "sigmoid":
         return f"snncc_sigmoidf({a[0]})"
     if op == "relu":

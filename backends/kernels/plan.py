@@ -566,7 +566,8 @@ def kernel_summary(spec: NeuronSpec, ng: NeuronGraph) -> str:
     for q in ng.quantities:
         parts.append(f"{q}=@{ng.quantity_roles[q][0]}")
     if ng.fires:
-        parts.append(f"{spec.surrogate}({float(spec.alpha)!r})")
+        sp = "".join(f", {k}={float(v)!r}" for k, v in sorted(spec.surrogate_params.items()))
+        parts.append(f"{spec.surrogate}({float(spec.alpha)!r}{sp})")
     return " ".join(parts)
 
 

@@ -20,7 +20,7 @@ import torch
 
 from snncc.errors import IRError
 from snncc.ir import expr as E
-from snncc.ir.surrogates import surrogate_backward
+from snncc.ir.surrogates import Params, resolve_params, surrogate_backward
 
 Tensor = torch.Tensor
 Value = Tensor | float
@@ -46,8 +46,10 @@ def _apply(n: E.ENode, a: list[Value]) -> Value:
         return -a[0]  # type: ignore[operator]
     if op == "recip":
         return torch.reciprocal(a[0])  # type: ignore[arg-type]
-    if op in ("exp", "log", "tanh", "sigmoid", "abs", "sqrt", "relu", "sign"):
+    if op in ("exp", "log", "tanh", "sigmoid", "abs", "sqrt", "relu", "sign", "sin", "cos"):
         return getattr(torch, op)(a[0])
+    if op == "pow":
+        return torch.pow(a[0], n.attr("e"))  # type: ignore[call-overload]
     if op == "clamp":
         return torch.clamp(a[0], min=n.attr("lo"), max=n.attr("hi"))  # type: ignore[arg-type]
     if op in ("gt", "ge", "lt", "le", "eq"):
@@ -63,7 +65,11 @@ def _apply(n: E.ENode, a: list[Value]) -> Value:
         return a[0].detach()  # type: ignore[union-attr]
     if op == "heaviside":
         return SpikeFunction.apply(
-            a[0], n.attr("surrogate"), float(n.attr("alpha")), n.attr("cmp") == ">"
+            a[0],
+            n.attr("surrogate"),
+            float(n.attr("alpha")),
+            n.attr("cmp") == ">",
+            n.attr("params", ()),
         )
     raise IRError(f"the torch lowering has no rule for expression op {op!r}")
 
@@ -99,31 +105,41 @@ def evaluate(g: E.Graph, roots: Iterable[int], env: Mapping[str, Value]) -> dict
 
 # -------------------------------------------------------------------- spike
 @lru_cache(maxsize=256)
-def _surrogate_plan(name: str, alpha: float) -> tuple[E.Graph, Any]:
+def _surrogate_plan(name: str, alpha: float, params: Params) -> tuple[E.Graph, Any]:
     g = E.Graph()
     grad, x = g.input("g", "out"), g.input("x", "u")
-    return g, surrogate_backward(name, grad, x, alpha)
+    return g, surrogate_backward(name, grad, x, alpha, params)
 
 
-def surrogate_grad_of(name: str, alpha: float, grad: Tensor, x: Tensor) -> Tensor:
-    """``d spike / d x * grad`` at ``x`` for the surrogate ``name`` (torch)."""
-    g, result = _surrogate_plan(name, alpha)
+def surrogate_grad_of(
+    name: str, alpha: float, grad: Tensor, x: Tensor, params: Params = ()
+) -> Tensor:
+    """``d spike / d x * grad`` at ``x`` for the surrogate ``name`` (torch); ``params``: its
+    parameters beyond alpha (:func:`snncc.ir.surrogates.resolve_params`)."""
+    g, result = _surrogate_plan(name, alpha, resolve_params(name, params))
     if not isinstance(result, E.Val):  # a constant gradient (no_grad: 0)
         return torch.full_like(grad, float(result))
     return evaluate(g, [result.i], {"g:out": grad, "x:u": x})[result.i]  # type: ignore[return-value]
 
 
 class SpikeFunction(torch.autograd.Function):
-    """Heaviside forward (``x >= 0``, or ``x > 0`` when ``strict``), surrogate backward."""
+    """Heaviside forward (``x >= 0``, or ``x > 0`` when ``strict``), surrogate backward.
+
+    ``apply(x, name, alpha, strict[, params])``: ``params`` (optional) are the surrogate's
+    parameters beyond alpha.
+    """
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, name: str, alpha: float, strict: bool) -> Tensor:
+    def forward(ctx: Any, x: Tensor, name: str, alpha: float, strict: bool, *rest: Any) -> Tensor:
         ctx.save_for_backward(x)
         ctx.name = name
         ctx.alpha = alpha
+        ctx.params = tuple(rest[0]) if rest else ()
+        ctx.n_rest = len(rest)
         return (x > 0).to(x.dtype) if strict else (x >= 0).to(x.dtype)
 
     @staticmethod
     def backward(ctx: Any, grad_output: Tensor) -> tuple[Tensor | None, ...]:
         (x,) = ctx.saved_tensors
-        return surrogate_grad_of(ctx.name, ctx.alpha, grad_output, x), None, None, None
+        gx = surrogate_grad_of(ctx.name, ctx.alpha, grad_output, x, ctx.params)
+        return gx, None, None, None, *([None] * ctx.n_rest)

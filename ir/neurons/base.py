@@ -90,6 +90,11 @@ class Form:
 #: form name -> its definition (filled by the modules of this package on import)
 REGISTRY: dict[str, Form] = {}
 
+#: what a neuron node can return: its spike, its membrane ``v``, its synaptic current
+#: ``i``, or an analog activation computed from the membrane (SpikingJelly's LIAF:
+#: ``act(h - v_threshold)``, real-valued, so never packed or stored as 0/1)
+OUTPUT_KINDS = ("spike", "membrane", "current", "activation")
+
 
 def form(
     name: str,
@@ -161,6 +166,7 @@ class NeuronBuilder:
         self._states: dict[str, Val] = {}
         self.next_state: dict[str, Operand] = {}
         self.outputs: dict[str, Operand] = {}
+        self.inits: dict[str, float] = {}
         self._used_extra: set[str] = set()
 
     # ------------------------------------------------------------- inputs
@@ -244,7 +250,8 @@ class NeuronBuilder:
 
     def spike(self, u: Val) -> Val:
         """The spec's spike function of ``u`` (its comparison and its surrogate)."""
-        return E.heaviside(u, self.spec.fire_cmp, self.spec.surrogate, self.spec.alpha)
+        spec = self.spec
+        return E.heaviside(u, spec.fire_cmp, spec.surrogate, spec.alpha, spec.surrogate_params)
 
     # ------------------------------------------------------------ results
     def set_state(self, var: str, value: Operand) -> None:
@@ -253,9 +260,18 @@ class NeuronBuilder:
         self.next_state[var] = value
 
     def output(self, kind: str, value: Operand) -> None:
-        if kind not in ("spike", "membrane", "current"):
-            raise IRError(f"neuron output kind {kind!r}")
+        if kind not in OUTPUT_KINDS:
+            raise IRError(f"neuron output kind {kind!r} is not one of {OUTPUT_KINDS}")
         self.outputs[kind] = value
+
+    def init(self, var: str, value: float) -> None:
+        """State ``var``'s value at t = -1 when it comes from the spec (Izhikevich's
+        ``w_rest``); otherwise it is the form's ``inits`` entry, or 0 (``v``: ``v_init``)."""
+        if var not in self.form.info.state or var == "v":
+            raise IRError(f"form {self.form.name!r} cannot set the initial value of {var!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise IRError(f"form {self.form.name!r}: the initial {var} must be a number")
+        self.inits[var] = float(_finite(value, f"neuron {self.form.name!r}: the initial {var}"))
 
 
 def _inputs(g: Graph, root: int) -> list[Any]:
@@ -344,12 +360,15 @@ def _check_common(spec: Any, f: Form) -> None:
         )
 
 
-def _init(spec: Any, info: FormDef, var: str) -> float:
+def _init(spec: Any, info: FormDef, var: str, built: Mapping[str, float]) -> float:
     """A state variable's value at t = -1: the form's own (a traced neuron's), the spec's
-    ``v_init`` for the membrane ``v``, else 0."""
+    ``v_init`` for the membrane ``v``, the value the builder set from the spec
+    (:meth:`NeuronBuilder.init`, Izhikevich's ``w_rest``), else 0."""
     if var in info.inits:
         return _finite(float(info.inits[var]), f"neuron initial value of {var!r}")
-    return float(spec.v_init) if var == "v" else 0.0
+    if var == "v":
+        return float(spec.v_init)
+    return float(built.get(var, 0.0))
 
 
 def check_spec(spec: Any) -> Form:
@@ -397,14 +416,14 @@ def _build(key: str) -> NeuronGraph:
         quantity_roles={q: b._q_roles[q] for q in order},
         step=b.step,
         states=info.state,
-        inits={v: _init(spec, info, v) for v in info.state},
+        inits={v: _init(spec, info, v, b.inits) for v in info.state},
         ports=info.ports,
         next_state=dict(b.next_state),
         outputs=dict(b.outputs),
         out=spec.output,
     )
     if g.fires:
-        surrogates.check_alpha(spec.surrogate, float(spec.alpha))
+        surrogates.check_alpha(spec.surrogate, float(spec.alpha), spec.surrogate_params)
     return g
 
 

@@ -43,13 +43,17 @@ from __future__ import annotations
 import importlib
 import math
 import pkgutil
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from snncc.errors import UnsupportedError
 from snncc.ir.expr import Operand, Val
 
-Backward = Callable[[Val, Val, float], Operand]
+#: ``fn(g, x, alpha, **params)`` -> the gradient reaching ``x``
+Backward = Callable[..., Operand]
+#: a surrogate's parameters beyond alpha, as the heaviside node carries them: sorted pairs
+Params = tuple[tuple[str, float], ...]
 
 
 @dataclass(frozen=True)
@@ -62,20 +66,33 @@ class Surrogate:
     source: str
     #: the formula divides by alpha (alpha must be > 0; others take any finite alpha)
     divides_by_alpha: bool = False
+    #: parameters beyond alpha and their defaults (most surrogates have none): a
+    #: SpikingJelly surrogate with two knobs (PiecewiseLeakyReLU's w and c) keeps its first
+    #: in alpha and the others here, by their SpikingJelly names
+    params: dict[str, float] = field(default_factory=dict)
+    #: ``check(alpha, params)`` -> why these values cannot be used, or None
+    check: Callable[[float, Mapping[str, float]], str | None] | None = None
 
 
 SURROGATES: dict[str, Surrogate] = {}
 
 
 def surrogate(
-    name: str, alpha: float, source: str, divides_by_alpha: bool = False
+    name: str,
+    alpha: float,
+    source: str,
+    divides_by_alpha: bool = False,
+    params: Mapping[str, float] | None = None,
+    check: Callable[[float, Mapping[str, float]], str | None] | None = None,
 ) -> Callable[[Backward], Backward]:
-    """Register ``fn(g, x, alpha)`` -> the gradient of the spike at ``x`` times ``g``."""
+    """Register ``fn(g, x, alpha, **params)`` -> the gradient of the spike at ``x`` times ``g``."""
 
     def deco(fn: Backward) -> Backward:
         if name in SURROGATES:
             raise UnsupportedError(f"surrogate {name!r} is registered twice")
-        SURROGATES[name] = Surrogate(name, alpha, fn, source, divides_by_alpha)
+        SURROGATES[name] = Surrogate(
+            name, alpha, fn, source, divides_by_alpha, dict(params or {}), check
+        )
         return fn
 
     return deco
@@ -96,19 +113,45 @@ def default_alpha(name: str) -> float:
     return get(name).alpha
 
 
-def check_alpha(name: str, alpha: float) -> None:
-    """Refuse a sharpness the formula cannot use (not finite, or <= 0 where it divides)."""
+def resolve_params(name: str, params: Mapping[str, Any] | Params | None = None) -> Params:
+    """Surrogate ``name``'s parameters beyond alpha: ``params`` over its defaults, as sorted
+    (name, float) pairs (empty for a surrogate that has none). Unknown names and values
+    that are not finite numbers are refused."""
+    s = get(name)
+    given = dict(params or {})
+    unknown = sorted(set(given) - set(s.params))
+    if unknown:
+        raise UnsupportedError(
+            f"surrogate {name!r} has no parameter {', '.join(map(repr, unknown))} "
+            f"(its parameters beyond alpha: {', '.join(s.params) or 'none'})"
+        )
+    out = {**s.params, **given}
+    for k, v in out.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise UnsupportedError(f"surrogate {name!r} parameter {k}={v!r} is not a finite number")
+    return tuple(sorted((k, float(v)) for k, v in out.items()))
+
+
+def check_alpha(name: str, alpha: float, params: Mapping[str, Any] | Params | None = None) -> None:
+    """Refuse a sharpness (or another parameter) the formula cannot use: not finite, <= 0
+    where it divides by alpha, or what the surrogate's own check refuses."""
     s = get(name)
     if not math.isfinite(alpha) or (s.divides_by_alpha and not alpha > 0):
         raise UnsupportedError(
             f"surrogate {name!r} alpha must be finite{' and > 0' if s.divides_by_alpha else ''}, "
             f"got {alpha!r}"
         )
+    resolved = dict(resolve_params(name, params))
+    problem = s.check(float(alpha), resolved) if s.check is not None else None
+    if problem:
+        raise UnsupportedError(f"surrogate {name!r}: {problem}")
 
 
-def surrogate_backward(name: str, g: Val, x: Val, alpha: float) -> Operand:
+def surrogate_backward(
+    name: str, g: Val, x: Val, alpha: float, params: Mapping[str, Any] | Params | None = None
+) -> Operand:
     """The gradient reaching ``x`` through a spike at ``x`` when ``g`` arrives at the spike."""
-    return get(name).backward(g, x, float(alpha))
+    return get(name).backward(g, x, float(alpha), **dict(resolve_params(name, params)))
 
 
 def _register_all() -> None:
