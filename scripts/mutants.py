@@ -52,7 +52,12 @@ def package_dirs(root: Path) -> dict[str, str]:
     return {name: folder for name, folder in pairs if folder != f"snncc/{name}"}
 
 
-TIMEOUT_S = 900
+TIMEOUT_S = 300  # per pytest run (a mutant that hangs a test is reported as a timeout)
+
+#: pytest's exit code -> a mutant's status. Only a failing test (exit 1) catches a mutant: a
+#: mutant that breaks collection (2: interrupted, 3: internal error, 4: usage error) or leaves
+#: nothing to run (5) says nothing about the tests and is reported as not caught.
+STATUS = {0: "survived", 1: "caught", -1: "timeout"}
 
 
 @dataclass(frozen=True)
@@ -68,6 +73,9 @@ class Mutant:
 
 def k(path: str, expr: str) -> tuple[str, ...]:
     return (path, "-k", expr)
+
+
+FAM = "tests/test_spikingjelly_families.py"
 
 
 MUTANTS: tuple[Mutant, ...] = (
@@ -224,6 +232,124 @@ MUTANTS: tuple[Mutant, ...] = (
         "    return g * (1 / (2 * alpha * z))",
         ("tests/test_surrogate.py",),
         "the soft-sign surrogate loses a factor",
+    ),
+    # ---------------------------------------------------------------- SpikingJelly 2.0 families
+    Mutant(
+        "def-qif-product-order",
+        "neuron definitions (families)",
+        "ir/neurons/spikingjelly_qif.py",
+        '    h = v + (x + a0 * (v - rest) * (v - vc)) / n.require("tau")',
+        '    h = v + (x + a0 * ((v - rest) * (v - vc))) / n.require("tau")',
+        (f"{FAM}::test_family_reference_and_cpu[qif_hard-s]",),
+        "QIF's quadratic term in another (algebraically equal) product order",
+    ),
+    Mutant(
+        "def-izhikevich-recovery-from-v",
+        "neuron definitions (families)",
+        "ir/neurons/spikingjelly_izhikevich.py",
+        "w + (a * (h - rest) - w) / tau_w + b * s",
+        "w + (a * (v - rest) - w) / tau_w + b * s",
+        (f"{FAM}::test_family_reference_and_cpu[izhikevich_hard-s]",),
+        "Izhikevich's recovery variable follows the membrane before the charge, not h",
+    ),
+    Mutant(
+        "def-klif-no-relu",
+        "neuron definitions (families)",
+        "ir/neurons/spikingjelly_klif.py",
+        '    hk = n.name("hk", E.relu(k * lif_charge(n)))',
+        '    hk = n.name("hk", k * lif_charge(n))',
+        (f"{FAM}::test_family_reference_and_cpu[klif_hard-s]",),
+        "KLIF's scaled charge is not rectified",
+    ),
+    Mutant(
+        "def-klif-unscale-reciprocal",
+        "neuron definitions (families)",
+        "ir/neurons/spikingjelly_klif.py",
+        '    u = n.name("u", hk / k)',
+        '    u = n.name("u", hk * (1.0 / k))',
+        (f"{FAM}::test_family_reference_and_cpu[klif_soft_nodecay_scale-s]",),
+        "KLIF's scale_reset divides by k as a multiplication by 1/k",
+    ),
+    Mutant(
+        "def-cuba-decays-swapped",
+        "neuron definitions (families)",
+        "ir/neurons/spikingjelly_cuba_lif.py",
+        "    c_decay, v_decay = (n.quantity(r, n.param(r, n.extra(r))) for r in ROLES)",
+        "    v_decay, c_decay = (n.quantity(r, n.param(r, n.extra(r))) for r in ROLES)",
+        (f"{FAM}::test_family_reference_and_cpu[cuba_soft_sigmoid-s]",),
+        "CUBA-LIF's current and membrane decays swapped",
+    ),
+    Mutant(
+        "def-liaf-threshold-related-ignored",
+        "neuron definitions (families)",
+        "ir/neurons/spikingjelly_liaf.py",
+        '        u = h - n.require("v_threshold") if related else h',
+        "        u = h",
+        (f"{FAM}::test_family_reference_and_cpu[liaf_relu_related-s]",),
+        "LIAF's activation ignores threshold_related (act(h) instead of act(h - v_threshold))",
+    ),
+    Mutant(
+        "def-eif-exponent-reciprocal",
+        "neuron definitions (families)",
+        "ir/neurons/spikingjelly_eif.py",
+        '    e = n.name("e", E.exp((v - theta) / delta))',
+        '    e = n.name("e", E.exp((v - theta) * (1.0 / delta)))',
+        (f"{FAM}::test_family_reference_and_cpu[eif_hard-s]",),
+        "EIF's exponent multiplies by 1/delta_T instead of dividing",
+    ),
+    Mutant(
+        "frontend-klif-ignores-scale-reset",
+        "frontend",
+        "frontend/spikingjelly.py",
+        '        extra={"scale_reset": 1.0 if m.scale_reset else 0.0},',
+        '        extra={"scale_reset": 0.0},',
+        (f"{FAM}::test_family_reference_and_cpu[klif_soft_nodecay_scale-s]",),
+        "the frontend drops KLIF's scale_reset",
+    ),
+    Mutant(
+        "autodiff-cos-sign",
+        "autodiff (kernel backward)",
+        "ir/expr.py",
+        '            acc(n.args[0], gy * -dst.op("sin", a[0]))',
+        '            acc(n.args[0], gy * dst.op("sin", a[0]))',
+        k(FAM, "new_ops_in_every_lowering"),
+        "the derivative of cos loses its sign",
+    ),
+    Mutant(
+        "autodiff-pow-drops-exponent",
+        "autodiff (kernel backward)",
+        "ir/expr.py",
+        "            acc(n.args[0], gy * (e * pow_(a[0], e - 1.0)))",
+        "            acc(n.args[0], gy * pow_(a[0], e - 1.0))",
+        k(FAM, "new_ops_in_every_lowering"),
+        "the derivative of x ** e loses the factor e",
+    ),
+    Mutant(
+        "surrogate-squarewave-terms",
+        "surrogates",
+        "ir/surrogates/spikingjelly.py",
+        "    for i in range(1, int(n)):",
+        "    for i in range(1, int(n) + 1):",
+        k(FAM, "surrogate_torch_lowering"),
+        "SquarewaveFourierSeries sums n cosines (SpikingJelly: n - 1)",
+    ),
+    Mutant(
+        "surrogate-leaky-k-relu-at-zero",
+        "surrogates",
+        "ir/surrogates/spikingjelly.py",
+        "    mask = x >= 0.0",
+        "    mask = x > 0.0",
+        k(FAM, "surrogate_torch_lowering"),
+        "LeakyKReLU's gradient at x = 0 is the leak's (SpikingJelly: k's)",
+    ),
+    Mutant(
+        "surrogate-piecewise-leaky-relu-default",
+        "surrogates",
+        "ir/surrogates/spikingjelly.py",
+        '    params={"c": 0.01},',
+        '    params={"c": 0.1},',
+        k("tests/test_surrogate.py", "defaults_match_spikingjelly"),
+        "PiecewiseLeakyReLU's default c is not SpikingJelly's",
     ),
     # ---------------------------------------------------------------- jax
     Mutant(
@@ -508,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
                 rc, last, secs = pytest(copy, m.tests)
             finally:
                 (copy / m.file).write_text(original)
-            status = "survived" if rc == 0 else ("timeout" if rc == -1 else "caught")
+            status = STATUS.get(rc, f"error (pytest exit {rc})")
             rows.append((m, status, secs, last))
             print(f"{status:9s} {secs:6.1f}s  {m.id:34s} {last}", flush=True)
     finally:
@@ -523,9 +649,9 @@ def main(argv: list[str] | None = None) -> int:
         by_area.setdefault(m.area, []).append(s)
     for area, states in sorted(by_area.items()):
         print(f"  {area:30s} {states.count('caught')}/{len(states)}")
-    survived = [m.id for m, s, _, _ in rows if s != "caught"]
+    survived = [f"{m.id} ({s})" for m, s, _, _ in rows if s != "caught"]
     if survived:
-        print(f"survived: {', '.join(survived)}")
+        print(f"not caught: {', '.join(survived)}")
     return 1 if survived else 0
 
 

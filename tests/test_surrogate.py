@@ -196,9 +196,16 @@ def test_spikingjelly_surrogate_modules_autograd(cls: str) -> None:
         assert torch.equal(surrogate_grad(x, SPIKINGJELLY_SURROGATES[cls], a), xx.grad)
 
 
-def test_default_alphas_match_spikingjelly() -> None:
+def test_defaults_match_spikingjelly() -> None:
+    """A surrogate named without its parameters (snncc.nn, a spec) gets SpikingJelly's class
+    defaults: alpha and every parameter beyond it (PiecewiseLeakyReLU's c, S2NN's beta...)."""
+    from snncc.frontend.surrogates import spikingjelly_surrogate
+    from snncc.ir.surrogates import resolve_params
+
     for cls, name in SPIKINGJELLY_SURROGATES.items():
         assert from_spikingjelly(getattr(sj, cls)()) == (name, SURROGATE_DEFAULTS[name])
+        got = spikingjelly_surrogate(getattr(sj, cls)())
+        assert got == (name, SURROGATE_DEFAULTS[name], dict(resolve_params(name))), cls
 
 
 def test_from_spikingjelly_rejects_with_a_clear_message() -> None:
