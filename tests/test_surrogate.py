@@ -91,15 +91,30 @@ def test_norse_superspike_and_triangle() -> None:
 
 
 def _sj_neuron(cls: str):
-    """A SpikingJelly IFNode firing at 0: its spike's gradient wrt x is the surrogate's."""
+    """A SpikingJelly IFNode firing at 0: its spike's gradient wrt x is the surrogate's at
+    the membrane it charges, ``h = 0.0 + x`` (so -0.0 arrives as +0.0: :func:`_seen`).
+
+    snncc's alpha is the class's ``alpha`` argument, or the attribute the frontend reads it
+    from (PiecewiseLeakyReLU's ``w``, LeakyKReLU's ``k``...); a parameterless class
+    (DeterministicPass) is built without one. Other parameters keep their defaults.
+    """
+    from snncc.frontend.surrogates import SPIKINGJELLY_SURROGATE_ATTRS
+
+    key = SPIKINGJELLY_SURROGATE_ATTRS.get(cls, ("alpha", {}))[0]
 
     def fn(a: float):
-        node = sj_neuron.IFNode(
-            v_threshold=0.0, surrogate_function=getattr(sj, cls)(alpha=a), step_mode="m"
-        )
+        sg = getattr(sj, cls)(**({} if key is None else {key: a}))
+        node = sj_neuron.IFNode(v_threshold=0.0, surrogate_function=sg, step_mode="m")
         return lambda t: node(t[None])[0]  # h = 0 + x, spike = surrogate(h - 0)
 
     return fn
+
+
+def _seen(label: str, x: torch.Tensor) -> torch.Tensor:
+    """The value the source's spike function gets for ``x``: a SpikingJelly IFNode's
+    membrane is ``0.0 + x`` (-0.0 becomes +0.0, where FakeNumericalGradient's 1 / x
+    changes sign); the frameworks' surrogate functions get ``x`` itself."""
+    return x + 0.0 if label.startswith("SpikingJelly IFNode") else x
 
 
 def _snntorch(factory: str, key: str | None):
@@ -174,7 +189,7 @@ def test_surrogate_grad_equals_the_source_frameworks_autograd(name: str) -> None
             if y.requires_grad:  # a plain comparison (no_grad) leaves autograd nothing to run
                 y.backward(torch.ones_like(x))
             want = torch.zeros_like(x) if xx.grad is None else xx.grad
-            got = surrogate_grad(x, name, a)
+            got = surrogate_grad(_seen(label, x), name, a)
             assert 0 < float((want != 0).sum()) or name == "no_grad", (label, "no gradient")
             torch.testing.assert_close(
                 got, want, rtol=0, atol=0, equal_nan=True, msg=f"{label}, alpha={a}"
