@@ -81,6 +81,16 @@ Export (this module)
   r = tau_mem/dt, w_in = tau_syn/dt)``, a ``graded_spikes_factor`` a ``Scale``
   after the neuron. Only ``reset_mechanism="zero"`` with ``reset_delay=False``
   is what NIR describes (for a positive threshold).
+- snnTorch ``RSynaptic`` (all to all) -> ``CubaLIF`` as ``Synaptic`` (its recurrent
+  ``Linear`` is an edge of the graph), ``Lapicque`` -> ``LIF(tau = R*C, r = R)`` (the
+  file's ``dt`` must be its ``time_step``); both reset from the previous membrane (a
+  delayed reset, like ``reset_delay=True``: lossy, ``accept="reset_delay"``).
+- Norse ``IAFCell`` / ``IAF`` -> ``IF(r = 1/dt)``: exact.
+  Alpha, LIFAdEx, Izhikevich, LSNN and RSynaptic's one-to-one ``V`` have no NIR node.
+- SpikingJelly ``CUBALIFNode`` -> ``CubaLIF`` as snnTorch's ``Synaptic`` (alpha =
+  ``c_decay``, beta = ``v_decay``, its ``>=`` as above); a ``v_reset`` other than 0 starts
+  the membrane off rest (lossy, ``accept="init"``). QIF, EIF, Izhikevich, KLIF (its
+  ``k``-scaled ReLU) and LIAF (an analog output) have no NIR node.
 - conv / pool / flatten / linear / scale / add map to the matching NIR nodes
   (an ``add`` is a ``Scale(1)`` node fed by every addend).
 
@@ -360,13 +370,6 @@ def neuron_fields(
     form = spec.charge
     lossy: list[tuple[str, str]] = []
     spiking_form = form not in ("snncc_li", "norse_li")
-    if spiking_form and spec.output != "spike":
-        raise UnsupportedError(
-            f"it outputs its {spec.output}; NIR spiking neurons output spikes only "
-            "(use the spikes, or an LI read-out)"
-        )
-    if not spiking_form and spec.output != "membrane":
-        raise UnsupportedError(f"it outputs its {spec.output}; NIR LI nodes output the membrane")
     if spec.reset == "subtract":
         lossy.append(("reset", "it resets by subtracting the threshold; NIR resets are hard"))
     elif spec.reset == "none" and spiking_form:
@@ -374,6 +377,14 @@ def neuron_fields(
     if spec.reset_delay:
         lossy.append(
             ("reset_delay", "snnTorch reset_delay=True resets at the next step; NIR immediately")
+        )
+    elif form in ("snntorch_lapicque", "snntorch_rsynaptic") and spec.reset != "none":
+        lossy.append(
+            (
+                "reset_delay",
+                "snnTorch's Lapicque / RSynaptic reset from the previous membrane (at the next "
+                "step, as reset_delay=True); NIR immediately",
+            )
         )
     vr = 0.0 if spec.v_reset is None or spec.reset != "hard" else float(spec.v_reset)
 
@@ -420,12 +431,33 @@ def neuron_fields(
             },
         )
         rest = vr
-    elif form in ("snntorch_leaky", "snntorch_rleaky", "snntorch_synaptic"):
+    elif form in ("snntorch_leaky", "snntorch_rleaky", "snntorch_synaptic", "snntorch_rsynaptic"):
         out, rest = _snntorch_fields(spec, params, shape, dt, full)
+    elif form == "snntorch_lapicque":
+        out, rest = _lapicque_fields(spec, params, shape, dt, full)
+    elif form == "sj_cuba_lif":
+        out, rest = _sj_cuba_fields(spec, params, shape, dt, dtype, full, vr)
+    elif form == "norse_iaf":
+        out = NeuronExport(
+            "IF",
+            {
+                "r": full(1.0 / dt),  # the convention's h = v + (r*dt) * x is Norse's v + x
+                "v_threshold": _threshold(spec, params, shape, dtype),
+                "v_reset": full(_param(params, "v_reset", vr)),
+            },
+        )
+        rest = vr
     elif form in ("norse_lif", "norse_lif_recurrent", "norse_lifbox", "norse_li"):
         out, rest = _norse_fields(spec, params, shape, dt, dtype, full)
     else:
         raise UnsupportedError(f"its charge form {form!r} has no NIR node")
+    if spiking_form and spec.output != "spike":
+        raise UnsupportedError(
+            f"it outputs its {spec.output}; NIR spiking neurons output spikes only "
+            "(use the spikes, or an LI read-out)"
+        )
+    if not spiking_form and spec.output != "membrane":
+        raise UnsupportedError(f"it outputs its {spec.output}; NIR LI nodes output the membrane")
     if not math.isclose(float(spec.v_init), float(rest), rel_tol=0.0, abs_tol=0.0):
         lossy.append(
             (
@@ -451,7 +483,7 @@ def _snntorch_fields(
     _finite_tau("LIF", tau=tau_mem)
     g = full(_param(params, "graded_spikes_factor", spec.extra.get("graded_spikes_factor", 1.0)))
     graded = None if np.all(np.float32(g) == np.float32(1.0)) else g
-    if spec.charge == "snntorch_synaptic":
+    if spec.charge in ("snntorch_synaptic", "snntorch_rsynaptic"):
         alpha = np.clip(full(_param(params, "alpha", spec.extra.get("alpha"))), 0.0, 1.0)
         tau_syn = tau_from_coef(1.0 - alpha, dt)
         _finite_tau("CubaLIF", tau_syn=tau_syn)
@@ -473,6 +505,65 @@ def _snntorch_fields(
         "v_reset": full(0.0),
     }
     return NeuronExport("LIF", fields, graded), 0.0
+
+
+def _sj_cuba_fields(
+    spec: NeuronSpec,
+    params: Mapping[str, np.ndarray],
+    shape: tuple,
+    dt: float,
+    dtype: str,
+    full: Any,
+    vr: float,
+) -> tuple[NeuronExport, float]:
+    """SpikingJelly's CUBALIFNode, ``i1 = i*c_decay + x; h = v*v_decay + i1``: the step of
+    snnTorch's Synaptic (alpha = c_decay, beta = v_decay), so NIR's CubaLIF with
+    ``tau_syn = dt/(1-c_decay)``, ``tau_mem = dt/(1-v_decay)``, ``r = tau_mem/dt``,
+    ``w_in = tau_syn/dt`` and ``v_leak = 0`` (its membrane decays towards 0, whatever
+    ``v_reset`` is); fired on ``>=`` (the threshold one float32 below), reset immediately."""
+    c_decay = full(_param(params, "c_decay", spec.extra.get("c_decay")))
+    v_decay = full(_param(params, "v_decay", spec.extra.get("v_decay")))
+    tau_syn, tau_mem = tau_from_coef(1.0 - c_decay, dt), tau_from_coef(1.0 - v_decay, dt)
+    _finite_tau("CubaLIF", tau_syn=tau_syn, tau_mem=tau_mem)
+    fields = {
+        "tau_syn": tau_syn,
+        "tau_mem": tau_mem,
+        "r": tau_mem / dt,
+        "v_leak": full(0.0),
+        "v_threshold": _threshold(spec, params, shape, dtype),
+        "v_reset": full(vr),
+        "w_in": tau_syn / dt,
+    }
+    return NeuronExport("CubaLIF", fields), 0.0
+
+
+def _lapicque_fields(
+    spec: NeuronSpec, params: Mapping[str, np.ndarray], shape: tuple, dt: float, full: Any
+) -> tuple[NeuronExport, float]:
+    """Lapicque's ``m + (ts/(R*C)) * (R*x - m)``: NIR's LIF with ``tau = R*C``, ``r = R``."""
+    ts = np.asarray(_param(params, "time_step", spec.extra.get("time_step", 1.0)), np.float64)
+    if not np.allclose(ts, dt, rtol=1e-6, atol=0.0):
+        raise UnsupportedError(
+            f"it is an snnTorch Lapicque with time_step={float(np.max(ts)):g}; export with "
+            "dt equal to its time_step (its R*C is in the same time unit)"
+        )
+    if "beta" in spec.roles:
+        raise UnsupportedError(
+            "its C is derived from a learnable beta; NIR needs the value (export after "
+            "training, with learn_beta=False)"
+        )
+    big_r = full(_param(params, "R", spec.extra.get("R", 1.0)))
+    tau = big_r * full(_param(params, "C", spec.extra.get("C")))
+    _finite_tau("LIF", tau=tau)
+    g = full(_param(params, "graded_spikes_factor", spec.extra.get("graded_spikes_factor", 1.0)))
+    fields = {
+        "tau": tau,
+        "r": big_r,
+        "v_leak": full(0.0),
+        "v_threshold": full(_param(params, "threshold", spec.v_threshold)),
+        "v_reset": full(0.0),
+    }
+    return NeuronExport("LIF", fields, None if np.all(np.float32(g) == 1) else g), 0.0
 
 
 def _norse_fields(

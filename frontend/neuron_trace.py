@@ -364,8 +364,8 @@ def _known_surrogate(obj: Any) -> tuple[str, str, float, dict[str, float]] | Non
         name, alpha, params = fs.spikingjelly_surrogate(obj)
         return ">=", name, alpha, params
     if callable(obj) and (getattr(obj, "__module__", "") or "").startswith("snntorch"):
-        name, alpha = fs.from_snntorch(obj)
-        return ">", name, alpha, {}
+        name, alpha, params = fs.snntorch_surrogate(obj)
+        return ">", name, alpha, params
     return None
 
 

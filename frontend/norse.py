@@ -1,5 +1,7 @@
 """Converters for Norse 1.1 modules: ``LIFCell``, ``LIF``, ``LIFBoxCell``, ``LICell``,
-``LI``, ``LIFRecurrentCell`` and the ``SequentialState`` container.
+``LI``, ``LIFRecurrentCell``, ``LIFAdExCell``, ``LIFAdEx``, ``IzhikevichCell``,
+``Izhikevich``, ``IzhikevichRecurrentCell``, ``IAFCell``, ``IAF``, ``LSNNCell``, ``LSNN``,
+``LSNNRecurrentCell``, ``LILinearCell`` and the ``SequentialState`` container.
 
 Read from the installed sources (``norse/torch/functional/{lif,lif_box,
 leaky_integrator,threshold,reset}.py``, ``norse/torch/module/*.py``); the exact
@@ -34,6 +36,18 @@ diagonal at construction and then only through a gradient hook on that
 Parameter: snncc runs the weights as stored (forward identical) and its
 gradient wrt the diagonal is the plain one (the hook is a training rule,
 not part of the model's function; keep the diagonal at zero when training).
+
+The families (``norse_lif_adex``, ``norse_izhikevich``, ``norse_iaf``, ``norse_lsnn``, their
+recurrent forms; :mod:`snncc.ir.neurons`) take their ``p`` fields the same way: a field
+that is an ``nn.Parameter`` or holds one value per neuron is a node param (its role), any
+other is an exact constant in ``extra``, with each product of constants (``dt *
+p.tau_ada_inv``, Izhikevich's ``p.tau_inv * dt * p.a``) evaluated as Norse evaluates it.
+The initial state is Norse's ``initial_state``: LIFAdEx and LSNN start the membrane at
+``v_leak`` (a scalar constant) and LSNN's threshold at ``v_th``; IAF at ``v_reset`` (a
+scalar constant: Norse starts from that tensor itself); Izhikevich at its behaviour's
+``s.v`` and ``s.u`` (one value each). ``LILinearCell`` is a bias-free ``Linear`` node
+(``input_weights``) feeding an ``LICell`` node. ``LSNNRecurrentCell`` and
+``IzhikevichRecurrentCell`` are built like ``LIFRecurrentCell`` (the same autapse note).
 """
 
 from __future__ import annotations
@@ -61,13 +75,24 @@ from snncc.frontend.tracer import (
 from snncc.ir.neuron import NeuronSpec
 
 try:  # Norse is optional: without it these converters are simply not registered
+    from norse.torch.functional.iaf import iaf_feed_forward_step
+    from norse.torch.functional.izhikevich import (
+        izhikevich_feed_forward_step,
+        izhikevich_recurrent_step,
+    )
     from norse.torch.functional.leaky_integrator import li_feed_forward_step
     from norse.torch.functional.lif import lif_feed_forward_step, lif_step
+    from norse.torch.functional.lif_adex import lif_adex_feed_forward_step
     from norse.torch.functional.lif_box import lif_box_feed_forward_step
+    from norse.torch.functional.lsnn import lsnn_feed_forward_step, lsnn_step
     from norse.torch.functional.reset import reset_subtract, reset_value
-    from norse.torch.module.leaky_integrator import LI, LICell
+    from norse.torch.module.iaf import IAF, IAFCell
+    from norse.torch.module.izhikevich import Izhikevich, IzhikevichCell, IzhikevichRecurrentCell
+    from norse.torch.module.leaky_integrator import LI, LICell, LILinearCell
     from norse.torch.module.lif import LIF, LIFCell, LIFRecurrentCell
+    from norse.torch.module.lif_adex import LIFAdEx, LIFAdExCell
     from norse.torch.module.lif_box import LIFBoxCell
+    from norse.torch.module.lsnn import LSNN, LSNNCell, LSNNRecurrentCell
     from norse.torch.module.sequential import SequentialState
 except ImportError:  # pragma: no cover - exercised only without norse
     SequentialState = None
@@ -75,8 +100,20 @@ except ImportError:  # pragma: no cover - exercised only without norse
 _CELLS: tuple[type, ...] = ()
 _SEQUENCES: tuple[type, ...] = ()
 if SequentialState is not None:
-    _CELLS = (LIFCell, LIFBoxCell, LICell, LIFRecurrentCell)
-    _SEQUENCES = (LIF, LI)
+    _CELLS = (
+        LIFCell,
+        LIFBoxCell,
+        LICell,
+        LIFRecurrentCell,
+        LIFAdExCell,
+        IzhikevichCell,
+        IzhikevichRecurrentCell,
+        IAFCell,
+        LSNNCell,
+        LSNNRecurrentCell,
+        LILinearCell,
+    )
+    _SEQUENCES = (LIF, LI, LIFAdEx, Izhikevich, IAF, LSNN)
 
 
 def _owns(m: nn.Module) -> bool:
@@ -125,9 +162,34 @@ if SequentialState is not None:
         LIFBoxCell: lif_box_feed_forward_step,
         LICell: li_feed_forward_step,
         LI: li_feed_forward_step,
+        LIFAdExCell: lif_adex_feed_forward_step,
+        LIFAdEx: lif_adex_feed_forward_step,
+        IzhikevichCell: izhikevich_feed_forward_step,
+        Izhikevich: izhikevich_feed_forward_step,
+        IzhikevichRecurrentCell: izhikevich_recurrent_step,
+        IAFCell: iaf_feed_forward_step,
+        IAF: iaf_feed_forward_step,
+        LSNNCell: lsnn_feed_forward_step,
+        LSNN: lsnn_feed_forward_step,
+        LSNNRecurrentCell: lsnn_step,
     }
 
-_SPIKING = ("LIFCell", "LIF", "LIFRecurrentCell", "LIFBoxCell")
+_SPIKING = (
+    "LIFCell",
+    "LIF",
+    "LIFRecurrentCell",
+    "LIFBoxCell",
+    "LIFAdExCell",
+    "LIFAdEx",
+    "IzhikevichCell",
+    "Izhikevich",
+    "IzhikevichRecurrentCell",
+    "IAFCell",
+    "IAF",
+    "LSNNCell",
+    "LSNN",
+    "LSNNRecurrentCell",
+)
 
 
 def _neuron_problem(m: nn.Module, view: str) -> str | None:
@@ -147,7 +209,7 @@ def _neuron_problem(m: nn.Module, view: str) -> str | None:
             "Norse sequence modules (LIF, LI) run the whole time-major [T, B, ...] sequence; "
             "inside a per-step model use the cell (LIFCell, LICell)"
         )
-    if getattr(m, "activation", None) is not _ACTIVATIONS[type(m)]:
+    if type(m) in _ACTIVATIONS and getattr(m, "activation", None) is not _ACTIVATIONS[type(m)]:
         method = getattr(m.p, "method", "?")
         return (
             f"its step function is {getattr(m.activation, '__name__', m.activation)!r} "
@@ -164,14 +226,49 @@ def _neuron_problem(m: nn.Module, view: str) -> str | None:
             return str(e)
     if type(m) is LIFBoxCell and m.p.reset_method not in (reset_value, reset_subtract):
         return f"p.reset_method={m.p.reset_method!r}; supported: norse reset_value, reset_subtract"
-    v_leak = m.p.v_leak
-    if isinstance(v_leak, nn.Parameter) or (
-        isinstance(v_leak, torch.Tensor) and v_leak.numel() != 1
-    ):
+    v_leak = getattr(m.p, "v_leak", None)
+    if _not_a_constant(v_leak):
         return (
             "p.v_leak must be a scalar constant (it is also the initial membrane); a learnable "
             "or per-neuron v_leak is not supported"
         )
+    return _family_problem(m)
+
+
+def _not_a_constant(value: Any) -> bool:
+    """A learnable or per-neuron tensor (a value that cannot be a fixed initial state)."""
+    return isinstance(value, nn.Parameter) or (
+        isinstance(value, torch.Tensor) and value.numel() != 1
+    )
+
+
+def _family_problem(m: nn.Module) -> str | None:
+    """What the families' converters cannot reproduce (their parameters, initial states)."""
+    fields = _FAMILY_FIELDS.get(type(m))
+    if fields is None:
+        return None
+    for name in fields:
+        value = getattr(m.p, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float, torch.Tensor)):
+            return f"p.{name}={value!r}; supported: a number or a real tensor"
+        if isinstance(value, torch.Tensor) and (value.is_complex() or value.numel() == 0):
+            return f"p.{name} is a {value.dtype} tensor of {value.numel()} values"
+    if type(m) in (IAFCell, IAF) and _not_a_constant(m.p.v_reset):
+        return (
+            "p.v_reset must be a scalar constant for IAF: Norse starts the membrane from that "
+            "very tensor (not detached), so a learnable or per-neuron v_reset is not supported"
+        )
+    if type(m) in (IzhikevichCell, Izhikevich, IzhikevichRecurrentCell):
+        s = m.spiking_method.s
+        for name in ("v", "u"):
+            value = getattr(s, name)
+            if not isinstance(value, torch.Tensor) or value.numel() != 1:
+                return (
+                    f"its spiking_method.s.{name} must be one value (a one-element tensor); "
+                    "a per-neuron initial state is not supported"
+                )
+    if type(m) in (LSNNCell, LSNN, LSNNRecurrentCell) and not isinstance(m.p.v_th, torch.Tensor):
+        return "p.v_th must be a tensor (Norse's LSNN initial state detaches it)"
     return None
 
 
@@ -323,22 +420,28 @@ def _li(call: Call, m: nn.Module) -> Multi:
     return Multi((v, _state(call, {"v": lambda: v, "i": lambda: emit("current")})))
 
 
-def _lif_recurrent(call: Call, m: nn.Module) -> Multi:
-    """``i += W_in x + W_rec z[t-1]``: two bias-free linear nodes, the second one step late."""
-    _check_one_input(call)
-    x = tnn.one_input(call)
-    graph = call.ctx.graph
-    w_in = graph.add_node(
+def _input_weights(call: Call, m: nn.Module) -> int:
+    """``F.linear(input, input_weights)``: a bias-free linear node."""
+    return call.ctx.graph.add_node(
         "linear",
-        [x.id],
+        [tnn.one_input(call).id],
         params={"weight": call.param(m, "input_weights")},
         shape=call.out_shape,
         dtype=call.out_dtype,
         name=f"{call.path}.input_weights",
     )
-    spec, ps = _spec(call, m, "norse_lif", "norse_lif_recurrent")
-    spec_dict = spec.to_dict()
-    z = call.emit("neuron", [w_in], attrs={"neuron": spec_dict}, params=dict(ps.params))
+
+
+def _recurrent(
+    call: Call, m: nn.Module, spec: NeuronSpec, ps: _Params, outputs: dict[str, str]
+) -> Multi:
+    """A recurrent cell: ``W_in x`` into port 0 and ``W_rec z[t-1]`` into port 1 (two
+    bias-free linear nodes, the second one step late). ``outputs``: state field -> the
+    neuron output that is its value after the step (besides ``z``)."""
+    _check_one_input(call)
+    graph = call.ctx.graph
+    w_in = _input_weights(call, m)
+    z = call.emit("neuron", [w_in], attrs={"neuron": spec.to_dict()}, params=dict(ps.params))
     rec = graph.add_node(
         "linear",
         [(z, 1)],
@@ -349,10 +452,197 @@ def _lif_recurrent(call: Call, m: nn.Module) -> Multi:
     )
     graph.add_edge(rec, z, 1, 0)
     emit = _neuron(call, spec, ps, [w_in, rec])
-    state = _state(
-        call, {"z": lambda: z, "v": lambda: emit("membrane"), "i": lambda: emit("current")}
+    fields: dict[str, Callable[[], int]] = {"z": lambda: z}
+    fields.update({k: (lambda o=o: emit(o)) for k, o in outputs.items()})
+    return Multi((z, _state(call, fields)))
+
+
+def _lif_recurrent(call: Call, m: nn.Module) -> Multi:
+    """``i += W_in x + W_rec z[t-1]``: two bias-free linear nodes, the second one step late."""
+    spec, ps = _spec(call, m, "norse_lif", "norse_lif_recurrent")
+    return _recurrent(call, m, spec, ps, {"v": "membrane", "i": "current"})
+
+
+# --------------------------------------------------------------------------- the families
+
+#: p field -> (node param role, extra key, how the step uses it): "dt" (``dt * p.field``),
+#: "neg_dt" (``-dt * p.field``), "value" (as is), "threshold" / "v_reset" (spec fields)
+Field = tuple[str, str, str]
+_ADEX: dict[str, Field] = {
+    "tau_mem_inv": ("tau_mem_inv", "dt_tau_mem_inv", "dt"),
+    "tau_syn_inv": ("tau_syn_inv", "neg_dt_tau_syn_inv", "neg_dt"),
+    "tau_ada_inv": ("tau_ada_inv", "dt_tau_ada_inv", "dt"),
+    "delta_T": ("delta_T", "delta_T", "value"),
+    "adaptation_current": ("adaptation_current", "adaptation_current", "value"),
+    "adaptation_spike": ("adaptation_spike", "adaptation_spike", "value"),
+    "v_th": ("threshold", "", "threshold"),
+    "v_reset": ("v_reset", "", "v_reset"),
+}
+_LSNN: dict[str, Field] = {
+    "tau_mem_inv": ("tau_mem_inv", "dt_tau_mem_inv", "dt"),
+    "tau_syn_inv": ("tau_syn_inv", "neg_dt_tau_syn_inv", "neg_dt"),
+    "tau_adapt_inv": ("tau_adapt_inv", "dt_tau_adapt_inv", "dt"),
+    "beta": ("beta", "beta", "value"),
+    "v_th": ("threshold", "", "threshold"),
+    "v_reset": ("v_reset", "", "v_reset"),
+}
+_IAF: dict[str, Field] = {
+    "v_th": ("threshold", "", "threshold"),
+    "v_reset": ("v_reset", "", "v_reset"),
+}
+_IZHIKEVICH: dict[str, Field] = {
+    **{k: (k, k, "value") for k in ("b", "c", "d", "sq", "mn", "bias")},
+    "v_th": ("threshold", "", "threshold"),
+}
+_FAMILY_FIELDS: dict[type, dict[str, Field]] = {}
+if SequentialState is not None:
+    _FAMILY_FIELDS = {
+        LIFAdExCell: _ADEX,
+        LIFAdEx: _ADEX,
+        LSNNCell: _LSNN,
+        LSNN: _LSNN,
+        LSNNRecurrentCell: _LSNN,
+        IAFCell: _IAF,
+        IAF: _IAF,
+        **{
+            cls: {**_IZHIKEVICH, "tau_inv": ("tau_inv", "", "izh"), "a": ("a", "", "izh")}
+            for cls in (IzhikevichCell, Izhikevich, IzhikevichRecurrentCell)
+        },
+    }
+
+
+def _constant(value: Any) -> float:
+    """A Python number or a one-element tensor as the float Norse computes with."""
+    return float(value.detach()) if isinstance(value, torch.Tensor) else float(value)
+
+
+def _family_spec(
+    call: Call,
+    m: nn.Module,
+    charge: str,
+    *,
+    v_init: float,
+    extra: dict[str, Any] | None = None,
+    detach_reset: bool = False,
+) -> tuple[NeuronSpec, _Params]:
+    """The spec of a family module from its ``p`` (:data:`_FAMILY_FIELDS`)."""
+    from snncc.frontend.surrogates import from_norse
+
+    ps = _Params(call, m)
+    ext: dict[str, Any] = {"dt": float(m.dt), **(extra or {})}
+    consts = {"threshold": math.nan, "v_reset": 0.0}
+    for field, (role, key, use) in _FAMILY_FIELDS[type(m)].items():
+        if use == "izh":
+            continue  # Izhikevich's tau_inv and a: see _izhikevich_spec
+        is_role = ps.tensor_role(field, role)
+        if use in ("threshold", "v_reset"):
+            consts[use] = ps.scalar(field)
+        elif not is_role and use == "value":
+            ext[key] = _constant(getattr(m.p, field))
+        elif not is_role:
+            ext[key] = _coefficient(m, field, -1.0 if use == "neg_dt" else 1.0)
+    surrogate, alpha = from_norse(m.p.method, m.p.alpha)
+    spec = NeuronSpec(
+        model=charge,
+        charge=charge,
+        v_threshold=consts["threshold"],
+        v_reset=consts["v_reset"],
+        reset="hard",
+        detach_reset=detach_reset,
+        fire_cmp=">",
+        surrogate=surrogate,
+        alpha=alpha,
+        v_init=v_init,
+        extra=ext,
+        param_roles=tuple(ps.params),
+        learnable=tuple(ps.learnable),
     )
-    return Multi((z, state))
+    return spec, ps
+
+
+def _emit_family(call: Call, spec: NeuronSpec, ps: _Params, fields: dict[str, str]) -> Multi:
+    """A feed-forward family module: the spike node, and one node per state field used."""
+    _check_one_input(call)
+    emit = _neuron(call, spec, ps, [tnn.one_input(call)])
+    z = emit("spike")
+    return Multi((z, _state(call, {k: (lambda o=o: emit(o)) for k, o in fields.items()})))
+
+
+def _lif_adex(call: Call, m: nn.Module) -> Multi:
+    v_leak = _constant(m.p.v_leak)
+    spec, ps = _family_spec(call, m, "norse_lif_adex", v_init=v_leak, extra={"v_leak": v_leak})
+    return _emit_family(call, spec, ps, {"v": "membrane", "i": "current"})
+
+
+def _lsnn_spec(call: Call, m: nn.Module, charge: str) -> tuple[NeuronSpec, _Params]:
+    v_leak = _constant(m.p.v_leak)
+    recurrent = charge == "norse_lsnn_recurrent"
+    return _family_spec(
+        call, m, charge, v_init=v_leak, extra={"v_leak": v_leak}, detach_reset=recurrent
+    )
+
+
+def _lsnn(call: Call, m: nn.Module) -> Multi:
+    spec, ps = _lsnn_spec(call, m, "norse_lsnn")
+    return _emit_family(call, spec, ps, {"v": "membrane", "i": "current"})
+
+
+def _lsnn_recurrent(call: Call, m: nn.Module) -> Multi:
+    spec, ps = _lsnn_spec(call, m, "norse_lsnn_recurrent")
+    return _recurrent(call, m, spec, ps, {"v": "membrane", "i": "current"})
+
+
+def _iaf(call: Call, m: nn.Module) -> Multi:
+    spec, ps = _family_spec(call, m, "norse_iaf", v_init=_constant(m.p.v_reset))
+    return _emit_family(call, spec, ps, {"v": "membrane"})
+
+
+def _izhikevich_spec(call: Call, m: nn.Module, charge: str) -> tuple[NeuronSpec, _Params]:
+    """``p.tau_inv * dt`` and ``p.tau_inv * dt * p.a`` as Norse evaluates them (constants), or
+    node params ``tau_inv`` and ``a`` (``a`` then always one: ``k_u`` is derived from both)."""
+    p, dt = m.p, m.dt
+    s = m.spiking_method.s
+    extra: dict[str, Any] = {"u_init": _constant(s.u)}
+    spec, ps = _family_spec(call, m, charge, v_init=_constant(s.v), extra=extra)
+    tau_role = ps.tensor_role("tau_inv", "tau_inv")
+    a_role = ps.tensor_role("a", "a")
+    if tau_role and not a_role:
+        ps.params["a"] = call.ctx.add_param(
+            f"{call.path}.p.a" if call.path else "p.a", torch.tensor(float(p.a))
+        )
+    with torch.no_grad():
+        if not tau_role:
+            extra["tau_inv_dt"] = _constant(p.tau_inv * dt)
+            if not a_role:
+                extra["tau_inv_dt_a"] = _constant(p.tau_inv * dt * p.a)
+    spec = spec.replace(
+        v_reset=_constant(p.c) if not isinstance(p.c, torch.Tensor) or p.c.numel() == 1 else 0.0,
+        extra={**spec.extra, **extra},
+        param_roles=tuple(ps.params),
+        learnable=tuple(ps.learnable),
+    )
+    return spec, ps
+
+
+def _izhikevich(call: Call, m: nn.Module) -> Multi:
+    spec, ps = _izhikevich_spec(call, m, "norse_izhikevich")
+    return _emit_family(call, spec, ps, {"v": "membrane"})
+
+
+def _izhikevich_recurrent(call: Call, m: nn.Module) -> Multi:
+    spec, ps = _izhikevich_spec(call, m, "norse_izhikevich_recurrent")
+    return _recurrent(call, m, spec, ps, {"v": "membrane"})
+
+
+def _li_linear(call: Call, m: nn.Module) -> Multi:
+    """``LILinearCell``: ``F.linear(input, input_weights)`` (a bias-free linear node) into an
+    LI neuron (``li_step`` is ``li_feed_forward_step`` on that current)."""
+    _check_one_input(call)
+    w_in = _input_weights(call, m)
+    spec, ps = _spec(call, m, "norse_li", "norse_li")
+    emit = _neuron(call, spec, ps, [w_in])
+    v = emit("membrane")
+    return Multi((v, _state(call, {"v": lambda: v, "i": lambda: emit("current")})))
 
 
 if SequentialState is not None:
@@ -376,6 +666,17 @@ if SequentialState is not None:
         (LICell, _li),
         (LI, _li),
         (LIFRecurrentCell, _lif_recurrent),
+        (LIFAdExCell, _lif_adex),
+        (LIFAdEx, _lif_adex),
+        (LSNNCell, _lsnn),
+        (LSNN, _lsnn),
+        (LSNNRecurrentCell, _lsnn_recurrent),
+        (IAFCell, _iaf),
+        (IAF, _iaf),
+        (IzhikevichCell, _izhikevich),
+        (Izhikevich, _izhikevich),
+        (IzhikevichRecurrentCell, _izhikevich_recurrent),
+        (LILinearCell, _li_linear),
     ]:
         register_module(_cls, f"norse.torch.{_cls.__name__}", check=_neuron_problem)(_fn)
     register_container(SequentialState, "norse.torch.SequentialState")

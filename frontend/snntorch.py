@@ -1,9 +1,11 @@
-"""Converters for snnTorch 1.0 neurons: ``Leaky``, ``Synaptic``, ``RLeaky``.
+"""Converters for snnTorch 1.0 neurons: ``Leaky``, ``Synaptic``, ``RLeaky``, ``Alpha``,
+``Lapicque``, ``RSynaptic``.
 
 Read from the installed sources (``snntorch/_neurons/{neurons,leaky,synaptic,
-rleaky}.py``); the exact per-step arithmetic of each is
+rleaky,alpha,lapicque,rsynaptic}.py``); the exact per-step arithmetic of each is
 :data:`snncc.ir.neuron.FORMS` (``snntorch_leaky``, ``snntorch_synaptic``,
-``snntorch_rleaky``, ``snntorch_rleaky_v``).
+``snntorch_rleaky``, ``snntorch_rleaky_v``, ``snntorch_alpha``, ``snntorch_lapicque``,
+``snntorch_rsynaptic``, ``snntorch_rsynaptic_v``).
 
 snnTorch neurons are single-step modules (one call per time step on
 ``[B, ...]``), so a model using them compiles as a per-step program fed
@@ -35,7 +37,20 @@ Per neuron:
   fed by the neuron's spike through a delay-1 edge (zeros at t = 0, so its
   bias arrives at t = 0 too) into the neuron's port 1: a recurrent component.
   ``all_to_all=False``: ``V`` is applied inside the neuron to its previous
-  spike (state ``s``).
+  spike (state ``s``). ``RSynaptic`` likewise (the recurrent term joins the
+  synaptic current).
+- ``Alpha`` returns ``(spk, syn_exc, syn_inh, mem)``: ``syn_inh`` is the
+  ``current`` output with ``extra["current_inh"] = 1``. ``learn_alpha=True``
+  raises in snnTorch 1.0 itself, so ``alpha`` is a buffer.
+- ``Lapicque``: ``R``, ``C`` and ``time_step`` are node params (as fp32: the
+  step multiplies them with fp32 tensors, which is where snnTorch converts its
+  int64 buffers); with ``learn_beta=True`` the ``C`` snnTorch derived from
+  ``beta`` is derived in the IR instead, so ``beta`` trains.
+- Alpha, Lapicque and RSynaptic have no immediate reset correction (Alpha and
+  Lapicque have no ``reset_delay``; RSynaptic's ``reset_delay=False`` path
+  never changes its outputs in snnTorch 1.0 and raises when its ``spk``
+  argument is None, so it is refused with that explanation): their specs keep
+  ``reset_delay`` False.
 
 Refused: ``inhibition=True``, ``state_quant``, surrogates other than
 :data:`snncc.frontend.surrogates.SNNTORCH_SURROGATES` (or ``surrogate_disable``), other
@@ -59,11 +74,12 @@ from snncc.frontend.tracer import (
     register_framework,
     register_module,
 )
-from snncc.ir.neuron import NeuronSpec
+from snncc.ir.neuron import SNNTORCH_FORMS, NeuronSpec
 
 try:  # snnTorch is optional: without it these converters are simply not registered
     import snntorch as snt
     from snntorch._neurons.rleaky import RecurrentOneToOne
+    from snntorch._neurons.rsynaptic import RecurrentOneToOne as RSynapticOneToOne
 except ImportError:  # pragma: no cover - exercised only without snntorch
     snt = None
 
@@ -102,6 +118,12 @@ def _state_args(m: nn.Module) -> StateArgs | None:
         return StateArgs(("syn", "mem"), (1, 2), _zeros, internal_ok=True)
     if t is snt.RLeaky:
         return StateArgs(("spk", "mem"), (0, 1), _zeros, internal_ok=True)
+    if t is snt.Alpha:
+        return StateArgs(("syn_exc", "syn_inh", "mem"), (1, 2, 3), _zeros, internal_ok=True)
+    if t is snt.Lapicque:
+        return StateArgs(("mem",), (1,), _zeros, internal_ok=True)
+    if t is snt.RSynaptic:
+        return StateArgs(("spk", "syn", "mem"), (0, 1, 2), _zeros, internal_ok=True)
     return None
 
 
@@ -128,7 +150,7 @@ def _mechanism(m: nn.Module) -> tuple[str | None, str | None]:
 def _recurrent_problem(m: nn.Module) -> str | None:
     rec = m.recurrent
     if not m.all_to_all:
-        if type(rec) is not RecurrentOneToOne:
+        if type(rec) not in (RecurrentOneToOne, RSynapticOneToOne):
             return f"its recurrent module is {type(rec).__name__}, not RecurrentOneToOne"
         return None
     if type(rec) is nn.Linear:
@@ -141,7 +163,10 @@ def _recurrent_problem(m: nn.Module) -> str | None:
             or rec.padding_mode != "zeros"
             or isinstance(rec.padding, str)
         ):
-            return "its recurrent Conv2d is not the one RLeaky builds (stride 1, zero padding)"
+            return (
+                f"its recurrent Conv2d is not the one {type(m).__name__} builds (stride 1, "
+                "zero padding)"
+            )
         return None
     return f"its recurrent module is {type(rec).__name__}; supported: nn.Linear, nn.Conv2d"
 
@@ -149,7 +174,7 @@ def _recurrent_problem(m: nn.Module) -> str | None:
 def _neuron_problem(m: nn.Module, view: str) -> str | None:
     """Why snncc cannot reproduce this neuron (checked before the model runs), or None."""
     from snncc.errors import UnsupportedError
-    from snncc.frontend.surrogates import from_snntorch
+    from snncc.frontend.surrogates import snntorch_surrogate
 
     if view != "step":
         return (
@@ -162,31 +187,68 @@ def _neuron_problem(m: nn.Module, view: str) -> str | None:
     if getattr(m, "state_quant", False):
         return "state_quant is not supported"
     try:
-        from_snntorch(m.spike_grad)
+        snntorch_surrogate(m.spike_grad)
     except UnsupportedError as e:
         return str(e)
     _, why = _mechanism(m)
     if why:
         return why
-    if type(m) is snt.RLeaky:
+    if type(m) is snt.RSynaptic and not m.reset_delay:
+        return (
+            "reset_delay=False: snnTorch 1.0's RSynaptic computes that correction from its spk "
+            "argument (it raises when spk is None, as with init_hidden=True or a state kept "
+            "inside the module) and discards the result, so its outputs are those of "
+            "reset_delay=True; construct it with reset_delay=True (the default)"
+        )
+    if type(m) in (snt.RLeaky, snt.RSynaptic):
         return _recurrent_problem(m)
+    if type(m) is snt.Lapicque:
+        return _lapicque_problem(m)
+    return None
+
+
+def _lapicque_problem(m: nn.Module) -> str | None:
+    """Lapicque's R / C / time_step must be real tensors; the only one that may carry an
+    autograd graph is the C snnTorch derived from a learnable beta."""
+    for name in ("R", "C", "time_step"):
+        value = getattr(m, name)
+        if not isinstance(value, torch.Tensor) or value.is_complex():
+            return f"its {name} is {type(value).__name__}; supported: a real tensor"
+        from_beta = name == "C" and isinstance(m.beta, nn.Parameter) and m.beta.requires_grad
+        if value.requires_grad and not from_beta:
+            return f"its {name} requires grad but is not the C derived from a learnable beta"
     return None
 
 
 # --------------------------------------------------------------------------- converters
 
 
-def _spec_and_params(
-    call: Call, m: nn.Module, model: str, charge: str, roles: tuple[str, ...]
-) -> tuple[NeuronSpec, dict[str, str]]:
-    from snncc.frontend.surrogates import from_snntorch
+def _float_param(call: Call, m: nn.Module, role: str) -> str:
+    """``m.<role>`` as a node param; an integer buffer (Lapicque's default ``R`` and
+    ``time_step``) is stored as fp32, the value snnTorch's step converts it to."""
+    value = getattr(m, role)
+    if isinstance(value, torch.Tensor) and not value.is_floating_point():
+        name = f"{call.path}.{role}" if call.path else role
+        return call.ctx.add_param(name, value.detach().to(torch.float32))
+    return call.param(m, role)
 
-    params = {role: call.param(m, role) for role in roles}
+
+def _spec_and_params(
+    call: Call,
+    m: nn.Module,
+    model: str,
+    charge: str,
+    roles: tuple[str, ...],
+    extra: dict[str, Any] | None = None,
+) -> tuple[NeuronSpec, dict[str, str]]:
+    from snncc.frontend.surrogates import snntorch_surrogate
+
+    params = {role: _float_param(call, m, role) for role in roles}
     learnable = tuple(
         r for r in roles if isinstance(getattr(m, r), nn.Parameter) and getattr(m, r).requires_grad
     )
     th = torch.as_tensor(m.threshold).detach()
-    surrogate, alpha = from_snntorch(m.spike_grad)
+    surrogate, alpha, surrogate_params = snntorch_surrogate(m.spike_grad)
     reset, _ = _mechanism(m)
     spec = NeuronSpec(
         model=model,
@@ -197,10 +259,13 @@ def _spec_and_params(
         fire_cmp=">",
         surrogate=surrogate,
         alpha=alpha,
+        surrogate_params=surrogate_params,
         v_init=0.0,
-        reset_delay=bool(m.reset_delay),
+        # Alpha, Lapicque and RSynaptic never apply the immediate correction (module docstring)
+        reset_delay=bool(m.reset_delay) if charge in SNNTORCH_FORMS else False,
         param_roles=roles,
         learnable=learnable,
+        extra=dict(extra or {}),
     )
     return spec, params
 
@@ -303,6 +368,66 @@ def _rleaky(call: Call, m: nn.Module) -> int | Multi:
     return Multi((spk, membrane))
 
 
+def _alpha(call: Call, m: nn.Module) -> int | Multi:
+    _check_one_input(call, m)
+    x = tnn.one_input(call)
+    spec, params = _spec_and_params(call, m, "alpha", "snntorch_alpha", ("alpha", *_BASE))
+    spk = _emit(call, spec, [x], params)
+    if not _returns_tuple(m):
+        return spk
+    inh = spec.replace(output="current", extra={"current_inh": 1.0})
+    return Multi(
+        (
+            spk,
+            lambda: _emit(call, spec.replace(output="current"), [x], params),
+            lambda: _emit(call, inh, [x], params),
+            lambda: _emit(call, spec.replace(output="membrane"), [x], params),
+        )
+    )
+
+
+def _lapicque_roles(m: nn.Module) -> tuple[str, ...]:
+    """R, C and time_step as node params; with a learnable beta, beta instead of the C
+    snnTorch derived from it (the IR derives C per sequence, so beta trains)."""
+    c = ("beta",) if m.C.requires_grad else ("C",)
+    return ("R", *c, "time_step", "threshold", "graded_spikes_factor")
+
+
+def _lapicque(call: Call, m: nn.Module) -> int | Multi:
+    _check_one_input(call, m)
+    x = tnn.one_input(call)
+    spec, params = _spec_and_params(call, m, "lapicque", "snntorch_lapicque", _lapicque_roles(m))
+    spk = _emit(call, spec, [x], params)
+    if not _returns_tuple(m):
+        return spk
+    return Multi((spk, lambda: _emit(call, spec.replace(output="membrane"), [x], params)))
+
+
+def _rsynaptic(call: Call, m: nn.Module) -> int | Multi:
+    _check_one_input(call, m)
+    x = tnn.one_input(call)
+    roles = ("alpha", *_BASE)
+    if not m.all_to_all:
+        spec, params = _spec_and_params(call, m, "rsynaptic", "snntorch_rsynaptic_v", (*roles, "V"))
+        inputs = [x]
+        spk = _emit(call, spec, inputs, params)
+    else:
+        spec, params = _spec_and_params(call, m, "rsynaptic", "snntorch_rsynaptic", roles)
+        spk = _emit(call, spec, [x], params)
+        rec = _recurrent_node(call, m, spk)
+        call.ctx.graph.add_edge(rec, spk, 1, 0)
+        inputs = [x, rec]
+    if not _returns_tuple(m):
+        return spk
+    return Multi(
+        (
+            spk,
+            lambda: _emit(call, spec.replace(output="current"), inputs, params),
+            lambda: _emit(call, spec.replace(output="membrane"), inputs, params),
+        )
+    )
+
+
 if snt is not None:
     register_framework(
         Framework(
@@ -317,5 +442,12 @@ if snt is not None:
             state_args=_state_args,
         )
     )
-    for _cls, _fn in [(snt.Leaky, _leaky), (snt.Synaptic, _synaptic), (snt.RLeaky, _rleaky)]:
+    for _cls, _fn in [
+        (snt.Leaky, _leaky),
+        (snt.Synaptic, _synaptic),
+        (snt.RLeaky, _rleaky),
+        (snt.Alpha, _alpha),
+        (snt.Lapicque, _lapicque),
+        (snt.RSynaptic, _rsynaptic),
+    ]:
         register_module(_cls, f"snntorch.{_cls.__name__}", check=_neuron_problem)(_fn)

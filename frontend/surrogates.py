@@ -134,6 +134,31 @@ SNNTORCH_SURROGATES: dict[str, tuple[str, str | None]] = {
     "straight_through_estimator": ("straight_through", None),
     "heaviside": ("snntorch_heaviside", None),
     "triangular": ("snntorch_triangular", "threshold"),
+    "spike_rate_escape": ("spike_rate_escape", "slope"),
+    "SFS": ("sparse_fast_sigmoid", "slope"),
+}
+
+#: snnTorch's two-parameter surrogates: factory -> {snncc surrogate parameter beyond alpha:
+#: the closure variable holding it} (their sharpness, ``slope``, is alpha)
+SNNTORCH_SURROGATE_PARAMS: dict[str, dict[str, str]] = {
+    "spike_rate_escape": {"beta": "beta"},
+    "SFS": {"B": "B"},
+}
+
+#: snnTorch 1.0 surrogate factories snncc refuses, and why
+SNNTORCH_REFUSED: dict[str, str] = {
+    "SSO": (
+        "its backward is stochastic (torch.rand_like noise on the non-spiking neurons), so "
+        "no compiled program can reproduce it"
+    ),
+    "LSO": (
+        "it calls snnTorch's stochastic spike operator (a random backward), and in snnTorch "
+        "1.0 with the wrong arguments, so it raises in snnTorch itself"
+    ),
+    "custom_surrogate": (
+        "its gradient is an arbitrary Python function, which cannot be reproduced by name; "
+        "use one of the built-in surrogates"
+    ),
 }
 
 #: Norse 1.1 ``threshold(x, method, alpha)`` method -> snncc surrogate name
@@ -153,15 +178,18 @@ def _scalar(value: Any, what: str) -> float:
     return float(value)
 
 
-def from_snntorch(spike_grad: Any) -> tuple[str, float]:
-    """Convert an snnTorch neuron's ``spike_grad`` to snncc's ``(name, alpha)``.
+def snntorch_surrogate(spike_grad: Any) -> tuple[str, float, dict[str, float]]:
+    """Convert an snnTorch neuron's ``spike_grad`` to snncc's ``(name, alpha, params)``;
+    ``params``: its parameters beyond alpha (``spike_rate_escape``'s ``beta``, ``SFS``'s
+    ``B``), empty for the others.
 
     Accepted: the closures returned by ``snntorch.surrogate.atan(alpha)``,
     ``fast_sigmoid(slope)``, ``sigmoid(slope)``, ``straight_through_estimator()``,
-    ``heaviside()``, ``triangular(threshold)``, and the neuron's own
-    ``_surrogate_bypass`` (``surrogate_disable=True``: no gradient). Anything
-    else (stochastic or two-parameter surrogates, custom functions) is
-    refused: its gradient cannot be reproduced by name.
+    ``heaviside()``, ``triangular(threshold)``, ``spike_rate_escape(beta, slope)``,
+    ``SFS(slope, B)`` and the neuron's own ``_surrogate_bypass``
+    (``surrogate_disable=True``: no gradient). Refused, each with its reason:
+    ``SSO`` and ``LSO`` (stochastic), ``custom_surrogate`` (a Python function), and
+    anything else.
     """
     import inspect
 
@@ -169,26 +197,53 @@ def from_snntorch(spike_grad: Any) -> tuple[str, float]:
     if getattr(spike_grad, "__name__", "") == "_surrogate_bypass" and (
         getattr(spike_grad, "__module__", "") or ""
     ).startswith("snntorch"):
-        return "no_grad", SURROGATE_DEFAULTS["no_grad"]
+        return "no_grad", SURROGATE_DEFAULTS["no_grad"], {}
     module = getattr(spike_grad, "__module__", None)
     qualname = getattr(spike_grad, "__qualname__", "") or ""
     factory = qualname.split(".<locals>.")[0]
-    if (
-        module != "snntorch.surrogate"
-        or not qualname.endswith(".<locals>.inner")
-        or factory not in SNNTORCH_SURROGATES
-    ):
+    ours = module == "snntorch.surrogate" and qualname.endswith(".<locals>.inner")
+    if ours and factory in SNNTORCH_REFUSED:
+        raise UnsupportedError(
+            f"snnTorch spike_grad surrogate.{factory} is not supported: "
+            f"{SNNTORCH_REFUSED[factory]}; supported: {supported} (or surrogate_disable=True)"
+        )
+    if not ours or factory not in SNNTORCH_SURROGATES:
         raise UnsupportedError(
             f"snnTorch spike_grad {module}.{qualname or type(spike_grad).__name__} is not "
             f"supported; supported: {supported} (or surrogate_disable=True)"
         )
     name, var = SNNTORCH_SURROGATES[factory]
     if var is None:
-        return name, SURROGATE_DEFAULTS[name]
+        return name, SURROGATE_DEFAULTS[name], {}
     nonlocals = inspect.getclosurevars(spike_grad).nonlocals
-    if var not in nonlocals:
-        raise UnsupportedError(f"snnTorch surrogate.{factory}: cannot read its {var!r}")
-    return name, _scalar(nonlocals[var], f"snnTorch surrogate.{factory} {var}")
+
+    def number(attr: str) -> float:
+        if attr not in nonlocals:
+            raise UnsupportedError(f"snnTorch surrogate.{factory}: cannot read its {attr!r}")
+        return _scalar(nonlocals[attr], f"snnTorch surrogate.{factory} {attr}")
+
+    alpha = number(var)
+    params = {p: number(attr) for p, attr in SNNTORCH_SURROGATE_PARAMS.get(factory, {}).items()}
+    check_alpha(name, alpha, params)
+    return name, alpha, params
+
+
+def from_snntorch(spike_grad: Any) -> tuple[str, float]:
+    """Convert an snnTorch ``spike_grad`` to snncc's ``(name, alpha)``
+    (:func:`snntorch_surrogate`, for the callers that carry alpha only).
+
+    A two-parameter surrogate is converted only while its second parameter holds snnTorch's
+    default; otherwise it is refused, naming :func:`snntorch_surrogate`, rather than dropped
+    (which would silently change the gradient).
+    """
+    name, alpha, params = snntorch_surrogate(spike_grad)
+    if params and params != dict(resolve_params(name)):
+        raise UnsupportedError(
+            f"snnTorch surrogate {name} has parameters beyond its slope "
+            f"({', '.join(f'{k}={v:g}' for k, v in params.items())}) that a (name, alpha) pair "
+            "cannot carry; use snncc.frontend.surrogates.snntorch_surrogate"
+        )
+    return name, alpha
 
 
 def from_norse(method: str, alpha: Any) -> tuple[str, float]:

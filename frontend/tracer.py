@@ -85,7 +85,8 @@ def register_module(
     per_step_only: bool = False,
     check: Callable[[nn.Module, str], str | None] | None = None,
 ) -> Callable[[ModuleConverter], ModuleConverter]:
-    """Register a converter for exactly ``cls`` (subclasses may change semantics: not matched).
+    """Register a converter for ``cls`` (and subclasses that only configure it in ``__init__``;
+    one with methods of its own may change the maths and is not matched).
 
     ``check(module, view)`` runs before the model is executed (so an option the
     model cannot even run with on the CPU still gets snncc's message) and
@@ -115,11 +116,39 @@ def register_fallback(
     return deco
 
 
+#: methods a subclass may define and still run its registered base's maths unchanged
+_HARMLESS_METHODS = frozenset({"__init__", "extra_repr", "__repr__", "__str__"})
+
+
+def _base_with_same_step(cls: type) -> type | None:
+    """The nearest registered base of ``cls`` if ``cls`` only configures it.
+
+    Users subclass a framework module to set defaults in ``__init__``
+    (``class MyLIF(LIFNode): def __init__(self): super().__init__(tau=3.0)``).
+    Its maths is the base's, read from the instance's attributes by the base's
+    converter, so it converts as the base. A subclass that defines any other
+    method (a new step, a property) may change the maths and is not matched
+    here: it is traced from its own code or refused.
+    """
+    for klass in cls.__mro__:
+        if klass in MODULES:
+            return klass
+        own = {
+            name
+            for name, value in vars(klass).items()
+            if callable(value) or isinstance(value, (property, staticmethod, classmethod))
+        }
+        if own - _HARMLESS_METHODS:
+            return None
+    return None
+
+
 def module_entry(module: nn.Module) -> ModuleEntry | None:
-    """The converter entry of ``module``: its exact class's, else the first fallback's."""
-    entry = MODULES.get(type(module))
-    if entry is not None:
-        return entry
+    """The converter entry of ``module``: its exact class's (or the registered base's of a
+    subclass that only configures it), else the first fallback's."""
+    base = _base_with_same_step(type(module))
+    if base is not None:
+        return MODULES[base]
     for predicate, fallback in FALLBACKS:
         if predicate(module):
             return fallback

@@ -36,6 +36,7 @@ from snncc.errors import UnsupportedError
 from snncc.frontend import torch_nn as tnn
 from snncc.frontend.neuron_trace import TraceError, param_names, trace_step
 from snncc.frontend.tracer import (
+    MODULES,
     Call,
     Framework,
     Multi,
@@ -136,7 +137,37 @@ def _trace(call: Call, m: nn.Module, step: Any, states: dict[str, float]) -> dic
     try:
         return trace_step(m, step, states, _x_like(call))
     except TraceError as e:
-        raise call.unsupported(f"its step cannot be compiled: {e}") from None
+        raise call.unsupported(f"its step cannot be compiled: {e}{_subclass_hint(m)}") from None
+
+
+def _subclass_hint(m: nn.Module) -> str:
+    """What to do when a subclass of a neuron snncc converts overrides part of it: the
+    base's step runs through the framework's fused functional code, which only the
+    exact class's converter understands."""
+    base = next((k for k in type(m).__mro__[1:] if k in MODULES), None)
+    if base is None:
+        return ""
+    own = sorted(n for n, v in vars(type(m)).items() if callable(v) and n != "__init__")
+    N = _sj_neuron_module()
+    if (
+        N is not None
+        and issubclass(base, N.BaseNode)
+        and own
+        and all(n.startswith("neuronal_") for n in own)
+    ):
+        # SpikingJelly 2.0's BaseNode steps through single_step_functional_forward and
+        # never calls neuronal_*: the override is dead code in SpikingJelly itself
+        return (
+            f" ({type(m).__name__} overrides {', '.join(own)} of {base.__name__}, which "
+            "SpikingJelly's BaseNode never calls (its step is single_step_functional_forward): "
+            "subclass neuron.SimpleBaseNode to define the step through neuronal_charge/fire/"
+            "reset, or override single_step_functional_forward)"
+        )
+    return (
+        f" ({type(m).__name__} overrides {', '.join(own) or 'methods'} of {base.__name__}, "
+        "whose step snncc converts only as written; subclass neuron.SimpleBaseNode with your "
+        "neuronal_charge/neuronal_fire/neuronal_reset instead, or keep only __init__)"
+    )
 
 
 def _sj_states(call: Call, m: nn.Module) -> dict[str, float]:

@@ -5,8 +5,10 @@ produce; rendering it (``dot -Tsvg``) is the user's choice of tool, so
 nothing here needs the graphviz binary.
 
 Nodes are labelled like the printer (:func:`snncc.ir.printer.format_node`),
-temporal-fusion groups become clusters, and delay edges (the previous
-step's value) are dashed and do not constrain the layout's ranking.
+temporal-fusion groups become clusters -- inside one cluster per stage once
+the partition pass split the schedule --, transfer edges between stages are
+bold, and delay edges (the previous step's value) are dashed and do not
+constrain the layout's ranking.
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ def _edge_stmt(graph: Graph, u: int, v: int, d: dict[str, Any]) -> str:
     attrs = []
     if graph.nx.in_degree(v) > 1:
         attrs.append(f"label={quote(str(d.get('port', '?')))}")
+    if graph.node(v).get("op") == "transfer":
+        wire = graph.node(v).get("attrs", {}).get("wire", "?")
+        attrs.append(f"style=bold, color=darkgreen, xlabel={quote(str(wire))}")
     delay = d.get("delay", 0)
     if delay:
         attrs.append(f"style=dashed, constraint=false, xlabel={quote(f't-{delay}')}")
@@ -65,14 +70,27 @@ def to_dot(graph: Graph, name: str = "snncc") -> str:
     order = node_order(graph)
     grouped: set[Any] = set()
     groups = graph.meta.get("groups")
-    for g in groups if isinstance(groups, list) else []:
+    groups = [g for g in groups if isinstance(g, dict)] if isinstance(groups, list) else []
+    staged = isinstance(graph.meta.get("stages"), list) or any(g.get("stage", 0) for g in groups)
+    open_stage: Any = None
+    for g in groups:
+        if staged and g.get("stage", 0) != open_stage:
+            if open_stage is not None:
+                lines.append("  }")
+            open_stage = g.get("stage", 0)
+            label = f"stage {format_value(open_stage)}"
+            lines.append(f"  subgraph {quote('cluster_stage_' + str(open_stage))} {{")
+            lines.append(f"    label={quote(label)}; color=darkgreen; penwidth=2;")
+        indent = "    " if staged else "  "
         members = [n for n in g.get("nodes", []) if n in graph.nx and n not in grouped]
         grouped.update(members)
         label = f"group {format_value(g.get('id'))} {format_value(g.get('kind'))}"
         color = _GROUP_COLORS.get(g.get("kind"), "black")
-        lines.append(f"  subgraph {quote('cluster_' + str(g.get('id')))} {{")
-        lines.append(f"    label={quote(label)}; color={color}; style=dashed;")
-        lines.extend(f"    {_node_stmt(graph, n)}" for n in members)
+        lines.append(f"{indent}subgraph {quote('cluster_' + str(g.get('id')))} {{")
+        lines.append(f"{indent}  label={quote(label)}; color={color}; style=dashed;")
+        lines.extend(f"{indent}  {_node_stmt(graph, n)}" for n in members)
+        lines.append(f"{indent}}}")
+    if open_stage is not None:
         lines.append("  }")
     lines.extend(f"  {_node_stmt(graph, n)}" for n in order if n not in grouped)
     pos = {n: i for i, n in enumerate(order)}

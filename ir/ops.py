@@ -39,6 +39,11 @@ scale               ``x * value`` or ``x / value``: attrs op ("mul"|"div"), valu
 cat                 torch.cat along attrs dim (per-step)
 voting              SpikingJelly VotingLayer: avg_pool1d over the last dim,
                     kernel = stride = attrs voting_size
+transfer            identity; added by the ``partition`` pass where a value
+                    crosses from stage ``attrs.src_stage`` to ``attrs.dst_stage``
+                    (the next one: a value needed several stages on is
+                    forwarded stage by stage); ``attrs.wire`` is the dtype it
+                    travels in ("uint8" for exact 0/1 spikes, else its own)
 neuron              stateful; attrs neuron (NeuronSpec.to_dict()); params by
                     role: the spec's ``param_roles`` and ``learnable`` (plif:
                     "w"; snnTorch: beta, threshold, ...). Ports 0..k-1 are the
@@ -105,6 +110,7 @@ OPS: dict[str, OpDef] = {
         OpDef("scale", 1, 1, ("op", "value"), elementwise=True),
         OpDef("cat", 1, None, ("dim",)),
         OpDef("voting", 1, 1, ("voting_size",)),
+        OpDef("transfer", 1, 1, ("src_stage", "dst_stage", "wire")),
         OpDef("neuron", 1, None, ("neuron",), (), ("w",), stateful=True),
     ]
 }

@@ -13,8 +13,11 @@ Line format (ARCHITECTURE.md, "The IR")::
   ``role=state_dict_name[shape]`` (in the op table's role order); a neuron shows :meth:`NeuronSpec.summary`
   instead of its raw spec dict.
 - ``(%3, %7@t-1)`` are the inputs in port order; ``@t-1`` marks a delay edge.
-- ``: f32[B,128]`` is dtype and per-step shape; ``group=`` / ``dev=`` appear
-  once passes set them; ``# name`` is the source module path.
+- ``: f32[B,128]`` is dtype and per-step shape; ``group=`` / ``stage=`` /
+  ``dev=`` appear once passes set them; ``# name`` is the source module path.
+- The header lists the schedule: each group in execution order (with its
+  ``stage=`` once the partition pass split the schedule) and, after that
+  pass, one line per stage with its groups and modelled costs.
 
 The printer never raises on a broken graph (it is what you look at when the
 verifier complains): unknown values print as ``?``.
@@ -46,7 +49,17 @@ _DTYPES = {
 }
 
 #: meta keys the header shows in their own lines; the rest print as ``meta:``.
-_HEADER_META = ("inputs", "outputs", "groups", "source", "step_mode", "passes")
+_HEADER_META = (
+    "inputs",
+    "outputs",
+    "groups",
+    "source",
+    "step_mode",
+    "passes",
+    "partition",
+    "stages",
+    "parallel",
+)
 
 
 def format_value(v: Any) -> str:
@@ -183,6 +196,8 @@ def format_node(graph: Graph, nid: int, *, annotations: bool = True) -> str:
     if annotations:
         if "group" in node:
             text += f" group={format_value(node['group'])}"
+        if "stage" in node:
+            text += f" stage={format_value(node['stage'])}"
         if "device" in node:
             text += f" dev={format_value(node['device'])}"
         if node.get("name"):
@@ -225,13 +240,68 @@ def format_header(graph: Graph) -> list[str]:
         )
     groups = meta.get("groups")
     if isinstance(groups, list):
+        staged = isinstance(meta.get("stages"), list) or any(
+            isinstance(g, dict) and g.get("stage", 0) != 0 for g in groups
+        )
         for g in groups:
             if isinstance(g, dict):
+                stage = f" stage={format_value(g.get('stage', 0))}" if staged else ""
                 lines.append(
-                    f"# group {format_value(g.get('id'))} {format_value(g.get('kind'))}: "
+                    f"# group {format_value(g.get('id'))} {format_value(g.get('kind'))}{stage}: "
                     f"{_ids(g.get('nodes', []))}"
                 )
+    lines.extend(_stage_lines(meta))
     return lines
+
+
+def _ms(seconds: Any) -> str:
+    return f"{seconds * 1e3:.4g} ms" if isinstance(seconds, (int, float)) else "?"
+
+
+def _mb(n: Any) -> str:
+    return f"{n / 1e6:.4g} MB" if isinstance(n, (int, float)) else "?"
+
+
+def _stage_lines(meta: dict[str, Any]) -> list[str]:
+    """The partition pass's request, each stage's modelled cost, and the schedule choice."""
+    lines = []
+    request = meta.get("partition")
+    if isinstance(request, dict):
+        lines.append(
+            "# partition: "
+            + " ".join(f"{format_name(k)}={format_value(v)}" for k, v in request.items())
+        )
+    stages = meta.get("stages")
+    for st in stages if isinstance(stages, list) else []:
+        if not isinstance(st, dict):
+            continue
+        lines.append(
+            f"# stage {format_value(st.get('id'))}: groups {_ids_plain(st.get('groups', []))}; "
+            f"cost {_ms(st.get('cost'))} = compute {_ms(st.get('compute'))} + receive "
+            f"{_ms(st.get('receive'))} per chunk; memory {_mb(st.get('memory'))}"
+        )
+    parallel = meta.get("parallel")
+    if isinstance(parallel, dict):
+        predicted = parallel.get("predicted", {})
+        shown = []
+        for name, p in predicted.items() if isinstance(predicted, dict) else []:
+            if isinstance(p, dict) and p.get("feasible"):
+                speedup = p.get("speedup")
+                x = f" {speedup:.2f}x" if isinstance(speedup, (int, float)) else ""
+                shown.append(f"{format_name(name)} {_ms(p.get('seconds'))}{x}")
+            elif isinstance(p, dict):
+                shown.append(f"{format_name(name)} n/a")
+        lines.append(
+            f"# parallel: {format_value(parallel.get('schedule'))} on "
+            f"{format_value(parallel.get('devices'))} devices (modelled: {', '.join(shown)})"
+        )
+    return lines
+
+
+def _ids_plain(ids: Any) -> str:
+    if not isinstance(ids, (list, tuple)):
+        return format_value(ids)
+    return ",".join(format_value(i) for i in ids) if ids else "-"
 
 
 def format_graph(graph: Graph) -> str:

@@ -427,6 +427,61 @@ def _check_groups(graph: Graph) -> list[str]:
                 f"groups run {node_ref(graph, v)} (group {owner[v]!r}) before its input "
                 f"{node_ref(graph, u)} (group {owner[u]!r}): not a topological order"
             )
+    return problems or _check_stages(graph, groups, owner)
+
+
+def _check_stages(graph: Graph, groups: list[dict[str, Any]], owner: dict[Any, Any]) -> list[str]:
+    """Stages are contiguous runs of groups numbered 0, 1, ...; a value crosses from one
+    stage to the next only through a ``transfer`` node of the receiving stage."""
+    problems: list[str] = []
+    stage_of_group: dict[Any, int] = {}
+    last = 0
+    for g in groups:
+        stage = g.get("stage", 0)
+        if not isinstance(stage, int) or isinstance(stage, bool) or stage < 0:
+            problems.append(f"group {g['id']!r}: stage {stage!r} is not an int >= 0")
+            continue
+        if stage < last or stage > last + 1 or (not stage_of_group and stage != 0):
+            problems.append(
+                f"group {g['id']!r}: stage {stage} after stage {last}; stages are contiguous "
+                "runs of groups numbered 0, 1, ... in execution order"
+            )
+        last = max(last, stage)
+        stage_of_group[g["id"]] = stage
+    if problems:
+        return problems
+    stage = {nid: stage_of_group[gid] for nid, gid in owner.items()}
+    for nid, d in graph.nx.nodes(data=True):
+        if "stage" in d and d["stage"] != stage[nid]:
+            problems.append(
+                f"{node_ref(graph, nid)}: node stage {d['stage']!r} but its group runs on "
+                f"stage {stage[nid]}"
+            )
+        if d.get("op") == "transfer":
+            a = d.get("attrs", {})
+            (src,) = graph.inputs(nid) or [None]
+            if a.get("dst_stage") != stage[nid] or a.get("src_stage") != stage[nid] - 1:
+                problems.append(
+                    f"{node_ref(graph, nid)}: moves stage {a.get('src_stage')!r} -> "
+                    f"{a.get('dst_stage')!r} but runs on stage {stage[nid]} (a transfer runs on "
+                    "the stage it moves a value to, from the one before)"
+                )
+            elif src is not None and stage[src] != stage[nid] - 1:
+                problems.append(
+                    f"{node_ref(graph, nid)}: reads {node_ref(graph, src)} on stage "
+                    f"{stage[src]}, not on stage {stage[nid] - 1}"
+                )
+            if a.get("wire") not in ("uint8", d.get("dtype")):
+                problems.append(
+                    f"{node_ref(graph, nid)}: wire {a.get('wire')!r} is neither uint8 nor the "
+                    f"value's dtype {d.get('dtype')!r}"
+                )
+    for u, v in graph.nx.edges():
+        if stage[u] != stage[v] and graph.nx.nodes[v].get("op") != "transfer":
+            problems.append(
+                f"{node_ref(graph, v)} on stage {stage[v]} reads {node_ref(graph, u)} on stage "
+                f"{stage[u]} without a transfer node"
+            )
     return problems
 
 

@@ -4,6 +4,11 @@
 #   bash scripts/gpu_check.sh --pack     # beforehand, on a machine with the peers installed
 #   bash scripts/gpu_check.sh            # on the GPU machine: GPU tests, then the suite
 #   bash scripts/gpu_check.sh --bench    # on the GPU machine: the like-for-like tables only
+#   bash scripts/gpu_check.sh --multi    # on the GPU machine: the multi-device check (issue 13):
+#                                        # the time-chunk pipeline's stages on CUDA streams of
+#                                        # one GPU, measured overlap vs the simulation
+#                                        # (benchmarks/scaling.py --gpu-streams, at most
+#                                        # MULTI_TIMEOUT=300 s; $OUT/scaling_gpu_streams.json)
 #
 # What it does, each step bounded in time so the whole call fits in one device call:
 #   1. installs what is missing: wheels carried in .whl/ (e.g. cupy-cuda13x, or
@@ -93,6 +98,8 @@ print(os.path.dirname(s.submodule_search_locations[0]) if s and s.submodule_sear
 fi
 BENCH_ONLY=0
 [ "${1:-}" = "--bench" ] && BENCH_ONLY=1
+MULTI_ONLY=0
+[ "${1:-}" = "--multi" ] && MULTI_ONLY=1 && SJ_NATIVE=0
 
 OUT="${OUT:-$ROOT/gpu_results}"
 mkdir -p "$OUT"
@@ -144,6 +151,17 @@ if ! "$PY" -c "import snncc.backends.cuda" > /dev/null 2>&1; then
         || { "$PY" -m pip install -q --no-deps --no-build-isolation --no-index --target /tmp/snncc-pkg . \
                  >> "$LOGS/install.log" 2>&1 \
              && export PYTHONPATH="/tmp/snncc-pkg${PYTHONPATH:+:$PYTHONPATH}"; }
+fi
+
+# ------------------------------------------------------------------ multi-device (--multi)
+if [ $MULTI_ONLY = 1 ]; then
+    say "multi-device: pipeline stages on CUDA streams of one GPU (benchmarks/scaling.py --gpu-streams, at most ${MULTI_TIMEOUT:-300}s)"
+    timeout "${MULTI_TIMEOUT:-300}" "$PY" benchmarks/scaling.py --gpu-streams --out "$OUT" \
+        > "$LOGS/scaling_gpu_streams.log" 2>&1
+    rc=$?
+    say "gpu streams: exit $rc"
+    [ -f "$OUT/scaling_gpu_streams.json" ] && head -c 3000 "$OUT/scaling_gpu_streams.json" >> "$SUMMARY"
+    exit "$rc"
 fi
 
 # ------------------------------------------------------------------ 2. native SpikingJelly (background)

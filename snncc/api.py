@@ -242,6 +242,15 @@ class CompiledModel:
             )
         return fn(params, x, key)
 
+    def parallel(self, schedule: str, **options: Any) -> Any:
+        """This model on several processes: the runner of ``schedule`` for this rank
+        (``"data_parallel"``, ``"pipeline"``, ``"temporal"``, ``"neuron_split"``; see
+        :mod:`snncc.distributed`). Call :func:`snncc.distributed.init` first (under
+        ``torchrun``); every rank calls ``run(x, state)`` / ``train_step(x, loss_fn)``."""
+        from snncc import distributed
+
+        return distributed.make(self, schedule, **options)
+
     def _has(self, feature: str) -> bool:
         from snncc.backends.base import has_feature
 
@@ -458,12 +467,22 @@ def compile(  # noqa: A001 - the public name is snncc.compile, by design
     example_input: Any,
     backend: str = "reference",
     dump_ir: str | Path | None = None,
+    *,
+    stages: int | None = None,
+    devices: int | None = None,
+    partition: dict[str, Any] | None = None,
     **options: Any,
 ) -> CompiledModel:
     """Compile ``model`` for ``backend``, tracing it with ``example_input`` [T, B, ...].
 
     ``dump_ir``: a directory that receives the IR after each pass
-    (``NN_<pass>.txt``). ``options`` go to the backend's ``lower``.
+    (``NN_<pass>.txt``). ``stages`` splits the schedule into that many stages
+    for a time-chunk pipeline; ``devices`` lets the partition pass model every
+    multi-device schedule on that many devices and apply the fastest;
+    ``partition`` holds the pass's other settings (the workload ``steps`` /
+    ``batch`` it is costed for, default the example's; ``chunks``, ``device``,
+    ``link``, ``memory_cap``, ``calibration``, ...: see
+    :mod:`snncc.ir.passes.partition`). ``options`` go to the backend's ``lower``.
     """
     from snncc import backends
     from snncc.frontend import trace
@@ -471,7 +490,18 @@ def compile(  # noqa: A001 - the public name is snncc.compile, by design
     example = _check_example_input(example_input)
     backends.get(backend)  # unknown names fail before the (slower) trace
     _check_model_dtype(model, example)
-    return compile_graph(trace(model, example), backend, dump_ir=dump_ir, **options)
+    workload = {"steps": int(example.shape[0]), "batch": int(example.shape[1])}
+    return compile_graph(
+        trace(model, example),
+        backend,
+        dump_ir=dump_ir,
+        stages=stages,
+        devices=devices,
+        partition=None
+        if partition is None and stages is None and devices is None
+        else {**workload, **(partition or {})},
+        **options,
+    )
 
 
 def _graph_input_spec(graph: Any) -> dict[str, Any]:
@@ -491,11 +521,17 @@ def compile_graph(
     graph: Any,
     backend: str = "reference",
     dump_ir: str | Path | None = None,
+    *,
+    stages: int | None = None,
+    devices: int | None = None,
+    partition: dict[str, Any] | None = None,
     **options: Any,
 ) -> CompiledModel:
     """Compile an IR graph (traced, or imported from NIR/ONNX) for ``backend``.
 
     The input spec comes from the graph's input node: its per-step shape and dtype.
+    ``stages``, ``devices``, ``partition``: as :func:`compile` (the partition
+    pass runs after the backend's passes when any is given).
     """
     from snncc import backends
     from snncc.backends.base import pipeline_for
@@ -503,7 +539,16 @@ def compile_graph(
 
     be = backends.get(backend)
     spec = _graph_input_spec(graph)
-    graph = run_pipeline(graph, pipeline_for(be, options), dump_dir=dump_ir)
+    names = list(pipeline_for(be, options))
+    if stages is not None or devices is not None or partition is not None:
+        request = dict(partition or {})
+        for key, value in (("stages", stages), ("devices", devices)):
+            if value is not None:
+                request[key] = value
+        graph = graph.copy()
+        graph.meta["partition"] = request
+        names.append("partition")
+    graph = run_pipeline(graph, names, dump_dir=dump_ir)
     program = be.lower(graph, **options)
     return CompiledModel(program, backend, spec, options)
 

@@ -295,6 +295,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         example_input(args.input_shape),
         backend=args.backend,
         dump_ir=args.dump_ir,
+        **_partition(args),
         **_options(args),
     )
     elapsed = time.perf_counter() - start
@@ -303,6 +304,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     print(
         f"compiled {args.spec} for backend {cm.backend} in {elapsed:.2f} s: "
         f"{len(cm.ir)} IR nodes, {groups} groups, {len(cm.params)} weight arrays"
+        + _stages_note(cm.ir)
     )
     print(f"wrote {out}/ (snncc.json, ir/, source/: {', '.join(sorted(cm.files()))})")
     return 0
@@ -315,7 +317,17 @@ def cmd_ir(args: argparse.Namespace) -> int:
     backend = _backend_first(args.backend)
     model = build_model(args.spec, args.weights)
     graph = trace(model, example_input(args.input_shape))
-    graph = run_pipeline(graph, backend.pipeline, dump_dir=args.dump_ir)
+    names = list(backend.pipeline)
+    request = _partition(args)
+    if request:
+        workload = {"steps": args.input_shape[0], "batch": args.input_shape[1]}
+        graph.meta["partition"] = {
+            **workload,
+            **(request.get("partition") or {}),
+            **{k: v for k, v in request.items() if k != "partition"},
+        }
+        names.append("partition")
+    graph = run_pipeline(graph, names, dump_dir=args.dump_ir)
     text = format_ir(graph, args.format)
     print(text, end="" if text.endswith("\n") else "\n")
     return 0
@@ -335,10 +347,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     x = read_npy(path)
     cm = snncc.load(args.artifact, **_options(args))
     _backend_first(cm.backend, cm.options, runs=True)
-    start = time.perf_counter()
-    with torch.no_grad():  # inference only: torch backends need no autograd graph
-        y = cm(x)
-    elapsed = time.perf_counter() - start
+    where = ""
+    if args.parallel is not None:
+        y, where = _run_parallel(cm, x, args)
+        if y is None:  # another rank holds the outputs and writes them
+            return 0
+        elapsed = y[1]
+        y = y[0]
+    else:
+        if args.chunks is not None or args.micro_batches is not None:
+            raise UsageError("--chunks / --micro-batches apply with --parallel only")
+        start = time.perf_counter()
+        with torch.no_grad():  # inference only: torch backends need no autograd graph
+            y = cm(x)
+        elapsed = time.perf_counter() - start
     buf = io.BytesIO()
     if isinstance(y, (tuple, list)):
         if out.suffix != ".npz":
@@ -354,9 +376,63 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise UsageError(
             f"cannot write output {out}: {exc.strerror}; {os_error_hint(exc)}"
         ) from None
-    print(f"ran {args.artifact} ({cm.backend}) on {path} {list(x.shape)} in {_ms(elapsed)}")
+    print(f"ran {args.artifact} ({cm.backend}{where}) on {path} {list(x.shape)} in {_ms(elapsed)}")
     print(f"wrote {out}: {shapes}")
     return 0
+
+
+def _run_parallel(cm: Any, x: Any, args: argparse.Namespace) -> tuple[Any, str]:
+    """``snncc run --parallel``: this process's rank of the schedule (under torchrun).
+
+    Returns ((outputs, seconds), description) on the rank that holds the outputs,
+    (None, ...) on the others."""
+    import numpy as np
+    import torch
+
+    from snncc import distributed
+
+    device = cm.options.get("device") if cm.backend == "cuda" else None
+    rank, world = distributed.init(args.dist_backend, device=device or cm.backend)
+    options = {"chunks": args.chunks, "micro_batches": args.micro_batches}
+    runner = cm.parallel(args.parallel, **options)
+    xt = torch.from_numpy(np.array(x, copy=True)).to(runner.device)
+    torch.distributed.barrier()
+    start = time.perf_counter()
+    y, _ = runner.run(xt)
+    torch.distributed.barrier()
+    elapsed = time.perf_counter() - start
+    what = f", {args.parallel.replace('_', ' ')} over {world} ranks, rank {rank} writes"
+    if y is None or (args.parallel == "neuron_split" and rank != world - 1):
+        return None, what
+    ys = y if isinstance(y, tuple) else (y,)
+    ys = tuple(v.detach().cpu().numpy() for v in ys)
+    return (ys if len(ys) > 1 else ys[0], elapsed), what
+
+
+def _partition(args: argparse.Namespace) -> dict[str, Any]:
+    """The compile keywords of --stages / --devices / --partition KEY=VALUE."""
+    out: dict[str, Any] = {}
+    if getattr(args, "stages", None) is not None:
+        out["stages"] = args.stages
+    if getattr(args, "devices", None) is not None:
+        out["devices"] = args.devices
+    settings: dict[str, Any] = {}
+    for key, value in getattr(args, "partition", None) or []:
+        if key in settings:
+            raise UsageError(f"partition setting {key!r} given twice (--partition {key}=...)")
+        settings[key] = value
+    if settings:
+        out["partition"] = settings
+    return out
+
+
+def _stages_note(graph: Any) -> str:
+    stages = graph.meta.get("stages")
+    parallel = graph.meta.get("parallel")
+    note = f", {len(stages)} stages" if isinstance(stages, list) and len(stages) > 1 else ""
+    if isinstance(parallel, dict) and parallel.get("schedule"):
+        note += f"; modelled fastest on {parallel['devices']} devices: {parallel['schedule']}"
+    return note
 
 
 def load_graph(model: str, input_shape: tuple[int, ...] | None, weights: str | None) -> Any:
@@ -557,6 +633,9 @@ example:
   # backend options (each backend names what it supports):
   snncc compile snncc.examples.digits:load_pretrained --input-shape 8,1,64 \\
       --backend cpu -O recompute=true -o out/digits-cpu
+  # two stages for a time-chunk pipeline (run with torchrun, see 'snncc run --help'):
+  snncc compile snncc.examples.digits:load_pretrained --input-shape 8,1,64 \\
+      --backend cpu --stages 2 -o out/digits-2stages
 
 SPEC is path/file.py:factory or package.module:factory; the factory takes no
 arguments and returns a torch.nn.Module (put in eval mode before tracing).
@@ -568,6 +647,10 @@ _IR_EPILOG = """\
 example:
   snncc ir snncc.examples.digits:digits_snn --input-shape 8,1,64 --format text
   snncc ir snncc.examples.digits:digits_snn --input-shape 8,1,64 --format dot | dot -Tsvg > ir.svg
+  # stages, transfers and each stage's modelled cost; the schedule modelled fastest on 8 GPUs:
+  snncc ir snncc.examples.digits:digits_snn --input-shape 8,1,64 --stages 2
+  snncc ir snncc.examples.digits:digits_snn --input-shape 8,64,64 --devices 8 \\
+      --partition steps=4096 --partition link=pcie5
 """
 
 _RUN_EPILOG = """\
@@ -578,6 +661,13 @@ example:
 
 The input is time-major [T, B, ...] float32 with the per-step shape the model was
 compiled for (T and B may differ from the compile-time shape).
+
+Several processes (torchrun starts them; every rank reads the input, the rank
+that holds the outputs writes them):
+  torchrun --standalone --nproc-per-node 2 -m snncc run out/digits --input x.npy \\
+      -o y.npy --parallel pipeline --chunks 4
+  # --parallel data_parallel | pipeline | temporal | neuron_split; on several nodes:
+  # torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 ...
 """
 
 _EXPORT_EPILOG = """\
@@ -674,6 +764,41 @@ def _option_arg(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be >= 1")
+    return value
+
+
+def _partition_args(p: argparse.ArgumentParser) -> None:
+    """--stages / --devices / --partition for the commands that run the pass pipeline."""
+    p.add_argument(
+        "--stages",
+        type=_positive_int,
+        metavar="S",
+        help="split the schedule into S stages (the time-chunk pipeline's; see the IR's header)",
+    )
+    p.add_argument(
+        "--devices",
+        type=_positive_int,
+        metavar="P",
+        help="model every multi-device schedule on P devices and apply the fastest",
+    )
+    p.add_argument(
+        "--partition",
+        action="append",
+        default=[],
+        type=parse_option,
+        metavar="KEY=VALUE",
+        help="a partition setting, repeatable: steps, batch, chunks, micro_batches, training, "
+        "device (h100-sxm, h200), link (nvlink4, pcie5, ib-ndr), memory_cap (bytes)",
+    )
+
+
 def parse_option(text: str) -> tuple[str, Any]:
     """``KEY=VALUE`` -> (key, value): true/false, none, an int, a float, else the string."""
     key, sep, raw = text.partition("=")
@@ -726,6 +851,7 @@ def build_parser() -> argparse.ArgumentParser:
         "-o", "--output", required=True, metavar="DIR", help="artifact directory to write"
     )
     p.add_argument("--dump-ir", metavar="DIR", help=dump_help)
+    _partition_args(p)
 
     p = _command(sub, "ir", "print a model's scheduled IR", _IR_EPILOG, cmd_ir)
     p.add_argument("spec", metavar="SPEC", help=spec_help)
@@ -735,6 +861,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _backend_arg(p, backends, "whose pass pipeline to run (default: reference)")
     p.add_argument("--dump-ir", metavar="DIR", help=dump_help)
+    _partition_args(p)
 
     p = _command(sub, "run", "run a compiled artifact on a .npy input", _RUN_EPILOG, cmd_run)
     p.add_argument("artifact", metavar="DIR", help="artifact directory written by 'snncc compile'")
@@ -742,6 +869,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", required=True, metavar="X.npy", help="input array [T, B, ...]")
     p.add_argument(
         "-o", "--output", required=True, metavar="Y.npy", help="where to save the output"
+    )
+    p.add_argument(
+        "--parallel",
+        choices=("data_parallel", "pipeline", "temporal", "neuron_split"),
+        help="run over the processes torchrun started, with this schedule",
+    )
+    p.add_argument(
+        "--chunks", type=_positive_int, metavar="K", help="pipeline: time chunks (default 4)"
+    )
+    p.add_argument(
+        "--micro-batches",
+        type=_positive_int,
+        metavar="M",
+        help="temporal split: micro-batches of the batch pipelined through the segments",
+    )
+    p.add_argument(
+        "--dist-backend",
+        choices=("gloo", "nccl"),
+        help="process group transport (default: nccl for the cuda backend, else gloo)",
     )
 
     p = _command(

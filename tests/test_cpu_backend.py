@@ -11,7 +11,6 @@ from __future__ import annotations
 import ctypes
 import itertools
 import math
-import types
 
 import pytest
 import torch
@@ -817,8 +816,11 @@ def test_spike_fed_gemms_are_found_from_the_graph_only() -> None:
     assert fed(_spike_net(epilogue=True).eval()) == {"fc1"}  # PLIF's output scaled by 0.5
 
     lif = NeuronSpec(model="lif", charge="sj_lif_decay_input", tau=2.0)
-    leaky = types.SimpleNamespace(  # graded spikes
-        charge="snntorch_leaky", spiking=True, extra={"graded_spikes_factor": 0.5}
+    leaky = NeuronSpec(  # graded spikes
+        model="leaky",
+        charge="snntorch_leaky",
+        reset="subtract",
+        extra={"beta": 0.9, "graded_spikes_factor": 0.5},
     )
     g = Graph()
     inp = g.add_node("input", attrs={"index": 0}, shape=["B", 4])

@@ -452,14 +452,45 @@ def test_neuron_precision() -> None:
     assert "'1'" in msg and "precision" in msg
 
 
-def test_unsupported_neuron_subclass() -> None:
-    """A subclass may change the maths: only the exact classes are accepted."""
+class ConfiguredLIF(neuron.LIFNode):
+    """A subclass that only sets defaults: the base's maths, read from its attributes."""
 
-    class MyLIF(neuron.LIFNode):
-        pass
+    def __init__(self) -> None:
+        super().__init__(tau=3.0, v_threshold=0.5, step_mode="m")
 
-    msg = _error(nn.Sequential(layer.Linear(4, 3), MyLIF()), torch.rand(3, 2, 4))
-    assert "'1'" in msg and "MyLIF" in msg and "supported modules" in msg
+
+class RechargedLIF(neuron.LIFNode):
+    """A subclass with a step method of its own: it may change the maths."""
+
+    def neuronal_charge(self, x: torch.Tensor) -> None:
+        self.v = self.v + x
+
+
+def test_neuron_subclass_that_only_configures_is_its_base() -> None:
+    import snncc
+
+    torch.manual_seed(0)
+    net = nn.Sequential(layer.Linear(4, 3, step_mode="m"), ConfiguredLIF())
+    x = torch.rand(6, 2, 4) * 4
+    functional.reset_net(net)
+    want = net(x)
+    assert want.sum() > 0 and (want == 0).any()  # the comparison sees spikes and silences
+    got = snncc.compile(net, x, backend="reference")(x)
+    assert torch.equal(got, want)
+    (node,) = by_op(trace(net, x), "neuron")
+    spec = spec_of(node)
+    assert (spec.tau, spec.v_threshold) == (3.0, 0.5)
+
+
+def test_neuron_subclass_with_its_own_step_method_is_refused_with_the_way_out() -> None:
+    """SpikingJelly 2.0's LIFNode steps through its functional code and never calls
+    neuronal_charge (SpikingJelly runs RechargedLIF exactly as LIFNode): compiling it either
+    way would hide the user's mistake, so it is refused saying how to write the neuron."""
+    x = torch.rand(3, 2, 4)
+    assert torch.equal(RechargedLIF(step_mode="m")(x), neuron.LIFNode(step_mode="m")(x))
+    msg = _error(nn.Sequential(layer.Linear(4, 3), RechargedLIF()), x)
+    assert "'1'" in msg and "RechargedLIF overrides neuronal_charge of LIFNode" in msg
+    assert "never calls" in msg and "SimpleBaseNode" in msg
 
 
 def test_neuron_inside_seq_to_ann() -> None:

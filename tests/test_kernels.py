@@ -181,6 +181,62 @@ def snntorch_norse_matrix() -> list[tuple[NeuronSpec, list, list, dict]]:
     return cases
 
 
+def snntorch_norse_families_matrix() -> list[tuple[NeuronSpec, list, list, dict]]:
+    """The issue-12 snnTorch / Norse families (tests/test_snntorch_families.py and
+    test_norse_families.py check their numerics): each form with every quantity a node param
+    and with constants; outputs, resets, surrogates, recompute, 16-bit I/O cycling."""
+    norse = {"dt": 1e-3, "v_leak": 0.05, "dt_tau_mem_inv": 0.1, "neg_dt_tau_syn_inv": -0.2}
+    izh_c = {"dt": 1e-3, "b": 0.2, "c": -65.0, "d": 6.0, "sq": 0.04, "mn": 5.0, "bias": 140.0}
+    consts = {
+        "snntorch_alpha": {"alpha": 0.9, "beta": 0.8, "current_inh": 1.0},
+        "snntorch_lapicque": {"R": 5.0, "C": 0.02, "time_step": 0.01},
+        "snntorch_rsynaptic": {"alpha": 0.9, "beta": 0.8},
+        "snntorch_rsynaptic_v": {"alpha": 0.9, "beta": 0.8, "V": 0.5},
+        "norse_iaf": {"dt": 1e-3},
+        "norse_lif_adex": {
+            **norse,
+            **{"dt_tau_ada_inv": 0.002, "delta_T": 0.5},
+            **{"adaptation_current": 4.0, "adaptation_spike": 0.02},
+        },
+        "norse_lsnn": {**norse, "dt_tau_adapt_inv": 0.002, "beta": 1.8},
+        "norse_izhikevich": {**izh_c, "tau_inv_dt": 0.25, "tau_inv_dt_a": 0.005, "u_init": -14.0},
+    }
+    consts["norse_lsnn_recurrent"] = consts["norse_lsnn"]
+    consts["norse_izhikevich_recurrent"] = consts["norse_izhikevich"]
+    always = {"dt", "v_leak", "u_init", "current_inh"}  # constants that no param replaces
+    cases = []
+    for i, (charge, args) in enumerate(itertools.product(consts, (True, False))):
+        roles = FORMS[charge].roles if args else ()
+        if charge == "snntorch_lapicque":  # the beta param derives C (learn_beta=True)
+            roles = tuple(r for r in roles if r != "C")
+        izh = "izhikevich" in charge
+        outputs = ["spike", "membrane"] + (["current"] if "i" in FORMS[charge].state else [])
+        spec = NeuronSpec(
+            model=charge,
+            charge=charge,
+            v_threshold=30.0 if izh else 0.5,
+            v_reset=-65.0 if izh else -0.1,
+            reset=("subtract", "hard", "none")[i % 3] if charge.startswith("snntorch") else "hard",
+            detach_reset=charge.endswith("recurrent"),
+            fire_cmp=">",
+            output=outputs[i % len(outputs)],
+            surrogate=SUPPORTED_SURROGATES[(5 * i) % len(SUPPORTED_SURROGATES)],
+            alpha=1.5 + (i % 4),
+            v_init=-70.0 if izh else 0.05,
+            extra={k: v for k, v in consts[charge].items() if not args or k in always},
+            param_roles=roles,
+            learnable=roles,
+        )
+        opts: dict = {"recompute": i % 4 == 3}
+        if i % 3 == 2:  # autocast's 16-bit I/O, with and without a 16-bit output
+            opts["x_dtype"] = ("bfloat16", "float16")[(i // 3) % 2]
+            if i % 2:
+                opts["spike_dtype"] = opts["x_dtype"]
+        pro = [[], [{"kind": "add", "port": len(spec.input_ports)}]][i % 2]
+        cases.append((spec, pro, [], opts))
+    return cases
+
+
 def form_matrix() -> list[tuple[NeuronSpec, list, list, dict]]:
     """Every SJ-family charge x reset x detach x output; the other knobs cycle through all values."""
     cases = []
@@ -497,8 +553,11 @@ def family_cases() -> list[tuple[NeuronSpec, list, list, dict]]:
 
 
 def all_cases() -> list[tuple[NeuronSpec, list, list, dict]]:
-    """The SJ-family matrix, the compact snnTorch / Norse one and the SJ 2.0 families."""
-    return form_matrix() + snntorch_norse_matrix() + family_cases()
+    """The SJ-family matrix, the compact snnTorch / Norse one and the new families'
+    (SpikingJelly 2.0's, snnTorch / Norse's)."""
+    return (
+        form_matrix() + snntorch_norse_matrix() + family_cases() + snntorch_norse_families_matrix()
+    )
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,7 @@
 """Layers import one way (ARCHITECTURE.md): ir/ at the bottom, frontends and backends
-above it and blind to each other, exchange formats and deploy above those, snncc/ (API,
-CLI) on top. An import against the grain is how a backend starts to know a frontend's
+above it and blind to each other, exchange formats, deploy and the multi-device runtimes
+(distributed/, which runs backends' programs and never sees a frontend) above those, snncc/
+(API, CLI) on top. An import against the grain is how a backend starts to know a frontend's
 quirks, so it is checked here rather than left to review.
 
 The exceptions are named: ``snncc.errors`` (the error vocabulary, a module with no
@@ -22,6 +23,7 @@ ALLOWED = {
     "backends": {"ir", "backends"},
     "exchange": {"ir", "frontend", "exchange"},
     "deploy": {"ir", "backends", "exchange", "deploy"},
+    "distributed": {"ir", "backends", "distributed"},
 }
 ANY_FLOOR = {"snncc.errors", "snncc.__version__"}
 NAMED = {("frontend/snncc_nn.py", "snncc.nn")}

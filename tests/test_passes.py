@@ -297,6 +297,7 @@ def test_pass_table_names() -> None:
         "drop_noops",
         "fuse_elementwise",
         "temporal_fusion",
+        "partition",
     ]
 
 
@@ -321,9 +322,10 @@ def test_pipeline_copies_dumps_and_records(tmp_path) -> None:
         "03_drop_noops.txt",
         "04_fuse_elementwise.txt",
         "05_temporal_fusion.txt",
+        "06_partition.txt",
     ]
     assert (tmp_path / "dump" / "00_input.txt").read_text() == before
-    assert (tmp_path / "dump" / "05_temporal_fusion.txt").read_text() == format_graph(out)
+    assert (tmp_path / "dump" / "06_partition.txt").read_text() == format_graph(out)
 
 
 def test_pipeline_names_failing_pass(monkeypatch) -> None:

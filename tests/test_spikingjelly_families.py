@@ -53,6 +53,7 @@ import snncc
 from snncc.errors import UnsupportedError
 
 sj = pytest.importorskip("spikingjelly.activation_based")
+from measured import Measured, charges  # noqa: E402
 from spikingjelly.activation_based import functional, layer, neuron, surrogate  # noqa: E402
 
 GRAD_REL_TOL = 1e-4
@@ -65,6 +66,8 @@ T, B, F_IN, F_OUT = 6, 3, 8, 24
 
 #: the worst agreement seen per backend (printed with -s, for the report)
 MEASURED: dict[str, float] = {}
+#: per family and backend, the figures the README's Sources table quotes (printed with -s)
+FIGURES = Measured("SpikingJelly families vs SpikingJelly")
 
 
 def _note(key: str, value: float) -> None:
@@ -77,6 +80,7 @@ def report_measured():
     print("\nSpikingJelly families, worst measured:")
     for k in sorted(MEASURED):
         print(f"  {k}: {MEASURED[k]:.3g}")
+    print(FIGURES.report())
 
 
 @pytest.fixture(scope="module")
@@ -243,11 +247,12 @@ def grad_rel(got: Any, want: torch.Tensor) -> float:
     return float(err / denom) if denom > 0 else float(err)
 
 
-def _check_grads(got: dict, want: dict[str, torch.Tensor], backend: str) -> None:
+def _check_grads(got: dict, want: dict[str, torch.Tensor], backend: str, family: str) -> None:
     assert set(want) <= set(got), (sorted(want), sorted(got))
     for name, g in want.items():
         rel = grad_rel(got[name], g)
         _note(f"{backend} grad rel", rel)
+        FIGURES.note(family, backend, "grad rel (L2)", rel)
         assert rel <= GRAD_REL_TOL, f"{backend}: grad of {name}: rel error {rel:.2e}"
 
 
@@ -302,7 +307,10 @@ def test_family_reference_and_cpu(kind: str, mode: str, cache_dir: str) -> None:
         exact = not (backend == "cpu" and _is_transcendental(kind))
         y, state = cm.run(x)
         y = y.detach()
+        family = ", ".join(sorted(charges(cm.ir)))
+        FIGURES.note_outputs(family, backend, [y], [y_sj])
         for var, want_v in final_sj.items():
+            FIGURES.note_outputs(family, backend, [state[nid][var]], [want_v], "states")
             _assert_state(state[nid][var], want_v, exact, f"{backend} final {var}")
         if steps_sj is not None:  # streamed one step at a time: the state after every step
             st, ys = None, []
@@ -321,7 +329,7 @@ def test_family_reference_and_cpu(kind: str, mode: str, cache_dir: str) -> None:
             frac = float((y != y_sj).float().mean())
             _note(f"{backend} eif spike mismatch", frac)
             assert frac <= EIF_SPIKE_TOL
-        _check_grads(_torch_grads(cm.program, x, w), want, backend)
+        _check_grads(_torch_grads(cm.program, x, w), want, backend, family)
 
 
 @pytest.mark.parametrize("kind", sorted(FAMILIES))
@@ -337,6 +345,8 @@ def test_family_jax(kind: str, cache_dir: str) -> None:
     prog = cm.program
     y, state = prog.run(x)
     y = np.asarray(y)
+    family = ", ".join(sorted(charges(cm.ir)))
+    FIGURES.note_outputs(family, "jax", [y], [y_sj])
     if kind.startswith("liaf"):
         np.testing.assert_allclose(y, y_sj.numpy(), rtol=JAX_STATE_TOL, atol=JAX_STATE_TOL)
     else:
@@ -347,6 +357,7 @@ def test_family_jax(kind: str, cache_dir: str) -> None:
     for var, want_v in final_sj.items():
         got = np.asarray(state[nid][var])
         _note("jax |dstate|", float(np.abs(got - want_v.numpy()).max()))
+        FIGURES.note_outputs(family, "jax", [got], [want_v], "states")
         np.testing.assert_allclose(got, want_v.numpy(), rtol=JAX_STATE_TOL, atol=JAX_STATE_TOL)
     w = torch.randn(y_sj.shape, generator=torch.Generator().manual_seed(6))
     want = _sj_grads(net, x, w)
@@ -358,7 +369,7 @@ def test_family_jax(kind: str, cache_dir: str) -> None:
     gp, gx = jax.jit(jax.grad(loss, argnums=(0, 1)))(prog.params, jnp.asarray(x.numpy()))
     got = {k: np.asarray(v) for k, v in gp.items()}
     got["<input>"] = np.asarray(gx)
-    _check_grads(got, want, "jax")
+    _check_grads(got, want, "jax", family)
 
 
 @pytest.mark.parametrize("kind", sorted(FAMILIES))
@@ -376,6 +387,7 @@ def test_family_onnx(kind: str) -> None:
         xs = x[:t]
         (got,) = sess.run(None, {"input0": xs.numpy()})
         want = cm(xs).detach().numpy()
+        FIGURES.note_outputs(", ".join(sorted(charges(cm.ir))), "onnx", [got], [want])
         if _is_transcendental(kind):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
             _note("onnx |dy| (exp/tanh/sigmoid forms)", float(np.abs(got - want).max()))
@@ -420,6 +432,53 @@ def test_eif_exp_agreement_on_the_cpu_backend(cache_dir: str) -> None:
 
 
 # --------------------------------------------------------------------------- conversion rules
+def test_nir_cuba_lif_and_the_families_without_a_nir_node(tmp_path) -> None:
+    """CUBALIFNode is NIR's CubaLIF (the fields of snnTorch's Synaptic, the threshold one
+    float32 below for SpikingJelly's >=): snncc -> NIR -> snncc gives the same spikes bit
+    for bit with snncc's metadata; a file without it runs the convention's CubaLIF step
+    (the same Euler step, rounded otherwise); a v_reset other than 0 starts off rest
+    (refused unless accept='init'); the families NIR has no node for are refused by name."""
+    nir = pytest.importorskip("nir")
+    from snncc.exchange.nir_export import to_nir
+    from snncc.exchange.nir_import import from_nir
+
+    x = _input(7)
+    for kind in ("cuba_rect", "cuba_soft_sigmoid"):
+        net = _model(kind, "m")
+        cm = _compile(net, x, "reference")
+        y = cm(x).detach()
+        assert 0 < float(y.mean()) < 1
+        path = tmp_path / f"{kind}.nir"
+        accept = "reset" if kind == "cuba_soft_sigmoid" else ()
+        to_nir(cm.ir, path, dt=1e-3, accept=accept)
+        (cuba,) = [v for v in nir.read(str(path)).nodes.values() if type(v).__name__ == "CubaLIF"]
+        c_decay, v_decay = net[1].c_decay, net[1].v_decay
+        np.testing.assert_allclose(cuba.tau_syn, 1e-3 / (1 - c_decay), rtol=1e-12)
+        np.testing.assert_allclose(cuba.tau_mem, 1e-3 / (1 - v_decay), rtol=1e-12)
+        th = np.float32(net[1].v_threshold)
+        assert np.all(cuba.v_threshold == np.nextafter(th, np.float32(-np.inf)))
+        with torch.no_grad():
+            back = snncc.compile_graph(from_nir(path, dt=1e-3))(x)
+        if kind == "cuba_rect":  # hard reset: what NIR describes, exactly
+            assert torch.equal(back, y)
+            stripped = nir.read(str(path))
+            for node in stripped.nodes.values():
+                node.metadata = {}
+            with torch.no_grad():
+                conv = snncc.compile_graph(from_nir(stripped, dt=1e-3))(x)
+            FIGURES.note_outputs("sj_cuba_lif", "nir (no metadata)", [conv], [y])
+            assert float((conv != y).float().mean()) <= 0.01
+    net = nn.Sequential(layer.Linear(F_IN, F_OUT), neuron.CUBALIFNode(v_reset=-0.2))
+    ir = _compile(net, x, "reference").ir
+    with pytest.raises(UnsupportedError, match="accept=\\('init',\\)"):
+        to_nir(ir, dt=1e-3)
+    to_nir(ir, dt=1e-3, accept="init")
+    for kind in ("qif_hard", "eif_hard", "izhikevich_hard", "klif_hard", "liaf_relu_related"):
+        ir = _compile(_model(kind, "m"), x, "reference").ir
+        with pytest.raises(UnsupportedError, match="has no NIR node"):
+            to_nir(ir, dt=1e-3)
+
+
 def test_liaf_in_multi_step_mode_runs_what_spikingjelly_runs(cache_dir: str) -> None:
     """SpikingJelly 2.0's LIAFNode in step mode 'm' returns LIFNode's spikes (its multi-step path
     runs the LIF kernel); snncc compiles that, and says so."""

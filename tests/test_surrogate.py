@@ -296,9 +296,12 @@ def test_snntorch_surrogate_disable_and_refusals() -> None:
     x = _big_x(1)
     _, gx = _grad(lambda t: spike_gt(t, "no_grad"), x, torch.ones_like(x))
     assert torch.equal(gx, torch.zeros_like(x))
-    for bad in (snn.SSO(), snn.spike_rate_escape(), snn.SFS(), torch.sigmoid):
+    for bad in (snn.SSO(), snn.LSO(), torch.sigmoid):
         with pytest.raises(UnsupportedError, match="surrogate.atan"):
             from_snntorch(bad)
+    for two_knobs in (snn.spike_rate_escape(beta=2), snn.SFS(B=0.5)):  # need their params
+        with pytest.raises(UnsupportedError, match="snntorch_surrogate"):
+            from_snntorch(two_knobs)
 
 
 def test_norse_threshold_methods_exact() -> None:

@@ -38,9 +38,10 @@ from typing import Any
 import torch
 
 from snncc.backends.cpu.autograd import TORCH_DTYPES
-from snncc.backends.kernels import HALF_DTYPES, SJ_CHARGES
+from snncc.backends.kernels import HALF_DTYPES
 from snncc.ir.graph import Graph
-from snncc.ir.neuron import NORSE_FORMS, SNNTORCH_FORMS, NeuronSpec
+from snncc.ir.neuron import SNNTORCH_FORMS, NeuronSpec
+from snncc.ir.neurons import build
 
 Tensor = torch.Tensor
 
@@ -63,14 +64,15 @@ class SpikeSource:
 def spike_source(graph: Graph, n: int, spec: NeuronSpec) -> SpikeSource | None:
     """How neuron node ``n``'s kernel output is made of 0/1 spikes, or None if it is not.
 
-    SpikingJelly-style and Norse spiking forms write the Heaviside step itself;
+    A form whose output is its Heaviside step (read from its definition: every
+    SpikingJelly-style and Norse spiking form, a traced user neuron that returns it) is;
     snnTorch forms write it times ``graded_spikes_factor`` (a node param when
     the model keeps it in its state_dict, as snnTorch does: one element, or it
     is not followed); a fused epilogue (a scale, an add) changes the values.
     """
     if not spec.spiking or graph.attrs(n).get("epilogue"):
         return None
-    if spec.charge in SJ_CHARGES or spec.charge in NORSE_FORMS:
+    if build(spec).binary_output:
         return SpikeSource()
     if spec.charge in SNNTORCH_FORMS:
         param = graph.node(n)["params"].get("graded_spikes_factor")

@@ -46,6 +46,7 @@ from snncc.ir.graph import Edge, Graph
 from snncc.ir.neuron import NeuronSpec
 from snncc.ir.neurons import NeuronGraph, build
 from snncc.ir.ops import OPS
+from snncc.ir.schedule import groups_of
 
 from . import runtime
 from .lower import PY_RESERVED, SurrogateKey, emit, surrogate_function, surrogates_of
@@ -127,65 +128,24 @@ class Segment:
     nodes: list[int] = field(default_factory=list)
 
 
-def default_groups(graph: Graph) -> list[dict[str, Any]]:
-    """Groups for a graph temporal fusion has not scheduled: SCCs, neurons, layers.
-
-    The same grouping rule temporal fusion applies, so a hand-built graph can be
-    lowered without running the pass pipeline.
-    """
-    comps = graph.recurrent_components()
-    comp_of = {n: i for i, c in enumerate(comps) for n in c}
-    order = graph.topo_order()
-    groups: list[dict[str, Any]] = []
-    placed: set[int] = set()
-    for n in order:
-        if n in placed or graph.op(n) in ("input", "output"):
-            continue
-        if n in comp_of:
-            members = [m for m in order if m in comps[comp_of[n]]]
-            groups.append({"id": len(groups), "kind": "recurrent", "nodes": members})
-            placed.update(members)
-            continue
-        kind = "neuron" if graph.op(n) == "neuron" else "layer"
-        if groups and groups[-1]["kind"] == kind and kind == "layer":
-            groups[-1]["nodes"].append(n)
-        else:
-            groups.append({"id": len(groups), "kind": kind, "nodes": [n]})
-        placed.add(n)
-    return groups
-
-
 def segments_of(graph: Graph) -> list[Segment]:
-    """Split the scheduled groups into flat and scan segments in execution order."""
-    groups = graph.meta.get("groups") or default_groups(graph)
+    """The IR's schedule (:func:`snncc.ir.schedule.groups_of`) as segments, one per group:
+    a ``layer`` group is a flat segment, a ``neuron`` or ``recurrent`` group a scan;
+    input and output nodes need no code, so a group of nothing else has no segment."""
     order = {n: i for i, n in enumerate(graph.topo_order())}
     segs: list[Segment] = []
-    seen: set[int] = set()
-    for g in groups:
+    for g in groups_of(graph):
         kind = g.get("kind", "layer")
-        members = [n for n in g["nodes"] if graph.op(n) not in ("input", "output")]
-        for n in members:
-            if n not in graph:
-                raise IRError(f"group {g.get('id')!r} names node {n}, which is not in the graph")
-            if n in seen:
-                raise IRError(f"node {n} is in more than one group")
-            seen.add(n)
-        members.sort(key=order.__getitem__)
-        if kind in ("neuron", "recurrent"):
-            if members:
-                segs.append(Segment("scan", g.get("id"), kind, members))
-            continue
-        if kind != "layer":
+        members = sorted(
+            (n for n in g["nodes"] if graph.op(n) not in ("input", "output")),
+            key=order.__getitem__,
+        )
+        if kind not in ("layer", "neuron", "recurrent"):
             raise IRError(f"group {g.get('id')!r} has unknown kind {kind!r}")
-        for n in members:  # a neuron in a layer group still needs its own scan
-            want = "scan" if graph.op(n) == "neuron" else "flat"
-            if not segs or segs[-1].kind != want or segs[-1].group != g.get("id") or want == "scan":
-                segs.append(Segment(want, g.get("id"), kind, []))
-            segs[-1].nodes.append(n)
-    missing = [n for n in graph.topo_order() if graph.op(n) not in ("input", "output")]
-    missing = [n for n in missing if n not in seen]
-    if missing:
-        raise IRError(f"nodes {missing} are in no group of graph.meta['groups']")
+        if kind == "layer" and any(graph.op(n) == "neuron" for n in members):
+            raise IRError(f"layer group {g.get('id')!r} holds a neuron; neurons run in scans")
+        if members:
+            segs.append(Segment("flat" if kind == "layer" else "scan", g.get("id"), kind, members))
     return segs
 
 

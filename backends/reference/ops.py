@@ -203,6 +203,8 @@ LEAD_OPS: dict[str, LeadFn] = {
     "cat": _cat,
     "identity": _identity,
     "output": _identity,
+    # a value moving to the next stage's device: one process holds every stage, so it stays
+    "transfer": _identity,
     "add": _add,
     "mul": _mul,
     "scale": _scale,

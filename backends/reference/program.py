@@ -1,19 +1,23 @@
 """ReferenceProgram: interpret a Graph with torch eager ops, layer by layer over the sequence.
 
-Execution model (the same schedule temporal fusion produces, derived here from
-the graph itself so a graph runs whether or not that pass ran):
+Execution model: the IR's schedule, ``meta["groups"]`` in order, read through
+:func:`snncc.ir.schedule.groups_of` (a graph nobody scheduled gets temporal
+fusion's groups, computed by that pass on a copy); nothing here re-derives it:
 
-1. The graph (delay edges included) is condensed into strongly connected
-   components and these run in topological order (ties: smallest node id).
-2. A component of one node without a self-loop is a *layer*. A stateless
-   layer computes all T steps at once: row ops (linear, conv, pooling, BN,
-   voting) on ``[T*B, ...]`` exactly like SpikingJelly's multi-step wrappers
-   (``seq_to_ann_forward``), lead ops (flatten, reshape, cat, element-wise) on
-   ``[T, B, ...]``. A neuron layer loops over t with :func:`snncc.backends.reference.neurons.step`.
-3. A *recurrent* component (it holds a delay-1 edge back into itself) runs
-   step by step: at each t every member computes its one-step value in
-   same-step topological order; a delay edge reads the producer's value at
-   t-1 (at t = 0: the state's ``"delay"`` entry, or zeros).
+1. A ``layer`` group's nodes run one after another, each over the whole
+   sequence: row ops (linear, conv, pooling, BN, voting) on ``[T*B, ...]``
+   exactly like SpikingJelly's multi-step wrappers (``seq_to_ann_forward``),
+   lead ops (flatten, reshape, cat, element-wise, transfer) on ``[T, B, ...]``.
+2. A ``neuron`` group's node loops over t with :func:`snncc.backends.reference.neurons.step`.
+3. A ``recurrent`` group (a component holding a delay-1 edge back into
+   itself) runs step by step: at each t every member computes its one-step
+   value in same-step topological order; a delay edge reads the producer's
+   value at t-1 (at t = 0: the state's ``"delay"`` entry, or zeros).
+
+Stages (the partition pass) all run here, in order, in this one process; a
+``transfer`` node, which stands for moving a value to the next stage's device,
+passes its value on unchanged (the distributed runtimes, ``snncc.distributed``,
+run each stage where it belongs).
 
 Graphs traced from a single-step source (``meta["step_mode"] == "s"``) run row
 ops one step at a time instead (option ``stateless_per_step``), as the source
@@ -30,7 +34,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import networkx as nx
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -43,6 +46,7 @@ from snncc.ir.neuron import NeuronSpec
 from snncc.ir.neurons import build
 from snncc.ir.ops import OPS
 from snncc.ir.passes.drop_noops import dropped_dropout
+from snncc.ir.schedule import groups_of
 
 from .ops import LEAD_OPS, ROW_OPS, apply_steps, batchnorm, fold_bn
 
@@ -172,17 +176,17 @@ class ReferenceProgram:
         return names
 
     def _schedule(self) -> list[list[int]]:
-        """Execution units in order: each a list of node ids (one, or a recurrent SCC in step order)."""
-        g = nx.DiGraph()
-        g.add_nodes_from(self.graph.nx.nodes)
-        g.add_edges_from((u, v) for u, v in self.graph.nx.edges())
-        cond = nx.condensation(g)
-        members = {c: sorted(cond.nodes[c]["members"], key=self._pos.__getitem__) for c in cond}
-        order = nx.lexicographical_topological_sort(cond, key=lambda c: self._pos[members[c][0]])
-        units = [members[c] for c in order]
-        self._recurrent = {
-            n for unit in units for n in unit if len(unit) > 1 or self.graph.nx.has_edge(n, n)
-        }
+        """Execution units in the IR's schedule order: one node each for layer and neuron
+        groups, a recurrent group's nodes (same-step topological order) as one unit."""
+        units: list[list[int]] = []
+        self._recurrent: set[int] = set()
+        for group in groups_of(self.graph):
+            if group["kind"] == "recurrent":
+                members = sorted(group["nodes"], key=self._pos.__getitem__)
+                units.append(members)
+                self._recurrent.update(members)
+            else:
+                units.extend([n] for n in group["nodes"])
         return units
 
     # ------------------------------------------------------------ listing
@@ -201,10 +205,13 @@ class ReferenceProgram:
                 )
                 + "\n"
             )
-        lines = ["# reference backend schedule (torch eager):"]
+        lines = ["# reference backend schedule (torch eager), the IR's groups in order:"]
+        group_of = {
+            n: (g["id"], g.get("stage", 0)) for g in groups_of(self.graph) for n in g["nodes"]
+        }
         for i, unit in enumerate(self._units):
             ids = " ".join(f"%{n}" for n in unit)
-            if self.graph.op(unit[0]) in ("input", "output"):
+            if self.graph.op(unit[0]) in ("input", "output", "transfer"):
                 kind = self.graph.op(unit[0])
             elif unit[0] in self._recurrent:
                 kind = "recurrent, step by step"
@@ -214,7 +221,8 @@ class ReferenceProgram:
                 kind = "per step" if self.stateless_per_step else "rows [T*B, ...]"
             else:
                 kind = "sequence [T, B, ...]"
-            lines.append(f"#   {i:3d}: {ids}  ({kind})")
+            gid, stage = group_of[unit[0]]
+            lines.append(f"#   {i:3d}: {ids}  ({kind}; group {gid}, stage {stage})")
         return text + "\n".join(lines) + "\n"
 
     def files(self) -> dict[str, str]:

@@ -6,8 +6,10 @@ before it, ``dump_dir`` shows the graph after each step), so passes stay
 small functions that only rewrite.
 
 Pass names (ARCHITECTURE.md, "Passes"): ``canonicalize``, ``fold_batchnorm``,
-``drop_noops``, ``fuse_elementwise``, ``temporal_fusion``. Rewriting passes
-drop any existing groups (``meta["groups"]``), so ``temporal_fusion`` runs last.
+``drop_noops``, ``fuse_elementwise``, ``temporal_fusion``, ``partition``.
+Rewriting passes drop any existing groups (``meta["groups"]``), so
+``temporal_fusion`` runs after them; ``partition`` (stages for several
+devices, as ``meta["partition"]`` asks) runs on its schedule.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from snncc.ir.passes.canonicalize import canonicalize
 from snncc.ir.passes.drop_noops import drop_noops
 from snncc.ir.passes.fold_batchnorm import fold_batchnorm
 from snncc.ir.passes.fuse_elementwise import fuse_elementwise
+from snncc.ir.passes.partition import partition
 from snncc.ir.passes.temporal_fusion import temporal_fusion
 from snncc.ir.printer import format_graph
 from snncc.ir.verify import verify
@@ -32,6 +35,7 @@ PASSES: dict[str, Callable[[Graph], Graph]] = {
     "drop_noops": drop_noops,
     "fuse_elementwise": fuse_elementwise,
     "temporal_fusion": temporal_fusion,
+    "partition": partition,
 }
 
 

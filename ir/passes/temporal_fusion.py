@@ -18,8 +18,10 @@ into one layer group, then emit every ready stateful unit as its own group.
 Delaying stateful units until no stateless work is left makes the layer
 groups as large (and as few) as this greedy order can. The result is stored
 as ``node["group"]`` (group id), ``node["schedule"]`` and
-``graph.meta["groups"] = [{"id", "kind", "nodes"}, ...]`` in execution order;
-group ids are 0.. in that order and each group's nodes are in topological order.
+``graph.meta["groups"] = [{"id", "kind", "nodes", "stage"}, ...]`` in execution
+order; group ids are 0.. in that order, each group's nodes are in topological
+order, and every group runs on stage 0 until the partition pass splits the
+schedule into stages (:mod:`snncc.ir.schedule` is how backends read it).
 """
 
 from __future__ import annotations
@@ -33,11 +35,13 @@ SCHEDULES = {"layer": "layer", "neuron": "scan", "recurrent": "step"}
 
 
 def clear_schedule(graph: Graph) -> None:
-    """Forget groups and schedules (a rewrite after temporal fusion invalidates them)."""
+    """Forget groups, schedules and stages (a rewrite after temporal fusion invalidates them)."""
     graph.meta.pop("groups", None)
+    graph.meta.pop("stages", None)
     for nid in graph.nx.nodes:
         graph.node(nid).pop("group", None)
         graph.node(nid).pop("schedule", None)
+        graph.node(nid).pop("stage", None)
 
 
 def _units(graph: Graph) -> tuple[dict[int, int], dict[int, list[int]], dict[int, str]]:
@@ -101,7 +105,7 @@ def temporal_fusion(graph: Graph) -> Graph:
     groups: list[dict[str, Any]] = []
     for gid, (kind, nodes) in enumerate(_schedule(graph)):
         nodes = sorted(nodes, key=pos.__getitem__)
-        groups.append({"id": gid, "kind": kind, "nodes": nodes})
+        groups.append({"id": gid, "kind": kind, "nodes": nodes, "stage": 0})
         for nid in nodes:
             graph.node(nid)["group"] = gid
             graph.node(nid)["schedule"] = SCHEDULES[kind]

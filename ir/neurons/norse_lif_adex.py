@@ -1,0 +1,88 @@
+"""Norse 1.1 ``LIFAdExCell`` / ``LIFAdEx``: the adaptive exponential LIF neuron, read from
+``norse/torch/functional/lif_adex.py`` (``lif_adex_feed_forward_step``).
+
+The step calls ``torch.exp`` on the membrane. The reference backend runs torch's own exp,
+so it equals Norse bit for bit; the generated C/CUDA kernels use their own ``expf`` (the
+correctly rounded ``snncc_expf`` on the CPU), which differs from torch's CPU exp (MKL VML's
+``vsExp`` in this build of torch) in the last bit on about 1% of the arguments: the cpu
+backend's membranes then drift from Norse's by a few ulps and a spike flips only where the
+membrane lands within those ulps of the threshold (tests/test_norse_families.py states and
+tests the tolerance). The adaptation current, Norse's ``state.a``, is the state variable
+``w`` here (the kernels name a state's initial value ``<var>0``, which for ``a`` would be the
+name of a fused add step's input, ``a0``). Framework label ``norse_families``: see
+:mod:`snncc.ir.neurons.norse_iaf`.
+"""
+
+from __future__ import annotations
+
+from snncc.ir import expr as E
+from snncc.ir.neurons.base import NeuronBuilder, form
+from snncc.ir.neurons.norse import _fire_and_reset
+from snncc.ir.neurons.norse_common import dt_product, required, scalar
+
+FRAMEWORK = "norse_families"
+
+
+@form(
+    "norse_lif_adex",
+    state=("v", "i", "w"),
+    roles=(
+        "tau_mem_inv",
+        "tau_syn_inv",
+        "tau_ada_inv",
+        "delta_T",
+        "adaptation_current",
+        "adaptation_spike",
+        "threshold",
+        "v_reset",
+    ),
+    constants={
+        "tau_mem_inv": "extra['dt_tau_mem_inv'] (param: dt * tau_mem_inv)",
+        "tau_syn_inv": "extra['neg_dt_tau_syn_inv'] (param: (-dt) * tau_syn_inv)",
+        "tau_ada_inv": "extra['dt_tau_ada_inv'] (param: dt * tau_ada_inv)",
+        "delta_T": "extra['delta_T']",
+        "adaptation_current": "extra['adaptation_current']",
+        "adaptation_spike": "extra['adaptation_spike']",
+        "threshold": "v_threshold",
+        "v_reset": "v_reset",
+    },
+    extra=(
+        "dt",
+        "v_leak",
+        "dt_tau_mem_inv",
+        "neg_dt_tau_syn_inv",
+        "dt_tau_ada_inv",
+        "delta_T",
+        "adaptation_current",
+        "adaptation_spike",
+    ),
+    summary="v1 = v + c_m*(((v_leak - v) + dT*exp((v - th)/dT) + i1) - a); a += c_a*(...)",
+    source="Norse 1.1 lif_adex_feed_forward_step (LIFAdExCell, LIFAdEx)",
+    framework=FRAMEWORK,
+)
+def lif_adex(n: NeuronBuilder) -> None:
+    """i1 = i + x; dv_exp = dT * exp((v - th) / dT)
+    v1 = v + (c_m * ((((v_leak - v) + dv_exp) + i1) - a))        (c_m = dt * tau_mem_inv)
+    i2 = i1 + (c_s * i1)                                            (c_s = -dt * tau_syn_inv)
+    a1 = a + (c_a * ((adaptation_current * (v - v_leak)) - a))      (c_a = dt * tau_ada_inv)
+    z = H(v1 - th); v2 = ((1 - z) * v1) + (z * v_reset); a2 = a1 + (z * adaptation_spike)
+    state v = v2, i = i2, w = a2 (Norse's state.a); output z, v2 (membrane) or i2 (current)"""
+    v_leak = required(n, "v_leak")
+    c_m = dt_product(n, "cm", "tau_mem_inv", "dt_tau_mem_inv")
+    c_s = dt_product(n, "cs", "tau_syn_inv", "neg_dt_tau_syn_inv", sign=-1.0)
+    c_a = dt_product(n, "ca", "tau_ada_inv", "dt_tau_ada_inv")
+    d_t = n.quantity("dT", scalar(n, "delta_T", "delta_T"))
+    ac = n.quantity("ac", scalar(n, "adaptation_current", "adaptation_current"))
+    asp = n.quantity("as", scalar(n, "adaptation_spike", "adaptation_spike"))
+    th = n.quantity("th", n.param("threshold", n.spec.v_threshold))
+    v, i, a, x = n.state("v"), n.state("i"), n.state("w"), n.port("x")
+    i1 = n.name("i_jump", i + x)
+    dv_exp = n.name("dv_exp", d_t * E.exp((v - th) / d_t))
+    v1 = n.name("v_decayed", v + c_m * ((v_leak - v) + dv_exp + i1 - a))
+    i2 = i1 + c_s * i1
+    a1 = n.name("a_decayed", a + c_a * (ac * (v - v_leak) - a))
+    _fire_and_reset(n, v1)
+    z = n.outputs["spike"]
+    n.set_state("i", i2)
+    n.set_state("w", a1 + z * asp)
+    n.output("current", i2)
