@@ -505,7 +505,9 @@ MUTANTS: tuple[Mutant, ...] = (
         "nir-if-r",
         "exporter (NIR)",
         "exchange/nir_export.py",
+        '    if form == "sj_if":\n        out = NeuronExport(\n            "IF",\n            {\n'
         '                "r": full(1.0 / dt),',
+        '    if form == "sj_if":\n        out = NeuronExport(\n            "IF",\n            {\n'
         '                "r": full(1.0),',
         k("tests/test_nir.py", "round_trip_spikingjelly_conv_mlp"),
         "NIR export writes an IF neuron's input gain without 1 / dt",
