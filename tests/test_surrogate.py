@@ -162,6 +162,10 @@ SOURCE_AUTOGRAD = {
     "snntorch_triangular": [
         ("snnTorch triangular", _snntorch("triangular", "threshold"), (0.5, 1.0))
     ],
+    "spike_rate_escape": [
+        ("snnTorch spike_rate_escape", _snntorch("spike_rate_escape", "slope"), (5.0, 25.0))
+    ],
+    "sparse_fast_sigmoid": [("snnTorch SFS", _snntorch("SFS", "slope"), (5.0, 25.0))],
     "superspike": [("Norse threshold 'super'", _norse("super"), (100.0, 3.0))],
     "triangle": [("Norse threshold 'triangle'", _norse("triangle"), (0.3, 2.0))],
     "norse_tanh": [("Norse threshold 'tanh'", _norse("tanh"), (100.0, 3.0))],
