@@ -248,8 +248,14 @@ class NeuronSpec:
 
     @property
     def form(self) -> FormDef | None:
-        """The :class:`FormDef` of ``charge`` (None for an unknown form)."""
-        return FORMS.get(self.charge)
+        """The :class:`FormDef` of ``charge`` for this spec (None for an unknown form).
+
+        A traced neuron's interface is its own (its program's states and params), so it
+        comes from the spec, as the kernels read it: a carried state of a traced neuron
+        with two memories holds both, and ``cm.run(x, state)`` takes back what it returned.
+        """
+        f = _REGISTRY.get(self.charge)
+        return f.info_for(self) if f is not None else None
 
     @property
     def state_vars(self) -> tuple[str, ...]:

@@ -25,6 +25,14 @@
 #      spikes, time-chunked forward and training, tf32/bf16/fp16 spike agreement, 16-bit
 #      kernel I/O, to_torch, and a training loop on the bundled digits example compared
 #      with eager SpikingJelly (loss curves -> $OUT/digits_loss_curves.json);
+#   3c. (not with --bench) snncc deploy's CUDA target: pytest -m gpu on tests/test_deploy.py
+#      deploys the digits model, builds the tree with CMake + Ninja for this GPU's
+#      architecture only (-DSNNCC_CUDA=ON), and checks snncc_run's output spikes on the
+#      359-digit test split against the cuda backend (bit for bit), T=4+4 streaming against
+#      T=8, the final membranes (within 1e-5), and times batch-1 streaming per step
+#      (-> $OUT/deploy_cuda.json); at most DEPLOY_TIMEOUT=180 s (the build is well under
+#      a minute: on the 2-core development VM, at load 7, nvcc compiled the digits tree's
+#      CUDA sources for sm_80 and sm_90 in 26 s; a CPU build of the same tree took 24 s);
 #   4. the benchmark suite (benchmarks/run.py --device cuda): like-for-like ratios
 #      (snncc fp32 eager vs SpikingJelly fp32 eager, native/triton/torch; snncc CUDA graph
 #      vs SpikingJelly's StaticCudaGraph; snncc bf16 vs SpikingJelly under bf16 autocast;
@@ -45,15 +53,17 @@
 # PEERS=sj-torch,torch-compile,... SJ_NATIVE=0 times the rest.
 #
 # Everything lands in $OUT (default ./gpu_results), at most 8 files:
-#   summary.txt, pytest_gpu.log, digits_loss_curves.json, bench_cuda.{json,md,png},
-#   logs.tgz (nvidia-smi, versions, junit xml, the native build's logs, every benchmark
-#   worker's log).
+#   summary.txt, pytest_gpu.log, digits_loss_curves.json, deploy_cuda.json,
+#   bench_cuda.{json,md,png}, logs.tgz (nvidia-smi, versions, junit xml, the deploy
+#   check's pytest log, the native build's logs, every benchmark worker's log).
 # Knobs (environment): PYTHON (python3), SUITE (L1,L2,M1,C1), PEERS (comma-separated;
 # default: benchmarks/peers.py's GPU_PEERS), ROUNDS (1), TESTS (a pytest -k expression),
 # PROFILE=1 (benchmarks/profile_step.py into logs.tgz, at most PROFILE_TIMEOUT=90 s),
 # PYTEST_TIMEOUT (default 240), SJ_NATIVE=0 (skip the native build), SJ_BUILD_TIMEOUT
-# (180), BENCH_BUDGET (seconds for the suite; default and cap: what is left of
-# TOTAL_SECONDS, default 570, or 540 with --bench), SKIP_BENCH=1.
+# (180), DEPLOY_TIMEOUT (180), SKIP_DEPLOY=1, BENCH_BUDGET (seconds for the suite; default
+# and cap: what is left of TOTAL_SECONDS, default 570, or 540 with --bench), SKIP_BENCH=1.
+# The deploy check needs cmake and ninja: --pack carries their wheels in .whl/tools/
+# (about 30 MB; PACK_DEPLOY_TOOLS=0 leaves them out where the GPU machine has them).
 #
 # On this workplace's device tool: run `bash scripts/gpu_check.sh --pack` here first,
 # then `run` with carry [".whl"] and the command `bash scripts/gpu_check.sh --bench`
@@ -92,6 +102,19 @@ print(os.path.dirname(s.submodule_search_locations[0]) if s and s.submodule_sear
         "$PY" -m pip download -q --no-deps --no-binary :all: -d "$ROOT/.whl/sdist" "spikingjelly==$sj" \
             && echo "downloaded the spikingjelly $sj sdist (native CUDA sources)" \
             || echo "could not download the spikingjelly $sj sdist: sj-native will be n/a"
+    fi
+    if [ "${PACK_DEPLOY_TOOLS:-1}" != "0" ]; then
+        # cmake and ninja for the deploy check (step 3c), the versions installed here
+        mkdir -p "$ROOT/.whl/tools"
+        rm -f "$ROOT"/.whl/tools/*.whl
+        tools=""
+        for pkg in cmake ninja; do
+            v=$("$PY" -c "from importlib.metadata import version; print(version('$pkg'))" 2>/dev/null)
+            tools="$tools $pkg${v:+==$v}"
+        done
+        "$PY" -m pip download -q --only-binary=:all: --no-deps -d "$ROOT/.whl/tools" $tools \
+            && echo "downloaded$tools (the deploy check's build tools)" \
+            || echo "could not download$tools: the deploy check needs cmake and ninja on the GPU machine"
     fi
     du -sh "$ROOT/.whl"
     exit 0
@@ -141,6 +164,13 @@ if ls .whl/*.whl > /dev/null 2>&1; then
         --target /tmp/snncc-wheels .whl/*.whl >> "$LOGS/install.log" 2>&1 \
         && export PYTHONPATH="/tmp/snncc-wheels${PYTHONPATH:+:$PYTHONPATH}" \
         || say "installing the carried wheels failed (see logs.tgz: install.log)"
+fi
+if ls .whl/tools/*.whl > /dev/null 2>&1; then
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target /tmp/snncc-tools .whl/tools/*.whl >> "$LOGS/install.log" 2>&1 \
+        && export PATH="/tmp/snncc-tools/bin:$PATH" \
+            PYTHONPATH="/tmp/snncc-tools${PYTHONPATH:+:$PYTHONPATH}" \
+        || say "installing the carried cmake/ninja failed (see logs.tgz: install.log)"
 fi
 if [ -d .whl/site ]; then
     export PYTHONPATH="$ROOT/.whl/site${PYTHONPATH:+:$PYTHONPATH}"
@@ -204,6 +234,18 @@ if [ $BENCH_ONLY = 0 ]; then
         --junitxml="$LOGS/pytest_gpu.xml" -s > "$OUT/pytest_gpu.log" 2>&1
     rc=$?
     say "pytest -m gpu: exit $rc; $(grep -E '^(=+ )?[0-9]+ (passed|failed|skipped|error)' "$OUT/pytest_gpu.log" | tail -1)"
+fi
+
+# ------------------------------------------------------------------ 3c. deploy's CUDA target
+if [ $BENCH_ONLY = 0 ] && [ "${SKIP_DEPLOY:-0}" != "1" ]; then
+    say "deploy CUDA tree: pytest -m gpu tests/test_deploy.py (timeout ${DEPLOY_TIMEOUT:-180}s; cmake: $(command -v cmake || echo none), nvcc: $(command -v nvcc || echo none))"
+    SNNCC_GPU_OUT="$OUT" timeout "${DEPLOY_TIMEOUT:-180}" "$PY" -m pytest tests/test_deploy.py \
+        -m gpu -q -rs -s -p no:cacheprovider > "$LOGS/pytest_deploy_gpu.log" 2>&1
+    drc=$?
+    [ $rc = 0 ] && rc=$drc
+    say "deploy CUDA: exit $drc; $(grep -E '^(=+ )?[0-9]+ (passed|failed|skipped|error)' "$LOGS/pytest_deploy_gpu.log" | tail -1)"
+    grep -E 'SKIPPED|spikes_differ|accuracy|membranes|streaming|us_per_step|build_seconds' \
+        "$LOGS/pytest_deploy_gpu.log" | head -12 >> "$SUMMARY"
 fi
 
 # ------------------------------------------------------------------ 3b. profile (diagnostic)

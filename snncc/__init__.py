@@ -24,17 +24,24 @@ __all__ = [
     "UnsupportedError",
     "compile",
     "compile_graph",
+    "deploy",
     "load",
+    "load_ir",
     "trace",
 ]
 
 
 def __getattr__(name: str):
     # Lazy: `import snncc` stays cheap (no torch/jax import) for the CLI's --help.
-    if name in ("compile", "compile_graph", "load", "CompiledModel"):
+    if name in ("compile", "compile_graph", "load", "load_ir", "CompiledModel"):
         from snncc import api
 
         return getattr(api, name)
+    if name == "deploy":
+        # the subpackage snncc.deploy is itself callable: snncc.deploy(model, "out/", ...)
+        import snncc.deploy
+
+        return snncc.deploy
     if name == "trace":
         from snncc.frontend import trace
 

@@ -563,6 +563,24 @@ def load(directory: str | Path, **options: Any) -> CompiledModel:
     which override the manifest's. Nothing is read from outside ``directory``.
     """
     from snncc import backends
+
+    manifest, graph, spec = _read_artifact(directory)
+    merged = {**manifest["options"], **options}
+    program = backends.get(manifest["backend"]).lower(graph, **merged)
+    return CompiledModel(program, manifest["backend"], spec, merged)
+
+
+def load_ir(directory: str | Path) -> Any:
+    """The scheduled IR of an artifact, checked as :func:`load` checks it, without lowering it
+    for its backend: ``snncc ir`` and ``snncc deploy`` read a cuda artifact on a machine
+    without a GPU, and build no kernels they do not need."""
+    return _read_artifact(directory)[1]
+
+
+def _read_artifact(directory: str | Path) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    """(manifest, IR graph, input spec) of an artifact directory, every problem one
+    CheckpointError naming the file."""
+    from snncc import backends
     from snncc.ir import serde
 
     root = Path(directory)
@@ -595,9 +613,7 @@ def load(directory: str | Path, **options: Any) -> CompiledModel:
             f"{manifest['input']['dtype']} does not match the IR's input node "
             f"{_shape_str(['T', *spec['shape']])} {spec['dtype']}; the artifact is inconsistent"
         )
-    merged = {**manifest["options"], **options}
-    program = be.lower(graph, **merged)
-    return CompiledModel(program, manifest["backend"], spec, merged)
+    return manifest, graph, spec
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:

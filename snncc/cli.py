@@ -1,4 +1,4 @@
-"""The ``snncc`` command line: compile, ir, run, export, import, example, cache.
+"""The ``snncc`` command line: compile, ir, run, export, deploy, import, example, cache.
 
 Every failure snncc knows about (:class:`~snncc.errors.SnnccError`) is printed
 as one line, ``snncc: error: ...``, with exit status 2 -- the same shape as
@@ -440,7 +440,7 @@ def load_graph(model: str, input_shape: tuple[int, ...] | None, weights: str | N
     import snncc
 
     if Path(model).is_dir():
-        return snncc.load(model).ir
+        return snncc.load_ir(model)
     if input_shape is None:
         raise UsageError(
             f"{model!r} is not an artifact directory; to trace a SPEC give --input-shape T,B,..."
@@ -468,6 +468,53 @@ def cmd_export(args: argparse.Namespace) -> int:
             f"cannot write {out}: {exc.strerror or exc}; {os_error_hint(exc)}"
         ) from None
     print(f"exported {args.model} as {args.format} to {out} ({out.stat().st_size} bytes)")
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    import snncc.deploy as deployment
+
+    if args.target not in deployment.TARGETS:
+        raise UsageError(
+            f"deploy target {args.target!r}; supported: {', '.join(deployment.TARGETS)}"
+        )
+    if Path(args.model).is_dir():
+        if args.input_shape is not None or args.weights is not None:
+            raise UsageError("--input-shape/--weights apply to a SPEC, not an artifact directory")
+        import snncc
+
+        start = time.perf_counter()
+        source: Any = snncc.load_ir(args.model)  # not lowered: no kernels, no GPU needed
+    elif args.input_shape is None:
+        raise UsageError(
+            f"{args.model!r} is not an artifact directory; to trace a SPEC give --input-shape "
+            "T,B,..."
+        )
+    else:
+        from snncc.frontend import trace
+
+        model = build_model(args.model, args.weights)
+        start = time.perf_counter()
+        source = trace(model, example_input(args.input_shape))  # scheduled by deploy
+    result = deployment.deploy(source, args.output, target=args.target)
+    low = result.lowered
+    print(
+        f"deployed {args.model} ({args.target}) to {result.path} in "
+        f"{time.perf_counter() - start:.2f} s: model {result.model_id}, {len(low.tensors)} "
+        f"weight tensors, {len(low.kernels)} neuron kernel(s), state {low.state_per_sample} "
+        "floats per sample"
+    )
+    build = result.path / ("build-cuda" if args.target == "cuda" else "build")
+    print("build it with (README.md in the folder says more):")
+    if args.target == "cuda":
+        print(f"  cmake -S {result.path} -B {build} -G Ninja -DSNNCC_CUDA=ON")
+    else:
+        print(
+            f"  cmake -S {result.path} -B {build} -G Ninja -DOpenBLAS_DIR=$(python -c "
+            '"import scipy_openblas32 as s; print(s.get_lib_dir())")/cmake/openblas'
+        )
+    print(f"  cmake --build {build}")
+    print(f"  {build}/snncc_run {result.path}/weights.safetensors -i x.npy -o y.npy")
     return 0
 
 
@@ -699,6 +746,29 @@ describe continuous-time neurons: --dt (required) says how to discretise them;
 see the README for the conventions and what --accept allows.
 """
 
+_DEPLOY_EPILOG = """\
+example:
+  snncc compile snncc.examples.digits:load_pretrained --input-shape 8,1,64 \\
+      --backend cpu -o out/digits
+  snncc deploy out/digits --target cpu -o out/digits-c
+  cmake -S out/digits-c -B out/digits-c/build -G Ninja \\
+      -DOpenBLAS_DIR=$(python -c "import scipy_openblas32 as s; print(s.get_lib_dir())")/cmake/openblas
+  cmake --build out/digits-c/build
+  python -c "import numpy as np; np.save('x.npy', np.random.rand(8, 4, 64).astype('float32'))"
+  out/digits-c/build/snncc_run out/digits-c/weights.safetensors -i x.npy -o y.npy
+  # a SPEC directly, for the CUDA target (builds with -DSNNCC_CUDA=ON):
+  snncc deploy snncc.examples.digits:load_pretrained --input-shape 8,1,64 \\
+      --target cuda -o out/digits-cuda
+
+MODEL is an artifact directory written by 'snncc compile', or a SPEC
+(path/file.py:factory or package.module:factory) traced at --input-shape. The
+folder gets a C/C++ source tree: include/snncc_model.h (the C interface),
+src/model.cpp (the schedule), the neuron kernels the backends run, the weights
+(weights.safetensors), CMakeLists.txt, tools/snncc_run.cpp and a README. It
+builds with CMake into a library that needs neither Python nor torch;
+pip install cmake ninja scipy-openblas32 brings what the CPU build needs.
+"""
+
 _CACHE_EPILOG = """\
 example:
   snncc cache info
@@ -911,6 +981,24 @@ def build_parser() -> argparse.ArgumentParser:
         "(reset, reset_delay, init)",
     )
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="file to write")
+
+    p = _command(
+        sub,
+        "deploy",
+        "write a standalone C/C++ (and CUDA) library of a model: C interface, CMake, weights",
+        _DEPLOY_EPILOG,
+        cmd_deploy,
+    )
+    p.add_argument("model", metavar="MODEL", help=f"artifact directory, or a SPEC ({spec_help})")
+    p.add_argument(
+        "--target",
+        default="cpu",
+        help="cpu or cuda: what the tree builds by default (its SNNCC_CUDA switch; default: cpu)",
+    )
+    _spec_args(p, required=False, when=" (when MODEL is a SPEC)")
+    p.add_argument(
+        "-o", "--output", required=True, metavar="DIR", help="folder to write the tree to"
+    )
 
     p = _command(
         sub,

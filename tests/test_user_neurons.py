@@ -208,6 +208,25 @@ def test_a_step_module_threaded_through_a_loop(cache_dir) -> None:
     assert _rel(dict(tm.named_parameters())["lif.beta"].grad, net.lif.beta.grad) <= 1e-4
 
 
+def test_a_traced_neuron_with_two_memories_streams(cache_dir) -> None:
+    """cm.run(x, state) takes back the state run() returned, every memory of it (the
+    adaptive threshold's ``a`` too): two calls of T=4 and 5 equal one of T=9."""
+    net = CASES["adaptive_threshold"]("m")
+    x = _x(4)
+    for backend in ("reference", "cpu"):
+        kw = {"cache_dir": cache_dir} if backend == "cpu" else {}
+        cm = snncc.compile(net, x, backend=backend, **kw)
+        with torch.no_grad():
+            y_a, state = cm.run(x[:4])
+            assert sorted(next(iter(state.values()))) == ["a", "v"], backend
+            y_b, state = cm.run(x[4:], state)
+            y, whole = cm.run(x)
+        assert torch.equal(torch.cat([y_a, y_b]), y), backend
+        for node, variables in whole.items():
+            for var, value in variables.items():
+                assert torch.equal(state[node][var], value), (backend, var)
+
+
 def test_a_traced_neuron_survives_save_load_and_onnx(tmp_path, cache_dir) -> None:
     net = CASES["learned_leak"]("m")
     x = _x(4)
