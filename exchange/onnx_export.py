@@ -55,6 +55,7 @@ lands within those ulps of the threshold (0 flips in the tests).
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -71,6 +72,7 @@ from snncc.ir.graph import Edge, Graph
 from snncc.ir.neuron import FORMS, NeuronSpec
 from snncc.ir.neurons import NeuronGraph, build
 from snncc.ir.safe_files import replaced_on_success
+from snncc.ir.static import static_nodes, time_steps
 
 #: version of the metadata layout below; the importer refuses newer ones
 IR_FORMAT_VERSION = 1
@@ -106,6 +108,7 @@ ONNX_OPS = frozenset(
         "Conv",
         "Div",
         "Equal",
+        "Erf",
         "Exp",
         "Flatten",
         "Gemm",
@@ -113,24 +116,33 @@ ONNX_OPS = frozenset(
         "Greater",
         "GreaterOrEqual",
         "Identity",
+        "LayerNormalization",
         "Less",
         "LessOrEqual",
         "Log",
+        "LogSoftmax",
         "MatMul",
         "MaxPool",
         "Mul",
         "Neg",
         "Reciprocal",
+        "ReduceMax",
+        "ReduceMean",
+        "ReduceMin",
+        "ReduceSum",
         "Relu",
         "Reshape",
         "Scan",
         "Shape",
+        "Sigmoid",
         "Sign",
         "Slice",
+        "Softmax",
         "Sqrt",
         "Squeeze",
         "Sub",
         "Tanh",
+        "Tile",
         "Transpose",
         "Unsqueeze",
         "Where",
@@ -336,7 +348,9 @@ class _Exporter:
         self.initializers: dict[str, onnx.TensorProto] = {}
         self.inputs: list[onnx.ValueInfoProto] = []
         self.outputs: list[onnx.ValueInfoProto] = []
-        self.tb = ""  # int64 [2]: (T, B) of the first input
+        self.tb = ""  # int64 [2]: (T, B) of the run
+        #: values without a time axis ([B, ...]: snncc.ir.static), computed once
+        self.static = static_nodes(graph)
         #: neuron nid -> outer-scope names of per-sequence constants (PLIF: "k")
         self.derived: dict[int, dict[str, str]] = {}
         #: (kind, param name) -> the derived value, shared by the nodes reading that param
@@ -487,11 +501,20 @@ class _Exporter:
         for nid in ins:
             name = f"input{int(g.attrs(nid).get('index', 0))}"
             rest = self.rest(nid)
-            self.inputs.append(_vinfo(name, None if rest is None else ["T", "B", *rest]))
+            lead = ["B"] if nid in self.static else ["T", "B"]
+            self.inputs.append(_vinfo(name, None if rest is None else [*lead, *rest]))
             self.seq[(nid, 0)] = name
+            if nid in self.static:  # [B, ...]: its rows as they are
+                self.flat[(nid, 0)] = name
         self.main.prefix = "/time_batch"
         m = self.main
-        self.tb = m.op("Slice", [m.op("Shape", [self.seq[(ins[0], 0)]]), m.ints([0]), m.ints([2])])
+        timed = [n for n in ins if n not in self.static]
+        if timed:
+            shape = m.op("Shape", [self.seq[(timed[0], 0)]])
+            self.tb = m.op("Slice", [shape, m.ints([0]), m.ints([2])])
+        else:  # every input static: the model's own number of steps
+            b = m.op("Slice", [m.op("Shape", [self.seq[(ins[0], 0)]]), m.ints([0]), m.ints([1])])
+            self.tb = m.op("Concat", [m.ints([int(time_steps(g) or 1)]), b], axis=0)
         for kind, nodes in self.units():
             if kind == "scan":
                 self.emit_scan(nodes)
@@ -542,13 +565,23 @@ class _Exporter:
             name = f"output{int(self.g.attrs(nid).get('index', 0))}"
             self.main.op("Identity", [src], out_names=[name])
             rest = self.rest(nid)
-            self.outputs.append(_vinfo(name, None if rest is None else ["T", "B", *rest]))
+            lead = ["B"] if nid in self.static else ["T", "B"]
+            self.outputs.append(_vinfo(name, None if rest is None else [*lead, *rest]))
             return
-        ins = [self.flat_of(e.src, e.delay) for e in edges]
         self.main.prefix = f"/n{nid}" + (
             f".{_safe(self.g.node(nid)['name'])}" if self.g.node(nid).get("name") else ""
         )
+        if op == "time_reduce":  # over the T steps of a sequence: a static [B, ...] value
+            (e,) = edges
+            x = self.seq_of(e.src, e.delay)
+            self.main.prefix = f"/n{nid}"
+            y = self._reduce(self.main, nid, str(self.g.attrs(nid)["op"]), x, [0], False)
+            self.flat[(nid, 0)] = self.seq[(nid, 0)] = y
+            return
+        ins = [self.flat_of(e.src, e.delay) for e in edges]
         self.flat[(nid, 0)] = self.stateless(self.main, nid, ins)
+        if nid in self.static:  # no time axis: the rows are the value
+            self.seq[(nid, 0)] = self.flat[(nid, 0)]
 
     def stateless(self, sc: _Scope, nid: int, ins: list[str]) -> str:
         """One stateless op on batch-first rows ([T*B, ...] outside a Scan, [B, ...] inside)."""
@@ -805,6 +838,94 @@ class _Exporter:
         if dim == 0:
             raise _unsupported(self.g, nid, "cat along the batch dim (dim=0) mixes samples")
         return sc.op("Concat", ins, axis=dim)
+
+    def op_sub(self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str]) -> str:
+        return sc.op("Sub", [ins[0], ins[1]])
+
+    def op_neg(self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str]) -> str:
+        return sc.op("Neg", [ins[0]])
+
+    def op_add_scalar(self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str]) -> str:
+        return sc.op("Add", [ins[0], sc.scalar(float(attrs["value"]))])
+
+    def op_matmul(self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str]) -> str:
+        return sc.op("MatMul", [ins[0], ins[1]])
+
+    def op_permute(self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str]) -> str:
+        return sc.op("Transpose", [ins[0]], perm=[int(d) for d in attrs["perm"]])
+
+    def op_slice(self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str]) -> str:
+        start, stop, step = int(attrs["start"]), int(attrs["stop"]), int(attrs["step"])
+        return sc.op(
+            "Slice",
+            [
+                ins[0],
+                sc.ints([start]),
+                sc.ints([stop]),
+                sc.ints([int(attrs["dim"])]),
+                sc.ints([step]),
+            ],
+        )
+
+    def _reduce(self, sc: _Scope, nid: int, op: str, x: str, axes: list[int], keepdim: bool) -> str:
+        onnx_op = {
+            "sum": "ReduceSum",
+            "mean": "ReduceMean",
+            "amax": "ReduceMax",
+            "amin": "ReduceMin",
+        }
+        if op not in onnx_op:
+            raise _unsupported(self.g, nid, f"reduction {op!r}")
+        kind = onnx_op[op]
+        # ReduceSum takes its axes as an input from opset 13, the others from opset 18
+        if kind == "ReduceSum" or self.opset >= 18:
+            return sc.op(kind, [x, sc.ints(axes)], keepdims=int(keepdim))
+        return sc.op(kind, [x], axes=axes, keepdims=int(keepdim))
+
+    def op_reduce(self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str]) -> str:
+        axes = [int(d) for d in attrs["dims"]]
+        return self._reduce(sc, nid, attrs["op"], ins[0], axes, bool(attrs["keepdim"]))
+
+    def op_layernorm(self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str]) -> str:
+        shape = [int(d) for d in attrs["normalized_shape"]]
+        w = self.param(nid, "weight") or sc.const(np.ones(shape, np.float32))
+        b = self.param(nid, "bias") or sc.const(np.zeros(shape, np.float32))
+        if self.opset < 17:
+            raise _unsupported(self.g, nid, f"LayerNormalization needs opset 17 (got {self.opset})")
+        return sc.op(
+            "LayerNormalization", [ins[0], w, b], axis=-len(shape), epsilon=float(attrs["eps"])
+        )
+
+    def op_activation(self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str]) -> str:
+        fn, x = attrs["fn"], ins[0]
+        if fn in ("relu", "sigmoid", "tanh"):
+            return sc.op({"relu": "Relu", "sigmoid": "Sigmoid", "tanh": "Tanh"}[fn], [x])
+        if fn == "gelu":  # 0.5 x (1 + erf(x / sqrt(2))), torch's exact GELU
+            erf = sc.op("Erf", [sc.op("Div", [x, sc.scalar(math.sqrt(2.0))])])
+            return sc.op(
+                "Mul", [sc.op("Mul", [x, sc.scalar(0.5)]), sc.op("Add", [erf, sc.scalar(1.0)])]
+            )
+        if fn == "gelu_tanh":  # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+            cube = sc.op("Mul", [sc.op("Mul", [x, x]), x])
+            inner = sc.op("Add", [x, sc.op("Mul", [cube, sc.scalar(0.044715)])])
+            t = sc.op("Tanh", [sc.op("Mul", [inner, sc.scalar(math.sqrt(2.0 / math.pi))])])
+            return sc.op(
+                "Mul", [sc.op("Mul", [x, sc.scalar(0.5)]), sc.op("Add", [t, sc.scalar(1.0)])]
+            )
+        raise _unsupported(self.g, nid, f"activation {fn!r}")
+
+    def op_softmax(self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str]) -> str:
+        kind = "LogSoftmax" if attrs.get("log") else "Softmax"
+        return sc.op(kind, [ins[0]], axis=int(attrs["dim"]))
+
+    def op_repeat_time(self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str]) -> str:
+        """A static value's [B, ...] rows at every step: [T*B, ...] (t-major rows)."""
+        shape = self.shape(nid)
+        if not shape:
+            raise _unsupported(self.g, nid, "repeat_time needs a known per-step rank")
+        t = sc.op("Slice", [self.tb, sc.ints([0]), sc.ints([1])])
+        repeats = sc.op("Concat", [t, sc.ints([1] * (len(shape) - 1))], axis=0)
+        return sc.op("Tile", [ins[0], repeats])
 
     def op_voting(self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str]) -> str:
         k = int(attrs["voting_size"])

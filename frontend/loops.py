@@ -12,10 +12,10 @@ snnTorch and Norse models are often written with the time loop inside ``forward`
         return torch.stack(spk_rec)
 
 torch.fx runs such Python code once and records every call, so the trace
-holds T copies of the step. This module traces with the example input's
-concrete shapes (``x.size(0)``, ``x.shape``, ``len(x)`` and ``for xt in x``
-see the real numbers), checks that every step's copy is the same
-computation, and folds the copies back into ONE per-step graph:
+holds T copies of the step. The shape-aware trace (:mod:`snncc.frontend.shape_trace`)
+answers ``x.size(0)``, ``x.shape``, ``len(x)`` and ``for xt in x`` with the
+example's real numbers; this module checks that every step's copy is the
+same computation and folds the copies back into ONE per-step graph:
 
 - ``x[step]`` becomes the per-step input (the program is fed ``[T, B, ...]``);
 - a list of per-step values stacked along dim 0 (``torch.stack(spk_rec)``)
@@ -25,7 +25,16 @@ computation, and folds the copies back into ONE per-step graph:
   which must be fresh at the first step (None, ``init_leaky()`` /
   ``reset_mem()``, zeros);
 - a Norse state returned from ``forward`` is dropped (the compiled program
-  returns its state from ``CompiledModel.run``).
+  returns its state from ``CompiledModel.run``);
+- a buffer preallocated before the loop and filled one step per iteration
+  (``voltages = torch.zeros(T, B, 10)``, ``voltages[ts, :, :] = v``, then
+  ``return voltages``: Norse's ``ConvNet``) is the same as ``torch.stack``;
+- an input the loop never indexes by step but feeds whole to every step
+  (snnTorch tutorial 5: ``cur1 = self.fc1(x)`` inside ``for step in
+  range(num_steps)``) is *static*: the program takes ``[B, ...]``, runs
+  what depends only on it once, and repeats the result over the loop's
+  steps where it meets per-step values (``repeat_time``); the program's
+  number of steps is the loop's.
 
 Anything else is refused with an :class:`UnsupportedError` that names the
 module and why: a branch on the step index (the steps differ), a value from
@@ -42,7 +51,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import operator
-from collections.abc import Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +64,7 @@ from snncc.frontend import tracer as tr
 STATIC = -1  # does not depend on the input (parameters, constants, initial states)
 WHOLE = -2  # depends on the whole input sequence, not on one step of it
 COLLECTOR = -3  # combines values of several steps (torch.stack of per-step values)
+INVARIANT = -4  # depends only on static inputs (fed whole at every step): the same each step
 
 
 # --------------------------------------------------------------------------- detection
@@ -68,17 +78,14 @@ def _loop_frameworks(model: nn.Module) -> bool:
     return False
 
 
-def wants_fold(model: nn.Module, gm: fx.GraphModule | None, error: Exception | None) -> bool:
+def wants_fold(model: nn.Module, gm: fx.GraphModule) -> bool:
     """Whether ``model`` (using snnTorch / Norse modules) holds a time loop to fold.
 
-    Yes when fx could not trace it as is (``range(x.size(0))``, ``for xt in x``),
-    when it indexes an input by an integer (``x[step]``), or when it calls a
-    stateful snnTorch / Norse module more than once.
+    Yes when its trace indexes an input by an integer (``x[step]``, ``for xt in
+    x``) or calls a stateful snnTorch / Norse module more than once.
     """
     if not _loop_frameworks(model):
         return False
-    if gm is None:
-        return error is not None
     inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
     counts: dict[str, int] = {}
     for n in gm.graph.nodes:
@@ -99,6 +106,8 @@ def _time_slice(n: fx.Node, inputs: list[fx.Node]) -> tuple[int, int, tuple] | N
     if n.op != "call_function" or n.target is not operator.getitem:
         return None
     base, index = n.args[0], n.args[1]
+    if _unbinds_input(base, inputs) and isinstance(index, int) and not isinstance(index, bool):
+        return inputs.index(base.args[0]), index, ()  # for xt in x.unbind(0)
     if base not in inputs:
         return None
     rest: tuple = ()
@@ -111,80 +120,20 @@ def _time_slice(n: fx.Node, inputs: list[fx.Node]) -> tuple[int, int, tuple] | N
     return inputs.index(base), index, rest
 
 
-# --------------------------------------------------------------------------- concrete tracing
+def _unbinds_input(n: Any, inputs: list[fx.Node]) -> bool:
+    """``x.unbind(0)`` / ``torch.unbind(x)`` of an input."""
+    if not isinstance(n, fx.Node) or n.op not in ("call_method", "call_function"):
+        return False
+    if n.target not in ("unbind", torch.unbind) or not n.args or n.args[0] not in inputs:
+        return False
+    dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
+    return dim == 0
 
 
-class _ShapedProxy(fx.Proxy):
-    """An input proxy that answers shape questions with the example's numbers.
-
-    ``x.size(0)``, ``x.shape``, ``len(x)`` and ``x.dim()`` return ints, and
-    iterating it yields ``x[0], x[1], ...``, so a Python loop over time steps
-    unrolls to the example's T.
-    """
-
-    def __init__(self, node: fx.Node, tracer: fx.Tracer, shape: tuple[int, ...]) -> None:
-        super().__init__(node, tracer)
-        self.__dict__["_snncc_shape"] = torch.Size(shape)
-
-    @property
-    def shape(self) -> torch.Size:  # type: ignore[override]
-        return self._snncc_shape
-
-    @property
-    def ndim(self) -> int:
-        return len(self._snncc_shape)
-
-    def size(self, dim: int | None = None) -> Any:
-        return self._snncc_shape if dim is None else self._snncc_shape[dim]
-
-    def dim(self) -> int:
-        return len(self._snncc_shape)
-
-    def __len__(self) -> int:
-        return self._snncc_shape[0]
-
-    def __iter__(self) -> Iterator[fx.Proxy]:
-        return (self[i] for i in range(self._snncc_shape[0]))
-
-
-class _ConcreteTracer(tr.SnnccTracer):
-    def __init__(self, shapes: dict[str, tuple[int, ...]]) -> None:
-        super().__init__()
-        self._shapes = shapes
-
-    def proxy(self, node: fx.Node) -> fx.Proxy:
-        if node.op == "placeholder" and node.target in self._shapes:
-            return _ShapedProxy(node, self, self._shapes[node.target])
-        return super().proxy(node)
-
-
-def _input_names(model: nn.Module, n: int) -> list[str]:
-    params = list(inspect.signature(model.forward).parameters.values())
-    names = [p.name for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    if len(names) < n:
-        raise UnsupportedError(
-            f"{tr.type_name(model)}.forward takes {len(names)} positional inputs but {n} example "
-            "inputs were given"
-        )
-    return names[:n]
-
-
-def _concrete_trace(model: nn.Module, shapes: list[tuple[int, ...]]) -> fx.GraphModule:
-    names = _input_names(model, len(shapes))
-    tracer = _ConcreteTracer(dict(zip(names, shapes)))
-    concrete = tr.none_defaults(model, len(shapes))
-    try:
-        graph = tracer.trace(model, concrete_args=concrete or None)
-    except SnnccError:
-        raise
-    except Exception as e:  # noqa: BLE001 - fx raises many types; all mean "not traceable"
-        raise UnsupportedError(
-            f"torch.fx could not trace {tr.type_name(model)} with the example's shapes: "
-            f"{type(e).__name__}: {e}. snncc unrolls a time loop in forward with torch.fx; "
-            "Python control flow on tensor values is not supported"
-        ) from e
-    tr.drop_concrete_placeholders(graph, concrete)
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+def repeat_over_time(x: torch.Tensor, steps: int) -> torch.Tensor:
+    """Marks where a static value (the same at every step) meets per-step values in a folded
+    loop; the converter makes it a ``repeat_time`` node (per step it is ``x`` itself)."""
+    return x
 
 
 # --------------------------------------------------------------------------- analysis
@@ -210,6 +159,12 @@ class _Loop:
     steps: list[list[fx.Node]] = field(default_factory=list)
     index: list[dict[fx.Node, int]] = field(default_factory=list)
     inits: list[tuple[fx.Node, str, Any]] = field(default_factory=list)
+    #: buffer attribute -> (step, written value, the write node) for ``buf[t] = v``
+    writes: dict[str, list[tuple[int, fx.Node, fx.Node]]] = field(default_factory=dict)
+    #: inputs fed whole to every step (never indexed by step): static, [B, ...]
+    static_inputs: frozenset[int] = frozenset()
+    #: module -> how many of its calls were fed only static values (the k-th is step k)
+    fresh_calls: dict[str, int] = field(default_factory=dict)
 
 
 def _nodes(a: Any) -> list[fx.Node]:
@@ -246,12 +201,38 @@ def _bind(gm: fx.GraphModule, n: fx.Node) -> _Call | None:
     return _Call(m, sa, main, values)
 
 
+def _buffer_write(n: fx.Node) -> tuple[str, Any, fx.Node] | None:
+    """``buf[index] = value`` on a tensor made before the loop: (buffer, index, value)."""
+    if n.op != "call_method" or n.target != "__setitem__" or len(n.args) != 3:
+        return None
+    buf, index, value = n.args
+    if not isinstance(buf, fx.Node) or buf.op != "get_attr" or not isinstance(value, fx.Node):
+        return None
+    return str(buf.target), index, value
+
+
+def _write_step(index: Any) -> tuple[int, tuple] | None:
+    """``(t, rest)`` for an index ``t``, ``(t, :, ..., :)`` or ``(t, ...)`` (rest: slices)."""
+    rest: tuple = ()
+    if isinstance(index, tuple) and index:
+        index, rest = index[0], tuple(index[1:])
+    if isinstance(index, bool) or not isinstance(index, int) or index < 0:
+        return None
+    if any(r not in (slice(None), Ellipsis) for r in rest):
+        return None
+    return index, rest
+
+
 def _analyse(gm: fx.GraphModule) -> _Loop:
-    """Label every node with its step (or STATIC / WHOLE / COLLECTOR) and group the steps."""
+    """Label every node with its step (or STATIC / WHOLE / COLLECTOR / INVARIANT) and group
+    the steps."""
     lp = _Loop(gm, [n for n in gm.graph.nodes if n.op == "placeholder"])
+    sliced = {ts[0] for n in gm.graph.nodes if (ts := _time_slice(n, lp.inputs)) is not None}
+    lp.static_inputs = frozenset(i for i in range(len(lp.inputs)) if i not in sliced)
     for n in gm.graph.nodes:
         if n.op == "placeholder":
-            lp.labels[n] = WHOLE
+            static = lp.inputs.index(n) in lp.static_inputs
+            lp.labels[n] = INVARIANT if static else WHOLE
             continue
         if n.op == "get_attr":
             lp.labels[n] = STATIC
@@ -278,7 +259,32 @@ def _analyse(gm: fx.GraphModule) -> _Loop:
                     "time steps; inside a time loop a module gets this step's input and the "
                     "state it returned at the previous step"
                 )
-            lp.labels[n] = steps.pop() if steps else STATIC
+            if not steps:
+                # fed only static values: a module keeping its own state (snnTorch
+                # init_hidden) advances one step per call, so its k-th such call is step k
+                k = lp.fresh_calls.get(str(n.target), 0)
+                lp.fresh_calls[str(n.target)] = k + 1
+                steps = {k}
+            lp.labels[n] = steps.pop()
+            continue
+        write = _buffer_write(n)
+        if write is not None:
+            target, index, value = write
+            step = _write_step(index)
+            if step is None or lp.labels.get(value, STATIC) < 0:
+                raise UnsupportedError(
+                    f"{_what(gm, n)} writes into buffer {target!r} at {index!r}; supported: "
+                    "one whole time step per loop iteration (buf[t] = v, buf[t, :, :] = v) "
+                    "with a value computed at that step"
+                )
+            if step[0] != lp.labels[value]:
+                raise UnsupportedError(
+                    f"{_what(gm, n)} writes the value of time step {lp.labels[value]} into "
+                    f"{target}[{step[0]}]; snncc folds buffers filled one step per iteration "
+                    "at that step's index"
+                )
+            lp.writes.setdefault(target, []).append((step[0], value, n))
+            lp.labels[n] = step[0]
             continue
         labels = {lp.labels[a] for a in _nodes((n.args, n.kwargs))}
         if WHOLE in labels:
@@ -298,8 +304,12 @@ def _analyse(gm: fx.GraphModule) -> _Loop:
             t = max(steps)
             early = next(a for a in _nodes((n.args, n.kwargs)) if lp.labels[a] in steps - {t})
             raise _cross_step(gm, n, t, early, lp.labels[early])
-        lp.labels[n] = steps.pop() if steps else STATIC
+        if steps:
+            lp.labels[n] = steps.pop()
+        else:
+            lp.labels[n] = INVARIANT if INVARIANT in labels else STATIC
     _check_whole_and_collectors(lp)
+    _check_buffers(lp)
     n_steps = 1 + max((t for t in lp.labels.values() if t >= 0), default=-1)
     lp.steps = [[] for _ in range(n_steps)]
     for n in gm.graph.nodes:
@@ -332,7 +342,12 @@ def _check_whole_and_collectors(lp: _Loop) -> None:
     for n in gm.graph.nodes:
         label = lp.labels.get(n)
         if label == WHOLE and n.op != "placeholder":
-            bad = [u for u in n.users if u.op == "output" or lp.labels.get(u) not in (WHOLE, None)]
+            bad = [
+                u
+                for u in n.users
+                if u not in lp.slices
+                and (u.op == "output" or lp.labels.get(u) not in (WHOLE, None))
+            ]
             if bad:
                 raise UnsupportedError(
                     f"{_what(gm, n)} uses the whole input sequence inside the time loop; snncc "
@@ -351,6 +366,20 @@ def _check_whole_and_collectors(lp: _Loop) -> None:
                     f"{_what(gm, n)}: the values stacked over time are used inside the model; "
                     "snncc compiles the loop body as a per-step program, so return them "
                     "unchanged (reduce over time outside the model)"
+                )
+
+
+def _check_buffers(lp: _Loop) -> None:
+    """A buffer filled one step per iteration is read by nothing but forward's return."""
+    for n in lp.gm.graph.nodes:
+        if n.op != "get_attr" or str(n.target) not in lp.writes:
+            continue
+        for u in n.users:
+            if u.op != "output" and _buffer_write(u) is None:
+                raise UnsupportedError(
+                    f"{_what(lp.gm, u)} reads buffer {str(n.target)!r}, which the loop fills one "
+                    "time step per iteration; supported: returning the filled buffer (it is "
+                    "torch.stack of the values written)"
                 )
 
 
@@ -386,7 +415,9 @@ def _static_key(gm: fx.GraphModule, a: fx.Node, cache: dict[fx.Node, Any]) -> An
     """What a static node computes, so per-step copies of the same constant compare equal."""
     if a in cache:
         return cache[a]
-    if a.op == "get_attr":
+    if a.op == "placeholder":
+        key: Any = ("input", str(a.target))
+    elif a.op == "get_attr":
         value = _fetch_attr(gm, str(a.target))
         if isinstance(value, torch.Tensor):
             data = value.detach().cpu().contiguous()
@@ -478,7 +509,7 @@ def _signature(lp: _Loop, t: int, cache: dict[fx.Node, Any]) -> list[Any]:
             label = lp.labels[a]
             if label == t:
                 return ("n", idx[a])
-            if label == STATIC:
+            if label in (STATIC, INVARIANT):
                 return ("static", _static_key(gm, a, cache))
             raise _StepMismatch(n, a)
 
@@ -495,6 +526,9 @@ def _signature(lp: _Loop, t: int, cache: dict[fx.Node, Any]) -> list[Any]:
                 call = lp.calls[n]
                 tokens = tuple(_state_token(lp, n, call, t, k, v) for k, v in call.values.items())
                 sig.append(("module", str(n.target), _plain(call.main, ref), tokens))
+            elif (write := _buffer_write(n)) is not None:
+                target, index, value = write
+                sig.append(("write", target, repr(_write_step(index)[1]), ref(value)))  # type: ignore[index]
             else:
                 sig.append((n.op, _target_key(n), _plain(n.args, ref), _plain(n.kwargs, ref)))
         except _StepMismatch as e:
@@ -611,6 +645,8 @@ def _outputs(lp: _Loop) -> Any:
                     f"{_what(gm, a)} stacks different values at different time steps"
                 )
             return lp.steps[0][pos.pop()]
+        if label == STATIC and str(a.target) in lp.writes:
+            return _filled_buffer(lp, a)
         if label >= 0 and _is_opaque_state(lp, a):
             return None  # a Norse state: kept by the compiled program
         if label >= 0:
@@ -626,6 +662,32 @@ def _outputs(lp: _Loop) -> Any:
     return conv(out_node.args[0])
 
 
+def _filled_buffer(lp: _Loop, a: fx.Node) -> fx.Node:
+    """A returned buffer filled one step per iteration: torch.stack of the values written."""
+    gm, target = lp.gm, str(a.target)
+    writes = sorted(lp.writes[target], key=lambda w: w[0])
+    # a buffer made from trace-time ints (torch.zeros(T, B, n)) is a real constant, not a fake
+    buf = a.meta.get("snncc_fake")
+    if buf is None and isinstance(getattr(gm, target, None), torch.Tensor):
+        buf = getattr(gm, target)
+    steps = [t for t, _, _ in writes]
+    if steps != list(range(len(lp.steps))) or buf is None or buf.shape[0] != len(lp.steps):
+        raise UnsupportedError(
+            f"forward returns buffer {target!r} of shape {list(getattr(buf, 'shape', []))}, "
+            f"written at steps {steps}; supported: a buffer of the loop's {len(lp.steps)} steps "
+            "in front, every step written once (buf[t] = v)"
+        )
+    pos = {lp.index[t][v] for t, v, _ in writes}
+    value = writes[0][1].meta.get("snncc_fake")
+    if len(pos) != 1 or value is None or tuple(value.shape) != tuple(buf.shape[1:]):
+        raise UnsupportedError(
+            f"forward returns buffer {target!r}, but its steps are written with different "
+            f"values or shapes ({_what(gm, writes[0][2])}); supported: the same per-step "
+            "value at every step, of the buffer's per-step shape"
+        )
+    return lp.steps[0][pos.pop()]
+
+
 def _is_opaque_state(lp: _Loop, a: fx.Node) -> bool:
     if a.op != "call_function" or a.target is not operator.getitem:
         return False
@@ -633,38 +695,78 @@ def _is_opaque_state(lp: _Loop, a: fx.Node) -> bool:
     return call is not None and call.state.opaque and a.args[1] in call.state.returns
 
 
-def _build(lp: _Loop, outputs: Any) -> fx.GraphModule:
+def _build(lp: _Loop, outputs: Any, T: int) -> fx.GraphModule:
     gm = lp.gm
     g = fx.Graph()
     ph = []
-    for p in lp.inputs:
+    for i, p in enumerate(lp.inputs):
         new = g.placeholder(str(p.target))
         new.meta = dict(p.meta)
+        if i not in lp.static_inputs:  # fed one step at a time: the per-step value's meta
+            first = next((n for n, ts in lp.slices.items() if ts[0] == i and ts[1] == 0), None)
+            if first is not None:
+                new.meta["snncc_fake"] = _step_value(first, lp.slices[first][2])
         ph.append(new)
     env: dict[fx.Node, fx.Node] = {}
+    repeated: dict[fx.Node, fx.Node] = {}
 
     def arg(a: fx.Node) -> fx.Node:
+        """A node of step 0's graph, or a static / invariant one (computed once)."""
         if a in env:
             return env[a]
-        if lp.labels[a] != STATIC:
+        if lp.labels[a] == INVARIANT and a.op == "placeholder":
+            env[a] = ph[lp.inputs.index(a)]
+            return env[a]
+        if lp.labels[a] not in (STATIC, INVARIANT):
             raise AssertionError(f"loop fold: {a.name} is not available at step 0")
         env[a] = g.node_copy(a, arg)
         return env[a]
+
+    def step_arg(a: fx.Node) -> fx.Node:
+        """What a step-0 node reads: an invariant value repeated over the loop's steps."""
+        if lp.labels.get(a) != INVARIANT:
+            return arg(a)
+        if a not in repeated:
+            repeated[a] = g.call_function(repeat_over_time, (arg(a), T))
+            repeated[a].meta = {"snncc_fake": a.meta.get("snncc_fake"), "snncc_src": ""}
+        return repeated[a]
 
     for n in lp.steps[0]:
         if n in lp.slices:
             i, _, rest = lp.slices[n]
             env[n] = ph[i] if not rest else g.call_function(operator.getitem, (ph[i], rest))
+            if rest:
+                env[n].meta = dict(n.meta)
         elif n in lp.calls:
-            main = fx.node.map_arg(lp.calls[n].main, arg)
+            main = fx.node.map_arg(lp.calls[n].main, step_arg)
             env[n] = g.call_module(str(n.target), tuple(main))
             env[n].meta = dict(n.meta)
+        elif _buffer_write(n) is not None:
+            continue  # the buffer is returned as the stack of the written values
         else:
-            env[n] = g.node_copy(n, arg)
+            env[n] = g.node_copy(n, step_arg)
+    invariant_out = [a for a in _nodes(outputs) if lp.labels.get(a) == INVARIANT]
+    if invariant_out:
+        raise UnsupportedError(
+            f"forward returns {_what(gm, invariant_out[0])}, which does not depend on the time "
+            "step; snncc programs return one value per step (torch.stack of per-step values)"
+        )
     g.output(fx.node.map_arg(outputs, arg))
     _drop_unused(g)  # e.g. the getitem of a state that only fed the next step
     g.lint()
-    return fx.GraphModule(gm, g, gm.__class__.__name__)
+    out = fx.GraphModule(gm, g, gm.__class__.__name__)
+    out.meta["snncc_reads"] = gm.meta.get("snncc_reads", [])
+    return out
+
+
+def _step_value(slice_node: fx.Node, rest: tuple) -> Any:
+    """The value ``x[0]`` of a time input (what the folded graph's placeholder stands for)."""
+    v = slice_node.meta.get("snncc_fake")
+    if not rest or v is None:
+        return v
+    base = slice_node.args[0]
+    full = base.meta.get("snncc_fake") if isinstance(base, fx.Node) else None
+    return full[0] if full is not None else v
 
 
 def _drop_unused(g: fx.Graph) -> None:
@@ -674,25 +776,38 @@ def _drop_unused(g: fx.Graph) -> None:
             g.erase_node(n)
 
 
-def fold(model: nn.Module, xs: tuple[torch.Tensor, ...], error: Exception | None) -> fx.GraphModule:
-    """The per-step fx graph of a model whose forward loops over time (see the module docstring)."""
-    T = int(xs[0].shape[0])
-    shapes = [tuple(int(d) for d in x.shape) for x in xs]
-    try:
-        gm = _concrete_trace(model, shapes)
-    except UnsupportedError as e:
-        raise (error or e) from None
+@dataclass
+class Folded:
+    """A folded loop: the per-step graph, its static inputs, T and B."""
+
+    gm: fx.GraphModule
+    static_inputs: frozenset[int]
+    T: int
+    B: int
+
+
+def fold(
+    model: nn.Module,
+    gm: fx.GraphModule,
+    xs: tuple[torch.Tensor, ...],
+    retrace: Callable[[list[torch.Tensor]], fx.GraphModule],
+) -> Folded:
+    """The per-step fx graph of a model whose forward loops over time (see the module
+    docstring); ``gm`` is its shape-aware trace on ``xs``, ``retrace(inputs)`` traces again."""
     lp = _analyse(gm)
+    timed = [i for i in range(len(xs)) if i not in lp.static_inputs]
     if not lp.steps:
-        raise error or UnsupportedError(
+        raise UnsupportedError(
             f"{tr.type_name(model)}.forward does not read its input one time step at a time "
             "(x[step] or for xt in x); snncc compiles it as a per-step program only then"
         )
-    if len(lp.steps) == 1 and T == 1:  # learn how state flows between steps from two steps
-        gm2 = _concrete_trace(model, [(2, *s[1:]) for s in shapes])
+    T = int(xs[timed[0]].shape[0]) if timed else len(lp.steps)
+    if len(lp.steps) == 1 and T == 1 and timed:  # learn how state flows from two steps
+        two = tuple(x if i in lp.static_inputs else torch.cat([x, x]) for i, x in enumerate(xs))
+        gm2 = retrace(list(two))
         lp2 = _analyse(gm2)
         if len(lp2.steps) == 2:
-            gm, lp = gm2, lp2
+            gm, lp, xs = gm2, lp2, two
             T = 2
     if len(lp.steps) != T:
         raise UnsupportedError(
@@ -701,6 +816,17 @@ def fold(model: nn.Module, xs: tuple[torch.Tensor, ...], error: Exception | None
             "steps as its input has, so loop over x.size(0) (or give an example with T = "
             f"{len(lp.steps)})"
         )
+    B = int(xs[timed[0]].shape[1]) if timed else int(xs[0].shape[0])
+    for i, x in enumerate(xs):
+        lead = (x.shape[0],) if i in lp.static_inputs else tuple(x.shape[:2])
+        want = (B,) if i in lp.static_inputs else (T, B)
+        if tuple(int(d) for d in lead) != want:
+            raise UnsupportedError(
+                f"example inputs disagree on T or B: {[list(x.shape) for x in xs]}; inputs the "
+                "loop reads one step at a time are [T, B, ...], inputs fed whole to every step "
+                "[B, ...]"
+            )
     _check_steps(lp)
     _check_inits(lp)
-    return _build(lp, _outputs(lp))
+    out = _build(lp, _outputs(lp), T)
+    return Folded(out, lp.static_inputs, T, B)

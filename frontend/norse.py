@@ -1,7 +1,9 @@
 """Converters for Norse 1.1 modules: ``LIFCell``, ``LIF``, ``LIFBoxCell``, ``LICell``,
 ``LI``, ``LIFRecurrentCell``, ``LIFAdExCell``, ``LIFAdEx``, ``IzhikevichCell``,
 ``Izhikevich``, ``IzhikevichRecurrentCell``, ``IAFCell``, ``IAF``, ``LSNNCell``, ``LSNN``,
-``LSNNRecurrentCell``, ``LILinearCell`` and the ``SequentialState`` container.
+``LSNNRecurrentCell``, ``LILinearCell``, the sequence modules ``LIFRecurrent`` and
+``LSNNRecurrent`` (their cells' converters over the sequence) and the ``SequentialState``
+and ``Lift`` containers.
 
 Read from the installed sources (``norse/torch/functional/{lif,lif_box,
 leaky_integrator,threshold,reset}.py``, ``norse/torch/module/*.py``); the exact
@@ -89,10 +91,11 @@ try:  # Norse is optional: without it these converters are simply not registered
     from norse.torch.module.iaf import IAF, IAFCell
     from norse.torch.module.izhikevich import Izhikevich, IzhikevichCell, IzhikevichRecurrentCell
     from norse.torch.module.leaky_integrator import LI, LICell, LILinearCell
-    from norse.torch.module.lif import LIF, LIFCell, LIFRecurrentCell
+    from norse.torch.module.lif import LIF, LIFCell, LIFRecurrent, LIFRecurrentCell
     from norse.torch.module.lif_adex import LIFAdEx, LIFAdExCell
     from norse.torch.module.lif_box import LIFBoxCell
-    from norse.torch.module.lsnn import LSNN, LSNNCell, LSNNRecurrentCell
+    from norse.torch.module.lift import Lift
+    from norse.torch.module.lsnn import LSNN, LSNNCell, LSNNRecurrent, LSNNRecurrentCell
     from norse.torch.module.sequential import SequentialState
 except ImportError:  # pragma: no cover - exercised only without norse
     SequentialState = None
@@ -113,7 +116,7 @@ if SequentialState is not None:
         LSNNRecurrentCell,
         LILinearCell,
     )
-    _SEQUENCES = (LIF, LI, LIFAdEx, Izhikevich, IAF, LSNN)
+    _SEQUENCES = (LIF, LI, LIFAdEx, Izhikevich, IAF, LSNN, LIFRecurrent, LSNNRecurrent)
 
 
 def _owns(m: nn.Module) -> bool:
@@ -123,7 +126,7 @@ def _owns(m: nn.Module) -> bool:
 def _step_mode(m: nn.Module) -> str | None:
     if type(m) in _CELLS:
         return "s"
-    if type(m) in _SEQUENCES:
+    if type(m) in _SEQUENCES or type(m) is Lift:
         return "m"
     return None
 
@@ -139,6 +142,9 @@ def _state_args(m: nn.Module) -> StateArgs | None:
 
 
 def _chain(m: nn.Module) -> Chain | None:
+    if type(m) is Lift:  # the lifted module called once per step of the [T, B, ...] sequence
+        result = "tensor_state" if m.is_stateful else "tensor"
+        return Chain(view="step", children=(("lifted_module", m.lifted_module),), result=result)
     if type(m) is not SequentialState:
         return None
     if m.return_hidden:
@@ -159,6 +165,7 @@ if SequentialState is not None:
         LIFCell: lif_feed_forward_step,
         LIF: lif_feed_forward_step,
         LIFRecurrentCell: lif_step,
+        LIFRecurrent: lif_step,
         LIFBoxCell: lif_box_feed_forward_step,
         LICell: li_feed_forward_step,
         LI: li_feed_forward_step,
@@ -172,12 +179,14 @@ if SequentialState is not None:
         LSNNCell: lsnn_feed_forward_step,
         LSNN: lsnn_feed_forward_step,
         LSNNRecurrentCell: lsnn_step,
+        LSNNRecurrent: lsnn_step,
     }
 
 _SPIKING = (
     "LIFCell",
     "LIF",
     "LIFRecurrentCell",
+    "LIFRecurrent",
     "LIFBoxCell",
     "LIFAdExCell",
     "LIFAdEx",
@@ -189,6 +198,7 @@ _SPIKING = (
     "LSNNCell",
     "LSNN",
     "LSNNRecurrentCell",
+    "LSNNRecurrent",
 )
 
 
@@ -267,7 +277,8 @@ def _family_problem(m: nn.Module) -> str | None:
                     f"its spiking_method.s.{name} must be one value (a one-element tensor); "
                     "a per-neuron initial state is not supported"
                 )
-    if type(m) in (LSNNCell, LSNN, LSNNRecurrentCell) and not isinstance(m.p.v_th, torch.Tensor):
+    lsnn = (LSNNCell, LSNN, LSNNRecurrentCell, LSNNRecurrent)
+    if type(m) in lsnn and not isinstance(m.p.v_th, torch.Tensor):
         return "p.v_th must be a tensor (Norse's LSNN initial state detaches it)"
     return None
 
@@ -502,6 +513,7 @@ if SequentialState is not None:
         LSNNCell: _LSNN,
         LSNN: _LSNN,
         LSNNRecurrentCell: _LSNN,
+        LSNNRecurrent: _LSNN,
         IAFCell: _IAF,
         IAF: _IAF,
         **{
@@ -666,6 +678,8 @@ if SequentialState is not None:
         (LICell, _li),
         (LI, _li),
         (LIFRecurrentCell, _lif_recurrent),
+        (LIFRecurrent, _lif_recurrent),
+        (LSNNRecurrent, _lsnn_recurrent),
         (LIFAdExCell, _lif_adex),
         (LIFAdEx, _lif_adex),
         (LSNNCell, _lsnn),
@@ -680,3 +694,4 @@ if SequentialState is not None:
     ]:
         register_module(_cls, f"norse.torch.{_cls.__name__}", check=_neuron_problem)(_fn)
     register_container(SequentialState, "norse.torch.SequentialState")
+    register_container(Lift, "norse.torch.Lift")

@@ -24,6 +24,10 @@ Read from the installed sources (``spikingjelly/activation_based``):
 
 from __future__ import annotations
 
+import dataclasses
+import operator
+
+import torch
 from torch import nn
 
 from snncc.frontend import torch_nn as tnn
@@ -50,11 +54,26 @@ _PREFIX = "spikingjelly.activation_based"
 
 
 def _owns(m: nn.Module) -> bool:
-    """Every SpikingJelly step module is a leaf; model-zoo networks are traced through."""
+    """Every SpikingJelly step module is a leaf; model-zoo networks and SpikingJelly's plain
+    composite modules (``layer.SpikingSelfAttention``: layers and neurons wired in its own
+    ``forward``) are traced through."""
     if isinstance(m, sj_base.StepModule):
         return True
     mod = type(m).__module__
-    return mod.startswith("spikingjelly") and not mod.startswith(f"{_PREFIX}.model")
+    if not mod.startswith("spikingjelly") or mod.startswith(f"{_PREFIX}.model"):
+        return False
+    return next(m.children(), None) is None
+
+
+def _fake_call(m: nn.Module, args: tuple, kwargs: dict) -> object:
+    """A neuron's output has its input's shape: no need to run its loop over T on fake values."""
+    import torch
+
+    nodes = (sj_neuron.BaseNode, sj_neuron.SimpleBaseNode)
+    if isinstance(m, nodes) and len(args) == 1 and not kwargs:
+        if isinstance(args[0], torch.Tensor) and not getattr(m, "store_v_seq", False):
+            return torch.empty_like(args[0])
+    return NotImplemented
 
 
 def _step_mode(m: nn.Module) -> str | None:
@@ -364,6 +383,124 @@ def _voting(call: Call, m: nn.Module) -> int:
     return call.emit("voting", [x], attrs={"voting_size": int(m.voting_size)})
 
 
+# Recurrent containers (issue 15): the sub-module's neuron fed by its own output one step late
+
+
+_RECURRENT_NEURONS: dict[type, object] = {}
+
+
+def _sub_neuron(call: Call, m: nn.Module, x: Value, what: str) -> int:
+    """The container's sub-module (a supported SpikingJelly neuron) on ``x``, checked and
+    named as the module it is (``<path>.sub_module``)."""
+    sub = m.sub_module
+    convert = _RECURRENT_NEURONS.get(type(sub))
+    if convert is None:
+        raise call.unsupported(
+            f"its sub_module is {type(sub).__module__}.{type(sub).__qualname__}; supported: "
+            f"{what} around one SpikingJelly neuron "
+            f"({', '.join(sorted(c.__name__ for c in _RECURRENT_NEURONS))})"
+        )
+    problem = _neuron_problem(sub, "step")
+    if problem is not None:
+        raise call.unsupported(f"its sub_module: {problem}")
+    sub_call = dataclasses.replace(
+        call, path=f"{call.path}.sub_module" if call.path else "sub_module", inputs=[x]
+    )
+    return convert(sub_call, sub)
+
+
+def _linear_recurrent(call: Call, m: nn.Module) -> int:
+    """``y[t] = sub_module(rc(cat(x[t], y[t-1])))`` (SpikingJelly's LinearRecurrentContainer):
+    a cat of the input and the neuron's own output one step late, one linear, the neuron; a
+    recurrent group (one fused kernel on cpu/cuda, one scan on jax). y[-1] is zero, as the
+    container's fresh state."""
+    x = tnn.one_input(call)
+    graph = call.ctx.graph
+    lead, n_in = list(x.shape[:-1]), int(x.shape[-1])
+    n_out = int(m.sub_module_out_features)
+    if n_out != m.rc.out_features:
+        raise call.unsupported(
+            f"its sub_module maps {m.rc.out_features} to {n_out} features; supported: a neuron "
+            "(out_features == in_features)"
+        )
+    cat = graph.add_node(
+        "cat", [x.id], attrs={"dim": len(lead)}, shape=[*lead, n_in + n_out],
+        dtype=x.dtype, name=f"{call.path}.cat",
+    )  # fmt: skip
+    params = {"weight": f"{call.path}.rc.weight" if call.path else "rc.weight"}
+    call.ctx.add_param(params["weight"], m.rc.weight)
+    if m.rc.bias is not None:
+        params["bias"] = f"{call.path}.rc.bias" if call.path else "rc.bias"
+        call.ctx.add_param(params["bias"], m.rc.bias)
+    rc = graph.add_node(
+        "linear", [cat], params=params, shape=[*lead, n_out], dtype=x.dtype,
+        name=f"{call.path}.rc",
+    )  # fmt: skip
+    y = _sub_neuron(
+        call,
+        m,
+        Value(rc, x.fx_shape[:-1] + (n_out,), [*lead, n_out], x.dtype),
+        "a LinearRecurrentContainer",
+    )
+    graph.add_edge(y, cat, 1, 1)
+    return y
+
+
+#: element_wise_function bodies an ElementWiseRecurrentContainer may have: one of these ops
+_ELEMENT_WISE = {
+    operator.add: "add",
+    torch.add: "add",
+    operator.mul: "mul",
+    torch.mul: "mul",
+    operator.sub: "sub",
+    torch.sub: "sub",
+}
+
+
+def _element_wise_op(call: Call, fn: object) -> tuple[str, tuple[int, int]]:
+    """The op of ``element_wise_function(y, x)`` and which argument feeds each of its two
+    ports, read from the function's own fx trace (no sample evaluation)."""
+    why = (
+        "supported element_wise_function: one +, * or - of its two arguments "
+        "(e.g. lambda y, x: y + x)"
+    )
+    try:
+        gm = torch.fx.symbolic_trace(fn)
+    except Exception as e:  # noqa: BLE001 - any trace failure means: not one plain op
+        raise call.unsupported(f"its element_wise_function cannot be traced ({e}); {why}") from e
+    nodes = list(gm.graph.nodes)
+    args = [n for n in nodes if n.op == "placeholder"]
+    ops = [n for n in nodes if n.op not in ("placeholder", "output")]
+    if len(args) != 2 or len(ops) != 1 or ops[0].op != "call_function" or ops[0].kwargs:
+        raise call.unsupported(f"its element_wise_function is {fn!r}; {why}")
+    (node,) = ops
+    name = _ELEMENT_WISE.get(node.target)
+    if name is None or len(node.args) != 2 or set(node.args) != set(args):
+        raise call.unsupported(f"its element_wise_function computes {node.format_node()}; {why}")
+    return name, (args.index(node.args[0]), args.index(node.args[1]))
+
+
+def _element_wise_recurrent(call: Call, m: nn.Module) -> int:
+    """``y[t] = sub_module(f(y[t-1], x[t]))`` (SpikingJelly's ElementWiseRecurrentContainer,
+    f an add, mul or sub): the neuron's own output one step late combined with the input;
+    y[-1] is zero, as the container's fresh state."""
+    x = tnn.one_input(call)
+    op, order = _element_wise_op(call, m.element_wise_function)
+    graph = call.ctx.graph
+    f = graph.add_node(
+        op, [], shape=list(x.shape), dtype=x.dtype, name=f"{call.path}.element_wise_function"
+    )
+    y = _sub_neuron(
+        call, m, Value(f, x.fx_shape, list(x.shape), x.dtype), "an ElementWiseRecurrentContainer"
+    )
+    for port, which in enumerate(order):  # argument 0 is y (the state), 1 is x
+        if which == 0:
+            graph.add_edge(y, f, port, 1)
+        else:
+            graph.add_edge(x.id, f, port, 0)
+    return y
+
+
 if sj_base is not None:
     register_framework(
         Framework(
@@ -375,6 +512,7 @@ if sj_base is not None:
             stateful=lambda m: isinstance(m, sj_base.MemoryModule),
             source="spikingjelly",
             priority=2,
+            fake_call=_fake_call,
         )
     )
     _FAMILY_FORMS.update(
@@ -402,6 +540,13 @@ if sj_base is not None:
         (sj_neuron.LIAFNode, _liaf),
     ]:
         register_module(_cls, _name(_cls), check=_neuron_problem)(_fn)
+        _RECURRENT_NEURONS[_cls] = _fn
+    register_module(sj_layer.LinearRecurrentContainer, _name(sj_layer.LinearRecurrentContainer))(
+        _linear_recurrent
+    )
+    register_module(
+        sj_layer.ElementWiseRecurrentContainer, _name(sj_layer.ElementWiseRecurrentContainer)
+    )(_element_wise_recurrent)
     for _cls, _fn in [
         (sj_layer.Linear, _linear),
         (sj_layer.Conv1d, _conv1d),

@@ -18,10 +18,15 @@ import operator
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from snncc.frontend.loops import repeat_over_time
 from snncc.frontend.tracer import (
     Call,
+    Multi,
+    NewTimeAxis,
+    ParamRef,
     ShapeValue,
     Value,
     register_function,
@@ -282,18 +287,58 @@ def _same_rank(call: Call, values: list[Value]) -> None:
     (operator.add, "operator.add (+)"),
     (operator.iadd, "operator.iadd (+=)"),
     (torch.add, "torch.add"),
+    elementwise=True,
 )
-@register_method("add")
+@register_method("add", elementwise=True)
 def _add(call: Call) -> int:
     a, b = call.arg(0, "input"), call.arg(1, "other")
     if call.kwargs.get("alpha", 1) != 1:
         raise call.unsupported("alpha != 1 is not supported")
-    if not (isinstance(a, Value) and isinstance(b, Value)):
-        raise call.unsupported(
-            "adding a constant is not supported; supported: the sum of two tensors (residual add)"
-        )
-    _same_rank(call, [a, b])
-    return call.emit("add", [a, b])
+    if isinstance(a, Value) and isinstance(b, Value):
+        _same_rank(call, [a, b])
+        return call.emit("add", [a, b])
+    x, c = (a, b) if isinstance(a, Value) else (b, a)
+    if isinstance(x, Value) and _is_scalar(c):  # x + c == c + x exactly
+        return call.emit("add_scalar", [x], attrs={"value": float(c)})
+    raise call.unsupported("supported: the sum of two tensors, or a tensor plus a Python number")
+
+
+@register_function(
+    (operator.sub, "operator.sub (-)"),
+    (operator.isub, "operator.isub (-=)"),
+    (torch.sub, "torch.sub"),
+    (torch.subtract, "torch.subtract"),
+    elementwise=True,
+)
+@register_method("sub", "subtract", elementwise=True)
+def _sub(call: Call) -> int:
+    """``a - b``; with a number ``x - c`` is ``x + (-c)`` and ``c - x`` is ``(-x) + c`` (IEEE
+    subtraction is the addition of the negation: the same bits)."""
+    a, b = call.arg(0, "input"), call.arg(1, "other")
+    if call.kwargs.get("alpha", 1) != 1:
+        raise call.unsupported("alpha != 1 is not supported")
+    if isinstance(a, Value) and isinstance(b, Value):
+        _same_rank(call, [a, b])
+        return call.emit("sub", [a, b])
+    if isinstance(a, Value) and _is_scalar(b):
+        return call.emit("add_scalar", [a], attrs={"value": -float(b)})
+    if isinstance(b, Value) and _is_scalar(a):
+        neg = call.emit("neg", [b])
+        return call.emit("add_scalar", [neg], attrs={"value": float(a)})
+    raise call.unsupported("supported: the difference of two tensors, or with a Python number")
+
+
+@register_function((operator.neg, "operator.neg (unary -)"), (torch.neg, "torch.neg"))
+@register_method("neg", "negative")
+def _neg(call: Call) -> int:
+    return call.emit("neg", [_one(call)])
+
+
+def _one(call: Call) -> Value:
+    x = call.arg(0, "input")
+    if not isinstance(x, Value):
+        raise call.unsupported("expected a tensor")
+    return x
 
 
 def _scale(call: Call, x: Value, op: str, value: Any) -> int:
@@ -304,8 +349,13 @@ def _scale(call: Call, x: Value, op: str, value: Any) -> int:
     return call.emit("scale", [x], attrs={"op": op, "value": float(value)})
 
 
-@register_function((operator.mul, "operator.mul (*)"), (torch.mul, "torch.mul"))
-@register_method("mul")
+@register_function(
+    (operator.mul, "operator.mul (*)"),
+    (operator.imul, "operator.imul (*=)"),
+    (torch.mul, "torch.mul"),
+    elementwise=True,
+)
+@register_method("mul", elementwise=True)
 def _mul(call: Call) -> int:
     a, b = call.arg(0, "input"), call.arg(1, "other")
     if isinstance(a, Value) and isinstance(b, Value):
@@ -320,8 +370,10 @@ def _mul(call: Call) -> int:
     )
 
 
-@register_function((operator.truediv, "operator.truediv (/)"), (torch.div, "torch.div"))
-@register_method("div")
+@register_function(
+    (operator.truediv, "operator.truediv (/)"), (torch.div, "torch.div"), elementwise=True
+)
+@register_method("div", elementwise=True)
 def _div(call: Call) -> int:
     a, b = call.arg(0, "input"), call.arg(1, "other")
     if call.kwargs.get("rounding_mode") is not None:
@@ -338,8 +390,8 @@ def _flatten_fn(call: Call) -> int:
     return flatten(call, x, int(call.arg(1, "start_dim", 0)), int(call.arg(2, "end_dim", -1)))
 
 
-@register_function((torch.reshape, "torch.reshape"))
-@register_method("view", "reshape")
+@register_function((torch.reshape, "torch.reshape"), (torch.squeeze, "torch.squeeze"))
+@register_method("view", "reshape", "squeeze")
 def _reshape(call: Call) -> int:
     """reshape/view, read from the recorded shapes: time and batch must stay in front, unchanged."""
     x = call.inputs[0] if call.inputs else None
@@ -353,7 +405,8 @@ def _reshape(call: Call) -> int:
         what = "[T, B]" if lead == 2 else "[B]"
         raise call.unsupported(
             f"reshapes {list(x.fx_shape)} to {list(out)}; snncc keeps the leading {what} dims "
-            "unchanged (reshape only the per-sample dims, e.g. x.view(T, B, -1))"
+            f"of every {'[T, B, ...]' if lead == 2 else '[B, ...]'} value unchanged (reshape "
+            "only the per-sample dims, e.g. x.view(T, B, -1))"
         )
     return call.emit("reshape", [x], attrs={"shape": [-1, *[int(d) for d in out[lead:]]]})
 
@@ -371,3 +424,558 @@ def _cat(call: Call) -> int:
     _same_rank(call, list(tensors))
     d = call.step_dim(int(dim), len(tensors[0].fx_shape))
     return call.emit("cat", list(tensors), attrs={"dim": d})
+
+
+# --------------------------------------------------------------------------- shapes and time
+
+
+@register_function((torch.unsqueeze, "torch.unsqueeze"))
+@register_method("unsqueeze")
+def _unsqueeze(call: Call) -> int | NewTimeAxis:
+    """A new per-step dim (a reshape); on a static value of a multi-step model, dim 0 is the
+    start of a time axis (``x.unsqueeze(0).repeat(T, 1, ...)``)."""
+    x = _one(call)
+    dim = int(call.arg(1, "dim"))
+    if call.static and call.ctx.step_mode == "m" and dim in (0, -len(x.fx_shape) - 1):
+        return NewTimeAxis(x)
+    return _reshape(call)
+
+
+def _time_count(call: Call, sizes: tuple, what: str) -> int:
+    """The T of ``repeat(T, 1, ...)`` / ``expand(T, -1, ...)`` on a new time axis."""
+    if not sizes or not all(isinstance(v, int) for v in sizes):
+        raise call.unsupported(f"{what} with sizes {sizes!r}; supported: Python ints")
+    T = sizes[0]
+    ok_rest = (1,) if what == "repeat" else (1, -1)
+    shape = call.args[0].value.fx_shape
+    rest_ok = all(v in ok_rest or (what == "expand" and v == d) for v, d in zip(sizes[1:], shape))
+    if len(sizes) != len(shape) + 1 or not rest_ok or T < 1:
+        raise call.unsupported(
+            f"{what}{tuple(sizes)} of x.unsqueeze(0): supported: repeating the value over "
+            f"time only ({what}(T, {', '.join(['1'] * len(shape))}))"
+        )
+    return int(T)
+
+
+@register_method("repeat", "expand")
+def _repeat(call: Call) -> Any:
+    """``x.unsqueeze(0).repeat(T, 1, ...)`` / ``.expand(T, ...)``: a static value at every one
+    of T steps (``repeat_time``); repeats of 1 everywhere are the value itself."""
+    base = call.args[0] if call.args else None
+    sizes = tuple(call.args[1:])
+    if len(sizes) == 1 and isinstance(sizes[0], (tuple, list, torch.Size)):
+        sizes = tuple(sizes[0])
+    what = str(call.target)
+    if isinstance(base, NewTimeAxis):
+        T = _time_count(call, sizes, what)
+        call.ctx.set_time_steps(T, call)
+        return call.ctx.repeat_over_time(base.value, call)
+    if isinstance(base, Value) and tuple(call.out_fx_shape) == tuple(base.fx_shape):
+        return call.emit("identity", [base])
+    raise call.unsupported(
+        f"{what} of a tensor is supported only to repeat a value without a time axis over "
+        "the time steps: x.unsqueeze(0).repeat(T, 1, ...)"
+    )
+
+
+@register_function((repeat_over_time, "a static value fed to every step of a loop"))
+def _repeat_over_time(call: Call) -> Value:
+    x = _one(call)
+    call.ctx.set_time_steps(int(call.arg(1, "steps")), call)
+    return call.ctx.repeat_over_time(x, call)
+
+
+@register_method("contiguous", "clone")
+def _copy(call: Call) -> int:
+    """Same values, fresh memory: nothing for a dataflow graph (the node is dropped)."""
+    if call.kwargs.get("memory_format") not in (None, torch.contiguous_format):
+        raise call.unsupported("memory_format is not supported")
+    return call.emit("identity", [_one(call)])
+
+
+@register_method("float", "to", "type_as")
+def _to(call: Call) -> int:
+    """A cast to the value's own dtype (``x.float()`` of float32) is the value itself."""
+    x = _one(call)
+    if call.out_dtype != x.dtype or any(
+        isinstance(a, torch.device) or (isinstance(a, str) and a != "cpu") for a in call.args[1:]
+    ):
+        raise call.unsupported(
+            f"converts {x.dtype} to {call.out_dtype} (or moves devices); supported: a "
+            "conversion to the dtype the value already has"
+        )
+    return call.emit("identity", [x])
+
+
+def _permuted(call: Call, x: Value, perm: list[int]) -> int:
+    """``x.permute(perm)`` with ``perm`` in the callee's dims: time and batch stay in front."""
+    lead = call.time_dims + 1
+    rank = len(x.fx_shape)
+    perm = [p % rank for p in perm]
+    if sorted(perm) != list(range(rank)):
+        raise call.unsupported(f"{perm} is not a permutation of {rank} dims")
+    if perm[:lead] != list(range(lead)):
+        raise call.unsupported(
+            f"permutes dims {perm}, moving the {'time or ' if lead == 2 else ''}batch dim; "
+            "snncc keeps them in front (permute the per-sample dims only)"
+        )
+    step = [p - call.time_dims for p in perm[call.time_dims :]]
+    if step == list(range(len(step))):
+        return call.emit("identity", [x])
+    return call.emit("permute", [x], attrs={"perm": step})
+
+
+@register_function((torch.transpose, "torch.transpose"), (torch.swapaxes, "torch.swapaxes"))
+@register_method("transpose", "swapaxes", "swapdims")
+def _transpose(call: Call) -> int:
+    x = _one(call)
+    rank = len(x.fx_shape)
+    a, b = int(call.arg(1, "dim0")) % rank, int(call.arg(2, "dim1")) % rank
+    perm = list(range(rank))
+    perm[a], perm[b] = perm[b], perm[a]
+    return _permuted(call, x, perm)
+
+
+@register_function((torch.permute, "torch.permute"))
+@register_method("permute")
+def _permute(call: Call) -> int:
+    x = _one(call)
+    dims = list(call.args[1:]) if call.target == "permute" else call.arg(1, "dims")
+    if len(dims) == 1 and isinstance(dims[0], (tuple, list)):
+        dims = list(dims[0])
+    return _permuted(call, x, [int(d) for d in dims])
+
+
+@register_function((getattr, "getattr (x.mT)"))
+def _attribute(call: Call) -> int:
+    x, name = call.arg(0, "input"), call.arg(1, "name")
+    if isinstance(x, Value) and name == "mT":
+        perm = list(range(len(x.fx_shape)))
+        perm[-1], perm[-2] = perm[-2], perm[-1]
+        return _permuted(call, x, perm)
+    raise call.unsupported(f"attribute {name!r} of a tensor is not supported; supported: x.mT")
+
+
+def _step_slices(
+    call: Call, x: Value, cuts: list[tuple[int, int, int, int]], shape: list
+) -> tuple[int, list]:
+    """Emit one ``slice`` node per ``(step dim, start, stop, step)``; (last node, its shape)."""
+    nid, cur = x.id, list(x.shape)
+    for d, start, stop, step in cuts:
+        cur = list(cur)
+        cur[d] = len(range(start, stop, step))
+        nid = call.emit(
+            "slice",
+            [nid],
+            attrs={"dim": d, "start": start, "stop": stop, "step": step},
+            shape=cur,
+        )
+    if cur != list(shape):
+        nid = call.emit("reshape", [nid], attrs={"shape": [-1, *shape[1:]]}, shape=shape)
+    return nid, cur
+
+
+@register_function((operator.getitem, "operator.getitem (x[...])"))
+def _getitem(call: Call) -> int:
+    """``x[..., a:b, i]`` on the per-sample dims: slices (and a reshape for ints and None)."""
+    x, index = call.args[0], call.args[1]
+    if not isinstance(x, Value):
+        raise call.unsupported("indexing is supported on tensors")
+    items = list(index) if isinstance(index, tuple) else [index]
+    if any(isinstance(i, (Value, list, torch.Tensor)) for i in items):
+        raise call.unsupported("indexing with tensors or lists is not supported; use slices")
+    n_dims = sum(1 for i in items if i is not None and i is not Ellipsis)
+    if items.count(Ellipsis) > 1:
+        raise call.unsupported("more than one ... in an index")
+    if Ellipsis in items:
+        k = items.index(Ellipsis)
+        items[k : k + 1] = [slice(None)] * (len(x.fx_shape) - n_dims)
+    items += [slice(None)] * (len(x.fx_shape) - sum(1 for i in items if i is not None))
+    cuts: list[tuple[int, int, int, int]] = []
+    d = 0  # the dim of x the next index item applies to
+    for item in items:
+        if item is None:
+            continue
+        size = x.fx_shape[d]
+        if d <= call.time_dims and item != slice(None):
+            what = "time" if d < call.time_dims else "batch"
+            raise call.unsupported(
+                f"indexes the {what} dim ({item!r}); snncc keeps the time and batch dims whole "
+                "(index the per-sample dims only)"
+            )
+        if isinstance(item, int) and not isinstance(item, bool):
+            i = item % size
+            cuts.append((d - call.time_dims, i, i + 1, 1))
+        elif isinstance(item, slice):
+            start, stop, step = item.indices(size)
+            if step < 1:
+                raise call.unsupported("a negative slice step is not supported")
+            if (start, stop, step) != (0, size, 1):
+                cuts.append((d - call.time_dims, start, max(start, stop), step))
+        else:
+            raise call.unsupported(f"index {item!r} is not supported")
+        d += 1
+    nid, _ = _step_slices(call, x, cuts, call.out_shape)
+    return nid
+
+
+def _split_dim(call: Call, x: Value, dim: int) -> int:
+    d = call.step_dim(int(dim), len(x.fx_shape))
+    return d
+
+
+@register_function((torch.chunk, "torch.chunk"), (torch.split, "torch.split"),
+                   (torch.unbind, "torch.unbind"))  # fmt: skip
+@register_method("chunk", "split", "unbind")
+def _split(call: Call) -> Multi:
+    """chunk / split / unbind along a per-sample dim: one slice per item (made when used)."""
+    x = _one(call)
+    name = getattr(call.target, "__name__", call.target)
+    default = 0
+    dim_arg = call.arg(1, "dim", default) if name == "unbind" else call.arg(2, "dim", default)
+    d = _split_dim(call, x, int(dim_arg))
+    metas = call.items or []
+    sizes = [m.shape[d + call.time_dims] if name != "unbind" else 1 for m in metas]
+    starts = [sum(sizes[:k]) for k in range(len(sizes))]
+
+    def item(k: int, meta: Any) -> Any:
+        def make() -> int:
+            shape = call.ctx.step_shape(meta.shape, call.time_dims, call)
+            cut = [(d, starts[k], starts[k] + sizes[k], 1)]
+            return _step_slices(call, x, cut, shape)[0]
+
+        return make
+
+    return Multi(tuple(item(k, m) for k, m in enumerate(metas)))
+
+
+@register_method("narrow")
+@register_function((torch.narrow, "torch.narrow"))
+def _narrow(call: Call) -> int:
+    x = _one(call)
+    d = _split_dim(call, x, int(call.arg(1, "dim")))
+    start, length = int(call.arg(2, "start")), int(call.arg(3, "length"))
+    size = x.fx_shape[d + call.time_dims]
+    start %= size
+    return _step_slices(call, x, [(d, start, start + length, 1)], call.out_shape)[0]
+
+
+# --------------------------------------------------------------------------- matmul
+
+
+@register_function(
+    (operator.matmul, "operator.matmul (@)"), (torch.matmul, "torch.matmul"),
+    (torch.bmm, "torch.bmm"),
+)  # fmt: skip
+@register_method("matmul", "bmm")
+def _matmul(call: Call) -> int:
+    """Batched matmul of two per-step values: one GEMM per (t, b, ...) matrix pair."""
+    a, b = call.arg(0, "input"), call.arg(1, "other" if call.target != torch.bmm else "mat2")
+    if not (isinstance(a, Value) and isinstance(b, Value)):
+        raise call.unsupported(
+            "supported: the product of two tensors of the model (for a weight, use nn.Linear)"
+        )
+    if len(a.shape) < 3 or len(a.fx_shape) != len(b.fx_shape):
+        raise call.unsupported(
+            f"multiplies per-step shapes {a.shape} and {b.shape}; supported: two values of the "
+            "same rank [B, ..., M, K] @ [B, ..., K, N]"
+        )
+    if tuple(a.fx_shape[:-2]) != tuple(b.fx_shape[:-2]):
+        raise call.unsupported(
+            f"the batch dims {list(a.fx_shape[:-2])} and {list(b.fx_shape[:-2])} differ; "
+            "broadcasting matmul is not supported"
+        )
+    return call.emit("matmul", [a, b])
+
+
+# --------------------------------------------------------------------------- reductions
+
+_REDUCE = {"sum": "sum", "mean": "mean", "amax": "amax", "amin": "amin"}
+
+
+def _reduction(call: Call, op: str) -> Any:
+    """Over per-sample dims: ``reduce``; over time (dim 0 of a [T, B, ...] sequence):
+    ``time_reduce``, a value without a time axis (``x.mean(0)``: a firing rate)."""
+    x = _one(call)
+    dim = call.arg(1, "dim", None)
+    keepdim = bool(call.arg(2, "keepdim", False))
+    if call.kwargs.get("dtype") is not None:
+        raise call.unsupported("dtype= is not supported")
+    if dim is None:
+        raise call.unsupported(
+            "reduces over every dim, the batch included; snncc keeps the batch dim: "
+            "reduce over the per-sample dims (dim=...)"
+        )
+    rank = len(x.fx_shape)
+    dims = sorted({int(d) % rank for d in (dim if isinstance(dim, (tuple, list)) else [dim])})
+    if call.time_dims and 0 in dims:
+        if dims != [0] or keepdim:
+            raise call.unsupported(
+                f"reduces over dims {dims} of a [T, B, ...] sequence; supported over time: "
+                "dim 0 alone, keepdim=False (e.g. x.mean(0))"
+            )
+        shape = call.ctx.step_shape(call.out_fx_shape, 0, call)
+        nid = call.emit("time_reduce", [x], attrs={"op": op}, shape=shape)
+        return call.ctx.value(nid, call.out_fx_shape, shape, call.out_dtype, True, what=call.what)
+    step = [call.step_dim(d, rank) for d in dims]
+    return call.emit("reduce", [x], attrs={"op": op, "dims": step, "keepdim": keepdim})
+
+
+for _name in _REDUCE:
+
+    def _reduce(call: Call, _op: str = _REDUCE[_name]) -> Any:
+        return _reduction(call, _op)
+
+    register_function((getattr(torch, _name), f"torch.{_name}"))(register_method(_name)(_reduce))
+
+
+# --------------------------------------------------------------------------- activations
+
+
+def _activation(call: Call, fn: str) -> int:
+    return call.emit("activation", [_one(call)], attrs={"fn": fn})
+
+
+def _gelu_fn(approximate: Any) -> str:
+    if approximate == "none":
+        return "gelu"
+    if approximate == "tanh":
+        return "gelu_tanh"
+    raise ValueError(f"approximate={approximate!r}")
+
+
+for _targets, _methods, _fn_name in [
+    ([(F.relu, "F.relu"), (torch.relu, "torch.relu")], ["relu"], "relu"),
+    ([(torch.sigmoid, "torch.sigmoid"), (F.sigmoid, "F.sigmoid")], ["sigmoid"], "sigmoid"),
+    ([(torch.tanh, "torch.tanh"), (F.tanh, "F.tanh")], ["tanh"], "tanh"),
+]:
+
+    def _act(call: Call, _f: str = _fn_name) -> int:
+        return _activation(call, _f)
+
+    register_function(*_targets, elementwise=True)(register_method(*_methods)(_act))
+
+
+@register_function((F.gelu, "F.gelu"), elementwise=True)
+def _gelu(call: Call) -> int:
+    try:
+        return _activation(call, _gelu_fn(call.arg(1, "approximate", "none")))
+    except ValueError as e:
+        raise call.unsupported(f"{e}; supported: 'none', 'tanh'") from None
+
+
+@register_function(
+    (F.softmax, "F.softmax"), (torch.softmax, "torch.softmax"),
+    (F.log_softmax, "F.log_softmax"), (torch.log_softmax, "torch.log_softmax"),
+)  # fmt: skip
+@register_method("softmax", "log_softmax")
+def _softmax(call: Call) -> int:
+    x = _one(call)
+    name = getattr(call.target, "__name__", call.target)
+    dim = call.arg(1, "dim", None)
+    if dim is None:
+        raise call.unsupported("softmax without dim= is not supported")
+    if call.kwargs.get("dtype") is not None or (len(call.args) > 2 and call.args[2] is not None):
+        raise call.unsupported("dtype= is not supported")
+    d = call.step_dim(int(dim), len(x.fx_shape))
+    return call.emit("softmax", [x], attrs={"dim": d, "log": "log" in str(name)})
+
+
+def _softmax_module(call: Call, m: nn.Module, log: bool) -> int:
+    x = one_input(call)
+    if m.dim is None:
+        raise call.unsupported("dim=None is not supported; give the dim")
+    d = call.step_dim(int(m.dim), len(x.fx_shape))
+    return call.emit("softmax", [x], attrs={"dim": d, "log": log})
+
+
+@register_module(nn.ReLU, "torch.nn.ReLU")
+def _relu_module(call: Call, m: nn.Module) -> int:
+    return call.emit("activation", [one_input(call)], attrs={"fn": "relu"})
+
+
+@register_module(nn.GELU, "torch.nn.GELU")
+def _gelu_module(call: Call, m: nn.Module) -> int:
+    try:
+        fn = _gelu_fn(m.approximate)
+    except ValueError as e:
+        raise call.unsupported(f"{e}; supported: 'none', 'tanh'") from None
+    return call.emit("activation", [one_input(call)], attrs={"fn": fn})
+
+
+@register_module(nn.Sigmoid, "torch.nn.Sigmoid")
+def _sigmoid_module(call: Call, m: nn.Module) -> int:
+    return call.emit("activation", [one_input(call)], attrs={"fn": "sigmoid"})
+
+
+@register_module(nn.Tanh, "torch.nn.Tanh")
+def _tanh_module(call: Call, m: nn.Module) -> int:
+    return call.emit("activation", [one_input(call)], attrs={"fn": "tanh"})
+
+
+@register_module(nn.Softmax, "torch.nn.Softmax")
+def _softmax_mod(call: Call, m: nn.Module) -> int:
+    return _softmax_module(call, m, False)
+
+
+@register_module(nn.LogSoftmax, "torch.nn.LogSoftmax")
+def _log_softmax_mod(call: Call, m: nn.Module) -> int:
+    return _softmax_module(call, m, True)
+
+
+# --------------------------------------------------------------------------- layer norm
+
+
+def _layernorm(call: Call, x: Value, shape: Any, params: dict[str, str], eps: float) -> int:
+    shape = [int(d) for d in (shape if isinstance(shape, (tuple, list)) else [shape])]
+    if len(shape) >= len(x.shape) or list(x.shape[-len(shape) :]) != shape:
+        raise call.unsupported(
+            f"normalizes over {shape}, which are not trailing per-sample dims of {x.shape}; "
+            "the batch and time dims stay out of the normalization"
+        )
+    return call.emit(
+        "layernorm", [x], attrs={"normalized_shape": shape, "eps": float(eps)}, params=params
+    )
+
+
+@register_module(nn.LayerNorm, "torch.nn.LayerNorm")
+def _layernorm_module(call: Call, m: nn.Module) -> int:
+    params = {}
+    if m.weight is not None:
+        params["weight"] = call.param(m, "weight")
+    if m.bias is not None:
+        params["bias"] = call.param(m, "bias")
+    return _layernorm(call, one_input(call), m.normalized_shape, params, m.eps)
+
+
+def _param(call: Call, value: Any, what: str) -> str | None:
+    """A parameter given to a functional layer: the model's own (by state_dict name)."""
+    if value is None:
+        return None
+    if not isinstance(value, ParamRef):
+        raise call.unsupported(
+            f"its {what} is {type(value).__name__}; supported: a parameter or buffer of the "
+            "model (self.weight)"
+        )
+    return call.ctx.add_param(value.name, value.tensor)
+
+
+@register_function((F.layer_norm, "F.layer_norm"), params=True)
+def _layernorm_fn(call: Call) -> int:
+    params = {}
+    for role, k in (("weight", 2), ("bias", 3)):
+        name = _param(call, call.arg(k, role, None), role)
+        if name is not None:
+            params[role] = name
+    return _layernorm(
+        call, _one(call), call.arg(1, "normalized_shape"), params, call.arg(4, "eps", 1e-5)
+    )
+
+
+# --------------------------------------------------------------------------- functional layers
+
+
+@register_function((F.linear, "F.linear"), params=True)
+def _linear_fn(call: Call) -> int:
+    params = {"weight": _param(call, call.arg(1, "weight"), "weight")}
+    bias = _param(call, call.arg(2, "bias", None), "bias")
+    if bias is not None:
+        params["bias"] = bias
+    return call.emit("linear", [_one(call)], params=params)  # type: ignore[arg-type]
+
+
+def _row_view(call: Call, what: str) -> Value:
+    """A functional row op (conv, pooling) reads dims itself: one step or a static value."""
+    x = _one(call)
+    if call.view == "sequence":
+        raise call.unsupported(
+            f"{what} interprets tensor dims itself and here gets the whole [T, B, ...] "
+            "sequence (T would be read as the batch); apply it inside a SpikingJelly "
+            "layer.SeqToANNContainer, or per step"
+        )
+    return x
+
+
+def _conv_fn(call: Call, nd: int) -> int:
+    x = _row_view(call, f"F.conv{nd}d")
+    _per_step_rank(call, x, (nd + 2,), "[B, C, L]" if nd == 1 else "[B, C, H, W]")
+    padding = call.arg(4, "padding", 0)
+    if isinstance(padding, str):
+        raise call.unsupported("string padding in F.conv is not supported; give ints")
+    attrs = {
+        "stride": _ntuple(call.arg(3, "stride", 1), nd),
+        "padding": _ntuple(padding, nd),
+        "dilation": _ntuple(call.arg(5, "dilation", 1), nd),
+        "groups": int(call.arg(6, "groups", 1)),
+    }
+    params = {"weight": _param(call, call.arg(1, "weight"), "weight")}
+    bias = _param(call, call.arg(2, "bias", None), "bias")
+    if bias is not None:
+        params["bias"] = bias
+    return call.emit(f"conv{nd}d", [x], attrs=attrs, params=params)  # type: ignore[arg-type]
+
+
+@register_function((F.conv1d, "F.conv1d"), params=True)
+def _conv1d_fn(call: Call) -> int:
+    return _conv_fn(call, 1)
+
+
+@register_function((F.conv2d, "F.conv2d"), params=True)
+def _conv2d_fn(call: Call) -> int:
+    return _conv_fn(call, 2)
+
+
+@register_function((F.max_pool2d, "F.max_pool2d"))
+def _max_pool2d_fn(call: Call) -> int:
+    x = _row_view(call, "F.max_pool2d")
+    _per_step_rank(call, x, (3, 4), "[B, C, H, W]")
+    if call.arg(6, "return_indices", False):
+        raise call.unsupported("return_indices=True is not supported")
+    kernel = call.arg(1, "kernel_size")
+    stride = call.arg(2, "stride", None)
+    attrs = {
+        "kernel_size": _ntuple(kernel, 2),
+        "stride": _ntuple(stride if stride not in (None, []) else kernel, 2),
+        "padding": _ntuple(call.arg(3, "padding", 0), 2),
+        "dilation": _ntuple(call.arg(4, "dilation", 1), 2),
+        "ceil_mode": bool(call.arg(5, "ceil_mode", False)),
+    }
+    return call.emit("maxpool2d", [x], attrs=attrs)
+
+
+@register_function((F.avg_pool2d, "F.avg_pool2d"))
+def _avg_pool2d_fn(call: Call) -> int:
+    x = _row_view(call, "F.avg_pool2d")
+    _per_step_rank(call, x, (3, 4), "[B, C, H, W]")
+    kernel = call.arg(1, "kernel_size")
+    stride = call.arg(2, "stride", None)
+    divisor = call.arg(6, "divisor_override", None)
+    attrs = {
+        "kernel_size": _ntuple(kernel, 2),
+        "stride": _ntuple(stride if stride not in (None, []) else kernel, 2),
+        "padding": _ntuple(call.arg(3, "padding", 0), 2),
+        "ceil_mode": bool(call.arg(4, "ceil_mode", False)),
+        "count_include_pad": bool(call.arg(5, "count_include_pad", True)),
+        "divisor_override": None if divisor is None else int(divisor),
+    }
+    return call.emit("avgpool2d", [x], attrs=attrs)
+
+
+@register_function((F.adaptive_avg_pool2d, "F.adaptive_avg_pool2d"))
+def _adaptive_avg_pool2d_fn(call: Call) -> int:
+    x = _row_view(call, "F.adaptive_avg_pool2d")
+    _per_step_rank(call, x, (3, 4), "[B, C, H, W]")
+    out = call.out_shape
+    return call.emit("adaptive_avgpool2d", [x], attrs={"output_size": [int(out[-2]), int(out[-1])]})
+
+
+@register_function((F.dropout, "F.dropout"))
+def _dropout_fn(call: Call) -> int:
+    x = _one(call)
+    if call.arg(3, "inplace", False):
+        raise call.unsupported("inplace=True is not supported")
+    if not call.arg(2, "training", True):
+        return call.emit("identity", [x])
+    return call.emit(
+        "dropout", [x], attrs={"p": float(call.arg(1, "p", 0.5)), "shared_over_time": False}
+    )

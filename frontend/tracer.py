@@ -28,9 +28,9 @@ from __future__ import annotations
 
 import builtins
 import importlib
+import linecache
 import operator
 import sys
-import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -40,6 +40,13 @@ import torch
 from torch import fx, nn
 
 from snncc.errors import IRError, ShapeError, SnnccError, UnsupportedError
+from snncc.frontend.shape_trace import (
+    ShapeRead,
+    ShapeTracer,
+    fake_inputs,
+    new_mode,
+    run_fake,
+)
 from snncc.ir.graph import Graph
 
 # --------------------------------------------------------------------------- registry
@@ -67,6 +74,11 @@ class ModuleEntry:
 class FunctionEntry:
     name: str  # public name, e.g. "torch.cat" or "Tensor.view"
     convert: FunctionConverter
+    #: element-wise: a static operand (no time axis) is repeated over time to meet a
+    #: per-step one, as torch broadcasts [B, ...] against [T, B, ...]
+    elementwise: bool = False
+    #: takes parameters the model's code reads directly (F.linear(x, self.weight))
+    params: bool = False
 
 
 MODULES: dict[type, ModuleEntry] = {}
@@ -161,24 +173,26 @@ def register_container(cls: type, name: str) -> None:
 
 
 def register_function(
-    *targets: tuple[Any, str],
+    *targets: tuple[Any, str], elementwise: bool = False, params: bool = False
 ) -> Callable[[FunctionConverter], FunctionConverter]:
     """Register a converter for fx ``call_function`` targets, given as (callable, public name)."""
 
     def deco(fn: FunctionConverter) -> FunctionConverter:
         for target, name in targets:
-            FUNCTIONS[target] = FunctionEntry(name, fn)
+            FUNCTIONS[target] = FunctionEntry(name, fn, elementwise, params)
         return fn
 
     return deco
 
 
-def register_method(*names: str) -> Callable[[FunctionConverter], FunctionConverter]:
+def register_method(
+    *names: str, elementwise: bool = False
+) -> Callable[[FunctionConverter], FunctionConverter]:
     """Register a converter for fx ``call_method`` targets (Tensor method names)."""
 
     def deco(fn: FunctionConverter) -> FunctionConverter:
         for name in names:
-            METHODS[name] = FunctionEntry(f"Tensor.{name}", fn)
+            METHODS[name] = FunctionEntry(f"Tensor.{name}", fn, elementwise)
         return fn
 
     return deco
@@ -250,6 +264,9 @@ class Framework:
     #: how the shape-recording run calls a module whose folded loop dropped its state
     #: argument (a module that cannot run without one), or None: called as traced
     call_without_state: Callable[..., Any] | None = None
+    #: a module call's fake result without running it (shape-aware tracing; see
+    #: snncc.frontend.shape_trace), or NotImplemented to run the module on fake values
+    fake_call: Callable[[nn.Module, tuple, dict], Any] | None = None
 
 
 FRAMEWORKS: list[Framework] = []
@@ -318,11 +335,12 @@ def supported_text() -> str:
         family = next((f for p, f in _FAMILIES.items() if name.startswith(p)), "other")
         counts[family] = counts.get(family, 0) + 1
     families = ", ".join(f"{f} ({n})" for f, n in counts.items())
-    functions = sorted({f.split(" ")[0].rsplit(".", 1)[-1] for f in s["functions"]})
-    methods = sorted({m.rsplit(".", 1)[-1] for m in s["methods"]})
+    names = {f.split(" ")[0].rsplit(".", 1)[-1] for f in s["functions"]}
+    names |= {m.rsplit(".", 1)[-1] for m in s["methods"]}
+    shown = sorted(n for n in names if n.isidentifier() and not n.startswith("_"))
     return (
-        f"supported modules: {len(s['modules'])} from {families}; supported functions: "
-        f"{', '.join(functions)}; supported Tensor methods: {', '.join(methods)} (the full list: "
+        f"supported modules: {len(s['modules'])} from {families}; supported functions and "
+        f"Tensor methods: {len(names)}, e.g. {', '.join(shown[:16])}, ... (the full list: "
         "snncc.frontend.SUPPORTED)"
     )
 
@@ -343,8 +361,10 @@ _HERE = str(Path(__file__).resolve().parent)
 _SNNCC_DIR = str(Path(__file__).resolve().parent.parent / "snncc")  # api.py, cli.py
 
 
-class SnnccTracer(fx.Tracer):
-    """fx tracer whose leaves are framework modules; records the user source line of each node."""
+class SnnccTracer(ShapeTracer):
+    """fx tracer whose leaves are framework modules, whose proxies know their example value's
+    shape (:mod:`snncc.frontend.shape_trace`), and which records the user source line of
+    each node."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if framework_of(m) is not None:
@@ -358,33 +378,64 @@ class SnnccTracer(fx.Tracer):
 
     def create_node(self, kind, target, args, kwargs, name=None, type_expr=None):  # type: ignore[override]
         node = super().create_node(kind, target, args, kwargs, name, type_expr)
-        node.meta["snncc_src"] = _user_frame()
+        node.meta["snncc_src"] = user_frame()
         return node
 
+    def before_module(self, module: nn.Module, path: str, node: fx.Node) -> None:
+        """A module snncc has no converter for is refused before it runs (one clear message,
+        also inside a time loop, where it would otherwise look like misused state)."""
+        _refuse_early(module, path, node)
 
-def _user_frame() -> str:
-    """``file:line: code`` of the user's ``forward`` code that made the current fx node.
+    def module_failed(self, module: nn.Module, path: str, node: fx.Node) -> None:
+        """A module that reads tensor dims itself failed on the whole [T, B, ...] sequence of a
+        multi-step model: that is the cause (T read as the batch), not the shapes."""
+        entry = module_entry(module)
+        if getattr(self, "sequence", False) and entry is not None and entry.per_step_only:
+            src = node.meta.get("snncc_src", "")
+            where_src = f" [{src}]" if src else ""
+            raise UnsupportedError(
+                f"module '{path}' ({type_name(module)}){where_src}: {_SEQUENCE_HINT}"
+            )
+
+
+_TORCH_DIR = str(Path(torch.__file__).resolve().parent)
+_SKIP_DIRS = (_HERE, _SNNCC_DIR)
+#: snncc functions that start a trace: a frame walk that reaches one found no user code
+_TRACE_ENTRIES = frozenset({"shape_trace"})
+
+
+def user_frame() -> str:
+    """``file:line: code`` of the user's ``forward`` code that is running now.
 
     Walks outward from the innermost frame, skipping torch's frames, and stops
     at snncc's own frames: anything outside them (the user's script, the CLI)
     only called the tracer and says nothing about where the op is. A module
     inside an ``nn.Sequential`` has no user frame at all; its path names it.
+    Walks ``sys._getframe`` and reads one source line at the end: this runs
+    for every traced node.
     """
-    torch_dir = str(Path(torch.__file__).resolve().parent)
-    inside_torch = False  # the tracer's own hook frames come first, then torch's
-    for fr in reversed(traceback.extract_stack()):
-        if not fr.filename or fr.filename.startswith("<"):
+    frame = sys._getframe(1)
+    while frame is not None:
+        fn = frame.f_code.co_filename
+        if not fn or fn.startswith("<"):
+            frame = frame.f_back
             continue
-        fn = str(Path(fr.filename).resolve())
-        if fn.startswith(torch_dir):
-            inside_torch = True
+        if fn.startswith(_SKIP_DIRS) and frame.f_code.co_name in _TRACE_ENTRIES:
+            return ""  # back out in snncc's call of the tracer: no user frame
+        if fn.startswith(_TORCH_DIR) or fn.startswith(_SKIP_DIRS):
+            frame = frame.f_back
             continue
-        if fn.startswith((_HERE, _SNNCC_DIR)):
-            if inside_torch:
-                return ""  # back out in snncc's trace() call: no user frame
-            continue
-        return f"{Path(fr.filename).name}:{fr.lineno}: {(fr.line or '').strip()}"
+        if not fn.startswith("/"):
+            fn = str(Path(fn).resolve())
+            if fn.startswith(_TORCH_DIR) or fn.startswith(_SKIP_DIRS):
+                frame = frame.f_back
+                continue
+        line = linecache.getline(frame.f_code.co_filename, frame.f_lineno).strip()
+        return f"{Path(fn).name}:{frame.f_lineno}: {line}"
     return ""
+
+
+_user_frame = user_frame
 
 
 # --------------------------------------------------------------------------- values
@@ -398,6 +449,26 @@ class Value:
     fx_shape: tuple[int, ...]  # full shape as the model saw it (with T for "m")
     shape: list  # per-step IR shape, batch as "B"
     dtype: str
+    #: computed once for all time steps (no time axis: [B, ...] even in a multi-step model),
+    #: e.g. a static image the model repeats over T itself, or a mean over time
+    static: bool = False
+
+
+@dataclass(frozen=True)
+class NewTimeAxis:
+    """``x.unsqueeze(0)`` of a static value in a multi-step model: a time axis of length 1,
+    waiting for ``.repeat(T, 1, ...)`` / ``.expand(T, ...)`` to make it a sequence."""
+
+    value: Value
+
+
+@dataclass(frozen=True)
+class ParamRef:
+    """A parameter or buffer the model's own code reads directly (``F.linear(x, self.weight)``),
+    by its state_dict name."""
+
+    name: str
+    tensor: Any
 
 
 @dataclass(frozen=True)
@@ -504,6 +575,10 @@ class Call:
     args: tuple = ()
     kwargs: dict = field(default_factory=dict)
     src: str = ""
+    #: every tensor input is static (computed once, no time axis): the callee sees [B, ...]
+    static: bool = False
+    #: the shapes of a tuple result's items (chunk, split, unbind), else None
+    items: list | None = None
 
     # ---------------------------------------------------------------- facts
     @property
@@ -621,12 +696,24 @@ _SHAPE_METHODS = {"size", "dim"}
 class Converter:
     """Converts one fx-traced model into an IR Graph (one instance per :func:`trace`)."""
 
-    def __init__(self, model: nn.Module, gm: fx.GraphModule, step_mode: str, T: int, B: int):
+    def __init__(
+        self,
+        model: nn.Module,
+        gm: fx.GraphModule,
+        step_mode: str,
+        T: int | None,
+        B: int,
+        static_inputs: frozenset[int] = frozenset(),
+    ):
         self.model = model
         self.gm = gm
         self.step_mode = step_mode
+        #: time steps: the example's (a time-major input), the model's own repeat count
+        #: (every input static: set by the first repeat over time), else None
         self.T = T
         self.B = B
+        #: placeholder indices of the inputs that have no time axis (see Value.static)
+        self.static_inputs = static_inputs
         self.graph = Graph()
         self.env: dict[fx.Node, Any] = {}
         self._param_ids: dict[str, int] = {}
@@ -669,18 +756,75 @@ class Converter:
                 self.env[node] = self._call_module(node)
             elif node.op in ("call_function", "call_method"):
                 self.env[node] = self._call_function(node)
-            else:  # get_attr
-                raise _unsupported_node(node, self.gm)
+            else:  # get_attr: a parameter the model's code uses itself (F.linear(x, self.w))
+                self.env[node] = ParamRef(str(node.target), _fetch_attr(self.gm, str(node.target)))
         return self.graph
 
     def _placeholder(self, node: fx.Node) -> None:
         meta = node.meta["snncc_shape"]
         index = len(self.graph.meta["inputs"])
-        shape = self.step_shape(meta.shape, 1 if self.step_mode == "m" else 0, None)
+        static = index in self.static_inputs
+        time_dims = 1 if self.step_mode == "m" and not static else 0
+        shape = self.step_shape(meta.shape, time_dims, None)
+        attrs: dict[str, Any] = {"index": index}
+        if static:
+            attrs["static"] = True
         nid = self.graph.add_node(
-            "input", attrs={"index": index}, shape=shape, dtype=meta.dtype, name=node.name
+            "input", attrs=attrs, shape=shape, dtype=meta.dtype, name=node.name
         )
-        self.env[node] = Value(nid, meta.shape, shape, meta.dtype)
+        self.env[node] = self.value(nid, meta.shape, shape, meta.dtype, static, node)
+
+    def value(
+        self,
+        nid: int,
+        fx_shape: tuple[int, ...],
+        shape: list,
+        dtype: str,
+        static: bool,
+        node: fx.Node | None = None,
+        what: str = "",
+    ) -> Value:
+        """A converted value, after checking it keeps the time and batch dims in front.
+
+        Every per-step value must be [T, B, ...] as the model sees it (a multi-step model)
+        or [B, ...] (a per-step model); a static one [B, ...] in both.
+        """
+        lead: tuple[int, ...] = (self.B,)
+        want = "[B, ...]"
+        if self.step_mode == "m" and not static and self.T is not None:
+            lead, want = (self.T, self.B), "[T, B, ...]"
+        if tuple(fx_shape[: len(lead)]) != lead:
+            where = _describe(node, self.gm) if node is not None else what
+            kind = "value computed once (static)" if static else "value"
+            raise UnsupportedError(
+                f"the {kind} of {where} has shape {list(fx_shape)}, but every such value "
+                f"must keep {want} = {list(lead)} in front; an op that moves or merges the "
+                "time/batch dims is not supported"
+            )
+        return Value(nid, tuple(fx_shape), shape, dtype, static)
+
+    def set_time_steps(self, T: int, call: Call) -> None:
+        """The model repeats a static value over ``T`` steps: the program's T (one for all)."""
+        if self.T is None:
+            self.T = int(T)
+        elif int(T) != self.T:
+            raise call.unsupported(
+                f"repeats a value over {T} time steps, but the model's time axis has "
+                f"{self.T} steps; snncc programs have one number of time steps"
+            )
+
+    def repeat_over_time(self, v: Value, call: Call) -> Value:
+        """A static value as a sequence: the same value at every step (a ``repeat_time`` node)."""
+        if self.T is None:
+            raise call.unsupported(
+                "uses a value repeated over time before the number of steps is known"
+            )
+        fx_shape = (self.T, *v.fx_shape) if self.step_mode == "m" else v.fx_shape
+        nid = self.graph.add_node(
+            "repeat_time", [v.id], attrs={"times": self.T}, shape=list(v.shape), dtype=v.dtype,
+            name=call.path,
+        )  # fmt: skip
+        return Value(nid, tuple(fx_shape), list(v.shape), v.dtype, False)
 
     def _output(self, node: fx.Node) -> None:
         """Tensor outputs in order; neuron states (Norse ``(y, state)``) and None are dropped."""
@@ -696,6 +840,11 @@ class Converter:
                 for j, item in enumerate(v):
                     visit(item, f"{where}[{j}]")
                 return
+            if isinstance(v, NewTimeAxis):
+                raise UnsupportedError(
+                    f"model output{where} is x.unsqueeze(0) of a value without a time axis; "
+                    "repeat it over the time steps (x.unsqueeze(0).repeat(T, ...))"
+                )
             if not isinstance(v, Value):
                 raise UnsupportedError(
                     f"model output{where} is {type(v).__name__}, not a tensor; snncc models "
@@ -743,6 +892,7 @@ class Converter:
                 f"{_describe(node, self.gm)} returned "
                 f"{type(node.meta.get('snncc_value')).__name__}, not a tensor"
             )
+        static = self._static_call(node, tensors, f"module '{node.target}' ({type_name(module)})")
         call = Call(
             ctx=self,
             path=str(node.target),
@@ -751,10 +901,11 @@ class Converter:
             inputs=tensors,
             out_fx_shape=first.shape,
             out_dtype=first.dtype,
-            view=self.model_view,
+            view="step" if static else self.model_view,
             args=args,
             kwargs=kwargs,
             src=node.meta.get("snncc_src", ""),
+            static=static,
         )
         if kwargs or len(tensors) != len([a for a in args if a is not None]):
             raise call.unsupported("modules are supported with tensor positional inputs only")
@@ -769,7 +920,20 @@ class Converter:
                 f"returned a {type(node.meta.get('snncc_value')).__name__}; this module is "
                 "supported when it returns one tensor"
             )
-        return Value(res, meta.shape, call.out_shape, meta.dtype)
+        return self.value(res, meta.shape, call.out_shape, meta.dtype, static, node)
+
+    def _static_call(self, node: fx.Node, tensors: list[Value], what: str) -> bool:
+        """Whether a call's tensor inputs are all static; a mix is refused (see Value.static)."""
+        flags = {v.static for v in tensors}
+        if len(flags) > 1:
+            src = node.meta.get("snncc_src", "")
+            where = f" [{src}]" if src else ""
+            raise UnsupportedError(
+                f"{what}{where} mixes a value computed once for all time steps (it does not "
+                "depend on the step, e.g. the static input) with a per-step value; supported: "
+                "element-wise arithmetic between them (the static value is repeated over time)"
+            )
+        return flags == {True}
 
     def _item(self, call: Call, item: Any, meta: TensorMeta | None) -> Any:
         """One item of a Multi as a Value (thunks stay lazy), StateValue or None."""
@@ -780,7 +944,7 @@ class Converter:
 
         def value(nid: int) -> Value:
             shape = self.step_shape(meta.shape, call.time_dims, call)
-            return Value(nid, meta.shape, shape, meta.dtype)
+            return Value(nid, meta.shape, shape, meta.dtype, call.static)
 
         if callable(item):
             return lambda: value(item())
@@ -840,11 +1004,25 @@ class Converter:
         shape_op = node.target in (
             _SHAPE_FUNCTIONS if node.op == "call_function" else _SHAPE_METHODS
         )
-        if meta is None:
-            value = node.meta.get("snncc_value")
+        items = None
+        value = node.meta.get("snncc_value")
+        if (
+            meta is None
+            and isinstance(value, (tuple, list))
+            and value
+            and all(isinstance(v, torch.Tensor) for v in value)
+        ):  # chunk, split, unbind: one item per tensor, made on first use
+            items = [TensorMeta(tuple(v.shape), _dtype_name(v.dtype)) for v in value]
+        if meta is None and items is None:
             if shape_op and not _has_tensor(value):
                 # a Python value computed from shapes: consumers use the recorded shapes
                 return ShapeValue(value)
+            if node.op == "call_method" and node.target == "__setitem__":
+                raise UnsupportedError(
+                    f"{_describe(node, self.gm)} writes into a tensor in place; supported: a "
+                    "buffer preallocated before a loop over time steps and filled one step per "
+                    "iteration (buf[t] = v), which snncc compiles as torch.stack"
+                )
             raise UnsupportedError(
                 f"{_describe(node, self.gm)} returns "
                 f"{type(node.meta.get('snncc_value')).__name__}, not a tensor; {supported_text()}"
@@ -853,21 +1031,56 @@ class Converter:
         if entry is None:
             raise _unsupported_node(node, self.gm, self.step_mode)
         module_path = _enclosing_path(node)
+        what = f"{entry.name} in {_where(module_path)}"
+        if any(isinstance(a, ParamRef) for a in (*args, *kwargs.values())) and not entry.params:
+            raise _unsupported_node(node, self.gm, self.step_mode, direct_param=True)
+        src = node.meta.get("snncc_src", "")
+        if entry.elementwise and len({v.static for v in tensors}) > 1:
+            args, kwargs, tensors = self._repeat_static(args, kwargs, tensors, what, src)
+        static = self._static_call(node, tensors, what)
+        first = meta or items[0]  # type: ignore[index]
         call = Call(
             ctx=self,
             path=module_path,
-            what=f"{entry.name} in {_where(module_path)}",
+            what=what,
             target=node.target,
             inputs=tensors,
-            out_fx_shape=meta.shape,
-            out_dtype=meta.dtype,
-            view=self.model_view,
+            out_fx_shape=first.shape,
+            out_dtype=first.dtype,
+            view="step" if static else self.model_view,
             args=args,
             kwargs=kwargs,
-            src=node.meta.get("snncc_src", ""),
+            src=src,
+            static=static,
+            items=items,
         )
-        nid = entry.convert(call)
-        return Value(nid, meta.shape, call.out_shape, meta.dtype)
+        res = entry.convert(call)
+        if isinstance(res, (Value, NewTimeAxis, TupleValue)):
+            return res
+        if isinstance(res, Multi):
+            if items is None:
+                raise call.unsupported("returned a tensor where a tuple was expected")
+            return TupleValue([self._item(call, it, m) for it, m in zip(res.items, items)])
+        return self.value(res, meta.shape, call.out_shape, meta.dtype, static, node)
+
+    def _repeat_static(
+        self, args: tuple, kwargs: dict, tensors: list[Value], what: str, src: str
+    ) -> tuple[tuple, dict, list[Value]]:
+        """An element-wise op of a static and a per-step value: the static one repeated over
+        time (what torch's broadcasting of [B, ...] against [T, B, ...] computes)."""
+        probe = Call(self, "", what, None, tensors, None, "float32", self.model_view, src=src)
+        made: dict[int, Value] = {}
+
+        def rep(a: Any) -> Any:
+            if isinstance(a, Value) and a.static:
+                if a.id not in made:
+                    made[a.id] = self.repeat_over_time(a, probe)
+                return made[a.id]
+            if isinstance(a, (list, tuple)):
+                return type(a)(rep(x) for x in a)
+            return a
+
+        return rep(args), {k: rep(v) for k, v in kwargs.items()}, [rep(v) for v in tensors]
 
     def _pick(self, node: fx.Node, args: tuple) -> Any:
         """``result[i]`` of a module's tuple result, ``state.v`` of a neuron state; else _NOTHING."""
@@ -948,11 +1161,28 @@ def _target_name(node: fx.Node) -> str:
 _REDUCTIONS = {"mean", "sum", "max", "min", "amax", "amin", "prod", "argmax", "std", "var"}
 
 
-def _unsupported_node(node: fx.Node, gm: fx.GraphModule, step_mode: str = "s") -> UnsupportedError:
+def _fetch_attr(root: nn.Module, target: str) -> Any:
+    obj: Any = root
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _unsupported_node(
+    node: fx.Node, gm: fx.GraphModule, step_mode: str = "s", direct_param: bool = False
+) -> UnsupportedError:
     """The one error for an fx node snncc has no converter for."""
     src = node.meta.get("snncc_src", "")
     where_src = f" [{src}]" if src else ""
     path = _enclosing_path(node)
+    if direct_param:
+        attrs = [a.target for a in node.all_input_nodes if a.op == "get_attr"]
+        return UnsupportedError(
+            f"{_target_name(node)} in {_where(path)}{where_src} reads tensor attribute(s) "
+            f"{', '.join(map(repr, attrs))} directly; parameters must belong to a supported "
+            "module, or be the weight/bias of a functional layer (F.linear, F.conv2d, "
+            f"F.layer_norm); {supported_text()}"
+        )
     if node.op == "get_attr":
         return UnsupportedError(
             f"direct use of tensor attribute '{node.target}' in {_where(path)}{where_src} is not "
@@ -984,7 +1214,7 @@ def _unsupported_node(node: fx.Node, gm: fx.GraphModule, step_mode: str = "s") -
     )
 
 
-# --------------------------------------------------------------------------- shape propagation
+# --------------------------------------------------------------------------- shape metadata
 
 
 @dataclass(frozen=True)
@@ -993,59 +1223,40 @@ class TensorMeta:
     dtype: str
 
 
-class _ShapeRecorder(fx.Interpreter):
-    """Runs the traced model once, recording every tensor value's shape on its fx node.
+def _record_meta(gm: fx.GraphModule, model_view: str, mode: Any) -> None:
+    """Every value's shape where the converters read it, from the trace's fake values.
 
-    Chain containers also record the shape after each child, by running the
-    children on the view they see (one step, or the T*B-folded sequence).
+    Chain containers also get the shape after each child (``snncc_chain``), from
+    running the children on the view they see (one step, or the T*B-folded sequence).
     """
-
-    def __init__(self, gm: fx.GraphModule, model_view: str):
-        super().__init__(gm)
-        self.model_view = model_view
-        # fx would append "While executing ... Use tlparse ..." to every error raised while
-        # the model runs, snncc's own one-line messages included: they name the place already
-        self.extra_traceback = False
-
-    def call_module(self, target: Any, args: tuple, kwargs: dict) -> Any:
-        module = self.fetch_attr(target)
-        fw = framework_of(module)
-        if fw is not None and fw.call_without_state is not None:
-            return fw.call_without_state(module, *args, **kwargs)
-        return super().call_module(target, args, kwargs)
-
-    def run_node(self, n: fx.Node) -> Any:
-        try:
-            result = super().run_node(n)
-        except IRError as e:  # a neuron refused while running (e.g. a NaN threshold)
-            raise UnsupportedError(f"{_describe(n, self.module)}: {e}") from None
-        except SnnccError:
-            raise
-        except Exception as e:  # noqa: BLE001 - re-raised with the node's location
-            raise ShapeError(
-                f"running the model on the example input failed at {_describe(n, self.module)}: "
-                f"{type(e).__name__}: {e}"
-            ) from e
-        if isinstance(result, torch.Tensor):
-            n.meta["snncc_shape"] = TensorMeta(tuple(result.shape), _dtype_name(result.dtype))
+    for n in gm.graph.nodes:
+        v = n.meta.get("snncc_fake")
+        if isinstance(v, torch.Tensor):
+            n.meta["snncc_shape"] = TensorMeta(tuple(v.shape), _dtype_name(v.dtype))
         elif n.op in ("call_function", "call_method", "call_module"):
-            n.meta["snncc_value"] = result
-            if n.op == "call_module" and isinstance(result, (tuple, list)):
+            n.meta["snncc_value"] = v
+            if n.op == "call_module" and isinstance(v, (tuple, list)):
                 n.meta["snncc_items"] = [
                     TensorMeta(tuple(r.shape), _dtype_name(r.dtype))
                     if isinstance(r, torch.Tensor)
                     else None
-                    for r in result
+                    for r in v
                 ]
-        if n.op == "call_module":
-            module = self.module.get_submodule(n.target)
-            fw = framework_of(module)
-            chain = fw.chain(module) if fw is not None else None
-            if chain is not None and module_entry(module) is None:
-                x = self.env[n.args[0]] if n.args and isinstance(n.args[0], fx.Node) else None
-                if isinstance(x, torch.Tensor):
-                    n.meta["snncc_chain"] = _chain_shapes(chain, x, self.model_view)
-        return result
+        if n.op != "call_module":
+            continue
+        module = gm.get_submodule(n.target)
+        fw = framework_of(module)
+        chain = fw.chain(module) if fw is not None else None
+        if chain is None or module_entry(module) is not None:
+            continue
+        x = n.args[0].meta.get("snncc_fake") if n.args and isinstance(n.args[0], fx.Node) else None
+        if isinstance(x, torch.Tensor):
+            try:
+                n.meta["snncc_chain"] = run_fake(mode, _chain_shapes, chain, x, model_view)
+            except SnnccError:
+                raise
+            except Exception:  # noqa: BLE001 - the conversion names the child that cannot run
+                pass
 
 
 def _chain_shapes(chain: Chain, x: torch.Tensor, outer_view: str) -> dict[str, tuple]:
@@ -1124,18 +1335,244 @@ def _as_inputs(example_input: Any) -> tuple[torch.Tensor, ...]:
         if x.ndim < 2:
             raise ShapeError(
                 f"example input {i} has shape {list(x.shape)}; snncc inputs are time-major "
-                "[T, B, ...] (at least 2 dims)"
+                "[T, B, ...] (at least 2 dims), or [B, ...] for a model that repeats its input "
+                "over time itself"
             )
         out.append(x)
     if not out:
         raise ShapeError("no example input given")
-    Ts = {int(x.shape[0]) for x in out}
-    Bs = {int(x.shape[1]) for x in out}
-    if len(Ts) != 1 or len(Bs) != 1:
-        raise ShapeError(
-            f"example inputs disagree on T or B: {[list(x.shape) for x in out]}; all are [T, B, ...]"
-        )
     return tuple(out)
+
+
+@dataclass
+class Traced:
+    """The outcome of tracing: the per-step fx graph and what the converter needs to know."""
+
+    gm: fx.GraphModule
+    step_mode: str  # "m" (fed [T, B, ...] at once) or "s" (applied at each step)
+    source: str
+    #: placeholder indices of inputs without a time axis ([B, ...]: the model repeats them)
+    static_inputs: frozenset[int]
+    T: int | None  # None: every input is static; the model's own repeat count decides
+    B: int
+    folded: bool
+    reads: list[ShapeRead]
+
+
+def _fake_call(module: nn.Module, args: tuple, kwargs: dict) -> Any:
+    """A framework's shortcut for a module call's fake result (see Framework.fake_call)."""
+    fw = framework_of(module)
+    if fw is None or fw.fake_call is None:
+        return NotImplemented
+    return fw.fake_call(module, args, kwargs)
+
+
+def shape_trace(
+    model: nn.Module, inputs: list[torch.Tensor], mode: Any, sequence: bool = False
+) -> fx.GraphModule:
+    """fx-trace ``model`` on fake copies of ``inputs`` (every node's value in its meta).
+
+    The model's buffers and framework state are as before afterwards (the fake run
+    leaves fake tensors in neurons' state; a folded loop reads the real initial ones).
+    """
+    _check_module_names(model)
+    tracer = SnnccTracer()
+    tracer.init_shapes(fake_inputs(mode, inputs), mode, _fake_call)
+    tracer.sequence = sequence  # a multi-step model fed the whole sequence
+    concrete = none_defaults(model, len(inputs))
+    resets = [fw.reset for fw in FRAMEWORKS if fw.reset is not None]
+    try:
+        with _Restore(model, resets):
+            graph = tracer.trace(model, concrete_args=concrete or None)
+    except SnnccError:
+        raise
+    except Exception as e:  # noqa: BLE001 - fx raises many types; all mean "not traceable"
+        where = user_frame_of(e)
+        raise UnsupportedError(
+            f"torch.fx could not trace {type_name(model)}{where}: {type(e).__name__}: {e}. snncc "
+            "traces the forward with torch.fx, keeping framework modules as leaves and "
+            "resolving Python code on shapes with the example input's shapes"
+        ) from e
+    drop_concrete_placeholders(graph, concrete)
+    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    gm.meta["snncc_reads"] = tracer.reads
+    return gm
+
+
+def user_frame_of(e: BaseException) -> str:
+    """`` at file:line: code`` of the innermost user frame of an exception's traceback."""
+    tb = e.__traceback__
+    found = ""
+    while tb is not None:
+        fn = tb.tb_frame.f_code.co_filename
+        if fn and not fn.startswith("<") and not fn.startswith((_TORCH_DIR, *_SKIP_DIRS)):
+            line = linecache.getline(fn, tb.tb_lineno).strip()
+            found = f" at {Path(fn).name}:{tb.tb_lineno}: {line}"
+        tb = tb.tb_next
+    return found
+
+
+def _module_votes(model: nn.Module) -> set[str]:
+    """The step modes the model's framework modules declare (used or not)."""
+    votes: set[str] = set()
+    for m in model.modules():
+        fw = framework_of(m)
+        mode = fw.step_mode(m) if fw is not None else None
+        if mode in ("s", "m"):
+            votes.add(mode)
+    return votes
+
+
+def _static_placeholders(gm: fx.GraphModule) -> frozenset[int]:
+    """Inputs a multi-step model gives a time axis itself (every use is ``x.unsqueeze(0)``)."""
+    out = set()
+    for i, p in enumerate(n for n in gm.graph.nodes if n.op == "placeholder"):
+        if p.users and all(_new_leading_axis(u, p) for u in p.users):
+            out.add(i)
+    return frozenset(out)
+
+
+def _new_leading_axis(n: fx.Node, x: fx.Node) -> bool:
+    """``x.unsqueeze(0)``, ``torch.unsqueeze(x, 0)`` or ``x[None]`` (``x[None, ...]``)."""
+    if n.op in ("call_method", "call_function") and (
+        n.target == "unsqueeze" or n.target is torch.unsqueeze
+    ):
+        dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim")
+        return n.args[0] is x and dim == 0
+    if n.op == "call_function" and n.target is operator.getitem and n.args[0] is x:
+        index = n.args[1]
+        first = index[0] if isinstance(index, tuple) and index else index
+        return first is None
+    return False
+
+
+def _attempt(
+    model: nn.Module, inputs: list[torch.Tensor], mode: Any, sequence: bool = False
+) -> tuple[fx.GraphModule | None, ShapeError | None]:
+    """A shape trace, or the ShapeError of running the model on these shapes."""
+    try:
+        return shape_trace(model, inputs, mode, sequence), None
+    except ShapeError as e:
+        return None, e
+
+
+def _trace_model(model: nn.Module, xs: tuple[torch.Tensor, ...], mode: Any) -> Traced:
+    """Trace the model the way it is driven (see :func:`trace`).
+
+    A model with multi-step modules is traced on the sequence. One with snnTorch or
+    Norse cells may loop over the steps itself (traced on the sequence and folded)
+    or be a per-step network (traced on one step): the sequence is tried first, and
+    one step where it shows no loop over time. Anything else is per-step.
+    """
+    from snncc.frontend import loops
+
+    votes = _module_votes(model)
+    loop_fw = any(fw.loops for m in model.modules() if (fw := framework_of(m)) is not None)
+    steps = [x[0] for x in xs]
+    if "m" not in votes and not loop_fw:
+        gm = shape_trace(model, steps, mode)
+        return _traced(gm, *_step_mode(gm), xs)
+    gm, error = _attempt(model, list(xs), mode, sequence="m" in votes)
+    if gm is not None:
+        if loops.wants_fold(model, gm):
+            f = loops.fold(model, gm, xs, lambda ins: shape_trace(model, ins, mode))
+            reads = list(f.gm.meta.get("snncc_reads", []))
+            return Traced(f.gm, "s", _step_mode(f.gm)[1], f.static_inputs, f.T, f.B, True, reads)
+        step_mode, source = _step_mode(gm)
+        if step_mode == "m" or not loop_fw:
+            return _traced(gm, step_mode, source, xs)
+    elif "m" in votes:
+        raise error  # type: ignore[misc]
+    # a per-step network of cells, or a model the sequence could not run through
+    gm2, error2 = _attempt(model, steps, mode)
+    if gm2 is None:
+        raise (
+            error
+            if getattr(error, "snncc_nodes", 0) > getattr(error2, "snncc_nodes", 0)
+            else error2
+        )  # type: ignore[misc]
+    if error is not None and loops.wants_fold(model, gm2):
+        raise error  # it loops over time steps and failed on the sequence: that is the cause
+    return _traced(gm2, *_step_mode(gm2), xs)
+
+
+def _traced(gm: fx.GraphModule, step_mode: str, source: str, xs: tuple) -> Traced:
+    """The facts of a trace that was not folded: static inputs, T and B (checked)."""
+    static = _static_placeholders(gm) if step_mode == "m" else frozenset()
+    timed = [x for i, x in enumerate(xs) if i not in static]
+    T = int(timed[0].shape[0]) if timed else None
+    B = int((timed[0].shape[1]) if timed else xs[0].shape[0])
+    for i, x in enumerate(xs):
+        if i in static:
+            ok = int(x.shape[0]) == B
+        else:
+            ok = x.ndim >= 3 and (int(x.shape[0]), int(x.shape[1])) == (T, B)
+            if x.ndim < 3:
+                raise ShapeError(
+                    "example_input must be time-major [T, B, ...] (rank >= 3); got shape "
+                    f"{list(x.shape)}; add the missing axis, e.g. x.unsqueeze(0) for one time step"
+                )
+        if not ok:
+            raise ShapeError(
+                f"example inputs disagree on T or B: {[list(x.shape) for x in xs]}; all are "
+                "[T, B, ...] (or [B, ...] where the model repeats the input over time itself)"
+            )
+    reads = list(gm.meta.get("snncc_reads", []))
+    return Traced(gm, step_mode, source, static, T, B, False, reads)
+
+
+def trace(model: nn.Module, example_input: Any) -> Graph:
+    """Trace ``model`` into a per-step IR Graph; ``example_input`` is what the model takes.
+
+    Time-major ``[T, B, ...]`` for a multi-step model (SpikingJelly step_mode 'm',
+    snncc.nn, Norse sequence modules), which is traced on it as is; for a single-step
+    model (SpikingJelly step_mode 's', snnTorch / Norse cells, plain torch) traced on
+    ``example_input[0]`` and compiled as applied at every step; for a model whose
+    ``forward`` loops over the steps itself traced on it and folded into one step
+    (:mod:`snncc.frontend.loops`). A model may take a static ``[B, ...]`` input it
+    repeats over time itself (``x.unsqueeze(0).repeat(T, ...)``, or fed whole at every
+    step of its loop): the program then has the model's number of steps.
+
+    Tracing runs no arithmetic: the model runs on fake tensors (shapes only, see
+    :mod:`snncc.frontend.shape_trace`). The model is left as it was: framework
+    state reset, buffers (BatchNorm running statistics) and the torch RNG restored,
+    training/eval mode unchanged.
+    """
+    ensure_converters()
+    if not isinstance(model, nn.Module):
+        raise UnsupportedError(f"snncc compiles torch.nn.Module models, not {type_name(model)}")
+    xs = _as_inputs(example_input)
+    resets = [fw.reset for fw in FRAMEWORKS if fw.reset is not None]
+    mode = new_mode()
+    with _Restore(model, resets):
+        t = _trace_model(model, xs, mode)
+        n_placeholders = sum(1 for n in t.gm.graph.nodes if n.op == "placeholder")
+        if n_placeholders != len(xs):
+            raise ShapeError(
+                f"{type_name(model)}.forward takes {n_placeholders} inputs but {len(xs)} example "
+                "inputs were given"
+            )
+        if t.folded and t.step_mode == "m":
+            raise UnsupportedError(
+                f"{type_name(model)}.forward loops over time steps but calls multi-step modules "
+                "(fed the whole [T, B, ...] sequence); inside a time loop use single-step "
+                "modules (snnTorch neurons, Norse *Cell modules)"
+            )
+        _precheck(t.gm, t.step_mode)
+        _record_meta(t.gm, "sequence" if t.step_mode == "m" else "step", mode)
+        conv = Converter(model, t.gm, t.step_mode, t.T, t.B, t.static_inputs)
+        graph = conv.run()
+    graph.meta["source"] = t.source
+    graph.meta["step_mode"] = t.step_mode
+    if t.folded:
+        graph.meta["time_loop"] = "folded"
+    if not any(i not in t.static_inputs for i in range(len(xs))) and conv.T is not None:
+        graph.meta["time_steps"] = conv.T  # every input static: the model's own T
+    if t.reads:
+        graph.meta["shape_reads"] = [
+            {"where": r.where, "what": r.what, "value": r.value} for r in t.reads
+        ]
+    return graph
 
 
 def none_defaults(model: nn.Module, n_inputs: int) -> dict[str, None]:
@@ -1187,24 +1624,6 @@ def _check_module_names(model: nn.Module) -> None:
                 )
 
 
-def _fx_trace(model: nn.Module, n_inputs: int = 1) -> fx.GraphModule:
-    _check_module_names(model)
-    tracer = SnnccTracer()
-    concrete = none_defaults(model, n_inputs)
-    try:
-        graph = tracer.trace(model, concrete_args=concrete or None)
-    except SnnccError:
-        raise
-    except Exception as e:  # noqa: BLE001 - fx raises many types; all mean "not traceable"
-        raise UnsupportedError(
-            f"torch.fx could not trace {type_name(model)}: {type(e).__name__}: {e}. snncc traces "
-            "the forward with torch.fx, keeping framework modules as leaves; Python control flow "
-            "on tensor values in your own modules is not supported"
-        ) from e
-    drop_concrete_placeholders(graph, concrete)
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
-
-
 def _step_mode(gm: fx.GraphModule) -> tuple[str, str]:
     """(step mode, source) voted by the leaf modules the model calls."""
     votes: dict[str, list[str]] = {"s": [], "m": []}
@@ -1237,12 +1656,10 @@ def _step_mode(gm: fx.GraphModule) -> tuple[str, str]:
 
 
 def _precheck(gm: fx.GraphModule, step_mode: str) -> None:
-    """Refuse unsupported modules/functions before running anything (one clear message)."""
+    """Refuse unsupported modules/functions before converting anything (one clear message)."""
     view = "sequence" if step_mode == "m" else "step"
     _check_single_use(gm)
     for node in gm.graph.nodes:
-        if node.op == "get_attr":
-            raise _unsupported_node(node, gm)
         if node.op == "call_module":
             module = gm.get_submodule(node.target)
             _precheck_module(node, module, str(node.target), view, gm)
@@ -1274,6 +1691,39 @@ def _check_single_use(gm: fx.GraphModule) -> None:
             )
 
 
+def _refuse_unknown(module: nn.Module, path: str, node: fx.Node) -> None:
+    fw = framework_of(module)
+    chain = fw.chain(module) if fw is not None else None
+    if module_entry(module) is not None:
+        return
+    if chain is not None:
+        for name, child in _flatten_chain(chain.children):
+            _refuse_unknown(child, f"{path}.{name}", node)
+        return
+    src = node.meta.get("snncc_src", "")
+    where_src = f" [{src}]" if src else ""
+    raise UnsupportedError(
+        f"module '{path}' ({type_name(module)}){where_src} is not supported; {supported_text()}"
+    )
+
+
+def _refuse_early(module: nn.Module, path: str, node: fx.Node) -> None:
+    """Before a leaf module runs on fake values: refuse it if snncc has no converter for it, or
+    if its own check finds a problem whatever view it gets (an option it cannot even run with
+    is snncc's message, not the module's exception)."""
+    _refuse_unknown(module, path, node)
+    entry = module_entry(module)
+    fw = framework_of(module)
+    if entry is None or entry.check is None:
+        return
+    mode = fw.step_mode(module) if fw is not None else None
+    why = entry.check(module, "sequence" if mode == "m" else "step")
+    if why:
+        src = node.meta.get("snncc_src", "")
+        where_src = f" [{src}]" if src else ""
+        raise UnsupportedError(f"module '{path}' ({type_name(module)}){where_src}: {why}")
+
+
 def _precheck_module(node: fx.Node, module: nn.Module, path: str, view: str, gm) -> None:
     src = node.meta.get("snncc_src", "")
     where_src = f" [{src}]" if src else ""
@@ -1288,90 +1738,7 @@ def _precheck_module(node: fx.Node, module: nn.Module, path: str, view: str, gm)
         return
     if entry is None:
         raise UnsupportedError(f"{what} is not supported; {supported_text()}")
-    if entry.per_step_only and view == "sequence":
-        raise UnsupportedError(f"{what}: {_SEQUENCE_HINT}")
+    # (per_step_only is checked where the module is converted: a static input is [B, ...])
     why = entry.check(module, view) if entry.check else None
     if why:
         raise UnsupportedError(f"{what}: {why}")
-
-
-def trace(model: nn.Module, example_input: Any) -> Graph:
-    """Trace ``model`` into a per-step IR Graph; ``example_input`` is time-major [T, B, ...].
-
-    A multi-step model (SpikingJelly step_mode 'm', snncc.nn) is run on the
-    example input as is; a single-step model (SpikingJelly step_mode 's', plain
-    torch) on ``example_input[0]``, and compiled as applied at every step. The
-    model is left as it was: SpikingJelly state reset, buffers (BatchNorm
-    running statistics) and the torch RNG restored, training/eval mode unchanged.
-    """
-    from snncc.frontend import loops
-
-    ensure_converters()
-    if not isinstance(model, nn.Module):
-        raise UnsupportedError(f"snncc compiles torch.nn.Module models, not {type_name(model)}")
-    xs = _as_inputs(example_input)
-    T, B = int(xs[0].shape[0]), int(xs[0].shape[1])
-    resets = [fw.reset for fw in FRAMEWORKS if fw.reset is not None]
-    with _Restore(model, resets):
-        gm, error = _try_fx_trace(model, len(xs))
-        folded = loops.wants_fold(model, gm, error)
-        if folded:
-            gm = loops.fold(model, xs, error)
-        elif error is not None:
-            raise error
-        n_placeholders = sum(1 for n in gm.graph.nodes if n.op == "placeholder")
-        if n_placeholders != len(xs):
-            raise ShapeError(
-                f"{type_name(model)}.forward takes {n_placeholders} inputs but {len(xs)} example "
-                "inputs were given"
-            )
-        step_mode, source = _step_mode(gm)
-        if folded and step_mode == "m":
-            raise UnsupportedError(
-                f"{type_name(model)}.forward loops over time steps but calls multi-step modules "
-                "(fed the whole [T, B, ...] sequence); inside a time loop use single-step "
-                "modules (snnTorch neurons, Norse *Cell modules)"
-            )
-        _precheck(gm, step_mode)
-
-        run_inputs = xs if step_mode == "m" else tuple(x[0] for x in xs)
-        recorder = _ShapeRecorder(gm, "sequence" if step_mode == "m" else "step")
-        for r in resets:
-            r(model)
-        with torch.no_grad():
-            recorder.run(*run_inputs)
-
-    conv = Converter(model, gm, step_mode, T, B)
-    _check_layout(gm, step_mode, T, B)
-    graph = conv.run()
-    graph.meta["source"] = source
-    graph.meta["step_mode"] = step_mode
-    if folded:
-        graph.meta["time_loop"] = "folded"
-    return graph
-
-
-def _try_fx_trace(
-    model: nn.Module, n_inputs: int
-) -> tuple[fx.GraphModule | None, Exception | None]:
-    """The fx trace, or the UnsupportedError saying why fx failed (a loop fold may still work)."""
-    try:
-        return _fx_trace(model, n_inputs), None
-    except UnsupportedError as e:
-        return None, e
-
-
-def _check_layout(gm: fx.GraphModule, step_mode: str, T: int, B: int) -> None:
-    """Every tensor value must keep [T, B, ...] ("m") or [B, ...] ("s") in front."""
-    lead = (T, B) if step_mode == "m" else (B,)
-    want = "[T, B, ...]" if step_mode == "m" else "[B, ...]"
-    for n in gm.graph.nodes:
-        meta = n.meta.get("snncc_shape")
-        if meta is None:
-            continue
-        if tuple(meta.shape[: len(lead)]) != lead:
-            raise UnsupportedError(
-                f"the value of {_describe(n, gm)} has shape {list(meta.shape)}, but every value "
-                f"must keep {want} = {list(lead)} in front; an op that moves or merges the "
-                "time/batch dims is not supported"
-            )

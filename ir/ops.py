@@ -9,7 +9,8 @@ Per-step meaning (x is the value at port 0, shapes exclude T, batch first):
 =================== =============================================================
 op                  meaning
 =================== =============================================================
-input               program input ``attrs.index``
+input               program input ``attrs.index``; ``attrs.static`` True: an input
+                    without a time axis (see "Static values" below)
 output              program output ``attrs.index`` (identity on port 0)
 linear              ``x @ weight.T + bias`` over the last dim (torch.nn.Linear)
 conv1d, conv2d      torch conv; attrs stride, padding, dilation, groups
@@ -34,8 +35,34 @@ dropout             attrs p, shared_over_time, training (eval: identity, drop_no
 identity            copy
 add                 sum of all inputs, left to right in port order
                     (((p0 + p1) + p2) ...; broadcasting as torch)
+sub                 ``p0 - p1`` (broadcasting as torch)
+neg                 ``-x``
 mul                 product of two inputs (broadcasting as torch)
 scale               ``x * value`` or ``x / value``: attrs op ("mul"|"div"), value
+add_scalar          ``x + value`` (attrs value, a float). ``x - c`` is ``x + (-c)``
+                    and ``c - x`` is ``neg`` then ``+ c``: IEEE subtraction is the
+                    addition of the negation, so both are exact
+matmul              torch.matmul of two per-step values of equal rank >= 3:
+                    [B, ..., M, K] @ [B, ..., K, N] (one batched GEMM over every
+                    leading dim, T*B*... matrices for a whole sequence)
+permute             attrs perm: a permutation of the per-step dims, perm[0] == 0
+                    (the batch stays first); transpose is a permute
+slice               ``x[..., start:stop:step, ...]`` along per-step dim attrs.dim
+                    (>= 1); start, stop, step non-negative ints (chunk, split,
+                    narrow, indexing)
+reduce              attrs op ("sum"|"mean"|"amax"|"amin") over per-step dims
+                    attrs.dims (>= 1, sorted), keepdim (torch's reduction)
+layernorm           torch layer_norm over the last len(attrs.normalized_shape)
+                    dims; attrs eps; params weight, bias (optional)
+activation          attrs fn: "relu", "gelu" (erf), "gelu_tanh", "sigmoid", "tanh"
+softmax             softmax along per-step dim attrs.dim (>= 1); attrs log: True
+                    for log_softmax
+repeat_time         a static value at every time step: attrs times (the number
+                    of steps the model repeats it over, e.g. ``x.unsqueeze(0)
+                    .repeat(T, 1, 1, 1, 1)``; every repeat_time of a graph has the
+                    same times)
+time_reduce         attrs op ("mean"|"sum"|"amax"|"amin") over the T steps of its
+                    input (``x.mean(0)`` of a sequence); the result is static
 cat                 torch.cat along attrs dim (per-step)
 voting              SpikingJelly VotingLayer: avg_pool1d over the last dim,
                     kernel = stride = attrs voting_size
@@ -54,6 +81,14 @@ neuron              stateful; attrs neuron (NeuronSpec.to_dict()); params by
                     below); their ``add`` ports come after the form's own.
 =================== =============================================================
 
+Static values (no time axis): an ``input`` with ``attrs.static``, a
+``time_reduce``, and every stateless node all of whose inputs are static,
+hold one value ``[B, ...]`` for the whole sequence (computed once; a graph
+with only static inputs runs ``repeat_time``'s number of steps). Everything
+else is per step (``[T, B, ...]`` for a whole sequence). A node never mixes
+the two (a static operand of an element-wise op is repeated first); neurons
+and recurrent components are per step (:mod:`snncc.ir.static`).
+
 Fused element-wise steps (added by ``fuse_elementwise``): a neuron's
 ``attrs["prologue"]`` is a list applied to x before the charge, its
 ``attrs["epilogue"]`` a list applied to the neuron's output, each step one of
@@ -65,6 +100,11 @@ number of the form's own ports).
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+#: what ``reduce`` / ``time_reduce`` compute (torch's names)
+REDUCTIONS = ("sum", "mean", "amax", "amin")
+#: the functions of ``activation``
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh", "sigmoid", "tanh")
 
 
 @dataclass(frozen=True)
@@ -106,10 +146,22 @@ OPS: dict[str, OpDef] = {
         OpDef("dropout", 1, 1, ("p",), elementwise=True),
         OpDef("identity", 1, 1, elementwise=True),
         OpDef("add", 2, None, elementwise=True),
+        OpDef("sub", 2, 2, elementwise=True),
+        OpDef("neg", 1, 1, elementwise=True),
         OpDef("mul", 2, 2, elementwise=True),
         OpDef("scale", 1, 1, ("op", "value"), elementwise=True),
+        OpDef("add_scalar", 1, 1, ("value",), elementwise=True),
         OpDef("cat", 1, None, ("dim",)),
         OpDef("voting", 1, 1, ("voting_size",)),
+        OpDef("matmul", 2, 2),
+        OpDef("permute", 1, 1, ("perm",)),
+        OpDef("slice", 1, 1, ("dim", "start", "stop", "step")),
+        OpDef("reduce", 1, 1, ("op", "dims", "keepdim")),
+        OpDef("layernorm", 1, 1, ("normalized_shape", "eps"), (), ("weight", "bias")),
+        OpDef("activation", 1, 1, ("fn",), elementwise=True),
+        OpDef("softmax", 1, 1, ("dim", "log")),
+        OpDef("repeat_time", 1, 1, ("times",)),
+        OpDef("time_reduce", 1, 1, ("op",)),
         OpDef("transfer", 1, 1, ("src_stage", "dst_stage", "wire")),
         OpDef("neuron", 1, None, ("neuron",), (), ("w",), stateful=True),
     ]

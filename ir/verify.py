@@ -25,7 +25,7 @@ from snncc.errors import IRError, SnnccError
 from snncc.ir.graph import Graph
 from snncc.ir.neuron import NeuronSpec
 from snncc.ir.neurons import build
-from snncc.ir.ops import OPS
+from snncc.ir.ops import ACTIVATIONS, OPS, REDUCTIONS
 from snncc.ir.safe_files import MAX_ELEMENTS
 
 #: group kind -> the node schedule temporal fusion gives its members
@@ -55,8 +55,10 @@ def verify(graph: Graph) -> None:
     cycle = _same_step_cycle(graph)
     if cycle:
         problems.append(cycle)
-    elif "groups" in graph.meta or any("group" in d for _, d in graph.nx.nodes(data=True)):
-        problems.extend(_check_groups(graph))
+    else:
+        problems.extend(_check_static(graph))
+        if "groups" in graph.meta or any("group" in d for _, d in graph.nx.nodes(data=True)):
+            problems.extend(_check_groups(graph))
     if problems:
         if len(problems) == 1:
             raise IRError(f"invalid IR graph: {problems[0]}")
@@ -88,6 +90,8 @@ def _check_node(graph: Graph, nid: Any) -> list[str]:
             problems.append(f"attrs.index {index!r} is not an int")
     elif op == "scale":
         problems += _check_scale(data["attrs"])
+    elif op in _ATTR_CHECKS:
+        problems += _ATTR_CHECKS[op](data["attrs"], data["shape"])
     elif op == "batchnorm" and not isinstance(data["attrs"].get("training"), bool):
         problems.append(f"attrs.training {data['attrs'].get('training')!r} is not a bool")
     return problems
@@ -218,6 +222,138 @@ def _check_scale(attrs: dict[str, Any]) -> list[str]:
         problems.append(f"attrs.value {value!r} is not a number")
     elif not math.isfinite(value):
         problems.append(f"attrs.value {value!r} is not finite")
+    return problems
+
+
+def _is_int(v: Any, low: int = 0) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _rank(shape: Any) -> int | None:
+    return len(shape) if isinstance(shape, list) else None
+
+
+def _check_add_scalar(a: dict[str, Any], shape: Any) -> list[str]:
+    v = a.get("value")
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    return [] if ok else [f"attrs.value {v!r} is not a finite number"]
+
+
+def _check_permute(a: dict[str, Any], shape: Any) -> list[str]:
+    perm = a.get("perm")
+    if not isinstance(perm, list) or not all(_is_int(p) for p in perm):
+        return [f"attrs.perm {perm!r} is not a list of dims"]
+    if sorted(perm) != list(range(len(perm))) or not perm or perm[0] != 0:
+        return [f"attrs.perm {perm!r} is not a permutation of the per-step dims with 0 first"]
+    if _rank(shape) not in (None, len(perm)):
+        return [f"attrs.perm {perm!r} does not match the per-step rank {_rank(shape)}"]
+    return []
+
+
+def _check_slice(a: dict[str, Any], shape: Any) -> list[str]:
+    problems = []
+    if not _is_int(a.get("dim"), 1):
+        problems.append(f"attrs.dim {a.get('dim')!r} is not a per-step dim >= 1")
+    if not (_is_int(a.get("start")) and _is_int(a.get("stop")) and _is_int(a.get("step"), 1)):
+        problems.append(
+            f"attrs start={a.get('start')!r} stop={a.get('stop')!r} step={a.get('step')!r} "
+            "are not ints >= 0 (step >= 1)"
+        )
+    return problems
+
+
+def _check_reduce(a: dict[str, Any], shape: Any) -> list[str]:
+    problems = []
+    if a.get("op") not in REDUCTIONS:
+        problems.append(f"attrs.op {a.get('op')!r} is not one of {list(REDUCTIONS)}")
+    dims = a.get("dims")
+    if not isinstance(dims, list) or not dims or not all(_is_int(d, 1) for d in dims):
+        problems.append(f"attrs.dims {dims!r} is not a list of per-step dims >= 1")
+    elif dims != sorted(set(dims)):
+        problems.append(f"attrs.dims {dims!r} are not sorted and distinct")
+    if not isinstance(a.get("keepdim"), bool):
+        problems.append(f"attrs.keepdim {a.get('keepdim')!r} is not a bool")
+    return problems
+
+
+def _check_layernorm(a: dict[str, Any], shape: Any) -> list[str]:
+    ns = a.get("normalized_shape")
+    problems = []
+    if not isinstance(ns, list) or not ns or not all(_is_int(d, 1) for d in ns):
+        problems.append(f"attrs.normalized_shape {ns!r} is not a list of sizes")
+    elif isinstance(shape, list) and (len(ns) >= len(shape) or list(shape[-len(ns) :]) != ns):
+        problems.append(
+            f"attrs.normalized_shape {ns!r} is not the trailing per-step dims of {shape!r}"
+        )
+    eps = a.get("eps")
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not eps >= 0:
+        problems.append(f"attrs.eps {eps!r} is not a number >= 0")
+    return problems
+
+
+def _check_activation(a: dict[str, Any], shape: Any) -> list[str]:
+    fn = a.get("fn")
+    return [] if fn in ACTIVATIONS else [f"attrs.fn {fn!r} is not one of {list(ACTIVATIONS)}"]
+
+
+def _check_softmax(a: dict[str, Any], shape: Any) -> list[str]:
+    problems = []
+    if not _is_int(a.get("dim"), 1):
+        problems.append(f"attrs.dim {a.get('dim')!r} is not a per-step dim >= 1")
+    if not isinstance(a.get("log"), bool):
+        problems.append(f"attrs.log {a.get('log')!r} is not a bool")
+    return problems
+
+
+def _check_repeat_time(a: dict[str, Any], shape: Any) -> list[str]:
+    return [] if _is_int(a.get("times"), 1) else [f"attrs.times {a.get('times')!r} is not >= 1"]
+
+
+def _check_time_reduce(a: dict[str, Any], shape: Any) -> list[str]:
+    op = a.get("op")
+    return [] if op in REDUCTIONS else [f"attrs.op {op!r} is not one of {list(REDUCTIONS)}"]
+
+
+_ATTR_CHECKS = {
+    "add_scalar": _check_add_scalar,
+    "permute": _check_permute,
+    "slice": _check_slice,
+    "reduce": _check_reduce,
+    "layernorm": _check_layernorm,
+    "activation": _check_activation,
+    "softmax": _check_softmax,
+    "repeat_time": _check_repeat_time,
+    "time_reduce": _check_time_reduce,
+}
+
+
+def _check_static(graph: Graph) -> list[str]:
+    """Static values (no time axis, :mod:`snncc.ir.static`) meet per-step ones only where
+    ``repeat_time`` makes them per step; neurons, recurrences and reductions over time see
+    per-step values."""
+    from snncc.ir.static import static_nodes
+
+    static = static_nodes(graph)
+    problems = []
+    in_comp = {n for c in graph.recurrent_components() for n in c}
+    for n in graph.nx.nodes:
+        op = graph.op(n)
+        srcs = {e.src in static for e in graph.in_edges(n)}
+        where = node_ref(graph, n)
+        if op == "repeat_time" and srcs != {True}:
+            problems.append(f"{where}: repeats a value that is not static (it has a time axis)")
+        elif op in ("time_reduce", "neuron") and True in srcs:
+            problems.append(f"{where}: reads a static value (no time axis); it needs per-step ones")
+        elif op not in ("repeat_time",) and len(srcs) > 1:
+            problems.append(
+                f"{where}: mixes static inputs (no time axis) with per-step ones; repeat the "
+                "static ones over time (repeat_time) first"
+            )
+        if n in in_comp and n in static:
+            problems.append(f"{where}: a static value inside a recurrent component")
+    counts = {graph.attrs(n).get("times") for n in graph.iter_ops("repeat_time")}
+    if len(counts) > 1:
+        problems.append(f"repeat_time nodes disagree on the number of time steps: {sorted(counts)}")
     return problems
 
 

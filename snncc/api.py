@@ -123,7 +123,7 @@ def _check_example_input(example_input: Any) -> Any:
             f"example_input must be a float array; got dtype {_dtype_name(example_input)} "
             "(SNN inputs are currents or spikes as float32)"
         )
-    if len(example_input.shape) < 3:
+    if len(example_input.shape) < 2:  # [B, F]: a static input the model repeats over time
         raise ShapeError(
             "example_input must be time-major [T, B, ...] (rank >= 3); got shape "
             f"{_shape_str(example_input.shape)}; add the missing axis, e.g. x.unsqueeze(0) "
@@ -168,8 +168,11 @@ class CompiledModel:
         self._program = program
         self._backend_name = backend
         self._backend_obj: Any = None
-        #: per-step input shape (batch as "B") and dtype the model was traced with
+        #: per-step input shape (batch as "B") and dtype the model was traced with;
+        #: "static": True for an input without a time axis ([B, ...]: the model repeats it)
         self.input_spec = {"shape": list(input_spec["shape"]), "dtype": input_spec["dtype"]}
+        if input_spec.get("static"):
+            self.input_spec["static"] = True
         self.options = dict(options or {})
 
     # ------------------------------------------------------------- properties
@@ -271,14 +274,21 @@ class CompiledModel:
         if kind is None or (kind == "jax" and not jax_ok):
             raise ShapeError(f"input must be {allowed}; got {type(x).__name__}")
         per_step = self.input_spec["shape"]  # e.g. ["B", 64]
-        expected = ["T", *per_step]
+        static = bool(self.input_spec.get("static"))
+        expected = list(per_step) if static else ["T", *per_step]
         got = tuple(x.shape)
-        if len(got) != len(expected) or list(got[2:]) != list(per_step[1:]):
-            raise ShapeError(
-                f"input shape mismatch: expected {_shape_str(expected)} (time-major; T and B "
-                f"may vary), got {_shape_str(got)}"
+        lead = 1 if static else 2
+        if len(got) != len(expected) or list(got[lead:]) != list(per_step[1:]):
+            how = (
+                "static: the model repeats it over its time steps; B may vary"
+                if static
+                else "time-major; T and B may vary"
             )
-        if got[0] < 1 or got[1] < 1:
+            raise ShapeError(
+                f"input shape mismatch: expected {_shape_str(expected)} ({how}), got "
+                f"{_shape_str(got)}{_shape_reads(self.ir)}"
+            )
+        if min(got[:lead]) < 1:
             raise ShapeError(
                 f"input needs at least one time step and one sample; got {_shape_str(got)}"
             )
@@ -346,11 +356,25 @@ class CompiledModel:
         return _write_artifact(Path(directory), write)
 
     def __repr__(self) -> str:
-        shape = _shape_str(["T", *self.input_spec["shape"]])
+        lead = [] if self.input_spec.get("static") else ["T"]
+        shape = _shape_str([*lead, *self.input_spec["shape"]])
         return (
             f"<snncc.CompiledModel backend={self._backend_name!r} input={shape} "
             f"{self.input_spec['dtype']}, {len(self.ir)} IR nodes>"
         )
+
+
+def _shape_reads(graph: Any) -> str:
+    """The shape decisions the model's code made while traced (graph.meta["shape_reads"])."""
+    reads = graph.meta.get("shape_reads") or []
+    if not reads:
+        return ""
+    shown = "; ".join(f"{r['where']} ({r['what']} = {r['value']})" for r in reads[:4])
+    more = f" and {len(reads) - 4} more" if len(reads) > 4 else ""
+    return (
+        f". The model's code read the traced input's shapes: {shown}{more}; another per-sample "
+        "shape needs a new compile"
+    )
 
 
 #: what an artifact folder holds; anything else in it is the user's and is kept on save
@@ -514,7 +538,10 @@ def _graph_input_spec(graph: Any) -> dict[str, Any]:
     node = graph.node(inputs[0])
     if node.get("shape") is None:
         raise UnsupportedError("the graph's input node has no per-step shape")
-    return {"shape": ["B", *node["shape"][1:]], "dtype": node.get("dtype", "float32")}
+    spec = {"shape": ["B", *node["shape"][1:]], "dtype": node.get("dtype", "float32")}
+    if node["attrs"].get("static"):
+        spec["static"] = True
+    return spec
 
 
 def compile_graph(
@@ -607,7 +634,7 @@ def _read_artifact(directory: str | Path) -> tuple[dict[str, Any], Any, dict[str
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise CheckpointError(f"cannot read the IR in {ir_dir}: {exc}") from None
     spec = _graph_input_spec(graph)
-    if spec != {"shape": manifest["input"]["shape"], "dtype": manifest["input"]["dtype"]}:
+    if spec != {k: v for k, v in manifest["input"].items() if k in ("shape", "dtype", "static")}:
         raise CheckpointError(
             f"{manifest_path}: its input {_shape_str(['T', *manifest['input']['shape']])} "
             f"{manifest['input']['dtype']} does not match the IR's input node "

@@ -240,7 +240,7 @@ def _set(doc: dict, path: str, value) -> None:
         ("neuron.attrs", [], IRError, r"attrs and params must be dicts"),
         ("next_id", "x", CheckpointError, r"next_id 'x' must be an int"),
         ("linear.shape", ["B", 10**7, 10**7], IRError, r"more than the 2147483648 snncc"),
-        ("neuron.op", "softmax", IRError, r"unknown op 'softmax'"),
+        ("neuron.op", "lstm_cell", IRError, r"unknown op 'lstm_cell'"),
         ("meta", [], CheckpointError, r"'meta' and 'params' must be objects"),
     ],
     ids=["shape-string", "attrs-list", "next-id-string", "shape-1e14", "unknown-op", "meta-list"],

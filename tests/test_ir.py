@@ -73,7 +73,7 @@ def test_verify_accepts_valid_graph() -> None:
 def _break(case: str) -> Graph:
     g = build()
     if case == "unknown_op":
-        g.node(5)["op"] = "softmax"
+        g.node(5)["op"] = "lstm_cell"
     elif case == "arity":
         g.add_edge(0, 1, 1)
     elif case == "port_gap":
@@ -155,7 +155,7 @@ def _break(case: str) -> Graph:
 
 
 CASES = {
-    "unknown_op": r"node %5 \(softmax 'drop'\): unknown op 'softmax'; known ops: .*neuron",
+    "unknown_op": r"node %5 \(lstm_cell 'drop'\): unknown op 'lstm_cell'; known ops: .*neuron",
     "arity": r"node %1 \(linear 'fc'\): has 2 inputs; op 'linear' takes exactly 1",
     "port_gap": r"node %2 \(add 'add'\): input ports \[0, 2\] are not contiguous 0..1",
     "port_dup": r"node %2 \(add 'add'\): input ports \[0\] are fed more than once",
@@ -198,7 +198,7 @@ def test_verify_names_each_broken_invariant(case: str) -> None:
 
 def test_verify_lists_every_problem() -> None:
     g = build()
-    g.node(5)["op"] = "softmax"
+    g.node(5)["op"] = "lstm_cell"
     g.node(1)["shape"] = None
     g.node(1)["params"]["bias"] = "nope"
     g.meta["outputs"] = []
@@ -207,7 +207,7 @@ def test_verify_lists_every_problem() -> None:
     msg = str(info.value)
     assert msg.startswith("invalid IR graph (4 problems):")
     for part in (
-        "unknown op 'softmax'",
+        "unknown op 'lstm_cell'",
         "'nope' is not in graph.params",
         "not listed",
         "no outputs",
@@ -433,10 +433,10 @@ def test_load_refuses_pickles_and_invalid_graphs(tmp_path) -> None:
 
     serde.save(g, tmp_path)
     doc = json.loads((tmp_path / "ir.json").read_text())
-    doc["graph"]["nodes"][1]["op"] = "softmax"
+    doc["graph"]["nodes"][1]["op"] = "lstm_cell"
     _write(tmp_path / "ir.json", json.dumps(doc))
     with pytest.raises(
-        IRError, match=r"ir.json describes an invalid graph: .*unknown op 'softmax'"
+        IRError, match=r"ir.json describes an invalid graph: .*unknown op 'lstm_cell'"
     ):
         serde.load(tmp_path)
     with pytest.raises(IRError, match="not an snncc IR document"):

@@ -128,9 +128,10 @@ class JaxProgram:
             raise ShapeError(f"the model takes {self._n_inputs} inputs, got {len(xs)}")
         out = tuple(to_jax(a) for a in xs)
         for a in out:
-            if a.ndim < 2:
+            if a.ndim < 1:
                 raise ShapeError(
-                    f"inputs are time-major [T, B, ...]; got an array of shape {tuple(a.shape)}"
+                    f"inputs are time-major [T, B, ...] (or [B, ...] for a static input); got an "
+                    f"array of shape {tuple(a.shape)}"
                 )
         return out
 
@@ -156,7 +157,9 @@ class JaxProgram:
     def run(self, x: Any, state: dict | None = None) -> tuple[Any, dict]:
         """Run [T, B, ...] from ``state`` (None: fresh); returns (outputs, final state)."""
         xs = self._inputs(x)
-        check_state(self.graph, state, int(xs[0].shape[1]), _check_state_leaf)
+        first_static = self.graph.attrs(self.graph.meta["inputs"][0]).get("static")
+        batch = int(xs[0].shape[0 if first_static else 1])
+        check_state(self.graph, state, batch, _check_state_leaf)
         st = {} if state is None else self._state(state)
         ys, new_state = self._jit_run(self.params, xs, st, self._next_key())
         return self._outputs(ys), new_state

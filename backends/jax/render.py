@@ -8,7 +8,10 @@ Python beyond the data handed to them.
 
 Execution model of the generated ``forward(params, inputs, state, key=None)``:
 
-- Every value crossing a segment boundary is time-major ``x<id>``: [T, B, ...].
+- Every value crossing a segment boundary is time-major ``x<id>``: [T, B, ...],
+  except a *static* value (no time axis: a static input, what depends only on
+  it, a reduction over time; :mod:`snncc.ir.static`), which is ``[B, ...]``
+  everywhere and computed once; ``repeat_time`` tiles it over the T steps.
 - A *flat* segment (a ``layer`` group) merges its inputs to [T*B, ...]
   (``f<id>``), runs each op once over the whole sequence (one GEMM / conv
   instead of T), and splits the values others need back to [T, B, ...].
@@ -45,8 +48,9 @@ from snncc.ir.expr import Namer
 from snncc.ir.graph import Edge, Graph
 from snncc.ir.neuron import NeuronSpec
 from snncc.ir.neurons import NeuronGraph, build
-from snncc.ir.ops import OPS
+from snncc.ir.ops import ACTIVATIONS, OPS, REDUCTIONS
 from snncc.ir.schedule import groups_of
+from snncc.ir.static import static_nodes, time_steps
 
 from . import runtime
 from .lower import PY_RESERVED, SurrogateKey, emit, surrogate_function, surrogates_of
@@ -166,6 +170,8 @@ class Renderer:
             raise IRError("the graph has no output node (graph.meta['outputs'] is empty)")
         for n in self.inputs:
             self.seg_of[n] = -1
+        self.static = static_nodes(graph)
+        self.steps = time_steps(graph)
         # producers some consumer reads one step late: they keep a "delay" state
         self.delayed: set[int] = set()
         for n in graph.nx.nodes:
@@ -261,6 +267,14 @@ class Renderer:
                 "bn_var": refs.get("bn_var") or "None",
                 "eps": flt(self.g.attrs(n).get("bn_eps", 1e-5)),
             }
+        if op == "layernorm":
+            return {
+                "kind": "plain",
+                "id": n,
+                "label": self.label(n),
+                "w": refs.get("weight") or "None",
+                "b": refs.get("bias") or "None",
+            }
         if op == "batchnorm":
             return {
                 "kind": "batchnorm",
@@ -338,7 +352,8 @@ class Renderer:
                     f"{where}: a training-mode BatchNorm with statistics over the whole "
                     "sequence cannot run inside a recurrent scan (one step at a time)"
                 )
-            groups = "T" if (training and stats == "step" and mode == "flat") else "1"
+            flat = mode == "flat" and n not in self.static
+            groups = "T" if (training and stats == "step" and flat) else "1"
             return {"eps": flt(a["eps"]), "training": lit(training), "groups": groups}
         if op == "avgpool2d":
             return {
@@ -405,8 +420,43 @@ class Renderer:
         if op == "cat":
             dim = int(a["dim"])
             if dim == 0:
-                return {"dim": "0", "batch": lit(True), "steps": "T" if mode == "flat" else "1"}
+                steps = "T" if mode == "flat" and n not in self.static else "1"
+                return {"dim": "0", "batch": lit(True), "steps": steps}
             return {"dim": lit(dim), "batch": lit(False), "steps": "1"}
+        if op == "add_scalar":
+            return {"value": flt(a["value"])}
+        if op == "permute":
+            return {"perm": lit(tuple(int(d) for d in a["perm"]))}
+        if op == "slice":
+            index = ", ".join(
+                [":"] * int(a["dim"]) + [f"{int(a['start'])}:{int(a['stop'])}:{int(a['step'])}"]
+            )
+            return {"index": index}
+        if op in ("reduce", "time_reduce"):
+            if a["op"] not in REDUCTIONS:
+                raise IRError(f"{where}: reduction {a['op']!r} is not one of {list(REDUCTIONS)}")
+            fn = {"sum": "jnp.sum", "mean": "jnp.mean", "amax": "jnp.max", "amin": "jnp.min"}
+            out = {"fn": fn[a["op"]]}
+            if op == "reduce":
+                out["axes"] = lit(tuple(int(d) for d in a["dims"]))
+                out["keepdims"] = lit(bool(a["keepdim"]))
+            return out
+        if op == "layernorm":
+            return {
+                "shape": lit(tuple(int(d) for d in a["normalized_shape"])),
+                "eps": flt(a["eps"]),
+            }
+        if op == "activation":
+            if a["fn"] not in ACTIVATIONS:
+                raise IRError(f"{where}: activation {a['fn']!r} is not one of {list(ACTIVATIONS)}")
+            return {"fn": a["fn"]}
+        if op == "softmax":
+            return {
+                "fn": "jax.nn.log_softmax" if a.get("log") else "jax.nn.softmax",
+                "dim": lit(int(a["dim"])),
+            }
+        if op == "repeat_time" and mode != "flat":
+            raise IRError(f"{where}: repeat_time runs in a layer group (whole sequence)")
         if op == "voting":
             return {"size": lit(int(a["voting_size"]))}
         return {}
@@ -508,7 +558,10 @@ class Renderer:
                     )
                 else:
                     self._check_available(e, i)
-                    if e.delay == 0:
+                    if e.delay == 0 and e.src in self.static:  # [B, ...]: already rows
+                        var = f"f{e.src}"
+                        pre.append(f"{var} = x{e.src}")
+                    elif e.delay == 0:
                         var = f"f{e.src}"
                         pre.append(f"{var} = rt.merge_time(x{e.src})")
                     else:
@@ -524,7 +577,9 @@ class Renderer:
             nodes.append(code)
         post = []
         for n in seg.nodes:
-            if self.users_outside(n, i) or n in self.delayed:
+            if (self.users_outside(n, i) or n in self.delayed) and n in self.static:
+                post.append(f"x{n} = f{n}")  # no time axis
+            elif self.users_outside(n, i) or n in self.delayed:
                 post.append(f"x{n} = rt.split_time(f{n}, T)")
                 if n in self.delayed:
                     self.new_state.append(f'new_state.setdefault({n}, {{}})["delay"] = x{n}[-1]')
@@ -670,7 +725,15 @@ class Renderer:
         for n in self.inputs:
             if n in self.delayed:
                 self.new_state.append(f'new_state.setdefault({n}, {{}})["delay"] = x{n}[-1]')
+        first = self.inputs[0]
+        timed = [n for n in self.inputs if n not in self.static]
+        if timed:
+            time_expr, batch_expr = f"x{timed[0]}.shape[0]", f"x{timed[0]}.shape[1]"
+        else:
+            time_expr, batch_expr = str(int(self.steps or 1)), f"x{first}.shape[0]"
         return {
+            "time_expr": time_expr,
+            "batch_expr": batch_expr,
             "source": sanitise(self.g.meta.get("source", "unknown")),
             "step_mode": sanitise(self.g.meta.get("step_mode", "m")),
             "n_nodes": len(self.g),

@@ -192,6 +192,43 @@ def linear(x: jax.Array, w: jax.Array, b: jax.Array | None) -> jax.Array:
     return y if b is None else y + b
 
 
+def matmul(a: jax.Array, b: jax.Array) -> jax.Array:
+    """torch.matmul of two batched values, full fp32 precision (one batched GEMM)."""
+    return jnp.matmul(a, b, precision=HIGHEST)
+
+
+def repeat_rows(x: jax.Array, steps) -> jax.Array:
+    """A static value's [B, ...] rows at every one of ``steps`` steps: [T*B, ...] (t-major,
+    as merge_time lays out a sequence)."""
+    return jnp.tile(x, (steps,) + (1,) * (x.ndim - 1))
+
+
+def layer_norm(x: jax.Array, shape, w: jax.Array | None, b: jax.Array | None, eps: float):
+    """torch's layer_norm over the trailing ``shape`` dims (biased variance)."""
+    axes = tuple(range(x.ndim - len(shape), x.ndim))
+    mean = jnp.mean(x, axis=axes, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=axes, keepdims=True)
+    y = (x - mean) / jnp.sqrt(var + eps)
+    if w is not None:
+        y = y * w
+    return y if b is None else y + b
+
+
+def activation(x: jax.Array, fn: str) -> jax.Array:
+    """The IR's ``activation`` functions, as torch defines them (GELU: erf or tanh form)."""
+    if fn == "relu":
+        return jax.nn.relu(x)
+    if fn == "gelu":
+        return jax.nn.gelu(x, approximate=False)
+    if fn == "gelu_tanh":
+        return jax.nn.gelu(x, approximate=True)
+    if fn == "sigmoid":
+        return jax.nn.sigmoid(x)
+    if fn == "tanh":
+        return jnp.tanh(x)
+    raise ValueError(f"unknown activation {fn!r}")
+
+
 def _tuple(v, n: int) -> tuple[int, ...]:
     if isinstance(v, (list, tuple)):
         return tuple(int(a) for a in v) if len(v) == n else tuple(int(v[0]) for _ in range(n))

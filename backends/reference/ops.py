@@ -5,9 +5,12 @@ Two kinds of op, because SpikingJelly's multi-step wrappers treat them two ways:
 - *row ops* (linear, conv, pooling, batchnorm, voting) see a batch of rows
   ``[N, ...]``: one step's ``[B, ...]``, or the whole sequence flattened to
   ``[T*B, ...]`` exactly like ``functional.seq_to_ann_forward``;
-- *lead ops* (flatten, reshape, cat, element-wise) are pure data movement or
-  element-wise, so they run on ``[*lead, B, ...]`` directly, with per-step dims
-  shifted by the number of leading dims (0 for one step, 1 for ``[T, B, ...]``).
+- *lead ops* (flatten, reshape, cat, permute, slice, element-wise, matmul,
+  reductions over per-step dims, layernorm, softmax) treat the leading dims as
+  batch dims, so they run on ``[*lead, B, ...]`` directly -- exactly as the
+  source model applied them to its ``[T, B, ...]`` tensors --, with per-step
+  dims shifted by the number of leading dims (0 for one step or a static
+  value, 1 for ``[T, B, ...]``).
 
 Each function takes ``(attrs, params, inputs)``; params are torch tensors by
 role, already resolved from the parameter store (and, for a linear/conv that
@@ -184,6 +187,73 @@ def _mul(attrs: dict[str, Any], p: Params, ins: list[Tensor], lead: int) -> Tens
     return ins[0] * ins[1]
 
 
+def _sub(attrs: dict[str, Any], p: Params, ins: list[Tensor], lead: int) -> Tensor:
+    return ins[0] - ins[1]
+
+
+def _neg(attrs: dict[str, Any], p: Params, ins: list[Tensor], lead: int) -> Tensor:
+    return -ins[0]
+
+
+def _add_scalar(attrs: dict[str, Any], p: Params, ins: list[Tensor], lead: int) -> Tensor:
+    return ins[0] + float(attrs["value"])
+
+
+def _matmul(attrs: dict[str, Any], p: Params, ins: list[Tensor], lead: int) -> Tensor:
+    # the leading time (and batch) dims are batch dims of the matmul: one batched GEMM
+    return torch.matmul(ins[0], ins[1])
+
+
+def _permute(attrs: dict[str, Any], p: Params, ins: list[Tensor], lead: int) -> Tensor:
+    perm = [int(d) + lead for d in attrs["perm"]]
+    return ins[0].permute(*range(lead), *perm)
+
+
+def _slice(attrs: dict[str, Any], p: Params, ins: list[Tensor], lead: int) -> Tensor:
+    index = (slice(None),) * (int(attrs["dim"]) + lead)
+    step = slice(int(attrs["start"]), int(attrs["stop"]), int(attrs["step"]))
+    return ins[0][(*index, step)]
+
+
+def reduce(x: Tensor, op: str, dims: tuple[int, ...], keepdim: bool = False) -> Tensor:
+    """torch's reduction ``op`` over ``dims`` (the op table's ``reduce`` and ``time_reduce``)."""
+    fn = {"sum": torch.sum, "mean": torch.mean, "amax": torch.amax, "amin": torch.amin}.get(op)
+    if fn is None:
+        raise IRError(f"reduction {op!r} is not one of sum, mean, amax, amin")
+    return fn(x, dim=dims, keepdim=keepdim)
+
+
+def _reduce(attrs: dict[str, Any], p: Params, ins: list[Tensor], lead: int) -> Tensor:
+    dims = tuple(int(d) + lead for d in attrs["dims"])
+    return reduce(ins[0], attrs["op"], dims, bool(attrs["keepdim"]))
+
+
+def _layernorm(attrs: dict[str, Any], p: Params, ins: list[Tensor], lead: int) -> Tensor:
+    shape = [int(d) for d in attrs["normalized_shape"]]
+    return F.layer_norm(ins[0], shape, p.get("weight"), p.get("bias"), float(attrs["eps"]))
+
+
+_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "relu": F.relu,
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "sigmoid": torch.sigmoid,
+    "tanh": torch.tanh,
+}
+
+
+def _activation(attrs: dict[str, Any], p: Params, ins: list[Tensor], lead: int) -> Tensor:
+    fn = _ACTIVATIONS.get(attrs["fn"])
+    if fn is None:
+        raise IRError(f"activation {attrs['fn']!r} is not one of {sorted(_ACTIVATIONS)}")
+    return fn(ins[0])
+
+
+def _softmax(attrs: dict[str, Any], p: Params, ins: list[Tensor], lead: int) -> Tensor:
+    fn = F.log_softmax if attrs.get("log") else F.softmax
+    return fn(ins[0], dim=int(attrs["dim"]) + lead)
+
+
 def scale(x: Tensor, op: str, value: float) -> Tensor:
     """``x * value`` or ``x / value`` (division kept as division: it rounds differently)."""
     if op == "mul":
@@ -206,8 +276,18 @@ LEAD_OPS: dict[str, LeadFn] = {
     # a value moving to the next stage's device: one process holds every stage, so it stays
     "transfer": _identity,
     "add": _add,
+    "sub": _sub,
+    "neg": _neg,
     "mul": _mul,
     "scale": _scale,
+    "add_scalar": _add_scalar,
+    "matmul": _matmul,
+    "permute": _permute,
+    "slice": _slice,
+    "reduce": _reduce,
+    "layernorm": _layernorm,
+    "activation": _activation,
+    "softmax": _softmax,
 }
 
 

@@ -47,8 +47,9 @@ from snncc.ir.neurons import build
 from snncc.ir.ops import OPS
 from snncc.ir.passes.drop_noops import dropped_dropout
 from snncc.ir.schedule import groups_of
+from snncc.ir.static import static_nodes, time_steps
 
-from .ops import LEAD_OPS, ROW_OPS, apply_steps, batchnorm, fold_bn
+from .ops import LEAD_OPS, ROW_OPS, apply_steps, batchnorm, fold_bn, reduce
 
 Tensor = torch.Tensor
 
@@ -130,6 +131,10 @@ class ReferenceProgram:
                 t.requires_grad_(True)
             self.params[name] = t
         self._topo = graph.topo_order()
+        #: values without a time axis (run once on [B, ...]) and the steps the model repeats
+        #: them over (snncc.ir.static)
+        self._static = static_nodes(graph)
+        self._repeat_steps = time_steps(graph)
         self._pos = {n: i for i, n in enumerate(self._topo)}
         self._units = self._schedule()
         # the lowered graph's structure is final: look its edges up once, not on every run
@@ -153,6 +158,8 @@ class ReferenceProgram:
                     "neuron",
                     "batchnorm",
                     "dropout",
+                    "repeat_time",
+                    "time_reduce",
                 )
             ):
                 raise UnsupportedError(f"reference backend has no implementation of op {op!r}")
@@ -215,6 +222,10 @@ class ReferenceProgram:
                 kind = self.graph.op(unit[0])
             elif unit[0] in self._recurrent:
                 kind = "recurrent, step by step"
+            elif unit[0] in self._static:
+                kind = "once, [B, ...] (static)"
+            elif self.graph.op(unit[0]) == "repeat_time":
+                kind = "static -> every step"
             elif self.graph.op(unit[0]) == "neuron":
                 kind = "neuron, loop over t"
             elif self.graph.op(unit[0]) in ROW_OPS or self.graph.op(unit[0]) == "batchnorm":
@@ -232,7 +243,7 @@ class ReferenceProgram:
     def run(self, x: Any, state: dict | None = None) -> tuple[Any, dict]:
         """Run ``x`` [T, B, ...] (or a tuple, one per graph input) from ``state``; return (y, state)."""
         inputs = self._check_inputs(x)
-        T, B = inputs[0].shape[:2]
+        T, B = self._time_batch(inputs)
         check_state(self.graph, state, B, self._state_leaf_check(inputs[0].device))
         ctx = _RunContext(self, T, B, dict(state or {}), inputs[0].device)
         for unit in self._units:
@@ -268,6 +279,22 @@ class ReferenceProgram:
 
         return check
 
+    def _time_batch(self, inputs: list[Tensor]) -> tuple[int, int]:
+        """(T, B) of a run: a per-step input's, or the model's own T for static inputs."""
+        ids = self.graph.meta["inputs"]
+        timed = [x for nid, x in zip(ids, inputs) if nid not in self._static]
+        static = [x for nid, x in zip(ids, inputs) if nid in self._static]
+        B = int(timed[0].shape[1]) if timed else int(static[0].shape[0])
+        T = int(timed[0].shape[0]) if timed else int(self._repeat_steps or 1)
+        if timed and self._repeat_steps is not None and T != self._repeat_steps:
+            raise ShapeError(
+                f"the input has T = {T} steps, but the model repeats its static values over "
+                f"{self._repeat_steps} steps; give it {self._repeat_steps} steps"
+            )
+        if any(int(x.shape[0]) != B for x in static):
+            raise ShapeError(f"inputs disagree on B: {[tuple(x.shape) for x in inputs]}")
+        return T, B
+
     def _check_inputs(self, x: Any) -> list[Tensor]:
         ids = self.graph.meta["inputs"]
         xs = list(x) if isinstance(x, (tuple, list)) else [x]
@@ -278,26 +305,24 @@ class ReferenceProgram:
             if not isinstance(xi, Tensor):
                 xi = torch.as_tensor(np.asarray(xi))
             node = self.graph.node(nid)
-            if xi.dim() < 2:
-                raise ShapeError(
-                    f"input %{nid} must be time-major [T, B, ...]; got shape {tuple(xi.shape)}"
-                )
+            lead = 0 if nid in self._static else 1  # a static input has no time axis
+            want = "[B, ...]" if lead == 0 else "time-major [T, B, ...]"
+            if xi.dim() < 1 + lead:
+                raise ShapeError(f"input %{nid} must be {want}; got shape {tuple(xi.shape)}")
             shape = node.get("shape")
-            if shape is not None and len(shape) != xi.dim() - 1:
-                raise ShapeError(
-                    f"input %{nid} expects [T, {', '.join(map(str, shape))}]; got {tuple(xi.shape)}"
-                )
+            shown = ("T, " if lead else "") + ", ".join(map(str, shape or []))
+            if shape is not None and len(shape) != xi.dim() - lead:
+                raise ShapeError(f"input %{nid} expects [{shown}]; got {tuple(xi.shape)}")
             if shape is not None and any(
-                isinstance(d, int) and d != s for d, s in zip(shape[1:], xi.shape[2:])
+                isinstance(d, int) and d != s for d, s in zip(shape[1:], xi.shape[1 + lead :])
             ):
-                raise ShapeError(
-                    f"input %{nid} expects [T, {', '.join(map(str, shape))}]; got {tuple(xi.shape)}"
-                )
+                raise ShapeError(f"input %{nid} expects [{shown}]; got {tuple(xi.shape)}")
             dtype = _TORCH_DTYPES.get(node.get("dtype", "float32"), torch.float32)
             out.append(xi.to(dtype) if xi.dtype != dtype else xi)
-        if out and any(o.shape[:2] != out[0].shape[:2] for o in out):
-            raise ShapeError(f"inputs disagree on [T, B]: {[tuple(o.shape[:2]) for o in out]}")
-        if out and out[0].shape[0] == 0:
+        timed = [o for nid, o in zip(ids, out) if nid not in self._static]
+        if timed and any(o.shape[:2] != timed[0].shape[:2] for o in timed):
+            raise ShapeError(f"inputs disagree on [T, B]: {[tuple(o.shape[:2]) for o in timed]}")
+        if timed and timed[0].shape[0] == 0:
             raise ShapeError("input has T = 0 steps")
         return out
 
@@ -312,12 +337,19 @@ class ReferenceProgram:
             return
         ins = [ctx.seq_input(e) for e in self._in_edges[n]]
         attrs = self.graph.attrs(n)
+        lead = 0 if n in self._static else 1  # a static value is one [B, ...] for all steps
         if op == "neuron":
             y = self._neuron_seq(ctx, n, ins)
+        elif op == "repeat_time":  # the same value at every step (as torch broadcasts it)
+            y = ins[0].unsqueeze(0).expand(ctx.T, *ins[0].shape)
+        elif op == "time_reduce":
+            y = reduce(ins[0], attrs["op"], (0,))
         elif op in LEAD_OPS:
-            y = LEAD_OPS[op](attrs, ctx.params(n), ins, 1)
+            y = LEAD_OPS[op](attrs, ctx.params(n), ins, lead)
         elif op == "dropout":
-            y = self._dropout(ctx, n, ins[0], lead=1)
+            y = self._dropout(ctx, n, ins[0], lead=lead)
+        elif lead == 0:  # a row op on a static value: its B rows, once
+            y = self._row_step(ctx, n, ins)
         elif (
             op == "batchnorm"
             and self._training(attrs)

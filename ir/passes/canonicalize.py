@@ -19,7 +19,10 @@ spelling. After this pass:
 - tuples anywhere in attrs become lists and numpy scalars Python numbers, so
   the graph round-trips through JSON unchanged;
 - nodes whose value no output depends on (through any edge, delayed or not)
-  are removed; input nodes always stay (they are the program's signature).
+  are removed; input nodes always stay (they are the program's signature);
+- a ``repeat_time`` sits after the stateless row-wise layers it fed, so a
+  static prefix (a repeated image's stem) is computed once
+  (:mod:`snncc.ir.passes.hoist_static`).
 
 Node ids are never renumbered.
 """
@@ -33,6 +36,7 @@ import numpy as np
 from snncc.errors import IRError
 from snncc.ir.graph import Graph
 from snncc.ir.neuron import SURROGATES, NeuronSpec
+from snncc.ir.passes.hoist_static import hoist_static
 from snncc.ir.passes.temporal_fusion import clear_schedule
 
 #: op -> (rank, attrs that are per-dimension windows)
@@ -149,4 +153,4 @@ def canonicalize(graph: Graph) -> Graph:
         clear_schedule(graph)
         for nid in sorted(dead):
             graph.remove_node(nid)
-    return graph
+    return hoist_static(graph)
