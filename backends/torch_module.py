@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from snncc.backends.reference.ops import BN_FOLD_ROLES
+from snncc.backends.reference.program import check_dropout_trainable
 from snncc.errors import UnsupportedError
 
 #: prefix of everything this wrapper adds to the root module, so source names cannot clash
@@ -77,9 +78,11 @@ class ProgramModule(nn.Module):
 
     def train(self, mode: bool = True) -> ProgramModule:
         """Switch BatchNorm and dropout as ``nn.Module.train`` does; refused where BatchNorm
-        was folded into a conv/linear (no batch statistics are left to switch to)."""
+        was folded into a conv/linear (no batch statistics are left to switch to) or eval-mode
+        dropout was removed (none is left to apply)."""
         if mode and getattr(self, "_snncc_prog", None) is not None:
             graph = self._snncc_prog.graph
+            check_dropout_trainable(graph, "train()")
             folded = [
                 n
                 for n in graph.nx.nodes

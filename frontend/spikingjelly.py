@@ -372,9 +372,7 @@ def _dropout(call: Call, m: nn.Module) -> int:
     call = _wrapper_view(call, m)
     # the mask is a memory kept until reset_net: one mask for every step of a sequence,
     # except inside SeqToANNContainer, where a single call covers all T*B rows
-    return tnn.convert_dropout(
-        call, m.p, shared_over_time=call.view != "flat" or m.step_mode == "m"
-    )
+    return tnn.convert_dropout(call, m, shared_over_time=call.view != "flat" or m.step_mode == "m")
 
 
 def _voting(call: Call, m: nn.Module) -> int:

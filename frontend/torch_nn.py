@@ -199,11 +199,16 @@ def convert_flatten(call: Call, m: nn.Flatten) -> int:
     return flatten(call, one_input(call), int(m.start_dim), int(m.end_dim))
 
 
-def convert_dropout(call: Call, p: float, shared_over_time: bool) -> int:
+def convert_dropout(call: Call, m: nn.Module, shared_over_time: bool) -> int:
+    """Dropout with the module's mode: in training mode it runs (drop_noops drops eval ones)."""
     return call.emit(
         "dropout",
         [one_input(call)],
-        attrs={"p": float(p), "shared_over_time": bool(shared_over_time)},
+        attrs={
+            "p": float(m.p),
+            "shared_over_time": bool(shared_over_time),
+            "training": bool(m.training),
+        },
     )
 
 
@@ -258,7 +263,7 @@ def _flatten_module(call: Call, m: nn.Module) -> int:
 @register_module(nn.Dropout, "torch.nn.Dropout")
 def _dropout(call: Call, m: nn.Module) -> int:
     # torch draws a fresh mask on every call and element: never shared over time
-    return convert_dropout(call, m.p, shared_over_time=False)
+    return convert_dropout(call, m, shared_over_time=False)
 
 
 @register_module(nn.Identity, "torch.nn.Identity")

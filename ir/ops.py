@@ -31,7 +31,7 @@ maxpool2d           attrs kernel_size, stride, padding, dilation, ceil_mode
 adaptive_avgpool2d  attrs output_size
 flatten             attrs start_dim, end_dim (per-step dims: 0 is batch)
 reshape             attrs shape (per-step, batch written as -1)
-dropout             attrs p, shared_over_time (train mode only; eval drops it)
+dropout             attrs p, shared_over_time, training (eval: identity, drop_noops removes it)
 identity            copy
 add                 sum of all inputs, left to right in port order
                     (((p0 + p1) + p2) ...; broadcasting as torch)

@@ -234,15 +234,16 @@ class CompiledModel:
 
         return to_torch(self._program)
 
-    def jax_fn(self, params: Any, x: Any) -> Any:
-        """The pure function ``(params, x) -> outputs`` for ``jax.grad`` / ``jax.jit`` (jax only)."""
+    def jax_fn(self, params: Any, x: Any, key: Any = None) -> Any:
+        """The pure function ``(params, x) -> outputs`` for ``jax.grad`` / ``jax.jit`` (jax only);
+        ``key`` (``jax.random.key``) where training-mode dropout draws masks."""
         fn = getattr(self._program, "jax_fn", None) if self._has("jax_fn") else None
         if fn is None:
             raise UnsupportedError(
                 f"jax_fn is only available for backend 'jax'; this model was compiled for "
                 f"{self._backend_name!r} (use snncc.compile(..., backend='jax'))"
             )
-        return fn(params, x)
+        return fn(params, x, key)
 
     def parallel(self, schedule: str, **options: Any) -> Any:
         """This model on several processes: the runner of ``schedule`` for this rank

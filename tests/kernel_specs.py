@@ -64,6 +64,12 @@ def recurrent_lif_graph() -> Graph:
     return g
 
 
+def recurrent_lif_input(T: int, seed: int) -> torch.Tensor:
+    """An input [T, 3, 6] that makes :func:`recurrent_lif_graph` fire from the first step on
+    (its LIF, tau = 2 from rest, needs a drive above 2; the old 1.2 never fired at T = 1, 8)."""
+    return torch.rand(T, 3, 6, generator=torch.Generator().manual_seed(seed)) * 3.0
+
+
 @contextlib.contextmanager
 def backward_gy_strides(kernel) -> Iterator[list[tuple]]:
     """While active, every backward call of ``kernel`` (a host NeuronKernel) records what

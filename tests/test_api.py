@@ -11,6 +11,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from checks import assert_fires
 from spikingjelly.activation_based import functional, layer, neuron, surrogate
 
 import snncc
@@ -72,6 +73,7 @@ def test_reference_matches_spikingjelly_and_fires(model, cm):
     assert isinstance(y, torch.Tensor)
     assert y.shape == (T, B, N_OUT)
     assert 0 < want.sum() < want.numel()  # the comparison means something
+    assert_fires(model, x)  # the hidden layer too
     assert torch.equal(y, want)
 
 

@@ -14,7 +14,14 @@ import math
 
 import pytest
 import torch
-from kernel_specs import PLIF_FORMS, backward_gy_strides, kernel_spec, recurrent_lif_graph
+from checks import assert_fires, charged_membrane, fired_on_step, threshold_crossing_inputs
+from kernel_specs import (
+    PLIF_FORMS,
+    backward_gy_strides,
+    kernel_spec,
+    recurrent_lif_graph,
+    recurrent_lif_input,
+)
 
 import snncc
 from snncc import neurons
@@ -156,6 +163,31 @@ def test_kernel_matches_torch_neuron_maths(form, T, cache_dir) -> None:
     if spec.charge in PLIF_FORMS:
         scale = plif_w_grad_scale(spec, x, v0, w, gy, gv)
         assert_grads_close(g_cpu[2], g_ref[2], "grad w", scale)
+
+
+@pytest.mark.parametrize("form", FORMS, ids=form_id)
+def test_membrane_exactly_on_the_threshold(form, cache_dir) -> None:
+    """Charged exactly onto the threshold a neuron fires under ``>=`` and not under ``>``;
+    one ulp below it never fires and one above always does: kernel == torch maths == rule."""
+    spec = spec_of(form)
+    kernel = kernel_for(spec, cache_dir)
+    _, v0, w, *_ = _inputs(1, seed=5)
+    params = {"w": w} if spec.charge in PLIF_FORMS else {}
+    state, landed, exact, below, above = threshold_crossing_inputs(spec, params, {"v": v0})
+    x = torch.stack([torch.cat([exact, below, above]), torch.zeros(9, 37)])
+    v0 = state["v"].repeat(3, 1)
+    out_ref, v_ref = _torch_reference(spec, x, v0, w)
+    out, v_last = run_neuron(kernel, x, (), v0, w.sigmoid())
+    assert torch.equal(out, out_ref), f"{(out != out_ref).sum().item()} outputs differ"
+    assert torch.equal(v_last, v_ref)
+    h = charged_membrane(spec, params, x[0], {"v": v0})
+    for got in (out, out_ref):
+        fired = fired_on_step(spec, got[0], h)
+        if fired is None:
+            continue
+        on, lo, hi = fired.split(3)
+        assert torch.equal(on[landed], torch.full_like(on[landed], spec.fire_cmp == ">="))
+        assert not lo.any() and hi.all()
 
 
 def test_fresh_state_starts_at_v_init(cache_dir) -> None:
@@ -569,6 +601,7 @@ def _grads_by_name(prog, x: torch.Tensor, gy: torch.Tensor):
 
 
 def _compare_programs(ref, cpu, x: torch.Tensor) -> None:
+    assert_fires(ref.graph, x)
     gy = torch.randn(ref.run(x)[0].shape, generator=torch.Generator().manual_seed(0))
     y_ref, g_ref = _grads_by_name(ref, x, gy)
     y_cpu, g_cpu = _grads_by_name(cpu, x, gy)
@@ -604,17 +637,20 @@ class _Residual(torch.nn.Module):
 
 def _models():
     torch.manual_seed(0)
+    plif_net = torch.nn.Sequential(
+        torch.nn.Linear(12, 24),
+        snn.IF(v_reset=None, surrogate="atan", alpha=2.0, detach_reset=True),
+        torch.nn.Linear(24, 16),
+        snn.ParametricLIF(init_tau=3.0, decay_input=False),
+        torch.nn.Linear(16, 5),
+    )
+    with torch.no_grad():  # the PLIF fires on its first step too (T = 1)
+        plif_net[2].bias.add_(1.0)
     return {
         "mlp_lif_li": torch.nn.Sequential(
             torch.nn.Linear(12, 32), snn.LIF(), torch.nn.Linear(32, 5), snn.LI()
         ),
-        "mlp_if_soft_atan_plif": torch.nn.Sequential(
-            torch.nn.Linear(12, 24),
-            snn.IF(v_reset=None, surrogate="atan", alpha=2.0, detach_reset=True),
-            torch.nn.Linear(24, 16),
-            snn.ParametricLIF(init_tau=3.0, decay_input=False),
-            torch.nn.Linear(16, 5),
-        ),
+        "mlp_if_soft_atan_plif": plif_net,
         "residual_fused": _Residual(),
     }
 
@@ -623,7 +659,7 @@ def _models():
 @pytest.mark.parametrize("name", ["mlp_lif_li", "mlp_if_soft_atan_plif", "residual_fused"])
 def test_cpu_backend_matches_reference_on_snncc_models(name, T, cache_dir) -> None:
     model = _models()[name]
-    x = torch.rand(T, 4, 12, generator=torch.Generator().manual_seed(T)) * 1.5
+    x = torch.rand(T, 4, 12, generator=torch.Generator().manual_seed(T)) * 3.0
     ref, cpu = _compile_both(model, x, cache_dir)
     if name == "residual_fused":
         neuron_attrs = [cpu.ir.attrs(n) for n in cpu.ir.iter_ops("neuron")]
@@ -647,6 +683,10 @@ def test_cpu_backend_matches_reference_on_spikingjelly_convnet(T, cache_dir) -> 
         neuron.LIFNode(tau=2.0, detach_reset=True, v_reset=None),
     )
     functional.set_step_mode(net, "m")
+    with torch.no_grad():  # default inits never fired here: drives that fire from t = 0
+        net[0].weight.mul_(3.0)
+        net[0].bias.add_(2.0)
+        net[5].bias.add_(1.5)
     net.eval()
     x = torch.rand(T, 2, 1, 8, 8, generator=torch.Generator().manual_seed(T)) * 2
     ref, cpu = _compile_both(net, x, cache_dir)
@@ -675,7 +715,7 @@ def test_streaming_run_continues_from_state(cache_dir) -> None:
 @pytest.mark.parametrize("T", TS)
 def test_cpu_backend_matches_reference_on_a_recurrent_graph(T, cache_dir) -> None:
     g = recurrent_lif_graph()
-    x = torch.rand(T, 3, 6, generator=torch.Generator().manual_seed(T)) * 1.2
+    x = recurrent_lif_input(T, seed=T)
     ref = ReferenceProgram(g)
     cpu = CpuProgram(g, cache_dir=cache_dir)
     _compare_programs(ref, cpu, x)

@@ -30,6 +30,13 @@ import math
 
 import pytest
 import torch
+from checks import (
+    assert_fires,
+    charged_membrane,
+    fired_on_step,
+    threshold_crossing_inputs,
+    threshold_of,
+)
 from kernel_specs import backward_gy_strides
 from torch import nn
 
@@ -204,7 +211,7 @@ def _params(spec: NeuronSpec, seed: int) -> dict[str, torch.Tensor]:
         if role in ("beta", "alpha"):
             value = 0.5 + 0.8 * u  # some above 1: clamp passes no gradient there
             if value.dim():
-                value.view(-1)[0] = 1.0  # on the boundary: torch's clamp passes it
+                value.view(-1)[0] = 1.0  # on the boundary: torch <= 2.13 passes it, 2.14 gives 0
         elif role == "threshold":
             value = (0.4 if spec.charge in NORSE_FORMS else 0.8) + 0.2 * u
         elif role == "graded_spikes_factor":
@@ -311,6 +318,61 @@ def test_form_kernel_matches_torch_neuron_maths(case, T, cache_dir) -> None:
     for name, a, b, b64 in zip(names, g_cpu, g_ref, g64):
         scale = _param_scale(ref_loss, params, name) if name in params and b is not None else 0.0
         assert_grads_close(a, b, f"grad {name}", scale, b64)
+
+
+#: the firing cases, plus every firing form under ``>=`` (NIR files import Norse's
+#: box form with SpikingJelly's ``>=``; the template must take the comparison from the spec)
+THRESHOLD_CASES = [(c, ">") for c in CASES if c[0] != "norse_li" and c[3] != "current"] + [
+    ((charge, reset, False, "spike", True, sg), ">=")
+    for charge, reset, sg in (
+        ("snntorch_leaky", "subtract", "atan"),
+        ("snntorch_synaptic", "hard", "fast_sigmoid"),
+        ("snntorch_rleaky", "subtract", "straight_through"),
+        ("snntorch_rleaky_v", "none", "atan"),
+        ("norse_lif", "hard", "superspike"),
+        ("norse_lif_recurrent", "hard", "triangle"),
+        ("norse_lifbox", "subtract", "norse_tanh"),
+    )
+]
+
+
+@pytest.mark.parametrize(
+    "case, cmp", THRESHOLD_CASES, ids=[f"{case_id(c)}-{m}" for c, m in THRESHOLD_CASES]
+)
+def test_membrane_exactly_on_the_threshold(case, cmp, cache_dir) -> None:
+    """Charged exactly onto the threshold a neuron fires under ``>=`` and not under ``>``;
+    one ulp below it never fires and one above always does (kernel == torch maths == rule).
+    Two more steps follow from the membrane left on the threshold: snnTorch's reset reads
+    it (``m - th > 0``, so no reset from exactly th)."""
+    spec = _spec(*case).replace(fire_cmp=cmp)
+    kernel = kernel_for(spec, cache_dir)
+    ins, params = _inputs(spec, 3, 7), _params(spec, 7)
+    th = threshold_of(spec, params)
+    state = {v: ins[f"{v}0"] for v in spec.state_vars}
+    state["v"] = torch.minimum(state["v"], th - 0.3)  # below: no reset from the last step
+    rec0 = (ins["rec"][0],) if "rec" in ins else ()
+    state, landed, exact, below, above = threshold_crossing_inputs(spec, params, state, rec0)
+    three = {k: torch.cat([v, v, v]) for k, v in state.items()}
+    first = torch.cat([exact, below, above])
+    x = torch.cat([first[None], torch.zeros(2, *first.shape)])
+    run_ins = {"x": x, **{f"{k}0": v for k, v in three.items()}}
+    if "rec" in ins:
+        run_ins["rec"] = torch.cat([ins["rec"]] * 3, dim=1)
+    p3 = dict(params)
+    ref, rst = _torch_run(spec, run_ins, p3)
+    out, cst = _kernel_run(spec, kernel, run_ins, p3)
+    assert torch.equal(out, ref), f"{(out != ref).sum().item()} of {out.numel()} outputs differ"
+    for var in rst:
+        assert torch.equal(cst[var], rst[var]), f"final state {var!r} differs"
+    rec = (run_ins["rec"][0],) if "rec" in run_ins else ()
+    h = charged_membrane(spec, p3, x[0], three, rec)
+    for got in (out, ref):
+        fired = fired_on_step(spec, got[0], h)
+        if fired is None:
+            continue
+        on, lo, hi = fired.split(exact.shape[0])
+        assert torch.equal(on[landed], torch.full_like(on[landed], cmp == ">="))
+        assert not lo.any() and hi.all()
 
 
 @pytest.mark.parametrize(
@@ -675,18 +737,30 @@ def _snntorch_step(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return tuple(torch.stack(v) for v in zip(*outs))
 
 
+def _lift(model: nn.Module, layer: str, bias: float) -> nn.Module:
+    """Raise one Linear's bias so the neurons after it fire at T = 1 too (a silent layer
+    compares zeros with zeros)."""
+    with torch.no_grad():
+        model.get_submodule(layer).bias.add_(bias)
+    return model
+
+
 MODELS = {
     "loop_leaky_subtract": (lambda: _randomise(LoopLeaky("subtract", False), 10, 4.0), None, 1.5),
     "loop_leaky_zero_delay": (lambda: _randomise(LoopLeaky("zero", True), 11, 4.0), None, 1.5),
     "rleaky_linear_synaptic": (
-        lambda: _randomise(LoopSynapticRLeaky("linear", "zero", False), 5, 1.5), None, 0.8,
+        lambda: _lift(_randomise(LoopSynapticRLeaky("linear", "zero", False), 5, 1.5), "fc2", 1.0),
+        None,
+        0.8,
     ),
     "rleaky_V_synaptic": (
         lambda: _randomise(LoopSynapticRLeaky("V", "subtract", True), 6, 1.5), None, 0.8,
     ),
     "snntorch_convnet": (lambda: _randomise(snntorch_convnet(), 3, 3.0), _snntorch_step, None),
     "norse_loop": (lambda: _randomise(NorseLoop(), 31, 2.5), None, 1.0),
-    "norse_box_learnable": (lambda: _randomise(NorseBoxLearnable(), 4), _per_step, 1.0),
+    "norse_box_learnable": (
+        lambda: _lift(_randomise(NorseBoxLearnable(), 4), "seq.2", 2.0), _per_step, 1.0
+    ),
 }  # fmt: skip
 
 
@@ -714,6 +788,7 @@ def _grads(prog, x: torch.Tensor, seed: int):
 def test_cpu_backend_matches_reference_on_snntorch_and_norse_models(name, T, cache_dir) -> None:
     model = MODELS[name][0]()
     x = _model_input(name, T, T)
+    assert_fires(model, x)
     cm = snncc.compile(model, x, backend="cpu", cache_dir=cache_dir)
     prog = cm.program
     assert isinstance(prog, CpuProgram)

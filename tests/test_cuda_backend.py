@@ -31,7 +31,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from kernel_specs import PLIF_FORMS, kernel_spec, recurrent_lif_graph
+from checks import assert_fires
+from kernel_specs import PLIF_FORMS, kernel_spec, recurrent_lif_graph, recurrent_lif_input
 from torch import nn
 
 import snncc
@@ -112,7 +113,11 @@ def sj_convnet() -> nn.Module:
         neuron.LIFNode(tau=2.0, detach_reset=True, v_reset=None),
     )
     functional.set_step_mode(net, "m")
-    return _randomise(net, 2).eval()
+    _randomise(net, 2)
+    with torch.no_grad():  # drives that fire both neuron layers from the first step on
+        net[0].bias.add_(2.0)
+        net[5].bias.add_(1.5)
+    return net.eval()
 
 
 class Residual(nn.Module):
@@ -854,6 +859,7 @@ def test_cuda_program_on_a_host_emulated_gpu_equals_the_reference(
     _, _, cm = _compile(name, T=12, B=3, cache_dir=cache_dir)
     ref = ReferenceProgram(cm.program.graph)
     x = _input(name, 12, 3, seed=4)
+    assert_fires(MODELS[name][0](), x)
     gy = torch.randn(ref.run(x)[0].shape, generator=torch.Generator().manual_seed(0))
     y_ref, st_ref, g_ref = _grads(ref, x, gy)
     y, st, g = _grads(cm.program, x, gy)
@@ -1501,7 +1507,9 @@ def _assert_same(cuda_prog, ref_prog, x: torch.Tensor) -> None:
 @pytest.mark.parametrize("name", list(MODELS))
 def test_gpu_cuda_equals_reference_on_the_same_gpu(name: str, T: int, cache_dir) -> None:
     _, _, cm = _compile(name, T=T, B=3, cache_dir=cache_dir)
-    x = _input(name, T, 3, seed=T).to(DEV)
+    x = _input(name, T, 3, seed=T)
+    assert_fires(MODELS[name][0](), x)
+    x = x.to(DEV)
     _assert_same(cm.program, _reference_on_gpu(cm.program.graph), x)
     if name != "residual":  # every tau a power of two: torch's GPU division is exact too
         _assert_same(cm.program, _reference_on_gpu(cm.program.graph, host_neurons=False), x)
@@ -1513,7 +1521,9 @@ def test_gpu_cuda_equals_reference_on_the_same_gpu(name: str, T: int, cache_dir)
 def test_gpu_recurrent_graph_and_streaming(T: int, cache_dir) -> None:
     g = recurrent_lif_graph()
     prog = CudaProgram(g, cache_dir=cache_dir)
-    x = torch.rand(T, 3, 6, generator=torch.Generator().manual_seed(T)).to(DEV) * 1.2
+    x = recurrent_lif_input(T, seed=T)
+    assert_fires(g, x)
+    x = x.to(DEV)
     _assert_same(prog, _reference_on_gpu(g, host_neurons=False), x)  # tau = 2
     with torch.no_grad():
         y, _ = prog.run(x)

@@ -18,6 +18,7 @@ from torch import nn
 import snncc
 
 norse = pytest.importorskip("norse.torch")
+from checks import assert_fires  # noqa: E402
 from norse.torch.functional.leaky_integrator import LIParameters  # noqa: E402
 from peer_models import (  # noqa: E402
     NorseBoxLearnable,
@@ -73,6 +74,7 @@ def _check(model: nn.Module, x: torch.Tensor, run, spikes_at: int = 0, masks=Non
     assert len(got) == len(ref)
     for g, r in zip(got, ref):
         assert torch.equal(g, r), f"{int((g != r).sum())} of {r.numel()} elements differ"
+    assert_fires(cm.ir, x)
     model.zero_grad()
     _loss(ref, 2).backward()
     _loss(got, 2).backward()

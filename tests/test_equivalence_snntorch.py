@@ -19,6 +19,7 @@ from torch import nn
 import snncc
 
 snn = pytest.importorskip("snntorch")
+from checks import assert_fires  # noqa: E402
 from peer_models import snntorch_convnet  # noqa: E402
 from snntorch import surrogate, utils  # noqa: E402
 from tolerances import grad_atol  # noqa: E402
@@ -78,6 +79,7 @@ def _check(model: nn.Module, x: torch.Tensor, run, learnable: tuple[str, ...] = 
         assert torch.equal(g, r), f"{int((g != r).sum())} of {r.numel()} elements differ"
     spikes = ref[0]
     assert 0 < int(spikes.detach().sum()) < spikes.numel(), "degenerate case: all or no spikes"
+    assert_fires(cm.ir, x)
 
     model.zero_grad()
     _loss(ref, 1).backward()

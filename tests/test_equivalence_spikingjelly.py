@@ -7,7 +7,10 @@ backend="reference")`` on the same input, and requires 0 mismatching
 elements. Multi-step ('m') models are fed [T, B, ...] at once; single-step
 ('s') models are run by SpikingJelly one step at a time and compiled as
 applied at every step. Every check also requires the reference output to be
-non-trivial (some spikes, not all), so a model that never fires cannot pass.
+non-trivial (some spikes, not all) and every neuron layer to fire
+(tests/checks.py), so a model that never fires cannot pass, and the gradients
+of one loss wrt the input and every parameter to match SpikingJelly's own
+autograd within ``GRAD_RTOL`` plus 64 fp32 ulps of each tensor's largest entry.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ from torch import nn
 import snncc
 
 sj = pytest.importorskip("spikingjelly.activation_based")
+from checks import assert_fires  # noqa: E402
 from spikingjelly.activation_based import functional, layer, neuron, surrogate  # noqa: E402
 from spikingjelly.activation_based.model import parametric_lif_net  # noqa: E402
+from tolerances import grad_atol  # noqa: E402
 
 # --------------------------------------------------------------------------- helpers
 
@@ -88,6 +93,42 @@ def _assert_exact(model: nn.Module, x: torch.Tensor, mode: str, *, binary: bool 
         assert ref.mean() < 1, "every neuron fires every step: the test would be vacuous"
     # compiling must not have disturbed the model: SpikingJelly still gives the same output
     assert torch.equal(_sj_run(model, x, mode), ref)
+    assert_fires(cm.ir, x)  # every neuron layer, not only the last, takes part
+    _assert_grads_match(model, x, mode, cm)
+
+
+#: gradients within GRAD_RTOL of each value plus 64 fp32 ulps of the tensor's largest
+#: (tests/tolerances.py): the reference backend runs SpikingJelly's own operations layer by
+#: layer, and autograd sums some terms in another order
+GRAD_RTOL = 1e-5
+
+
+def _grads(module: nn.Module, x: torch.Tensor, mode: str, weights: torch.Tensor | None):
+    """Gradients of sum(y * weights) wrt the input and every parameter, by name."""
+    module.zero_grad(set_to_none=True)
+    xs = x.clone().requires_grad_()
+    y = module(xs) if mode == "m" else torch.stack([module(xt) for xt in xs])
+    w = (
+        torch.randn(y.shape, generator=torch.Generator().manual_seed(5))
+        if weights is None
+        else weights
+    )
+    (y * w).sum().backward()
+    grads = {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}
+    grads["<input>"] = xs.grad.clone()
+    return grads, w
+
+
+def _assert_grads_match(model: nn.Module, x: torch.Tensor, mode: str, cm) -> None:
+    """SpikingJelly's own autograd against the compiled program's (``to_torch``), every tensor."""
+    functional.reset_net(model)
+    want, w = _grads(model, x, mode, None)
+    functional.reset_net(model)
+    got, _ = _grads(cm.to_torch(), x, "m", w)
+    assert got.keys() == want.keys(), (sorted(got), sorted(want))
+    for name, g in want.items():
+        torch.testing.assert_close(got[name], g, rtol=GRAD_RTOL, atol=grad_atol(g), msg=name)
+    assert any(float(g.abs().max()) > 0 for n, g in want.items() if n != "<input>")
 
 
 # --------------------------------------------------------------------------- neurons in MLPs

@@ -144,7 +144,8 @@ def test_convnet_structure(mode: str) -> None:
     (fl,) = by_op(g, "flatten")
     assert fl["attrs"] == {"start_dim": 1, "end_dim": 3}
     (do,) = by_op(g, "dropout")
-    assert do["attrs"] == {"p": 0.3, "shared_over_time": True}  # SpikingJelly keeps its mask
+    # SpikingJelly keeps its mask; an eval-mode model's dropout is a no-op drop_noops removes
+    assert do["attrs"] == {"p": 0.3, "shared_over_time": True, "training": False}
     (vote,) = by_op(g, "voting")
     assert vote["attrs"] == {"voting_size": 10}
     plif = by_op(g, "neuron")[0]
@@ -170,8 +171,9 @@ def test_batchnorm_training_flag_and_torch_dropout() -> None:
     assert bn0["attrs"]["training"] is True and bn0["attrs"]["stats"] == "sequence"
     assert bn1["attrs"]["stats"] == "step"  # MultiStepContainer runs it once per step
     d0, d1 = by_op(g, "dropout")
-    assert d0["attrs"] == {"p": 0.2, "shared_over_time": False}  # torch: a fresh mask per call
-    assert d1["attrs"] == {"p": 0.1, "shared_over_time": True}  # SpikingJelly memory mask
+    # torch: a fresh mask per call; SpikingJelly: a memory mask; both run in training mode
+    assert d0["attrs"] == {"p": 0.2, "shared_over_time": False, "training": True}
+    assert d1["attrs"] == {"p": 0.1, "shared_over_time": True, "training": True}
 
 
 def test_layer_dropout_inside_seq_to_ann_is_not_shared() -> None:

@@ -8,8 +8,8 @@ and gradients accumulate in another order):
 
 - spike outputs: at most ``SPIKE_MISMATCH_TOL`` = 1e-4 of the values differ
   (at these sizes that means none may differ);
-- membranes, currents and other continuous outputs: ``allclose(atol=1e-5,
-  rtol=1e-5)``;
+- membranes, currents and other continuous outputs: within 8 fp32 ulps of the
+  compared tensor's largest magnitude (tests/tolerances.py);
 - gradients of one scalar loss (every output times fixed random weights)
   wrt the input and every parameter the reference backend trains (weights,
   and the learnable neuron roles: snnTorch beta through its clamp,
@@ -51,6 +51,7 @@ from snncc.ir.neuron import SURROGATES, NeuronSpec  # noqa: E402
 from snncc.surrogate import surrogate_grad  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
+from checks import assert_fires  # noqa: E402
 from peer_models import norse_cell_stack, snntorch_convnet  # noqa: E402
 from test_equivalence_norse import LoopNet as NorseLoopNet  # noqa: E402
 from test_equivalence_norse import P  # noqa: E402
@@ -62,12 +63,13 @@ from test_equivalence_snntorch import (  # noqa: E402
     _per_step_mlp,
 )
 from test_equivalence_snntorch import _randomise as _st_randomise  # noqa: E402
+from tolerances import MEASURED as FP32_MEASURED  # noqa: E402
+from tolerances import assert_fp32_close  # noqa: E402
 
 #: the renderer module (``snncc.backends.jax.render`` the attribute is its render function)
 render = importlib.import_module("snncc.backends.jax.render")
 
 SPIKE_MISMATCH_TOL = 1e-4
-MEMBRANE_TOL = 1e-5
 GRAD_REL_TOL = 1e-4
 B = 3
 
@@ -78,7 +80,7 @@ MEASURED = {"spike_mismatch": 0.0, "membrane_abs": 0.0, "grad_rel": 0.0}
 @pytest.fixture(scope="module", autouse=True)
 def report_measured():
     yield
-    print(f"\njax vs reference on snnTorch/Norse, worst measured: {MEASURED}")
+    print(f"\njax vs reference on snnTorch/Norse, worst measured: {MEASURED}, {FP32_MEASURED}")
 
 
 @pytest.fixture(scope="module")
@@ -127,7 +129,7 @@ def _assert_same(got: Any, want: Any, spikes: bool, what: str) -> None:
         if got.size:
             err = float(np.abs(got - want).max())
             MEASURED["membrane_abs"] = max(MEASURED["membrane_abs"], err)
-        np.testing.assert_allclose(got, want, atol=MEMBRANE_TOL, rtol=MEMBRANE_TOL, err_msg=what)
+        assert_fp32_close(got, want, what)
 
 
 def _grad_rel(got: Any, want: Any) -> float:
@@ -149,6 +151,7 @@ def compare(
     (the neuron params under test), beyond the weights.
     """
     graph = trace(model, x)
+    assert_fires(graph, x)
     ref = snncc.compile_graph(graph, "reference")
     jx = snncc.compile_graph(graph, "jax", cache_dir=cache_dir)
     spikes = _spike_outputs(ref.ir)
@@ -232,7 +235,11 @@ def test_snntorch_per_step_leaky(mech: str, reset_delay: bool, cache_dir: str) -
 
 
 def test_snntorch_convnet_per_channel_learnable(cache_dir: str) -> None:
-    """Per-channel learnable beta and threshold (broadcast over H, W), learnable graded factor."""
+    """Per-channel learnable beta and threshold (broadcast over H, W), learnable graded factor.
+
+    One beta sits exactly on the clamp's bound 1.0: torch 2.13 passes the gradient
+    there and torch 2.14 gives 0, and jax must follow the torch that runs.
+    """
     net = snntorch_convnet(clamp_edges=True)  # clamp edges too
     _st_randomise(net, 3, gain=3.0)
     x = torch.rand(8, B, 1, 8, 8, generator=_gen(3)) * 2

@@ -653,22 +653,13 @@ def test_a_single_unit_compiles_warning_free(spec, tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------ NVRTC
 def _nvrtc():
-    """libnvrtc via ctypes (the CUDA backend's runtime compiler), or None."""
-    import ctypes
-    import ctypes.util
+    """libnvrtc via ctypes, found as the CUDA backend finds it, or None where it has none."""
+    from snncc.backends.cuda import nvrtc
+    from snncc.errors import BackendError
 
-    path = None
     try:
-        from cuda.pathfinder import load_nvidia_dynamic_lib
-
-        path = load_nvidia_dynamic_lib("nvrtc").abs_path
-    except Exception:  # cuda-pathfinder missing, or no nvrtc in site-packages
-        path = ctypes.util.find_library("nvrtc")
-    if path is None:
-        return None
-    try:
-        return ctypes.CDLL(path)
-    except OSError:
+        return nvrtc.library()
+    except BackendError:  # the backend's one "no libnvrtc here" error, nothing else
         return None
 
 

@@ -493,3 +493,58 @@ def test_new_forms_refuse_missing_constants_and_ports() -> None:
     spec = _snntorch_spec("snntorch_leaky", "subtract", True, ())
     with pytest.raises(UnsupportedError, match="'beta'"):
         step(spec, {}, torch.zeros(1), init_state(spec, (1,)))
+
+
+# --------------------------------------------------------------------------- the threshold
+def test_the_frameworks_at_exactly_the_threshold() -> None:
+    """What each framework does with a membrane exactly on its threshold, and the torch maths
+    doing the same: SpikingJelly fires (``h - th >= 0``); snnTorch and Norse do not
+    (``> 0``), and snnTorch's reset from that membrane is 0. Binary-exact values, so the
+    membranes land exactly: x = [on, 0, half, half] with on/half = 1/0.5 times the step's
+    gain."""
+
+    def seq(on: float) -> torch.Tensor:
+        return torch.tensor([on, 0.0, on / 2, on / 2]).reshape(4, 1, 1)
+
+    sj_cases = [
+        (neuron.IFNode(v_threshold=1.0), NeuronSpec(model="if", charge="sj_if"), 1.0),
+        (
+            neuron.LIFNode(tau=2.0),
+            NeuronSpec(model="lif", charge="sj_lif_decay_input", tau=2.0),
+            2.0,
+        ),
+    ]
+    for node, spec, on in sj_cases:
+        functional.set_step_mode(node, "m")
+        functional.reset_net(node)
+        x = seq(on)
+        with torch.no_grad():
+            ref = node(x)
+        got, _ = run_sequence(spec, {}, x)
+        assert torch.equal(got, ref) and ref[0].item() == 1.0, spec.charge
+
+    for mech, rd in itertools.product(("subtract", "zero"), (True, False)):
+        lif = snntorch.Leaky(beta=0.5, threshold=1.0, reset_mechanism=mech, reset_delay=rd)
+        spec = _snntorch_spec("snntorch_leaky", mech, rd, ()).replace(extra={"beta": 0.5})
+        x, mem, st = seq(1.0), lif.init_leaky(), init_state(spec, (1, 1))
+        for t in range(4):
+            with torch.no_grad():
+                s_ref, mem = lif(x[t], mem)
+                s, st = step(spec, {}, x[t], st)
+            assert torch.equal(s, s_ref) and torch.equal(st["v"], mem), (mech, rd, t)
+            if t == 0:
+                assert s_ref.item() == 0.0 and mem.item() == 1.0  # on the threshold: no spike
+
+    p = LIFBoxParameters(
+        tau_mem_inv=torch.as_tensor(500.0),
+        v_leak=torch.as_tensor(0.0),
+        v_th=torch.as_tensor(1.0),
+        v_reset=torch.as_tensor(0.0),
+    )
+    cell = norse.LIFBoxCell(p, dt=0.001)  # dt * tau_mem_inv = 0.5
+    x = seq(2.0)
+    z_ref, v_ref, _ = _norse_run(cell, x)
+    spec = _norse_spec("norse_lifbox", cell)
+    z, st = run_sequence(spec, {}, x)
+    assert torch.equal(z, z_ref) and torch.equal(st["v"], v_ref[-1])
+    assert z_ref[0].item() == 0.0 and v_ref[0].item() == 1.0

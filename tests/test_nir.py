@@ -20,6 +20,7 @@ import nir
 import numpy as np
 import pytest
 import torch
+from checks import assert_fires
 from torch import nn
 
 import snncc
@@ -61,6 +62,7 @@ def _strip(path) -> nir.NIRGraph:
 
 
 def _round_trip(model: nn.Module, x: torch.Tensor, dt: float, tmp_path, **kw):
+    assert_fires(model, x)
     cm = snncc.compile(model, x)
     y = cm(x)
     path = tmp_path / "model.nir"
@@ -611,7 +613,7 @@ def test_unsupported_and_malformed_files_name_the_node(tmp_path):
 
 
 def test_edited_file_falls_back_to_the_convention(tmp_path):
-    net = nn.Sequential(nn.Linear(3, 4), snn2.LIF(tau=2.0))
+    net = _scaled(nn.Sequential(nn.Linear(3, 4), snn2.LIF(tau=2.0)), 4.0, 1.0)
     x = torch.rand(T, B, 3) * 3
     _, path = _round_trip(net, x, 1e-4, tmp_path)
     g = nir.read(str(path))

@@ -41,6 +41,7 @@ from snncc.ir.passes.temporal_fusion import clear_schedule
 from snncc.ir.printer import format_graph
 
 ort = pytest.importorskip("onnxruntime")
+from checks import assert_fires  # noqa: E402
 
 REFERENCE = ("canonicalize", "drop_noops", "temporal_fusion")
 JAX = ("canonicalize", "fold_batchnorm", "drop_noops", "fuse_elementwise", "temporal_fusion")
@@ -133,7 +134,10 @@ def add_linear(g: Graph, x: int, name: str, n_in: int, n_out: int, seed: int, bi
 
 
 def neurons_graph(hidden: dict, w: float | None = None) -> Graph:
-    """x[B,16] -> hidden neuron -> output 0; x -> LI readout -> output 1 (membrane). No Gemm."""
+    """x[B,16] -> hidden neuron -> output 0; x -> LI readout (tau 3) -> output 1 (membrane);
+    a spiking hidden neuron's membrane -> output 2 (a twin node). No Gemm: every value,
+    membranes included, must be bit for bit, so a tau that is not a power of two tells
+    dividing by tau from multiplying by 1 / tau."""
     g = Graph()
     g.meta.update(source="snncc", step_mode="m")
     x = g.add_node("input", attrs={"index": 0}, shape=["B", 16], name="x")
@@ -143,10 +147,16 @@ def neurons_graph(hidden: dict, w: float | None = None) -> Graph:
     s = g.add_node(
         "neuron", [x], attrs={"neuron": hidden}, params=params, shape=["B", 16], name="sn1"
     )
-    li = spec(model="li", charge="snncc_li", tau=2.0, reset="none", output="membrane")
+    li = spec(model="li", charge="snncc_li", tau=3.0, reset="none", output="membrane")
     m = g.add_node("neuron", [x], attrs={"neuron": li}, shape=["B", 16], name="readout")
     g.add_node("output", [s], attrs={"index": 0}, shape=["B", 16])
     g.add_node("output", [m], attrs={"index": 1}, shape=["B", 16])
+    if hidden["output"] == "spike":
+        twin = {**hidden, "output": "membrane"}
+        v = g.add_node(
+            "neuron", [x], attrs={"neuron": twin}, params=params, shape=["B", 16], name="sn1_v"
+        )
+        g.add_node("output", [v], attrs={"index": 2}, shape=["B", 16])
     return run_pipeline(g, REFERENCE)
 
 
@@ -204,10 +214,17 @@ HIDDEN = {
         -math.log(3.0 - 1.0),
     ),
     "plif_trained_w": (spec(model="plif", charge="sj_plif_decay_input", learnable=("w",)), 0.3),
+    # k = sigmoid(0.05): ONNX Runtime's fp32 Exp(-0.05) is 1 ulp off torch's (the export's
+    # exp through float64 is not), so the membranes tell the two apart
+    "plif_w_fp32_exp_differs": (
+        spec(model="plif", charge="sj_plif_decay_input", learnable=("w",)),
+        0.05,
+    ),
     "lif_membrane_out": (
         spec(model="lif", charge="sj_lif_decay_input", tau=2.0, output="membrane"),
         None,
     ),
+    "lif_tau1_7_hard": (spec(model="lif", charge="sj_lif_decay_input", tau=1.7), None),
 }
 
 
@@ -563,6 +580,17 @@ FORM_CASES = {
         ),
         {},
     ),
+    "norse_lifbox_hard_leak_membrane": (  # v_leak != 0: (x + v_leak) - v != x + (v_leak - v)
+        spec(
+            model="norse_lifbox",
+            charge="norse_lifbox",
+            v_threshold=0.3,
+            output="membrane",
+            **_NORSE,
+            extra={"dt": 0.001, "v_leak": 0.05, "dt_tau_mem_inv": 0.25},
+        ),
+        {},
+    ),
     "norse_li_current": (
         spec(
             model="norse_li",
@@ -618,6 +646,22 @@ def test_snntorch_norse_form_scans_are_bit_exact(name: str) -> None:
     assert_exact(run_ref(back, x), rs)
 
 
+def test_membrane_exactly_on_the_threshold() -> None:
+    """Charged exactly onto the threshold a neuron fires under ``>=`` and not under ``>``
+    (one ulp below never, one above always), and snnTorch's reset reads a membrane left on
+    it as ``m - th > 0``: ONNX Runtime == reference == that rule, every firing form."""
+    from checks import assert_fires_at_threshold, threshold_graph
+
+    g, xs, cases = threshold_graph()
+    g = run_pipeline(g, REFERENCE)
+    model = to_onnx(g)
+    ys = run_onnx(model, *(x.numpy() for x in xs))
+    rs = run_ref(g, *(x.numpy() for x in xs))
+    assert_exact(ys, rs)
+    for (spec, h), y in zip(cases, ys):
+        assert_fires_at_threshold(spec, torch.from_numpy(y), h)
+
+
 @pytest.mark.parametrize("name", list(HIDDEN))
 def test_mlp_with_gemms_within_tolerance(name: str) -> None:
     hidden, w = HIDDEN[name]
@@ -626,6 +670,7 @@ def test_mlp_with_gemms_within_tolerance(name: str) -> None:
     for t, b in SIZES:
         x = randn((t, b, 12), seed=t + b)
         assert_close(run_onnx(model, x), run_ref(g, x))
+    assert_fires(g, torch.from_numpy(x))
 
 
 def test_model_io_are_time_major_with_symbolic_dims() -> None:

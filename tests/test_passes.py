@@ -177,32 +177,28 @@ def run_grouped(graph: Graph, x: torch.Tensor) -> torch.Tensor:
     return torch.stack(seq[out])
 
 
-def run_reference(graph: Graph, x: torch.Tensor) -> torch.Tensor | None:
-    """The reference backend's output after its own pipeline, or None while it cannot be imported.
+def run_reference(graph: Graph, x: torch.Tensor) -> torch.Tensor:
+    """The reference backend's output after its own pipeline.
 
     The backend runs row ops over all T*B rows at once, so its GEMMs may round
     differently from this file's per-step evaluator: the two are compared
     with a tolerance, each one's before/after exactly.
     """
-    try:
-        from snncc.backends import get
+    from snncc.backends import get
 
-        backend = get("reference")
-    except ImportError:
-        return None
+    backend = get("reference")
     y, _ = backend.lower(run_pipeline(graph, backend.pipeline)).run(x)
     return y.detach()
 
 
 def assert_same(before: Graph, after: Graph, x: torch.Tensor) -> torch.Tensor:
-    """Bit-identical outputs before and after a pass (local evaluator, and reference if present)."""
+    """Bit-identical outputs before and after a pass (local evaluator and reference)."""
     y0, y1 = run_local(before, x), run_local(after, x)
     assert y0.dtype == y1.dtype and y0.shape == y1.shape
     assert torch.equal(y0, y1), f"max diff {float((y0 - y1).abs().max())}"
     r0, r1 = run_reference(before, x), run_reference(after, x)
-    if r0 is not None:
-        assert torch.equal(r0, r1), f"reference: max diff {float((r0 - r1).abs().max())}"
-        torch.testing.assert_close(r0, y0, rtol=1e-5, atol=1e-5)
+    assert torch.equal(r0, r1), f"reference: max diff {float((r0 - r1).abs().max())}"
+    torch.testing.assert_close(r0, y0, rtol=1e-5, atol=1e-5)
     return y0
 
 
@@ -520,8 +516,7 @@ def test_fold_batchnorm_linear() -> None:
     y0, y1 = run_local(g, x), run_local(after, x)
     torch.testing.assert_close(y1, y0, rtol=1e-5, atol=1e-5)
     r0, r1 = run_reference(g, x), run_reference(after, x)
-    if r0 is not None:
-        torch.testing.assert_close(r1, r0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(r1, r0, rtol=1e-5, atol=1e-5)
 
 
 def conv_bn(with_neuron: bool) -> tuple[Graph, int]:
@@ -555,8 +550,7 @@ def test_fold_batchnorm_conv_without_bias() -> None:
     x = xin(2, 6, 6)
     torch.testing.assert_close(run_local(after, x), run_local(g, x), rtol=1e-5, atol=1e-5)
     r0, r1 = run_reference(g, x), run_reference(after, x)
-    if r0 is not None:
-        torch.testing.assert_close(r1, r0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(r1, r0, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -904,10 +898,8 @@ def test_rewrite_after_fusion_clears_groups() -> None:
 
 
 # ------------------------------------------------------- reference backend
-def test_reference_backend_runs_pass_output_when_available() -> None:
-    """Once backends/reference lands, its results must agree with this file's evaluator."""
+def test_reference_backend_runs_pass_output() -> None:
+    """The reference backend's results agree with this file's evaluator."""
     g = run_pipeline(recurrent(), list(PASSES))
     ref = run_reference(g, xin(8))
-    if ref is None:
-        pytest.skip("snncc.backends.reference is not importable yet")
     assert torch.equal(ref, run_local(g, xin(8)))

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from checks import assert_fires
 from spikingjelly.activation_based import layer, neuron, surrogate
 
 from snncc import backends
@@ -117,6 +118,7 @@ def test_mlp_matches_spikingjelly_values_and_gradients() -> None:
     ref = _sj_mlp()
     prog = _program(_mlp_graph(ref))
     x = _x(T, B, 20, scale=3.0).requires_grad_()
+    assert_fires(prog.graph, x.detach())
     y_ref = ref(x)
     r = torch.randn(T, B, 10)
     (y_ref * r).sum().backward()
@@ -182,6 +184,7 @@ def test_conv_bn_if_pool_flatten_linear_eval() -> None:
     ref = _sj_conv().eval()
     prog = _program(_conv_graph(ref, bn_training=False))
     x = _x(T, B, 2, 8, 8, seed=2, scale=2.0)
+    assert_fires(prog.graph, x)
     y, _ = prog.run(x)
     assert torch.equal(y, ref(x))
 
@@ -191,6 +194,7 @@ def test_batchnorm_training_statistics(stats: str) -> None:
     ref = _sj_conv().train()
     prog = _program(_conv_graph(ref, bn_training=True, stats=stats))
     x = _x(T, B, 2, 8, 8, seed=3, scale=2.0)
+    assert_fires(prog.graph, x)
     if stats == "sequence":
         y_ref = ref(x)
     else:  # a single-step source: BN sees one step's batch at a time
@@ -328,6 +332,7 @@ def test_recurrent_component_matches_step_loop(with_linear: bool) -> None:
     assert len(g.recurrent_components()) == 1
     prog = _program(g)
     xin = _x(T, B, 6, seed=8, scale=3.0).requires_grad_()
+    assert_fires(g, xin.detach())
     y, state = prog.run(xin)
 
     node = neuron.LIFNode(step_mode="s")

@@ -5,7 +5,7 @@ raises one BackendError saying what to install, and never falls back to
 another backend.
 
 The generated module (``JaxProgram.source``, also written to the cache dir)
-defines ``forward(params, inputs, state)``: layer groups run once over the
+defines ``forward(params, inputs, state, key=None)``: layer groups run once over the
 whole sequence reshaped to [T*B, ...]; each neuron or recurrent group is one
 ``lax.scan`` over t. See :mod:`snncc.backends.jax.render`.
 """
@@ -39,11 +39,12 @@ class JaxBackend:
 
     name = "jax"
     #: options an artifact may carry (snncc.load); ``cache_dir`` comes only from the user
-    artifact_options = ("unroll",)
+    artifact_options = ("unroll", "seed")
     features = frozenset({"jax_fn", "jax_arrays"})
+    #: no fold_batchnorm: folding BatchNorm into the weights rounds differently from the
+    #: source's own BatchNorm, and no backend gives up exact fp32 arithmetic unasked
     pipeline = (
         "canonicalize",
-        "fold_batchnorm",
         "drop_noops",
         "fuse_elementwise",
         "temporal_fusion",
@@ -53,12 +54,17 @@ class JaxBackend:
         """Render the module for ``graph`` and load it.
 
         Options: ``cache_dir`` (where the generated file is written; default
-        ``~/.cache/snncc/jax``), ``unroll`` (lax.scan unroll factor, default 1).
+        ``~/.cache/snncc/jax``), ``unroll`` (lax.scan unroll factor, default 1),
+        ``seed`` (int, default 0: the key ``run`` draws training-mode dropout masks
+        from, advanced on every call; ``jax_fn`` takes a key instead).
         """
-        check_options("jax", options, ("cache_dir", "unroll"))
+        check_options("jax", options, ("cache_dir", "unroll", "seed"))
         unroll = options.get("unroll", 1)
         if isinstance(unroll, bool) or not isinstance(unroll, int) or unroll < 1:
             raise BackendError(f"jax backend option unroll={unroll!r} must be an int >= 1")
+        seed = options.get("seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise BackendError(f"jax backend option seed={seed!r} must be an int")
         source = render(graph, **options)
         return JaxProgram(graph, source, options)
 

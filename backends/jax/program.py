@@ -103,6 +103,9 @@ class JaxProgram:
         self._n_inputs = len(graph.meta["inputs"])
         self._n_outputs = len(graph.meta["outputs"])
         self._jit_run = jax.jit(self.module.forward)
+        #: the key run() draws dropout masks from (option ``seed``), split on every call so
+        #: that each run gets new masks, as eager torch's global generator does
+        self._key = jax.random.key(int(options.get("seed", 0))) if self.uses_key else None
 
     @staticmethod
     def _param(value: Any) -> jax.Array:
@@ -140,6 +143,17 @@ class JaxProgram:
     def _outputs(self, ys: tuple[jax.Array, ...]) -> Any:
         return ys[0] if self._n_outputs == 1 else tuple(ys)
 
+    @property
+    def uses_key(self) -> bool:
+        """Whether the model draws random numbers (training-mode dropout)."""
+        return bool(getattr(self.module, "USES_KEY", False))
+
+    def _next_key(self) -> jax.Array | None:
+        if self._key is None:
+            return None
+        self._key, key = jax.random.split(self._key)
+        return key
+
     def run(self, x: Any, state: dict | None = None) -> tuple[Any, dict]:
         """Run [T, B, ...] from ``state`` (None: fresh); returns (outputs, final state)."""
         xs = self._inputs(x)
@@ -147,13 +161,17 @@ class JaxProgram:
         batch = int(xs[0].shape[0 if first_static else 1])
         check_state(self.graph, state, batch, _check_state_leaf)
         st = {} if state is None else self._state(state)
-        ys, new_state = self._jit_run(self.params, xs, st)
+        ys, new_state = self._jit_run(self.params, xs, st, self._next_key())
         return self._outputs(ys), new_state
 
-    def jax_fn(self, params: dict[str, Any], x: Any) -> Any:
-        """Pure ``(params, x) -> y`` from a fresh state: jit-able, differentiable in both."""
+    def jax_fn(self, params: dict[str, Any], x: Any, key: Any = None) -> Any:
+        """Pure ``(params, x[, key]) -> y`` from a fresh state: jit-able, differentiable in both.
+
+        ``key`` (a ``jax.random.key``) is required where the model applies
+        dropout (compiled in training mode), and unused otherwise.
+        """
         xs = tuple(x) if isinstance(x, (tuple, list)) and self._n_inputs > 1 else (x,)
-        ys, _ = self.module.forward(params, xs, {})
+        ys, _ = self.module.forward(params, xs, {}, key)
         return self._outputs(ys)
 
     def __call__(self, x: Any) -> Any:

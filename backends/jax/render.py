@@ -6,7 +6,7 @@ cross a segment boundary, what a scan carries); the Jinja2 templates in
 ``snncc.templates/jax`` decide *how* that code reads. Templates call no
 Python beyond the data handed to them.
 
-Execution model of the generated ``forward(params, inputs, state)``:
+Execution model of the generated ``forward(params, inputs, state, key=None)``:
 
 - Every value crossing a segment boundary is time-major ``x<id>``: [T, B, ...],
   except a *static* value (no time axis: a static input, what depends only on
@@ -188,6 +188,8 @@ class Renderer:
         self.surrogates: dict[SurrogateKey, str] = {}
         #: every name the generated module defines at module or function level
         self.names = Namer(PY_RESERVED)
+        #: whether the module draws random numbers (training-mode dropout) and so needs a key
+        self.uses_key = False
 
     # ---------------------------------------------------------------- helpers
     def label(self, n: int) -> str:
@@ -395,13 +397,22 @@ class Renderer:
                 )
             return {"rest": lit(tuple(int(s) for s in shape[1:]))}
         if op == "dropout":
-            if a.get("training", False) and float(a["p"]) > 0:
+            p = float(a["p"])
+            if not (a.get("training", False) and p > 0):
+                return {"train": lit(False)}
+            if mode == "step":
                 raise UnsupportedError(
-                    f"{where}: training-mode dropout (p={float(a['p']):g}) is not supported by "
-                    "the jax backend, which runs dropout in eval mode only (call model.eval() "
-                    "before compiling)"
+                    f"{where}: training-mode dropout (p={p:g}) inside a recurrent component "
+                    "is not supported by the jax backend (it runs outside recurrences, or in "
+                    "eval mode: call model.eval() before compiling)"
                 )
-            return {}
+            if not 0 <= p < 1:
+                raise UnsupportedError(
+                    f"{where}: dropout p={p:g}; the jax backend needs 0 <= p < 1"
+                )
+            self.uses_key = True
+            shared = bool(a.get("shared_over_time", False))
+            return {"train": lit(True), "p": flt(p), "shared": lit(shared)}
         if op == "scale":
             if a["op"] not in ("mul", "div"):
                 raise IRError(f"{where}: scale op {a['op']!r} is not 'mul' or 'div'")
@@ -736,6 +747,7 @@ class Renderer:
                 surrogate_function(name, alpha, fn, params)
                 for (name, alpha, params), fn in self.surrogates.items()
             ],
+            "uses_key": self.uses_key,
         }
 
 

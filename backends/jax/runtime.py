@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from snncc.errors import ShapeError
+from snncc.errors import ShapeError, UnsupportedError
 from snncc.ir.expr import clamp_passes_bounds
 
 HIGHEST = lax.Precision.HIGHEST
@@ -141,6 +141,48 @@ def fresh_shape(
     if value is not None:
         return jnp.asarray(value, jnp.float32)
     return jnp.full(tuple(shape), fill, jnp.float32)
+
+
+# ------------------------------------------------------------------- dropout
+def require_key(key) -> None:
+    """Refuse a missing key where the module draws dropout masks (never a silent fixed seed)."""
+    if key is None:
+        raise UnsupportedError(
+            "this model applies dropout (compiled in training mode), so its jax function "
+            "needs a random key: call jax_fn(params, x, key=jax.random.key(seed)); "
+            "cm(x) and cm.run draw from the program's own key (option seed)"
+        )
+
+
+def _dropout_noise(key, nid: int, shape: Sequence[int], p: float, dtype) -> jax.Array:
+    """torch's dropout noise: ``bernoulli(1 - p) / (1 - p)``, each element kept with 1 - p.
+
+    One stream per node (the key folded with the node id), so two dropouts never
+    share masks. Equal to torch's in distribution; the bits are jax's own generator's.
+    """
+    keep = jax.random.bernoulli(jax.random.fold_in(key, nid), 1.0 - p, tuple(shape))
+    return keep.astype(dtype) / jnp.asarray(1.0 - p, dtype)
+
+
+def dropout(key, nid: int, x: jax.Array, p: float) -> jax.Array:
+    """torch.nn.Dropout in training mode: a fresh mask for every element of [T*B, ...]."""
+    return x * _dropout_noise(key, nid, x.shape, p, x.dtype)
+
+
+def dropout_shared(
+    key, nid: int, state: dict, new_state: dict, x: jax.Array, p: float, steps: int
+) -> jax.Array:
+    """SpikingJelly's layer.Dropout in training mode: one mask [B, ...] for every step.
+
+    The mask is kept in the state (``"mask"``), so a stream continued from a
+    state keeps it, as SpikingJelly keeps it until ``reset_net``.
+    """
+    xs = split_time(x, steps)
+    mask = _given(state, nid, "mask", xs.shape[1:], ())
+    if mask is None:
+        mask = _dropout_noise(key, nid, xs.shape[1:], p, x.dtype)
+    new_state.setdefault(nid, {})["mask"] = mask
+    return merge_time(xs * mask)
 
 
 # ----------------------------------------------------------------- dense ops

@@ -45,6 +45,7 @@ from snncc.ir.graph import Edge, Graph
 from snncc.ir.neuron import NeuronSpec
 from snncc.ir.neurons import build
 from snncc.ir.ops import OPS
+from snncc.ir.passes.drop_noops import dropped_dropout
 from snncc.ir.schedule import groups_of
 from snncc.ir.static import static_nodes, time_steps
 
@@ -61,6 +62,19 @@ _TORCH_DTYPES = {
     "float32": torch.float32,
     "float64": torch.float64,
 }
+
+
+def check_dropout_trainable(graph: Graph, where: str) -> None:
+    """Refuse training mode where drop_noops removed eval-mode dropout: none is left to apply,
+    and training without it would silently change the model."""
+    names = dropped_dropout(graph)
+    if names:
+        raise UnsupportedError(
+            f"{where}: dropout {', '.join(names)} was removed because the model was compiled "
+            "in eval mode, so this program cannot apply it in training mode. Compile the "
+            "model in training mode (model.train()) to train with dropout, or stay in eval "
+            "mode: gradients flow there too"
+        )
 
 
 def _to_tensor(value: Any) -> Tensor:
@@ -97,6 +111,8 @@ class ReferenceProgram:
         training: bool | None = None,
     ) -> None:
         self.graph = graph
+        if training:
+            check_dropout_trainable(graph, "option training=True")
         self.training = training
         if stateless_per_step is None:
             stateless_per_step = graph.meta.get("step_mode") == "s"
@@ -368,6 +384,9 @@ class ReferenceProgram:
             return x
         p = float(attrs["p"])
         if not attrs.get("shared_over_time", False):
+            if lead and self.stateless_per_step:
+                # a single-step source drew one mask per step call: the same draws in order
+                return torch.stack([F.dropout(xt, p, training=True) for xt in x.unbind(0)])
             return F.dropout(x, p, training=True)
         mask = ctx.state.get(n, {}).get("mask")
         step_shape = x.shape[lead:]

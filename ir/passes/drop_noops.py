@@ -18,6 +18,12 @@ Removed (the producer is wired straight to the consumers, ports and delays kept)
 
 Kept: any node whose removal would need a delay of 2 (a delay-1 input feeding
 a delay-1 use), and a node that feeds itself.
+
+An eval-mode dropout with ``p > 0`` that is removed is listed by name in
+``meta["dropped_dropout"]``: a program that is later switched to training
+mode (``to_torch().train()``, the ``training=True`` option) has no dropout
+left to apply, and refuses instead of training without it
+(:func:`dropped_dropout`).
 """
 
 from __future__ import annotations
@@ -60,12 +66,20 @@ def _bypassable(graph: Graph, nid: int) -> bool:
     return all(edge.delay + use.delay <= 1 for use in graph.users(nid))
 
 
+def dropped_dropout(graph: Graph) -> list[str]:
+    """Names of the eval-mode dropouts (p > 0) this pass removed from ``graph``."""
+    return list(graph.meta.get("dropped_dropout", []))
+
+
 def drop_noops(graph: Graph) -> Graph:
     """Remove every no-op node that can be bypassed (see the module docstring)."""
     candidates = ("identity", "dropout", "scale", "flatten", "reshape")
     changed = False
     for nid in graph.topo_order():
         if graph.op(nid) in candidates and is_noop(graph, nid) and _bypassable(graph, nid):
+            if graph.op(nid) == "dropout" and float(graph.attrs(nid).get("p", 0)) > 0:
+                name = graph.node(nid).get("name") or f"%{nid}"
+                graph.meta["dropped_dropout"] = [*dropped_dropout(graph), name]
             graph.bypass(nid)
             changed = True
     if changed:
