@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +37,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from snncc.errors import ShapeError, SnnccError, UnsupportedError
+from snncc.errors import IRError, ShapeError, SnnccError, UnsupportedError
 
 try:  # private in torch 2.x; a context manager that undoes fx's patching of nn.Module
     from torch.fx._symbolic_trace import _maybe_revert_all_patches as _unpatched
@@ -50,6 +51,22 @@ from torch._subclasses.fake_tensor import (
 
 #: exceptions of fake execution that mean "this needs the tensor's values"
 _VALUE_DEPENDENT = (DataDependentOutputException, DynamicOutputShapeException)
+
+
+#: torch logs a failing meta kernel's traceback (ERROR level) before raising it
+_FAKE_TENSOR_LOG = logging.getLogger("torch._subclasses.fake_tensor")
+
+
+@contextlib.contextmanager
+def _quiet_fake_tensor_log() -> Iterator[None]:
+    """Silence that log while a module runs on fake values: the exception it precedes is
+    the model's own error on the example's shapes, which the tracer reports in one line."""
+    level = _FAKE_TENSOR_LOG.level
+    _FAKE_TENSOR_LOG.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        _FAKE_TENSOR_LOG.setLevel(level)
 
 
 @dataclass(frozen=True)
@@ -241,7 +258,8 @@ class ShapeTracer(fx.Tracer):
             with _unpatched():  # fx patches nn.Module.__getattr__ to make get_attr proxies
                 node.meta["snncc_fake"] = self._fake(_fetch(self.root, str(target)))
         elif kind in ("call_function", "call_method", "call_module"):
-            node.meta["snncc_fake"] = self._run(node, kind, target, args, kwargs)
+            with _quiet_fake_tensor_log():
+                node.meta["snncc_fake"] = self._run(node, kind, target, args, kwargs)
         return proxy
 
     def to_bool(self, obj: fx.Proxy) -> bool:
@@ -291,6 +309,15 @@ class ShapeTracer(fx.Tracer):
                 if kind == "call_method":
                     return getattr(vals[0], target)(*vals[1:], **kvals)
                 return target(*vals, **kvals)
+        except IRError as e:
+            if kind != "call_module":
+                raise
+            # a module's own invalid constants (snncc.nn builds its neuron spec in forward):
+            # named at the module, as its converter would name them
+            from snncc.frontend.tracer import type_name
+
+            module = self.root.get_submodule(target)
+            raise UnsupportedError(f"module {str(target)!r} ({type_name(module)}): {e}") from None
         except SnnccError:
             raise
         except _VALUE_DEPENDENT as e:

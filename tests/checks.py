@@ -53,6 +53,7 @@ def layer_spike_counts(model_or_graph: Any, x: Any) -> dict[str, int]:
     first = len(g.meta["outputs"])
     for i, n in enumerate(neurons):
         g.add_node("output", [n], attrs={"index": first + i}, shape=g.node(n).get("shape"))
+    g.meta.pop("groups", None)  # the outputs are new nodes: the reference schedules them again
     prog = ReferenceProgram(g, requires_grad=False)
     with torch.no_grad():
         ys, _ = prog.run(x)
