@@ -10,5 +10,48 @@ tests need that. The ``snncc`` command line sets the same default.
 """
 
 import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest  # imports no torch: the setting below still comes first
 
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
+
+
+@pytest.fixture(scope="session")
+def kernel_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One kernel cache root for the whole run, shared by every pytest-xdist worker.
+
+    Why: kernels are cached under the hash of their source, and many modules compile
+    the same ones (the LIF kernels of a dozen models); each module keeping its own
+    folder built them again in every module. Concurrent builds of
+    one entry by several workers are what the cache's lock protocol is for (tests in
+    tests/test_hostile_cache.py check it with 8 processes). Tests that check the
+    cache itself make their own folders.
+    """
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # each worker's basetemp is below the run's
+        base = base.parent
+    root = base / "snncc-kernel-cache"
+    root.mkdir(mode=0o700, exist_ok=True)
+    return root
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _default_kernel_cache(kernel_cache: Path) -> Iterator[None]:
+    """Tests that compile with the default cache, and the processes they start, use the
+    run's shared one instead of the developer's ``~/.cache/snncc``."""
+    if "SNNCC_CACHE_DIR" in os.environ:
+        yield
+        return
+    os.environ["SNNCC_CACHE_DIR"] = str(kernel_cache)
+    try:
+        yield
+    finally:
+        os.environ.pop("SNNCC_CACHE_DIR", None)
+
+
+@pytest.fixture(scope="session")
+def cpu_kernel_cache(kernel_cache: Path) -> str:
+    """The shared cache's cpu folder (the one the cpu backend uses by default)."""
+    return str(kernel_cache / "cpu")

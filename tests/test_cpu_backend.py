@@ -106,8 +106,8 @@ def spec_of(form: tuple) -> NeuronSpec:
 
 
 @pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory) -> str:
-    return str(tmp_path_factory.mktemp("snncc-cpu-cache"))
+def cache_dir(cpu_kernel_cache: str) -> str:
+    return cpu_kernel_cache
 
 
 _KERNELS: dict = {}

@@ -186,8 +186,8 @@ def case_id(c: tuple) -> str:
 
 
 @pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory) -> str:
-    return str(tmp_path_factory.mktemp("snncc-cpu-forms-cache"))
+def cache_dir(cpu_kernel_cache: str) -> str:
+    return cpu_kernel_cache
 
 
 _KERNELS: dict = {}

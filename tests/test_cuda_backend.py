@@ -164,12 +164,12 @@ def gpu_cache_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture
-def cache_dir(request, tmp_path) -> str:
-    """A fresh kernel cache per test; GPU tests share one, so NVRTC compiles each kernel
-    once per session (the GPU run's time is scarce)."""
+def cache_dir(request, kernel_cache) -> str:
+    """The run's shared kernel cache (each kernel compiled once per run, host-emulated or
+    by NVRTC); GPU tests keep their own folder of cubins."""
     if request.node.get_closest_marker("gpu") is not None:
         return request.getfixturevalue("gpu_cache_dir")
-    return str(tmp_path / "cuda-cache")
+    return str(kernel_cache / "cuda")
 
 
 # ======================================================= tier 1: no GPU needed

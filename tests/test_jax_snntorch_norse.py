@@ -84,8 +84,8 @@ def report_measured():
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(tmp_path_factory.mktemp("snncc_jax_st_norse"))
+def cache_dir(cpu_kernel_cache: str) -> str:
+    return cpu_kernel_cache
 
 
 def _gen(seed: int) -> torch.Generator:

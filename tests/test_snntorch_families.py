@@ -55,8 +55,8 @@ def report_figures():
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return str(tmp_path_factory.mktemp("snncc-snntorch-families"))
+def cache_dir(cpu_kernel_cache: str) -> str:
+    return cpu_kernel_cache
 
 
 def _gen(seed: int) -> torch.Generator:

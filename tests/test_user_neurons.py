@@ -136,8 +136,8 @@ def _as_tuple(y):
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory) -> str:
-    return str(tmp_path_factory.mktemp("user-neurons-cache"))
+def cache_dir(cpu_kernel_cache: str) -> str:
+    return cpu_kernel_cache
 
 
 # --------------------------------------------------------------------------- agreement
