@@ -10,14 +10,18 @@ from __future__ import annotations
 import io
 import json
 import math
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from snncc.backends.cpu.compiler import BASE_FLAGS
-from snncc.backends.kernels import HOST_EXACT_FLAGS, NVCC_EXACT_FLAGS, render_neuron_kernels
+from snncc.backends.kernels import (
+    HOST_EXACT_FLAGS,
+    NVCC_EXACT_FLAGS,
+    render_neuron_kernels,
+    template_environment,
+)
 
 from .lower import MAX_RANK, Lowered, comment
 
@@ -54,18 +58,8 @@ _CXX_TYPES = {
 }
 
 
-@lru_cache(maxsize=1)
 def _env() -> Any:
-    import jinja2
-
-    return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(_TEMPLATE_DIR)),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-        autoescape=False,
-    )
+    return template_environment("deploy")
 
 
 def template_names() -> list[str]:

@@ -42,6 +42,7 @@ from typing import Any
 import jinja2
 import numpy as np
 
+from snncc.backends.kernels import template_environment
 from snncc.errors import IRError, SnnccError, UnsupportedError
 from snncc.ir import expr as E
 from snncc.ir.expr import Namer
@@ -108,14 +109,7 @@ def state_var(n: int, var: str) -> str:
 @lru_cache(maxsize=1)
 def environment() -> jinja2.Environment:
     """The template environment: StrictUndefined, templates loaded from the installed package."""
-    env = jinja2.Environment(
-        loader=jinja2.PackageLoader("snncc.templates", "jax"),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-        autoescape=False,
-    )
+    env = template_environment("jax").overlay()
     env.filters["pyrepr"] = repr
     env.filters["tup"] = tup
     return env

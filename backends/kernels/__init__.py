@@ -29,7 +29,7 @@ from the form definitions or a number this package formatted itself.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -87,18 +87,29 @@ SNNTORCH_NORSE_CHARGES = (*SNNTORCH_FORMS, *NORSE_FORMS)
 _TEMPLATE_DIR = Path(__file__).resolve().parent.parent.parent / "templates" / "cuda"
 
 
-@lru_cache(maxsize=1)
-def _env():
+@cache
+def template_environment(folder: str) -> Any:
+    """The Jinja2 environment of one folder of ``snncc.templates`` (cuda, jax, deploy).
+
+    One set of settings for every generated file: StrictUndefined, so a value a
+    template needs and is not given fails the render instead of printing nothing;
+    block whitespace trimmed, so generated code stays readable and diffable; no
+    autoescaping (C++, CUDA and Python, not HTML).
+    """
     import jinja2
 
     return jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(_TEMPLATE_DIR)),
+        loader=jinja2.PackageLoader("snncc.templates", folder),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
         keep_trailing_newline=True,
         autoescape=False,
     )
+
+
+def _env() -> Any:
+    return template_environment("cuda")
 
 
 def render_template(template: str, **context: Any) -> str:
