@@ -132,6 +132,20 @@ def register_fallback(
 _HARMLESS_METHODS = frozenset({"__init__", "extra_repr", "__repr__", "__str__"})
 
 
+def own_methods(klass: type) -> set[str]:
+    """The methods (and properties) ``klass`` defines itself, beyond the harmless ones."""
+    return {
+        name
+        for name, value in vars(klass).items()
+        if callable(value) or isinstance(value, (property, staticmethod, classmethod))
+    } - _HARMLESS_METHODS
+
+
+def registered_base(cls: type) -> type | None:
+    """The nearest class in ``cls``'s MRO (``cls`` itself included) with a converter."""
+    return next((klass for klass in cls.__mro__ if klass in MODULES), None)
+
+
 def _base_with_same_step(cls: type) -> type | None:
     """The nearest registered base of ``cls`` if ``cls`` only configures it.
 
@@ -142,17 +156,11 @@ def _base_with_same_step(cls: type) -> type | None:
     method (a new step, a property) may change the maths and is not matched
     here: it is traced from its own code or refused.
     """
-    for klass in cls.__mro__:
-        if klass in MODULES:
-            return klass
-        own = {
-            name
-            for name, value in vars(klass).items()
-            if callable(value) or isinstance(value, (property, staticmethod, classmethod))
-        }
-        if own - _HARMLESS_METHODS:
-            return None
-    return None
+    base = registered_base(cls)
+    if base is None:
+        return None
+    below = cls.__mro__[: cls.__mro__.index(base)]
+    return None if any(own_methods(klass) for klass in below) else base
 
 
 def module_entry(module: nn.Module) -> ModuleEntry | None:

@@ -36,13 +36,14 @@ from snncc.errors import UnsupportedError
 from snncc.frontend import torch_nn as tnn
 from snncc.frontend.neuron_trace import TraceError, param_names, trace_step
 from snncc.frontend.tracer import (
-    MODULES,
     Call,
     Framework,
     Multi,
     StateArgs,
+    own_methods,
     register_fallback,
     register_framework,
+    registered_base,
 )
 from snncc.ir.neuron import NeuronSpec
 
@@ -144,10 +145,10 @@ def _subclass_hint(m: nn.Module) -> str:
     """What to do when a subclass of a neuron snncc converts overrides part of it: the
     base's step runs through the framework's fused functional code, which only the
     exact class's converter understands."""
-    base = next((k for k in type(m).__mro__[1:] if k in MODULES), None)
+    base = registered_base(type(m).__mro__[1])
     if base is None:
         return ""
-    own = sorted(n for n, v in vars(type(m)).items() if callable(v) and n != "__init__")
+    own = sorted(own_methods(type(m)))
     N = _sj_neuron_module()
     if (
         N is not None

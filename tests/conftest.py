@@ -52,6 +52,7 @@ def _default_kernel_cache(kernel_cache: Path) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def cpu_kernel_cache(kernel_cache: Path) -> str:
-    """The shared cache's cpu folder (the one the cpu backend uses by default)."""
+def cache_dir(kernel_cache: Path) -> str:
+    """The ``cache_dir`` option the tests pass: the shared cache's cpu folder (the one the
+    cpu backend uses by default). tests/test_cuda_backend.py keeps its own for cubins."""
     return str(kernel_cache / "cpu")

@@ -105,11 +105,6 @@ def spec_of(form: tuple) -> NeuronSpec:
     return kernel_spec(*form)
 
 
-@pytest.fixture(scope="session")
-def cache_dir(cpu_kernel_cache: str) -> str:
-    return cpu_kernel_cache
-
-
 _KERNELS: dict = {}
 
 

@@ -185,11 +185,6 @@ def case_id(c: tuple) -> str:
     return f"{charge}-{reset}{'-flag' if flag else ''}-{output}-{'args' if args else 'const'}-{sg}"
 
 
-@pytest.fixture(scope="session")
-def cache_dir(cpu_kernel_cache: str) -> str:
-    return cpu_kernel_cache
-
-
 _KERNELS: dict = {}
 
 

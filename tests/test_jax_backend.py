@@ -56,11 +56,6 @@ def report_measured():
     print(f"\njax backend, worst measured: {MEASURED}, fp32 {FP32_MEASURED}")
 
 
-@pytest.fixture(scope="module")
-def cache_dir(cpu_kernel_cache: str) -> str:
-    return cpu_kernel_cache
-
-
 def jax_backend():
     return backends.get("jax")
 

@@ -83,11 +83,6 @@ def report_measured():
     print(f"\njax vs reference on snnTorch/Norse, worst measured: {MEASURED}, {FP32_MEASURED}")
 
 
-@pytest.fixture(scope="module")
-def cache_dir(cpu_kernel_cache: str) -> str:
-    return cpu_kernel_cache
-
-
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

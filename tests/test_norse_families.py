@@ -66,11 +66,6 @@ def report_measured():
     print(FIGURES.report())
 
 
-@pytest.fixture(scope="module")
-def cache_dir(cpu_kernel_cache: str) -> str:
-    return cpu_kernel_cache
-
-
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

@@ -83,11 +83,6 @@ def report_measured():
     print(FIGURES.report())
 
 
-@pytest.fixture(scope="module")
-def cache_dir(cpu_kernel_cache: str) -> str:
-    return cpu_kernel_cache
-
-
 # --------------------------------------------------------------------------- the families
 def _klif(k: float, **kw: Any) -> Callable[[], nn.Module]:
     def make() -> nn.Module:

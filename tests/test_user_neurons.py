@@ -135,11 +135,6 @@ def _as_tuple(y):
     return y if isinstance(y, tuple) else (y,)
 
 
-@pytest.fixture(scope="module")
-def cache_dir(cpu_kernel_cache: str) -> str:
-    return cpu_kernel_cache
-
-
 # --------------------------------------------------------------------------- agreement
 @pytest.mark.parametrize("mode", ["s", "m"])
 @pytest.mark.parametrize("name", list(CASES))
