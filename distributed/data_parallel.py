@@ -21,7 +21,7 @@ from snncc.errors import ShapeError
 from snncc.ir.graph import Graph
 
 from . import comm
-from .runner import State, as_list, as_value, chunk_bounds, gather_to, lower, own_state
+from .runner import State, as_list, as_value, chunk_bounds, gather_to, lower, own_state, placement
 
 Tensor = torch.Tensor
 
@@ -39,8 +39,7 @@ class DataParallel:
         rank: int | None = None,
         world: int | None = None,
     ) -> None:
-        self.rank = dist.get_rank() if rank is None else rank
-        self.world = dist.get_world_size() if world is None else world
+        self.rank, self.world = placement(rank, world)
         self.where = f"batch share {self.rank} of {self.world}"
         with comm.on_rank(self.rank, self.where):
             from snncc.ir.passes.partition import refuse_inexact

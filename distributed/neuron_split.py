@@ -23,7 +23,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
 from snncc.errors import ShapeError
 from snncc.ir.graph import Graph
@@ -31,7 +30,7 @@ from snncc.ir.passes.partition import SHARD_MAKING, refuse_inexact
 
 from . import comm
 from .graphs import extract, shard_graph, shard_plan, shard_ranges
-from .runner import State, as_list, as_value, lower, own_state
+from .runner import State, as_list, as_value, lower, own_state, placement
 
 Tensor = torch.Tensor
 
@@ -49,8 +48,7 @@ class NeuronSplit:
         rank: int | None = None,
         world: int | None = None,
     ) -> None:
-        self.rank = dist.get_rank() if rank is None else rank
-        self.world = dist.get_world_size() if world is None else world
+        self.rank, self.world = placement(rank, world)
         self.where = f"neuron piece {self.rank} of {self.world}"
         with comm.on_rank(self.rank, self.where):
             refuse_inexact(graph, "neuron_split")

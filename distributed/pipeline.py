@@ -39,6 +39,7 @@ from .runner import (
     leaf_state,
     lower,
     own_state,
+    placement,
     state_pairs,
     step_shape,
 )
@@ -74,8 +75,7 @@ class Pipeline:
         world: int | None = None,
         request: dict[str, Any] | None = None,
     ) -> None:
-        self.rank = dist.get_rank() if rank is None else rank
-        self.world = dist.get_world_size() if world is None else world
+        self.rank, self.world = placement(rank, world)
         self.chunks = chunks
         with comm.on_rank(self.rank, f"stage {self.rank} of {self.world}"):
             self.graph = partitioned(graph, self.world, request)

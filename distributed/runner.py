@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from snncc.backends.base import state_layout
 from snncc.errors import ShapeError, UnsupportedError
@@ -16,6 +17,15 @@ from snncc.ir.graph import Graph
 
 Tensor = torch.Tensor
 State = dict[int, dict[str, Tensor]]
+
+
+def placement(rank: int | None, world: int | None) -> tuple[int, int]:
+    """(rank, world size): the given ones (tests place a runner by hand), else the process
+    group's."""
+    return (
+        dist.get_rank() if rank is None else rank,
+        dist.get_world_size() if world is None else world,
+    )
 
 
 def lower(graph: Graph, backend: str, options: Mapping[str, Any]) -> Any:

@@ -36,6 +36,7 @@ from .runner import (
     leaf_state,
     lower,
     own_state,
+    placement,
 )
 
 Tensor = torch.Tensor
@@ -55,8 +56,7 @@ class Temporal:
         rank: int | None = None,
         world: int | None = None,
     ) -> None:
-        self.rank = dist.get_rank() if rank is None else rank
-        self.world = dist.get_world_size() if world is None else world
+        self.rank, self.world = placement(rank, world)
         self.micro_batches = micro_batches
         self.where = f"time segment {self.rank} of {self.world}"
         with comm.on_rank(self.rank, self.where):
