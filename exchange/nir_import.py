@@ -717,22 +717,7 @@ class _Neurons:
         params: dict[str, np.ndarray] = {}
         extra: dict[str, Any] = {"v_leak": v_leak}
         self.norse_coeffs(f, params, extra, tau_mem_inv=coef)
-        kw: dict[str, Any] = {}
-        self.threshold(f, params, kw)
-        if reset["reset"] == "hard" and vr is None:
-            params["v_reset"] = f["v_reset"].astype(np.float32)
-            vr = math.nan
-        spec = NeuronSpec(
-            model="norse_lifbox",
-            charge="norse_lifbox",
-            v_reset=0.0 if reset["reset"] == "subtract" else vr,  # Norse reads it either way
-            reset=reset["reset"],
-            v_init=v_leak,
-            extra=extra,
-            param_roles=tuple(params),
-            **kw,
-            **self.common(),
-        )
+        spec = self._norse_firing("norse_lifbox", f, reset, vr, v_leak, extra, params)
         return _Plan(spec, params, pre=self.gain(name, node, f["r"], shape))
 
     def plan_LI(self, name: str, node: Any, shape: tuple, f: dict) -> _Plan:
@@ -794,15 +779,31 @@ class _Neurons:
     def plan_CubaLIF(self, name: str, node: Any, shape: tuple, f: dict) -> _Plan:
         v_leak, params, extra, pre = self._cuba(name, node, shape, f)
         reset = self.reset_kw(name, node, f)
+        vr = _uniform(f["v_reset"])
+        spec = self._norse_firing("norse_lif", f, reset, vr, v_leak, extra, params)
+        return _Plan(spec, params, pre=pre)
+
+    def _norse_firing(
+        self,
+        charge: str,
+        f: dict,
+        reset: dict[str, Any],
+        vr: float | None,
+        v_leak: float,
+        extra: dict[str, Any],
+        params: dict[str, np.ndarray],
+    ) -> NeuronSpec:
+        """A spiking Norse-form spec: the threshold (a param where it varies) and the reset
+        value (a param where a hard reset's varies; ``vr`` its uniform value) added to
+        ``params``."""
         kw: dict[str, Any] = {}
         self.threshold(f, params, kw)
-        vr = _uniform(f["v_reset"])
         if reset["reset"] == "hard" and vr is None:
             params["v_reset"] = f["v_reset"].astype(np.float32)
             vr = math.nan
-        spec = NeuronSpec(
-            model="norse_lif",
-            charge="norse_lif",
+        return NeuronSpec(
+            model=charge,
+            charge=charge,
             v_reset=0.0 if reset["reset"] == "subtract" else vr,  # Norse reads it either way
             reset=reset["reset"],
             v_init=v_leak,
@@ -811,7 +812,6 @@ class _Neurons:
             **kw,
             **self.common(),
         )
-        return _Plan(spec, params, pre=pre)
 
 
 def _from_metadata(name: str, node: Any, shape: tuple, opts: _Options, preds: list) -> _Plan | None:
