@@ -10,7 +10,7 @@ mostly zero), in ascending j (a defined order, the same on every target),
 added to the feed-forward input precomputed for all T*B rows, and the
 neuron's step follows (templates/cuda/recurrent_*.cu.j2).
 
-Two patterns are recognised (anything else keeps the step schedule, with the
+Three patterns are recognised (anything else keeps the step schedule, with the
 reason recorded):
 
 - ``port``: the neuron form has a second input port that it adds itself
@@ -21,6 +21,10 @@ reason recorded):
   neuron@t-1))`` feeds a one-port neuron. The columns of the weight that read
   ``x`` become a feed-forward GEMM over all T*B rows (with the bias); the
   others are the recurrent weight.
+- ``add``: ``x + linear(neuron@t-1)`` into a one-port neuron, as an ``add``
+  node in the group or as the neuron's one fused prologue add step
+  (``fuse_elementwise`` makes the latter of the former). ``x`` (plus the
+  bias) is the feed-forward input.
 
 The plan is stored on the group (``graph.meta["groups"][i]``): ``"fusable"``
 (the plan dict) or ``"step_reason"`` (one line). Whether a backend runs the
@@ -60,8 +64,11 @@ def fused_plan(graph: Graph, nodes: list[int]) -> tuple[dict[str, Any] | None, s
         return None, f"{len(neurons)} neuron nodes in the group (fused: exactly one)"
     nn_ = neurons[0]
     attrs = graph.attrs(nn_)
-    if attrs.get("prologue") or attrs.get("epilogue"):
-        return None, f"neuron %{nn_} has fused prologue/epilogue steps"
+    prologue = attrs.get("prologue") or []
+    if attrs.get("epilogue"):
+        return None, f"neuron %{nn_} has fused epilogue steps"
+    if prologue and [st.get("kind") for st in prologue] != ["add"]:
+        return None, f"neuron %{nn_} has fused prologue steps other than one add"
     shape = _shape(graph, nn_)
     if shape is None or len(shape) != 2 or not isinstance(shape[1], int):
         return None, f"neuron %{nn_} has per-step shape {shape} (fused: [B, H])"
@@ -76,11 +83,15 @@ def fused_plan(graph: Graph, nodes: list[int]) -> tuple[dict[str, Any] | None, s
     from snncc.ir.neurons import build
 
     ports = build(NeuronSpec.from_dict(attrs["neuron"])).ports
-    if len(ins) != len(ports):
+    if len(ins) != len(ports) + len(prologue):
         return None, f"neuron %{nn_} has {len(ins)} inputs for ports {list(ports)}"
     inner = [e for e in ins if e.src in members]
     if len(inner) != 1 or inner[0].delay != 0:
         return None, f"neuron %{nn_} reads the group through {len(inner)} same-step edges"
+    if len(ports) == 1 and (prologue or graph.op(inner[0].src) == "add"):
+        return _add_plan(graph, nn_, hidden, members, inner[0], prologue)
+    if prologue:
+        return None, f"neuron %{nn_} has a fused prologue add and ports {list(ports)}"
     lin = inner[0].src
     why = _plain_linear(graph, lin)
     if why:
@@ -129,6 +140,48 @@ def fused_plan(graph: Graph, nodes: list[int]) -> tuple[dict[str, Any] | None, s
         }
     else:
         return None, "not linear(neuron@t-1) into a port, nor linear(cat(x, neuron@t-1))"
+    plan.update({"hidden": hidden, "order": ORDER})
+    return plan, ""
+
+
+def _recurrent_linear(graph: Graph, lin: int, nn_: int, hidden: int) -> str | None:
+    """Why ``lin`` is not a plain [H, H] linear of neuron ``nn_`` at t-1, or None."""
+    why = _plain_linear(graph, lin)
+    if why:
+        return why
+    lin_in = graph.in_edges(lin)
+    if len(lin_in) != 1 or lin_in[0].src != nn_ or lin_in[0].delay != 1:
+        return f"linear %{lin} does not read neuron %{nn_} at t-1"
+    w_shape = list(graph.params[graph.node(lin)["params"]["weight"]].shape)
+    if w_shape != [hidden, hidden]:
+        return f"recurrent weight {w_shape} is not [{hidden}, {hidden}]"
+    return None
+
+
+def _add_plan(
+    graph: Graph, nn_: int, hidden: int, members: set[int], inner: Any, prologue: list
+) -> tuple[dict[str, Any] | None, str]:
+    """x + linear(neuron@t-1) into a one-port neuron: an ``add`` node in the group, or the
+    neuron's one fused prologue add (fuse_elementwise's form of the same)."""
+    if prologue:  # x on port 0 from outside, the linear on the add step's port
+        if inner.port != prologue[0].get("port"):
+            return None, f"neuron %{nn_}'s prologue adds port {prologue[0].get('port')}"
+        add, lin = None, inner.src
+        outside = [e for e in graph.in_edges(nn_) if e.src not in members]
+    else:
+        add = inner.src
+        a_in = graph.in_edges(add)
+        lins = [e for e in a_in if e.src in members]
+        outside = [e for e in a_in if e.src not in members]
+        if len(lins) != 1 or lins[0].delay != 0 or len(members) != 3:
+            return None, f"add %{add} is not x + linear(neuron %{nn_}@t-1)"
+        lin = lins[0].src
+    if len(outside) != 1 or outside[0].delay != 0:
+        return None, "the feed-forward input is not one same-step value from outside"
+    why = _recurrent_linear(graph, lin, nn_, hidden)
+    if why:
+        return None, why
+    plan = {"pattern": "add", "neuron": nn_, "linear": lin, "port": 0, "add": add}
     plan.update({"hidden": hidden, "order": ORDER})
     return plan, ""
 

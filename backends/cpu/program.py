@@ -263,6 +263,13 @@ class CpuProgram(ReferenceProgram):
             w = weight[:, split:]
             fed: list[Tensor] = []
             T, B = x.shape[:2]
+        elif plan["pattern"] == "add":  # x + linear(s@t-1): x (+ the bias) is the feed-forward
+            target = n if plan.get("add") is None else plan["add"]
+            (ext,) = [e for e in self._in_edges[target] if e.src != lin]
+            c = ctx.seq_input(ext)
+            c = c if bias is None else c + bias
+            w, fed = weight, []
+            T, B = c.shape[:2]
         else:
             edges = sorted(self._in_edges[n], key=lambda e: e.port)
             fed = [ctx.seq_input(e) for e in edges if e.port != plan["port"]]
@@ -276,7 +283,15 @@ class CpuProgram(ReferenceProgram):
         s0s = [None if given is None else given[v] for v in info.state_vars]
         q = self._quantities(ctx, n, info)
         out, lasts = fused_recurrent(
-            kernel, fed, c, w, s0, s0s, [q[k] for k in info.param_args], (T, B, H)
+            kernel,
+            fed,
+            c,
+            w,
+            s0,
+            s0s,
+            [q[k] for k in info.param_args],
+            (T, B, H),
+            self._widen_inputs,
         )
         ctx.set_value(n, out)
         ctx.new_state.setdefault(n, {}).update(zip(info.state_vars, lasts))

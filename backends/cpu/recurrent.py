@@ -213,6 +213,7 @@ def fused_recurrent(
     s0s: Sequence[Tensor | None],
     quantities: Sequence[Tensor],
     shape: tuple[int, int, int],
+    widen: bool = False,
 ) -> tuple[Tensor, list[Tensor]]:
     """Run one fused recurrent group: (output [T, B, H], each final state [B, H]).
 
@@ -220,13 +221,14 @@ def fused_recurrent(
     bias [H], the precomputed feed-forward input [T, B, H] or None; ``w``: the recurrent
     weight [H, H]; ``s0``: the output at t = -1 (None: zeros); ``s0s``: each state
     variable at t = -1 (None: its initial value); ``quantities``: the form's, in
-    ``kernel.info.param_args`` order (differentiable: their gradients flow back).
+    ``kernel.info.param_args`` order (differentiable: their gradients flow back);
+    ``widen``: 16-bit inputs (autocast) are widened to fp32 (else refused).
     """
     T, B, H = shape
     like = torch.empty((T, B, H), dtype=torch.float32, device=w.device)
-    fed = [seq_like(f, f"port {p}", like, False) for f, p in zip(fed, kernel.info.fed_ports)]
+    fed = [seq_like(f, f"port {p}", like, widen) for f, p in zip(fed, kernel.info.fed_ports)]
     if c is not None:
-        c = c.float().contiguous() if c.dim() == 1 else seq_like(c, "input", like, False)
+        c = c.float().contiguous() if c.dim() == 1 else seq_like(c, "input", like, widen)
     s0 = None if s0 is None else s0.float().contiguous()
     s0s = [None if s is None else s.float().contiguous() for s in s0s]
     outs = FusedRecurrentFunction.apply(
