@@ -16,14 +16,13 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 import snncc
-from snncc.backends.cpu.recurrent import RecurrentKernel, fused_recurrent
+from snncc.backends.cpu.recurrent import fused_recurrent
 from snncc.backends.kernels import NVCC_EXACT_FLAGS
 from snncc.backends.kernels.recurrent import recurrent_kernel_info, render_recurrent_kernels
 from snncc.backends.reference import neurons
