@@ -382,3 +382,17 @@ def test_gpu_cuda_fused_equals_host_fused_bit_for_bit(name, tmp_path) -> None:
             assert float((a - b).abs().max()) <= 1e-5 * float(a.abs().max())
         else:
             assert torch.equal(a, b), i
+
+
+def test_the_cli_flag_sets_the_option_once() -> None:
+    from snncc import cli
+
+    parser = cli.build_parser()
+    base = ["compile", "m.py:make", "--input-shape", "4,1,12", "-o", "out", "--backend", "cpu"]
+    args = parser.parse_args([*base, "--recurrent", "fused"])
+    assert cli._options(args) == {"recurrent": "fused"}
+    args = parser.parse_args([*base, "--recurrent", "step", "-O", "recurrent=step"])
+    with pytest.raises(cli.UsageError, match="give the recurrent schedule once"):
+        cli._options(args)
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--recurrent", "sometimes"])
