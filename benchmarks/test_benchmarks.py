@@ -191,8 +191,9 @@ def test_r1_fires_in_every_framework_and_snncc_fuses_its_recurrent_group() -> No
     """R1 (issue 16): SpikingJelly's model fires 5-25% of its hidden neurons per step on the
     suite's input, snnTorch's RLeaky and Norse's LIFRecurrentCell versions (its folded
     weights) too, and snncc finds the fused plan of the recurrent group."""
-    import snncc
     from workloads import R1Norse, R1SnnTorch
+
+    import snncc
 
     case = cases("R1", small=True)[0]
     x = make_input(case, seed=0, device="cpu")[:20]
@@ -205,7 +206,7 @@ def test_r1_fires_in_every_framework_and_snncc_fuses_its_recurrent_group() -> No
     rates["spikingjelly"] = float(torch.stack(got).mean())
     for name, make, cell in (("snntorch", R1SnnTorch, "rlif"), ("norse", R1Norse, "cell")):
         model, seen = make(case), []
-        getattr(model, cell).register_forward_hook(lambda m, i, o: seen.append(o[0]))
+        getattr(model, cell).register_forward_hook(lambda m, i, o, seen=seen: seen.append(o[0]))
         with torch.no_grad():
             assert model(x).shape == (20, case.B, 20)
         rates[name] = float(torch.stack(seen).mean())
