@@ -297,7 +297,7 @@ if [ "${SKIP_BENCH:-0}" != "1" ] && "$PY" -c "import torch; assert torch.cuda.is
         # issue 16's recurrent goal: the R1 training step at least 3x SpikingJelly's
         if [ -f "$OUT/bench/bench_cuda.md" ]; then
             echo "R1 (goal: training step (fwd+bwd) >= 3x SpikingJelly; snncc-cuda fuses the recurrent group, snncc-cuda-step does not):" >> "$SUMMARY"
-            grep -E '^\| *R1' "$OUT/bench/bench_cuda.md" >> "$SUMMARY"
+            awk '/^## R1/{f=1; next} /^## /{f=0} f && /^\|/' "$OUT/bench/bench_cuda.md" >> "$SUMMARY"
         fi
     fi
 else
