@@ -95,8 +95,10 @@ class FusedRecurrentFunction(torch.autograd.Function):
         quantities = [flat_quantity(p, step_shape, q) for q, p in zip(info.param_args, raw_q)]
         f32 = {"dtype": torch.float32, "device": dev}
         out = torch.empty((T, B, H), **f32)
-        saved = {n: torch.empty((T, B, H), **f32) for n in info.seq_names}
-        r_seq = torch.empty((T, B, H), **f32)
+        # inference (nothing needs a gradient): the kernel saves nothing for a backward
+        store = any(ctx.needs_input_grad)
+        saved = {n: torch.empty((T, B, H), **f32) if store else None for n in info.seq_names}
+        r_seq = torch.empty((T, B, H), **f32) if store else None
         lasts = [torch.empty((B, H), **f32) for _ in info.state_vars]
         c_ts, c_bs = (0, 0) if c is None or c.dim() == 1 else (B * H, H)
         values: dict[str, Any] = {
@@ -120,6 +122,8 @@ class FusedRecurrentFunction(torch.autograd.Function):
             values[f"p_{q}"] = p
             values[f"st_{q}"] = stride
         kernel.call("fwd", values, dev)
+        if not store:
+            return (out, *lasts)
         spikes = out.to(torch.uint8) if info.out_binary else out
         ctx.kernel, ctx.n_fed, ctx.n_vars = kernel, n_fed, n_vars
         ctx.c_kind = None if c is None else ("bias" if c.dim() == 1 else "seq")
