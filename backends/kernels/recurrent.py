@@ -17,7 +17,9 @@ with the recurrent product inside it:
 
 One order of every sum, one rounding per operation and no contraction
 (:data:`.plan.NVCC_EXACT_FLAGS`, :data:`.plan.HOST_EXACT_FLAGS`), so the cpu
-and cuda kernels give the same bits. CUDA runs one thread block per sample,
+and cuda kernels give the same bits (wherever the form's own step does: a
+division by a Python scalar follows torch's rule on each device, and ``exp``
+is each target's). CUDA runs one thread block per sample,
 one thread per neuron (``hidden <= MAX_FUSED_HIDDEN``; the fired list in
 shared memory); the host kernel runs OpenMP over samples.
 """
