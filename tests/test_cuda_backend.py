@@ -1338,6 +1338,26 @@ def test_snntorch_norse_forms_on_a_host_emulated_gpu(name, host_gpu, cache_dir) 
         assert torch.equal(cm(x), model(x))
 
 
+@pytest.mark.parametrize("name", ["snntorch", "norse"])
+def test_recurrent_groups_run_fused_by_default_on_a_host_emulated_gpu(
+    name, host_gpu, cache_dir
+) -> None:
+    """The cuda default (recurrent="fused"): one launch per group and direction through
+    CudaRecurrentKernel's packing, equal to the cpu backend's fused run bit for bit (the
+    emulated GPU runs the same torch ops on the CPU, and the kernels are the same text)."""
+    model, x = _snntorch_norse_models()[name]
+    cm = snncc.compile(model, x[:2], backend="cuda", cache_dir=cache_dir)
+    prog = cm.program
+    assert len(prog._fused) == 1 and "recurrent, fused: one kernel over t" in prog.source
+    host = snncc.compile(model, x[:2], backend="cpu", cache_dir=cache_dir, recurrent="fused")
+    gy = torch.randn(prog.run(x)[0].shape, generator=torch.Generator().manual_seed(0))
+    host_gpu.clear()
+    y, st, g = _grads(prog, x, gy)
+    assert sum(n.startswith("snncc_rfwd_") for n in host_gpu) == 1
+    assert sum(n.startswith("snncc_rbwd_") for n in host_gpu) == 1
+    _assert_same_run((y, st, g), _grads(host.program, x, gy), name, rtol=0.0)
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 @pytest.mark.parametrize("name", ["snntorch", "norse"])
 def test_snntorch_norse_forms_read_and_write_16_bits_under_autocast(
