@@ -6,8 +6,10 @@ another backend.
 
 The generated module (``JaxProgram.source``, also written to the cache dir)
 defines ``forward(params, inputs, state, key=None)``: layer groups run once over the
-whole sequence reshaped to [T*B, ...]; each neuron or recurrent group is one
-``lax.scan`` over t. See :mod:`snncc.backends.jax.render`.
+whole sequence reshaped to [T*B, ...]; each recurrent group is one ``lax.scan``
+over t, each neuron group a ``lax.scan`` or (option ``neuron_kernels="pallas"``, the
+default on GPUs) a pair of Pallas kernels (:mod:`snncc.backends.jax.pallas`). See
+:mod:`snncc.backends.jax.render`.
 """
 
 from __future__ import annotations
