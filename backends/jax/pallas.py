@@ -145,5 +145,6 @@ def neuron_group(
     qf = tuple(lanes_of(jnp.broadcast_to(jnp.asarray(q, jnp.float32), step_shape)) for q in qs)
     sf = tuple(lanes_of(jnp.asarray(s, jnp.float32)) for s in s0)
     out, last = _group(k, xf, qf, sf)
-    out = out[:, :m].reshape((steps, *step_shape))
-    return out, tuple(s[:m].reshape(step_shape) for s in last)
+    if mp != m:
+        out, last = out[:, :m], tuple(s[:m] for s in last)
+    return out.reshape((steps, *step_shape)), tuple(s.reshape(step_shape) for s in last)
