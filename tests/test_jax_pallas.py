@@ -339,3 +339,27 @@ def test_triton_kernels_on_a_gpu_match_the_scan() -> None:
             worst["grad_rel"] = max(worst["grad_rel"], rel)
             assert rel <= GRAD_REL_TOL, f"{name}: gradient differs by {rel:.2e}"
     print(f"\njax pallas (Triton) vs scan on {jax.devices()[0].device_kind}: worst {worst}")
+
+
+def test_a_group_pallas_cannot_run_is_a_scan_by_default_and_an_error_when_asked() -> None:
+    """The refusal (here: a neuron group made to read a value without a time axis) is a scan
+    with its reason in the source under the default, one error line when asked for."""
+    from snncc.backends.jax.render import Renderer, segments_of
+    from snncc.errors import UnsupportedError
+
+    x = _input("norse")
+    graph = _compiled("norse", "scan", x).program.graph
+    neuron = next(s for s in segments_of(graph) if s.group_kind == "neuron")
+    (nid,) = neuron.nodes
+    src = graph.in_edges(nid)[0].src
+    options = {"neuron_kernels": "pallas", "pallas_interpret": True}
+    default = Renderer(graph, options)
+    default.static.add(src)
+    assert "reads a value without a time axis" in default.pallas_refusal(neuron)
+    asked = Renderer(graph, {**options, "neuron_kernels_explicit": True})
+    asked.static.add(src)
+    with pytest.raises(UnsupportedError) as err:
+        asked.pallas_refusal(neuron)
+    msg = str(err.value)
+    assert "\n" not in msg and "neuron_kernels='pallas' cannot run group" in msg
+    assert "use neuron_kernels='scan'" in msg
