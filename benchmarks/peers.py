@@ -551,9 +551,10 @@ def _dropout_note(model: torch.nn.Module, case: Case, cm: Any, device: str) -> l
 def _spike_agreement(model: torch.nn.Module, case: Case, device: str, cm: Any) -> str:
     """Output spikes and final membranes against the fp32 program, on the first input (measured).
 
-    The suite's M1 and C1 output layers are nearly silent with these weights, so equal
-    outputs alone would compare zeros: the note also counts the fp32 output spikes and how
-    many neurons' final membranes (every neuron layer) moved by more than 1e-2.
+    M1 and C1 are calibrated so that every neuron layer fires about 10% of its steps
+    (``workloads.calibrated_gains``); the note also counts the fp32 output spikes (zero
+    would make the comparison empty) and how many neurons' final membranes (every neuron
+    layer) moved by more than 1e-2.
     """
     import snncc
 

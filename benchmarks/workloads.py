@@ -83,8 +83,12 @@ def cases(workload: str, small: bool) -> list[Case]:
 
 
 # ----------------------------------------------------------- SpikingJelly models
-def sj_model(case: Case) -> nn.Module:
-    """The workload as a SpikingJelly 2.0 multi-step model (fresh weights, seeded)."""
+def sj_model(case: Case, calibrate: bool = True) -> nn.Module:
+    """The workload as a SpikingJelly 2.0 multi-step model (fresh weights, seeded).
+
+    M1 and C1 are calibrated to fire (see :func:`calibrated_gains`) unless ``calibrate``
+    is false (the calibration itself starts from the uncalibrated model).
+    """
     from spikingjelly.activation_based import functional, layer, neuron, surrogate
 
     torch.manual_seed(0)
@@ -113,7 +117,110 @@ def sj_model(case: Case) -> nn.Module:
     else:
         raise ValueError(case.workload)
     functional.set_step_mode(net, "m")
+    if calibrate and case.workload in CALIBRATED:
+        for module, gain in zip(_pre_neuron_affines(net), calibrated_gains(case)):
+            _scale(module, gain)
     return net
+
+
+# ----------------------------------------------------------- inputs that fire
+#: the workloads whose default-initialised weights leave their deeper layers silent
+#: (M1's output fired 0 of 40,960 neuron-steps, C1's last two layers none): their
+#: pre-neuron affine layers are scaled so that every neuron layer fires at this rate
+CALIBRATED = ("M1", "C1")
+#: the fraction of neuron-steps each neuron layer of a calibrated workload fires
+#: (eval mode, on a calibration input drawn with seed CALIBRATION_SEED)
+TARGET_RATE = 0.10
+CALIBRATION_SEED = 1
+#: samples of the calibration input (at most the case's batch): M1's 10 outputs need a few
+#: hundred neuron-steps for a rate; C1's convolutions make each bisection step costly
+CALIBRATION_BATCH = {"M1": 16, "C1": 4}
+
+
+def _neuron_types() -> tuple[type, ...]:
+    from spikingjelly.activation_based import neuron
+
+    return (neuron.LIFNode, neuron.ParametricLIFNode)
+
+
+def _pre_neuron_affines(net: nn.Module) -> list[nn.Module]:
+    """The affine layer right before each neuron (Linear, Conv, or the BatchNorm after a conv).
+
+    Scaling it scales the neuron's input current in eval mode (BatchNorm's running
+    statistics are fixed there), which is where the forward benchmarks run.
+    """
+    affines: list[nn.Module] = []
+    last = None
+    for module in net.modules():
+        if isinstance(module, (nn.Linear, nn.Conv2d, nn.BatchNorm2d)):
+            last = module
+        elif isinstance(module, _neuron_types()):
+            if last is None:
+                raise ValueError("a neuron without an affine layer before it cannot be calibrated")
+            affines.append(last)
+            last = None
+    return affines
+
+
+def _scale(module: nn.Module, gain: float) -> None:
+    with torch.no_grad():
+        module.weight.mul_(gain)
+        if module.bias is not None:
+            module.bias.mul_(gain)
+
+
+_GAINS: dict[tuple, tuple[float, ...]] = {}
+
+
+def calibrated_gains(case: Case) -> tuple[float, ...]:
+    """Per neuron layer, the gain on its affine layer that makes it fire at TARGET_RATE.
+
+    Found layer by layer (each layer's rate depends only on the layers before it,
+    already calibrated) by bisection of log(gain) on the seeded uncalibrated model in
+    eval mode, fp32 on the CPU, with a calibration input of its own seed. Computed once
+    per process and case: every peer's copy of the model gets the same weights.
+    """
+    key = (case.workload, case.T, case.shape, tuple(sorted(case.model.items())))
+    if key in _GAINS:
+        return _GAINS[key]
+    from spikingjelly.activation_based import functional
+
+    net = sj_model(case, calibrate=False)
+    net.eval()
+    small = Case(**{**case.__dict__, "B": min(case.B, CALIBRATION_BATCH[case.workload])})
+    x = make_input(small, seed=CALIBRATION_SEED, device="cpu")
+    neurons = [m for m in net.modules() if isinstance(m, _neuron_types())]
+    affines = _pre_neuron_affines(net)
+    gains: list[float] = []
+
+    def rate(k: int) -> float:
+        out: list[torch.Tensor] = []
+        hook = neurons[k].register_forward_hook(lambda m, i, o: out.append(o))
+        try:
+            functional.reset_net(net)
+            with torch.no_grad():
+                net(x)
+        finally:
+            hook.remove()
+        return float(out[0].float().mean())
+
+    for k, affine in enumerate(affines):
+        w0 = affine.weight.detach().clone()
+        b0 = None if affine.bias is None else affine.bias.detach().clone()
+        lo, hi = math.log(1 / 64), math.log(1024.0)
+        for _ in range(20):
+            mid = (lo + hi) / 2
+            with torch.no_grad():
+                affine.weight.copy_(w0 * math.exp(mid))
+                if b0 is not None:
+                    affine.bias.copy_(b0 * math.exp(mid))
+            r = rate(k)
+            if abs(r - TARGET_RATE) <= 0.005:
+                break
+            lo, hi = (mid, hi) if r < TARGET_RATE else (lo, mid)
+        gains.append(math.exp(mid))
+    _GAINS[key] = tuple(gains)
+    return _GAINS[key]
 
 
 def make_input(case: Case, seed: int, device: str) -> torch.Tensor:

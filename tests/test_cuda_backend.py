@@ -326,10 +326,10 @@ def test_generated_kernels_compile_with_nvcc(arch: str, tmp_path, cache_dir) -> 
             *NVCC_EXACT_FLAGS,
             "--Werror",
             "all-warnings",
-            "-c",
+            "--cubin",  # device code; nvcc's host stubs are its own
             str(cu),
             "-o",
-            str(tmp_path / f"{name}.o"),
+            str(tmp_path / f"{name}.cubin"),
         ]
         res = subprocess.run(cmd, capture_output=True, text=True)
         assert res.returncode == 0, res.stderr[-4000:]
@@ -350,8 +350,10 @@ def test_every_time_chunked_kernel_compiles_with_nvcc(arch: str, tmp_path) -> No
         parts += [unit, train, train_r, unit8, infer8]
     cu = tmp_path / "chunks.cu"
     cu.write_text("\n".join(parts))
-    cmd = [NVCC, f"-arch={arch}", *NVCC_EXACT_FLAGS, "--Werror", "all-warnings", "-c", str(cu)]
-    res = subprocess.run([*cmd, "-o", str(tmp_path / "chunks.o")], capture_output=True, text=True)
+    cmd = [NVCC, f"-arch={arch}", *NVCC_EXACT_FLAGS, "--Werror", "all-warnings", "--cubin", str(cu)]
+    res = subprocess.run(
+        [*cmd, "-o", str(tmp_path / "chunks.cubin")], capture_output=True, text=True
+    )
     assert res.returncode == 0, res.stderr[-4000:]
     assert cu.read_text().count("_bapply(") == 2 * len(CHUNK_FORMS)
 
