@@ -927,8 +927,8 @@ class Renderer:
             ],
             "uses_key": self.uses_key,
             "kernel_defs": self.kernel_defs,
-            "neuron_kernels": self.kernels
-            + (" (Pallas interpret mode)" if self.kernels == "pallas" and self.interpret else ""),
+            "neuron_kernels": self.kernels,
+            "pallas_interpret": self.kernels == "pallas" and self.interpret,
         }
 
 
