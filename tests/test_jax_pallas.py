@@ -24,6 +24,8 @@ on a GPU is checked to lower, its speed is measured by the benchmark suite
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,6 +40,8 @@ snn = pytest.importorskip("snntorch")
 norse = pytest.importorskip("norse.torch")
 
 from spikingjelly.activation_based import layer, neuron, surrogate  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
 
 import snncc  # noqa: E402
 from snncc.backends.jax import neuron_kernels  # noqa: E402
@@ -238,6 +242,44 @@ def test_streaming_state_in_and_out(pair) -> None:
     rest, _ = pal.program.run(x[3:], state)
     for w, a, b in zip(_tuple(whole), _tuple(first), _tuple(rest), strict=True):
         np.testing.assert_array_equal(np.asarray(w), np.concatenate([a, b]))
+
+
+def test_every_firing_form_at_its_threshold_and_its_gradients() -> None:
+    """Every firing form (SpikingJelly, snnTorch, Norse; ``>=`` and ``>``; one graph from
+    tests/checks.py) charged exactly onto its threshold and one ulp either side: the Pallas
+    kernels' spikes equal the scan's bit for bit and the firing rule, and the backward
+    kernels' input gradients are within 1e-4 of the scan's (one jit each)."""
+    from checks import assert_fires_at_threshold, threshold_graph
+
+    from snncc.backends import get
+    from snncc.ir.passes import run_pipeline
+
+    g, xs, cases = threshold_graph()
+    be = get("jax")
+    graph = run_pipeline(g, be.pipeline)
+    pal, scan = (be.lower(graph, neuron_kernels=k) for k in ("pallas", "scan"))
+    assert pal.source.count("pk.neuron_group(") == len(cases) - sum(
+        len(spec.input_ports) > 1 for spec, _ in cases
+    )
+    xj = tuple(jnp.asarray(x.numpy()) for x in xs)
+
+    def loss(program):
+        def f(xx):
+            ys, _ = program.module.forward(program.params, xx, {})
+            weights = (jnp.cos(jnp.arange(y.size, dtype=jnp.float32)).reshape(y.shape) for y in ys)
+            return sum(jnp.sum(y * w) for y, w in zip(ys, weights)), ys
+
+        return jax.jit(jax.value_and_grad(f, has_aux=True))
+
+    (_, ys_p), gx_p = loss(pal)(xj)
+    (_, ys_s), gx_s = loss(scan)(xj)
+    for (spec, h), yp, ys in zip(cases, ys_p, ys_s, strict=True):
+        np.testing.assert_array_equal(np.asarray(yp), np.asarray(ys), spec.summary())
+        assert_fires_at_threshold(spec, torch.tensor(np.array(yp)), h)
+    for (spec, _), gp, gs in zip(cases, gx_p, gx_s, strict=True):
+        rel = _rel(gp, gs)
+        assert rel <= GRAD_REL_TOL, f"{spec.summary()}: input gradient differs by {rel:.2e}"
+        MEASURED["grad_rel"] = max(MEASURED["grad_rel"], rel)
 
 
 def test_kernels_lower_for_cuda_through_triton(pair) -> None:
