@@ -382,7 +382,7 @@ def torch_compile_make(case: Case, mode: str, device: str) -> Bench:
     if case.T > 64:
         raise NA(f"torch.compile unrolls the T={case.T} time loop; compiling it exceeds the budget")
     model = replace_neurons(sj_model(case), snncc_nn_layer).to(device)
-    compiled = torch.compile(model)
+    compiled = torch.compile(model, dynamic=False)  # the suite's shapes are fixed
     bench = _torch_bench(model, mode, device)  # train/eval mode and grad clearing
 
     def run(x):
@@ -618,14 +618,20 @@ def _jax_bench(cm: Any, model: torch.nn.Module, case: Case, mode: str, device: s
         learn = {k: v for k, v in params.items() if k in names}
         fixed = {k: v for k, v in params.items() if k not in names}
 
-        def train_p(lp, fp, x):
-            y, vjp = jax.vjp(lambda lp_: f({**fp, **lp_}, x), lp)
+        # a training-mode model with dropout draws a fresh mask every step, as torch's does
+        dropout = model.training and any("Dropout" in type(m).__name__ for m in model.modules())
+        keys = {"next": jax.random.key(0)}
+
+        def train_p(lp, fp, x, key):
+            extra = {"key": key} if dropout else {}
+            y, vjp = jax.vjp(lambda lp_: f({**fp, **lp_}, x, **extra), lp)
             return y, vjp(jnp.ones_like(y))[0]
 
         jitted = jax.jit(train_p)
 
         def step_p(x):
-            return jitted(learn, fixed, x)
+            keys["next"], key = jax.random.split(keys["next"])
+            return jitted(learn, fixed, x, key)
 
         fn = step_p
 
