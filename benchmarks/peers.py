@@ -425,6 +425,13 @@ def snncc_runner(backend: str, **options: Any) -> Callable[[Case, str, str], Ben
             _needs_gemms(case, "GEMM precision")
         if options.get("time_chunks") == 0 and case.workload != "L2":
             raise NA("time chunks are compared on L2 only")
+        if options.get("neuron_kernels") == "pallas":
+            if device != "cuda":
+                raise NA(
+                    "Pallas neuron kernels run on a GPU (on a CPU only interpreted, for tests)"
+                )
+            if case.workload not in ("L1", "L2"):
+                raise NA("Pallas neuron kernels are compared on L1 and L2 (issue 16)")
         if options.get("saved_spike_dtype") == "float32" and (
             mode != "fwd+bwd" or case.workload not in ("M1", "C1")
         ):
@@ -710,8 +717,15 @@ PEERS: dict[str, Peer] = {
         config="bf16 widened",
     ),
     "snncc-jax": Peer(
-        snncc_runner("jax"),
-        "snncc jax backend (one jitted step)",
+        snncc_runner("jax", neuron_kernels="scan"),
+        "snncc jax backend (one jitted step), neuron groups as lax.scan",
+        env={"XLA_PYTHON_CLIENT_PREALLOCATE": "false"},
+        process_per_case=True,
+    ),
+    "snncc-jax-pallas": Peer(
+        snncc_runner("jax", neuron_kernels="pallas"),
+        "snncc jax backend (one jitted step), neuron groups as Pallas (Triton) kernels; "
+        "goal: within 1.3x of snncc-cuda on L1/L2",
         env={"XLA_PYTHON_CLIENT_PREALLOCATE": "false"},
         process_per_case=True,
     ),
@@ -781,6 +795,7 @@ GPU_PEERS = (
     "snncc-cuda-tf32",
     "sj-triton-tf32",
     "snncc-jax",
+    "snncc-jax-pallas",
     "snntorch",
     "norse",
     "sj-torch",
