@@ -390,7 +390,7 @@ def torch_compile_make(case: Case, mode: str, device: str) -> Bench:
     if case.T > 64:
         raise NA(f"torch.compile unrolls the T={case.T} time loop; compiling it exceeds the budget")
     model = replace_neurons(sj_model(case), snncc_nn_layer).to(device)
-    compiled = torch.compile(model)
+    compiled = torch.compile(model, dynamic=False)  # the suite's shapes are fixed
     bench = _torch_bench(model, mode, device)  # train/eval mode and grad clearing
 
     def run(x):
@@ -435,6 +435,13 @@ def snncc_runner(backend: str, **options: Any) -> Callable[[Case, str, str], Ben
             raise NA("time chunks are compared on L2 only")
         if "recurrent" in options and case.workload != "R1":
             raise NA("the recurrent schedule is compared on R1 only")
+        if options.get("neuron_kernels") == "pallas":
+            if device != "cuda":
+                raise NA(
+                    "Pallas neuron kernels run on a GPU (on a CPU only interpreted, for tests)"
+                )
+            if case.workload not in ("L1", "L2"):
+                raise NA("Pallas neuron kernels are compared on L1 and L2 (issue 16)")
         if options.get("saved_spike_dtype") == "float32" and (
             mode != "fwd+bwd" or case.workload not in ("M1", "C1")
         ):
@@ -621,14 +628,20 @@ def _jax_bench(cm: Any, model: torch.nn.Module, case: Case, mode: str, device: s
         learn = {k: v for k, v in params.items() if k in names}
         fixed = {k: v for k, v in params.items() if k not in names}
 
-        def train_p(lp, fp, x):
-            y, vjp = jax.vjp(lambda lp_: f({**fp, **lp_}, x), lp)
+        # a training-mode model with dropout draws a fresh mask every step, as torch's does
+        dropout = model.training and any("Dropout" in type(m).__name__ for m in model.modules())
+        keys = {"next": jax.random.key(0)}
+
+        def train_p(lp, fp, x, key):
+            extra = {"key": key} if dropout else {}
+            y, vjp = jax.vjp(lambda lp_: f({**fp, **lp_}, x, **extra), lp)
             return y, vjp(jnp.ones_like(y))[0]
 
         jitted = jax.jit(train_p)
 
         def step_p(x):
-            return jitted(learn, fixed, x)
+            keys["next"], key = jax.random.split(keys["next"])
+            return jitted(learn, fixed, x, key)
 
         fn = step_p
 
@@ -724,8 +737,15 @@ PEERS: dict[str, Peer] = {
         config="recurrent fused",
     ),
     "snncc-jax": Peer(
-        snncc_runner("jax"),
-        "snncc jax backend (one jitted step)",
+        snncc_runner("jax", neuron_kernels="scan"),
+        "snncc jax backend (one jitted step), neuron groups as lax.scan",
+        env={"XLA_PYTHON_CLIENT_PREALLOCATE": "false"},
+        process_per_case=True,
+    ),
+    "snncc-jax-pallas": Peer(
+        snncc_runner("jax", neuron_kernels="pallas"),
+        "snncc jax backend (one jitted step), neuron groups as Pallas (Triton) kernels; "
+        "goal: within 1.3x of snncc-cuda on L1/L2",
         env={"XLA_PYTHON_CLIENT_PREALLOCATE": "false"},
         process_per_case=True,
     ),
@@ -795,6 +815,7 @@ GPU_PEERS = (
     "snncc-cuda-tf32",
     "sj-triton-tf32",
     "snncc-jax",
+    "snncc-jax-pallas",
     "snntorch",
     "norse",
     "sj-torch",

@@ -631,6 +631,11 @@ def _legacy_banner(report: dict) -> list[str]:
     ]
 
 
+#: (peer, baseline) pairs shown as "peer time / baseline time" (issue 16: the jax backend's
+#: Pallas kernels within 1.3x of the cuda backend on L1 and L2)
+JAX_VS_CUDA = (("snncc-jax-pallas", "snncc-cuda"),)
+
+
 def markdown(report: dict) -> str:
     from peers import COMPARISONS
 
@@ -701,6 +706,7 @@ def markdown(report: dict) -> str:
         lines += [f"## {wl}", ""]
         head = ["case", "mode", *peers]
         head += [f"{lbl}: SJ / {ours}" for lbl, ours, _ in comparisons]
+        head += [f"{a} / {b}" for a, b in JAX_VS_CUDA if a in peers and b in peers]
         head += ([] if legacy else ["fastest fp32"]) + ["floor"]
         lines.append("| " + " | ".join(head) + " |")
         lines.append("|" + "---|" * len(head))
@@ -709,6 +715,9 @@ def markdown(report: dict) -> str:
             cells = [key[1], key[2], *(_cell(row.get(p)) for p in peers)]
             for _, ours, sj in comparisons:
                 cells.append(ratio_cell(row.get(ours), {p: row[p] for p in sj if p in row}))
+            for a, b in JAX_VS_CUDA:
+                if a in peers and b in peers:  # time of a / time of b: the goal is <= 1.3x
+                    cells.append(ratio_cell(row.get(b), {a: row[a]} if a in row else {}))
             if not legacy:
                 cells.append(_fastest(row, configs))
             case = next(c for c in cases(wl, report["small"]) if c.label == key[1])

@@ -136,6 +136,22 @@ def test_jax_training_step_returns_its_output() -> None:
     assert 0 < float(y.mean()) < 1
 
 
+def test_jax_pallas_variant_times_gpu_layers_only_and_shows_its_ratio_to_cuda() -> None:
+    """The Pallas variant is timed on a GPU only (a CPU only interprets it), on L1/L2; the
+    table divides its time by the cuda backend's (issue 16's 1.3x goal)."""
+    from peers import NA
+
+    pytest.importorskip("jax")
+    l1, m1 = cases("L1", small=True)[0], cases("M1", small=True)[0]
+    with pytest.raises(NA, match="on a GPU"):
+        PEERS["snncc-jax-pallas"].make(l1, "fwd", "cpu")
+    with pytest.raises(NA, match="L1 and L2"):
+        PEERS["snncc-jax-pallas"].make(m1, "fwd", "cuda")
+    pallas = {"status": "ok", "median_ms": 1.2, "p25_ms": 1.1, "p75_ms": 1.3}
+    cuda = {"status": "ok", "median_ms": 1.0, "p25_ms": 0.9, "p75_ms": 1.1}
+    assert ratio_cell(cuda, {"snncc-jax-pallas": pallas}) == "1.20x (1.00-1.44)"
+
+
 def test_measure_pools_blocks_into_a_spread() -> None:
     """A fake 1 ms step: >= repeat samples, blocks of several steps, ordered quartiles."""
     import time

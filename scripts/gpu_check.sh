@@ -27,6 +27,8 @@
 #      with eager SpikingJelly (loss curves -> $OUT/digits_loss_curves.json); and
 #      tests/test_recurrent_fused.py -m gpu: the fused recurrent-group kernels on the GPU
 #      equal the host's bit for bit (outputs, states, kernel-written gradients);
+#      tests/test_jax_pallas.py: the jax backend's Pallas (Triton) neuron kernels against its
+#      lax.scan path on this GPU (spikes, values and gradients; needs jax with CUDA);
 #   3c. (not with --bench) snncc deploy's CUDA target: pytest -m gpu on tests/test_deploy.py
 #      deploys the digits model, builds the tree with CMake + Ninja for this GPU's
 #      architecture only (-DSNNCC_CUDA=ON), and checks snncc_run's output spikes on the
@@ -53,7 +55,9 @@
 # the nine of the like-for-like columns first (snncc fp32/graph/bf16/tf32, SpikingJelly
 # triton fp32/graph/bf16/tf32 and native; about 3-4 minutes, estimated from the H200
 # run's per-case times plus a process start, device warm-up and stable warm-up per
-# peer), then snncc jax (a process per case), snnTorch, Norse, SpikingJelly torch,
+# peer), then snncc jax (lax.scan neurons) and snncc jax with Pallas (Triton) neuron
+# kernels on L1/L2 (a process per case each; the table adds "snncc-jax-pallas /
+# snncc-cuda", issue 16's goal <= 1.3x), snnTorch, Norse, SpikingJelly torch,
 # torch.compile and the explanatory variants as the budget allows. What it does not
 # reach is recorded as "n/a: the run's time budget was spent"; a second call with
 # PEERS=sj-torch,torch-compile,... SJ_NATIVE=0 times the rest.
@@ -236,7 +240,8 @@ rc=0
 if [ $BENCH_ONLY = 0 ]; then
     say "pytest -m gpu (timeout ${PYTEST_TIMEOUT:-240}s)"
     SNNCC_GPU_OUT="$OUT" timeout "${PYTEST_TIMEOUT:-240}" "$PY" -m pytest tests/test_cuda_backend.py \
-        tests/test_recurrent_fused.py -m gpu ${TESTS:+-k "$TESTS"} -q -rs --durations=15 -p no:cacheprovider \
+        tests/test_recurrent_fused.py tests/test_jax_pallas.py -m gpu ${TESTS:+-k "$TESTS"} \
+        -q -rs --durations=15 -p no:cacheprovider \
         --junitxml="$LOGS/pytest_gpu.xml" -s > "$OUT/pytest_gpu.log" 2>&1
     rc=$?
     say "pytest -m gpu: exit $rc; $(grep -E '^(=+ )?[0-9]+ (passed|failed|skipped|error)' "$OUT/pytest_gpu.log" | tail -1)"

@@ -877,7 +877,7 @@ def recurrent_torch(g: Graph, x: torch.Tensor, params: dict[str, torch.Tensor]):
 
 def test_recurrent_group_is_one_scan_and_matches_torch(cache_dir: str) -> None:
     g = recurrent_graph()
-    prog = lower(g, cache_dir)
+    prog = lower(g, cache_dir, neuron_kernels="scan")  # the readout a scan on a GPU too
     kinds = [grp["kind"] for grp in prog.graph.meta["groups"]]
     assert "recurrent" in kinds
     assert prog.source.count("lax.scan(") == 2  # the recurrent SCC, then the LI readout

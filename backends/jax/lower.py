@@ -53,7 +53,9 @@ def surrogate_key(n: E.ENode) -> SurrogateKey:
     return (n.attr("surrogate"), n.attr("alpha"), n.attr("params", ()))
 
 
-def _fmt(n: E.ENode, a: list[str], surrogates: Mapping[SurrogateKey, str]) -> str:
+def _fmt(
+    n: E.ENode, a: list[str], surrogates: Mapping[SurrogateKey, str], kernel: bool = False
+) -> str:
     op = n.op
     if op in ("add", "sub", "mul", "div"):
         return f"{a[0]} {'+-*/'[('add', 'sub', 'mul', 'div').index(op)]} {a[1]}"
@@ -71,7 +73,7 @@ def _fmt(n: E.ENode, a: list[str], surrogates: Mapping[SurrogateKey, str]) -> st
         lo, hi = n.attr("lo"), n.attr("hi")
         los = "None" if lo is None else py_float(lo)
         his = "None" if hi is None else py_float(hi)
-        return f"rt.clamp({a[0]}, {los}, {his})"
+        return f"rt.{'clamp_value' if kernel else 'clamp'}({a[0]}, {los}, {his})"
     if op in ("gt", "ge", "lt", "le", "eq"):
         sym = {"gt": ">", "ge": ">=", "lt": "<", "le": "<=", "eq": "=="}[op]
         return f"jnp.asarray({a[0]} {sym} {a[1]}, jnp.float32)"
@@ -79,11 +81,13 @@ def _fmt(n: E.ENode, a: list[str], surrogates: Mapping[SurrogateKey, str]) -> st
         return f"{a[0]} * {a[1]}"
     if op == "where":
         return f"jnp.where({a[0]} != 0, {a[1]}, {a[2]})"
+    if op == "heaviside" and kernel:
+        return f"jnp.asarray({a[0]} {n.attr('cmp')} 0.0, jnp.float32)"
     if op == "heaviside":
         fn = "rt.spike" if n.attr("cmp") == ">=" else "rt.spike_gt"
         return f"{fn}({a[0]}, {surrogates[surrogate_key(n)]})"
     if op == "detach":
-        return f"lax.stop_gradient({a[0]})"
+        return a[0] if kernel else f"lax.stop_gradient({a[0]})"
     raise IRError(f"the jax lowering has no rule for expression op {op!r}")
 
 
@@ -94,19 +98,23 @@ def emit(
     namer: Namer,
     surrogates: Mapping[SurrogateKey, str],
     suffix: str = "",
+    kernel: bool = False,
 ) -> Emitted:
     """Python statements computing the nodes ``roots`` need.
 
     ``inputs``: input name (``"s:v"``) -> the Python expression holding it;
     ``surrogates``: (surrogate name, alpha, params) -> the module function computing its
     gradient (:func:`surrogate_function`); ``suffix`` makes temporaries unique
-    per node of the model (``h_4``).
+    per node of the model (``h_4``). ``kernel``: statements for a Pallas kernel body, whose
+    backward is its own derived kernel rather than jax's differentiation: a spike is
+    its comparison, a clamp its value and a detach the value itself (no ``custom_vjp``,
+    ``custom_jvp`` or ``stop_gradient`` inside the kernel).
     """
     lines: list[str] = []
 
     def apply(i: int, n: E.ENode, args: list[str]) -> str:
         name = namer.fresh((g.labels.get(i) or f"t{i}") + suffix)
-        lines.append(f"{name} = {_fmt(n, args, surrogates)}")
+        lines.append(f"{name} = {_fmt(n, args, surrogates, kernel)}")
         return name
 
     refs = E.lower_nodes(g, roots, inputs, py_float, apply, target="the generated jax module")

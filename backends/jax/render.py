@@ -184,6 +184,15 @@ class Renderer:
         self.names = Namer(PY_RESERVED)
         #: whether the module draws random numbers (training-mode dropout) and so needs a key
         self.uses_key = False
+        #: how neuron groups run: "scan" (lax.scan) or "pallas" (a Pallas kernel pair;
+        #: ``pallas_interpret``: through Pallas' interpreter, on a CPU)
+        self.kernels = options.get("neuron_kernels", "scan")
+        self.interpret = bool(options.get("pallas_interpret", False))
+        #: whether neuron_kernels was the user's explicit choice (then a group Pallas
+        #: cannot run is an error, not a scan)
+        self.explicit = bool(options.get("neuron_kernels_explicit", False))
+        #: the Pallas kernels the module defines at module level (rendered before forward)
+        self.kernel_defs: list[dict[str, Any]] = []
 
     # ---------------------------------------------------------------- helpers
     def label(self, n: int) -> str:
@@ -650,6 +659,171 @@ class Renderer:
             "unroll": lit(int(self.options.get("unroll", 1))),
         }
 
+    # ---------------------------------------------------------------- pallas
+    def pallas_refusal(self, seg: Segment) -> str | None:
+        """Why this scan segment cannot be a Pallas kernel pair (None: it can).
+
+        A Pallas neuron kernel runs one neuron node whose inputs all come from
+        before the group: a recurrent group (a product inside the time loop) stays
+        a ``lax.scan``. Refused explicitly asked-for Pallas raises the one-line error.
+        """
+        why = None
+        if seg.group_kind != "neuron" or len(seg.nodes) != 1:
+            why = f"a {seg.group_kind} group of {len(seg.nodes)} nodes runs as a lax.scan"
+        else:
+            (n,) = seg.nodes
+            if self.g.op(n) != "neuron":
+                why = f"node %{n} ({self.g.op(n)}) is not a neuron"
+            elif any(e.src == n for e in self.g.in_edges(n)):
+                why = f"neuron %{n} reads its own output (a recurrence)"
+            elif any(e.src in self.static for e in self.g.in_edges(n)):
+                why = f"neuron %{n} reads a value without a time axis"
+        if why is not None and self.explicit and seg.group_kind == "neuron":
+            raise UnsupportedError(
+                f"neuron_kernels='pallas' cannot run group {sanitise(seg.group)}: {why}; "
+                "use neuron_kernels='scan'"
+            )
+        return why
+
+    def pallas_segment(self, i: int, seg: Segment) -> dict[str, Any]:
+        """One neuron group as a Pallas kernel pair (templates/jax/pallas_segment.py.j2).
+
+        The forward kernel runs the form's step (the same lowering as the scan's,
+        with spikes as plain comparisons); the backward kernel runs the step's
+        vector-Jacobian product from :func:`snncc.ir.expr.vjp`, lowered with the same
+        jax op table. A fused prologue/epilogue (scale, residual add) runs on the whole
+        sequences outside the kernels, in the same operation order, so jax
+        differentiates it.
+        """
+        (n,) = seg.nodes
+        g = self.check_neuron(n)
+        where = self.where(n)
+        pre: list[str] = []
+        ins: list[str] = []
+        for e in self.g.in_edges(n):
+            self._check_available(e, i)
+            if e.delay == 0:
+                ins.append(f"x{e.src}")
+            else:
+                name = self.names.fresh(f"x{e.src}_d")
+                pre.append(
+                    f"{name} = rt.delayed(x{e.src}, {self.prev_expr(e.src, f'x{e.src}[0]')})"
+                )
+                ins.append(name)
+        if len(ins) < len(g.ports):
+            raise IRError(
+                f"{where}: charge form {g.form!r} reads the input ports {list(g.ports)}; "
+                f"the node has {len(ins)} input(s)"
+            )
+        a = self.g.attrs(n)
+        prologue = [self._fused(n, st, ins, where) for st in a.get("prologue", [])]
+        x0 = ins[0]
+        if prologue:
+            x0 = f"i{n}"
+            pre.append(f"{x0} = {ins[0]}")
+            pre.extend(f"{x0} = {x0} {p['sym']} {p['operand']}" for p in prologue)
+        ports = [x0, *ins[1 : len(g.ports)]]
+        post = [
+            f"x{n} = x{n} {p['sym']} {p['operand']}"
+            for p in (self._fused(n, st, ins, where) for st in a.get("epilogue", []))
+        ]
+        # ---- the kernels' names: every one fresh in the module's namespace
+        fresh = self.names.fresh
+        port_vars = [fresh(f"{p}{n}_t") for p in g.ports]
+        qs = list(g.quantities)
+        q_vars = [self.quantity(n, q) for q in qs]
+        s_vars = [state_var(n, v) for v in g.states]
+        lanes, step, carry, t, k = (fresh(b) for b in ("lanes", "step", "carry", "t", "k"))
+        # ---- forward: the step, as the scan runs it
+        inputs = {f"s:{v}": s_vars[j] for j, v in enumerate(g.states)}
+        inputs.update({f"x:{p}": port_vars[j] for j, p in enumerate(g.ports)})
+        inputs.update({f"q:{q}": q_vars[j] for j, q in enumerate(qs)})
+        results = {"out": g.outputs[g.out], **{f"state_{v}": g.next_state[v] for v in g.states}}
+        roots = [v.i for v in results.values() if isinstance(v, E.Val)]
+        fw = emit(g.step, roots, inputs, self.names, self.surrogates, f"_{n}", kernel=True)
+
+        def ref(em: Any, v: Any, like: str) -> str:
+            if isinstance(v, E.Val):
+                return em.refs[v.i]
+            return f"jnp.full_like({like}, {flt(v)})"
+
+        # ---- backward: the step's VJP (adjoints g:out, g:state_<v>) -> d port, state, quantity
+        bg, _, adj = E.vjp(g.step, g.result_nodes(), g.step.inputs().values())
+        step_in = g.step.inputs()
+        g_out = fresh(f"g_out{n}")
+        g_s = [fresh(f"g_{sv}") for sv in s_vars]
+        acc_q = [fresh(f"acc_{qv}") for qv in q_vars]
+        b_inputs = dict(inputs)
+        b_inputs["g:out"] = g_out
+        b_inputs.update({f"g:state_{v}": g_s[j] for j, v in enumerate(g.states)})
+
+        def adjoint(name: str) -> Any:
+            i = step_in.get(name)
+            return None if i is None else adj[i]
+
+        wanted = [f"x:{p}" for p in g.ports] + [f"s:{v}" for v in g.states]
+        wanted += [f"q:{q}" for q in qs]
+        adjs = {w: adjoint(w) for w in wanted}
+        b_roots = [v.i for v in adjs.values() if isinstance(v, E.Val)]
+        bw = emit(bg, b_roots, b_inputs, self.names, self.surrogates, f"_{n}", kernel=True)
+        reads = {bg.nodes[j].name for j in bg.ancestors(b_roots) if bg.nodes[j].op == "input"}
+
+        def d(w: str) -> str:
+            v = adjs[w]
+            return ref(bw, v, g_out) if v is not None else f"jnp.zeros_like({g_out})"
+
+        saves = any(r.startswith("s:") for r in reads)
+        kfwd, kbwd, kset = fresh(f"fwd_kernel_{i}"), fresh(f"bwd_kernel_{i}"), fresh(f"kernels_{i}")
+        self.kernel_defs.append(
+            {
+                "label": self.label(n),
+                "summary": sanitise(self.spec(n).summary(), 120),
+                "fwd": kfwd,
+                "bwd": kbwd,
+                "kset": kset,
+                "lanes": lanes,
+                "step": step,
+                "carry": carry,
+                "t": t,
+                "k": k,
+                "ports": port_vars,
+                "port_reads": [pv for pv, p in zip(port_vars, g.ports) if f"x:{p}" in reads],
+                "quantities": q_vars,
+                "states": s_vars,
+                "saves": saves,
+                "fwd_lines": list(fw.lines),
+                "out_expr": ref(fw, g.outputs[g.out], port_vars[0]),
+                "state_exprs": [ref(fw, g.next_state[v], port_vars[0]) for v in g.states],
+                "g_out": g_out,
+                "g_states": g_s,
+                "acc_q": acc_q,
+                "bwd_lines": list(bw.lines),
+                "d_ports": [d(f"x:{p}") for p in g.ports],
+                "d_states": [d(f"s:{v}") for v in g.states],
+                "d_quantities": [d(f"q:{q}") for q in qs],
+                "interpret": self.interpret,
+            }
+        )
+        xs: list[tuple[str, str]] = [
+            (f"s{e.src}", ins[j]) for j, e in enumerate(self.g.in_edges(n))
+        ]
+        state_init = [self.state_init(n, v, xs) for v in g.states]
+        if n in self.delayed:
+            self.new_state.append(f'new_state.setdefault({n}, {{}})["delay"] = x{n}[-1]')
+        return {
+            "kind": "pallas",
+            "title": self._title(seg),
+            "pre": pre,
+            "post": post,
+            "kset": kset,
+            "out": f"x{n}",
+            "ports": ports,
+            "quantities": q_vars,
+            "state_init": state_init,
+            "last": fresh(f"last_{i}"),
+            "state_out": [(j, n, v) for j, v in enumerate(g.states)],
+        }
+
     def state_init(self, n: int, var: str, xs: list[tuple[str, str]]) -> str:
         """Neuron ``n``'s state ``var`` at t = -1: the caller's state or the form's start value.
 
@@ -689,6 +863,14 @@ class Renderer:
 
     def _title(self, seg: Segment) -> str:
         how = "whole sequence as [T*B, ...]" if seg.kind == "flat" else "lax.scan over t"
+        if seg.kind == "scan" and self.kernels == "pallas":
+            why = self.pallas_refusal(seg)
+            where = "Pallas interpreter" if self.interpret else "Triton"
+            how = (
+                f"Pallas kernel pair ({where}) over blocks of the B*N neurons, t inside"
+                if why is None
+                else f"lax.scan over t ({sanitise(why, 120)})"
+            )
         count = f"{len(seg.nodes)} node" + ("s" if len(seg.nodes) != 1 else "")
         return f"group {sanitise(seg.group)} ({seg.group_kind}, {count}): {how}"
 
@@ -704,6 +886,8 @@ class Renderer:
         for i, seg in enumerate(self.segs):
             if seg.kind == "flat":
                 segments.append(self.flat_segment(i, seg))
+            elif self.kernels == "pallas" and self.pallas_refusal(seg) is None:
+                segments.append(self.pallas_segment(i, seg))
             else:
                 segments.append(self.scan_segment(i, seg))
         outputs = []
@@ -742,6 +926,9 @@ class Renderer:
                 for (name, alpha, params), fn in self.surrogates.items()
             ],
             "uses_key": self.uses_key,
+            "kernel_defs": self.kernel_defs,
+            "neuron_kernels": self.kernels,
+            "pallas_interpret": self.kernels == "pallas" and self.interpret,
         }
 
 

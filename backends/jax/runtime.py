@@ -56,18 +56,24 @@ spike = _make_spike(strict=False)
 spike_gt = _make_spike(strict=True)
 
 
-@partial(jax.custom_jvp, nondiff_argnums=(1, 2))
-def clamp(x: jax.Array, lo: float | None, hi: float | None) -> jax.Array:
-    """torch's ``clamp(x, lo, hi)``: NaN stays NaN, and the gradient passes strictly
-    inside (lo, hi) and at the bounds as the installed torch's clamp does
-    (:func:`snncc.ir.expr.clamp_passes_bounds`: torch 2.13 passes it, 2.14 does not;
-    ``jnp.clip`` would give 0.5 at a bound)."""
+def clamp_value(x: jax.Array, lo: float | None, hi: float | None) -> jax.Array:
+    """torch's ``clamp(x, lo, hi)`` value (NaN stays NaN), without a derivative rule: what a
+    Pallas kernel computes (its backward is derived from the expression graph)."""
     y = x
     if lo is not None:
         y = jnp.where(y < lo, jnp.asarray(lo, x.dtype), y)
     if hi is not None:
         y = jnp.where(y > hi, jnp.asarray(hi, x.dtype), y)
     return y
+
+
+@partial(jax.custom_jvp, nondiff_argnums=(1, 2))
+def clamp(x: jax.Array, lo: float | None, hi: float | None) -> jax.Array:
+    """torch's ``clamp(x, lo, hi)``: NaN stays NaN, and the gradient passes strictly
+    inside (lo, hi) and at the bounds as the installed torch's clamp does
+    (:func:`snncc.ir.expr.clamp_passes_bounds`: torch 2.13 passes it, 2.14 does not;
+    ``jnp.clip`` would give 0.5 at a bound)."""
+    return clamp_value(x, lo, hi)
 
 
 @clamp.defjvp
