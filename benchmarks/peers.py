@@ -47,6 +47,8 @@ import torch
 from workloads import (
     Case,
     NorseLayer,
+    R1Norse,
+    R1SnnTorch,
     SnnTorchLayer,
     make_input,
     replace_neurons,
@@ -370,15 +372,21 @@ def sj_runner(implementation: str, execution: str = "eager") -> Callable[[Case, 
 
 
 def snntorch_make(case: Case, mode: str, device: str) -> Bench:
+    if case.workload == "R1":  # its own recurrent neuron (RLeaky), not a replaced LIF
+        return _torch_bench(R1SnnTorch(case), mode, device)
     return _torch_bench(replace_neurons(sj_model(case), SnnTorchLayer), mode, device)
 
 
 def norse_make(case: Case, mode: str, device: str) -> Bench:
+    if case.workload == "R1":  # its own recurrent cell (LIFRecurrentCell)
+        return _torch_bench(R1Norse(case), mode, device)
     return _torch_bench(replace_neurons(sj_model(case), NorseLayer), mode, device)
 
 
 def torch_compile_make(case: Case, mode: str, device: str) -> Bench:
     """The network with snncc.nn's pure-torch neurons (SpikingJelly's maths) under torch.compile."""
+    if case.workload == "R1":
+        raise NA("snncc.nn has no pure-torch recurrent container for torch.compile")
     if case.T > 64:
         raise NA(f"torch.compile unrolls the T={case.T} time loop; compiling it exceeds the budget")
     model = replace_neurons(sj_model(case), snncc_nn_layer).to(device)
@@ -425,6 +433,8 @@ def snncc_runner(backend: str, **options: Any) -> Callable[[Case, str, str], Ben
             _needs_gemms(case, "GEMM precision")
         if options.get("time_chunks") == 0 and case.workload != "L2":
             raise NA("time chunks are compared on L2 only")
+        if "recurrent" in options and case.workload != "R1":
+            raise NA("the recurrent schedule is compared on R1 only")
         if options.get("neuron_kernels") == "pallas":
             if device != "cuda":
                 raise NA(
@@ -716,6 +726,16 @@ PEERS: dict[str, Peer] = {
         "snncc cuda, bf16 autocast, neuron kernels behind fp32 casts (autocast_io=False)",
         config="bf16 widened",
     ),
+    "snncc-cuda-step": Peer(
+        snncc_runner("cuda", recurrent="step"),
+        "snncc cuda, recurrent groups step by step (default: fused, one launch per group)",
+        config="recurrent step",
+    ),
+    "snncc-cpu-fused": Peer(
+        snncc_runner("cpu", recurrent="fused"),
+        "snncc cpu, recurrent groups fused over time (default: step by step, bit-exact)",
+        config="recurrent fused",
+    ),
     "snncc-jax": Peer(
         snncc_runner("jax", neuron_kernels="scan"),
         "snncc jax backend (one jitted step), neuron groups as lax.scan",
@@ -806,9 +826,11 @@ GPU_PEERS = (
     "snncc-cuda-fp16",
     "snncc-cuda-bf16-widen",
     "snncc-cuda-fp32saved",
+    "snncc-cuda-step",
 )
 CPU_PEERS = (
     "snncc-cpu",
+    "snncc-cpu-fused",
     "snncc-cpu-module",
     "snncc-cpu-module-compiled",
     "sj-torch",

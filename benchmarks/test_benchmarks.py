@@ -201,3 +201,32 @@ def test_floors_state_their_bytes_and_flops() -> None:
     assert gemm_flops(m1) == pytest.approx(47.68e9, rel=1e-3)
     assert gemm_flops(m1, "fwd+bwd") == pytest.approx(129.9e9, rel=1e-3)
     assert floor(cases("C1", small=False)[0], "fwd", {}) is None
+
+
+def test_r1_fires_in_every_framework_and_snncc_fuses_its_recurrent_group() -> None:
+    """R1 (issue 16): SpikingJelly's model fires 5-25% of its hidden neurons per step on the
+    suite's input, snnTorch's RLeaky and Norse's LIFRecurrentCell versions (its folded
+    weights) too, and snncc finds the fused plan of the recurrent group."""
+    from workloads import R1Norse, R1SnnTorch
+
+    import snncc
+
+    case = cases("R1", small=True)[0]
+    x = make_input(case, seed=0, device="cpu")[:20]
+    rates = {}
+    sj = sj_model(case)
+    got: list[torch.Tensor] = []
+    sj[1].sub_module.register_forward_hook(lambda m, i, o: got.append(o))
+    with torch.no_grad():
+        assert _sj_run(sj, x).shape == (20, case.B, 20)
+    rates["spikingjelly"] = float(torch.stack(got).mean())
+    for name, make, cell in (("snntorch", R1SnnTorch, "rlif"), ("norse", R1Norse, "cell")):
+        model, seen = make(case), []
+        getattr(model, cell).register_forward_hook(lambda m, i, o, seen=seen: seen.append(o[0]))
+        with torch.no_grad():
+            assert model(x).shape == (20, case.B, 20)
+        rates[name] = float(torch.stack(seen).mean())
+    assert all(0.05 <= r <= 0.25 for r in rates.values()), rates
+    cm = snncc.compile(sj, x[:2, :2], backend="reference")
+    (group,) = [g for g in cm.ir.meta["groups"] if g["kind"] == "recurrent"]
+    assert group["fusable"]["pattern"] == "cat" and group["fusable"]["hidden"] == 256

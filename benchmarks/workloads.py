@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
-SUITE = ("L1", "L2", "M1", "C1")
+SUITE = ("L1", "L2", "M1", "C1", "R1")
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,8 @@ def cases(workload: str, small: bool) -> list[Case]:
         hidden = 256 if small else 2048
         t, b = (4, 16) if small else (16, 256)
         return [Case("M1", f"T={t} B={b}", t, b, (784,), hidden, "uniform01", {"hidden": hidden})]
+    if workload == "R1":
+        return r1_cases(small)
     if workload == "C1":
         ch = 16 if small else 128
         t, b = (2, 4) if small else (4, 64)
@@ -91,6 +93,8 @@ def sj_model(case: Case, calibrate: bool = True) -> nn.Module:
     """
     from spikingjelly.activation_based import functional, layer, neuron, surrogate
 
+    if case.workload == "R1":
+        return r1_sj_model(case)
     torch.manual_seed(0)
 
     def lif() -> nn.Module:
@@ -454,3 +458,130 @@ def fmt_ms(v: float | None) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     return f"{v:.3f}" if v < 10 else f"{v:.1f}"
+
+
+# ----------------------------------------------------------- R1: a recurrent SNN (issue 16)
+# One contained block (the recurrent workload's cases and its three frameworks' models):
+# a speech-style RSNN, 700 inputs (SHD's channels) -> 256 recurrent LIF -> 20 outputs
+# (a Linear readout of the spikes), T = 100, B = 64. The same sizes on a CPU (--small):
+# a CPU runs it in a fraction of a second per step.
+R1_SIZES = {"inputs": 700, "hidden": 256, "outputs": 20, "T": 100, "B": 64}
+#: the input and recurrent weights' gains over PyTorch's default init, so that the uniform
+#: [0, 1) input makes about 12% of the hidden neurons fire per step (measured with the
+#: SpikingJelly model, seed 0: 12.7%; test_benchmarks.py checks 5-25%) and the loop feeds back
+R1_GAINS = {"input": 10.0, "recurrent": 2.0}
+
+
+def r1_cases(small: bool) -> list[Case]:
+    """R1 at the issue's sizes, on every device (``small`` changes nothing)."""
+    del small
+    z = R1_SIZES
+    label = f"T={z['T']} B={z['B']} {z['inputs']}-{z['hidden']}r-{z['outputs']}"
+    return [Case("R1", label, z["T"], z["B"], (z["inputs"],), z["hidden"], "uniform01", dict(z))]
+
+
+def r1_sj_model(case: Case) -> nn.Module:
+    """SpikingJelly: Linear 700-256, then ``LinearRecurrentContainer`` (its Linear over
+    cat(x, s[t-1]), 512-256, into LIF tau=2, decay_input, hard reset 0, ATan; SpikingJelly's
+    container maps back to its input width, so the projection comes first), then a Linear
+    readout; multi-step."""
+    from spikingjelly.activation_based import layer, neuron, surrogate
+
+    torch.manual_seed(0)
+    z = case.model
+    h = z["hidden"]
+    lif = neuron.LIFNode(
+        tau=2.0, decay_input=True, v_reset=0.0, surrogate_function=surrogate.ATan(), step_mode="s"
+    )
+    proj = layer.Linear(z["inputs"], h, step_mode="m")
+    rec = layer.LinearRecurrentContainer(lif, in_features=h, out_features=h, step_mode="m")
+    with torch.no_grad():
+        proj.weight *= R1_GAINS["input"]
+        rec.rc.weight[:, h:] *= R1_GAINS["recurrent"]
+    return nn.Sequential(proj, rec, layer.Linear(h, z["outputs"], step_mode="m"))
+
+
+def _r1_weights(case: Case) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, nn.Linear]:
+    """The SpikingJelly model's input weight and bias (its two Linears before the neuron,
+    folded into one), recurrent weight and readout, for the other frameworks' versions of
+    the same network."""
+    sj = r1_sj_model(case)
+    h = case.model["hidden"]
+    proj, rc = sj[0], sj[1].rc
+    w_x = rc.weight.detach()[:, :h]
+    w_in = w_x @ proj.weight.detach()
+    b = w_x @ proj.bias.detach() + rc.bias.detach()
+    return w_in, b, rc.weight.detach()[:, h:].clone(), sj[2]
+
+
+class R1SnnTorch(nn.Module):
+    """snnTorch: Linear over all T, then ``RLeaky`` (all-to-all recurrent Linear, beta 0.5,
+    zero reset, ATan) stepped over T, then the readout. SpikingJelly's decay_input LIF
+    ``h = v + (x - v) / 2`` is snnTorch's ``beta * m + x`` with the input (and the
+    recurrent term) scaled by 1 - beta = 0.5, so the weights are the SpikingJelly model's
+    times 0.5."""
+
+    def __init__(self, case: Case) -> None:
+        super().__init__()
+        import snntorch
+        from snntorch import surrogate
+
+        w_in, b, w_rec, readout = _r1_weights(case)
+        z = case.model
+        self.fc = nn.Linear(z["inputs"], z["hidden"])
+        self.rlif = snntorch.RLeaky(
+            beta=0.5,
+            linear_features=z["hidden"],
+            spike_grad=surrogate.atan(alpha=2.0),
+            reset_mechanism="zero",
+        )
+        with torch.no_grad():
+            self.fc.weight.copy_(w_in * 0.5)
+            self.fc.bias.copy_(b * 0.5)
+            self.rlif.recurrent.weight.copy_(w_rec * 0.5)
+            self.rlif.recurrent.bias.zero_()
+        self.readout = nn.Linear(z["hidden"], z["outputs"])
+        self.readout.load_state_dict(readout.state_dict())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cur = self.fc(x)
+        spk, mem = self.rlif.init_rleaky()
+        out = []
+        for ct in cur:
+            spk, mem = self.rlif(ct, spk, mem)
+            out.append(spk)
+        return self.readout(torch.stack(out))
+
+
+class R1Norse(nn.Module):
+    """Norse: ``LIFRecurrentCell`` (input and recurrent weights, no bias; its current-based
+    LIF with dt * tau_mem_inv = 0.5 and dt * tau_syn_inv = 1, so the current is the step's
+    input; SuperSpike, Norse's default surrogate) stepped over T, then the readout."""
+
+    def __init__(self, case: Case) -> None:
+        super().__init__()
+        from norse.torch import LIFParameters, LIFRecurrentCell
+
+        w_in, _, w_rec, readout = _r1_weights(case)
+        z = case.model
+        dt = 1e-3
+        p = LIFParameters(
+            tau_syn_inv=torch.tensor(1.0 / dt),
+            tau_mem_inv=torch.tensor(0.5 / dt),
+            v_th=torch.tensor(1.0),
+            v_reset=torch.tensor(0.0),
+            v_leak=torch.tensor(0.0),
+        )
+        self.cell = LIFRecurrentCell(z["inputs"], z["hidden"], p=p, dt=dt)
+        with torch.no_grad():
+            self.cell.input_weights.copy_(w_in)
+            self.cell.recurrent_weights.copy_(w_rec)
+        self.readout = nn.Linear(z["hidden"], z["outputs"])
+        self.readout.load_state_dict(readout.state_dict())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        state, out = None, []
+        for xt in x:
+            z, state = self.cell(xt, state)
+            out.append(z)
+        return self.readout(torch.stack(out))

@@ -248,10 +248,25 @@ def format_header(graph: Graph) -> list[str]:
                 stage = f" stage={format_value(g.get('stage', 0))}" if staged else ""
                 lines.append(
                     f"# group {format_value(g.get('id'))} {format_value(g.get('kind'))}{stage}: "
-                    f"{_ids(g.get('nodes', []))}"
+                    f"{_ids(g.get('nodes', []))}{_recurrent_note(g)}"
                 )
     lines.extend(_stage_lines(meta))
     return lines
+
+
+def _recurrent_note(group: dict[str, Any]) -> str:
+    """A recurrent group's fused plan (snncc.ir.recurrent) or why it runs step by step."""
+    plan = group.get("fusable")
+    if isinstance(plan, dict):
+        extra = f" cat=%{format_value(plan.get('cat'))}" if plan.get("cat") is not None else ""
+        return (
+            f"  (fusable: {format_value(plan.get('pattern'))} linear=%"
+            f"{format_value(plan.get('linear'))} -> neuron=%{format_value(plan.get('neuron'))}"
+            f" port {format_value(plan.get('port'))}{extra})"
+        )
+    if "step_reason" in group:
+        return f"  (step only: {format_value(group['step_reason'])})"
+    return ""
 
 
 def _ms(seconds: Any) -> str:

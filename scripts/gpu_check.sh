@@ -25,6 +25,8 @@
 #      spikes, time-chunked forward and training, tf32/bf16/fp16 spike agreement, 16-bit
 #      kernel I/O, to_torch, and a training loop on the bundled digits example compared
 #      with eager SpikingJelly (loss curves -> $OUT/digits_loss_curves.json); and
+#      tests/test_recurrent_fused.py -m gpu: the fused recurrent-group kernels on the GPU
+#      equal the host's bit for bit (outputs, states, kernel-written gradients);
 #      tests/test_jax_pallas.py: the jax backend's Pallas (Triton) neuron kernels against its
 #      lax.scan path on this GPU (spikes, values and gradients; needs jax with CUDA);
 #   3c. (not with --bench) snncc deploy's CUDA target: pytest -m gpu on tests/test_deploy.py
@@ -40,7 +42,9 @@
 #   4. the benchmark suite (benchmarks/run.py --device cuda): like-for-like ratios
 #      (snncc fp32 eager vs SpikingJelly fp32 eager, native/triton/torch; snncc CUDA graph
 #      vs SpikingJelly's StaticCudaGraph; snncc bf16 vs SpikingJelly under bf16 autocast;
-#      tf32 vs tf32), every peer in its own process, timed the same way, with spreads.
+#      tf32 vs tf32), every peer in its own process, timed the same way, with spreads;
+#      R1 (the recurrent workload, issue 16: goal training step >= 3x SpikingJelly) with
+#      its rows copied into summary.txt.
 #
 # Time (--bench, the tables): about 30 s of setup; the native build, which runs beside
 # nothing that is timed (about 80 s of nvcc per op for sm_90, measured on the development
@@ -62,7 +66,7 @@
 #   summary.txt, pytest_gpu.log, digits_loss_curves.json, deploy_cuda.json,
 #   bench_cuda.{json,md,png}, logs.tgz (nvidia-smi, versions, junit xml, the deploy
 #   check's pytest log, the native build's logs, every benchmark worker's log).
-# Knobs (environment): PYTHON (python3), SUITE (L1,L2,M1,C1), PEERS (comma-separated;
+# Knobs (environment): PYTHON (python3), SUITE (L1,L2,M1,C1,R1), PEERS (comma-separated;
 # default: benchmarks/peers.py's GPU_PEERS), ROUNDS (1), TESTS (a pytest -k expression),
 # PROFILE=1 (benchmarks/profile_step.py into logs.tgz, at most PROFILE_TIMEOUT=90 s),
 # PYTEST_TIMEOUT (default 240), SJ_NATIVE=0 (skip the native build), SJ_BUILD_TIMEOUT
@@ -236,7 +240,8 @@ rc=0
 if [ $BENCH_ONLY = 0 ]; then
     say "pytest -m gpu (timeout ${PYTEST_TIMEOUT:-240}s)"
     SNNCC_GPU_OUT="$OUT" timeout "${PYTEST_TIMEOUT:-240}" "$PY" -m pytest tests/test_cuda_backend.py \
-        tests/test_jax_pallas.py -m gpu ${TESTS:+-k "$TESTS"} -q -rs --durations=15 -p no:cacheprovider \
+        tests/test_recurrent_fused.py tests/test_jax_pallas.py -m gpu ${TESTS:+-k "$TESTS"} \
+        -q -rs --durations=15 -p no:cacheprovider \
         --junitxml="$LOGS/pytest_gpu.xml" -s > "$OUT/pytest_gpu.log" 2>&1
     rc=$?
     say "pytest -m gpu: exit $rc; $(grep -E '^(=+ )?[0-9]+ (passed|failed|skipped|error)' "$OUT/pytest_gpu.log" | tail -1)"
@@ -288,12 +293,17 @@ if [ "${SKIP_BENCH:-0}" != "1" ] && "$PY" -c "import torch; assert torch.cuda.is
     if [ "$budget" -lt 30 ]; then
         say "benchmarks skipped: only ${left}s left of the call"
     else
-        say "benchmark suite ${SUITE:-L1,L2,M1,C1} (budget ${budget}s, ${ROUNDS:-1} round(s))"
-        timeout $((budget + 60)) "$PY" benchmarks/run.py --suite "${SUITE:-L1,L2,M1,C1}" \
+        say "benchmark suite ${SUITE:-L1,L2,M1,C1,R1} (budget ${budget}s, ${ROUNDS:-1} round(s))"
+        timeout $((budget + 60)) "$PY" benchmarks/run.py --suite "${SUITE:-L1,L2,M1,C1,R1}" \
             --device cuda --out "$OUT/bench" --budget "$budget" --rounds "${ROUNDS:-1}" \
             ${PEERS:+--peers "$PEERS"} > "$LOGS/bench.log" 2>&1
         say "benchmarks: exit $?"
         [ -f "$OUT/bench/bench_cuda.md" ] && grep -E '^\|' "$OUT/bench/bench_cuda.md" | head -40 >> "$SUMMARY"
+        # issue 16's recurrent goal: the R1 training step at least 3x SpikingJelly's
+        if [ -f "$OUT/bench/bench_cuda.md" ]; then
+            echo "R1 (goal: training step (fwd+bwd) >= 3x SpikingJelly; snncc-cuda fuses the recurrent group, snncc-cuda-step does not):" >> "$SUMMARY"
+            awk '/^## R1/{f=1; next} /^## /{f=0} f && /^\|/' "$OUT/bench/bench_cuda.md" >> "$SUMMARY"
+        fi
     fi
 else
     say "benchmarks skipped (SKIP_BENCH=1 or no GPU)"

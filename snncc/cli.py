@@ -832,6 +832,14 @@ def _option_arg(p: argparse.ArgumentParser) -> None:
         help="a backend option, repeatable (e.g. -O recompute=true -O precision=tf32); "
         "the backend names what it supports",
     )
+    p.add_argument(
+        "--recurrent",
+        choices=("step", "fused"),
+        default=None,
+        help="cpu / cuda: how recurrent groups run: 'fused' (one kernel over time where the "
+        "IR has a fused plan; sums in another order than the reference) or 'step' (step by "
+        "step, bit for bit with the reference); default: the backend's (cpu step, cuda fused)",
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -891,6 +899,11 @@ def _options(args: argparse.Namespace) -> dict[str, Any]:
         if key in options:
             raise UsageError(f"backend option {key!r} given twice (-O {key}=...)")
         options[key] = value
+    recurrent = getattr(args, "recurrent", None)
+    if recurrent is not None:
+        if "recurrent" in options:
+            raise UsageError("give the recurrent schedule once: --recurrent or -O recurrent=...")
+        options["recurrent"] = recurrent
     return options
 
 

@@ -39,9 +39,11 @@ import snncc
 from snncc import neurons
 from snncc import nn as snn
 from snncc.backends.cpu.autograd import run_neuron
+from snncc.backends.cpu.recurrent import RecurrentKernel
 from snncc.backends.cuda import cache as kcache
 from snncc.backends.cuda import runtime
 from snncc.backends.cuda.program import CudaProgram, _fp32_precision
+from snncc.backends.cuda.recurrent import CudaRecurrentKernel
 from snncc.backends.kernels import NVCC_EXACT_FLAGS, SJ_CHARGES, SUPPORTED_SURROGATES
 from snncc.backends.reference.program import ReferenceProgram
 from snncc.backends.torch_module import to_torch
@@ -829,6 +831,17 @@ def host_gpu(monkeypatch, tmp_path):
     monkeypatch.setattr(runtime, "launch", lambda fn, n, args, device, block=None: fn(args))
     monkeypatch.setattr(cuda_neuron.CudaNeuronKernel, "_fn", kernel_fn)
     monkeypatch.setattr(chunked.ChunkedNeuron, "_fn", _host_chunk_fn(cache, launches))
+    hosts: dict[int, RecurrentKernel] = {}
+
+    def recurrent_call(self, which: str, values, device) -> None:
+        """A fused recurrent group: its kernels rendered for the host (the same bits)."""
+        host = hosts.get(id(self))
+        if host is None:
+            host = hosts[id(self)] = RecurrentKernel(self.spec, self.port, cache)
+        launches.append(host.info.forward_name if which == "fwd" else host.info.backward_name)
+        host.call(which, values, None)
+
+    monkeypatch.setattr(CudaRecurrentKernel, "call", recurrent_call)
     return launches
 
 
@@ -1300,7 +1313,9 @@ def _snntorch_norse_models() -> dict[str, tuple[nn.Module, torch.Tensor]]:
 def test_snntorch_norse_forms_on_a_host_emulated_gpu(name, host_gpu, cache_dir) -> None:
     """Form kernels through CudaNeuronKernel.call (packing, launch, device-generic autograd)."""
     model, x = _snntorch_norse_models()[name]
-    cm = snncc.compile(model, x[:2], backend="cuda", cache_dir=cache_dir, spike_dtype="uint8")
+    cm = snncc.compile(
+        model, x[:2], backend="cuda", cache_dir=cache_dir, spike_dtype="uint8", recurrent="step"
+    )  # the step schedule: bit for bit (the fused default: test_recurrent_fused.py)
     prog = cm.program
     assert all(k.info.family == "expr" for k in prog.kernels.values())
     assert not prog.u8_kernels and not prog.chunked  # graded / float spikes, not chunkable
@@ -1321,6 +1336,26 @@ def test_snntorch_norse_forms_on_a_host_emulated_gpu(name, host_gpu, cache_dir) 
             assert _rel(g[key], g_ref[key]) <= 1e-5, key
     with torch.no_grad():  # and the source framework's own outputs
         assert torch.equal(cm(x), model(x))
+
+
+@pytest.mark.parametrize("name", ["snntorch", "norse"])
+def test_recurrent_groups_run_fused_by_default_on_a_host_emulated_gpu(
+    name, host_gpu, cache_dir
+) -> None:
+    """The cuda default (recurrent="fused"): one launch per group and direction through
+    CudaRecurrentKernel's packing, equal to the cpu backend's fused run bit for bit (the
+    emulated GPU runs the same torch ops on the CPU, and the kernels are the same text)."""
+    model, x = _snntorch_norse_models()[name]
+    cm = snncc.compile(model, x[:2], backend="cuda", cache_dir=cache_dir)
+    prog = cm.program
+    assert len(prog._fused) == 1 and "recurrent, fused: one kernel over t" in prog.source
+    host = snncc.compile(model, x[:2], backend="cpu", cache_dir=cache_dir, recurrent="fused")
+    gy = torch.randn(prog.run(x)[0].shape, generator=torch.Generator().manual_seed(0))
+    host_gpu.clear()
+    y, st, g = _grads(prog, x, gy)
+    assert sum(n.startswith("snncc_rfwd_") for n in host_gpu) == 1
+    assert sum(n.startswith("snncc_rbwd_") for n in host_gpu) == 1
+    _assert_same_run((y, st, g), _grads(host.program, x, gy), name, rtol=0.0)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
@@ -1522,7 +1557,7 @@ def test_gpu_cuda_equals_reference_on_the_same_gpu(name: str, T: int, cache_dir)
 @pytest.mark.parametrize("T", [1, 8])
 def test_gpu_recurrent_graph_and_streaming(T: int, cache_dir) -> None:
     g = recurrent_lif_graph()
-    prog = CudaProgram(g, cache_dir=cache_dir)
+    prog = CudaProgram(g, cache_dir=cache_dir, recurrent="step")  # fused: test_recurrent_fused
     x = recurrent_lif_input(T, seed=T)
     assert_fires(g, x)
     x = x.to(DEV)

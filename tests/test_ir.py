@@ -243,7 +243,9 @@ def test_printer_after_passes() -> None:
         in lines
     )
     assert "# group 0 layer: %0 %1" in lines
-    assert "# group 1 recurrent: %4 %3" in lines
+    # the recurrent group's fused plan (snncc.ir.recurrent): x + linear(s[t-1]), the add
+    # fused into the neuron's prologue
+    assert "# group 1 recurrent: %4 %3  (fusable: add linear=%4 -> neuron=%3 port 0)" in lines
     assert "# group 2 layer: %6" in lines
     assert (
         "%3 = neuron[lif sj_lif_decay_input tau=2 th=1 hard(0) sigmoid(4) prologue=[+%4]]"

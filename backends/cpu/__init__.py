@@ -23,7 +23,10 @@ time step, with its state carried between the calls.
 Options: ``cache_dir`` (compiled-kernel cache, default ``~/.cache/snncc/cpu``),
 ``recompute`` (backward recomputes membranes instead of saving them),
 ``saved_spike_dtype`` ("uint8", the default, or "float32": how a spike-fed
-linear/conv keeps its input for the backward), and the reference backend's
+linear/conv keeps its input for the backward), ``recurrent`` ("step", the default:
+recurrent groups step by step, bit for bit with the reference; "fused": one kernel
+over time per recurrent group that has a fused plan, see snncc.ir.recurrent), and the
+reference backend's
 ``requires_grad``, ``stateless_per_step``, ``training``.
 Needs a C++17 compiler with OpenMP (g++ by default; ``SNNCC_CXX``/``CXX``
 override it). The kernels are built for the machine (``-march=native`` where
@@ -47,6 +50,7 @@ _OPTIONS = (
     "cache_dir",
     "recompute",
     "saved_spike_dtype",
+    "recurrent",
     "requires_grad",
     "stateless_per_step",
     "training",

@@ -22,15 +22,21 @@ import torch
 from snncc.backends.cpu.autograd import run_layer
 from snncc.backends.cpu.forms import check_node_params
 from snncc.backends.cpu.neuron import NeuronKernel
+from snncc.backends.cpu.recurrent import RecurrentKernel, fused_recurrent
 from snncc.backends.cpu.saved_spikes import spike_fed_gemms, spikes_saved_as_uint8
 from snncc.backends.reference.program import ReferenceProgram
 from snncc.errors import UnsupportedError
 from snncc.ir.graph import Graph
+from snncc.ir.recurrent import fused_plan
+from snncc.ir.schedule import groups_of
 
 Tensor = torch.Tensor
 
 #: what a spike-fed linear/conv keeps of its input for the backward
 SAVED_SPIKE_DTYPES = ("uint8", "float32")
+#: how recurrent groups run: "step" (the reference's order, bit for bit) or "fused" (one
+#: kernel over time where snncc.ir.recurrent found a plan; another summation order)
+RECURRENT_SCHEDULES = ("step", "fused")
 
 
 class CpuProgram(ReferenceProgram):
@@ -50,6 +56,11 @@ class CpuProgram(ReferenceProgram):
         weight gradient as uint8 (exact, a quarter of the bytes;
         :mod:`snncc.backends.cpu.saved_spikes`); ``"float32"`` keeps torch's
         fp32 copy (no pack/unpack passes: a little faster, more memory).
+    recurrent
+        ``"step"`` (default here: the reference's step order, bit for bit) or ``"fused"``:
+        each recurrent group with a fused plan in the IR (:mod:`snncc.ir.recurrent`)
+        runs as one kernel over time (:mod:`snncc.backends.cpu.recurrent`); groups
+        without one keep the step schedule (``source`` says why).
     **reference_options
         ``requires_grad``, ``stateless_per_step``, ``training``: as the reference backend.
     """
@@ -61,6 +72,7 @@ class CpuProgram(ReferenceProgram):
         cache_dir: str | None = None,
         recompute: bool = False,
         saved_spike_dtype: str = "uint8",
+        recurrent: str | None = None,
         **reference_options: Any,
     ) -> None:
         if saved_spike_dtype not in SAVED_SPIKE_DTYPES:
@@ -68,10 +80,18 @@ class CpuProgram(ReferenceProgram):
                 f"option saved_spike_dtype={saved_spike_dtype!r}; supported: "
                 f"{', '.join(map(repr, SAVED_SPIKE_DTYPES))}"
             )
+        recurrent = self.default_recurrent if recurrent is None else recurrent
+        if recurrent not in RECURRENT_SCHEDULES:
+            raise UnsupportedError(
+                f"option recurrent={recurrent!r}; supported: "
+                f"{', '.join(map(repr, RECURRENT_SCHEDULES))}"
+            )
         super().__init__(graph, **reference_options)
         self.cache_dir = cache_dir
+        self.recurrent = recurrent
         self._check_form_params()
         self._build_kernels(recompute)
+        self._build_fused_groups()
         #: linear/conv nodes fed by spikes -> how those spikes are made (saved_spikes.py):
         #: the input they save for the backward is kept as a uint8 mask
         self.spike_fed = spike_fed_gemms(graph, self._specs) if saved_spike_dtype == "uint8" else {}
@@ -93,6 +113,40 @@ class CpuProgram(ReferenceProgram):
                 self.cache_dir,
             )
 
+    #: the recurrent schedule when the option is not given (cpu: the exact step schedule)
+    default_recurrent = "step"
+
+    def _build_fused_groups(self) -> None:
+        """Per recurrent group: its fused plan and kernel (option ``recurrent="fused"``), or
+        the one-line reason it runs step by step, for ``source``."""
+        self._fused: dict[int, tuple[dict[str, Any], Any]] = {}
+        self._step_notes: dict[int, str] = {}
+        for group in groups_of(self.graph):
+            if group["kind"] != "recurrent":
+                continue
+            first = min(group["nodes"], key=self._pos.__getitem__)
+            plan, why = group.get("fusable"), group.get("step_reason")
+            if plan is None and why is None:  # scheduled before plans were recorded
+                plan, why = fused_plan(self.graph, list(group["nodes"]))
+            if plan is None:
+                self._step_notes[first] = f"no fused plan: {why}"
+            elif self.recurrent != "fused":
+                self._step_notes[first] = "fusable; option recurrent='step'"
+            else:
+                why_not = self._fused_refusal(plan)
+                if why_not:
+                    self._step_notes[first] = why_not
+                else:
+                    self._fused[first] = (plan, self._fused_kernel(plan))
+
+    def _fused_refusal(self, plan: dict[str, Any]) -> str:
+        """Why this target keeps a fusable group step by step ("" where it fuses)."""
+        return ""
+
+    def _fused_kernel(self, plan: dict[str, Any]) -> Any:
+        """The compiled fused kernels of one group (the cuda backend overrides this)."""
+        return RecurrentKernel(self._specs[plan["neuron"]], plan["port"], self.cache_dir)
+
     #: widen non-fp32 floating inputs of the kernels (cuda: bf16 autocast) or refuse them
     _widen_inputs = False
 
@@ -105,12 +159,30 @@ class CpuProgram(ReferenceProgram):
     # ------------------------------------------------------------ listing
     @property
     def kernel_source(self) -> str:
-        """Every neuron layer's generated C++ (one translation unit each, concatenated)."""
+        """Every neuron layer's generated C++ (one translation unit each, concatenated),
+        then each fused recurrent group's."""
         parts = []
         for n, kernel in self.kernels.items():
             name = kernel.info.forward_name
             parts.append(f"// ==== node %{n}: {name} ====\n{kernel.source}")
+        for plan, kernel in self._fused.values():
+            name = kernel.info.forward_name
+            parts.append(
+                f"// ==== recurrent group of %{plan['neuron']}: {name} ====\n{kernel.source}"
+            )
         return "\n".join(parts)
+
+    def _unit_kind(self, unit: list[int]) -> str:
+        first = unit[0]
+        if first in self._fused:
+            plan = self._fused[first][0]
+            return (
+                f"recurrent, fused: one kernel over t, linear %{plan['linear']} -> port "
+                f"{plan['port']} of %{plan['neuron']}, sum {plan['order']}"
+            )
+        if first in self._step_notes:
+            return f"recurrent, step by step ({self._step_notes[first]})"
+        return super()._unit_kind(unit)
 
     @property
     def source(self) -> str:
@@ -173,6 +245,57 @@ class CpuProgram(ReferenceProgram):
         out, new_state = self._layer_call(ctx, n, ins, state, lead=True)
         ctx.new_state.setdefault(n, {}).update(new_state)
         return out
+
+    def _run_recurrent(self, ctx: Any, unit: list[int]) -> None:
+        fused = self._fused.get(unit[0])
+        if fused is None:
+            return super()._run_recurrent(ctx, unit)
+        plan, kernel = fused
+        n, lin = plan["neuron"], plan["linear"]
+        lp = ctx.params(lin)
+        weight, bias = lp["weight"], lp.get("bias")
+        if plan["pattern"] == "cat":
+            (ext,) = [e for e in self._in_edges[plan["cat"]] if e.port == 0]
+            x = ctx.seq_input(ext)
+            split = plan["split"]
+            c = torch.nn.functional.linear(x.flatten(0, 1), weight[:, :split], bias)
+            c = c.unflatten(0, tuple(x.shape[:2]))
+            w = weight[:, split:]
+            fed: list[Tensor] = []
+            T, B = x.shape[:2]
+        elif plan["pattern"] == "add":  # x + linear(s@t-1): x (+ the bias) is the feed-forward
+            target = n if plan.get("add") is None else plan["add"]
+            (ext,) = [e for e in self._in_edges[target] if e.src != lin]
+            c = ctx.seq_input(ext)
+            c = c if bias is None else c + bias
+            w, fed = weight, []
+            T, B = c.shape[:2]
+        else:
+            edges = sorted(self._in_edges[n], key=lambda e: e.port)
+            fed = [ctx.seq_input(e) for e in edges if e.port != plan["port"]]
+            c, w = bias, weight
+            T, B = fed[0].shape[:2]
+        H = int(plan["hidden"])
+        s0 = ctx.state.get(n, {}).get("delay")
+        like = torch.zeros((B, H), dtype=torch.float32, device=ctx.device)
+        given = self._given_state(ctx, n, like)
+        info = kernel.info
+        s0s = [None if given is None else given[v] for v in info.state_vars]
+        q = self._quantities(ctx, n, info)
+        out, lasts = fused_recurrent(
+            kernel,
+            fed,
+            c,
+            w,
+            s0,
+            s0s,
+            [q[k] for k in info.param_args],
+            (T, B, H),
+            self._widen_inputs,
+        )
+        ctx.set_value(n, out)
+        ctx.new_state.setdefault(n, {}).update(zip(info.state_vars, lasts))
+        return None
 
     def _step_node(self, ctx: Any, n: int, ins: list[Tensor], nstate: dict) -> Tensor:
         if self.graph.op(n) != "neuron":

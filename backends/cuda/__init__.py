@@ -23,7 +23,11 @@ the reference backend -- and SpikingJelly's torch neurons -- run *on a GPU*
 differ from the CPU arithmetic wherever tau is not a power of two.
 
 snnTorch and Norse forms are fused too (the same form kernels the cpu backend
-runs; recurrent components one kernel step per time step); ``spike_dtype``
+runs); a recurrent group that snncc.ir.recurrent found a fused plan for (RLeaky,
+LIFRecurrentCell, LinearRecurrentContainer, x + linear(s[t-1])) and with at most
+1024 neurons runs as one launch per direction, one block per sample (option
+``recurrent="fused"``, the default; ``"step"``: one kernel step and one GEMM per
+time step, as before); ``spike_dtype``
 and ``time_chunks`` apply to SpikingJelly-style layers only (snnTorch spikes
 are graded; the time-chunked kernels are written for those forms' reset).
 
@@ -36,7 +40,7 @@ conv/linear before it, which fp32 does not, since folding moves the rounding),
 bf16/fp16 autocast, neuron kernels read and write 16 bits directly: same
 values, fewer bytes; default true), ``recompute``,
 ``saved_spike_dtype`` ("uint8" | "float32", as the cpu backend),
-``block_size``, ``time_chunks`` (time-parallel forward, exact, and backward of
+``block_size``, ``recurrent`` ("fused" | "step"), ``time_chunks`` (time-parallel forward, exact, and backward of
 hard-reset and leaky soft-reset layers with few neurons and long sequences:
 "auto" | chunk length | 0), and the reference backend's ``requires_grad``,
 ``stateless_per_step``, ``training``.
@@ -72,6 +76,7 @@ _OPTIONS = (
     "block_size",
     "time_chunks",
     "autocast_io",
+    "recurrent",
     "requires_grad",
     "stateless_per_step",
     "training",

@@ -40,7 +40,9 @@ from snncc.backends.cuda.chunked import (
     plan_chunks,
 )
 from snncc.backends.cuda.neuron import CudaNeuronKernel
+from snncc.backends.cuda.recurrent import CudaRecurrentKernel
 from snncc.backends.kernels import HALF_DTYPES
+from snncc.backends.kernels.recurrent import MAX_FUSED_HIDDEN
 from snncc.backends.reference.ops import apply_steps
 from snncc.backends.reference.program import ReferenceProgram
 from snncc.errors import UnsupportedError
@@ -117,6 +119,12 @@ class CudaProgram(CpuProgram):
         when one thread per neuron would leave the GPU idle, forward (bit for
         bit) and backward (within the gradient tolerance); an int forces that
         chunk length wherever the form allows; ``0`` turns it off.
+    recurrent
+        ``"fused"`` (default here): each recurrent group with a fused plan in the IR
+        (snncc.ir.recurrent) and at most 1024 neurons runs as one kernel launch per
+        direction, one thread block per sample; its sums run in another order than the
+        reference's GEMM (README, "Recurrent groups": tolerance). ``"step"``: one kernel
+        call and one GEMM per time step, as the cpu backend's default.
     **reference_options
         ``saved_spike_dtype``: as the cpu backend; ``requires_grad``,
         ``stateless_per_step``, ``training``: as the reference backend.
@@ -213,6 +221,21 @@ class CudaProgram(CpuProgram):
 
     #: autocast may hand the kernels 16-bit activations: widen them
     _widen_inputs = True
+
+    #: recurrent groups run fused by default here: the GEMMs already differ from the CPU
+    #: reference's rounding, and one launch per group and direction replaces T of each
+    default_recurrent = "fused"
+
+    def _fused_refusal(self, plan: dict[str, Any]) -> str:
+        if int(plan["hidden"]) > MAX_FUSED_HIDDEN:
+            return (
+                f"hidden size {plan['hidden']} > {MAX_FUSED_HIDDEN}: one thread block per "
+                "sample holds at most that many neurons; per-step kernels and GEMMs instead"
+            )
+        return ""
+
+    def _fused_kernel(self, plan: dict[str, Any]) -> Any:
+        return CudaRecurrentKernel(self._specs[plan["neuron"]], plan["port"], self.cache_dir)
 
     def _u8_eligible(self, n: int, epilogue: list) -> bool:
         """uint8 spikes only where the output is exactly 0/1 (a spike straight from the

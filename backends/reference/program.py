@@ -218,23 +218,27 @@ class ReferenceProgram:
         }
         for i, unit in enumerate(self._units):
             ids = " ".join(f"%{n}" for n in unit)
-            if self.graph.op(unit[0]) in ("input", "output", "transfer"):
-                kind = self.graph.op(unit[0])
-            elif unit[0] in self._recurrent:
-                kind = "recurrent, step by step"
-            elif unit[0] in self._static:
-                kind = "once, [B, ...] (static)"
-            elif self.graph.op(unit[0]) == "repeat_time":
-                kind = "static -> every step"
-            elif self.graph.op(unit[0]) == "neuron":
-                kind = "neuron, loop over t"
-            elif self.graph.op(unit[0]) in ROW_OPS or self.graph.op(unit[0]) == "batchnorm":
-                kind = "per step" if self.stateless_per_step else "rows [T*B, ...]"
-            else:
-                kind = "sequence [T, B, ...]"
             gid, stage = group_of[unit[0]]
-            lines.append(f"#   {i:3d}: {ids}  ({kind}; group {gid}, stage {stage})")
+            lines.append(
+                f"#   {i:3d}: {ids}  ({self._unit_kind(unit)}; group {gid}, stage {stage})"
+            )
         return text + "\n".join(lines) + "\n"
+
+    def _unit_kind(self, unit: list[int]) -> str:
+        """How one execution unit runs, for ``source`` (backends add their own kinds)."""
+        if self.graph.op(unit[0]) in ("input", "output", "transfer"):
+            return str(self.graph.op(unit[0]))
+        if unit[0] in self._recurrent:
+            return "recurrent, step by step"
+        if unit[0] in self._static:
+            return "once, [B, ...] (static)"
+        if self.graph.op(unit[0]) == "repeat_time":
+            return "static -> every step"
+        if self.graph.op(unit[0]) == "neuron":
+            return "neuron, loop over t"
+        if self.graph.op(unit[0]) in ROW_OPS or self.graph.op(unit[0]) == "batchnorm":
+            return "per step" if self.stateless_per_step else "rows [T*B, ...]"
+        return "sequence [T, B, ...]"
 
     def files(self) -> dict[str, str]:
         return {"program.txt": self.source}

@@ -19,7 +19,9 @@ Delaying stateful units until no stateless work is left makes the layer
 groups as large (and as few) as this greedy order can. The result is stored
 as ``node["group"]`` (group id), ``node["schedule"]`` and
 ``graph.meta["groups"] = [{"id", "kind", "nodes", "stage"}, ...]`` in execution
-order; group ids are 0.. in that order, each group's nodes are in topological
+order; a recurrent group also carries ``"fusable"`` (the plan of one kernel over
+time, :mod:`snncc.ir.recurrent`) or ``"step_reason"`` (why it must run step by
+step); group ids are 0.. in that order, each group's nodes are in topological
 order, and every group runs on stage 0 until the partition pass splits the
 schedule into stages (:mod:`snncc.ir.schedule` is how backends read it).
 """
@@ -30,6 +32,7 @@ from typing import Any
 
 from snncc.ir.graph import Graph
 from snncc.ir.ops import OPS
+from snncc.ir.recurrent import annotate as annotate_recurrent
 
 SCHEDULES = {"layer": "layer", "neuron": "scan", "recurrent": "step"}
 
@@ -110,4 +113,5 @@ def temporal_fusion(graph: Graph) -> Graph:
             graph.node(nid)["group"] = gid
             graph.node(nid)["schedule"] = SCHEDULES[kind]
     graph.meta["groups"] = groups
+    annotate_recurrent(graph)
     return graph

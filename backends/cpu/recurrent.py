@@ -1,0 +1,241 @@
+"""A fused recurrent group (snncc.ir.recurrent) through one forward and one backward kernel.
+
+Why: step by step, a recurrent group costs T one-step kernel calls and T small
+GEMMs; fused, the time loop and the recurrent product (over the neurons that
+fired, in ascending order) run inside one kernel per direction
+(templates/cuda/recurrent_*.cu.j2, :mod:`snncc.backends.kernels.recurrent`).
+The weight gradient is one GEMM over all T*B rows after the backward kernel,
+from the saved outputs (uint8 where the output is exactly 0/1) and the
+gradients of the recurrent input.
+
+Device-independent like :mod:`snncc.backends.cpu.autograd`: the host code
+allocates torch tensors and calls ``kernel.call(which, values, device)``; the
+cpu backend's :class:`RecurrentKernel` compiles the host target. The sum's
+order differs from torch's GEMM, so the fused group is not bit for bit the
+reference (its tolerance: README, "Recurrent groups").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+
+from snncc.backends.cpu import compiler
+from snncc.backends.cpu.autograd import _reduce_grad, flat_quantity, seq_like
+from snncc.backends.cpu.neuron import _CTYPES
+from snncc.backends.cpu.threads import kernel_threads
+from snncc.backends.kernels.recurrent import (
+    RecurrentKernelInfo,
+    recurrent_kernel_info,
+    render_recurrent_kernels,
+)
+from snncc.errors import ShapeError
+from snncc.ir.neuron import NeuronSpec
+
+Tensor = torch.Tensor
+
+
+class RecurrentKernel:
+    """The compiled fused forward/backward pair of one recurrent group (host target)."""
+
+    target = "cpu"
+
+    def __init__(self, spec: NeuronSpec, port: int, cache_dir: str | None = None) -> None:
+        self.spec = spec
+        self.info: RecurrentKernelInfo = recurrent_kernel_info(spec, port)
+        self.source = render_recurrent_kernels(spec, port, "cpu")
+        names = (self.info.forward_name, self.info.backward_name)
+        lib = compiler.load(self.source, cache_dir, symbols=names)
+        self._calls = {}
+        for which, name, args in (
+            ("fwd", self.info.forward_name, self.info.forward_args),
+            ("bwd", self.info.backward_name, self.info.backward_args),
+        ):
+            fn = getattr(lib, name)
+            fn.argtypes = [_CTYPES[c] for _, c in args]
+            fn.restype = None
+            self._calls[which] = (fn, tuple((n, c.endswith("*")) for n, c in args))
+        self._set_threads = getattr(lib, "snncc_set_threads", None)
+        self._threads = -1
+
+    def call(self, which: str, values: Mapping[str, Any], device: Any = None) -> None:
+        """Run the forward ("fwd") or backward ("bwd") kernel with arguments by name."""
+        if device is not None and getattr(device, "type", device) != "cpu":
+            raise ShapeError(f"the cpu backend's recurrent kernels take CPU tensors, not {device}")
+        fn, signature = self._calls[which]
+        n = kernel_threads(values["T"] * values["B"] * values["H"])
+        n = max(1, min(n, int(values["B"]))) if n > 0 else n  # parallel over samples
+        if n != self._threads and self._set_threads is not None:
+            self._set_threads(n)
+            self._threads = n
+        args = []
+        for name, pointer in signature:
+            v = values[name]
+            args.append((None if v is None else v.data_ptr()) if pointer else v)
+        fn(*args)
+
+
+class FusedRecurrentFunction(torch.autograd.Function):
+    """(fed ports..., c, W, s0, state0s..., quantities...) -> (out, final states...)."""
+
+    @staticmethod
+    def forward(
+        ctx, kernel: Any, shape: tuple[int, int, int], n_fed: int, n_vars: int, *inputs: Any
+    ):  # type: ignore[override]
+        info: RecurrentKernelInfo = kernel.info
+        fed = list(inputs[:n_fed])
+        c, w, s0 = inputs[n_fed : n_fed + 3]
+        s0s = list(inputs[n_fed + 3 : n_fed + 3 + n_vars])
+        raw_q = list(inputs[n_fed + 3 + n_vars :])
+        T, B, H = shape
+        dev = w.device
+        step_shape = (B, H)
+        quantities = [flat_quantity(p, step_shape, q) for q, p in zip(info.param_args, raw_q)]
+        f32 = {"dtype": torch.float32, "device": dev}
+        out = torch.empty((T, B, H), **f32)
+        # inference (nothing needs a gradient): the kernel saves nothing for a backward
+        store = any(ctx.needs_input_grad)
+        saved = {n: torch.empty((T, B, H), **f32) if store else None for n in info.seq_names}
+        r_seq = torch.empty((T, B, H), **f32) if store else None
+        lasts = [torch.empty((B, H), **f32) for _ in info.state_vars]
+        c_ts, c_bs = (0, 0) if c is None or c.dim() == 1 else (B * H, H)
+        values: dict[str, Any] = {
+            "c": c,
+            "c_ts": c_ts,
+            "c_bs": c_bs,
+            "wt": w.detach().t().contiguous(),
+            "s0": s0,
+            "out": out,
+            "r_seq": r_seq,
+            "T": T,
+            "B": B,
+            "H": H,
+            **saved,
+        }
+        values.update(zip(info.fed_ports, fed))
+        for v, s, last in zip(info.state_vars, s0s, lasts):
+            values[f"{v}0"] = s
+            values[f"{v}_last"] = last
+        for q, (p, stride) in zip(info.param_args, quantities):
+            values[f"p_{q}"] = p
+            values[f"st_{q}"] = stride
+        kernel.call("fwd", values, dev)
+        if not store:
+            return (out, *lasts)
+        spikes = out.to(torch.uint8) if info.out_binary else out
+        ctx.kernel, ctx.n_fed, ctx.n_vars = kernel, n_fed, n_vars
+        ctx.c_kind = None if c is None else ("bias" if c.dim() == 1 else "seq")
+        ctx.q_meta = [(p.shape, p.dtype) for p in raw_q]
+        ctx.quantities = quantities
+        ctx.shape = (T, B, H)
+        ctx.binary = info.out_binary
+        ctx.saved_names = tuple(saved)
+        ctx.save_for_backward(*fed, w, s0, spikes, r_seq, *saved.values())
+        return (out, *lasts)
+
+    @staticmethod
+    def backward(ctx, g_out, *g_lasts):  # type: ignore[override]
+        kernel = ctx.kernel
+        info: RecurrentKernelInfo = kernel.info
+        T, B, H = ctx.shape
+        tensors = ctx.saved_tensors
+        fed = list(tensors[: ctx.n_fed])
+        w, s0, spikes, r_seq = tensors[ctx.n_fed : ctx.n_fed + 4]
+        saved = dict(zip(ctx.saved_names, tensors[ctx.n_fed + 4 :]))
+        need = ctx.needs_input_grad[4:]  # after kernel, shape, n_fed, n_vars
+        need_fed = need[: ctx.n_fed]
+        need_c, need_w, need_s0 = need[ctx.n_fed : ctx.n_fed + 3]
+        need_v = need[ctx.n_fed + 3 : ctx.n_fed + 3 + ctx.n_vars]
+        need_q = need[ctx.n_fed + 3 + ctx.n_vars :]
+        dev = w.device
+        f32 = {"dtype": torch.float32, "device": dev}
+        grads: dict[str, Any] = {
+            "gr": torch.empty((T, B, H), **f32),
+            "gs0": torch.empty((B, H), **f32) if need_s0 else None,
+        }
+        for f, want in zip(info.fed_ports, need_fed):
+            grads[f"g{f}"] = torch.empty((T, B, H), **f32) if want else None
+        for v, want in zip(info.state_vars, need_v):
+            grads[f"g{v}0"] = torch.empty((B, H), **f32) if want else None
+        for q, want in zip(info.param_args, need_q):
+            grads[f"gp_{q}"] = (
+                torch.empty((B * H,), dtype=torch.float64, device=dev) if want else None
+            )
+        values: dict[str, Any] = {
+            "gy": None if g_out is None else g_out.float().contiguous(),
+            "r_seq": r_seq,
+            "w": w.detach().contiguous(),
+            "T": T,
+            "B": B,
+            "H": H,
+            **saved,
+            **grads,
+        }
+        values.update(zip(info.fed_ports, fed))
+        for v, g in zip(info.state_vars, g_lasts):
+            values[f"g{v}_last"] = None if g is None else g.float().contiguous()
+        for q, (p, stride) in zip(info.param_args, ctx.quantities):
+            values[f"p_{q}"] = p
+            values[f"st_{q}"] = stride
+        kernel.call("bwd", values, dev)
+        gr = grads["gr"]
+        g_c = None
+        if need_c:
+            g_c = gr.sum((0, 1)) if ctx.c_kind == "bias" else gr
+        g_w = None
+        if need_w:  # one GEMM over all T*B rows: gW[i, j] = sum gr[t, b, i] * s[t-1, b, j]
+            s = spikes.to(torch.float32) if ctx.binary else spikes
+            first = torch.zeros((1, B, H), **f32) if s0 is None else s0.unsqueeze(0)
+            prev = torch.cat([first, s[:-1]]).reshape(T * B, H)
+            g_w = gr.reshape(T * B, H).t().mm(prev)
+        g_q = [
+            None if g is None else _reduce_grad(g, (B, H), shape, dtype)
+            for g, (shape, dtype) in zip((grads[f"gp_{q}"] for q in info.param_args), ctx.q_meta)
+        ]
+        return (
+            None,
+            None,
+            None,
+            None,
+            *(grads[f"g{f}"] for f in info.fed_ports),
+            g_c,
+            g_w,
+            grads["gs0"],
+            *(grads[f"g{v}0"] for v in info.state_vars),
+            *g_q,
+        )
+
+
+def fused_recurrent(
+    kernel: Any,
+    fed: Sequence[Tensor],
+    c: Tensor | None,
+    w: Tensor,
+    s0: Tensor | None,
+    s0s: Sequence[Tensor | None],
+    quantities: Sequence[Tensor],
+    shape: tuple[int, int, int],
+    widen: bool = False,
+) -> tuple[Tensor, list[Tensor]]:
+    """Run one fused recurrent group: (output [T, B, H], each final state [B, H]).
+
+    ``fed``: the neuron's ports the recurrent sum does not feed ([T, B, H]); ``c``: the
+    bias [H], the precomputed feed-forward input [T, B, H] or None; ``w``: the recurrent
+    weight [H, H]; ``s0``: the output at t = -1 (None: zeros); ``s0s``: each state
+    variable at t = -1 (None: its initial value); ``quantities``: the form's, in
+    ``kernel.info.param_args`` order (differentiable: their gradients flow back);
+    ``widen``: 16-bit inputs (autocast) are widened to fp32 (else refused).
+    """
+    T, B, H = shape
+    like = torch.empty((T, B, H), dtype=torch.float32, device=w.device)
+    fed = [seq_like(f, f"port {p}", like, widen) for f, p in zip(fed, kernel.info.fed_ports)]
+    if c is not None:
+        c = c.float().contiguous() if c.dim() == 1 else seq_like(c, "input", like, widen)
+    s0 = None if s0 is None else s0.float().contiguous()
+    s0s = [None if s is None else s.float().contiguous() for s in s0s]
+    outs = FusedRecurrentFunction.apply(
+        kernel, shape, len(fed), len(s0s), *fed, c, w.float(), s0, *s0s, *quantities
+    )
+    return outs[0], list(outs[1:])
