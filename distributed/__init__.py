@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .comm import DistributedError, init
+from .comm import DistributedError, finalize, init
 
 SCHEDULES = ("data_parallel", "pipeline", "temporal", "neuron_split")
 
@@ -72,4 +72,4 @@ def _only(options: dict[str, Any], allowed: tuple[str, ...], schedule: str) -> d
     return {k: v for k, v in options.items() if k in allowed and v is not None}
 
 
-__all__ = ["SCHEDULES", "DistributedError", "init", "make"]
+__all__ = ["SCHEDULES", "DistributedError", "finalize", "init", "make"]

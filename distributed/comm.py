@@ -62,6 +62,18 @@ def init(
     return dist.get_rank(), dist.get_world_size()
 
 
+def finalize() -> None:
+    """Leave the process group together: a barrier, then its teardown, before the process exits.
+
+    Why: a rank that exits while its peer still talks to it (or leaves its group to the
+    interpreter's teardown) can abort in gloo's threads ("terminate called without an
+    active exception"); every rank reaching the barrier first makes the exit orderly.
+    """
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 @contextlib.contextmanager
 def on_rank(rank: int, what: str) -> Iterator[None]:
     """Errors raised inside name the rank and its part (``rank 2, stage 2``) in one line."""

@@ -401,6 +401,7 @@ def _run_parallel(cm: Any, x: Any, args: argparse.Namespace) -> tuple[Any, str]:
     y, _ = runner.run(xt)
     torch.distributed.barrier()
     elapsed = time.perf_counter() - start
+    distributed.finalize()
     what = f", {args.parallel.replace('_', ' ')} over {world} ranks, rank {rank} writes"
     if y is None or (args.parallel == "neuron_split" and rank != world - 1):
         return None, what

@@ -204,6 +204,7 @@ def main() -> None:
             results[-1]["ir"] = format_graph(distributed.make(cm, "pipeline", **opts).graph)
     with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as fh:
         json.dump(results, fh, indent=1)
+    distributed.finalize()
 
 
 if __name__ == "__main__":
