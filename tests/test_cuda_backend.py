@@ -802,18 +802,20 @@ def test_which_forms_are_chunked_and_how_long_the_chunks_are() -> None:
 
 # -- the whole CudaProgram on a host-emulated GPU: every launch runs the cpu rendering
 @pytest.fixture
-def host_gpu(monkeypatch, tmp_path):
+def host_gpu(monkeypatch, kernel_cache):
     """Emulate the GPU on the host: same program, same argument packing, kernels compiled for cpu.
 
     Only the macro layer differs (as in the cpu backend), plus the d loss / d k
-    slots :func:`_bind_host` sums.
+    slots :func:`_bind_host` sums. The host kernels live in the run's shared cpu kernel
+    cache: they are the cpu backend's own sources, so most are built once for the whole run
+    (a cache per test built about 300 libraries again).
     """
     from snncc.backends.cpu import compiler
     from snncc.backends.cuda import chunked
     from snncc.backends.cuda import neuron as cuda_neuron
     from snncc.backends.kernels import render_neuron_kernels
 
-    cache = str(tmp_path / "host-cache")
+    cache = str(kernel_cache / "cpu")
     launches: list[str] = []
 
     def kernel_fn(self, which: str, device):

@@ -118,7 +118,7 @@ def test_the_ir_records_the_fused_plan(name: str, pattern: str) -> None:
     assert "recurrent, step by step" in cm.program.source  # the reference never fuses
 
 
-def test_a_group_that_does_not_match_says_why_in_the_dump_and_the_source(tmp_path) -> None:
+def test_a_group_that_does_not_match_says_why_in_the_dump_and_the_source(cache_dir) -> None:
     """Two neurons in one loop (LIF -> Linear -> LIF -> back): no plan, one line why."""
     from kernel_specs import recurrent_lif_graph
 
@@ -138,7 +138,7 @@ def test_a_group_that_does_not_match_says_why_in_the_dump_and_the_source(tmp_pat
     assert "(step only: " in format_graph(g)
     from snncc.backends.cpu import CpuProgram
 
-    prog = CpuProgram(g, recurrent="fused", cache_dir=str(tmp_path))
+    prog = CpuProgram(g, recurrent="fused", cache_dir=cache_dir)
     assert "recurrent, step by step (no fused plan: 2 neuron nodes" in prog.source
 
 
@@ -154,9 +154,9 @@ def test_the_add_pattern_as_a_node_and_as_a_fused_prologue() -> None:
         assert plan["pattern"] == "add" and plan["port"] == 0
 
 
-def test_the_plan_survives_save_and_load(tmp_path) -> None:
+def test_the_plan_survives_save_and_load(tmp_path, cache_dir) -> None:
     model, x = _model("snntorch")
-    cm = snncc.compile(model, x[:2], backend="cpu", recurrent="fused", cache_dir=str(tmp_path))
+    cm = snncc.compile(model, x[:2], backend="cpu", recurrent="fused", cache_dir=cache_dir)
     cm.save(tmp_path / "art")
     cm2 = snncc.load(tmp_path / "art")
     assert _fused_group(cm2)["fusable"] == _fused_group(cm)["fusable"]
@@ -164,9 +164,9 @@ def test_the_plan_survives_save_and_load(tmp_path) -> None:
     assert torch.equal(cm2(x), cm(x))
 
 
-def test_the_option_is_checked_and_cpu_defaults_to_the_exact_step_schedule(tmp_path) -> None:
+def test_the_option_is_checked_and_cpu_defaults_to_the_exact_step_schedule(cache_dir) -> None:
     model, x = _model("snntorch")
-    cm = snncc.compile(model, x[:2], backend="cpu", cache_dir=str(tmp_path))
+    cm = snncc.compile(model, x[:2], backend="cpu", cache_dir=cache_dir)
     assert "fusable; option recurrent='step'" in cm.program.source
     ref = snncc.compile(model, x[:2], backend="reference")
     assert torch.equal(cm(x), ref(x))
@@ -198,9 +198,9 @@ def _oracle(spec, p, fed, c, w, port, s0=None):
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_the_host_kernel_equals_an_oracle_in_the_same_order_bit_for_bit(name, tmp_path) -> None:
+def test_the_host_kernel_equals_an_oracle_in_the_same_order_bit_for_bit(name, cache_dir) -> None:
     model, x = _model(name)
-    cm = snncc.compile(model, x[:2], backend="cpu", recurrent="fused", cache_dir=str(tmp_path))
+    cm = snncc.compile(model, x[:2], backend="cpu", recurrent="fused", cache_dir=cache_dir)
     prog = cm.program
     ((plan, kernel),) = prog._fused.values()
     n = plan["neuron"]
@@ -235,12 +235,12 @@ def _run_with_grads(cm, x, gy):
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_fused_against_the_reference_spikes_membranes_and_gradients(name, tmp_path) -> None:
+def test_fused_against_the_reference_spikes_membranes_and_gradients(name, cache_dir) -> None:
     """Spikes >= 99.9% equal (measured: all equal on these models), final membranes within
     1e-4 of the largest, gradients within 1e-4 relative of the reference's autograd."""
     model, x = _model(name)
     ref = snncc.compile(model, x[:2], backend="reference")
-    fused = snncc.compile(model, x[:2], backend="cpu", recurrent="fused", cache_dir=str(tmp_path))
+    fused = snncc.compile(model, x[:2], backend="cpu", recurrent="fused", cache_dir=cache_dir)
     assert "recurrent, fused: one kernel over t" in fused.program.source
     with torch.no_grad():
         (y_ref, st_ref), (y, st) = ref.run(x), fused.run(x)
@@ -259,9 +259,9 @@ def test_fused_against_the_reference_spikes_membranes_and_gradients(name, tmp_pa
         assert err <= GRAD_RTOL, (k, err)
 
 
-def test_streaming_carries_the_delay_and_the_state(tmp_path) -> None:
+def test_streaming_carries_the_delay_and_the_state(cache_dir) -> None:
     model, x = _model("norse")
-    cm = snncc.compile(model, x[:2], backend="cpu", recurrent="fused", cache_dir=str(tmp_path))
+    cm = snncc.compile(model, x[:2], backend="cpu", recurrent="fused", cache_dir=cache_dir)
     with torch.no_grad():
         y, _ = cm.run(x)
         y1, st = cm.run(x[:9])
@@ -303,8 +303,8 @@ def cuda_units() -> str:
 def test_the_recurrent_cuda_kernels_compile_with_nvcc(arch, cuda_units, tmp_path) -> None:
     cu = tmp_path / "rec.cu"
     cu.write_text(cuda_units)
-    cmd = [NVCC, f"-arch={arch}", *NVCC_EXACT_FLAGS, "--Werror", "all-warnings", "-c", str(cu)]
-    res = subprocess.run([*cmd, "-o", str(tmp_path / "r.o")], capture_output=True, text=True)
+    cmd = [NVCC, f"-arch={arch}", *NVCC_EXACT_FLAGS, "--Werror", "all-warnings", "--cubin", str(cu)]
+    res = subprocess.run([*cmd, "-o", str(tmp_path / "r.cubin")], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-4000:]
     assert cuda_units.count("SNNCC_KERNEL void snncc_rfwd_") == len(_cases())
 
@@ -322,12 +322,12 @@ def test_the_recurrent_cuda_kernels_compile_with_nvrtc_without_contraction(cuda_
     assert not [e for e in forward if "fma." in e]  # the sums round as the host's do
 
 
-def test_cuda_defaults_to_fused_and_keeps_large_groups_per_step(tmp_path) -> None:
+def test_cuda_defaults_to_fused_and_keeps_large_groups_per_step(cache_dir) -> None:
     model, x = _model("snntorch")
-    cm = snncc.compile(model, x[:2], backend="cuda", cache_dir=str(tmp_path))
+    cm = snncc.compile(model, x[:2], backend="cuda", cache_dir=cache_dir)
     assert "recurrent, fused: one kernel over t" in cm.program.source
     big = RLeakyNet(hidden=1056)
-    cm = snncc.compile(big, x[:2], backend="cuda", cache_dir=str(tmp_path))
+    cm = snncc.compile(big, x[:2], backend="cuda", cache_dir=cache_dir)
     assert "hidden size 1056 > 1024" in cm.program.source
     assert recurrent_kernel_info(cm.program._specs[2], 1).forward_name.startswith("snncc_rfwd_")
 
@@ -343,7 +343,7 @@ def _gpu_ready() -> bool:
 @pytest.mark.gpu
 @pytest.mark.skipif(not _gpu_ready(), reason="needs CuPy and a CUDA GPU")
 @pytest.mark.parametrize("name", MODELS)
-def test_gpu_cuda_fused_equals_host_fused_bit_for_bit(name, tmp_path) -> None:
+def test_gpu_cuda_fused_equals_host_fused_bit_for_bit(name, tmp_path, cache_dir) -> None:
     """The same inputs through the cuda and the host kernels: outputs, final states and the
     kernel-written gradients (inputs, recurrent input, states) bit for bit; the weight
     gradient (a GEMM: cuBLAS vs the CPU BLAS) within 1e-5 relative. (These forms divide
@@ -352,7 +352,7 @@ def test_gpu_cuda_fused_equals_host_fused_bit_for_bit(name, tmp_path) -> None:
     from snncc.backends.cuda.recurrent import CudaRecurrentKernel
 
     model, x = _model(name)
-    cm = snncc.compile(model, x[:2], backend="cpu", recurrent="fused", cache_dir=str(tmp_path))
+    cm = snncc.compile(model, x[:2], backend="cpu", recurrent="fused", cache_dir=cache_dir)
     ((plan, host),) = cm.program._fused.values()
     spec = cm.program._specs[plan["neuron"]]
     dev = CudaRecurrentKernel(spec, plan["port"], str(tmp_path / "cuda"))
@@ -401,12 +401,12 @@ def test_the_cli_flag_sets_the_option_once() -> None:
 
 
 @pytest.mark.parametrize("name", ["norse", "spikingjelly"])
-def test_gradients_reach_a_carried_state(name, tmp_path) -> None:
+def test_gradients_reach_a_carried_state(name, cache_dir) -> None:
     """Streaming with a state that needs a gradient: the previous output (the delay edge's
     value, gs0 = W^T gr(0) in the kernel) and the membrane, within 1e-4 of the reference."""
     model, x = _model(name)
     ref = snncc.compile(model, x[:2], backend="reference")
-    fused = snncc.compile(model, x[:2], backend="cpu", recurrent="fused", cache_dir=str(tmp_path))
+    fused = snncc.compile(model, x[:2], backend="cpu", recurrent="fused", cache_dir=cache_dir)
     n = _fused_group(fused)["fusable"]["neuron"]
     with torch.no_grad():
         _, st = ref.run(x[:8])
