@@ -275,6 +275,26 @@ def _steady_steps(kernel: KernelPair, T: Any, out_used: bool, used: tuple[str, .
 
 
 # ------------------------------------------------------------------ kernels
+
+
+def quantity_args(names: Sequence[str], quantities: Sequence[tuple[Any, Any]]) -> dict[str, Any]:
+    """A kernel's quantity arguments by name: ``p_<q>`` (the values) and ``st_<q>`` (their
+    stride: one value for all neurons, or one per neuron), the same in every kernel."""
+    out: dict[str, Any] = {}
+    for q, (p, stride) in zip(names, quantities):
+        out[f"p_{q}"], out[f"st_{q}"] = p, stride
+    return out
+
+
+def state_args(names: Sequence[str], firsts: Sequence[Any], lasts: Sequence[Any]) -> dict[str, Any]:
+    """A forward kernel's state arguments by name: ``<v>0`` (given initial state, or None)
+    and ``<v>_last`` (where the state after the last step goes)."""
+    out: dict[str, Any] = {}
+    for v, first, last in zip(names, firsts, lasts):
+        out[f"{v}0"], out[f"{v}_last"] = first, last
+    return out
+
+
 def layer_forward(
     kernel: KernelPair,
     x: Tensor,
@@ -309,12 +329,8 @@ def layer_forward(
     values: dict[str, Any] = {"x": x, "out": out, "T": T, "N": N, **saved}
     values.update(zip(lay.port_names, ports))
     values.update(zip(lay.add_names, adds))
-    for var, s0, last in zip(info.state_vars, s0s, lasts):
-        values[f"{var}0"] = s0
-        values[f"{var}_last"] = last
-    for q, (p, stride) in zip(info.param_args, quantities):
-        values[f"p_{q}"] = p
-        values[f"st_{q}"] = stride
+    values.update(state_args(info.state_vars, s0s, lasts))
+    values.update(quantity_args(info.param_args, quantities))
     kernel.call("fwd", values, dev)
     return out, saved, lasts
 
@@ -372,9 +388,7 @@ def layer_backward(
     for var, s0, g_last in zip(info.state_vars, s0s, g_lasts):
         values[f"{var}0"] = s0
         values[f"g{var}_last"] = None if g_last is None else g_last.float().contiguous()
-    for q, (p, stride) in zip(info.param_args, quantities):
-        values[f"p_{q}"] = p
-        values[f"st_{q}"] = stride
+    values.update(quantity_args(info.param_args, quantities))
     kernel.call("bwd", values, dev)
     return grads
 

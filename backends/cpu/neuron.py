@@ -56,24 +56,17 @@ class NeuronKernel:
         #: what rendered ``source`` (the custom ops' kernel key, backends/cpu/custom_ops.py)
         self.render_args = (tuple(prologue), tuple(epilogue), dict(options or {}))
         self.source = render_neuron_kernels(self.spec, prologue, epilogue, "cpu", options)
-        names = (self.info.forward_name, self.info.backward_name)
-        lib = compiler.load(self.source, cache_dir, symbols=names)
-        self._fwd = getattr(lib, self.info.forward_name)
-        self._fwd.argtypes = [_CTYPES[c] for _, c in self.info.forward_args]
-        self._fwd.restype = None
-        self._bwd = getattr(lib, self.info.backward_name)
-        self._bwd.argtypes = [_CTYPES[c] for _, c in self.info.backward_args]
-        self._bwd.restype = None
-        #: (function, ((name, is a pointer), ...)) per direction, looked up once
-        self._calls = {
-            "fwd": (self._fwd, tuple((n, c.endswith("*")) for n, c in self.info.forward_args)),
-            "bwd": (self._bwd, tuple((n, c.endswith("*")) for n, c in self.info.backward_args)),
-        }
+        self.library = KernelLibrary(
+            self.source,
+            cache_dir,
+            {
+                "fwd": (self.info.forward_name, self.info.forward_args),
+                "bwd": (self.info.backward_name, self.info.backward_args),
+            },
+        )
         from snncc.backends.cpu.custom_ops import kernel_key
 
         kernel_key(self)  # now, not while torch.compile traces a first call
-        self._set_threads = getattr(lib, "snncc_set_threads", None)
-        self._threads = -1  # what the library was last told (threads.kernel_threads)
 
     def call(self, which: str, values: Mapping[str, Any], device: Any = None) -> None:
         """Run the forward ("fwd") or backward ("bwd") kernel with arguments by name.
@@ -89,11 +82,41 @@ class NeuronKernel:
             raise ShapeError(
                 f"the cpu backend's neuron kernels take CPU tensors (the layer runs on {device})"
             )
+        self.library.call(which, values, kernel_threads(values["T"] * values["N"]))
+
+
+class KernelLibrary:
+    """A compiled kernel library's entry points, called with their arguments by name.
+
+    Shared by the layer kernels (:class:`NeuronKernel`) and the fused recurrent groups
+    (:mod:`snncc.backends.cpu.recurrent`): loading through the verified cache, the ctypes
+    signatures, tensors passed by pointer, and the library's OpenMP thread count, set
+    only when it changes.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        cache_dir: str | None,
+        entries: Mapping[str, tuple[str, Sequence[tuple[str, str]]]],
+    ) -> None:
+        lib = compiler.load(source, cache_dir, symbols=[name for name, _ in entries.values()])
+        #: which -> (function, ((argument name, is a pointer), ...)), looked up once
+        self._calls: dict[str, tuple[Any, tuple[tuple[str, bool], ...]]] = {}
+        for which, (name, args) in entries.items():
+            fn = getattr(lib, name)
+            fn.argtypes = [_CTYPES[c] for _, c in args]
+            fn.restype = None
+            self._calls[which] = (fn, tuple((n, c.endswith("*")) for n, c in args))
+        self._set_threads = getattr(lib, "snncc_set_threads", None)
+        self._threads = -1  # what the library was last told (threads.kernel_threads)
+
+    def call(self, which: str, values: Mapping[str, Any], threads: int) -> None:
+        """Run entry ``which`` on ``values`` (tensors by pointer, None as NULL, numbers)."""
         fn, signature = self._calls[which]
-        n = kernel_threads(values["T"] * values["N"])
-        if n != self._threads and self._set_threads is not None:
-            self._set_threads(n)
-            self._threads = n
+        if threads != self._threads and self._set_threads is not None:
+            self._set_threads(threads)
+            self._threads = threads
         args = []
         for name, pointer in signature:
             v = values[name]

@@ -22,9 +22,14 @@ from typing import Any
 
 import torch
 
-from snncc.backends.cpu import compiler
-from snncc.backends.cpu.autograd import _reduce_grad, flat_quantity, seq_like
-from snncc.backends.cpu.neuron import _CTYPES
+from snncc.backends.cpu.autograd import (
+    _reduce_grad,
+    flat_quantity,
+    quantity_args,
+    seq_like,
+    state_args,
+)
+from snncc.backends.cpu.neuron import KernelLibrary
 from snncc.backends.cpu.threads import kernel_threads
 from snncc.backends.kernels.recurrent import (
     RecurrentKernelInfo,
@@ -46,35 +51,22 @@ class RecurrentKernel:
         self.spec = spec
         self.info: RecurrentKernelInfo = recurrent_kernel_info(spec, port)
         self.source = render_recurrent_kernels(spec, port, "cpu")
-        names = (self.info.forward_name, self.info.backward_name)
-        lib = compiler.load(self.source, cache_dir, symbols=names)
-        self._calls = {}
-        for which, name, args in (
-            ("fwd", self.info.forward_name, self.info.forward_args),
-            ("bwd", self.info.backward_name, self.info.backward_args),
-        ):
-            fn = getattr(lib, name)
-            fn.argtypes = [_CTYPES[c] for _, c in args]
-            fn.restype = None
-            self._calls[which] = (fn, tuple((n, c.endswith("*")) for n, c in args))
-        self._set_threads = getattr(lib, "snncc_set_threads", None)
-        self._threads = -1
+        self.library = KernelLibrary(
+            self.source,
+            cache_dir,
+            {
+                "fwd": (self.info.forward_name, self.info.forward_args),
+                "bwd": (self.info.backward_name, self.info.backward_args),
+            },
+        )
 
     def call(self, which: str, values: Mapping[str, Any], device: Any = None) -> None:
         """Run the forward ("fwd") or backward ("bwd") kernel with arguments by name."""
         if device is not None and getattr(device, "type", device) != "cpu":
             raise ShapeError(f"the cpu backend's recurrent kernels take CPU tensors, not {device}")
-        fn, signature = self._calls[which]
         n = kernel_threads(values["T"] * values["B"] * values["H"])
         n = max(1, min(n, int(values["B"]))) if n > 0 else n  # parallel over samples
-        if n != self._threads and self._set_threads is not None:
-            self._set_threads(n)
-            self._threads = n
-        args = []
-        for name, pointer in signature:
-            v = values[name]
-            args.append((None if v is None else v.data_ptr()) if pointer else v)
-        fn(*args)
+        self.library.call(which, values, n)
 
 
 class FusedRecurrentFunction(torch.autograd.Function):
@@ -115,12 +107,8 @@ class FusedRecurrentFunction(torch.autograd.Function):
             **saved,
         }
         values.update(zip(info.fed_ports, fed))
-        for v, s, last in zip(info.state_vars, s0s, lasts):
-            values[f"{v}0"] = s
-            values[f"{v}_last"] = last
-        for q, (p, stride) in zip(info.param_args, quantities):
-            values[f"p_{q}"] = p
-            values[f"st_{q}"] = stride
+        values.update(state_args(info.state_vars, s0s, lasts))
+        values.update(quantity_args(info.param_args, quantities))
         kernel.call("fwd", values, dev)
         if not store:
             return (out, *lasts)
@@ -176,9 +164,7 @@ class FusedRecurrentFunction(torch.autograd.Function):
         values.update(zip(info.fed_ports, fed))
         for v, g in zip(info.state_vars, g_lasts):
             values[f"g{v}_last"] = None if g is None else g.float().contiguous()
-        for q, (p, stride) in zip(info.param_args, ctx.quantities):
-            values[f"p_{q}"] = p
-            values[f"st_{q}"] = stride
+        values.update(quantity_args(info.param_args, ctx.quantities))
         kernel.call("bwd", values, dev)
         gr = grads["gr"]
         g_c = None
