@@ -318,17 +318,14 @@ class ChunkedNeuron:
         #: self-contained: what is compiled
         self.source = f"{self.unit}\n{self.kernels_text}"
         self.cache_dir = cache_dir
-        self._fns: dict[tuple[str, int], Any] = {}
+        self._functions: Any = None  # runtime.KernelFunctions, made on the first launch
 
     def _fn(self, which: str, device: torch.device) -> Any:
         from snncc.backends.cuda import runtime
 
-        key = (which, device.index)
-        if key not in self._fns:
-            self._fns[key] = runtime.load_function(
-                self.source, f"{self.name}_{which}", device, self.cache_dir
-            )
-        return self._fns[key]
+        if self._functions is None:
+            self._functions = runtime.KernelFunctions(self.source, self.cache_dir)
+        return self._functions.get(f"{self.name}_{which}", device)
 
     def _launch(self, which: str, values: dict[str, Any], block: int | None) -> None:
         from snncc.backends.cuda import runtime

@@ -59,7 +59,7 @@ class CudaNeuronKernel:
         )
         self.cache_dir = cache_dir
         self.block = block
-        self._fns: dict[tuple[str, int], Any] = {}
+        self._functions = runtime.KernelFunctions(self.source, cache_dir)
         from snncc.backends.cpu.custom_ops import kernel_key
 
         kernel_key(self)  # now, not while torch.compile traces a first call
@@ -79,10 +79,5 @@ class CudaNeuronKernel:
         runtime.launch(self._fn(which, device), int(values["N"]), args, device, self.block)
 
     def _fn(self, which: str, device: torch.device) -> Any:
-        key = (which, device.index)
-        fn = self._fns.get(key)
-        if fn is None:
-            name = self.info.forward_name if which == "fwd" else self.info.backward_name
-            fn = runtime.load_function(self.source, name, device, self.cache_dir)
-            self._fns[key] = fn
-        return fn
+        name = self.info.forward_name if which == "fwd" else self.info.backward_name
+        return self._functions.get(name, device)

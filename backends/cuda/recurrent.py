@@ -54,7 +54,7 @@ class CudaRecurrentKernel:
         self.info: RecurrentKernelInfo = recurrent_kernel_info(spec, port)
         self.source = render_recurrent_kernels(spec, port, "cuda")
         self.cache_dir = cache_dir
-        self._fns: dict[tuple[str, int | None], Any] = {}
+        self._functions = runtime.KernelFunctions(self.source, cache_dir)
 
     def call(self, which: str, values: Mapping[str, Any], device: torch.device) -> None:
         """Launch the forward ("fwd") or backward ("bwd") kernel with arguments by name."""
@@ -72,10 +72,5 @@ class CudaRecurrentKernel:
             fn((B,), (block_threads(H),), args, shared_mem=shared_bytes(which, H))
 
     def _fn(self, which: str, device: torch.device) -> Any:
-        key = (which, device.index)
-        fn = self._fns.get(key)
-        if fn is None:
-            name = self.info.forward_name if which == "fwd" else self.info.backward_name
-            fn = runtime.load_function(self.source, name, device, self.cache_dir)
-            self._fns[key] = fn
-        return fn
+        name = self.info.forward_name if which == "fwd" else self.info.backward_name
+        return self._functions.get(name, device)

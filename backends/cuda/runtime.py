@@ -119,6 +119,24 @@ def device_info(index: int) -> DeviceInfo:
     )
 
 
+class KernelFunctions:
+    """The entry points of one kernel source, each compiled and loaded on its first use per
+    device (:func:`load_function`) and kept: a layer's, a chunked layer's and a fused
+    recurrent group's kernels are found this way on every launch."""
+
+    def __init__(self, source: str, cache_dir: str | None) -> None:
+        self.source = source
+        self.cache_dir = cache_dir
+        self._fns: dict[tuple[str, int | None], Any] = {}
+
+    def get(self, name: str, device: torch.device) -> Any:
+        key = (name, device.index)
+        fn = self._fns.get(key)
+        if fn is None:
+            fn = self._fns[key] = load_function(self.source, name, device, self.cache_dir)
+        return fn
+
+
 def load_function(source: str, name: str, device: torch.device, cache_dir: str | None) -> Any:
     """Kernel ``name`` of ``source``, compiled for ``device`` (cached on disk) and loaded by CuPy."""
     cupy = import_cupy()
