@@ -59,6 +59,34 @@ def randomise(model: nn.Module, seed: int, gain: float = 2.0) -> nn.Module:
     return model
 
 
+# ---------------------------------------------------------------- eager runs of the peers
+def norse_per_step(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A Norse cell as its users step it: state = None; for t: y[t], state = model(x[t], state)."""
+    state, out = None, []
+    for xt in x:
+        y, state = model(xt, state)
+        out.append(y)
+    return torch.stack(out)
+
+
+def norse_sequence(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A Norse sequence module (LIF, SequentialState, ...): its output, without the state."""
+    return model(x)[0]
+
+
+def snntorch_step_run(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """snnTorch per-step style: reset, call once per step, stack each returned value."""
+    from snntorch import utils
+
+    utils.reset(net)
+    outs = []
+    for xt in x:
+        y = net(xt)
+        outs.append(y if isinstance(y, tuple) else (y,))
+    utils.reset(net)
+    return tuple(torch.stack(v) for v in zip(*outs))
+
+
 def snntorch_convnet(clamp_edges: bool = False) -> nn.Sequential:
     """The snnTorch tutorial CSNN (per-step, ``init_hidden``): learnable per-channel beta and
     threshold (broadcast over H, W), learnable graded spikes; input [B, 1, 8, 8].

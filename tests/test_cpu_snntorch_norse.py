@@ -617,10 +617,15 @@ def test_bad_params_and_inputs_are_refused(cache_dir) -> None:
 # ------------------------------------------------------------------ models
 snntorch = pytest.importorskip("snntorch")
 norse = pytest.importorskip("norse.torch")
-from peer_models import NorseBoxLearnable, norse_lif_params, snntorch_convnet  # noqa: E402
+from peer_models import (  # noqa: E402
+    NorseBoxLearnable,
+    norse_lif_params,
+    norse_per_step,
+    snntorch_convnet,
+    snntorch_step_run,
+)
 from peer_models import randomise as _randomise  # noqa: E402
 from snntorch import surrogate as st_surrogate  # noqa: E402
-from snntorch import utils as st_utils  # noqa: E402
 
 B = 3
 NORSE_P = norse_lif_params()
@@ -713,25 +718,6 @@ class NorseLoop(nn.Module):
         return torch.stack(vs), torch.stack(zs)
 
 
-def _per_step(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    state, out = None, []
-    for xt in x:
-        y, state = model(xt, state)
-        out.append(y)
-    return torch.stack(out)
-
-
-def _snntorch_step(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """snnTorch per-step style: reset, call once per step, stack each returned value."""
-    st_utils.reset(net)
-    outs = []
-    for xt in x:
-        y = net(xt)
-        outs.append(y if isinstance(y, tuple) else (y,))
-    st_utils.reset(net)
-    return tuple(torch.stack(v) for v in zip(*outs))
-
-
 def _lift(model: nn.Module, layer: str, bias: float) -> nn.Module:
     """Raise one Linear's bias so the neurons after it fire at T = 1 too (a silent layer
     compares zeros with zeros)."""
@@ -751,10 +737,10 @@ MODELS = {
     "rleaky_V_synaptic": (
         lambda: _randomise(LoopSynapticRLeaky("V", "subtract", True), 6, 1.5), None, 0.8,
     ),
-    "snntorch_convnet": (lambda: _randomise(snntorch_convnet(), 3, 3.0), _snntorch_step, None),
+    "snntorch_convnet": (lambda: _randomise(snntorch_convnet(), 3, 3.0), snntorch_step_run, None),
     "norse_loop": (lambda: _randomise(NorseLoop(), 31, 2.5), None, 1.0),
     "norse_box_learnable": (
-        lambda: _lift(_randomise(NorseBoxLearnable(), 4), "seq.2", 2.0), _per_step, 1.0
+        lambda: _lift(_randomise(NorseBoxLearnable(), 4), "seq.2", 2.0), norse_per_step, 1.0
     ),
 }  # fmt: skip
 

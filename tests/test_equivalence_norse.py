@@ -24,6 +24,8 @@ from peer_models import (  # noqa: E402
     NorseBoxLearnable,
     norse_cell_stack,
     norse_lif_params,
+    norse_per_step,
+    norse_sequence,
     norse_sequence_stack,
 )
 from peer_models import randomise as _randomise  # noqa: E402
@@ -37,19 +39,6 @@ P = norse_lif_params()
 
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-
-def _per_step(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Norse cells: state = None; for t: y[t], state = model(x[t], state)."""
-    state, out = None, []
-    for xt in x:
-        y, state = model(xt, state)
-        out.append(y)
-    return torch.stack(out)
-
-
-def _sequence(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return model(x)[0]
 
 
 def _call(model: nn.Module, x: torch.Tensor):
@@ -117,7 +106,7 @@ def test_sequential_state_of_cells(T: int) -> None:
     model = norse_cell_stack()
     _randomise(model, T)
     x = torch.randn(T, B, 6, generator=_gen(T)) * 2 + 1.0
-    _check(model, x, _per_step)
+    _check(model, x, norse_per_step)
     _spiking(model, x, 1)
 
 
@@ -128,7 +117,7 @@ def test_sequential_state_with_recurrent_cell() -> None:
     _randomise(model, 13, gain=2.5)
     x = torch.randn(12, B, 6, generator=_gen(13)) * 2 + 1.0
     diag = torch.ones(7, 7) - torch.eye(7)
-    cm = _check(model, x, _per_step, masks={"1.recurrent_weights": diag})
+    cm = _check(model, x, norse_per_step, masks={"1.recurrent_weights": diag})
     assert "recurrent" in [g["kind"] for g in cm.ir.meta["groups"]]
     _spiking(model, x, 1)
 
@@ -139,7 +128,7 @@ def test_sequential_state_of_sequence_modules(T: int) -> None:
     model = norse_sequence_stack()
     _randomise(model, 20 + T)
     x = torch.randn(T, B, 6, generator=_gen(T)) * 2 + 1.0
-    cm = _check(model, x, _sequence)
+    cm = _check(model, x, norse_sequence)
     assert cm.ir.meta["step_mode"] == "m"
     z = model[1](model[0](x))[0]
     assert 0 < int(z.sum()) < z.numel()
@@ -151,7 +140,7 @@ def test_lifbox_and_learnable_parameters() -> None:
     model = NorseBoxLearnable()
     _randomise(model, 4)
     x = torch.randn(12, B, 6, generator=_gen(4)) * 2 + 1.0
-    cm = _check(model, x, _per_step)
+    cm = _check(model, x, norse_per_step)
     assert "tau" in cm.program.params and cm.program.params["tau"].grad is not None
     _spiking(model.seq, x, 1)
 

@@ -20,7 +20,7 @@ import snncc
 
 snn = pytest.importorskip("snntorch")
 from checks import assert_fires  # noqa: E402
-from peer_models import snntorch_convnet  # noqa: E402
+from peer_models import snntorch_convnet, snntorch_step_run  # noqa: E402
 from snntorch import surrogate, utils  # noqa: E402
 from tolerances import grad_atol  # noqa: E402
 
@@ -44,17 +44,6 @@ def _randomise(model: nn.Module, seed: int, gain: float = 2.0) -> None:
                 m.weight.copy_(torch.randn(m.weight.shape, generator=gen) * gain / fan_in**0.5)
                 if m.bias is not None:
                     m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.3)
-
-
-def _step_run(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """snnTorch style (a): reset, then call the per-step network once per step."""
-    utils.reset(net)
-    outs = []
-    for xt in x:
-        y = net(xt)
-        outs.append(y if isinstance(y, tuple) else (y,))
-    utils.reset(net)
-    return tuple(torch.stack(v) for v in zip(*outs))
 
 
 def _as_tuple(y) -> tuple[torch.Tensor, ...]:
@@ -124,7 +113,7 @@ def test_per_step_sequential(mech: str, reset_delay: bool, T: int) -> None:
     net = _per_step_mlp(mech, reset_delay)
     _randomise(net, T, gain=4.0)
     x = torch.randn(T, B, 6, generator=_gen(T)) * 2.0 + 1.5
-    _check(net, x, _step_run)
+    _check(net, x, snntorch_step_run)
 
 
 def test_per_step_convnet_learnable_beta_threshold_graded() -> None:
@@ -132,7 +121,7 @@ def test_per_step_convnet_learnable_beta_threshold_graded() -> None:
     net = snntorch_convnet()
     _randomise(net, 3, gain=3.0)
     x = torch.rand(8, B, 1, 8, 8, generator=_gen(3)) * 2
-    _check(net, x, _step_run, learnable=("2.beta", "2.threshold", "5.graded_spikes_factor"))
+    _check(net, x, snntorch_step_run, learnable=("2.beta", "2.threshold", "5.graded_spikes_factor"))
 
 
 # --------------------------------------------------------------------------- style (b): loops
@@ -259,7 +248,7 @@ def test_per_step_rleaky(kind: str) -> None:
     _randomise(net, 6, gain=1.5)
     shape = (8, B, 1, 5, 5) if conv else (8, B, 6)
     x = torch.randn(shape, generator=_gen(6)) + 0.3
-    _check(net, x, _step_run)
+    _check(net, x, snntorch_step_run)
     if kind != "V":
         cm = snncc.compile(net, x)
         kinds = [g["kind"] for g in cm.ir.meta["groups"]]

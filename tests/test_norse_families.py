@@ -46,7 +46,7 @@ from norse.torch.functional.iaf import IAFParameters  # noqa: E402
 from norse.torch.functional.leaky_integrator import LIParameters  # noqa: E402
 from norse.torch.functional.lif_adex import LIFAdExParameters  # noqa: E402
 from norse.torch.functional.lsnn import LSNNParameters  # noqa: E402
-from peer_models import randomise  # noqa: E402
+from peer_models import norse_per_step, randomise  # noqa: E402
 from tolerances import grad_atol  # noqa: E402
 
 B = 3
@@ -68,19 +68,6 @@ def report_measured():
 
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
-
-
-def _per_step(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Norse cells: state = None; for t: y[t], state = model(x[t], state)."""
-    state, out = None, []
-    for xt in x:
-        y, state = model(xt, state)
-        out.append(y)
-    return torch.stack(out)
-
-
-def _sequence(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return model(x)[0]
 
 
 def _call(model: nn.Module, x: torch.Tensor):
@@ -250,7 +237,7 @@ def test_adex_cells_learnable(backend: str, cache_dir: str) -> None:
         "seq.2.input_weights",
     )
     cm = check(
-        model, x, _per_step, backend, cache_dir, learnable, exact=backend != "cpu",
+        model, x, norse_per_step, backend, cache_dir, learnable, exact=backend != "cpu",
         probe=_hidden_spikes(1),
     )  # fmt: skip
     assert _charges(cm) == {"norse_lif_adex", "norse_li"}
@@ -383,7 +370,7 @@ def test_lsnn_cells_learnable(backend: str, cache_dir: str) -> None:
     model = randomise(LSNNLearnable(), 7, gain=20.0)
     x = torch.randn(14, B, 6, generator=_gen(7)) + 0.5
     learnable = ("v_th", "beta", "tau_adapt_inv")
-    cm = check(model, x, _per_step, backend, cache_dir, learnable, probe=_hidden_spikes(1))
+    cm = check(model, x, norse_per_step, backend, cache_dir, learnable, probe=_hidden_spikes(1))
     assert _charges(cm) == {"norse_lsnn"}
 
 
@@ -512,7 +499,7 @@ def test_izhikevich_learnable(backend: str, cache_dir: str) -> None:
     with torch.no_grad():
         model.seq[0].bias.add_(8.0)
     x = torch.randn(20, B, 6, generator=_gen(12))
-    check(model, x, _per_step, backend, cache_dir, ("a", "b"))  # the cell is the output
+    check(model, x, norse_per_step, backend, cache_dir, ("a", "b"))  # the cell is the output
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -568,7 +555,7 @@ def test_jax_backend(which: str, cache_dir: str) -> None:
                 self.m = model
 
             def forward(self, v: torch.Tensor):
-                return _per_step(self.m, v)
+                return norse_per_step(self.m, v)
 
         model = Loop()
         x, learnable = torch.randn(12, B, 6, generator=_gen(10)) + 0.3, ()
@@ -583,7 +570,7 @@ def test_jax_backend(which: str, cache_dir: str) -> None:
                 self.m = model
 
             def forward(self, v: torch.Tensor):
-                return _per_step(self.m, v)
+                return norse_per_step(self.m, v)
 
         model = Loop()
         x, learnable = torch.randn(20, B, 6, generator=_gen(12)), ("m.a", "m.b")

@@ -39,7 +39,8 @@ from snncc.ir.neuron import NeuronSpec
 
 snn = pytest.importorskip("snntorch")
 from measured import Measured, grad_rel  # noqa: E402
-from snntorch import surrogate, utils  # noqa: E402
+from peer_models import snntorch_step_run  # noqa: E402
+from snntorch import surrogate  # noqa: E402
 from tolerances import grad_atol  # noqa: E402
 
 B = 3
@@ -68,17 +69,6 @@ def _randomise(model: nn.Module, seed: int, gain: float = 2.0) -> nn.Module:
                 if m.bias is not None:
                     m.bias.copy_(torch.randn(m.bias.shape, generator=gen) * 0.3)
     return model
-
-
-def _step_run(net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """snnTorch per-step style: reset, call once per step, stack each returned value."""
-    utils.reset(net)
-    outs = []
-    for xt in x:
-        y = net(xt)
-        outs.append(y if isinstance(y, tuple) else (y,))
-    utils.reset(net)
-    return tuple(torch.stack(v) for v in zip(*outs))
 
 
 def _call(model: nn.Module, x: torch.Tensor):
@@ -191,7 +181,7 @@ class LoopAlpha(nn.Module):
 def test_alpha_per_step(mech: str, backend: str, cache_dir: str) -> None:
     net = _randomise(_alpha_step_net(mech), 3, gain=4.0)
     x = torch.randn(10, B, 6, generator=_gen(3)) * 2.0 + 1.0
-    cm = check(net, x, _step_run, backend, cache_dir, learnable=("1.beta", "1.threshold"))
+    cm = check(net, x, snntorch_step_run, backend, cache_dir, learnable=("1.beta", "1.threshold"))
     assert _charges(cm) == {"snntorch_alpha"}
 
 
@@ -270,7 +260,7 @@ def test_lapicque_per_step(backend: str, cache_dir: str) -> None:
     )
     _randomise(net, 6, gain=4.0)
     x = torch.randn(10, B, 6, generator=_gen(6)) * 2.0 + 1.0
-    check(net, x, _step_run, backend, cache_dir, learnable=("1.beta", "1.threshold"))
+    check(net, x, snntorch_step_run, backend, cache_dir, learnable=("1.beta", "1.threshold"))
 
 
 # --------------------------------------------------------------------------- RSynaptic
@@ -363,7 +353,7 @@ def test_rsynaptic_per_step_and_streaming(backend: str, cache_dir: str) -> None:
     )
     _randomise(net, 9, gain=2.0)
     x = torch.randn(12, B, 6, generator=_gen(9)) + 0.5
-    cm = check(net, x, _step_run, backend, cache_dir, learnable=("1.alpha", "3.V"))
+    cm = check(net, x, snntorch_step_run, backend, cache_dir, learnable=("1.alpha", "3.V"))
     with torch.no_grad():
         full, _ = cm.run(x)
         for k in (1, 5):
