@@ -29,8 +29,10 @@ from peers import (  # noqa: E402
 from run import _fastest, combine, ratio_cell  # noqa: E402
 from workloads import (  # noqa: E402
     LAYER_BYTES,
+    TARGET_RATE,
     NorseLayer,
     SnnTorchLayer,
+    calibrated_gains,
     cases,
     floor,
     gemm_flops,
@@ -230,3 +232,24 @@ def test_r1_fires_in_every_framework_and_snncc_fuses_its_recurrent_group() -> No
     cm = snncc.compile(sj, x[:2, :2], backend="reference")
     (group,) = [g for g in cm.ir.meta["groups"] if g["kind"] == "recurrent"]
     assert group["fusable"]["pattern"] == "cat" and group["fusable"]["hidden"] == 256
+
+
+@pytest.mark.parametrize("workload", ["M1", "C1"])
+def test_calibrated_workloads_fire_in_every_neuron_layer(workload: str) -> None:
+    """M1 and C1 fire about TARGET_RATE in every neuron layer (their uncalibrated outputs
+    were silent), on the timing input too, and every call builds the same weights."""
+    from spikingjelly.activation_based import functional, neuron
+
+    case = cases(workload, small=True)[0]
+    net = sj_model(case).eval()
+    rates: list[float] = []
+    for m in net.modules():
+        if isinstance(m, (neuron.LIFNode, neuron.ParametricLIFNode)):
+            m.register_forward_hook(lambda mod, i, o: rates.append(float(o.float().mean())))
+    functional.reset_net(net)
+    with torch.no_grad():
+        net(make_input(case, seed=0, device="cpu"))
+    assert len(rates) == len(calibrated_gains(case)) >= 3
+    assert all(0.5 * TARGET_RATE <= r <= 1.5 * TARGET_RATE for r in rates), rates
+    again = sj_model(case).state_dict()
+    assert all(torch.equal(v, again[k]) for k, v in net.state_dict().items())
