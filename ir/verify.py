@@ -641,4 +641,12 @@ def _check_group_kind(graph: Graph, g: dict[str, Any], comps: list[set[int]]) ->
             f"group {gid!r} (recurrent) nodes {sorted(nodes)} are not exactly one recurrent "
             f"component; components: {[sorted(c) for c in comps]}"
         ]
+    if kind == "recurrent" and "fusable" in g:
+        from snncc.ir.recurrent import fused_plan
+
+        if g["fusable"] != fused_plan(graph, nodes)[0]:
+            return [
+                f"group {gid!r} (recurrent): its recorded fused plan {g['fusable']!r} is not "
+                "the plan of its nodes (snncc.ir.recurrent.fused_plan)"
+            ]
     return []

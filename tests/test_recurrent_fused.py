@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -162,6 +163,26 @@ def test_the_plan_survives_save_and_load(tmp_path, cache_dir) -> None:
     assert _fused_group(cm2)["fusable"] == _fused_group(cm)["fusable"]
     assert "recurrent, fused: one kernel over t" in cm2.program.source
     assert torch.equal(cm2(x), cm(x))
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("hidden", 4096), ("linear", 0), ("pattern", "cat"), ("port", 7)]
+)
+def test_an_artifact_whose_fused_plan_was_edited_is_refused(
+    tmp_path, cache_dir, field, value
+) -> None:
+    """The plan is derived from the graph; an artifact recording another one (which would
+    have the kernel read the weights with the wrong sizes) is refused by name on load."""
+    model, x = _model("snntorch")
+    cm = snncc.compile(model, x[:2], backend="cpu", recurrent="fused", cache_dir=cache_dir)
+    cm.save(tmp_path / "art")
+    ir_path = tmp_path / "art" / "ir" / "ir.json"
+    doc = json.loads(ir_path.read_text())
+    group = next(g for g in doc["meta"]["groups"] if "fusable" in g)
+    group["fusable"][field] = value
+    ir_path.write_text(json.dumps(doc))
+    with pytest.raises(snncc.errors.IRError, match="recorded fused plan"):
+        snncc.load(tmp_path / "art", recurrent="fused", cache_dir=cache_dir)
 
 
 def test_the_option_is_checked_and_cpu_defaults_to_the_exact_step_schedule(cache_dir) -> None:

@@ -125,9 +125,9 @@ class CpuProgram(ReferenceProgram):
             if group["kind"] != "recurrent":
                 continue
             first = min(group["nodes"], key=self._pos.__getitem__)
-            plan, why = group.get("fusable"), group.get("step_reason")
-            if plan is None and why is None:  # scheduled before plans were recorded
-                plan, why = fused_plan(self.graph, list(group["nodes"]))
+            # derived from the graph itself: what an IR records is for its readers (and is
+            # checked against this on load, ir/verify.py), never what picks the kernels
+            plan, why = fused_plan(self.graph, list(group["nodes"]))
             if plan is None:
                 self._step_notes[first] = f"no fused plan: {why}"
             elif self.recurrent != "fused":
