@@ -560,6 +560,39 @@ def all_cases() -> list[tuple[NeuronSpec, list, list, dict]]:
     )
 
 
+def test_kernels_are_named_by_their_source_alone() -> None:
+    """A kernel's tag is a hash of what its source is rendered from: over the whole form
+    matrix, plus variants whose specs differ only where the kernels never look (which params
+    learn, the model's name, a threshold passed at run time), equal tags mean equal sources
+    and equal sources equal tags, so twins share one build and one cache entry."""
+    cases = list(all_cases())
+    for spec, pro, epi, opts in all_cases()[::7]:
+        cases.append((spec.replace(model="renamed"), pro, epi, opts))
+    leaky = NeuronSpec(
+        model="leaky",
+        charge="snntorch_leaky",
+        reset="subtract",
+        fire_cmp=">",
+        surrogate="atan",
+        alpha=2.0,
+        reset_delay=True,
+        param_roles=("beta", "threshold", "graded_spikes_factor"),
+    )
+    twins = [leaky, leaky.replace(learnable=("beta",)), leaky.replace(v_threshold=0.5)]
+    cases += [(t, [], [], {}) for t in twins]
+    by_tag: dict[str, set[str]] = {}
+    by_source: dict[str, set[str]] = {}
+    for spec, pro, epi, opts in cases:
+        tag = neuron_kernel_info(spec, pro, epi, opts).tag
+        source = render_neuron_kernels(spec, pro, epi, "cpu", opts).replace(tag, "<tag>")
+        by_tag.setdefault(tag, set()).add(source)
+        by_source.setdefault(source, set()).add(tag)
+    assert all(len(sources) == 1 for sources in by_tag.values())
+    assert all(len(tags) == 1 for tags in by_source.values())
+    assert len({neuron_kernel_info(t).tag for t in twins}) == 1
+    assert len(by_tag) >= len(all_cases())  # the variants above found no new kernel
+
+
 @pytest.fixture(scope="module")
 def matrix_cuda_source() -> str:
     """Every case of :func:`all_cases` in one translation unit (units are concatenable)."""

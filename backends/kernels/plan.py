@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from typing import Any
 
 from snncc.errors import UnsupportedError
@@ -243,17 +243,30 @@ def _steps(
     return out
 
 
-def _kernel_tag(spec: NeuronSpec, pro: list, epi: list, opts: dict) -> str:
-    """The hash that names a kernel (and keys the compile caches): everything it is rendered from."""
-    body: dict[str, Any] = {
-        "abi": KERNEL_ABI_VERSION,
-        "spec": spec.to_dict(),
-        "prologue": pro,
-        "epilogue": epi,
-        "options": opts,
-    }
-    key = json.dumps(body, sort_keys=True, default=repr)
+def _kernel_tag(**rendered_from: Any) -> str:
+    """The hash that names a kernel (and so keys the compile caches): everything its source
+    is rendered from, and nothing else.
+
+    Why not the spec: specs that differ only where the kernels never look (the model's
+    name, a value passed at run time such as snnTorch's ``beta``, which params learn)
+    render the same source; named by their content they share one kernel, one build and
+    one entry in every cache (the test suite built some 50 such twins). ``rendered_from``
+    holds every value the templates read (:func:`snncc.backends.kernels.context`), with
+    the names left empty; ``tests/test_kernels.py`` checks over the form matrix that equal
+    tags mean equal sources and equal sources equal tags.
+    """
+    body = {"abi": KERNEL_ABI_VERSION, **rendered_from}
+    key = json.dumps(body, sort_keys=True, default=_jsonable)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def _jsonable(value: Any) -> Any:
+    """Dataclasses and sets in a tag's body, as JSON sees them (sets sorted)."""
+    if is_dataclass(value):
+        return asdict(value)  # type: ignore[arg-type]
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    raise TypeError(f"a kernel tag cannot hash {type(value).__name__}")
 
 
 # ---------------------------------------------------------------- analysis
@@ -385,8 +398,7 @@ def plan(
     reads_state = any(n.startswith("s:") for n in vjp.inputs)
     reads_cut = "c:cut" in vjp.inputs
     reads_x = "x" in vjp_reads or recompute or save == "state"
-    tag = _kernel_tag(spec, pro, epi, opts)
-    code = _step_code(ng, cut, vjp, tag)
+    code = _step_code(ng, cut, vjp)
     adds = [st for st in pro + epi if st["kind"] == "add"]
     names = [st["arg"] for st in adds]
     svars = ng.states
@@ -429,9 +441,9 @@ def plan(
         ("N", "int64"),
     )
     info = NeuronKernelInfo(
-        tag=tag,
-        forward_name=f"snncc_fwd_{tag}",
-        backward_name=f"snncc_bwd_{tag}",
+        tag="",
+        forward_name="",
+        backward_name="",
         add_ports=tuple(st["port"] for st in adds),
         n_prologue_adds=n_pro,
         out_dtype=opts["spike_dtype"],
@@ -453,6 +465,21 @@ def plan(
         recompute_in_kernel=in_kernel,
     )
     inits = {v: f32_literal(ng.inits[v]) for v in svars}
+    summary = kernel_summary(spec, ng)
+    tag = _kernel_tag(
+        info=info,
+        code=code,
+        inits=inits,
+        prologue=pro,
+        epilogue=epi,
+        options=opts,
+        vjp_reads=vjp_reads,
+        vjp_reads_state=reads_state,
+        vjp_reads_cut=reads_cut,
+        summary=summary,
+        formula=ng.info.summary,
+    )
+    info = replace(info, tag=tag, forward_name=f"snncc_fwd_{tag}", backward_name=f"snncc_bwd_{tag}")
     return Plan(
         spec=spec,
         graph=ng,
@@ -465,11 +492,11 @@ def plan(
         vjp_reads=vjp_reads,
         vjp_reads_state=reads_state,
         vjp_reads_cut=reads_cut,
-        summary=kernel_summary(spec, ng),
+        summary=summary,
     )
 
 
-def _step_code(ng: NeuronGraph, cut: int | None, vjp: _Vjp, tag: str) -> StepCode:
+def _step_code(ng: NeuronGraph, cut: int | None, vjp: _Vjp) -> StepCode:
     """Lower the step, its VJP and (cut plan) the state-from-cut map to C statements."""
     states, ports = ng.states, ng.ports
     env = {f"s:{v}": f"s_{v}" for v in states}
@@ -554,7 +581,9 @@ def _step_code(ng: NeuronGraph, cut: int | None, vjp: _Vjp, tag: str) -> StepCod
 
 def kernel_summary(spec: NeuronSpec, ng: NeuronGraph) -> str:
     """A comment-safe summary: validated names and numbers formatted here only."""
-    parts = [spec.charge, spec.reset]
+    # a hard reset's value shows: the time-chunked kernels start a chunk from it
+    hard = spec.reset == "hard" and spec.v_reset is not None
+    parts = [spec.charge, f"hard({float(spec.v_reset)!r})" if hard else spec.reset]
     if spec.reset_delay:
         parts.append("reset_delay")
     if spec.detach_reset:
