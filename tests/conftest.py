@@ -18,6 +18,46 @@ import pytest  # imports no torch: the setting below still comes first
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 
+#: seconds the heaviest test modules took in one whole run (README command, idle 2-core VM,
+#: 2026-12-06); only their order matters. Why: pytest-xdist (``--dist loadfile``) hands whole
+#: modules to the workers in the order it is given, so the longest go first and the many short
+#: ones fill in at the end (longest processing time first). xdist's own order, by test count,
+#: started test_hostile_cache.py (78 s in 28 tests) and test_zoo.py late, leaving one worker
+#: busy alone at the end. Refresh from ``--durations=0`` when the suite changes much.
+MODULE_SECONDS = {
+    "test_cpu_snntorch_norse.py": 175,
+    "test_cuda_backend.py": 167,
+    "test_zoo.py": 107,
+    "test_cpu_backend.py": 103,
+    "test_hostile_cache.py": 78,
+    "test_snntorch_families.py": 61,
+    "test_kernels.py": 61,
+    "test_distributed.py": 56,
+    "test_deploy.py": 52,
+    "test_jax_pallas.py": 40,
+    "test_jax_backend.py": 34,
+    "test_norse_families.py": 31,
+    "test_jax_snntorch_norse.py": 30,
+    "test_spikingjelly_families.py": 24,
+    "test_equivalence_snntorch.py": 21,
+    "test_recurrent_fused.py": 17,
+    "test_hostile_inputs.py": 11,
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Keep the module order :func:`pytest_collection_modifyitems` sets (xdist would reorder
+    modules by their number of tests)."""
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The heaviest modules first (:data:`MODULE_SECONDS`); tests keep their order within a
+    module (a stable sort on the module alone)."""
+    items.sort(key=lambda item: -MODULE_SECONDS.get(item.path.name, 0))
+
+
 @pytest.fixture(scope="session")
 def kernel_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One kernel cache root for the whole run, shared by every pytest-xdist worker.

@@ -515,7 +515,14 @@ def _host_chunk_fn(cache: str, launches: list[str] | None = None):
 
 
 @pytest.fixture
-def host_chunks(monkeypatch, tmp_path):
+def host_cache(kernel_cache) -> str:
+    """The run's shared cpu kernel cache: the host renderings of the chunked kernels and the
+    plain kernels they are compared with recur across these tests (and with other modules')."""
+    return str(kernel_cache / "cpu")
+
+
+@pytest.fixture
+def host_chunks(monkeypatch, host_cache):
     """ChunkedNeuron on CPU tensors: every launch runs the host rendering; torch.empty poisoned.
 
     Poisoning (NaN floats, 0xAB bytes) makes any output element a kernel forgot
@@ -531,7 +538,7 @@ def host_chunks(monkeypatch, tmp_path):
 
     monkeypatch.setattr(torch, "empty", poisoned_empty)
     monkeypatch.setattr(runtime, "launch", lambda fn, n, args, device, block=None: fn(args))
-    monkeypatch.setattr(chunked.ChunkedNeuron, "_fn", _host_chunk_fn(str(tmp_path / "chunks")))
+    monkeypatch.setattr(chunked.ChunkedNeuron, "_fn", _host_chunk_fn(host_cache))
     return chunked
 
 
@@ -568,7 +575,7 @@ def _plain_host_kernel(spec: NeuronSpec, cache: str, recompute: bool = False):
 
 @pytest.mark.parametrize("form", list(CHUNK_FORMS))
 def test_chunked_forward_equals_the_sequential_recurrence_bit_for_bit(
-    form: str, host_chunks, tmp_path
+    form: str, host_chunks, host_cache
 ) -> None:
     """Spikes, final membrane and (training) every h[t] and chunk-entry membrane, any L."""
     from snncc.backends.cpu.autograd import layer_forward
@@ -578,7 +585,7 @@ def test_chunked_forward_equals_the_sequential_recurrence_bit_for_bit(
     params = {"w": w} if spec.charge.startswith("sj_plif") else {}
     k = {"k": w.sigmoid().reshape(1)} if params else {}
     runs = {d: host_chunks.ChunkedNeuron(spec, d, None) for d in ("float32", "uint8")}
-    plain = _plain_host_kernel(spec, str(tmp_path))
+    plain = _plain_host_kernel(spec, host_cache)
     T, N = 200, 96
     g = torch.Generator().manual_seed(11)
     for scale in (2.0, 0.9, 0.05):  # frequent, rare and no firing (full sequential fix-up)
@@ -662,7 +669,7 @@ def test_chunked_fix_up_stops_at_the_merge(form: str, host_chunks) -> None:
 @pytest.mark.parametrize("recompute", [False, True], ids=["saved-h", "recompute"])
 @pytest.mark.parametrize("form", list(CHUNK_FORMS))
 def test_chunked_backward_matches_the_plain_backward_kernel(
-    form: str, recompute: bool, host_chunks, tmp_path
+    form: str, recompute: bool, host_chunks, host_cache
 ) -> None:
     """Gradients of x, v0 and PLIF's k through the chunked kernels == the plain kernel's.
 
@@ -674,7 +681,7 @@ def test_chunked_backward_matches_the_plain_backward_kernel(
     spec = CHUNK_FORMS[form]
     plif = spec.charge.startswith("sj_plif")
     run = host_chunks.ChunkedNeuron(spec, "float32", None, backward=True, recompute=recompute)
-    plain = _plain_host_kernel(spec, str(tmp_path), recompute)
+    plain = _plain_host_kernel(spec, host_cache, recompute)
     T, N = 150, 40
     g = torch.Generator().manual_seed(5)
     for scale in (2.0, 0.6):
@@ -709,7 +716,7 @@ def test_chunked_backward_matches_the_plain_backward_kernel(
     assert _rel(gx, gr) <= 1e-5
 
 
-def test_chunked_backward_with_only_the_final_membrane_in_the_loss(host_chunks, tmp_path) -> None:
+def test_chunked_backward_with_only_the_final_membrane_in_the_loss(host_chunks, host_cache) -> None:
     """No gradient reaches the spikes (autograd passes None for them): the wrapper supplies
     the kernel fp32 zeros, whatever torch's default dtype is."""
     from snncc.backends.cuda.chunked import ChunkedNeuronFunction
@@ -717,7 +724,7 @@ def test_chunked_backward_with_only_the_final_membrane_in_the_loss(host_chunks, 
     spec = CHUNK_FORMS["lif"]
     x = torch.rand(64, 8, generator=torch.Generator().manual_seed(0)) * 0.3
     run = host_chunks.ChunkedNeuron(spec, "float32", None, backward=True)
-    plain = _plain_host_kernel(spec, str(tmp_path))
+    plain = _plain_host_kernel(spec, host_cache)
 
     def gx(fn) -> torch.Tensor:
         xs = x.clone().requires_grad_()
@@ -736,7 +743,7 @@ def test_chunked_backward_with_only_the_final_membrane_in_the_loss(host_chunks, 
 
 @pytest.mark.parametrize("zero_step", [False, True], ids=["growing", "then-zeroed"])
 def test_chunked_backward_carries_a_growing_gradient_like_the_plain_loop(
-    zero_step: bool, host_chunks, tmp_path
+    zero_step: bool, host_chunks, host_cache
 ) -> None:
     """A chunk whose step factors are all above 1 (a gradient growing 1.2x a step for 600
     steps, 1e47 in all) must not overflow the chunk's map: the plain loop carries a tiny
@@ -754,7 +761,7 @@ def test_chunked_backward_carries_a_growing_gradient_like_the_plain_loop(
     v0 = torch.full((1,), -5.0)  # chunks 0 and 2 far below the threshold: a_t = 1
     gv = torch.full((1,), 1e-12)
     run = host_chunks.ChunkedNeuron(spec, "float32", None, backward=True)
-    plain = _plain_host_kernel(spec, str(tmp_path))
+    plain = _plain_host_kernel(spec, host_cache)
 
     def gx(fn) -> torch.Tensor:
         xs = x.clone().requires_grad_()
