@@ -318,6 +318,28 @@ def test_backward_reads_the_output_gradient_in_place_with_its_strides(layout, ca
         assert torch.equal(a, b), name
 
 
+def test_create_graph_gives_the_same_gradients_and_refuses_a_second_derivative(
+    cache_dir,
+) -> None:
+    """The layer's backward runs without ``once_differentiable``'s wrapper on the usual path
+    (host cost); with ``create_graph=True`` it still gives the same bits, and differentiating
+    those gradients again is refused, not silently zero."""
+    spec = spec_of(("sj_plif_decay_input", "hard", False, "spike", ">=", "atan"))
+    kernel = kernel_for(spec, cache_dir)
+    x, v0, w, _, _ = _inputs(12, seed=5, shape=(24,))
+    grads = []
+    for create_graph in (False, True):
+        leaves = [t.clone().requires_grad_() for t in (x, v0, w)]
+        out, _ = run_neuron(kernel, leaves[0], (), leaves[1], leaves[2].sigmoid())
+        gy = torch.ones_like(out).requires_grad_(create_graph)  # a gradient that is a graph
+        grads.append(torch.autograd.grad(out, leaves, gy, create_graph=create_graph))
+    for name, a, b in zip(("x", "v0", "w"), *grads):
+        assert torch.equal(a, b.detach()), name
+    assert grads[1][0].requires_grad
+    with pytest.raises(RuntimeError, match="differentiate twice"):
+        grads[1][0].sum().backward()
+
+
 def test_uint8_spikes_equal_float_spikes(cache_dir) -> None:
     spec = spec_of(("sj_lif_decay_input", "hard", False, "spike", ">=", "sigmoid"))
     x, v0, *_ = _inputs(8, seed=3)

@@ -170,6 +170,7 @@ class Layout:
 
     __slots__ = (
         "add_names",
+        "g_last_names",
         "grad_names",
         "gx_dtype",
         "gy_dtype",
@@ -178,9 +179,16 @@ class Layout:
         "n_ports",
         "n_vars",
         "out_dtype",
+        "p_names",
         "port_names",
+        "q_grad_names",
         "reach",
+        "s0_grad_names",
+        "s0_names",
+        "seq_grad_names",
         "seq_names",
+        "st_names",
+        "wants",
     )
 
     def __init__(self, info: NeuronKernelInfo) -> None:
@@ -207,16 +215,23 @@ class Layout:
             if (info.recompute and not info.recompute_in_kernel)
             else info.n_prologue_adds
         )
-        #: the backward's outputs in order: gx, g<port>, ga<j>, g<var>0, gp_<q>
-        self.grad_names = (
-            "gx",
+        #: argument names by role, for the backward's call
+        self.seq_grad_names = (
             *(f"g{p}" for p in self.port_names),
             *(f"g{a}" for a in self.add_names),
-            *(f"g{v}0" for v in info.state_vars),
-            *(f"gp_{q}" for q in info.param_args),
         )
+        self.s0_names = tuple(f"{v}0" for v in info.state_vars)
+        self.s0_grad_names = tuple(f"g{v}0" for v in info.state_vars)
+        self.g_last_names = tuple(f"g{v}_last" for v in info.state_vars)
+        self.q_grad_names = tuple(f"gp_{q}" for q in info.param_args)
+        self.p_names = tuple(f"p_{q}" for q in info.param_args)
+        self.st_names = tuple(f"st_{q}" for q in info.param_args)
+        #: the backward's outputs in order: gx, g<port>, ga<j>, g<var>0, gp_<q>
+        self.grad_names = ("gx", *self.seq_grad_names, *self.s0_grad_names, *self.q_grad_names)
         #: (T, output used, used final states) -> connected(...)
         self.reach: dict[tuple, set[str]] = {}
+        #: what backward_wants answered, by everything its answer depends on
+        self.wants: dict[tuple, dict[str, bool]] = {}
 
 
 def layout(kernel: KernelPair) -> Layout:
@@ -348,6 +363,7 @@ def layer_backward(
     s0s: Sequence[Tensor | None],
     quantities: Sequence[tuple[Tensor, int]],
     want: Mapping[str, bool],
+    gx_shape: tuple[int, ...] | None = None,
 ) -> dict[str, Tensor | None]:
     """One backward kernel call on [T, N] = ``shape`` tensors on ``device``; returns the gradients by argument name
     (``gx``, ``g<port>``, ``ga<j>``, ``g<var>0``; ``gp_<q>`` as per-neuron double sums),
@@ -355,24 +371,26 @@ def layer_backward(
 
     ``g_out`` (None: zero) is read in place with its strides, in the kernel's output dtype
     (a 16-bit output's gradient arrives in 16 bits); ``saved`` is what
-    :func:`layer_forward` saved.
+    :func:`layer_forward` saved. ``gx_shape``: the shape gx is allocated in (contiguous,
+    the same [T, N] memory), so the caller needs no view of it.
     """
-    info = kernel.info
     lay = layout(kernel)
     T, N = shape
     dev = device
-    f32 = {"dtype": torch.float32, "device": dev}
-    gy = None if g_out is None else g_out.to(lay.gy_dtype)
-    grads: dict[str, Tensor | None] = {"gx": torch.empty((T, N), dtype=lay.gx_dtype, device=dev)}
-    for p in lay.port_names:
-        grads[f"g{p}"] = torch.empty((T, N), **f32) if want.get(f"g{p}") else None
-    for a in lay.add_names:
-        grads[f"g{a}"] = torch.empty((T, N), **f32) if want.get(f"g{a}") else None
-    for v in info.state_vars:
-        grads[f"g{v}0"] = torch.empty((N,), **f32) if want.get(f"g{v}0") else None
-    for q in info.param_args:
-        wanted = want.get(f"gp_{q}")
-        grads[f"gp_{q}"] = torch.empty((N,), dtype=torch.float64, device=dev) if wanted else None
+    f32 = torch.float32
+    gy = g_out
+    if gy is not None and gy.dtype != lay.gy_dtype:
+        gy = gy.to(lay.gy_dtype)
+    grads: dict[str, Tensor | None] = {
+        "gx": torch.empty(gx_shape or (T, N), dtype=lay.gx_dtype, device=dev)
+    }
+    # the names come worked out from the Layout: this runs once per layer per step
+    for name in lay.seq_grad_names:
+        grads[name] = torch.empty((T, N), dtype=f32, device=dev) if want.get(name) else None
+    for name in lay.s0_grad_names:
+        grads[name] = torch.empty((N,), dtype=f32, device=dev) if want.get(name) else None
+    for name in lay.q_grad_names:
+        grads[name] = torch.empty((N,), dtype=torch.float64, device=dev) if want.get(name) else None
     values: dict[str, Any] = {
         "gy": gy,
         "gy_ts": 0 if gy is None else gy.stride(0),
@@ -380,15 +398,20 @@ def layer_backward(
         "x": x,
         "T": T,
         "N": N,
-        **saved,
-        **grads,
     }
-    values.update(zip(lay.port_names, ports))
-    values.update(zip(lay.add_names, adds))
-    for var, s0, g_last in zip(info.state_vars, s0s, g_lasts):
-        values[f"{var}0"] = s0
-        values[f"g{var}_last"] = None if g_last is None else g_last.float().contiguous()
-    values.update(quantity_args(info.param_args, quantities))
+    values.update(saved)
+    values.update(grads)
+    if lay.n_ports:
+        values.update(zip(lay.port_names, ports))
+    if lay.n_adds:
+        values.update(zip(lay.add_names, adds))
+    for s0_name, g_name, s0, g_last in zip(lay.s0_names, lay.g_last_names, s0s, g_lasts):
+        values[s0_name] = s0
+        if g_last is not None and (g_last.dtype != f32 or not g_last.is_contiguous()):
+            g_last = g_last.float().contiguous()
+        values[g_name] = g_last
+    for p_name, st_name, (p, stride) in zip(lay.p_names, lay.st_names, quantities):
+        values[p_name], values[st_name] = p, stride
     kernel.call("bwd", values, dev)
     return grads
 
@@ -426,10 +449,37 @@ def backward_wants(
     is the latter alone; the kernel writes gx whatever, a cut plan's recompute parks
     values in it).
     """
+    lay = layout(kernel)
+    key = (
+        T,
+        g_out is None,
+        *[g is None for g in g_lasts],
+        *[s is None for s in s0s],
+        *[bool(w) for w in need],  # the custom ops' entries can be lists (one per port)
+    )
+    want = lay.wants.get(key) if isinstance(T, int) else None
+    if want is None:
+        used = tuple(v for v, g in zip(kernel.info.state_vars, g_lasts) if g is not None)
+        given = tuple(s is not None for s in s0s)
+        want = _backward_wants(kernel, T, g_out is not None, used, given, need)
+        if isinstance(T, int):
+            if len(lay.wants) > 256:
+                lay.wants.clear()
+            lay.wants[key] = want
+    return dict(want)  # callers may change their copy
+
+
+def _backward_wants(
+    kernel: KernelPair,
+    T: Any,
+    out_used: bool,
+    used: tuple[str, ...],
+    given: tuple[bool, ...],
+    need: Sequence[bool],
+) -> dict[str, bool]:
     info = kernel.info
     lay = layout(kernel)
-    used = tuple(v for v, g in zip(info.state_vars, g_lasts) if g is not None)
-    r = reach(kernel, T, g_out is not None, used)
+    r = reach(kernel, T, out_used, used)
     n_ports, n_adds, n_vars = lay.n_ports, lay.n_adds, lay.n_vars
     need_ports = need[1 : 1 + n_ports]
     need_adds = need[1 + n_ports : 1 + n_ports + n_adds]
@@ -441,9 +491,9 @@ def backward_wants(
     for p, w in zip(lay.port_names, need_ports):
         want[f"g{p}"] = bool(w) and p in r
     for j, w in enumerate(need_adds):
-        want[f"ga{j}"] = bool(w) and (x_on if j < n_pro else g_out is not None)
-    for v, s0, w in zip(info.state_vars, s0s, need_s0):
-        want[f"g{v}0"] = bool(w) and s0 is not None and v in r
+        want[f"ga{j}"] = bool(w) and (x_on if j < n_pro else out_used)
+    for v, s0, w in zip(info.state_vars, given, need_s0):
+        want[f"g{v}0"] = bool(w) and s0 and v in r
     for q, w in zip(info.param_args, need_q):
         want[f"gp_{q}"] = bool(w) and q in r
     return want
@@ -491,21 +541,24 @@ class LayerFunction(torch.autograd.Function):
         ctx.set_materialize_grads(False)  # an output without a gradient arrives as None
         flat = [flat_quantity(p, step_shape, q) for q, p in zip(info.param_args, qs)]
         # grad mode is off inside Function.forward: ask the inputs instead
-        training = any(t is not None and t.requires_grad for t in (x, *rest))
+        training = x.requires_grad or any(t is not None and t.requires_grad for t in rest)
         store = training and info.save != "none" and not info.recompute
         shape = x.shape
         x = x.view(T, N)
         out, saved, lasts = layer_forward(
             kernel, x, ports, adds, s0s, flat, store, shape, tuple(step_shape)
         )
-        ctx.kernel = kernel
-        ctx.step_shape = step_shape
-        ctx.shape = shape
-        ctx.tn = (T, N)
-        ctx.device = x.device
-        ctx.strides = [stride for _, stride in flat]
-        ctx.q_meta = [(p.shape, p.dtype) for p in qs]
-        ctx.saved_names = list(saved)
+        # one attribute: the backward reads it once (each ctx attribute costs a lookup)
+        ctx.meta = (
+            kernel,
+            step_shape,
+            shape,
+            (T, N),
+            x.device,
+            [stride for _, stride in flat],
+            [(p.shape, p.dtype) for p in qs],
+            list(saved),
+        )
         kx, kports, kadds = saved_for_backward(kernel, x, ports, adds)
         ctx.save_for_backward(kx, *kports, *kadds, *s0s, *(p for p, _ in flat), *saved.values())
         if info.out_dtype == "uint8":
@@ -513,55 +566,57 @@ class LayerFunction(torch.autograd.Function):
         return (out, *lasts)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, g_out, *g_lasts):  # type: ignore[override]
-        kernel: KernelPair = ctx.kernel
-        info = kernel.info
-        lay = layout(kernel)
-        n_ports, n_adds, n_vars = lay.n_ports, lay.n_adds, lay.n_vars
-        n_q = len(info.param_args)
-        saved = ctx.saved_tensors
-        x = saved[0]
-        pos = 1
-        ports = saved[pos : pos + n_ports]
-        pos += n_ports
-        adds = saved[pos : pos + n_adds]
-        pos += n_adds
-        s0s = saved[pos : pos + n_vars]
-        pos += n_vars
-        flat = list(zip(saved[pos : pos + n_q], ctx.strides))
-        pos += n_q
-        seqs = dict(zip(ctx.saved_names, saved[pos:]))
-        need = ctx.needs_input_grad[2:]  # (kernel, step_shape, x, *ports, *adds, *s0s, *qs)
-        T, N = ctx.tn
-        if g_out is not None:
-            g_out = g_out.reshape(T, N)  # a view wherever the strides allow (y.sum(): (0, 0))
-        g_lasts = [None if g is None else g.reshape(N) for g in g_lasts]
-        want = backward_wants(kernel, T, g_out, g_lasts, s0s, need)
-        x_on = want["x"]
-        want["x"] = True
-        seqs = recompute_saved(kernel, x, ports, adds, s0s, flat, seqs)
-        grads = layer_backward(
-            kernel, ctx.tn, ctx.device, g_out, g_lasts, seqs, x, ports, adds, s0s, flat, want
-        )
-        g_qs = [
-            None
-            if grads[f"gp_{q}"] is None
-            else _reduce_grad(grads[f"gp_{q}"], ctx.step_shape, *meta)
-            for q, meta in zip(info.param_args, ctx.q_meta)
-        ]
-        shape, step_shape = ctx.shape, ctx.step_shape
-        gx = grads["gx"].view(shape) if need[0] and x_on else None
-        seqs_g = [grads[name] for name in lay.grad_names[1 : 1 + n_ports + n_adds]]
-        gs0 = [grads[f"g{v}0"] for v in info.state_vars]
-        return (
-            None,
-            None,
-            gx,
-            *(None if g is None else g.view(shape) for g in seqs_g),
-            *(None if g is None else g.view(step_shape) for g in gs0),
-            *g_qs,
-        )
+        if torch.is_grad_enabled():  # create_graph=True: refuse a second derivative later
+            return _backward_once(ctx, g_out, *g_lasts)
+        return _backward(ctx, g_out, *g_lasts)
+
+
+def _backward(ctx: Any, g_out: Tensor | None, *g_lasts: Tensor | None) -> tuple:
+    """:meth:`LayerFunction.backward`. Not wrapped in ``once_differentiable`` on the usual
+    path: grad mode is already off in a backward without ``create_graph``, and the
+    wrapper's ``no_grad`` costs about 2 us a layer (benchmarks/host_overhead.py: this
+    runs once per layer per training step, so its Python is kept lean)."""
+    kernel, step_shape, shape, tn, device, strides, q_meta, saved_names = ctx.meta
+    lay = layout(kernel)
+    n_ports, n_adds, n_vars = lay.n_ports, lay.n_adds, lay.n_vars
+    n_q = len(strides)
+    saved = ctx.saved_tensors
+    x = saved[0]
+    pos = 1
+    ports = saved[pos : pos + n_ports]
+    pos += n_ports
+    adds = saved[pos : pos + n_adds]
+    pos += n_adds
+    s0s = saved[pos : pos + n_vars]
+    pos += n_vars
+    flat = list(zip(saved[pos : pos + n_q], strides)) if n_q else []
+    pos += n_q
+    seqs = dict(zip(saved_names, saved[pos:]))
+    need = ctx.needs_input_grad[2:]  # (kernel, step_shape, x, *ports, *adds, *s0s, *qs)
+    T, N = tn
+    if g_out is not None:
+        g_out = g_out.reshape(T, N)  # a view wherever the strides allow (y.sum(): (0, 0))
+    g_lasts = [None if g is None else g.reshape(N) for g in g_lasts]
+    want = backward_wants(kernel, T, g_out, g_lasts, s0s, need)
+    seqs = recompute_saved(kernel, x, ports, adds, s0s, flat, seqs)
+    grads = layer_backward(
+        kernel, tn, device, g_out, g_lasts, seqs, x, ports, adds, s0s, flat, want, shape
+    )
+    out: list[Tensor | None] = [None, None, grads["gx"] if need[0] and want["x"] else None]
+    for name in lay.seq_grad_names:
+        g = grads[name]
+        out.append(None if g is None else g.view(shape))
+    for name in lay.s0_grad_names:
+        g = grads[name]
+        out.append(None if g is None else g.view(step_shape))
+    for name, meta in zip(lay.q_grad_names, q_meta):
+        g = grads[name]
+        out.append(None if g is None else _reduce_grad(g, step_shape, *meta))
+    return tuple(out)
+
+
+_backward_once = once_differentiable(_backward)
 
 
 def run_layer(
@@ -597,7 +652,8 @@ def run_layer(
             f"neuron charge form {kernel.spec.charge!r} takes the input ports "
             f"{list(info.ports)}; got {len(ports) + 1} inputs"
         )
-    if len(quantities) != len(info.param_args) or any(q not in quantities for q in info.param_args):
+    n_q = len(info.param_args)
+    if len(quantities) != n_q or (n_q and any(q not in quantities for q in info.param_args)):
         raise ShapeError(
             f"neuron kernel expects the quantities {list(info.param_args)}, got {sorted(quantities)}"
         )
@@ -637,8 +693,9 @@ def run_layer(
         )
         out = out.reshape(x.shape)
         lasts = [last.reshape(step_shape) for last in lasts]
-    elif torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, *seq_ports, *seq_adds, *s0s, *qs)
+    elif torch.is_grad_enabled() and (
+        x.requires_grad  # most calls in training: the rest need not be looked at
+        or any(t is not None and t.requires_grad for t in (*seq_ports, *seq_adds, *s0s, *qs))
     ):
         outs = LayerFunction.apply(kernel, step_shape, x, *seq_ports, *seq_adds, *s0s, *qs)
         out, lasts = outs[0], outs[1:]

@@ -117,8 +117,9 @@ class KernelLibrary:
         if threads != self._threads and self._set_threads is not None:
             self._set_threads(threads)
             self._threads = threads
-        args = []
-        for name, pointer in signature:
-            v = values[name]
-            args.append((None if v is None else v.data_ptr()) if pointer else v)
-        fn(*args)
+        fn(
+            *[
+                (None if (v := values[name]) is None else v.data_ptr()) if pointer else values[name]
+                for name, pointer in signature
+            ]
+        )
