@@ -594,7 +594,10 @@ def kernel_summary(spec: NeuronSpec, ng: NeuronGraph) -> str:
     parts.append(f"out={spec.output}")
     for q in ng.quantities:
         parts.append(f"{q}=@{ng.quantity_roles[q][0]}")
-    if ng.fires:
+    # the surrogate shows only where a spike feeds a result: otherwise the code has none of
+    # it, and kernels that differ only there keep one name (see _kernel_tag)
+    live = ng.step.ancestors(v.i for v in _results(ng).values() if isinstance(v, E.Val))
+    if any(ng.step.nodes[i].op == "heaviside" for i in live):
         sp = "".join(f", {k}={float(v)!r}" for k, v in sorted(spec.surrogate_params.items()))
         parts.append(f"{spec.surrogate}({float(spec.alpha)!r}{sp})")
     return " ".join(parts)
