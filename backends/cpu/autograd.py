@@ -224,8 +224,8 @@ class Layout:
         self.s0_grad_names = tuple(f"g{v}0" for v in info.state_vars)
         self.g_last_names = tuple(f"g{v}_last" for v in info.state_vars)
         self.q_grad_names = tuple(f"gp_{q}" for q in info.param_args)
-        self.p_names = tuple(f"p_{q}" for q in info.param_args)
-        self.st_names = tuple(f"st_{q}" for q in info.param_args)
+        self.p_names = tuple(quantity_arg_names(q)[0] for q in info.param_args)
+        self.st_names = tuple(quantity_arg_names(q)[1] for q in info.param_args)
         #: the backward's outputs in order: gx, g<port>, ga<j>, g<var>0, gp_<q>
         self.grad_names = ("gx", *self.seq_grad_names, *self.s0_grad_names, *self.q_grad_names)
         #: (T, output used, used final states) -> connected(...)
@@ -292,12 +292,18 @@ def _steady_steps(kernel: KernelPair, T: Any, out_used: bool, used: tuple[str, .
 # ------------------------------------------------------------------ kernels
 
 
+def quantity_arg_names(q: str) -> tuple[str, str]:
+    """The two arguments of quantity ``q`` in every kernel: ``p_<q>`` (the values) and
+    ``st_<q>`` (their stride: one value for all neurons, or one per neuron)."""
+    return f"p_{q}", f"st_{q}"
+
+
 def quantity_args(names: Sequence[str], quantities: Sequence[tuple[Any, Any]]) -> dict[str, Any]:
-    """A kernel's quantity arguments by name: ``p_<q>`` (the values) and ``st_<q>`` (their
-    stride: one value for all neurons, or one per neuron), the same in every kernel."""
+    """A kernel's quantity arguments by name (:func:`quantity_arg_names`)."""
     out: dict[str, Any] = {}
     for q, (p, stride) in zip(names, quantities):
-        out[f"p_{q}"], out[f"st_{q}"] = p, stride
+        p_name, st_name = quantity_arg_names(q)
+        out[p_name], out[st_name] = p, stride
     return out
 
 
