@@ -173,6 +173,7 @@ class Layout:
         "g_last_names",
         "grad_names",
         "gx_dtype",
+        "last_names",
         "gy_dtype",
         "keep_adds",
         "n_adds",
@@ -220,9 +221,10 @@ class Layout:
             *(f"g{p}" for p in self.port_names),
             *(f"g{a}" for a in self.add_names),
         )
-        self.s0_names = tuple(f"{v}0" for v in info.state_vars)
+        self.s0_names = tuple(state_arg_names(v)[0] for v in info.state_vars)
         self.s0_grad_names = tuple(f"g{v}0" for v in info.state_vars)
         self.g_last_names = tuple(f"g{v}_last" for v in info.state_vars)
+        self.last_names = tuple(state_arg_names(v)[1] for v in info.state_vars)
         self.q_grad_names = tuple(f"gp_{q}" for q in info.param_args)
         self.p_names = tuple(quantity_arg_names(q)[0] for q in info.param_args)
         self.st_names = tuple(quantity_arg_names(q)[1] for q in info.param_args)
@@ -307,12 +309,18 @@ def quantity_args(names: Sequence[str], quantities: Sequence[tuple[Any, Any]]) -
     return out
 
 
+def state_arg_names(v: str) -> tuple[str, str]:
+    """A forward kernel's two arguments of state variable ``v``: ``<v>0`` (the given initial
+    state, or None) and ``<v>_last`` (where the state after the last step goes)."""
+    return f"{v}0", f"{v}_last"
+
+
 def state_args(names: Sequence[str], firsts: Sequence[Any], lasts: Sequence[Any]) -> dict[str, Any]:
-    """A forward kernel's state arguments by name: ``<v>0`` (given initial state, or None)
-    and ``<v>_last`` (where the state after the last step goes)."""
+    """A forward kernel's state arguments by name (:func:`state_arg_names`)."""
     out: dict[str, Any] = {}
     for v, first, last in zip(names, firsts, lasts):
-        out[f"{v}0"], out[f"{v}_last"] = first, last
+        first_name, last_name = state_arg_names(v)
+        out[first_name], out[last_name] = first, last
     return out
 
 
@@ -335,7 +343,6 @@ def layer_forward(
     caller gets base tensors, not views (an autograd Function's outputs that are views
     of one another cannot be modified in place).
     """
-    info = kernel.info
     lay = layout(kernel)
     T, N = x.shape
     dev = x.device
@@ -347,11 +354,17 @@ def layer_forward(
     lasts = [
         torch.empty(state_shape or (N,), dtype=torch.float32, device=dev) for _ in range(lay.n_vars)
     ]
-    values: dict[str, Any] = {"x": x, "out": out, "T": T, "N": N, **saved}
-    values.update(zip(lay.port_names, ports))
-    values.update(zip(lay.add_names, adds))
-    values.update(state_args(info.state_vars, s0s, lasts))
-    values.update(quantity_args(info.param_args, quantities))
+    values: dict[str, Any] = {"x": x, "out": out, "T": T, "N": N}
+    values.update(saved)
+    if lay.n_ports:
+        values.update(zip(lay.port_names, ports))
+    if lay.n_adds:
+        values.update(zip(lay.add_names, adds))
+    # the names worked out once per kernel (the Layout, from state_arg_names / quantity_arg_names)
+    values.update(zip(lay.s0_names, s0s))
+    values.update(zip(lay.last_names, lasts))
+    for p_name, st_name, (p, stride) in zip(lay.p_names, lay.st_names, quantities):
+        values[p_name], values[st_name] = p, stride
     kernel.call("fwd", values, dev)
     return out, saved, lasts
 
