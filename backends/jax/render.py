@@ -486,11 +486,7 @@ class Renderer:
         """The template data for one neuron step: prologue, the form's step, state, epilogue."""
         g = self.check_neuron(n)
         where = self.where(n)
-        if len(ins) < len(g.ports):
-            raise IRError(
-                f"{where}: charge form {g.form!r} reads the input ports {list(g.ports)}; "
-                f"the node has {len(ins)} input(s)"
-            )
+        _check_ports(g, ins, where)
         a = self.g.attrs(n)
         prologue = [self._fused(n, s, ins, where) for s in a.get("prologue", [])]
         x = f"i{n}" if prologue else ins[0]
@@ -710,11 +706,7 @@ class Renderer:
                     f"{name} = rt.delayed(x{e.src}, {self.prev_expr(e.src, f'x{e.src}[0]')})"
                 )
                 ins.append(name)
-        if len(ins) < len(g.ports):
-            raise IRError(
-                f"{where}: charge form {g.form!r} reads the input ports {list(g.ports)}; "
-                f"the node has {len(ins)} input(s)"
-            )
+        _check_ports(g, ins, where)
         a = self.g.attrs(n)
         prologue = [self._fused(n, st, ins, where) for st in a.get("prologue", [])]
         x0 = ins[0]
@@ -936,3 +928,12 @@ def render(graph: Graph, **options: Any) -> str:
     """The generated module's source for a scheduled graph."""
     ctx = Renderer(graph, options).context()
     return environment().get_template("module.py.j2").render(**ctx)
+
+
+def _check_ports(g: Any, ins: list[str], where: str) -> None:
+    """A neuron node has an input for every port its charge form reads (scan and Pallas)."""
+    if len(ins) < len(g.ports):
+        raise IRError(
+            f"{where}: charge form {g.form!r} reads the input ports {list(g.ports)}; "
+            f"the node has {len(ins)} input(s)"
+        )
