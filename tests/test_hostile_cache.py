@@ -13,6 +13,7 @@ import ctypes
 import json
 import multiprocessing
 import os
+import queue
 import stat
 import time
 from collections.abc import Callable
@@ -444,7 +445,19 @@ def in_fresh_process(fn: Callable[..., Any], *args: Any) -> Any:
     results = ctx.Queue()
     proc = ctx.Process(target=_put_result, args=(results, fn, *args))
     proc.start()
-    got = results.get(timeout=600)
+    deadline = time.monotonic() + 600
+    while True:
+        try:
+            got = results.get(timeout=1)
+            break
+        except queue.Empty:
+            if not proc.is_alive() or time.monotonic() > deadline:  # crashed or hung
+                proc.kill()
+                try:  # a result written just before it ended is still in the pipe
+                    got = results.get(timeout=5)
+                    break
+                except queue.Empty:
+                    return f"the fresh process gave no result (exit code {proc.exitcode})"
     proc.join(timeout=60)
     return got
 
