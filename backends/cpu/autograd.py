@@ -40,6 +40,7 @@ from typing import Any, Protocol
 import torch
 from torch.autograd.function import once_differentiable
 
+from snncc.backends.cpu import host_pages
 from snncc.backends.kernels import NeuronKernelInfo, connected, gy_dtype
 from snncc.errors import ShapeError, UnsupportedError
 from snncc.ir.neuron import NeuronSpec
@@ -346,9 +347,9 @@ def layer_forward(
     lay = layout(kernel)
     T, N = x.shape
     dev = x.device
-    out = torch.empty(out_shape or (T, N), dtype=lay.out_dtype, device=dev)
+    out = host_pages.empty(out_shape or (T, N), lay.out_dtype, dev)
     saved: dict[str, Tensor | None] = {
-        name: torch.empty((T, N), dtype=torch.float32, device=dev) if store else None
+        name: host_pages.empty((T, N), torch.float32, dev) if store else None
         for name in lay.seq_names
     }
     lasts = [
@@ -401,11 +402,11 @@ def layer_backward(
     if gy is not None and gy.dtype != lay.gy_dtype:
         gy = gy.to(lay.gy_dtype)
     grads: dict[str, Tensor | None] = {
-        "gx": torch.empty(gx_shape or (T, N), dtype=lay.gx_dtype, device=dev)
+        "gx": host_pages.empty(gx_shape or (T, N), lay.gx_dtype, dev)
     }
     # the names come worked out from the Layout: this runs once per layer per step
     for name in lay.seq_grad_names:
-        grads[name] = torch.empty((T, N), dtype=f32, device=dev) if want.get(name) else None
+        grads[name] = host_pages.empty((T, N), f32, dev) if want.get(name) else None
     for name in lay.s0_grad_names:
         grads[name] = torch.empty((N,), dtype=f32, device=dev) if want.get(name) else None
     for name in lay.q_grad_names:

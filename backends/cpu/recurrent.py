@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from snncc.backends.cpu import host_pages
 from snncc.backends.cpu.autograd import (
     _reduce_grad,
     flat_quantity,
@@ -86,11 +87,14 @@ class FusedRecurrentFunction(torch.autograd.Function):
         step_shape = (B, H)
         quantities = [flat_quantity(p, step_shape, q) for q, p in zip(info.param_args, raw_q)]
         f32 = {"dtype": torch.float32, "device": dev}
-        out = torch.empty((T, B, H), **f32)
+        out = host_pages.empty((T, B, H), torch.float32, dev)
         # inference (nothing needs a gradient): the kernel saves nothing for a backward
         store = any(ctx.needs_input_grad)
-        saved = {n: torch.empty((T, B, H), **f32) if store else None for n in info.seq_names}
-        r_seq = torch.empty((T, B, H), **f32) if store else None
+        seq = (T, B, H)
+        saved = {
+            n: host_pages.empty(seq, torch.float32, dev) if store else None for n in info.seq_names
+        }
+        r_seq = host_pages.empty(seq, torch.float32, dev) if store else None
         lasts = [torch.empty((B, H), **f32) for _ in info.state_vars]
         c_ts, c_bs = (0, 0) if c is None or c.dim() == 1 else (B * H, H)
         values: dict[str, Any] = {
@@ -140,11 +144,11 @@ class FusedRecurrentFunction(torch.autograd.Function):
         dev = w.device
         f32 = {"dtype": torch.float32, "device": dev}
         grads: dict[str, Any] = {
-            "gr": torch.empty((T, B, H), **f32),
+            "gr": host_pages.empty((T, B, H), torch.float32, dev),
             "gs0": torch.empty((B, H), **f32) if need_s0 else None,
         }
         for f, want in zip(info.fed_ports, need_fed):
-            grads[f"g{f}"] = torch.empty((T, B, H), **f32) if want else None
+            grads[f"g{f}"] = host_pages.empty((T, B, H), torch.float32, dev) if want else None
         for v, want in zip(info.state_vars, need_v):
             grads[f"g{v}0"] = torch.empty((B, H), **f32) if want else None
         for q, want in zip(info.param_args, need_q):
