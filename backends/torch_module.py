@@ -141,19 +141,22 @@ class ProgramModule(nn.Module):
         """Run ``x`` [T, B, ...] from ``state`` (None: fresh); return (outputs, final state)."""
         prog = self._snncc_prog
         # traced (torch.compile, torch.export), the module's tensors are stand-ins that must
-        # not outlive the trace in the program's dict: the program's own come back after
-        tracing = torch.compiler.is_compiling()
-        before = dict(prog.params) if tracing else None
-        self._snncc_bind()
+        # not outlive the trace: the program runs on a dict of its own for the trace, and its
+        # dict is neither read nor changed. Reading it would guard on what it holds (the
+        # program's tensors, or the module's after an eager call), so that an eager call
+        # between two compiled ones recompiled the module.
+        own = prog.params
+        if torch.compiler.is_compiling():
+            prog.params = {name: getattr(owner, leaf) for name, owner, leaf in self._snncc_slots}
+        else:
+            self._snncc_bind()
         saved = getattr(prog, "training", None)
         prog.training = self.training
         try:
             return prog.run(x, state)
         finally:
             prog.training = saved
-            if before is not None:
-                prog.params.clear()
-                prog.params.update(before)
+            prog.params = own
 
     def forward(self, x: Any) -> Any:
         """Outputs of ``x`` [T, B, ...] from a fresh state (differentiable)."""

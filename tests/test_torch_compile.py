@@ -79,6 +79,25 @@ def test_compiled_to_torch_is_one_graph_with_the_eager_bits(plif: bool) -> None:
     assert torch.equal(compiled(x2), module(x2))
 
 
+@pytest.mark.parametrize("plif", [False, True], ids=["lif", "plif"])
+def test_eager_calls_between_compiled_ones_do_not_recompile(plif: bool) -> None:
+    """An eager call binds the module's tensors into the program and memoises what its
+    kernels derive; neither may change what a compiled call's guards saw (both once
+    recompiled the module on its next compiled call). Each compiled call comes first
+    in a fresh program, so nothing is memoised before dynamo looks."""
+    x = _input()
+    for training in (True, False):
+        torch._dynamo.reset()
+        module = snncc.compile(_sj_mlp(plif), x, backend="cpu").to_torch()
+        compiled = torch.compile(module, fullgraph=True)
+        with torch.set_grad_enabled(training), torch._dynamo.config.patch(error_on_recompile=True):
+            first = compiled(x)
+            eager = module(x)
+            again = compiled(x)
+        assert torch.equal(first, eager) and torch.equal(again, eager)
+        assert 0 < float(eager.sum()) < eager.numel()
+
+
 def test_eager_runs_stay_off_the_custom_ops(monkeypatch) -> None:
     """Eager calls go through the autograd.Function (a custom op's dispatch costs more)."""
     calls = []

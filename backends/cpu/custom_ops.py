@@ -72,6 +72,16 @@ def kernel_key(kernel: KernelPair) -> str:
     return key
 
 
+def prime_for_tracing(kernel: KernelPair) -> None:
+    """Work out now what a traced call reads from ``kernel`` (its op key, its Layout).
+
+    Why: both are memoised on the kernel object. Left to the first call, a first call
+    under torch.compile guards on their absence, and the next call (once an eager call
+    has set them) recompiles the module. The kernels' constructors call this."""
+    kernel_key(kernel)
+    layout(kernel)
+
+
 def kernel_of(key: str) -> KernelPair:
     """The kernel an op key names: this process's object, or one built from the key."""
     kernel = _KERNELS.get(key)

@@ -64,9 +64,9 @@ class NeuronKernel:
                 "bwd": (self.info.backward_name, self.info.backward_args),
             },
         )
-        from snncc.backends.cpu.custom_ops import kernel_key
+        from snncc.backends.cpu.custom_ops import prime_for_tracing
 
-        kernel_key(self)  # now, not while torch.compile traces a first call
+        prime_for_tracing(self)
 
     def call(self, which: str, values: Mapping[str, Any], device: Any = None) -> None:
         """Run the forward ("fwd") or backward ("bwd") kernel with arguments by name.

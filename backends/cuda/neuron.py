@@ -60,9 +60,9 @@ class CudaNeuronKernel:
         self.cache_dir = cache_dir
         self.block = block
         self._functions = runtime.KernelFunctions(self.source, cache_dir)
-        from snncc.backends.cpu.custom_ops import kernel_key
+        from snncc.backends.cpu.custom_ops import prime_for_tracing
 
-        kernel_key(self)  # now, not while torch.compile traces a first call
+        prime_for_tracing(self)
 
     def call(self, which: str, values: Mapping[str, Any], device: torch.device) -> None:
         """Launch the forward ("fwd") or backward ("bwd") kernel with arguments by name.

@@ -44,6 +44,16 @@ def _plans(g: NeuronGraph) -> tuple[Plan, Plan]:
     return hit[1], hit[2]
 
 
+def prepare(spec: NeuronSpec) -> None:
+    """Build ``spec``'s form and its evaluation plans now, at lowering.
+
+    Why now: a plan built on first use is a cache miss the first call sees. Under
+    torch.compile that miss becomes a guard, and the cache filled by any later call
+    fails it and recompiles the module. Building the form also refuses a spec no form
+    can run, naming the problem."""
+    _plans(build(spec))
+
+
 def init_state(
     spec: NeuronSpec,
     shape: Sequence[int],

@@ -43,7 +43,6 @@ from snncc.backends.reference import neurons
 from snncc.errors import IRError, ShapeError, UnsupportedError
 from snncc.ir.graph import Edge, Graph
 from snncc.ir.neuron import NeuronSpec
-from snncc.ir.neurons import build
 from snncc.ir.ops import OPS
 from snncc.ir.passes.drop_noops import dropped_dropout
 from snncc.ir.schedule import groups_of
@@ -122,7 +121,7 @@ class ReferenceProgram:
             n: NeuronSpec.from_dict(graph.attrs(n)["neuron"]) for n in graph.iter_ops("neuron")
         }
         for spec in self._specs.values():
-            build(spec)  # refuses a spec no form can run, naming the problem, at lowering
+            neurons.prepare(spec)  # refuses a spec no form can run, naming the problem
         learnable = self._learnable_names()
         self.params: dict[str, Tensor] = {}
         for name, value in graph.params.items():
