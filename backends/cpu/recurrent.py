@@ -87,10 +87,10 @@ class FusedRecurrentFunction(torch.autograd.Function):
         step_shape = (B, H)
         quantities = [flat_quantity(p, step_shape, q) for q, p in zip(info.param_args, raw_q)]
         f32 = {"dtype": torch.float32, "device": dev}
-        out = host_pages.empty((T, B, H), torch.float32, dev)
+        seq = (T, B, H)
+        out = host_pages.empty(seq, torch.float32, dev)
         # inference (nothing needs a gradient): the kernel saves nothing for a backward
         store = any(ctx.needs_input_grad)
-        seq = (T, B, H)
         saved = {
             n: host_pages.empty(seq, torch.float32, dev) if store else None for n in info.seq_names
         }
