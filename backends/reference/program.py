@@ -311,16 +311,17 @@ class ReferenceProgram:
                 xi = torch.as_tensor(np.asarray(xi))
             node = self.graph.node(nid)
             lead = 0 if nid in self._static else 1  # a static input has no time axis
-            want = "[B, ...]" if lead == 0 else "time-major [T, B, ...]"
             if xi.dim() < 1 + lead:
+                want = "[B, ...]" if lead == 0 else "time-major [T, B, ...]"
                 raise ShapeError(f"input %{nid} must be {want}; got shape {tuple(xi.shape)}")
             shape = node.get("shape")
-            shown = ("T, " if lead else "") + ", ".join(map(str, shape or []))
-            if shape is not None and len(shape) != xi.dim() - lead:
-                raise ShapeError(f"input %{nid} expects [{shown}]; got {tuple(xi.shape)}")
-            if shape is not None and any(
-                isinstance(d, int) and d != s for d, s in zip(shape[1:], xi.shape[1 + lead :])
+            if shape is not None and (
+                len(shape) != xi.dim() - lead
+                or any(
+                    isinstance(d, int) and d != s for d, s in zip(shape[1:], xi.shape[1 + lead :])
+                )
             ):
+                shown = ("T, " if lead else "") + ", ".join(map(str, shape))
                 raise ShapeError(f"input %{nid} expects [{shown}]; got {tuple(xi.shape)}")
             dtype = _TORCH_DTYPES.get(node.get("dtype", "float32"), torch.float32)
             out.append(xi.to(dtype) if xi.dtype != dtype else xi)
