@@ -58,8 +58,8 @@ def advise_huge_pages(t: torch.Tensor) -> bool:
     Call it before the memory is first written: pages already faulted in stay small
     until the kernel's background collapsing gets to them.
     """
-    nbytes = t.numel() * t.element_size()
-    if _MADVISE is None or t.device.type != "cpu" or nbytes < MIN_BYTES:
+    nbytes = t.nbytes
+    if _MADVISE is None or nbytes < MIN_BYTES or t.device.type != "cpu":
         return False
     start = t.data_ptr()
     lo = (start + HUGE_PAGE - 1) & ~(HUGE_PAGE - 1)
@@ -70,6 +70,6 @@ def advise_huge_pages(t: torch.Tensor) -> bool:
 def empty(shape: Sequence[int], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """``torch.empty``, with a large host block advised as huge pages (see the module)."""
     t = torch.empty(shape, dtype=dtype, device=device)
-    if device.type == "cpu":
+    if t.nbytes >= MIN_BYTES:  # the usual small block costs one attribute read here
         advise_huge_pages(t)
     return t
