@@ -132,11 +132,6 @@ class ProgramModule(nn.Module):
         """The wrapped program (its ``params`` point at this module's tensors while it runs)."""
         return self._snncc_prog
 
-    def _snncc_bind(self) -> None:
-        params = self._snncc_prog.params
-        for name, owner, leaf in self._snncc_slots:
-            params[name] = getattr(owner, leaf)
-
     def snncc_run(self, x: Any, state: dict | None = None) -> tuple[Any, dict]:
         """Run ``x`` [T, B, ...] from ``state`` (None: fresh); return (outputs, final state)."""
         prog = self._snncc_prog
@@ -146,10 +141,11 @@ class ProgramModule(nn.Module):
         # program's tensors, or the module's after an eager call), so that an eager call
         # between two compiled ones recompiled the module.
         own = prog.params
+        bound = {name: getattr(owner, leaf) for name, owner, leaf in self._snncc_slots}
         if torch.compiler.is_compiling():
-            prog.params = {name: getattr(owner, leaf) for name, owner, leaf in self._snncc_slots}
+            prog.params = bound
         else:
-            self._snncc_bind()
+            own.update(bound)
         saved = getattr(prog, "training", None)
         prog.training = self.training
         try:

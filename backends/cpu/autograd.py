@@ -310,6 +310,14 @@ def quantity_args(names: Sequence[str], quantities: Sequence[tuple[Any, Any]]) -
     return out
 
 
+def _put_quantities(
+    values: dict[str, Any], lay: Layout, quantities: Sequence[tuple[Any, Any]]
+) -> None:
+    """:func:`quantity_args` into ``values``, with the names the Layout worked out once."""
+    for p_name, st_name, (p, stride) in zip(lay.p_names, lay.st_names, quantities):
+        values[p_name], values[st_name] = p, stride
+
+
 def state_arg_names(v: str) -> tuple[str, str]:
     """A forward kernel's two arguments of state variable ``v``: ``<v>0`` (the given initial
     state, or None) and ``<v>_last`` (where the state after the last step goes)."""
@@ -364,8 +372,7 @@ def layer_forward(
     # the names worked out once per kernel (the Layout, from state_arg_names / quantity_arg_names)
     values.update(zip(lay.s0_names, s0s))
     values.update(zip(lay.last_names, lasts))
-    for p_name, st_name, (p, stride) in zip(lay.p_names, lay.st_names, quantities):
-        values[p_name], values[st_name] = p, stride
+    _put_quantities(values, lay, quantities)
     kernel.call("fwd", values, dev)
     return out, saved, lasts
 
@@ -430,8 +437,7 @@ def layer_backward(
         if g_last is not None and (g_last.dtype != f32 or not g_last.is_contiguous()):
             g_last = g_last.float().contiguous()
         values[g_name] = g_last
-    for p_name, st_name, (p, stride) in zip(lay.p_names, lay.st_names, quantities):
-        values[p_name], values[st_name] = p, stride
+    _put_quantities(values, lay, quantities)
     kernel.call("bwd", values, dev)
     return grads
 
