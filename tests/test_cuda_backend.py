@@ -1407,13 +1407,10 @@ def _sj_grads(model: nn.Module, x: torch.Tensor, gy: torch.Tensor) -> tuple[torc
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 @pytest.mark.parametrize("name", ["sj_mlp", "sj_convnet"])
-def test_to_torch_names_outputs_and_grads_match_spikingjelly(
-    backend: str, name: str, tmp_path
-) -> None:
+def test_to_torch_names_outputs_and_grads_match_spikingjelly(backend: str, name: str) -> None:
     model = MODELS[name][0]()
     x = _input(name, 6, 3)
-    opts = {"cache_dir": str(tmp_path)} if backend == "cpu" else {}
-    cm = snncc.compile(model, x, backend=backend, **opts)
+    cm = snncc.compile(model, x, backend=backend)
     mod = to_torch(cm.program)
     src = model.state_dict()
     assert set(mod.state_dict()) <= set(src) and set(mod.state_dict()) == set(cm.program.params)
@@ -1450,7 +1447,7 @@ def test_to_torch_train_mode_uses_batch_statistics_like_the_source() -> None:
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
-def test_to_torch_training_loop_lowers_the_loss(backend: str, tmp_path) -> None:
+def test_to_torch_training_loop_lowers_the_loss(backend: str) -> None:
     from snncc.examples import digits
 
     torch.manual_seed(0)
@@ -1458,8 +1455,7 @@ def test_to_torch_training_loop_lowers_the_loss(backend: str, tmp_path) -> None:
     images, labels = digits.test_split()
     x = digits.encode(images[:96])
     target = torch.nn.functional.one_hot(torch.as_tensor(labels[:96]), 10).float()
-    opts = {"cache_dir": str(tmp_path)} if backend == "cpu" else {}
-    mod = to_torch(snncc.compile(model, x, backend=backend, **opts).program)
+    mod = to_torch(snncc.compile(model, x, backend=backend).program)
     opt = torch.optim.Adam(mod.parameters(), lr=5e-3)
     losses = []
     for _ in range(12):

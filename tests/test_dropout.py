@@ -78,10 +78,9 @@ def compiled(module: torch.nn.Module, x: torch.Tensor, seed: int) -> tuple[torch
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
-def test_training_dropout_is_spikingjellys_bit_for_bit(backend: str, tmp_path) -> None:
+def test_training_dropout_is_spikingjellys_bit_for_bit(backend: str) -> None:
     net, x = sj_net(training=True), x_in()
-    opts = {"cache_dir": str(tmp_path)} if backend == "cpu" else {}
-    cm = snncc.compile(net, x, backend=backend, **opts)
+    cm = snncc.compile(net, x, backend=backend)
     assert [cm.ir.op(n) for n in cm.ir.iter_ops("dropout")] == ["dropout", "dropout"]
     module = cm.to_torch()
     assert module.training  # compiled in training mode: starts there, as the source model
@@ -195,7 +194,7 @@ def test_eval_mode_drops_dropout_and_refuses_to_train_without_it() -> None:
     ReferenceProgram(cm.ir, training=False)  # eval stays possible
 
 
-def test_exporters_refuse_training_dropout(tmp_path) -> None:
+def test_exporters_refuse_training_dropout() -> None:
     from snncc.exchange import to_nir, to_onnx
 
     cm = snncc.compile(sj_net(training=True), x_in(), backend="reference")

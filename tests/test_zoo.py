@@ -18,7 +18,6 @@ README's zoo table is this module's outcome.
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -338,7 +337,6 @@ def _run_recording_firing(case: Case) -> tuple[tuple[torch.Tensor, ...], list[fl
 
 
 _CACHE: dict[str, dict] = {}
-_CACHE_DIR = tempfile.mkdtemp(prefix="snncc-zoo-")
 
 
 def _setup(name: str) -> dict:
@@ -354,8 +352,7 @@ def _compiled(name: str, backend: str):
     entry = _setup(name)
     if backend not in entry["compiled"]:
         case = entry["case"]
-        options = {} if backend == "reference" else {"cache_dir": _CACHE_DIR}
-        entry["compiled"][backend] = snncc.compile(case.model, case.x, backend=backend, **options)
+        entry["compiled"][backend] = snncc.compile(case.model, case.x, backend=backend)
     return entry["compiled"][backend]
 
 
@@ -605,10 +602,9 @@ def test_spikingjelly_recurrent_containers(kind: str) -> None:
     ref, rates = _run_recording_firing(case)
     assert 0 < sum(rates) / len(rates) < 1, rates
     for backend in ("reference", "cpu"):
-        options = {} if backend == "reference" else {"cache_dir": _CACHE_DIR}
-        y = snncc.compile(model, x, backend=backend, **options)(x)
+        y = snncc.compile(model, x, backend=backend)(x)
         assert torch.equal(y, ref[0]), backend
-    y = _np(snncc.compile(model, x, backend="jax", cache_dir=_CACHE_DIR)(x))
+    y = _np(snncc.compile(model, x, backend="jax")(x))
     np.testing.assert_allclose(y, _np(ref[0]), atol=CONTINUOUS_TOL, rtol=CONTINUOUS_TOL)
     cm = snncc.compile(model, x, backend="reference")
     xr, xs = x.clone().requires_grad_(), x.clone().requires_grad_()
@@ -645,8 +641,7 @@ def test_norse_lift(kind: str) -> None:
         ref = _tuple(model(x))  # Lift of a cell returns (spikes, the final state)
     assert 0 < float(ref[0].mean()) < 1
     for backend in ("reference", "cpu"):
-        options = {} if backend == "reference" else {"cache_dir": _CACHE_DIR}
-        y = _tuple(snncc.compile(model, x, backend=backend, **options)(x))
+        y = _tuple(snncc.compile(model, x, backend=backend)(x))
         assert torch.equal(y[0], ref[0]), backend
 
 
@@ -681,11 +676,10 @@ def test_snntorch_rsynaptic(mech: str) -> None:
         ref = model(x)
     assert 0 < float(ref[0].mean()) < 1
     for backend in ("reference", "cpu"):
-        options = {} if backend == "reference" else {"cache_dir": _CACHE_DIR}
-        ys = snncc.compile(model, x, backend=backend, **options)(x)
+        ys = snncc.compile(model, x, backend=backend)(x)
         for got, want in zip(ys, ref):
             assert torch.equal(got, want), backend
-    ys = snncc.compile(model, x, backend="jax", cache_dir=_CACHE_DIR)(x)
+    ys = snncc.compile(model, x, backend="jax")(x)
     assert float(np.mean(_np(ys[0]) != _np(ref[0]))) <= SPIKE_MISMATCH_TOL
     for got, want in zip(ys[1:], ref[1:]):
         np.testing.assert_allclose(_np(got), _np(want), atol=CONTINUOUS_TOL, rtol=CONTINUOUS_TOL)
@@ -721,8 +715,7 @@ def test_norse_lsnn_recurrent() -> None:
     hook.remove()
     assert 0 < rates[0] < 1, rates
     for backend in ("reference", "cpu"):
-        options = {} if backend == "reference" else {"cache_dir": _CACHE_DIR}
-        y = snncc.compile(model, x, backend=backend, **options)(x)
+        y = snncc.compile(model, x, backend=backend)(x)
         assert torch.equal(y, ref), backend
-    y = snncc.compile(model, x, backend="jax", cache_dir=_CACHE_DIR)(x)
+    y = snncc.compile(model, x, backend="jax")(x)
     np.testing.assert_allclose(_np(y), _np(ref), atol=CONTINUOUS_TOL, rtol=CONTINUOUS_TOL)
