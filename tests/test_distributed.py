@@ -255,7 +255,8 @@ def test_torchrun_snncc_run_pipeline(tmp_path, cache) -> None:
         "-O",
         f"cache_dir={cache}",
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_CBWR": "AUTO,STRICT"}
+    # TMPDIR: torchrun's own torchelastic_* folder goes below this test's, not /tmp for good
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_CBWR": "AUTO,STRICT", "TMPDIR": str(tmp_path)}
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, env=env)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     assert "pipeline over 2 ranks, rank 1 writes" in run.stdout
