@@ -74,7 +74,12 @@ def launch(world: int, scenario: str, out: Path, cache: str) -> list[list[dict]]
                 p.kill()
                 p.communicate()
     for r, p in enumerate(procs):
-        assert p.returncode == 0, f"rank {r} of {scenario} failed:\n{logs[r][-3000:]}"
+        # whether it wrote its results tells a failure in the runs from one in the teardown
+        wrote = (out / f"rank{r}.json").exists()
+        assert p.returncode == 0, (
+            f"rank {r} of {scenario} failed (exit {p.returncode}, results written: {wrote}):\n"
+            f"{logs[r][-3000:]}"
+        )
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]
 
 
