@@ -186,6 +186,7 @@ def measure(
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     samples = []
+    cpu0, wall0 = time.process_time(), time.perf_counter()
     for _ in range(pr.repeat):
         bench.sync(None)
         t0 = time.perf_counter()
@@ -194,6 +195,8 @@ def measure(
         bench.sync(y)
         samples.append((time.perf_counter() - t0) / k * 1e3)
         y = None
+    # every thread of the process: shows how many cores a peer really kept busy
+    cpu_per_wall = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
     peak = bench.peak_mib()
     if peak is None and device == "cuda":
         peak = torch.cuda.max_memory_allocated() / 2**20
@@ -201,6 +204,7 @@ def measure(
         **spread(samples),
         "samples_ms": samples,
         "steps_per_sample": k,
+        "cpu_per_wall": round(cpu_per_wall, 3),
         "peak_mib": peak,
         "first_step_ms": first_ms,
         "warmup_runs": len(runs) + 1,

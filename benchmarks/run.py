@@ -272,20 +272,38 @@ def render(path: str, out: str) -> int:
 
 
 def thread_env(threads: int | None) -> dict[str, str]:
-    """Environment that gives every library of a worker ``threads`` CPU threads (None: theirs).
+    """Environment that gives OpenMP (torch's CPU ops, snncc's cpu kernels) and MKL
+    ``threads`` CPU threads in a worker (None: the libraries' own choice).
 
-    OpenMP (torch's CPU ops, snncc's cpu kernels), MKL and XLA's CPU client; the same
-    for every peer, so that a loaded machine slows each peer alike instead of
-    stalling the multi-threaded ones at their barriers.
+    XLA's CPU client takes no such setting: jax 0.10 sizes its thread pool from the
+    CPUs the process may run on and ignores ``--xla_cpu_multi_thread_eigen=false``
+    (measured on the 2-core dev VM: a jitted 4096x2048 by 2048x2048 matmul with that
+    flag used 1.94 s of CPU per second). :func:`worker_cpus` pins the worker instead.
     """
     if not threads:
         return {}
-    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    xla = os.environ.get("XLA_FLAGS", "")
-    if threads == 1:
-        xla += " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
-    env["XLA_FLAGS"] = xla.strip()
-    return env
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+
+
+def worker_cpus(threads: int | None) -> list[int] | None:
+    """The CPUs a worker is pinned to under ``--threads``: the first ``threads`` this
+    process may use (None: no pinning).
+
+    Pinning holds every library of every peer to the same share, whatever its own
+    thread settings: the same for every peer, so that a loaded machine slows each peer
+    alike instead of stalling the multi-threaded ones at their barriers, and so that no
+    peer runs on more cores than the table says.
+    """
+    if not threads:
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    return cpus[: max(1, threads)]
+
+
+def pin_worker(cpus: str | None) -> None:
+    """Pin this worker to ``cpus`` ("0,1") before any library starts its threads."""
+    if cpus:
+        os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
 
 
 def _worker_env(peer: str, threads: int | None = None) -> dict[str, str]:
@@ -356,6 +374,7 @@ def orchestrate(args: argparse.Namespace, compete: str | None = None) -> int | P
         print(f"== beside a competing load: {compete}", flush=True)
     print(f"== load at start: {load_start['uptime']} (nproc {load_start['nproc']})", flush=True)
     records: list[dict[str, Any]] = []
+    cpus = worker_cpus(args.threads)
     jobs = [{"peer": "roofline", "round": 0, "seed": 0, "only": None}] + plan(args, peers)
     for n, job in enumerate(jobs):
         peer = job["peer"]
@@ -389,6 +408,7 @@ def orchestrate(args: argparse.Namespace, compete: str | None = None) -> int | P
             ]
             + (["--small"] if args.small else [])
             + (["--only", job["only"]] if job["only"] else [])
+            + (["--cpus", ",".join(map(str, cpus))] if cpus and peer != "roofline" else [])
         )
         left = deadline - time.time()
         what = f"{peer} round {job['round'] + 1}" + (f" {job['only']}" if job["only"] else "")
@@ -448,6 +468,7 @@ def orchestrate(args: argparse.Namespace, compete: str | None = None) -> int | P
             "min_warmup_runs": args.warmup,
             "min_warmup_s": args.warmup_s,
             "threads": args.threads,
+            "cpus": cpus,
         },
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "wall_s": round(time.time() - start, 1),
@@ -671,9 +692,7 @@ def markdown(report: dict) -> str:
             "[25th-75th percentile] ms.",
         ]
         if pr.get("threads"):
-            lines.append(
-                f"CPU threads: {pr['threads']} per worker for every peer (OpenMP, MKL, XLA)."
-            )
+            lines.append(_threads_line(pr, recs))
         ld = report.get("load", {})
         if ld:
             s, e = ld.get("start", {}), ld.get("end", {})
@@ -757,6 +776,28 @@ def markdown(report: dict) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _threads_line(protocol: dict, recs: list[dict]) -> str:
+    """What ``--threads`` held every peer to, and the CPU use that shows it held."""
+    n = protocol["threads"]
+    cpus = protocol.get("cpus")
+    line = f"CPU threads: {n} per worker for every peer"
+    if cpus is None:  # runs before the pinning: only OpenMP/MKL were set
+        return line + " (OpenMP, MKL; XLA's own setting, which jax 0.10 ignores)."
+    line += (
+        f": each worker pinned to CPU {', '.join(map(str, cpus))} (sched_setaffinity), "
+        f"OpenMP and MKL given {n} thread(s)"
+    )
+    used = [r for r in recs if r.get("status") == "ok" and r.get("cpu_per_wall") is not None]
+    if used:
+        top = max(used, key=lambda r: r["cpu_per_wall"])
+        line += (
+            f"; process CPU time over wall time in the timed blocks at most "
+            f"{top['cpu_per_wall']:.2f} ({top['peer']}, {top['workload']} {top['case']} "
+            f"{top['mode']})"
+        )
+    return line + "."
 
 
 def _memory_lines(keys: list[tuple], table: dict, peers: list[str]) -> list[str]:
@@ -934,6 +975,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--round", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--deadline", type=float, default=float("inf"), help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
+    p.add_argument("--cpus", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.repeat < 20 and not args.worker:
         p.error("--repeat must be >= 20 (the suite reports medians of at least 20 samples)")
@@ -947,6 +989,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.render:
         return render(args.render, args.out)
     if args.worker:
+        pin_worker(args.cpus)
         return worker(args)
     if not args.compete:
         res = orchestrate(args)
