@@ -906,6 +906,37 @@ def test_spike_fed_gemms_save_uint8_and_keep_gradients_bit_for_bit() -> None:
         assert torch.equal(a, b)
 
 
+def test_packed_spikes_unpack_to_the_same_bits_in_a_large_block() -> None:
+    """Unscaled spikes are packed by one cast, scaled ones (snnTorch's graded factor) by a
+    comparison with 0, and a large unpacked block is allocated on huge pages: either way
+    the backward reads the bits the kernel wrote."""
+    from snncc.backends.cpu import host_pages
+    from snncc.backends.cpu.saved_spikes import spikes_saved_as_uint8
+
+    n = 2 * host_pages.MIN_BYTES // 4  # fp32 elements: a block the unpack advises
+    s = (torch.rand(n, generator=torch.Generator().manual_seed(0)) < 0.2).float()
+    seen: list[torch.Tensor] = []
+
+    def record(t: torch.Tensor) -> torch.Tensor:
+        seen.append(t)
+        return t
+
+    for scale in (None, torch.tensor([-0.75])):
+        spikes = s if scale is None else s * scale
+        w = torch.ones((), requires_grad=True)
+        seen.clear()
+        with torch.autograd.graph.saved_tensors_hooks(record, lambda t: t):
+            with spikes_saved_as_uint8(spikes, scale):
+                y = spikes * w  # saves ``spikes`` for w's gradient
+        assert [t.dtype for t in seen] == [torch.uint8]  # the mask only: spikes need no grad
+        assert torch.equal(seen[0], (spikes != 0).to(torch.uint8))
+        unpacked = y.grad_fn._saved_self
+        assert unpacked.shape == spikes.shape and unpacked.dtype == torch.float32
+        assert torch.equal(unpacked.view(torch.int32), spikes.view(torch.int32))
+        (gw,) = torch.autograd.grad(y.sum(), [w])
+        assert torch.equal(gw, (spikes * torch.ones(())).sum())
+
+
 def test_max_pooling_passes_spikes_on_only_without_dilation() -> None:
     """A dilated, padded window can see only padding (-inf): not spikes any more."""
     from snncc.backends.cpu.saved_spikes import binary_nodes
