@@ -10,7 +10,6 @@ with SpikingJelly's.
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from peers import (  # noqa: E402
     Protocol,
     measure,
 )
-from run import _fastest, _threads_line, _worker_env, combine, ratio_cell, worker_cpus  # noqa: E402
+from run import _fastest, combine, ratio_cell  # noqa: E402
 from workloads import (  # noqa: E402
     LAYER_BYTES,
     TARGET_RATE,
@@ -167,68 +166,6 @@ def test_measure_pools_blocks_into_a_spread() -> None:
     assert rec["min_ms"] <= rec["p25_ms"] <= rec["median_ms"] <= rec["p75_ms"] <= rec["max_ms"]
     assert rec["median_ms"] >= 1.0
     assert len(calls) == rec["warmup_runs"] + 20 * rec["steps_per_sample"]
-
-
-_CORES_USED = """
-import sys, time
-sys.path.insert(0, sys.argv[1])
-from run import pin_worker
-pin_worker(sys.argv[2] or None)
-import jax, jax.numpy as jnp
-a = jnp.ones((1024, 1024), jnp.float32)
-f = jax.jit(lambda a: a @ a)
-f(a).block_until_ready()
-cpu, wall = time.process_time(), time.perf_counter()
-while time.perf_counter() - wall < 0.5:
-    f(a).block_until_ready()
-print((time.process_time() - cpu) / (time.perf_counter() - wall))
-"""
-
-
-@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs to tell 1 from 2")
-def test_threads_1_holds_jax_to_one_core() -> None:
-    """``--threads 1`` must hold every peer to one core. XLA ignores its own thread flags
-    (jax 0.10), so the worker is pinned; unpinned, the same jitted matmul keeps more
-    than one core busy, which is what made jax look 1.8x faster on M1 once."""
-    pytest.importorskip("jax")
-    import subprocess
-
-    here = str(Path(__file__).resolve().parent)
-    env = _worker_env("snncc-jax", 1)
-
-    def cores(cpus: str) -> float:
-        run = [sys.executable, "-c", _CORES_USED, here, cpus]
-        out = subprocess.run(run, env=env, capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, out.stderr[-2000:]
-        return float(out.stdout.split()[-1])
-
-    assert worker_cpus(1) == [min(os.sched_getaffinity(0))] and worker_cpus(None) is None
-    assert cores(",".join(map(str, worker_cpus(1)))) < 1.05
-    assert cores("") > 1.2  # the control: without the pin XLA spreads over the cores
-
-
-def test_threads_line_reports_the_pin_and_the_cores_used() -> None:
-    recs = [
-        {
-            "status": "ok",
-            "peer": "a",
-            "workload": "M1",
-            "case": "T=4",
-            "mode": "fwd",
-            "cpu_per_wall": 0.99,
-        },
-        {
-            "status": "ok",
-            "peer": "b",
-            "workload": "L1",
-            "case": "T=4",
-            "mode": "fwd",
-            "cpu_per_wall": 1.01,
-        },
-    ]
-    line = _threads_line({"threads": 1, "cpus": [0]}, recs)
-    assert "pinned to CPU 0" in line and "at most 1.01 (b, L1 T=4 fwd)" in line
-    assert "ignores" in _threads_line({"threads": 1}, recs)  # a run from before the pin
 
 
 def _rec(median: float, p25: float, p75: float, peer: str = "x") -> dict:
