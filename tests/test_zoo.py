@@ -18,7 +18,7 @@ README's zoo table is this module's outcome.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -336,20 +336,21 @@ def _run_recording_firing(case: Case) -> tuple[tuple[torch.Tensor, ...], list[fl
     return ref, rates
 
 
-_CACHE: dict[str, dict] = {}
+@pytest.fixture(scope="module")
+def zoo(request: pytest.FixtureRequest) -> Iterator[dict]:
+    """One zoo model's case, the framework's outputs and its compiled programs, made once for
+    that model's tests and dropped after them.
+
+    Why a module-scoped fixture: pytest runs the tests of one value of it together, so one
+    model's weights and programs are alive at a time. Kept for the whole module, they grew
+    one test worker to 11 GB (the VGGs' compiled programs hold about 1 GB each).
+    """
+    case = ZOO[request.param]()
+    ref, rates = _run_recording_firing(case)
+    yield {"name": request.param, "case": case, "ref": ref, "rates": rates, "compiled": {}}
 
 
-def _setup(name: str) -> dict:
-    """The case, the framework's outputs and the compiled program per backend (once)."""
-    if name not in _CACHE:
-        case = ZOO[name]()
-        ref, rates = _run_recording_firing(case)
-        _CACHE[name] = {"case": case, "ref": ref, "rates": rates, "compiled": {}}
-    return _CACHE[name]
-
-
-def _compiled(name: str, backend: str):
-    entry = _setup(name)
+def _compiled(entry: dict, backend: str):
     if backend not in entry["compiled"]:
         case = entry["case"]
         entry["compiled"][backend] = snncc.compile(case.model, case.x, backend=backend)
@@ -363,10 +364,10 @@ def _np(y) -> np.ndarray:
 # --------------------------------------------------------------------------- the tests
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_neurons_fire(name: str) -> None:
+@pytest.mark.parametrize("zoo", NAMES, indirect=True)
+def test_neurons_fire(zoo: dict) -> None:
     """The weights make every model non-trivial: its neurons fire, not all of them always."""
-    rates = _setup(name)["rates"]
+    rates = zoo["rates"]
     assert rates, "no neuron module ran"
     mean = sum(rates) / len(rates)
     assert 0.0 < mean < 1.0, rates
@@ -374,10 +375,10 @@ def test_neurons_fire(name: str) -> None:
 
 
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
-@pytest.mark.parametrize("name", NAMES)
-def test_bit_exact(name: str, backend: str) -> None:
-    entry = _setup(name)
-    y = _tuple(_compiled(name, backend)(entry["case"].x))
+@pytest.mark.parametrize("zoo", NAMES, indirect=True)
+def test_bit_exact(zoo: dict, backend: str) -> None:
+    entry = zoo
+    y = _tuple(_compiled(entry, backend)(entry["case"].x))
     assert len(y) == len(entry["ref"])
     for got, want in zip(y, entry["ref"]):
         assert got.shape == want.shape and got.dtype == want.dtype
@@ -385,10 +386,10 @@ def test_bit_exact(name: str, backend: str) -> None:
         assert differ == 0, f"{differ} of {want.numel()} values differ from the framework"
 
 
-@pytest.mark.parametrize("name", NAMES)
-def test_jax_within_tolerance(name: str) -> None:
-    entry = _setup(name)
-    y = _tuple(_compiled(name, "jax")(entry["case"].x))
+@pytest.mark.parametrize("zoo", NAMES, indirect=True)
+def test_jax_within_tolerance(zoo: dict) -> None:
+    entry = zoo
+    y = _tuple(_compiled(entry, "jax")(entry["case"].x))
     assert len(y) == len(entry["ref"])
     for got, want in zip(y, entry["ref"]):
         got, want = _np(got), _np(want)
@@ -537,14 +538,14 @@ def test_functional_forms_in_a_time_loop() -> None:
 ONNX_MODELS = ("sj.spikformer", "sj.ms_resnet18", "sj.sew_resnet18_IAND", "snntorch.tutorial5")
 
 
-@pytest.mark.parametrize("name", ONNX_MODELS)
-def test_onnx_export_runs_in_onnxruntime(name: str) -> None:
+@pytest.mark.parametrize("zoo", ONNX_MODELS, indirect=True)
+def test_onnx_export_runs_in_onnxruntime(zoo: dict) -> None:
     ort = pytest.importorskip("onnxruntime")
     from snncc.exchange.onnx_export import to_onnx
     from snncc.frontend import trace
     from snncc.ir.passes import run_pipeline
 
-    entry = _setup(name)
+    entry = zoo
     case = entry["case"]
     graph = run_pipeline(
         trace(case.model, case.x), ("canonicalize", "drop_noops", "temporal_fusion")
