@@ -26,8 +26,9 @@ saved) or where saved-tensor hooks are disabled.
 The cost: one cast over the spikes in the forward (4 bytes read, 1 written per
 spike) and one back in the backward. On M1's 4096x2048 spikes (one thread, the dev
 VM) these take 4.7 and 5.0 ms; comparing with 0 before the cast and letting torch
-allocate the unpacked block (page faults on fresh memory) took 15 and 16 ms. Where something else keeps the fp32
-spikes alive anyway (they are also a program output) the packed copy is extra.
+allocate the unpacked block (page faults on fresh memory) took 15 and 16 ms. Where
+something else keeps the fp32 spikes alive anyway (they are also a program output)
+the packed copy is extra.
 """
 
 from __future__ import annotations
