@@ -255,6 +255,12 @@ def cleanup() -> None:
         torch.cuda.empty_cache()
 
 
+#: the configuration whose convolutions use cuDNN's measured algorithm choice (issue 16,
+#: goal 5: in exact fp32 cuDNN's heuristic picked FFT convolutions for C1 that took 88% of
+#: the forward's GPU time); torch offers no per-call choice, only this process-wide switch
+CUDNN_MEASURED = "fp32, cuDNN measured"
+
+
 def set_precision(config: str) -> None:
     """TF32 on for the ``tf32`` configuration only: fp32 peers run exact fp32 matmuls and convs.
 
@@ -265,6 +271,11 @@ def set_precision(config: str) -> None:
     tf32 = config == "tf32"
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
+    # CUDNN_MEASURED: cuDNN times every convolution shape's algorithms on first use and keeps
+    # the fastest deterministic one, instead of its heuristic's pick
+    measured = config == CUDNN_MEASURED
+    torch.backends.cudnn.benchmark = measured
+    torch.backends.cudnn.deterministic = measured
 
 
 # ------------------------------------------------------------------ torch peers
@@ -484,6 +495,45 @@ def snncc_runner(backend: str, **options: Any) -> Callable[[Case, str, str], Ben
     return make
 
 
+def cudnn_measured(make: Callable[[Case, str, str], Bench], snncc: bool) -> Callable:
+    """``make`` on C1 only, in a worker that lets cuDNN measure its convolution algorithms
+    (:data:`CUDNN_MEASURED`, set by :func:`set_precision`); snncc's forward also notes how
+    the measured choice's spikes compare with the heuristic's (its sums may run in another
+    order, so spikes near the threshold may flip)."""
+
+    def wrapped(case: Case, mode: str, device: str) -> Bench:
+        if case.workload != "C1":
+            raise NA("cuDNN's algorithm choice matters only where there are convolutions (C1)")
+        bench = make(case, mode, device)
+        if snncc and mode == "fwd":
+            bench.notes.append(_cudnn_choice_agreement(case, device))
+        return bench
+
+    return wrapped
+
+
+def _cudnn_choice_agreement(case: Case, device: str) -> str:
+    """The fp32 cuda program's outputs with cuDNN's heuristic and with its measured choice."""
+    import snncc
+
+    model = sj_model(case).eval()
+    cm = snncc.compile(model, _example(case), backend="cuda")
+    x = make_input(case, seed=0, device=device)
+    outs = []
+    try:
+        for measured in (False, True):
+            torch.backends.cudnn.benchmark = measured
+            with torch.no_grad():
+                outs.append(cm.program.run(x)[0])
+    finally:
+        torch.backends.cudnn.benchmark = True  # this worker's configuration
+    y0, y1 = outs
+    return (
+        f"measured vs heuristic cuDNN algorithms: {int((y0 != y1).sum())} of {y0.numel()} "
+        f"outputs differ ({int(y0.sum())} output spikes)"
+    )
+
+
 def snncc_module_runner(backend: str, compiled: bool) -> Callable[[Case, str, str], Bench]:
     """``cm.to_torch()`` timed as a torch module, plain or under ``torch.compile``.
 
@@ -700,6 +750,11 @@ PEERS: dict[str, Peer] = {
         "snncc cuda, TF32 GEMMs/convolutions",
         config="tf32",
     ),
+    "snncc-cuda-cudnn": Peer(
+        cudnn_measured(snncc_runner("cuda"), snncc=True),
+        "snncc cuda, fp32, cuDNN's measured convolution algorithms",
+        config=CUDNN_MEASURED,
+    ),
     "snncc-cuda-u8": Peer(
         snncc_runner("cuda", cuda_graph=True, spike_dtype="uint8"),
         "snncc cuda, CUDA graph + uint8 output spikes",
@@ -790,6 +845,12 @@ PEERS: dict[str, Peer] = {
         config="tf32",
         env=_sj_env("triton"),
     ),
+    "sj-triton-cudnn": Peer(
+        cudnn_measured(sj_runner("triton"), snncc=False),
+        "SpikingJelly 2.0 triton, fp32, cuDNN's measured convolution algorithms",
+        config=CUDNN_MEASURED,
+        env=_sj_env("triton"),
+    ),
     "snntorch": Peer(snntorch_make, "snnTorch Leaky, stepped over T per layer"),
     "norse": Peer(norse_make, "Norse LIFBoxCell, stepped over T per layer"),
     "torch-compile": Peer(torch_compile_make, "torch.compile of the pure-torch model"),
@@ -802,6 +863,7 @@ COMPARISONS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("CUDA graph", "snncc-cuda-graph", ("sj-triton-graph",)),
     ("bf16 autocast", "snncc-cuda-bf16", ("sj-triton-bf16",)),
     ("tf32", "snncc-cuda-tf32", ("sj-triton-tf32",)),
+    (CUDNN_MEASURED, "snncc-cuda-cudnn", ("sj-triton-cudnn",)),
     ("fp32", "snncc-cpu", ("sj-torch",)),
 )
 
@@ -818,6 +880,8 @@ GPU_PEERS = (
     "sj-triton-bf16",
     "snncc-cuda-tf32",
     "sj-triton-tf32",
+    "snncc-cuda-cudnn",
+    "sj-triton-cudnn",
     "snncc-jax",
     "snncc-jax-pallas",
     "snntorch",

@@ -154,6 +154,28 @@ def test_jax_pallas_variant_times_gpu_layers_only_and_shows_its_ratio_to_cuda() 
     assert ratio_cell(cuda, {"snncc-jax-pallas": pallas}) == "1.20x (1.00-1.44)"
 
 
+def test_cudnn_measured_peers_time_c1_only_and_set_the_worker_flags() -> None:
+    """Issue 16, goal 5: snncc and SpikingJelly alike with cuDNN's measured algorithm choice
+    (deterministic), compared with each other only, on the one workload with convolutions."""
+    from peers import CUDNN_MEASURED, NA, set_precision
+
+    m1 = cases("M1", small=True)[0]
+    for peer in ("snncc-cuda-cudnn", "sj-triton-cudnn"):
+        assert PEERS[peer].config == CUDNN_MEASURED
+        with pytest.raises(NA, match="convolutions"):
+            PEERS[peer].make(m1, "fwd", "cuda")
+    assert (CUDNN_MEASURED, "snncc-cuda-cudnn", ("sj-triton-cudnn",)) in COMPARISONS
+    cudnn = torch.backends.cudnn
+    saved = (cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32)
+    try:
+        set_precision(CUDNN_MEASURED)
+        assert cudnn.benchmark and cudnn.deterministic and not cudnn.allow_tf32
+        set_precision("fp32")
+        assert not cudnn.benchmark and not cudnn.deterministic
+    finally:
+        cudnn.benchmark, cudnn.deterministic, cudnn.allow_tf32 = saved
+
+
 def test_measure_pools_blocks_into_a_spread() -> None:
     """A fake 1 ms step: >= repeat samples, blocks of several steps, ordered quartiles."""
     import time
