@@ -520,13 +520,14 @@ def _cudnn_choice_agreement(case: Case, device: str) -> str:
     cm = snncc.compile(model, _example(case), backend="cuda")
     x = make_input(case, seed=0, device=device)
     outs = []
+    worker_setting = torch.backends.cudnn.benchmark
     try:
         for measured in (False, True):
             torch.backends.cudnn.benchmark = measured
             with torch.no_grad():
                 outs.append(cm.program.run(x)[0])
     finally:
-        torch.backends.cudnn.benchmark = True  # this worker's configuration
+        torch.backends.cudnn.benchmark = worker_setting
     y0, y1 = outs
     return (
         f"measured vs heuristic cuDNN algorithms: {int((y0 != y1).sum())} of {y0.numel()} "

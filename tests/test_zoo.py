@@ -347,7 +347,7 @@ def zoo(request: pytest.FixtureRequest) -> Iterator[dict]:
     """
     case = ZOO[request.param]()
     ref, rates = _run_recording_firing(case)
-    yield {"name": request.param, "case": case, "ref": ref, "rates": rates, "compiled": {}}
+    yield {"case": case, "ref": ref, "rates": rates, "compiled": {}}
 
 
 def _compiled(entry: dict, backend: str):
@@ -377,10 +377,9 @@ def test_neurons_fire(zoo: dict) -> None:
 @pytest.mark.parametrize("backend", ["reference", "cpu"])
 @pytest.mark.parametrize("zoo", NAMES, indirect=True)
 def test_bit_exact(zoo: dict, backend: str) -> None:
-    entry = zoo
-    y = _tuple(_compiled(entry, backend)(entry["case"].x))
-    assert len(y) == len(entry["ref"])
-    for got, want in zip(y, entry["ref"]):
+    y = _tuple(_compiled(zoo, backend)(zoo["case"].x))
+    assert len(y) == len(zoo["ref"])
+    for got, want in zip(y, zoo["ref"]):
         assert got.shape == want.shape and got.dtype == want.dtype
         differ = int((got != want).sum())
         assert differ == 0, f"{differ} of {want.numel()} values differ from the framework"
@@ -388,10 +387,9 @@ def test_bit_exact(zoo: dict, backend: str) -> None:
 
 @pytest.mark.parametrize("zoo", NAMES, indirect=True)
 def test_jax_within_tolerance(zoo: dict) -> None:
-    entry = zoo
-    y = _tuple(_compiled(entry, "jax")(entry["case"].x))
-    assert len(y) == len(entry["ref"])
-    for got, want in zip(y, entry["ref"]):
+    y = _tuple(_compiled(zoo, "jax")(zoo["case"].x))
+    assert len(y) == len(zoo["ref"])
+    for got, want in zip(y, zoo["ref"]):
         got, want = _np(got), _np(want)
         assert got.shape == want.shape
         if np.isin(want, (0.0, 1.0)).all():  # spikes
@@ -545,8 +543,7 @@ def test_onnx_export_runs_in_onnxruntime(zoo: dict) -> None:
     from snncc.frontend import trace
     from snncc.ir.passes import run_pipeline
 
-    entry = zoo
-    case = entry["case"]
+    case = zoo["case"]
     graph = run_pipeline(
         trace(case.model, case.x), ("canonicalize", "drop_noops", "temporal_fusion")
     )
@@ -557,8 +554,8 @@ def test_onnx_export_runs_in_onnxruntime(zoo: dict) -> None:
         to_onnx(graph).SerializeToString(), so, providers=["CPUExecutionProvider"]
     )
     ys = sess.run(None, {sess.get_inputs()[0].name: case.x.numpy()})
-    assert len(ys) == len(entry["ref"])
-    for got, want in zip(ys, entry["ref"]):
+    assert len(ys) == len(zoo["ref"])
+    for got, want in zip(ys, zoo["ref"]):
         want = _np(want)
         assert got.shape == want.shape
         if np.isin(want, (0.0, 1.0)).all():
