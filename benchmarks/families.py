@@ -4,13 +4,13 @@
     python benchmarks/families.py --sizes 16x8x1024 --families qif,klif --threads 1
 
 One neuron layer per family (QIFNode, EIFNode, IzhikevichNode, KLIFNode,
-CUBALIFNode, LIAFNode), fed a [T, B, N] input drawn from [0, 2): SpikingJelly
+CUBALIFNode, LIAFNode, and ParametricLIFNode, C1's neuron), fed a [T, B, N] input drawn from [0, 2): SpikingJelly
 runs the module in step mode 'm' (its CPU path: QIF/EIF/Izhikevich through
 their ``torch.ops.sj_*`` CPU kernels, KLIF/CUBA/LIAF through a Python loop of
 per-step torch ops), snncc the same module compiled for the cpu backend (one
 fused C++ kernel over all T steps, forward and backward). ``fwd`` times one
 forward; ``fwd+bwd`` one forward and ``y.sum().backward()`` (input gradient,
-and KLIF's ``k``). Each step includes SpikingJelly's ``reset_net`` (what a
+and KLIF's ``k``, PLIF's ``w``). Each step includes SpikingJelly's ``reset_net`` (what a
 user's loop does). Timing is the suite's (benchmarks/peers.py ``measure``:
 warm-up until stable, then blocks of back-to-back steps; median and quartiles
 of per-step ms). Both peers run in this process with the same thread count.
@@ -55,6 +55,7 @@ def _families() -> dict[str, Callable[[], nn.Module]]:
         "liaf": lambda: neuron.LIAFNode(
             act=nn.ReLU(), threshold_related=True, tau=2.0, store_v_seq=True
         ),
+        "plif": lambda: neuron.ParametricLIFNode(init_tau=2.0),
     }
 
 
@@ -204,7 +205,7 @@ def markdown(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--families", default="qif,eif,izhikevich,klif,cuba_lif,liaf")
+    p.add_argument("--families", default="qif,eif,izhikevich,klif,cuba_lif,liaf,plif")
     p.add_argument("--sizes", default="16x8x1024,64x16x4096", help="TxBxN,...")
     # one thread: on a shared 2-core machine two OpenMP threads wait on each other's time
     # slices (a 0.2 ms kernel measured 16 ms under load 4.6)
