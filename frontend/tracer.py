@@ -1549,6 +1549,8 @@ def trace(model: nn.Module, example_input: Any) -> Graph:
     ensure_converters()
     if not isinstance(model, nn.Module):
         raise UnsupportedError(f"snncc compiles torch.nn.Module models, not {type_name(model)}")
+    if framework_of(model) is not None and module_entry(model) is not None:
+        return _trace_alone(model, example_input)
     xs = _as_inputs(example_input)
     resets = [fw.reset for fw in FRAMEWORKS if fw.reset is not None]
     mode = new_mode()
@@ -1580,6 +1582,27 @@ def trace(model: nn.Module, example_input: Any) -> Graph:
         graph.meta["shape_reads"] = [
             {"where": r.where, "what": r.what, "value": r.value} for r in t.reads
         ]
+    return graph
+
+
+def _trace_alone(module: nn.Module, example_input: Any) -> Graph:
+    """A framework's neuron module compiled on its own (``snncc.compile(LIFNode(...), x)``).
+
+    The tracer keeps framework modules as leaves of the model that holds them, and fx
+    cannot make a model's root a leaf: traced itself, the module's own internals ran and
+    failed on one confusing line. So it is traced as the one child of a container, and its
+    parameters are named as in its own ``state_dict`` (``w``, not the container's ``0.w``):
+    compiled weights are keyed by the source model's names.
+    """
+
+    def own(name: str) -> str:
+        return name.removeprefix("0.")
+
+    graph = trace(nn.Sequential(module), example_input)
+    graph.params = {own(name): value for name, value in graph.params.items()}
+    for nid in graph.nodes():
+        node = graph.node(nid)
+        node["params"] = {role: own(name) for role, name in node["params"].items()}
     return graph
 
 

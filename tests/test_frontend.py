@@ -850,3 +850,66 @@ def test_norse_unsupported_options() -> None:
     assert "v_leak" in _error(norse.SequentialState(nn.Linear(4, 4), leak), x)
     mixed = norse.SequentialState(nn.Linear(4, 4), norse.LIF(), norse.LIFCell())
     assert "mixed step modes" in _error(mixed, x)
+
+
+def _bare_modules() -> dict:
+    """(module, its own eager run over the sequence) of one framework module alone."""
+    import norse.torch as norse
+    import snntorch
+
+    def sj_plif():
+        m = neuron.ParametricLIFNode(init_tau=2.0, surrogate_function=surrogate.ATan())
+        functional.set_step_mode(m, "m")
+        return m, lambda x: m(x)
+
+    def sj_lif_single_step():
+        m = neuron.LIFNode(tau=2.0)
+        return m, lambda x: torch.stack([m(xt) for xt in x])
+
+    def snntorch_leaky():
+        m = snntorch.Leaky(beta=0.9, learn_beta=True, learn_threshold=True, init_hidden=True)
+        return m, lambda x: torch.stack([m(xt) for xt in x])
+
+    def norse_lif_cell():
+        m = norse.LIFCell()
+
+        def run(x):
+            out, state = [], None
+            for xt in x:
+                z, state = m(xt, state)
+                out.append(z)
+            return torch.stack(out)
+
+        return m, run
+
+    def snncc_lif():
+        m = snn.LIF(tau=2.0)
+        return m, lambda x: m(x)
+
+    return {
+        "spikingjelly-plif": sj_plif,
+        "spikingjelly-lif-single-step": sj_lif_single_step,
+        "snntorch-leaky": snntorch_leaky,
+        "norse-lifcell": norse_lif_cell,
+        "snncc-lif": snncc_lif,
+    }
+
+
+@pytest.mark.parametrize("name", sorted(_bare_modules()))
+def test_a_framework_neuron_compiles_on_its_own(name: str) -> None:
+    """``snncc.compile(LIFNode(...), x)``: traced inside a container (the tracer keeps
+    framework modules as leaves, and a root cannot be one), its parameters under their own
+    names. Before, the module's internals ran under the tracer and failed on a line about
+    ``Tensor.keys`` (SpikingJelly) or ``torch.zeros_like`` (snnTorch)."""
+    import snncc
+
+    module, eager = _bare_modules()[name]()
+    x = torch.rand(6, 2, 12, generator=torch.Generator().manual_seed(3)) * 2.0
+    cm = snncc.compile(module, x, backend="reference")
+    with torch.no_grad():
+        want = eager(x)
+    got = cm(x)
+    got = got[0] if isinstance(got, tuple) else got
+    assert want.sum() > 0, "the input must make the neuron fire"
+    assert torch.equal(got, want)
+    assert set(dict(cm.to_torch().named_parameters())) == set(dict(module.named_parameters()))
