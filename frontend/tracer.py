@@ -1586,7 +1586,7 @@ def trace(model: nn.Module, example_input: Any) -> Graph:
 
 
 def _trace_alone(module: nn.Module, example_input: Any) -> Graph:
-    """A framework's neuron module compiled on its own (``snncc.compile(LIFNode(...), x)``).
+    """A framework's module (a neuron, a layer) compiled on its own: ``snncc.compile(LIFNode(), x)``.
 
     The tracer keeps framework modules as leaves of the model that holds them, and fx
     cannot make a model's root a leaf: traced itself, the module's own internals ran and
