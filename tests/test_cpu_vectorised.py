@@ -1,12 +1,13 @@
 """The cpu backend's neuron steps run as SIMD lanes: GCC's own report on the generated kernels.
 
 Why a test: whether a lane loop vectorises is decided silently by the compiler, and a
-harmless-looking template change can keep a whole family scalar. Two did until 2026-12-07:
-a NULL test on an optional input beside the other selects of the backward's step (a
-SpikingJelly PLIF backward took 6x a LIF's time per neuron-step), and lanes of a
-parameter struct with five fields (snnTorch Alpha), an interleaved access GCC 12 does not
-vectorise. Results never depend on it (lanes round as scalar code does, tested bit for bit
-elsewhere); speed does, by 2x to 8x on those forms.
+harmless-looking template change can keep a whole family scalar. Three patterns did until
+2026-12-07: a NULL test on an optional input beside the other selects of the backward's step
+(a SpikingJelly PLIF backward took 6x a LIF's time per neuron-step); lanes of a parameter
+struct with five fields (snnTorch Alpha), an interleaved access GCC 12 does not vectorise;
+and, in kernels with fp16 I/O, a normalising loop in the load and a chain of branches in the
+store. Results never depend on it (lanes round as scalar code does, tested bit for bit
+elsewhere); speed does, by 2x to 8x on the fp32 forms measured (README, "On a CPU").
 
 Each model's neuron layers are traced, their kernels rendered exactly as the backend
 renders them, and compiled once with the backend's flags plus ``-fopt-info-vec-optimized``.
@@ -76,21 +77,23 @@ def _snntorch_lapicque() -> tuple[nn.Module, torch.Tensor]:
     return nn.Sequential(nn.Linear(8, 8), cell), torch.rand(4, 2, 8)
 
 
+#: name -> (the model, the kernels' render options: fp16 I/O is autocast's)
 MODELS = {
-    "spikingjelly-plif": _sj_plif,
-    "snntorch-alpha": _snntorch_alpha,
-    "snntorch-lapicque": _snntorch_lapicque,
+    "spikingjelly-plif": (_sj_plif, {}),
+    "spikingjelly-plif-fp16-io": (_sj_plif, {"x_dtype": "float16", "spike_dtype": "float16"}),
+    "snntorch-alpha": (_snntorch_alpha, {}),
+    "snntorch-lapicque": (_snntorch_lapicque, {}),
 }
 
 
-def _sources(make) -> list[tuple[str, str]]:
-    """(form summary, the cpu kernels' source) of each neuron layer of the model."""
+def _sources(make, options: dict) -> list[tuple[str, str]]:
+    """(form, the cpu kernels' source) of each neuron layer of the model."""
     model, x = make()
     graph = trace(model, x)
     out = []
     for node in graph.iter_ops("neuron"):
         spec = NeuronSpec.from_dict(graph.attrs(node)["neuron"])
-        out.append((spec.charge, render_neuron_kernels(spec, (), (), "cpu", {})))
+        out.append((spec.charge, render_neuron_kernels(spec, (), (), "cpu", options)))
     assert out, "the model traced to no neuron layer"
     return out
 
@@ -123,6 +126,6 @@ def _unvectorised_step_loops(cxx: str, source: str) -> list[str]:
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_every_step_loop_of_the_form_vectorises(name: str) -> None:
     cxx = _gcc()
-    for charge, source in _sources(MODELS[name]):
+    for charge, source in _sources(*MODELS[name]):
         missed = _unvectorised_step_loops(cxx, source)
         assert not missed, f"{name} ({charge}): step loops GCC kept scalar: {missed}"
