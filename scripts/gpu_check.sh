@@ -56,8 +56,9 @@
 # triton fp32/graph/bf16/tf32 and native; about 3-4 minutes, estimated from the H200
 # run's per-case times plus a process start, device warm-up and stable warm-up per
 # peer), then C1 with cuDNN's measured convolution algorithms for snncc and SpikingJelly
-# alike (issue 16, goal 5; C1 only, so well under a minute), then snncc jax (lax.scan neurons) and snncc jax with Pallas (Triton) neuron
-# kernels on L1/L2 (a process per case each; the table adds "snncc-jax-pallas /
+# alike (issue 16, goal 5; C1 only, so well under a minute), then snncc jax (lax.scan
+# neurons) and snncc jax with Pallas (Triton) neuron kernels on L1/L2 (a process per
+# case each; the table adds "snncc-jax-pallas /
 # snncc-cuda", issue 16's goal <= 1.3x), snnTorch, Norse, SpikingJelly torch,
 # torch.compile and the explanatory variants as the budget allows. What it does not
 # reach is recorded as "n/a: the run's time budget was spent"; a second call with
