@@ -26,7 +26,8 @@
 #      kernel I/O, to_torch, and a training loop on the bundled digits example compared
 #      with eager SpikingJelly (loss curves -> $OUT/digits_loss_curves.json); and
 #      tests/test_recurrent_fused.py -m gpu: the fused recurrent-group kernels on the GPU
-#      equal the host's bit for bit (outputs, states, kernel-written gradients);
+#      equal the host's bit for bit (outputs, states, kernel-written gradients), and a
+#      fused group under torch.compile(fullgraph=True) equals its eager run;
 #      tests/test_jax_pallas.py: the jax backend's Pallas (Triton) neuron kernels against its
 #      lax.scan path on this GPU (spikes, values and gradients; needs jax with CUDA);
 #   3c. (not with --bench) snncc deploy's CUDA target: pytest -m gpu on tests/test_deploy.py

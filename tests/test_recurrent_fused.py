@@ -17,6 +17,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 import torch
@@ -440,3 +441,139 @@ def test_gradients_reach_a_carried_state(name, cache_dir) -> None:
     for g_ref, g in zip(*grads):
         assert float(g_ref.abs().max()) > 0
         assert float((g - g_ref).abs().max()) <= 1e-4 * float(g_ref.abs().max())
+
+
+# ------------------------------------------- traced: torch.compile and torch.export
+def _step_grads(module: nn.Module, run, x: torch.Tensor, gy: torch.Tensor):
+    for p in module.parameters():
+        p.grad = None
+    xx = x.clone().requires_grad_(True)
+    y = run(xx)
+    (y * gy).sum().backward()
+    grads = {k: p.grad for k, p in module.named_parameters() if p.grad is not None}
+    return y.detach(), {**grads, "<input>": xx.grad}
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("name", MODELS)
+def test_a_fused_group_compiles_as_one_graph_with_the_eager_bits(
+    name, cache_dir, monkeypatch
+) -> None:
+    """torch.compile(fullgraph=True) of a model with a fused group: the group runs as the
+    ``snncc::recurrent_*`` custom ops (the eager Function is not called), the forward is
+    the eager one bit for bit, and the gradients agree within rounding (inductor may sum
+    the bias and weight gradients in another order)."""
+    from snncc.backends.cpu import recurrent
+
+    model, x = _model(name)
+    cm = snncc.compile(model, x[:2], backend="cpu", recurrent="fused", cache_dir=cache_dir)
+    module = cm.to_torch()
+    gy = torch.randn((24, 4, module(x[:1]).shape[-1]), generator=torch.Generator().manual_seed(2))
+    y_e, g_e = _step_grads(module, module, x, gy)
+    with torch.no_grad():
+        y_inf = module(x)
+
+    def eager_only(*args, **kwargs):
+        raise AssertionError("the traced program called the eager Function")
+
+    monkeypatch.setattr(recurrent.FusedRecurrentFunction, "apply", eager_only)
+    torch._dynamo.reset()
+    compiled = torch.compile(module, fullgraph=True)
+    y_c, g_c = _step_grads(module, compiled, x, gy)
+    assert torch.equal(y_c, y_e)
+    assert g_c.keys() == g_e.keys()
+    assert all(float(g.abs().max()) > 0 for g in g_e.values())  # every gradient reached
+    for k in g_e:
+        torch.testing.assert_close(g_c[k], g_e[k], rtol=1e-5, atol=1e-6, msg=k)
+    with torch.no_grad():
+        assert torch.equal(compiled(x), y_inf)  # inference: the forward op saves nothing
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_fused_group_exports_for_any_length_and_batch_and_loads_elsewhere(
+    tmp_path, cache_dir
+) -> None:
+    """torch.export with T and B dynamic, saved and run in a fresh process that never
+    compiled the model: the recurrent ops rebuild their kernel from its key, and the
+    outputs equal the eager program's bit for bit at lengths and batches not traced."""
+    model, x = _model("spikingjelly")
+    cm = snncc.compile(model, x[:2], backend="cpu", recurrent="fused", cache_dir=cache_dir)
+    module = cm.to_torch().eval()
+    dims = {0: torch.export.Dim("T", min=2, max=4096), 1: torch.export.Dim("B", max=4096)}
+    exported = torch.export.export(module, (x,), dynamic_shapes={"x": dims})
+    g = torch.Generator().manual_seed(5)
+    x2 = torch.rand((37, 9, 12), generator=g) * 12.0
+    with torch.no_grad():
+        assert torch.equal(exported.module()(x), module(x))
+        y2 = module(x2)
+        assert torch.equal(exported.module()(x2), y2)
+    assert 0 < float(y2.sum()) < y2.numel()
+    path = tmp_path / "rsnn.pt2"
+    torch.export.save(exported, str(path))
+    torch.save(x2, tmp_path / "x.pt")
+    torch.save(y2, tmp_path / "y.pt")
+    script = f"""
+import torch
+import snncc.backends.cpu.custom_ops  # registers every snncc op
+ep = torch.export.load({str(path)!r})
+x, y = torch.load({str(tmp_path / "x.pt")!r}), torch.load({str(tmp_path / "y.pt")!r})
+with torch.no_grad():
+    assert torch.equal(ep.module()(x), y)
+print("ok")
+"""
+    res = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600
+    )
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-3000:]
+
+
+@pytest.mark.parametrize(
+    "name, c_kind, given",
+    [("snntorch", "bias", True), ("norse", None, False), ("spikingjelly", "seq", True)],
+)
+def test_the_recurrent_ops_pass_torch_opcheck(name, c_kind, given, cache_dir) -> None:
+    """torch.library.opcheck: schema, fake shapes and the autograd registration agree with
+    the real kernels, for each pattern's group: ``c`` a bias, none or a sequence; the
+    previous output and the states given at t = -1 or not; gradients to every input."""
+    from snncc.backends.cpu import recurrent_ops
+
+    model, x = _model(name)
+    cm = snncc.compile(model, x[:2], backend="cpu", recurrent="fused", cache_dir=cache_dir)
+    (kernel,) = [k for _, k in cm.program._fused.values()]
+    info = kernel.info
+    key = recurrent_ops.recurrent_key(kernel)
+    T, B, H = 5, 3, 24
+    g = torch.Generator().manual_seed(0)
+
+    def leaf(*shape: int, scale: float = 1.0) -> torch.Tensor:
+        return (torch.rand(shape, generator=g) * scale).requires_grad_(True)
+
+    fed = [leaf(T, B, H, scale=2.0) for _ in info.fed_ports]
+    c = {"bias": leaf(H), "seq": leaf(T, B, H), None: None}[c_kind]
+    s0 = (leaf(B, H) > 0.5).float().requires_grad_(True) if given else None
+    s0s = [leaf(B, H) for _ in info.state_vars] if given else []
+    qs = [torch.tensor(0.5, requires_grad=True) for _ in info.param_args]
+    flags = [given] * len(info.state_vars)
+    args = (key, fed, c, leaf(H, H, scale=0.2), s0, s0s, flags, qs, T, B, H, True)
+    torch.library.opcheck(torch.ops.snncc.recurrent_forward.default, args)
+
+
+@pytest.mark.gpu
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.skipif(not _gpu_ready(), reason="needs CuPy and a CUDA GPU")
+def test_gpu_a_fused_group_compiles_as_one_graph_on_cuda() -> None:
+    """The cuda backend's default (fused) group under torch.compile(fullgraph=True): the
+    CUDA kernels as the custom ops, the eager forward bit for bit, gradients within 1e-5."""
+    model, x = _model("snntorch")
+    cm = snncc.compile(model, x[:2], backend="cuda")
+    assert "recurrent, fused: one kernel over t" in cm.program.source
+    module = cm.to_torch()
+    xc = x.cuda()
+    gy = torch.randn((24, 4, 5), generator=torch.Generator().manual_seed(2)).cuda()
+    y_e, g_e = _step_grads(module, module, xc, gy)
+    torch._dynamo.reset()
+    y_c, g_c = _step_grads(module, torch.compile(module, fullgraph=True), xc, gy)
+    assert torch.equal(y_c, y_e)
+    assert g_c.keys() == g_e.keys()
+    for k in g_e:
+        torch.testing.assert_close(g_c[k], g_e[k], rtol=1e-5, atol=1e-6, msg=k)

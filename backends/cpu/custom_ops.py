@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -57,19 +57,45 @@ def kernel_key(kernel: KernelPair) -> str:
     key = getattr(kernel, "_snncc_op_key", None)
     if key is None:
         prologue, epilogue, options = kernel.render_args  # type: ignore[attr-defined]
-        body = {
-            "target": kernel.target,  # type: ignore[attr-defined]
-            "spec": kernel.spec.to_dict(),
-            "prologue": [dict(s) for s in prologue],
-            "epilogue": [dict(s) for s in epilogue],
-            "options": dict(options),
-            "block": getattr(kernel, "block", None),
-        }
-        key = json.dumps(body, sort_keys=True)
-        kernel._snncc_op_key = key  # type: ignore[attr-defined]
-        with _lock:
-            _KERNELS.setdefault(key, kernel)
+        key = register(
+            kernel,
+            {
+                "target": kernel.target,  # type: ignore[attr-defined]
+                "spec": kernel.spec.to_dict(),
+                "prologue": [dict(s) for s in prologue],
+                "epilogue": [dict(s) for s in epilogue],
+                "options": dict(options),
+                "block": getattr(kernel, "block", None),
+            },
+        )
     return key
+
+
+def register(kernel: Any, body: dict[str, Any]) -> str:
+    """Key ``kernel`` by the JSON of what it is rendered from (``body``) and register it:
+    ops called with that key in this process run this very object."""
+    key = json.dumps(body, sort_keys=True)
+    kernel._snncc_op_key = key
+    with _lock:
+        _KERNELS.setdefault(key, kernel)
+    return key
+
+
+def lookup(key: str, build: Callable[[dict[str, Any]], Any], what: str) -> Any:
+    """The kernel an op key names: this process's object, or ``build(body)`` from the key's
+    JSON (validated by ``build``: a malformed or unknown key is an UnsupportedError that
+    names ``what``)."""
+    kernel = _KERNELS.get(key)
+    if kernel is not None:
+        return kernel
+    try:
+        body = json.loads(key)
+        kernel = build(body)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UnsupportedError(f"snncc {what} op: malformed kernel key ({exc})") from None
+    kernel._snncc_op_key = key
+    with _lock:
+        return _KERNELS.setdefault(key, kernel)
 
 
 def prime_for_tracing(kernel: KernelPair) -> None:
@@ -83,29 +109,22 @@ def prime_for_tracing(kernel: KernelPair) -> None:
 
 
 def kernel_of(key: str) -> KernelPair:
-    """The kernel an op key names: this process's object, or one built from the key."""
-    kernel = _KERNELS.get(key)
-    if kernel is not None:
-        return kernel
-    try:
-        body = json.loads(key)
-        target = body["target"]
-        args = (body["spec"], body["prologue"], body["epilogue"], body["options"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise UnsupportedError(f"snncc neuron op: malformed kernel key ({exc})") from None
+    """The neuron kernel an op key names: this process's object, or one built from the key."""
+    return lookup(key, _build_neuron_kernel, "neuron")
+
+
+def _build_neuron_kernel(body: dict[str, Any]) -> KernelPair:
+    target = body["target"]
+    args = (body["spec"], body["prologue"], body["epilogue"], body["options"])
     if target == "cpu":
         from snncc.backends.cpu.neuron import NeuronKernel
 
-        kernel = NeuronKernel(*args)
-    elif target == "cuda":
+        return NeuronKernel(*args)
+    if target == "cuda":
         from snncc.backends.cuda.neuron import CudaNeuronKernel
 
-        kernel = CudaNeuronKernel(*args, block=body.get("block"))
-    else:
-        raise UnsupportedError(f"snncc neuron op: unknown kernel target {target!r}")
-    kernel._snncc_op_key = key  # type: ignore[attr-defined]
-    with _lock:
-        return _KERNELS.setdefault(key, kernel)
+        return CudaNeuronKernel(*args, block=body.get("block"))
+    raise UnsupportedError(f"snncc neuron op: unknown kernel target {target!r}")
 
 
 # ------------------------------------------------------------------ forward
@@ -358,3 +377,8 @@ def run(
     )
     n_vars = layout(kernel).n_vars
     return outs[0], list(outs[len(outs) - n_vars :])
+
+
+# The fused recurrent groups' ops register with these: importing this module registers
+# every snncc op (what a process that loads an exported program needs).
+from snncc.backends.cpu import recurrent_ops as _recurrent_ops  # noqa: E402, F401

@@ -60,6 +60,9 @@ class RecurrentKernel:
                 "bwd": (self.info.backward_name, self.info.backward_args),
             },
         )
+        from snncc.backends.cpu.recurrent_ops import recurrent_key
+
+        recurrent_key(self)  # now, not at a traced first call (see custom_ops.prime_for_tracing)
 
     def call(self, which: str, values: Mapping[str, Any], device: Any = None) -> None:
         """Run the forward ("fwd") or backward ("bwd") kernel with arguments by name."""
@@ -68,6 +71,120 @@ class RecurrentKernel:
         n = kernel_threads(values["T"] * values["B"] * values["H"])
         n = max(1, min(n, int(values["B"]))) if n > 0 else n  # parallel over samples
         self.library.call(which, values, n)
+
+
+def group_forward(
+    kernel: Any,
+    shape: tuple[int, int, int],
+    fed: Sequence[Tensor],
+    c: Tensor | None,
+    w: Tensor,
+    s0: Tensor | None,
+    s0s: Sequence[Tensor | None],
+    quantities: Sequence[tuple[Tensor, int]],
+    store: bool,
+) -> tuple[Tensor, list[Tensor], Tensor | None, dict[str, Tensor | None]]:
+    """One forward kernel call: (out [T, B, H], final states [B, H], r_seq, the saved
+    sequences by name); ``quantities`` flattened (:func:`flat_quantity`). With ``store``
+    false (inference) the kernel saves nothing: r_seq and the sequences are None.
+
+    Shared by :class:`FusedRecurrentFunction` and the custom ops
+    (:mod:`snncc.backends.cpu.recurrent_ops`), so both give the same bits."""
+    info: RecurrentKernelInfo = kernel.info
+    T, B, H = shape
+    dev = w.device
+    seq = (T, B, H)
+    out = host_pages.empty(seq, torch.float32, dev)
+    saved = {
+        n: host_pages.empty(seq, torch.float32, dev) if store else None for n in info.seq_names
+    }
+    r_seq = host_pages.empty(seq, torch.float32, dev) if store else None
+    lasts = [torch.empty((B, H), dtype=torch.float32, device=dev) for _ in info.state_vars]
+    c_ts, c_bs = (0, 0) if c is None or c.dim() == 1 else (B * H, H)
+    values: dict[str, Any] = {
+        "c": c,
+        "c_ts": c_ts,
+        "c_bs": c_bs,
+        "wt": w.detach().t().contiguous(),
+        "s0": s0,
+        "out": out,
+        "r_seq": r_seq,
+        "T": T,
+        "B": B,
+        "H": H,
+        **saved,
+    }
+    values.update(zip(info.fed_ports, fed))
+    values.update(state_args(info.state_vars, s0s, lasts))
+    values.update(quantity_args(info.param_args, quantities))
+    kernel.call("fwd", values, dev)
+    return out, lasts, r_seq, saved
+
+
+def group_backward(
+    kernel: Any,
+    shape: tuple[int, int, int],
+    g_out: Tensor | None,
+    g_lasts: Sequence[Tensor | None],
+    fed: Sequence[Tensor],
+    w: Tensor,
+    r_seq: Tensor,
+    saved: Mapping[str, Tensor | None],
+    quantities: Sequence[tuple[Tensor, int]],
+    need_s0: bool,
+    need_fed: Sequence[bool],
+    need_vars: Sequence[bool],
+    need_q: Sequence[bool],
+) -> dict[str, Tensor | None]:
+    """One backward kernel call: the gradients by name (``gr``, the recurrent input's, always;
+    ``gs0``, ``g<port>``, ``g<var>0``, ``gp_<q>`` as per-neuron double sums), None where
+    the caller needs none (the kernel gets NULL)."""
+    info: RecurrentKernelInfo = kernel.info
+    T, B, H = shape
+    dev = w.device
+    f32 = {"dtype": torch.float32, "device": dev}
+    grads: dict[str, Any] = {
+        "gr": host_pages.empty((T, B, H), torch.float32, dev),
+        "gs0": torch.empty((B, H), **f32) if need_s0 else None,
+    }
+    for f, want in zip(info.fed_ports, need_fed):
+        grads[f"g{f}"] = host_pages.empty((T, B, H), torch.float32, dev) if want else None
+    for v, want in zip(info.state_vars, need_vars):
+        grads[f"g{v}0"] = torch.empty((B, H), **f32) if want else None
+    for q, want in zip(info.param_args, need_q):
+        grads[f"gp_{q}"] = torch.empty((B * H,), dtype=torch.float64, device=dev) if want else None
+    values: dict[str, Any] = {
+        "gy": None if g_out is None else g_out.float().contiguous(),
+        "r_seq": r_seq,
+        "w": w.detach().contiguous(),
+        "T": T,
+        "B": B,
+        "H": H,
+        **saved,
+        **grads,
+    }
+    values.update(zip(info.fed_ports, fed))
+    for v, g in zip(info.state_vars, g_lasts):
+        values[f"g{v}_last"] = None if g is None else g.float().contiguous()
+    values.update(quantity_args(info.param_args, quantities))
+    kernel.call("bwd", values, dev)
+    return grads
+
+
+def weight_grad(gr: Tensor, spikes: Tensor, s0: Tensor | None) -> Tensor:
+    """The recurrent weight's gradient, one GEMM over all T*B rows:
+    gW[i, j] = sum over t, b of gr[t, b, i] * s[t-1, b, j] (s[-1] = ``s0``, or zeros)."""
+    T, B, H = gr.shape
+    first = gr.new_zeros((1, B, H)) if s0 is None else s0.unsqueeze(0)
+    prev = torch.cat([first, spikes[:-1]]).reshape(T * B, H)
+    return gr.reshape(T * B, H).t().mm(prev)
+
+
+def input_grad(gr: Tensor, c_kind: str | None) -> Tensor | None:
+    """The gradient of ``c``: the bias's (summed over t and b) or the sequence's (``gr``)."""
+    if c_kind is None:
+        return None
+    return gr.sum((0, 1)) if c_kind == "bias" else gr
 
 
 class FusedRecurrentFunction(torch.autograd.Function):
@@ -82,38 +199,13 @@ class FusedRecurrentFunction(torch.autograd.Function):
         c, w, s0 = inputs[n_fed : n_fed + 3]
         s0s = list(inputs[n_fed + 3 : n_fed + 3 + n_vars])
         raw_q = list(inputs[n_fed + 3 + n_vars :])
-        T, B, H = shape
-        dev = w.device
-        step_shape = (B, H)
-        quantities = [flat_quantity(p, step_shape, q) for q, p in zip(info.param_args, raw_q)]
-        f32 = {"dtype": torch.float32, "device": dev}
-        seq = (T, B, H)
-        out = host_pages.empty(seq, torch.float32, dev)
+        _, B, H = shape
+        quantities = [flat_quantity(p, (B, H), q) for q, p in zip(info.param_args, raw_q)]
         # inference (nothing needs a gradient): the kernel saves nothing for a backward
         store = any(ctx.needs_input_grad)
-        saved = {
-            n: host_pages.empty(seq, torch.float32, dev) if store else None for n in info.seq_names
-        }
-        r_seq = host_pages.empty(seq, torch.float32, dev) if store else None
-        lasts = [torch.empty((B, H), **f32) for _ in info.state_vars]
-        c_ts, c_bs = (0, 0) if c is None or c.dim() == 1 else (B * H, H)
-        values: dict[str, Any] = {
-            "c": c,
-            "c_ts": c_ts,
-            "c_bs": c_bs,
-            "wt": w.detach().t().contiguous(),
-            "s0": s0,
-            "out": out,
-            "r_seq": r_seq,
-            "T": T,
-            "B": B,
-            "H": H,
-            **saved,
-        }
-        values.update(zip(info.fed_ports, fed))
-        values.update(state_args(info.state_vars, s0s, lasts))
-        values.update(quantity_args(info.param_args, quantities))
-        kernel.call("fwd", values, dev)
+        out, lasts, r_seq, saved = group_forward(
+            kernel, shape, fed, c, w, s0, s0s, quantities, store
+        )
         if not store:
             return (out, *lasts)
         spikes = out.to(torch.uint8) if info.out_binary else out
@@ -121,7 +213,7 @@ class FusedRecurrentFunction(torch.autograd.Function):
         ctx.c_kind = None if c is None else ("bias" if c.dim() == 1 else "seq")
         ctx.q_meta = [(p.shape, p.dtype) for p in raw_q]
         ctx.quantities = quantities
-        ctx.shape = (T, B, H)
+        ctx.shape = shape
         ctx.binary = info.out_binary
         ctx.saved_names = tuple(saved)
         ctx.save_for_backward(*fed, w, s0, spikes, r_seq, *saved.values())
@@ -131,7 +223,7 @@ class FusedRecurrentFunction(torch.autograd.Function):
     def backward(ctx, g_out, *g_lasts):  # type: ignore[override]
         kernel = ctx.kernel
         info: RecurrentKernelInfo = kernel.info
-        T, B, H = ctx.shape
+        _, B, H = ctx.shape
         tensors = ctx.saved_tensors
         fed = list(tensors[: ctx.n_fed])
         w, s0, spikes, r_seq = tensors[ctx.n_fed : ctx.n_fed + 4]
@@ -141,45 +233,26 @@ class FusedRecurrentFunction(torch.autograd.Function):
         need_c, need_w, need_s0 = need[ctx.n_fed : ctx.n_fed + 3]
         need_v = need[ctx.n_fed + 3 : ctx.n_fed + 3 + ctx.n_vars]
         need_q = need[ctx.n_fed + 3 + ctx.n_vars :]
-        dev = w.device
-        f32 = {"dtype": torch.float32, "device": dev}
-        grads: dict[str, Any] = {
-            "gr": host_pages.empty((T, B, H), torch.float32, dev),
-            "gs0": torch.empty((B, H), **f32) if need_s0 else None,
-        }
-        for f, want in zip(info.fed_ports, need_fed):
-            grads[f"g{f}"] = host_pages.empty((T, B, H), torch.float32, dev) if want else None
-        for v, want in zip(info.state_vars, need_v):
-            grads[f"g{v}0"] = torch.empty((B, H), **f32) if want else None
-        for q, want in zip(info.param_args, need_q):
-            grads[f"gp_{q}"] = (
-                torch.empty((B * H,), dtype=torch.float64, device=dev) if want else None
-            )
-        values: dict[str, Any] = {
-            "gy": None if g_out is None else g_out.float().contiguous(),
-            "r_seq": r_seq,
-            "w": w.detach().contiguous(),
-            "T": T,
-            "B": B,
-            "H": H,
-            **saved,
-            **grads,
-        }
-        values.update(zip(info.fed_ports, fed))
-        for v, g in zip(info.state_vars, g_lasts):
-            values[f"g{v}_last"] = None if g is None else g.float().contiguous()
-        values.update(quantity_args(info.param_args, ctx.quantities))
-        kernel.call("bwd", values, dev)
+        grads = group_backward(
+            kernel,
+            ctx.shape,
+            g_out,
+            g_lasts,
+            fed,
+            w,
+            r_seq,
+            saved,
+            ctx.quantities,
+            need_s0,
+            need_fed,
+            need_v,
+            need_q,
+        )
         gr = grads["gr"]
-        g_c = None
-        if need_c:
-            g_c = gr.sum((0, 1)) if ctx.c_kind == "bias" else gr
+        g_c = input_grad(gr, ctx.c_kind) if need_c else None
         g_w = None
-        if need_w:  # one GEMM over all T*B rows: gW[i, j] = sum gr[t, b, i] * s[t-1, b, j]
-            s = spikes.to(torch.float32) if ctx.binary else spikes
-            first = torch.zeros((1, B, H), **f32) if s0 is None else s0.unsqueeze(0)
-            prev = torch.cat([first, s[:-1]]).reshape(T * B, H)
-            g_w = gr.reshape(T * B, H).t().mm(prev)
+        if need_w:
+            g_w = weight_grad(gr, spikes.to(torch.float32) if ctx.binary else spikes, s0)
         g_q = [
             None if g is None else _reduce_grad(g, (B, H), shape, dtype)
             for g, (shape, dtype) in zip((grads[f"gp_{q}"] for q in info.param_args), ctx.q_meta)
@@ -225,6 +298,10 @@ def fused_recurrent(
         c = c.float().contiguous() if c.dim() == 1 else seq_like(c, "input", like, widen)
     s0 = None if s0 is None else s0.float().contiguous()
     s0s = [None if s is None else s.float().contiguous() for s in s0s]
+    if torch.compiler.is_compiling():  # torch.compile / torch.export: the custom ops
+        from snncc.backends.cpu import recurrent_ops
+
+        return recurrent_ops.run(kernel, shape, fed, c, w.float(), s0, s0s, quantities)
     outs = FusedRecurrentFunction.apply(
         kernel, shape, len(fed), len(s0s), *fed, c, w.float(), s0, *s0s, *quantities
     )

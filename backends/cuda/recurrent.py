@@ -55,6 +55,9 @@ class CudaRecurrentKernel:
         self.source = render_recurrent_kernels(spec, port, "cuda")
         self.cache_dir = cache_dir
         self._functions = runtime.KernelFunctions(self.source, cache_dir)
+        from snncc.backends.cpu.recurrent_ops import recurrent_key
+
+        recurrent_key(self)  # the custom ops' key, worked out before any traced call
 
     def call(self, which: str, values: Mapping[str, Any], device: torch.device) -> None:
         """Launch the forward ("fwd") or backward ("bwd") kernel with arguments by name."""
