@@ -553,8 +553,9 @@ def test_the_recurrent_ops_pass_torch_opcheck(name, c_kind, given, cache_dir) ->
     s0 = (leaf(B, H) > 0.5).float().requires_grad_(True) if given else None
     s0s = [leaf(B, H) for _ in info.state_vars] if given else []
     qs = [torch.tensor(0.5, requires_grad=True) for _ in info.param_args]
-    flags = [given] * len(info.state_vars)
-    args = (key, fed, c, leaf(H, H, scale=0.2), s0, s0s, flags, qs, T, B, H, True)
+    flags = [int(given)] * len(info.state_vars)
+    packed = [leaf(H, H, scale=0.2), *fed, *qs, *s0s]  # w, fed, quantities, given states
+    args = (key, c, s0, packed, [1, len(fed), len(qs), *flags], T, B, H, True)
     torch.library.opcheck(torch.ops.snncc.recurrent_forward.default, args)
 
 

@@ -125,7 +125,9 @@ def test_custom_ops_pass_torch_opcheck() -> None:
     T, N = 6, 4 * 32
     xf = torch.rand((T, N)) * 2
     k = torch.tensor(0.3, requires_grad=True).sigmoid()
-    args = (key, xf.requires_grad_(), [], [], [], [False], [k], [4, 32], True)
+    # packed: tensors [x, *ports, *adds, *qs, *given states], counts [1, ports, adds, qs,
+    # then 1 or 0 per state variable]
+    args = (key, [xf.requires_grad_(), k], [1, 0, 0, 1, 0], [4, 32], True)
     torch.library.opcheck(torch.ops.snncc.neuron_forward.default, args)
 
 
@@ -167,3 +169,36 @@ def test_exported_digits_model_equals_the_compiled_one_bit_for_bit(tmp_path) -> 
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=600
     )
     assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-3000:]
+
+
+def test_an_aotinductor_package_runs_in_python_bit_for_bit(tmp_path) -> None:
+    """torch._inductor.aoti_compile_and_package of an exported model that holds a fused
+    recurrent group and a layer (both kinds of snncc op, a layer with no ports, adds or
+    given states), T and B dynamic: the loaded package equals the eager module bit for
+    bit at a length and batch it was not traced with. (AOTInductor hands an empty list
+    argument to a Python custom op as None: the ops take their tensors packed.)"""
+    from spikingjelly.activation_based import functional, layer, neuron
+    from test_recurrent_fused import sj_container
+
+    torch.manual_seed(0)
+    tail = nn.Sequential(layer.Linear(24, 5), neuron.LIFNode(tau=2.0))
+    functional.set_step_mode(tail, "m")
+    with torch.no_grad():
+        tail[0].weight.mul_(4.0)
+    model = nn.Sequential(sj_container(), tail)
+    g = torch.Generator().manual_seed(1)
+    x = torch.rand((12, 4, 12), generator=g) * 12.0
+    cm = snncc.compile(model, x, backend="cpu", recurrent="fused")
+    assert "recurrent, fused" in cm.program.source
+    module = cm.to_torch().eval()
+    dims = {0: torch.export.Dim("T", min=2, max=4096), 1: torch.export.Dim("B", max=4096)}
+    exported = torch.export.export(module, (x,), dynamic_shapes={"x": dims})
+    path = torch._inductor.aoti_compile_and_package(
+        exported, package_path=str(tmp_path / "model.pt2")
+    )
+    runner = torch._inductor.aoti_load_package(path)
+    x2 = torch.rand((29, 7, 12), generator=g) * 12.0
+    with torch.no_grad():
+        y2 = module(x2)
+        assert torch.equal(runner(x2), y2)
+    assert 0 < float(y2.sum()) < y2.numel()

@@ -127,33 +127,55 @@ def _build_neuron_kernel(body: dict[str, Any]) -> KernelPair:
     raise UnsupportedError(f"snncc neuron op: unknown kernel target {target!r}")
 
 
+# ------------------------------------------------------------------ packing
+# Every op takes its tensors packed into one list that is never empty, with their counts in
+# another: AOTInductor's generated code hands an empty list argument to a Python custom op as
+# None (torch 2.14), which the schema refuses, and a list can have no other "absent" form
+# (torch has no Tensor[]? type). So a form with no ports, adds, given states or quantities
+# still runs from an AOTInductor package.
+def pack(*groups: Sequence[Any]) -> tuple[list[Any], list[int]]:
+    """``groups`` flattened into one list, and the length of each group."""
+    return [t for g in groups for t in g], [len(g) for g in groups]
+
+
+def unpack(tensors: Sequence[Any], counts: Sequence[int]) -> list[list[Any]]:
+    """The groups :func:`pack` flattened, back as lists."""
+    out, i = [], 0
+    for n in counts:
+        out.append(list(tensors[i : i + n]))
+        i += n
+    return out
+
+
+def _forward_inputs(tensors, counts):
+    """(x, ports, adds, initial states with None where not given, quantities) of a packed
+    forward call: tensors [x, *ports, *adds, *qs, *given states], counts [1, n_ports,
+    n_adds, n_qs, then 1 or 0 per state variable: given or not]."""
+    given = [bool(g) for g in counts[4:]]
+    (x,), ports, adds, qs, s0_list = unpack(tensors, [*counts[:4], sum(given)])
+    return x, ports, adds, _spread(s0_list, given), qs
+
+
 # ------------------------------------------------------------------ forward
 @torch.library.custom_op("snncc::neuron_forward", mutates_args=())
 def neuron_forward(
-    key: str,
-    x: Tensor,
-    ports: list[Tensor],
-    adds: list[Tensor],
-    s0s: list[Tensor],
-    s0_given: list[bool],
-    qs: list[Tensor],
-    step_shape: list[int],
-    store: bool,
+    key: str, tensors: list[Tensor], counts: list[int], step_shape: list[int], store: bool
 ) -> list[Tensor]:
     """One forward kernel call on [T, N] tensors: [out, *saved sequences (store), *final states].
 
-    ``s0s`` holds the given initial states only, ``s0_given`` says which variables have one
-    (a list with None entries does not make a gradient structure torch accepts)."""
+    ``tensors``/``counts``: x, the ports, the adds, the quantities and the given initial
+    states, packed (:func:`_forward_inputs`)."""
     kernel = kernel_of(key)
-    s0s = _spread(s0s, s0_given)
+    x, ports, adds, s0s, qs = _forward_inputs(tensors, counts)
     flat = [flat_quantity(p, tuple(step_shape), q) for q, p in zip(kernel.info.param_args, qs)]
     out, saved, lasts = layer_forward(kernel, x, ports, adds, s0s, flat, store)
     return [out, *(t for t in saved.values() if t is not None), *lasts]
 
 
 @neuron_forward.register_fake
-def _neuron_forward_fake(key, x, ports, adds, s0s, s0_given, qs, step_shape, store):
+def _neuron_forward_fake(key, tensors, counts, step_shape, store):
     lay = layout(kernel_of(key))
+    x = tensors[0]
     T, N = x.shape
     seqs = [x.new_empty((T, N), dtype=torch.float32) for _ in lay.seq_names] if store else []
     lasts = [x.new_empty((N,), dtype=torch.float32) for _ in range(lay.n_vars)]
@@ -161,47 +183,39 @@ def _neuron_forward_fake(key, x, ports, adds, s0s, s0_given, qs, step_shape, sto
 
 
 # ------------------------------------------------------------------ backward
+def _backward_inputs(tensors, counts):
+    """A packed backward call's inputs: tensors [g_out, x, *g_lasts, *seqs, *ports, *adds,
+    *s0s, *qs] (None where absent), counts [1, 1, then each group's length]."""
+    (g_out,), (x,), *groups = unpack(tensors, counts)
+    return g_out, x, *groups
+
+
 @torch.library.custom_op("snncc::neuron_backward", mutates_args=())
 def neuron_backward(
     key: str,
-    g_out: Tensor | None,
-    g_lasts: list[Tensor | None],
-    seqs: list[Tensor],
-    x: Tensor | None,
-    ports: list[Tensor | None],
-    adds: list[Tensor | None],
-    s0s: list[Tensor | None],
-    qs: list[Tensor],
+    tensors: list[Tensor | None],
+    counts: list[int],
     step_shape: list[int],
     T: int,
     N: int,
     want: list[bool],
 ) -> list[Tensor]:
     """One backward kernel call: [gx, *g<port>, *ga<j>, *g<var>0, *gp_<q>] in the kernel's
-    order (``Layout.grad_names``); a gradient ``want`` does not ask for is an empty tensor."""
+    order (``Layout.grad_names``); a gradient ``want`` does not ask for is an empty tensor.
+    ``tensors``/``counts``: see :func:`_backward_inputs`."""
     kernel = kernel_of(key)
     lay = layout(kernel)
     info = kernel.info
+    g_out, x, g_lasts, seqs, ports, adds, s0s, qs = _backward_inputs(tensors, counts)
     flat = [flat_quantity(p, tuple(step_shape), q) for q, p in zip(info.param_args, qs)]
     saved = dict(zip(lay.seq_names, seqs)) if seqs else dict.fromkeys(lay.seq_names)
     saved = recompute_saved(kernel, x, ports, adds, s0s, flat, saved)
     wants = dict(zip(lay.grad_names, want))
     wants["x"] = True
+    dev = _device(tensors)
     grads = layer_backward(
-        kernel,
-        (T, N),
-        _device(g_out, x, seqs),
-        g_out,
-        g_lasts,
-        saved,
-        x,
-        ports,
-        adds,
-        s0s,
-        flat,
-        wants,
+        kernel, (T, N), dev, g_out, g_lasts, saved, x, ports, adds, s0s, flat, wants
     )
-    dev = _device(g_out, x, seqs)
     return [
         torch.empty((0,), device=dev) if grads[name] is None else grads[name]
         for name in lay.grad_names
@@ -212,13 +226,6 @@ def _spread(given: Sequence[Tensor], mask: Sequence[bool]) -> list[Tensor | None
     """The given tensors back in their places, None where the mask says none was given."""
     it = iter(given)
     return [next(it) if m else None for m in mask]
-
-
-def _grad_list(grads: list[Tensor | None], like: Sequence[Tensor]) -> list[Tensor | None]:
-    """A list input's gradient as torch's custom-op autograd checks it: a list of the
-    input's length (None where no gradient reaches an element; [] for an empty list)."""
-    assert len(grads) == len(like)
-    return list(grads)
 
 
 def _device(*candidates: Any) -> torch.device:
@@ -233,12 +240,10 @@ def _device(*candidates: Any) -> torch.device:
 
 
 @neuron_backward.register_fake
-def _neuron_backward_fake(
-    key, g_out, g_lasts, seqs, x, ports, adds, s0s, qs, step_shape, T, N, want
-):
+def _neuron_backward_fake(key, tensors, counts, step_shape, T, N, want):
     kernel = kernel_of(key)
     lay = layout(kernel)
-    dev = _device(g_out, x, seqs)
+    dev = _device(tensors)
     n_seq = 1 + lay.n_ports + lay.n_adds
     out = []
     for i, (name, w) in enumerate(zip(lay.grad_names, want)):
@@ -257,16 +262,15 @@ def _neuron_backward_fake(
 
 # ------------------------------------------------------------------ autograd
 def _setup_context(ctx, inputs, output) -> None:
-    key, x, ports, adds, s0_list, s0_given, qs, step_shape, store = inputs
-    s0s = _spread(s0_list, s0_given)
+    key, tensors, counts, step_shape, store = inputs
+    x, ports, adds, s0s, qs = _forward_inputs(tensors, counts)
     kernel = kernel_of(key)
     lay = layout(kernel)
     ctx.set_materialize_grads(False)
     ctx.key = key
     ctx.step_shape = list(step_shape)
     ctx.tn = (x.shape[0], x.shape[1])
-    ctx.counts = (len(ports), len(adds), len(s0s), len(qs))
-    ctx.inputs_like = (list(ports), list(adds), list(s0_list), list(qs))
+    ctx.counts = list(counts)
     ctx.s0_given = [s is not None for s in s0s]
     ctx.q_meta = [(p.shape, p.dtype) for p in qs]
     seqs = list(output[1 : 1 + len(lay.seq_names)]) if store else []
@@ -293,35 +297,24 @@ def _backward(ctx, grads):
     ports = [saved.pop(0) if h else None for h in has_ports]
     adds = [saved.pop(0) if h else None for h in has_adds]
     s0s = [saved.pop(0) if h else None for h in ctx.s0_given]
-    n_q = ctx.counts[3]
+    n_q = len(ctx.q_meta)
     qs, seqs = saved[:n_q], saved[n_q:]
     g_out = grads[0]
     g_lasts = list(grads[len(grads) - lay.n_vars :])
     T, N = ctx.tn
-    need = ctx.needs_input_grad  # (key, x, ports, adds, s0s, s0_given, qs, step_shape, store)
-    n_ports, n_adds, n_vars, _ = ctx.counts
-    flat_need = [need[1], *[need[2]] * n_ports, *[need[3]] * n_adds, *[need[4]] * n_vars]
-    flat_need += [need[6]] * n_q
+    # one flag per packed input (custom ops unflatten needs_input_grad to the inputs' shape)
+    need_x, need_ports, need_adds, need_qs, need_given = unpack(
+        ctx.needs_input_grad[1], ctx.counts[:4] + [sum(ctx.s0_given)]
+    )
+    need_s0 = _spread(need_given, ctx.s0_given)
+    flat_need = [*need_x, *need_ports, *need_adds, *(bool(n) for n in need_s0), *need_qs]
     want = backward_wants(kernel, T, g_out, g_lasts, s0s, flat_need)
     x_on = want.pop("x")
     want_list = [True, *(want[name] for name in lay.grad_names[1:])]
-    outs = torch.ops.snncc.neuron_backward(
-        ctx.key,
-        g_out,
-        g_lasts,
-        seqs,
-        x,
-        ports,
-        adds,
-        s0s,
-        qs,
-        ctx.step_shape,
-        T,
-        N,
-        want_list,
-    )
+    packed, counts = pack([g_out], [x], g_lasts, seqs, ports, adds, s0s, qs)
+    outs = torch.ops.snncc.neuron_backward(ctx.key, packed, counts, ctx.step_shape, T, N, want_list)
     by = dict(zip(lay.grad_names, outs))
-    gx = by["gx"] if need[1] and x_on else None
+    gx = by["gx"] if need_x[0] and x_on else None
     gports = [by[f"g{p}"] if want[f"g{p}"] else None for p in lay.port_names]
     gadds = [by[f"g{a}"] if want[f"g{a}"] else None for a in lay.add_names]
     gs0 = [by[f"g{v}0"] if want[f"g{v}0"] else None for v in info.state_vars]
@@ -330,19 +323,9 @@ def _backward(ctx, grads):
         _reduce_grad(by[f"gp_{q}"], step_shape, *meta) if want[f"gp_{q}"] else None
         for q, meta in zip(info.param_args, ctx.q_meta)
     ]
-    like_ports, like_adds, like_s0, like_qs = ctx.inputs_like
     gs0_given = [g for g, h in zip(gs0, ctx.s0_given) if h]
-    return (
-        None,
-        gx,
-        _grad_list(gports, like_ports),
-        _grad_list(gadds, like_adds),
-        _grad_list(gs0_given, like_s0),
-        None,
-        _grad_list(gqs, like_qs),
-        None,
-        None,
-    )
+    # the gradient of the packed list, in its order: x, ports, adds, quantities, states
+    return None, [gx, *gports, *gadds, *gqs, *gs0_given], None, None, None
 
 
 neuron_forward.register_autograd(_backward, setup_context=_setup_context)
@@ -364,16 +347,11 @@ def run(
         t is not None and t.requires_grad for t in (x, *ports, *adds, *s0s, *qs)
     )
     store = training and info.save != "none" and not info.recompute
+    given = [s for s in s0s if s is not None]
+    tensors, counts = pack([x], ports, adds, qs, given)
+    counts = [*counts[:4], *(int(s is not None) for s in s0s)]
     outs = torch.ops.snncc.neuron_forward(
-        kernel_key(kernel),
-        x,
-        list(ports),
-        list(adds),
-        [s for s in s0s if s is not None],
-        [s is not None for s in s0s],
-        list(qs),
-        list(step_shape),
-        store,
+        kernel_key(kernel), tensors, counts, list(step_shape), store
     )
     n_vars = layout(kernel).n_vars
     return outs[0], list(outs[len(outs) - n_vars :])

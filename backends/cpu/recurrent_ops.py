@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from snncc.backends.cpu.autograd import _reduce_grad, flat_quantity
-from snncc.backends.cpu.custom_ops import _grad_list, _spread, lookup, register
+from snncc.backends.cpu.custom_ops import _spread, lookup, pack, register, unpack
 from snncc.backends.cpu.recurrent import group_backward, group_forward, input_grad, weight_grad
 from snncc.errors import UnsupportedError
 from snncc.ir.neuron import NeuronSpec
@@ -75,33 +75,43 @@ def _flat(kernel: Any, qs: Sequence[Tensor], B: int, H: int) -> list[tuple[Tenso
 
 
 # ------------------------------------------------------------------ forward
+def _forward_inputs(tensors, counts):
+    """(w, fed, initial states with None where not given, quantities) of a packed forward
+    call: tensors [w, *fed, *qs, *given states], counts [1, n_fed, n_qs, then 1 or 0 per
+    state variable: given or not]; packed so that no list is empty (see
+    :mod:`snncc.backends.cpu.custom_ops`). ``c`` and ``s0``, which may be None, are
+    arguments of their own: a list holding None would be opaque to autograd."""
+    given = [bool(g) for g in counts[3:]]
+    (w,), fed, qs, s0_list = unpack(tensors, [*counts[:3], sum(given)])
+    return w, fed, _spread(s0_list, given), qs
+
+
 @torch.library.custom_op("snncc::recurrent_forward", mutates_args=())
 def recurrent_forward(
     key: str,
-    fed: list[Tensor],
     c: Tensor | None,
-    w: Tensor,
     s0: Tensor | None,
-    s0s: list[Tensor],
-    s0_given: list[bool],
-    qs: list[Tensor],
+    tensors: list[Tensor],
+    counts: list[int],
     T: int,
     B: int,
     H: int,
     store: bool,
 ) -> list[Tensor]:
     """One fused forward call: [out, *final states, and with ``store``: r_seq, *saved
-    sequences]. ``s0s`` holds the given initial states only; ``s0_given`` says which."""
+    sequences]. ``tensors``/``counts``: see :func:`_forward_inputs`."""
     kernel = recurrent_kernel_of(key)
+    w, fed, s0s, qs = _forward_inputs(tensors, counts)
     out, lasts, r_seq, saved = group_forward(
-        kernel, (T, B, H), fed, c, w, s0, _spread(s0s, s0_given), _flat(kernel, qs, B, H), store
+        kernel, (T, B, H), fed, c, w, s0, s0s, _flat(kernel, qs, B, H), store
     )
     return [out, *lasts, *([r_seq, *saved.values()] if store else [])]
 
 
 @recurrent_forward.register_fake
-def _recurrent_forward_fake(key, fed, c, w, s0, s0s, s0_given, qs, T, B, H, store):
+def _recurrent_forward_fake(key, c, s0, tensors, counts, T, B, H, store):
     info = recurrent_kernel_of(key).info
+    w = tensors[0]
     seqs = 1 + len(info.seq_names) if store else 0
     return [
         w.new_empty((T, B, H), dtype=torch.float32),
@@ -114,22 +124,20 @@ def _recurrent_forward_fake(key, fed, c, w, s0, s0s, s0_given, qs, T, B, H, stor
 @torch.library.custom_op("snncc::recurrent_backward", mutates_args=())
 def recurrent_backward(
     key: str,
-    g_out: Tensor | None,
-    g_lasts: list[Tensor | None],
-    fed: list[Tensor],
-    w: Tensor,
-    r_seq: Tensor,
-    seqs: list[Tensor],
-    qs: list[Tensor],
+    tensors: list[Tensor | None],
+    counts: list[int],
     T: int,
     B: int,
     H: int,
     want: list[bool],
 ) -> list[Tensor]:
     """One fused backward call: [gr, gs0, *g<port>, *g<var>0, *gp_<q>]; ``want`` (one flag
-    per entry after gr) says which the caller needs, the others are empty tensors."""
+    per entry after gr) says which the caller needs, the others are empty tensors.
+    ``tensors``: [g_out, w, r_seq, *g_lasts, *fed, *seqs, *qs], ``counts`` their groups'
+    lengths."""
     kernel = recurrent_kernel_of(key)
     info = kernel.info
+    (g_out,), (w,), (r_seq,), g_lasts, fed, seqs, qs = unpack(tensors, counts)
     n_fed, n_vars = len(info.fed_ports), len(info.state_vars)
     grads = group_backward(
         kernel,
@@ -165,8 +173,9 @@ def _grad_names(info: Any) -> list[str]:
 
 
 @recurrent_backward.register_fake
-def _recurrent_backward_fake(key, g_out, g_lasts, fed, w, r_seq, seqs, qs, T, B, H, want):
+def _recurrent_backward_fake(key, tensors, counts, T, B, H, want):
     info = recurrent_kernel_of(key).info
+    w = tensors[1]
     n_fed, n_vars = len(info.fed_ports), len(info.state_vars)
     out = [w.new_empty((T, B, H), dtype=torch.float32)]
     for i, wanted in enumerate(want):
@@ -183,16 +192,17 @@ def _recurrent_backward_fake(key, g_out, g_lasts, fed, w, r_seq, seqs, qs, T, B,
 
 # ------------------------------------------------------------------ autograd
 def _setup_context(ctx, inputs, output) -> None:
-    key, fed, c, w, s0, s0s, s0_given, qs, T, B, H, store = inputs
+    key, c, s0, tensors, counts, T, B, H, store = inputs
+    w, fed, s0s, qs = _forward_inputs(tensors, counts)
     info = recurrent_kernel_of(key).info
     ctx.set_materialize_grads(False)
     ctx.key = key
     ctx.shape = (T, B, H)
+    ctx.counts = list(counts)
     ctx.n_fed = len(fed)
     ctx.c_kind = None if c is None else ("bias" if c.dim() == 1 else "seq")
-    ctx.s0_given = list(s0_given)
+    ctx.s0_given = [s is not None for s in s0s]
     ctx.has_s0 = s0 is not None
-    ctx.like = (list(fed), list(s0s), list(qs))
     ctx.q_meta = [(p.shape, p.dtype) for p in qs]
     n_vars = len(info.state_vars)
     out, rest = output[0], output[1 + n_vars :]  # rest: r_seq, *seqs (store) or nothing
@@ -217,44 +227,32 @@ def _backward(ctx, grads):
     qs = saved[ctx.n_rest :]
     n_vars = len(info.state_vars)
     g_out, g_lasts = grads[0], list(grads[1 : 1 + n_vars])
-    # needs_input_grad: (key, fed, c, w, s0, s0s, s0_given, qs, T, B, H, store)
-    need = ctx.needs_input_grad
-    want = [
-        bool(need[4]),
-        *[bool(need[1])] * len(fed),
-        *(bool(need[5]) and given for given in ctx.s0_given),
-        *[bool(need[7])] * len(qs),
-    ]
-    outs = torch.ops.snncc.recurrent_backward(
-        ctx.key, g_out, g_lasts, fed, w, r_seq, list(seqs), qs, T, B, H, want
+    # one flag per packed input (custom ops unflatten needs_input_grad to the inputs' shape)
+    _, need_c, need_s0, need_list = ctx.needs_input_grad[:4]
+    (need_w,), need_fed, need_qs, need_given = unpack(
+        need_list, [*ctx.counts[:3], sum(ctx.s0_given)]
     )
+    need_vars = [bool(n) for n in _spread(need_given, ctx.s0_given)]
+    want = [need_s0 and ctx.has_s0, *need_fed, *need_vars, *need_qs]
+    packed, counts = pack([g_out], [w], [r_seq], g_lasts, fed, seqs, qs)
+    outs = torch.ops.snncc.recurrent_backward(ctx.key, packed, counts, T, B, H, want)
     by = dict(zip(_grad_names(info), outs))
     gr = by["gr"]
-    g_c = input_grad(gr, ctx.c_kind) if need[2] else None
-    g_w = weight_grad(gr, out, s0) if need[3] else None
-    g_fed = [by[f"g{f}"] if need[1] else None for f in info.fed_ports]
-    g_s0s = [by[f"g{v}0"] for v, given in zip(info.state_vars, ctx.s0_given) if given]
-    if not need[5]:
-        g_s0s = [None] * len(g_s0s)
+    g_c = input_grad(gr, ctx.c_kind) if need_c else None
+    g_w = weight_grad(gr, out, s0) if need_w else None
+    g_fed = [by[f"g{f}"] if n else None for f, n in zip(info.fed_ports, need_fed)]
     g_qs = [
-        _reduce_grad(by[f"gp_{q}"], (B, H), *meta) if need[7] else None
-        for q, meta in zip(info.param_args, ctx.q_meta)
+        _reduce_grad(by[f"gp_{q}"], (B, H), *meta) if n else None
+        for q, meta, n in zip(info.param_args, ctx.q_meta, need_qs)
     ]
-    like_fed, like_s0s, like_qs = ctx.like
-    return (
-        None,
-        _grad_list(g_fed, like_fed),
-        g_c,
-        g_w,
-        by["gs0"] if need[4] else None,
-        _grad_list(g_s0s, like_s0s),
-        None,
-        _grad_list(g_qs, like_qs),
-        None,
-        None,
-        None,
-        None,
-    )
+    g_s0s = [
+        by[f"g{v}0"] if n else None
+        for v, n, given in zip(info.state_vars, need_vars, ctx.s0_given)
+        if given
+    ]
+    g_s0 = by["gs0"] if want[0] else None
+    # c, s0, then the packed list in its order: w, fed, quantities, states
+    return None, g_c, g_s0, [g_w, *g_fed, *g_qs, *g_s0s], None, None, None, None, None
 
 
 recurrent_forward.register_autograd(_backward, setup_context=_setup_context)
@@ -276,19 +274,10 @@ def run(
     store = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (*fed, c, w, s0, *s0s, *qs)
     )
+    tensors, counts = pack([w], fed, qs, [s for s in s0s if s is not None])
+    counts = [*counts[:3], *(int(s is not None) for s in s0s)]
     outs = torch.ops.snncc.recurrent_forward(
-        recurrent_key(kernel),
-        list(fed),
-        c,
-        w,
-        s0,
-        [s for s in s0s if s is not None],
-        [s is not None for s in s0s],
-        list(qs),
-        T,
-        B,
-        H,
-        store,
+        recurrent_key(kernel), c, s0, tensors, counts, T, B, H, store
     )
     n_vars = len(kernel.info.state_vars)
     return outs[0], list(outs[1 : 1 + n_vars])
