@@ -535,12 +535,16 @@ def _cudnn_choice_agreement(case: Case, device: str) -> str:
     )
 
 
-def snncc_module_runner(backend: str, compiled: bool) -> Callable[[Case, str, str], Bench]:
+def snncc_module_runner(
+    backend: str, compiled: bool, compile_mode: str | None = None
+) -> Callable[[Case, str, str], Bench]:
     """``cm.to_torch()`` timed as a torch module, plain or under ``torch.compile``.
 
     Compiled, the neuron kernels are ``snncc::`` custom ops in inductor's graph (one graph,
     no break); what inductor can fuse is what surrounds them (bias adds, reshapes, the
     loss). Compile time is excluded (warm-up), as for the ``torch-compile`` peer.
+    ``compile_mode="reduce-overhead"`` (cuda): inductor replays the compiled forward and
+    backward from CUDA graphs, so a whole training step is captured (issue 16, goal 1).
     """
 
     def make(case: Case, mode: str, device: str) -> Bench:
@@ -550,6 +554,8 @@ def snncc_module_runner(backend: str, compiled: bool) -> Callable[[Case, str, st
             raise NA("the cpu backend runs on the CPU")
         if backend == "cuda" and device != "cuda":
             raise NA("the cuda backend needs a GPU")
+        if compile_mode == "reduce-overhead" and case.workload not in ("L1", "M1"):
+            raise NA("the CUDA-graphed training step is timed on L1 and M1 (issue 16, goal 1)")
         model = sj_model(case).train(mode == "fwd+bwd")
         cm = snncc.compile(model, _example(case), backend=backend)
         module = cm.to_torch()
@@ -558,7 +564,7 @@ def snncc_module_runner(backend: str, compiled: bool) -> Callable[[Case, str, st
             # every ProgramModule shares one forward code object: dynamo counts each case's
             # compile against that code's recompile limit (8), so each case starts afresh
             torch._dynamo.reset()
-            run = torch.compile(module, fullgraph=True, dynamic=False)
+            run = torch.compile(module, fullgraph=True, dynamic=False, mode=compile_mode)
             if mode == "fwd":
 
                 def fwd(x):
@@ -741,6 +747,12 @@ PEERS: dict[str, Peer] = {
         "snncc cuda, inference replayed from a CUDA graph",
         config="graph",
     ),
+    "snncc-cuda-module-graphed": Peer(
+        snncc_module_runner("cuda", compiled=True, compile_mode="reduce-overhead"),
+        "torch.compile(cm.to_torch(), mode='reduce-overhead'): the kernels as custom ops, the "
+        "forward and the training step replayed from CUDA graphs",
+        config="graph, training too",
+    ),
     "snncc-cuda-bf16": Peer(
         snncc_runner("cuda", precision="bf16"),
         "snncc cuda, bf16 autocast GEMMs/convolutions; neuron kernels read/write bf16",
@@ -877,6 +889,7 @@ GPU_PEERS = (
     "sj-native",
     "snncc-cuda-graph",
     "sj-triton-graph",
+    "snncc-cuda-module-graphed",
     "snncc-cuda-bf16",
     "sj-triton-bf16",
     "snncc-cuda-tf32",
