@@ -27,13 +27,21 @@ __all__ = [
     "deploy",
     "load",
     "load_ir",
+    "register_torch_ops",
     "trace",
 ]
 
 
 def __getattr__(name: str):
     # Lazy: `import snncc` stays cheap (no torch/jax import) for the CLI's --help.
-    if name in ("compile", "compile_graph", "load", "load_ir", "CompiledModel"):
+    if name in (
+        "compile",
+        "compile_graph",
+        "load",
+        "load_ir",
+        "register_torch_ops",
+        "CompiledModel",
+    ):
         from snncc import api
 
         return getattr(api, name)

@@ -597,6 +597,18 @@ def load(directory: str | Path, **options: Any) -> CompiledModel:
     return CompiledModel(program, manifest["backend"], spec, merged)
 
 
+def register_torch_ops() -> None:
+    """Register snncc's torch custom ops (``snncc::neuron_*``, ``snncc::recurrent_*``) here.
+
+    Why: a process that loads an exported snncc model (``torch.export.load``) or its
+    AOTInductor package (``torch._inductor.aoti_load_package``) without having compiled
+    one has no snncc ops until something imports them. Each op then builds its kernel
+    from the key the graph holds (validated data: a neuron spec, rendered and compiled
+    into this user's own cache), never from code in the file.
+    """
+    import snncc.backends.cpu.custom_ops  # noqa: F401  (registers every snncc op)
+
+
 def load_ir(directory: str | Path) -> Any:
     """The scheduled IR of an artifact, checked as :func:`load` checks it, without lowering it
     for its backend: ``snncc ir`` and ``snncc deploy`` read a cuda artifact on a machine

@@ -514,7 +514,8 @@ def test_a_fused_group_exports_for_any_length_and_batch_and_loads_elsewhere(
     torch.save(y2, tmp_path / "y.pt")
     script = f"""
 import torch
-import snncc.backends.cpu.custom_ops  # registers every snncc op
+import snncc
+snncc.register_torch_ops()
 ep = torch.export.load({str(path)!r})
 x, y = torch.load({str(tmp_path / "x.pt")!r}), torch.load({str(tmp_path / "y.pt")!r})
 with torch.no_grad():

@@ -156,7 +156,8 @@ def test_exported_digits_model_equals_the_compiled_one_bit_for_bit(tmp_path) -> 
     script = textwrap.dedent(
         f"""
         import torch
-        import snncc.backends.cpu.custom_ops  # registers the snncc ops
+        import snncc
+        snncc.register_torch_ops()
         ep = torch.export.load({str(path)!r})
         x = torch.load({str(tmp_path / "x.pt")!r})
         y = torch.load({str(tmp_path / "y.pt")!r})
