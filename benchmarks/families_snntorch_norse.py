@@ -212,12 +212,12 @@ def _input(name: str, t: int, b: int, n: int, seed: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- timing
-def _benches(model: nn.Module, compiled: Any, mode: str) -> dict[str, Bench]:
-    """The framework's eager model and the compiled one as :class:`peers.Bench` steps."""
+def _benches(model: nn.Module, compiled: Any, mode: str, fused: Any = None) -> dict[str, Bench]:
+    """The framework's eager model and the compiled one as :class:`peers.Bench` steps (and
+    ``fused``, the model compiled with ``recurrent="fused"``, where it has a fused group)."""
     import snntorch
 
     eager_params = [p for p in model.parameters() if p.requires_grad]
-    ours = [p for p in compiled.program.params.values() if p.requires_grad]
 
     def clear(params: list[torch.Tensor]) -> Callable[[], None]:
         def before() -> None:
@@ -233,26 +233,39 @@ def _benches(model: nn.Module, compiled: Any, mode: str) -> dict[str, Bench]:
             with torch.no_grad():
                 return model(x)
 
-        def snncc_fwd(x: torch.Tensor) -> torch.Tensor:
-            with torch.no_grad():
-                return compiled(x)
+        def snncc_fwd(cm: Any) -> Callable[[torch.Tensor], torch.Tensor]:
+            def fwd(x: torch.Tensor) -> torch.Tensor:
+                with torch.no_grad():
+                    return cm(x)
 
-        return {"eager": Bench(eager), "snncc-cpu": Bench(snncc_fwd)}
+            return fwd
+
+        benches = {"eager": Bench(eager), "snncc-cpu": Bench(snncc_fwd(compiled))}
+        if fused is not None:
+            benches["snncc-cpu-fused"] = Bench(snncc_fwd(fused))
+        return benches
 
     def eager_train(x: torch.Tensor) -> torch.Tensor:
         y = model(x)
         y.sum().backward()
         return y
 
-    def snncc_train(x: torch.Tensor) -> torch.Tensor:
-        y = compiled(x)
-        y.sum().backward()
-        return y
+    def snncc_train(cm: Any) -> Bench:
+        def step(x: torch.Tensor) -> torch.Tensor:
+            y = cm(x)
+            y.sum().backward()
+            return y
 
-    return {
+        ours = [p for p in cm.program.params.values() if p.requires_grad]
+        return Bench(step, before=clear(ours))
+
+    benches = {
         "eager": Bench(eager_train, before=clear(eager_params)),
-        "snncc-cpu": Bench(snncc_train, before=clear(ours)),
+        "snncc-cpu": snncc_train(compiled),
     }
+    if fused is not None:
+        benches["snncc-cpu-fused"] = snncc_train(fused)
+    return benches
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -275,8 +288,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.perf_counter()
         compiled = snncc.compile(model, x, backend="cpu", cache_dir=args.cache_dir)
         compile_s = time.perf_counter() - t0
+        # a recurrent cell also runs fused over time (recurrent="fused": one kernel per
+        # direction, another summation order than the step schedule's torch GEMMs)
+        fused = snncc.compile(model, x, backend="cpu", cache_dir=args.cache_dir, recurrent="fused")
+        if "recurrent, fused" not in fused.program.source:
+            fused = None
         with torch.no_grad():
             want, got = model(x), compiled(x)
+            fused_mismatch = None if fused is None else int((want != fused(x)).sum())
         mismatch = int((want != got).sum())
         rate = float(want.mean())
         ir = compiled.ir
@@ -294,18 +313,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "N": n,
                 "spike_rate": rate,
                 "spikes_differing": mismatch,
+                "spikes_differing_fused": fused_mismatch,
                 "compile_s": round(compile_s, 2),
             }
-            for who, bench in _benches(model, compiled, mode).items():
+            for who, bench in _benches(model, compiled, mode, fused).items():
                 xs = x.clone().requires_grad_(mode == "fwd+bwd")
                 bench.convert = lambda _x, xs=xs: xs
                 rec = measure(bench, case, mode, "cpu", protocol)
                 row[who] = {k: rec[k] for k in ("median_ms", "p25_ms", "p75_ms", "warmup_stable")}
             row["speedup"] = row["eager"]["median_ms"] / row["snncc-cpu"]["median_ms"]
+            if fused is not None:
+                row["speedup_fused"] = (
+                    row["eager"]["median_ms"] / row["snncc-cpu-fused"]["median_ms"]
+                )
             records.append(row)
             print(
                 f"{name:42s} {mode:8s} eager {row['eager']['median_ms']:9.2f} ms  "
-                f"snncc {row['snncc-cpu']['median_ms']:8.2f} ms  x{row['speedup']:.1f}",
+                f"snncc {row['snncc-cpu']['median_ms']:8.2f} ms  x{row['speedup']:.1f}"
+                + (f"  fused x{row['speedup_fused']:.1f}" if fused is not None else ""),
                 flush=True,
             )
     return {"records": records}
@@ -322,20 +347,33 @@ def markdown(report: dict[str, Any]) -> str:
         f"Load average (1/5/15 min) at the start {m['load_start']}, at the end {m['load_end']} "
         "(a shared 2-core development machine: absolute times are noisy, ratios less so).",
         "Cells: median ms per step [25th-75th percentile] (`peers.measure`). 'fwd+bwd' = "
-        "forward + `y.sum().backward()` to x and the learnable parameters.",
+        "forward + `y.sum().backward()` to x and the learnable parameters. snncc-cpu runs a "
+        "recurrent cell step by step (the default: torch's GEMM each step, bit for bit); "
+        '"fused" is `recurrent="fused"` (one kernel over time per direction, its own '
+        "summation order), for the cells that have a fused plan.",
         "",
-        "| family (forms) | mode | spike rate | eager ms | snncc-cpu ms | speedup |",
-        "|---|---|---|---|---|---|",
+        "| family (forms) | mode | spike rate | eager ms | snncc-cpu ms | speedup "
+        "| snncc-cpu fused ms | speedup fused |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in report["records"]:
         e, s = r["eager"], r["snncc-cpu"]
         flag = "" if e["warmup_stable"] and s["warmup_stable"] else " (not settled)"
         check = "" if r["spikes_differing"] == 0 else f", {r['spikes_differing']} spikes differ"
+        f_cells = "| n/a | n/a"
+        fz = r.get("snncc-cpu-fused")
+        if fz is not None:
+            differ = r.get("spikes_differing_fused")
+            note = f" ({differ} spikes differ)" if differ else ""
+            f_cells = (
+                f"| {fz['median_ms']:.2f} [{fz['p25_ms']:.2f}-{fz['p75_ms']:.2f}]{note} "
+                f"| {r['speedup_fused']:.1f}x"
+            )
         lines.append(
             f"| {r['case']} ({', '.join(r['forms'])}) | {r['mode']} | {r['spike_rate']:.3f}{check} "
             f"| {e['median_ms']:.2f} [{e['p25_ms']:.2f}-{e['p75_ms']:.2f}] "
             f"| {s['median_ms']:.2f} [{s['p25_ms']:.2f}-{s['p75_ms']:.2f}] "
-            f"| {r['speedup']:.1f}x{flag} |"
+            f"| {r['speedup']:.1f}x{flag} {f_cells} |"
         )
     lines.append("")
     return "\n".join(lines)
