@@ -1367,6 +1367,78 @@ def test_recurrent_groups_run_fused_by_default_on_a_host_emulated_gpu(
     _assert_same_run((y, st, g), _grads(host.program, x, gy), name, rtol=0.0)
 
 
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("name", ["snntorch", "norse"])
+def test_a_host_emulated_gpu_program_compiles_as_one_graph(
+    name, host_gpu, cache_dir, monkeypatch
+) -> None:
+    """torch.compile(fullgraph=True) of the cuda program's to_torch(), host-emulated: its
+    layer kernels and its fused recurrent group run as the snncc custom ops under the cuda
+    kernels' keys (every launch still through CudaNeuronKernel / CudaRecurrentKernel, the
+    eager autograd Functions never called), the outputs equal the eager run bit for bit
+    and the gradients (learnable Synaptic / tau included) agree within 1e-5."""
+    from snncc.backends.cpu import autograd, recurrent
+
+    model, x = _snntorch_norse_models()[name]
+    eager = snncc.compile(model, x[:2], backend="cuda", cache_dir=cache_dir).to_torch()
+    # a program of its own, whose first run is the traced one
+    module = snncc.compile(model, x[:2], backend="cuda", cache_dir=cache_dir).to_torch()
+    gy = torch.randn(eager(x).shape, generator=torch.Generator().manual_seed(0))
+
+    def step(m, run) -> tuple[torch.Tensor, dict]:
+        m.zero_grad(set_to_none=True)
+        y = run(x)
+        (y * gy).sum().backward()
+        return y.detach(), {n: p.grad for n, p in m.named_parameters() if p.grad is not None}
+
+    y_e, g_e = step(eager, eager)
+
+    def eager_only(*args, **kwargs):
+        raise AssertionError("the traced program called an eager autograd Function")
+
+    monkeypatch.setattr(autograd.LayerFunction, "apply", eager_only)
+    monkeypatch.setattr(recurrent.FusedRecurrentFunction, "apply", eager_only)
+    torch._dynamo.reset()
+    host_gpu.clear()
+    y_c, g_c = step(module, torch.compile(module, fullgraph=True))
+    assert sum(n.startswith("snncc_rfwd_") for n in host_gpu) >= 1
+    assert sum(n.startswith("snncc_rbwd_") for n in host_gpu) >= 1
+    assert torch.equal(y_c, y_e)
+    assert g_c.keys() == g_e.keys() and len(g_e) > 4
+    for k in g_e:
+        torch.testing.assert_close(g_c[k], g_e[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_traced_cuda_program_refuses_flags_that_would_change_its_precision(
+    host_gpu, cache_dir
+) -> None:
+    """Traced, the program cannot set torch's fp32 precision flags as its eager runs do:
+    with torch's default (cuDNN convolutions may use TF32) an exact-fp32 conv net is
+    refused, naming the flag to set; set to "ieee", it compiles and gives the eager bits."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is None or not hasattr(conv, "fp32_precision"):
+        pytest.skip("torch < 2.9 has no fp32_precision flags")
+    _, x, cm = _compile("sj_convnet", T=4, B=2, cache_dir=cache_dir)
+    assert cm.program.chunked  # and its chunked layers run their plain kernel when traced
+    module = cm.to_torch().eval()
+    saved = conv.fp32_precision
+    try:
+        conv.fp32_precision = "tf32"  # torch's default
+        with torch.no_grad():
+            y_e = module(x)  # eager runs set the flags themselves
+            torch._dynamo.reset()
+            with pytest.raises(
+                Exception, match=r"torch\.backends\.cudnn\.conv\.fp32_precision = 'ieee'"
+            ):
+                torch.compile(module, fullgraph=True)(x)
+            conv.fp32_precision = "ieee"
+            torch._dynamo.reset()
+            assert torch.equal(torch.compile(module, fullgraph=True)(x), y_e)
+    finally:
+        conv.fp32_precision = saved
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 @pytest.mark.parametrize("name", ["snntorch", "norse"])
 def test_snntorch_norse_forms_read_and_write_16_bits_under_autocast(
@@ -1805,7 +1877,7 @@ def test_gpu_a_whole_training_step_replays_from_cuda_graphs(cache_dir) -> None:
 
     _, x, cm = _compile("sj_convnet", T=4, B=8, cache_dir=cache_dir)
     x = x.to(DEV)
-    eager, graphed = cm.to_torch(), cm.to_torch()
+    eager, graphed = cm.to_torch().to(DEV), cm.to_torch().to(DEV)
     graphed.load_state_dict(eager.state_dict())
     torch._dynamo.reset()
     counters.clear()

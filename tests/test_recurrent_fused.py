@@ -569,7 +569,7 @@ def test_gpu_a_fused_group_compiles_as_one_graph_on_cuda() -> None:
     model, x = _model("snntorch")
     cm = snncc.compile(model, x[:2], backend="cuda")
     assert "recurrent, fused: one kernel over t" in cm.program.source
-    module = cm.to_torch()
+    module = cm.to_torch().to("cuda")
     xc = x.cuda()
     gy = torch.randn((24, 4, 5), generator=torch.Generator().manual_seed(2)).cuda()
     y_e, g_e = _step_grads(module, module, xc, gy)

@@ -152,6 +152,8 @@ class CudaProgram(CpuProgram):
         self.time_chunks = time_chunks
         self.block_size = block_size
         self.precision = precision
+        #: which fp32 precision flags of torch the graph's ops read (checked when traced)
+        self._fp32_ops = fp32_op_kinds(graph)
         self.cuda_graph = bool(cuda_graph)
         self.spike_dtype = spike_dtype
         self._device_spec = device
@@ -360,7 +362,12 @@ class CudaProgram(CpuProgram):
         xs = list(x) if isinstance(x, (tuple, list)) else [x]
         xs = [torch.as_tensor(t).to(dev) if not _on(t, dev) else t for t in xs]
         x = xs if isinstance(x, (tuple, list)) else xs[0]
-        if self.cuda_graph and state is None and not self._grad_needed(xs):
+        if (  # traced, torch's own CUDA graphs (mode="reduce-overhead") take this role
+            self.cuda_graph
+            and state is None
+            and not self._grad_needed(xs)
+            and not torch.compiler.is_compiling()
+        ):
             return self._graph_run(xs)
         with self._precision():
             y, new_state = ReferenceProgram.run(self, x, state)
@@ -377,9 +384,25 @@ class CudaProgram(CpuProgram):
 
     @contextlib.contextmanager
     def _precision(self) -> Iterator[None]:
-        """GEMM/convolution precision for this run only; the global flags are restored after."""
-        tf32 = self.precision == "tf32"
-        with _fp32_precision("tf32" if tf32 else "ieee"):
+        """GEMM/convolution precision for this run only; the global flags are restored after.
+
+        Traced (torch.compile, torch.export) the flags cannot be set from inside the
+        graph, and dynamo cannot read them either: they are read once when the graph is
+        traced, and a graph whose GEMMs or convolutions the caller's flags would run in
+        another precision than this program's is refused by name (torch's default lets
+        cuDNN convolutions use TF32, which exact fp32 does not)."""
+        mode = "tf32" if self.precision == "tf32" else "ieee"
+        if torch.compiler.is_compiling():
+            flags = contextlib.nullcontext()
+            wrong = _precision_mismatch(mode, self._fp32_ops, _fp32_modes())
+            if wrong:
+                raise UnsupportedError(
+                    f"cuda program of precision {self.precision!r} under torch.compile / "
+                    f"torch.export: {wrong}; a traced graph cannot set them itself"
+                )
+        else:
+            flags = _fp32_precision(mode)
+        with flags:
             if self.precision in _AUTOCAST:
                 kind = "cuda" if self.device is None else self.device.type
                 with torch.autocast(kind, dtype=_AUTOCAST[self.precision]):
@@ -440,7 +463,9 @@ class CudaProgram(CpuProgram):
     def _layer_call(
         self, ctx: Any, n: int, ins: list[Tensor], state: dict | None, lead: bool
     ) -> tuple[Tensor, dict[str, Tensor]]:
-        if lead and n in self.chunked:
+        # traced, a layer runs its plain kernel: the chunked schedule plans from the
+        # quantities' values and launches outside any custom op (same bits, tested)
+        if lead and n in self.chunked and not torch.compiler.is_compiling():
             quantities = self._quantities(ctx, n, self.kernels[n].info)
             chunked = self._chunked_call(n, ins, state, quantities)
             if chunked is not None:
@@ -587,6 +612,50 @@ def _check_choice(option: str, value: Any, choices: tuple[str, ...]) -> None:
         raise UnsupportedError(
             f"cuda backend option {option}={value!r}; supported: {', '.join(map(repr, choices))}"
         )
+
+
+#: torch's flag for each kind of fp32 op: (what the graph's ops are, the flag to set)
+_FP32_FLAGS = {
+    "gemm": "torch.backends.cuda.matmul.fp32_precision",
+    "conv": "torch.backends.cudnn.conv.fp32_precision",
+}
+
+
+def fp32_op_kinds(graph: Graph) -> tuple[str, ...]:
+    """Which of torch's fp32 precision flags the graph's ops read: "gemm" (linear), "conv"."""
+    ops = {graph.op(n) for n in graph.nodes()}
+    kinds = []
+    if "linear" in ops:
+        kinds.append("gemm")
+    if ops & {"conv1d", "conv2d"}:
+        kinds.append("conv")
+    return tuple(kinds)
+
+
+@torch.compiler.assume_constant_result
+def _fp32_modes() -> dict[str, str]:
+    """The fp32 precision torch's flags give GEMMs and convolutions now: "tf32" or "ieee".
+    Read eagerly when a graph is traced (dynamo cannot read these flags itself)."""
+    matmul = torch.backends.cuda.matmul
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if hasattr(matmul, "fp32_precision") and conv is not None:
+        parent = getattr(torch.backends, "fp32_precision", "none")
+
+        def resolve(flag: str) -> str:
+            flag = parent if flag == "none" else flag
+            return "tf32" if flag == "tf32" else "ieee"
+
+        return {"gemm": resolve(matmul.fp32_precision), "conv": resolve(conv.fp32_precision)}
+    return {  # torch < 2.9
+        "gemm": "tf32" if matmul.allow_tf32 else "ieee",
+        "conv": "tf32" if torch.backends.cudnn.allow_tf32 else "ieee",
+    }
+
+
+def _precision_mismatch(mode: str, kinds: tuple[str, ...], modes: dict[str, str]) -> str:
+    """What the caller must set for the graph's ops to run in ``mode``; "" when nothing."""
+    wrong = [k for k in kinds if modes[k] != mode]
+    return "; ".join(f"set {_FP32_FLAGS[k]} = {mode!r} (it gives {modes[k]!r} now)" for k in wrong)
 
 
 @contextlib.contextmanager
