@@ -240,3 +240,35 @@ def threshold_graph() -> tuple[Graph, tuple[torch.Tensor, ...], list[tuple[Neuro
         h = charged_membrane(spec, tparams, first, zeros, tuple(r.repeat(3, 1) for r in rec0))
         cases.append((spec, h))
     return g, tuple(xs), cases
+
+
+# --------------------------------------------------------------------------- export
+def assert_export_runs_elsewhere(exported: Any, x: torch.Tensor, y: torch.Tensor, folder) -> None:
+    """``exported`` (a torch.export program), saved and loaded in a fresh Python process that
+    never compiled the model, gives ``y`` on ``x`` bit for bit: the snncc ops it calls are
+    registered by ``snncc.register_torch_ops()`` and rebuild their kernels from their keys."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    folder = Path(folder)
+    path = folder / "exported.pt2"
+    torch.export.save(exported, str(path))
+    torch.save(x, folder / "x.pt")
+    torch.save(y, folder / "y.pt")
+    script = "\n".join(
+        [
+            "import torch",
+            "import snncc",
+            "snncc.register_torch_ops()",
+            f"ep = torch.export.load({str(path)!r})",
+            f"x, y = torch.load({str(folder / 'x.pt')!r}), torch.load({str(folder / 'y.pt')!r})",
+            "with torch.no_grad():",
+            "    assert torch.equal(ep.module()(x), y)",
+            "print('ok')",
+        ]
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600
+    )
+    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-3000:]

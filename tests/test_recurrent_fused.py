@@ -17,10 +17,10 @@ import json
 import re
 import shutil
 import subprocess
-import sys
 
 import pytest
 import torch
+from checks import assert_export_runs_elsewhere
 from torch import nn
 
 import snncc
@@ -508,24 +508,7 @@ def test_a_fused_group_exports_for_any_length_and_batch_and_loads_elsewhere(
         y2 = module(x2)
         assert torch.equal(exported.module()(x2), y2)
     assert 0 < float(y2.sum()) < y2.numel()
-    path = tmp_path / "rsnn.pt2"
-    torch.export.save(exported, str(path))
-    torch.save(x2, tmp_path / "x.pt")
-    torch.save(y2, tmp_path / "y.pt")
-    script = f"""
-import torch
-import snncc
-snncc.register_torch_ops()
-ep = torch.export.load({str(path)!r})
-x, y = torch.load({str(tmp_path / "x.pt")!r}), torch.load({str(tmp_path / "y.pt")!r})
-with torch.no_grad():
-    assert torch.equal(ep.module()(x), y)
-print("ok")
-"""
-    res = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600
-    )
-    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-3000:]
+    assert_export_runs_elsewhere(exported, x2, y2, tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -9,12 +9,9 @@ exported program runs without the compiled model and equals it bit for bit.
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-
 import pytest
 import torch
+from checks import assert_export_runs_elsewhere
 from torch import nn
 
 import snncc
@@ -149,27 +146,7 @@ def test_exported_digits_model_equals_the_compiled_one_bit_for_bit(tmp_path) -> 
         y_all = exported.module()(x_all)
         assert torch.equal(y_all, cm(x_all))
     assert digits.accuracy(y_all, labels) > 0.9
-    path = tmp_path / "digits.pt2"
-    torch.export.save(exported, str(path))
-    torch.save(x_all, tmp_path / "x.pt")
-    torch.save(y_all, tmp_path / "y.pt")
-    script = textwrap.dedent(
-        f"""
-        import torch
-        import snncc
-        snncc.register_torch_ops()
-        ep = torch.export.load({str(path)!r})
-        x = torch.load({str(tmp_path / "x.pt")!r})
-        y = torch.load({str(tmp_path / "y.pt")!r})
-        with torch.no_grad():
-            assert torch.equal(ep.module()(x), y)
-        print("ok")
-        """
-    )
-    res = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600
-    )
-    assert res.returncode == 0 and "ok" in res.stdout, res.stderr[-3000:]
+    assert_export_runs_elsewhere(exported, x_all, y_all, tmp_path)
 
 
 def test_an_aotinductor_package_runs_in_python_bit_for_bit(tmp_path) -> None:
