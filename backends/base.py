@@ -136,8 +136,28 @@ def state_layout(graph: Graph) -> dict[int, tuple[tuple[str, ...], tuple[str, ..
     return {n: (tuple(req), tuple(opt)) for n, (req, opt) in layout.items()}
 
 
+#: node id -> (required variables, optional variables, the node's shape, its dtype, how
+#: messages name it)
+StateSpec = dict[int, tuple[tuple[str, ...], tuple[str, ...], Any, str, str]]
+
+
+def state_spec(graph: Graph) -> StateSpec:
+    """:func:`state_layout` with each stateful node's shape and dtype: everything
+    :func:`check_state` reads of the graph, worked out once per program (a run traced by
+    torch.compile cannot walk the networkx graph)."""
+    spec: StateSpec = {}
+    for n, (req, opt) in state_layout(graph).items():
+        node = graph.node(n)
+        spec[n] = (req, opt, node.get("shape"), node.get("dtype", "float32"), node_ref(graph, n))
+    return spec
+
+
 def check_state(
-    graph: Graph, state: Any, batch: int, check_leaf: Callable[[str, Any, str | None], None]
+    graph: Graph,
+    state: Any,
+    batch: int,
+    check_leaf: Callable[[str, Any, str | None], None],
+    spec: StateSpec | None = None,
 ) -> None:
     """Refuse a ``state`` that is not one this program's ``run`` returned, naming the mismatch.
 
@@ -145,7 +165,8 @@ def check_state(
     there with exactly its variables, each an array of shape ``[batch, ...]``
     as the node's; ``check_leaf(where, value, dtype)`` checks the backend's
     own rules (array kind, dtype -- None: any float --, device). Why so strict: a state that does not
-    fit used to be dropped silently, and the run started fresh.
+    fit used to be dropped silently, and the run started fresh. ``spec``: the graph's
+    :func:`state_spec`, if the caller keeps it.
     """
     if state is None or (isinstance(state, Mapping) and not state):
         return
@@ -155,7 +176,7 @@ def check_state(
             f"state must be the dict run() returned ({{node id: {{variable: array}}}}); got "
             f"{type(state).__name__}; {hint}"
         )
-    layout = state_layout(graph)
+    layout = state_spec(graph) if spec is None else spec
     ids = " ".join(f"%{n}" for n in sorted(layout)) or "none"
     unknown = [k for k in state if isinstance(k, bool) or k not in layout]
     if unknown:
@@ -166,12 +187,11 @@ def check_state(
     missing = [n for n in layout if n not in state and layout[n][0]]
     if missing:
         raise ShapeError(
-            f"state lacks {', '.join(node_ref(graph, n) for n in missing[:5])} (this model's "
+            f"state lacks {', '.join(layout[n][4] for n in missing[:5])} (this model's "
             f"stateful nodes: {ids}); {hint}"
         )
     for n, variables in state.items():
-        required, optional = layout[n]
-        ref = node_ref(graph, n)
+        required, optional, shape, dtype, ref = layout[n]
         if not isinstance(variables, Mapping):
             raise ShapeError(
                 f"state of {ref} must be a dict of variables {list(required)}; got "
@@ -188,14 +208,12 @@ def check_state(
             raise ShapeError(
                 f"state of {ref} has unknown variables {extra}; this node keeps {list(required)}"
             )
-        node = graph.node(n)
-        shape = node.get("shape")
         for var, value in variables.items():
             where = f"state[{n}][{var!r}] of {ref}"
             if var == "mask":  # dropout's mask: any float dtype; a wrong shape is redrawn
                 check_leaf(where, value, None)
                 continue
-            check_leaf(where, value, node.get("dtype", "float32"))
+            check_leaf(where, value, dtype)
             got = tuple(getattr(value, "shape", ()))
             want = (batch, *shape[1:]) if isinstance(shape, list) else None
             if (want is not None and got != tuple(want)) or (want is None and got[:1] != (batch,)):

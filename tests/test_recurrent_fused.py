@@ -490,6 +490,26 @@ def test_a_fused_group_compiles_as_one_graph_with_the_eager_bits(
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("recurrent", ["fused", "step"])
+def test_streaming_through_a_compiled_module_carries_the_state(recurrent, cache_dir) -> None:
+    """``to_torch().snncc_run(x, state)`` under torch.compile(fullgraph=True), in two pieces,
+    equals one eager run: the carried state (the delay, the membranes) is checked and used
+    in the traced graph (the check reads a state spec worked out at lowering, not the
+    networkx graph, which dynamo cannot walk)."""
+    model, x = _model("norse")
+    cm = snncc.compile(model, x[:2], backend="cpu", recurrent=recurrent, cache_dir=cache_dir)
+    module = cm.to_torch().eval()
+    torch._dynamo.reset()
+    run = torch.compile(lambda xs, st=None: module.snncc_run(xs, st), fullgraph=True)
+    with torch.no_grad():
+        y, _ = module.snncc_run(x)
+        y1, st = run(x[:10])
+        y2, _ = run(x[10:], st)
+    assert torch.equal(torch.cat([y1, y2]), y)
+    assert 0 < float(y.sum()) < y.numel()
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
 def test_a_fused_group_exports_for_any_length_and_batch_and_loads_elsewhere(
     tmp_path, cache_dir
 ) -> None:

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from snncc.backends.base import check_state
+from snncc.backends.base import check_state, state_spec
 from snncc.backends.reference import neurons
 from snncc.errors import IRError, ShapeError, UnsupportedError
 from snncc.ir.graph import Edge, Graph
@@ -116,6 +116,8 @@ class ReferenceProgram:
         if stateless_per_step is None:
             stateless_per_step = graph.meta.get("step_mode") == "s"
         self.stateless_per_step = bool(stateless_per_step)
+        #: what a carried state must hold (backends/base.py), worked out once
+        self._state_spec = state_spec(graph)
         self._check_ops()
         self._specs = {
             n: NeuronSpec.from_dict(graph.attrs(n)["neuron"]) for n in graph.iter_ops("neuron")
@@ -247,7 +249,9 @@ class ReferenceProgram:
         """Run ``x`` [T, B, ...] (or a tuple, one per graph input) from ``state``; return (y, state)."""
         inputs = self._check_inputs(x)
         T, B = self._time_batch(inputs)
-        check_state(self.graph, state, B, self._state_leaf_check(inputs[0].device))
+        check_state(
+            self.graph, state, B, self._state_leaf_check(inputs[0].device), self._state_spec
+        )
         ctx = _RunContext(self, T, B, dict(state or {}), inputs[0].device)
         for unit in self._units:
             if unit[0] in self._recurrent:
