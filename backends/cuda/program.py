@@ -614,11 +614,20 @@ def _check_choice(option: str, value: Any, choices: tuple[str, ...]) -> None:
         )
 
 
-#: torch's flag for each kind of fp32 op: (what the graph's ops are, the flag to set)
+#: the torch flag that sets each kind of op's fp32 precision (torch >= 2.9; before: the
+#: ``allow_tf32`` pair)
 _FP32_FLAGS = {
     "gemm": "torch.backends.cuda.matmul.fp32_precision",
     "conv": "torch.backends.cudnn.conv.fp32_precision",
 }
+_LEGACY_TF32_FLAGS = {
+    "gemm": "torch.backends.cuda.matmul.allow_tf32",
+    "conv": "torch.backends.cudnn.allow_tf32",
+}
+#: this torch has the fp32_precision flags (read once here: traced code cannot read them)
+_HAS_FP32_PRECISION = hasattr(torch.backends.cuda.matmul, "fp32_precision") and hasattr(
+    getattr(torch.backends.cudnn, "conv", None), "fp32_precision"
+)
 
 
 def fp32_op_kinds(graph: Graph) -> tuple[str, ...]:
@@ -637,8 +646,8 @@ def _fp32_modes() -> dict[str, str]:
     """The fp32 precision torch's flags give GEMMs and convolutions now: "tf32" or "ieee".
     Read eagerly when a graph is traced (dynamo cannot read these flags itself)."""
     matmul = torch.backends.cuda.matmul
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    if hasattr(matmul, "fp32_precision") and conv is not None:
+    if _HAS_FP32_PRECISION:
+        conv = torch.backends.cudnn.conv
         parent = getattr(torch.backends, "fp32_precision", "none")
 
         def resolve(flag: str) -> str:
@@ -655,6 +664,9 @@ def _fp32_modes() -> dict[str, str]:
 def _precision_mismatch(mode: str, kinds: tuple[str, ...], modes: dict[str, str]) -> str:
     """What the caller must set for the graph's ops to run in ``mode``; "" when nothing."""
     wrong = [k for k in kinds if modes[k] != mode]
+    if not _HAS_FP32_PRECISION:  # torch < 2.9
+        tf32 = mode == "tf32"
+        return "; ".join(f"set {_LEGACY_TF32_FLAGS[k]} = {tf32}" for k in wrong)
     return "; ".join(f"set {_FP32_FLAGS[k]} = {mode!r} (it gives {modes[k]!r} now)" for k in wrong)
 
 
