@@ -153,11 +153,7 @@ def state_spec(graph: Graph) -> StateSpec:
 
 
 def check_state(
-    graph: Graph,
-    state: Any,
-    batch: int,
-    check_leaf: Callable[[str, Any, str | None], None],
-    spec: StateSpec | None = None,
+    spec: StateSpec, state: Any, batch: int, check_leaf: Callable[[str, Any, str | None], None]
 ) -> None:
     """Refuse a ``state`` that is not one this program's ``run`` returned, naming the mismatch.
 
@@ -165,8 +161,8 @@ def check_state(
     there with exactly its variables, each an array of shape ``[batch, ...]``
     as the node's; ``check_leaf(where, value, dtype)`` checks the backend's
     own rules (array kind, dtype -- None: any float --, device). Why so strict: a state that does not
-    fit used to be dropped silently, and the run started fresh. ``spec``: the graph's
-    :func:`state_spec`, if the caller keeps it.
+    fit used to be dropped silently, and the run started fresh. ``spec``: the program's
+    :func:`state_spec`, worked out when it was lowered.
     """
     if state is None or (isinstance(state, Mapping) and not state):
         return
@@ -176,22 +172,21 @@ def check_state(
             f"state must be the dict run() returned ({{node id: {{variable: array}}}}); got "
             f"{type(state).__name__}; {hint}"
         )
-    layout = state_spec(graph) if spec is None else spec
-    ids = " ".join(f"%{n}" for n in sorted(layout)) or "none"
-    unknown = [k for k in state if isinstance(k, bool) or k not in layout]
+    ids = " ".join(f"%{n}" for n in sorted(spec)) or "none"
+    unknown = [k for k in state if isinstance(k, bool) or k not in spec]
     if unknown:
         raise ShapeError(
             f"state has entries for {', '.join(repr(k) for k in unknown[:5])}, which hold no "
             f"state in this model (its stateful nodes: {ids}); {hint}"
         )
-    missing = [n for n in layout if n not in state and layout[n][0]]
+    missing = [n for n in spec if n not in state and spec[n][0]]
     if missing:
         raise ShapeError(
-            f"state lacks {', '.join(layout[n][4] for n in missing[:5])} (this model's "
+            f"state lacks {', '.join(spec[n][4] for n in missing[:5])} (this model's "
             f"stateful nodes: {ids}); {hint}"
         )
     for n, variables in state.items():
-        required, optional, shape, dtype, ref = layout[n]
+        required, optional, shape, dtype, ref = spec[n]
         if not isinstance(variables, Mapping):
             raise ShapeError(
                 f"state of {ref} must be a dict of variables {list(required)}; got "

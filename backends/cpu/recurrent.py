@@ -73,6 +73,11 @@ class RecurrentKernel:
         self.library.call(which, values, n)
 
 
+def group_quantities(kernel: Any, qs: Sequence[Tensor], B: int, H: int) -> list[tuple[Tensor, int]]:
+    """The form's quantities flattened for a group of [B, H] neurons (:func:`flat_quantity`)."""
+    return [flat_quantity(p, (B, H), q) for q, p in zip(kernel.info.param_args, qs)]
+
+
 def group_forward(
     kernel: Any,
     shape: tuple[int, int, int],
@@ -200,7 +205,7 @@ class FusedRecurrentFunction(torch.autograd.Function):
         s0s = list(inputs[n_fed + 3 : n_fed + 3 + n_vars])
         raw_q = list(inputs[n_fed + 3 + n_vars :])
         _, B, H = shape
-        quantities = [flat_quantity(p, (B, H), q) for q, p in zip(info.param_args, raw_q)]
+        quantities = group_quantities(kernel, raw_q, B, H)
         # inference (nothing needs a gradient): the kernel saves nothing for a backward
         store = any(ctx.needs_input_grad)
         out, lasts, r_seq, saved = group_forward(

@@ -24,9 +24,15 @@ from typing import Any
 
 import torch
 
-from snncc.backends.cpu.autograd import _reduce_grad, flat_quantity
+from snncc.backends.cpu.autograd import _reduce_grad
 from snncc.backends.cpu.custom_ops import _spread, lookup, pack, register, unpack
-from snncc.backends.cpu.recurrent import group_backward, group_forward, input_grad, weight_grad
+from snncc.backends.cpu.recurrent import (
+    group_backward,
+    group_forward,
+    group_quantities,
+    input_grad,
+    weight_grad,
+)
 from snncc.errors import UnsupportedError
 from snncc.ir.neuron import NeuronSpec
 
@@ -70,10 +76,6 @@ def _build(body: dict[str, Any]) -> Any:
     raise UnsupportedError(f"snncc recurrent op: unknown kernel target {target!r}")
 
 
-def _flat(kernel: Any, qs: Sequence[Tensor], B: int, H: int) -> list[tuple[Tensor, int]]:
-    return [flat_quantity(p, (B, H), q) for q, p in zip(kernel.info.param_args, qs)]
-
-
 # ------------------------------------------------------------------ forward
 def _forward_inputs(tensors, counts):
     """(w, fed, initial states with None where not given, quantities) of a packed forward
@@ -103,7 +105,7 @@ def recurrent_forward(
     kernel = recurrent_kernel_of(key)
     w, fed, s0s, qs = _forward_inputs(tensors, counts)
     out, lasts, r_seq, saved = group_forward(
-        kernel, (T, B, H), fed, c, w, s0, s0s, _flat(kernel, qs, B, H), store
+        kernel, (T, B, H), fed, c, w, s0, s0s, group_quantities(kernel, qs, B, H), store
     )
     return [out, *lasts, *([r_seq, *saved.values()] if store else [])]
 
@@ -148,7 +150,7 @@ def recurrent_backward(
         w,
         r_seq,
         dict(zip(info.seq_names, seqs)),
-        _flat(kernel, qs, B, H),
+        group_quantities(kernel, qs, B, H),
         want[0],
         want[1 : 1 + n_fed],
         want[1 + n_fed : 1 + n_fed + n_vars],

@@ -674,8 +674,8 @@ def _precision_mismatch(mode: str, kinds: tuple[str, ...], modes: dict[str, str]
 def _fp32_precision(mode: str) -> Iterator[None]:
     """Set torch's fp32 GEMM and cuDNN convolution precision ("ieee" or "tf32"), then restore it."""
     matmul = torch.backends.cuda.matmul
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    if hasattr(matmul, "fp32_precision") and conv is not None:
+    if _HAS_FP32_PRECISION:
+        conv = torch.backends.cudnn.conv
         saved = (matmul.fp32_precision, conv.fp32_precision)
         matmul.fp32_precision, conv.fp32_precision = mode, mode
         try:

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from snncc.backends import kernel_cache
-from snncc.backends.base import check_state
+from snncc.backends.base import check_state, state_spec
 from snncc.errors import BackendError, ShapeError
 from snncc.ir import safe_files
 from snncc.ir.graph import Graph
@@ -94,6 +94,8 @@ class JaxProgram:
 
     def __init__(self, graph: Graph, source: str, options: dict[str, Any]) -> None:
         self.graph = graph
+        #: what a carried state must hold (backends/base.py), worked out once
+        self._state_spec = state_spec(graph)
         self._source = source
         self.options = dict(options)
         self.module, self.path = load_module(source, options.get("cache_dir"))
@@ -159,7 +161,7 @@ class JaxProgram:
         xs = self._inputs(x)
         first_static = self.graph.attrs(self.graph.meta["inputs"][0]).get("static")
         batch = int(xs[0].shape[0 if first_static else 1])
-        check_state(self.graph, state, batch, _check_state_leaf)
+        check_state(self._state_spec, state, batch, _check_state_leaf)
         st = {} if state is None else self._state(state)
         ys, new_state = self._jit_run(self.params, xs, st, self._next_key())
         return self._outputs(ys), new_state

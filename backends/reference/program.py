@@ -249,9 +249,7 @@ class ReferenceProgram:
         """Run ``x`` [T, B, ...] (or a tuple, one per graph input) from ``state``; return (y, state)."""
         inputs = self._check_inputs(x)
         T, B = self._time_batch(inputs)
-        check_state(
-            self.graph, state, B, self._state_leaf_check(inputs[0].device), self._state_spec
-        )
+        check_state(self._state_spec, state, B, self._state_leaf_check(inputs[0].device))
         ctx = _RunContext(self, T, B, dict(state or {}), inputs[0].device)
         for unit in self._units:
             if unit[0] in self._recurrent:
