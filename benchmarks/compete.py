@@ -31,16 +31,20 @@ from types import TracebackType
 
 KINDS = ("busy", "campaign")
 
-#: the campaign's loop, run by one process per core: short-lived children, back to back
+#: the campaign's loop, run by one process per core: short-lived children, back to back.
+#: Each loop ends by itself once the process that started it is gone (a benchmark killed
+#: before its ``with`` block could stop the load must not leave it running: once, one kept a
+#: 2-core machine busy for an hour).
 _CAMPAIGN = r"""
 import shutil, subprocess, sys, os
 tmp = sys.argv[1]
+parent = os.getppid()
 src = os.path.join(tmp, "t.cpp")
 with open(src, "w") as f:
     f.write("int f(int x) { return x * 3 + 1; }\n")
 cxx = shutil.which("g++") or shutil.which("c++")
 i = 0
-while True:
+while os.getppid() == parent:
     i += 1
     if cxx and i % 2:
         subprocess.run([cxx, "-O2", "-c", src, "-o", os.path.join(tmp, "t.o")])
@@ -48,7 +52,13 @@ while True:
         subprocess.run([sys.executable, "-c", "import json, decimal, fractions, email.parser"])
 """
 
-_BUSY = "while True:\n    pass\n"
+_BUSY = r"""
+import os
+parent = os.getppid()
+while os.getppid() == parent:
+    for _ in range(1_000_000):
+        pass
+"""
 
 
 class CompetingLoad:

@@ -275,3 +275,41 @@ def test_calibrated_workloads_fire_in_every_neuron_layer(workload: str) -> None:
     assert all(0.5 * TARGET_RATE <= r <= 1.5 * TARGET_RATE for r in rates), rates
     again = sj_model(case).state_dict()
     assert all(torch.equal(v, again[k]) for k, v in net.state_dict().items())
+
+
+@pytest.mark.parametrize("kind", ["busy", "campaign"])
+def test_a_competing_load_ends_when_its_benchmark_is_killed(kind: str) -> None:
+    """A benchmark killed inside its ``with CompetingLoad(...)`` block (no ``__exit__``) leaves
+    no load behind: each load process stops once its parent is gone."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    here = Path(__file__).resolve().parent
+    script = (
+        f"import sys, time; sys.path.insert(0, {str(here)!r})\n"
+        "from compete import CompetingLoad\n"
+        f"load = CompetingLoad({kind!r}, cores=1).__enter__()\n"
+        "print(load._procs[0].pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    bench = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        load_pid = int(bench.stdout.readline())
+    finally:
+        bench.send_signal(signal.SIGKILL)
+        bench.wait()
+    deadline = time.monotonic() + 30
+    alive = True
+    while alive and time.monotonic() < deadline:
+        try:
+            os.kill(load_pid, 0)
+            with open(f"/proc/{load_pid}/stat") as f:  # a zombie has ended
+                alive = f.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except (ProcessLookupError, FileNotFoundError):
+            alive = False
+        time.sleep(0.2)
+    if alive:
+        os.killpg(load_pid, signal.SIGKILL)
+    assert not alive, f"the {kind} load outlived its benchmark"
