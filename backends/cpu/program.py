@@ -22,6 +22,7 @@ import torch
 from snncc.backends.cpu.autograd import run_layer
 from snncc.backends.cpu.forms import check_node_params
 from snncc.backends.cpu.neuron import NeuronKernel
+from snncc.backends.cpu.op_threads import FittedOps
 from snncc.backends.cpu.recurrent import RecurrentKernel, fused_recurrent
 from snncc.backends.cpu.saved_spikes import spike_fed_gemms, spikes_saved_as_uint8
 from snncc.backends.reference.program import ReferenceProgram
@@ -95,6 +96,8 @@ class CpuProgram(ReferenceProgram):
         #: linear/conv nodes fed by spikes -> how those spikes are made (saved_spikes.py):
         #: the input they save for the backward is kept as a uint8 mask
         self.spike_fed = spike_fed_gemms(graph, self._specs) if saved_spike_dtype == "uint8" else {}
+        #: the row ops' calls, with fewer threads on a busy machine where the bits allow
+        self.row_ops = FittedOps()
 
     def _build_kernels(self, recompute: bool) -> None:
         """The kernel-factory hook: one compiled kernel pair per neuron node into ``kernels``.
@@ -193,16 +196,22 @@ class CpuProgram(ReferenceProgram):
     def files(self) -> dict[str, str]:
         return {"kernels.cpp": self.kernel_source, "program.txt": super().source}
 
+    def run(self, x: Any, state: dict | None = None) -> tuple[Any, dict]:
+        self.row_ops.new_run()  # a row op's bits are checked once it comes back (op_threads.py)
+        return super().run(x, state)
+
     # ------------------------------------------------------------ stateless ops
     def _row_step(self, ctx: Any, n: int, ins: list[Tensor]) -> Tensor:
-        """The reference's row op; a spike-fed GEMM saves its spikes as uint8 while training."""
+        """The reference's row op, with fewer threads where other processes hold cores and the
+        bits allow (op_threads.py); a spike-fed GEMM saves its spikes as uint8 while training."""
+        fn, params = self._row_fn(n), ctx.params(n)
         source = self.spike_fed.get(n)
         if source is not None and torch.is_grad_enabled():
             scale = None if source.scale is None else self.params[source.scale]
             if scale is None or scale.numel() == 1:
                 with spikes_saved_as_uint8(ins[0], scale):
-                    return super()._row_step(ctx, n, ins)
-        return super()._row_step(ctx, n, ins)
+                    return self.row_ops.run(n, fn, ins, params)
+        return self.row_ops.run(n, fn, ins, params)
 
     # ------------------------------------------------------------ neurons
     def _kernel_for(

@@ -23,13 +23,15 @@ kernels now do the same, and more:
 The thread count never changes a result: each neuron is computed by one thread
 and the per-neuron gradient sums are reduced on the host.
 
-torch's own ops between the kernels (GEMMs, convolutions) keep the user's thread
-count: they stall the same way on busy cores (one ``F.linear`` [64x784]x[784x256]
-took 55 ms with 2 threads beside other engineers' test runs, the small M1 forward
-0.69 ms with 1), but fitting their count to the load changes their bits (MKL and
-oneDNN reduce in a thread-count-dependent order: a cpu-backend snnTorch convnet
-then differed from the reference backend in 91 of 120 outputs), and results must
-not depend on what else the machine runs.
+torch's row ops between the kernels (GEMMs, convolutions, BatchNorm, pooling)
+stall the same way on busy cores (one ``F.linear`` [64x784]x[784x256] took 55 ms
+with 2 threads beside other engineers' test runs, the small M1 forward 0.69 ms
+with 1), but their count may change their bits (MKL and oneDNN split some
+reductions over threads: a cpu-backend snnTorch convnet run with torch's count
+fitted to the load differed from the reference backend in 91 of 120 outputs),
+and results must not depend on what else the machine runs. They get
+:func:`torch_threads` only where a comparison shows it gives the same bits
+(:mod:`snncc.backends.cpu.op_threads`).
 """
 
 from __future__ import annotations
@@ -121,12 +123,21 @@ class CoreShare:
 CORES = CoreShare()
 
 
+def _fitted(n: int) -> int:
+    """``n``, or the cores other processes leave free if fewer (at least 1)."""
+    free = CORES.free()
+    return n if free is None else min(n, max(1, int(free + 0.5)))
+
+
 def kernel_threads(work: int) -> int:
     """Threads for a kernel call over ``work`` neuron-steps (1: no parallel region)."""
     n = min(torch.get_num_threads(), work // MIN_WORK_PER_THREAD)
-    if n <= 1:
-        return 1
-    free = CORES.free()
-    if free is not None:
-        n = min(n, max(1, int(free + 0.5)))
-    return n
+    return 1 if n <= 1 else _fitted(n)
+
+
+def torch_threads(n: int) -> int:
+    """Threads for one of torch's ops in a cpu program where torch's count is ``n``: ``n``,
+    or fewer (a power of two, so that few pairs of counts are ever compared:
+    :mod:`snncc.backends.cpu.op_threads`) where other processes hold cores."""
+    k = _fitted(n) if n > 1 else n
+    return n if k >= n else 1 << (k.bit_length() - 1)

@@ -31,7 +31,7 @@ over time, so ``run(x[:k])`` then ``run(x[k:], state)`` equals ``run(x)``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -379,10 +379,16 @@ class ReferenceProgram:
         return y.unflatten(0, (T, B))
 
     def _row_step(self, ctx: _RunContext, n: int, ins: list[Tensor]) -> Tensor:
+        return self._row_fn(n)(ins, ctx.params(n))
+
+    def _row_fn(self, n: int) -> Callable[[list[Tensor], dict[str, Tensor]], Tensor]:
+        """Row op ``n`` as a function of its inputs and params (the cpu backend calls it with
+        other thread counts, and on other values to compare them)."""
         op, attrs = self.graph.op(n), self.graph.attrs(n)
         if op == "batchnorm":
-            return batchnorm(attrs, ctx.params(n), ins, self._training(attrs))
-        return ROW_OPS[op](attrs, ctx.params(n), ins)
+            training = self._training(attrs)
+            return lambda ins, params: batchnorm(attrs, params, ins, training)
+        return lambda ins, params: ROW_OPS[op](attrs, params, ins)
 
     def _dropout(self, ctx: _RunContext, n: int, x: Tensor, lead: int) -> Tensor:
         attrs = self.graph.attrs(n)

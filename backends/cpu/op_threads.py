@@ -1,0 +1,216 @@
+"""Fewer threads for a cpu program's row ops on a busy machine, where that gives the same bits.
+
+Why: each of torch's parallel regions waits at its barrier for every thread,
+and beside other processes one of them is often parked behind another
+process for a scheduler slice. Measured on the 2-core development VM beside a
+test campaign (``benchmarks/compete.py``), M1's small training step took
+10.9 ms with torch at 2 threads against 3.4 ms at 1 (1.4 and 1.7 ms idle),
+and SpikingJelly lost just as much, so the cpu backend's lead was gone. The
+neuron kernels already fit their thread count to the free cores
+(:mod:`snncc.backends.cpu.threads`); the row ops between them (linear,
+convolution, BatchNorm, pooling) are torch's, and their count may change
+their bits: oneDNN splits a convolution's weight-gradient sum over its
+threads, MKL a linear's into few outputs (1 and 2 threads differ there), and
+a result must not depend on what else the machine runs.
+
+So a row op runs with fewer threads only where that is shown to give the
+same bits. For each call signature (the node, its inputs' and params' shapes,
+strides, dtypes and gradient flags, the two thread counts) the op and, when
+it will be differentiated, its backward are run at both counts on random
+values of that signature and compared bit for bit. MKL and oneDNN pick their
+algorithm and split from the signature and the thread count, not from the
+values, so the comparison answers for every call with that signature. Random
+values, not the call's own (a silent layer's input is all zeros), and drawn
+again until at least :data:`COMPARED` output elements were compared: another
+split may round only a few outputs differently (MKL's [2, 512] by [512, 10]
+linear, 1 thread against 2: 2-4 of its 20 outputs, none on some draws). The
+comparison runs only when the machine is busy and a signature is new: idle,
+no count changes and nothing is checked. ("The same bits" is as reproducible
+as torch itself: without ``MKL_CBWR=AUTO,STRICT``, which the ``snncc``
+command and the tests set, MKL may round a GEMM by its operands' alignment.)
+
+The backward follows the same rule on its own: the op's autograd node
+lowers the count for itself (a pre-hook, restored by its post-hook) when the
+load at that moment asks for it, the pair of counts was found to give the
+same bits, and the incoming gradient is contiguous like the one compared.
+torch's count is per thread once a thread has used it, so this changes
+nothing for the user's other threads (one that first uses torch during the
+call starts from the lowered count; if the op's backward raises, its count
+stays lowered).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import torch
+
+from snncc.backends.cpu.threads import torch_threads
+
+Tensor = torch.Tensor
+Params = Mapping[str, Tensor]
+#: a row op as the program calls it: (inputs, params) -> output
+RowFn = Callable[[list[Tensor], Params], Tensor]
+
+
+@contextlib.contextmanager
+def threads(count: int) -> Iterator[None]:
+    """torch's intra-op thread count is ``count`` while the block runs (this thread)."""
+    before = torch.get_num_threads()
+    if count == before:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _signature(values: list[Tensor] | Params) -> tuple:
+    items = values.items() if isinstance(values, Mapping) else enumerate(values)
+    return tuple((key, tuple(t.shape), t.stride(), t.dtype, t.requires_grad) for key, t in items)
+
+
+def _random_like(t: Tensor, generator: torch.Generator, grad: bool) -> Tensor:
+    """Random values in ``t``'s shape, strides and dtype (a leaf; stride-0 views too), in
+    [0.5, 1.5): positive, so that a BatchNorm's running variance is one."""
+    extent = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
+    base = torch.rand(max(extent, 1) if t.numel() else 0, generator=generator) + 0.5
+    r = base.to(t.dtype).as_strided(t.shape, t.stride()).detach()
+    return r.requires_grad_(grad and t.requires_grad)
+
+
+#: output elements compared per check at least (small outputs are drawn again): a different
+#: rounding may show in few of them (MKL's [2, 512] by [512, 10] linear under strict CNR
+#: differs at 1 and 2 threads in 2-4 of its 20 outputs, and in none for some draws)
+COMPARED = 1 << 12
+#: draws per check at most
+MAX_DRAWS = 64
+#: a signature is checked in the third program run that calls it on a busy machine, not the
+#: first: the check costs a few calls of the op, which a loop of runs (training, a benchmark,
+#: a stream) pays back and a one-off call does not
+CHECK_AFTER_RUNS = 2
+
+
+def _kept(t: Tensor) -> Tensor:
+    return t
+
+
+def _own_saved_tensors() -> contextlib.AbstractContextManager:
+    """The check's saved tensors pass none of the caller's hooks (only the innermost pair of
+    saved-tensor hooks applies): memory accounting or ``save_on_cpu`` never sees them."""
+    enabled = getattr(torch._C._autograd, "_saved_tensors_hooks_is_enabled", None)
+    if enabled is not None and not enabled():
+        return contextlib.nullcontext()
+    return torch.autograd.graph.saved_tensors_hooks(_kept, _kept)
+
+
+def _draw(
+    count: int, fn: RowFn, ins: list[Tensor], params: Params, grads: bool, seed: int
+) -> tuple[Tensor, tuple]:
+    """``fn`` and its gradients at ``count`` threads, on random values of the signature (the
+    same values for a seed)."""
+    generator = torch.Generator().manual_seed(seed)
+    rins = [_random_like(t, generator, grads) for t in ins]
+    rparams = {k: _random_like(t, generator, grads) for k, t in params.items()}
+    with threads(count), torch.set_grad_enabled(grads), _own_saved_tensors():
+        y = fn(rins, rparams)
+        wrt = [t for t in (*rins, *rparams.values()) if t.requires_grad]
+        gradients: tuple = ()
+        if grads and wrt and y.requires_grad:
+            g = torch.randn(y.shape, generator=generator).to(y.dtype)
+            gradients = torch.autograd.grad(y, wrt, g)
+    return y.detach(), gradients
+
+
+def same_bits(
+    fn: RowFn, ins: list[Tensor], params: Params, grads: bool, counts: tuple[int, int]
+) -> tuple[bool, bool]:
+    """Whether ``fn`` gives the same bits at both thread ``counts`` on random values of
+    ``ins``' and ``params``' signature: its output, and its gradients (if ``grads``; else
+    False). Two answers, because they are two calls: a linear's forward may split over
+    threads the same way at both counts while its weight gradient does not (measured with
+    MKL: [64, 256] rows into 10 outputs, the weight gradient differs at 1 and 2 threads).
+    Outputs smaller than :data:`COMPARED` elements are compared on several draws."""
+    forward = backward = True
+    draws = 1
+    seed = 0
+    while seed < draws and (forward or backward):
+        (y1, g1), (y2, g2) = (_draw(count, fn, ins, params, grads, seed) for count in counts)
+        if seed == 0:
+            draws = min(MAX_DRAWS, -(-COMPARED // max(1, y1.numel())))
+            backward = grads and bool(g1)
+        forward = forward and torch.equal(y1, y2)
+        backward = backward and len(g1) == len(g2) and all(map(torch.equal, g1, g2))
+        seed += 1
+    return forward, backward
+
+
+class FittedOps:
+    """One program's row-op calls, each at torch's thread count or at the fitted one where
+    the two were found to give the same bits (the module docstring says why and how)."""
+
+    def __init__(self) -> None:
+        #: (signature, torch's count, fitted count) -> whether they give the same bits
+        #: (forward, backward)
+        self._same: dict[tuple, tuple[bool, bool]] = {}
+        #: (signature, counts) -> the run that first called it busy (CHECK_AFTER_RUNS)
+        self._first_run: dict[tuple, int] = {}
+        #: program runs so far (:meth:`new_run`)
+        self.runs = 0
+        #: signatures checked so far (the tests read it)
+        self.checks = 0
+
+    def new_run(self) -> None:
+        """The program starts a run (not counted while torch.compile traces: no guard on it)."""
+        if not torch.compiler.is_compiling():
+            self.runs += 1
+
+    def run(self, node: int, fn: RowFn, ins: list[Tensor], params: Params) -> Tensor:
+        """``fn(ins, params)``, with fewer threads where the load asks and the bits allow."""
+        if torch.compiler.is_compiling() or ins[0].device.type != "cpu":
+            return fn(ins, params)
+        n = torch.get_num_threads()
+        k = torch_threads(n)
+        if k >= n:
+            return fn(ins, params)
+        grads = torch.is_grad_enabled() and any(t.requires_grad for t in (*ins, *params.values()))
+        signature = (node, _signature(ins), _signature(params), grads)
+        key = (signature, n, k)
+        same = self._same.get(key)
+        if same is None:
+            if self.runs - self._first_run.setdefault(key, self.runs) < CHECK_AFTER_RUNS:
+                return fn(ins, params)  # not checked until it comes back
+            self.checks += 1
+            same = self._same[key] = same_bits(fn, ins, params, grads, (n, k))
+        with threads(k if same[0] else n):
+            y = fn(ins, params)
+        if grads and same[1] and y.grad_fn is not None:
+            self._fit_backward(y.grad_fn, signature)
+        return y
+
+    def _fit_backward(self, node: Any, signature: tuple) -> None:
+        """The op's backward node runs at the fitted count when, at that moment, it would be
+        fitted and the pair of counts was compared (gradients included) for this signature."""
+        restore: list[int] = []
+
+        def before(grad_outputs: tuple) -> None:
+            n = torch.get_num_threads()
+            k = torch_threads(n)
+            if (
+                k < n
+                and self._same.get((signature, n, k), (False, False))[1]
+                and all(g is None or g.is_contiguous() for g in grad_outputs)
+            ):
+                restore.append(n)
+                torch.set_num_threads(k)
+
+        def after(grad_inputs: tuple, grad_outputs: tuple) -> None:
+            if restore:
+                torch.set_num_threads(restore.pop())
+
+        node.register_prehook(before)
+        node.register_hook(after)
