@@ -495,11 +495,14 @@ def compare_loads(idle: dict, loaded: dict) -> str:
     """Markdown: every snncc peer's median and its ratio to each other peer, idle and loaded."""
 
     def medians(report: dict) -> dict[tuple[str, str, str, str], float]:
-        return {
-            (r["workload"], r["case"], r["mode"], r["peer"]): r["median_ms"]
-            for r in report["records"]
-            if "median_ms" in r
-        }
+        """Each row's median over its rounds' pooled samples, as the report's tables give it
+        (not one round's: with ``--rounds`` a row has a record per round)."""
+        rounds: dict[tuple[str, str, str, str], list[dict]] = {}
+        for r in report["records"]:
+            if "workload" in r:  # not the roofline's note
+                rounds.setdefault((r["workload"], r["case"], r["mode"], r["peer"]), []).append(r)
+        pooled = {key: combine(recs) for key, recs in rounds.items()}
+        return {key: c["median_ms"] for key, c in pooled.items() if "median_ms" in c}
 
     a, b = medians(idle), medians(loaded)
     lines = [
@@ -999,7 +1002,10 @@ def main(argv: list[str] | None = None) -> int:
         stems.append(orchestrate(args, load_kind))
         if not isinstance(stems[-1], Path):
             return stems[-1]
-    print(compare_loads(*(json.loads(s.with_suffix(".json").read_text()) for s in stems)))
+    table = compare_loads(*(json.loads(s.with_suffix(".json").read_text()) for s in stems))
+    loaded_md = stems[-1].with_suffix(".md")  # the loaded run's report keeps the comparison
+    loaded_md.write_text(f"{loaded_md.read_text().rstrip()}\n\n{table}\n")
+    print(table)
     return 0
 
 

@@ -216,6 +216,32 @@ def test_combine_pools_rounds_and_fastest_names_ties() -> None:
     assert _fastest(row, {"p": "bf16", "q": "fp32", "r": "fp32"}) == "q"
 
 
+def test_the_idle_and_loaded_table_pools_every_round() -> None:
+    """With ``--rounds 2`` each row has a record per round: the comparison gives the median of
+    their pooled samples, as the report's tables do (it once gave the last round's)."""
+    from run import compare_loads
+
+    def report(samples: list[list[float]], compete: str | None) -> dict:
+        records = [
+            {
+                "workload": "M1",
+                "case": "T=4",
+                "mode": "fwd",
+                "peer": "snncc-cpu",
+                "status": "ok",
+                "median_ms": sorted(s)[len(s) // 2],
+                "samples_ms": s,
+            }
+            for s in samples
+        ]
+        return {"records": records, "compete": compete, "load": {"start": {"uptime": "-"}}}
+
+    idle = report([[1.0, 1.0, 1.0], [1.0, 1.0, 1.0]], None)
+    loaded = report([[8.0, 8.0, 8.0, 8.0], [2.0, 2.0, 2.0]], "campaign")  # last round: 2
+    row = compare_loads(idle, loaded).splitlines()[-1]
+    assert row == "| M1 | T=4 | fwd | snncc-cpu | 1.000 | 8.000 | 8.00x |", row
+
+
 def test_floors_state_their_bytes_and_flops() -> None:
     assert LAYER_BYTES["fwd"][0] == 8 and LAYER_BYTES["fwd+bwd"][0] == 16  # recompute
     l1 = cases("L1", small=False)[3]  # T=256, 2^20 neurons
