@@ -1,6 +1,7 @@
 """The cpu kernels' thread counts (backends/cpu/threads.py): no parallel region for small
 calls, never more threads than torch's setting or the free cores, results independent of
-the count.
+the count; and torch's row ops between them (backends/cpu/op_threads.py): fewer threads on
+a busy machine only where a bit-for-bit check agrees, with the idle bits.
 
 Timing is never asserted (DEVGUIDE): benchmarks/run.py --compete measures it.
 """
@@ -77,7 +78,7 @@ def test_core_share_reads_this_machine() -> None:
 def test_kernel_results_do_not_depend_on_the_thread_count(two_threads, monkeypatch) -> None:
     """Layers large enough for two threads give the same bits with the cores free (2
     threads) and busy (1): each neuron is one thread's, gradient sums are the host's.
-    (torch's own ops keep the user's count: see backends/cpu/threads.py.)"""
+    (torch's row ops: the tests below, and backends/cpu/op_threads.py.)"""
     from snncc.backends.cpu import neuron as cpu_neuron
 
     used: list[int] = []

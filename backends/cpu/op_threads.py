@@ -24,8 +24,9 @@ values, not the call's own (a silent layer's input is all zeros), and drawn
 again until at least :data:`COMPARED` output elements were compared: another
 split may round only a few outputs differently (MKL's [2, 512] by [512, 10]
 linear, 1 thread against 2: 2-4 of its 20 outputs, none on some draws). The
-comparison runs only when the machine is busy and a signature is new: idle,
-no count changes and nothing is checked. ("The same bits" is as reproducible
+comparison runs only on a busy machine, for a signature that comes back in a
+third run (:data:`CHECK_AFTER_RUNS`); until then, and always when idle, the
+op runs at torch's count. ("The same bits" is as reproducible
 as torch itself: without ``MKL_CBWR=AUTO,STRICT``, which the ``snncc``
 command and the tests set, MKL may round a GEMM by its operands' alignment.)
 
@@ -76,7 +77,7 @@ def _signature(values: list[Tensor] | Params) -> tuple:
 
 def _random_like(t: Tensor, generator: torch.Generator, grad: bool) -> Tensor:
     """Random values in ``t``'s shape, strides and dtype (a leaf; stride-0 views too), in
-    [0.5, 1.5): positive, so that a BatchNorm's running variance is one."""
+    [0.5, 1.5): positive, as a BatchNorm's running variance must be."""
     extent = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
     base = torch.rand(max(extent, 1) if t.numel() else 0, generator=generator) + 0.5
     r = base.to(t.dtype).as_strided(t.shape, t.stride()).detach()
