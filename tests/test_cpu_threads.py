@@ -303,7 +303,8 @@ def test_busy_row_ops_give_the_idle_bits_conv_batchnorm_pooling(two_threads, mon
         runs.append((y, grads, stats))
         if backend == "cpu" and free < 1:
             checked = cm.program.row_ops
-            assert checked.checks == 6  # 2 convolutions, BatchNorm, 2 poolings, linear
+            # 2 convolutions, BatchNorm, 2 poolings, linear; and each split backward checked
+            assert checked.checks == 6 + len(checked._split)
             assert any(forward for forward, _ in checked._same.values()), checked._same
     idle, busy, reference = runs
     assert 0 < float(idle[0].sum()) < idle[0].numel()
@@ -354,3 +355,75 @@ def test_the_bit_check_is_hidden_from_the_callers_saved_tensor_hooks(
         counts.append(len(saved))
     assert cm.program.row_ops.checks == 2  # the busy run's third call checked both linears
     assert counts[0] == counts[1] > 0
+
+
+@pytest.mark.parametrize(
+    "op, shape, attrs",
+    [
+        ("conv2d", (4, 6, 9, 9), {"stride": (2, 1), "padding": (1, 0), "dilation": 1, "groups": 2}),
+        ("conv1d", (4, 6, 17), {"stride": 1, "padding": 2, "dilation": 2, "groups": 1}),
+    ],
+)
+@pytest.mark.parametrize("bias", [True, False])
+def test_a_split_convolution_backward_is_autograds(two_threads, op, shape, attrs, bias) -> None:
+    """Input gradient at one count, weight and bias gradients at the other: the bits of
+    autograd's one convolution_backward call, second derivatives included."""
+    import torch.nn.functional as F
+
+    split = op_threads.split_convolution(op, attrs)
+    plain = {"conv1d": F.conv1d, "conv2d": F.conv2d}[op]
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(shape, generator=g, requires_grad=True)
+    w = torch.randn((4, 6 // attrs["groups"], *[3] * (len(shape) - 2)), generator=g)
+    w.requires_grad_(True)
+    b = torch.randn(4, generator=g, requires_grad=True) if bias else None
+    wrt = [x, w] + ([b] if bias else [])
+    y = split([x], {"weight": w, **({"bias": b} if bias else {})}, (2, 1))
+    y_plain = plain(x, w, b, **attrs)
+    assert torch.equal(y, y_plain)
+    first = torch.autograd.grad(y.square().sum(), wrt, create_graph=True)
+    first_plain = torch.autograd.grad(y_plain.square().sum(), wrt, create_graph=True)
+    for a, c in zip(first, first_plain):
+        assert torch.equal(a, c)
+    second = torch.autograd.grad(first[0].sum(), w)[0]
+    assert torch.equal(second, torch.autograd.grad(first_plain[0].sum(), w)[0])
+
+
+def test_a_convolution_whose_weight_gradient_depends_on_the_count_splits_its_backward(
+    two_threads, monkeypatch, thread_counts_set
+) -> None:
+    """oneDNN's case: forward and input gradient agree at both counts, the weight gradient
+    does not. Then the forward and the input gradient run with 1 thread, the weight
+    gradient with torch's 2, and the step gives the idle bits."""
+    import copy
+
+    monkeypatch.setattr(op_threads, "same_bits", lambda *args: (True, False))
+    x = torch.rand((2, 8, 2, 16, 16), generator=torch.Generator().manual_seed(3))
+    net = _conv_net()
+    monkeypatch.setattr(threads.CORES, "free", lambda: 2.0)
+    idle = _train_once(snncc.compile(copy.deepcopy(net), x, backend="cpu").to_torch(), x)
+    monkeypatch.setattr(threads.CORES, "free", lambda: 0.2)
+    cm = snncc.compile(copy.deepcopy(net), x, backend="cpu")
+    module = cm.to_torch()
+    for _ in range(CHECKED_IN - 1):
+        _train_once(module, x)
+    busy = _train_once(module, x)
+    assert sorted(cm.program.row_ops._split.values()) == [True, True]  # the two convolutions
+    used = []
+    real = torch.ops.aten.convolution_backward
+
+    class Spy:
+        def __call__(self, *args):
+            used.append((tuple(args[-1]), torch.get_num_threads()))
+            return real(*args)
+
+    monkeypatch.setattr(torch.ops.aten, "convolution_backward", Spy())
+    for p in module.parameters():
+        p.grad = None
+    module(x).sum().backward()
+    # the second convolution: input gradient at 1 thread, weight and bias at 2; the first
+    # (its input is the model's, no gradient): weight only
+    assert used == [((True, False, False), 1), ((False, True, True), 2), ((False, True, False), 2)]
+    assert torch.equal(idle[0], busy[0])
+    for a, b in zip(idle[1], busy[1]):
+        assert torch.equal(a, b)

@@ -34,6 +34,12 @@ The backward follows the same rule on its own: the op's autograd node
 lowers the count for itself (a pre-hook, restored by its post-hook) when the
 load at that moment asks for it, the pair of counts was found to give the
 same bits, and the incoming gradient is contiguous like the one compared.
+A convolution whose weight gradient a count changes (oneDNN splits its sum
+over threads) while its forward and input gradient stay the same runs as
+:class:`SplitConvolution`: its backward computes the input gradient at the
+fitted count and the weight and bias gradients at torch's count, as two calls
+of the ``aten.convolution_backward`` that autograd calls once; that, too, is
+compared bit for bit against autograd's own backward before it is used.
 torch's count is per thread once a thread has used it, so this changes
 nothing for the user's other threads (one that first uses torch during the
 call starts from the lowered count; if the op's backward raises, its count
@@ -47,6 +53,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from snncc.backends.cpu.threads import torch_threads
 
@@ -54,6 +61,8 @@ Tensor = torch.Tensor
 Params = Mapping[str, Tensor]
 #: a row op as the program calls it: (inputs, params) -> output
 RowFn = Callable[[list[Tensor], Params], Tensor]
+#: the same op with its backward split over two thread counts: (inputs, params, (n, k))
+SplitFn = Callable[[list[Tensor], Params, tuple[int, int]], Tensor]
 
 
 @contextlib.contextmanager
@@ -150,6 +159,88 @@ def same_bits(
     return forward, backward
 
 
+def same_as_autograd(fn: RowFn, split: RowFn, ins: list[Tensor], params: Params, n: int) -> bool:
+    """Whether ``split`` gives ``fn``'s output and gradients bit for bit (``fn`` at ``n``
+    threads; ``split`` picks its own counts), on random values of the signature."""
+    draws, seed, same = 1, 0, True
+    while same and seed < draws:
+        y1, g1 = _draw(n, fn, ins, params, True, seed)
+        y2, g2 = _draw(n, split, ins, params, True, seed)
+        draws = min(MAX_DRAWS, -(-COMPARED // max(1, y1.numel())))
+        same = torch.equal(y1, y2) and len(g1) == len(g2) and all(map(torch.equal, g1, g2))
+        seed += 1
+    return same
+
+
+class SplitConvolution(torch.autograd.Function):
+    """A convolution (``F.conv1d``/``F.conv2d``: same forward) whose backward computes the
+    input gradient at the fitted count and the weight and bias gradients at torch's."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: Tensor,
+        weight: Tensor,
+        bias: Tensor | None,
+        conv: tuple[Callable[..., Tensor], dict[str, Any]],
+        counts: tuple[int, int],
+    ) -> Tensor:
+        fn, args = conv
+        ctx.save_for_backward(x, weight)
+        ctx.args, ctx.counts = args, counts
+        ctx.bias_sizes = None if bias is None else list(bias.shape)
+        with threads(counts[1]):
+            return fn(x, weight, bias, **args)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple:  # type: ignore[override]
+        x, weight = ctx.saved_tensors
+        n, k = ctx.counts
+        a = ctx.args
+        dims = weight.dim() - 2
+
+        def backward(mask: list[bool]) -> tuple:
+            return torch.ops.aten.convolution_backward(
+                grad, x, weight, ctx.bias_sizes, a["stride"], a["padding"], a["dilation"],
+                False, [0] * dims, a["groups"], mask,
+            )  # fmt: skip
+
+        want_x, want_w, want_b = ctx.needs_input_grad[:3]
+        grad_x = grad_w = grad_b = None
+        if want_x:
+            with threads(k):
+                grad_x = backward([True, False, False])[0]
+        if want_w or want_b:
+            with threads(n):
+                _, grad_w, grad_b = backward([False, want_w, want_b and ctx.bias_sizes is not None])
+        return grad_x, grad_w, grad_b, None, None
+
+
+def split_convolution(op: str, attrs: dict[str, Any]) -> SplitFn | None:
+    """``op``'s row function with a split backward (:class:`SplitConvolution`), or None where
+    it has none (not a convolution; string padding, which ``convolution_backward`` lacks)."""
+    fns = {"conv1d": F.conv1d, "conv2d": F.conv2d}
+    if op not in fns or isinstance(attrs["padding"], str):
+        return None
+    dims = 1 if op == "conv1d" else 2
+
+    def ints(v: Any) -> list[int]:
+        return [int(e) for e in v] if isinstance(v, (list, tuple)) else [int(v)] * dims
+
+    args = {
+        "stride": ints(attrs["stride"]),
+        "padding": ints(attrs["padding"]),
+        "dilation": ints(attrs["dilation"]),
+        "groups": int(attrs["groups"]),
+    }
+    conv = (fns[op], args)
+
+    def split(ins: list[Tensor], params: Params, counts: tuple[int, int]) -> Tensor:
+        return SplitConvolution.apply(ins[0], params["weight"], params.get("bias"), conv, counts)
+
+    return split
+
+
 class FittedOps:
     """One program's row-op calls, each at torch's thread count or at the fitted one where
     the two were found to give the same bits (the module docstring says why and how)."""
@@ -158,6 +249,8 @@ class FittedOps:
         #: (signature, torch's count, fitted count) -> whether they give the same bits
         #: (forward, backward)
         self._same: dict[tuple, tuple[bool, bool]] = {}
+        #: (signature, counts, "split") -> whether the split backward gives autograd's bits
+        self._split: dict[tuple, bool] = {}
         #: (signature, counts) -> the run that first called it busy (CHECK_AFTER_RUNS)
         self._first_run: dict[tuple, int] = {}
         #: program runs so far (:meth:`new_run`)
@@ -170,8 +263,16 @@ class FittedOps:
         if not torch.compiler.is_compiling():
             self.runs += 1
 
-    def run(self, node: int, fn: RowFn, ins: list[Tensor], params: Params) -> Tensor:
-        """``fn(ins, params)``, with fewer threads where the load asks and the bits allow."""
+    def run(
+        self,
+        node: int,
+        fn: RowFn,
+        ins: list[Tensor],
+        params: Params,
+        split: SplitFn | None = None,
+    ) -> Tensor:
+        """``fn(ins, params)``, with fewer threads where the load asks and the bits allow
+        (``split``: the op with its backward split over the two counts, where it has one)."""
         if torch.compiler.is_compiling() or ins[0].device.type != "cpu":
             return fn(ins, params)
         n = torch.get_num_threads()
@@ -187,11 +288,33 @@ class FittedOps:
                 return fn(ins, params)  # not checked until it comes back
             self.checks += 1
             same = self._same[key] = same_bits(fn, ins, params, grads, (n, k))
+        if grads and same[0] and not same[1] and split is not None:
+            if self._split_same(key, fn, split, ins, params, (n, k)):
+                return split(ins, params, (n, k))
         with threads(k if same[0] else n):
             y = fn(ins, params)
         if grads and same[1] and y.grad_fn is not None:
             self._fit_backward(y.grad_fn, signature)
         return y
+
+    def _split_same(
+        self,
+        key: tuple,
+        fn: RowFn,
+        split: SplitFn,
+        ins: list[Tensor],
+        params: Params,
+        counts: tuple[int, int],
+    ) -> bool:
+        """Whether the split backward gives autograd's bits for this signature (checked once)."""
+        split_key = (*key, "split")
+        same = self._split.get(split_key)
+        if same is None:
+            self.checks += 1
+            same = self._split[split_key] = same_as_autograd(
+                fn, lambda xs, ps: split(xs, ps, counts), ins, params, counts[0]
+            )
+        return same
 
     def _fit_backward(self, node: Any, signature: tuple) -> None:
         """The op's backward node runs at the fitted count when, at that moment, it would be
