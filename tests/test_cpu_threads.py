@@ -427,3 +427,29 @@ def test_a_convolution_whose_weight_gradient_depends_on_the_count_splits_its_bac
     assert torch.equal(idle[0], busy[0])
     for a, b in zip(idle[1], busy[1]):
         assert torch.equal(a, b)
+
+
+def test_no_split_convolution_under_autocast(two_threads, monkeypatch) -> None:
+    """Under CPU autocast autograd saves the bf16 copies a convolution made, which the split
+    backward would not: it is not used there (outside autocast it is)."""
+    import torch.nn.functional as F
+
+    monkeypatch.setattr(op_threads, "same_bits", lambda *args: (True, False))
+    monkeypatch.setattr(op_threads, "same_as_autograd", lambda *args: True)
+    monkeypatch.setattr(threads.CORES, "free", lambda: 0.2)
+    x = torch.rand(2, 3, 8, 8)
+    params = {"weight": torch.rand(4, 3, 3, 3, requires_grad=True)}
+    called: list[int] = []
+
+    def split(ins, ps, counts):
+        called.append(1)
+        return F.conv2d(ins[0], ps["weight"])
+
+    for autocast, expected in ((True, []), (False, [1])):
+        ops = op_threads.FittedOps()
+        for _ in range(CHECKED_IN):
+            ops.new_run()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                ops.run(0, lambda ins, ps: F.conv2d(ins[0], ps["weight"]), [x], params, split)
+        assert called == expected
+        called.clear()

@@ -172,6 +172,15 @@ def same_as_autograd(fn: RowFn, split: RowFn, ins: list[Tensor], params: Params,
     return same
 
 
+def _autocast() -> bool:
+    """Whether CPU autocast is on (a split convolution would save the uncast input, where
+    autograd saves the cast one: it is not used then)."""
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_cpu_enabled()
+
+
 class SplitConvolution(torch.autograd.Function):
     """A convolution (``F.conv1d``/``F.conv2d``: same forward) whose backward computes the
     input gradient at the fitted count and the weight and bias gradients at torch's."""
@@ -288,7 +297,7 @@ class FittedOps:
                 return fn(ins, params)  # not checked until it comes back
             self.checks += 1
             same = self._same[key] = same_bits(fn, ins, params, grads, (n, k))
-        if grads and same[0] and not same[1] and split is not None:
+        if grads and same[0] and not same[1] and split is not None and not _autocast():
             if self._split_same(key, fn, split, ins, params, (n, k)):
                 return split(ins, params, (n, k))
         with threads(k if same[0] else n):
