@@ -136,6 +136,26 @@ def _draw(
     return y.detach(), gradients
 
 
+def _agree(
+    first: Callable[[int], tuple[Tensor, tuple]], second: Callable[[int], tuple[Tensor, tuple]]
+) -> tuple[bool, bool]:
+    """Whether two ways of drawing (``seed -> (output, gradients)``) give the same output and
+    the same gradients (False where there are none), on as many draws as the output's size
+    asks (:data:`COMPARED`, :data:`MAX_DRAWS`); stops at the first draw where both differ."""
+    forward = backward = True
+    draws = 1
+    seed = 0
+    while seed < draws and (forward or backward):
+        (y1, g1), (y2, g2) = first(seed), second(seed)
+        if seed == 0:
+            draws = min(MAX_DRAWS, -(-COMPARED // max(1, y1.numel())))
+            backward = bool(g1)
+        forward = forward and torch.equal(y1, y2)
+        backward = backward and len(g1) == len(g2) and all(map(torch.equal, g1, g2))
+        seed += 1
+    return forward, backward
+
+
 def same_bits(
     fn: RowFn, ins: list[Tensor], params: Params, grads: bool, counts: tuple[int, int]
 ) -> tuple[bool, bool]:
@@ -145,31 +165,22 @@ def same_bits(
     threads the same way at both counts while its weight gradient does not (measured with
     MKL: [64, 256] rows into 10 outputs, the weight gradient differs at 1 and 2 threads).
     Outputs smaller than :data:`COMPARED` elements are compared on several draws."""
-    forward = backward = True
-    draws = 1
-    seed = 0
-    while seed < draws and (forward or backward):
-        (y1, g1), (y2, g2) = (_draw(count, fn, ins, params, grads, seed) for count in counts)
-        if seed == 0:
-            draws = min(MAX_DRAWS, -(-COMPARED // max(1, y1.numel())))
-            backward = grads and bool(g1)
-        forward = forward and torch.equal(y1, y2)
-        backward = backward and len(g1) == len(g2) and all(map(torch.equal, g1, g2))
-        seed += 1
-    return forward, backward
+    n, k = counts
+    return _agree(
+        lambda seed: _draw(n, fn, ins, params, grads, seed),
+        lambda seed: _draw(k, fn, ins, params, grads, seed),
+    )
 
 
 def same_as_autograd(fn: RowFn, split: RowFn, ins: list[Tensor], params: Params, n: int) -> bool:
     """Whether ``split`` gives ``fn``'s output and gradients bit for bit (``fn`` at ``n``
     threads; ``split`` picks its own counts), on random values of the signature."""
-    draws, seed, same = 1, 0, True
-    while same and seed < draws:
-        y1, g1 = _draw(n, fn, ins, params, True, seed)
-        y2, g2 = _draw(n, split, ins, params, True, seed)
-        draws = min(MAX_DRAWS, -(-COMPARED // max(1, y1.numel())))
-        same = torch.equal(y1, y2) and len(g1) == len(g2) and all(map(torch.equal, g1, g2))
-        seed += 1
-    return same
+    return all(
+        _agree(
+            lambda seed: _draw(n, fn, ins, params, True, seed),
+            lambda seed: _draw(n, split, ins, params, True, seed),
+        )
+    )
 
 
 def _autocast() -> bool:
