@@ -109,6 +109,32 @@ def test_kernel_results_do_not_depend_on_the_thread_count(two_threads, monkeypat
         assert torch.equal(a, b)
 
 
+def test_parameter_gradient_sums_do_not_depend_on_torchs_thread_count(two_threads) -> None:
+    """A learnable quantity's gradient (PLIF's time constant: one value, or one per channel)
+    sums the neurons' double sums on one thread, whatever torch's count; torch's own sum of
+    as many doubles splits over its threads and rounds by the count (the control)."""
+    from snncc.backends.cpu.autograd import _reduce_grad
+
+    step_shape = (8, 64, 32, 32)  # 524,288 neurons: above torch's grain of 32,768
+    control_differs = False
+    for seed in range(8):
+        g = torch.randn(
+            step_shape, dtype=torch.float64, generator=torch.Generator().manual_seed(seed)
+        )
+        for shape in (torch.Size([]), torch.Size([64, 1, 1])):
+            sums = []
+            for n in (1, 2):
+                torch.set_num_threads(n)
+                sums.append(_reduce_grad(g, step_shape, shape, torch.float64))
+                assert torch.get_num_threads() == n
+            assert sums[0].shape == shape and torch.equal(sums[0], sums[1]), (seed, shape)
+        torch.set_num_threads(1)
+        one = g.sum()
+        torch.set_num_threads(2)
+        control_differs = control_differs or not torch.equal(one, g.sum())
+    assert control_differs, "torch's sum gave the same double at 1 and 2 threads on every draw"
+
+
 def test_outputs_can_be_modified_in_place() -> None:
     """A layer's output is a tensor of its own, not a view the autograd Function made
     (views a Function returns cannot be modified in place)."""

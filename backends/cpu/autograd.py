@@ -33,6 +33,7 @@ and the ctypes / CuPy call) is measured by ``benchmarks/host_overhead.py``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
@@ -41,6 +42,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from snncc.backends.cpu import host_pages
+from snncc.backends.cpu.threads import intra_op_threads
 from snncc.backends.kernels import NeuronKernelInfo, connected, gy_dtype
 from snncc.errors import ShapeError, UnsupportedError
 from snncc.ir.neuron import NeuronSpec
@@ -160,9 +162,16 @@ def flat_quantity(p: Tensor, step_shape: tuple[int, ...], q: str) -> tuple[Tenso
 def _reduce_grad(
     g: Tensor, step_shape: tuple[int, ...], shape: torch.Size, dtype: torch.dtype
 ) -> Tensor:
-    """Per-neuron double sums -> the quantity's shape (summed in double), in its dtype."""
+    """Per-neuron double sums -> the quantity's shape (summed in double), in its dtype.
+
+    On a CPU the sum runs on one thread: torch splits a long sum over its threads, so its
+    rounding would depend on the thread count (in the double, 34 of 50 sums of 262,144
+    values differed at 1 and 2 threads), and beside other processes the parallel region
+    waits for a thread parked behind them (C1's PLIF time constants, every training step).
+    """
     g = g.reshape(step_shape)
-    g = g.sum().reshape(shape) if math.prod(shape) == 1 else g.sum_to_size(shape)
+    with intra_op_threads(1) if g.device.type == "cpu" else contextlib.nullcontext():
+        g = g.sum().reshape(shape) if math.prod(shape) == 1 else g.sum_to_size(shape)
     return g.to(dtype)
 
 

@@ -49,12 +49,13 @@ stays lowered).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from snncc.backends.cpu.threads import intra_op_threads as threads
 from snncc.backends.cpu.threads import torch_threads
 
 Tensor = torch.Tensor
@@ -63,20 +64,6 @@ Params = Mapping[str, Tensor]
 RowFn = Callable[[list[Tensor], Params], Tensor]
 #: the same op with its backward split over two thread counts: (inputs, params, (n, k))
 SplitFn = Callable[[list[Tensor], Params, tuple[int, int]], Tensor]
-
-
-@contextlib.contextmanager
-def threads(count: int) -> Iterator[None]:
-    """torch's intra-op thread count is ``count`` while the block runs (this thread)."""
-    before = torch.get_num_threads()
-    if count == before:
-        yield
-        return
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _signature(values: list[Tensor] | Params) -> tuple:

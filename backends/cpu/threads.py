@@ -21,7 +21,8 @@ kernels now do the same, and more:
   process's own CPU time) over the last :data:`SAMPLE_S` seconds or more.
 
 The thread count never changes a result: each neuron is computed by one thread
-and the per-neuron gradient sums are reduced on the host.
+and the per-neuron gradient sums are reduced on the host, on one thread
+(``autograd._reduce_grad``).
 
 torch's row ops between the kernels (GEMMs, convolutions, BatchNorm, pooling)
 stall the same way on busy cores (one ``F.linear`` [64x784]x[784x256] took 55 ms
@@ -36,9 +37,11 @@ and results must not depend on what else the machine runs. They get
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
+from collections.abc import Iterator
 
 import torch
 
@@ -141,3 +144,17 @@ def torch_threads(n: int) -> int:
     :mod:`snncc.backends.cpu.op_threads`) where other processes hold cores."""
     k = _fitted(n) if n > 1 else n
     return n if k >= n else 1 << (k.bit_length() - 1)
+
+
+@contextlib.contextmanager
+def intra_op_threads(count: int) -> Iterator[None]:
+    """torch's intra-op thread count is ``count`` while the block runs (this thread)."""
+    before = torch.get_num_threads()
+    if count == before:
+        yield
+        return
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
