@@ -161,6 +161,13 @@ def thread_counts_set(monkeypatch) -> list[int]:
     return calls
 
 
+def _unpacked(net: nn.Module, x: torch.Tensor) -> nn.Module:
+    """The program's module with its saved spikes kept as fp32: the row ops' own thread
+    counts are all a spy on ``torch.set_num_threads`` sees (packing them as uint8 casts at
+    the fitted count: the test after these)."""
+    return snncc.compile(net, x, backend="cpu", saved_spike_dtype="float32").to_torch()
+
+
 def _train_once(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
     for p in module.parameters():
         p.grad = None
@@ -189,7 +196,7 @@ def test_busy_gemms_run_with_one_thread_where_the_bits_allow(
     answer on this machine; the tests below fix it.)"""
     x = torch.rand((4, 64, 20), generator=torch.Generator().manual_seed(0))
     net = _mlp()
-    cm = snncc.compile(net, x, backend="cpu")
+    cm = snncc.compile(net, x, backend="cpu", saved_spike_dtype="float32")
     module = cm.to_torch()
     monkeypatch.setattr(threads.CORES, "free", lambda: 2.0)
     idle = _train_once(module, x)
@@ -258,7 +265,7 @@ def test_busy_gemms_follow_the_bit_check(
     monkeypatch.setattr(op_threads, "same_bits", lambda *args: verdict)
     monkeypatch.setattr(threads.CORES, "free", lambda: 0.2)
     x = torch.rand((4, 16, 20), generator=torch.Generator().manual_seed(0))
-    module = snncc.compile(_mlp(), x, backend="cpu").to_torch()
+    module = _unpacked(_mlp(), x)
     for _ in range(CHECKED_IN - 1):  # not checked yet: torch's count
         _train_once(module, x)
     assert thread_counts_set == []
@@ -280,11 +287,33 @@ def test_a_gemm_whose_gradient_depends_on_the_count_keeps_it_in_the_backward(
     monkeypatch.setattr(op_threads, "same_bits", lambda *args: (True, False))
     monkeypatch.setattr(threads.CORES, "free", lambda: 0.2)
     x = torch.rand((4, 16, 20), generator=torch.Generator().manual_seed(0))
-    module = snncc.compile(_mlp(), x, backend="cpu").to_torch()
+    module = _unpacked(_mlp(), x)
     for _ in range(CHECKED_IN):
         thread_counts_set.clear()
         _train_once(module, x)
     assert thread_counts_set == [1, 2, 1, 2]  # the two forwards only
+
+
+def test_saved_spikes_are_cast_at_the_fitted_count(
+    two_threads, monkeypatch, thread_counts_set
+) -> None:
+    """The second linear saves its input spikes as uint8: the cast in the forward and the
+    one back in the backward run at the fitted count on a busy machine (element-wise, the
+    same bits), before any row op is checked; idle at torch's count. Outputs and gradients
+    are the idle run's."""
+    x = torch.rand((4, 64, 20), generator=torch.Generator().manual_seed(0))
+    module = snncc.compile(_mlp(), x, backend="cpu").to_torch()
+    steps = []
+    for free, expected in ((2.0, []), (0.2, [1, 2, 1, 2])):
+        monkeypatch.setattr(threads.CORES, "free", lambda free=free: free)
+        thread_counts_set.clear()
+        steps.append(_train_once(module, x))  # the first busy run: no row op checked yet
+        assert thread_counts_set == expected
+    (y_idle, g_idle), (y_busy, g_busy) = steps
+    assert 0 < float(y_idle.sum()) < y_idle.numel()
+    assert torch.equal(y_idle, y_busy)
+    for a, b in zip(g_idle, g_busy):
+        assert torch.equal(a, b)
 
 
 def _conv_net() -> nn.Module:
@@ -329,8 +358,10 @@ def test_busy_row_ops_give_the_idle_bits_conv_batchnorm_pooling(two_threads, mon
         runs.append((y, grads, stats))
         if backend == "cpu" and free < 1:
             checked = cm.program.row_ops
-            # 2 convolutions, BatchNorm, 2 poolings, linear; and each split backward checked
-            assert checked.checks == 6 + len(checked._split)
+            # 2 convolutions, BatchNorm, 2 poolings, linear; and each split backward's plans
+            # until one gave autograd's bits (chunks first: one thread is left)
+            plans = checked._split.values()
+            assert checked.checks == 6 + sum(1 if p and p[2] else 2 for p in plans)
             assert any(forward for forward, _ in checked._same.values()), checked._same
     idle, busy, reference = runs
     assert 0 < float(idle[0].sum()) < idle[0].numel()
@@ -391,9 +422,14 @@ def test_the_bit_check_is_hidden_from_the_callers_saved_tensor_hooks(
     ],
 )
 @pytest.mark.parametrize("bias", [True, False])
-def test_a_split_convolution_backward_is_autograds(two_threads, op, shape, attrs, bias) -> None:
-    """Input gradient at one count, weight and bias gradients at the other: the bits of
-    autograd's one convolution_backward call, second derivatives included."""
+@pytest.mark.parametrize("chunks", [0, 2, 3])
+def test_a_split_convolution_backward_is_autograds(
+    two_threads, op, shape, attrs, bias, chunks
+) -> None:
+    """Input gradient at one count, weight and bias gradients at the other (``chunks`` 0):
+    the bits of autograd's one convolution_backward call, second derivatives included. Summed
+    over batch chunks at one thread instead, they are autograd's up to rounding (their bits
+    are compared where they are used: FittedOps checks each signature first)."""
     import torch.nn.functional as F
 
     split = op_threads.split_convolution(op, attrs)
@@ -404,26 +440,37 @@ def test_a_split_convolution_backward_is_autograds(two_threads, op, shape, attrs
     w.requires_grad_(True)
     b = torch.randn(4, generator=g, requires_grad=True) if bias else None
     wrt = [x, w] + ([b] if bias else [])
-    y = split([x], {"weight": w, **({"bias": b} if bias else {})}, (2, 1))
+    y = split([x], {"weight": w, **({"bias": b} if bias else {})}, (2, 1, chunks))
     y_plain = plain(x, w, b, **attrs)
     assert torch.equal(y, y_plain)
     first = torch.autograd.grad(y.square().sum(), wrt, create_graph=True)
     first_plain = torch.autograd.grad(y_plain.square().sum(), wrt, create_graph=True)
-    for a, c in zip(first, first_plain):
-        assert torch.equal(a, c)
     second = torch.autograd.grad(first[0].sum(), w)[0]
-    assert torch.equal(second, torch.autograd.grad(first_plain[0].sum(), w)[0])
+    second_plain = torch.autograd.grad(first_plain[0].sum(), w)[0]
+    same = torch.equal if chunks == 0 else lambda a, c: torch.allclose(a, c, rtol=1e-5, atol=1e-5)
+    for a, c in zip([*first, second], [*first_plain, second_plain]):
+        assert same(a, c)
+    if chunks:  # a gradient not asked for stays None
+        (only_x,) = torch.autograd.grad(
+            split([x], {"weight": w.detach()}, (2, 1, chunks)).sum(), [x]
+        )
+        assert torch.equal(only_x, torch.autograd.grad(plain(x, w.detach(), **attrs).sum(), x)[0])
 
 
+@pytest.mark.parametrize("verdicts", ["checked", "chunks refused"])
 def test_a_convolution_whose_weight_gradient_depends_on_the_count_splits_its_backward(
-    two_threads, monkeypatch, thread_counts_set
+    two_threads, monkeypatch, thread_counts_set, verdicts
 ) -> None:
     """oneDNN's case: forward and input gradient agree at both counts, the weight gradient
-    does not. Then the forward and the input gradient run with 1 thread, the weight
-    gradient with torch's 2, and the step gives the idle bits."""
+    does not. Then the forward and the input gradient run with 1 thread, and the weight
+    gradient as the check found it gives the idle bits: summed over two batch halves at 1
+    thread, or (that refused) at torch's 2; and the step gives the idle bits."""
     import copy
 
     monkeypatch.setattr(op_threads, "same_bits", lambda *args: (True, False))
+    if verdicts == "chunks refused":  # per convolution: the chunks first, then the plain split
+        answers = iter([False, True] * 2)
+        monkeypatch.setattr(op_threads, "same_as_autograd", lambda *args: next(answers))
     x = torch.rand((2, 8, 2, 16, 16), generator=torch.Generator().manual_seed(3))
     net = _conv_net()
     monkeypatch.setattr(threads.CORES, "free", lambda: 2.0)
@@ -434,25 +481,81 @@ def test_a_convolution_whose_weight_gradient_depends_on_the_count_splits_its_bac
     for _ in range(CHECKED_IN - 1):
         _train_once(module, x)
     busy = _train_once(module, x)
-    assert sorted(cm.program.row_ops._split.values()) == [True, True]  # the two convolutions
+    plans = list(cm.program.row_ops._split.values())
+    assert len(plans) == 2 and None not in plans  # the two convolutions
+    if verdicts == "chunks refused":
+        assert plans == [(2, 1, 0)] * 2
     used = []
     real = torch.ops.aten.convolution_backward
 
     class Spy:
         def __call__(self, *args):
-            used.append((tuple(args[-1]), torch.get_num_threads()))
+            used.append((tuple(args[-1]), torch.get_num_threads(), args[1].shape[0]))
             return real(*args)
 
     monkeypatch.setattr(torch.ops.aten, "convolution_backward", Spy())
     for p in module.parameters():
         p.grad = None
     module(x).sum().backward()
-    # the second convolution: input gradient at 1 thread, weight and bias at 2; the first
-    # (its input is the model's, no gradient): weight only
-    assert used == [((True, False, False), 1), ((False, True, True), 2), ((False, True, False), 2)]
+
+    def weight_calls(plan, mask):
+        rows = x.shape[0] * x.shape[1]
+        if plan[2]:
+            return [(mask, 1, part.shape[0]) for part in torch.empty(rows).tensor_split(plan[2])]
+        return [(mask, 2, rows)]
+
+    # backward runs the second convolution first: input gradient at 1 thread, then weight and
+    # bias; the first's input is the model's, so it has a weight gradient only
+    expected = [
+        ((True, False, False), 1, 16),
+        *weight_calls(plans[1], (False, True, True)),
+        *weight_calls(plans[0], (False, True, False)),
+    ]
+    assert used == expected
     assert torch.equal(idle[0], busy[0])
     for a, b in zip(idle[1], busy[1]):
         assert torch.equal(a, b)
+
+
+def test_weight_gradients_summed_over_chunks_are_used_only_where_the_check_agrees(
+    two_threads, monkeypatch
+) -> None:
+    """The chunked weight gradient is the check's answer to whether it gives autograd's bits
+    at torch's count: its verdict equals a direct comparison, for a batch oneDNN splits in
+    halves and one it may not, with and without bias."""
+    import torch.nn.functional as F
+
+    attrs = {"stride": 1, "padding": 1, "dilation": 1, "groups": 1}
+    split = op_threads.split_convolution("conv2d", attrs)
+
+    def plain(ins, ps):
+        return F.conv2d(ins[0], ps["weight"], ps.get("bias"), **attrs)
+
+    verdicts = []
+    for rows, bias in ((8, False), (8, True), (2, False), (5, True)):
+        x = torch.rand(rows, 16, 16, 16)
+        params = {"weight": torch.rand(16, 16, 3, 3, requires_grad=True)}
+        if bias:
+            params["bias"] = torch.rand(16, requires_grad=True)
+        verdict = op_threads.same_as_autograd(
+            plain, lambda ins, ps: split(ins, ps, (2, 1, 2)), [x], params, 2
+        )
+        g = torch.Generator().manual_seed(0)
+        xs = torch.rand(x.shape, generator=g) + 0.5
+        ps = {
+            k: (torch.rand(v.shape, generator=g) + 0.5).requires_grad_() for k, v in params.items()
+        }
+        gy = torch.randn((rows, 16, 16, 16), generator=g)
+        direct = [
+            torch.autograd.grad(fn([xs], ps), list(ps.values()), gy)
+            for fn in (plain, lambda ins, p: split(ins, p, (2, 1, 2)))
+        ]
+        verdicts.append(verdict)
+        if verdict:
+            assert all(map(torch.equal, *direct)), (rows, bias)
+        for a, c in zip(*direct):
+            torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-4)
+    print("chunked weight gradient gives autograd's bits:", verdicts)
 
 
 def test_no_split_convolution_under_autocast(two_threads, monkeypatch) -> None:
@@ -467,7 +570,7 @@ def test_no_split_convolution_under_autocast(two_threads, monkeypatch) -> None:
     params = {"weight": torch.rand(4, 3, 3, 3, requires_grad=True)}
     called: list[int] = []
 
-    def split(ins, ps, counts):
+    def split(ins, ps, plan):
         called.append(1)
         return F.conv2d(ins[0], ps["weight"])
 

@@ -37,9 +37,10 @@ same bits, and the incoming gradient is contiguous like the one compared.
 A convolution whose weight gradient a count changes (oneDNN splits its sum
 over threads) while its forward and input gradient stay the same runs as
 :class:`SplitConvolution`: its backward computes the input gradient at the
-fitted count and the weight and bias gradients at torch's count, as two calls
-of the ``aten.convolution_backward`` that autograd calls once; that, too, is
-compared bit for bit against autograd's own backward before it is used.
+fitted count, and the weight and bias gradients as oneDNN's threads sum them
+(over batch chunks, added in order, at one thread) or else at torch's count,
+as calls of the ``aten.convolution_backward`` that autograd calls once; that,
+too, is compared bit for bit against autograd's own backward before it is used.
 torch's count is per thread once a thread has used it, so this changes
 nothing for the user's other threads (one that first uses torch during the
 call starts from the lowered count; if the op's backward raises, its count
@@ -62,8 +63,12 @@ Tensor = torch.Tensor
 Params = Mapping[str, Tensor]
 #: a row op as the program calls it: (inputs, params) -> output
 RowFn = Callable[[list[Tensor], Params], Tensor]
-#: the same op with its backward split over two thread counts: (inputs, params, (n, k))
-SplitFn = Callable[[list[Tensor], Params, tuple[int, int]], Tensor]
+#: how a split backward runs (:class:`SplitConvolution`): torch's count ``n``, the fitted
+#: count ``k`` (the input gradient's), and ``chunks``: 0 for the weight and bias gradients at
+#: ``n`` threads, or the number of batch chunks they are summed over at one thread
+SplitPlan = tuple[int, int, int]
+#: the same op with its backward split over two thread counts: (inputs, params, plan)
+SplitFn = Callable[[list[Tensor], Params, SplitPlan], Tensor]
 
 
 def _signature(values: list[Tensor] | Params) -> tuple:
@@ -179,9 +184,28 @@ def _autocast() -> bool:
         return torch.is_autocast_cpu_enabled()
 
 
+def _in_order(parts: list[Tensor | None]) -> Tensor | None:
+    """The parts summed left to right (None where they are None: a gradient not asked for)."""
+    total = parts[0]
+    if total is None:
+        return None
+    for part in parts[1:]:
+        total = total + part
+    return total
+
+
 class SplitConvolution(torch.autograd.Function):
     """A convolution (``F.conv1d``/``F.conv2d``: same forward) whose backward computes the
-    input gradient at the fitted count and the weight and bias gradients at torch's."""
+    input gradient at the fitted count and the weight and bias gradients either at torch's
+    count or, as oneDNN sums them at torch's count, over batch chunks at one thread.
+
+    Why the chunks: oneDNN's weight gradient at 2 threads is, for most batches measured
+    (4, 8, 16, 32 rows), bit for bit the sum of the two half batches' weight gradients at
+    one thread: its threads split the batch and add their parts. Rebuilt so on one thread,
+    the busy machine's step no longer waits at a barrier for a parked thread, with the idle
+    bits. Where another split gives other bits (2 rows, 64 channels) the check before use
+    finds it, and the weight gradient stays at torch's count.
+    """
 
     @staticmethod
     def forward(  # type: ignore[override]
@@ -190,36 +214,49 @@ class SplitConvolution(torch.autograd.Function):
         weight: Tensor,
         bias: Tensor | None,
         conv: tuple[Callable[..., Tensor], dict[str, Any]],
-        counts: tuple[int, int],
+        plan: SplitPlan,
     ) -> Tensor:
         fn, args = conv
         ctx.save_for_backward(x, weight)
-        ctx.args, ctx.counts = args, counts
+        ctx.args, ctx.plan = args, plan
         ctx.bias_sizes = None if bias is None else list(bias.shape)
-        with threads(counts[1]):
+        with threads(plan[1]):
             return fn(x, weight, bias, **args)
 
     @staticmethod
     def backward(ctx: Any, grad: Tensor) -> tuple:  # type: ignore[override]
         x, weight = ctx.saved_tensors
-        n, k = ctx.counts
+        n, k, chunks = ctx.plan
         a = ctx.args
         dims = weight.dim() - 2
 
-        def backward(mask: list[bool]) -> tuple:
+        def backward(grad: Tensor, x: Tensor, mask: list[bool]) -> tuple:
             return torch.ops.aten.convolution_backward(
                 grad, x, weight, ctx.bias_sizes, a["stride"], a["padding"], a["dilation"],
                 False, [0] * dims, a["groups"], mask,
             )  # fmt: skip
 
         want_x, want_w, want_b = ctx.needs_input_grad[:3]
+        mask = [False, want_w, want_b and ctx.bias_sizes is not None]
+        if not grad.is_contiguous():  # the check compared contiguous gradients: autograd's call
+            with threads(n):
+                grad_x, grad_w, grad_b = backward(grad, x, [want_x, *mask[1:]])
+            return grad_x, grad_w, grad_b, None, None
         grad_x = grad_w = grad_b = None
         if want_x:
             with threads(k):
-                grad_x = backward([True, False, False])[0]
-        if want_w or want_b:
+                grad_x = backward(grad, x, [True, False, False])[0]
+        if (want_w or want_b) and chunks:
+            with threads(1):
+                parts = [
+                    backward(g, xs, mask)
+                    for g, xs in zip(grad.tensor_split(chunks), x.tensor_split(chunks))
+                ]
+            grad_w = _in_order([p[1] for p in parts])
+            grad_b = _in_order([p[2] for p in parts])
+        elif want_w or want_b:
             with threads(n):
-                _, grad_w, grad_b = backward([False, want_w, want_b and ctx.bias_sizes is not None])
+                _, grad_w, grad_b = backward(grad, x, mask)
         return grad_x, grad_w, grad_b, None, None
 
 
@@ -242,8 +279,8 @@ def split_convolution(op: str, attrs: dict[str, Any]) -> SplitFn | None:
     }
     conv = (fns[op], args)
 
-    def split(ins: list[Tensor], params: Params, counts: tuple[int, int]) -> Tensor:
-        return SplitConvolution.apply(ins[0], params["weight"], params.get("bias"), conv, counts)
+    def split(ins: list[Tensor], params: Params, plan: SplitPlan) -> Tensor:
+        return SplitConvolution.apply(ins[0], params["weight"], params.get("bias"), conv, plan)
 
     return split
 
@@ -256,8 +293,9 @@ class FittedOps:
         #: (signature, torch's count, fitted count) -> whether they give the same bits
         #: (forward, backward)
         self._same: dict[tuple, tuple[bool, bool]] = {}
-        #: (signature, counts, "split") -> whether the split backward gives autograd's bits
-        self._split: dict[tuple, bool] = {}
+        #: (signature, counts, "split") -> the split backward's plan that gives autograd's
+        #: bits, or None where none does
+        self._split: dict[tuple, SplitPlan | None] = {}
         #: (signature, counts) -> the run that first called it busy (CHECK_AFTER_RUNS)
         self._first_run: dict[tuple, int] = {}
         #: program runs so far (:meth:`new_run`)
@@ -296,15 +334,16 @@ class FittedOps:
             self.checks += 1
             same = self._same[key] = same_bits(fn, ins, params, grads, (n, k))
         if grads and same[0] and not same[1] and split is not None and not _autocast():
-            if self._split_same(key, fn, split, ins, params, (n, k)):
-                return split(ins, params, (n, k))
+            plan = self._split_plan(key, fn, split, ins, params, (n, k))
+            if plan is not None:
+                return split(ins, params, plan)
         with threads(k if same[0] else n):
             y = fn(ins, params)
         if grads and same[1] and y.grad_fn is not None:
             self._fit_backward(y.grad_fn, signature)
         return y
 
-    def _split_same(
+    def _split_plan(
         self,
         key: tuple,
         fn: RowFn,
@@ -312,16 +351,24 @@ class FittedOps:
         ins: list[Tensor],
         params: Params,
         counts: tuple[int, int],
-    ) -> bool:
-        """Whether the split backward gives autograd's bits for this signature (checked once)."""
+    ) -> SplitPlan | None:
+        """The first split backward that gives autograd's bits for this signature (checked
+        once), or None: with one thread left, the weight gradient summed over ``n`` batch
+        chunks at one thread (:class:`SplitConvolution`), else at torch's count ``n``."""
         split_key = (*key, "split")
-        same = self._split.get(split_key)
-        if same is None:
-            self.checks += 1
-            same = self._split[split_key] = same_as_autograd(
-                fn, lambda xs, ps: split(xs, ps, counts), ins, params, counts[0]
-            )
-        return same
+        if split_key not in self._split:
+            n, k = counts
+            plans = [(n, k, n), (n, k, 0)] if k == 1 else [(n, k, 0)]
+            found = None
+            for plan in plans:
+                self.checks += 1
+                if same_as_autograd(
+                    fn, lambda xs, ps, plan=plan: split(xs, ps, plan), ins, params, n
+                ):
+                    found = plan
+                    break
+            self._split[split_key] = found
+        return self._split[split_key]
 
     def _fit_backward(self, node: Any, signature: tuple) -> None:
         """The op's backward node runs at the fitted count when, at that moment, it would be

@@ -24,7 +24,8 @@ Nothing is packed under ``torch.compile`` (the compiler decides what is
 saved) or where saved-tensor hooks are disabled.
 
 The cost: one cast over the spikes in the forward (4 bytes read, 1 written per
-spike) and one back in the backward. On M1's 4096x2048 spikes (one thread, the dev
+spike) and one back in the backward (at torch's count fitted to the free cores:
+element-wise, so the same bits at any count). On M1's 4096x2048 spikes (one thread, the dev
 VM) these take 4.7 and 5.0 ms; comparing with 0 before the cast and letting torch
 allocate the unpacked block (page faults on fresh memory) took 15 and 16 ms. Where
 something else keeps the fp32 spikes alive anyway (they are also a program output)
@@ -42,6 +43,7 @@ import torch
 
 from snncc.backends.cpu import host_pages
 from snncc.backends.cpu.autograd import TORCH_DTYPES
+from snncc.backends.cpu.threads import elementwise_threads
 from snncc.backends.kernels import HALF_DTYPES
 from snncc.ir.graph import Graph
 from snncc.ir.neuron import SNNTORCH_FORMS, NeuronSpec
@@ -163,7 +165,8 @@ def spikes_saved_as_uint8(spikes: Tensor, scale: Tensor | None = None) -> Iterat
         if t.dtype in packable and t.data_ptr() == ptr and t.numel() == numel:
             # unscaled spikes are 0 or 1, which one cast keeps exactly (a third of the
             # time of compare-then-cast); scaled ones are compared with 0
-            mask = t.to(torch.uint8) if scale is None else (t != 0).to(torch.uint8)
+            with _fitted(t):
+                mask = t.to(torch.uint8) if scale is None else (t != 0).to(torch.uint8)
             g = None if scale is None else scale.detach().reshape(()).clone()
             return _Packed(mask if outer_pack is None else outer_pack(mask), t.shape, t.dtype, g)
         return t if outer_pack is None else outer_pack(t)
@@ -173,12 +176,19 @@ def spikes_saved_as_uint8(spikes: Tensor, scale: Tensor | None = None) -> Iterat
             mask = saved.data if outer_unpack is None else outer_unpack(saved.data)
             # a large block goes on huge pages, as the kernels' outputs do (host_pages)
             values = host_pages.empty(saved.shape, saved.dtype, mask.device)
-            values.copy_(mask.reshape(saved.shape))
-            return values if saved.scale is None else values * saved.scale
+            with _fitted(values):
+                values.copy_(mask.reshape(saved.shape))
+                return values if saved.scale is None else values * saved.scale
         return saved if outer_unpack is None else outer_unpack(saved)
 
     with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
         yield
+
+
+def _fitted(t: Tensor) -> contextlib.AbstractContextManager:
+    """The casts run at torch's count fitted to the free cores where ``t`` is on the CPU
+    (element-wise: the same bits at any count)."""
+    return elementwise_threads() if t.device.type == "cpu" else contextlib.nullcontext()
 
 
 class _Packed:

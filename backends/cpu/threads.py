@@ -158,3 +158,11 @@ def intra_op_threads(count: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def elementwise_threads() -> contextlib.AbstractContextManager:
+    """torch's count fitted to the free cores (:func:`torch_threads`) while the block runs,
+    for element-wise ops only: each element is computed on its own, so no count changes
+    their bits (a cast of saved spikes beside other processes otherwise waits at its
+    parallel region's barrier for a parked thread: 4-6 ms for C1's 131,072 spikes)."""
+    return intra_op_threads(torch_threads(torch.get_num_threads()))
