@@ -243,11 +243,13 @@ def machine(device: str) -> dict[str, Any]:
     return info
 
 
-def write_report(report: dict, out: Path) -> Path:
-    """``bench_<device>[_small].json/.md/.png`` of one run into ``out``; returns the stem."""
+def write_report(report: dict, out: Path, pair: str | None = None) -> Path:
+    """``bench_<device>[_small].json/.md/.png`` of one run into ``out``; returns the stem.
+    A run of a ``--compete`` pair (``pair``: its load, or "idle") is written as
+    ``..._compete-<pair>``, so the pair never overwrites a plain run's report."""
     stem = out / f"bench_{report['device']}{'_small' if report['small'] else ''}"
-    if report.get("compete"):
-        stem = stem.with_name(f"{stem.name}_compete-{report['compete']}")
+    if pair:
+        stem = stem.with_name(f"{stem.name}_compete-{pair}")
     stem.with_suffix(".json").write_text(json.dumps(report, indent=1))
     stem.with_suffix(".md").write_text(markdown(report))
     try:
@@ -344,9 +346,11 @@ def plan(args: argparse.Namespace, peers: list[str]) -> list[dict[str, Any]]:
     return jobs
 
 
-def orchestrate(args: argparse.Namespace, compete: str | None = None) -> int | Path:
+def orchestrate(
+    args: argparse.Namespace, compete: str | None = None, pair: str | None = None
+) -> int | Path:
     """Run every worker (beside the ``compete`` load, if any); the report's stem, or an
-    exit status where the arguments are wrong."""
+    exit status where the arguments are wrong (``pair``: :func:`write_report`'s)."""
     from compete import CompetingLoad
     from peers import CPU_PEERS, GPU_PEERS, PEERS
 
@@ -485,7 +489,7 @@ def orchestrate(args: argparse.Namespace, compete: str | None = None) -> int | P
         build = Path(os.environ["SJ_NATIVE_DIR"]) / "build.json"
         if build.is_file():
             report["sj_native_build"] = json.loads(build.read_text())
-    stem = write_report(report, out)
+    stem = write_report(report, out, pair)
     print(stem.with_suffix(".md").read_text())
     print(f"wrote {stem}.json/.md/.png in {report['wall_s']} s")
     return stem
@@ -999,7 +1003,7 @@ def main(argv: list[str] | None = None) -> int:
         return res if isinstance(res, int) else 0
     stems = []
     for load_kind in (None, args.compete):  # the same run idle, then beside the load
-        stems.append(orchestrate(args, load_kind))
+        stems.append(orchestrate(args, load_kind, load_kind or "idle"))
         if not isinstance(stems[-1], Path):
             return stems[-1]
     table = compare_loads(*(json.loads(s.with_suffix(".json").read_text()) for s in stems))

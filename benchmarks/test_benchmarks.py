@@ -10,6 +10,7 @@ with SpikingJelly's.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -240,6 +241,24 @@ def test_the_idle_and_loaded_table_pools_every_round() -> None:
     loaded = report([[8.0, 8.0, 8.0, 8.0], [2.0, 2.0, 2.0]], "campaign")  # last round: 2
     row = compare_loads(idle, loaded).splitlines()[-1]
     assert row == "| M1 | T=4 | fwd | snncc-cpu | 1.000 | 8.000 | 8.00x |", row
+
+
+def test_a_compete_pair_never_writes_over_a_plain_report(tmp_path) -> None:
+    """``--compete``'s idle run is written as ``..._compete-idle``, its loaded run as
+    ``..._compete-<load>``; a plain run keeps the plain name (the idle run once overwrote
+    the README's pinned report)."""
+    from run import write_report
+
+    saved = json.loads(
+        (Path(__file__).parent / "results" / "bench_cpu_small_compete-idle.json").read_text()
+    )
+    for pair, name in ((None, "bench_cpu_small"), ("idle", "bench_cpu_small_compete-idle")):
+        stem = write_report(saved, tmp_path, pair)
+        assert stem == tmp_path / name and stem.with_suffix(".md").is_file()
+    assert sorted(p.name for p in tmp_path.glob("*.json")) == [
+        "bench_cpu_small.json",
+        "bench_cpu_small_compete-idle.json",
+    ]
 
 
 def test_floors_state_their_bytes_and_flops() -> None:
