@@ -155,7 +155,9 @@ def same_bits(
     ``ins``' and ``params``' signature: its output, and its gradients (if ``grads``; else
     False). Two answers, because they are two calls: a linear's forward may split over
     threads the same way at both counts while its weight gradient does not (measured with
-    MKL: [64, 256] rows into 10 outputs, the weight gradient differs at 1 and 2 threads).
+    MKL without strict CNR: [64, 256] rows into 10 outputs, the weight gradient differs at 1
+    and 2 threads and the forward does not; under strict CNR [2, 512] rows into 10 differ
+    in the forward only).
     Outputs smaller than :data:`COMPARED` elements are compared on several draws."""
     n, k = counts
     return _agree(
