@@ -205,7 +205,9 @@ def test_busy_gemms_run_with_one_thread_where_the_bits_allow(
         busy = _train_once(module, x)
     verdicts = list(cm.program.row_ops._same.values())
     assert cm.program.row_ops.checks == 2 and len(verdicts) == 2
-    fitted = sum(f for f, _ in verdicts) + sum(b for _, b in verdicts)
+    # a linear's backward is two autograd nodes (addmm's, its weight's transpose), each
+    # lowered and put back
+    fitted = sum(f for f, _ in verdicts) + 2 * sum(b for _, b in verdicts)
     assert 0 < float(idle[0].sum()) < idle[0].numel()
     assert torch.equal(idle[0], busy[0])
     for a, b in zip(idle[1], busy[1]):
@@ -215,8 +217,8 @@ def test_busy_gemms_run_with_one_thread_where_the_bits_allow(
     assert torch.equal(expected[0], busy[0])
     for a, b in zip(expected[1], busy[1]):
         assert torch.equal(a, b)
-    # a second busy step checks nothing new; each fitted call (forward, then backward) lowers
-    # the count to 1 and puts it back
+    # a second busy step checks nothing new; each fitted call (forward, then each node of its
+    # backward) lowers the count to 1 and puts it back
     thread_counts_set.clear()
     again = _train_once(module, x)
     assert cm.program.row_ops.checks == 2
@@ -270,8 +272,9 @@ def test_busy_gemms_follow_the_bit_check(
         _train_once(module, x)
     assert thread_counts_set == []
     _train_once(module, x)
-    # two linears, forward then backward (in reverse order), each lowered and put back
-    assert thread_counts_set == ([1, 2] * 4 if verdict[0] else [])
+    # two linears, forward then backward (in reverse order; two autograd nodes each), each
+    # lowered and put back
+    assert thread_counts_set == ([1, 2] * 6 if verdict[0] else [])
     with torch.no_grad():  # another signature (no gradients), checked in its own third run
         for _ in range(CHECKED_IN):
             thread_counts_set.clear()
@@ -292,6 +295,114 @@ def test_a_gemm_whose_gradient_depends_on_the_count_keeps_it_in_the_backward(
         thread_counts_set.clear()
         _train_once(module, x)
     assert thread_counts_set == [1, 2, 1, 2]  # the two forwards only
+
+
+def _readout_mlp() -> nn.Module:
+    """An MLP that ends in a row op: a loss's broadcast gradient reaches that linear."""
+    net = _mlp()
+    del net[3]
+    return net
+
+
+@pytest.mark.parametrize("layout_same", [True, False])
+def test_a_broadcast_loss_gradient_is_checked_in_its_own_layout(
+    two_threads, monkeypatch, layout_same
+) -> None:
+    """``y.sum()`` hands the last linear a gradient with strides of 0: its backward runs at
+    the fitted count only where a check with a gradient laid out so agrees, run once, in the
+    backward; the linear before it (a contiguous gradient) follows the first check."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    calls: list = []
+
+    def verdict(fn, ins, params, grads, counts, grad_like=None):
+        calls.append(None if grad_like is None else grad_like.stride())
+        return (True, True) if grad_like is None else (True, layout_same)
+
+    monkeypatch.setattr(op_threads, "same_bits", verdict)
+    monkeypatch.setattr(threads.CORES, "free", lambda: 0.2)
+    x = torch.rand((4, 16, 20), generator=torch.Generator().manual_seed(0))
+    module = _unpacked(_readout_mlp(), x)
+    for _ in range(CHECKED_IN):
+        _train_once(module, x)
+    assert calls[:2] == [None, None] and len(calls) == 3 and set(calls[2]) == {0}, calls
+
+    used: dict[tuple, set] = {}
+
+    class Spy(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default):
+                used.setdefault(tuple(out.shape), set()).add(torch.get_num_threads())
+            return out
+
+    for p in module.parameters():
+        p.grad = None
+    y = module(x)
+    with Spy():
+        y.sum().backward()
+    assert len(calls) == 3  # nothing checked again
+    readout = 1 if layout_same else 2
+    assert used == {(64, 64): {readout}, (8, 64): {readout}, (64, 20): {1}}, used
+
+
+def test_every_autograd_node_of_a_fitted_op_runs_at_the_fitted_count(
+    two_threads, monkeypatch
+) -> None:
+    """A voting layer's row function is a pooling between two views: its backward is three
+    autograd nodes, and the pooling's runs at the fitted count too (only the outermost
+    view's did); outputs and gradients are the idle run's."""
+    from spikingjelly.activation_based import functional, layer
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    monkeypatch.setattr(op_threads, "same_bits", lambda *args: (True, True))
+    net = _mlp()
+    net[2] = layer.Linear(64, 40)
+    net.append(layer.VotingLayer(4))
+    functional.set_step_mode(net, "m")
+    x = torch.rand((4, 16, 20), generator=torch.Generator().manual_seed(0))
+    module = _unpacked(net, x)
+    monkeypatch.setattr(threads.CORES, "free", lambda: 2.0)
+    idle = _train_once(module, x)
+    monkeypatch.setattr(threads.CORES, "free", lambda: 0.2)
+    for _ in range(CHECKED_IN):
+        busy = _train_once(module, x)
+    pooled: list[int] = []
+
+    class Spy(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if "avg_pool" in str(func) and "backward" in str(func):
+                pooled.append(torch.get_num_threads())
+            return func(*args, **(kwargs or {}))
+
+    for p in module.parameters():
+        p.grad = None
+    y = module(x)
+    with Spy():
+        y.sum().backward()
+    assert pooled == [1]
+    assert torch.get_num_threads() == 2
+    assert torch.equal(idle[0], busy[0])
+    for a, b in zip(idle[1], busy[1]):
+        assert torch.equal(a, b)
+
+
+def test_busy_training_through_a_broadcast_loss_gradient_gives_the_idle_bits(
+    two_threads, monkeypatch
+) -> None:
+    """The layout check for real: outputs and gradients busy equal idle, bit for bit."""
+    x = torch.rand((4, 16, 20), generator=torch.Generator().manual_seed(0))
+    cm = snncc.compile(_readout_mlp(), x, backend="cpu", saved_spike_dtype="float32")
+    module = cm.to_torch()
+    monkeypatch.setattr(threads.CORES, "free", lambda: 2.0)
+    idle = _train_once(module, x)
+    monkeypatch.setattr(threads.CORES, "free", lambda: 0.2)
+    for _ in range(CHECKED_IN + 1):
+        busy = _train_once(module, x)
+    assert len(cm.program.row_ops._same_layout) == 1
+    assert torch.equal(idle[0], busy[0])
+    for a, b in zip(idle[1], busy[1]):
+        assert torch.equal(a, b)
 
 
 def test_saved_spikes_are_cast_at_the_fitted_count(

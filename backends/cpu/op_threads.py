@@ -30,10 +30,13 @@ op runs at torch's count. ("The same bits" is as reproducible
 as torch itself: without ``MKL_CBWR=AUTO,STRICT``, which the ``snncc``
 command and the tests set, MKL may round a GEMM by its operands' alignment.)
 
-The backward follows the same rule on its own: the op's autograd node
-lowers the count for itself (a pre-hook, restored by its post-hook) when the
-load at that moment asks for it, the pair of counts was found to give the
-same bits, and the incoming gradient is contiguous like the one compared.
+The backward follows the same rule on its own: the op's autograd nodes (all
+of them between its output and its inputs) lower the count for themselves (a
+pre-hook, restored by the post-hook) when the load as the backward starts
+asks for it and the pair of counts was found to give the same bits for an
+incoming gradient laid out like this one: contiguous, as the forward's check
+compared, or as a loss broadcast it (``y.sum()``, ``y.mean(0)``: strides of
+0), compared in that layout when it first comes.
 A convolution whose weight gradient a count changes (oneDNN splits its sum
 over threads) while its forward and input gradient stay the same runs as
 :class:`SplitConvolution`: its backward computes the input gradient at the
@@ -76,13 +79,31 @@ def _signature(values: list[Tensor] | Params) -> tuple:
     return tuple((key, tuple(t.shape), t.stride(), t.dtype, t.requires_grad) for key, t in items)
 
 
-def _random_like(t: Tensor, generator: torch.Generator, grad: bool) -> Tensor:
-    """Random values in ``t``'s shape, strides and dtype (a leaf; stride-0 views too), in
-    [0.5, 1.5): positive, as a BatchNorm's running variance must be."""
+def _random_like(t: Tensor, generator: torch.Generator, grad: bool, normal: bool = False) -> Tensor:
+    """Random values in ``t``'s shape, strides and dtype (a leaf; stride-0 views too; ``t``
+    may be a meta tensor), in [0.5, 1.5): positive, as a BatchNorm's running variance must
+    be; or standard normal (``normal``: an incoming gradient)."""
     extent = 1 + sum((size - 1) * stride for size, stride in zip(t.shape, t.stride()))
-    base = torch.rand(max(extent, 1) if t.numel() else 0, generator=generator) + 0.5
+    size = max(extent, 1) if t.numel() else 0
+    if normal:
+        base = torch.randn(size, generator=generator)
+    else:
+        base = torch.rand(size, generator=generator) + 0.5
     r = base.to(t.dtype).as_strided(t.shape, t.stride()).detach()
     return r.requires_grad_(grad and t.requires_grad)
+
+
+def _meta_like(values: list[Tensor] | Params) -> Any:
+    """Tensors with ``values``' shapes, strides, dtypes and gradient flags and no data: what
+    a later check draws its random values from, without keeping the call's tensors alive."""
+
+    def meta(t: Tensor) -> Tensor:
+        m = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta")
+        return m.requires_grad_(t.requires_grad)
+
+    if isinstance(values, Mapping):
+        return {key: meta(t) for key, t in values.items()}
+    return [meta(t) for t in values]
 
 
 #: output elements compared per check at least (small outputs are drawn again): a different
@@ -111,10 +132,16 @@ def _own_saved_tensors() -> contextlib.AbstractContextManager:
 
 
 def _draw(
-    count: int, fn: RowFn, ins: list[Tensor], params: Params, grads: bool, seed: int
+    count: int,
+    fn: RowFn,
+    ins: list[Tensor],
+    params: Params,
+    grads: bool,
+    seed: int,
+    grad_like: Tensor | None = None,
 ) -> tuple[Tensor, tuple]:
     """``fn`` and its gradients at ``count`` threads, on random values of the signature (the
-    same values for a seed)."""
+    same values for a seed); the incoming gradient contiguous, or laid out as ``grad_like``."""
     generator = torch.Generator().manual_seed(seed)
     rins = [_random_like(t, generator, grads) for t in ins]
     rparams = {k: _random_like(t, generator, grads) for k, t in params.items()}
@@ -123,7 +150,10 @@ def _draw(
         wrt = [t for t in (*rins, *rparams.values()) if t.requires_grad]
         gradients: tuple = ()
         if grads and wrt and y.requires_grad:
-            g = torch.randn(y.shape, generator=generator).to(y.dtype)
+            if grad_like is None:
+                g = torch.randn(y.shape, generator=generator).to(y.dtype)
+            else:
+                g = _random_like(grad_like, generator, False, normal=True)
             gradients = torch.autograd.grad(y, wrt, g)
     return y.detach(), gradients
 
@@ -149,7 +179,12 @@ def _agree(
 
 
 def same_bits(
-    fn: RowFn, ins: list[Tensor], params: Params, grads: bool, counts: tuple[int, int]
+    fn: RowFn,
+    ins: list[Tensor],
+    params: Params,
+    grads: bool,
+    counts: tuple[int, int],
+    grad_like: Tensor | None = None,
 ) -> tuple[bool, bool]:
     """Whether ``fn`` gives the same bits at both thread ``counts`` on random values of
     ``ins``' and ``params``' signature: its output, and its gradients (if ``grads``; else
@@ -158,11 +193,13 @@ def same_bits(
     MKL without strict CNR: [64, 256] rows into 10 outputs, the weight gradient differs at 1
     and 2 threads and the forward does not; under strict CNR [2, 512] rows into 10 differ
     in the forward only).
-    Outputs smaller than :data:`COMPARED` elements are compared on several draws."""
+    Outputs smaller than :data:`COMPARED` elements are compared on several draws. The
+    incoming gradient is contiguous, or laid out as ``grad_like`` (strides of 0 where a
+    loss broadcast it: ``y.sum()``, ``y.mean(0)``)."""
     n, k = counts
     return _agree(
-        lambda seed: _draw(n, fn, ins, params, grads, seed),
-        lambda seed: _draw(k, fn, ins, params, grads, seed),
+        lambda seed: _draw(n, fn, ins, params, grads, seed, grad_like),
+        lambda seed: _draw(k, fn, ins, params, grads, seed, grad_like),
     )
 
 
@@ -287,6 +324,23 @@ def split_convolution(op: str, attrs: dict[str, Any]) -> SplitFn | None:
     return split
 
 
+def _op_nodes(y: Tensor, inputs: list[Tensor]) -> list[Any]:
+    """The autograd nodes of the op that made ``y`` from ``inputs``: ``y.grad_fn`` first,
+    then what it reaches before the inputs' own nodes (or their gradient accumulators)."""
+    stop = {id(t.grad_fn) for t in inputs if t.grad_fn is not None}
+    nodes: list[Any] = []
+    seen: set[int] = set()
+    todo = [y.grad_fn]
+    while todo:
+        node = todo.pop()
+        if node is None or id(node) in seen or id(node) in stop or hasattr(node, "variable"):
+            continue  # hasattr "variable": a leaf's AccumulateGrad
+        seen.add(id(node))
+        nodes.append(node)
+        todo.extend(next_node for next_node, _ in node.next_functions)
+    return nodes
+
+
 class FittedOps:
     """One program's row-op calls, each at torch's thread count or at the fitted one where
     the two were found to give the same bits (the module docstring says why and how)."""
@@ -300,6 +354,11 @@ class FittedOps:
         self._split: dict[tuple, SplitPlan | None] = {}
         #: (signature, counts) -> the run that first called it busy (CHECK_AFTER_RUNS)
         self._first_run: dict[tuple, int] = {}
+        #: signature -> (row function, data-less inputs, params): for the backward's checks
+        self._drawn_from: dict[tuple, tuple[RowFn, list[Tensor], Params]] = {}
+        #: (signature, counts, incoming gradient's layout) -> whether the backward gives the
+        #: same bits at both counts for a gradient laid out so (a loss's broadcast one)
+        self._same_layout: dict[tuple, bool] = {}
         #: program runs so far (:meth:`new_run`)
         self.runs = 0
         #: signatures checked so far (the tests read it)
@@ -335,6 +394,8 @@ class FittedOps:
                 return fn(ins, params)  # not checked until it comes back
             self.checks += 1
             same = self._same[key] = same_bits(fn, ins, params, grads, (n, k))
+            if grads and same[1]:
+                self._drawn_from[signature] = (fn, _meta_like(ins), _meta_like(params))
         if grads and same[0] and not same[1] and split is not None and not _autocast():
             plan = self._split_plan(key, fn, split, ins, params, (n, k))
             if plan is not None:
@@ -342,7 +403,7 @@ class FittedOps:
         with threads(k if same[0] else n):
             y = fn(ins, params)
         if grads and same[1] and y.grad_fn is not None:
-            self._fit_backward(y.grad_fn, signature)
+            self._fit_backward(y, [*ins, *params.values()], signature)
         return y
 
     def _split_plan(
@@ -372,25 +433,50 @@ class FittedOps:
             self._split[split_key] = found
         return self._split[split_key]
 
-    def _fit_backward(self, node: Any, signature: tuple) -> None:
-        """The op's backward node runs at the fitted count when, at that moment, it would be
-        fitted and the pair of counts was compared (gradients included) for this signature."""
-        restore: list[int] = []
+    def _fit_backward(self, y: Tensor, inputs: list[Tensor], signature: tuple) -> None:
+        """The op's backward runs at the fitted count when, as it starts, it would be fitted
+        and the pair of counts was compared (gradients included) for this signature, with
+        an incoming gradient laid out as this one. The op's backward is every autograd node
+        between ``y`` and its inputs (a voting layer's pooling sits between two views):
+        each lowers the count before it runs and puts it back after, so nodes of other ops
+        that the engine runs in between keep torch's count."""
+        fitted: list[int] = []  # [n, k] while this op's backward runs fitted
 
-        def before(grad_outputs: tuple) -> None:
+        def decide(grad_outputs: tuple) -> None:
             n = torch.get_num_threads()
             k = torch_threads(n)
-            if (
-                k < n
-                and self._same.get((signature, n, k), (False, False))[1]
-                and all(g is None or g.is_contiguous() for g in grad_outputs)
-            ):
-                restore.append(n)
-                torch.set_num_threads(k)
+            fitted[:] = (
+                [n, k] if k < n and self._backward_same(signature, n, k, grad_outputs) else []
+            )
+
+        def before(grad_outputs: tuple) -> None:
+            if fitted:
+                torch.set_num_threads(fitted[1])
 
         def after(grad_inputs: tuple, grad_outputs: tuple) -> None:
-            if restore:
-                torch.set_num_threads(restore.pop())
+            if fitted:
+                torch.set_num_threads(fitted[0])
 
-        node.register_prehook(before)
-        node.register_hook(after)
+        for i, node in enumerate(_op_nodes(y, inputs)):
+            if i == 0:
+                node.register_prehook(decide)
+            node.register_prehook(before)
+            node.register_hook(after)
+
+    def _backward_same(self, signature: tuple, n: int, k: int, grad_outputs: tuple) -> bool:
+        """Whether the backward gives the same bits at ``n`` and ``k`` threads for this
+        incoming gradient: compared with a contiguous one when the signature was checked, and
+        for another layout (a loss's broadcast gradient: strides of 0) when it first comes,
+        here in the backward, on random values of the signature laid out the same way."""
+        if not self._same.get((signature, n, k), (False, False))[1]:
+            return False
+        if all(g is None or g.is_contiguous() for g in grad_outputs):
+            return True
+        (g,) = grad_outputs  # a row op has one output
+        key = (signature, n, k, tuple(g.shape), g.stride(), g.dtype)
+        same = self._same_layout.get(key)
+        if same is None:
+            fn, ins, params = self._drawn_from[signature]
+            self.checks += 1
+            same = self._same_layout[key] = same_bits(fn, ins, params, True, (n, k), g)[1]
+        return same
