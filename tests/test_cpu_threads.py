@@ -176,6 +176,13 @@ def _train_once(module: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, list[
     return y.detach(), [p.grad.clone() for p in module.parameters()]
 
 
+def _same_step(a: tuple, b: tuple) -> None:
+    """Two training steps' outputs and gradients (:func:`_train_once`) are equal bit for bit."""
+    assert len(a[1]) == len(b[1])
+    for x, y in zip((a[0], *a[1]), (b[0], *b[1])):
+        assert torch.equal(x, y)
+
+
 def test_idle_gemms_keep_torchs_count_and_check_nothing(
     two_threads, monkeypatch, thread_counts_set
 ) -> None:
@@ -209,14 +216,10 @@ def test_busy_gemms_run_with_one_thread_where_the_bits_allow(
     # lowered and put back
     fitted = sum(f for f, _ in verdicts) + 2 * sum(b for _, b in verdicts)
     assert 0 < float(idle[0].sum()) < idle[0].numel()
-    assert torch.equal(idle[0], busy[0])
-    for a, b in zip(idle[1], busy[1]):
-        assert torch.equal(a, b)
+    _same_step(idle, busy)
     reference = snncc.compile(net, x, backend="reference").to_torch()
     expected = _train_once(reference, x)
-    assert torch.equal(expected[0], busy[0])
-    for a, b in zip(expected[1], busy[1]):
-        assert torch.equal(a, b)
+    _same_step(expected, busy)
     # a second busy step checks nothing new; each fitted call (forward, then each node of its
     # backward) lowers the count to 1 and puts it back
     thread_counts_set.clear()
@@ -382,9 +385,7 @@ def test_every_autograd_node_of_a_fitted_op_runs_at_the_fitted_count(
         y.sum().backward()
     assert pooled == [1]
     assert torch.get_num_threads() == 2
-    assert torch.equal(idle[0], busy[0])
-    for a, b in zip(idle[1], busy[1]):
-        assert torch.equal(a, b)
+    _same_step(idle, busy)
 
 
 def test_busy_training_through_a_broadcast_loss_gradient_gives_the_idle_bits(
@@ -400,9 +401,7 @@ def test_busy_training_through_a_broadcast_loss_gradient_gives_the_idle_bits(
     for _ in range(CHECKED_IN + 1):
         busy = _train_once(module, x)
     assert len(cm.program.row_ops._same_layout) == 1
-    assert torch.equal(idle[0], busy[0])
-    for a, b in zip(idle[1], busy[1]):
-        assert torch.equal(a, b)
+    _same_step(idle, busy)
 
 
 def test_saved_spikes_are_cast_at_the_fitted_count(
@@ -420,11 +419,8 @@ def test_saved_spikes_are_cast_at_the_fitted_count(
         thread_counts_set.clear()
         steps.append(_train_once(module, x))  # the first busy run: no row op checked yet
         assert thread_counts_set == expected
-    (y_idle, g_idle), (y_busy, g_busy) = steps
-    assert 0 < float(y_idle.sum()) < y_idle.numel()
-    assert torch.equal(y_idle, y_busy)
-    for a, b in zip(g_idle, g_busy):
-        assert torch.equal(a, b)
+    assert 0 < float(steps[0][0].sum()) < steps[0][0].numel()
+    _same_step(*steps)
 
 
 def _conv_net() -> nn.Module:
@@ -623,9 +619,7 @@ def test_a_convolution_whose_weight_gradient_depends_on_the_count_splits_its_bac
         *weight_calls(plans[0], (False, True, False)),
     ]
     assert used == expected
-    assert torch.equal(idle[0], busy[0])
-    for a, b in zip(idle[1], busy[1]):
-        assert torch.equal(a, b)
+    _same_step(idle, busy)
 
 
 def test_weight_gradients_summed_over_chunks_are_used_only_where_the_check_agrees(
