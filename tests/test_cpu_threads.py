@@ -388,6 +388,34 @@ def test_every_autograd_node_of_a_fitted_op_runs_at_the_fitted_count(
     _same_step(idle, busy)
 
 
+def test_an_ops_autograd_nodes_end_at_its_inputs() -> None:
+    """The nodes a fitted op lowers are its own: from its output to its inputs' nodes (a
+    previous op's) or accumulators (a parameter's), never past them."""
+    import gc
+
+    import torch.nn.functional as F
+
+    w = torch.rand(4, 3, requires_grad=True)
+    x = (torch.rand(5, 3, requires_grad=True) * 2).relu()  # made by another op
+    y = F.linear(x, w)
+    gc.collect()  # no Python object of x's node is alive but x.grad_fn's own
+    assert [type(n).__name__ for n in op_threads._op_nodes(y, [x, w])] == [
+        "MmBackward0",
+        "TBackward0",
+    ]
+    voted = F.avg_pool1d(y.unsqueeze(1), 2).squeeze(1)
+    names = [type(n).__name__ for n in op_threads._op_nodes(voted, [y])]
+    # avg_pool1d is itself a 2-d pooling between views
+    assert names[0] == "SqueezeBackward1"
+    assert sorted(names) == [
+        "AvgPool2DBackward0",
+        "SqueezeBackward1",
+        "SqueezeBackward1",
+        "UnsqueezeBackward0",
+        "UnsqueezeBackward0",
+    ]
+
+
 def test_busy_training_through_a_broadcast_loss_gradient_gives_the_idle_bits(
     two_threads, monkeypatch
 ) -> None:

@@ -326,8 +326,11 @@ def split_convolution(op: str, attrs: dict[str, Any]) -> SplitFn | None:
 
 def _op_nodes(y: Tensor, inputs: list[Tensor]) -> list[Any]:
     """The autograd nodes of the op that made ``y`` from ``inputs``: ``y.grad_fn`` first,
-    then what it reaches before the inputs' own nodes (or their gradient accumulators)."""
-    stop = {id(t.grad_fn) for t in inputs if t.grad_fn is not None}
+    then what it reaches before the inputs' own nodes (or their gradient accumulators).
+    Nodes are told apart by identity: a node's Python object is one while it is alive, so
+    the inputs' are held until the walk ends."""
+    inputs_nodes = [t.grad_fn for t in inputs if t.grad_fn is not None]
+    stop = {id(node) for node in inputs_nodes}
     nodes: list[Any] = []
     seen: set[int] = set()
     todo = [y.grad_fn]
