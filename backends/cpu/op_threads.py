@@ -242,8 +242,8 @@ class SplitConvolution(torch.autograd.Function):
     (4, 8, 16, 32 rows), bit for bit the sum of the two half batches' weight gradients at
     one thread: its threads split the batch and add their parts. Rebuilt so on one thread,
     the busy machine's step no longer waits at a barrier for a parked thread, with the idle
-    bits. Where another split gives other bits (2 rows, 64 channels) the check before use
-    finds it, and the weight gradient stays at torch's count.
+    bits. Where another split gives other bits (2, 3, 5 or 7 rows; 64 channels) the check
+    before use finds it, and the weight gradient stays at torch's count.
     """
 
     @staticmethod
