@@ -59,8 +59,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from snncc.backends.cpu.threads import intra_op_threads as threads
-from snncc.backends.cpu.threads import torch_threads
+from snncc.backends.cpu.threads import intra_op_threads, torch_threads
 
 Tensor = torch.Tensor
 Params = Mapping[str, Tensor]
@@ -145,7 +144,7 @@ def _draw(
     generator = torch.Generator().manual_seed(seed)
     rins = [_random_like(t, generator, grads) for t in ins]
     rparams = {k: _random_like(t, generator, grads) for k, t in params.items()}
-    with threads(count), torch.set_grad_enabled(grads), _own_saved_tensors():
+    with intra_op_threads(count), torch.set_grad_enabled(grads), _own_saved_tensors():
         y = fn(rins, rparams)
         wrt = [t for t in (*rins, *rparams.values()) if t.requires_grad]
         gradients: tuple = ()
@@ -259,7 +258,7 @@ class SplitConvolution(torch.autograd.Function):
         ctx.save_for_backward(x, weight)
         ctx.args, ctx.plan = args, plan
         ctx.bias_sizes = None if bias is None else list(bias.shape)
-        with threads(plan[1]):
+        with intra_op_threads(plan[1]):
             return fn(x, weight, bias, **args)
 
     @staticmethod
@@ -278,15 +277,15 @@ class SplitConvolution(torch.autograd.Function):
         want_x, want_w, want_b = ctx.needs_input_grad[:3]
         mask = [False, want_w, want_b and ctx.bias_sizes is not None]
         if not grad.is_contiguous():  # the check compared contiguous gradients: autograd's call
-            with threads(n):
+            with intra_op_threads(n):
                 grad_x, grad_w, grad_b = backward(grad, x, [want_x, *mask[1:]])
             return grad_x, grad_w, grad_b, None, None
         grad_x = grad_w = grad_b = None
         if want_x:
-            with threads(k):
+            with intra_op_threads(k):
                 grad_x = backward(grad, x, [True, False, False])[0]
         if (want_w or want_b) and chunks:
-            with threads(1):
+            with intra_op_threads(1):
                 parts = [
                     backward(g, xs, mask)
                     for g, xs in zip(grad.tensor_split(chunks), x.tensor_split(chunks))
@@ -294,7 +293,7 @@ class SplitConvolution(torch.autograd.Function):
             grad_w = _in_order([p[1] for p in parts])
             grad_b = _in_order([p[2] for p in parts])
         elif want_w or want_b:
-            with threads(n):
+            with intra_op_threads(n):
                 _, grad_w, grad_b = backward(grad, x, mask)
         return grad_x, grad_w, grad_b, None, None
 
@@ -403,7 +402,7 @@ class FittedOps:
             plan = self._split_plan(key, fn, split, ins, params, (n, k))
             if plan is not None:
                 return split(ins, params, plan)
-        with threads(k if same[0] else n):
+        with intra_op_threads(k if same[0] else n):
             y = fn(ins, params)
         if grads and same[1] and y.grad_fn is not None:
             self._fit_backward(y, [*ins, *params.values()], signature)

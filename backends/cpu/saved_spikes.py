@@ -165,7 +165,7 @@ def spikes_saved_as_uint8(spikes: Tensor, scale: Tensor | None = None) -> Iterat
         if t.dtype in packable and t.data_ptr() == ptr and t.numel() == numel:
             # unscaled spikes are 0 or 1, which one cast keeps exactly (a third of the
             # time of compare-then-cast); scaled ones are compared with 0
-            with _fitted(t):
+            with _cast_threads(t):
                 mask = t.to(torch.uint8) if scale is None else (t != 0).to(torch.uint8)
             g = None if scale is None else scale.detach().reshape(()).clone()
             return _Packed(mask if outer_pack is None else outer_pack(mask), t.shape, t.dtype, g)
@@ -176,7 +176,7 @@ def spikes_saved_as_uint8(spikes: Tensor, scale: Tensor | None = None) -> Iterat
             mask = saved.data if outer_unpack is None else outer_unpack(saved.data)
             # a large block goes on huge pages, as the kernels' outputs do (host_pages)
             values = host_pages.empty(saved.shape, saved.dtype, mask.device)
-            with _fitted(values):
+            with _cast_threads(values):
                 values.copy_(mask.reshape(saved.shape))
                 return values if saved.scale is None else values * saved.scale
         return saved if outer_unpack is None else outer_unpack(saved)
@@ -185,7 +185,7 @@ def spikes_saved_as_uint8(spikes: Tensor, scale: Tensor | None = None) -> Iterat
         yield
 
 
-def _fitted(t: Tensor) -> contextlib.AbstractContextManager:
+def _cast_threads(t: Tensor) -> contextlib.AbstractContextManager:
     """The casts run at torch's count fitted to the free cores where ``t`` is on the CPU
     (element-wise: the same bits at any count)."""
     return elementwise_threads() if t.device.type == "cpu" else contextlib.nullcontext()
