@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
+import types
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
 from typing import Any
@@ -65,13 +67,55 @@ def init(
 def finalize() -> None:
     """Leave the process group together: a barrier, then its teardown, before the process exits.
 
-    Why: a rank that exits while its peer still talks to it (or leaves its group to the
-    interpreter's teardown) can abort in gloo's threads ("terminate called without an
-    active exception"); every rank reaching the barrier first makes the exit orderly.
+    Why: a rank that exits while its peer still talks to it, or leaves its group to the
+    interpreter's teardown, can abort in gloo's threads ("terminate called without an
+    active exception"). Every rank reaching the barrier first makes the exit orderly, and
+    the group must really go: its gloo threads and rank 0's store server end here, not at
+    exit (:func:`_release_group_defaults`).
     """
     if dist.is_initialized():
         dist.barrier()
+        world = dist.group.WORLD
         dist.destroy_process_group()
+        _release_group_defaults(world)
+
+
+def _release_group_defaults(group: Any) -> None:
+    """Drop the references torch.distributed's own function defaults hold to ``group``.
+
+    Why: ``torch.distributed.nn.functional`` declares its collectives with
+    ``group=group.WORLD``, a default read when the module is imported. ``torch._dynamo``
+    imports it, and snncc's tracer (fake tensors) imports ``torch._dynamo``. Compiling
+    after joining the group therefore left ten references to it that
+    ``destroy_process_group`` does not clear: gloo's threads and the store server lived on
+    into the interpreter's teardown. Each such default becomes ``None``, which those
+    functions read as the default group; imported before any group, that is their value
+    anyway.
+    """
+    for name, module in list(sys.modules.items()):
+        if module is None or not name.startswith("torch.distributed"):
+            continue
+        for value in list(vars(module).values()):
+            for fn in _functions_of(value):
+                if fn.__defaults__ and any(d is group for d in fn.__defaults__):
+                    fn.__defaults__ = tuple(None if d is group else d for d in fn.__defaults__)
+                kw = fn.__kwdefaults__
+                if kw and any(d is group for d in kw.values()):
+                    fn.__kwdefaults__ = {k: None if d is group else d for k, d in kw.items()}
+
+
+def _functions_of(value: Any) -> list[types.FunctionType]:
+    """``value`` if it is a plain function; a class's own methods; else none.
+
+    Asked of ``type(value)``, not ``isinstance``: that reads ``value.__class__``, which some
+    of torch.distributed's deprecated names answer with a warning.
+    """
+    if type(value) is types.FunctionType:
+        return [value]
+    if not issubclass(type(value), type):
+        return []
+    found = [getattr(v, "__func__", v) for v in vars(value).values()]  # static, class methods
+    return [f for f in found if type(f) is types.FunctionType]
 
 
 @contextlib.contextmanager

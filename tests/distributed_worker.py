@@ -12,6 +12,7 @@ The parent test asserts on those numbers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -202,9 +203,27 @@ def main() -> None:
         results.append(check(schedule, model, cm, x, ref, rank, **opts))
         if schedule == "pipeline":
             results[-1]["ir"] = format_graph(distributed.make(cm, "pipeline", **opts).graph)
-    with open(os.path.join(out_dir, f"rank{rank}.json"), "w") as fh:
+    path = os.path.join(out_dir, f"rank{rank}.json")
+    with open(path, "w") as fh:  # before the teardown: tells its failures from the runs'
         json.dump(results, fh, indent=1)
     distributed.finalize()
+    results.append({"schedule": "finalize", "model": "", "threads": thread_names()})
+    with open(path + ".tmp", "w") as fh:
+        json.dump(results, fh, indent=1)
+    os.replace(path + ".tmp", path)
+
+
+def thread_names() -> list[str] | None:
+    """The names of this process's threads (Linux), or None where they cannot be read."""
+    tasks = "/proc/self/task"
+    if not os.path.isdir(tasks):
+        return None
+    names = []
+    for tid in sorted(os.listdir(tasks)):
+        with contextlib.suppress(OSError):  # a thread that ended meanwhile
+            with open(os.path.join(tasks, tid, "comm")) as fh:
+                names.append(fh.read().strip())
+    return names
 
 
 if __name__ == "__main__":

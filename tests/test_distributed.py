@@ -23,6 +23,7 @@ import os
 import socket
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +46,9 @@ def _free_port() -> int:
 
 
 #: what a rank prints when gloo's threads abort it after its work is done (exit -6, results
-#: written): seen twice in many launches, on busy 2-core machines, in gloo's teardown
+#: written): seen twice in many launches, on busy 2-core machines, in gloo's teardown. Until
+#: then the group outlived ``finalize()`` into the interpreter's teardown (fixed since, and
+#: tested below); whether that was the abort's cause is not shown, so the retry stays
 TEARDOWN_ABORT = "terminate called without an active exception"
 
 
@@ -254,6 +257,66 @@ def test_three_segment_temporal_split(three) -> None:
     assert all(e["state_mismatch"] == 0 for e in entry)
     for e in entry:
         assert max(e["grad_rel"].values()) <= GRAD_TOL
+
+
+#: the threads a gloo group and its store start (gloo's transport loop and work threads, the
+#: store server on rank 0): none may outlive :func:`snncc.distributed.finalize`
+GROUP_THREADS = ("gloo", "pt_gloo", "pt_tcpstore")
+
+
+@pytest.mark.parametrize("scenario", ["two", "three"])
+def test_finalize_ends_the_group_before_the_process_exits(request, scenario: str) -> None:
+    """After ``finalize()`` no thread of the process group is left on any rank.
+
+    The ranks compile after joining the group, which imports ``torch._dynamo`` and, through
+    it, ``torch.distributed.nn.functional``, whose defaults captured the live group and kept
+    its threads running into the interpreter's teardown (see ``comm._release_group_defaults``).
+    """
+    ranks = request.getfixturevalue(scenario)
+    for rank, entry in enumerate(entries(ranks, "finalize", "")):
+        if entry["threads"] is None:
+            pytest.skip("thread names are read from /proc (Linux)")
+        left = [t for t in entry["threads"] if t.startswith(GROUP_THREADS)]
+        assert not left, f"rank {rank}: the group's threads outlived finalize(): {left}"
+
+
+def test_release_group_defaults_rewrites_only_the_group(monkeypatch) -> None:
+    """A default of torch.distributed's holding the departing group becomes None (what those
+    functions read as the default group); other defaults, and other modules, stay as they are."""
+    from snncc.distributed import comm
+
+    group, other = object(), object()
+    fake = types.ModuleType("torch.distributed._snncc_fake")
+
+    def collective(t, op="sum", group=group):  # noqa: ARG001 - the defaults are the test
+        return t
+
+    def keyword(t, *, group=group, other=other):  # noqa: ARG001
+        return t
+
+    class Optimizer:
+        def __init__(self, group=group) -> None:  # noqa: ARG002
+            pass
+
+        @staticmethod
+        def step(group=group):  # noqa: ARG004
+            return None
+
+    fake.collective, fake.keyword, fake.Optimizer = collective, keyword, Optimizer
+    outside = types.ModuleType("not_torch_distributed")
+
+    def elsewhere(group=group):  # noqa: ARG001
+        return None
+
+    outside.elsewhere = elsewhere
+    monkeypatch.setitem(sys.modules, fake.__name__, fake)
+    monkeypatch.setitem(sys.modules, outside.__name__, outside)
+    comm._release_group_defaults(group)
+    assert collective.__defaults__ == ("sum", None)
+    assert keyword.__kwdefaults__ == {"group": None, "other": other}
+    assert Optimizer.__init__.__defaults__ == (None,)
+    assert Optimizer.step.__defaults__ == (None,)
+    assert elsewhere.__defaults__ == (group,)
 
 
 def test_blas_piece_shapes() -> None:
