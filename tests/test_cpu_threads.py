@@ -289,8 +289,10 @@ def test_a_gemm_whose_gradient_depends_on_the_count_keeps_it_in_the_backward(
     two_threads, monkeypatch, thread_counts_set
 ) -> None:
     """A forward that a thread count leaves alone runs with 1 thread; a backward it would
-    change runs at torch's count (the program's own linears, with the check's answer)."""
+    change runs at torch's count (the program's own linears, with the check's answer, where no
+    split backward gives autograd's bits)."""
     monkeypatch.setattr(op_threads, "same_bits", lambda *args: (True, False))
+    monkeypatch.setattr(op_threads, "same_as_autograd", lambda *args: False)
     monkeypatch.setattr(threads.CORES, "free", lambda: 0.2)
     x = torch.rand((4, 16, 20), generator=torch.Generator().manual_seed(0))
     module = _unpacked(_mlp(), x)
@@ -575,7 +577,7 @@ def test_a_split_convolution_backward_is_autograds(
     w.requires_grad_(True)
     b = torch.randn(4, generator=g, requires_grad=True) if bias else None
     wrt = [x, w] + ([b] if bias else [])
-    y = split([x], {"weight": w, **({"bias": b} if bias else {})}, (2, 1, chunks))
+    y = split.run([x], {"weight": w, **({"bias": b} if bias else {})}, (2, 1, chunks))
     y_plain = plain(x, w, b, **attrs)
     assert torch.equal(y, y_plain)
     first = torch.autograd.grad(y.square().sum(), wrt, create_graph=True)
@@ -587,7 +589,7 @@ def test_a_split_convolution_backward_is_autograds(
         assert same(a, c)
     if chunks:  # a gradient not asked for stays None
         (only_x,) = torch.autograd.grad(
-            split([x], {"weight": w.detach()}, (2, 1, chunks)).sum(), [x]
+            split.run([x], {"weight": w.detach()}, (2, 1, chunks)).sum(), [x]
         )
         assert torch.equal(only_x, torch.autograd.grad(plain(x, w.detach(), **attrs).sum(), x)[0])
 
@@ -603,6 +605,7 @@ def test_a_convolution_whose_weight_gradient_depends_on_the_count_splits_its_bac
     import copy
 
     monkeypatch.setattr(op_threads, "same_bits", lambda *args: (True, False))
+    monkeypatch.setattr(op_threads, "split_linear", lambda op, attrs: None)  # convolutions only
     if verdicts == "chunks refused":  # per convolution: the chunks first, then the plain split
         answers = iter([False, True] * 2)
         monkeypatch.setattr(op_threads, "same_as_autograd", lambda *args: next(answers))
@@ -671,7 +674,7 @@ def test_weight_gradients_summed_over_chunks_are_used_only_where_the_check_agree
         if bias:
             params["bias"] = torch.rand(16, requires_grad=True)
         verdict = op_threads.same_as_autograd(
-            plain, lambda ins, ps: split(ins, ps, (2, 1, 2)), [x], params, 2
+            plain, lambda ins, ps: split.run(ins, ps, (2, 1, 2)), [x], params, 2
         )
         g = torch.Generator().manual_seed(0)
         xs = torch.rand(x.shape, generator=g) + 0.5
@@ -681,7 +684,7 @@ def test_weight_gradients_summed_over_chunks_are_used_only_where_the_check_agree
         gy = torch.randn((rows, 16, 16, 16), generator=g)
         direct = [
             torch.autograd.grad(fn([xs], ps), list(ps.values()), gy)
-            for fn in (plain, lambda ins, p: split(ins, p, (2, 1, 2)))
+            for fn in (plain, lambda ins, p: split.run(ins, p, (2, 1, 2)))
         ]
         verdicts.append(verdict)
         if verdict:
@@ -703,9 +706,11 @@ def test_no_split_convolution_under_autocast(two_threads, monkeypatch) -> None:
     params = {"weight": torch.rand(4, 3, 3, 3, requires_grad=True)}
     called: list[int] = []
 
-    def split(ins, ps, plan):
+    def conv(ins, ps, plan):
         called.append(1)
         return F.conv2d(ins[0], ps["weight"])
+
+    split = op_threads.Split(conv, lambda n, ins, ps: [n])
 
     for autocast, expected in ((True, []), (False, [1])):
         ops = op_threads.FittedOps()
@@ -715,3 +720,240 @@ def test_no_split_convolution_under_autocast(two_threads, monkeypatch) -> None:
                 ops.run(0, lambda ins, ps: F.conv2d(ins[0], ps["weight"]), [x], params, split)
         assert called == expected
         called.clear()
+
+
+@pytest.mark.parametrize("shape", [(64, 24), (4, 16, 24)])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("cut", [0, 8])
+def test_a_split_linear_backward_is_autograds(two_threads, shape, bias, cut) -> None:
+    """Input and bias gradients at one count, the weight gradient at the other (``cut`` 0):
+    the bits of autograd's own calls, for a contiguous gradient and for the broadcast one of
+    ``y.sum()`` (which always takes torch's count), second derivatives included. In two
+    blocks of output rows at one thread instead, autograd's up to rounding (their bits are
+    compared where they are used: FittedOps checks each signature first)."""
+    import torch.nn.functional as F
+
+    split = op_threads.split_linear("linear", {})
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(shape, generator=g, requires_grad=True)
+    w = torch.randn((10, shape[-1]), generator=g, requires_grad=True)
+    b = torch.randn(10, generator=g, requires_grad=True) if bias else None
+    wrt = [x, w] + ([b] if bias else [])
+    params = {"weight": w, **({"bias": b} if bias else {})}
+    y = split.run([x], params, (2, 1, cut))
+    y_plain = F.linear(x, w, b)
+    assert torch.equal(y, y_plain)
+    for loss, loss_plain, exact in (
+        (y.square().sum(), y_plain.square().sum(), cut == 0),
+        (y.sum(), y_plain.sum(), True),  # strides of 0: autograd's calls at torch's count
+    ):
+        first = torch.autograd.grad(loss, wrt, create_graph=True)
+        first_plain = torch.autograd.grad(loss_plain, wrt, create_graph=True)
+        same = torch.equal if exact else lambda a, c: torch.allclose(a, c, rtol=1e-5, atol=1e-5)
+        for a, c in zip(first, first_plain):
+            assert same(a, c)
+    second = torch.autograd.grad(first[0].sum(), w, allow_unused=True)[0]
+    second_plain = torch.autograd.grad(first_plain[0].sum(), w, allow_unused=True)[0]
+    assert (second is None) == (second_plain is None)
+    first = torch.autograd.grad(y.square().sum(), wrt, create_graph=True)
+    first_plain = torch.autograd.grad(y_plain.square().sum(), wrt, create_graph=True)
+    second = torch.autograd.grad(first[1].sum(), x)[0]  # through the weight gradient
+    second_plain = torch.autograd.grad(first_plain[1].sum(), x)[0]
+    torch.testing.assert_close(second, second_plain, rtol=1e-5, atol=1e-5)
+    (only_x,) = torch.autograd.grad(split.run([x], {"weight": w.detach()}, (2, 1, cut)).sum(), [x])
+    assert torch.equal(only_x, torch.autograd.grad(F.linear(x, w.detach()).sum(), x)[0])
+
+
+def test_a_linears_split_is_tried_at_the_blocks_mkl_divides() -> None:
+    """The cuts tried with one thread left: the largest multiples of 4 below the outputs,
+    the largest first (8 for 9-11 outputs, 4 for 5-7; none for 4 or fewer)."""
+    split = op_threads.split_linear("linear", {})
+    assert op_threads.split_linear("conv2d", {}) is None
+    cuts = {
+        outputs: split.parts(2, [torch.empty(3, 5)], {"weight": torch.empty(outputs, 5)})
+        for outputs in (1, 4, 5, 7, 8, 9, 10, 11, 12, 13, 64)
+    }
+    assert cuts == {
+        1: [], 4: [], 5: [4], 7: [4], 8: [4], 9: [8, 4], 10: [8, 4], 11: [8, 4],
+        12: [8, 4], 13: [12, 8], 64: [60, 56],
+    }  # fmt: skip
+
+
+def _readout_net(outputs: int) -> nn.Module:
+    from spikingjelly.activation_based import functional, layer, neuron, surrogate
+
+    torch.manual_seed(2)
+    net = nn.Sequential(
+        layer.Linear(20, 64),
+        neuron.LIFNode(tau=2.0, surrogate_function=surrogate.ATan()),
+        layer.Linear(64, outputs),
+        neuron.LIFNode(tau=2.0, surrogate_function=surrogate.ATan()),
+    )
+    with torch.no_grad():
+        net[0].weight.mul_(4.0)
+        net[2].weight.mul_(4.0)
+    functional.set_step_mode(net, "m")
+    return net
+
+
+@pytest.mark.parametrize("verdicts", ["checked", "blocks refused"])
+def test_a_linear_whose_weight_gradient_depends_on_the_count_splits_its_backward(
+    two_threads, monkeypatch, verdicts
+) -> None:
+    """MKL's case without strict CNR (forced here: the tests run under it): forward, input
+    and bias gradients agree at both counts, the weight gradient does not. Then the forward
+    and those gradients run with 1 thread, and the weight gradient as the check found it: in
+    two blocks of output rows at 1 thread, or (that refused) at torch's 2; the step gives the
+    idle bits either way."""
+    import copy
+
+    monkeypatch.setattr(op_threads, "same_bits", lambda *args: (True, False))
+    if verdicts == "blocks refused":
+        monkeypatch.setattr(op_threads.SplitLinear, "backward", _refuse_blocks)
+    x = torch.rand((4, 16, 20), generator=torch.Generator().manual_seed(4))
+    net = _readout_net(10)
+    monkeypatch.setattr(threads.CORES, "free", lambda: 2.0)
+    idle = _train_once(_unpacked(copy.deepcopy(net), x), x)
+    monkeypatch.setattr(threads.CORES, "free", lambda: 0.2)
+    cm = snncc.compile(copy.deepcopy(net), x, backend="cpu", saved_spike_dtype="float32")
+    module = cm.to_torch()
+    for _ in range(CHECKED_IN):
+        busy = _train_once(module, x)
+    # each linear's plan, by its number of outputs: the first cut the check accepted (which
+    # one is MKL's answer under strict CNR), or none where the blocks are refused
+    plans = {
+        dict((name, shape) for name, shape, *_ in key[0][2])["weight"][0]: plan
+        for key, plan in cm.program.row_ops._split.items()
+    }
+    split = op_threads.split_linear("linear", {})
+    for outputs, plan in plans.items():
+        cuts = split.parts(2, [x], {"weight": torch.empty(outputs, 1)})
+        assert plan[:2] == (2, 1) and plan[2] in [*cuts, 0]
+        assert (plan[2] == 0) == (verdicts == "blocks refused")
+    used: list[tuple] = []
+    real = torch.Tensor.mm
+
+    def spy(a, b):
+        out = real(a, b)
+        used.append((torch.get_num_threads(), tuple(out.shape)))
+        return out
+
+    monkeypatch.setattr(torch.Tensor, "mm", spy)
+    again = _train_once(module, x)
+    monkeypatch.setattr(torch.Tensor, "mm", real)
+
+    def weight_calls(outputs: int, inputs: int) -> list[tuple]:
+        cut = plans[outputs][2]
+        if cut:
+            return [(1, (cut, inputs)), (1, (outputs - cut, inputs))]
+        return [(2, (outputs, inputs))]
+
+    # the readout's backward runs first: its input gradient at 1 thread, then its weight
+    # gradient; then the first linear's weight gradient (its input is the model's)
+    assert used == [(1, (64, 64)), *weight_calls(10, 64), *weight_calls(64, 20)]
+    _same_step(idle, busy)
+    _same_step(idle, again)
+
+
+def _refuse_blocks(ctx, grad):
+    """A SplitLinear backward whose weight gradient in blocks is off by one ulp somewhere: the
+    check before use must refuse the blocks and keep torch's count."""
+    grads = list(_REAL_SPLIT_LINEAR_BACKWARD(ctx, grad))
+    if ctx.plan[2] and grads[1] is not None:
+        grads[1] = grads[1].clone()
+        grads[1].view(-1)[0] = torch.nextafter(grads[1].view(-1)[0], torch.tensor(float("inf")))
+    return tuple(grads)
+
+
+_REAL_SPLIT_LINEAR_BACKWARD = op_threads.SplitLinear.backward
+
+
+def test_a_linears_blocks_are_used_only_where_the_check_agrees(two_threads) -> None:
+    """The blocked weight gradient is the check's answer to whether it gives autograd's bits at
+    torch's count: its verdict equals a direct comparison, for each cut of 10 and 6 outputs,
+    2-D and 3-D inputs, with and without bias."""
+    import torch.nn.functional as F
+
+    split = op_threads.split_linear("linear", {})
+
+    def plain(ins, ps):
+        return F.linear(ins[0], ps["weight"], ps.get("bias"))
+
+    verdicts = []
+    for shape, outputs, bias in (
+        ((64, 256), 10, True),
+        ((4, 16, 100), 10, False),
+        ((64, 100), 6, True),
+    ):
+        x = torch.rand(shape)
+        params = {"weight": torch.rand(outputs, shape[-1], requires_grad=True)}
+        if bias:
+            params["bias"] = torch.rand(outputs, requires_grad=True)
+        for cut in split.parts(2, [x], params):
+            run = lambda ins, ps, cut=cut: split.run(ins, ps, (2, 1, cut))  # noqa: E731
+            verdict = op_threads.same_as_autograd(plain, run, [x], params, 2)
+            g = torch.Generator().manual_seed(0)
+            xs = torch.rand(x.shape, generator=g) + 0.5
+            ps = {
+                k: (torch.rand(v.shape, generator=g) + 0.5).requires_grad_()
+                for k, v in params.items()
+            }
+            gy = torch.randn((*shape[:-1], outputs), generator=g)
+            direct = [
+                torch.autograd.grad(fn([xs], ps), list(ps.values()), gy) for fn in (plain, run)
+            ]
+            verdicts.append(verdict)
+            if verdict:
+                assert all(map(torch.equal, *direct)), (shape, cut)
+            for a, c in zip(*direct):
+                torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-4)
+    print("blocked weight gradient gives autograd's bits:", verdicts)
+
+
+_WITHOUT_STRICT_CNR = """
+import json, sys
+import torch
+import snncc
+from snncc.backends.cpu import op_threads, threads
+sys.path.insert(0, sys.argv[1])
+from test_cpu_threads import CHECKED_IN, _readout_net, _train_once
+
+torch.set_num_threads(2)
+x = torch.rand((4, 16, 20), generator=torch.Generator().manual_seed(4))
+cm = snncc.compile(_readout_net(10), x, backend="cpu", saved_spike_dtype="float32")
+module = cm.to_torch()
+threads.CORES.free = lambda: 2.0
+idle = _train_once(module, x)
+threads.CORES.free = lambda: 0.2
+for _ in range(CHECKED_IN):
+    busy = _train_once(module, x)
+same = all(torch.equal(a, b) for a, b in zip((idle[0], *idle[1]), (busy[0], *busy[1])))
+plans = sorted(cm.program.row_ops._split.values())
+print(json.dumps({"same": same, "plans": plans, "checks": cm.program.row_ops.checks}))
+"""
+
+
+def test_busy_training_gives_the_idle_bits_without_strict_cnr(tmp_path) -> None:
+    """In a process without ``MKL_CBWR`` (a user's own Python, where MKL's weight gradient into
+    10 outputs differs at 1 and 2 threads), a busy training step still gives the idle bits:
+    whatever the checks decide there (on this machine, the readout's weight gradient in two
+    blocks at one thread), nothing a thread count changes is used."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "MKL_CBWR"}
+    res = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_STRICT_CNR, str(Path(__file__).parent)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    found = json.loads(res.stdout.strip().splitlines()[-1])
+    print("without strict CNR:", found)
+    assert found["same"]
+    assert found["checks"] > 0, "the busy step checked nothing"

@@ -22,7 +22,7 @@ import torch
 from snncc.backends.cpu.autograd import run_layer
 from snncc.backends.cpu.forms import check_node_params
 from snncc.backends.cpu.neuron import NeuronKernel
-from snncc.backends.cpu.op_threads import FittedOps, split_convolution
+from snncc.backends.cpu.op_threads import FittedOps, split_for
 from snncc.backends.cpu.recurrent import RecurrentKernel, fused_recurrent
 from snncc.backends.cpu.saved_spikes import spike_fed_gemms, spikes_saved_as_uint8
 from snncc.backends.reference.program import ReferenceProgram
@@ -98,10 +98,9 @@ class CpuProgram(ReferenceProgram):
         self.spike_fed = spike_fed_gemms(graph, self._specs) if saved_spike_dtype == "uint8" else {}
         #: the row ops' calls, with fewer threads on a busy machine where the bits allow
         self.row_ops = FittedOps()
-        #: convolution node -> its row function with a split backward (op_threads.py)
-        self._split_convs = {
-            n: split_convolution(graph.op(n), graph.attrs(n)) for n in graph.topo_order()
-        }
+        #: convolution and linear node -> its row function with a split backward
+        #: (op_threads.py)
+        self._splits = {n: split_for(graph.op(n), graph.attrs(n)) for n in graph.topo_order()}
 
     def _build_kernels(self, recompute: bool) -> None:
         """The kernel-factory hook: one compiled kernel pair per neuron node into ``kernels``.
@@ -209,7 +208,7 @@ class CpuProgram(ReferenceProgram):
         """The reference's row op, with fewer threads where other processes hold cores and the
         bits allow (op_threads.py); a spike-fed GEMM saves its spikes as uint8 while training."""
         fn, params = self._row_fn(n), ctx.params(n)
-        split = self._split_convs.get(n)
+        split = self._splits.get(n)
         source = self.spike_fed.get(n)
         if source is not None and torch.is_grad_enabled():
             scale = None if source.scale is None else self.params[source.scale]
