@@ -220,10 +220,16 @@ def load() -> dict[str, Any]:
     }
 
 
+#: environment variables that change a peer's results or timing (MKL's reproducibility mode:
+#: its strict CNR slowed SpikingJelly's loaded M1 steps; thread counts and wait policies)
+TIMING_ENV = ("MKL_CBWR", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "KMP_BLOCKTIME")
+
+
 def machine(device: str) -> dict[str, Any]:
     import torch
 
     info: dict[str, Any] = {"platform": platform.platform(), "cpu_count": os.cpu_count()}
+    info["env"] = {k: os.environ[k] for k in TIMING_ENV if k in os.environ}
     try:
         with open("/proc/cpuinfo") as fh:
             info["cpu"] = next(
@@ -709,6 +715,12 @@ def markdown(report: dict) -> str:
                 f"{', '.join(f'{v:.2f}' for v in e.get('loadavg', []))} at the end; "
                 f"{s.get('nproc')} usable CPUs (nproc)."
             )
+    if "env" in m:
+        shown = ", ".join(f"{k}={v}" for k, v in m["env"].items())
+        lines.append(
+            f"Environment: {shown or 'none set'} (of {', '.join(TIMING_ENV)}; each worker "
+            "inherits it)."
+        )
     lines.append("Versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items()) + ".")
     if roof:
         lines.append(

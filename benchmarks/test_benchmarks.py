@@ -261,6 +261,26 @@ def test_a_compete_pair_never_writes_over_a_plain_report(tmp_path) -> None:
     ]
 
 
+def test_a_report_states_the_environment_its_peers_ran_in(tmp_path, monkeypatch) -> None:
+    """MKL's reproducibility mode and the thread settings change the timings (strict CNR
+    slowed SpikingJelly's loaded M1 steps), so a report names the ones set, or says none."""
+    from run import machine, write_report
+
+    saved = json.loads(
+        (Path(__file__).parent / "results" / "bench_cpu_small_compete-idle.json").read_text()
+    )
+    for value, line in (("AUTO,STRICT", "Environment: MKL_CBWR=AUTO,STRICT "), (None, "none set")):
+        if value is None:
+            monkeypatch.delenv("MKL_CBWR", raising=False)
+        else:
+            monkeypatch.setenv("MKL_CBWR", value)
+        for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "KMP_BLOCKTIME"):
+            monkeypatch.delenv(name, raising=False)
+        saved["machine"] = machine("cpu")
+        stem = write_report(saved, tmp_path)
+        assert line in stem.with_suffix(".md").read_text()
+
+
 def test_floors_state_their_bytes_and_flops() -> None:
     assert LAYER_BYTES["fwd"][0] == 8 and LAYER_BYTES["fwd+bwd"][0] == 16  # recompute
     l1 = cases("L1", small=False)[3]  # T=256, 2^20 neurons
