@@ -766,9 +766,14 @@ def test_a_split_linear_backward_is_autograds(two_threads, shape, bias, cut) -> 
 
 def test_a_linears_split_is_tried_at_the_blocks_mkl_divides() -> None:
     """The cuts tried with one thread left: the largest multiples of 4 below the outputs,
-    the largest first (8 for 9-11 outputs, 4 for 5-7; none for 4 or fewer)."""
+    the largest first (8 for 9-11 outputs, 4 for 5-7; none for 4 or fewer); only for the
+    inputs whose rows ``F.linear`` folds into one GEMM (contiguous, 2-D or 3-D), whose
+    autograd calls the split backward makes."""
     split = op_threads.split_linear("linear", {})
     assert op_threads.split_linear("conv2d", {}) is None
+    assert split.applies([torch.empty(3, 5)]) and split.applies([torch.empty(2, 3, 5)])
+    assert not split.applies([torch.empty(2, 2, 3, 5)])
+    assert not split.applies([torch.empty(3, 2, 5).transpose(0, 1)])
     cuts = {
         outputs: split.parts(2, [torch.empty(3, 5)], {"weight": torch.empty(outputs, 5)})
         for outputs in (1, 4, 5, 7, 8, 9, 10, 11, 12, 13, 64)

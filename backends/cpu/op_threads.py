@@ -84,6 +84,8 @@ class Split(NamedTuple):
     run: SplitFn
     #: the ``part`` values to try, in order, when one thread is left: (n, inputs, params)
     parts: Callable[[int, list[Tensor], Params], list[int]]
+    #: whether the split applies to these inputs at all
+    applies: Callable[[list[Tensor]], bool] = lambda ins: True
 
 
 def _signature(values: list[Tensor] | Params) -> tuple:
@@ -347,9 +349,10 @@ class SplitLinear(torch.autograd.Function):
     computed apart at one thread: measured for 16, 64 and 256 rows of 100 and 512 inputs
     (torch 2.14's MKL, the 2-core AMD EPYC VM); other output counts from 1 to 69 agree at
     both counts. Where another split gives other bits the check before use finds it.
-    The gradients are the calls autograd makes for ``F.linear`` of a 2-D or 3-D input
-    (``addmm``/``mm`` on the rows folded into one dimension), so a gradient that arrives
-    non-contiguous (``y.sum()``) runs them as autograd would, at torch's count.
+    The gradients are the calls autograd makes for ``F.linear`` of a contiguous 2-D or 3-D
+    input (``addmm``/``mm`` on the rows folded into one dimension; the split applies to no
+    other input), so a gradient that arrives non-contiguous (``y.sum()``) runs them as
+    autograd would, at torch's count.
     """
 
     @staticmethod
@@ -404,7 +407,10 @@ def split_linear(op: str, attrs: dict[str, Any]) -> Split | None:
         cuts = range((outputs - 1) // LINEAR_ROW_BLOCK * LINEAR_ROW_BLOCK, 0, -LINEAR_ROW_BLOCK)
         return list(cuts)[:2]  # the largest first: 8 for 9-11 outputs, 4 for 5-7
 
-    return Split(split, parts)
+    def applies(ins: list[Tensor]) -> bool:  # where F.linear folds the rows (see SplitLinear)
+        return ins[0].dim() in (2, 3) and ins[0].is_contiguous()
+
+    return Split(split, parts, applies)
 
 
 def split_for(op: str, attrs: dict[str, Any]) -> Split | None:
@@ -487,7 +493,14 @@ class FittedOps:
             same = self._same[key] = same_bits(fn, ins, params, grads, (n, k))
             if grads and same[1]:
                 self._drawn_from[signature] = (fn, _meta_like(ins), _meta_like(params))
-        if grads and same[0] and not same[1] and split is not None and not _autocast():
+        if (
+            grads
+            and same[0]
+            and not same[1]
+            and split is not None
+            and split.applies(ins)
+            and not _autocast()
+        ):
             plan = self._split_plan(key, fn, split, ins, params, (n, k))
             if plan is not None:
                 return split.run(ins, params, plan)
