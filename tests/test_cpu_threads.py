@@ -27,14 +27,14 @@ def two_threads():
     torch.set_num_threads(before)
 
 
-def _mlp() -> nn.Module:
+def _mlp(outputs: int = 8, seed: int = 0) -> nn.Module:
     from spikingjelly.activation_based import functional, layer, neuron, surrogate
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     net = nn.Sequential(
         layer.Linear(20, 64),
         neuron.LIFNode(tau=2.0, surrogate_function=surrogate.ATan()),
-        layer.Linear(64, 8),
+        layer.Linear(64, outputs),
         neuron.LIFNode(tau=2.0, surrogate_function=surrogate.ATan()),
     )
     with torch.no_grad():
@@ -673,25 +673,26 @@ def test_weight_gradients_summed_over_chunks_are_used_only_where_the_check_agree
         params = {"weight": torch.rand(16, 16, 3, 3, requires_grad=True)}
         if bias:
             params["bias"] = torch.rand(16, requires_grad=True)
-        verdict = op_threads.same_as_autograd(
-            plain, lambda ins, ps: split.run(ins, ps, (2, 1, 2)), [x], params, 2
-        )
-        g = torch.Generator().manual_seed(0)
-        xs = torch.rand(x.shape, generator=g) + 0.5
-        ps = {
-            k: (torch.rand(v.shape, generator=g) + 0.5).requires_grad_() for k, v in params.items()
-        }
-        gy = torch.randn((rows, 16, 16, 16), generator=g)
-        direct = [
-            torch.autograd.grad(fn([xs], ps), list(ps.values()), gy)
-            for fn in (plain, lambda ins, p: split.run(ins, p, (2, 1, 2)))
-        ]
-        verdicts.append(verdict)
-        if verdict:
-            assert all(map(torch.equal, *direct)), (rows, bias)
-        for a, c in zip(*direct):
-            torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-4)
+        run = lambda ins, ps: split.run(ins, ps, (2, 1, 2))  # noqa: E731
+        verdicts.append(_verdict_is_direct(plain, run, x, params, (rows, 16, 16, 16)))
     print("chunked weight gradient gives autograd's bits:", verdicts)
+
+
+def _verdict_is_direct(plain, split, x, params, grad_shape) -> bool:
+    """The check's verdict on ``split`` against ``plain`` (autograd at 2 threads), asserted to
+    equal a direct comparison of their parameter gradients on other values; it is returned.
+    Either way the two agree up to rounding."""
+    verdict = op_threads.same_as_autograd(plain, split, [x], params, 2)
+    g = torch.Generator().manual_seed(0)
+    xs = torch.rand(x.shape, generator=g) + 0.5
+    ps = {k: (torch.rand(v.shape, generator=g) + 0.5).requires_grad_() for k, v in params.items()}
+    gy = torch.randn(grad_shape, generator=g)
+    direct = [torch.autograd.grad(fn([xs], ps), list(ps.values()), gy) for fn in (plain, split)]
+    if verdict:
+        assert all(map(torch.equal, *direct)), (tuple(x.shape), grad_shape)
+    for a, c in zip(*direct):
+        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-4)
+    return verdict
 
 
 def test_no_split_convolution_under_autocast(two_threads, monkeypatch) -> None:
@@ -784,23 +785,6 @@ def test_a_linears_split_is_tried_at_the_blocks_mkl_divides() -> None:
     }  # fmt: skip
 
 
-def _readout_net(outputs: int) -> nn.Module:
-    from spikingjelly.activation_based import functional, layer, neuron, surrogate
-
-    torch.manual_seed(2)
-    net = nn.Sequential(
-        layer.Linear(20, 64),
-        neuron.LIFNode(tau=2.0, surrogate_function=surrogate.ATan()),
-        layer.Linear(64, outputs),
-        neuron.LIFNode(tau=2.0, surrogate_function=surrogate.ATan()),
-    )
-    with torch.no_grad():
-        net[0].weight.mul_(4.0)
-        net[2].weight.mul_(4.0)
-    functional.set_step_mode(net, "m")
-    return net
-
-
 @pytest.mark.parametrize("verdicts", ["checked", "blocks refused"])
 def test_a_linear_whose_weight_gradient_depends_on_the_count_splits_its_backward(
     two_threads, monkeypatch, verdicts
@@ -816,7 +800,7 @@ def test_a_linear_whose_weight_gradient_depends_on_the_count_splits_its_backward
     if verdicts == "blocks refused":
         monkeypatch.setattr(op_threads.SplitLinear, "backward", _refuse_blocks)
     x = torch.rand((4, 16, 20), generator=torch.Generator().manual_seed(4))
-    net = _readout_net(10)
+    net = _mlp(10, seed=2)
     monkeypatch.setattr(threads.CORES, "free", lambda: 2.0)
     idle = _train_once(_unpacked(copy.deepcopy(net), x), x)
     monkeypatch.setattr(threads.CORES, "free", lambda: 0.2)
@@ -896,22 +880,7 @@ def test_a_linears_blocks_are_used_only_where_the_check_agrees(two_threads) -> N
             params["bias"] = torch.rand(outputs, requires_grad=True)
         for cut in split.parts(2, [x], params):
             run = lambda ins, ps, cut=cut: split.run(ins, ps, (2, 1, cut))  # noqa: E731
-            verdict = op_threads.same_as_autograd(plain, run, [x], params, 2)
-            g = torch.Generator().manual_seed(0)
-            xs = torch.rand(x.shape, generator=g) + 0.5
-            ps = {
-                k: (torch.rand(v.shape, generator=g) + 0.5).requires_grad_()
-                for k, v in params.items()
-            }
-            gy = torch.randn((*shape[:-1], outputs), generator=g)
-            direct = [
-                torch.autograd.grad(fn([xs], ps), list(ps.values()), gy) for fn in (plain, run)
-            ]
-            verdicts.append(verdict)
-            if verdict:
-                assert all(map(torch.equal, *direct)), (shape, cut)
-            for a, c in zip(*direct):
-                torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-4)
+            verdicts.append(_verdict_is_direct(plain, run, x, params, (*shape[:-1], outputs)))
     print("blocked weight gradient gives autograd's bits:", verdicts)
 
 
@@ -921,11 +890,11 @@ import torch
 import snncc
 from snncc.backends.cpu import op_threads, threads
 sys.path.insert(0, sys.argv[1])
-from test_cpu_threads import CHECKED_IN, _readout_net, _train_once
+from test_cpu_threads import CHECKED_IN, _mlp, _train_once
 
 torch.set_num_threads(2)
 x = torch.rand((4, 16, 20), generator=torch.Generator().manual_seed(4))
-cm = snncc.compile(_readout_net(10), x, backend="cpu", saved_spike_dtype="float32")
+cm = snncc.compile(_mlp(10, seed=2), x, backend="cpu", saved_spike_dtype="float32")
 module = cm.to_torch()
 threads.CORES.free = lambda: 2.0
 idle = _train_once(module, x)
