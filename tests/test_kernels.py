@@ -563,11 +563,14 @@ def all_cases() -> list[tuple[NeuronSpec, list, list, dict]]:
 def test_kernels_are_named_by_their_source_alone() -> None:
     """A kernel's tag is a hash of what its source is rendered from: over the whole form
     matrix, plus variants whose specs differ only where the kernels never look (which params
-    learn, the model's name, a threshold passed at run time), equal tags mean equal sources
-    and equal sources equal tags, so twins share one build and one cache entry."""
+    learn, the model's name, a threshold passed at run time, a recompute the host does), equal
+    tags mean equal sources and equal sources equal tags, so twins share one build and one
+    cache entry."""
     cases = list(all_cases())
     for spec, pro, epi, opts in all_cases()[::7]:
         cases.append((spec.replace(model="renamed"), pro, epi, opts))
+    for spec, pro, epi, opts in all_cases()[::3]:  # recompute flipped (some sources keep it out)
+        cases.append((spec, pro, epi, {**opts, "recompute": not opts.get("recompute", False)}))
     leaky = NeuronSpec(
         model="leaky",
         charge="snntorch_leaky",

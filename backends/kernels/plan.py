@@ -466,13 +466,15 @@ def plan(
     )
     inits = {v: f32_literal(ng.inits[v]) for v in svars}
     summary = kernel_summary(spec, ng)
+    # a recompute the host does (it re-runs the forward kernel into a buffer) leaves both
+    # kernels' source as it is; only one inside the backward kernel changes it
     tag = _kernel_tag(
-        info=info,
+        info=replace(info, recompute=in_kernel),
         code=code,
         inits=inits,
         prologue=pro,
         epilogue=epi,
-        options=opts,
+        options={**opts, "recompute": in_kernel},
         vjp_reads=vjp_reads,
         vjp_reads_state=reads_state,
         vjp_reads_cut=reads_cut,
