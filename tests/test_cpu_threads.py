@@ -59,6 +59,52 @@ def test_busy_cores_leave_one_thread(two_threads, monkeypatch) -> None:
     assert threads.kernel_threads(4 * threads.MIN_WORK_PER_THREAD) == 2
 
 
+def test_layers_sharing_one_library_each_run_at_their_own_count(
+    two_threads, monkeypatch, tmp_path
+) -> None:
+    """Layers of one form load one library, which holds one thread count: each call runs at
+    the count asked for it, whatever the layer before it asked (a wide hidden layer after a
+    narrow readout of the same form kept the readout's one thread)."""
+    from snncc.backends.cpu import compiler
+    from snncc.backends.cpu import neuron as cpu_neuron
+
+    told: dict[int, int] = {}  # a library's setter -> the count the library holds
+
+    def spied(lib):
+        real = lib.snncc_set_threads
+        if not getattr(real, "spy", False):
+
+            def spy(n: int, real=real) -> None:
+                told[id(spy)] = n
+                real(n)
+
+            spy.spy = True
+            lib.__dict__["snncc_set_threads"] = spy  # what getattr(lib, ...) finds
+        return lib
+
+    load = compiler.load
+    monkeypatch.setattr(compiler, "load", lambda *a, **k: spied(load(*a, **k)))
+    # wide layers get both threads, the 8-wide readout one (as kernel_threads would on an
+    # idle machine), whatever the machine is doing now
+    monkeypatch.setattr(cpu_neuron, "kernel_threads", lambda work: 2 if work >= 1000 else 1)
+    net, x = _mlp(outputs=8), torch.rand(4, 16, 20)
+    cm = snncc.compile(net, x, backend="cpu", cache_dir=str(tmp_path))
+    kernels = cm.program.kernels.values()
+    assert len({id(k.library._set_threads) for k in kernels}) == 1  # one library, both layers
+    calls = []
+    call = cpu_neuron.KernelLibrary.call
+
+    def checked(self, which, values, threads_):
+        call(self, which, values, threads_)
+        calls.append((threads_, told.get(id(self._set_threads))))
+
+    monkeypatch.setattr(cpu_neuron.KernelLibrary, "call", checked)
+    for _ in range(3):
+        cm.run(x)
+    assert {asked for asked, _ in calls} == {1, 2}
+    assert all(asked == held for asked, held in calls), calls
+
+
 def test_torchs_ops_get_a_power_of_two_of_the_free_cores(monkeypatch) -> None:
     for free, n, expected in [(0.2, 2, 1), (1.7, 2, 2), (5.4, 8, 4), (7.6, 8, 8), (3.0, 1, 1)]:
         monkeypatch.setattr(threads.CORES, "free", lambda free=free: free)

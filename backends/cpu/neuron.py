@@ -10,6 +10,7 @@ cuda backend (:mod:`snncc.backends.cpu.autograd`).
 from __future__ import annotations
 
 import ctypes
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -85,6 +86,13 @@ class NeuronKernel:
         self.library.call(which, values, kernel_threads(values["T"] * values["N"]))
 
 
+#: loaded library -> [the thread count it was last told]. Why per library, not per caller:
+#: layers of one form load one library (the compiler's cache hands out one handle per file),
+#: and its count is one static variable. Remembered per layer, a wide hidden layer that ran
+#: after a narrow readout of the same form kept the readout's one thread.
+_TOLD: weakref.WeakKeyDictionary[Any, list[int]] = weakref.WeakKeyDictionary()
+
+
 class KernelLibrary:
     """A compiled kernel library's entry points, called with their arguments by name.
 
@@ -109,14 +117,16 @@ class KernelLibrary:
             fn.restype = None
             self._calls[which] = (fn, tuple((n, c.endswith("*")) for n, c in args))
         self._set_threads = getattr(lib, "snncc_set_threads", None)
-        self._threads = -1  # what the library was last told (threads.kernel_threads)
+        #: what the library was last told (threads.kernel_threads), shared by every
+        #: KernelLibrary of one loaded library
+        self._told = _TOLD.setdefault(lib, [-1])
 
     def call(self, which: str, values: Mapping[str, Any], threads: int) -> None:
         """Run entry ``which`` on ``values`` (tensors by pointer, None as NULL, numbers)."""
         fn, signature = self._calls[which]
-        if threads != self._threads and self._set_threads is not None:
+        if threads != self._told[0] and self._set_threads is not None:
             self._set_threads(threads)
-            self._threads = threads
+            self._told[0] = threads
         fn(
             *[
                 (None if (v := values[name]) is None else v.data_ptr()) if pointer else values[name]
