@@ -10,6 +10,7 @@ cuda backend (:mod:`snncc.backends.cpu.autograd`).
 from __future__ import annotations
 
 import ctypes
+import threading
 import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -91,6 +92,7 @@ class NeuronKernel:
 #: and its count is one static variable. Remembered per layer, a wide hidden layer that ran
 #: after a narrow readout of the same form kept the readout's one thread.
 _TOLD: weakref.WeakKeyDictionary[Any, list[int]] = weakref.WeakKeyDictionary()
+_told_lock = threading.Lock()  # programs may be built in several threads at once
 
 
 class KernelLibrary:
@@ -119,7 +121,8 @@ class KernelLibrary:
         self._set_threads = getattr(lib, "snncc_set_threads", None)
         #: what the library was last told (threads.kernel_threads), shared by every
         #: KernelLibrary of one loaded library
-        self._told = _TOLD.setdefault(lib, [-1])
+        with _told_lock:
+            self._told = _TOLD.setdefault(lib, [-1])
 
     def call(self, which: str, values: Mapping[str, Any], threads: int) -> None:
         """Run entry ``which`` on ``values`` (tensors by pointer, None as NULL, numbers)."""
