@@ -19,30 +19,32 @@ os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 
 #: seconds the heaviest test modules took in one whole run (README command, idle 2-core VM,
-#: 2026-12-06); only their order matters. Why: pytest-xdist (``--dist loadfile``) hands whole
+#: 2026-12-07); only their order matters. Why: pytest-xdist (``--dist loadfile``) hands whole
 #: modules to the workers in the order it is given, so the longest go first and the many short
 #: ones fill in at the end (longest processing time first). xdist's own order, by test count,
 #: started test_hostile_cache.py (78 s in 28 tests) and test_zoo.py late, leaving one worker
 #: busy alone at the end. Refresh from ``--durations=0`` when the suite changes much.
 MODULE_SECONDS = {
-    "test_cpu_snntorch_norse.py": 156,
-    "test_cuda_backend.py": 144,
-    "test_cpu_backend.py": 96,
-    "test_zoo.py": 85,
-    "test_distributed.py": 57,
-    "test_deploy.py": 55,
-    "test_snntorch_families.py": 53,
-    "test_kernels.py": 51,
-    "test_norse_families.py": 38,
-    "test_jax_backend.py": 37,
-    "test_jax_pallas.py": 32,
-    "test_jax_snntorch_norse.py": 31,
-    "test_spikingjelly_families.py": 24,
-    "test_hostile_cache.py": 23,
-    "test_equivalence_snntorch.py": 19,
-    "test_recurrent_fused.py": 13,
-    "test_equivalence_spikingjelly.py": 11,
-    "test_torch_compile.py": 9,
+    "test_cuda_backend.py": 120,
+    "test_cpu_snntorch_norse.py": 102,
+    "test_zoo.py": 78,
+    "test_cpu_backend.py": 69,
+    "test_kernels.py": 55,
+    "test_distributed.py": 50,
+    "test_snntorch_families.py": 46,
+    "test_deploy.py": 45,
+    "test_jax_backend.py": 38,
+    "test_jax_snntorch_norse.py": 35,
+    "test_recurrent_fused.py": 34,
+    "test_jax_pallas.py": 31,
+    "test_spikingjelly_families.py": 26,
+    "test_norse_families.py": 25,
+    "test_equivalence_snntorch.py": 18,
+    "test_hostile_cache.py": 18,
+    "test_torch_compile.py": 16,
+    "test_equivalence_spikingjelly.py": 13,
+    "test_benchmark_threads.py": 9,
+    "test_cpu_threads.py": 8,
 }
 
 
