@@ -154,6 +154,14 @@ class ProgramModule(nn.Module):
             prog.training = saved
             prog.params = own
 
+    def __prepare_scriptable__(self) -> nn.Module:
+        """Called by ``torch.jit.script`` before it compiles a module: refuse in one line (the
+        forward is Python that interprets a program, which TorchScript cannot compile)."""
+        raise UnsupportedError(
+            "torch.jit.script cannot compile an snncc module (its forward is Python that runs "
+            "the compiled program); use torch.export.export or torch.compile"
+        )
+
     def forward(self, x: Any) -> Any:
         """Outputs of ``x`` [T, B, ...] from a fresh state (differentiable)."""
         return self.snncc_run(x)[0]

@@ -180,3 +180,26 @@ def test_an_aotinductor_package_runs_in_python_bit_for_bit(tmp_path) -> None:
         y2 = module(x2)
         assert torch.equal(runner(x2), y2)
     assert 0 < float(y2.sum()) < y2.numel()
+
+
+def test_torchscript_is_refused_in_one_line_and_the_reference_traces() -> None:
+    """torch.jit.trace records torch ops only: on the cpu backend it would miss every kernel
+    (it failed inside torch with "unordered_map::at"), so the module, and a function that
+    calls the compiled model, refuse it naming what traces them; torch.jit.script cannot compile a program's Python
+    forward on any backend. The reference backend is torch ops throughout, and a
+    torch.jit.trace of it runs an input it was not traced with bit for bit."""
+    x = _input()
+    net = _sj_mlp()
+    cm = snncc.compile(net, x, backend="cpu")
+    for traced in (cm.to_torch(), lambda t: cm(t)):
+        with pytest.raises(snncc.UnsupportedError, match=r"^torch\.jit\.trace cannot .*export"):
+            torch.jit.trace(traced, x)
+    for backend in ("cpu", "reference"):
+        module = snncc.compile(net, x, backend=backend).to_torch()
+        with pytest.raises(snncc.UnsupportedError, match=r"^torch\.jit\.script cannot .*export"):
+            torch.jit.script(module)
+    module = snncc.compile(net, x, backend="reference").to_torch()
+    traced = torch.jit.trace(module, x)
+    x2 = _input(seed=3)
+    y2 = module(x2)
+    assert torch.equal(traced(x2), y2) and 0 < float(y2.sum()) < y2.numel()

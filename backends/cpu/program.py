@@ -40,6 +40,21 @@ SAVED_SPIKE_DTYPES = ("uint8", "float32")
 RECURRENT_SCHEDULES = ("step", "fused")
 
 
+def refuse_jit_trace() -> None:
+    """Refuse ``torch.jit.trace`` in one line. Why: it records torch ops only, and the
+    kernels are ctypes (cpu) or CuPy (cuda) calls, so its trace would hold none of their
+    work; it failed inside torch with "unordered_map::at". torch.compile and torch.export
+    trace them as the custom ops (custom_ops.py); TorchScript cannot (its tracer rejects
+    their int-list arguments, and torch deprecates it)."""
+    if torch.jit.is_tracing():
+        raise UnsupportedError(
+            "torch.jit.trace cannot record the cpu and cuda backends' compiled kernels "
+            "(TorchScript sees them as opaque calls, and torch deprecates it); capture the "
+            "module with torch.export.export or torch.compile, which trace them as snncc's "
+            "custom ops, or trace a backend='reference' compile"
+        )
+
+
 class CpuProgram(ReferenceProgram):
     """A graph whose neuron layers run as compiled kernels (C++/OpenMP, same source as CUDA).
 
@@ -200,6 +215,7 @@ class CpuProgram(ReferenceProgram):
         return {"kernels.cpp": self.kernel_source, "program.txt": super().source}
 
     def run(self, x: Any, state: dict | None = None) -> tuple[Any, dict]:
+        refuse_jit_trace()
         self.row_ops.new_run()  # a row op's bits are checked once it comes back (op_threads.py)
         return super().run(x, state)
 

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from snncc.backends.cpu.autograd import TORCH_DTYPES
-from snncc.backends.cpu.program import CpuProgram
+from snncc.backends.cpu.program import CpuProgram, refuse_jit_trace
 from snncc.backends.cpu.saved_spikes import GEMM_OPS, spike_source
 from snncc.backends.cuda import cache as kcache
 from snncc.backends.cuda import runtime
@@ -358,6 +358,7 @@ class CudaProgram(CpuProgram):
     # ------------------------------------------------------------ running
     def run(self, x: Any, state: dict | None = None) -> tuple[Any, dict]:
         """Run ``x`` [T, B, ...] on the GPU from ``state``; return (outputs, final state)."""
+        refuse_jit_trace()
         dev = self._ready()
         xs = list(x) if isinstance(x, (tuple, list)) else [x]
         xs = [torch.as_tensor(t).to(dev) if not _on(t, dev) else t for t in xs]
