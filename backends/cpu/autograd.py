@@ -89,7 +89,13 @@ def as_f32(t: Tensor, what: str, device: torch.device, widen: bool) -> Tensor:
         raise ShapeError(f"neuron kernel {what} is on {t.device}; the layer runs on {device}")
     if t.dtype != torch.float32:
         if not (widen and t.is_floating_point()):
-            raise ShapeError(f"the neuron kernels take float32 {what}, got {t.dtype}")
+            hint = ""
+            if t.dtype in (torch.bfloat16, torch.float16):  # what autocast("cpu") hands them
+                hint = (
+                    "; the cpu backend runs float32 only (call it outside torch.autocast; "
+                    "16-bit runs: the cuda backend's precision option or its autocast)"
+                )
+            raise ShapeError(f"the neuron kernels take float32 {what}, got {t.dtype}{hint}")
         t = t.float()
     return t.contiguous()
 
