@@ -533,9 +533,9 @@ def test_wrong_inputs_are_refused(cache_dir) -> None:
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_cpu_autocast_is_refused_in_one_line_saying_where_16_bits_run(dtype, cache_dir) -> None:
     """Under torch.autocast("cpu") a linear hands its neuron layer 16-bit activations. The
-    cpu backend's kernels run float32 only; widening them silently would give neither the
-    reference's arithmetic (16-bit, as the source frameworks compute under autocast) nor the
-    refusal a caller can act on, so the error says what to do."""
+    cpu backend's kernels run float32 only; widening the input, as the cuda backend does,
+    would not give the reference's bits (it runs the neuron ops in the autocast dtype), so
+    the refusal says what to do."""
     model = torch.nn.Sequential(torch.nn.Linear(6, 8), snn.LIF(tau=2.0))
     x = torch.rand(4, 2, 6)
     module = snncc.compile(model, x, backend="cpu", cache_dir=cache_dir).to_torch()
