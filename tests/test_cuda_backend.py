@@ -265,8 +265,9 @@ def test_options_are_checked_by_name() -> None:
         snncc.compile(model, x, backend="cuda", unroll=4)
     with pytest.raises(UnsupportedError, match="precision='fp8'.*'fp32', 'tf32', 'bf16', 'fp16'"):
         snncc.compile(model, x, backend="cuda", precision="fp8")
-    with pytest.raises(UnsupportedError, match="block_size=100"):
-        snncc.compile(model, x, backend="cuda", block_size=100)
+    for bad in (100, 0, 2048, True, "128"):  # 2048: more threads than CUDA launches
+        with pytest.raises(UnsupportedError, match=rf"block_size={bad!r}: .* from 32 to 1024"):
+            snncc.compile(model, x, backend="cuda", block_size=bad)
     with pytest.raises(UnsupportedError, match="spike_dtype"):
         snncc.compile(model, x, backend="cuda", spike_dtype="int8")
     with pytest.raises(UnsupportedError, match="autocast_io='yes': expected true or false"):
@@ -291,7 +292,7 @@ def test_launch_config_fills_the_gpu() -> None:
     grid, block = runtime.launch_config(10, 132)
     assert (grid, block) == (1, 64)
     assert runtime.launch_config(1 << 30, 132)[0] == 32 * 132  # grid-stride beyond that
-    with pytest.raises(BackendError, match="multiple of 32"):
+    with pytest.raises(UnsupportedError, match="multiple of 32"):
         runtime.launch_config(100, 132, block=48)
 
 

@@ -128,6 +128,37 @@ def test_custom_ops_pass_torch_opcheck() -> None:
     torch.library.opcheck(torch.ops.snncc.neuron_forward.default, args)
 
 
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        (lambda b: b.update(target="metal"), r"unknown kernel target 'metal'"),
+        (lambda b: b["spec"].update(evil=1), r"malformed kernel key .*'evil'"),
+        (lambda b: b["spec"].update(surrogate='atan"); system("id'), r"surrogate 'atan\"\)"),
+        (lambda b: b["spec"].update(v_threshold="1.0f; x"), r"v_threshold is '1.0f; x', not a"),
+        (lambda b: b["options"].update(x_dtype="float; x"), r"x_dtype='float; x'; supported"),
+        (lambda b: b.update(prologue=[{"kind": "asm"}]), r"prologue step kind 'asm' cannot"),
+        (lambda b: b.update(target="cuda", block="128) x ("), r"block='128\) x \(': threads"),
+        (lambda b: b.update(target="cuda", block=1 << 20), r"block=1048576: threads per block"),
+    ],
+    ids=["target", "field", "surrogate", "threshold", "x_dtype", "prologue", "block", "huge"],
+)
+def test_an_op_key_from_a_file_is_checked_data(edit, match) -> None:
+    """An exported program names each kernel by a key (JSON) that a loading process renders
+    and builds: it is a file's data, so every field is checked before anything is rendered,
+    and a bad one is refused in one line (the cuda block size included, which before was
+    taken as given and failed only at launch, on a GPU)."""
+    import json
+
+    cm = snncc.compile(_sj_mlp(), _input(), backend="cpu")
+    body = json.loads(custom_ops.kernel_key(next(iter(cm.program.kernels.values()))))
+    edit(body)
+    with pytest.raises(snncc.SnnccError, match=match) as caught:
+        custom_ops.kernel_of(json.dumps(body, sort_keys=True))
+    assert "\n" not in str(caught.value)
+    with pytest.raises(snncc.UnsupportedError, match="malformed kernel key"):
+        custom_ops.kernel_of("{not json")
+
+
 def test_exported_digits_model_equals_the_compiled_one_bit_for_bit(tmp_path) -> None:
     """torch.export of the trained digits model (any batch size), saved and run in a fresh
     process that never compiled it: the exported graph's kernel ops rebuild their kernels

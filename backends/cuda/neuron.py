@@ -58,7 +58,7 @@ class CudaNeuronKernel:
             self.spec, prologue, epilogue, "cuda", options, backward=backward
         )
         self.cache_dir = cache_dir
-        self.block = block
+        self.block = runtime.check_block(block, "cuda neuron kernel block")
         self._functions = runtime.KernelFunctions(self.source, cache_dir)
         from snncc.backends.cpu.custom_ops import prime_for_tracing
 

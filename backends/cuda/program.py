@@ -592,12 +592,7 @@ def _check_options(
     """Refuse, by name, option values the cuda backend has no meaning for."""
     _check_choice("precision", precision, PRECISIONS)
     _check_choice("spike_dtype", spike_dtype, SPIKE_DTYPES)
-    if block_size is not None and (
-        not isinstance(block_size, int) or block_size <= 0 or block_size % 32
-    ):
-        raise UnsupportedError(
-            f"cuda backend option block_size={block_size!r}: a positive multiple of 32"
-        )
+    runtime.check_block(block_size, "cuda backend option block_size")
     if not (
         time_chunks == "auto"
         or (isinstance(time_chunks, int) and not isinstance(time_chunks, bool) and time_chunks >= 0)

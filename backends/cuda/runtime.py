@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from snncc.backends.cuda import cache as kcache
-from snncc.errors import BackendError
+from snncc.errors import BackendError, UnsupportedError
 
 INSTALL_HINT = (
     'pip install "snncc[cuda12]" (CuPy for CUDA 12.x drivers) or '
@@ -176,6 +176,29 @@ def _external_stream(ptr: int, device_index: int) -> Any:
     return stream
 
 
+#: CUDA's limit on threads per block, on every architecture snncc builds for (sm_80 and up)
+MAX_BLOCK = 1024
+
+
+def check_block(block: Any, what: str) -> int | None:
+    """``block`` as threads per block: None (sized per launch) or a multiple of 32 from 32
+    to :data:`MAX_BLOCK`. Why here, once: the ``block_size`` option and the key of an
+    exported program's kernel (data from a file) both name it, and a value CUDA cannot
+    launch failed only at the first launch, on a GPU, with a driver error."""
+    if block is None:
+        return None
+    if (
+        isinstance(block, bool)
+        or not isinstance(block, int)
+        or not 32 <= block <= MAX_BLOCK
+        or block % 32
+    ):
+        raise UnsupportedError(
+            f"{what}={block!r}: threads per block, a multiple of 32 from 32 to {MAX_BLOCK}"
+        )
+    return block
+
+
 def launch_config(n: int, sm_count: int, block: int | None = None) -> tuple[int, int]:
     """(grid, block) for a one-thread-per-neuron kernel with a grid-stride loop.
 
@@ -189,8 +212,8 @@ def launch_config(n: int, sm_count: int, block: int | None = None) -> tuple[int,
         if n < 2 * sm_count * block:
             block = max(64, 32 * math.ceil(n / (2 * sm_count * 32)))
             block = min(block, 256)
-    if block % 32:
-        raise BackendError(f"cuda kernel block size {block} is not a multiple of 32")
+    else:
+        check_block(block, "cuda kernel block size")
     grid = max(1, min(math.ceil(n / block), 32 * sm_count))
     return grid, block
 
