@@ -355,3 +355,29 @@ def clear(path: Path) -> tuple[int, int, int]:
         removed += 1
         size += st.st_size
     return removed, size, kept
+
+
+class LoadedCode:
+    """A mixin for objects that hold code loaded from the cache (a ctypes library, CuPy
+    functions): copies share it, pickles refuse it.
+
+    Why share: ``copy.deepcopy(model)`` is how users snapshot a model (the best epoch, an
+    EMA or SWA average: ``torch.optim.swa_utils.AveragedModel`` deep-copies it). Loaded code
+    never changes, and two programs compiled from one model already share it; its ctypes
+    pointers cannot be copied anyway. Why refuse pickles: a pickle could only carry the
+    code itself, and snncc loads code from nothing but the user's verified cache. The
+    weights (``state_dict``) and the compiled model (``cm.save``) have their own formats.
+    """
+
+    def __copy__(self) -> LoadedCode:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> LoadedCode:
+        return self
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        raise TypeError(
+            "snncc's compiled kernels are not pickled (torch.save of a whole to_torch() "
+            "module, say): save module.state_dict() and load it into the module of a fresh "
+            "compile, or save the compiled model with cm.save(dir) and snncc.load(dir)"
+        )

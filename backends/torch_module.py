@@ -63,6 +63,9 @@ class ProgramModule(nn.Module):
             )
         object.__setattr__(self, "_snncc_prog", program)  # a plain attribute, not a submodule
         self._snncc_slots: list[tuple[str, nn.Module, str]] = []
+        #: each weight's dtype as compiled: the program's arithmetic (and its kernels) is
+        #: for these, so a module cast with .double() / .half() is refused at its next run
+        self._snncc_dtypes = {name: tensor.dtype for name, tensor in params.items()}
         for name, tensor in params.items():
             owner, leaf = self._owner(name)
             value = tensor.detach()  # shares storage with the program's tensor
@@ -142,6 +145,14 @@ class ProgramModule(nn.Module):
         # between two compiled ones recompiled the module.
         own = prog.params
         bound = {name: getattr(owner, leaf) for name, owner, leaf in self._snncc_slots}
+        for name, tensor in bound.items():
+            if tensor.dtype != self._snncc_dtypes[name]:
+                raise UnsupportedError(
+                    f"to_torch(): {name!r} is {tensor.dtype}, but the program was compiled "
+                    f"for {self._snncc_dtypes[name]} and computes in it; keep the module's "
+                    "dtype (no .double(), .half() or .to(dtype)); for 16-bit GEMMs, the cuda "
+                    "backend's precision option or torch.autocast"
+                )
         if torch.compiler.is_compiling():
             prog.params = bound
         else:

@@ -258,6 +258,51 @@ def test_to_torch_trains_like_the_source(backend):
     assert losses[-1] < losses[0]
 
 
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_to_torch_deep_copies_share_the_kernels_and_train_on_their_own(backend):
+    """copy.deepcopy (a best-epoch snapshot; torch's AveragedModel for SWA/EMA copies the
+    model so) gives a module that runs the same bits, with weights of its own and the same
+    loaded kernels (which could not be copied: they hold ctypes pointers). A training step
+    on the copy leaves the original as it was; the average runs."""
+    import copy
+    import io
+
+    x = make_input()
+    module = snncc.compile(make_model(), x, backend=backend).to_torch()
+    y = module(x).detach()
+    twin = copy.deepcopy(module)
+    assert torch.equal(twin(x), y)
+    kernels = getattr(module.snncc_program, "kernels", {})
+    for n, kernel in kernels.items():  # cpu: shared, not copied
+        assert twin.snncc_program.kernels[n].library is kernel.library
+    assert all(a is not b for a, b in zip(twin.parameters(), module.parameters()))
+    opt = torch.optim.SGD(twin.parameters(), lr=0.5)
+    (twin(x) * torch.linspace(-1, 1, N_OUT)).sum().backward()
+    opt.step()
+    assert torch.equal(module(x), y) and not torch.equal(twin(x), y)
+    average = torch.optim.swa_utils.AveragedModel(module)
+    average.update_parameters(twin)
+    assert average(x).shape == y.shape
+    assert 0 < float(y.sum()) < y.numel()
+    if backend == "cpu":  # a pickle could only carry the code: refused, saying what to save
+        with pytest.raises(TypeError, match=r"not pickled .*state_dict\(\).*cm\.save"):
+            torch.save(module, io.BytesIO())
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("cast", ["double", "half"])
+def test_to_torch_refuses_a_module_cast_to_another_dtype(backend, cast):
+    """The program computes in the dtype it was compiled for; .double() / .half() on the
+    module used to end in torch's "mat1 and mat2 must have the same dtype" deep in a run."""
+    x = make_input()
+    module = snncc.compile(make_model(), x, backend=backend).to_torch()
+    getattr(module, cast)()
+    with pytest.raises(snncc.UnsupportedError, match=r"^to_torch\(\): '0\.weight' is torch\.f"):
+        module(x)
+    module.float()
+    assert torch.equal(module(x), eager(make_model(), x))
+
+
 def test_to_torch_runs_under_torch_compile():
     """torch.compile of the module: same outputs and gradients as eager, no warnings about
     snncc's code (the kernels run in graph breaks; spike packing steps aside while the

@@ -17,6 +17,7 @@ from typing import Any
 
 from snncc.backends.cpu import compiler
 from snncc.backends.cpu.threads import kernel_threads
+from snncc.backends.kernel_cache import LoadedCode
 from snncc.backends.kernels import (
     NeuronKernelInfo,
     neuron_kernel_info,
@@ -95,7 +96,7 @@ _TOLD: weakref.WeakKeyDictionary[Any, list[int]] = weakref.WeakKeyDictionary()
 _told_lock = threading.Lock()  # programs may be built in several threads at once
 
 
-class KernelLibrary:
+class KernelLibrary(LoadedCode):
     """A compiled kernel library's entry points, called with their arguments by name.
 
     Shared by the layer kernels (:class:`NeuronKernel`) and the fused recurrent groups

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from snncc.backends.cuda import cache as kcache
+from snncc.backends.kernel_cache import LoadedCode
 from snncc.errors import BackendError, UnsupportedError
 
 INSTALL_HINT = (
@@ -119,7 +120,7 @@ def device_info(index: int) -> DeviceInfo:
     )
 
 
-class KernelFunctions:
+class KernelFunctions(LoadedCode):
     """The entry points of one kernel source, each compiled and loaded on its first use per
     device (:func:`load_function`) and kept: a layer's, a chunked layer's and a fused
     recurrent group's kernels are found this way on every launch."""
