@@ -15,6 +15,7 @@ from checks import assert_fires
 from spikingjelly.activation_based import functional, layer, neuron, surrogate
 
 import snncc
+from snncc.errors import ShapeError
 
 T, B, N_IN, N_HID, N_OUT = 6, 3, 16, 24, 5
 JAX_SPIKE_TOL = 1e-4  # share of spikes that may differ on the jax backend
@@ -301,6 +302,20 @@ def test_to_torch_refuses_a_module_cast_to_another_dtype(backend, cast):
         module(x)
     module.float()
     assert torch.equal(module(x), eager(make_model(), x))
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bool, torch.uint8])
+def test_to_torch_refuses_an_input_of_another_dtype(backend, dtype):
+    """As cm(x) does (and the source model, whose Linear refuses float64 x): the module cast
+    such an input to float32 without a word, a float64 one losing its low bits."""
+    x = make_input()
+    module = snncc.compile(make_model(), x, backend=backend).to_torch()
+    name = str(dtype).removeprefix("torch.")
+    with pytest.raises(
+        ShapeError, match=rf"^input %0 dtype mismatch: expected float32, got {name}"
+    ):
+        module(x.to(dtype))
 
 
 def test_to_torch_runs_under_torch_compile():

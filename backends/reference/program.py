@@ -326,7 +326,13 @@ class ReferenceProgram:
                 shown = ("T, " if lead else "") + ", ".join(map(str, shape))
                 raise ShapeError(f"input %{nid} expects [{shown}]; got {tuple(xi.shape)}")
             dtype = _TORCH_DTYPES.get(node.get("dtype", "float32"), torch.float32)
-            out.append(xi.to(dtype) if xi.dtype != dtype else xi)
+            if xi.dtype != dtype:  # as CompiledModel refuses it, and the source model would
+                raise ShapeError(
+                    f"input %{nid} dtype mismatch: expected {str(dtype).removeprefix('torch.')}"
+                    f", got {str(xi.dtype).removeprefix('torch.')} (snncc never casts an input "
+                    "silently: convert it, e.g. with x.float())"
+                )
+            out.append(xi)
         timed = [o for nid, o in zip(ids, out) if nid not in self._static]
         if timed and any(o.shape[:2] != timed[0].shape[:2] for o in timed):
             raise ShapeError(f"inputs disagree on [T, B]: {[tuple(o.shape[:2]) for o in timed]}")
