@@ -20,6 +20,7 @@ module's parameters. ``CompiledModel.to_torch()`` is the public entry point.
 
 from __future__ import annotations
 
+import types
 from typing import Any
 
 import torch
@@ -76,6 +77,7 @@ class ProgramModule(nn.Module):
             self._snncc_slots.append((name, owner, leaf))
         graph = program.graph
         compiled_training = any(bool(graph.attrs(n).get("training", False)) for n in graph.nx.nodes)
+        self.forward = _own_forward(self)
         override = getattr(program, "training", None)
         self.train(compiled_training if override is None else bool(override))
 
@@ -176,6 +178,22 @@ class ProgramModule(nn.Module):
     def forward(self, x: Any) -> Any:
         """Outputs of ``x`` [T, B, ...] from a fresh state (differentiable)."""
         return self.snncc_run(x)[0]
+
+
+def _own_forward(module: ProgramModule) -> Any:
+    """``ProgramModule.forward`` bound to ``module`` with a code object of its own.
+
+    Why: torch.compile keeps its compiled graphs per code object, at most
+    ``torch._dynamo.config.recompile_limit`` (8) of them. Every snncc model is a
+    ProgramModule, so all of them shared one forward: the ninth model compiled in a
+    process failed under ``fullgraph=True`` and ran eagerly, with a warning, without it.
+    A copy of the code object gives each module its own budget.
+    """
+    fn = ProgramModule.forward
+    code = fn.__code__.replace()  # equal, but another object
+    own = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__)
+    own.__qualname__, own.__doc__ = fn.__qualname__, fn.__doc__
+    return types.MethodType(own, module)
 
 
 def to_torch(program: Any) -> ProgramModule:

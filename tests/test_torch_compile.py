@@ -234,3 +234,23 @@ def test_torchscript_is_refused_in_one_line_and_the_reference_traces() -> None:
     x2 = _input(seed=3)
     y2 = module(x2)
     assert torch.equal(traced(x2), y2) and 0 < float(y2.sum()) < y2.numel()
+
+
+def test_more_models_than_dynamos_recompile_limit_each_compile_whole() -> None:
+    """torch.compile keeps at most ``recompile_limit`` (8) graphs per code object, and
+    every snncc model is a ProgramModule: with one shared forward, the ninth model compiled
+    in a process failed under fullgraph=True (and ran eagerly without it). Each module has
+    its own forward code object, so a sweep over more models compiles every one.
+    (backend="eager": dynamo alone holds the limit; inductor would only add time.)"""
+    limit = torch._dynamo.config.recompile_limit
+    x = _input()
+    modules = []
+    for hidden in range(8, 8 + limit + 2):
+        from spikingjelly.activation_based import functional, layer, neuron
+
+        net = nn.Sequential(layer.Linear(12, hidden), neuron.LIFNode(tau=2.0))
+        functional.set_step_mode(net, "m")
+        modules.append(snncc.compile(net, x, backend="cpu").to_torch())
+    assert len({id(m.forward.__code__) for m in modules}) == len(modules)  # (== is by value)
+    for module in modules:
+        assert torch.equal(torch.compile(module, fullgraph=True, backend="eager")(x), module(x))
