@@ -254,3 +254,25 @@ def test_more_models_than_dynamos_recompile_limit_each_compile_whole() -> None:
     assert len({id(m.forward.__code__) for m in modules}) == len(modules)  # (== is by value)
     for module in modules:
         assert torch.equal(torch.compile(module, fullgraph=True, backend="eager")(x), module(x))
+
+
+def test_a_module_compiles_whole_after_many_other_neuron_specs() -> None:
+    """A traced call finds each neuron spec's graph by identity: the content key (JSON)
+    would be a graph break. The identity cache used to be cleared whole at 1024 specs, so
+    in a long process (a sweep, a test run) a live model's specs dropped out and its next
+    torch.compile(fullgraph=True) failed. Now an entry leaves only with its spec."""
+    import gc
+
+    from snncc.ir.neurons import base
+
+    x = _input()
+    module = snncc.compile(_sj_mlp(), x, backend="cpu").to_torch()
+    spec = next(iter(module.snncc_program._specs.values()))
+    others = [spec.replace(tau=2.0 + (i + 1) / 4096) for i in range(1100)]  # kept alive
+    for other in others:
+        base.build(other)
+    assert torch.equal(torch.compile(module, fullgraph=True, backend="eager")(x), module(x))
+    n = len(base._BY_ID)
+    del others
+    gc.collect()
+    assert id(spec) in base._BY_ID and len(base._BY_ID) < n - 1000  # the dead ones left

@@ -396,18 +396,29 @@ def build(spec: Any) -> NeuronGraph:
     if fields.get("program") is None:
         fields.pop("program", None)
     graph = _build(json.dumps(fields, sort_keys=True))
+    key = id(spec)
     try:
-        ref = weakref.ref(spec)
+        ref = weakref.ref(spec, lambda dead, key=key: _forget(key, dead))
     except TypeError:  # not weak-referenceable: content lookups only
         return graph
-    if len(_BY_ID) > 1024:
-        _BY_ID.clear()
-    _BY_ID[id(spec)] = (ref, graph)
+    _BY_ID[key] = (ref, graph)
     return graph
 
 
-#: id(spec) -> (weak reference to the spec, its graph): :func:`build`'s identity cache
+#: id(spec) -> (weak reference to the spec, its graph): :func:`build`'s identity cache. An
+#: entry leaves with its spec (the reference's callback), never before. Why: a live
+#: program's specs must stay found by identity. A call traced by torch.compile that missed
+#: here reached the JSON key, which dynamo cannot trace: a graph break, an error under
+#: fullgraph=True. The cache used to be cleared whole at 1024 specs, which a long process
+#: (a sweep, a test run) reaches.
 _BY_ID: dict[int, tuple[Any, NeuronGraph]] = {}
+
+
+def _forget(key: int, dead: Any) -> None:
+    """Drop ``key``'s entry if it is still the one ``dead`` (a spec now gone) made."""
+    entry = _BY_ID.get(key)
+    if entry is not None and entry[0] is dead:
+        del _BY_ID[key]
 
 
 @lru_cache(maxsize=512)
