@@ -51,7 +51,8 @@ def refuse_jit_trace() -> None:
             "torch.jit.trace cannot record the cpu and cuda backends' compiled kernels "
             "(TorchScript sees them as opaque calls, and torch deprecates it); capture the "
             "module with torch.export.export or torch.compile, which trace them as snncc's "
-            "custom ops, or trace a backend='reference' compile"
+            "custom ops, or trace a backend='reference' compile (ONNX, which torch.onnx.export "
+            "with dynamo=False traces this way: snncc export --format onnx)"
         )
 
 
