@@ -496,7 +496,8 @@ def _state_token(lp: _Loop, n: fx.Node, call: _Call, t: int, name: str, value: A
     raise UnsupportedError(
         f"{where}: its state argument {name!r} is not the state it returned at the previous "
         f"step (item {k} of its result); snncc folds a time loop only when each stateful "
-        "module gets back its own state"
+        "module gets back its own state as it was returned (spk, mem = lif(x, mem); not "
+        "through a slice such as out[1:] or a container)"
     )
 
 

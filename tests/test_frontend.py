@@ -801,6 +801,9 @@ class _Loop(nn.Module):
                 mem = self.lif.init_leaky()
             if k == "norse_fresh":
                 spk, _ = self.cell(cur, s)
+            elif k == "sliced":  # the same state, handed back through a slice
+                out_t = self.lif(cur, mem)
+                spk, mem = out_t[0], out_t[1:][0]
             else:
                 spk, mem = self.lif(cur, mem)
             out.append(spk)
@@ -819,6 +822,7 @@ class _Loop(nn.Module):
         ("whole", ["whole input sequence"]),
         ("not_fresh", ["'lif'", "not fresh"]),
         ("not_threaded", ["'lif'", "not the state it returned at the previous step"]),
+        ("sliced", ["'lif'", "as it was returned (spk, mem = lif(x, mem); not through a slice"]),
         ("norse_fresh", ["'cell'", "fresh state at every step"]),
         ("last", ["of time step 2 only", "torch.stack"]),
         ("reduce", ["stacked over time", "outside the model"]),
