@@ -63,10 +63,9 @@ class ProgramModule(nn.Module):
                 f"{sorted({type(v).__name__ for v in (params or {}).values()}) or 'no weights'}"
             )
         object.__setattr__(self, "_snncc_prog", program)  # a plain attribute, not a submodule
-        self._snncc_slots: list[tuple[str, nn.Module, str]] = []
-        #: each weight's dtype as compiled: the program's arithmetic (and its kernels) is
-        #: for these, so a module cast with .double() / .half() is refused at its next run
-        self._snncc_dtypes = {name: tensor.dtype for name, tensor in params.items()}
+        #: (name, owner, leaf, dtype as compiled): the program's arithmetic (and its kernels)
+        #: is for that dtype, so a module cast with .double() / .half() is refused at its run
+        self._snncc_slots: list[tuple[str, nn.Module, str, torch.dtype]] = []
         for name, tensor in params.items():
             owner, leaf = self._owner(name)
             value = tensor.detach()  # shares storage with the program's tensor
@@ -74,7 +73,7 @@ class ProgramModule(nn.Module):
                 owner.register_parameter(leaf, nn.Parameter(value, requires_grad=True))
             else:
                 owner.register_buffer(leaf, value)
-            self._snncc_slots.append((name, owner, leaf))
+            self._snncc_slots.append((name, owner, leaf, tensor.dtype))
         graph = program.graph
         compiled_training = any(bool(graph.attrs(n).get("training", False)) for n in graph.nx.nodes)
         self.forward = _own_forward(self)
@@ -146,14 +145,15 @@ class ProgramModule(nn.Module):
         # program's tensors, or the module's after an eager call), so that an eager call
         # between two compiled ones recompiled the module.
         own = prog.params
-        bound = {name: getattr(owner, leaf) for name, owner, leaf in self._snncc_slots}
-        for name, tensor in bound.items():
-            if tensor.dtype != self._snncc_dtypes[name]:
+        bound = {}
+        for name, owner, leaf, dtype in self._snncc_slots:
+            tensor = bound[name] = getattr(owner, leaf)
+            if tensor.dtype != dtype:
                 raise UnsupportedError(
                     f"to_torch(): {name!r} is {tensor.dtype}, but the program was compiled "
-                    f"for {self._snncc_dtypes[name]} and computes in it; keep the module's "
-                    "dtype (no .double(), .half() or .to(dtype)); for 16-bit GEMMs, the cuda "
-                    "backend's precision option or torch.autocast"
+                    f"for {dtype} and computes in it; keep the module's dtype (no .double(), "
+                    ".half() or .to(dtype)); for 16-bit GEMMs, the cuda backend's precision "
+                    "option or torch.autocast"
                 )
         if torch.compiler.is_compiling():
             prog.params = bound
