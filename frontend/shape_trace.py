@@ -282,7 +282,7 @@ class ShapeTracer(fx.Tracer):
 
     def _fake(self, value: Any) -> Any:
         """Real tensors (parameters, constants) as fake ones; everything else as is."""
-        if isinstance(value, torch.Tensor) and not _is_fake(value):
+        if isinstance(value, torch.Tensor) and not is_fake(value):
             return self.fake_mode.from_tensor(value)
         return value
 
@@ -359,7 +359,7 @@ def _batchnorm_shape(module: nn.Module, vals: tuple, kvals: dict, mode: Any) -> 
     if kvals or len(vals) != 1:
         return None
     (x,) = vals
-    if not isinstance(x, torch.Tensor) or not _is_fake(x):
+    if not isinstance(x, torch.Tensor) or not is_fake(x):
         return None
     # SpikingJelly's multi-step BatchNorm takes [T, B, C, ...]; torch's [B, C, ...]
     channel = 2 if getattr(module, "step_mode", "s") == "m" else 1
@@ -381,7 +381,8 @@ def _describe(kind: str, target: Any) -> str:
     return getattr(target, "__qualname__", None) or getattr(target, "__name__", str(target))
 
 
-def _is_fake(t: torch.Tensor) -> bool:
+def is_fake(t: torch.Tensor) -> bool:
+    """Whether a tensor is one of the shape trace's fake tensors (shape and dtype only)."""
     from torch._subclasses.fake_tensor import FakeTensor
 
     return isinstance(t, FakeTensor)

@@ -40,10 +40,12 @@ import torch
 from torch import fx, nn
 
 from snncc.errors import IRError, ShapeError, SnnccError, UnsupportedError
+from snncc.frontend.model_hooks import refuse_hooks
 from snncc.frontend.shape_trace import (
     ShapeRead,
     ShapeTracer,
     fake_inputs,
+    is_fake,
     new_mode,
     run_fake,
 )
@@ -1310,6 +1312,7 @@ class _Restore:
             for m in self.model.modules()
             for k, b in list(m._buffers.items())
         ]
+        self.attrs = [(m, _plain_attrs(m)) for m in self.model.modules()]
         self.rng = torch.random.get_rng_state()
         for r in self.resets:
             r(self.model)
@@ -1325,7 +1328,47 @@ class _Restore:
                 else:  # same object (BatchNorm stats) or replaced (snnTorch mem): put it back
                     original.copy_(saved)
                     m._buffers[k] = original
+        for m, saved_attrs in self.attrs:
+            _drop_trace_values(m, saved_attrs)
         torch.random.set_rng_state(self.rng)
+
+
+def _plain_attrs(m: nn.Module) -> dict[str, tuple[Any, Any]]:
+    """A module's plain attributes (not parameters, buffers or children): each object, and a
+    shallow copy of a list's or dict's items (a forward may append to them)."""
+    out = {}
+    for k, v in vars(m).items():
+        if isinstance(v, list):
+            out[k] = (v, list(v))
+        elif isinstance(v, dict) and not k.startswith("_"):
+            out[k] = (v, dict(v))
+        else:
+            out[k] = (v, None)
+    return out
+
+
+def _is_trace_value(v: Any) -> bool:
+    return isinstance(v, fx.Proxy) or (isinstance(v, torch.Tensor) and is_fake(v))
+
+
+def _drop_trace_values(m: nn.Module, saved: dict[str, tuple[Any, Any]]) -> None:
+    """Undo what the model's own code stored on itself while it ran on trace values
+    (``self.last = out``, ``self.record.append(spikes)``): the user's model must not be left
+    holding proxies and fake tensors. Attributes it set to real values are left alone."""
+    for k, v in list(vars(m).items()):
+        items = v if isinstance(v, list) else v.values() if isinstance(v, dict) else (v,)
+        if not any(_is_trace_value(i) for i in items):
+            continue
+        if k not in saved:
+            del m.__dict__[k]
+            continue
+        original, content = saved[k]
+        m.__dict__[k] = original
+        if isinstance(original, list) and content is not None:
+            original[:] = content
+        elif isinstance(original, dict) and content is not None:
+            original.clear()
+            original.update(content)
 
 
 # --------------------------------------------------------------------------- entry point
@@ -1549,6 +1592,7 @@ def trace(model: nn.Module, example_input: Any) -> Graph:
     ensure_converters()
     if not isinstance(model, nn.Module):
         raise UnsupportedError(f"snncc compiles torch.nn.Module models, not {type_name(model)}")
+    refuse_hooks(model)
     if framework_of(model) is not None and module_entry(model) is not None:
         return _trace_alone(model, example_input)
     xs = _as_inputs(example_input)

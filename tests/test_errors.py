@@ -61,6 +61,97 @@ def test_unsupported_module_names_it():
         snncc.compile(LSTMNet(), x())
 
 
+def _hooked(kind: str) -> torch.nn.Module:
+    """The small model with one hook, parametrization or weight transform of torch's."""
+    from torch.nn.utils import parametrizations, prune
+
+    net = small_model()
+    fc = net[0]
+    if kind == "forward hook":
+        net[1].register_forward_hook(lambda mod, inp, out: out * 0.0)
+    elif kind == "forward pre-hook":
+        fc.register_forward_pre_hook(lambda mod, inp: (inp[0] * 2.0,))
+    elif kind == "backward hook":
+        net.register_full_backward_hook(lambda mod, gi, go: None)
+    elif kind == "prune":
+        prune.l1_unstructured(fc, "weight", amount=0.5)
+    elif kind == "weight_norm":
+        with pytest.warns(FutureWarning):
+            torch.nn.utils.weight_norm(fc)
+    elif kind == "parametrization":
+        parametrizations.weight_norm(fc)
+    return net
+
+
+@pytest.mark.parametrize(
+    "kind, words",
+    [
+        (
+            "forward hook",
+            (
+                "module '1'",
+                "LIFNode",
+                "a forward hook (_hooked.<locals>.<lambda> at test_errors.py:",
+                "remove it",
+            ),
+        ),
+        (
+            "forward pre-hook",
+            ("module '0'", "a forward pre-hook (_hooked.<locals>.<lambda> at", "remove it"),
+        ),
+        ("backward hook", ("the model (", "a backward hook", "remove it")),
+        ("prune", ("L1Unstructured", "torch.nn.utils.prune.remove(module, 'weight')")),
+        ("weight_norm", ("WeightNorm", "torch.nn.utils.remove_weight_norm(module)")),
+        (
+            "parametrization",
+            ("_WeightNorm", "torch.nn.utils.parametrize.remove_parametrizations(module, 'weight')"),
+        ),
+    ],
+)
+def test_a_hook_the_program_would_drop_is_refused(kind: str, words: tuple[str, ...]) -> None:
+    """Hooks and weight transforms are code around a module's computation: compiled without
+    them the outputs would differ silently (a forward hook that zeroes the spikes gave the
+    unhooked outputs; prune and the old weight_norm crashed deep in tracing and left a fake
+    tensor as the user's weight). Refused before the model runs; baking them works."""
+    net = _hooked(kind)
+    weight = net[0].weight
+    with pytest.raises(UnsupportedError) as info:
+        snncc.compile(net, x())
+    msg = str(info.value)
+    assert "\n" not in msg
+    for w in words:
+        assert w in msg, (w, msg)
+    if kind != "parametrization":  # (a parametrized weight is computed on every access)
+        assert net[0].weight is weight
+    assert not isinstance(net[0].weight, torch._subclasses.fake_tensor.FakeTensor)
+
+
+@pytest.mark.parametrize("kind", ["prune", "parametrization"])
+def test_a_baked_weight_transform_compiles_exact(kind: str) -> None:
+    from torch.nn.utils import parametrize, prune
+
+    net = _hooked(kind)
+    with torch.no_grad():
+        want = net(x())
+    if kind == "prune":
+        prune.remove(net[0], "weight")
+    else:
+        parametrize.remove_parametrizations(net[0], "weight")
+    got = snncc.compile(net, x())(x())
+    assert torch.equal(got, want)
+
+
+def test_a_global_module_hook_is_refused() -> None:
+    from torch.nn.modules.module import register_module_forward_hook
+
+    handle = register_module_forward_hook(lambda mod, inp, out: None)
+    try:
+        with pytest.raises(UnsupportedError, match="a global module hook is registered"):
+            snncc.compile(small_model(), x())
+    finally:
+        handle.remove()
+
+
 def test_example_input_wrong_rank():
     with pytest.raises(ShapeError, match=r"rank >= 3.*\[2, 8\]"):
         snncc.compile(small_model(), torch.rand(2, 8))

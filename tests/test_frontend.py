@@ -206,6 +206,38 @@ def test_trace_leaves_model_untouched() -> None:
     assert net[2].mask is None
 
 
+def test_trace_leaves_no_trace_values_on_the_model() -> None:
+    """What a model's own forward stores on itself while it is traced (``self.last = s``,
+    ``self.record.append(s)``) runs on proxies and fake tensors; none of them may stay on the
+    user's model, and what it held before is kept."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(6, 5)
+            self.lif = neuron.LIFNode(step_mode="m")
+            self.last = "before"
+            self.record: list = [1]
+            self.by_name: dict = {"kept": 2}
+
+        def forward(self, x):
+            s = self.lif(self.fc(x))
+            self.last = s
+            self.first_seen = s
+            self.record.append(s)
+            self.by_name["spikes"] = s
+            return s
+
+    net = Net().eval()
+    record, by_name = net.record, net.by_name
+    trace(net, torch.rand(3, 2, 6))
+    assert net.last == "before" and not hasattr(net, "first_seen")
+    assert net.record is record and record == [1]
+    assert net.by_name is by_name and by_name == {"kept": 2}
+    x = torch.rand(3, 2, 6)
+    assert torch.equal(net(x), net.last)  # the model itself still runs as before
+
+
 def test_rng_stream_not_advanced() -> None:
     net = nn.Sequential(layer.Dropout(0.5, step_mode="m"), neuron.IFNode(step_mode="m")).train()
     torch.manual_seed(3)
