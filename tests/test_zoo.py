@@ -39,9 +39,13 @@ from snntorch import surrogate as snn_surrogate  # noqa: E402
 from snntorch import utils as snn_utils  # noqa: E402
 from spikingjelly.activation_based import functional, layer, neuron, surrogate  # noqa: E402
 from spikingjelly.activation_based.model import (  # noqa: E402
+    masnn,
+    maxformer,
     ms_resnet,
     parametric_lif_net,
+    qkformer,
     sew_resnet,
+    spike_driven_transformer,
     spikformer,
     spiking_resnet,
     spiking_vgg,
@@ -278,6 +282,25 @@ ZOO: dict[str, Callable[[], Case]] = {
     "sj.ms_resnet18": lambda: _sj(
         lambda: ms_resnet.ms_resnet18(T=T, num_classes=10), _image(B, 3, 32, 32)
     ),
+    # SpikingJelly's newer spiking transformers, narrow and one block per stage
+    "sj.spike_driven_transformer": lambda: _sj(
+        lambda: spike_driven_transformer.SpikeDrivenTransformer(
+            T=T, num_classes=10, embed_dims=32, num_heads=4, depths=1
+        ),
+        _image(B, 3, 32, 32),
+    ),
+    "sj.qkformer": lambda: _sj(
+        lambda: qkformer.QKFormer(
+            T=T, num_classes=10, embed_dims=48, num_heads=(1, 2, 2), depths=(1, 1, 1)
+        ),
+        _image(B, 3, 32, 32),
+    ),
+    "sj.maxformer": lambda: _sj(
+        lambda: maxformer.MaxFormer(
+            T=T, num_classes=10, embed_dims=48, depths=(1, 1, 1), cifar=True
+        ),
+        _image(B, 3, 32, 32),
+    ),
     "sj.CIFAR10Net": lambda: _sj(
         lambda: parametric_lif_net.CIFAR10Net(channels=16, spiking_neuron=neuron.LIFNode),
         _image(T, B, 3, 32, 32),
@@ -308,7 +331,7 @@ SLOW = frozenset({"sj.spiking_vgg11", "sj.spiking_vgg11_bn", "sj.spiking_resnet3
 NAMES = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in sorted(ZOO)]
 
 #: the models with a gradient check (a Spikformer among them)
-GRADIENTS = ("sj.spikformer", "sj.sew_resnet18_IAND", "snntorch.tutorial6")
+GRADIENTS = ("sj.spikformer", "sj.qkformer", "sj.sew_resnet18_IAND", "snntorch.tutorial6")
 
 # --------------------------------------------------------------------------- helpers
 
@@ -476,21 +499,40 @@ class _EncoderNet(nn.Module):
         return z
 
 
-#: models snncc refuses today, with the words its one-line message must contain
-REFUSED: dict[str, tuple[Callable[[], nn.Module], tuple[str, ...]]] = {
-    "sj.SynapseFilter": (_SynapseFilterNet, ("'syn'", "SynapseFilter", "not supported")),
+def _masnn() -> nn.Module:
+    """SpikingJelly's MA-SNN: its attention mixes time steps (a 1x1 convolution across T)."""
+    return masnn.MASNN(
+        T=4, num_classes=5, input_size=(16, 16), channels=(8, 16, 16), fc_hidden=32,
+        reduction_t=2, reduction_c=4,
+    )  # fmt: skip
+
+
+#: models snncc refuses today, with the words its one-line message must contain and the
+#: shape of the input they take
+REFUSED: dict[str, tuple[Callable[[], nn.Module], tuple[str, ...], tuple[int, ...]]] = {
+    "sj.SynapseFilter": (
+        _SynapseFilterNet,
+        ("'syn'", "SynapseFilter", "not supported"),
+        (T, B, 12),
+    ),
+    "sj.MASNN": (
+        _masnn,
+        ("'conv_blocks.0.attn'", "MultiDimensionalAttention", "not supported"),
+        (4, B, 2, 16, 16),
+    ),
     "norse.ConstantCurrentLIFEncoder": (
         _EncoderNet,
         ("'enc'", "ConstantCurrentLIFEncoder", "not supported"),
+        (T, B, 12),
     ),
 }
 
 
 @pytest.mark.parametrize("name", sorted(REFUSED))
 def test_refused_with_one_clear_message(name: str) -> None:
-    make, words = REFUSED[name]
+    make, words, shape = REFUSED[name]
     with pytest.raises(UnsupportedError) as info:
-        snncc.compile(make().eval(), torch.rand(T, B, 12), backend="reference")
+        snncc.compile(make().eval(), torch.rand(shape), backend="reference")
     msg = str(info.value)
     assert "\n" not in msg.strip()
     for w in words:
