@@ -1,5 +1,6 @@
 """Converters for Norse 1.1 modules: ``LIFCell``, ``LIF``, ``LIFBoxCell``, ``LICell``,
-``LI``, ``LIFRecurrentCell``, ``LIFAdExCell``, ``LIFAdEx``, ``IzhikevichCell``,
+``LI``, ``LIFRecurrentCell``, ``LIFAdExCell``, ``LIFAdEx``, ``LIFExCell``, ``LIFEx``, the
+recurrent ``LIFAdEx*`` and ``LIFEx*`` cells and layers, ``IzhikevichCell``,
 ``Izhikevich``, ``IzhikevichRecurrentCell``, ``IAFCell``, ``IAF``, ``LSNNCell``, ``LSNN``,
 ``LSNNRecurrentCell``, ``LILinearCell``, the sequence modules ``LIFRecurrent`` and
 ``LSNNRecurrent`` (their cells' converters over the sequence) and the ``SequentialState``
@@ -39,17 +40,17 @@ Parameter: snncc runs the weights as stored (forward identical) and its
 gradient wrt the diagonal is the plain one (the hook is a training rule,
 not part of the model's function; keep the diagonal at zero when training).
 
-The families (``norse_lif_adex``, ``norse_izhikevich``, ``norse_iaf``, ``norse_lsnn``, their
-recurrent forms; :mod:`snncc.ir.neurons`) take their ``p`` fields the same way: a field
-that is an ``nn.Parameter`` or holds one value per neuron is a node param (its role), any
-other is an exact constant in ``extra``, with each product of constants (``dt *
-p.tau_ada_inv``, Izhikevich's ``p.tau_inv * dt * p.a``) evaluated as Norse evaluates it.
-The initial state is Norse's ``initial_state``: LIFAdEx and LSNN start the membrane at
-``v_leak`` (a scalar constant) and LSNN's threshold at ``v_th``; IAF at ``v_reset`` (a
-scalar constant: Norse starts from that tensor itself); Izhikevich at its behaviour's
-``s.v`` and ``s.u`` (one value each). ``LILinearCell`` is a bias-free ``Linear`` node
-(``input_weights``) feeding an ``LICell`` node. ``LSNNRecurrentCell`` and
-``IzhikevichRecurrentCell`` are built like ``LIFRecurrentCell`` (the same autapse note).
+The families (``norse_lif_adex``, ``norse_lif_ex``, ``norse_izhikevich``, ``norse_iaf``,
+``norse_lsnn``, their recurrent forms; :mod:`snncc.ir.neurons`) take their ``p`` fields the
+same way: a field that is an ``nn.Parameter`` or holds one value per neuron is a node param
+(its role), any other is an exact constant in ``extra``, with each product of constants
+(``dt * p.tau_ada_inv``, Izhikevich's ``p.tau_inv * dt * p.a``) evaluated as Norse
+evaluates it. The initial state is Norse's ``initial_state``: LIFAdEx, LIFEx and LSNN start
+the membrane at ``v_leak`` (a scalar constant) and LSNN's threshold at ``v_th``; IAF at
+``v_reset`` (a scalar constant: Norse starts from that tensor itself); Izhikevich at its
+behaviour's ``s.v`` and ``s.u`` (one value each). ``LILinearCell`` is a bias-free ``Linear``
+node (``input_weights``) feeding an ``LICell`` node. The recurrent cells of LSNN, LIFEx,
+LIFAdEx and Izhikevich are built like ``LIFRecurrentCell`` (the same autapse note).
 """
 
 from __future__ import annotations
@@ -84,16 +85,23 @@ try:  # Norse is optional: without it these converters are simply not registered
     )
     from norse.torch.functional.leaky_integrator import li_feed_forward_step
     from norse.torch.functional.lif import lif_feed_forward_step, lif_step
-    from norse.torch.functional.lif_adex import lif_adex_feed_forward_step
+    from norse.torch.functional.lif_adex import lif_adex_feed_forward_step, lif_adex_step
     from norse.torch.functional.lif_box import lif_box_feed_forward_step
+    from norse.torch.functional.lif_ex import lif_ex_feed_forward_step, lif_ex_step
     from norse.torch.functional.lsnn import lsnn_feed_forward_step, lsnn_step
     from norse.torch.functional.reset import reset_subtract, reset_value
     from norse.torch.module.iaf import IAF, IAFCell
     from norse.torch.module.izhikevich import Izhikevich, IzhikevichCell, IzhikevichRecurrentCell
     from norse.torch.module.leaky_integrator import LI, LICell, LILinearCell
     from norse.torch.module.lif import LIF, LIFCell, LIFRecurrent, LIFRecurrentCell
-    from norse.torch.module.lif_adex import LIFAdEx, LIFAdExCell
+    from norse.torch.module.lif_adex import (
+        LIFAdEx,
+        LIFAdExCell,
+        LIFAdExRecurrent,
+        LIFAdExRecurrentCell,
+    )
     from norse.torch.module.lif_box import LIFBoxCell
+    from norse.torch.module.lif_ex import LIFEx, LIFExCell, LIFExRecurrent, LIFExRecurrentCell
     from norse.torch.module.lift import Lift
     from norse.torch.module.lsnn import LSNN, LSNNCell, LSNNRecurrent, LSNNRecurrentCell
     from norse.torch.module.sequential import SequentialState
@@ -109,6 +117,9 @@ if SequentialState is not None:
         LICell,
         LIFRecurrentCell,
         LIFAdExCell,
+        LIFAdExRecurrentCell,
+        LIFExCell,
+        LIFExRecurrentCell,
         IzhikevichCell,
         IzhikevichRecurrentCell,
         IAFCell,
@@ -116,7 +127,19 @@ if SequentialState is not None:
         LSNNRecurrentCell,
         LILinearCell,
     )
-    _SEQUENCES = (LIF, LI, LIFAdEx, Izhikevich, IAF, LSNN, LIFRecurrent, LSNNRecurrent)
+    _SEQUENCES = (
+        LIF,
+        LI,
+        LIFAdEx,
+        LIFAdExRecurrent,
+        LIFEx,
+        LIFExRecurrent,
+        Izhikevich,
+        IAF,
+        LSNN,
+        LIFRecurrent,
+        LSNNRecurrent,
+    )
 
 
 def _owns(m: nn.Module) -> bool:
@@ -171,6 +194,12 @@ if SequentialState is not None:
         LI: li_feed_forward_step,
         LIFAdExCell: lif_adex_feed_forward_step,
         LIFAdEx: lif_adex_feed_forward_step,
+        LIFAdExRecurrentCell: lif_adex_step,
+        LIFAdExRecurrent: lif_adex_step,
+        LIFExCell: lif_ex_feed_forward_step,
+        LIFEx: lif_ex_feed_forward_step,
+        LIFExRecurrentCell: lif_ex_step,
+        LIFExRecurrent: lif_ex_step,
         IzhikevichCell: izhikevich_feed_forward_step,
         Izhikevich: izhikevich_feed_forward_step,
         IzhikevichRecurrentCell: izhikevich_recurrent_step,
@@ -190,6 +219,12 @@ _SPIKING = (
     "LIFBoxCell",
     "LIFAdExCell",
     "LIFAdEx",
+    "LIFAdExRecurrentCell",
+    "LIFAdExRecurrent",
+    "LIFExCell",
+    "LIFEx",
+    "LIFExRecurrentCell",
+    "LIFExRecurrent",
     "IzhikevichCell",
     "Izhikevich",
     "IzhikevichRecurrentCell",
@@ -489,6 +524,7 @@ _ADEX: dict[str, Field] = {
     "v_th": ("threshold", "", "threshold"),
     "v_reset": ("v_reset", "", "v_reset"),
 }
+_EX: dict[str, Field] = {k: f for k, f in _ADEX.items() if "ada" not in k}
 _LSNN: dict[str, Field] = {
     "tau_mem_inv": ("tau_mem_inv", "dt_tau_mem_inv", "dt"),
     "tau_syn_inv": ("tau_syn_inv", "neg_dt_tau_syn_inv", "neg_dt"),
@@ -508,8 +544,8 @@ _IZHIKEVICH: dict[str, Field] = {
 _FAMILY_FIELDS: dict[type, dict[str, Field]] = {}
 if SequentialState is not None:
     _FAMILY_FIELDS = {
-        LIFAdExCell: _ADEX,
-        LIFAdEx: _ADEX,
+        **dict.fromkeys((LIFAdExCell, LIFAdEx, LIFAdExRecurrentCell, LIFAdExRecurrent), _ADEX),
+        **dict.fromkeys((LIFExCell, LIFEx, LIFExRecurrentCell, LIFExRecurrent), _EX),
         LSNNCell: _LSNN,
         LSNN: _LSNN,
         LSNNRecurrentCell: _LSNN,
@@ -580,10 +616,19 @@ def _emit_family(call: Call, spec: NeuronSpec, ps: _Params, fields: dict[str, st
     return Multi((z, _state(call, {k: (lambda o=o: emit(o)) for k, o in fields.items()})))
 
 
-def _lif_adex(call: Call, m: nn.Module) -> Multi:
-    v_leak = _constant(m.p.v_leak)
-    spec, ps = _family_spec(call, m, "norse_lif_adex", v_init=v_leak, extra={"v_leak": v_leak})
-    return _emit_family(call, spec, ps, {"v": "membrane", "i": "current"})
+def _exponential(charge: str) -> Callable[[Call, nn.Module], Multi]:
+    """The converter of one exponential LIF form (``norse_lif_ex``, ``norse_lif_adex`` and
+    their ``_recurrent`` forms): the membrane starts at ``v_leak`` (a scalar constant)."""
+
+    def convert(call: Call, m: nn.Module) -> Multi:
+        v_leak = _constant(m.p.v_leak)
+        spec, ps = _family_spec(call, m, charge, v_init=v_leak, extra={"v_leak": v_leak})
+        fields = {"v": "membrane", "i": "current"}
+        if charge.endswith("_recurrent"):
+            return _recurrent(call, m, spec, ps, fields)
+        return _emit_family(call, spec, ps, fields)
+
+    return convert
 
 
 def _lsnn_spec(call: Call, m: nn.Module, charge: str) -> tuple[NeuronSpec, _Params]:
@@ -680,8 +725,14 @@ if SequentialState is not None:
         (LIFRecurrentCell, _lif_recurrent),
         (LIFRecurrent, _lif_recurrent),
         (LSNNRecurrent, _lsnn_recurrent),
-        (LIFAdExCell, _lif_adex),
-        (LIFAdEx, _lif_adex),
+        (LIFAdExCell, _exponential("norse_lif_adex")),
+        (LIFAdEx, _exponential("norse_lif_adex")),
+        (LIFAdExRecurrentCell, _exponential("norse_lif_adex_recurrent")),
+        (LIFAdExRecurrent, _exponential("norse_lif_adex_recurrent")),
+        (LIFExCell, _exponential("norse_lif_ex")),
+        (LIFEx, _exponential("norse_lif_ex")),
+        (LIFExRecurrentCell, _exponential("norse_lif_ex_recurrent")),
+        (LIFExRecurrent, _exponential("norse_lif_ex_recurrent")),
         (LSNNCell, _lsnn),
         (LSNN, _lsnn),
         (LSNNRecurrentCell, _lsnn_recurrent),

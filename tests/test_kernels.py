@@ -198,10 +198,13 @@ def snntorch_norse_families_matrix() -> list[tuple[NeuronSpec, list, list, dict]
             **{"dt_tau_ada_inv": 0.002, "delta_T": 0.5},
             **{"adaptation_current": 4.0, "adaptation_spike": 0.02},
         },
+        "norse_lif_ex": {**norse, "delta_T": 0.5},
         "norse_lsnn": {**norse, "dt_tau_adapt_inv": 0.002, "beta": 1.8},
         "norse_izhikevich": {**izh_c, "tau_inv_dt": 0.25, "tau_inv_dt_a": 0.005, "u_init": -14.0},
     }
     consts["norse_lsnn_recurrent"] = consts["norse_lsnn"]
+    consts["norse_lif_ex_recurrent"] = consts["norse_lif_ex"]
+    consts["norse_lif_adex_recurrent"] = consts["norse_lif_adex"]
     consts["norse_izhikevich_recurrent"] = consts["norse_izhikevich"]
     always = {"dt", "v_leak", "u_init", "current_inh"}  # constants that no param replaces
     cases = []
@@ -651,14 +654,20 @@ def test_every_cuda_kernel_compiles_with_nvcc(
     assert matrix_cuda_source.count("SNNCC_KERNEL void ") == 2 * n_forms
 
 
+def calls_libm(spec: NeuronSpec) -> bool:
+    """Whether the form's step calls exp/tanh/...: libdevice's code for those holds its own
+    fma, which -fmad=false does not remove (the same code torch's CUDA kernels call)."""
+    libm = {"exp", "log", "tanh", "sigmoid", "sin", "cos", "pow"}
+    return any(n.op in libm for n in build(spec).step.nodes)
+
+
 def fma_contracted(forward_entries: list[str]) -> list[str]:
     """The forward kernels (PTX entries) holding an fma their step's arithmetic does not
     explain: one in a form whose step calls exp/tanh/... is libdevice's own."""
-    libm = {"exp", "log", "tanh", "sigmoid", "sin", "cos", "pow"}
     calls = {
         neuron_kernel_info(sp, p, e, o).forward_name
         for sp, p, e, o in all_cases()
-        if any(n.op in libm for n in build(sp).step.nodes)
+        if calls_libm(sp)
     }
     names = [e.split("(")[0] for e in forward_entries if "fma." in e]
     return [n for n in names if n not in calls]

@@ -1,11 +1,11 @@
-"""Norse 1.1's LIFAdEx, Izhikevich, IAF, LSNN and LILinearCell against Norse itself.
+"""Norse 1.1's LIFAdEx, LIFEx, Izhikevich, IAF, LSNN and LILinearCell against Norse itself.
 
 Acceptance (issue 12 item 4), on the ways Norse users drive them (a ``SequentialState`` of
 cells called once per step with the state threaded, a ``SequentialState`` of sequence
 modules fed ``[T, B, ...]``, a ``forward`` holding the time loop):
 
 - reference backend: every output bit for bit with Norse eager on the CPU (float32);
-- cpu backend: bit for bit too, except LIFAdEx (below); gradients of one scalar loss wrt
+- cpu backend: bit for bit too, except LIFAdEx and LIFEx (below); gradients of one scalar loss wrt
   the input, the weights and every learnable Norse parameter (``nn.Parameter`` fields of
   ``p``: time constants, thresholds, adaptation, Izhikevich's ``a``) within 1e-4 relative
   on both backends (``assert_close(rtol=1e-4, atol=64 ulps of the largest value)``); the
@@ -16,9 +16,10 @@ modules fed ``[T, B, ...]``, a ``forward`` holding the time loop):
   reference backend bit for bit on dyadic weights and inputs (every node probed);
 - the kernels compile with nvcc for sm_80 / sm_90: tests/test_kernels.py's matrix.
 
-LIFAdEx calls ``torch.exp`` in its forward. torch's CPU exp (MKL VML's ``vsExp`` in this
+LIFAdEx and LIFEx call ``torch.exp`` in their forward. torch's CPU exp (MKL VML's ``vsExp`` in this
 build) is not correctly rounded; the cpu kernels' exp is (``snncc_expf``), so the two differ
-in the last bit on about 1% of arguments. The cpu backend's LIFAdEx is therefore tested with
+in the last bit on about 1% of arguments. The cpu backend's LIFAdEx and LIFEx are therefore
+tested with
 a stated tolerance: spikes may differ in at most ``ADEX_SPIKE_TOL`` = 1e-4 of the values
 (0 measured) and membranes / currents within ``ADEX_RTOL`` = 1e-5 relative + 1e-6
 absolute; :func:`test_adex_cpu_exp_mismatch_is_rare_and_tiny` measures it on a large layer
@@ -45,6 +46,7 @@ from norse.torch.functional import izhikevich as izf  # noqa: E402
 from norse.torch.functional.iaf import IAFParameters  # noqa: E402
 from norse.torch.functional.leaky_integrator import LIParameters  # noqa: E402
 from norse.torch.functional.lif_adex import LIFAdExParameters  # noqa: E402
+from norse.torch.functional.lif_ex import LIFExParameters  # noqa: E402
 from norse.torch.functional.lsnn import LSNNParameters  # noqa: E402
 from peer_models import norse_per_step, randomise  # noqa: E402
 from tolerances import grad_atol  # noqa: E402
@@ -321,6 +323,125 @@ def test_adex_cpu_exp_mismatch_is_rare_and_tiny(cache_dir: str) -> None:
             torch.testing.assert_close(out, ref, rtol=ADEX_RTOL, atol=1e-6)
 
 
+# --------------------------------------------------------------------------- LIFEx
+
+
+class LIFExLearnable(nn.Module):
+    """LIFExCell with a learnable sharpness and membrane time constant and a per-neuron
+    learnable threshold, read out by an LILinearCell."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.delta_T = nn.Parameter(torch.tensor(0.4))
+        self.tau_mem_inv = nn.Parameter(torch.tensor(80.0))
+        self.v_th = nn.Parameter(torch.linspace(0.4, 0.7, 8))
+        p = LIFExParameters(
+            delta_T=self.delta_T,
+            tau_mem_inv=self.tau_mem_inv,
+            v_th=self.v_th,
+            v_leak=torch.tensor(0.05),
+            v_reset=torch.tensor(-0.1),
+        )
+        self.seq = norse.SequentialState(
+            nn.Linear(6, 8),
+            norse.LIFExCell(p),
+            norse.LILinearCell(8, 3, LIParameters(v_leak=torch.tensor(0.0))),
+        )
+
+    def forward(self, x: torch.Tensor, state=None):
+        return self.seq(x, state)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lif_ex_cells_learnable(backend: str, cache_dir: str) -> None:
+    model = randomise(LIFExLearnable(), 3, gain=12.0)
+    x = torch.randn(12, B, 6, generator=_gen(3)) + 0.5
+    learnable = ("delta_T", "tau_mem_inv", "v_th", "seq.2.input_weights")
+    cm = check(
+        model, x, norse_per_step, backend, cache_dir, learnable, exact=backend != "cpu",
+        probe=_hidden_spikes(1),
+    )  # fmt: skip
+    assert _charges(cm) == {"norse_lif_ex", "norse_li"}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lif_ex_sequence_module(backend: str, cache_dir: str) -> None:
+    lif = norse.LIFEx(LIFExParameters(v_th=torch.tensor(0.4), v_leak=torch.tensor(0.1)))
+    model = randomise(SequenceThenLinear(lif), 5, gain=12.0)
+    x = torch.randn(12, B, 6, generator=_gen(5)) + 0.5
+    cm = check(model, x, _call, backend, cache_dir, exact=backend != "cpu")
+    assert _charges(cm) == {"norse_lif_ex"}
+
+
+class RecurrentLoop(nn.Module):
+    """A recurrent cell in a hand-written loop; its spikes, membranes and currents."""
+
+    def __init__(self, cell: nn.Module) -> None:
+        super().__init__()
+        self.cell = cell
+
+    def forward(self, x: torch.Tensor):
+        s = None
+        zs, vs, cs = [], [], []
+        for xt in x:
+            z, s = self.cell(xt, s)
+            zs.append(z)
+            vs.append(s.v)
+            cs.append(s.i)
+        return torch.stack(zs), torch.stack(vs), torch.stack(cs)
+
+
+EXPONENTIAL_RECURRENT: dict[str, tuple[Callable[[], nn.Module], str, str]] = {
+    "LIFExRecurrentCell": (
+        lambda: RecurrentLoop(
+            norse.LIFExRecurrentCell(6, 8, LIFExParameters(v_th=torch.tensor(0.5)))
+        ),
+        "cell",
+        "norse_lif_ex_recurrent",
+    ),
+    "LIFAdExRecurrentCell": (
+        lambda: RecurrentLoop(
+            norse.LIFAdExRecurrentCell(
+                6, 8, LIFAdExParameters(v_th=torch.tensor(0.5), tau_ada_inv=torch.tensor(200.0))
+            )
+        ),
+        "cell",
+        "norse_lif_adex_recurrent",
+    ),
+    "LIFExRecurrent": (
+        lambda: SequenceThenLinear(
+            norse.LIFExRecurrent(8, 8, LIFExParameters(v_th=torch.tensor(0.4)))
+        ),
+        "neuron",
+        "norse_lif_ex_recurrent",
+    ),
+    "LIFAdExRecurrent": (
+        lambda: SequenceThenLinear(
+            norse.LIFAdExRecurrent(
+                8, 8, LIFAdExParameters(v_th=torch.tensor(0.4), adaptation_spike=torch.tensor(0.2))
+            )
+        ),
+        "neuron",
+        "norse_lif_adex_recurrent",
+    ),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", list(EXPONENTIAL_RECURRENT))
+def test_exponential_recurrent(name: str, backend: str, cache_dir: str) -> None:
+    """The recurrent LIFEx / LIFAdEx cells in a loop and their sequence layers: the recurrent
+    product one step late, no detach in the reset (Norse's lif_ex_step / lif_adex_step)."""
+    build, where, charge = EXPONENTIAL_RECURRENT[name]
+    model = randomise(build(), 17, gain=12.0)
+    x = torch.randn(12, B, 6, generator=_gen(17)) + 0.5
+    w_rec = f"{where}.recurrent_weights"
+    masks = {w_rec: torch.ones(8, 8) - torch.eye(8)}
+    cm = check(model, x, _call, backend, cache_dir, (w_rec,), masks, exact=backend != "cpu")
+    assert _charges(cm) == {charge}
+    assert "recurrent" in [grp["kind"] for grp in cm.ir.meta["groups"]]
+
+
 # --------------------------------------------------------------------------- LSNN
 
 
@@ -538,11 +659,16 @@ def test_izhikevich_sequence_module(backend: str, cache_dir: str) -> None:
 # --------------------------------------------------------------------------- jax and ONNX
 
 
-@pytest.mark.parametrize("which", ["adex", "lsnn_recurrent", "iaf", "izhikevich"])
+@pytest.mark.parametrize(
+    "which", ["adex", "lif_ex_recurrent", "lsnn_recurrent", "iaf", "izhikevich"]
+)
 def test_jax_backend(which: str, cache_dir: str) -> None:
     if which == "adex":
         model = randomise(AdExLoop(), 4, gain=12.0)
         x, learnable = torch.randn(12, B, 6, generator=_gen(4)) + 0.5, ()
+    elif which == "lif_ex_recurrent":
+        model = randomise(EXPONENTIAL_RECURRENT["LIFExRecurrentCell"][0](), 17, gain=12.0)
+        x, learnable = torch.randn(12, B, 6, generator=_gen(17)) + 0.5, ("cell.input_weights",)
     elif which == "lsnn_recurrent":
         model = randomise(LSNNRecurrentLoop(), 8, gain=20.0)
         x, learnable = torch.randn(14, B, 6, generator=_gen(8)) + 0.5, ("cell.input_weights",)
@@ -609,6 +735,18 @@ ONNX_MODELS: dict[str, tuple[Callable[[], nn.Module], float]] = {
             nn.Linear(6, 8),
             norse.LIFAdExCell(LIFAdExParameters(v_th=torch.tensor(0.3))),
             norse.LILinearCell(8, 3),
+        ),
+        8.0,
+    ),
+    "lif_ex": (
+        lambda: CellSteps(
+            nn.Linear(6, 8), norse.LIFExCell(LIFExParameters(v_th=torch.tensor(0.3)))
+        ),
+        8.0,
+    ),
+    "adex_recurrent": (
+        lambda: CellSteps(
+            norse.LIFAdExRecurrentCell(6, 8, LIFAdExParameters(v_th=torch.tensor(0.3)))
         ),
         8.0,
     ),
@@ -693,6 +831,7 @@ def test_nir_iaf_round_trip_exact_and_families_without_a_nir_node(tmp_path) -> N
             assert torch.equal(snncc.compile_graph(from_nir(source, dt=1e-3))(x), y)
     for cell in (
         norse.LIFAdExCell(),
+        norse.LIFExCell(),
         norse.LSNNCell(),
         norse.IzhikevichCell(izf.tonic_spiking),
     ):
