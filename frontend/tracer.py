@@ -1302,9 +1302,15 @@ class _Restore:
     hidden ``mem`` is re-created with the input's shape on the first call).
     """
 
-    def __init__(self, model: nn.Module, resets: list[Callable[[nn.Module], None]]):
+    def __init__(
+        self,
+        model: nn.Module,
+        resets: list[Callable[[nn.Module], None]],
+        drop_trace_values: bool = True,
+    ):
         self.model = model
         self.resets = resets
+        self.drop_trace_values = drop_trace_values
 
     def __enter__(self) -> _Restore:
         self.buffers = [
@@ -1328,8 +1334,9 @@ class _Restore:
                 else:  # same object (BatchNorm stats) or replaced (snnTorch mem): put it back
                     original.copy_(saved)
                     m._buffers[k] = original
-        for m, saved_attrs in self.attrs:
-            _drop_trace_values(m, saved_attrs)
+        if self.drop_trace_values:
+            for m, saved_attrs in self.attrs:
+                _drop_trace_values(m, saved_attrs)
         torch.random.set_rng_state(self.rng)
 
 
@@ -1433,7 +1440,9 @@ def shape_trace(
     concrete = none_defaults(model, len(inputs))
     resets = [fw.reset for fw in FRAMEWORKS if fw.reset is not None]
     try:
-        with _Restore(model, resets):
+        # fx keeps the tensor constants it meets on the root until the GraphModule below
+        # copies them; trace()'s own _Restore drops them from the model afterwards
+        with _Restore(model, resets, drop_trace_values=False):
             graph = tracer.trace(model, concrete_args=concrete or None)
     except SnnccError:
         raise
