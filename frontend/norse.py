@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -88,6 +89,7 @@ try:  # Norse is optional: without it these converters are simply not registered
     from norse.torch.functional.lif_adex import lif_adex_feed_forward_step, lif_adex_step
     from norse.torch.functional.lif_box import lif_box_feed_forward_step
     from norse.torch.functional.lif_ex import lif_ex_feed_forward_step, lif_ex_step
+    from norse.torch.functional.lif_refrac import lif_refrac_feed_forward_step, lif_refrac_step
     from norse.torch.functional.lsnn import lsnn_feed_forward_step, lsnn_step
     from norse.torch.functional.reset import reset_subtract, reset_value
     from norse.torch.module.iaf import IAF, IAFCell
@@ -102,6 +104,11 @@ try:  # Norse is optional: without it these converters are simply not registered
     )
     from norse.torch.module.lif_box import LIFBoxCell
     from norse.torch.module.lif_ex import LIFEx, LIFExCell, LIFExRecurrent, LIFExRecurrentCell
+    from norse.torch.module.lif_refrac import (
+        LIFRefracCell,
+        LIFRefracRecurrent,
+        LIFRefracRecurrentCell,
+    )
     from norse.torch.module.lift import Lift
     from norse.torch.module.lsnn import LSNN, LSNNCell, LSNNRecurrent, LSNNRecurrentCell
     from norse.torch.module.sequential import SequentialState
@@ -110,6 +117,7 @@ except ImportError:  # pragma: no cover - exercised only without norse
 
 _CELLS: tuple[type, ...] = ()
 _SEQUENCES: tuple[type, ...] = ()
+_REFRACTORY: tuple[type, ...] = ()
 if SequentialState is not None:
     _CELLS = (
         LIFCell,
@@ -120,6 +128,8 @@ if SequentialState is not None:
         LIFAdExRecurrentCell,
         LIFExCell,
         LIFExRecurrentCell,
+        LIFRefracCell,
+        LIFRefracRecurrentCell,
         IzhikevichCell,
         IzhikevichRecurrentCell,
         IAFCell,
@@ -127,6 +137,7 @@ if SequentialState is not None:
         LSNNRecurrentCell,
         LILinearCell,
     )
+    _REFRACTORY = (LIFRefracCell, LIFRefracRecurrentCell, LIFRefracRecurrent)
     _SEQUENCES = (
         LIF,
         LI,
@@ -134,6 +145,7 @@ if SequentialState is not None:
         LIFAdExRecurrent,
         LIFEx,
         LIFExRecurrent,
+        LIFRefracRecurrent,
         Izhikevich,
         IAF,
         LSNN,
@@ -200,6 +212,9 @@ if SequentialState is not None:
         LIFEx: lif_ex_feed_forward_step,
         LIFExRecurrentCell: lif_ex_step,
         LIFExRecurrent: lif_ex_step,
+        LIFRefracCell: lif_refrac_feed_forward_step,
+        LIFRefracRecurrentCell: lif_refrac_step,
+        LIFRefracRecurrent: lif_refrac_step,
         IzhikevichCell: izhikevich_feed_forward_step,
         Izhikevich: izhikevich_feed_forward_step,
         IzhikevichRecurrentCell: izhikevich_recurrent_step,
@@ -225,6 +240,9 @@ _SPIKING = (
     "LIFEx",
     "LIFExRecurrentCell",
     "LIFExRecurrent",
+    "LIFRefracCell",
+    "LIFRefracRecurrentCell",
+    "LIFRefracRecurrent",
     "IzhikevichCell",
     "Izhikevich",
     "IzhikevichRecurrentCell",
@@ -254,8 +272,9 @@ def _neuron_problem(m: nn.Module, view: str) -> str | None:
             "Norse sequence modules (LIF, LI) run the whole time-major [T, B, ...] sequence; "
             "inside a per-step model use the cell (LIFCell, LICell)"
         )
+    p = _lif_p(m)
     if type(m) in _ACTIVATIONS and getattr(m, "activation", None) is not _ACTIVATIONS[type(m)]:
-        method = getattr(m.p, "method", "?")
+        method = getattr(p, "method", "?")
         return (
             f"its step function is {getattr(m.activation, '__name__', m.activation)!r} "
             f"(p.method={method!r}); supported: the default explicit step (not 'adjoint')"
@@ -266,18 +285,23 @@ def _neuron_problem(m: nn.Module, view: str) -> str | None:
         return f"dt={m.dt!r}; supported: a Python float"
     if type(m).__name__ in _SPIKING:
         try:
-            from_norse(m.p.method, m.p.alpha)
+            from_norse(p.method, p.alpha)
         except UnsupportedError as e:
             return str(e)
     if type(m) is LIFBoxCell and m.p.reset_method not in (reset_value, reset_subtract):
         return f"p.reset_method={m.p.reset_method!r}; supported: norse reset_value, reset_subtract"
-    v_leak = getattr(m.p, "v_leak", None)
+    v_leak = getattr(p, "v_leak", None)
     if _not_a_constant(v_leak):
         return (
             "p.v_leak must be a scalar constant (it is also the initial membrane); a learnable "
             "or per-neuron v_leak is not supported"
         )
     return _family_problem(m)
+
+
+def _lif_p(m: nn.Module) -> Any:
+    """The LIF parameters a module's step reads: ``p``, or a refractory cell's ``p.lif``."""
+    return m.p.lif if type(m) in _REFRACTORY else m.p
 
 
 def _not_a_constant(value: Any) -> bool:
@@ -386,7 +410,7 @@ def _spec(call: Call, m: nn.Module, model: str, charge: str) -> tuple[NeuronSpec
             "v_threshold": ps.scalar("v_th"),
             "v_reset": ps.scalar("v_reset"),
             "reset": "subtract" if subtract else "hard",
-            "detach_reset": charge == "norse_lif_recurrent",
+            "detach_reset": charge in ("norse_lif_recurrent", "norse_lif_refrac_recurrent"),
             "surrogate": surrogate,
             "alpha": alpha,
         }
@@ -616,6 +640,32 @@ def _emit_family(call: Call, spec: NeuronSpec, ps: _Params, fields: dict[str, st
     return Multi((z, _state(call, {k: (lambda o=o: emit(o)) for k, o in fields.items()})))
 
 
+def _refractory(call: Call, m: nn.Module) -> Multi:
+    """``LIFRefrac*``: the LIF fields from ``p.lif`` (a view of them with ``p.rho_reset``
+    beside, so the LIF spec reads them as for ``LIFCell``), ``rho_reset`` a constant or a
+    node param. Its state is Norse's ``(lif=(v, i[, z]), rho)``: ``state.lif.v`` and
+    ``state.lif.i`` are the membrane and the current."""
+    recurrent = type(m) is not LIFRefracCell
+    charge = "norse_lif_refrac_recurrent" if recurrent else "norse_lif_refrac"
+    view = SimpleNamespace(p=SimpleNamespace(**m.p.lif._asdict(), rho_reset=m.p.rho_reset), dt=m.dt)
+    spec, ps = _spec(call, view, charge, charge)  # type: ignore[arg-type]
+    if not ps.tensor_role("rho_reset", "rho_reset"):
+        spec = spec.replace(extra={**spec.extra, "rho_reset": _constant(m.p.rho_reset)})
+    spec = spec.replace(param_roles=tuple(ps.params), learnable=tuple(ps.learnable))
+    fields = {"v": "membrane", "i": "current"}
+    if recurrent:
+        z, inner = _recurrent(call, m, spec, ps, fields).items
+    else:
+        _check_one_input(call)
+        emit = _neuron(call, spec, ps, [tnn.one_input(call)])
+        z = emit("spike")
+        inner = _state(call, {k: (lambda o=o: emit(o)) for k, o in fields.items()})
+    if not inner.vars:  # a sequence module's final state
+        return Multi((z, inner))
+    inner.what = f"{call.what} (its state.lif)"
+    return Multi((z, StateValue(call.what, {"lif": lambda: inner})))
+
+
 def _exponential(charge: str) -> Callable[[Call, nn.Module], Multi]:
     """The converter of one exponential LIF form (``norse_lif_ex``, ``norse_lif_adex`` and
     their ``_recurrent`` forms): the membrane starts at ``v_leak`` (a scalar constant)."""
@@ -733,6 +783,9 @@ if SequentialState is not None:
         (LIFEx, _exponential("norse_lif_ex")),
         (LIFExRecurrentCell, _exponential("norse_lif_ex_recurrent")),
         (LIFExRecurrent, _exponential("norse_lif_ex_recurrent")),
+        (LIFRefracCell, _refractory),
+        (LIFRefracRecurrentCell, _refractory),
+        (LIFRefracRecurrent, _refractory),
         (LSNNCell, _lsnn),
         (LSNN, _lsnn),
         (LSNNRecurrentCell, _lsnn_recurrent),

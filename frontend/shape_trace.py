@@ -203,7 +203,9 @@ class ShapeProxy(fx.Proxy):
         attr = getattr(v, k, None) if v is not None else None
         if attr is None or callable(attr):
             return super().__getattr__(k)  # a method call (or unknown): fx's lazy Attribute
-        if isinstance(attr, torch.Tensor):  # x.T, x.mT, state.v: a node of its own
+        # x.T, x.mT, state.v, and a state's nested state (Norse's LIFRefrac state.lif, whose
+        # own fields are read next: state.lif.v): a node of its own
+        if isinstance(attr, torch.Tensor) or (isinstance(attr, tuple) and hasattr(attr, "_fields")):
             return self.tracer.create_proxy("call_function", builtins.getattr, (self, k), {})
         return attr  # a plain attribute of the value (a namedtuple's field name list, ...)
 

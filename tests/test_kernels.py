@@ -199,11 +199,13 @@ def snntorch_norse_families_matrix() -> list[tuple[NeuronSpec, list, list, dict]
             **{"adaptation_current": 4.0, "adaptation_spike": 0.02},
         },
         "norse_lif_ex": {**norse, "delta_T": 0.5},
+        "norse_lif_refrac": {**norse, "rho_reset": 3.0},
         "norse_lsnn": {**norse, "dt_tau_adapt_inv": 0.002, "beta": 1.8},
         "norse_izhikevich": {**izh_c, "tau_inv_dt": 0.25, "tau_inv_dt_a": 0.005, "u_init": -14.0},
     }
     consts["norse_lsnn_recurrent"] = consts["norse_lsnn"]
     consts["norse_lif_ex_recurrent"] = consts["norse_lif_ex"]
+    consts["norse_lif_refrac_recurrent"] = consts["norse_lif_refrac"]
     consts["norse_lif_adex_recurrent"] = consts["norse_lif_adex"]
     consts["norse_izhikevich_recurrent"] = consts["norse_izhikevich"]
     always = {"dt", "v_leak", "u_init", "current_inh"}  # constants that no param replaces

@@ -1,4 +1,5 @@
-"""Norse 1.1's LIFAdEx, LIFEx, Izhikevich, IAF, LSNN and LILinearCell against Norse itself.
+"""Norse 1.1's LIFAdEx, LIFEx, LIFRefrac, Izhikevich, IAF, LSNN and LILinearCell against Norse
+itself.
 
 Acceptance (issue 12 item 4), on the ways Norse users drive them (a ``SequentialState`` of
 cells called once per step with the state threaded, a ``SequentialState`` of sequence
@@ -45,8 +46,10 @@ from measured import Measured, grad_rel  # noqa: E402
 from norse.torch.functional import izhikevich as izf  # noqa: E402
 from norse.torch.functional.iaf import IAFParameters  # noqa: E402
 from norse.torch.functional.leaky_integrator import LIParameters  # noqa: E402
+from norse.torch.functional.lif import LIFParameters  # noqa: E402
 from norse.torch.functional.lif_adex import LIFAdExParameters  # noqa: E402
 from norse.torch.functional.lif_ex import LIFExParameters  # noqa: E402
+from norse.torch.functional.lif_refrac import LIFRefracParameters  # noqa: E402
 from norse.torch.functional.lsnn import LSNNParameters  # noqa: E402
 from peer_models import norse_per_step, randomise  # noqa: E402
 from tolerances import grad_atol  # noqa: E402
@@ -442,6 +445,107 @@ def test_exponential_recurrent(name: str, backend: str, cache_dir: str) -> None:
     assert "recurrent" in [grp["kind"] for grp in cm.ir.meta["groups"]]
 
 
+# --------------------------------------------------------------------------- LIFRefrac
+
+
+def _refrac_p(v_th: Any = 0.4, rho_reset: Any = 3.0, **lif: Any) -> LIFRefracParameters:
+    v_th = v_th if isinstance(v_th, torch.Tensor) else torch.tensor(v_th)
+    rho = rho_reset if isinstance(rho_reset, torch.Tensor) else torch.tensor(rho_reset)
+    return LIFRefracParameters(LIFParameters(v_th=v_th, **lif), rho_reset=rho)
+
+
+class RefracLearnable(nn.Module):
+    """LIFRefracCell with a per-neuron learnable threshold, a learnable refractory count and
+    membrane time constant, in a SequentialState."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.v_th = nn.Parameter(torch.linspace(0.3, 0.6, 8))
+        self.rho_reset = nn.Parameter(torch.tensor(3.0))
+        self.tau_mem_inv = nn.Parameter(torch.tensor(150.0))
+        p = _refrac_p(
+            self.v_th, self.rho_reset, tau_mem_inv=self.tau_mem_inv,
+            v_leak=torch.tensor(0.05), v_reset=torch.tensor(-0.1),
+        )  # fmt: skip
+        self.seq = norse.SequentialState(nn.Linear(6, 8), norse.LIFRefracCell(p), nn.Linear(8, 3))
+
+    def forward(self, x: torch.Tensor, state=None):
+        return self.seq(x, state)
+
+
+class RefracLoop(nn.Module):
+    """A refractory cell in a hand-written loop reading Norse's nested state (state.lif.v,
+    state.lif.i); recurrent cells take the input directly."""
+
+    def __init__(self, cell: nn.Module) -> None:
+        super().__init__()
+        self.fc = nn.Identity() if hasattr(cell, "recurrent_weights") else nn.Linear(6, 8)
+        self.cell = cell
+
+    def forward(self, x: torch.Tensor):
+        s = None
+        zs, vs, cs = [], [], []
+        for xt in x:
+            z, s = self.cell(self.fc(xt), s)
+            zs.append(z)
+            vs.append(s.lif.v)
+            cs.append(s.lif.i)
+        return torch.stack(zs), torch.stack(vs), torch.stack(cs)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lif_refrac_cells_learnable(backend: str, cache_dir: str) -> None:
+    model = randomise(RefracLearnable(), 18, gain=12.0)
+    x = torch.randn(16, B, 6, generator=_gen(18)) + 0.5
+    learnable = ("v_th", "rho_reset", "tau_mem_inv")
+    cm = check(model, x, norse_per_step, backend, cache_dir, learnable, probe=_hidden_spikes(1))
+    assert _charges(cm) == {"norse_lif_refrac"}
+
+
+REFRACTORY: dict[str, tuple[Callable[[], nn.Module], str]] = {
+    "LIFRefracCell": (lambda: RefracLoop(norse.LIFRefracCell(_refrac_p())), "norse_lif_refrac"),
+    "LIFRefracRecurrentCell": (
+        lambda: RefracLoop(norse.LIFRefracRecurrentCell(6, 8, _refrac_p())),
+        "norse_lif_refrac_recurrent",
+    ),
+    "LIFRefracRecurrent": (
+        lambda: SequenceThenLinear(norse.LIFRefracRecurrent(8, 8, _refrac_p(rho_reset=2.0))),
+        "norse_lif_refrac_recurrent",
+    ),
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", list(REFRACTORY))
+def test_lif_refrac(name: str, backend: str, cache_dir: str) -> None:
+    """The refractory cells in a loop (Norse's nested state read) and the recurrent layer,
+    bit for bit; and the refractory period matters here: the same weights as a LIFCell
+    (LIFRecurrentCell) would spike elsewhere."""
+    build, charge = REFRACTORY[name]
+    model = randomise(build(), 19, gain=12.0)
+    x = torch.randn(16, B, 6, generator=_gen(19)) + 0.5
+    recurrent = "Recurrent" in name
+    where = "neuron" if name == "LIFRefracRecurrent" else "cell"
+    masks = {f"{where}.recurrent_weights": torch.ones(8, 8) - torch.eye(8)} if recurrent else None
+    cm = check(model, x, _call, backend, cache_dir, (), masks)
+    assert _charges(cm) == {charge}
+    cell = getattr(model, where)
+    plain = (norse.LIFRecurrentCell(6 if where == "cell" else 8, 8, cell.p.lif) if recurrent
+             else norse.LIFCell(cell.p.lif))  # fmt: skip
+    plain.load_state_dict(cell.state_dict())
+    with torch.no_grad():
+        if where == "neuron":
+            model.neuron = plain
+            z_plain = model(x)[0]
+        else:
+            s, zs = None, []
+            for xt in x:
+                z, s = plain(model.fc(xt), s)
+                zs.append(z)
+            z_plain = torch.stack(zs)
+        assert not torch.equal(z_plain, cm(x)[0]), "no neuron was ever refractory"
+
+
 # --------------------------------------------------------------------------- LSNN
 
 
@@ -660,12 +764,15 @@ def test_izhikevich_sequence_module(backend: str, cache_dir: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "which", ["adex", "lif_ex_recurrent", "lsnn_recurrent", "iaf", "izhikevich"]
+    "which", ["adex", "lif_ex_recurrent", "lif_refrac", "lsnn_recurrent", "iaf", "izhikevich"]
 )
 def test_jax_backend(which: str, cache_dir: str) -> None:
     if which == "adex":
         model = randomise(AdExLoop(), 4, gain=12.0)
         x, learnable = torch.randn(12, B, 6, generator=_gen(4)) + 0.5, ()
+    elif which == "lif_refrac":
+        model = randomise(REFRACTORY["LIFRefracRecurrentCell"][0](), 19, gain=12.0)
+        x, learnable = torch.randn(16, B, 6, generator=_gen(19)) + 0.5, ("cell.input_weights",)
     elif which == "lif_ex_recurrent":
         model = randomise(EXPONENTIAL_RECURRENT["LIFExRecurrentCell"][0](), 17, gain=12.0)
         x, learnable = torch.randn(12, B, 6, generator=_gen(17)) + 0.5, ("cell.input_weights",)
@@ -742,6 +849,10 @@ ONNX_MODELS: dict[str, tuple[Callable[[], nn.Module], float]] = {
         lambda: CellSteps(
             nn.Linear(6, 8), norse.LIFExCell(LIFExParameters(v_th=torch.tensor(0.3)))
         ),
+        8.0,
+    ),
+    "lif_refrac": (
+        lambda: CellSteps(nn.Linear(6, 8), norse.LIFRefracCell(_refrac_p(0.3))),
         8.0,
     ),
     "adex_recurrent": (
@@ -832,6 +943,7 @@ def test_nir_iaf_round_trip_exact_and_families_without_a_nir_node(tmp_path) -> N
     for cell in (
         norse.LIFAdExCell(),
         norse.LIFExCell(),
+        norse.LIFRefracCell(),
         norse.LSNNCell(),
         norse.IzhikevichCell(izf.tonic_spiking),
     ):
