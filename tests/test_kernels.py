@@ -12,6 +12,7 @@ import math
 import re
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -614,44 +615,56 @@ def nvcc(args: list[str]) -> None:
     assert res.returncode == 0, res.stderr[-4000:]
 
 
+def nvcc_ptx(source: str, folder: Path, arch: str = "sm_80") -> Path:
+    """nvcc's front end over one unit (the exact flags, every warning an error): its PTX.
+
+    The templates hold no ``__CUDA_ARCH__`` branch, so this PTX is the same for every
+    architecture but its ``.target`` line; a test assembles it for each one with
+    :func:`ptxas` rather than running the front end (most of nvcc's time) once per arch."""
+    cu, ptx = folder / "unit.cu", folder / "unit.ptx"
+    cu.write_text(source)
+    nvcc([f"-arch={arch}", "-ptx", str(cu), "-o", str(ptx)])
+    return ptx
+
+
+def ptxas(ptx: Path, arch: str, out: Path) -> None:
+    """Assemble PTX into a cubin for ``arch`` (nvcc's own back end) and assert it succeeds."""
+    cmd = [str(Path(NVCC).with_name("ptxas")), f"-arch={arch}", str(ptx), "-o", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-4000:]
+
+
 @pytest.fixture(scope="module")
 def matrix_sm90_ptx(matrix_cuda_source: str, tmp_path_factory) -> Path:
     """The matrix compiled by nvcc's front end for sm_90 (PTX): the sm_90 build runs ptxas on
     it and the FMA check reads it, so the front end runs once for both (about 9 s)."""
     if NVCC is None:
         pytest.skip("nvcc not found (CUDA toolkit not installed)")
-    folder = tmp_path_factory.mktemp("sm90")
-    cu = folder / "kernels.cu"
-    cu.write_text(matrix_cuda_source)
-    nvcc(["-arch=sm_90", "-ptx", str(cu), "-o", str(folder / "k.ptx")])
-    return folder / "k.ptx"
+    return nvcc_ptx(matrix_cuda_source, tmp_path_factory.mktemp("sm90"), "sm_90")
 
 
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found (CUDA toolkit not installed)")
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 def test_every_cuda_kernel_compiles_with_nvcc(
-    arch: str, matrix_cuda_source: str, request, tmp_path: Path
+    arch: str, matrix_cuda_source: str, matrix_nvrtc_ptx, request, tmp_path: Path
 ) -> None:
-    """Device code for both architectures (``--cubin``: the host stubs nvcc would add are
-    its own; sm_90 goes through ptxas from the shared PTX, nvcc's own pipeline)."""
+    """Device code for both architectures, assembled by ptxas (nvcc's own back end) from one
+    front end's PTX each: sm_90 from nvcc's (``-ptx``, shared with the FMA check), sm_80 from
+    NVRTC's compute_80 PTX, the front end the cuda backend runs on a GPU (checked by the
+    NVRTC test below). Why not nvcc's front end twice: it gives the same PTX for both
+    architectures but the ``.target`` line, and each run of it over the matrix costs about
+    20 s of CPU. Without libnvrtc, sm_80 goes through nvcc's front end as well."""
     if arch == "sm_90":
         ptx = request.getfixturevalue("matrix_sm90_ptx")
-        res = subprocess.run(
-            [
-                str(Path(NVCC).with_name("ptxas")),
-                "-arch=sm_90",
-                str(ptx),
-                "-o",
-                str(tmp_path / "k.cubin"),
-            ],
-            capture_output=True,
-            text=True,
-        )
-        assert res.returncode == 0, res.stderr[-4000:]
     else:
-        cu = tmp_path / "kernels.cu"
-        cu.write_text(matrix_cuda_source)
-        nvcc([f"-arch={arch}", "--cubin", str(cu), "-o", str(tmp_path / "k.cubin")])
+        rc, log, text = matrix_nvrtc_ptx("compute_80") if _nvrtc() else (None, "", "")
+        if rc is None:
+            ptx = nvcc_ptx(matrix_cuda_source, tmp_path, arch)
+        else:
+            assert rc == 0, log[-4000:]
+            ptx = tmp_path / "k80.ptx"
+            ptx.write_text(text)
+    ptxas(ptx, arch, tmp_path / "k.cubin")
     n_forms = len(all_cases())
     assert matrix_cuda_source.count("SNNCC_KERNEL void ") == 2 * n_forms
 
@@ -738,15 +751,27 @@ def nvrtc_compile(lib, source: str, options: list[str]) -> tuple[int, str, str]:
     return rc, log.value.decode(errors="replace"), ptx
 
 
+@pytest.fixture(scope="module")
+def matrix_nvrtc_ptx(matrix_cuda_source: str) -> Callable[[str], tuple[int, str, str]]:
+    """``ptx(arch)``: the matrix through NVRTC for ``arch``, compiled once per module (the
+    NVRTC test and the sm_80 build both read it)."""
+    done: dict[str, tuple[int, str, str]] = {}
+
+    def ptx(arch: str) -> tuple[int, str, str]:
+        if arch not in done:
+            options = [f"--gpu-architecture={arch}", *NVCC_EXACT_FLAGS]
+            done[arch] = nvrtc_compile(_nvrtc(), matrix_cuda_source, options)
+        return done[arch]
+
+    return ptx
+
+
 @pytest.mark.parametrize("arch", ["compute_80", "compute_90"])
-def test_every_cuda_kernel_compiles_with_nvrtc(arch: str, matrix_cuda_source: str) -> None:
+def test_every_cuda_kernel_compiles_with_nvrtc(arch: str, matrix_nvrtc_ptx) -> None:
     """NVRTC (no host headers, what the CUDA runtime uses) accepts every unit, FMA-free forward."""
-    lib = _nvrtc()
-    if lib is None:
+    if _nvrtc() is None:
         pytest.skip("libnvrtc not found (pip install nvidia-cuda-nvrtc, or a CUDA toolkit)")
-    rc, log, ptx = nvrtc_compile(
-        lib, matrix_cuda_source, [f"--gpu-architecture={arch}", *NVCC_EXACT_FLAGS]
-    )
+    rc, log, ptx = matrix_nvrtc_ptx(arch)
     assert rc == 0, log[-4000:]
     forward = [e for e in re.split(r"\.entry ", ptx)[1:] if e.startswith("snncc_fwd_")]
     assert len(forward) == len(all_cases())

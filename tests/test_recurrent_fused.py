@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -25,7 +25,6 @@ from torch import nn
 
 import snncc
 from snncc.backends.cpu.recurrent import fused_recurrent
-from snncc.backends.kernels import NVCC_EXACT_FLAGS
 from snncc.backends.kernels.recurrent import recurrent_kernel_info, render_recurrent_kernels
 from snncc.backends.reference import neurons
 from snncc.ir.neuron import FORMS, NeuronSpec
@@ -320,15 +319,23 @@ def cuda_units() -> str:
     return "\n".join(render_recurrent_kernels(s, p, "cuda") for s, p in _cases())
 
 
+@pytest.fixture(scope="module")
+def cuda_units_ptx(cuda_units, tmp_path_factory) -> Path:
+    """The units through nvcc's front end once (test_kernels.nvcc_ptx says why once)."""
+    from test_kernels import nvcc_ptx
+
+    if NVCC is None:
+        pytest.skip("nvcc not found (CUDA toolkit not installed)")
+    assert cuda_units.count("SNNCC_KERNEL void snncc_rfwd_") == len(_cases())
+    return nvcc_ptx(cuda_units, tmp_path_factory.mktemp("rec"))
+
+
 @pytest.mark.skipif(NVCC is None, reason="nvcc not found (CUDA toolkit not installed)")
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-def test_the_recurrent_cuda_kernels_compile_with_nvcc(arch, cuda_units, tmp_path) -> None:
-    cu = tmp_path / "rec.cu"
-    cu.write_text(cuda_units)
-    cmd = [NVCC, f"-arch={arch}", *NVCC_EXACT_FLAGS, "--Werror", "all-warnings", "--cubin", str(cu)]
-    res = subprocess.run([*cmd, "-o", str(tmp_path / "r.cubin")], capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr[-4000:]
-    assert cuda_units.count("SNNCC_KERNEL void snncc_rfwd_") == len(_cases())
+def test_the_recurrent_cuda_kernels_compile_with_nvcc(arch, cuda_units_ptx, tmp_path) -> None:
+    from test_kernels import ptxas
+
+    ptxas(cuda_units_ptx, arch, tmp_path / "r.cubin")
 
 
 def test_the_recurrent_cuda_kernels_compile_with_nvrtc_without_contraction(cuda_units) -> None:
