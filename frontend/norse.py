@@ -1,7 +1,8 @@
 """Converters for Norse 1.1 modules: ``LIFCell``, ``LIF``, ``LIFBoxCell``, ``LICell``,
-``LI``, ``LIFRecurrentCell``, ``LIFAdExCell``, ``LIFAdEx``, ``LIFExCell``, ``LIFEx``, the
-recurrent ``LIFAdEx*`` and ``LIFEx*`` cells and layers, ``IzhikevichCell``,
-``Izhikevich``, ``IzhikevichRecurrentCell``, ``IAFCell``, ``IAF``, ``LSNNCell``, ``LSNN``,
+``LI``, ``LIBoxCell``, ``LIFRecurrentCell``, ``LIFAdExCell``, ``LIFAdEx``, ``LIFExCell``,
+``LIFEx``, the recurrent ``LIFAdEx*`` and ``LIFEx*`` cells and layers, the ``LIFRefrac*``
+cells and layer, ``IzhikevichCell``, ``Izhikevich``, ``IzhikevichRecurrentCell``,
+``IzhikevichRecurrent``, ``IAFCell``, ``IAF``, ``LSNNCell``, ``LSNN``,
 ``LSNNRecurrentCell``, ``LILinearCell``, the sequence modules ``LIFRecurrent`` and
 ``LSNNRecurrent`` (their cells' converters over the sequence) and the ``SequentialState``
 and ``Lift`` containers.
@@ -85,6 +86,7 @@ try:  # Norse is optional: without it these converters are simply not registered
         izhikevich_recurrent_step,
     )
     from norse.torch.functional.leaky_integrator import li_feed_forward_step
+    from norse.torch.functional.leaky_integrator_box import li_box_feed_forward_step
     from norse.torch.functional.lif import lif_feed_forward_step, lif_step
     from norse.torch.functional.lif_adex import lif_adex_feed_forward_step, lif_adex_step
     from norse.torch.functional.lif_box import lif_box_feed_forward_step
@@ -93,8 +95,14 @@ try:  # Norse is optional: without it these converters are simply not registered
     from norse.torch.functional.lsnn import lsnn_feed_forward_step, lsnn_step
     from norse.torch.functional.reset import reset_subtract, reset_value
     from norse.torch.module.iaf import IAF, IAFCell
-    from norse.torch.module.izhikevich import Izhikevich, IzhikevichCell, IzhikevichRecurrentCell
+    from norse.torch.module.izhikevich import (
+        Izhikevich,
+        IzhikevichCell,
+        IzhikevichRecurrent,
+        IzhikevichRecurrentCell,
+    )
     from norse.torch.module.leaky_integrator import LI, LICell, LILinearCell
+    from norse.torch.module.leaky_integrator_box import LIBoxCell
     from norse.torch.module.lif import LIF, LIFCell, LIFRecurrent, LIFRecurrentCell
     from norse.torch.module.lif_adex import (
         LIFAdEx,
@@ -123,6 +131,7 @@ if SequentialState is not None:
         LIFCell,
         LIFBoxCell,
         LICell,
+        LIBoxCell,
         LIFRecurrentCell,
         LIFAdExCell,
         LIFAdExRecurrentCell,
@@ -147,6 +156,7 @@ if SequentialState is not None:
         LIFExRecurrent,
         LIFRefracRecurrent,
         Izhikevich,
+        IzhikevichRecurrent,
         IAF,
         LSNN,
         LIFRecurrent,
@@ -203,6 +213,7 @@ if SequentialState is not None:
         LIFRecurrent: lif_step,
         LIFBoxCell: lif_box_feed_forward_step,
         LICell: li_feed_forward_step,
+        LIBoxCell: li_box_feed_forward_step,
         LI: li_feed_forward_step,
         LIFAdExCell: lif_adex_feed_forward_step,
         LIFAdEx: lif_adex_feed_forward_step,
@@ -218,6 +229,7 @@ if SequentialState is not None:
         IzhikevichCell: izhikevich_feed_forward_step,
         Izhikevich: izhikevich_feed_forward_step,
         IzhikevichRecurrentCell: izhikevich_recurrent_step,
+        IzhikevichRecurrent: izhikevich_recurrent_step,
         IAFCell: iaf_feed_forward_step,
         IAF: iaf_feed_forward_step,
         LSNNCell: lsnn_feed_forward_step,
@@ -327,7 +339,7 @@ def _family_problem(m: nn.Module) -> str | None:
             "p.v_reset must be a scalar constant for IAF: Norse starts the membrane from that "
             "very tensor (not detached), so a learnable or per-neuron v_reset is not supported"
         )
-    if type(m) in (IzhikevichCell, Izhikevich, IzhikevichRecurrentCell):
+    if type(m) in (IzhikevichCell, Izhikevich, IzhikevichRecurrentCell, IzhikevichRecurrent):
         s = m.spiking_method.s
         for name in ("v", "u"):
             value = getattr(s, name)
@@ -393,11 +405,11 @@ def _spec(call: Call, m: nn.Module, model: str, charge: str) -> tuple[NeuronSpec
     extra: dict[str, Any] = {"dt": float(m.dt), "v_leak": float(m.p.v_leak)}
     if not ps.tensor_role("tau_mem_inv", "tau_mem_inv"):
         extra["dt_tau_mem_inv"] = _coefficient(m, "tau_mem_inv", 1.0)
-    has_syn = charge != "norse_lifbox"
+    has_syn = charge not in ("norse_lifbox", "norse_li_box")
     if has_syn and not ps.tensor_role("tau_syn_inv", "tau_syn_inv"):
         extra["neg_dt_tau_syn_inv"] = _coefficient(m, "tau_syn_inv", -1.0)
     common: dict[str, Any] = {}
-    if charge == "norse_li":
+    if charge in ("norse_li", "norse_li_box"):
         common = {"reset": "none", "v_reset": None, "output": "membrane", "surrogate": "no_grad"}
         common["alpha"] = 1.0
         common["v_threshold"] = math.nan
@@ -490,6 +502,14 @@ def _li(call: Call, m: nn.Module) -> Multi:
     return Multi((v, _state(call, {"v": lambda: v, "i": lambda: emit("current")})))
 
 
+def _li_box(call: Call, m: nn.Module) -> Multi:
+    """``LIBoxCell``: the membrane, driven by the input itself (no synaptic current)."""
+    _check_one_input(call)
+    spec, ps = _spec(call, m, "norse_li_box", "norse_li_box")
+    v = _neuron(call, spec, ps, [tnn.one_input(call)])("membrane")
+    return Multi((v, _state(call, {"v": lambda: v})))
+
+
 def _input_weights(call: Call, m: nn.Module) -> int:
     """``F.linear(input, input_weights)``: a bias-free linear node."""
     return call.ctx.graph.add_node(
@@ -578,7 +598,7 @@ if SequentialState is not None:
         IAF: _IAF,
         **{
             cls: {**_IZHIKEVICH, "tau_inv": ("tau_inv", "", "izh"), "a": ("a", "", "izh")}
-            for cls in (IzhikevichCell, Izhikevich, IzhikevichRecurrentCell)
+            for cls in (IzhikevichCell, Izhikevich, IzhikevichRecurrentCell, IzhikevichRecurrent)
         },
     }
 
@@ -794,6 +814,8 @@ if SequentialState is not None:
         (IzhikevichCell, _izhikevich),
         (Izhikevich, _izhikevich),
         (IzhikevichRecurrentCell, _izhikevich_recurrent),
+        (IzhikevichRecurrent, _izhikevich_recurrent),
+        (LIBoxCell, _li_box),
         (LILinearCell, _li_linear),
     ]:
         register_module(_cls, f"norse.torch.{_cls.__name__}", check=_neuron_problem)(_fn)

@@ -1,5 +1,5 @@
-"""Norse 1.1's LIFAdEx, LIFEx, LIFRefrac, Izhikevich, IAF, LSNN and LILinearCell against Norse
-itself.
+"""Norse 1.1's LIFAdEx, LIFEx, LIFRefrac, Izhikevich, IAF, LSNN, LILinearCell and LIBoxCell
+against Norse itself.
 
 Acceptance (issue 12 item 4), on the ways Norse users drive them (a ``SequentialState`` of
 cells called once per step with the state threaded, a ``SequentialState`` of sequence
@@ -46,6 +46,7 @@ from measured import Measured, grad_rel  # noqa: E402
 from norse.torch.functional import izhikevich as izf  # noqa: E402
 from norse.torch.functional.iaf import IAFParameters  # noqa: E402
 from norse.torch.functional.leaky_integrator import LIParameters  # noqa: E402
+from norse.torch.functional.leaky_integrator_box import LIBoxParameters  # noqa: E402
 from norse.torch.functional.lif import LIFParameters  # noqa: E402
 from norse.torch.functional.lif_adex import LIFAdExParameters  # noqa: E402
 from norse.torch.functional.lif_ex import LIFExParameters  # noqa: E402
@@ -760,11 +761,53 @@ def test_izhikevich_sequence_module(backend: str, cache_dir: str) -> None:
     check(model, x, _call, backend, cache_dir)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_izhikevich_recurrent_sequence_module(backend: str, cache_dir: str) -> None:
+    model = SequenceThenLinear(norse.IzhikevichRecurrent(8, 8, izf.tonic_spiking))
+    randomise(model, 20, gain=60.0)
+    with torch.no_grad():
+        model.fc1.bias.add_(8.0)
+    x = torch.randn(16, B, 6, generator=_gen(20)) + 0.5
+    masks = {"neuron.recurrent_weights": torch.ones(8, 8) - torch.eye(8)}
+    cm = check(model, x, _call, backend, cache_dir, ("neuron.recurrent_weights",), masks)
+    assert _charges(cm) == {"norse_izhikevich_recurrent"}
+
+
+# --------------------------------------------------------------------------- LIBox
+
+
+class LIBoxReadout(nn.Module):
+    """A LIFCell layer read out by an LIBoxCell (its input drives the membrane directly)
+    whose membrane time constant learns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tau_mem_inv = nn.Parameter(torch.tensor(80.0))
+        p = LIBoxParameters(tau_mem_inv=self.tau_mem_inv, v_leak=torch.tensor(0.1))
+        self.seq = norse.SequentialState(
+            nn.Linear(6, 8), norse.LIFCell(), nn.Linear(8, 3), norse.LIBoxCell(p)
+        )
+
+    def forward(self, x: torch.Tensor, state=None):
+        return self.seq(x, state)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_li_box_readout(backend: str, cache_dir: str) -> None:
+    model = randomise(LIBoxReadout(), 21, gain=12.0)
+    x = torch.randn(16, B, 6, generator=_gen(21)) + 0.5
+    cm = check(
+        model, x, norse_per_step, backend, cache_dir, ("tau_mem_inv",), probe=_hidden_spikes(1)
+    )
+    assert _charges(cm) == {"norse_lif", "norse_li_box"}
+
+
 # --------------------------------------------------------------------------- jax and ONNX
 
 
 @pytest.mark.parametrize(
-    "which", ["adex", "lif_ex_recurrent", "lif_refrac", "lsnn_recurrent", "iaf", "izhikevich"]
+    "which",
+    ["adex", "lif_ex_recurrent", "lif_refrac", "lsnn_recurrent", "iaf", "izhikevich", "li_box"],
 )
 def test_jax_backend(which: str, cache_dir: str) -> None:
     if which == "adex":
@@ -779,8 +822,11 @@ def test_jax_backend(which: str, cache_dir: str) -> None:
     elif which == "lsnn_recurrent":
         model = randomise(LSNNRecurrentLoop(), 8, gain=20.0)
         x, learnable = torch.randn(14, B, 6, generator=_gen(8)) + 0.5, ("cell.input_weights",)
-    elif which == "iaf":
-        model = randomise(norse.SequentialState(nn.Linear(6, 8), norse.IAFCell()), 10, 0.8)
+    elif which in ("iaf", "li_box"):
+        if which == "iaf":
+            model = randomise(norse.SequentialState(nn.Linear(6, 8), norse.IAFCell()), 10, 0.8)
+        else:
+            model = randomise(LIBoxReadout(), 21, gain=12.0).seq
 
         class Loop(nn.Module):
             def __init__(self) -> None:
@@ -792,6 +838,8 @@ def test_jax_backend(which: str, cache_dir: str) -> None:
 
         model = Loop()
         x, learnable = torch.randn(12, B, 6, generator=_gen(10)) + 0.3, ()
+        if which == "li_box":
+            x, learnable = torch.randn(16, B, 6, generator=_gen(21)) + 0.5, ("m.3.p.tau_mem_inv",)
     else:
         model = randomise(IzhikevichLearnable(), 12, gain=40.0)
         with torch.no_grad():
@@ -853,6 +901,10 @@ ONNX_MODELS: dict[str, tuple[Callable[[], nn.Module], float]] = {
     ),
     "lif_refrac": (
         lambda: CellSteps(nn.Linear(6, 8), norse.LIFRefracCell(_refrac_p(0.3))),
+        8.0,
+    ),
+    "li_box": (
+        lambda: CellSteps(nn.Linear(6, 8), norse.LIFCell(), nn.Linear(8, 3), norse.LIBoxCell()),
         8.0,
     ),
     "adex_recurrent": (
