@@ -181,34 +181,41 @@ def _charges(cm) -> set[str]:
 # --------------------------------------------------------------------------- LIFAdEx
 
 
-class AdExLearnable(nn.Module):
-    """LIFAdExCell with learnable adaptation, time constant, per-neuron threshold and delta_T,
-    read out by an LILinearCell (its own input weights)."""
+class ReadoutNet(nn.Module):
+    """Linear -> a cell whose listed ``p`` fields are learnable (Parameters registered here
+    under the field's name; ``v_leak`` 0.05, ``v_reset`` -0.1) -> an LILinearCell readout
+    (its own input weights)."""
 
-    def __init__(self) -> None:
+    def __init__(self, cell: type, params: type, **learnable: torch.Tensor) -> None:
         super().__init__()
-        self.tau_ada_inv = nn.Parameter(torch.tensor(40.0))
-        self.adaptation_current = nn.Parameter(torch.tensor(2.0))
-        self.adaptation_spike = nn.Parameter(torch.tensor(0.3))
-        self.delta_T = nn.Parameter(torch.tensor(0.4))
-        self.v_th = nn.Parameter(torch.linspace(0.4, 0.7, 8))
-        p = LIFAdExParameters(
-            tau_ada_inv=self.tau_ada_inv,
-            adaptation_current=self.adaptation_current,
-            adaptation_spike=self.adaptation_spike,
-            delta_T=self.delta_T,
-            v_th=self.v_th,
+        for name, value in learnable.items():
+            self.register_parameter(name, nn.Parameter(value))
+        p = params(
+            **{name: getattr(self, name) for name in learnable},
             v_leak=torch.tensor(0.05),
             v_reset=torch.tensor(-0.1),
         )
         self.seq = norse.SequentialState(
             nn.Linear(6, 8),
-            norse.LIFAdExCell(p),
+            cell(p),
             norse.LILinearCell(8, 3, LIParameters(v_leak=torch.tensor(0.0))),
         )
 
     def forward(self, x: torch.Tensor, state=None):
         return self.seq(x, state)
+
+
+def AdExLearnable() -> nn.Module:
+    """LIFAdExCell with learnable adaptation, time constant, per-neuron threshold and delta_T."""
+    return ReadoutNet(
+        norse.LIFAdExCell,
+        LIFAdExParameters,
+        tau_ada_inv=torch.tensor(40.0),
+        adaptation_current=torch.tensor(2.0),
+        adaptation_spike=torch.tensor(0.3),
+        delta_T=torch.tensor(0.4),
+        v_th=torch.linspace(0.4, 0.7, 8),
+    )
 
 
 class AdExLoop(nn.Module):
@@ -330,30 +337,16 @@ def test_adex_cpu_exp_mismatch_is_rare_and_tiny(cache_dir: str) -> None:
 # --------------------------------------------------------------------------- LIFEx
 
 
-class LIFExLearnable(nn.Module):
+def LIFExLearnable() -> nn.Module:
     """LIFExCell with a learnable sharpness and membrane time constant and a per-neuron
-    learnable threshold, read out by an LILinearCell."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.delta_T = nn.Parameter(torch.tensor(0.4))
-        self.tau_mem_inv = nn.Parameter(torch.tensor(80.0))
-        self.v_th = nn.Parameter(torch.linspace(0.4, 0.7, 8))
-        p = LIFExParameters(
-            delta_T=self.delta_T,
-            tau_mem_inv=self.tau_mem_inv,
-            v_th=self.v_th,
-            v_leak=torch.tensor(0.05),
-            v_reset=torch.tensor(-0.1),
-        )
-        self.seq = norse.SequentialState(
-            nn.Linear(6, 8),
-            norse.LIFExCell(p),
-            norse.LILinearCell(8, 3, LIParameters(v_leak=torch.tensor(0.0))),
-        )
-
-    def forward(self, x: torch.Tensor, state=None):
-        return self.seq(x, state)
+    learnable threshold."""
+    return ReadoutNet(
+        norse.LIFExCell,
+        LIFExParameters,
+        delta_T=torch.tensor(0.4),
+        tau_mem_inv=torch.tensor(80.0),
+        v_th=torch.linspace(0.4, 0.7, 8),
+    )
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -21,17 +21,15 @@ spike (its state's ``z``). Framework label ``norse_families``: see
 from __future__ import annotations
 
 from snncc.ir import expr as E
+from snncc.ir.neurons import norse
 from snncc.ir.neurons.base import NeuronBuilder, form
 from snncc.ir.neurons.norse import _current, _fire_and_reset
 from snncc.ir.neurons.norse_common import scalar
 
 FRAMEWORK = "norse_families"
-_ROLES = ("tau_mem_inv", "tau_syn_inv", "threshold", "v_reset", "rho_reset")
+_ROLES = (*norse._ROLES, "rho_reset")
 _CONSTANTS = {
-    "tau_mem_inv": "c_m = extra['dt_tau_mem_inv'] (param: dt * tau_mem_inv)",
-    "tau_syn_inv": "c_s = extra['neg_dt_tau_syn_inv'] (param: (-dt) * tau_syn_inv)",
-    "threshold": "v_threshold",
-    "v_reset": "v_reset",
+    **norse._CONSTANTS,
     "rho_reset": "extra['rho_reset'] (the refractory steps after a spike)",
 }
 _EXTRA = ("dt", "v_leak", "dt_tau_mem_inv", "neg_dt_tau_syn_inv", "rho_reset")
