@@ -238,22 +238,21 @@ class AdExLoop(nn.Module):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_adex_cells_learnable(backend: str, cache_dir: str) -> None:
-    model = randomise(AdExLearnable(), 3, gain=12.0)
+@pytest.mark.parametrize("cell", ["LIFAdExCell", "LIFExCell"])
+def test_exponential_cells_learnable(cell: str, backend: str, cache_dir: str) -> None:
+    """Every learnable field of ReadoutNet's cell gets Norse's gradient (the exp forms keep
+    the LIFAdEx tolerance on the cpu backend)."""
+    make, charge = (AdExLearnable, "norse_lif_adex") if cell == "LIFAdExCell" else (
+        LIFExLearnable, "norse_lif_ex")  # fmt: skip
+    model = randomise(make(), 3, gain=12.0)
     x = torch.randn(12, B, 6, generator=_gen(3)) + 0.5
-    learnable = (
-        "tau_ada_inv",
-        "adaptation_current",
-        "adaptation_spike",
-        "delta_T",
-        "v_th",
-        "seq.2.input_weights",
-    )
+    learnable = (*(n for n, _ in model.named_parameters() if "." not in n), "seq.2.input_weights")
+    assert len(learnable) >= 4
     cm = check(
         model, x, norse_per_step, backend, cache_dir, learnable, exact=backend != "cpu",
         probe=_hidden_spikes(1),
     )  # fmt: skip
-    assert _charges(cm) == {"norse_lif_adex", "norse_li"}
+    assert _charges(cm) == {charge, "norse_li"}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -347,18 +346,6 @@ def LIFExLearnable() -> nn.Module:
         tau_mem_inv=torch.tensor(80.0),
         v_th=torch.linspace(0.4, 0.7, 8),
     )
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_lif_ex_cells_learnable(backend: str, cache_dir: str) -> None:
-    model = randomise(LIFExLearnable(), 3, gain=12.0)
-    x = torch.randn(12, B, 6, generator=_gen(3)) + 0.5
-    learnable = ("delta_T", "tau_mem_inv", "v_th", "seq.2.input_weights")
-    cm = check(
-        model, x, norse_per_step, backend, cache_dir, learnable, exact=backend != "cpu",
-        probe=_hidden_spikes(1),
-    )  # fmt: skip
-    assert _charges(cm) == {"norse_lif_ex", "norse_li"}
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
