@@ -21,26 +21,26 @@ from torch.nn.utils import parametrize
 
 from snncc.errors import UnsupportedError
 
-#: a module's hook dicts, and what each holds (for messages)
+#: a module's hook dicts, what each holds and the torch call that registers a global one
 _HOOKS = (
-    ("_forward_pre_hooks", "a forward pre-hook"),
-    ("_forward_hooks", "a forward hook"),
-    ("_backward_pre_hooks", "a backward pre-hook"),
-    ("_backward_hooks", "a backward hook"),
+    ("_forward_pre_hooks", "a forward pre-hook", "register_module_forward_pre_hook"),
+    ("_forward_hooks", "a forward hook", "register_module_forward_hook"),
+    ("_backward_pre_hooks", "a backward pre-hook", "register_module_full_backward_pre_hook"),
+    ("_backward_hooks", "a backward hook", "register_module_full_backward_hook"),
 )
 
 
 def refuse_hooks(model: nn.Module) -> None:
     """Raise :class:`UnsupportedError` if the model, or any module in it, has a forward or
     backward hook or a parametrization, or torch has a global module hook registered."""
-    for attr, what in _HOOKS:
+    for attr, what, register in _HOOKS:
         hooks = getattr(torch_module, f"_global{attr}", None) or {}
         for hook in hooks.values():
             raise UnsupportedError(
                 f"a global module hook is registered ({what}: {_name(hook)}, "
-                f"torch.nn.modules.module.register_module{attr.removesuffix('s')}); snncc "
-                "compiles each module's own computation and would run without it: remove it "
-                "(handle.remove()) before compiling"
+                f"torch.nn.modules.module.{register}); snncc compiles each module's own "
+                "computation and would run without it: remove it (handle.remove()) before "
+                "compiling"
             )
     for path, module in model.named_modules():
         where = f"module '{path}'" if path else "the model"
@@ -54,7 +54,7 @@ def refuse_hooks(model: nn.Module) -> None:
                 f"torch.nn.utils.parametrize.remove_parametrizations(module, {name!r}) "
                 "(training the compiled model then trains the baked tensor)"
             )
-        for attr, what in _HOOKS:
+        for attr, what, _ in _HOOKS:
             for hook in (getattr(module, attr, None) or {}).values():
                 raise UnsupportedError(f"{what_module} has {what} ({_name(hook)}); {_fix(hook)}")
 
