@@ -71,6 +71,11 @@ def _fix(hook: Any) -> str:
     if where == "torch.nn.utils.prune":
         name = getattr(hook, "_tensor_name", "weight")
         return f"bake it first with torch.nn.utils.prune.remove(module, {name!r}){baked}"
+    if getattr(hook, "__module__", "") == "spikingjelly.activation_based.monitor":
+        return (
+            "a SpikingJelly monitor records through hooks, which a compiled model does not "
+            "call: call monitor.remove_hooks() before compiling"
+        )
     return (
         "snncc compiles the module's own computation and would run without it: remove it "
         "(handle.remove()) before compiling"

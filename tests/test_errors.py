@@ -80,6 +80,10 @@ def _hooked(kind: str) -> torch.nn.Module:
             torch.nn.utils.weight_norm(fc)
     elif kind == "parametrization":
         parametrizations.weight_norm(fc)
+    elif kind == "monitor":
+        from spikingjelly.activation_based import monitor
+
+        monitor.OutputMonitor(net, neuron.LIFNode)
     return net
 
 
@@ -106,6 +110,7 @@ def _hooked(kind: str) -> torch.nn.Module:
             "parametrization",
             ("_WeightNorm", "torch.nn.utils.parametrize.remove_parametrizations(module, 'weight')"),
         ),
+        ("monitor", ("module '1'", "OutputMonitor.create_hook", "monitor.remove_hooks()")),
     ],
 )
 def test_a_hook_the_program_would_drop_is_refused(kind: str, words: tuple[str, ...]) -> None:
