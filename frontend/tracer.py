@@ -1318,7 +1318,10 @@ class _Restore:
             for m in self.model.modules()
             for k, b in list(m._buffers.items())
         ]
-        self.attrs = [(m, _plain_attrs(m)) for m in self.model.modules()]
+        # (only where they are dropped: the restore around fx's own trace keeps them)
+        self.attrs = (
+            [(m, _plain_attrs(m)) for m in self.model.modules()] if self.drop_trace_values else []
+        )
         self.rng = torch.random.get_rng_state()
         for r in self.resets:
             r(self.model)
@@ -1334,9 +1337,8 @@ class _Restore:
                 else:  # same object (BatchNorm stats) or replaced (snnTorch mem): put it back
                     original.copy_(saved)
                     m._buffers[k] = original
-        if self.drop_trace_values:
-            for m, saved_attrs in self.attrs:
-                _drop_trace_values(m, saved_attrs)
+        for m, saved_attrs in self.attrs:
+            _drop_trace_values(m, saved_attrs)
         torch.random.set_rng_state(self.rng)
 
 
