@@ -355,6 +355,8 @@ class _Lowering:
                     lines += self._neuron(n, step=None)
             else:
                 mode = "step by step (single-step source)" if self.per_step else "T*B rows"
+                if not self.per_step and any(self.prog.runs_per_step(n) for n in nodes):
+                    mode = "T*B rows; GEMMs the source ran per step, step by step"
                 title = f"group {grp['id']} (layer, {mode}): {ids}"
                 lines = []
                 for n in nodes:
@@ -535,7 +537,7 @@ class _Lowering:
             raise _refuse(self.g, n, "a delay edge outside a recurrent group")
         if op in ("linear", "conv1d", "conv2d", "batchnorm", "avgpool2d", "maxpool2d",
                   "adaptive_avgpool2d", "voting"):  # fmt: skip
-            if self.per_step:
+            if self.prog.runs_per_step(n):
                 body = self._row_op(n, [self.at(e.src, "t") for e in edges], self.at(n, "t"), "B")
                 return ["for (int64_t t = 0; t < T; ++t) {", *("    " + b for b in body), "}"]
             return self._row_op(n, [self.var(e.src) for e in edges], self.var(n), "TB")

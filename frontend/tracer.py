@@ -50,6 +50,7 @@ from snncc.frontend.shape_trace import (
     run_fake,
 )
 from snncc.ir.graph import Graph
+from snncc.ir.ops import SOURCE_ROWS_OPS
 
 # --------------------------------------------------------------------------- registry
 
@@ -219,12 +220,15 @@ class Chain:
     (name, module). ``result`` is "tensor" (the last child's output) or
     "tensor_state" (``(output, state)``, the state internal to the program).
     A child that returns a tuple (a neuron returning ``(spikes, state)``)
-    passes its first item on.
+    passes its first item on. ``drops_input_state``: the container itself, given
+    such a tuple, runs on its first item and ignores the state (Norse's ``Lift``
+    of a stateless module, which Norse's own VGG feeds straight from a ``LIF``).
     """
 
     view: str
     children: tuple[tuple[str, nn.Module], ...]
     result: str = "tensor"
+    drops_input_state: bool = False
 
 
 @dataclass(frozen=True)
@@ -652,6 +656,9 @@ class Call:
         """Add the IR node for this call (name = this call's path, shape = its output's)."""
         ins = self.inputs if inputs is None else inputs
         ids = [v.id if isinstance(v, Value) else v for v in ins]
+        if self.view == "step" and not self.static and self.ctx.step_mode == "m":
+            if op in SOURCE_ROWS_OPS:  # one step's rows per call, inside a multi-step model
+                attrs = {**(attrs or {}), "source_rows": "step"}
         return self.ctx.graph.add_node(
             op,
             ids,
@@ -894,6 +901,10 @@ class Converter:
     def _call_module(self, node: fx.Node) -> Value | TupleValue:
         module = self.gm.get_submodule(node.target)
         args, kwargs, tensors = self._tensor_args(node)
+        if _drops_input_state(module) and len(args) == 1 and isinstance(args[0], TupleValue):
+            first = args[0].item(0) if len(args[0]) == 2 else None
+            if isinstance(first, Value):  # (output, state): the state is not read
+                args, tensors = (first,), [first]
         meta = node.meta.get("snncc_shape")
         items = node.meta.get("snncc_items")
         first = meta or next((m for m in items or () if m is not None), None)
@@ -1260,6 +1271,8 @@ def _record_meta(gm: fx.GraphModule, model_view: str, mode: Any) -> None:
         if chain is None or module_entry(module) is not None:
             continue
         x = n.args[0].meta.get("snncc_fake") if n.args and isinstance(n.args[0], fx.Node) else None
+        if chain.drops_input_state and isinstance(x, tuple) and len(x) == 2:
+            x = x[0]
         if isinstance(x, torch.Tensor):
             try:
                 n.meta["snncc_chain"] = run_fake(mode, _chain_shapes, chain, x, model_view)
@@ -1267,6 +1280,12 @@ def _record_meta(gm: fx.GraphModule, model_view: str, mode: Any) -> None:
                 raise
             except Exception:  # noqa: BLE001 - the conversion names the child that cannot run
                 pass
+
+
+def _drops_input_state(module: nn.Module) -> bool:
+    fw = framework_of(module)
+    chain = fw.chain(module) if fw is not None else None
+    return chain is not None and chain.drops_input_state
 
 
 def _chain_shapes(chain: Chain, x: torch.Tensor, outer_view: str) -> dict[str, tuple]:

@@ -81,6 +81,13 @@ neuron              stateful; attrs neuron (NeuronSpec.to_dict()); params by
                     below); their ``add`` ports come after the form's own.
 =================== =============================================================
 
+Rows as the source computed them: a ``linear``, ``conv1d`` or ``conv2d`` may carry
+``attrs.source_rows = "step"``: the source ran it on one step's B rows per call (a
+Norse ``Lift`` or a SpikingJelly ``MultiStepContainer`` inside a multi-step model), and
+a GEMM's last bits can depend on how many rows it sees. Backends that promise the
+source's bits run such a node one step at a time, as they run every row op of a graph
+from a single-step source (``meta.step_mode == "s"``).
+
 Static values (no time axis): an ``input`` with ``attrs.static``, a
 ``time_reduce``, and every stateless node all of whose inputs are static,
 hold one value ``[B, ...]`` for the whole sequence (computed once; a graph
@@ -101,6 +108,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: ops whose bits can depend on the rows per call (see "Rows as the source computed them")
+SOURCE_ROWS_OPS = frozenset({"linear", "conv1d", "conv2d"})
 #: what ``reduce`` / ``time_reduce`` compute (torch's names)
 REDUCTIONS = ("sum", "mean", "amax", "amin")
 #: the functions of ``activation``

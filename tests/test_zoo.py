@@ -5,7 +5,7 @@ SpikingJelly's models come from the installed package (``activation_based.model`
 with random weights at small sizes (32x32 images, a narrow Spikformer; nothing downloads);
 the snnTorch tutorials (5, 6, 7) are written here exactly as the tutorials write them (their
 ``forward`` / ``forward_pass`` with the loop over ``num_steps`` and ``torch.stack``), only
-with smaller layers; Norse's ``ConvNet`` and ``ConvNet4`` come from ``norse.torch.models``.
+with smaller layers; Norse's ``ConvNet``, ``ConvNet4`` and a narrowed ``VGG`` come from ``norse.torch.models``.
 
 Per model: the reference and cpu backends give the framework's outputs bit for bit; the jax
 backend at most 1e-4 of spikes differ (continuous outputs within 1e-4); gradients of a
@@ -34,6 +34,7 @@ sj = pytest.importorskip("spikingjelly.activation_based")
 snn = pytest.importorskip("snntorch")
 norse = pytest.importorskip("norse.torch")
 
+from norse.torch.models import vgg as norse_vgg  # noqa: E402
 from norse.torch.models.conv import ConvNet, ConvNet4  # noqa: E402
 from snntorch import surrogate as snn_surrogate  # noqa: E402
 from snntorch import utils as snn_utils  # noqa: E402
@@ -234,6 +235,18 @@ def _norse(model: nn.Module, x: torch.Tensor, gain: float) -> Case:
     return Case(model, x, _call, NORSE_NEURONS)
 
 
+def _norse_vgg(batch_norm: bool) -> Case:
+    """Norse's own VGG (``models.vgg``: ``Lift`` layers fed straight from each ``LIF``'s
+    ``(z, state)``), its ``make_layers`` narrowed to two stages and a narrow classifier."""
+    torch.manual_seed(0)
+    model = norse_vgg.VGG(norse_vgg.make_layers([8, "M", 16, "M"], batch_norm=batch_norm))
+    widths = (16 * 7 * 7, 32, 32, 10)
+    for i, (n_in, n_out) in zip((0, 3, 6), zip(widths, widths[1:])):
+        model.classifier[i] = norse.Lift(nn.Linear(n_in, n_out))
+    _randomise(model, 1, 12.0)
+    return Case(model, _image(8, B, 3, 28, 28), _call, (norse.LIF,))
+
+
 def _spikformer() -> nn.Module:
     return spikformer.Spikformer(
         T=T,
@@ -323,6 +336,7 @@ ZOO: dict[str, Callable[[], Case]] = {
     # Norse's neurons integrate slowly (dt * tau_mem_inv = 0.1): more steps, larger weights
     "norse.ConvNet": lambda: _norse(ConvNet(), _image(4, B, 1, 28, 28), 8.0),
     "norse.ConvNet4": lambda: _norse(ConvNet4(), _image(4, B, 1, 28, 28), 8.0),
+    "norse.vgg_bn": lambda: _norse_vgg(batch_norm=True),
 }
 
 #: the largest models (VGG's 512*7*7 x 4096 classifier, ResNet-34's depth): about a third of
@@ -683,6 +697,31 @@ def test_norse_lift(kind: str) -> None:
     for backend in ("reference", "cpu"):
         y = _tuple(snncc.compile(model, x, backend=backend)(x))
         assert torch.equal(y[0], ref[0]), backend
+
+
+def test_norse_lift_fed_by_a_lif_keeps_the_sources_rows() -> None:
+    """Norse's own models (``models.vgg``) feed a LIF's ``(z, state)`` straight into a
+    ``Lift``, which runs on z. Its GEMM ran on one step's B rows per call, so the IR marks
+    it (``source_rows``) and the program runs it per step: a GEMM over T*B rows may round
+    differently (MKL, B=2: the narrowed VGG's readout differed in 15 of 160 logits)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        norse.Lift(nn.Linear(16, 24)), norse.LIF(), norse.Lift(nn.Linear(24, 10)), norse.LI()
+    )
+    _randomise(model, 2, 6.0)
+    x = _image(8, B, 16)
+    with torch.no_grad():
+        ref = _tuple(model(x))
+    graph = snncc.trace(model, x)
+    linears = [graph.attrs(n) for n in graph.iter_ops("linear")]
+    assert [a.get("source_rows") for a in linears] == ["step", "step"]
+    for backend in ("reference", "cpu"):
+        cm = snncc.compile(model, x, backend=backend)
+        assert torch.equal(_tuple(cm(x))[0], ref[0]), backend
+    kinds = cm.program.source
+    assert "per step" in kinds and "rows [T*B, ...]" not in kinds
+    sj_linear = snncc.trace(nn.Sequential(layer.Linear(16, 24, step_mode="m")), x)
+    assert all("source_rows" not in sj_linear.attrs(n) for n in sj_linear.iter_ops("linear"))
 
 
 class RSynapticLoop(nn.Module):

@@ -21,7 +21,8 @@ run each stage where it belongs).
 
 Graphs traced from a single-step source (``meta["step_mode"] == "s"``) run row
 ops one step at a time instead (option ``stateless_per_step``), as the source
-did, so no GEMM ever sees a different number of rows than in the source.
+did, so no GEMM ever sees a different number of rows than in the source; so do
+the GEMMs a multi-step source ran per step (``attrs.source_rows``, ir/ops.py).
 
 State (backends/base.py): ``{node_id: {"v": membrane}}`` for neurons,
 ``{node_id: {"delay": value at T-1}}`` for producers of delay edges and
@@ -94,8 +95,9 @@ class ReferenceProgram:
         roles) leaf tensors with ``requires_grad=True`` so ``run`` can be
         trained through.
     stateless_per_step
-        Run row ops one step at a time; default: True exactly when the graph
-        came from a single-step source (``meta["step_mode"] == "s"``).
+        Run row ops one step at a time (True) or over all T*B rows (False); default:
+        each row op as its source ran it (every one of a graph from a single-step
+        source, ``meta["step_mode"] == "s"``; else those marked ``source_rows``).
     training
         None honours each node's ``training`` attr (batchnorm, dropout);
         True/False overrides them all, like ``module.train()`` / ``.eval()``.
@@ -113,9 +115,10 @@ class ReferenceProgram:
         if training:
             check_dropout_trainable(graph, "option training=True")
         self.training = training
-        if stateless_per_step is None:
-            stateless_per_step = graph.meta.get("step_mode") == "s"
-        self.stateless_per_step = bool(stateless_per_step)
+        if stateless_per_step is None and graph.meta.get("step_mode") == "s":
+            stateless_per_step = True
+        #: None: per node, as its source ran it (``attrs.source_rows``)
+        self.stateless_per_step = stateless_per_step
         #: what a carried state must hold (backends/base.py), worked out once
         self._state_spec = state_spec(graph)
         self._check_ops()
@@ -238,7 +241,7 @@ class ReferenceProgram:
         if self.graph.op(unit[0]) == "neuron":
             return "neuron, loop over t"
         if self.graph.op(unit[0]) in ROW_OPS or self.graph.op(unit[0]) == "batchnorm":
-            return "per step" if self.stateless_per_step else "rows [T*B, ...]"
+            return "per step" if self.runs_per_step(unit[0]) else "rows [T*B, ...]"
         return "sequence [T, B, ...]"
 
     def files(self) -> dict[str, str]:
@@ -367,7 +370,7 @@ class ReferenceProgram:
         elif (
             op == "batchnorm"
             and self._training(attrs)
-            and (self.stateless_per_step or attrs.get("stats", "sequence") == "step")
+            and (self.runs_per_step(n) or attrs.get("stats", "sequence") == "step")
         ):
             p = ctx.params(n)
             y = torch.stack([batchnorm(attrs, p, [xt], True) for xt in ins[0]])
@@ -377,12 +380,18 @@ class ReferenceProgram:
 
     def _rows(self, ctx: _RunContext, n: int, ins: list[Tensor]) -> Tensor:
         """A row op on the whole sequence: flattened to [T*B, ...] (or per step for 's' sources)."""
-        if self.stateless_per_step:  # unbind, not x[t]: see _RunContext.steps
+        if self.runs_per_step(n):  # unbind, not x[t]: see _RunContext.steps
             steps = zip(*(x.unbind(0) for x in ins))
             return torch.stack([self._row_step(ctx, n, list(xs)) for xs in steps])
         T, B = ins[0].shape[:2]
         y = self._row_step(ctx, n, [x.flatten(0, 1) for x in ins])
         return y.unflatten(0, (T, B))
+
+    def runs_per_step(self, n: int) -> bool:
+        """Whether row op ``n`` runs one step at a time (see ``stateless_per_step``)."""
+        if self.stateless_per_step is not None:
+            return bool(self.stateless_per_step)
+        return self.graph.attrs(n).get("source_rows") == "step"
 
     def _row_step(self, ctx: _RunContext, n: int, ins: list[Tensor]) -> Tensor:
         return self._row_fn(n)(ins, ctx.params(n))
@@ -402,7 +411,7 @@ class ReferenceProgram:
             return x
         p = float(attrs["p"])
         if not attrs.get("shared_over_time", False):
-            if lead and self.stateless_per_step:
+            if lead and self.runs_per_step(n):
                 # a single-step source drew one mask per step call: the same draws in order
                 return torch.stack([F.dropout(xt, p, training=True) for xt in x.unbind(0)])
             return F.dropout(x, p, training=True)
