@@ -364,6 +364,18 @@ def _adaptive_avgpool2d(call: Call, m: nn.Module) -> int:
     return tnn.convert_adaptive_avgpool2d(_wrapper_view(call, m), m)
 
 
+def _avgpool1d(call: Call, m: nn.Module) -> int:
+    return tnn.convert_avgpool1d(_wrapper_view(call, m), m)
+
+
+def _maxpool1d(call: Call, m: nn.Module) -> int:
+    return tnn.convert_maxpool1d(_wrapper_view(call, m), m)
+
+
+def _adaptive_avgpool1d(call: Call, m: nn.Module) -> int:
+    return tnn.convert_adaptive_avgpool1d(_wrapper_view(call, m), m)
+
+
 def _flatten(call: Call, m: nn.Module) -> int:
     return tnn.convert_flatten(_wrapper_view(call, m), m)
 
@@ -556,6 +568,9 @@ if sj_base is not None:
         (sj_layer.AvgPool2d, _avgpool2d),
         (sj_layer.MaxPool2d, _maxpool2d),
         (sj_layer.AdaptiveAvgPool2d, _adaptive_avgpool2d),
+        (sj_layer.AvgPool1d, _avgpool1d),
+        (sj_layer.MaxPool1d, _maxpool1d),
+        (sj_layer.AdaptiveAvgPool1d, _adaptive_avgpool1d),
         (sj_layer.Flatten, _flatten),
         (sj_layer.Dropout, _dropout),
         (sj_layer.VotingLayer, _voting),

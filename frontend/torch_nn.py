@@ -182,6 +182,66 @@ def convert_adaptive_avgpool2d(call: Call, m: nn.AdaptiveAvgPool2d) -> int:
     return call.emit("adaptive_avgpool2d", [x], attrs={"output_size": [int(out[-2]), int(out[-1])]})
 
 
+def pool1d_as_2d(call: Call, x: Value, op: str, attrs: dict[str, Any]) -> int:
+    """A 1-D pooling of [B, C, L] as its 2-D op over a height of 1, between two reshapes.
+
+    Why no op of its own: torch computes ``avg_pool1d`` and ``adaptive_avg_pool1d`` exactly
+    so (the 2-D op on ``x.unsqueeze(-2)``), and a max is the same whichever way it is
+    taken, so every backend's 2-D op gives the source's bits. ``attrs`` are the 2-D op's.
+    """
+    _per_step_rank(call, x, (3,), "[B, C, L]")
+    b, c, length = x.shape
+    out = call.out_shape
+    tall = call.emit("reshape", [x], attrs={"shape": [-1, c, 1, length]}, shape=[b, c, 1, length])
+    pooled = call.emit(op, [tall], attrs=attrs, shape=[out[0], out[1], 1, out[2]])
+    return call.emit("reshape", [pooled], attrs={"shape": [-1, out[1], out[2]]}, shape=list(out))
+
+
+def avgpool1d_attrs(kernel: Any, stride: Any, padding: Any, ceil_mode: Any, count_pad: Any) -> dict:
+    """``avgpool2d`` attrs of a 1-D average pooling (height 1)."""
+    (k,), (p,) = _ntuple(kernel, 1), _ntuple(padding, 1)
+    (s,) = _ntuple(stride if stride not in (None, [], ()) else kernel, 1)
+    return {
+        "kernel_size": [1, k],
+        "stride": [1, s],
+        "padding": [0, p],
+        "ceil_mode": bool(ceil_mode),
+        "count_include_pad": bool(count_pad),
+        "divisor_override": None,
+    }
+
+
+def maxpool1d_attrs(kernel: Any, stride: Any, padding: Any, dilation: Any, ceil_mode: Any) -> dict:
+    """``maxpool2d`` attrs of a 1-D max pooling (height 1)."""
+    (k,), (p,), (d,) = _ntuple(kernel, 1), _ntuple(padding, 1), _ntuple(dilation, 1)
+    (s,) = _ntuple(stride if stride not in (None, [], ()) else kernel, 1)
+    return {
+        "kernel_size": [1, k],
+        "stride": [1, s],
+        "padding": [0, p],
+        "dilation": [1, d],
+        "ceil_mode": bool(ceil_mode),
+    }
+
+
+def convert_avgpool1d(call: Call, m: nn.AvgPool1d) -> int:
+    attrs = avgpool1d_attrs(m.kernel_size, m.stride, m.padding, m.ceil_mode, m.count_include_pad)
+    return pool1d_as_2d(call, one_input(call), "avgpool2d", attrs)
+
+
+def convert_maxpool1d(call: Call, m: nn.MaxPool1d) -> int:
+    if m.return_indices:
+        raise call.unsupported("return_indices=True is not supported")
+    attrs = maxpool1d_attrs(m.kernel_size, m.stride, m.padding, m.dilation, m.ceil_mode)
+    return pool1d_as_2d(call, one_input(call), "maxpool2d", attrs)
+
+
+def convert_adaptive_avgpool1d(call: Call, m: nn.AdaptiveAvgPool1d) -> int:
+    out = call.out_shape  # output_size may be None ("keep the input size")
+    attrs = {"output_size": [1, int(out[-1])]}
+    return pool1d_as_2d(call, one_input(call), "adaptive_avgpool2d", attrs)
+
+
 # --------------------------------------------------------------------------- shape ops
 
 
@@ -253,6 +313,21 @@ def _maxpool2d(call: Call, m: nn.Module) -> int:
 @register_module(nn.AdaptiveAvgPool2d, "torch.nn.AdaptiveAvgPool2d", per_step_only=True)
 def _adaptive_avgpool2d(call: Call, m: nn.Module) -> int:
     return convert_adaptive_avgpool2d(call, m)
+
+
+@register_module(nn.AvgPool1d, "torch.nn.AvgPool1d", per_step_only=True)
+def _avgpool1d(call: Call, m: nn.Module) -> int:
+    return convert_avgpool1d(call, m)
+
+
+@register_module(nn.MaxPool1d, "torch.nn.MaxPool1d", per_step_only=True)
+def _maxpool1d(call: Call, m: nn.Module) -> int:
+    return convert_maxpool1d(call, m)
+
+
+@register_module(nn.AdaptiveAvgPool1d, "torch.nn.AdaptiveAvgPool1d", per_step_only=True)
+def _adaptive_avgpool1d(call: Call, m: nn.Module) -> int:
+    return convert_adaptive_avgpool1d(call, m)
 
 
 @register_module(nn.Flatten, "torch.nn.Flatten")
@@ -967,6 +1042,42 @@ def _adaptive_avg_pool2d_fn(call: Call) -> int:
     _per_step_rank(call, x, (3, 4), "[B, C, H, W]")
     out = call.out_shape
     return call.emit("adaptive_avgpool2d", [x], attrs={"output_size": [int(out[-2]), int(out[-1])]})
+
+
+@register_function((F.avg_pool1d, "F.avg_pool1d"))
+def _avg_pool1d_fn(call: Call) -> int:
+    x = _row_view(call, "F.avg_pool1d")
+    kernel = call.arg(1, "kernel_size")
+    attrs = avgpool1d_attrs(
+        kernel,
+        call.arg(2, "stride", None),
+        call.arg(3, "padding", 0),
+        call.arg(4, "ceil_mode", False),
+        call.arg(5, "count_include_pad", True),
+    )
+    return pool1d_as_2d(call, x, "avgpool2d", attrs)
+
+
+@register_function((F.max_pool1d, "F.max_pool1d"))
+def _max_pool1d_fn(call: Call) -> int:
+    x = _row_view(call, "F.max_pool1d")
+    if call.arg(6, "return_indices", False):
+        raise call.unsupported("return_indices=True is not supported")
+    attrs = maxpool1d_attrs(
+        call.arg(1, "kernel_size"),
+        call.arg(2, "stride", None),
+        call.arg(3, "padding", 0),
+        call.arg(4, "dilation", 1),
+        call.arg(5, "ceil_mode", False),
+    )
+    return pool1d_as_2d(call, x, "maxpool2d", attrs)
+
+
+@register_function((F.adaptive_avg_pool1d, "F.adaptive_avg_pool1d"))
+def _adaptive_avg_pool1d_fn(call: Call) -> int:
+    x = _row_view(call, "F.adaptive_avg_pool1d")
+    attrs = {"output_size": [1, int(call.out_shape[-1])]}
+    return pool1d_as_2d(call, x, "adaptive_avgpool2d", attrs)
 
 
 @register_function((F.dropout, "F.dropout"))

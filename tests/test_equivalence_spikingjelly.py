@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import snncc
@@ -245,6 +246,56 @@ def _conv1d_bn1d_net():
 def test_conv1d_batchnorm1d(mode: str) -> None:
     model = _build(_conv1d_bn1d_net, mode, seed=7)
     _assert_exact(model, _input((6, 3, 3, 7), scale=3.0), mode)
+
+
+def _pool1d_net():
+    return nn.Sequential(
+        layer.Conv1d(3, 6, 5, padding=2),
+        neuron.LIFNode(),
+        layer.MaxPool1d(3, 2, 1, dilation=2, ceil_mode=True),
+        layer.AvgPool1d(3, 2, 1, ceil_mode=True, count_include_pad=False),
+        layer.AdaptiveAvgPool1d(3),
+        layer.Flatten(),
+        layer.Linear(6 * 3, 8),
+        neuron.IFNode(),
+    )
+
+
+@pytest.mark.parametrize("mode", ["m", "s"])
+def test_pool1d(mode: str) -> None:
+    """1-D pooling (audio nets) compiles as the 2-D op over a height of 1, which is how torch
+    computes avg_pool1d itself: the source's bits, on the cpu backend too."""
+    model = _build(_pool1d_net, mode, seed=7)
+    x = _input((6, 3, 3, 17), scale=3.0)
+    _assert_exact(model, x, mode)
+    assert torch.equal(snncc.compile(model, x, backend="cpu")(x), _sj_run(model, x, mode))
+
+
+class FunctionalPool1dNet(nn.Module):
+    """torch's own 1-D pooling modules and functions in a single-step network."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(3, 6, 5, padding=2)
+        self.sn = neuron.LIFNode()
+        self.pools = nn.Sequential(
+            nn.MaxPool1d(2, 1), nn.AvgPool1d(4, 3, 2), nn.AdaptiveAvgPool1d(4)
+        )
+        self.fc = nn.Linear(6 * 4 * 3, 8)
+        self.out = neuron.IFNode()
+
+    def forward(self, x):
+        s = self.sn(self.conv(x))
+        a = F.avg_pool1d(s, 3, 2, 1, True, False)
+        b = F.max_pool1d(s, 3, 2, 1, 1, True)
+        c = F.adaptive_avg_pool1d(s, 4)
+        y = torch.cat([self.pools(s), F.adaptive_avg_pool1d(a * b, 4), c], dim=2)
+        return self.out(self.fc(y.flatten(1)))
+
+
+def test_pool1d_functions() -> None:
+    model = _build(FunctionalPool1dNet, "s", seed=8)
+    _assert_exact(model, _input((6, 3, 3, 17), scale=3.0), "s")
 
 
 # --------------------------------------------------------------------------- residual, functions
