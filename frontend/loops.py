@@ -1,6 +1,7 @@
 """Fold an explicit time loop in a model's forward back into one per-step graph.
 
-snnTorch and Norse models are often written with the time loop inside ``forward``::
+snnTorch and Norse models are often written with the time loop inside ``forward``
+(SpikingJelly's single-step ones too: SNASNet loops T times over a static image)::
 
     def forward(self, x):                       # x: [T, B, ...]
         mem1 = self.lif1.init_leaky()
@@ -34,7 +35,12 @@ same computation and folds the copies back into ONE per-step graph:
   range(num_steps)``) is *static*: the program takes ``[B, ...]``, runs
   what depends only on it once, and repeats the result over the loop's
   steps where it meets per-step values (``repeat_time``); the program's
-  number of steps is the loop's.
+  number of steps is the loop's;
+- a sum accumulated over the steps (``acc = 0`` before the loop, ``acc = acc +
+  v`` or ``acc += v`` in it, SpikingJelly's ``out_fr += net(x)``) is a
+  ``time_reduce`` sum of ``v`` taken in step order, as the loop adds; what
+  forward computes from it after the loop (``acc / T``) runs once on that
+  static value.
 
 Anything else is refused with an :class:`UnsupportedError` that names the
 module and why: a branch on the step index (the steps differ), a value from
@@ -65,6 +71,7 @@ STATIC = -1  # does not depend on the input (parameters, constants, initial stat
 WHOLE = -2  # depends on the whole input sequence, not on one step of it
 COLLECTOR = -3  # combines values of several steps (torch.stack of per-step values)
 INVARIANT = -4  # depends only on static inputs (fed whole at every step): the same each step
+AFTER = -5  # computed after the loop from a sum it accumulated: static, once
 
 
 # --------------------------------------------------------------------------- detection
@@ -73,7 +80,7 @@ INVARIANT = -4  # depends only on static inputs (fed whole at every step): the s
 def _loop_frameworks(model: nn.Module) -> bool:
     for m in model.modules():
         fw = tr.framework_of(m)
-        if fw is not None and fw.loops:
+        if fw is not None and fw.loops(m):
             return True
     return False
 
@@ -82,7 +89,8 @@ def wants_fold(model: nn.Module, gm: fx.GraphModule) -> bool:
     """Whether ``model`` (using snnTorch / Norse modules) holds a time loop to fold.
 
     Yes when its trace indexes an input by an integer (``x[step]``, ``for xt in
-    x``) or calls a stateful snnTorch / Norse module more than once.
+    x``) or calls a stateful snnTorch / Norse / single-step SpikingJelly module more
+    than once.
     """
     if not _loop_frameworks(model):
         return False
@@ -94,7 +102,7 @@ def wants_fold(model: nn.Module, gm: fx.GraphModule) -> bool:
         if n.op == "call_module":
             m = gm.get_submodule(n.target)
             fw = tr.framework_of(m)
-            if fw is not None and fw.loops and fw.stateful(m):
+            if fw is not None and fw.loops(m) and fw.stateful(m):
                 counts[n.target] = counts.get(n.target, 0) + 1
                 if counts[n.target] > 1:
                     return True
@@ -128,6 +136,12 @@ def _unbinds_input(n: Any, inputs: list[fx.Node]) -> bool:
         return False
     dim = n.args[1] if len(n.args) > 1 else n.kwargs.get("dim", 0)
     return dim == 0
+
+
+def sum_over_time(x: torch.Tensor, steps: int) -> torch.Tensor:
+    """Marks a sum a folded loop accumulated over its ``steps`` (``acc = acc + x`` per step);
+    the converter makes it a ``time_reduce`` sum in step order, a static value."""
+    return x
 
 
 def repeat_over_time(x: torch.Tensor, steps: int) -> torch.Tensor:
@@ -165,6 +179,13 @@ class _Loop:
     static_inputs: frozenset[int] = frozenset()
     #: module -> how many of its calls were fed only static values (the k-th is step k)
     fresh_calls: dict[str, int] = field(default_factory=dict)
+    #: a sum accumulated over the steps: each of its nodes -> (the sum so far, or None at
+    #: step 0, where it adds to the initial zero; the step's value added)
+    sums: dict[fx.Node, tuple[fx.Node | None, fx.Node]] = field(default_factory=dict)
+    #: the last step's node of each accumulated sum (what forward reads after the loop)
+    sum_finals: list[fx.Node] = field(default_factory=list)
+    #: (a sum's step-0 node, the tensor it starts from), which must be zeros
+    sum_inits: list[tuple[fx.Node, fx.Node]] = field(default_factory=list)
 
 
 def _nodes(a: Any) -> list[fx.Node]:
@@ -259,9 +280,16 @@ def _analyse(gm: fx.GraphModule) -> _Loop:
                     "time steps; inside a time loop a module gets this step's input and the "
                     "state it returned at the previous step"
                 )
-            if not steps:
-                # fed only static values: a module keeping its own state (snnTorch
-                # init_hidden) advances one step per call, so its k-th such call is step k
+            if call.state.internal_ok and all(v is None for v in call.values.values()):
+                # a module keeping its own state (snnTorch init_hidden, SpikingJelly) advances
+                # one step per call: its k-th call is step k, whatever it is fed (static values)
+                k = lp.fresh_calls.get(str(n.target), 0)
+                lp.fresh_calls[str(n.target)] = k + 1
+                if steps and steps != {k}:
+                    early = next(a for a in _nodes(call.main) if lp.labels[a] in steps - {k})
+                    raise _cross_step(gm, n, k, early, lp.labels[early])
+                steps = {k}
+            elif not steps:
                 k = lp.fresh_calls.get(str(n.target), 0)
                 lp.fresh_calls[str(n.target)] = k + 1
                 steps = {k}
@@ -300,6 +328,9 @@ def _analyse(gm: fx.GraphModule) -> _Loop:
                 "body as a per-step program, so return the stacked values unchanged "
                 "(reduce over time outside the model, e.g. on the compiled model's output)"
             )
+        if len(steps) > 1 and _accumulates(lp, n):
+            lp.labels[n] = max(steps)
+            continue
         if len(steps) > 1:
             t = max(steps)
             early = next(a for a in _nodes((n.args, n.kwargs)) if lp.labels[a] in steps - {t})
@@ -310,6 +341,7 @@ def _analyse(gm: fx.GraphModule) -> _Loop:
             lp.labels[n] = INVARIANT if INVARIANT in labels else STATIC
     _check_whole_and_collectors(lp)
     _check_buffers(lp)
+    _label_after_sums(lp)
     n_steps = 1 + max((t for t in lp.labels.values() if t >= 0), default=-1)
     lp.steps = [[] for _ in range(n_steps)]
     for n in gm.graph.nodes:
@@ -324,6 +356,88 @@ def _analyse(gm: fx.GraphModule) -> _Loop:
             )
     lp.index = [{n: i for i, n in enumerate(nodes)} for nodes in lp.steps]
     return lp
+
+
+#: the additions a loop accumulates with (``acc + v``, ``acc += v``, ``torch.add``, ``.add``)
+_ADDS = {operator.add, operator.iadd, torch.add, "add", "add_"}
+
+
+def _addition(n: fx.Node) -> tuple[Any, Any] | None:
+    """The two operands of a plain addition (no ``alpha``, no ``out``), else None."""
+    if n.op not in ("call_function", "call_method") or n.target not in _ADDS:
+        return None
+    if len(n.args) != 2 or n.kwargs:
+        return None
+    return n.args[0], n.args[1]
+
+
+def _is_zero(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and v == 0
+
+
+def _accumulates(lp: _Loop, n: fx.Node) -> bool:
+    """Whether ``n`` at step t adds this step's value to the sum so far (``acc + v``), the sum
+    so far being the same addition at step t-1 (at step 0: ``0 + v``). Records the sum."""
+    ops = _addition(n)
+    if ops is None or not all(isinstance(a, fx.Node) for a in ops):
+        return False
+    t = max(lp.labels[a] for a in ops)
+    prev = next((a for a in ops if lp.labels[a] == t - 1), None)
+    value = next((a for a in ops if lp.labels[a] == t), None)
+    if prev is None or value is None or value in lp.sums:
+        return False
+    if prev not in lp.sums:  # the sum's first node: 0 (or zeros) + the value of step 0
+        first = _addition(prev)
+        if t != 1 or first is None:
+            return False
+        start = [a for a in first if isinstance(a, fx.Node) and lp.labels[a] == 0]
+        init = [a for a in first if not (isinstance(a, fx.Node) and lp.labels[a] == 0)]
+        if len(start) != 1 or len(init) != 1 or start[0] in lp.sums:
+            return False
+        if not (
+            _is_zero(init[0]) or (isinstance(init[0], fx.Node) and lp.labels[init[0]] == STATIC)
+        ):
+            return False
+        lp.sums[prev] = (None, start[0])
+        if isinstance(init[0], fx.Node):
+            lp.sum_inits.append((prev, init[0]))
+    lp.sums[n] = (prev, value)
+    return True
+
+
+def _label_after_sums(lp: _Loop) -> None:
+    """Each sum's last node is what forward reads after the loop; what it computes from it
+    (``acc / T``) is AFTER the loop. A sum read inside the loop, or mixed after it with a value
+    of one step, is refused."""
+    gm = lp.gm
+    prevs = {prev for prev, _ in lp.sums.values() if prev is not None}
+    lp.sum_finals = [n for n in lp.sums if n not in prevs]
+    for n in lp.sums:
+        if n in prevs:
+            nxt = [u for u in n.users if lp.sums.get(u, (None,))[0] is n]
+            if len(n.users) != 1:
+                other = next(u for u in n.users if u not in nxt)
+                raise UnsupportedError(
+                    f"{_what(gm, other)} reads the sum {_what(gm, n)} accumulates while the loop "
+                    "still adds to it; snncc folds a sum over time steps that forward reads "
+                    "after the loop only"
+                )
+    after = set(lp.sum_finals)
+    for n in gm.graph.nodes:
+        if n in after or n.op == "output" or n in lp.sums:
+            continue
+        args = _nodes((n.args, n.kwargs))
+        if not any(a in after for a in args):
+            continue
+        mixed = [a for a in args if a not in after and lp.labels[a] not in (STATIC, INVARIANT)]
+        if mixed:
+            raise UnsupportedError(
+                f"{_what(gm, n)} combines a sum accumulated over the loop's steps with "
+                f"{_what(gm, mixed[0])}, a value of one step; supported after the loop: the sum "
+                "and values that do not depend on the step"
+            )
+        lp.labels[n] = AFTER
+        after.add(n)
 
 
 def _cross_step(
@@ -530,6 +644,8 @@ def _signature(lp: _Loop, t: int, cache: dict[fx.Node, Any]) -> list[Any]:
             elif (write := _buffer_write(n)) is not None:
                 target, index, value = write
                 sig.append(("write", target, repr(_write_step(index)[1]), ref(value)))  # type: ignore[index]
+            elif n in lp.sums:  # the sum so far plus this step's value (0 + it at step 0)
+                sig.append(("sum", ref(lp.sums[n][1])))
             else:
                 sig.append((n.op, _target_key(n), _plain(n.args, ref), _plain(n.kwargs, ref)))
         except _StepMismatch as e:
@@ -592,6 +708,13 @@ def _eval_static(gm: fx.GraphModule, n: fx.Node, cache: dict[fx.Node, Any]) -> A
 def _check_inits(lp: _Loop) -> None:
     cache: dict[fx.Node, Any] = {}
     with torch.no_grad():
+        for n, node in lp.sum_inits:
+            value = _eval_static(lp.gm, node, cache)
+            if not isinstance(value, torch.Tensor) or bool((value != 0).any()):
+                raise UnsupportedError(
+                    f"{_what(lp.gm, n)} starts a sum over the loop's steps from "
+                    f"{_what(lp.gm, node)}, which is not zero; supported: a sum from 0 or zeros"
+                )
         for n, name, node in lp.inits:
             try:
                 value = _eval_static(lp.gm, node, cache)
@@ -648,6 +771,8 @@ def _outputs(lp: _Loop) -> Any:
             return lp.steps[0][pos.pop()]
         if label == STATIC and str(a.target) in lp.writes:
             return _filled_buffer(lp, a)
+        if label == AFTER or a in lp.sum_finals:
+            return a  # computed once after the loop, from what it summed
         if label >= 0 and _is_opaque_state(lp, a):
             return None  # a Norse state: kept by the compiled program
         if label >= 0:
@@ -744,8 +869,19 @@ def _build(lp: _Loop, outputs: Any, T: int) -> fx.GraphModule:
             env[n].meta = dict(n.meta)
         elif _buffer_write(n) is not None:
             continue  # the buffer is returned as the stack of the written values
+        elif n in lp.sums:
+            continue  # the sum is taken over the steps below
         else:
             env[n] = g.node_copy(n, step_arg)
+    for final in lp.sum_finals:
+        first = final
+        while lp.sums[first][0] is not None:
+            first = lp.sums[first][0]  # type: ignore[assignment]
+        env[final] = g.call_function(sum_over_time, (env[lp.sums[first][1]], T))
+        env[final].meta = {k: final.meta[k] for k in ("snncc_fake", "snncc_src") if k in final.meta}
+    for n in gm.graph.nodes:  # what forward computes from the sums after the loop: once
+        if lp.labels.get(n) == AFTER:
+            env[n] = g.node_copy(n, arg)
     invariant_out = [a for a in _nodes(outputs) if lp.labels.get(a) == INVARIANT]
     if invariant_out:
         raise UnsupportedError(

@@ -787,7 +787,7 @@ if SequentialState is not None:
             stateful=_stateful,
             source="norse",
             priority=2,
-            loops=True,
+            loops=lambda m: True,
             state_args=_state_args,
         )
     )

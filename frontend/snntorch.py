@@ -438,7 +438,7 @@ if snt is not None:
             stateful=_is_neuron,
             source="snntorch",
             priority=2,
-            loops=True,
+            loops=lambda m: True,
             state_args=_state_args,
         )
     )

@@ -35,6 +35,7 @@ from snncc.frontend.tracer import (
     Call,
     Chain,
     Framework,
+    StateArgs,
     Value,
     register_container,
     register_framework,
@@ -85,6 +86,19 @@ def _step_mode(m: nn.Module) -> str | None:
         if len(modes) == 1:  # MultiStepModule (containers) never set step_mode: 'm' by class
             return modes[0]
     return getattr(m, "step_mode", None)
+
+
+def _in_time_loop(m: nn.Module) -> bool:
+    """A single-step module keeping state between calls (a neuron with step_mode='s'): a
+    model's own ``for t in range(T)`` loop calls it once per step, so the loop is folded."""
+    return isinstance(m, sj_base.MemoryModule) and _step_mode(m) == "s"
+
+
+def _loop_state_args(m: nn.Module) -> StateArgs | None:
+    """Its state is its own (no state argument): each call continues from the last."""
+    if not _in_time_loop(m):
+        return None
+    return StateArgs((), (), lambda v: True, internal_ok=True)
 
 
 def _chain(m: nn.Module) -> Chain | None:
@@ -525,6 +539,8 @@ if sj_base is not None:
             source="spikingjelly",
             priority=2,
             fake_call=_fake_call,
+            loops=_in_time_loop,
+            state_args=_loop_state_args,
         )
     )
     _FAMILY_FORMS.update(

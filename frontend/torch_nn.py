@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from snncc.frontend.loops import repeat_over_time
+from snncc.frontend.loops import repeat_over_time, sum_over_time
 from snncc.frontend.tracer import (
     Call,
     Multi,
@@ -558,6 +558,19 @@ def _repeat_over_time(call: Call) -> Value:
     x = _one(call)
     call.ctx.set_time_steps(int(call.arg(1, "steps")), call)
     return call.ctx.repeat_over_time(x, call)
+
+
+@register_function((sum_over_time, "a sum a loop accumulates over its steps (acc = acc + v)"))
+def _sum_over_time(call: Call) -> Value:
+    x = _one(call)
+    if x.static:
+        raise call.unsupported(
+            "adds the same value at every step of the loop; supported: a sum of per-step values"
+        )
+    call.ctx.set_time_steps(int(call.arg(1, "steps")), call)
+    shape = list(x.shape)
+    nid = call.emit("time_reduce", [x], attrs={"op": "sum", "order": "steps"}, shape=shape)
+    return call.ctx.value(nid, call.out_fx_shape, shape, call.out_dtype, True, what=call.what)
 
 
 @register_method("contiguous", "clone")

@@ -271,8 +271,10 @@ class Framework:
     #: a source name for Graph.meta["source"] when this framework's modules are used
     source: str | None = None
     priority: int = 0  # higher wins as Graph.meta["source"]
-    #: the framework's models may hold an explicit time loop (snnTorch, Norse): fold it
-    loops: bool = False
+    #: the module may be driven by an explicit time loop in a model's forward (snnTorch's and
+    #: Norse's modules, SpikingJelly's single-step ones): a model holding one has its loop
+    #: folded (:mod:`snncc.frontend.loops`)
+    loops: Callable[[nn.Module], bool] = lambda m: False
     #: how a stateful module's state is passed by hand in a time loop, or None
     state_args: Callable[[nn.Module], StateArgs | None] = lambda m: None
     #: how the shape-recording run calls a module whose folded loop dropped its state
@@ -1548,7 +1550,7 @@ def _trace_model(model: nn.Module, xs: tuple[torch.Tensor, ...], mode: Any) -> T
     from snncc.frontend import loops
 
     votes = _module_votes(model)
-    loop_fw = any(fw.loops for m in model.modules() if (fw := framework_of(m)) is not None)
+    loop_fw = any(fw.loops(m) for m in model.modules() if (fw := framework_of(m)) is not None)
     steps = [x[0] for x in xs]
     if "m" not in votes and not loop_fw:
         gm = shape_trace(model, steps, mode)

@@ -282,7 +282,7 @@ register_framework(
         stateful=lambda m: True,
         source="torch",
         priority=0,
-        loops=True,
+        loops=lambda m: True,
         state_args=lambda m: StateArgs(
             (_state_param(m) or "state",), (1,), _zeros, internal_ok=False
         ),

@@ -62,7 +62,10 @@ repeat_time         a static value at every time step: attrs times (the number
                     .repeat(T, 1, 1, 1, 1)``; every repeat_time of a graph has the
                     same times)
 time_reduce         attrs op ("mean"|"sum"|"amax"|"amin") over the T steps of its
-                    input (``x.mean(0)`` of a sequence); the result is static
+                    input (``x.mean(0)`` of a sequence); the result is static.
+                    attrs.order "steps" (op "sum" only): added in step order,
+                    ((0 + x_0) + x_1) + ..., as a model's own loop accumulates
+                    (``acc += v``); without it, in torch's order (``x.sum(0)``)
 cat                 torch.cat along attrs dim (per-step)
 voting              SpikingJelly VotingLayer: avg_pool1d over the last dim,
                     kernel = stride = attrs voting_size

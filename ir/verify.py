@@ -311,7 +311,11 @@ def _check_repeat_time(a: dict[str, Any], shape: Any) -> list[str]:
 
 def _check_time_reduce(a: dict[str, Any], shape: Any) -> list[str]:
     op = a.get("op")
-    return [] if op in REDUCTIONS else [f"attrs.op {op!r} is not one of {list(REDUCTIONS)}"]
+    if op not in REDUCTIONS:
+        return [f"attrs.op {op!r} is not one of {list(REDUCTIONS)}"]
+    if "order" in a and (a["order"] != "steps" or op != "sum"):
+        return [f"attrs.order {a['order']!r} is supported only as 'steps' with op 'sum'"]
+    return []
 
 
 _ATTR_CHECKS = {

@@ -170,6 +170,47 @@ def test_loop_leaky(mech: str, reset_delay: bool, T: int) -> None:
     _check(net, x, _call, learnable=("lif1.beta", "lif1.threshold"))
 
 
+class LoopSums(nn.Module):
+    """Sums accumulated over the loop's steps (``acc = acc + mem`` from 0, ``acc2 += ...`` from
+    zeros), read after the loop (a mean's softmax): folded to ``time_reduce`` in step order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(6, 10)
+        self.lif = snn.Leaky(beta=0.9, learn_beta=True)
+        self.fc2 = nn.Linear(10, 4)
+
+    def forward(self, x: torch.Tensor):
+        mem = self.lif.init_leaky()
+        acc, acc2 = 0, torch.zeros(x.size(1), 4)
+        spk_rec = []
+        for step in range(x.size(0)):
+            spk, mem = self.lif(self.fc1(x[step]), mem)
+            acc = acc + mem
+            acc2 += self.fc2(spk)
+            spk_rec.append(spk)
+        return torch.stack(spk_rec), torch.softmax(acc / x.size(0), dim=-1), acc2 * 0.5
+
+
+def test_loop_sums_over_steps() -> None:
+    net = LoopSums()
+    _randomise(net, 6, gain=4.0)
+    x = torch.randn(12, B, 6, generator=_gen(6)) + 1.0
+    _check(net, x, _call, learnable=("lif.beta",))
+    cm = snncc.compile(net, x, backend="cpu")
+    with torch.no_grad():
+        ref = net(x)
+        assert all(torch.equal(g, r) for g, r in zip(cm(x), ref))
+    sums = [n for n in cm.ir.iter_ops("time_reduce")]
+    assert [cm.ir.attrs(n) for n in sums] == [{"op": "sum", "order": "steps"}] * 2
+    # not vacuous: torch's own x.sum(0) adds these membranes in another order
+    for n in sums:
+        del cm.ir.attrs(n)["order"]
+    with torch.no_grad():
+        torch_order = snncc.compile_graph(cm.ir, backend="reference")(x)
+    assert not torch.equal(torch_order[1], ref[1])
+
+
 class LoopSynaptic(nn.Module):
     def __init__(self, mech: str, reset_delay: bool) -> None:
         super().__init__()

@@ -298,6 +298,43 @@ def test_pool1d_functions() -> None:
     _assert_exact(model, _input((6, 3, 3, 17), scale=3.0), "s")
 
 
+class LoopOverSteps(nn.Module):
+    """Single-step neurons driven by the model's own loop: over x[t] (stacked), or over a
+    static image T times with the firing rate summed (``out_fr += ...``, SpikingJelly's
+    training loop written inside forward, as SNASNet does)."""
+
+    def __init__(self, static: bool) -> None:
+        super().__init__()
+        self.static = static
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+        self.sn1 = neuron.LIFNode(tau=2.0)
+        self.fc = nn.Linear(4 * 6 * 6, 5)
+        self.sn2 = neuron.IFNode(surrogate_function=surrogate.ATan())
+        self.T = 5
+
+    def step(self, x: torch.Tensor) -> torch.Tensor:
+        return self.sn2(self.fc(self.sn1(self.conv(x)).flatten(1)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.static:
+            return torch.stack([self.step(x[t]) for t in range(x.shape[0])])
+        out_fr = 0.0
+        for _ in range(self.T):
+            out_fr += self.fc(self.sn1(self.conv(x)).flatten(1)) * 0.5
+        return out_fr / self.T
+
+
+@pytest.mark.parametrize("static", [False, True])
+def test_single_step_neurons_in_the_models_loop(static: bool) -> None:
+    model = _build(lambda: LoopOverSteps(static), "s", seed=9)
+    x = _input((2, 2, 6, 6) if static else (5, 2, 2, 6, 6), scale=3.0)
+    _assert_exact(model, x, "m", binary=not static)
+    g = snncc.trace(model, x)
+    assert g.meta["time_loop"] == "folded"
+    assert len(list(g.iter_ops("neuron"))) == (1 if static else 2)
+    assert torch.equal(snncc.compile(model, x, backend="cpu")(x), _sj_run(model, x, "m"))
+
+
 # --------------------------------------------------------------------------- residual, functions
 
 

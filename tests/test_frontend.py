@@ -820,6 +820,7 @@ class _Loop(nn.Module):
         spk = torch.zeros(2, 4)
         s = None
         out = []
+        acc = torch.ones(2, 4) if k == "sum_not_zero" else 0
         steps = 2 if k == "count" else x.size(0)
         for step in range(steps):
             cur = self.fc(x[step])
@@ -838,7 +839,14 @@ class _Loop(nn.Module):
                 spk, mem = out_t[0], out_t[1:][0]
             else:
                 spk, mem = self.lif(cur, mem)
+            acc = acc + spk
+            if k == "sum_inside":
+                spk = spk * acc
             out.append(spk)
+        if k == "sum_mixed":
+            return acc + spk
+        if k == "sum_not_zero":
+            return acc
         if k == "last":
             return spk
         if k == "reduce":
@@ -859,6 +867,9 @@ class _Loop(nn.Module):
         ("last", ["of time step 2 only", "torch.stack"]),
         ("reduce", ["stacked over time", "outside the model"]),
         ("count", ["runs 2 steps", "T = 3"]),
+        ("sum_inside", ["reads the sum", "while the loop still adds to it"]),
+        ("sum_mixed", ["combines a sum accumulated over the loop's steps with", "of one step"]),
+        ("sum_not_zero", ["starts a sum over the loop's steps from", "not zero"]),
     ],
 )
 def test_time_loop_errors(kind: str, words: list[str]) -> None:

@@ -445,3 +445,24 @@ def test_load_refuses_pickles_and_invalid_graphs(tmp_path) -> None:
         serde.from_json("[1, 2]")
     with pytest.raises(CheckpointError, match="unknown weights format 'pt'"):
         serde.save(g, tmp_path, fmt="pt")
+
+
+@pytest.mark.parametrize(
+    ("attrs", "ok"),
+    [
+        ({"op": "sum", "order": "steps"}, True),
+        ({"op": "mean", "order": "steps"}, False),
+        ({"op": "sum", "order": "pairwise"}, False),
+    ],
+)
+def test_time_reduce_order_is_the_loops_sum_only(attrs: dict, ok: bool) -> None:
+    g = Graph()
+    x = g.add_node("input", attrs={"index": 0}, shape=["B", 4])
+    r = g.add_node("time_reduce", [x], attrs=attrs, shape=["B", 4])
+    g.add_node("output", [r], attrs={"index": 0}, shape=["B", 4])
+    g.meta.update(inputs=[x], outputs=[r + 1])
+    if ok:
+        verify(g)
+    else:
+        with pytest.raises(IRError, match="attrs.order .* only as 'steps' with op 'sum'"):
+            verify(g)

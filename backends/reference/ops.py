@@ -223,6 +223,18 @@ def reduce(x: Tensor, op: str, dims: tuple[int, ...], keepdim: bool = False) -> 
     return fn(x, dim=dims, keepdim=keepdim)
 
 
+def reduce_time(x: Tensor, attrs: dict[str, Any]) -> Tensor:
+    """``time_reduce`` over dim 0 of [T, B, ...]; ``order: "steps"`` adds left to right, as
+    the model's loop did (torch's ``x.sum(0)`` adds in another order: other bits from T=5)."""
+    if attrs.get("order") != "steps":
+        return reduce(x, attrs["op"], (0,))
+    steps = x.unbind(0)
+    acc = steps[0] + 0.0  # the loop's 0 + x_0 (which makes a -0.0 a 0.0, as it does)
+    for xt in steps[1:]:
+        acc = acc + xt
+    return acc
+
+
 def _reduce(attrs: dict[str, Any], p: Params, ins: list[Tensor], lead: int) -> Tensor:
     dims = tuple(int(d) + lead for d in attrs["dims"])
     return reduce(ins[0], attrs["op"], dims, bool(attrs["keepdim"]))

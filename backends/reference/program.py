@@ -49,7 +49,7 @@ from snncc.ir.passes.drop_noops import dropped_dropout
 from snncc.ir.schedule import groups_of
 from snncc.ir.static import static_nodes, time_steps
 
-from .ops import LEAD_OPS, ROW_OPS, apply_steps, batchnorm, fold_bn, reduce
+from .ops import LEAD_OPS, ROW_OPS, apply_steps, batchnorm, fold_bn, reduce_time
 
 Tensor = torch.Tensor
 
@@ -360,7 +360,7 @@ class ReferenceProgram:
         elif op == "repeat_time":  # the same value at every step (as torch broadcasts it)
             y = ins[0].unsqueeze(0).expand(ctx.T, *ins[0].shape)
         elif op == "time_reduce":
-            y = reduce(ins[0], attrs["op"], (0,))
+            y = reduce_time(ins[0], attrs)
         elif op in LEAD_OPS:
             y = LEAD_OPS[op](attrs, ctx.params(n), ins, lead)
         elif op == "dropout":
