@@ -776,7 +776,7 @@ class Converter:
             elif node.op in ("call_function", "call_method"):
                 self.env[node] = self._call_function(node)
             else:  # get_attr: a parameter the model's code uses itself (F.linear(x, self.w))
-                self.env[node] = ParamRef(str(node.target), _fetch_attr(self.gm, str(node.target)))
+                self.env[node] = _attribute(self.model, self.gm, str(node.target))
         return self.graph
 
     def _placeholder(self, node: fx.Node) -> None:
@@ -1282,6 +1282,32 @@ def _record_meta(gm: fx.GraphModule, model_view: str, mode: Any) -> None:
                 raise
             except Exception:  # noqa: BLE001 - the conversion names the child that cannot run
                 pass
+
+
+def _attribute(model: nn.Module, gm: fx.GraphModule, target: str) -> ParamRef | float | int:
+    """A tensor the model's code reads from an attribute: a parameter or buffer by name, or,
+    for a 0-dim tensor that is neither (``self.scale = torch.tensor(0.0)``: not in the
+    state_dict, so a constant of the model), its number, which torch multiplies or adds as
+    it does the Python number (a 0-dim tensor takes part in type promotion as a scalar).
+    The model says which it is: fx's copy registers every plain tensor as a buffer."""
+    tensor = _fetch_attr(gm, target)
+    owner_path, _, attr = target.rpartition(".")
+    try:
+        owner = model.get_submodule(owner_path) if owner_path else model
+    except AttributeError:
+        owner = None
+    if (
+        isinstance(tensor, torch.Tensor)
+        and tensor.dim() == 0
+        and not is_fake(tensor)
+        and owner is not None
+        and attr not in owner._parameters
+        and attr not in owner._buffers
+        and not tensor.requires_grad
+        and (tensor.is_floating_point() or tensor.dtype in (torch.int32, torch.int64))
+    ):
+        return tensor.item()
+    return ParamRef(target, tensor)
 
 
 def _drops_input_state(module: nn.Module) -> bool:

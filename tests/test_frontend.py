@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+import snncc
 import snncc.nn as snn
 from snncc.errors import ShapeError, UnsupportedError
 from snncc.frontend import SUPPORTED, trace
@@ -960,3 +961,32 @@ def test_a_framework_neuron_compiles_on_its_own(name: str) -> None:
     assert want.sum() > 0, "the input must make the neuron fire"
     assert torch.equal(got, want)
     assert set(dict(cm.to_torch().named_parameters())) == set(dict(module.named_parameters()))
+
+
+class _Scaled(nn.Module):
+    """A 0-dim tensor kept as a plain attribute (SNASNet's zero op), or as a buffer."""
+
+    def __init__(self, buffer: bool) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+        self.sn = neuron.IFNode(step_mode="m")
+        if buffer:
+            self.register_buffer("gain", torch.tensor(0.5))
+        else:
+            self.gain = torch.tensor(0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.sn(self.fc(x)) * self.gain + self.gain
+
+
+def test_a_plain_0_dim_tensor_attribute_is_a_constant() -> None:
+    """Not in the state_dict, so a constant of the model: a scale like the Python number (torch
+    promotes a 0-dim tensor as a scalar). A buffer is state, read directly: still refused."""
+    x = torch.rand(3, 2, 4) * 3
+    model = _Scaled(buffer=False)
+    g = trace(model, x)
+    assert [g.attrs(n)["value"] for n in g.iter_ops("scale")] == [0.5]
+    assert [g.attrs(n)["value"] for n in g.iter_ops("add_scalar")] == [0.5]
+    with torch.no_grad():
+        assert torch.equal(snncc.compile(model, x)(x), model(x))
+    assert "'gain'" in _error(_Scaled(buffer=True), x)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -46,6 +47,7 @@ from spikingjelly.activation_based.model import (  # noqa: E402
     parametric_lif_net,
     qkformer,
     sew_resnet,
+    snas_net,
     spike_driven_transformer,
     spikformer,
     spiking_resnet,
@@ -247,6 +249,23 @@ def _norse_vgg(batch_norm: bool) -> Case:
     return Case(model, _image(8, B, 3, 28, 28), _call, (norse.LIF,))
 
 
+def _snasnet() -> Case:
+    """SNASNet (``activation_based.model.snas_net``): single-step neurons in its own loop over
+    a static image, summing the readout over the steps (``acc_voltage += ...``), then
+    ``AvgPool1d``; its searched cell with every op kind, the zero op (``ScaleLayer``, a
+    0-dim tensor attribute) among them. At 8x8 pixels: the classifier's input narrowed."""
+    torch.manual_seed(0)
+    args = SimpleNamespace(
+        timestep=T + 1, second_avgpooling=2, dataset="cifar10", celltype="forward",
+        threshold=1.0, tau=2.0,
+    )  # fmt: skip
+    cell = torch.tensor([[0, 3, 0, 1], [0, 0, 2, 4], [0, 0, 0, 2], [0, 0, 0, 0]])
+    model = snas_net.SNASNet(args, cell)
+    model.classifier[1] = nn.Linear(512 * 2 * 2, 1024, bias=False)
+    _randomise(model, 1, 2.5)
+    return Case(model, _image(B, 3, 8, 8), _sj_run, SJ_NEURONS)
+
+
 def _spikformer() -> nn.Module:
     return spikformer.Spikformer(
         T=T,
@@ -337,6 +356,7 @@ ZOO: dict[str, Callable[[], Case]] = {
     "norse.ConvNet": lambda: _norse(ConvNet(), _image(4, B, 1, 28, 28), 8.0),
     "norse.ConvNet4": lambda: _norse(ConvNet4(), _image(4, B, 1, 28, 28), 8.0),
     "norse.vgg_bn": lambda: _norse_vgg(batch_norm=True),
+    "sj.snasnet": _snasnet,
 }
 
 #: the largest models (VGG's 512*7*7 x 4096 classifier, ResNet-34's depth): about a third of
@@ -345,7 +365,13 @@ SLOW = frozenset({"sj.spiking_vgg11", "sj.spiking_vgg11_bn", "sj.spiking_resnet3
 NAMES = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in sorted(ZOO)]
 
 #: the models with a gradient check (a Spikformer among them)
-GRADIENTS = ("sj.spikformer", "sj.qkformer", "sj.sew_resnet18_IAND", "snntorch.tutorial6")
+GRADIENTS = (
+    "sj.spikformer",
+    "sj.qkformer",
+    "sj.sew_resnet18_IAND",
+    "sj.snasnet",
+    "snntorch.tutorial6",
+)
 
 # --------------------------------------------------------------------------- helpers
 
