@@ -715,6 +715,18 @@ def _check_inits(lp: _Loop) -> None:
                     f"{_what(lp.gm, n)} starts a sum over the loop's steps from "
                     f"{_what(lp.gm, node)}, which is not zero; supported: a sum from 0 or zeros"
                 )
+            added = lp.sums[n][1].meta.get("snncc_fake")
+            if (
+                added is None
+                or value.dtype != added.dtype
+                or (torch.broadcast_shapes(value.shape, added.shape) != added.shape)
+            ):
+                got = f"{str(value.dtype).removeprefix('torch.')}{list(value.shape)}"
+                raise UnsupportedError(
+                    f"{_what(lp.gm, n)} starts a sum over the loop's steps from zeros of "
+                    f"{got}, which would change what it adds; supported: 0, or zeros of the "
+                    "added values' dtype that broadcast to their shape"
+                )
         for n, name, node in lp.inits:
             try:
                 value = _eval_static(lp.gm, node, cache)

@@ -822,6 +822,8 @@ class _Loop(nn.Module):
         s = None
         out = []
         acc = torch.ones(2, 4) if k == "sum_not_zero" else 0
+        if k == "sum_f64":
+            acc = torch.zeros(2, 4, dtype=torch.float64)
         steps = 2 if k == "count" else x.size(0)
         for step in range(steps):
             cur = self.fc(x[step])
@@ -846,7 +848,7 @@ class _Loop(nn.Module):
             out.append(spk)
         if k == "sum_mixed":
             return acc + spk
-        if k == "sum_not_zero":
+        if k in ("sum_not_zero", "sum_f64"):
             return acc
         if k == "last":
             return spk
@@ -871,6 +873,7 @@ class _Loop(nn.Module):
         ("sum_inside", ["reads the sum", "while the loop still adds to it"]),
         ("sum_mixed", ["combines a sum accumulated over the loop's steps with", "of one step"]),
         ("sum_not_zero", ["starts a sum over the loop's steps from", "not zero"]),
+        ("sum_f64", ["from zeros of float64[2, 4]", "the added values' dtype"]),
     ],
 )
 def test_time_loop_errors(kind: str, words: list[str]) -> None:
