@@ -335,6 +335,11 @@ def _flatten_module(call: Call, m: nn.Module) -> int:
     return convert_flatten(call, m)
 
 
+@register_module(nn.Unflatten, "torch.nn.Unflatten")
+def _unflatten_module(call: Call, m: nn.Module) -> int:
+    return _reshape(call)  # the recorded shapes say what it made (time and batch kept)
+
+
 @register_module(nn.Dropout, "torch.nn.Dropout")
 def _dropout(call: Call, m: nn.Module) -> int:
     # torch draws a fresh mask on every call and element: never shared over time
@@ -465,8 +470,12 @@ def _flatten_fn(call: Call) -> int:
     return flatten(call, x, int(call.arg(1, "start_dim", 0)), int(call.arg(2, "end_dim", -1)))
 
 
-@register_function((torch.reshape, "torch.reshape"), (torch.squeeze, "torch.squeeze"))
-@register_method("view", "reshape", "squeeze")
+@register_function(
+    (torch.reshape, "torch.reshape"),
+    (torch.squeeze, "torch.squeeze"),
+    (torch.unflatten, "torch.unflatten"),
+)
+@register_method("view", "reshape", "squeeze", "unflatten")
 def _reshape(call: Call) -> int:
     """reshape/view, read from the recorded shapes: time and batch must stay in front, unchanged."""
     x = call.inputs[0] if call.inputs else None
