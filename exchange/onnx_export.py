@@ -106,6 +106,7 @@ ONNX_OPS = frozenset(
         "Constant",
         "ConstantOfShape",
         "Conv",
+        "ConvTranspose",
         "Div",
         "Equal",
         "Erf",
@@ -666,6 +667,32 @@ class _Exporter:
 
     def op_conv2d(self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str]) -> str:
         return self._conv(sc, nid, attrs, ins, 2)
+
+    def _conv_transpose(
+        self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str], n: int
+    ) -> str:
+        w, b = self._weight_bias(sc, nid, attrs)
+        pads = _as_n(attrs["padding"], n)
+        return sc.op(
+            "ConvTranspose",
+            [ins[0], w] + ([b] if b else []),
+            kernel_shape=list(self.param_shape(nid, "weight")[2:]),
+            strides=_as_n(attrs["stride"], n),
+            dilations=_as_n(attrs["dilation"], n),
+            output_padding=_as_n(attrs["output_padding"], n),
+            pads=pads + pads,
+            group=int(attrs["groups"]),
+        )
+
+    def op_conv_transpose1d(
+        self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str]
+    ) -> str:
+        return self._conv_transpose(sc, nid, attrs, ins, 1)
+
+    def op_conv_transpose2d(
+        self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str]
+    ) -> str:
+        return self._conv_transpose(sc, nid, attrs, ins, 2)
 
     def op_batchnorm(self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str]) -> str:
         if attrs.get("training"):

@@ -358,6 +358,14 @@ def _conv2d(call: Call, m: nn.Module) -> int:
     return tnn.convert_conv(_wrapper_view(call, m), m, 2)
 
 
+def _conv_transpose1d(call: Call, m: nn.Module) -> int:
+    return tnn.convert_conv_transpose(_wrapper_view(call, m), m, 1)
+
+
+def _conv_transpose2d(call: Call, m: nn.Module) -> int:
+    return tnn.convert_conv_transpose(_wrapper_view(call, m), m, 2)
+
+
 def _bn1d(call: Call, m: nn.Module) -> int:
     return tnn.convert_batchnorm(_wrapper_view(call, m), m, 1)
 
@@ -579,6 +587,8 @@ if sj_base is not None:
         (sj_layer.Linear, _linear),
         (sj_layer.Conv1d, _conv1d),
         (sj_layer.Conv2d, _conv2d),
+        (sj_layer.ConvTranspose1d, _conv_transpose1d),
+        (sj_layer.ConvTranspose2d, _conv_transpose2d),
         (sj_layer.BatchNorm1d, _bn1d),
         (sj_layer.BatchNorm2d, _bn2d),
         (sj_layer.AvgPool2d, _avgpool2d),

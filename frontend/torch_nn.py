@@ -111,6 +111,28 @@ def convert_conv(call: Call, m: nn.Module, nd: int) -> int:
     return call.emit(f"conv{nd}d", [x], attrs=attrs, params=params)
 
 
+def convert_conv_transpose(call: Call, m: nn.Module, nd: int) -> int:
+    """``ConvTranspose1d/2d``. Its ``output_size`` argument (a forward argument, not the
+    module's) is refused by the module-call check: the module alone fixes its output."""
+    x = one_input(call)
+    if m.padding_mode != "zeros":
+        raise call.unsupported(
+            f"padding_mode={m.padding_mode!r} is not supported; supported: 'zeros'"
+        )
+    _per_step_rank(call, x, (nd + 2,), "[B, C, L]" if nd == 1 else "[B, C, H, W]")
+    attrs = {
+        "stride": _ntuple(m.stride, nd),
+        "padding": _ntuple(m.padding, nd),
+        "output_padding": _ntuple(m.output_padding, nd),
+        "dilation": _ntuple(m.dilation, nd),
+        "groups": int(m.groups),
+    }
+    params = {"weight": call.param(m, "weight")}
+    if m.bias is not None:
+        params["bias"] = call.param(m, "bias")
+    return call.emit(f"conv_transpose{nd}d", [x], attrs=attrs, params=params)
+
+
 # --------------------------------------------------------------------------- normalisation
 
 
@@ -288,6 +310,16 @@ def _conv1d(call: Call, m: nn.Module) -> int:
 @register_module(nn.Conv2d, "torch.nn.Conv2d", per_step_only=True)
 def _conv2d(call: Call, m: nn.Module) -> int:
     return convert_conv(call, m, 2)
+
+
+@register_module(nn.ConvTranspose1d, "torch.nn.ConvTranspose1d", per_step_only=True)
+def _conv_transpose1d(call: Call, m: nn.Module) -> int:
+    return convert_conv_transpose(call, m, 1)
+
+
+@register_module(nn.ConvTranspose2d, "torch.nn.ConvTranspose2d", per_step_only=True)
+def _conv_transpose2d(call: Call, m: nn.Module) -> int:
+    return convert_conv_transpose(call, m, 2)
 
 
 @register_module(nn.BatchNorm1d, "torch.nn.BatchNorm1d", per_step_only=True)
@@ -1020,6 +1052,35 @@ def _conv1d_fn(call: Call) -> int:
 @register_function((F.conv2d, "F.conv2d"), params=True)
 def _conv2d_fn(call: Call) -> int:
     return _conv_fn(call, 2)
+
+
+def _conv_transpose_fn(call: Call, nd: int) -> int:
+    """F.conv_transpose{nd}d(input, weight, bias, stride, padding, output_padding, groups,
+    dilation): torch's argument order, which differs from F.conv's."""
+    x = _row_view(call, f"F.conv_transpose{nd}d")
+    _per_step_rank(call, x, (nd + 2,), "[B, C, L]" if nd == 1 else "[B, C, H, W]")
+    attrs = {
+        "stride": _ntuple(call.arg(3, "stride", 1), nd),
+        "padding": _ntuple(call.arg(4, "padding", 0), nd),
+        "output_padding": _ntuple(call.arg(5, "output_padding", 0), nd),
+        "dilation": _ntuple(call.arg(7, "dilation", 1), nd),
+        "groups": int(call.arg(6, "groups", 1)),
+    }
+    params = {"weight": _param(call, call.arg(1, "weight"), "weight")}
+    bias = _param(call, call.arg(2, "bias", None), "bias")
+    if bias is not None:
+        params["bias"] = bias
+    return call.emit(f"conv_transpose{nd}d", [x], attrs=attrs, params=params)  # type: ignore[arg-type]
+
+
+@register_function((F.conv_transpose1d, "F.conv_transpose1d"), params=True)
+def _conv_transpose1d_fn(call: Call) -> int:
+    return _conv_transpose_fn(call, 1)
+
+
+@register_function((F.conv_transpose2d, "F.conv_transpose2d"), params=True)
+def _conv_transpose2d_fn(call: Call) -> int:
+    return _conv_transpose_fn(call, 2)
 
 
 @register_function((F.max_pool2d, "F.max_pool2d"))

@@ -172,6 +172,10 @@ def node_cost(graph: Graph, n: int) -> NodeCost:
         w = graph.param(n, "weight")
         per_out = math.prod(w.shape[1:])
         return NodeCost(2.0 * out * per_out + out, io, _param_bytes(graph, n), 0, F32 * out, 1)
+    if op in ("conv_transpose1d", "conv_transpose2d"):  # each input element meets C_out/g * k
+        w = graph.param(n, "weight")
+        per_in = math.prod(w.shape[1:])
+        return NodeCost(2.0 * sum(ins) * per_in + out, io, _param_bytes(graph, n), 0, F32 * out, 1)
     if op == "neuron":
         from snncc.ir.neuron import NeuronSpec
         from snncc.ir.neurons import build

@@ -21,6 +21,9 @@ conv1d, conv2d      torch conv; attrs stride, padding, dilation, groups
                     bn_eps)``, ``W' = W * s`` per output channel, ``b' = (b -
                     bn_mean) * s + bn_bias``) so parameters stay keyed by the
                     source state_dict names and gradients reach the originals.
+conv_transpose1d,   torch conv_transpose (a convolution's adjoint: decoders,
+conv_transpose2d    upsampling); attrs stride, padding, output_padding, dilation,
+                    groups; weight [C_in, C_out / groups, k...]
 batchnorm           torch batch_norm; attrs eps, momentum, training
                     (training=True normalises with batch statistics over T*B
                     for a multi-step source, over B for a single-step source:
@@ -84,7 +87,7 @@ neuron              stateful; attrs neuron (NeuronSpec.to_dict()); params by
                     below); their ``add`` ports come after the form's own.
 =================== =============================================================
 
-Rows as the source computed them: a ``linear``, ``conv1d`` or ``conv2d`` may carry
+Rows as the source computed them: a ``linear`` or a convolution may carry
 ``attrs.source_rows = "step"``: the source ran it on one step's B rows per call (a
 Norse ``Lift`` or a SpikingJelly ``MultiStepContainer`` inside a multi-step model), and
 a GEMM's last bits can depend on how many rows it sees. Backends that promise the
@@ -112,7 +115,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 #: ops whose bits can depend on the rows per call (see "Rows as the source computed them")
-SOURCE_ROWS_OPS = frozenset({"linear", "conv1d", "conv2d"})
+SOURCE_ROWS_OPS = frozenset({"linear", "conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d"})
 #: what ``reduce`` / ``time_reduce`` compute (torch's names)
 REDUCTIONS = ("sum", "mean", "amax", "amin")
 #: the functions of ``activation``
@@ -132,6 +135,7 @@ class OpDef:
 
 
 _CONV_ATTRS = ("stride", "padding", "dilation", "groups")
+_CONVT_ATTRS = ("stride", "padding", "output_padding", "dilation", "groups")
 _BN_FOLD = ("bn_weight", "bn_bias", "bn_mean", "bn_var")
 
 OPS: dict[str, OpDef] = {
@@ -142,6 +146,8 @@ OPS: dict[str, OpDef] = {
         OpDef("linear", 1, 1, (), ("weight",), ("bias", *_BN_FOLD)),
         OpDef("conv1d", 1, 1, _CONV_ATTRS, ("weight",), ("bias", *_BN_FOLD)),
         OpDef("conv2d", 1, 1, _CONV_ATTRS, ("weight",), ("bias", *_BN_FOLD)),
+        OpDef("conv_transpose1d", 1, 1, _CONVT_ATTRS, ("weight",), ("bias",)),
+        OpDef("conv_transpose2d", 1, 1, _CONVT_ATTRS, ("weight",), ("bias",)),
         OpDef(
             "batchnorm",
             1,

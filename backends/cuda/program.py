@@ -632,7 +632,7 @@ def fp32_op_kinds(graph: Graph) -> tuple[str, ...]:
     kinds = []
     if "linear" in ops:
         kinds.append("gemm")
-    if ops & {"conv1d", "conv2d"}:
+    if ops & {"conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d"}:
         kinds.append("conv")
     return tuple(kinds)
 

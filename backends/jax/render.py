@@ -252,7 +252,7 @@ class Renderer:
         """How node ``n``'s parameters are prepared once per call (BN fold, PLIF k)."""
         op = self.g.op(n)
         refs = {r: self.param_ref(n, r) for r in self.g.node(n)["params"]}
-        if op in ("linear", "conv1d", "conv2d"):
+        if op in ("linear", "conv1d", "conv2d", "conv_transpose1d", "conv_transpose2d"):
             fold = all(refs.get(r) for r in ("bn_mean", "bn_var"))
             if any(r.startswith("bn_") for r in refs) and not fold:
                 raise IRError(
@@ -345,6 +345,12 @@ class Renderer:
                 "dilation": lit(dil),
                 "groups": lit(int(a["groups"])),
             }
+        if op in ("conv_transpose1d", "conv_transpose2d"):
+            nd = 1 if op == "conv_transpose1d" else 2
+            return {
+                k: lit(runtime._tuple(a[k], nd))
+                for k in ("stride", "padding", "output_padding", "dilation")
+            } | {"groups": lit(int(a["groups"]))}
         if op == "batchnorm":
             training = bool(a.get("training", False))
             stats = a.get("stats", "sequence")

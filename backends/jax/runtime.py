@@ -286,6 +286,48 @@ def conv(
     return y + b.reshape((1, -1) + (1,) * (x.ndim - 2))
 
 
+def conv_transpose(
+    x: jax.Array,
+    w: jax.Array,
+    b: jax.Array | None,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    output_padding: Sequence[int],
+    dilation: Sequence[int],
+    groups: int,
+) -> jax.Array:
+    """torch conv_transpose1d/2d (NC[H]W input, weight [C_in, C_out / groups, k...]).
+
+    A transposed convolution is the convolution of the input dilated by the stride with the
+    kernel flipped and its channel axes swapped (per group), padded by ``d * (k - 1) - p``
+    on both sides plus ``output_padding`` at the end."""
+    nd = x.ndim - 2
+    spatial = "HW"[-nd:]
+    kernel = tuple(int(k) for k in w.shape[2:])
+    c_in, c_out_g = int(w.shape[0]), int(w.shape[1])
+    wg = w.reshape((groups, c_in // groups, c_out_g) + kernel)
+    wg = jnp.swapaxes(wg, 1, 2).reshape((groups * c_out_g, c_in // groups) + kernel)
+    wf = jnp.flip(wg, axis=tuple(range(2, 2 + nd)))
+    pads = [
+        (d * (k - 1) - p, d * (k - 1) - p + op)
+        for k, p, op, d in zip(kernel, padding, output_padding, dilation)
+    ]
+    y = lax.conv_general_dilated(
+        x,
+        wf,
+        window_strides=(1,) * nd,
+        padding=pads,
+        lhs_dilation=tuple(stride),
+        rhs_dilation=tuple(dilation),
+        dimension_numbers=("NC" + spatial, "OI" + spatial, "NC" + spatial),
+        feature_group_count=groups,
+        precision=HIGHEST,
+    )
+    if b is None:
+        return y
+    return y + b.reshape((1, -1) + (1,) * nd)
+
+
 def fold_bn(
     w: jax.Array,
     b: jax.Array | None,

@@ -83,6 +83,18 @@ def _conv2d(attrs: dict[str, Any], p: Params, ins: list[Tensor]) -> Tensor:
     return F.conv2d(ins[0], p["weight"], p.get("bias"), **_conv_args(attrs))
 
 
+def _conv_transpose_args(attrs: dict[str, Any]) -> dict[str, Any]:
+    return {**_conv_args(attrs), "output_padding": attrs["output_padding"]}
+
+
+def _conv_transpose1d(attrs: dict[str, Any], p: Params, ins: list[Tensor]) -> Tensor:
+    return F.conv_transpose1d(ins[0], p["weight"], p.get("bias"), **_conv_transpose_args(attrs))
+
+
+def _conv_transpose2d(attrs: dict[str, Any], p: Params, ins: list[Tensor]) -> Tensor:
+    return F.conv_transpose2d(ins[0], p["weight"], p.get("bias"), **_conv_transpose_args(attrs))
+
+
 def batchnorm(attrs: dict[str, Any], p: Params, ins: list[Tensor], training: bool) -> Tensor:
     """torch batch_norm; in training mode statistics are over the rows given, running stats updated in place."""
     momentum = attrs["momentum"]
@@ -145,6 +157,8 @@ ROW_OPS: dict[str, RowFn] = {
     "linear": _linear,
     "conv1d": _conv1d,
     "conv2d": _conv2d,
+    "conv_transpose1d": _conv_transpose1d,
+    "conv_transpose2d": _conv_transpose2d,
     "avgpool2d": _avgpool2d,
     "maxpool2d": _maxpool2d,
     "adaptive_avgpool2d": _adaptive_avgpool2d,

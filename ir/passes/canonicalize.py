@@ -43,6 +43,8 @@ from snncc.ir.passes.temporal_fusion import clear_schedule
 _WINDOW_ATTRS = {
     "conv1d": (1, ("stride", "padding", "dilation")),
     "conv2d": (2, ("stride", "padding", "dilation")),
+    "conv_transpose1d": (1, ("stride", "padding", "output_padding", "dilation")),
+    "conv_transpose2d": (2, ("stride", "padding", "output_padding", "dilation")),
     "avgpool2d": (2, ("kernel_size", "stride", "padding")),
     "maxpool2d": (2, ("kernel_size", "stride", "padding", "dilation")),
 }

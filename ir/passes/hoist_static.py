@@ -29,6 +29,8 @@ _ROW_WISE = frozenset(
         "batchnorm",
         "conv1d",
         "conv2d",
+        "conv_transpose1d",
+        "conv_transpose2d",
         "dropout",
         "flatten",
         "identity",
