@@ -71,6 +71,7 @@ from snncc.ir import expr as E
 from snncc.ir.graph import Edge, Graph
 from snncc.ir.neuron import FORMS, NeuronSpec
 from snncc.ir.neurons import NeuronGraph, build
+from snncc.ir.resample import nearest_indices
 from snncc.ir.safe_files import replaced_on_success
 from snncc.ir.static import static_nodes, time_steps
 
@@ -107,6 +108,7 @@ ONNX_OPS = frozenset(
         "ConstantOfShape",
         "Conv",
         "ConvTranspose",
+        "Gather",
         "Div",
         "Equal",
         "Erf",
@@ -693,6 +695,16 @@ class _Exporter:
         self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str]
     ) -> str:
         return self._conv_transpose(sc, nid, attrs, ins, 2)
+
+    def op_upsample_nearest(
+        self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str]
+    ) -> str:
+        """Gathers along each spatial dim, from the indices torch reads (ir.resample)."""
+        shape = self.shape(self.g.inputs(nid)[0])
+        y = ins[0]
+        for d, m in enumerate(nearest_indices(shape[2:], attrs["size"], attrs.get("scale_factor"))):
+            y = sc.op("Gather", [y, sc.ints(m)], axis=2 + d)
+        return y
 
     def op_batchnorm(self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str]) -> str:
         if attrs.get("training"):

@@ -264,6 +264,36 @@ def convert_adaptive_avgpool1d(call: Call, m: nn.AdaptiveAvgPool1d) -> int:
     return pool1d_as_2d(call, one_input(call), "adaptive_avgpool2d", attrs)
 
 
+def upsample_nearest(
+    call: Call, x: Value, size: Any, scale_factor: Any, mode: str, recompute: Any
+) -> int:
+    """``F.interpolate`` / ``nn.Upsample`` in mode "nearest" over [B, C, L] or [B, C, H, W].
+
+    The scale_factor is kept where torch's kernel divides by it (it picks other source
+    elements than in / out would); ``recompute_scale_factor=True`` makes it use in / out."""
+    if mode != "nearest":
+        raise call.unsupported(f"mode={mode!r} is not supported; supported: 'nearest'")
+    _per_step_rank(call, x, (3, 4), "[B, C, L] or [B, C, H, W]")
+    nd = len(x.shape) - 2
+    out = [int(d) for d in call.out_shape[2:]]
+    sf = None
+    if scale_factor is not None and not recompute:
+        sf = [
+            float(s)
+            for s in (
+                scale_factor if isinstance(scale_factor, (tuple, list)) else [scale_factor] * nd
+            )
+        ]
+    return call.emit("upsample_nearest", [x], attrs={"size": out, "scale_factor": sf})
+
+
+def convert_upsample(call: Call, m: nn.Upsample) -> int:
+    if m.align_corners:
+        raise call.unsupported("align_corners=True is not supported (mode 'nearest' only)")
+    x = one_input(call)
+    return upsample_nearest(call, x, m.size, m.scale_factor, m.mode, m.recompute_scale_factor)
+
+
 # --------------------------------------------------------------------------- shape ops
 
 
@@ -365,6 +395,16 @@ def _adaptive_avgpool1d(call: Call, m: nn.Module) -> int:
 @register_module(nn.Flatten, "torch.nn.Flatten")
 def _flatten_module(call: Call, m: nn.Module) -> int:
     return convert_flatten(call, m)
+
+
+@register_module(nn.Upsample, "torch.nn.Upsample", per_step_only=True)
+def _upsample(call: Call, m: nn.Module) -> int:
+    return convert_upsample(call, m)
+
+
+@register_module(nn.UpsamplingNearest2d, "torch.nn.UpsamplingNearest2d", per_step_only=True)
+def _upsampling_nearest2d(call: Call, m: nn.Module) -> int:
+    return convert_upsample(call, m)
 
 
 @register_module(nn.Unflatten, "torch.nn.Unflatten")
@@ -1081,6 +1121,21 @@ def _conv_transpose1d_fn(call: Call) -> int:
 @register_function((F.conv_transpose2d, "F.conv_transpose2d"), params=True)
 def _conv_transpose2d_fn(call: Call) -> int:
     return _conv_transpose_fn(call, 2)
+
+
+@register_function((F.interpolate, "F.interpolate"))
+def _interpolate_fn(call: Call) -> int:
+    x = _row_view(call, "F.interpolate")
+    if call.arg(4, "align_corners", None) or call.arg(6, "antialias", False):
+        raise call.unsupported("align_corners and antialias are not supported (mode 'nearest')")
+    return upsample_nearest(
+        call,
+        x,
+        call.arg(1, "size", None),
+        call.arg(2, "scale_factor", None),
+        call.arg(3, "mode", "nearest"),
+        call.arg(5, "recompute_scale_factor", None),
+    )
 
 
 @register_function((F.max_pool2d, "F.max_pool2d"))

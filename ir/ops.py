@@ -32,6 +32,10 @@ avgpool2d           attrs kernel_size, stride, padding, ceil_mode,
                     count_include_pad, divisor_override
 maxpool2d           attrs kernel_size, stride, padding, dilation, ceil_mode
 adaptive_avgpool2d  attrs output_size
+upsample_nearest    torch ``F.interpolate(mode="nearest")`` over the last len(size)
+                    (1 or 2) dims: attrs size (the output's), scale_factor (the
+                    model's, which torch's kernel divides by, or None: in / out);
+                    which element each output reads: ``ir.resample``
 flatten             attrs start_dim, end_dim (per-step dims: 0 is batch)
 reshape             attrs shape (per-step, batch written as -1)
 dropout             attrs p, shared_over_time, training (eval: identity, drop_noops removes it)
@@ -147,6 +151,7 @@ OPS: dict[str, OpDef] = {
         OpDef("conv1d", 1, 1, _CONV_ATTRS, ("weight",), ("bias", *_BN_FOLD)),
         OpDef("conv2d", 1, 1, _CONV_ATTRS, ("weight",), ("bias", *_BN_FOLD)),
         OpDef("conv_transpose1d", 1, 1, _CONVT_ATTRS, ("weight",), ("bias",)),
+        OpDef("upsample_nearest", 1, 1, ("size",)),
         OpDef("conv_transpose2d", 1, 1, _CONVT_ATTRS, ("weight",), ("bias",)),
         OpDef(
             "batchnorm",

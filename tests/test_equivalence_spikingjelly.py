@@ -345,6 +345,77 @@ def test_transposed_convolution_decoder(mode: str) -> None:
     assert torch.equal(snncc.compile_graph(from_onnx(onnx_model))(x), ref)
 
 
+class Upsampling(nn.Module):
+    """Nearest upsampling every way a model asks for it: nn.Upsample (integer scale),
+    UpsamplingNearest2d (a size), F.interpolate with a fractional scale_factor (torch's kernel
+    divides by it) or recompute_scale_factor, and in 1-D; one output of every element."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 4, 3, padding=1)
+        self.sn = neuron.LIFNode()
+        self.up = nn.Upsample(scale_factor=2)
+        self.up_size = nn.UpsamplingNearest2d(size=(9, 13))
+        self.conv1d = nn.Conv1d(4, 3, 3)
+        self.sn1d = neuron.IFNode()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.sn(self.conv(x))
+        ups = [
+            self.up(y),
+            self.up_size(y),
+            F.interpolate(y, scale_factor=(1.3333, 2.5)),
+            F.interpolate(y, scale_factor=1.7, recompute_scale_factor=True),
+            F.interpolate(self.sn1d(self.conv1d(y.mean(2))), size=11),
+        ]
+        return torch.cat([u.flatten(1) for u in ups], dim=1)
+
+
+def test_nearest_upsampling() -> None:
+    """Reference and cpu bit for bit with gradients; jax and ONNX gather the elements torch
+    reads (ir.resample, from torch itself): bit for bit too, and the ONNX round trip."""
+    model = _build(Upsampling, "s", seed=13)
+    x = _input((4, 2, 2, 6, 6), scale=3.0)
+    _assert_exact(model, x, "s", binary=False)
+    ref = _sj_run(model, x, "s")
+    for backend in ("cpu", "jax"):
+        y = snncc.compile(model, x, backend=backend)(x)
+        y = y.detach().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
+        assert np.array_equal(y, ref.numpy()), backend
+    ort = pytest.importorskip("onnxruntime")
+    from snncc.exchange import from_onnx, to_onnx
+
+    onnx_model = to_onnx(snncc.trace(model, x))
+    sess = ort.InferenceSession(onnx_model.SerializeToString())
+    (y,) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    assert np.array_equal(y, ref.numpy())
+    assert torch.equal(snncc.compile_graph(from_onnx(onnx_model))(x), ref)
+
+
+@pytest.mark.parametrize("nd", [1, 2])
+def test_nearest_indices_are_torchs(nd: int) -> None:
+    """ir.resample's indices read the elements torch's own upsampling reads, sizes 1-17 to
+    1-40 and scale factors from 0.5 to 25 (2-D: the other dim held at 5)."""
+    from snncc.ir.resample import nearest_indices
+
+    for n_in in range(1, 18):
+        shape = (n_in,) if nd == 1 else (n_in, 5)
+        x = torch.arange(n_in, dtype=torch.float32).reshape(1, 1, *([n_in] + [1] * (nd - 1)))
+        x = x.expand(1, 1, *shape)
+        calls = [({"size": (o,) * 1 + (7,) * (nd - 1)}, None) for o in range(1, 41)]
+        calls += [
+            ({"scale_factor": (f,) + (1.5,) * (nd - 1)}, f) for f in (0.5, 1.3333, 1.7, 3, 25)
+        ]
+        for kw, _ in calls:
+            if "scale_factor" in kw and int(n_in * kw["scale_factor"][0]) < 1:
+                continue
+            want = F.interpolate(x, mode="nearest", **kw)[0, 0]
+            want = want[(slice(None),) + (0,) * (nd - 1)].long().tolist()
+            size = list(F.interpolate(x, mode="nearest", **kw).shape[2:])
+            got = nearest_indices(shape, size, kw.get("scale_factor"))[0]
+            assert got == want, (n_in, kw)
+
+
 class LoopOverSteps(nn.Module):
     """Single-step neurons driven by the model's own loop: over x[t] (stacked), or over a
     static image T times with the firing rate summed (``out_fr += ...``, SpikingJelly's

@@ -50,6 +50,7 @@ from snncc.ir.graph import Edge, Graph
 from snncc.ir.neuron import NeuronSpec
 from snncc.ir.neurons import NeuronGraph, build
 from snncc.ir.ops import ACTIVATIONS, OPS, REDUCTIONS
+from snncc.ir.resample import nearest_indices
 from snncc.ir.schedule import groups_of
 from snncc.ir.static import static_nodes, time_steps
 
@@ -345,6 +346,10 @@ class Renderer:
                 "dilation": lit(dil),
                 "groups": lit(int(a["groups"])),
             }
+        if op == "upsample_nearest":
+            shape = self.g.node(self.g.inputs(n)[0])["shape"]
+            maps = nearest_indices(shape[2:], a["size"], a.get("scale_factor"))
+            return {"maps": lit(tuple(tuple(m) for m in maps))}
         if op in ("conv_transpose1d", "conv_transpose2d"):
             nd = 1 if op == "conv_transpose1d" else 2
             return {

@@ -328,6 +328,14 @@ def conv_transpose(
     return y + b.reshape((1, -1) + (1,) * nd)
 
 
+def upsample_nearest(x: jax.Array, maps: Sequence[Sequence[int]]) -> jax.Array:
+    """torch's nearest upsampling as gathers: ``maps[d]`` is the source index of each
+    output element along spatial dim d (``snncc.ir.resample``, from torch itself)."""
+    for d, m in enumerate(maps):
+        x = jnp.take(x, jnp.asarray(m, dtype=jnp.int32), axis=2 + d)
+    return x
+
+
 def fold_bn(
     w: jax.Array,
     b: jax.Array | None,

@@ -95,6 +95,14 @@ def _conv_transpose2d(attrs: dict[str, Any], p: Params, ins: list[Tensor]) -> Te
     return F.conv_transpose2d(ins[0], p["weight"], p.get("bias"), **_conv_transpose_args(attrs))
 
 
+def _upsample_nearest(attrs: dict[str, Any], p: Params, ins: list[Tensor]) -> Tensor:
+    """As the model called it: with its scale_factor, torch's kernel divides by that."""
+    sf = attrs.get("scale_factor")
+    if sf is not None:
+        return F.interpolate(ins[0], scale_factor=list(sf), mode="nearest")
+    return F.interpolate(ins[0], size=list(attrs["size"]), mode="nearest")
+
+
 def batchnorm(attrs: dict[str, Any], p: Params, ins: list[Tensor], training: bool) -> Tensor:
     """torch batch_norm; in training mode statistics are over the rows given, running stats updated in place."""
     momentum = attrs["momentum"]
@@ -159,6 +167,7 @@ ROW_OPS: dict[str, RowFn] = {
     "conv2d": _conv2d,
     "conv_transpose1d": _conv_transpose1d,
     "conv_transpose2d": _conv_transpose2d,
+    "upsample_nearest": _upsample_nearest,
     "avgpool2d": _avgpool2d,
     "maxpool2d": _maxpool2d,
     "adaptive_avgpool2d": _adaptive_avgpool2d,

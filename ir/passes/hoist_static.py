@@ -31,6 +31,7 @@ _ROW_WISE = frozenset(
         "conv2d",
         "conv_transpose1d",
         "conv_transpose2d",
+        "upsample_nearest",
         "dropout",
         "flatten",
         "identity",
