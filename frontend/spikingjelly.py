@@ -596,6 +596,9 @@ if sj_base is not None:
         (sj_layer.Upsample, _upsample),
         (sj_layer.BatchNorm1d, _bn1d),
         (sj_layer.BatchNorm2d, _bn2d),
+        # tdBN: a BatchNorm over the folded T*B rows whose weight starts at alpha * v_th
+        (sj_layer.ThresholdDependentBatchNorm1d, _bn1d),
+        (sj_layer.ThresholdDependentBatchNorm2d, _bn2d),
         (sj_layer.AvgPool2d, _avgpool2d),
         (sj_layer.MaxPool2d, _maxpool2d),
         (sj_layer.AdaptiveAvgPool2d, _adaptive_avgpool2d),

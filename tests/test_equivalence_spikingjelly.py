@@ -249,6 +249,36 @@ def test_conv1d_batchnorm1d(mode: str) -> None:
     _assert_exact(model, _input((6, 3, 3, 7), scale=3.0), mode)
 
 
+def _tdbn_net():
+    """tdBN (Zheng et al., "Going Deeper With Directly-Trained Larger SNNs"), 2-D and 1-D."""
+    return nn.Sequential(
+        layer.Conv2d(2, 4, 3, padding=1),
+        layer.ThresholdDependentBatchNorm2d(1.0, 0.5, 4),
+        neuron.LIFNode(v_threshold=0.5),
+        layer.Flatten(),
+        layer.Linear(4 * 6 * 6, 6),
+        layer.ThresholdDependentBatchNorm1d(1.0, 1.0, 6),
+        neuron.IFNode(),
+    )
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_threshold_dependent_batchnorm(training: bool) -> None:
+    """A BatchNorm over T*B (multi-step only): eval with its running statistics, training
+    with the batch's, statistics over the whole sequence as SpikingJelly takes them."""
+    model = _build(_tdbn_net, "m", seed=14)
+    x = _input((4, 2, 2, 6, 6), scale=3.0)
+    if not training:
+        _assert_exact(model, x, "m")
+        return
+    model.train()
+    cm = snncc.compile(model, x, backend="cpu")
+    assert [cm.ir.attrs(n)["stats"] for n in cm.ir.iter_ops("batchnorm")] == ["sequence"] * 2
+    functional.reset_net(model)
+    ref = model(x)
+    assert torch.equal(cm(x), ref) and 0 < float(ref.mean()) < 1
+
+
 def _pool1d_net():
     return nn.Sequential(
         layer.Conv1d(3, 6, 5, padding=2),
