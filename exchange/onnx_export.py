@@ -109,6 +109,7 @@ ONNX_OPS = frozenset(
         "Conv",
         "ConvTranspose",
         "Gather",
+        "Pad",
         "Div",
         "Equal",
         "Erf",
@@ -695,6 +696,16 @@ class _Exporter:
         self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str]
     ) -> str:
         return self._conv_transpose(sc, nid, attrs, ins, 2)
+
+    def op_pad(self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str]) -> str:
+        """ONNX Pad: every dim's begins, then every dim's ends (batch-first rows)."""
+        rank = len(self.shape(self.g.inputs(nid)[0]))
+        begin, end = [0] * rank, [0] * rank
+        pads = [int(p) for p in attrs["pads"]]
+        for k in range(len(pads) // 2):
+            begin[rank - 1 - k], end[rank - 1 - k] = pads[2 * k], pads[2 * k + 1]
+        value = sc.scalar(float(attrs["value"]))
+        return sc.op("Pad", [ins[0], sc.ints(begin + end), value], mode="constant")
 
     def op_upsample_nearest(
         self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str]

@@ -287,6 +287,22 @@ def upsample_nearest(
     return call.emit("upsample_nearest", [x], attrs={"size": out, "scale_factor": sf})
 
 
+def constant_pad(call: Call, x: Value, pads: Any, value: Any, mode: str = "constant") -> int:
+    """``F.pad`` in mode "constant" (ZeroPad / ConstantPad): pairs from the last dim back."""
+    if mode != "constant":
+        raise call.unsupported(f"mode={mode!r} is not supported; supported: 'constant'")
+    pads = [int(p) for p in pads]
+    if len(pads) % 2 or len(pads) // 2 > len(x.shape) - 1:
+        raise call.unsupported(
+            f"pads {pads} reach the batch dim of a per-step [B, ...] value; snncc pads only "
+            "the per-sample dims"
+        )
+    if any(p < 0 for p in pads):
+        raise call.unsupported(f"negative pads {pads} (cropping) are not supported")
+    value = 0.0 if value is None else float(value)
+    return call.emit("pad", [x], attrs={"pads": pads, "value": value})
+
+
 def convert_upsample(call: Call, m: nn.Upsample) -> int:
     if m.align_corners:
         raise call.unsupported("align_corners=True is not supported (mode 'nearest' only)")
@@ -405,6 +421,14 @@ def _upsample(call: Call, m: nn.Module) -> int:
 @register_module(nn.UpsamplingNearest2d, "torch.nn.UpsamplingNearest2d", per_step_only=True)
 def _upsampling_nearest2d(call: Call, m: nn.Module) -> int:
     return convert_upsample(call, m)
+
+
+def _pad_module(call: Call, m: nn.Module) -> int:
+    return constant_pad(call, one_input(call), m.padding, m.value)
+
+
+for _pad_cls in (nn.ZeroPad1d, nn.ZeroPad2d, nn.ConstantPad1d, nn.ConstantPad2d):
+    register_module(_pad_cls, f"torch.nn.{_pad_cls.__name__}", per_step_only=True)(_pad_module)
 
 
 @register_module(nn.Unflatten, "torch.nn.Unflatten")
@@ -1121,6 +1145,14 @@ def _conv_transpose1d_fn(call: Call) -> int:
 @register_function((F.conv_transpose2d, "F.conv_transpose2d"), params=True)
 def _conv_transpose2d_fn(call: Call) -> int:
     return _conv_transpose_fn(call, 2)
+
+
+@register_function((F.pad, "F.pad"))
+def _pad_fn(call: Call) -> int:
+    x = _row_view(call, "F.pad")
+    return constant_pad(
+        call, x, call.arg(1, "pad"), call.arg(3, "value", None), call.arg(2, "mode", "constant")
+    )
 
 
 @register_function((F.interpolate, "F.interpolate"))

@@ -32,6 +32,8 @@ avgpool2d           attrs kernel_size, stride, padding, ceil_mode,
                     count_include_pad, divisor_override
 maxpool2d           attrs kernel_size, stride, padding, dilation, ceil_mode
 adaptive_avgpool2d  attrs output_size
+pad                 torch ``F.pad(x, pads, value=value)`` in mode "constant": pads
+                    pairs (low, high) from the last dim backwards, never the batch
 upsample_nearest    torch ``F.interpolate(mode="nearest")`` over the last len(size)
                     (1 or 2) dims: attrs size (the output's), scale_factor (the
                     model's, which torch's kernel divides by, or None: in / out);
@@ -152,6 +154,7 @@ OPS: dict[str, OpDef] = {
         OpDef("conv2d", 1, 1, _CONV_ATTRS, ("weight",), ("bias", *_BN_FOLD)),
         OpDef("conv_transpose1d", 1, 1, _CONVT_ATTRS, ("weight",), ("bias",)),
         OpDef("upsample_nearest", 1, 1, ("size",)),
+        OpDef("pad", 1, 1, ("pads", "value")),
         OpDef("conv_transpose2d", 1, 1, _CONVT_ATTRS, ("weight",), ("bias",)),
         OpDef(
             "batchnorm",

@@ -15,6 +15,8 @@ autograd within ``GRAD_RTOL`` plus 64 fp32 ulps of each tensor's largest entry.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -420,6 +422,61 @@ def test_nearest_upsampling() -> None:
     (y,) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
     assert np.array_equal(y, ref.numpy())
     assert torch.equal(snncc.compile_graph(from_onnx(onnx_model))(x), ref)
+
+
+class Padded(nn.Module):
+    """Constant padding: ZeroPad2d before a valid convolution, ConstantPad1d, ZeroPad1d and
+    ConstantPad2d stacked, and F.pad of a channel dim with a value."""
+
+    def __init__(self, bad: str = "") -> None:
+        super().__init__()
+        self.bad = bad
+        self.pad = nn.ZeroPad2d((1, 2, 0, 1))
+        self.conv = nn.Conv2d(2, 4, 3)
+        self.sn = neuron.LIFNode()
+        self.pad1d = nn.ConstantPad1d((2, 1), -0.5)
+        self.zero1d = nn.ZeroPad1d(1)
+        self.const2d = nn.ConstantPad2d(1, 0.25)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.sn(self.conv(self.pad(x)))
+        if self.bad == "mode":
+            y = F.pad(y, (1, 1, 1, 1), mode="replicate")
+        elif self.bad == "negative":
+            y = F.pad(y, (-1, 0))
+        elif self.bad == "batch":
+            y = F.pad(y, (1, 1) * 4)
+        parts = [
+            self.pad1d(y.mean(2)),
+            F.pad(y, (0, 0, 2, 0, 1, 1), value=1.5),
+            self.const2d(self.zero1d(y.mean(3))),
+        ]
+        return torch.cat([p.flatten(1) for p in parts], dim=1)
+
+
+def test_constant_padding() -> None:
+    model = _build(Padded, "s", seed=15)
+    x = _input((4, 2, 2, 6, 6), scale=3.0)
+    _assert_exact(model, x, "s", binary=False)
+    ref = _sj_run(model, x, "s")
+    assert torch.equal(snncc.compile(model, x, backend="cpu")(x), ref)
+    y = np.asarray(snncc.compile(model, x, backend="jax")(x))
+    np.testing.assert_allclose(y, ref.numpy(), atol=1e-5)
+    ort = pytest.importorskip("onnxruntime")
+    from snncc.exchange import from_onnx, to_onnx
+
+    onnx_model = to_onnx(snncc.trace(model, x))
+    sess = ort.InferenceSession(onnx_model.SerializeToString())
+    (y,) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    assert np.array_equal(y, ref.numpy())
+    assert torch.equal(snncc.compile_graph(from_onnx(onnx_model))(x), ref)
+    for bad, words in [
+        ("mode", "mode='replicate' is not supported"),
+        ("negative", "negative pads [-1, 0] (cropping)"),
+        ("batch", "reach the batch dim"),
+    ]:
+        with pytest.raises(snncc.UnsupportedError, match=re.escape(words)):
+            snncc.trace(Padded(bad), x)
 
 
 @pytest.mark.parametrize("nd", [1, 2])

@@ -346,6 +346,8 @@ class Renderer:
                 "dilation": lit(dil),
                 "groups": lit(int(a["groups"])),
             }
+        if op == "pad":
+            return {"pads": lit(tuple(int(p) for p in a["pads"])), "value": flt(a["value"])}
         if op == "upsample_nearest":
             shape = self.g.node(self.g.inputs(n)[0])["shape"]
             maps = nearest_indices(shape[2:], a["size"], a.get("scale_factor"))

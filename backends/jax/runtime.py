@@ -328,6 +328,14 @@ def conv_transpose(
     return y + b.reshape((1, -1) + (1,) * nd)
 
 
+def pad(x: jax.Array, pads: Sequence[int], value: float) -> jax.Array:
+    """torch F.pad in mode "constant": (low, high) pairs from the last dim backwards."""
+    widths = [(0, 0)] * x.ndim
+    for k in range(len(pads) // 2):
+        widths[x.ndim - 1 - k] = (int(pads[2 * k]), int(pads[2 * k + 1]))
+    return jnp.pad(x, widths, constant_values=jnp.asarray(value, x.dtype))
+
+
 def upsample_nearest(x: jax.Array, maps: Sequence[Sequence[int]]) -> jax.Array:
     """torch's nearest upsampling as gathers: ``maps[d]`` is the source index of each
     output element along spatial dim d (``snncc.ir.resample``, from torch itself)."""

@@ -103,6 +103,10 @@ def _upsample_nearest(attrs: dict[str, Any], p: Params, ins: list[Tensor]) -> Te
     return F.interpolate(ins[0], size=list(attrs["size"]), mode="nearest")
 
 
+def _pad(attrs: dict[str, Any], p: Params, ins: list[Tensor]) -> Tensor:
+    return F.pad(ins[0], list(attrs["pads"]), value=float(attrs["value"]))
+
+
 def batchnorm(attrs: dict[str, Any], p: Params, ins: list[Tensor], training: bool) -> Tensor:
     """torch batch_norm; in training mode statistics are over the rows given, running stats updated in place."""
     momentum = attrs["momentum"]
@@ -168,6 +172,7 @@ ROW_OPS: dict[str, RowFn] = {
     "conv_transpose1d": _conv_transpose1d,
     "conv_transpose2d": _conv_transpose2d,
     "upsample_nearest": _upsample_nearest,
+    "pad": _pad,
     "avgpool2d": _avgpool2d,
     "maxpool2d": _maxpool2d,
     "adaptive_avgpool2d": _adaptive_avgpool2d,

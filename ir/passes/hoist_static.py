@@ -32,6 +32,7 @@ _ROW_WISE = frozenset(
         "conv_transpose1d",
         "conv_transpose2d",
         "upsample_nearest",
+        "pad",
         "dropout",
         "flatten",
         "identity",
