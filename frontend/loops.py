@@ -413,15 +413,14 @@ def _label_after_sums(lp: _Loop) -> None:
     prevs = {prev for prev, _ in lp.sums.values() if prev is not None}
     lp.sum_finals = [n for n in lp.sums if n not in prevs]
     for n in lp.sums:
-        if n in prevs:
-            nxt = [u for u in n.users if lp.sums.get(u, (None,))[0] is n]
-            if len(n.users) != 1:
-                other = next(u for u in n.users if u not in nxt)
-                raise UnsupportedError(
-                    f"{_what(gm, other)} reads the sum {_what(gm, n)} accumulates while the loop "
-                    "still adds to it; snncc folds a sum over time steps that forward reads "
-                    "after the loop only"
-                )
+        if n in prevs and len(n.users) != 1:  # its next step's addition, and something else
+            nxt = [u for u in n.users if lp.sums.get(u, (None,))[0] is n][:1]
+            other = next(u for u in n.users if u not in nxt)
+            raise UnsupportedError(
+                f"{_what(gm, other)} reads the sum {_what(gm, n)} accumulates while the loop "
+                "still adds to it; snncc folds a sum over time steps that forward reads "
+                "after the loop only"
+            )
     after = set(lp.sum_finals)
     for n in gm.graph.nodes:
         if n in after or n.op == "output" or n in lp.sums:

@@ -842,6 +842,8 @@ class _Loop(nn.Module):
                 spk, mem = out_t[0], out_t[1:][0]
             else:
                 spk, mem = self.lif(cur, mem)
+            if k == "sum_twice":  # two additions to the same sum so far
+                spk = spk + (acc + mem)
             acc = acc + spk
             if k == "sum_inside":
                 spk = spk * acc
@@ -871,6 +873,7 @@ class _Loop(nn.Module):
         ("reduce", ["stacked over time", "outside the model"]),
         ("count", ["runs 2 steps", "T = 3"]),
         ("sum_inside", ["reads the sum", "while the loop still adds to it"]),
+        ("sum_twice", ["reads the sum", "while the loop still adds to it"]),
         ("sum_mixed", ["combines a sum accumulated over the loop's steps with", "of one step"]),
         ("sum_not_zero", ["starts a sum over the loop's steps from", "not zero"]),
         ("sum_f64", ["from zeros of float64[2, 4]", "the added values' dtype"]),
