@@ -1089,6 +1089,15 @@ def _row_view(call: Call, what: str) -> Value:
     return x
 
 
+def _weight_and_bias(call: Call) -> dict[str, str]:
+    """The weight (argument 1) and optional bias (argument 2) of a functional layer call."""
+    params = {"weight": _param(call, call.arg(1, "weight"), "weight")}
+    bias = _param(call, call.arg(2, "bias", None), "bias")
+    if bias is not None:
+        params["bias"] = bias
+    return params  # type: ignore[return-value]
+
+
 def _conv_fn(call: Call, nd: int) -> int:
     x = _row_view(call, f"F.conv{nd}d")
     _per_step_rank(call, x, (nd + 2,), "[B, C, L]" if nd == 1 else "[B, C, H, W]")
@@ -1101,11 +1110,7 @@ def _conv_fn(call: Call, nd: int) -> int:
         "dilation": _ntuple(call.arg(5, "dilation", 1), nd),
         "groups": int(call.arg(6, "groups", 1)),
     }
-    params = {"weight": _param(call, call.arg(1, "weight"), "weight")}
-    bias = _param(call, call.arg(2, "bias", None), "bias")
-    if bias is not None:
-        params["bias"] = bias
-    return call.emit(f"conv{nd}d", [x], attrs=attrs, params=params)  # type: ignore[arg-type]
+    return call.emit(f"conv{nd}d", [x], attrs=attrs, params=_weight_and_bias(call))
 
 
 @register_function((F.conv1d, "F.conv1d"), params=True)
@@ -1130,11 +1135,7 @@ def _conv_transpose_fn(call: Call, nd: int) -> int:
         "dilation": _ntuple(call.arg(7, "dilation", 1), nd),
         "groups": int(call.arg(6, "groups", 1)),
     }
-    params = {"weight": _param(call, call.arg(1, "weight"), "weight")}
-    bias = _param(call, call.arg(2, "bias", None), "bias")
-    if bias is not None:
-        params["bias"] = bias
-    return call.emit(f"conv_transpose{nd}d", [x], attrs=attrs, params=params)  # type: ignore[arg-type]
+    return call.emit(f"conv_transpose{nd}d", [x], attrs=attrs, params=_weight_and_bias(call))
 
 
 @register_function((F.conv_transpose1d, "F.conv_transpose1d"), params=True)

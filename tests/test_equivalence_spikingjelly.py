@@ -251,6 +251,19 @@ def test_conv1d_batchnorm1d(mode: str) -> None:
     _assert_exact(model, _input((6, 3, 3, 7), scale=3.0), mode)
 
 
+def _assert_onnx_round_trip(graph, x: torch.Tensor, ref: torch.Tensor, atol: float = 0.0) -> None:
+    """ONNX Runtime within ``atol`` of SpikingJelly (0: bit for bit), and the file imported
+    back compiles to SpikingJelly's bits."""
+    ort = pytest.importorskip("onnxruntime")
+    from snncc.exchange import from_onnx, to_onnx
+
+    onnx_model = to_onnx(graph)
+    sess = ort.InferenceSession(onnx_model.SerializeToString())
+    (y,) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
+    np.testing.assert_allclose(y, ref.numpy(), rtol=0, atol=atol)
+    assert torch.equal(snncc.compile_graph(from_onnx(onnx_model))(x), ref)
+
+
 def _tdbn_net():
     """tdBN (Zheng et al., "Going Deeper With Directly-Trained Larger SNNs"), 2-D and 1-D."""
     return nn.Sequential(
@@ -367,14 +380,7 @@ def test_transposed_convolution_decoder(mode: str) -> None:
     assert torch.equal(snncc.compile(model, x, backend="cpu")(x), ref)
     cm = snncc.compile(model, x, backend="jax")
     np.testing.assert_allclose(np.asarray(cm(x)), ref.numpy(), atol=1e-5)
-    ort = pytest.importorskip("onnxruntime")
-    from snncc.exchange import from_onnx, to_onnx
-
-    onnx_model = to_onnx(cm.ir)
-    sess = ort.InferenceSession(onnx_model.SerializeToString())
-    (y,) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
-    np.testing.assert_allclose(y, ref.numpy(), atol=1e-5)
-    assert torch.equal(snncc.compile_graph(from_onnx(onnx_model))(x), ref)
+    _assert_onnx_round_trip(cm.ir, x, ref, atol=1e-5)
 
 
 class Upsampling(nn.Module):
@@ -414,14 +420,7 @@ def test_nearest_upsampling() -> None:
         y = snncc.compile(model, x, backend=backend)(x)
         y = y.detach().numpy() if isinstance(y, torch.Tensor) else np.asarray(y)
         assert np.array_equal(y, ref.numpy()), backend
-    ort = pytest.importorskip("onnxruntime")
-    from snncc.exchange import from_onnx, to_onnx
-
-    onnx_model = to_onnx(snncc.trace(model, x))
-    sess = ort.InferenceSession(onnx_model.SerializeToString())
-    (y,) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
-    assert np.array_equal(y, ref.numpy())
-    assert torch.equal(snncc.compile_graph(from_onnx(onnx_model))(x), ref)
+    _assert_onnx_round_trip(snncc.trace(model, x), x, ref)
 
 
 class Padded(nn.Module):
@@ -462,14 +461,7 @@ def test_constant_padding() -> None:
     assert torch.equal(snncc.compile(model, x, backend="cpu")(x), ref)
     y = np.asarray(snncc.compile(model, x, backend="jax")(x))
     np.testing.assert_allclose(y, ref.numpy(), atol=1e-5)
-    ort = pytest.importorskip("onnxruntime")
-    from snncc.exchange import from_onnx, to_onnx
-
-    onnx_model = to_onnx(snncc.trace(model, x))
-    sess = ort.InferenceSession(onnx_model.SerializeToString())
-    (y,) = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})
-    assert np.array_equal(y, ref.numpy())
-    assert torch.equal(snncc.compile_graph(from_onnx(onnx_model))(x), ref)
+    _assert_onnx_round_trip(snncc.trace(model, x), x, ref)
     for bad, words in [
         ("mode", "mode='replicate' is not supported"),
         ("negative", "negative pads [-1, 0] (cropping)"),
