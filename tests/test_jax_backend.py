@@ -1138,3 +1138,18 @@ def test_traced_spikingjelly_models(name: str, cache_dir: str) -> None:
         rel = grad_rel(g_jx[pname], gval)
         assert rel <= GRAD_REL_TOL, f"grad of {pname}: rel error {rel:.2e}"
     check_vs_reference(g, x, prog)
+
+
+def test_every_stateless_ir_op_has_a_jax_statement() -> None:
+    """The ops template names each op it renders; an op added to the IR without a statement
+    would fail at its last branch, which must say so in one line."""
+    from snncc.backends.jax.render import environment
+    from snncc.ir.ops import OPS
+
+    source = environment().loader.get_source(environment(), "ops.py.j2")[0]
+    handled_elsewhere = {"input", "neuron"}  # graph inputs, and the neuron templates
+    missing = [op for op in OPS if op not in handled_elsewhere and f'"{op}"' not in source]
+    assert missing == []
+    macro = environment().get_template("ops.py.j2").module.node
+    with pytest.raises(UnsupportedError, match="op 'lstm' has no jax statement"):
+        macro({"op": "lstm", "out": "y", "ins": ["x"], "id": 0, "label": "", "a": {}})

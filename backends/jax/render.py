@@ -113,7 +113,13 @@ def environment() -> jinja2.Environment:
     env = template_environment("jax").overlay()
     env.filters["pyrepr"] = repr
     env.filters["tup"] = tup
+    env.globals["raise_unknown_op"] = _no_template_for
     return env
+
+
+def _no_template_for(op: str) -> None:
+    """ops.py.j2's last branch: an IR op the template has no statement for."""
+    raise UnsupportedError(f"op {op!r} has no jax statement in templates/jax/ops.py.j2")
 
 
 # ------------------------------------------------------------------- schedule
