@@ -109,6 +109,7 @@ ONNX_OPS = frozenset(
         "Conv",
         "ConvTranspose",
         "Gather",
+        "InstanceNormalization",
         "Pad",
         "Div",
         "Equal",
@@ -945,6 +946,22 @@ class _Exporter:
         return sc.op(
             "LayerNormalization", [ins[0], w, b], axis=-len(shape), epsilon=float(attrs["eps"])
         )
+
+    def op_groupnorm(self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str]) -> str:
+        """InstanceNormalization of the [N, G, -1] view, then the per-channel affine (ONNX's
+        GroupNormalization changed its scale's meaning at opset 21)."""
+        shape = self.shape(self.g.inputs(nid)[0])
+        g, c = int(attrs["num_groups"]), int(shape[1])
+        grouped = sc.op("Reshape", [ins[0], sc.ints([0, g, -1])])
+        ones, zeros = sc.const(np.ones(g, np.float32)), sc.const(np.zeros(g, np.float32))
+        normed = sc.op("InstanceNormalization", [grouped, ones, zeros], epsilon=float(attrs["eps"]))
+        y = sc.op("Reshape", [normed, sc.op("Shape", [ins[0]])])
+        per_channel = [c] + [1] * (len(shape) - 2)
+        for role, op in (("weight", "Mul"), ("bias", "Add")):
+            p = self.param(nid, role)
+            if p is not None:
+                y = sc.op(op, [y, sc.op("Reshape", [p, sc.ints(per_channel)])])
+        return y
 
     def op_activation(self, sc: _Scope, nid: int, attrs: dict[str, Any], ins: list[str]) -> str:
         fn, x = attrs["fn"], ins[0]

@@ -366,6 +366,10 @@ def _conv_transpose2d(call: Call, m: nn.Module) -> int:
     return tnn.convert_conv_transpose(_wrapper_view(call, m), m, 2)
 
 
+def _groupnorm(call: Call, m: nn.Module) -> int:
+    return tnn.convert_groupnorm(_wrapper_view(call, m), m)
+
+
 def _upsample(call: Call, m: nn.Module) -> int:
     return tnn.convert_upsample(_wrapper_view(call, m), m)
 
@@ -594,6 +598,7 @@ if sj_base is not None:
         (sj_layer.ConvTranspose1d, _conv_transpose1d),
         (sj_layer.ConvTranspose2d, _conv_transpose2d),
         (sj_layer.Upsample, _upsample),
+        (sj_layer.GroupNorm, _groupnorm),
         (sj_layer.BatchNorm1d, _bn1d),
         (sj_layer.BatchNorm2d, _bn2d),
         # tdBN: a BatchNorm over the folded T*B rows whose weight starts at alpha * v_th

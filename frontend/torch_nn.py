@@ -287,6 +287,17 @@ def upsample_nearest(
     return call.emit("upsample_nearest", [x], attrs={"size": out, "scale_factor": sf})
 
 
+def convert_groupnorm(call: Call, m: nn.GroupNorm) -> int:
+    x = one_input(call)
+    if len(x.shape) < 2:
+        raise call.unsupported(f"expects a per-step input [B, C, ...], got {x.shape}")
+    params = {}
+    if m.affine:
+        params = {"weight": call.param(m, "weight"), "bias": call.param(m, "bias")}
+    attrs = {"num_groups": int(m.num_groups), "eps": float(m.eps)}
+    return call.emit("groupnorm", [x], attrs=attrs, params=params)
+
+
 def constant_pad(call: Call, x: Value, pads: Any, value: Any, mode: str = "constant") -> int:
     """``F.pad`` in mode "constant" (ZeroPad / ConstantPad): pairs from the last dim back."""
     if mode != "constant":
@@ -421,6 +432,11 @@ def _upsample(call: Call, m: nn.Module) -> int:
 @register_module(nn.UpsamplingNearest2d, "torch.nn.UpsamplingNearest2d", per_step_only=True)
 def _upsampling_nearest2d(call: Call, m: nn.Module) -> int:
     return convert_upsample(call, m)
+
+
+@register_module(nn.GroupNorm, "torch.nn.GroupNorm", per_step_only=True)
+def _groupnorm_module(call: Call, m: nn.Module) -> int:
+    return convert_groupnorm(call, m)
 
 
 def _pad_module(call: Call, m: nn.Module) -> int:
@@ -1146,6 +1162,18 @@ def _conv_transpose1d_fn(call: Call) -> int:
 @register_function((F.conv_transpose2d, "F.conv_transpose2d"), params=True)
 def _conv_transpose2d_fn(call: Call) -> int:
     return _conv_transpose_fn(call, 2)
+
+
+@register_function((F.group_norm, "F.group_norm"), params=True)
+def _group_norm_fn(call: Call) -> int:
+    x = _row_view(call, "F.group_norm")
+    params = {}
+    for i, role in ((2, "weight"), (3, "bias")):
+        name = _param(call, call.arg(i, role, None), role)
+        if name is not None:
+            params[role] = name
+    attrs = {"num_groups": int(call.arg(1, "num_groups")), "eps": float(call.arg(4, "eps", 1e-5))}
+    return call.emit("groupnorm", [x], attrs=attrs, params=params)  # type: ignore[arg-type]
 
 
 @register_function((F.pad, "F.pad"))

@@ -32,6 +32,8 @@ avgpool2d           attrs kernel_size, stride, padding, ceil_mode,
                     count_include_pad, divisor_override
 maxpool2d           attrs kernel_size, stride, padding, dilation, ceil_mode
 adaptive_avgpool2d  attrs output_size
+groupnorm           torch group_norm of [B, C, ...]: attrs num_groups, eps; params
+                    weight, bias (optional, per channel)
 pad                 torch ``F.pad(x, pads, value=value)`` in mode "constant": pads
                     pairs (low, high) from the last dim backwards, never the batch
 upsample_nearest    torch ``F.interpolate(mode="nearest")`` over the last len(size)
@@ -155,6 +157,7 @@ OPS: dict[str, OpDef] = {
         OpDef("conv_transpose1d", 1, 1, _CONVT_ATTRS, ("weight",), ("bias",)),
         OpDef("upsample_nearest", 1, 1, ("size",)),
         OpDef("pad", 1, 1, ("pads", "value")),
+        OpDef("groupnorm", 1, 1, ("num_groups", "eps"), (), ("weight", "bias")),
         OpDef("conv_transpose2d", 1, 1, _CONVT_ATTRS, ("weight",), ("bias",)),
         OpDef(
             "batchnorm",

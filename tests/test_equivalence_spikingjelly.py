@@ -471,6 +471,39 @@ def test_constant_padding() -> None:
             snncc.trace(Padded(bad), x)
 
 
+class GroupNormed(nn.Module):
+    """GroupNorm with and without its affine, on spikes and on a mix, and F.group_norm of a
+    1-D value with the model's own weight and bias."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 6, 3, padding=1)
+        self.gn = nn.GroupNorm(3, 6)
+        self.sn = neuron.LIFNode()
+        self.plain = nn.GroupNorm(2, 6, affine=False)
+        self.w = nn.Parameter(torch.linspace(0.5, 1.5, 6))
+        self.b = nn.Parameter(torch.linspace(-0.3, 0.3, 6))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.sn(self.gn(self.conv(x)))
+        mixed = self.plain(y * 2.0 + x.mean(1, keepdim=True))
+        one_d = F.group_norm(y.mean(3), 3, self.w, self.b, 1e-3)
+        return torch.cat([mixed.flatten(1), one_d.flatten(1)], dim=1)
+
+
+def test_group_norm() -> None:
+    """Reference and cpu bit for bit (gradients too); jax and ONNX Runtime (instance
+    normalisation of the grouped view) within 1e-5, the ONNX round trip bit for bit."""
+    model = _build(GroupNormed, "s", seed=16)
+    x = _input((4, 2, 2, 6, 6), scale=3.0)
+    _assert_exact(model, x, "s", binary=False)
+    ref = _sj_run(model, x, "s")
+    assert torch.equal(snncc.compile(model, x, backend="cpu")(x), ref)
+    y = np.asarray(snncc.compile(model, x, backend="jax")(x))
+    np.testing.assert_allclose(y, ref.numpy(), atol=1e-5)
+    _assert_onnx_round_trip(snncc.trace(model, x), x, ref, atol=1e-5)
+
+
 @pytest.mark.parametrize("nd", [1, 2])
 def test_nearest_indices_are_torchs(nd: int) -> None:
     """ir.resample's indices read the elements torch's own upsampling reads, sizes 1-17 to

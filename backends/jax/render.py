@@ -277,7 +277,7 @@ class Renderer:
                 "bn_var": refs.get("bn_var") or "None",
                 "eps": flt(self.g.attrs(n).get("bn_eps", 1e-5)),
             }
-        if op == "layernorm":
+        if op in ("layernorm", "groupnorm"):
             return {
                 "kind": "plain",
                 "id": n,
@@ -352,6 +352,8 @@ class Renderer:
                 "dilation": lit(dil),
                 "groups": lit(int(a["groups"])),
             }
+        if op == "groupnorm":
+            return {"groups": lit(int(a["num_groups"])), "eps": flt(a["eps"])}
         if op == "pad":
             return {"pads": lit(tuple(int(p) for p in a["pads"])), "value": flt(a["value"])}
         if op == "upsample_nearest":

@@ -220,6 +220,22 @@ def layer_norm(x: jax.Array, shape, w: jax.Array | None, b: jax.Array | None, ep
     return y if b is None else y + b
 
 
+def group_norm(
+    x: jax.Array, groups: int, w: jax.Array | None, b: jax.Array | None, eps: float
+) -> jax.Array:
+    """torch's group_norm of [N, C, ...]: each sample's channel groups normalised (biased
+    variance), then the per-channel affine."""
+    n, c = x.shape[0], x.shape[1]
+    g = x.reshape((n, groups, -1))
+    mean = jnp.mean(g, axis=2, keepdims=True)
+    var = jnp.mean(jnp.square(g - mean), axis=2, keepdims=True)
+    y = ((g - mean) / jnp.sqrt(var + eps)).reshape(x.shape)
+    per_channel = (1, c) + (1,) * (x.ndim - 2)
+    if w is not None:
+        y = y * w.reshape(per_channel)
+    return y if b is None else y + b.reshape(per_channel)
+
+
 def activation(x: jax.Array, fn: str) -> jax.Array:
     """The IR's ``activation`` functions, as torch defines them (GELU: erf or tanh form)."""
     if fn == "relu":

@@ -103,6 +103,11 @@ def _upsample_nearest(attrs: dict[str, Any], p: Params, ins: list[Tensor]) -> Te
     return F.interpolate(ins[0], size=list(attrs["size"]), mode="nearest")
 
 
+def _groupnorm(attrs: dict[str, Any], p: Params, ins: list[Tensor]) -> Tensor:
+    g, eps = int(attrs["num_groups"]), float(attrs["eps"])
+    return F.group_norm(ins[0], g, p.get("weight"), p.get("bias"), eps)
+
+
 def _pad(attrs: dict[str, Any], p: Params, ins: list[Tensor]) -> Tensor:
     return F.pad(ins[0], list(attrs["pads"]), value=float(attrs["value"]))
 
@@ -173,6 +178,7 @@ ROW_OPS: dict[str, RowFn] = {
     "conv_transpose2d": _conv_transpose2d,
     "upsample_nearest": _upsample_nearest,
     "pad": _pad,
+    "groupnorm": _groupnorm,
     "avgpool2d": _avgpool2d,
     "maxpool2d": _maxpool2d,
     "adaptive_avgpool2d": _adaptive_avgpool2d,

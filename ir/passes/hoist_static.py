@@ -33,6 +33,7 @@ _ROW_WISE = frozenset(
         "conv_transpose2d",
         "upsample_nearest",
         "pad",
+        "groupnorm",
         "dropout",
         "flatten",
         "identity",
