@@ -188,12 +188,10 @@ def _state_args(m: nn.Module) -> StateArgs | None:
 
 def _chain(m: nn.Module) -> Chain | None:
     if type(m) is Lift:  # the lifted module called once per step of the [T, B, ...] sequence
-        if m.is_stateful:
-            return Chain(
-                view="step", children=(("lifted_module", m.lifted_module),), result="tensor_state"
-            )
-        # Lift(x) of a stateless module runs on x[0] of a tuple x (a LIF's (z, state))
         children = (("lifted_module", m.lifted_module),)
+        if m.is_stateful:
+            return Chain(view="step", children=children, result="tensor_state")
+        # Lift(x) of a stateless module runs on x[0] of a tuple x (a LIF's (z, state))
         return Chain(view="step", children=children, result="tensor", drops_input_state=True)
     if type(m) is not SequentialState:
         return None

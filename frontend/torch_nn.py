@@ -64,12 +64,27 @@ def _is_scalar(v: Any) -> bool:
 # --------------------------------------------------------------------------- linear / conv
 
 
-def convert_linear(call: Call, m: nn.Linear) -> int:
-    x = one_input(call)
+def _module_weight_and_bias(call: Call, m: nn.Module) -> dict[str, str]:
+    """A layer module's weight and, where it has one, its bias, by state_dict name."""
     params = {"weight": call.param(m, "weight")}
     if m.bias is not None:
         params["bias"] = call.param(m, "bias")
-    return call.emit("linear", [x], params=params)
+    return params
+
+
+def _conv_input(call: Call, nd: int, m: nn.Module | None = None) -> Value:
+    """The [B, C, L] / [B, C, H, W] input of a convolution (a module's: zero padding only)."""
+    x = one_input(call) if m is not None else _row_view(call, f"F.{call.target.__name__}")
+    if m is not None and m.padding_mode != "zeros":
+        raise call.unsupported(
+            f"padding_mode={m.padding_mode!r} is not supported; supported: 'zeros'"
+        )
+    _per_step_rank(call, x, (nd + 2,), "[B, C, L]" if nd == 1 else "[B, C, H, W]")
+    return x
+
+
+def convert_linear(call: Call, m: nn.Linear) -> int:
+    return call.emit("linear", [one_input(call)], params=_module_weight_and_bias(call, m))
 
 
 def _conv_padding(call: Call, m: nn.Module, nd: int) -> list[int]:
@@ -92,34 +107,20 @@ def _conv_padding(call: Call, m: nn.Module, nd: int) -> list[int]:
 
 
 def convert_conv(call: Call, m: nn.Module, nd: int) -> int:
-    x = one_input(call)
-    if m.padding_mode != "zeros":
-        raise call.unsupported(
-            f"padding_mode={m.padding_mode!r} is not supported; supported: 'zeros'"
-        )
-    layout = "[B, C, L]" if nd == 1 else "[B, C, H, W]"
-    _per_step_rank(call, x, (nd + 2,), layout)
+    x = _conv_input(call, nd, m)
     attrs = {
         "stride": _ntuple(m.stride, nd),
         "padding": _conv_padding(call, m, nd),
         "dilation": _ntuple(m.dilation, nd),
         "groups": int(m.groups),
     }
-    params = {"weight": call.param(m, "weight")}
-    if m.bias is not None:
-        params["bias"] = call.param(m, "bias")
-    return call.emit(f"conv{nd}d", [x], attrs=attrs, params=params)
+    return call.emit(f"conv{nd}d", [x], attrs=attrs, params=_module_weight_and_bias(call, m))
 
 
 def convert_conv_transpose(call: Call, m: nn.Module, nd: int) -> int:
     """``ConvTranspose1d/2d``. Its ``output_size`` argument (a forward argument, not the
     module's) is refused by the module-call check: the module alone fixes its output."""
-    x = one_input(call)
-    if m.padding_mode != "zeros":
-        raise call.unsupported(
-            f"padding_mode={m.padding_mode!r} is not supported; supported: 'zeros'"
-        )
-    _per_step_rank(call, x, (nd + 2,), "[B, C, L]" if nd == 1 else "[B, C, H, W]")
+    x = _conv_input(call, nd, m)
     attrs = {
         "stride": _ntuple(m.stride, nd),
         "padding": _ntuple(m.padding, nd),
@@ -127,9 +128,7 @@ def convert_conv_transpose(call: Call, m: nn.Module, nd: int) -> int:
         "dilation": _ntuple(m.dilation, nd),
         "groups": int(m.groups),
     }
-    params = {"weight": call.param(m, "weight")}
-    if m.bias is not None:
-        params["bias"] = call.param(m, "bias")
+    params = _module_weight_and_bias(call, m)
     return call.emit(f"conv_transpose{nd}d", [x], attrs=attrs, params=params)
 
 
@@ -1069,13 +1068,13 @@ def _param(call: Call, value: Any, what: str) -> str | None:
     return call.ctx.add_param(value.name, value.tensor)
 
 
+#: F.layer_norm's and F.group_norm's optional weight and bias (arguments 2 and 3)
+_NORM_PARAMS = {"weight": 2, "bias": 3}
+
+
 @register_function((F.layer_norm, "F.layer_norm"), params=True)
 def _layernorm_fn(call: Call) -> int:
-    params = {}
-    for role, k in (("weight", 2), ("bias", 3)):
-        name = _param(call, call.arg(k, role, None), role)
-        if name is not None:
-            params[role] = name
+    params = _functional_params(call, _NORM_PARAMS)
     return _layernorm(
         call, _one(call), call.arg(1, "normalized_shape"), params, call.arg(4, "eps", 1e-5)
     )
@@ -1086,11 +1085,7 @@ def _layernorm_fn(call: Call) -> int:
 
 @register_function((F.linear, "F.linear"), params=True)
 def _linear_fn(call: Call) -> int:
-    params = {"weight": _param(call, call.arg(1, "weight"), "weight")}
-    bias = _param(call, call.arg(2, "bias", None), "bias")
-    if bias is not None:
-        params["bias"] = bias
-    return call.emit("linear", [_one(call)], params=params)  # type: ignore[arg-type]
+    return call.emit("linear", [_one(call)], params=_weight_and_bias(call))
 
 
 def _row_view(call: Call, what: str) -> Value:
@@ -1105,18 +1100,26 @@ def _row_view(call: Call, what: str) -> Value:
     return x
 
 
+def _functional_params(
+    call: Call, positions: dict[str, int], required: tuple[str, ...] = ()
+) -> dict[str, str]:
+    """The parameters a functional layer call passes (role -> argument position), the
+    model's own by state_dict name; an optional one not given is left out."""
+    params = {}
+    for role, k in positions.items():
+        name = _param(call, call.arg(k, role, ... if role in required else None), role)
+        if name is not None:
+            params[role] = name
+    return params
+
+
 def _weight_and_bias(call: Call) -> dict[str, str]:
-    """The weight (argument 1) and optional bias (argument 2) of a functional layer call."""
-    params = {"weight": _param(call, call.arg(1, "weight"), "weight")}
-    bias = _param(call, call.arg(2, "bias", None), "bias")
-    if bias is not None:
-        params["bias"] = bias
-    return params  # type: ignore[return-value]
+    """F.linear's and F.conv's weight (argument 1) and optional bias (argument 2)."""
+    return _functional_params(call, {"weight": 1, "bias": 2}, required=("weight",))
 
 
 def _conv_fn(call: Call, nd: int) -> int:
-    x = _row_view(call, f"F.conv{nd}d")
-    _per_step_rank(call, x, (nd + 2,), "[B, C, L]" if nd == 1 else "[B, C, H, W]")
+    x = _conv_input(call, nd)
     padding = call.arg(4, "padding", 0)
     if isinstance(padding, str):
         raise call.unsupported("string padding in F.conv is not supported; give ints")
@@ -1142,8 +1145,7 @@ def _conv2d_fn(call: Call) -> int:
 def _conv_transpose_fn(call: Call, nd: int) -> int:
     """F.conv_transpose{nd}d(input, weight, bias, stride, padding, output_padding, groups,
     dilation): torch's argument order, which differs from F.conv's."""
-    x = _row_view(call, f"F.conv_transpose{nd}d")
-    _per_step_rank(call, x, (nd + 2,), "[B, C, L]" if nd == 1 else "[B, C, H, W]")
+    x = _conv_input(call, nd)
     attrs = {
         "stride": _ntuple(call.arg(3, "stride", 1), nd),
         "padding": _ntuple(call.arg(4, "padding", 0), nd),
@@ -1167,11 +1169,7 @@ def _conv_transpose2d_fn(call: Call) -> int:
 @register_function((F.group_norm, "F.group_norm"), params=True)
 def _group_norm_fn(call: Call) -> int:
     x = _row_view(call, "F.group_norm")
-    params = {}
-    for i, role in ((2, "weight"), (3, "bias")):
-        name = _param(call, call.arg(i, role, None), role)
-        if name is not None:
-            params[role] = name
+    params = _functional_params(call, _NORM_PARAMS)
     attrs = {"num_groups": int(call.arg(1, "num_groups")), "eps": float(call.arg(4, "eps", 1e-5))}
     return call.emit("groupnorm", [x], attrs=attrs, params=params)  # type: ignore[arg-type]
 
