@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import dataclasses
 import operator
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -350,64 +352,13 @@ def _linear(call: Call, m: nn.Module) -> int:
     return tnn.convert_linear(call, m)  # sees [T, B, F] or [B, F]: last dim only
 
 
-def _conv1d(call: Call, m: nn.Module) -> int:
-    return tnn.convert_conv(_wrapper_view(call, m), m, 1)
+def _wrapped(convert: Callable[..., int], *args: Any) -> Callable[[Call, nn.Module], int]:
+    """The converter of a ``layer.*`` wrapper: its torch parent's, on the view it sees."""
 
+    def converter(call: Call, m: nn.Module) -> int:
+        return convert(_wrapper_view(call, m), m, *args)
 
-def _conv2d(call: Call, m: nn.Module) -> int:
-    return tnn.convert_conv(_wrapper_view(call, m), m, 2)
-
-
-def _conv_transpose1d(call: Call, m: nn.Module) -> int:
-    return tnn.convert_conv_transpose(_wrapper_view(call, m), m, 1)
-
-
-def _conv_transpose2d(call: Call, m: nn.Module) -> int:
-    return tnn.convert_conv_transpose(_wrapper_view(call, m), m, 2)
-
-
-def _groupnorm(call: Call, m: nn.Module) -> int:
-    return tnn.convert_groupnorm(_wrapper_view(call, m), m)
-
-
-def _upsample(call: Call, m: nn.Module) -> int:
-    return tnn.convert_upsample(_wrapper_view(call, m), m)
-
-
-def _bn1d(call: Call, m: nn.Module) -> int:
-    return tnn.convert_batchnorm(_wrapper_view(call, m), m, 1)
-
-
-def _bn2d(call: Call, m: nn.Module) -> int:
-    return tnn.convert_batchnorm(_wrapper_view(call, m), m, 2)
-
-
-def _avgpool2d(call: Call, m: nn.Module) -> int:
-    return tnn.convert_avgpool2d(_wrapper_view(call, m), m)
-
-
-def _maxpool2d(call: Call, m: nn.Module) -> int:
-    return tnn.convert_maxpool2d(_wrapper_view(call, m), m)
-
-
-def _adaptive_avgpool2d(call: Call, m: nn.Module) -> int:
-    return tnn.convert_adaptive_avgpool2d(_wrapper_view(call, m), m)
-
-
-def _avgpool1d(call: Call, m: nn.Module) -> int:
-    return tnn.convert_avgpool1d(_wrapper_view(call, m), m)
-
-
-def _maxpool1d(call: Call, m: nn.Module) -> int:
-    return tnn.convert_maxpool1d(_wrapper_view(call, m), m)
-
-
-def _adaptive_avgpool1d(call: Call, m: nn.Module) -> int:
-    return tnn.convert_adaptive_avgpool1d(_wrapper_view(call, m), m)
-
-
-def _flatten(call: Call, m: nn.Module) -> int:
-    return tnn.convert_flatten(_wrapper_view(call, m), m)
+    return converter
 
 
 def _dropout(call: Call, m: nn.Module) -> int:
@@ -593,24 +544,24 @@ if sj_base is not None:
     )(_element_wise_recurrent)
     for _cls, _fn in [
         (sj_layer.Linear, _linear),
-        (sj_layer.Conv1d, _conv1d),
-        (sj_layer.Conv2d, _conv2d),
-        (sj_layer.ConvTranspose1d, _conv_transpose1d),
-        (sj_layer.ConvTranspose2d, _conv_transpose2d),
-        (sj_layer.Upsample, _upsample),
-        (sj_layer.GroupNorm, _groupnorm),
-        (sj_layer.BatchNorm1d, _bn1d),
-        (sj_layer.BatchNorm2d, _bn2d),
+        (sj_layer.Conv1d, _wrapped(tnn.convert_conv, 1)),
+        (sj_layer.Conv2d, _wrapped(tnn.convert_conv, 2)),
+        (sj_layer.ConvTranspose1d, _wrapped(tnn.convert_conv_transpose, 1)),
+        (sj_layer.ConvTranspose2d, _wrapped(tnn.convert_conv_transpose, 2)),
+        (sj_layer.Upsample, _wrapped(tnn.convert_upsample)),
+        (sj_layer.GroupNorm, _wrapped(tnn.convert_groupnorm)),
+        (sj_layer.BatchNorm1d, _wrapped(tnn.convert_batchnorm, 1)),
+        (sj_layer.BatchNorm2d, _wrapped(tnn.convert_batchnorm, 2)),
         # tdBN: a BatchNorm over the folded T*B rows whose weight starts at alpha * v_th
-        (sj_layer.ThresholdDependentBatchNorm1d, _bn1d),
-        (sj_layer.ThresholdDependentBatchNorm2d, _bn2d),
-        (sj_layer.AvgPool2d, _avgpool2d),
-        (sj_layer.MaxPool2d, _maxpool2d),
-        (sj_layer.AdaptiveAvgPool2d, _adaptive_avgpool2d),
-        (sj_layer.AvgPool1d, _avgpool1d),
-        (sj_layer.MaxPool1d, _maxpool1d),
-        (sj_layer.AdaptiveAvgPool1d, _adaptive_avgpool1d),
-        (sj_layer.Flatten, _flatten),
+        (sj_layer.ThresholdDependentBatchNorm1d, _wrapped(tnn.convert_batchnorm, 1)),
+        (sj_layer.ThresholdDependentBatchNorm2d, _wrapped(tnn.convert_batchnorm, 2)),
+        (sj_layer.AvgPool2d, _wrapped(tnn.convert_avgpool2d)),
+        (sj_layer.MaxPool2d, _wrapped(tnn.convert_maxpool2d)),
+        (sj_layer.AdaptiveAvgPool2d, _wrapped(tnn.convert_adaptive_avgpool2d)),
+        (sj_layer.AvgPool1d, _wrapped(tnn.convert_avgpool1d)),
+        (sj_layer.MaxPool1d, _wrapped(tnn.convert_maxpool1d)),
+        (sj_layer.AdaptiveAvgPool1d, _wrapped(tnn.convert_adaptive_avgpool1d)),
+        (sj_layer.Flatten, _wrapped(tnn.convert_flatten)),
         (sj_layer.Dropout, _dropout),
         (sj_layer.VotingLayer, _voting),
     ]:
